@@ -1,0 +1,335 @@
+//! `greenlight demo`: the whole farm on this machine. A master (sled in a temporary
+//! directory) in this process, a fleet of worker processes, a generated fixture
+//! repository with an IMVU-shaped suite, and a script of commits: the initial suite, a
+//! batch of three changes pushed while the first build runs, a change that breaks a test,
+//! and its fix. Each build is printed as it ends; `--headless` prints a summary table and
+//! exits 0 only when every build got the verdict the script expects.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use greenlight_fixtures::imvu::{AREAS, ImvuShape, generate};
+use greenlight_fixtures::repo::FixtureRepo;
+use greenlight_master::config::{Config, SuiteConfig};
+use greenlight_shared::api::{BuildState, BuildSummary};
+use tokio::process::{Child, Command};
+
+/// Arguments of `greenlight demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Worker processes to start.
+    #[arg(long, default_value_t = 36, value_parser = clap::value_parser!(u32).range(1..=200))]
+    workers: u32,
+    /// Tests in the generated suite.
+    #[arg(long, default_value_t = 15_000)]
+    tests: usize,
+    /// Seconds slept per second of test duration (0.04: the 4.4 h suite takes ~20 s on 36 workers).
+    #[arg(long, default_value_t = 0.04)]
+    scale: f64,
+    /// Port for the master (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Run the script to the end, print a summary and exit (0 when every verdict is as expected).
+    #[arg(long)]
+    headless: bool,
+}
+
+/// One step of the script: what it commits and the verdict its build must get.
+struct Step {
+    title: &'static str,
+    expected: BuildState,
+    /// The revision whose build ends the step.
+    revision: String,
+    /// The test the build must name as failing, for a red step.
+    failing: Option<String>,
+}
+
+struct Fleet {
+    children: Vec<Child>,
+}
+
+impl Fleet {
+    fn start(n: u32, url: &str, token: &str, dir: &Path) -> anyhow::Result<Fleet> {
+        let exe = std::env::current_exe().context("cannot find the greenlight executable")?;
+        let logs = dir.join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let mut children = Vec::new();
+        for index in 1..=n {
+            let name = format!("worker-{index:02}");
+            let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
+            let mut command = Command::new(&exe);
+            command
+                .args(["worker", "--master", url, "--name", &name, "--workdir"])
+                .arg(dir.join("workers").join(&name))
+                .env("GREENLIGHT_WORKER_TOKEN", token)
+                .env("GREENLIGHT_LOG", "warn")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .kill_on_drop(true);
+            greenlight_worker::process::die_with_parent(&mut command);
+            children.push(command.spawn().context("cannot start a worker")?);
+        }
+        Ok(Fleet { children })
+    }
+
+    async fn stop(mut self) {
+        for child in &mut self.children {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+async fn builds(http: &reqwest::Client, url: &str) -> anyhow::Result<Vec<BuildSummary>> {
+    Ok(http.get(format!("{url}/api/v1/builds?limit=100")).send().await?.error_for_status()?.json().await?)
+}
+
+/// Waits for the build testing `revision` to end, printing builds as they end.
+async fn wait_for_build(
+    http: &reqwest::Client,
+    url: &str,
+    revision: &str,
+    printed: &mut BTreeMap<u64, ()>,
+    start: Instant,
+) -> anyhow::Result<BuildSummary> {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        for build in builds(http, url).await?.into_iter().rev() {
+            if build.state.is_finished() && printed.insert(build.build_id, ()).is_none() {
+                print_build(&build, start);
+            }
+            if build.revision == revision && build.state.is_finished() {
+                return Ok(build);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no build of {revision} finished within 15 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn wait_until_running(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline {
+        if builds(http, url).await?.iter().any(|build| build.state == BuildState::Running) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the first build did not start within 5 minutes")
+}
+
+fn state_word(state: BuildState) -> &'static str {
+    match state {
+        BuildState::Queued => "queued",
+        BuildState::Running => "running",
+        BuildState::Green => "green",
+        BuildState::Red => "red",
+        BuildState::Error => "error",
+    }
+}
+
+fn print_build(build: &BuildSummary, start: Instant) {
+    let selection = if build.full_run { "full run".to_owned() } else { format!("tags {}", build.tags.join(",")) };
+    let failed = if build.failed_tests.is_empty() {
+        String::new()
+    } else {
+        format!("  failed: {}", build.failed_tests.join(", "))
+    };
+    println!(
+        "[{:>6.1}s] build #{} {} {:<5} {} change(s), {}, {} tests in {:.1} s{}",
+        start.elapsed().as_secs_f64(),
+        build.build_id,
+        &build.revision[..10.min(build.revision.len())],
+        state_word(build.state),
+        build.changes.len(),
+        selection,
+        build.counts.total,
+        build.makespan_s.unwrap_or(0.0),
+        failed
+    );
+}
+
+fn demo_config(dir: &Path, repo: &Path, scale: f64, token: &str) -> anyhow::Result<Config> {
+    let exe = std::env::current_exe()?.to_string_lossy().into_owned();
+    let suite = SuiteConfig {
+        file: Some(greenlight_fixtures::SUITE_FILE.to_owned()),
+        list_command: Vec::new(),
+        setup_command: Vec::new(),
+        run_command: vec![
+            exe,
+            "fixture-run".into(),
+            "--ids-file".into(),
+            "{ids_file}".into(),
+            "--junit".into(),
+            "{junit}".into(),
+            "--scale".into(),
+            scale.to_string(),
+        ],
+        env: BTreeMap::new(),
+    };
+    let mut config = Config::new(dir.join("master"), repo.to_string_lossy().into_owned(), suite);
+    config.worker_token = Some(token.to_owned());
+    config.repository.poll_interval_s = 0.5;
+    config.scheduler.lease_timeout_s = 10.0;
+    config.scheduler.heartbeat_interval_s = 2.0;
+    for area in AREAS {
+        config.tags.paths.insert(format!("src/{area}/**"), vec![area.to_owned()]);
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// Runs the demo; returns the process exit code.
+pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
+    if !(args.scale.is_finite() && args.scale >= 0.0) {
+        bail!("--scale must be a number >= 0");
+    }
+    let start = Instant::now();
+    let dir = tempfile::Builder::new().prefix("greenlight-demo-").tempdir()?;
+    let repo_dir = dir.path().join("repo");
+    std::fs::create_dir_all(&repo_dir)?;
+    let suite = generate(&ImvuShape { n_tests: args.tests, ..ImvuShape::default() });
+    let victim = suite
+        .tests
+        .iter()
+        .find(|test| test.tags.iter().any(|tag| tag == "chat") && test.depends_on.is_empty())
+        .map(|test| test.id.clone())
+        .context("the generated suite has no chat test to break")?;
+    let repo = FixtureRepo::create(&repo_dir, &suite)?;
+    let token = format!("demo-{}", std::process::id());
+    let config = demo_config(dir.path(), &repo_dir, args.scale, &token)?;
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
+        .await
+        .with_context(|| format!("cannot listen on 127.0.0.1:{} (try --port 0)", args.port))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop_master, master_stopped) = tokio::sync::oneshot::channel::<()>();
+    let master = tokio::spawn(greenlight_master::run(listener, config, async {
+        let _ = master_stopped.await;
+    }));
+    println!("Greenlight demo: master at {url}  (the page: {url}/ , the API: {url}/api/v1/builds)");
+    println!(
+        "  {} tests, {:.1} machine-hours scaled by {}, {} workers; files in {}",
+        suite.tests.len(),
+        suite.tests.iter().filter_map(|test| test.duration_s).sum::<f64>() / 3600.0,
+        args.scale,
+        args.workers,
+        dir.path().display()
+    );
+    let fleet = Fleet::start(args.workers, &url, &token, dir.path())?;
+    let http = reqwest::Client::new();
+
+    let outcome = script(&http, &url, &repo, &victim, start).await;
+    let code = match outcome {
+        Ok(steps) => {
+            let all_builds = builds(&http, &url).await?;
+            let ok = report(&steps, &all_builds, args.headless);
+            if !args.headless {
+                println!("Script done. The farm keeps running at {url} ; Ctrl-C to stop.");
+                crate::shutdown_signal().await;
+            }
+            if ok { 0 } else { 1 }
+        }
+        Err(error) => {
+            eprintln!("demo failed: {error:#}");
+            eprintln!("worker logs are in {}", dir.path().join("logs").display());
+            1
+        }
+    };
+    fleet.stop().await;
+    let _ = stop_master.send(());
+    match master.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => eprintln!("master: {error}"),
+        Err(error) => eprintln!("master task: {error}"),
+    }
+    Ok(code)
+}
+
+async fn script(
+    http: &reqwest::Client,
+    url: &str,
+    repo: &FixtureRepo,
+    victim: &str,
+    start: Instant,
+) -> anyhow::Result<Vec<Step>> {
+    let mut printed = BTreeMap::new();
+    let mut steps = Vec::new();
+
+    let initial = repo.head()?;
+    println!("step 1: the initial suite is built in full");
+    wait_until_running(http, url).await?;
+    println!("step 2: three changes land while build 1 runs; they ride in one batch");
+    repo.commit("Chat: shorter typing indicator\n\nTags: chat", &[("src/chat/typing.txt", "short\n")])?;
+    repo.touch_area("shop", "Shop: cache the catalogue")?;
+    let batch_tip = repo.touch_area("rooms", "Rooms: fix the door animation")?;
+    wait_for_build(http, url, &initial, &mut printed, start).await?;
+    steps.push(Step { title: "initial suite", expected: BuildState::Green, revision: initial, failing: None });
+    wait_for_build(http, url, &batch_tip, &mut printed, start).await?;
+    steps.push(Step { title: "batch of three", expected: BuildState::Green, revision: batch_tip, failing: None });
+
+    println!("step 3: a change breaks {victim}");
+    let broken = repo.set_failing("chat", &[victim], "Chat: render emoji faster")?;
+    wait_for_build(http, url, &broken, &mut printed, start).await?;
+    steps.push(Step {
+        title: "breaking change",
+        expected: BuildState::Red,
+        revision: broken,
+        failing: Some(victim.to_owned()),
+    });
+
+    println!("step 4: the fix");
+    let fixed = repo.set_failing("chat", &[], "Chat: fix the emoji regression [fix]")?;
+    wait_for_build(http, url, &fixed, &mut printed, start).await?;
+    steps.push(Step { title: "the fix", expected: BuildState::Green, revision: fixed, failing: None });
+    Ok(steps)
+}
+
+/// Prints the summary table; true when every step's build got its expected verdict.
+fn report(steps: &[Step], builds: &[BuildSummary], table: bool) -> bool {
+    if table {
+        println!();
+        println!(
+            "{:<6} {:<18} {:<10} {:>7} {:>7} {:>7} {:>8}  {:<8} expected",
+            "build", "step", "revision", "changes", "tests", "failed", "wall s", "verdict"
+        );
+    }
+    let mut ok = true;
+    for step in steps {
+        let Some(build) = builds.iter().find(|build| build.revision == step.revision) else {
+            println!("no build for step {:?}", step.title);
+            ok = false;
+            continue;
+        };
+        let names_failure = match &step.failing {
+            Some(test) => build.failed_tests.iter().any(|failed| failed == test),
+            None => build.failed_tests.is_empty(),
+        };
+        let good = build.state == step.expected && names_failure;
+        ok &= good;
+        if table {
+            println!(
+                "#{:<5} {:<18} {:<10} {:>7} {:>7} {:>7} {:>8.1}  {:<8} {}{}",
+                build.build_id,
+                step.title,
+                &build.revision[..10.min(build.revision.len())],
+                build.changes.len(),
+                build.counts.total,
+                build.counts.failed + build.counts.error,
+                build.makespan_s.unwrap_or(0.0),
+                state_word(build.state),
+                state_word(step.expected),
+                if good { "" } else { "  <- UNEXPECTED" }
+            );
+        }
+    }
+    println!(
+        "{}",
+        if ok { "every build got the expected verdict" } else { "some build did not get the expected verdict" }
+    );
+    ok
+}

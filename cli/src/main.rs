@@ -1,0 +1,209 @@
+//! The one `greenlight` binary. It parses arguments and calls into the crates; each
+//! subcommand's work lives in a library or in a module of its own here.
+
+mod demo;
+mod simulate;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Greenlight: a distributed test-sharding farm.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the master: HTTP API, git poller, scheduler, state in sled.
+    Master {
+        /// The configuration file.
+        #[arg(long, default_value = "greenlight.toml")]
+        config: PathBuf,
+        /// Listen here instead of the configuration's `listen`.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Run a worker: lease shards from a master and run them.
+    Worker {
+        /// The master's URL.
+        #[arg(long)]
+        master: String,
+        /// The worker token (also read from GREENLIGHT_WORKER_TOKEN).
+        #[arg(long, env = "GREENLIGHT_WORKER_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// This worker's name, unique in the fleet.
+        #[arg(long)]
+        name: String,
+        /// Directory for the cached checkout and shard files.
+        #[arg(long)]
+        workdir: PathBuf,
+        /// Seconds a lease request may wait on the master.
+        #[arg(long, default_value_t = 20.0)]
+        wait: f64,
+    },
+    /// Run the whole farm locally: a master, workers, a fixture repository and a script of commits.
+    Demo(demo::DemoArgs),
+    /// Run the real scheduler against a virtual clock.
+    Simulate(simulate::SimulateArgs),
+    /// Tell the master the branch moved (for a post-receive hook).
+    Submit {
+        /// The master's URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        master: String,
+        /// The branch that moved (the watched branch when absent).
+        #[arg(long)]
+        branch: Option<String>,
+        /// The new tip.
+        #[arg(long)]
+        revision: Option<String>,
+    },
+    /// Fixture test runner: "run" tests by sleeping their scaled duration, write JUnit XML.
+    FixtureRun {
+        /// The suite file.
+        #[arg(long, default_value = greenlight_fixtures::SUITE_FILE)]
+        suite: PathBuf,
+        /// The failing-tests file.
+        #[arg(long, default_value = greenlight_fixtures::FAILING_FILE)]
+        failing: PathBuf,
+        /// The file of test ids to run.
+        #[arg(long)]
+        ids_file: PathBuf,
+        /// Where to write JUnit XML.
+        #[arg(long)]
+        junit: PathBuf,
+        /// Seconds slept per second of test duration.
+        #[arg(long, default_value_t = 0.01)]
+        scale: f64,
+    },
+    /// Write an IMVU-shaped fixture suite (DESIGN.md suite format).
+    FixtureSuite {
+        /// Number of tests.
+        #[arg(long, default_value_t = 15_000)]
+        tests: usize,
+        /// Machine-hours the durations add up to.
+        #[arg(long, default_value_t = 4.4)]
+        hours: f64,
+        /// The seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output file (standard output when absent).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn init_tracing(default: &str) {
+    let filter = EnvFilter::try_from_env("GREENLIGHT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Master { config, listen } => {
+            init_tracing("info");
+            let mut config = greenlight_master::config::Config::from_file(&config)?;
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+            tokio::runtime::Runtime::new()?.block_on(async {
+                let listener = tokio::net::TcpListener::bind(&config.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", config.listen))?;
+                greenlight_master::run(listener, config, shutdown_signal()).await?;
+                anyhow::Ok(())
+            })
+        }
+        Command::Worker { master, token, name, workdir, wait } => {
+            init_tracing("info");
+            let config = greenlight_worker::WorkerConfig { master, token, name, workdir, wait_s: wait };
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(greenlight_worker::run(config, shutdown_signal()))?;
+            Ok(())
+        }
+        Command::Demo(args) => {
+            init_tracing("warn");
+            let code = tokio::runtime::Runtime::new()?.block_on(demo::run(args))?;
+            std::process::exit(code);
+        }
+        Command::Simulate(args) => simulate::run(&args),
+        Command::Submit { master, branch, revision } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(submit(&master, branch, revision))
+        }
+        Command::FixtureRun { suite, failing, ids_file, junit, scale } => {
+            let args = greenlight_fixtures::runner::RunnerArgs { suite, failing, ids_file, junit, scale };
+            let summary = greenlight_fixtures::runner::run(&args)?;
+            // Like a real runner: non-zero when a test failed.
+            std::process::exit(if summary.failed + summary.unknown > 0 { 1 } else { 0 });
+        }
+        Command::FixtureSuite { tests, hours, seed, out } => {
+            if !(hours.is_finite() && hours > 0.0) {
+                anyhow::bail!("--hours must be a positive number");
+            }
+            let shape = greenlight_fixtures::imvu::ImvuShape {
+                n_tests: tests,
+                total_s: hours * 3600.0,
+                seed,
+                ..Default::default()
+            };
+            let json = greenlight_fixtures::imvu::generate(&shape).to_json();
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, json).with_context(|| format!("cannot write {}", path.display()))?
+                }
+                None => println!("{json}"),
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn submit(master: &str, branch: Option<String>, revision: Option<String>) -> anyhow::Result<()> {
+    let notice = greenlight_shared::api::ChangeNotice { version: greenlight_shared::API_VERSION, branch, revision };
+    let url = format!("{}/api/v1/changes", master.trim_end_matches('/'));
+    let response =
+        reqwest::Client::new().post(&url).json(&notice).send().await.with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!("the master refused the change notice ({status}): {body}");
+    }
+    let answer: greenlight_shared::api::ChangeNoticeResponse = serde_json::from_str(&body)?;
+    for change in &answer.queued {
+        println!(
+            "queued {} {}",
+            &change.revision[..change.revision.len().min(12)],
+            change.message.lines().next().unwrap_or("")
+        );
+    }
+    if answer.queued.is_empty() {
+        println!("no new change");
+    }
+    Ok(())
+}

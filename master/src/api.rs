@@ -1,0 +1,329 @@
+//! The HTTP API (`/api/v1/...`), the web page and `/metrics`. Handlers extract the
+//! request, call the farm and answer; every error is an [`ApiError`] with a status code
+//! and a JSON body naming the problem, never a panic and never an internal detail.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use greenlight_scheduler::core::SchedulerError;
+use greenlight_shared::API_VERSION;
+use greenlight_shared::api::{
+    ChangeNotice, ChangeNoticeResponse, ErrorBody, FinishRequest, HeartbeatRequest, HeartbeatResponse, LeaseRequest,
+    LeaseResponse, RegisterRequest, ResultsRequest,
+};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::farm::{Farm, FarmError};
+
+/// The longest a lease request is held open.
+const MAX_WAIT_S: f64 = 60.0;
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The farm.
+    pub farm: Arc<Farm>,
+}
+
+/// An error answer: a status and a JSON [`ErrorBody`].
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(ErrorBody { error: self.code.to_owned(), message: self.message })).into_response()
+    }
+}
+
+impl From<FarmError> for ApiError {
+    fn from(error: FarmError) -> ApiError {
+        let message = error.to_string();
+        match error {
+            FarmError::UnknownWorker(_) => ApiError::new(StatusCode::NOT_FOUND, "unknown_worker", message),
+            FarmError::UnknownBuild(_) => ApiError::new(StatusCode::NOT_FOUND, "unknown_build", message),
+            FarmError::Scheduler(SchedulerError::UnknownLease(_)) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_lease", message)
+            }
+            FarmError::Scheduler(SchedulerError::NotYourLease { .. }) => {
+                ApiError::new(StatusCode::FORBIDDEN, "not_your_lease", message)
+            }
+            FarmError::Scheduler(SchedulerError::TestNotInLease { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, "test_not_in_lease", message)
+            }
+            FarmError::Git(_) => ApiError::new(StatusCode::BAD_GATEWAY, "git_failed", message),
+            FarmError::Scheduler(SchedulerError::DuplicateBuild(_)) | FarmError::Store(_) | FarmError::Task(_) => {
+                tracing::error!(%message, "internal error");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the master's log")
+            }
+        }
+    }
+}
+
+/// A JSON body whose rejection is an [`ApiError`] naming the problem.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(match rejection {
+                JsonRejection::JsonDataError(error) => {
+                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", error.body_text())
+                }
+                JsonRejection::JsonSyntaxError(error) => {
+                    ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", error.body_text())
+                }
+                JsonRejection::MissingJsonContentType(error) => {
+                    ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not_json", error.body_text())
+                }
+                JsonRejection::BytesRejection(error) => {
+                    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", error.body_text())
+                }
+                other => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", other.body_text()),
+            }),
+        }
+    }
+}
+
+/// Compares two byte strings in time independent of where they differ.
+fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
+    let mut difference = left.len() ^ right.len();
+    for (index, byte) in left.iter().enumerate() {
+        difference |= usize::from(byte ^ right.get(index).copied().unwrap_or(!byte));
+    }
+    difference == 0
+}
+
+fn check_worker_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = &state.farm.config().worker_token else { return Ok(()) };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match presented {
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+            "worker calls need `Authorization: Bearer <token>`",
+        )),
+        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::new(StatusCode::FORBIDDEN, "wrong_token", "the worker token is not valid")),
+    }
+}
+
+/// The router: the API, the page and the metrics.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.farm.config().max_body_bytes;
+    Router::new()
+        .route("/", get(index))
+        .route("/api/v1/workers/register", post(register))
+        .route("/api/v1/workers/{worker_id}/lease", post(lease))
+        .route("/api/v1/leases/{lease_id}/heartbeat", post(heartbeat))
+        .route("/api/v1/leases/{lease_id}/results", post(results))
+        .route("/api/v1/leases/{lease_id}/finish", post(finish))
+        .route("/api/v1/changes", post(changes_notice).get(changes))
+        .route("/api/v1/builds", get(builds))
+        .route("/api/v1/builds/{build_id}", get(build))
+        .route("/api/v1/builds/{build_id}/tests", get(build_tests))
+        .route("/api/v1/workers", get(workers))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn index() -> Html<&'static str> {
+    Html(greenlight_web::INDEX_HTML)
+}
+
+#[tracing::instrument(skip_all, fields(name = %request.name))]
+async fn register(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<RegisterRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_worker_token(&state, &headers)?;
+    if request.name.trim().is_empty() || request.name.len() > 200 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_name",
+            "a worker name is 1 to 200 characters",
+        ));
+    }
+    Ok(Json(state.farm.register(&request.name)?))
+}
+
+#[tracing::instrument(skip_all, fields(worker_id))]
+async fn lease(
+    State(state): State<AppState>,
+    Path(worker_id): Path<u64>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<LeaseRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_worker_token(&state, &headers)?;
+    if !request.wait_s.is_finite() || request.wait_s < 0.0 {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_wait", "wait_s must be a number >= 0"));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(request.wait_s.min(MAX_WAIT_S));
+    loop {
+        let notified = state.farm.work_available.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(lease) = state.farm.try_lease(worker_id)? {
+            return Ok(Json(LeaseResponse { version: API_VERSION, lease: Some(lease) }));
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return Ok(Json(LeaseResponse { version: API_VERSION, lease: None }));
+        }
+    }
+}
+
+#[tracing::instrument(skip_all, fields(lease_id))]
+async fn heartbeat(
+    State(state): State<AppState>,
+    Path(lease_id): Path<u64>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<HeartbeatRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_worker_token(&state, &headers)?;
+    let active = state.farm.heartbeat(lease_id, request.worker_id)?;
+    Ok(Json(HeartbeatResponse { version: API_VERSION, active }))
+}
+
+#[tracing::instrument(skip_all, fields(lease_id, n_results = request.results.len()))]
+async fn results(
+    State(state): State<AppState>,
+    Path(lease_id): Path<u64>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<ResultsRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_worker_token(&state, &headers)?;
+    Ok(Json(state.farm.report(lease_id, request.worker_id, &request.results)?))
+}
+
+#[tracing::instrument(skip_all, fields(lease_id))]
+async fn finish(
+    State(state): State<AppState>,
+    Path(lease_id): Path<u64>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<FinishRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_worker_token(&state, &headers)?;
+    state.farm.finish(lease_id, request.worker_id, &request.outcome)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[tracing::instrument(skip_all)]
+async fn changes_notice(
+    State(state): State<AppState>,
+    ApiJson(notice): ApiJson<ChangeNotice>,
+) -> Result<impl IntoResponse, ApiError> {
+    let watched = &state.farm.config().repository.branch;
+    if let Some(branch) = &notice.branch
+        && branch != watched
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unwatched_branch",
+            format!("branch {branch:?} is not watched (the master watches {watched:?})"),
+        ));
+    }
+    let queued = state.farm.poll().await?;
+    Ok((StatusCode::ACCEPTED, Json(ChangeNoticeResponse { version: API_VERSION, queued })))
+}
+
+/// `?limit=N` for listings.
+#[derive(Debug, Deserialize)]
+struct Limit {
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    50
+}
+
+async fn changes(State(state): State<AppState>, Query(limit): Query<Limit>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(state.farm.changes(limit.limit.min(1000))?))
+}
+
+async fn builds(State(state): State<AppState>, Query(limit): Query<Limit>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(state.farm.builds(limit.limit.min(1000))?))
+}
+
+async fn build(State(state): State<AppState>, Path(build_id): Path<u64>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(state.farm.build_detail(build_id)?))
+}
+
+async fn build_tests(State(state): State<AppState>, Path(build_id): Path<u64>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(state.farm.build_tests(build_id)?))
+}
+
+async fn workers(State(state): State<AppState>) -> impl IntoResponse {
+    Json(state.farm.workers())
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let builds = state.farm.builds(1)?;
+    let workers = state.farm.workers();
+    let busy = workers.iter().filter(|worker| worker.lease_id.is_some()).count();
+    let mut text = String::new();
+    text.push_str("# HELP greenlight_workers Workers known to the master.\n# TYPE greenlight_workers gauge\n");
+    text.push_str(&format!("greenlight_workers {}\n", workers.len()));
+    text.push_str("# HELP greenlight_workers_busy Workers holding a lease.\n# TYPE greenlight_workers_busy gauge\n");
+    text.push_str(&format!("greenlight_workers_busy {busy}\n"));
+    if let Some(build) = builds.first() {
+        text.push_str(
+            "# HELP greenlight_latest_build_id Id of the newest build.\n# TYPE greenlight_latest_build_id gauge\n",
+        );
+        text.push_str(&format!("greenlight_latest_build_id {}\n", build.build_id));
+        text.push_str("# HELP greenlight_latest_build_tests Tests of the newest build by outcome.\n# TYPE greenlight_latest_build_tests gauge\n");
+        for (outcome, count) in [
+            ("passed", build.counts.passed),
+            ("failed", build.counts.failed),
+            ("skipped", build.counts.skipped),
+            ("error", build.counts.error),
+            ("pending", build.counts.total - build.counts.done()),
+        ] {
+            text.push_str(&format!("greenlight_latest_build_tests{{outcome=\"{outcome}\"}} {count}\n"));
+        }
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}

@@ -1,0 +1,284 @@
+//! The master's configuration (`greenlight.toml`). Everything has a default except the
+//! repository and the shard command.
+//!
+//! ```toml
+//! data_dir = "/var/lib/greenlight"
+//! worker_token = "s3cret"
+//!
+//! [repository]
+//! url = "/srv/git/product.git"     # anything `git clone` accepts, reachable by workers too
+//! branch = "main"
+//! poll_interval_s = 10
+//!
+//! [suite]
+//! file = "greenlight-suite.json"   # a suite file in the repository, or:
+//! # list_command = ["./list-tests", "--json"]
+//! setup_command = ["make", "deps"]
+//! run_command = ["./run-tests", "--junit", "{junit}", "--ids-from", "{ids_file}"]
+//!
+//! [tags.paths]
+//! "src/chat/**" = ["chat"]
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where sled and the git mirror live.
+    pub data_dir: PathBuf,
+    /// The address to listen on (`greenlight master` only; tests pass a listener).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The bearer token workers must present; `None` lets any worker in.
+    #[serde(default)]
+    pub worker_token: Option<String>,
+    /// The largest request body accepted, in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// The watched repository.
+    pub repository: RepositoryConfig,
+    /// How to list and run the suite.
+    pub suite: SuiteConfig,
+    /// How changes are tagged.
+    #[serde(default)]
+    pub tags: TagsConfig,
+    /// Scheduler knobs.
+    #[serde(default)]
+    pub scheduler: SchedulerSection,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".to_owned()
+}
+
+fn default_max_body_bytes() -> usize {
+    8 * 1024 * 1024
+}
+
+/// The watched repository and branch.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// Anything `git clone` accepts; workers clone from it too.
+    pub url: String,
+    /// The branch to watch.
+    #[serde(default = "default_branch")]
+    pub branch: String,
+    /// Seconds between polls of the branch.
+    #[serde(default = "default_poll_interval_s")]
+    pub poll_interval_s: f64,
+}
+
+fn default_branch() -> String {
+    "main".to_owned()
+}
+
+fn default_poll_interval_s() -> f64 {
+    10.0
+}
+
+/// How to list the tests of a revision and how to run a shard.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuiteConfig {
+    /// A suite file (DESIGN.md format) at this path in the repository.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// Or a command (argv) run in a checkout of the revision that prints the suite JSON.
+    #[serde(default)]
+    pub list_command: Vec<String>,
+    /// Run once per revision on each worker before its first shard (argv).
+    #[serde(default)]
+    pub setup_command: Vec<String>,
+    /// The shard command template (argv): `{ids_file}`, `{junit}`, `{ids}`, `{revision}`.
+    pub run_command: Vec<String>,
+    /// Environment for the setup and shard commands.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// Tagging of changes beyond the `Tags:` trailer.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagsConfig {
+    /// Glob over changed paths to tags, e.g. `"src/chat/**" = ["chat"]`.
+    #[serde(default)]
+    pub paths: BTreeMap<String, Vec<String>>,
+}
+
+/// Scheduler knobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerSection {
+    /// Seconds without a heartbeat before a lease is taken back.
+    #[serde(default = "default_lease_timeout_s")]
+    pub lease_timeout_s: f64,
+    /// Seconds between a worker's heartbeats.
+    #[serde(default = "default_heartbeat_interval_s")]
+    pub heartbeat_interval_s: f64,
+    /// The least estimated work of a shard (seconds).
+    #[serde(default)]
+    pub min_shard_s: f64,
+    /// A shard gets `1 / (workers * shard_split)` of the work left.
+    #[serde(default = "default_shard_split")]
+    pub shard_split: f64,
+    /// Leases of one test before it is given up on as an error.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_lease_timeout_s() -> f64 {
+    30.0
+}
+fn default_heartbeat_interval_s() -> f64 {
+    5.0
+}
+fn default_shard_split() -> f64 {
+    2.0
+}
+fn default_max_attempts() -> u32 {
+    3
+}
+
+impl Default for SchedulerSection {
+    fn default() -> SchedulerSection {
+        SchedulerSection {
+            lease_timeout_s: default_lease_timeout_s(),
+            heartbeat_interval_s: default_heartbeat_interval_s(),
+            min_shard_s: 0.0,
+            shard_split: default_shard_split(),
+            max_attempts: default_max_attempts(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let config: Config = toml::from_str(&text)
+            .map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// A configuration with defaults for everything but these.
+    pub fn new(data_dir: PathBuf, repository_url: String, suite: SuiteConfig) -> Config {
+        Config {
+            data_dir,
+            listen: default_listen(),
+            worker_token: None,
+            max_body_bytes: default_max_body_bytes(),
+            repository: RepositoryConfig {
+                url: repository_url,
+                branch: default_branch(),
+                poll_interval_s: default_poll_interval_s(),
+            },
+            suite,
+            tags: TagsConfig::default(),
+            scheduler: SchedulerSection::default(),
+        }
+    }
+
+    /// Checks ranges and consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: &str| Err(ConfigError::Invalid(message.to_owned()));
+        if self.suite.file.is_none() == self.suite.list_command.is_empty() {
+            return invalid("[suite] needs exactly one of `file` and `list_command`");
+        }
+        if self.suite.run_command.is_empty() {
+            return invalid("[suite] run_command is empty");
+        }
+        let positive = |value: f64| value.is_finite() && value > 0.0;
+        if !positive(self.repository.poll_interval_s) {
+            return invalid("[repository] poll_interval_s must be > 0");
+        }
+        if !positive(self.scheduler.lease_timeout_s) || !positive(self.scheduler.heartbeat_interval_s) {
+            return invalid("[scheduler] lease_timeout_s and heartbeat_interval_s must be > 0");
+        }
+        if self.scheduler.heartbeat_interval_s >= self.scheduler.lease_timeout_s {
+            return invalid("[scheduler] heartbeat_interval_s must be shorter than lease_timeout_s");
+        }
+        let non_negative = |value: f64| value.is_finite() && value >= 0.0;
+        if !positive(self.scheduler.shard_split) || !non_negative(self.scheduler.min_shard_s) {
+            return invalid("[scheduler] shard_split must be > 0 and min_shard_s >= 0");
+        }
+        if self.scheduler.max_attempts == 0 {
+            return invalid("[scheduler] max_attempts must be at least 1");
+        }
+        for pattern in self.tags.paths.keys() {
+            if let Err(error) = globset::Glob::new(pattern) {
+                return Err(ConfigError::Invalid(format!("[tags.paths] {pattern:?}: {error}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_full_file_and_rejects_nonsense() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("greenlight.toml");
+        std::fs::write(
+            &path,
+            r#"
+data_dir = "/tmp/g"
+[repository]
+url = "/srv/repo"
+[suite]
+file = "suite.json"
+run_command = ["run", "{ids_file}"]
+[tags.paths]
+"src/chat/**" = ["chat"]
+"#,
+        )
+        .unwrap();
+        let config = Config::from_file(&path).unwrap();
+        assert_eq!(config.repository.branch, "main");
+        assert_eq!(config.tags.paths["src/chat/**"], vec!["chat".to_owned()]);
+
+        std::fs::write(&path, "data_dir = 3\n").unwrap();
+        assert!(Config::from_file(&path).unwrap_err().to_string().contains("invalid type"));
+
+        std::fs::write(&path, "data_dir = \"/x\"\n[repository]\nurl = \"u\"\n[suite]\nrun_command = [\"r\"]\n")
+            .unwrap();
+        assert_eq!(
+            Config::from_file(&path).unwrap_err().to_string(),
+            "invalid configuration: [suite] needs exactly one of `file` and `list_command`"
+        );
+    }
+}

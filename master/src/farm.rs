@@ -1,0 +1,668 @@
+//! The farm: the master's state and every operation on it. It owns the scheduler core
+//! (one owner, behind a short std mutex section that never spans an `.await`), the live
+//! view of running builds and workers, and the store. HTTP handlers and background tasks
+//! call these methods; each one hands an event to the scheduler, persists what it decided
+//! and wakes whoever waits on it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use greenlight_scheduler::core::{
+    BuildId, Decision, LeaseId, Report, Scheduler, SchedulerConfig, SchedulerError, Verdict, WorkerId,
+};
+use greenlight_scheduler::estimate::{estimate, median};
+use greenlight_scheduler::plan::BuildPlan;
+use greenlight_scheduler::select::select;
+use greenlight_scheduler::suite::{Suite, SuiteError};
+use greenlight_shared::api::{
+    BuildDetail, BuildState, BuildSummary, BuildTests, ChangeView, Lease, RegisterResponse, ResultsResponse,
+    ShardOutcome, ShardView, TestCounts, TestReport, TestResultView, TestStatus, WorkerView,
+};
+use greenlight_shared::git::GitError;
+use greenlight_shared::suite::{SuiteFile, SuiteFileError};
+use greenlight_shared::{API_VERSION, unix_now_s};
+use tokio::sync::Notify;
+
+use crate::changes::{Mirror, Tagger};
+use crate::config::Config;
+use crate::store::{Store, StoreError};
+
+/// How many failing test ids a build summary lists.
+const LISTED_FAILURES: usize = 100;
+/// Meta key: the sequence of the oldest change no build covers yet.
+const NEXT_UNBUILT: &str = "next_unbuilt_change";
+/// Meta key prefix: the last revision seen on a branch.
+const LAST_SEEN: &str = "last_seen/";
+
+/// Why a farm operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FarmError {
+    /// No worker with this id is registered.
+    #[error("unknown worker {0}; register again")]
+    UnknownWorker(u64),
+    /// No build with this id.
+    #[error("unknown build {0}")]
+    UnknownBuild(u64),
+    /// The scheduler refused the event.
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// git failed.
+    #[error(transparent)]
+    Git(#[from] GitError),
+    /// A background task died.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+/// Why a revision could not be planned.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The suite could not be read at the revision.
+    #[error("cannot read the suite: {0}")]
+    Git(#[from] GitError),
+    /// The list command failed.
+    #[error("suite list command failed: {0}")]
+    ListCommand(String),
+    /// The suite is not JSON of the suite format.
+    #[error(transparent)]
+    Format(#[from] SuiteFileError),
+    /// The suite is invalid.
+    #[error("invalid suite: {0}")]
+    Invalid(#[from] SuiteError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug)]
+struct LiveBuild {
+    summary: BuildSummary,
+    shards: BTreeMap<u64, ShardView>,
+}
+
+#[derive(Debug)]
+struct WorkerInfo {
+    name: String,
+    last_seen: f64,
+    lease: Option<u64>,
+}
+
+struct Core {
+    scheduler: Scheduler,
+    running: BTreeMap<u64, LiveBuild>,
+    workers: BTreeMap<u64, WorkerInfo>,
+    worker_by_name: HashMap<String, u64>,
+    lease_build: HashMap<u64, u64>,
+}
+
+/// The master's state.
+pub struct Farm {
+    config: Config,
+    store: Store,
+    mirror: Mirror,
+    tagger: Tagger,
+    core: Mutex<Core>,
+    /// Woken when tests become ready: long-polling workers ask again.
+    pub work_available: Notify,
+    /// Woken when a build may start (changes queued, a build ended).
+    pub build_wanted: Notify,
+    poll_lock: tokio::sync::Mutex<()>,
+}
+
+impl Farm {
+    /// A farm over `store`, recovering from builds a previous master left unfinished.
+    pub fn new(config: Config, store: Store) -> Result<Farm, FarmError> {
+        let tagger = Tagger::new(&config.tags).map_err(|error| FarmError::Task(error.to_string()))?;
+        let scheduler = Scheduler::new(SchedulerConfig {
+            lease_timeout_s: config.scheduler.lease_timeout_s,
+            min_shard_s: config.scheduler.min_shard_s,
+            shard_split: config.scheduler.shard_split,
+            max_attempts: config.scheduler.max_attempts,
+        });
+        let farm = Farm {
+            mirror: Mirror::new(&config),
+            tagger,
+            core: Mutex::new(Core {
+                scheduler,
+                running: BTreeMap::new(),
+                workers: BTreeMap::new(),
+                worker_by_name: HashMap::new(),
+                lease_build: HashMap::new(),
+            }),
+            work_available: Notify::new(),
+            build_wanted: Notify::new(),
+            poll_lock: tokio::sync::Mutex::new(()),
+            config,
+            store,
+        };
+        farm.requeue_interrupted_builds()?;
+        Ok(farm)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn core(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Builds a previous master left queued or running end as errors, and their changes
+    /// are queued again so that a new build covers them.
+    fn requeue_interrupted_builds(&self) -> Result<(), FarmError> {
+        let mut first_change: Option<u64> = None;
+        for mut build in self.store.latest_builds(50)? {
+            if build.state.is_finished() {
+                continue;
+            }
+            build.state = BuildState::Error;
+            build.error = Some("interrupted by a master restart; its changes are queued again".to_owned());
+            build.finished_at = Some(unix_now_s());
+            self.store.put_build(&build)?;
+            if let Some(&first) = build.changes.first() {
+                first_change = Some(first_change.map_or(first, |current: u64| current.min(first)));
+            }
+            tracing::warn!(build_id = build.build_id, "build interrupted by a restart; changes queued again");
+        }
+        if let Some(first) = first_change {
+            let watermark: u64 = self.store.meta(NEXT_UNBUILT)?.unwrap_or(1);
+            self.store.set_meta(NEXT_UNBUILT, &watermark.min(first))?;
+        }
+        Ok(())
+    }
+
+    /// A worker registers (again): the same name keeps its id.
+    pub fn register(&self, name: &str) -> Result<RegisterResponse, FarmError> {
+        let now = unix_now_s();
+        let mut core = self.core();
+        let worker_id = match core.worker_by_name.get(name) {
+            Some(&id) => id,
+            None => {
+                let id = self.store.next_id("worker")?;
+                core.worker_by_name.insert(name.to_owned(), id);
+                id
+            }
+        };
+        core.workers
+            .entry(worker_id)
+            .or_insert(WorkerInfo { name: name.to_owned(), last_seen: now, lease: None })
+            .last_seen = now;
+        core.scheduler.worker_joined(WorkerId(worker_id), now);
+        tracing::info!(worker_id, name, "worker registered");
+        Ok(RegisterResponse {
+            version: API_VERSION,
+            worker_id,
+            heartbeat_interval_s: self.config.scheduler.heartbeat_interval_s,
+        })
+    }
+
+    /// A worker asks for a shard. `None` when no test is ready now.
+    pub fn try_lease(&self, worker_id: u64) -> Result<Option<Lease>, FarmError> {
+        let now = unix_now_s();
+        let mut core = self.core();
+        let core = &mut *core;
+        let worker = core.workers.get_mut(&worker_id).ok_or(FarmError::UnknownWorker(worker_id))?;
+        worker.last_seen = now;
+        let worker_name = worker.name.clone();
+        let (grant, decisions) = core.scheduler.request_work(WorkerId(worker_id), now);
+        self.apply(core, decisions, now)?;
+        let Some(grant) = grant else {
+            if let Some(worker) = core.workers.get_mut(&worker_id) {
+                worker.lease = None;
+            }
+            return Ok(None);
+        };
+        let plan = core.scheduler.plan(grant.build).expect("a granted lease belongs to a running build");
+        let tests: Vec<String> = grant.tests.iter().map(|&index| plan.tests[index].id.clone()).collect();
+        let live = core.running.get_mut(&grant.build.0).expect("a scheduled build is live");
+        if live.summary.state == BuildState::Queued {
+            live.summary.state = BuildState::Running;
+            live.summary.started_at = Some(now);
+        }
+        live.summary.shards += 1;
+        let shard = ShardView {
+            lease_id: grant.lease.0,
+            worker: worker_name,
+            tests: tests.len() as u32,
+            started_at: now,
+            finished_at: None,
+            state: "running".to_owned(),
+        };
+        self.store.put_shard(grant.build.0, &shard)?;
+        self.store.put_build(&live.summary)?;
+        live.shards.insert(grant.lease.0, shard);
+        core.lease_build.insert(grant.lease.0, grant.build.0);
+        if let Some(worker) = core.workers.get_mut(&worker_id) {
+            worker.lease = Some(grant.lease.0);
+        }
+        let suite = &self.config.suite;
+        tracing::info!(
+            worker_id,
+            lease_id = grant.lease.0,
+            build_id = grant.build.0,
+            tests = tests.len(),
+            "lease granted"
+        );
+        Ok(Some(Lease {
+            lease_id: grant.lease.0,
+            build_id: grant.build.0,
+            repository: self.config.repository.url.clone(),
+            revision: live.summary.revision.clone(),
+            tests,
+            setup_command: suite.setup_command.clone(),
+            run_command: suite.run_command.clone(),
+            env: suite.env.iter().map(|(key, value)| (key.clone(), value.clone())).collect(),
+            heartbeat_interval_s: self.config.scheduler.heartbeat_interval_s,
+            lease_timeout_s: self.config.scheduler.lease_timeout_s,
+        }))
+    }
+
+    /// A heartbeat; returns whether the worker still holds the lease.
+    pub fn heartbeat(&self, lease_id: u64, worker_id: u64) -> Result<bool, FarmError> {
+        let now = unix_now_s();
+        let mut core = self.core();
+        let worker = core.workers.get_mut(&worker_id).ok_or(FarmError::UnknownWorker(worker_id))?;
+        worker.last_seen = now;
+        Ok(core.scheduler.heartbeat(LeaseId(lease_id), WorkerId(worker_id), now)?)
+    }
+
+    /// A batch of results from a lease. Each is stored once; duplicates and stale
+    /// reports are acknowledged without being counted.
+    pub fn report(&self, lease_id: u64, worker_id: u64, results: &[TestReport]) -> Result<ResultsResponse, FarmError> {
+        let now = unix_now_s();
+        let mut core = self.core();
+        let core = &mut *core;
+        let worker = core.workers.get_mut(&worker_id).ok_or(FarmError::UnknownWorker(worker_id))?;
+        worker.last_seen = now;
+        let worker_name = worker.name.clone();
+        // Refuse the whole batch before recording any of it if one result is not ours.
+        for result in results {
+            if let Some((_, holder, tests)) = core.scheduler.active_lease(LeaseId(lease_id)) {
+                if holder != WorkerId(worker_id) {
+                    return Err(SchedulerError::NotYourLease { lease: lease_id, worker: worker_id }.into());
+                }
+                let build = core.lease_build.get(&lease_id).copied();
+                let known = build
+                    .and_then(|build| core.scheduler.plan(BuildId(build)))
+                    .and_then(|plan| plan.index_of(&result.test_id))
+                    .is_some_and(|index| tests.contains(&index));
+                if !known {
+                    return Err(
+                        SchedulerError::TestNotInLease { lease: lease_id, test_id: result.test_id.clone() }.into()
+                    );
+                }
+            }
+        }
+        let mut response = ResultsResponse { version: API_VERSION, accepted: 0, duplicates: 0, stale: 0 };
+        for result in results {
+            let report = core.scheduler.test_finished(
+                LeaseId(lease_id),
+                WorkerId(worker_id),
+                &result.test_id,
+                result.status,
+                now,
+            )?;
+            match report {
+                Report::Accepted { attempt, decisions } => {
+                    let build_id = core.lease_build[&lease_id];
+                    let stored = TestResultView {
+                        test_id: result.test_id.clone(),
+                        attempt,
+                        status: result.status,
+                        duration_s: sanitize_duration(result.duration_s),
+                        output: result.output.clone(),
+                        worker: Some(worker_name.clone()),
+                    };
+                    self.record_result(core, build_id, &stored)?;
+                    if matches!(result.status, TestStatus::Passed | TestStatus::Failed) && stored.duration_s > 0.0 {
+                        self.store.add_duration(&result.test_id, stored.duration_s)?;
+                    }
+                    response.accepted += 1;
+                    self.apply(core, decisions, now)?;
+                }
+                Report::Duplicate => response.duplicates += 1,
+                Report::Stale => response.stale += 1,
+            }
+        }
+        Ok(response)
+    }
+
+    /// The worker's shard process ended.
+    pub fn finish(&self, lease_id: u64, worker_id: u64, outcome: &ShardOutcome) -> Result<(), FarmError> {
+        let now = unix_now_s();
+        let mut core = self.core();
+        let core = &mut *core;
+        let worker = core.workers.get_mut(&worker_id).ok_or(FarmError::UnknownWorker(worker_id))?;
+        worker.last_seen = now;
+        let decisions = core.scheduler.lease_finished(LeaseId(lease_id), WorkerId(worker_id), now)?;
+        if let Some(worker) = core.workers.get_mut(&worker_id)
+            && worker.lease == Some(lease_id)
+        {
+            worker.lease = None;
+        }
+        let state = match outcome {
+            ShardOutcome::Completed => "finished",
+            ShardOutcome::InfraError { message } => {
+                tracing::warn!(lease_id, worker_id, message, "shard failed to run; its tests go back to the queue");
+                "infra_error"
+            }
+        };
+        self.end_shard(core, lease_id, state, now)?;
+        self.apply(core, decisions, now)
+    }
+
+    /// Time passed: expire leases whose heartbeats stopped.
+    pub fn tick(&self) -> Result<(), FarmError> {
+        let now = unix_now_s();
+        let mut core = self.core();
+        let decisions = core.scheduler.tick(now);
+        self.apply(&mut core, decisions, now)
+    }
+
+    fn end_shard(&self, core: &mut Core, lease_id: u64, state: &str, now: f64) -> Result<(), FarmError> {
+        let Some(&build_id) = core.lease_build.get(&lease_id) else { return Ok(()) };
+        let shard = match core.running.get_mut(&build_id) {
+            Some(live) => live.shards.get_mut(&lease_id).cloned(),
+            None => self.store.shards(build_id)?.into_iter().find(|shard| shard.lease_id == lease_id),
+        };
+        let Some(mut shard) = shard else { return Ok(()) };
+        if shard.finished_at.is_some() {
+            return Ok(());
+        }
+        shard.finished_at = Some(now);
+        shard.state = state.to_owned();
+        self.store.put_shard(build_id, &shard)?;
+        if let Some(live) = core.running.get_mut(&build_id) {
+            live.shards.insert(lease_id, shard);
+        }
+        Ok(())
+    }
+
+    fn record_result(&self, core: &mut Core, build_id: u64, result: &TestResultView) -> Result<(), FarmError> {
+        if !self.store.put_result(build_id, result)? {
+            return Ok(());
+        }
+        if let Some(live) = core.running.get_mut(&build_id) {
+            live.summary.counts.add(result.status);
+            if result.status.is_failure() && live.summary.failed_tests.len() < LISTED_FAILURES {
+                live.summary.failed_tests.push(result.test_id.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out the scheduler's decisions.
+    fn apply(&self, core: &mut Core, decisions: Vec<Decision>, now: f64) -> Result<(), FarmError> {
+        for decision in decisions {
+            match decision {
+                Decision::WorkAvailable => self.work_available.notify_waiters(),
+                Decision::Skipped { build, test_id, reason, .. } => {
+                    self.record_result(core, build.0, &not_run(test_id, TestStatus::Skipped, reason))?;
+                }
+                Decision::GaveUp { build, test_id, reason, .. } => {
+                    self.record_result(core, build.0, &not_run(test_id, TestStatus::Error, reason))?;
+                }
+                Decision::LeaseExpired { lease, worker, requeued } => {
+                    tracing::warn!(lease_id = lease.0, worker_id = worker.0, requeued, "lease expired: worker lost");
+                    self.end_shard(core, lease.0, "expired", now)?;
+                    if let Some(info) = core.workers.get_mut(&worker.0)
+                        && info.lease == Some(lease.0)
+                    {
+                        info.lease = None;
+                    }
+                }
+                Decision::BuildFinished { build, verdict } => self.finish_build(core, build.0, verdict, now)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_build(&self, core: &mut Core, build_id: u64, verdict: Verdict, now: f64) -> Result<(), FarmError> {
+        let Some(mut live) = core.running.remove(&build_id) else { return Ok(()) };
+        let summary = &mut live.summary;
+        match verdict {
+            Verdict::Green => summary.state = BuildState::Green,
+            Verdict::Red { failed } => {
+                summary.state = BuildState::Red;
+                summary.failed_tests = failed.into_iter().take(LISTED_FAILURES).collect();
+            }
+        }
+        summary.finished_at = Some(now);
+        summary.makespan_s = summary.started_at.map(|started| now - started);
+        for shard in live.shards.values_mut().filter(|shard| shard.finished_at.is_none()) {
+            shard.finished_at = Some(now);
+            shard.state = "finished".to_owned();
+            self.store.put_shard(build_id, shard)?;
+        }
+        self.store.put_build(summary)?;
+        self.store.flush()?;
+        tracing::info!(build_id, state = ?summary.state, failed = summary.counts.failed + summary.counts.error, "build finished");
+        self.build_wanted.notify_one();
+        Ok(())
+    }
+
+    /// Fetches the watched branch and queues the commits that arrived since the last look.
+    pub async fn poll(self: &Arc<Self>) -> Result<Vec<ChangeView>, FarmError> {
+        let _one_poll_at_a_time = self.poll_lock.lock().await;
+        let farm = Arc::clone(self);
+        let queued = tokio::task::spawn_blocking(move || farm.poll_blocking())
+            .await
+            .map_err(|error| FarmError::Task(error.to_string()))??;
+        if !queued.is_empty() {
+            self.build_wanted.notify_one();
+        }
+        Ok(queued)
+    }
+
+    fn poll_blocking(&self) -> Result<Vec<ChangeView>, FarmError> {
+        let branch = &self.config.repository.branch;
+        let tip = self.mirror.fetch()?;
+        let last_key = format!("{LAST_SEEN}{branch}");
+        let last_seen: Option<String> = self.store.meta(&last_key)?;
+        let revisions = self.mirror.new_revisions(last_seen.as_deref(), &tip)?;
+        let mut queued = Vec::with_capacity(revisions.len());
+        for revision in revisions {
+            let commit = self.mirror.commit(&revision)?;
+            let change = ChangeView {
+                sequence: self.store.next_id("change")?,
+                branch: branch.clone(),
+                tags: self.tagger.tags(&commit),
+                revision: commit.revision,
+                author: commit.author,
+                message: commit.message,
+                paths: commit.paths,
+                build_id: None,
+                seen_at: unix_now_s(),
+            };
+            self.store.put_change(&change)?;
+            tracing::info!(sequence = change.sequence, revision = %change.revision, tags = ?change.tags, "change queued");
+            queued.push(change);
+        }
+        self.store.set_meta(&last_key, &tip)?;
+        Ok(queued)
+    }
+
+    /// Starts a build covering every queued change, unless one is running. Returns its id.
+    pub async fn start_next_build(self: &Arc<Self>) -> Result<Option<u64>, FarmError> {
+        if !self.core().running.is_empty() {
+            return Ok(None);
+        }
+        let first: u64 = self.store.meta(NEXT_UNBUILT)?.unwrap_or(1);
+        let pending = self.store.changes_from(first, 100_000)?;
+        let Some(newest) = pending.last() else { return Ok(None) };
+        let revision = newest.revision.clone();
+        let full_run = pending.iter().any(|change| change.tags.is_empty());
+        let tags: BTreeSet<String> = if full_run {
+            BTreeSet::new()
+        } else {
+            pending.iter().flat_map(|change| change.tags.iter().cloned()).collect()
+        };
+        let farm = Arc::clone(self);
+        let (plan_revision, plan_tags) = (revision.clone(), tags.clone());
+        let planned = tokio::task::spawn_blocking(move || farm.plan(&plan_revision, &plan_tags))
+            .await
+            .map_err(|error| FarmError::Task(error.to_string()))?;
+
+        let now = unix_now_s();
+        let mut core = self.core();
+        let core = &mut *core;
+        let build_id = self.store.next_id("build")?;
+        let mut summary = BuildSummary {
+            version: API_VERSION,
+            build_id,
+            branch: self.config.repository.branch.clone(),
+            revision,
+            state: BuildState::Queued,
+            changes: pending.iter().map(|change| change.sequence).collect(),
+            tags: tags.into_iter().collect(),
+            full_run,
+            counts: TestCounts::default(),
+            failed_tests: Vec::new(),
+            error: None,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            lower_bound_s: None,
+            makespan_s: None,
+            shards: 0,
+        };
+        for mut change in pending.iter().cloned() {
+            change.build_id = Some(build_id);
+            self.store.put_change(&change)?;
+        }
+        self.store.set_meta(NEXT_UNBUILT, &(newest.sequence + 1))?;
+        match planned {
+            Ok(plan) => {
+                summary.counts.total = plan.len() as u32;
+                summary.lower_bound_s = Some(plan.lower_bound(core.scheduler.live_workers().max(1)));
+                tracing::info!(build_id, tests = plan.len(), changes = summary.changes.len(), "build planned");
+                self.store.put_build(&summary)?;
+                core.running.insert(build_id, LiveBuild { summary, shards: BTreeMap::new() });
+                let decisions = core.scheduler.add_build(BuildId(build_id), plan, now)?;
+                self.apply(core, decisions, now)?;
+            }
+            Err(error) => {
+                tracing::error!(build_id, %error, "build could not be planned");
+                summary.state = BuildState::Error;
+                summary.error = Some(error.to_string());
+                summary.finished_at = Some(now);
+                self.store.put_build(&summary)?;
+            }
+        }
+        Ok(Some(build_id))
+    }
+
+    /// Reads, validates and plans the suite at `revision` for `tags` (empty: everything).
+    fn plan(&self, revision: &str, tags: &BTreeSet<String>) -> Result<BuildPlan, PlanError> {
+        let bytes = match &self.config.suite.file {
+            Some(path) => self.mirror.read_file(revision, path)?,
+            None => self.list_suite(revision)?,
+        };
+        let suite = Suite::new(SuiteFile::from_json(&bytes)?)?;
+        let selected = select(&suite, tags);
+        let mut history: HashMap<&str, f64> = HashMap::new();
+        for &index in &selected {
+            let id = suite.tests[index].id.as_str();
+            if let Some(value) = median(&mut self.store.durations(id)?) {
+                history.insert(id, value);
+            }
+        }
+        let estimates = estimate(&suite, |test| history.get(test.id.as_str()).copied().or(test.duration_s));
+        Ok(BuildPlan::new(&suite, &selected, &estimates))
+    }
+
+    fn list_suite(&self, revision: &str) -> Result<Vec<u8>, PlanError> {
+        let checkout = self.config.data_dir.join("checkout");
+        self.mirror.checkout(revision, &checkout)?;
+        let command = &self.config.suite.list_command;
+        let output = std::process::Command::new(&command[0])
+            .args(&command[1..])
+            .current_dir(&checkout)
+            .envs(&self.config.suite.env)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|error| PlanError::ListCommand(format!("{}: {error}", command[0])))?;
+        if !output.status.success() {
+            return Err(PlanError::ListCommand(format!(
+                "{} exited with {}: {}",
+                command[0],
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        Ok(output.stdout)
+    }
+
+    /// A build's summary (live counts while it runs).
+    pub fn build_summary(&self, build_id: u64) -> Result<BuildSummary, FarmError> {
+        if let Some(live) = self.core().running.get(&build_id) {
+            return Ok(live.summary.clone());
+        }
+        self.store.build(build_id)?.ok_or(FarmError::UnknownBuild(build_id))
+    }
+
+    /// The newest builds, newest first.
+    pub fn builds(&self, limit: usize) -> Result<Vec<BuildSummary>, FarmError> {
+        let mut builds = self.store.latest_builds(limit)?;
+        let core = self.core();
+        for build in &mut builds {
+            if let Some(live) = core.running.get(&build.build_id) {
+                *build = live.summary.clone();
+            }
+        }
+        Ok(builds)
+    }
+
+    /// A build with its shards.
+    pub fn build_detail(&self, build_id: u64) -> Result<BuildDetail, FarmError> {
+        let build = self.build_summary(build_id)?;
+        let shards = match self.core().running.get(&build_id) {
+            Some(live) => live.shards.values().cloned().collect(),
+            None => self.store.shards(build_id)?,
+        };
+        Ok(BuildDetail { build, shards })
+    }
+
+    /// Every stored result of a build.
+    pub fn build_tests(&self, build_id: u64) -> Result<BuildTests, FarmError> {
+        self.build_summary(build_id)?;
+        Ok(BuildTests { version: API_VERSION, build_id, results: self.store.results(build_id)? })
+    }
+
+    /// The newest changes, newest first.
+    pub fn changes(&self, limit: usize) -> Result<Vec<ChangeView>, FarmError> {
+        Ok(self.store.latest_changes(limit)?)
+    }
+
+    /// The workers the master knows.
+    pub fn workers(&self) -> Vec<WorkerView> {
+        let core = self.core();
+        core.workers
+            .iter()
+            .map(|(&worker_id, info)| WorkerView {
+                worker_id,
+                name: info.name.clone(),
+                lease_id: info.lease,
+                last_seen: info.last_seen,
+            })
+            .collect()
+    }
+}
+
+/// The result of a test no worker ran (attempt 0): skipped for a dependency, or given up.
+fn not_run(test_id: String, status: TestStatus, reason: String) -> TestResultView {
+    TestResultView { test_id, attempt: 0, status, duration_s: 0.0, output: Some(reason), worker: None }
+}
+
+fn sanitize_duration(duration_s: f64) -> f64 {
+    if duration_s.is_finite() && duration_s >= 0.0 { duration_s } else { 0.0 }
+}

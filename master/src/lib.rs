@@ -1,0 +1,114 @@
+//! The Greenlight master: an axum server over a [`farm::Farm`] whose state lives in sled.
+//! [`run`] serves on a given listener until `shutdown` resolves; `greenlight master` and
+//! the tests both call it. Background tasks poll the watched branch, start builds when
+//! changes are queued and no build runs, and expire leases whose heartbeats stopped.
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod changes;
+pub mod config;
+pub mod farm;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::farm::{Farm, FarmError};
+use crate::store::{Store, StoreError};
+
+/// Why the master stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    /// The store could not be opened.
+    #[error("cannot open the store in {dir}: {source}")]
+    Store {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// The error.
+        source: StoreError,
+    },
+    /// The farm could not start.
+    #[error(transparent)]
+    Farm(#[from] FarmError),
+    /// Serving failed.
+    #[error("server: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Serves the master on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), MasterError> {
+    let db_dir = config.data_dir.join("db");
+    std::fs::create_dir_all(&config.data_dir).map_err(MasterError::Serve)?;
+    let store = Store::open_sled(&db_dir).map_err(|source| MasterError::Store { dir: db_dir.clone(), source })?;
+    let farm = Arc::new(Farm::new(config, store)?);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let tasks = vec![
+        tokio::spawn(poll_loop(Arc::clone(&farm), stop_rx.clone())),
+        tokio::spawn(build_loop(Arc::clone(&farm), stop_rx.clone())),
+        tokio::spawn(tick_loop(Arc::clone(&farm), stop_rx.clone())),
+    ];
+    tracing::info!(address = %listener.local_addr()?, "master listening");
+    let app = api::router(api::AppState { farm: Arc::clone(&farm) });
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    farm.store().flush().map_err(FarmError::from)?;
+    served.map_err(MasterError::Serve)
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn poll_loop(farm: Arc<Farm>, mut stop: watch::Receiver<bool>) {
+    let interval = Duration::from_secs_f64(farm.config().repository.poll_interval_s);
+    loop {
+        if let Err(error) = farm.poll().await {
+            tracing::warn!(%error, "polling the repository failed");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = stopped(&mut stop) => return,
+        }
+    }
+}
+
+async fn build_loop(farm: Arc<Farm>, mut stop: watch::Receiver<bool>) {
+    loop {
+        if let Err(error) = farm.start_next_build().await {
+            tracing::error!(%error, "starting a build failed");
+        }
+        tokio::select! {
+            () = farm.build_wanted.notified() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = stopped(&mut stop) => return,
+        }
+    }
+}
+
+async fn tick_loop(farm: Arc<Farm>, mut stop: watch::Receiver<bool>) {
+    loop {
+        if let Err(error) = farm.tick() {
+            tracing::error!(%error, "expiring leases failed");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            () = stopped(&mut stop) => return,
+        }
+    }
+}

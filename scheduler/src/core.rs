@@ -1,0 +1,619 @@
+//! The scheduler state machine. It owns, for every running build, the state of each test
+//! (waiting on dependencies, ready, leased, done), the ready queue ordered by priority,
+//! the leases and the workers. Every method is an event with the time passed in; what it
+//! returns is the decision. Nothing here reads a clock, touches a file or a socket.
+//!
+//! Dispatch is dynamic: a free worker asks ([`Scheduler::request_work`]) and gets a shard
+//! cut from the ready queue, highest priority first. The shard's estimated work is a share
+//! of what is left, so shards are large early and small near the end, never below
+//! [`SchedulerConfig::min_shard_s`]. A test becomes ready only when every dependency has
+//! passed; a test whose dependency failed or was skipped is skipped with the reason.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+
+use greenlight_shared::api::TestStatus;
+
+use crate::Seconds;
+use crate::plan::{BuildPlan, PlanIndex};
+
+/// A build's id, as the master numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BuildId(pub u64);
+
+/// A worker's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkerId(pub u64);
+
+/// A lease's id, unique across builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LeaseId(pub u64);
+
+/// Knobs of the scheduler.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchedulerConfig {
+    /// Seconds without a heartbeat after which a lease is taken back.
+    pub lease_timeout_s: Seconds,
+    /// The least estimated work (seconds, overhead excluded) a shard is cut with, when
+    /// that much is ready.
+    pub min_shard_s: Seconds,
+    /// A shard gets `1 / (workers * shard_split)` of the work not yet leased.
+    pub shard_split: f64,
+    /// How many times a test is leased before the scheduler gives up on it (infra
+    /// failures and lost workers) and records it as an error.
+    pub max_attempts: u32,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> SchedulerConfig {
+        SchedulerConfig { lease_timeout_s: 30.0, min_shard_s: 0.0, shard_split: 2.0, max_attempts: 3 }
+    }
+}
+
+/// How a build ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Nothing failed.
+    Green,
+    /// These tests failed or errored (ids, in plan order).
+    Red {
+        /// The failing ids.
+        failed: Vec<String>,
+    },
+}
+
+/// A shard granted to a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseGrant {
+    /// The lease.
+    pub lease: LeaseId,
+    /// Its build.
+    pub build: BuildId,
+    /// The worker.
+    pub worker: WorkerId,
+    /// The tests to run, in order (plan indices).
+    pub tests: Vec<PlanIndex>,
+    /// When it expires without a heartbeat.
+    pub deadline: Seconds,
+}
+
+/// What the scheduler decided in answer to an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// A test will not run: record it as skipped with this reason.
+    Skipped {
+        /// The build.
+        build: BuildId,
+        /// The test (plan index).
+        test: PlanIndex,
+        /// Its id.
+        test_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// A test was given up on after too many attempts: record it as an error.
+    GaveUp {
+        /// The build.
+        build: BuildId,
+        /// The test (plan index).
+        test: PlanIndex,
+        /// Its id.
+        test_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// A lease was taken back; its unfinished tests are queued again.
+    LeaseExpired {
+        /// The lease.
+        lease: LeaseId,
+        /// Its worker, now considered lost.
+        worker: WorkerId,
+        /// How many tests went back to the queue.
+        requeued: usize,
+    },
+    /// New tests became ready: idle workers should ask again.
+    WorkAvailable,
+    /// Every test of the build has a result.
+    BuildFinished {
+        /// The build.
+        build: BuildId,
+        /// Green or red.
+        verdict: Verdict,
+    },
+}
+
+/// How a reported result was taken.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    /// Recorded now, as this attempt; the decisions follow from it.
+    Accepted {
+        /// The attempt (1 for the first lease of the test).
+        attempt: u32,
+        /// What follows.
+        decisions: Vec<Decision>,
+    },
+    /// The test already has a result from this lease: acknowledged, not counted again.
+    Duplicate,
+    /// The lease no longer holds the test (expired, requeued): ignored.
+    Stale,
+}
+
+/// An event the scheduler refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchedulerError {
+    /// No such lease.
+    #[error("unknown lease {0}")]
+    UnknownLease(u64),
+    /// The lease belongs to another worker.
+    #[error("lease {lease} is not held by worker {worker}")]
+    NotYourLease {
+        /// The lease.
+        lease: u64,
+        /// The worker who asked.
+        worker: u64,
+    },
+    /// The test is not part of the lease.
+    #[error("test {test_id:?} is not part of lease {lease}")]
+    TestNotInLease {
+        /// The lease.
+        lease: u64,
+        /// The test id.
+        test_id: String,
+    },
+    /// A build id is already in use.
+    #[error("build {0} already exists")]
+    DuplicateBuild(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum TestState {
+    Waiting { unfinished_dependencies: usize },
+    Ready,
+    Leased(LeaseId),
+    Done(TestStatus),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ReadyEntry {
+    priority: f64,
+    index: PlanIndex,
+}
+
+impl PartialEq for ReadyEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for ReadyEntry {}
+impl PartialOrd for ReadyEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ReadyEntry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Highest priority first; on a tie the earlier test in the suite.
+        self.priority.total_cmp(&other.priority).then_with(|| other.index.cmp(&self.index))
+    }
+}
+
+#[derive(Debug)]
+struct BuildRun {
+    plan: BuildPlan,
+    states: Vec<TestState>,
+    attempts: Vec<u32>,
+    done_by: Vec<Option<LeaseId>>,
+    ready: BinaryHeap<ReadyEntry>,
+    unleased_work: f64,
+    unfinished: usize,
+    failed: Vec<PlanIndex>,
+}
+
+#[derive(Debug)]
+struct LeaseState {
+    build: BuildId,
+    worker: WorkerId,
+    tests: Vec<PlanIndex>,
+    deadline: Seconds,
+    active: bool,
+}
+
+#[derive(Debug, Default)]
+struct WorkerState {
+    lease: Option<LeaseId>,
+    last_seen: Seconds,
+}
+
+/// The scheduler: all running builds, their leases and the live workers.
+#[derive(Debug)]
+pub struct Scheduler {
+    config: SchedulerConfig,
+    builds: BTreeMap<BuildId, BuildRun>,
+    leases: HashMap<LeaseId, LeaseState>,
+    workers: BTreeMap<WorkerId, WorkerState>,
+    /// Leases of builds that ended: late reports about them are answered, not refused.
+    retired: HashMap<LeaseId, WorkerId>,
+    next_lease: u64,
+}
+
+impl Scheduler {
+    /// An empty scheduler.
+    pub fn new(config: SchedulerConfig) -> Scheduler {
+        Scheduler {
+            config,
+            builds: BTreeMap::new(),
+            leases: HashMap::new(),
+            workers: BTreeMap::new(),
+            retired: HashMap::new(),
+            next_lease: 1,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    /// Lease ids start after `next` (a restarted master continues its numbering).
+    pub fn set_next_lease(&mut self, next: u64) {
+        self.next_lease = self.next_lease.max(next);
+    }
+
+    /// Workers currently counted for shard sizing.
+    pub fn live_workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The plan of a running build.
+    pub fn plan(&self, build: BuildId) -> Option<&BuildPlan> {
+        self.builds.get(&build).map(|run| &run.plan)
+    }
+
+    /// Whether the build is still running.
+    pub fn is_running(&self, build: BuildId) -> bool {
+        self.builds.contains_key(&build)
+    }
+
+    /// The build and tests of a lease, if it is known and still active.
+    pub fn active_lease(&self, lease: LeaseId) -> Option<(BuildId, WorkerId, &[PlanIndex])> {
+        let state = self.leases.get(&lease).filter(|state| state.active)?;
+        Some((state.build, state.worker, &state.tests))
+    }
+
+    /// Event: a worker joined the fleet (registered). It counts for shard sizing from now.
+    pub fn worker_joined(&mut self, worker: WorkerId, now: Seconds) {
+        self.workers.entry(worker).or_default().last_seen = now;
+    }
+
+    /// Event: a build was planned. Tests without dependencies become ready.
+    pub fn add_build(
+        &mut self,
+        build: BuildId,
+        plan: BuildPlan,
+        _now: Seconds,
+    ) -> Result<Vec<Decision>, SchedulerError> {
+        if self.builds.contains_key(&build) {
+            return Err(SchedulerError::DuplicateBuild(build.0));
+        }
+        let mut ready = BinaryHeap::new();
+        let states = plan
+            .tests
+            .iter()
+            .enumerate()
+            .map(|(index, test)| {
+                if test.depends_on.is_empty() {
+                    ready.push(ReadyEntry { priority: test.priority_s, index });
+                    TestState::Ready
+                } else {
+                    TestState::Waiting { unfinished_dependencies: test.depends_on.len() }
+                }
+            })
+            .collect();
+        let run = BuildRun {
+            unleased_work: plan.tests.iter().map(|test| test.estimate_s).sum(),
+            unfinished: plan.len(),
+            attempts: vec![0; plan.len()],
+            done_by: vec![None; plan.len()],
+            failed: Vec::new(),
+            states,
+            ready,
+            plan,
+        };
+        let empty = run.unfinished == 0;
+        self.builds.insert(build, run);
+        if empty {
+            return Ok(self.finish_build(build).into_iter().collect());
+        }
+        Ok(vec![Decision::WorkAvailable])
+    }
+
+    /// Event: a build is abandoned (cancelled). Its leases end; nothing more is reported.
+    pub fn remove_build(&mut self, build: BuildId) {
+        self.builds.remove(&build);
+        for lease in self.leases.values_mut().filter(|lease| lease.build == build) {
+            lease.active = false;
+        }
+        self.forget_leases_of(build);
+    }
+
+    /// Event: a free worker asks for work. Returns a shard to run, if any test is ready.
+    /// A worker that asks while holding a lease has abandoned it: it is taken back first.
+    pub fn request_work(&mut self, worker: WorkerId, now: Seconds) -> (Option<LeaseGrant>, Vec<Decision>) {
+        let mut decisions = Vec::new();
+        let held = self.workers.get(&worker).and_then(|state| state.lease);
+        if let Some(lease) = held {
+            decisions.extend(self.take_back(lease, now));
+        }
+        let state = self.workers.entry(worker).or_default();
+        state.last_seen = now;
+        let n_workers = self.workers.len().max(1) as f64;
+        let Some((&build, run)) = self.builds.iter_mut().find(|(_, run)| !run.ready.is_empty()) else {
+            return (None, decisions);
+        };
+        let target = (run.unleased_work / (n_workers * self.config.shard_split)).max(self.config.min_shard_s);
+        let lease = LeaseId(self.next_lease);
+        self.next_lease += 1;
+        let mut tests = Vec::new();
+        let mut work = 0.0;
+        while let Some(entry) = run.ready.peek().copied() {
+            if !tests.is_empty() && work >= target {
+                break;
+            }
+            run.ready.pop();
+            let estimate = run.plan.tests[entry.index].estimate_s;
+            work += estimate;
+            run.unleased_work -= estimate;
+            run.states[entry.index] = TestState::Leased(lease);
+            run.attempts[entry.index] += 1;
+            tests.push(entry.index);
+        }
+        let deadline = now + self.config.lease_timeout_s;
+        self.leases.insert(lease, LeaseState { build, worker, tests: tests.clone(), deadline, active: true });
+        if let Some(state) = self.workers.get_mut(&worker) {
+            state.lease = Some(lease);
+        }
+        (Some(LeaseGrant { lease, build, worker, tests, deadline }), decisions)
+    }
+
+    /// Event: a heartbeat. Returns whether the lease is still the worker's (and extends it).
+    pub fn heartbeat(&mut self, lease: LeaseId, worker: WorkerId, now: Seconds) -> Result<bool, SchedulerError> {
+        if self.check_retired(lease, worker)? {
+            return Ok(false);
+        }
+        let timeout = self.config.lease_timeout_s;
+        let state = self.leases.get_mut(&lease).ok_or(SchedulerError::UnknownLease(lease.0))?;
+        if state.worker != worker {
+            return Err(SchedulerError::NotYourLease { lease: lease.0, worker: worker.0 });
+        }
+        if let Some(worker_state) = self.workers.get_mut(&worker) {
+            worker_state.last_seen = now;
+        }
+        if state.active {
+            state.deadline = now + timeout;
+        }
+        Ok(state.active)
+    }
+
+    /// Event: a worker reports a finished test of its lease.
+    pub fn test_finished(
+        &mut self,
+        lease: LeaseId,
+        worker: WorkerId,
+        test_id: &str,
+        status: TestStatus,
+        now: Seconds,
+    ) -> Result<Report, SchedulerError> {
+        if self.check_retired(lease, worker)? {
+            return Ok(Report::Stale);
+        }
+        let lease_state = self.leases.get(&lease).ok_or(SchedulerError::UnknownLease(lease.0))?;
+        if lease_state.worker != worker {
+            return Err(SchedulerError::NotYourLease { lease: lease.0, worker: worker.0 });
+        }
+        let build = lease_state.build;
+        let not_in_lease = || SchedulerError::TestNotInLease { lease: lease.0, test_id: test_id.to_owned() };
+        let Some(run) = self.builds.get_mut(&build) else {
+            // The build ended (or was cancelled): whatever this is, it is late.
+            return Ok(Report::Stale);
+        };
+        let index = run.plan.index_of(test_id).ok_or_else(not_in_lease)?;
+        if !lease_state.tests.contains(&index) {
+            return Err(not_in_lease());
+        }
+        if let Some(worker_state) = self.workers.get_mut(&worker) {
+            worker_state.last_seen = now;
+        }
+        match run.states[index] {
+            TestState::Leased(holder) if holder == lease => {}
+            TestState::Done(_) if run.done_by[index] == Some(lease) => return Ok(Report::Duplicate),
+            _ => return Ok(Report::Stale),
+        }
+        run.done_by[index] = Some(lease);
+        let attempt = run.attempts[index];
+        let mut decisions = Vec::new();
+        self.record(build, index, status, &mut decisions);
+        Ok(Report::Accepted { attempt, decisions })
+    }
+
+    /// Event: the worker's shard process ended. Tests it did not report go back to the
+    /// queue (or are given up on after [`SchedulerConfig::max_attempts`]).
+    pub fn lease_finished(
+        &mut self,
+        lease: LeaseId,
+        worker: WorkerId,
+        now: Seconds,
+    ) -> Result<Vec<Decision>, SchedulerError> {
+        if self.check_retired(lease, worker)? {
+            return Ok(Vec::new());
+        }
+        let state = self.leases.get(&lease).ok_or(SchedulerError::UnknownLease(lease.0))?;
+        if state.worker != worker {
+            return Err(SchedulerError::NotYourLease { lease: lease.0, worker: worker.0 });
+        }
+        if let Some(worker_state) = self.workers.get_mut(&worker) {
+            worker_state.last_seen = now;
+        }
+        Ok(self.take_back(lease, now))
+    }
+
+    /// Event: time passed. Leases past their deadline are taken back and their workers
+    /// counted as lost; idle workers not heard from for two lease timeouts are forgotten.
+    pub fn tick(&mut self, now: Seconds) -> Vec<Decision> {
+        let mut expired: Vec<LeaseId> =
+            self.leases.iter().filter(|(_, state)| state.active && state.deadline < now).map(|(&id, _)| id).collect();
+        expired.sort();
+        let mut decisions = Vec::new();
+        for lease in expired {
+            let worker = self.leases[&lease].worker;
+            let requeued = self.leases[&lease]
+                .tests
+                .iter()
+                .filter(|&&test| {
+                    self.builds
+                        .get(&self.leases[&lease].build)
+                        .is_some_and(|run| run.states[test] == TestState::Leased(lease))
+                })
+                .count();
+            decisions.extend(self.take_back(lease, now));
+            self.workers.remove(&worker);
+            decisions.push(Decision::LeaseExpired { lease, worker, requeued });
+        }
+        let forget_before = now - 2.0 * self.config.lease_timeout_s;
+        self.workers.retain(|_, state| state.lease.is_some() || state.last_seen >= forget_before);
+        decisions
+    }
+
+    /// Whether `lease` belongs to an ended build; an error if it is not `worker`'s.
+    fn check_retired(&self, lease: LeaseId, worker: WorkerId) -> Result<bool, SchedulerError> {
+        match self.retired.get(&lease) {
+            None => Ok(false),
+            Some(&holder) if holder == worker => Ok(true),
+            Some(_) => Err(SchedulerError::NotYourLease { lease: lease.0, worker: worker.0 }),
+        }
+    }
+
+    fn take_back(&mut self, lease: LeaseId, _now: Seconds) -> Vec<Decision> {
+        let mut decisions = Vec::new();
+        let Some(state) = self.leases.get_mut(&lease) else { return decisions };
+        if !state.active {
+            return decisions;
+        }
+        state.active = false;
+        let (build, worker) = (state.build, state.worker);
+        let tests = state.tests.clone();
+        if let Some(worker_state) = self.workers.get_mut(&worker)
+            && worker_state.lease == Some(lease)
+        {
+            worker_state.lease = None;
+        }
+        let max_attempts = self.config.max_attempts;
+        let Some(run) = self.builds.get_mut(&build) else { return decisions };
+        let mut requeued = false;
+        let mut gave_up = Vec::new();
+        for test in tests {
+            if run.states[test] != TestState::Leased(lease) {
+                continue;
+            }
+            if run.attempts[test] >= max_attempts {
+                gave_up.push(test);
+            } else {
+                run.states[test] = TestState::Ready;
+                run.unleased_work += run.plan.tests[test].estimate_s;
+                run.ready.push(ReadyEntry { priority: run.plan.tests[test].priority_s, index: test });
+                requeued = true;
+            }
+        }
+        for test in gave_up {
+            let attempts = self.builds[&build].attempts[test];
+            decisions.push(Decision::GaveUp {
+                build,
+                test,
+                test_id: self.builds[&build].plan.tests[test].id.clone(),
+                reason: format!("no result after {attempts} attempts (workers lost or runner crashed)"),
+            });
+            self.record(build, test, TestStatus::Error, &mut decisions);
+        }
+        if requeued {
+            decisions.push(Decision::WorkAvailable);
+        }
+        decisions
+    }
+
+    /// Records a final status and everything that follows from it.
+    fn record(&mut self, build: BuildId, index: PlanIndex, status: TestStatus, decisions: &mut Vec<Decision>) {
+        let Some(run) = self.builds.get_mut(&build) else { return };
+        run.states[index] = TestState::Done(status);
+        run.unfinished -= 1;
+        if status.is_failure() {
+            run.failed.push(index);
+        }
+        if status == TestStatus::Passed {
+            let mut unblocked = false;
+            for position in 0..run.plan.tests[index].dependents.len() {
+                let dependent = run.plan.tests[index].dependents[position];
+                if let TestState::Waiting { unfinished_dependencies } = &mut run.states[dependent] {
+                    *unfinished_dependencies -= 1;
+                    if *unfinished_dependencies == 0 {
+                        run.states[dependent] = TestState::Ready;
+                        run.ready.push(ReadyEntry { priority: run.plan.tests[dependent].priority_s, index: dependent });
+                        unblocked = true;
+                    }
+                }
+            }
+            if unblocked {
+                decisions.push(Decision::WorkAvailable);
+            }
+        } else {
+            // Everything waiting on this test, transitively, will not run.
+            let mut stack = vec![(index, run.plan.tests[index].id.clone(), status)];
+            while let Some((blocker, blocker_id, blocker_status)) = stack.pop() {
+                for position in 0..run.plan.tests[blocker].dependents.len() {
+                    let dependent = run.plan.tests[blocker].dependents[position];
+                    if !matches!(run.states[dependent], TestState::Waiting { .. }) {
+                        continue;
+                    }
+                    run.states[dependent] = TestState::Done(TestStatus::Skipped);
+                    run.unfinished -= 1;
+                    run.unleased_work -= run.plan.tests[dependent].estimate_s;
+                    let reason = format!("dependency {blocker_id:?} {}", blocker_status.as_str());
+                    let test_id = run.plan.tests[dependent].id.clone();
+                    decisions.push(Decision::Skipped { build, test: dependent, test_id, reason });
+                    stack.push((dependent, run.plan.tests[dependent].id.clone(), TestStatus::Skipped));
+                }
+            }
+        }
+        if run.unfinished == 0 {
+            decisions.extend(self.finish_build(build));
+        }
+    }
+
+    fn finish_build(&mut self, build: BuildId) -> Option<Decision> {
+        let run = self.builds.remove(&build)?;
+        self.forget_leases_of(build);
+        let verdict = if run.failed.is_empty() {
+            Verdict::Green
+        } else {
+            let mut failed = run.failed;
+            failed.sort_unstable();
+            Verdict::Red { failed: failed.into_iter().map(|index| run.plan.tests[index].id.clone()).collect() }
+        };
+        Some(Decision::BuildFinished { build, verdict })
+    }
+
+    fn forget_leases_of(&mut self, build: BuildId) {
+        let workers = &mut self.workers;
+        let retired = &mut self.retired;
+        self.leases.retain(|lease, state| {
+            if state.build != build {
+                return true;
+            }
+            retired.insert(*lease, state.worker);
+            if let Some(worker_state) = workers.get_mut(&state.worker)
+                && worker_state.lease == Some(*lease)
+            {
+                worker_state.lease = None;
+            }
+            false
+        });
+    }
+}

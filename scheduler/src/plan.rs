@@ -1,0 +1,160 @@
+//! A build's plan: the selected tests renumbered densely, their estimates, the dependency
+//! edges both ways, and each test's priority: its estimate plus the longest estimated
+//! chain of tests waiting on it (slowest-first generalised to the DAG).
+
+use std::collections::HashMap;
+
+use crate::suite::{Suite, TestIndex};
+
+/// Position of a test in a [`BuildPlan`].
+pub type PlanIndex = usize;
+
+/// One test of a plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedTest {
+    /// The test id.
+    pub id: String,
+    /// Tests of the plan it depends on.
+    pub depends_on: Vec<PlanIndex>,
+    /// Tests of the plan that depend on it.
+    pub dependents: Vec<PlanIndex>,
+    /// Estimated seconds.
+    pub estimate_s: f64,
+    /// Estimate plus the longest estimated chain behind it: the order of dispatch.
+    pub priority_s: f64,
+}
+
+/// The tests of one build, ready for the scheduler.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildPlan {
+    /// The tests, in suite order.
+    pub tests: Vec<PlannedTest>,
+    /// Seconds every shard pays once.
+    pub shard_overhead_s: f64,
+    by_id: HashMap<String, PlanIndex>,
+}
+
+impl BuildPlan {
+    /// A plan for the `selected` tests of `suite`, with `estimates` in suite order.
+    /// `selected` must be closed under dependencies (as [`crate::select::select`] returns).
+    pub fn new(suite: &Suite, selected: &[TestIndex], estimates: &[f64]) -> BuildPlan {
+        let mut plan_index = vec![usize::MAX; suite.len()];
+        for (position, &index) in selected.iter().enumerate() {
+            plan_index[index] = position;
+        }
+        let tests = selected
+            .iter()
+            .map(|&index| {
+                let spec = &suite.tests[index];
+                PlannedTest {
+                    id: spec.id.clone(),
+                    depends_on: spec
+                        .depends_on
+                        .iter()
+                        .map(|&dep| plan_index[dep])
+                        .filter(|&p| p != usize::MAX)
+                        .collect(),
+                    dependents: Vec::new(),
+                    estimate_s: estimates[index],
+                    priority_s: 0.0,
+                }
+            })
+            .collect();
+        BuildPlan::from_tests(tests, suite.shard_overhead_s)
+    }
+
+    /// A plan from tests whose `depends_on` are already plan indices (acyclic).
+    /// `dependents` and `priority_s` are recomputed.
+    pub fn from_tests(mut tests: Vec<PlannedTest>, shard_overhead_s: f64) -> BuildPlan {
+        for test in &mut tests {
+            test.dependents.clear();
+        }
+        for index in 0..tests.len() {
+            for position in 0..tests[index].depends_on.len() {
+                let dependency = tests[index].depends_on[position];
+                tests[dependency].dependents.push(index);
+            }
+        }
+        let priorities = longest_chains(&tests, |test| test.estimate_s);
+        for (test, priority) in tests.iter_mut().zip(priorities) {
+            test.priority_s = priority;
+        }
+        let by_id = tests.iter().enumerate().map(|(index, test)| (test.id.clone(), index)).collect();
+        BuildPlan { tests, shard_overhead_s, by_id }
+    }
+
+    /// The plan index of a test id.
+    pub fn index_of(&self, id: &str) -> Option<PlanIndex> {
+        self.by_id.get(id).copied()
+    }
+
+    /// Number of tests.
+    pub fn len(&self) -> usize {
+        self.tests.len()
+    }
+
+    /// Whether the plan has no test.
+    pub fn is_empty(&self) -> bool {
+        self.tests.is_empty()
+    }
+
+    /// The lower bound of DESIGN.md for `n_workers`, on the plan's estimates.
+    pub fn lower_bound(&self, n_workers: usize) -> f64 {
+        let durations: Vec<f64> = self.tests.iter().map(|test| test.estimate_s).collect();
+        self.lower_bound_with(&durations, n_workers)
+    }
+
+    /// `max(total / N, longest test, critical path) + shard overhead` for the given
+    /// durations (in plan order).
+    pub fn lower_bound_with(&self, durations: &[f64], n_workers: usize) -> f64 {
+        if self.tests.is_empty() {
+            return 0.0;
+        }
+        let total: f64 = durations.iter().sum();
+        let longest = durations.iter().copied().fold(0.0, f64::max);
+        let critical_path =
+            longest_chains(&self.tests, |test| durations[self.by_id[&test.id]]).into_iter().fold(0.0, f64::max);
+        (total / n_workers.max(1) as f64).max(longest).max(critical_path) + self.shard_overhead_s
+    }
+}
+
+/// For every test, its duration plus the longest chain of dependents behind it.
+fn longest_chains(tests: &[PlannedTest], duration: impl Fn(&PlannedTest) -> f64) -> Vec<f64> {
+    // Kahn's order from the sinks (tests nothing depends on) backwards.
+    let mut waiting: Vec<usize> = tests.iter().map(|test| test.dependents.len()).collect();
+    let mut stack: Vec<PlanIndex> = (0..tests.len()).filter(|&index| waiting[index] == 0).collect();
+    let mut chain = vec![0.0; tests.len()];
+    while let Some(index) = stack.pop() {
+        let behind = tests[index].dependents.iter().map(|&dependent| chain[dependent]).fold(0.0, f64::max);
+        chain[index] = duration(&tests[index]) + behind;
+        for &dependency in &tests[index].depends_on {
+            waiting[dependency] -= 1;
+            if waiting[dependency] == 0 {
+                stack.push(dependency);
+            }
+        }
+    }
+    chain
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn test(id: &str, estimate_s: f64, depends_on: &[usize]) -> PlannedTest {
+        PlannedTest { id: id.into(), depends_on: depends_on.to_vec(), dependents: vec![], estimate_s, priority_s: 0.0 }
+    }
+
+    #[test]
+    fn priority_counts_the_chain_a_test_unblocks() {
+        let plan = BuildPlan::from_tests(
+            vec![test("a", 1.0, &[]), test("b", 5.0, &[0]), test("c", 2.0, &[1]), test("d", 4.0, &[])],
+            0.5,
+        );
+        let priorities: Vec<f64> = plan.tests.iter().map(|t| t.priority_s).collect();
+        assert_eq!(priorities, vec![8.0, 7.0, 2.0, 4.0]);
+        // total 12 over 2 workers is 6; the chain a-b-c is 8; plus the overhead.
+        assert_eq!(plan.lower_bound(2), 8.5);
+        assert_eq!(plan.lower_bound(1), 12.5);
+    }
+}

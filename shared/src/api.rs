@@ -1,0 +1,428 @@
+//! Wire types of the HTTP API (`/api/v1/...`). Every body carries `version`; fields are
+//! only ever added, with defaults, so an older worker keeps talking to a newer master.
+//!
+//! Ids travel as plain numbers (`worker_id`, `lease_id`, `build_id`) and test ids as
+//! strings, exactly as in the suite file.
+
+use serde::{Deserialize, Serialize};
+
+fn api_version() -> u32 {
+    crate::API_VERSION
+}
+
+/// `POST /api/v1/workers/register`: a worker introduces itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// Wire version.
+    #[serde(default = "api_version")]
+    pub version: u32,
+    /// The worker's name, unique in the fleet (`--name`).
+    pub name: String,
+}
+
+/// The master's answer to a registration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    /// Wire version.
+    #[serde(default = "api_version")]
+    pub version: u32,
+    /// The id to use in every later call.
+    pub worker_id: u64,
+    /// How often to heartbeat a lease.
+    pub heartbeat_interval_s: f64,
+}
+
+/// `POST /api/v1/workers/{worker_id}/lease`: long-poll for work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    /// Wire version.
+    #[serde(default = "api_version")]
+    pub version: u32,
+    /// How long the master may hold the request before answering "no work".
+    #[serde(default = "default_wait_s")]
+    pub wait_s: f64,
+}
+
+fn default_wait_s() -> f64 {
+    20.0
+}
+
+/// The answer to a lease request: a lease, or none when the wait ran out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseResponse {
+    /// Wire version.
+    #[serde(default = "api_version")]
+    pub version: u32,
+    /// The shard to run, if there is one.
+    pub lease: Option<Lease>,
+}
+
+/// A shard handed to one worker until `deadline` (heartbeats extend it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The lease's id, used by every report about it.
+    pub lease_id: u64,
+    /// The build the shard belongs to.
+    pub build_id: u64,
+    /// Where to fetch the revision from (anything `git clone` accepts).
+    pub repository: String,
+    /// The revision to check out.
+    pub revision: String,
+    /// The tests to run, in this order.
+    pub tests: Vec<String>,
+    /// Run once per revision in the checkout before the first shard (argv, no shell).
+    #[serde(default)]
+    pub setup_command: Vec<String>,
+    /// The shard command template (argv, no shell). `{ids_file}` is a file with one test
+    /// id per line, `{junit}` the JUnit XML path to write, `{ids}` (a whole argument)
+    /// expands to one argument per test id, `{revision}` the revision.
+    pub run_command: Vec<String>,
+    /// Environment variables set for the setup and run commands.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// How often to heartbeat.
+    pub heartbeat_interval_s: f64,
+    /// Seconds after the last heartbeat at which the master takes the shard back.
+    pub lease_timeout_s: f64,
+}
+
+/// The outcome of one test, as the runner reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TestStatus {
+    /// The test passed.
+    Passed,
+    /// The test failed its assertions.
+    Failed,
+    /// The runner skipped it, or it was not run because a dependency did not pass.
+    Skipped,
+    /// The test errored or the runner never reported it (crashed, lost).
+    Error,
+}
+
+impl TestStatus {
+    /// Whether this outcome makes a build red.
+    pub fn is_failure(self) -> bool {
+        matches!(self, TestStatus::Failed | TestStatus::Error)
+    }
+
+    /// The lowercase word used on the wire and in summaries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TestStatus::Passed => "passed",
+            TestStatus::Failed => "failed",
+            TestStatus::Skipped => "skipped",
+            TestStatus::Error => "error",
+        }
+    }
+}
+
+/// One test's result, streamed by a worker while its shard runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestReport {
+    /// The test id, exactly as leased.
+    pub test_id: String,
+    /// What happened.
+    pub status: TestStatus,
+    /// Seconds the test took.
+    #[serde(default)]
+    pub duration_s: f64,
+    /// Output of a failure or error (message, system-out, system-err), possibly truncated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+}
+
+/// `POST /api/v1/leases/{lease_id}/results`: a batch of finished tests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultsRequest {
+    /// Wire version.
+    #[serde(default = "api_version")]
+    pub version: u32,
+    /// The worker holding the lease.
+    pub worker_id: u64,
+    /// Finished tests.
+    pub results: Vec<TestReport>,
+}
+
+/// How the master took a batch of results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultsResponse {
+    /// Wire version.
+    #[serde(default = "api_version")]
+    pub version: u32,
+    /// Results stored now.
+    pub accepted: u32,
+    /// Results already stored before (a retried report): acknowledged, not counted again.
+    pub duplicates: u32,
+    /// Results for tests this lease no longer holds (it expired): ignored.
+    pub stale: u32,
+}
+
+/// `POST /api/v1/leases/{lease_id}/heartbeat`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    /// Wire version.
+    #[serde(default = "api_version")]
+    pub version: u32,
+    /// The worker holding the lease.
+    pub worker_id: u64,
+}
+
+/// The answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    /// Wire version.
+    #[serde(default = "api_version")]
+    pub version: u32,
+    /// False when the master no longer holds this lease for the worker (it expired or the
+    /// build was cancelled): the worker should stop the shard.
+    pub active: bool,
+}
+
+/// How a shard ended, from the worker's side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ShardOutcome {
+    /// The runner ran and every leased test was reported.
+    Completed,
+    /// The shard could not run (checkout, setup or runner start failed): the tests that
+    /// were not reported go back to the queue.
+    InfraError {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// `POST /api/v1/leases/{lease_id}/finish`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinishRequest {
+    /// Wire version.
+    #[serde(default = "api_version")]
+    pub version: u32,
+    /// The worker holding the lease.
+    pub worker_id: u64,
+    /// How it ended.
+    pub outcome: ShardOutcome,
+}
+
+/// `POST /api/v1/changes`: a post-receive hook says the branch moved.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChangeNotice {
+    /// Wire version.
+    #[serde(default = "api_version")]
+    pub version: u32,
+    /// The branch that moved; the watched branch when absent.
+    #[serde(default)]
+    pub branch: Option<String>,
+    /// The new tip, for the record; the master fetches the branch itself.
+    #[serde(default)]
+    pub revision: Option<String>,
+}
+
+/// The answer to a change notice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeNoticeResponse {
+    /// Wire version.
+    #[serde(default = "api_version")]
+    pub version: u32,
+    /// Changes newly queued by the fetch the notice caused.
+    pub queued: Vec<ChangeView>,
+}
+
+/// A change (one commit) as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeView {
+    /// Order of arrival.
+    pub sequence: u64,
+    /// The branch it was seen on.
+    pub branch: String,
+    /// The full commit id.
+    pub revision: String,
+    /// `Name <email>`.
+    pub author: String,
+    /// The commit message.
+    pub message: String,
+    /// Paths the commit touched.
+    pub paths: Vec<String>,
+    /// Tags from the `Tags:` trailer and the path rules; empty means "run everything".
+    pub tags: Vec<String>,
+    /// The build that covers it, once one does.
+    pub build_id: Option<u64>,
+    /// When the master saw it (Unix seconds).
+    pub seen_at: f64,
+}
+
+/// Where a build is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildState {
+    /// Planned, no shard leased yet.
+    Queued,
+    /// Shards are running.
+    Running,
+    /// Every selected test passed or was skipped by its runner.
+    Green,
+    /// At least one test failed.
+    Red,
+    /// The build could not be planned (bad suite, missing revision).
+    Error,
+}
+
+impl BuildState {
+    /// Whether the build has ended.
+    pub fn is_finished(self) -> bool {
+        matches!(self, BuildState::Green | BuildState::Red | BuildState::Error)
+    }
+}
+
+/// Counts of test outcomes in a build.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestCounts {
+    /// Tests selected.
+    pub total: u32,
+    /// Passed.
+    pub passed: u32,
+    /// Failed.
+    pub failed: u32,
+    /// Skipped (by the runner or because a dependency did not pass).
+    pub skipped: u32,
+    /// Errored or never reported.
+    pub error: u32,
+}
+
+impl TestCounts {
+    /// Tests with a final result.
+    pub fn done(&self) -> u32 {
+        self.passed + self.failed + self.skipped + self.error
+    }
+
+    /// Adds one outcome.
+    pub fn add(&mut self, status: TestStatus) {
+        match status {
+            TestStatus::Passed => self.passed += 1,
+            TestStatus::Failed => self.failed += 1,
+            TestStatus::Skipped => self.skipped += 1,
+            TestStatus::Error => self.error += 1,
+        }
+    }
+}
+
+/// A build as listed by `GET /api/v1/builds`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildSummary {
+    /// Wire version.
+    #[serde(default = "api_version")]
+    pub version: u32,
+    /// The build's id, increasing.
+    pub build_id: u64,
+    /// The branch.
+    pub branch: String,
+    /// The revision tested (the newest change it covers).
+    pub revision: String,
+    /// Where the build is.
+    pub state: BuildState,
+    /// Sequences of the changes it covers, oldest first.
+    pub changes: Vec<u64>,
+    /// Tags that selected the tests; empty with `full_run`.
+    pub tags: Vec<String>,
+    /// Whether every test of the suite was selected.
+    pub full_run: bool,
+    /// Outcome counts so far.
+    pub counts: TestCounts,
+    /// Ids of failed or errored tests (first 100).
+    pub failed_tests: Vec<String>,
+    /// Why the build is in `error`, if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When it was queued (Unix seconds).
+    pub created_at: f64,
+    /// When its first shard was leased.
+    pub started_at: Option<f64>,
+    /// When it ended.
+    pub finished_at: Option<f64>,
+    /// The scheduler's estimate of the time it should take on the fleet it had.
+    pub lower_bound_s: Option<f64>,
+    /// How long it took from first lease to last result.
+    pub makespan_s: Option<f64>,
+    /// Shards handed out.
+    pub shards: u32,
+}
+
+/// One shard of a build, for the API and the waterfall.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardView {
+    /// The lease id.
+    pub lease_id: u64,
+    /// The worker's name.
+    pub worker: String,
+    /// Tests in it.
+    pub tests: u32,
+    /// Leased at (Unix seconds).
+    pub started_at: f64,
+    /// Finished or expired at.
+    pub finished_at: Option<f64>,
+    /// `running`, `finished`, `expired` or `infra_error`.
+    pub state: String,
+}
+
+/// A build with its shards, for `GET /api/v1/builds/{build_id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildDetail {
+    /// The summary.
+    pub build: BuildSummary,
+    /// Its shards, in leasing order.
+    pub shards: Vec<ShardView>,
+}
+
+/// One stored test result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestResultView {
+    /// The test id.
+    pub test_id: String,
+    /// 1 for the first run of the test in the build.
+    pub attempt: u32,
+    /// What happened.
+    pub status: TestStatus,
+    /// Seconds it took.
+    pub duration_s: f64,
+    /// Output of a failure, or the reason of a skip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// The worker that ran it, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+}
+
+/// `GET /api/v1/builds/{build_id}/tests`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildTests {
+    /// Wire version.
+    #[serde(default = "api_version")]
+    pub version: u32,
+    /// The build.
+    pub build_id: u64,
+    /// Every stored result, in test id order.
+    pub results: Vec<TestResultView>,
+}
+
+/// A worker as `GET /api/v1/workers` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerView {
+    /// Its id.
+    pub worker_id: u64,
+    /// Its name.
+    pub name: String,
+    /// The lease it holds, if any.
+    pub lease_id: Option<u64>,
+    /// Last time it was heard from (Unix seconds).
+    pub last_seen: f64,
+}
+
+/// The JSON body of every error answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A stable machine-readable code, e.g. `unknown_lease`.
+    pub error: String,
+    /// A sentence for humans naming the problem.
+    pub message: String,
+}

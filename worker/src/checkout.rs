@@ -1,0 +1,107 @@
+//! The worker's cached clone: one work tree per worker, fetched and checked out at each
+//! lease's revision, cleaned between revisions, with the suite's setup command run once
+//! per revision (remembered in a marker file, so a restarted worker does not redo it).
+
+use std::path::{Path, PathBuf};
+
+use greenlight_shared::git::{Git, GitError};
+
+/// Why a checkout could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    /// git failed.
+    #[error(transparent)]
+    Git(#[from] GitError),
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The setup command failed.
+    #[error("setup command {command:?} failed: {detail}")]
+    Setup {
+        /// The command.
+        command: Vec<String>,
+        /// Exit status and output tail.
+        detail: String,
+    },
+}
+
+/// A cached clone under the worker's directory.
+#[derive(Debug, Clone)]
+pub struct Checkout {
+    dir: PathBuf,
+    marker: PathBuf,
+}
+
+impl Checkout {
+    /// The clone in `workdir/checkout`.
+    pub fn new(workdir: &Path) -> Checkout {
+        Checkout { dir: workdir.join("checkout"), marker: workdir.join("setup-done") }
+    }
+
+    /// The work tree.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Makes the work tree hold `revision` of `repository`, set up. Blocking.
+    pub fn prepare(
+        &self,
+        repository: &str,
+        revision: &str,
+        setup: &[String],
+        env: &[(String, String)],
+    ) -> Result<(), CheckoutError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| CheckoutError::Io { path, source }
+        };
+        let git = Git::new(&self.dir);
+        if !self.dir.join(".git").exists() {
+            if self.dir.exists() {
+                std::fs::remove_dir_all(&self.dir).map_err(io(&self.dir))?;
+            }
+            std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+            git.run(&["clone", "--quiet", "--no-checkout", repository, "."])?;
+        }
+        let wanted = format!("{revision}^{{commit}}");
+        if git.run(&["cat-file", "-e", &wanted]).is_err() {
+            git.run(&["fetch", "--quiet", "--no-tags", "origin", "+refs/heads/*:refs/remotes/origin/*"])?;
+            if git.run(&["cat-file", "-e", &wanted]).is_err() {
+                // Not on any branch head any more (or the server allows fetching by id).
+                git.run(&["fetch", "--quiet", "--no-tags", "origin", revision])?;
+            }
+        }
+        let done = std::fs::read_to_string(&self.marker).unwrap_or_default();
+        let current = git.run(&["rev-parse", "HEAD"]).unwrap_or_default();
+        if current == revision && done.trim() == revision {
+            return Ok(());
+        }
+        git.run(&["checkout", "--quiet", "--force", "--detach", revision])?;
+        git.run(&["clean", "-qfdx"])?;
+        let _ = std::fs::remove_file(&self.marker);
+        if !setup.is_empty() {
+            let output = std::process::Command::new(&setup[0])
+                .args(&setup[1..])
+                .current_dir(&self.dir)
+                .envs(env.iter().map(|(key, value)| (key, value)))
+                .stdin(std::process::Stdio::null())
+                .output()
+                .map_err(|source| CheckoutError::Setup { command: setup.to_vec(), detail: source.to_string() })?;
+            if !output.status.success() {
+                let stderr = String::from_utf8_lossy(&output.stderr);
+                let tail: String = stderr.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
+                return Err(CheckoutError::Setup {
+                    command: setup.to_vec(),
+                    detail: format!("{}: {tail}", output.status),
+                });
+            }
+        }
+        std::fs::write(&self.marker, revision).map_err(io(&self.marker))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,129 @@
+//! The worker's HTTP client for the master's API: one method per call, the bearer token
+//! on every request, and errors split into "could not reach the master" (retry later)
+//! and "the master refused" (with its JSON error body).
+
+use std::time::Duration;
+
+use greenlight_shared::API_VERSION;
+use greenlight_shared::api::{
+    ErrorBody, FinishRequest, HeartbeatRequest, HeartbeatResponse, Lease, LeaseRequest, LeaseResponse, RegisterRequest,
+    RegisterResponse, ResultsRequest, ResultsResponse, ShardOutcome, TestReport,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A failed call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The master could not be reached or did not answer in time.
+    #[error("master unreachable: {0}")]
+    Unreachable(#[source] reqwest::Error),
+    /// The master answered with an error.
+    #[error("master refused ({status}): {}: {}", .body.error, .body.message)]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The error body.
+        body: ErrorBody,
+    },
+}
+
+impl ClientError {
+    /// The master's error code, when it refused.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Refused { body, .. } => Some(&body.error),
+            ClientError::Unreachable(_) => None,
+        }
+    }
+}
+
+/// A client for one master.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client for the master at `base` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base: &str, token: Option<String>) -> Client {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .expect("a plain HTTP client always builds");
+        Client { http, base: base.trim_end_matches('/').to_owned(), token }
+    }
+
+    async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<R, ClientError> {
+        let mut request = self.http.post(format!("{}{path}", self.base)).json(body).timeout(timeout);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(ClientError::Unreachable)?;
+        let status = response.status();
+        if status.is_success() {
+            if status == reqwest::StatusCode::NO_CONTENT {
+                return serde_json::from_value(serde_json::Value::Null).map_err(|_| ClientError::Refused {
+                    status: status.as_u16(),
+                    body: ErrorBody { error: "empty_answer".into(), message: "expected a body".into() },
+                });
+            }
+            return response.json().await.map_err(ClientError::Unreachable);
+        }
+        let text = response.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or_else(|_| ErrorBody {
+            error: "unexpected_answer".into(),
+            message: text.chars().take(500).collect(),
+        });
+        Err(ClientError::Refused { status: status.as_u16(), body })
+    }
+
+    /// Registers under `name`.
+    pub async fn register(&self, name: &str) -> Result<RegisterResponse, ClientError> {
+        let request = RegisterRequest { version: API_VERSION, name: name.to_owned() };
+        self.post("/api/v1/workers/register", &request, Duration::from_secs(10)).await
+    }
+
+    /// Long-polls for a lease for up to `wait_s`.
+    pub async fn lease(&self, worker_id: u64, wait_s: f64) -> Result<Option<Lease>, ClientError> {
+        let request = LeaseRequest { version: API_VERSION, wait_s };
+        let timeout = Duration::from_secs_f64(wait_s + 10.0);
+        let response: LeaseResponse =
+            self.post(&format!("/api/v1/workers/{worker_id}/lease"), &request, timeout).await?;
+        Ok(response.lease)
+    }
+
+    /// Heartbeats a lease; false when the master took it back.
+    pub async fn heartbeat(&self, worker_id: u64, lease_id: u64) -> Result<bool, ClientError> {
+        let request = HeartbeatRequest { version: API_VERSION, worker_id };
+        let response: HeartbeatResponse =
+            self.post(&format!("/api/v1/leases/{lease_id}/heartbeat"), &request, Duration::from_secs(10)).await?;
+        Ok(response.active)
+    }
+
+    /// Reports finished tests.
+    pub async fn results(
+        &self,
+        worker_id: u64,
+        lease_id: u64,
+        results: Vec<TestReport>,
+    ) -> Result<ResultsResponse, ClientError> {
+        let request = ResultsRequest { version: API_VERSION, worker_id, results };
+        self.post(&format!("/api/v1/leases/{lease_id}/results"), &request, Duration::from_secs(30)).await
+    }
+
+    /// Ends a lease.
+    pub async fn finish(&self, worker_id: u64, lease_id: u64, outcome: ShardOutcome) -> Result<(), ClientError> {
+        let request = FinishRequest { version: API_VERSION, worker_id, outcome };
+        let _: Option<()> =
+            self.post(&format!("/api/v1/leases/{lease_id}/finish"), &request, Duration::from_secs(10)).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,300 @@
+//! Reading JUnit XML as real runners write it, with a real XML parser (quick-xml), and
+//! tolerant of what they get wrong: nested `testsuites`, missing `classname` or `file`,
+//! `skipped` / `error` / `failure` / `flakyFailure`, `system-out` and `system-err`, huge
+//! outputs (truncated with a note), invalid UTF-8 (replaced), and a file that stops
+//! half-written. Only complete `<testcase>` elements are returned, so the same function
+//! reads a report that is still being written: call it again later for more.
+
+use greenlight_shared::api::TestStatus;
+use quick_xml::Reader;
+use quick_xml::events::{BytesStart, Event};
+
+/// The most bytes of output kept per test.
+pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
+
+/// One complete `<testcase>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JunitCase {
+    /// `name`.
+    pub name: String,
+    /// `classname`, if present.
+    pub classname: Option<String>,
+    /// `file`, if present.
+    pub file: Option<String>,
+    /// `time` in seconds (0 when absent or not a number).
+    pub time_s: f64,
+    /// The outcome.
+    pub status: TestStatus,
+    /// Failure message and text, then system-out and system-err (failures only).
+    pub output: Option<String>,
+}
+
+/// Appends `text` to `output` without letting it grow past [`MAX_OUTPUT_BYTES`].
+fn append_output(output: &mut String, truncated: &mut usize, text: &str) {
+    if text.is_empty() {
+        return;
+    }
+    let room = MAX_OUTPUT_BYTES.saturating_sub(output.len());
+    if text.len() <= room {
+        output.push_str(text);
+        return;
+    }
+    let mut cut = room;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    output.push_str(&text[..cut]);
+    *truncated += text.len() - cut;
+}
+
+fn attribute(element: &BytesStart<'_>, key: &[u8]) -> Option<String> {
+    element.attributes().flatten().find(|attribute| attribute.key.as_ref() == key).map(|attribute| {
+        attribute
+            .unescape_value()
+            .map(|value| value.into_owned())
+            .unwrap_or_else(|_| String::from_utf8_lossy(&attribute.value).into_owned())
+    })
+}
+
+#[derive(Default)]
+struct CaseBuilder {
+    name: String,
+    classname: Option<String>,
+    file: Option<String>,
+    time_s: f64,
+    status: Option<TestStatus>,
+    output: String,
+    truncated: usize,
+    /// The child element whose text is being collected, if any.
+    collecting: Option<Vec<u8>>,
+}
+
+impl CaseBuilder {
+    fn start(element: &BytesStart<'_>) -> CaseBuilder {
+        let time_s = attribute(element, b"time")
+            .and_then(|time| time.trim().parse::<f64>().ok())
+            .filter(|time| time.is_finite() && *time >= 0.0)
+            .unwrap_or(0.0);
+        CaseBuilder {
+            name: attribute(element, b"name").unwrap_or_default(),
+            classname: attribute(element, b"classname").filter(|value| !value.is_empty()),
+            file: attribute(element, b"file").filter(|value| !value.is_empty()),
+            time_s,
+            ..CaseBuilder::default()
+        }
+    }
+
+    fn child(&mut self, element: &BytesStart<'_>, empty: bool) {
+        let tag = element.local_name().as_ref().to_vec();
+        let status = match tag.as_slice() {
+            b"failure" => Some(TestStatus::Failed),
+            b"error" => Some(TestStatus::Error),
+            b"skipped" => Some(TestStatus::Skipped),
+            _ => None,
+        };
+        if let Some(status) = status {
+            // A failure or error outranks a skip; the first failure wins.
+            if !matches!(self.status, Some(TestStatus::Failed | TestStatus::Error)) {
+                self.status = Some(status);
+            }
+        }
+        if matches!(
+            tag.as_slice(),
+            b"failure" | b"error" | b"flakyFailure" | b"flakyError" | b"rerunFailure" | b"rerunError"
+        ) && let Some(message) = attribute(element, b"message")
+        {
+            let label = String::from_utf8_lossy(&tag).into_owned();
+            append_output(&mut self.output, &mut self.truncated, &format!("[{label}] {message}\n"));
+        }
+        if !empty
+            && matches!(
+                tag.as_slice(),
+                b"failure" | b"error" | b"system-out" | b"system-err" | b"flakyFailure" | b"flakyError"
+            )
+        {
+            self.collecting = Some(tag);
+        }
+    }
+
+    fn text(&mut self, text: &str) {
+        if self.collecting.is_some() {
+            append_output(&mut self.output, &mut self.truncated, text);
+        }
+    }
+
+    fn finish(mut self) -> JunitCase {
+        let status = self.status.unwrap_or(TestStatus::Passed);
+        if self.truncated > 0 {
+            self.output.push_str(&format!("\n[greenlight: output truncated, {} more bytes not kept]", self.truncated));
+        }
+        let keep_output = status.is_failure() && !self.output.trim().is_empty();
+        JunitCase {
+            name: self.name,
+            classname: self.classname,
+            file: self.file,
+            time_s: self.time_s,
+            status,
+            output: keep_output.then_some(self.output),
+        }
+    }
+}
+
+/// Every complete `<testcase>` in `bytes`, in document order. Parsing stops quietly at
+/// the first malformed or missing part (a runner that crashed mid-write).
+pub fn parse_cases(bytes: &[u8]) -> Vec<JunitCase> {
+    let mut reader = Reader::from_reader(bytes);
+    reader.config_mut().check_end_names = false;
+    let mut cases = Vec::new();
+    let mut current: Option<CaseBuilder> = None;
+    let mut buffer = Vec::new();
+    // A parse error ends the document: what came before it stands.
+    while let Ok(event) = reader.read_event_into(&mut buffer) {
+        match event {
+            Event::Eof => break,
+            Event::Start(element) if element.local_name().as_ref() == b"testcase" => {
+                current = Some(CaseBuilder::start(&element));
+            }
+            Event::Empty(element) if element.local_name().as_ref() == b"testcase" => {
+                cases.push(CaseBuilder::start(&element).finish());
+            }
+            Event::Start(element) => {
+                if let Some(case) = current.as_mut() {
+                    case.child(&element, false);
+                }
+            }
+            Event::Empty(element) => {
+                if let Some(case) = current.as_mut() {
+                    case.child(&element, true);
+                }
+            }
+            Event::Text(text) => {
+                if let Some(case) = current.as_mut() {
+                    let decoded = text
+                        .unescape()
+                        .map(|text| text.into_owned())
+                        .unwrap_or_else(|_| String::from_utf8_lossy(&text).into_owned());
+                    case.text(&decoded);
+                }
+            }
+            Event::CData(data) => {
+                if let Some(case) = current.as_mut() {
+                    case.text(&String::from_utf8_lossy(&data));
+                }
+            }
+            Event::End(element) => {
+                let name = element.local_name();
+                if name.as_ref() == b"testcase" {
+                    if let Some(case) = current.take() {
+                        cases.push(case.finish());
+                    }
+                } else if let Some(case) = current.as_mut()
+                    && case.collecting.as_deref() == Some(name.as_ref())
+                {
+                    case.collecting = None;
+                    if !case.output.ends_with('\n') && !case.output.is_empty() {
+                        case.output.push('\n');
+                    }
+                }
+            }
+            _ => {}
+        }
+        buffer.clear();
+    }
+    cases
+}
+
+/// The ways a case may name a test id, most specific first.
+pub fn candidate_ids(case: &JunitCase) -> Vec<String> {
+    let mut candidates = vec![case.name.clone()];
+    if let Some(classname) = &case.classname {
+        candidates.push(format!("{classname}::{}", case.name));
+        candidates.push(format!("{classname}.{}", case.name));
+    }
+    if let Some(file) = &case.file {
+        candidates.push(format!("{file}::{}", case.name));
+    }
+    candidates
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn statuses(xml: &[u8]) -> Vec<(String, TestStatus)> {
+        parse_cases(xml).into_iter().map(|case| (case.name, case.status)).collect()
+    }
+
+    #[test]
+    fn reads_nested_suites_and_every_outcome() {
+        let xml = br#"<?xml version="1.0"?>
+<testsuites><testsuite name="outer"><testsuite name="inner">
+  <testcase name="ok" classname="pkg.mod" time="0.25"/>
+  <testcase name="bad" time="1"><failure message="boom">trace &lt;here&gt;</failure><system-out>printed</system-out></testcase>
+  <testcase name="err"><error message="crash"/></testcase>
+  <testcase name="skip"><skipped/></testcase>
+  <testcase name="flaky-but-passed"><flakyFailure message="first try">t</flakyFailure></testcase>
+</testsuite></testsuite></testsuites>"#;
+        let cases = parse_cases(xml);
+        assert_eq!(
+            statuses(xml),
+            vec![
+                ("ok".into(), TestStatus::Passed),
+                ("bad".into(), TestStatus::Failed),
+                ("err".into(), TestStatus::Error),
+                ("skip".into(), TestStatus::Skipped),
+                ("flaky-but-passed".into(), TestStatus::Passed),
+            ]
+        );
+        assert_eq!(cases[0].classname.as_deref(), Some("pkg.mod"));
+        assert_eq!(cases[0].time_s, 0.25);
+        assert_eq!(cases[1].output.as_deref(), Some("[failure] boom\ntrace <here>\nprinted\n"));
+        assert_eq!(cases[2].output.as_deref(), Some("[error] crash\n"));
+    }
+
+    #[test]
+    fn a_half_written_file_yields_its_complete_cases() {
+        let xml = br#"<testsuites><testsuite><testcase name="a"/><testcase name="b"><failure>partial outp"#;
+        assert_eq!(statuses(xml), vec![("a".into(), TestStatus::Passed)]);
+        assert_eq!(statuses(b""), vec![]);
+        assert_eq!(statuses(b"\x00\xff garbage <<<"), vec![]);
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_not_fatal() {
+        let xml = b"<testsuite><testcase name=\"caf\xe9\"><failure>bad \xff byte</failure></testcase></testsuite>";
+        let cases = parse_cases(xml);
+        assert_eq!(cases.len(), 1);
+        assert_eq!(cases[0].name, "caf\u{fffd}");
+        assert_eq!(cases[0].status, TestStatus::Failed);
+        assert!(cases[0].output.as_deref().unwrap().contains("bad \u{fffd} byte"));
+    }
+
+    #[test]
+    fn huge_output_is_truncated_with_a_note() {
+        let body = "x".repeat(MAX_OUTPUT_BYTES * 2);
+        let xml = format!("<testsuite><testcase name=\"a\"><failure>{body}</failure></testcase></testsuite>");
+        let output = parse_cases(xml.as_bytes()).remove(0).output.unwrap();
+        assert!(output.len() < MAX_OUTPUT_BYTES + 200);
+        assert!(
+            output.ends_with(&format!("[greenlight: output truncated, {} more bytes not kept]", MAX_OUTPUT_BYTES)),
+            "{}",
+            &output[output.len() - 100..]
+        );
+    }
+
+    #[test]
+    fn candidates_cover_classname_and_file_forms() {
+        let case = JunitCase {
+            name: "test_x[1]".into(),
+            classname: Some("pkg.TestA".into()),
+            file: Some("pkg/test_a.py".into()),
+            time_s: 0.0,
+            status: TestStatus::Passed,
+            output: None,
+        };
+        assert_eq!(
+            candidate_ids(&case),
+            vec!["test_x[1]", "pkg.TestA::test_x[1]", "pkg.TestA.test_x[1]", "pkg/test_a.py::test_x[1]"]
+        );
+    }
+}

@@ -1,0 +1,134 @@
+//! The Greenlight worker: registers with the master, long-polls for a lease, runs the
+//! shard in a cached checkout, streams per-test results, heartbeats, and finishes the
+//! lease; then asks again. A master that goes away is retried with back-off, and a master
+//! that forgot the worker (restarted) is registered with again.
+#![warn(missing_docs)]
+
+pub mod checkout;
+pub mod client;
+pub mod junit;
+pub mod process;
+pub mod shard;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::client::{Client, ClientError};
+
+/// How a worker is started.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The master's base URL.
+    pub master: String,
+    /// The worker token, if the master wants one.
+    pub token: Option<String>,
+    /// This worker's name.
+    pub name: String,
+    /// Its directory: the cached checkout and the current shard's files.
+    pub workdir: PathBuf,
+    /// How long each lease request may wait on the master.
+    pub wait_s: f64,
+}
+
+/// Why a worker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The work directory could not be made.
+    #[error("work directory {path}: {source}")]
+    Workdir {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The master refused to let this worker in.
+    #[error("the master refused registration: {0}")]
+    Refused(ClientError),
+}
+
+struct Backoff {
+    delay: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff { delay: Duration::from_millis(200) }
+    }
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Duration::from_secs(5));
+    }
+    fn reset(&mut self) {
+        self.delay = Duration::from_millis(200);
+    }
+}
+
+/// Works until `shutdown` resolves (a shard in progress is stopped).
+pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
+    std::fs::create_dir_all(&config.workdir)
+        .map_err(|source| WorkerError::Workdir { path: config.workdir.clone(), source })?;
+    let client = Client::new(&config.master, config.token.clone());
+    tokio::select! {
+        result = work(&client, &config) => result,
+        () = shutdown => {
+            tracing::info!(name = %config.name, "worker shutting down");
+            Ok(())
+        }
+    }
+}
+
+async fn register(client: &Client, config: &WorkerConfig, backoff: &mut Backoff) -> Result<u64, WorkerError> {
+    loop {
+        match client.register(&config.name).await {
+            Ok(answer) => {
+                backoff.reset();
+                tracing::info!(name = %config.name, worker_id = answer.worker_id, "registered");
+                return Ok(answer.worker_id);
+            }
+            Err(error @ ClientError::Refused { status: 401 | 403, .. }) => return Err(WorkerError::Refused(error)),
+            Err(error) => {
+                tracing::warn!(%error, "cannot register yet; retrying");
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+async fn work(client: &Client, config: &WorkerConfig) -> Result<(), WorkerError> {
+    let mut backoff = Backoff::new();
+    let mut worker_id = register(client, config, &mut backoff).await?;
+    loop {
+        let lease = match client.lease(worker_id, config.wait_s).await {
+            Ok(lease) => {
+                backoff.reset();
+                lease
+            }
+            Err(error) if error.code() == Some("unknown_worker") => {
+                worker_id = register(client, config, &mut backoff).await?;
+                continue;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "lease request failed; retrying");
+                backoff.wait().await;
+                continue;
+            }
+        };
+        let Some(lease) = lease else { continue };
+        let outcome = shard::run_shard(client, worker_id, &config.workdir, &lease).await;
+        for _ in 0..10 {
+            match client.finish(worker_id, lease.lease_id, outcome.clone()).await {
+                Ok(()) => break,
+                Err(ClientError::Unreachable(error)) => {
+                    tracing::warn!(%error, lease_id = lease.lease_id, "cannot finish the lease yet; retrying");
+                    backoff.wait().await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, lease_id = lease.lease_id, "master refused to finish the lease");
+                    break;
+                }
+            }
+        }
+        backoff.reset();
+    }
+}
