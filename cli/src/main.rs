@@ -135,6 +135,8 @@ fn main() -> anyhow::Result<()> {
                 let listener = tokio::net::TcpListener::bind(&config.listen)
                     .await
                     .with_context(|| format!("cannot listen on {}", config.listen))?;
+                // The first line on standard output names the address (tests and scripts read it).
+                println!("greenlight master listening on http://{}", listener.local_addr()?);
                 greenlight_master::run(listener, config, shutdown_signal()).await?;
                 anyhow::Ok(())
             })

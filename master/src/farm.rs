@@ -285,11 +285,15 @@ impl Farm {
         worker.last_seen = now;
         let worker_name = worker.name.clone();
         // Refuse the whole batch before recording any of it if one result is not ours.
+        match core.scheduler.lease_holder(LeaseId(lease_id)) {
+            None => return Err(SchedulerError::UnknownLease(lease_id).into()),
+            Some(holder) if holder != WorkerId(worker_id) => {
+                return Err(SchedulerError::NotYourLease { lease: lease_id, worker: worker_id }.into());
+            }
+            Some(_) => {}
+        }
         for result in results {
-            if let Some((_, holder, tests)) = core.scheduler.active_lease(LeaseId(lease_id)) {
-                if holder != WorkerId(worker_id) {
-                    return Err(SchedulerError::NotYourLease { lease: lease_id, worker: worker_id }.into());
-                }
+            if let Some((_, _, tests)) = core.scheduler.active_lease(LeaseId(lease_id)) {
                 let build = core.lease_build.get(&lease_id).copied();
                 let known = build
                     .and_then(|build| core.scheduler.plan(BuildId(build)))

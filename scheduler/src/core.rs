@@ -274,6 +274,11 @@ impl Scheduler {
         self.builds.contains_key(&build)
     }
 
+    /// The worker a lease was granted to, whether it is active, ended or retired.
+    pub fn lease_holder(&self, lease: LeaseId) -> Option<WorkerId> {
+        self.leases.get(&lease).map(|state| state.worker).or_else(|| self.retired.get(&lease).copied())
+    }
+
     /// The build and tests of a lease, if it is known and still active.
     pub fn active_lease(&self, lease: LeaseId) -> Option<(BuildId, WorkerId, &[PlanIndex])> {
         let state = self.leases.get(&lease).filter(|state| state.active)?;

@@ -1,0 +1,215 @@
+//! A farm made of the real `greenlight` binary for end-to-end tests: a fixture git
+//! repository, a master process with a TOML configuration, worker processes, and a small
+//! API client. Every process is killed when the harness is dropped; every file lives in
+//! a temporary directory.
+
+#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use greenlight_fixtures::repo::FixtureRepo;
+use greenlight_shared::api::{BuildDetail, BuildSummary, BuildTests, WorkerView};
+use greenlight_shared::suite::{SuiteFile, SuiteTest};
+
+pub const TOKEN: &str = "e2e-token";
+
+pub fn greenlight() -> &'static str {
+    env!("CARGO_BIN_EXE_greenlight")
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct Process {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Process {
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A suite test.
+pub fn test(id: &str, tags: &[&str], depends_on: &[&str], duration_s: f64) -> SuiteTest {
+    SuiteTest {
+        id: id.to_owned(),
+        tags: tags.iter().map(|tag| (*tag).to_owned()).collect(),
+        depends_on: depends_on.iter().map(|dep| (*dep).to_owned()).collect(),
+        duration_s: Some(duration_s),
+    }
+}
+
+/// Knobs of a harness farm.
+pub struct FarmOptions {
+    pub scale: f64,
+    pub lease_timeout_s: f64,
+    pub heartbeat_interval_s: f64,
+    pub max_body_bytes: usize,
+}
+
+impl Default for FarmOptions {
+    fn default() -> FarmOptions {
+        FarmOptions { scale: 0.05, lease_timeout_s: 10.0, heartbeat_interval_s: 1.0, max_body_bytes: 8 * 1024 * 1024 }
+    }
+}
+
+pub struct Farm {
+    pub dir: tempfile::TempDir,
+    pub repo: FixtureRepo,
+    pub url: String,
+    pub master: Process,
+    pub workers: Vec<Process>,
+    http: reqwest::blocking::Client,
+}
+
+impl Farm {
+    /// A repository holding `suite`, a master watching it, and `n_workers` workers.
+    pub fn start(suite: &SuiteFile, n_workers: usize, options: FarmOptions) -> Farm {
+        let dir = tempfile::Builder::new().prefix("greenlight-e2e-").tempdir().expect("temp dir");
+        let repo_dir = dir.path().join("repo");
+        std::fs::create_dir_all(&repo_dir).unwrap();
+        let repo = FixtureRepo::create(&repo_dir, suite).expect("fixture repository");
+        let config = dir.path().join("greenlight.toml");
+        let mut areas: Vec<&str> =
+            suite.tests.iter().filter_map(|test| test.tags.first().map(String::as_str)).collect();
+        areas.sort_unstable();
+        areas.dedup();
+        let rules: String = areas.iter().map(|area| format!("\"src/{area}/**\" = [\"{area}\"]\n")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                r#"data_dir = {data:?}
+listen = "127.0.0.1:0"
+worker_token = "{TOKEN}"
+max_body_bytes = {max_body}
+
+[repository]
+url = {repo:?}
+poll_interval_s = 0.2
+
+[suite]
+file = "greenlight-suite.json"
+run_command = [{exe:?}, "fixture-run", "--ids-file", "{{ids_file}}", "--junit", "{{junit}}", "--scale", "{scale}"]
+
+[tags.paths]
+{rules}
+[scheduler]
+lease_timeout_s = {lease}
+heartbeat_interval_s = {heartbeat}
+"#,
+                data = dir.path().join("master").to_string_lossy(),
+                repo = repo_dir.to_string_lossy(),
+                exe = greenlight(),
+                scale = options.scale,
+                lease = options.lease_timeout_s,
+                heartbeat = options.heartbeat_interval_s,
+                max_body = options.max_body_bytes,
+            ),
+        )
+        .unwrap();
+        let (master, url) = start_master(&config, dir.path());
+        let mut farm = Farm { dir, repo, url, master, workers: Vec::new(), http: reqwest::blocking::Client::new() };
+        for index in 0..n_workers {
+            farm.start_worker(&format!("worker-{index}"));
+        }
+        farm
+    }
+
+    pub fn start_worker(&mut self, name: &str) {
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
+        let child = Command::new(greenlight())
+            .args(["worker", "--master", &self.url, "--token", TOKEN, "--name", name, "--wait", "5", "--workdir"])
+            .arg(self.dir.path().join("workers").join(name))
+            .env("GREENLIGHT_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start a worker");
+        self.workers.push(Process { child, name: name.to_owned() });
+    }
+
+    pub fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let response = self.http.get(format!("{}{path}", self.url)).send().expect("the master answers");
+        assert!(response.status().is_success(), "GET {path}: {}", response.status());
+        response.json().expect("a JSON body")
+    }
+
+    pub fn builds(&self) -> Vec<BuildSummary> {
+        self.get("/api/v1/builds?limit=1000")
+    }
+
+    pub fn build(&self, build_id: u64) -> BuildDetail {
+        self.get(&format!("/api/v1/builds/{build_id}"))
+    }
+
+    pub fn tests(&self, build_id: u64) -> BuildTests {
+        self.get(&format!("/api/v1/builds/{build_id}/tests"))
+    }
+
+    pub fn workers(&self) -> Vec<WorkerView> {
+        self.get("/api/v1/workers")
+    }
+
+    /// Waits until `condition` holds of the builds, or panics after `timeout`.
+    pub fn wait_for<T>(&self, what: &str, timeout: Duration, mut condition: impl FnMut(&Farm) -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(value) = condition(self) {
+                return value;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; logs in {}", self.dir.path().display());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The finished build that tested `revision`.
+    pub fn finished_build_of(&self, revision: &str) -> BuildSummary {
+        self.wait_for(&format!("a finished build of {revision}"), Duration::from_secs(180), |farm| {
+            farm.builds().into_iter().find(|build| build.revision == revision && build.state.is_finished())
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Starts `greenlight master` and reads the address from its first line of output.
+pub fn start_master(config: &Path, dir: &Path) -> (Process, String) {
+    let log = std::fs::File::create(dir.join("master.log")).unwrap();
+    let mut child = Command::new(greenlight())
+        .args(["master", "--config"])
+        .arg(config)
+        .env("GREENLIGHT_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("start the master");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("the master prints its address");
+    let url = line.trim().rsplit(' ').next().unwrap_or_default().to_owned();
+    assert!(url.starts_with("http://127.0.0.1:"), "unexpected first line {line:?}");
+    (Process { child, name: "master".into() }, url)
+}
+
+pub fn workdir_of(farm: &Farm, name: &str) -> PathBuf {
+    farm.dir().join("workers").join(name)
+}

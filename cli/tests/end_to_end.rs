@@ -1,0 +1,182 @@
+//! End to end with the real binary: a `greenlight master` process watching a git
+//! repository made by the test, four `greenlight worker` processes running the fixture
+//! runner, and the API as the only window. Commits go green, arrive in a batch, break a
+//! test (whose dependants are skipped), and fix it; a worker is SIGKILLed mid-shard.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::{Farm, FarmOptions, test};
+use greenlight_shared::api::{BuildState, TestResultView, TestStatus};
+use greenlight_shared::suite::{SuiteFile, SuiteTest};
+
+fn product_suite() -> SuiteFile {
+    let mut tests: Vec<SuiteTest> = vec![
+        test("chat/test_login.py::test_login", &["chat"], &[], 1.0),
+        test("chat/test_send.py::test_send", &["chat"], &["chat/test_login.py::test_login"], 1.0),
+        test("chat/test_send.py::test_emoji[😀 & <b>]", &["chat"], &["chat/test_send.py::test_send"], 1.0),
+        test("smoke/test_boot.py::test_boot", &["smoke", "always"], &[], 0.5),
+        // Long enough that the first build is still running when the batch is pushed.
+        test("rooms/test_browser.py::test_tour", &["rooms"], &[], 100.0),
+    ];
+    for area in ["chat", "shop", "rooms"] {
+        for index in 0..8 {
+            tests.push(test(
+                &format!("{area}/test_{area}.py::test_case_{index}"),
+                &[area],
+                &[],
+                1.0 + index as f64 / 4.0,
+            ));
+        }
+    }
+    SuiteFile { name: "product".into(), shard_overhead_s: 0.5, tests }
+}
+
+fn by_id(results: Vec<TestResultView>) -> BTreeMap<String, Vec<TestResultView>> {
+    let mut map: BTreeMap<String, Vec<TestResultView>> = BTreeMap::new();
+    for result in results {
+        map.entry(result.test_id.clone()).or_default().push(result);
+    }
+    map
+}
+
+fn ids_with_tags(suite: &SuiteFile, tags: &[&str]) -> BTreeSet<String> {
+    suite
+        .tests
+        .iter()
+        .filter(|test| test.tags.iter().any(|tag| tag == "always" || tags.contains(&tag.as_str())))
+        .map(|test| test.id.clone())
+        .collect()
+}
+
+#[test]
+fn green_batch_red_and_fix_through_the_api() {
+    let suite = product_suite();
+    let farm = Farm::start(&suite, 4, FarmOptions::default());
+    let initial = farm.repo.head().unwrap();
+
+    // The first build covers the initial commit and runs everything.
+    farm.wait_for("the first build to run", Duration::from_secs(120), |farm| {
+        farm.builds().into_iter().find(|build| build.state == BuildState::Running)
+    });
+    // Two changes while it runs: one tagged by path, one by trailer. They ride together.
+    farm.repo.touch_area("shop", "Shop: cache the catalogue").unwrap();
+    let batch = farm.repo.commit("Rooms: doors\n\nTags: rooms", &[("docs/rooms.md", "doors\n")]).unwrap();
+
+    let first = farm.finished_build_of(&initial);
+    assert_eq!(first.state, BuildState::Green, "{first:?}");
+    assert_eq!(first.counts.total as usize, suite.tests.len());
+    let results = by_id(farm.tests(first.build_id).results);
+    assert_eq!(results.len(), suite.tests.len(), "every test reported");
+    for (id, attempts) in &results {
+        assert_eq!(attempts.len(), 1, "{id} reported once");
+        assert_eq!(attempts[0].status, TestStatus::Passed, "{id}");
+        assert!(attempts[0].worker.as_deref().is_some_and(|name| name.starts_with("worker-")), "{id} names its worker");
+    }
+    let detail = farm.build(first.build_id);
+    assert_eq!(detail.shards.iter().map(|shard| shard.tests).sum::<u32>() as usize, suite.tests.len());
+    assert!(detail.shards.iter().all(|shard| shard.state == "finished"));
+
+    let second = farm.finished_build_of(&batch);
+    assert_eq!(second.state, BuildState::Green);
+    assert_eq!(second.changes.len(), 2, "both changes pushed during build 1 are covered by build 2");
+    assert_eq!(second.tags, vec!["rooms".to_owned(), "shop".to_owned()]);
+    let selected = ids_with_tags(&suite, &["rooms", "shop"]);
+    let reported: BTreeSet<String> = farm.tests(second.build_id).results.into_iter().map(|r| r.test_id).collect();
+    assert_eq!(reported, selected, "exactly the tagged tests and `always` ran");
+
+    // Break the root of the chat chain: its dependants are skipped, not run.
+    let login = "chat/test_login.py::test_login";
+    let broken = farm.repo.set_failing("chat", &[login], "Chat: faster login").unwrap();
+    let red = farm.finished_build_of(&broken);
+    assert_eq!(red.state, BuildState::Red);
+    assert_eq!(red.failed_tests, vec![login.to_owned()]);
+    assert_eq!(red.counts.failed, 1);
+    assert_eq!(red.counts.skipped, 2);
+    let results = by_id(farm.tests(red.build_id).results);
+    assert_eq!(results.keys().cloned().collect::<BTreeSet<_>>(), ids_with_tags(&suite, &["chat"]));
+    let failure = &results[login][0];
+    assert_eq!(failure.status, TestStatus::Failed);
+    assert!(failure.output.as_deref().unwrap_or_default().contains("listed as failing"), "{failure:?}");
+    let send = &results["chat/test_send.py::test_send"][0];
+    assert_eq!(
+        (send.status, send.output.as_deref()),
+        (TestStatus::Skipped, Some(r#"dependency "chat/test_login.py::test_login" failed"#))
+    );
+    let emoji = &results["chat/test_send.py::test_emoji[😀 & <b>]"][0];
+    assert_eq!(
+        (emoji.status, emoji.output.as_deref()),
+        (TestStatus::Skipped, Some(r#"dependency "chat/test_send.py::test_send" skipped"#))
+    );
+
+    let fixed = farm.repo.set_failing("chat", &[], "Chat: fix login [fix]").unwrap();
+    let green = farm.finished_build_of(&fixed);
+    assert_eq!(green.state, BuildState::Green);
+    let results = by_id(farm.tests(green.build_id).results);
+    assert!(results.values().all(|attempts| attempts.len() == 1 && attempts[0].status == TestStatus::Passed));
+    assert_eq!(results.len(), ids_with_tags(&suite, &["chat"]).len());
+}
+
+#[test]
+fn a_worker_killed_mid_shard_loses_no_test() {
+    let tests: Vec<SuiteTest> =
+        (0..16).map(|index| test(&format!("slow::test_{index:02}"), &["slow"], &[], 20.0)).collect();
+    let suite = SuiteFile { name: "slow".into(), shard_overhead_s: 0.0, tests };
+    let options = FarmOptions { scale: 0.1, lease_timeout_s: 3.0, heartbeat_interval_s: 0.5, ..FarmOptions::default() };
+    let mut farm = Farm::start(&suite, 4, options);
+
+    // Wait until some worker has held a lease for a second: it is inside its shard.
+    let (victim, lease_id) = farm.wait_for("a worker inside a shard", Duration::from_secs(120), |farm| {
+        let build = farm.builds().into_iter().find(|build| build.state == BuildState::Running)?;
+        let detail = farm.build(build.build_id);
+        let now = greenlight_shared::unix_now_s();
+        detail
+            .shards
+            .iter()
+            .find(|shard| shard.state == "running" && now - shard.started_at > 1.0)
+            .map(|shard| (shard.worker.clone(), shard.lease_id))
+    });
+    let process = farm.workers.iter_mut().find(|process| process.name == victim).expect("the victim is ours");
+    process.kill();
+
+    let build = farm.finished_build_of(&farm.repo.head().unwrap());
+    assert_eq!(build.state, BuildState::Green, "{build:?}");
+    let results = by_id(farm.tests(build.build_id).results);
+    assert_eq!(results.len(), 16, "every selected test reported");
+    for (id, attempts) in &results {
+        assert_eq!(attempts.len(), 1, "{id} reported exactly once: {attempts:?}");
+        assert_eq!(attempts[0].status, TestStatus::Passed);
+    }
+    let detail = farm.build(build.build_id);
+    let lost = detail.shards.iter().find(|shard| shard.lease_id == lease_id).expect("the lost shard is listed");
+    assert_eq!(lost.state, "expired", "the killed worker's lease expired");
+    assert!(
+        results.values().any(|attempts| attempts[0].attempt == 2),
+        "the unfinished tests of the lost lease ran again elsewhere"
+    );
+}
+
+#[test]
+fn a_revision_whose_suite_is_broken_ends_as_an_error_naming_the_cycle() {
+    let suite = SuiteFile {
+        name: "small".into(),
+        shard_overhead_s: 0.0,
+        tests: vec![test("a", &["core"], &[], 1.0), test("b", &["core"], &["a"], 1.0)],
+    };
+    let farm = Farm::start(&suite, 2, FarmOptions::default());
+    assert_eq!(farm.finished_build_of(&farm.repo.head().unwrap()).state, BuildState::Green);
+
+    let mut cyclic = suite.clone();
+    cyclic.tests[0].depends_on = vec!["b".into()];
+    let broken = farm.repo.commit("Make a depend on b", &[("greenlight-suite.json", &cyclic.to_json())]).unwrap();
+    let build = farm.finished_build_of(&broken);
+    assert_eq!(build.state, BuildState::Error);
+    assert_eq!(build.error.as_deref(), Some(r#"invalid suite: dependency cycle: "a" depends on "b" depends on "a""#));
+
+    let repaired = farm.repo.commit("Untangle a and b", &[("greenlight-suite.json", &suite.to_json())]).unwrap();
+    let build = farm.finished_build_of(&repaired);
+    assert_eq!(build.state, BuildState::Green, "the farm carries on after a bad revision");
+    assert_eq!(build.counts.passed, 2);
+}
