@@ -153,7 +153,7 @@ fn print_build(build: &BuildSummary, start: Instant) {
     );
 }
 
-fn demo_config(dir: &Path, repo: &Path, scale: f64, token: &str) -> anyhow::Result<Config> {
+fn demo_config(dir: &Path, repo: &Path, token: &str) -> anyhow::Result<Config> {
     let exe = std::env::current_exe()?.to_string_lossy().into_owned();
     let suite = SuiteConfig {
         file: Some(greenlight_fixtures::SUITE_FILE.to_owned()),
@@ -167,7 +167,7 @@ fn demo_config(dir: &Path, repo: &Path, scale: f64, token: &str) -> anyhow::Resu
             "--junit".into(),
             "{junit}".into(),
             "--scale".into(),
-            scale.to_string(),
+            "1".into(),
         ],
         env: BTreeMap::new(),
     };
@@ -192,7 +192,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
     let dir = tempfile::Builder::new().prefix("greenlight-demo-").tempdir()?;
     let repo_dir = dir.path().join("repo");
     std::fs::create_dir_all(&repo_dir)?;
-    let suite = generate(&ImvuShape { n_tests: args.tests, ..ImvuShape::default() });
+    // The suite's durations are scaled down, so that the scheduler's estimates, the
+    // history and the wall clock all speak the same seconds.
+    let mut suite = generate(&ImvuShape { n_tests: args.tests, ..ImvuShape::default() });
+    let machine_hours = suite.tests.iter().filter_map(|test| test.duration_s).sum::<f64>() / 3600.0;
+    suite.shard_overhead_s *= args.scale;
+    for test in &mut suite.tests {
+        test.duration_s = test.duration_s.map(|duration| duration * args.scale);
+    }
     let victim = suite
         .tests
         .iter()
@@ -201,7 +208,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
         .context("the generated suite has no chat test to break")?;
     let repo = FixtureRepo::create(&repo_dir, &suite)?;
     let token = format!("demo-{}", std::process::id());
-    let config = demo_config(dir.path(), &repo_dir, args.scale, &token)?;
+    let config = demo_config(dir.path(), &repo_dir, &token)?;
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
         .await
@@ -213,10 +220,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
     }));
     println!("Greenlight demo: master at {url}  (the page: {url}/ , the API: {url}/api/v1/builds)");
     println!(
-        "  {} tests, {:.1} machine-hours scaled by {}, {} workers; files in {}",
+        "  {} tests, {machine_hours:.1} machine-hours scaled by {} to {:.1} machine-minutes, {} workers; files in {}",
         suite.tests.len(),
-        suite.tests.iter().filter_map(|test| test.duration_s).sum::<f64>() / 3600.0,
         args.scale,
+        machine_hours * 60.0 * args.scale,
         args.workers,
         dir.path().display()
     );

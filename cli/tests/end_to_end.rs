@@ -180,3 +180,49 @@ fn a_revision_whose_suite_is_broken_ends_as_an_error_naming_the_cycle() {
     assert_eq!(build.state, BuildState::Green, "the farm carries on after a bad revision");
     assert_eq!(build.counts.passed, 2);
 }
+
+#[test]
+fn a_listed_suite_set_up_once_per_revision_and_a_post_receive_hook() {
+    let tests: Vec<SuiteTest> = (0..12).map(|index| test(&format!("t{index}"), &["core"], &[], 1.0)).collect();
+    let suite = SuiteFile { name: "listed".into(), shard_overhead_s: 0.0, tests };
+    let setup_log = tempfile::NamedTempFile::new().unwrap();
+    let options = FarmOptions {
+        // The poller looks once at start-up; after that only the hook says the branch moved.
+        poll_interval_s: 3600.0,
+        suite_toml: format!(
+            r#"list_command = ["cat", "greenlight-suite.json"]
+setup_command = ["sh", "-c", "echo \"$(pwd) $(git rev-parse HEAD)\" >> \"$SETUP_LOG\""]
+env = {{ SETUP_LOG = {log:?} }}"#,
+            log = setup_log.path().to_string_lossy()
+        ),
+        ..FarmOptions::default()
+    };
+    let farm = Farm::start(&suite, 3, options);
+    let first = farm.finished_build_of(&farm.repo.head().unwrap());
+    assert_eq!((first.state, first.counts.passed), (BuildState::Green, 12));
+
+    let second = farm.repo.touch_area("core", "Core: tweak").unwrap();
+    let output = std::process::Command::new(common::greenlight())
+        .args(["submit", "--master", &farm.url, "--branch", "main", "--revision", &second])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains(&format!("queued {}", &second[..12])));
+    let build = farm.finished_build_of(&second);
+    assert_eq!((build.state, build.counts.passed), (BuildState::Green, 12));
+
+    // Setup ran once per (worker checkout, revision), never twice for the same pair.
+    let log = std::fs::read_to_string(setup_log.path()).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    let unique: BTreeSet<&str> = lines.iter().copied().collect();
+    assert_eq!(unique.len(), lines.len(), "setup repeated for a revision:\n{log}");
+    assert!(lines.iter().any(|line| line.ends_with(&second)), "setup ran for the new revision:\n{log}");
+
+    // A hook for another branch is refused by name.
+    let output = std::process::Command::new(common::greenlight())
+        .args(["submit", "--master", &farm.url, "--branch", "release"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unwatched_branch"));
+}

@@ -60,11 +60,21 @@ pub struct FarmOptions {
     pub lease_timeout_s: f64,
     pub heartbeat_interval_s: f64,
     pub max_body_bytes: usize,
+    pub poll_interval_s: f64,
+    /// Extra lines of the `[suite]` table; the suite comes from `file` unless they say otherwise.
+    pub suite_toml: String,
 }
 
 impl Default for FarmOptions {
     fn default() -> FarmOptions {
-        FarmOptions { scale: 0.05, lease_timeout_s: 10.0, heartbeat_interval_s: 1.0, max_body_bytes: 8 * 1024 * 1024 }
+        FarmOptions {
+            scale: 0.05,
+            lease_timeout_s: 10.0,
+            heartbeat_interval_s: 1.0,
+            max_body_bytes: 8 * 1024 * 1024,
+            poll_interval_s: 0.2,
+            suite_toml: "file = \"greenlight-suite.json\"".to_owned(),
+        }
     }
 }
 
@@ -100,10 +110,10 @@ max_body_bytes = {max_body}
 
 [repository]
 url = {repo:?}
-poll_interval_s = 0.2
+poll_interval_s = {poll}
 
 [suite]
-file = "greenlight-suite.json"
+{suite_toml}
 run_command = [{exe:?}, "fixture-run", "--ids-file", "{{ids_file}}", "--junit", "{{junit}}", "--scale", "{scale}"]
 
 [tags.paths]
@@ -119,6 +129,8 @@ heartbeat_interval_s = {heartbeat}
                 lease = options.lease_timeout_s,
                 heartbeat = options.heartbeat_interval_s,
                 max_body = options.max_body_bytes,
+                poll = options.poll_interval_s,
+                suite_toml = options.suite_toml,
             ),
         )
         .unwrap();
