@@ -35,7 +35,7 @@ fn planning(criterion: &mut Criterion) {
         let estimates = estimate(&suite, |test| test.duration_s);
         let plan = BuildPlan::new(&suite, &selected, &estimates);
         group.bench_with_input(BenchmarkId::new("dispatch whole build, 36 workers", n_tests), &plan, |bench, plan| {
-            bench.iter(|| black_box(simulate(plan, &estimates, 36, SchedulerConfig::default())));
+            bench.iter(|| black_box(simulate(plan, &estimates.seconds, 36, SchedulerConfig::default())));
         });
     }
     group.finish();

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use greenlight_scheduler::baseline::{simulate_static, split_by_count, split_by_estimate};
 use greenlight_scheduler::core::SchedulerConfig;
 use greenlight_scheduler::estimate::estimate;
 use greenlight_scheduler::plan::BuildPlan;
@@ -61,7 +62,7 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     let plan = BuildPlan::new(&suite, &selected, &estimates);
     // A test takes exactly its duration_s; one without takes what it was estimated at.
     let actual: Vec<f64> =
-        selected.iter().map(|&index| suite.tests[index].duration_s.unwrap_or(estimates[index])).collect();
+        selected.iter().map(|&index| suite.tests[index].duration_s.unwrap_or(estimates.seconds[index])).collect();
     let n_workers = args.workers as usize;
     let result = simulate(&plan, &actual, n_workers, SchedulerConfig::default());
     println!("suite:        {} ({} of {} tests selected)", suite.name, plan.len(), suite.len());
@@ -70,6 +71,16 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     println!("lower bound:  {:.1} s", result.lower_bound_s);
     println!("ratio:        {:.3}", result.ratio());
     println!("shards:       {}", result.shards.len());
+    // For comparison, in the same run: the static splits most CI services offer.
+    let by_count = simulate_static(&plan, &actual, &split_by_count(&plan, n_workers));
+    let by_estimate = simulate_static(&plan, &actual, &split_by_estimate(&plan, n_workers));
+    println!("compared with one static shard per worker:");
+    println!("  split by test count:          makespan {:.1} s, ratio {:.3}", by_count.makespan_s, by_count.ratio());
+    println!(
+        "  split by estimated durations: makespan {:.1} s, ratio {:.3}",
+        by_estimate.makespan_s,
+        by_estimate.ratio()
+    );
     if let Some(path) = &args.schedule_out {
         let shards: Vec<serde_json::Value> = result
             .shards

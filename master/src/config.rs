@@ -148,9 +148,12 @@ pub struct SchedulerSection {
     /// The least estimated work of a shard (seconds).
     #[serde(default)]
     pub min_shard_s: f64,
-    /// A shard gets `1 / (workers * shard_split)` of the work left.
-    #[serde(default = "default_shard_split")]
-    pub shard_split: f64,
+    /// The least work of a shard as a multiple of the suite's shard overhead.
+    #[serde(default = "default_min_shard_overheads")]
+    pub min_shard_overheads: f64,
+    /// The part of a worker's share held back for later, smaller shards.
+    #[serde(default = "default_tail_fraction")]
+    pub tail_fraction: f64,
     /// Leases of one test before it is given up on as an error.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
@@ -162,8 +165,11 @@ fn default_lease_timeout_s() -> f64 {
 fn default_heartbeat_interval_s() -> f64 {
     5.0
 }
-fn default_shard_split() -> f64 {
+fn default_min_shard_overheads() -> f64 {
     2.0
+}
+fn default_tail_fraction() -> f64 {
+    0.2
 }
 fn default_max_attempts() -> u32 {
     3
@@ -175,7 +181,8 @@ impl Default for SchedulerSection {
             lease_timeout_s: default_lease_timeout_s(),
             heartbeat_interval_s: default_heartbeat_interval_s(),
             min_shard_s: 0.0,
-            shard_split: default_shard_split(),
+            min_shard_overheads: default_min_shard_overheads(),
+            tail_fraction: default_tail_fraction(),
             max_attempts: default_max_attempts(),
         }
     }
@@ -230,8 +237,11 @@ impl Config {
             return invalid("[scheduler] heartbeat_interval_s must be shorter than lease_timeout_s");
         }
         let non_negative = |value: f64| value.is_finite() && value >= 0.0;
-        if !positive(self.scheduler.shard_split) || !non_negative(self.scheduler.min_shard_s) {
-            return invalid("[scheduler] shard_split must be > 0 and min_shard_s >= 0");
+        if !non_negative(self.scheduler.min_shard_s) || !non_negative(self.scheduler.min_shard_overheads) {
+            return invalid("[scheduler] min_shard_s and min_shard_overheads must be >= 0");
+        }
+        if !(non_negative(self.scheduler.tail_fraction) && self.scheduler.tail_fraction < 1.0) {
+            return invalid("[scheduler] tail_fraction must be in [0, 1)");
         }
         if self.scheduler.max_attempts == 0 {
             return invalid("[scheduler] max_attempts must be at least 1");

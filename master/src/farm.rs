@@ -119,8 +119,10 @@ impl Farm {
         let scheduler = Scheduler::new(SchedulerConfig {
             lease_timeout_s: config.scheduler.lease_timeout_s,
             min_shard_s: config.scheduler.min_shard_s,
-            shard_split: config.scheduler.shard_split,
+            min_shard_overheads: config.scheduler.min_shard_overheads,
+            tail_fraction: config.scheduler.tail_fraction,
             max_attempts: config.scheduler.max_attempts,
+            ..SchedulerConfig::default()
         });
         let farm = Farm {
             mirror: Mirror::new(&config),

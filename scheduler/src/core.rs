@@ -4,10 +4,20 @@
 //! returns is the decision. Nothing here reads a clock, touches a file or a socket.
 //!
 //! Dispatch is dynamic: a free worker asks ([`Scheduler::request_work`]) and gets a shard
-//! cut from the ready queue, highest priority first. The shard's estimated work is a share
-//! of what is left, so shards are large early and small near the end, never below
-//! [`SchedulerConfig::min_shard_s`]. A test becomes ready only when every dependency has
-//! passed; a test whose dependency failed or was skipped is skipped with the reason.
+//! cut from the ready queue, highest priority first (slowest first, generalised to the
+//! DAG by [`crate::plan`]). A test becomes ready only when every dependency has passed; a
+//! test whose dependency failed or was skipped is skipped with the reason.
+//!
+//! Shard sizing aims every worker at one common finish time. When a worker asks, the
+//! scheduler estimates when each worker will be free (now for idle ones; for busy ones,
+//! the time of their last reported progress plus the estimates of their unfinished
+//! tests), and water-fills the work not yet leased over them, each worker paying the shard
+//! overhead once more: that level is the target finish `F`. The asking worker may fill
+//! `F - now - overhead`. It gets all of that only when the rest would be a shard too small
+//! to be worth its overhead; otherwise it gets `1 - tail_fraction` of it, so that the
+//! tail is cut later, from fresher estimates, in smaller shards that absorb the drift of
+//! real durations from history. Shards are thus few (two or three a worker) and large
+//! early, small and balanced at the end.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -16,6 +26,10 @@ use greenlight_shared::api::TestStatus;
 
 use crate::Seconds;
 use crate::plan::{BuildPlan, PlanIndex};
+
+/// How much longer than estimated a chain of dependants may run: a shard holding a test
+/// others wait on ends early enough for the chain to take this many times its estimate.
+const CHAIN_SAFETY: f64 = 2.0;
 
 /// A build's id, as the master numbers them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -37,8 +51,18 @@ pub struct SchedulerConfig {
     /// The least estimated work (seconds, overhead excluded) a shard is cut with, when
     /// that much is ready.
     pub min_shard_s: Seconds,
-    /// A shard gets `1 / (workers * shard_split)` of the work not yet leased.
-    pub shard_split: f64,
+    /// The least work of a shard as a multiple of the shard overhead (2: the overhead is
+    /// at most a third of a shard).
+    pub min_shard_overheads: f64,
+    /// The least part of a worker's share of the remaining work held back for later,
+    /// smaller shards cut from fresher estimates.
+    pub tail_fraction: f64,
+    /// The expected relative error of a test's own estimate (its history).
+    pub estimate_error: f64,
+    /// The expected relative error of an estimate borrowed from neighbouring tests.
+    pub borrowed_estimate_error: f64,
+    /// A shard holds back at least this many standard deviations of its estimated length.
+    pub reserve_sigmas: f64,
     /// How many times a test is leased before the scheduler gives up on it (infra
     /// failures and lost workers) and records it as an error.
     pub max_attempts: u32,
@@ -46,7 +70,16 @@ pub struct SchedulerConfig {
 
 impl Default for SchedulerConfig {
     fn default() -> SchedulerConfig {
-        SchedulerConfig { lease_timeout_s: 30.0, min_shard_s: 0.0, shard_split: 2.0, max_attempts: 3 }
+        SchedulerConfig {
+            lease_timeout_s: 30.0,
+            min_shard_s: 0.0,
+            min_shard_overheads: 2.0,
+            tail_fraction: 0.2,
+            estimate_error: 0.5,
+            borrowed_estimate_error: 1.0,
+            reserve_sigmas: 1.5,
+            max_attempts: 3,
+        }
     }
 }
 
@@ -207,6 +240,47 @@ struct BuildRun {
     unleased_work: f64,
     unfinished: usize,
     failed: Vec<PlanIndex>,
+    /// How real durations compare with estimates, recent tests weighing most.
+    drift: Drift,
+}
+
+/// The ratio of real to estimated durations over recently finished tests. Tests are
+/// dispatched slowest first, so the recent ones resemble the ones still to cut: their
+/// drift (a noisy history under- or over-states whole bands of tests) corrects the
+/// estimates the shards are sized with.
+#[derive(Debug, Clone, Copy)]
+struct Drift {
+    real: f64,
+    estimated: f64,
+}
+
+impl Drift {
+    /// Each finished test keeps this much of the weight of those before it.
+    const MEMORY: f64 = 0.995;
+
+    fn observe(&mut self, real: f64, estimated: f64) {
+        self.real = self.real * Self::MEMORY + real;
+        self.estimated = self.estimated * Self::MEMORY + estimated;
+    }
+
+    /// Real seconds per estimated second, within [0.5, 2]; 1 until something is known.
+    fn ratio(&self) -> f64 {
+        if self.estimated > 0.0 { (self.real / self.estimated).clamp(0.5, 2.0) } else { 1.0 }
+    }
+}
+
+/// What a shard being cut aims at.
+#[derive(Debug, Clone, Copy)]
+struct ShardGoal {
+    /// The asking worker's share of the unleased work: the estimated seconds that bring it
+    /// to the common finish time.
+    share: Seconds,
+    /// The common finish time.
+    finish: Seconds,
+    /// The least work worth a shard's overhead.
+    smallest: Seconds,
+    /// Whether this is the worker's last shard: too little would be left to hold back.
+    last: bool,
 }
 
 #[derive(Debug)]
@@ -216,6 +290,18 @@ struct LeaseState {
     tests: Vec<PlanIndex>,
     deadline: Seconds,
     active: bool,
+    /// When the lease last made progress: its start plus the overhead, then each result.
+    progress_at: Seconds,
+    /// Estimated seconds of its tests not yet reported.
+    remaining_estimate: Seconds,
+}
+
+impl LeaseState {
+    /// When the worker holding it should be free, as far as the estimates corrected by
+    /// `drift` say.
+    fn free_at(&self, now: Seconds, drift: f64) -> Seconds {
+        (self.progress_at + self.remaining_estimate * drift).max(now)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -320,6 +406,7 @@ impl Scheduler {
             attempts: vec![0; plan.len()],
             done_by: vec![None; plan.len()],
             failed: Vec::new(),
+            drift: Drift { real: 0.0, estimated: 0.0 },
             states,
             ready,
             plan,
@@ -351,33 +438,112 @@ impl Scheduler {
         }
         let state = self.workers.entry(worker).or_default();
         state.last_seen = now;
-        let n_workers = self.workers.len().max(1) as f64;
-        let Some((&build, run)) = self.builds.iter_mut().find(|(_, run)| !run.ready.is_empty()) else {
+        let Some(&build) = self.builds.iter().find(|(_, run)| !run.ready.is_empty()).map(|(build, _)| build) else {
             return (None, decisions);
         };
-        let target = (run.unleased_work / (n_workers * self.config.shard_split)).max(self.config.min_shard_s);
+        let goal = self.shard_goal(build, worker, now);
+        let run = self.builds.get_mut(&build).expect("the build was just found");
+        let overhead = run.plan.shard_overhead_s;
         let lease = LeaseId(self.next_lease);
         self.next_lease += 1;
         let mut tests = Vec::new();
         let mut work = 0.0;
+        let mut variance = 0.0;
+        let mut chain_cap = f64::INFINITY;
         while let Some(entry) = run.ready.peek().copied() {
-            if !tests.is_empty() && work >= target {
-                break;
+            let planned = &run.plan.tests[entry.index];
+            let estimate = planned.estimate_s;
+            let relative_error =
+                if planned.estimate_known { self.config.estimate_error } else { self.config.borrowed_estimate_error };
+            let test_variance = (relative_error * estimate).powi(2);
+            if !tests.is_empty() {
+                if work >= chain_cap {
+                    break;
+                }
+                if goal.last {
+                    if work >= goal.share {
+                        break;
+                    }
+                } else {
+                    // Hold back room for the drift of what is in the shard.
+                    let reserve = (goal.share * self.config.tail_fraction)
+                        .max(self.config.reserve_sigmas * (variance + test_variance).sqrt());
+                    if work + estimate + reserve > goal.share && work >= goal.smallest {
+                        break;
+                    }
+                }
             }
             run.ready.pop();
-            let estimate = run.plan.tests[entry.index].estimate_s;
+            if !planned.dependents.is_empty() {
+                // The chain waiting on this test must still fit before the finish: end the
+                // shard early enough for a worker to take it up (this one, at the latest).
+                let chain_behind = planned.priority_s - estimate;
+                let latest_end = goal.finish - now - 2.0 * overhead - CHAIN_SAFETY * chain_behind;
+                chain_cap = chain_cap.min(latest_end.max(work + estimate));
+            }
             work += estimate;
+            variance += test_variance;
             run.unleased_work -= estimate;
             run.states[entry.index] = TestState::Leased(lease);
             run.attempts[entry.index] += 1;
             tests.push(entry.index);
         }
+        // Inside the shard, tests that others wait on run first, so their dependants become
+        // ready as early as possible; the rest keep their priority order.
+        tests.sort_by_key(|&index| run.plan.tests[index].dependents.is_empty());
         let deadline = now + self.config.lease_timeout_s;
-        self.leases.insert(lease, LeaseState { build, worker, tests: tests.clone(), deadline, active: true });
+        let state = LeaseState {
+            build,
+            worker,
+            tests: tests.clone(),
+            deadline,
+            active: true,
+            progress_at: now + run.plan.shard_overhead_s,
+            remaining_estimate: work,
+        };
+        self.leases.insert(lease, state);
         if let Some(state) = self.workers.get_mut(&worker) {
             state.lease = Some(lease);
         }
         (Some(LeaseGrant { lease, build, worker, tests, deadline }), decisions)
+    }
+
+    /// What the next shard of `build` for `worker`, free at `now`, should aim at.
+    fn shard_goal(&self, build: BuildId, worker: WorkerId, now: Seconds) -> ShardGoal {
+        let run = &self.builds[&build];
+        let overhead = run.plan.shard_overhead_s;
+        let drift = run.drift.ratio();
+        // In real seconds, as far as the recent drift of estimates tells.
+        let unleased = run.unleased_work * drift;
+        // When each live worker will be free; the asking one is free now.
+        let mut free_at: Vec<Seconds> = self
+            .workers
+            .iter()
+            .map(|(&id, state)| match state.lease.and_then(|lease| self.leases.get(&lease)) {
+                Some(lease) if id != worker && lease.active => lease.free_at(now, drift),
+                _ => now,
+            })
+            .collect();
+        if free_at.is_empty() {
+            free_at.push(now);
+        }
+        free_at.sort_by(f64::total_cmp);
+        // Water-fill: the level F at which the free capacity of the workers below it, each
+        // paying the overhead once, holds the unleased work.
+        let mut capacity_base = 0.0;
+        let mut finish = now + overhead + unleased;
+        for (count, &available) in free_at.iter().enumerate() {
+            capacity_base += available + overhead;
+            finish = (unleased + capacity_base) / (count + 1) as f64;
+            if free_at.get(count + 1).is_none_or(|&next| finish <= next + overhead) {
+                break;
+            }
+        }
+        // Back in estimated seconds, the unit shards are cut in.
+        let share = (finish - now - overhead).max(0.0) / drift;
+        let smallest = self.config.min_shard_s.max(self.config.min_shard_overheads * overhead);
+        let last = share * self.config.tail_fraction < smallest;
+        ShardGoal { share: share.max(smallest), finish, smallest, last }
     }
 
     /// Event: a heartbeat. Returns whether the lease is still the worker's (and extends it).
@@ -435,6 +601,12 @@ impl Scheduler {
         }
         run.done_by[index] = Some(lease);
         let attempt = run.attempts[index];
+        let estimate = run.plan.tests[index].estimate_s;
+        if let Some(state) = self.leases.get_mut(&lease) {
+            run.drift.observe((now - state.progress_at).max(0.0), estimate);
+            state.progress_at = state.progress_at.max(now);
+            state.remaining_estimate = (state.remaining_estimate - estimate).max(0.0);
+        }
         let mut decisions = Vec::new();
         self.record(build, index, status, &mut decisions);
         Ok(Report::Accepted { attempt, decisions })

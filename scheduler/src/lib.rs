@@ -11,6 +11,7 @@
 //! - [`simulate`] runs the core against a virtual clock.
 #![warn(missing_docs)]
 
+pub mod baseline;
 pub mod core;
 pub mod estimate;
 pub mod plan;

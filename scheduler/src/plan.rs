@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use crate::estimate::Estimates;
 use crate::suite::{Suite, TestIndex};
 
 /// Position of a test in a [`BuildPlan`].
@@ -20,6 +21,8 @@ pub struct PlannedTest {
     pub dependents: Vec<PlanIndex>,
     /// Estimated seconds.
     pub estimate_s: f64,
+    /// Whether the estimate is the test's own rather than borrowed from its neighbours.
+    pub estimate_known: bool,
     /// Estimate plus the longest estimated chain behind it: the order of dispatch.
     pub priority_s: f64,
 }
@@ -37,7 +40,7 @@ pub struct BuildPlan {
 impl BuildPlan {
     /// A plan for the `selected` tests of `suite`, with `estimates` in suite order.
     /// `selected` must be closed under dependencies (as [`crate::select::select`] returns).
-    pub fn new(suite: &Suite, selected: &[TestIndex], estimates: &[f64]) -> BuildPlan {
+    pub fn new(suite: &Suite, selected: &[TestIndex], estimates: &Estimates) -> BuildPlan {
         let mut plan_index = vec![usize::MAX; suite.len()];
         for (position, &index) in selected.iter().enumerate() {
             plan_index[index] = position;
@@ -55,7 +58,8 @@ impl BuildPlan {
                         .filter(|&p| p != usize::MAX)
                         .collect(),
                     dependents: Vec::new(),
-                    estimate_s: estimates[index],
+                    estimate_s: estimates.seconds[index],
+                    estimate_known: estimates.known[index],
                     priority_s: 0.0,
                 }
             })
@@ -142,7 +146,14 @@ mod tests {
     use super::*;
 
     fn test(id: &str, estimate_s: f64, depends_on: &[usize]) -> PlannedTest {
-        PlannedTest { id: id.into(), depends_on: depends_on.to_vec(), dependents: vec![], estimate_s, priority_s: 0.0 }
+        PlannedTest {
+            id: id.into(),
+            depends_on: depends_on.to_vec(),
+            dependents: vec![],
+            estimate_s,
+            estimate_known: true,
+            priority_s: 0.0,
+        }
     }
 
     #[test]

@@ -1,0 +1,81 @@
+//! Makespan against the lower bound, side by side in one run: Greenlight's dynamic
+//! scheduler, a split by test count, and a static split by estimated durations (LPT, one
+//! shard per worker), on IMVU-shaped suites (15k tests, 4.4 machine-hours, 1.5 s shard
+//! overhead), several seeds, 36 and 50 workers, with exact history and with noisy history
+//! (each duration off by a lognormal factor, sigma 0.5, and 5% of the tests new).
+//!
+//! `cargo bench -p greenlight-benches --bench makespan`
+
+use std::collections::BTreeSet;
+
+use greenlight_fixtures::imvu::{ImvuShape, generate, noisy_history};
+use greenlight_scheduler::baseline::{simulate_static, split_by_count, split_by_estimate};
+use greenlight_scheduler::core::SchedulerConfig;
+use greenlight_scheduler::estimate::estimate;
+use greenlight_scheduler::plan::BuildPlan;
+use greenlight_scheduler::select::select;
+use greenlight_scheduler::simulate::simulate;
+use greenlight_scheduler::suite::Suite;
+
+const SEEDS: [u64; 5] = [1, 2, 3, 4, 5];
+
+struct Row {
+    greenlight: Vec<f64>,
+    by_count: Vec<f64>,
+    by_estimate: Vec<f64>,
+    shards: Vec<usize>,
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len() as f64
+}
+
+fn max(values: &[f64]) -> f64 {
+    values.iter().copied().fold(0.0, f64::max)
+}
+
+fn main() {
+    // `cargo test --benches` runs this with `--test`: keep that quick.
+    let quick = std::env::args().any(|argument| argument == "--test");
+    let seeds: &[u64] = if quick { &SEEDS[..1] } else { &SEEDS };
+    println!(
+        "| workers | history | Greenlight mean (max) | split by count mean (max) | static by estimate mean (max) | shards |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|");
+    for n_workers in [36usize, 50] {
+        for noisy in [false, true] {
+            let mut row = Row { greenlight: vec![], by_count: vec![], by_estimate: vec![], shards: vec![] };
+            for &seed in seeds {
+                let file = generate(&ImvuShape { seed, ..ImvuShape::default() });
+                let history = noisy.then(|| noisy_history(&file, 0.5, 0.05, seed));
+                let suite = Suite::new(file).expect("a generated suite is valid");
+                let selected = select(&suite, &BTreeSet::new());
+                let estimates = match &history {
+                    Some(history) => estimate(&suite, |test| history.durations_s.get(&test.id).copied()),
+                    None => estimate(&suite, |test| test.duration_s),
+                };
+                let plan = BuildPlan::new(&suite, &selected, &estimates);
+                let actual: Vec<f64> = selected
+                    .iter()
+                    .map(|&index| suite.tests[index].duration_s.unwrap_or(estimates.seconds[index]))
+                    .collect();
+                let result = simulate(&plan, &actual, n_workers, SchedulerConfig::default());
+                row.greenlight.push(result.ratio());
+                row.shards.push(result.shards.len());
+                row.by_count.push(simulate_static(&plan, &actual, &split_by_count(&plan, n_workers)).ratio());
+                row.by_estimate.push(simulate_static(&plan, &actual, &split_by_estimate(&plan, n_workers)).ratio());
+            }
+            println!(
+                "| {n_workers} | {} | {:.3} ({:.3}) | {:.3} ({:.3}) | {:.3} ({:.3}) | {:.0} |",
+                if noisy { "noisy (σ 0.5, 5% new)" } else { "exact" },
+                mean(&row.greenlight),
+                max(&row.greenlight),
+                mean(&row.by_count),
+                max(&row.by_count),
+                mean(&row.by_estimate),
+                max(&row.by_estimate),
+                row.shards.iter().sum::<usize>() as f64 / row.shards.len() as f64,
+            );
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Static baselines, for comparison only: what a split by test count and a static split by
+//! estimated timings (what most CI services offer) would take on the same suite. Each
+//! worker gets one shard, fixed before the build starts. Tests joined by dependencies
+//! stay together on one worker, as a team without a dependency-aware scheduler would keep
+//! them; a worker runs its tests in topological order.
+
+use crate::plan::{BuildPlan, PlanIndex};
+use crate::simulate::{SimulatedShard, Simulation};
+
+/// The plan's tests in a topological order (dependencies first), ties in plan order.
+pub fn topological_order(plan: &BuildPlan) -> Vec<PlanIndex> {
+    let mut waiting: Vec<usize> = plan.tests.iter().map(|test| test.depends_on.len()).collect();
+    let mut ready: std::collections::BTreeSet<PlanIndex> =
+        (0..plan.len()).filter(|&index| waiting[index] == 0).collect();
+    let mut order = Vec::with_capacity(plan.len());
+    while let Some(index) = ready.pop_first() {
+        order.push(index);
+        for &dependent in &plan.tests[index].dependents {
+            waiting[dependent] -= 1;
+            if waiting[dependent] == 0 {
+                ready.insert(dependent);
+            }
+        }
+    }
+    order
+}
+
+/// Groups of tests joined by dependencies (weakly connected components), each in
+/// topological order, the groups ordered by their first test.
+pub fn dependency_groups(plan: &BuildPlan) -> Vec<Vec<PlanIndex>> {
+    let mut root: Vec<usize> = (0..plan.len()).collect();
+    fn find(root: &mut [usize], index: usize) -> usize {
+        let mut current = index;
+        while root[current] != current {
+            root[current] = root[root[current]];
+            current = root[current];
+        }
+        current
+    }
+    for (index, test) in plan.tests.iter().enumerate() {
+        for &dependency in &test.depends_on {
+            let (a, b) = (find(&mut root, index), find(&mut root, dependency));
+            root[a.max(b)] = a.min(b);
+        }
+    }
+    let mut groups: std::collections::BTreeMap<usize, Vec<PlanIndex>> = std::collections::BTreeMap::new();
+    for index in topological_order(plan) {
+        let group = find(&mut root, index);
+        groups.entry(group).or_default().push(index);
+    }
+    groups.into_values().collect()
+}
+
+/// `n_workers` contiguous runs of (nearly) equal test counts, in plan order, never
+/// splitting a dependency group.
+pub fn split_by_count(plan: &BuildPlan, n_workers: usize) -> Vec<Vec<PlanIndex>> {
+    let n_workers = n_workers.max(1);
+    let mut shards = vec![Vec::new(); n_workers];
+    let mut placed = 0usize;
+    for group in dependency_groups(plan) {
+        let worker = (placed * n_workers / plan.len().max(1)).min(n_workers - 1);
+        placed += group.len();
+        shards[worker].extend(group);
+    }
+    shards
+}
+
+/// Longest-processing-time-first on the estimates: each dependency group, slowest first,
+/// goes to the worker with the least estimated work so far.
+pub fn split_by_estimate(plan: &BuildPlan, n_workers: usize) -> Vec<Vec<PlanIndex>> {
+    let n_workers = n_workers.max(1);
+    let group_estimate = |group: &Vec<PlanIndex>| group.iter().map(|&index| plan.tests[index].estimate_s).sum::<f64>();
+    let mut groups = dependency_groups(plan);
+    groups.sort_by(|a, b| group_estimate(b).total_cmp(&group_estimate(a)));
+    let mut load: std::collections::BinaryHeap<std::cmp::Reverse<(u64, usize)>> =
+        (0..n_workers).map(|worker| std::cmp::Reverse((0u64, worker))).collect();
+    let mut shards = vec![Vec::new(); n_workers];
+    for group in groups {
+        let std::cmp::Reverse((work, worker)) = load.pop().expect("one entry per worker");
+        // Microseconds keep the heap's order exact and total.
+        let added = (group_estimate(&group) * 1e6).round() as u64;
+        shards[worker].extend(group);
+        load.push(std::cmp::Reverse((work + added, worker)));
+    }
+    shards
+}
+
+/// Runs a static assignment with real durations `actual_s` (plan order).
+pub fn simulate_static(plan: &BuildPlan, actual_s: &[f64], assignment: &[Vec<PlanIndex>]) -> Simulation {
+    let n_workers = assignment.len().max(1);
+    let order = topological_order(plan);
+    let mut rank = vec![0usize; plan.len()];
+    for (position, &index) in order.iter().enumerate() {
+        rank[index] = position;
+    }
+    let queues: Vec<Vec<PlanIndex>> = assignment
+        .iter()
+        .map(|tests| {
+            let mut tests = tests.clone();
+            tests.sort_by_key(|&index| rank[index]);
+            tests
+        })
+        .collect();
+    let mut next = vec![0usize; queues.len()];
+    let mut clock: Vec<f64> = vec![plan.shard_overhead_s; queues.len()];
+    let mut end = vec![f64::NAN; plan.len()];
+    let mut remaining: usize = queues.iter().map(Vec::len).sum();
+    while remaining > 0 {
+        // The next test of lowest topological rank has every dependency done.
+        let worker = (0..queues.len())
+            .filter(|&worker| next[worker] < queues[worker].len())
+            .min_by_key(|&worker| rank[queues[worker][next[worker]]])
+            .expect("a test remains");
+        let index = queues[worker][next[worker]];
+        let dependencies_done = plan.tests[index].depends_on.iter().map(|&dep| end[dep]).fold(0.0, f64::max);
+        let start = clock[worker].max(dependencies_done);
+        clock[worker] = start + actual_s[index];
+        end[index] = clock[worker];
+        next[worker] += 1;
+        remaining -= 1;
+    }
+    let shards: Vec<SimulatedShard> = queues
+        .into_iter()
+        .enumerate()
+        .filter(|(_, tests)| !tests.is_empty())
+        .map(|(worker, tests)| SimulatedShard { worker, start: 0.0, end: clock[worker], tests })
+        .collect();
+    let makespan_s = shards.iter().map(|shard| shard.end).fold(0.0, f64::max);
+    Simulation { makespan_s, lower_bound_s: plan.lower_bound_with(actual_s, n_workers), shards }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::PlannedTest;
+
+    fn plan(estimates: &[f64], edges: &[(usize, usize)]) -> BuildPlan {
+        let tests = estimates
+            .iter()
+            .enumerate()
+            .map(|(index, &estimate_s)| PlannedTest {
+                id: format!("t{index}"),
+                depends_on: edges.iter().filter(|(test, _)| *test == index).map(|(_, dep)| *dep).collect(),
+                dependents: vec![],
+                estimate_s,
+                estimate_known: true,
+                priority_s: 0.0,
+            })
+            .collect();
+        BuildPlan::from_tests(tests, 1.0)
+    }
+
+    #[test]
+    fn count_split_and_lpt_split() {
+        let plan = plan(&[5.0, 1.0, 1.0, 1.0, 4.0, 2.0], &[]);
+        assert_eq!(split_by_count(&plan, 2), vec![vec![0, 1, 2], vec![3, 4, 5]]);
+        let split = split_by_estimate(&plan, 2);
+        let loads: Vec<f64> = split.iter().map(|tests| tests.iter().map(|&i| plan.tests[i].estimate_s).sum()).collect();
+        assert_eq!(loads, vec![7.0, 7.0]);
+    }
+
+    #[test]
+    fn dependency_groups_stay_on_one_worker() {
+        let plan = plan(&[1.0, 1.0, 1.0, 1.0], &[(2, 0), (3, 2)]);
+        assert_eq!(dependency_groups(&plan), vec![vec![0, 2, 3], vec![1]]);
+        assert_eq!(split_by_count(&plan, 2), vec![vec![0, 2, 3], vec![1]]);
+        assert_eq!(split_by_estimate(&plan, 2), vec![vec![0, 2, 3], vec![1]]);
+    }
+
+    #[test]
+    fn static_simulation_waits_for_dependencies_across_workers() {
+        // t1 depends on t0; t0 on worker 1 takes 3 s, so t1 on worker 0 starts at 1 + 3.
+        let plan = plan(&[3.0, 2.0], &[(1, 0)]);
+        let result = simulate_static(&plan, &[3.0, 2.0], &[vec![1], vec![0]]);
+        assert_eq!(result.makespan_s, 6.0);
+        assert_eq!(result.lower_bound_s, 6.0);
+    }
+}
