@@ -641,19 +641,17 @@ impl Scheduler {
         expired.sort();
         let mut decisions = Vec::new();
         for lease in expired {
-            let worker = self.leases[&lease].worker;
-            let requeued = self.leases[&lease]
-                .tests
-                .iter()
-                .filter(|&&test| {
-                    self.builds
-                        .get(&self.leases[&lease].build)
-                        .is_some_and(|run| run.states[test] == TestState::Leased(lease))
-                })
-                .count();
-            decisions.extend(self.take_back(lease, now));
+            // An earlier expiry in this tick may have ended the build and retired this lease.
+            let Some(state) = self.leases.get(&lease) else { continue };
+            let (worker, build, tests) = (state.worker, state.build, state.tests.clone());
+            let consequences = self.take_back(lease, now);
+            let requeued = self
+                .builds
+                .get(&build)
+                .map_or(0, |run| tests.iter().filter(|&&test| run.states[test] == TestState::Ready).count());
             self.workers.remove(&worker);
             decisions.push(Decision::LeaseExpired { lease, worker, requeued });
+            decisions.extend(consequences);
         }
         let forget_before = now - 2.0 * self.config.lease_timeout_s;
         self.workers.retain(|_, state| state.lease.is_some() || state.last_seen >= forget_before);
