@@ -2,6 +2,7 @@
 //! subcommand's work lives in a library or in a module of its own here.
 
 mod demo;
+mod gate;
 mod simulate;
 
 use std::path::PathBuf;
@@ -51,6 +52,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run the real scheduler against a virtual clock.
     Simulate(simulate::SimulateArgs),
+    /// Ask the commit gate (exit 0 open, 1 closed, 2 master unreachable); for git hooks.
+    Gate(gate::GateArgs),
     /// Tell the master the branch moved (for a post-receive hook).
     Submit {
         /// The master's URL.
@@ -154,6 +157,11 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(code);
         }
         Command::Simulate(args) => simulate::run(&args),
+        Command::Gate(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let code = runtime.block_on(gate::run(&args));
+            std::process::exit(code);
+        }
         Command::Submit { master, branch, revision } => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(submit(&master, branch, revision))

@@ -145,6 +145,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/builds/{build_id}", get(build))
         .route("/api/v1/builds/{build_id}/tests", get(build_tests))
         .route("/api/v1/workers", get(workers))
+        .route("/api/v1/gate", get(gate))
+        .route("/api/v1/pushes", get(pushes))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
@@ -280,6 +282,28 @@ async fn build(State(state): State<AppState>, Path(build_id): Path<u64>) -> Resu
 
 async fn build_tests(State(state): State<AppState>, Path(build_id): Path<u64>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(state.farm.build_tests(build_id)?))
+}
+
+/// `?branch=B` for the gate.
+#[derive(Debug, Deserialize)]
+struct BranchQuery {
+    branch: Option<String>,
+}
+
+async fn gate(State(state): State<AppState>, Query(query): Query<BranchQuery>) -> Result<impl IntoResponse, ApiError> {
+    let watched = &state.farm.config().repository.branch;
+    let branch = query.branch.unwrap_or_else(|| watched.clone());
+    state.farm.gate(&branch).map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unwatched_branch",
+            format!("branch {branch:?} is not watched (the master watches {watched:?})"),
+        )
+    })
+}
+
+async fn pushes(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(state.farm.pushes()?))
 }
 
 async fn workers(State(state): State<AppState>) -> impl IntoResponse {

@@ -74,6 +74,80 @@ pub struct Config {
     /// Scheduler knobs.
     #[serde(default)]
     pub scheduler: SchedulerSection,
+    /// The commit gate.
+    #[serde(default)]
+    pub gate: GateConfig,
+    /// The push stage green revisions are handed to.
+    #[serde(default)]
+    pub push: PushConfig,
+}
+
+/// The commit gate and culprit finding.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateConfig {
+    /// A commit message containing this marks a fix, let through a closed gate (git's own
+    /// `Revert "..."` subjects are always let through).
+    #[serde(default = "default_fix_marker")]
+    pub fix_marker: String,
+    /// Bisect a red batch to name the change that broke it.
+    #[serde(default = "default_true")]
+    pub find_culprit: bool,
+    /// Commit the revert of a found culprit to the branch (off by default).
+    #[serde(default)]
+    pub revert_culprit: bool,
+}
+
+fn default_fix_marker() -> String {
+    "[fix]".to_owned()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for GateConfig {
+    fn default() -> GateConfig {
+        GateConfig { fix_marker: default_fix_marker(), find_culprit: true, revert_culprit: false }
+    }
+}
+
+/// The push stage: a command or a webhook, called once per green revision, newest first.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// A command (argv) run with `GREENLIGHT_REVISION`, `GREENLIGHT_BUILD_ID` and
+    /// `GREENLIGHT_BRANCH` in its environment; exit 0 means pushed.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Or a URL that gets a JSON POST `{"revision", "build_id", "branch"}`; 2xx means pushed.
+    #[serde(default)]
+    pub webhook: Option<String>,
+    /// Attempts before a push is reported failed.
+    #[serde(default = "default_push_attempts")]
+    pub attempts: u32,
+    /// Seconds before the first retry; doubled for each next one.
+    #[serde(default = "default_push_backoff_s")]
+    pub backoff_s: f64,
+}
+
+impl Default for PushConfig {
+    fn default() -> PushConfig {
+        PushConfig {
+            command: Vec::new(),
+            webhook: None,
+            attempts: default_push_attempts(),
+            backoff_s: default_push_backoff_s(),
+        }
+    }
+}
+
+fn default_push_attempts() -> u32 {
+    3
+}
+
+fn default_push_backoff_s() -> f64 {
+    1.0
 }
 
 fn default_listen() -> String {
@@ -214,6 +288,8 @@ impl Config {
             suite,
             tags: TagsConfig::default(),
             scheduler: SchedulerSection::default(),
+            gate: GateConfig::default(),
+            push: PushConfig::default(),
         }
     }
 
@@ -245,6 +321,15 @@ impl Config {
         }
         if self.scheduler.max_attempts == 0 {
             return invalid("[scheduler] max_attempts must be at least 1");
+        }
+        if !self.push.command.is_empty() && self.push.webhook.is_some() {
+            return invalid("[push] takes a command or a webhook, not both");
+        }
+        if self.push.attempts == 0 || !non_negative(self.push.backoff_s) {
+            return invalid("[push] attempts must be at least 1 and backoff_s >= 0");
+        }
+        if self.gate.fix_marker.trim().is_empty() {
+            return invalid("[gate] fix_marker must not be empty");
         }
         for pattern in self.tags.paths.keys() {
             if let Err(error) = globset::Glob::new(pattern) {

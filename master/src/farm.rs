@@ -12,11 +12,12 @@ use greenlight_scheduler::core::{
 };
 use greenlight_scheduler::estimate::{estimate, median};
 use greenlight_scheduler::plan::BuildPlan;
-use greenlight_scheduler::select::select;
+use greenlight_scheduler::select::{select, select_ids};
 use greenlight_scheduler::suite::{Suite, SuiteError};
 use greenlight_shared::api::{
-    BuildDetail, BuildState, BuildSummary, BuildTests, ChangeView, Lease, RegisterResponse, ResultsResponse,
-    ShardOutcome, ShardView, TestCounts, TestReport, TestResultView, TestStatus, WorkerView,
+    BuildDetail, BuildKind, BuildState, BuildSummary, BuildTests, ChangeView, GateView, Lease, PushView,
+    RegisterResponse, ResultsResponse, ShardOutcome, ShardView, TestCounts, TestReport, TestResultView, TestStatus,
+    WorkerView,
 };
 use greenlight_shared::git::GitError;
 use greenlight_shared::suite::{SuiteFile, SuiteFileError};
@@ -25,6 +26,8 @@ use tokio::sync::Notify;
 
 use crate::changes::{Mirror, Tagger};
 use crate::config::Config;
+use crate::culprit::{Bisection, Candidate, Probe};
+use crate::gate;
 use crate::store::{Store, StoreError};
 
 /// How many failing test ids a build summary lists.
@@ -33,6 +36,14 @@ const LISTED_FAILURES: usize = 100;
 const NEXT_UNBUILT: &str = "next_unbuilt_change";
 /// Meta key prefix: the last revision seen on a branch.
 const LAST_SEEN: &str = "last_seen/";
+/// Meta key prefix: culprit findings under way, by red build.
+const BISECTION: &str = "bisection/";
+/// Meta key: the build id of the newest revision pushed.
+const LAST_PUSHED: &str = "last_pushed_build";
+
+fn gate_key(branch: &str) -> String {
+    format!("gate/{branch}")
+}
 
 /// Why a farm operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +107,9 @@ struct Core {
     workers: BTreeMap<u64, WorkerInfo>,
     worker_by_name: HashMap<String, u64>,
     lease_build: HashMap<u64, u64>,
+    gate: GateView,
+    /// Culprit findings under way, by red build.
+    bisections: BTreeMap<u64, Bisection>,
 }
 
 /// The master's state.
@@ -107,8 +121,10 @@ pub struct Farm {
     core: Mutex<Core>,
     /// Woken when tests become ready: long-polling workers ask again.
     pub work_available: Notify,
-    /// Woken when a build may start (changes queued, a build ended).
+    /// Woken when a build may start (changes queued, a build ended, a probe is due).
     pub build_wanted: Notify,
+    /// Woken when a green revision is queued for the push stage.
+    pub push_wanted: Notify,
     poll_lock: tokio::sync::Mutex<()>,
 }
 
@@ -133,9 +149,23 @@ impl Farm {
                 workers: BTreeMap::new(),
                 worker_by_name: HashMap::new(),
                 lease_build: HashMap::new(),
+                gate: match store.meta(&gate_key(&config.repository.branch))? {
+                    Some(gate) => gate,
+                    None => gate::new_gate(&config.repository.branch, &config.gate.fix_marker),
+                },
+                bisections: store
+                    .meta_with_prefix::<Bisection>(BISECTION)?
+                    .into_iter()
+                    .map(|mut bisection| {
+                        // A probe a previous master left running starts again.
+                        bisection.probes.retain(|probe| probe.failed.is_some());
+                        (bisection.build_id, bisection)
+                    })
+                    .collect(),
             }),
             work_available: Notify::new(),
             build_wanted: Notify::new(),
+            push_wanted: Notify::new(),
             poll_lock: tokio::sync::Mutex::new(()),
             config,
             store,
@@ -402,8 +432,26 @@ impl Farm {
             if result.status.is_failure() && live.summary.failed_tests.len() < LISTED_FAILURES {
                 live.summary.failed_tests.push(result.test_id.clone());
             }
+            // A test that ran and failed closes the gate now, not when the build ends.
+            if result.status.is_failure() && result.worker.is_some() && live.summary.kind == BuildKind::Regular {
+                let revision = live.summary.revision.clone();
+                if gate::test_failed(&mut core.gate, build_id, &revision, &result.test_id, unix_now_s()) {
+                    self.save_gate(core)?;
+                }
+            }
         }
         Ok(())
+    }
+
+    fn save_gate(&self, core: &Core) -> Result<(), FarmError> {
+        self.store.set_meta(&gate_key(&core.gate.branch), &core.gate)?;
+        Ok(())
+    }
+
+    /// The gate of `branch`, if it is the watched branch.
+    pub fn gate(&self, branch: &str) -> Option<GateView> {
+        let core = self.core();
+        (core.gate.branch == branch).then(|| core.gate.clone())
     }
 
     /// Carries out the scheduler's decisions.
@@ -450,10 +498,211 @@ impl Farm {
             self.store.put_shard(build_id, shard)?;
         }
         self.store.put_build(summary)?;
-        self.store.flush()?;
         tracing::info!(build_id, state = ?summary.state, failed = summary.counts.failed + summary.counts.error, "build finished");
+        let summary = live.summary;
+        match (summary.kind, summary.state) {
+            (BuildKind::Regular, BuildState::Green) => {
+                if gate::build_green(&mut core.gate, build_id, &summary.revision, now) {
+                    tracing::info!(build_id, "gate open");
+                }
+                self.save_gate(core)?;
+                if crate::push::configured(&self.config.push) {
+                    self.store.put_push(&crate::push::queued(build_id, &summary.revision))?;
+                    self.push_wanted.notify_one();
+                }
+            }
+            (BuildKind::Regular, _) => {
+                // Failures no worker ran (given up) close the gate too.
+                for test_id in &summary.failed_tests {
+                    gate::test_failed(&mut core.gate, build_id, &summary.revision, test_id, now);
+                }
+                self.save_gate(core)?;
+                self.start_culprit_finding(core, &summary)?;
+            }
+            (BuildKind::Probe, _) => self.probe_finished(core, &summary)?,
+        }
+        self.store.flush()?;
         self.build_wanted.notify_one();
         Ok(())
+    }
+
+    /// A red build covering several changes starts a bisection; with one change, that
+    /// change is the culprit.
+    fn start_culprit_finding(&self, core: &mut Core, build: &BuildSummary) -> Result<(), FarmError> {
+        if !self.config.gate.find_culprit || build.failed_tests.is_empty() {
+            return Ok(());
+        }
+        let mut candidates = Vec::with_capacity(build.changes.len());
+        for &sequence in &build.changes {
+            if let Some(change) = self.store.changes_from(sequence, 1)?.into_iter().find(|c| c.sequence == sequence) {
+                candidates.push(Candidate { sequence, revision: change.revision });
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let bisection = Bisection::new(build.build_id, build.failed_tests.clone(), candidates);
+        tracing::info!(build_id = build.build_id, changes = bisection.candidates.len(), "culprit finding started");
+        self.settle_bisection(core, bisection)
+    }
+
+    /// Names the culprit if the bisection is narrowed to one; else keeps it for the next probe.
+    fn settle_bisection(&self, core: &mut Core, bisection: Bisection) -> Result<(), FarmError> {
+        let key = format!("{BISECTION}{}", bisection.build_id);
+        let Some(culprit) = bisection.culprit().cloned() else {
+            self.store.set_meta(&key, &bisection)?;
+            core.bisections.insert(bisection.build_id, bisection);
+            self.build_wanted.notify_one();
+            return Ok(());
+        };
+        core.bisections.remove(&bisection.build_id);
+        self.store.remove_meta(&key)?;
+        let build_id = bisection.build_id;
+        let probes: Vec<u64> = bisection.probes.iter().filter_map(|probe| probe.build_id).collect();
+        tracing::info!(build_id, culprit = %culprit.revision, probes = probes.len(), "culprit found");
+        if let Some(mut build) = self.store.build(build_id)? {
+            build.culprit = Some(culprit.sequence);
+            build.probes = probes;
+            self.store.put_build(&build)?;
+        }
+        if let Some(mut change) =
+            self.store.changes_from(culprit.sequence, 1)?.into_iter().find(|c| c.sequence == culprit.sequence)
+        {
+            change.culprit_of = Some(build_id);
+            self.store.put_change(&change)?;
+            if gate::culprit_found(&mut core.gate, build_id, &change) {
+                self.save_gate(core)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn probe_finished(&self, core: &mut Core, probe: &BuildSummary) -> Result<(), FarmError> {
+        let Some(red_build) = probe.probe_of else { return Ok(()) };
+        let Some(mut bisection) = core.bisections.remove(&red_build) else { return Ok(()) };
+        let Some(candidate) = bisection.probes.iter().find(|p| p.build_id == Some(probe.build_id)).map(|p| p.candidate)
+        else {
+            core.bisections.insert(red_build, bisection);
+            return Ok(());
+        };
+        // A probe whose suite could not even run counts as failing at that revision.
+        let failed = matches!(probe.state, BuildState::Red | BuildState::Error);
+        bisection.record(candidate, failed);
+        self.settle_bisection(core, bisection)
+    }
+
+    /// Starts the next probe of every bisection that has none running.
+    async fn advance_bisections(self: &Arc<Self>) -> Result<(), FarmError> {
+        let due: Vec<(u64, usize, String, Vec<String>)> = {
+            let core = self.core();
+            core.bisections
+                .values()
+                .filter(|bisection| bisection.probes.iter().all(|probe| probe.failed.is_some()))
+                .filter_map(|bisection| {
+                    let index = bisection.next_probe()?;
+                    Some((
+                        bisection.build_id,
+                        index,
+                        bisection.candidates[index].revision.clone(),
+                        bisection.failing_tests.clone(),
+                    ))
+                })
+                .collect()
+        };
+        for (red_build, index, revision, failing) in due {
+            let farm = Arc::clone(self);
+            let (plan_revision, plan_tests) = (revision.clone(), failing.clone());
+            let planned = tokio::task::spawn_blocking(move || farm.plan_probe(&plan_revision, &plan_tests))
+                .await
+                .map_err(|error| FarmError::Task(error.to_string()))?;
+            let now = unix_now_s();
+            let mut core = self.core();
+            let core = &mut *core;
+            let Some(mut bisection) = core.bisections.remove(&red_build) else { continue };
+            match planned {
+                Ok(plan) if plan.is_empty() => {
+                    // None of the failing tests exists there: they cannot fail there.
+                    bisection.probes.push(Probe { candidate: index, build_id: None, failed: Some(false) });
+                    bisection.record(index, false);
+                    self.settle_bisection(core, bisection)?;
+                }
+                planned => {
+                    let build_id = self.store.next_id("build")?;
+                    let mut summary = self.new_summary(build_id, revision, Vec::new(), Vec::new(), false, now);
+                    summary.kind = BuildKind::Probe;
+                    summary.probe_of = Some(red_build);
+                    bisection.probes.push(Probe { candidate: index, build_id: Some(build_id), failed: None });
+                    tracing::info!(build_id, red_build, candidate = index, "culprit probe started");
+                    match planned {
+                        Ok(plan) => {
+                            summary.counts.total = plan.len() as u32;
+                            summary.lower_bound_s = Some(plan.lower_bound(core.scheduler.live_workers().max(1)));
+                            self.store.put_build(&summary)?;
+                            core.running.insert(build_id, LiveBuild { summary, shards: BTreeMap::new() });
+                            let decisions = core.scheduler.add_build(BuildId(build_id), plan, now)?;
+                            core.scheduler.make_urgent(BuildId(build_id));
+                            self.settle_bisection(core, bisection)?;
+                            self.apply(core, decisions, now)?;
+                        }
+                        Err(error) => {
+                            summary.state = BuildState::Error;
+                            summary.error = Some(error.to_string());
+                            summary.finished_at = Some(now);
+                            self.store.put_build(&summary)?;
+                            bisection.record(index, true);
+                            if let Some(probe) = bisection.probes.last_mut() {
+                                probe.failed = Some(true);
+                            }
+                            self.settle_bisection(core, bisection)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The next revision to hand to the push stage: the newest pending one newer than the
+    /// last pushed; older pending ones are marked superseded.
+    pub fn next_push(&self) -> Result<Option<PushView>, FarmError> {
+        let last_pushed: u64 = self.store.meta(LAST_PUSHED)?.unwrap_or(0);
+        let mut pending: Vec<PushView> = self
+            .store
+            .pushes()?
+            .into_iter()
+            .filter(|push| push.state == "pending" || push.state == "pushing")
+            .collect();
+        let Some(newest) = pending.pop() else { return Ok(None) };
+        for mut older in pending {
+            older.state = "superseded".to_owned();
+            older.finished_at = Some(unix_now_s());
+            self.store.put_push(&older)?;
+        }
+        if newest.build_id <= last_pushed {
+            let mut stale = newest;
+            stale.state = "superseded".to_owned();
+            stale.finished_at = Some(unix_now_s());
+            self.store.put_push(&stale)?;
+            return Ok(None);
+        }
+        Ok(Some(newest))
+    }
+
+    /// Records how a hand-off went.
+    pub fn record_push(&self, push: &PushView) -> Result<(), FarmError> {
+        self.store.put_push(push)?;
+        if push.state == "pushed" {
+            let last_pushed: u64 = self.store.meta(LAST_PUSHED)?.unwrap_or(0);
+            self.store.set_meta(LAST_PUSHED, &last_pushed.max(push.build_id))?;
+        }
+        Ok(())
+    }
+
+    /// Every push hand-off, newest first.
+    pub fn pushes(&self) -> Result<Vec<PushView>, FarmError> {
+        let mut pushes = self.store.pushes()?;
+        pushes.reverse();
+        Ok(pushes)
     }
 
     /// Fetches the watched branch and queues the commits that arrived since the last look.
@@ -488,6 +737,7 @@ impl Farm {
                 paths: commit.paths,
                 build_id: None,
                 seen_at: unix_now_s(),
+                culprit_of: None,
             };
             self.store.put_change(&change)?;
             tracing::info!(sequence = change.sequence, revision = %change.revision, tags = ?change.tags, "change queued");
@@ -499,7 +749,8 @@ impl Farm {
 
     /// Starts a build covering every queued change, unless one is running. Returns its id.
     pub async fn start_next_build(self: &Arc<Self>) -> Result<Option<u64>, FarmError> {
-        if !self.core().running.is_empty() {
+        self.advance_bisections().await?;
+        if self.core().running.values().any(|live| live.summary.kind == BuildKind::Regular) {
             return Ok(None);
         }
         let first: u64 = self.store.meta(NEXT_UNBUILT)?.unwrap_or(1);
@@ -522,25 +773,8 @@ impl Farm {
         let mut core = self.core();
         let core = &mut *core;
         let build_id = self.store.next_id("build")?;
-        let mut summary = BuildSummary {
-            version: API_VERSION,
-            build_id,
-            branch: self.config.repository.branch.clone(),
-            revision,
-            state: BuildState::Queued,
-            changes: pending.iter().map(|change| change.sequence).collect(),
-            tags: tags.into_iter().collect(),
-            full_run,
-            counts: TestCounts::default(),
-            failed_tests: Vec::new(),
-            error: None,
-            created_at: now,
-            started_at: None,
-            finished_at: None,
-            lower_bound_s: None,
-            makespan_s: None,
-            shards: 0,
-        };
+        let changes = pending.iter().map(|change| change.sequence).collect();
+        let mut summary = self.new_summary(build_id, revision, changes, tags.into_iter().collect(), full_run, now);
         for mut change in pending.iter().cloned() {
             change.build_id = Some(build_id);
             self.store.put_change(&change)?;
@@ -562,28 +796,81 @@ impl Farm {
                 summary.error = Some(error.to_string());
                 summary.finished_at = Some(now);
                 self.store.put_build(&summary)?;
+                if gate::build_errored(&mut core.gate, build_id, &summary.revision, &error.to_string(), now) {
+                    self.save_gate(core)?;
+                }
             }
         }
         Ok(Some(build_id))
     }
 
-    /// Reads, validates and plans the suite at `revision` for `tags` (empty: everything).
-    fn plan(&self, revision: &str, tags: &BTreeSet<String>) -> Result<BuildPlan, PlanError> {
+    fn new_summary(
+        &self,
+        build_id: u64,
+        revision: String,
+        changes: Vec<u64>,
+        tags: Vec<String>,
+        full_run: bool,
+        now: f64,
+    ) -> BuildSummary {
+        BuildSummary {
+            version: API_VERSION,
+            build_id,
+            branch: self.config.repository.branch.clone(),
+            revision,
+            state: BuildState::Queued,
+            changes,
+            tags,
+            full_run,
+            counts: TestCounts::default(),
+            failed_tests: Vec::new(),
+            error: None,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            lower_bound_s: None,
+            makespan_s: None,
+            shards: 0,
+            kind: BuildKind::Regular,
+            probe_of: None,
+            culprit: None,
+            probes: Vec::new(),
+        }
+    }
+
+    /// The suite at `revision`, validated.
+    fn suite_at(&self, revision: &str) -> Result<Suite, PlanError> {
         let bytes = match &self.config.suite.file {
             Some(path) => self.mirror.read_file(revision, path)?,
             None => self.list_suite(revision)?,
         };
-        let suite = Suite::new(SuiteFile::from_json(&bytes)?)?;
+        Ok(Suite::new(SuiteFile::from_json(&bytes)?)?)
+    }
+
+    /// A plan re-running `tests` (those the suite has at `revision`) with their dependencies.
+    fn plan_probe(&self, revision: &str, tests: &[String]) -> Result<BuildPlan, PlanError> {
+        let suite = self.suite_at(revision)?;
+        let selected = select_ids(&suite, tests.iter().map(String::as_str));
+        self.plan_selected(&suite, &selected)
+    }
+
+    /// Reads, validates and plans the suite at `revision` for `tags` (empty: everything).
+    fn plan(&self, revision: &str, tags: &BTreeSet<String>) -> Result<BuildPlan, PlanError> {
+        let suite = self.suite_at(revision)?;
         let selected = select(&suite, tags);
+        self.plan_selected(&suite, &selected)
+    }
+
+    fn plan_selected(&self, suite: &Suite, selected: &[usize]) -> Result<BuildPlan, PlanError> {
         let mut history: HashMap<&str, f64> = HashMap::new();
-        for &index in &selected {
+        for &index in selected {
             let id = suite.tests[index].id.as_str();
             if let Some(value) = median(&mut self.store.durations(id)?) {
                 history.insert(id, value);
             }
         }
-        let estimates = estimate(&suite, |test| history.get(test.id.as_str()).copied().or(test.duration_s));
-        Ok(BuildPlan::new(&suite, &selected, &estimates))
+        let estimates = estimate(suite, |test| history.get(test.id.as_str()).copied().or(test.duration_s));
+        Ok(BuildPlan::new(suite, selected, &estimates))
     }
 
     fn list_suite(&self, revision: &str) -> Result<Vec<u8>, PlanError> {

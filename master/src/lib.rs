@@ -7,7 +7,10 @@
 pub mod api;
 pub mod changes;
 pub mod config;
+pub mod culprit;
 pub mod farm;
+pub mod gate;
+pub mod push;
 pub mod store;
 
 use std::future::Future;
@@ -55,6 +58,7 @@ pub async fn run(
         tokio::spawn(poll_loop(Arc::clone(&farm), stop_rx.clone())),
         tokio::spawn(build_loop(Arc::clone(&farm), stop_rx.clone())),
         tokio::spawn(tick_loop(Arc::clone(&farm), stop_rx.clone())),
+        tokio::spawn(push::push_loop(Arc::clone(&farm), stop_rx.clone())),
     ];
     tracing::info!(address = %listener.local_addr()?, "master listening");
     let app = api::router(api::AppState { farm: Arc::clone(&farm) });
@@ -67,7 +71,8 @@ pub async fn run(
     served.map_err(MasterError::Serve)
 }
 
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+/// Resolves once `stop` says so.
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     while !*stop.borrow() {
         if stop.changed().await.is_err() {
             return;

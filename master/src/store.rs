@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use greenlight_shared::api::{BuildSummary, ChangeView, ShardView, TestResultView};
+use greenlight_shared::api::{BuildSummary, ChangeView, PushView, ShardView, TestResultView};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -46,6 +46,8 @@ pub enum Tree {
     Shards,
     /// Recent durations by test id.
     History,
+    /// Push hand-offs by build.
+    Pushes,
     /// Counters and watermarks by name.
     Meta,
 }
@@ -58,6 +60,7 @@ impl Tree {
             Tree::Results => "results",
             Tree::Shards => "shards",
             Tree::History => "history",
+            Tree::Pushes => "pushes",
             Tree::Meta => "meta",
         }
     }
@@ -73,6 +76,8 @@ pub trait Kv: Send + Sync {
     fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
     /// Sets `key` to `value` only if `key` is absent; returns whether it was written.
     fn put_new(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<bool, StoreError>;
+    /// Removes `key`.
+    fn remove(&self, tree: Tree, key: &[u8]) -> Result<(), StoreError>;
     /// Entries whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<Vec<Entry>, StoreError>;
     /// Entries with key `>= start`, in key order, at most `limit`.
@@ -116,6 +121,10 @@ impl Kv for SledKv {
         self.tree(tree)?.insert(key, value).map_err(backend)?;
         Ok(())
     }
+    fn remove(&self, tree: Tree, key: &[u8]) -> Result<(), StoreError> {
+        self.tree(tree)?.remove(key).map_err(backend)?;
+        Ok(())
+    }
     fn put_new(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
         let swapped = self.tree(tree)?.compare_and_swap(key, None as Option<&[u8]>, Some(value)).map_err(backend)?;
         Ok(swapped.is_ok())
@@ -155,6 +164,10 @@ impl Kv for MemoryKv {
     }
     fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.entries().insert((tree, key.to_vec()), value.to_vec());
+        Ok(())
+    }
+    fn remove(&self, tree: Tree, key: &[u8]) -> Result<(), StoreError> {
+        self.entries().remove(&(tree, key.to_vec()));
         Ok(())
     }
     fn put_new(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
@@ -260,6 +273,16 @@ impl Store {
         self.kv.put(Tree::Meta, name.as_bytes(), &encode(value))
     }
 
+    /// Every meta value whose name starts with `prefix`.
+    pub fn meta_with_prefix<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>, StoreError> {
+        self.kv.scan_prefix(Tree::Meta, prefix.as_bytes())?.iter().map(|(_, value)| decode(Tree::Meta, value)).collect()
+    }
+
+    /// Removes a meta value.
+    pub fn remove_meta(&self, name: &str) -> Result<(), StoreError> {
+        self.kv.remove(Tree::Meta, name.as_bytes())
+    }
+
     /// Writes a change.
     pub fn put_change(&self, change: &ChangeView) -> Result<(), StoreError> {
         self.kv.put(Tree::Changes, &change.sequence.to_be_bytes(), &encode(change))
@@ -323,6 +346,16 @@ impl Store {
             .iter()
             .map(|(_, value)| decode(Tree::Shards, value))
             .collect()
+    }
+
+    /// Writes a push hand-off.
+    pub fn put_push(&self, push: &PushView) -> Result<(), StoreError> {
+        self.kv.put(Tree::Pushes, &push.build_id.to_be_bytes(), &encode(push))
+    }
+
+    /// Every push hand-off, oldest build first.
+    pub fn pushes(&self) -> Result<Vec<PushView>, StoreError> {
+        self.kv.scan_prefix(Tree::Pushes, &[])?.iter().map(|(_, value)| decode(Tree::Pushes, value)).collect()
     }
 
     /// Adds an observed duration to a test's history.

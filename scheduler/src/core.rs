@@ -242,6 +242,8 @@ struct BuildRun {
     failed: Vec<PlanIndex>,
     /// How real durations compare with estimates, recent tests weighing most.
     drift: Drift,
+    /// Urgent builds (culprit probes) are served before the others.
+    urgent: bool,
 }
 
 /// The ratio of real to estimated durations over recently finished tests. Tests are
@@ -407,6 +409,7 @@ impl Scheduler {
             done_by: vec![None; plan.len()],
             failed: Vec::new(),
             drift: Drift { real: 0.0, estimated: 0.0 },
+            urgent: false,
             states,
             ready,
             plan,
@@ -417,6 +420,14 @@ impl Scheduler {
             return Ok(self.finish_build(build).into_iter().collect());
         }
         Ok(vec![Decision::WorkAvailable])
+    }
+
+    /// Serves `build` before the builds that are not urgent (a culprit probe: the gate waits
+    /// on it).
+    pub fn make_urgent(&mut self, build: BuildId) {
+        if let Some(run) = self.builds.get_mut(&build) {
+            run.urgent = true;
+        }
     }
 
     /// Event: a build is abandoned (cancelled). Its leases end; nothing more is reported.
@@ -438,7 +449,10 @@ impl Scheduler {
         }
         let state = self.workers.entry(worker).or_default();
         state.last_seen = now;
-        let Some(&build) = self.builds.iter().find(|(_, run)| !run.ready.is_empty()).map(|(build, _)| build) else {
+        let with_work = |urgent: bool| {
+            self.builds.iter().find(|(_, run)| run.urgent == urgent && !run.ready.is_empty()).map(|(&build, _)| build)
+        };
+        let Some(build) = with_work(true).or_else(|| with_work(false)) else {
             return (None, decisions);
         };
         let goal = self.shard_goal(build, worker, now);

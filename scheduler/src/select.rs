@@ -30,6 +30,20 @@ pub fn select(suite: &Suite, tags: &BTreeSet<String>) -> Vec<TestIndex> {
     selected.iter().enumerate().filter(|(_, chosen)| **chosen).map(|(index, _)| index).collect()
 }
 
+/// The tests named in `ids` that the suite has, plus everything they depend on,
+/// transitively, in suite order (for re-running chosen tests, as culprit finding does).
+pub fn select_ids<'a>(suite: &Suite, ids: impl IntoIterator<Item = &'a str>) -> Vec<TestIndex> {
+    let mut selected = vec![false; suite.len()];
+    let mut stack: Vec<TestIndex> = ids.into_iter().filter_map(|id| suite.index_of(id)).collect();
+    while let Some(index) = stack.pop() {
+        if std::mem::replace(&mut selected[index], true) {
+            continue;
+        }
+        stack.extend(suite.tests[index].depends_on.iter().copied().filter(|&dep| !selected[dep]));
+    }
+    selected.iter().enumerate().filter(|(_, chosen)| **chosen).map(|(index, _)| index).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +91,14 @@ mod tests {
     #[test]
     fn several_tags_union() {
         check(&["shop", "auth"], &["login", "smoke", "shop"]);
+    }
+
+    #[test]
+    fn chosen_ids_come_with_their_dependencies_and_unknown_ones_are_dropped() {
+        let suite = suite();
+        let ids: Vec<&str> =
+            select_ids(&suite, ["chat_send", "gone"]).into_iter().map(|i| suite.tests[i].id.as_str()).collect();
+        assert_eq!(ids, ["login", "profile", "chat_send"]);
     }
 
     #[test]

@@ -250,6 +250,9 @@ pub struct ChangeView {
     pub build_id: Option<u64>,
     /// When the master saw it (Unix seconds).
     pub seen_at: f64,
+    /// The build this change was found to break (culprit finding), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub culprit_of: Option<u64>,
 }
 
 /// Where a build is in its life.
@@ -346,6 +349,87 @@ pub struct BuildSummary {
     pub makespan_s: Option<f64>,
     /// Shards handed out.
     pub shards: u32,
+    /// A regular build of the branch, or a probe of culprit finding.
+    #[serde(default)]
+    pub kind: BuildKind,
+    /// For a probe: the red build whose culprit it looks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_of: Option<u64>,
+    /// For a red build: the sequence of the change found to break it, once found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub culprit: Option<u64>,
+    /// For a red build: the probes culprit finding ran (ids, in order).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<u64>,
+}
+
+/// What a build is for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildKind {
+    /// Tests a batch of changes at the newest revision.
+    #[default]
+    Regular,
+    /// Re-runs a red build's failing tests at one of its changes, to find the culprit.
+    Probe,
+}
+
+/// Whether the gate lets commits through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateState {
+    /// Commits go through.
+    Open,
+    /// Only fixes and reverts go through.
+    Closed,
+}
+
+/// `GET /api/v1/gate?branch=B`: the commit gate of a branch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateView {
+    /// Wire version.
+    #[serde(default = "api_version")]
+    pub version: u32,
+    /// The branch.
+    pub branch: String,
+    /// Open or closed.
+    pub state: GateState,
+    /// Since when (Unix seconds); absent before the first verdict.
+    pub since: Option<f64>,
+    /// The build that closed the gate (or last reopened it).
+    pub build_id: Option<u64>,
+    /// The revision that build tested.
+    pub revision: Option<String>,
+    /// Failing tests of the closing build (first 100).
+    pub failing_tests: Vec<String>,
+    /// The change found to break it, once culprit finding has named one.
+    pub culprit: Option<ChangeView>,
+    /// Why the gate is closed when no test failed (a build that could not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A commit message containing this marks a fix, let through a closed gate.
+    pub fix_marker: String,
+}
+
+/// One hand-off of a green revision to the push stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushView {
+    /// The green build.
+    pub build_id: u64,
+    /// Its revision.
+    pub revision: String,
+    /// `pending`, `pushing`, `pushed`, `failed`, or `superseded` (a newer green revision
+    /// was pushed first; older ones are never pushed after it).
+    pub state: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error, when an attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When it was queued (Unix seconds).
+    pub queued_at: f64,
+    /// When it ended.
+    pub finished_at: Option<f64>,
 }
 
 /// One shard of a build, for the API and the waterfall.

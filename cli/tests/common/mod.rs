@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use greenlight_fixtures::repo::FixtureRepo;
-use greenlight_shared::api::{BuildDetail, BuildSummary, BuildTests, WorkerView};
+use greenlight_shared::api::{BuildDetail, BuildSummary, BuildTests, ChangeView, GateView, PushView, WorkerView};
 use greenlight_shared::suite::{SuiteFile, SuiteTest};
 
 pub const TOKEN: &str = "e2e-token";
@@ -63,6 +63,8 @@ pub struct FarmOptions {
     pub poll_interval_s: f64,
     /// Extra lines of the `[suite]` table; the suite comes from `file` unless they say otherwise.
     pub suite_toml: String,
+    /// Tables appended to the configuration (`[push]`, `[gate]`).
+    pub extra_toml: String,
 }
 
 impl Default for FarmOptions {
@@ -74,6 +76,7 @@ impl Default for FarmOptions {
             max_body_bytes: 8 * 1024 * 1024,
             poll_interval_s: 0.2,
             suite_toml: "file = \"greenlight-suite.json\"".to_owned(),
+            extra_toml: String::new(),
         }
     }
 }
@@ -121,6 +124,8 @@ run_command = [{exe:?}, "fixture-run", "--ids-file", "{{ids_file}}", "--junit", 
 [scheduler]
 lease_timeout_s = {lease}
 heartbeat_interval_s = {heartbeat}
+
+{extra}
 "#,
                 data = dir.path().join("master").to_string_lossy(),
                 repo = repo_dir.to_string_lossy(),
@@ -131,6 +136,7 @@ heartbeat_interval_s = {heartbeat}
                 max_body = options.max_body_bytes,
                 poll = options.poll_interval_s,
                 suite_toml = options.suite_toml,
+                extra = options.extra_toml,
             ),
         )
         .unwrap();
@@ -172,6 +178,28 @@ heartbeat_interval_s = {heartbeat}
 
     pub fn tests(&self, build_id: u64) -> BuildTests {
         self.get(&format!("/api/v1/builds/{build_id}/tests"))
+    }
+
+    pub fn gate(&self) -> GateView {
+        self.get("/api/v1/gate")
+    }
+
+    pub fn pushes(&self) -> Vec<PushView> {
+        self.get("/api/v1/pushes")
+    }
+
+    pub fn changes(&self) -> Vec<ChangeView> {
+        self.get("/api/v1/changes?limit=1000")
+    }
+
+    /// Runs `greenlight gate` against this master with `args`; (exit code, stdout, stderr).
+    pub fn gate_command(&self, args: &[&str]) -> (i32, String, String) {
+        let output = Command::new(greenlight()).args(["gate", "--master", &self.url]).args(args).output().unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     }
 
     pub fn workers(&self) -> Vec<WorkerView> {
@@ -218,7 +246,11 @@ pub fn start_master(config: &Path, dir: &Path) -> (Process, String) {
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).expect("the master prints its address");
     let url = line.trim().rsplit(' ').next().unwrap_or_default().to_owned();
-    assert!(url.starts_with("http://127.0.0.1:"), "unexpected first line {line:?}");
+    if !url.starts_with("http://127.0.0.1:") {
+        let _ = child.wait();
+        let log = std::fs::read_to_string(dir.join("master.log")).unwrap_or_default();
+        panic!("the master did not start (first line {line:?}):\n{log}");
+    }
     (Process { child, name: "master".into() }, url)
 }
 

@@ -1,0 +1,122 @@
+//! `greenlight gate` (DESIGN.md): asks the master whether the branch's gate lets a commit
+//! through. Exit 0: open, or closed but the message marks a fix or a revert. Exit 1:
+//! closed; prints the build, the failing tests, the culprit when known and a link.
+//! Exit 2: the master could not be asked. Meant for git hooks (see `hooks/`).
+
+use std::time::Duration;
+
+use greenlight_shared::api::{GateState, GateView};
+
+/// Arguments of `greenlight gate`.
+#[derive(Debug, clap::Args)]
+pub struct GateArgs {
+    /// The master's URL.
+    #[arg(long, env = "GREENLIGHT_MASTER", default_value = "http://127.0.0.1:8080")]
+    master: String,
+    /// The branch (the master's watched branch when absent).
+    #[arg(long)]
+    branch: Option<String>,
+    /// The commit message: a fix or a revert is let through a closed gate.
+    #[arg(long)]
+    message: Option<String>,
+    /// Wait until the gate opens instead of failing.
+    #[arg(long)]
+    wait: bool,
+    /// Seconds between looks while waiting.
+    #[arg(long, default_value_t = 5.0)]
+    poll_interval: f64,
+}
+
+async fn ask(http: &reqwest::Client, url: &str) -> Result<GateView, String> {
+    let response = http.get(url).timeout(Duration::from_secs(10)).send().await.map_err(|error| error.to_string())?;
+    let status = response.status();
+    let body = response.text().await.map_err(|error| error.to_string())?;
+    if !status.is_success() {
+        return Err(format!("{status}: {body}"));
+    }
+    serde_json::from_str(&body).map_err(|error| format!("unexpected answer ({error}): {body}"))
+}
+
+fn describe(gate: &GateView, master: &str) -> String {
+    let mut text = format!("gate closed on {}", gate.branch);
+    if let Some(since) = gate.since {
+        let minutes = ((greenlight_shared::unix_now_s() - since) / 60.0).max(0.0);
+        text.push_str(&format!(" for {minutes:.0} min"));
+    }
+    text.push('\n');
+    if let Some(build_id) = gate.build_id {
+        let revision = gate.revision.as_deref().unwrap_or("?");
+        text.push_str(&format!("build {build_id} (revision {}) ", &revision[..revision.len().min(12)]));
+        if gate.failing_tests.is_empty() {
+            text.push_str("is red\n");
+        } else {
+            text.push_str("failed:\n");
+            for test in &gate.failing_tests {
+                text.push_str(&format!("  {test}\n"));
+            }
+        }
+    }
+    if let Some(reason) = &gate.reason {
+        text.push_str(&format!("{reason}\n"));
+    }
+    match &gate.culprit {
+        Some(change) => text.push_str(&format!(
+            "culprit: {} {:?} by {}\n",
+            &change.revision[..change.revision.len().min(12)],
+            change.message.lines().next().unwrap_or(""),
+            change.author
+        )),
+        None => text.push_str("culprit: not known yet\n"),
+    }
+    if let Some(build_id) = gate.build_id {
+        text.push_str(&format!("see {master}/api/v1/builds/{build_id}\n"));
+    }
+    text.push_str(&format!(
+        "only a fix (a message containing {:?}) or a revert (git revert's \"Revert ...\" subject) goes through\n",
+        gate.fix_marker
+    ));
+    text
+}
+
+/// Runs the command; returns the exit code.
+pub async fn run(args: &GateArgs) -> i32 {
+    let master = args.master.trim_end_matches('/');
+    let mut url = format!("{master}/api/v1/gate");
+    if let Some(branch) = &args.branch {
+        url.push_str(&format!(
+            "?branch={}",
+            branch.replace('%', "%25").replace('&', "%26").replace('#', "%23").replace(' ', "%20")
+        ));
+    }
+    let http = reqwest::Client::new();
+    let mut said_waiting = false;
+    loop {
+        let gate = match ask(&http, &url).await {
+            Ok(gate) => gate,
+            Err(error) => {
+                eprintln!("greenlight gate: cannot ask the master at {master}: {error}");
+                return 2;
+            }
+        };
+        if gate.state == GateState::Open {
+            println!("gate open on {}", gate.branch);
+            return 0;
+        }
+        if let Some(message) = &args.message
+            && greenlight_master::gate::lets_through(message, &gate.fix_marker)
+        {
+            println!("gate closed on {}, but this commit is a fix or a revert: let through", gate.branch);
+            return 0;
+        }
+        if !args.wait {
+            print!("{}", describe(&gate, master));
+            return 1;
+        }
+        if !said_waiting {
+            print!("{}", describe(&gate, master));
+            println!("waiting for the gate to open...");
+            said_waiting = true;
+        }
+        tokio::time::sleep(Duration::from_secs_f64(args.poll_interval.clamp(0.1, 600.0))).await;
+    }
+}

@@ -1,0 +1,185 @@
+//! The commit gate end to end, with the real binaries: a red test closes the gate before
+//! its build ends, `greenlight gate` answers 1 naming the failing test, lets fixes and
+//! reverts through, waits, answers 2 when the master cannot be asked, and a green build
+//! reopens it; a batch of eight changes with one bad change is bisected to its culprit in
+//! at most ceil(log2 8) + 1 probes of the failing test only; green revisions are handed
+//! to the push command once each, in order, never a red one, retried when it fails.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Farm, FarmOptions, test};
+use greenlight_shared::api::{BuildKind, BuildState, GateState};
+use greenlight_shared::suite::{SuiteFile, SuiteTest};
+
+const BROKEN: &str = "core/test_core.py::test_breaks";
+
+/// Core tests (one will break, and it runs first: it is the slowest), plus a slow area the
+/// first build spends a while on, so commits can land while it runs.
+fn suite(core_tests: usize) -> SuiteFile {
+    let mut tests: Vec<SuiteTest> = vec![test(BROKEN, &["core"], &[], 40.0)];
+    tests.extend((0..core_tests).map(|index| test(&format!("core/test_core.py::test_{index}"), &["core"], &[], 30.0)));
+    tests.push(test("slow/test_slow.py::test_tour", &["slow"], &[], 100.0));
+    SuiteFile { name: "gate".into(), shard_overhead_s: 0.0, tests }
+}
+
+#[test]
+fn red_closes_the_gate_before_the_build_ends_and_a_green_build_reopens_it() {
+    let farm = Farm::start(&suite(10), 2, FarmOptions::default());
+    let first = farm.finished_build_of(&farm.repo.head().unwrap());
+    assert_eq!(first.state, BuildState::Green);
+    assert_eq!(farm.gate().state, GateState::Open);
+    let (code, stdout, _) = farm.gate_command(&[]);
+    assert_eq!((code, stdout.trim()), (0, "gate open on main"));
+
+    let broken = farm.repo.set_failing("core", &[BROKEN], "Core: faster everything").unwrap();
+    // The gate closes while the build is still running.
+    let (gate, build) = farm.wait_for("the gate to close during the build", Duration::from_secs(120), |farm| {
+        let gate = farm.gate();
+        let build = farm.builds().into_iter().find(|build| build.revision == broken)?;
+        (gate.state == GateState::Closed).then_some((gate, build))
+    });
+    assert_eq!(build.state, BuildState::Running, "closed before the build ended");
+    assert_eq!(gate.build_id, Some(build.build_id));
+    assert_eq!(gate.failing_tests, vec![BROKEN.to_owned()]);
+
+    let (code, stdout, _) = farm.gate_command(&["--branch", "main"]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains(BROKEN), "names the failing test: {stdout}");
+    assert!(stdout.contains(&format!("/api/v1/builds/{}", build.build_id)), "links the build: {stdout}");
+    let (code, stdout, _) = farm.gate_command(&["--message", "Core: put it back [fix]"]);
+    assert_eq!(code, 0, "a fix goes through: {stdout}");
+    let (code, _, _) =
+        farm.gate_command(&["--message", "Revert \"Core: faster everything\"\n\nThis reverts commit 1234."]);
+    assert_eq!(code, 0, "a revert goes through");
+    let (code, _, stderr) = farm.gate_command(&["--branch", "release"]);
+    assert_eq!(code, 2, "an unwatched branch cannot be asked: {stderr}");
+
+    // Someone waits for the gate; the fix lands; the green build reopens the gate.
+    let waiting = std::process::Command::new(common::greenlight())
+        .args(["gate", "--master", &farm.url, "--wait", "--poll-interval", "0.2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut waiting = common::Process { child: waiting, name: "gate --wait".into() };
+    assert_eq!(farm.finished_build_of(&broken).state, BuildState::Red);
+    let fixed = farm.repo.set_failing("core", &[], "Core: put it back [fix]").unwrap();
+    let green = farm.finished_build_of(&fixed);
+    assert_eq!(green.state, BuildState::Green);
+    let gate = farm.gate();
+    assert_eq!((gate.state, gate.build_id), (GateState::Open, Some(green.build_id)));
+    let status = farm.wait_for("gate --wait to return", Duration::from_secs(30), |_| waiting.child.try_wait().unwrap());
+    assert!(status.success(), "gate --wait exits 0 once the gate opens");
+    waiting.kill();
+    let (code, _, _) = farm.gate_command(&[]);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn the_gate_command_exits_2_when_the_master_is_down() {
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", unused.local_addr().unwrap());
+    drop(unused);
+    let output = std::process::Command::new(common::greenlight()).args(["gate", "--master", &url]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot ask the master"));
+}
+
+#[test]
+fn a_batch_of_eight_is_bisected_to_its_culprit_with_few_probes_of_the_failing_test() {
+    let farm = Farm::start(&suite(3), 2, FarmOptions::default());
+    let initial = farm.repo.head().unwrap();
+    farm.wait_for("the first build to run", Duration::from_secs(120), |farm| {
+        farm.builds().into_iter().find(|build| build.state == BuildState::Running)
+    });
+    // Eight changes land while the first build runs; the fifth breaks a core test.
+    let mut revisions = Vec::new();
+    for index in 1..=8 {
+        let revision = if index == 5 {
+            farm.repo.set_failing("core", &[BROKEN], "Core: change 5, the bad one").unwrap()
+        } else {
+            farm.repo.touch_area("core", &format!("Core: change {index}")).unwrap()
+        };
+        revisions.push(revision);
+    }
+    assert_eq!(farm.finished_build_of(&initial).state, BuildState::Green);
+    let red = farm.finished_build_of(&revisions[7]);
+    assert_eq!(red.state, BuildState::Red);
+    assert_eq!(red.changes.len(), 8, "one build covers the batch");
+
+    let red = farm.wait_for("the culprit", Duration::from_secs(120), |farm| {
+        farm.builds().into_iter().find(|build| build.build_id == red.build_id && build.culprit.is_some())
+    });
+    let changes = farm.changes();
+    let culprit = changes.iter().find(|change| Some(change.sequence) == red.culprit).expect("the culprit is a change");
+    assert_eq!(culprit.revision, revisions[4], "change 5 is named");
+    assert_eq!(culprit.culprit_of, Some(red.build_id));
+    assert!(red.probes.len() <= 4, "at most ceil(log2 8) + 1 probes, ran {}", red.probes.len());
+    assert!(!red.probes.is_empty());
+    for &probe_id in &red.probes {
+        let probe = farm.build(probe_id).build;
+        assert_eq!((probe.kind, probe.probe_of), (BuildKind::Probe, Some(red.build_id)));
+        let ran: Vec<String> = farm.tests(probe_id).results.into_iter().map(|result| result.test_id).collect();
+        assert_eq!(ran, vec![BROKEN.to_owned()], "a probe re-runs only the failing test");
+        let probed = revisions.iter().position(|revision| *revision == probe.revision).expect("a covered revision");
+        assert_eq!(probe.state == BuildState::Red, probed >= 4, "probe of change {} is {:?}", probed + 1, probe.state);
+    }
+    let gate = farm.gate();
+    assert_eq!(gate.state, GateState::Closed);
+    assert_eq!(gate.culprit.map(|change| change.revision), Some(revisions[4].clone()));
+    let (code, stdout, _) = farm.gate_command(&[]);
+    assert_eq!(code, 1);
+    assert!(stdout.contains("Core: change 5, the bad one"), "the gate names the culprit: {stdout}");
+}
+
+#[test]
+fn green_revisions_are_pushed_once_in_order_never_red_and_failures_are_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("pushed.txt");
+    let count = dir.path().join("count");
+    let release = dir.path().join("release");
+    // The first attempt fails; the second (its retry) holds the push stage until the test
+    // releases it, after two more green builds have queued behind it; later attempts
+    // succeed at once.
+    let script = format!(
+        r#"n=$(cat {count:?} 2>/dev/null || echo 0); echo $((n+1)) > {count:?}
+[ "$n" -eq 0 ] && {{ echo "registry unreachable" >&2; exit 3; }}
+if [ "$n" -eq 1 ]; then i=0; while [ ! -e {release:?} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; fi
+echo "$GREENLIGHT_BUILD_ID $GREENLIGHT_REVISION" >> {log:?}"#
+    );
+    let options = FarmOptions {
+        extra_toml: format!("[push]\ncommand = [\"sh\", \"-c\", {script:?}]\nattempts = 3\nbackoff_s = 0.2\n"),
+        ..FarmOptions::default()
+    };
+    let small = SuiteFile {
+        name: "small".into(),
+        shard_overhead_s: 0.0,
+        tests: vec![test(BROKEN, &["core"], &[], 1.0), test("core/test_core.py::test_0", &["core"], &[], 1.0)],
+    };
+    let farm = Farm::start(&small, 2, options);
+    let first = farm.finished_build_of(&farm.repo.head().unwrap());
+    assert_eq!(first.state, BuildState::Green);
+    // While the first revision's push is under way, two more green builds finish.
+    farm.wait_for("the first push attempt to fail", Duration::from_secs(30), |_| count.exists().then_some(()));
+    let second = farm.finished_build_of(&farm.repo.touch_area("core", "Core: two").unwrap());
+    let third = farm.finished_build_of(&farm.repo.touch_area("core", "Core: three").unwrap());
+    let red = farm.finished_build_of(&farm.repo.set_failing("core", &[BROKEN], "Core: break").unwrap());
+    assert_eq!((second.state, third.state, red.state), (BuildState::Green, BuildState::Green, BuildState::Red));
+    std::fs::write(&release, "").unwrap();
+
+    let pushes = farm.wait_for("the pushes to settle", Duration::from_secs(60), |farm| {
+        let pushes = farm.pushes();
+        pushes.iter().all(|push| push.state != "pending" && push.state != "pushing").then_some(pushes)
+    });
+    let state_of = |build_id: u64| pushes.iter().find(|push| push.build_id == build_id).map(|push| push.state.as_str());
+    assert_eq!(state_of(first.build_id), Some("pushed"));
+    assert_eq!(state_of(second.build_id), Some("superseded"), "older than one pushed after it: never pushed");
+    assert_eq!(state_of(third.build_id), Some("pushed"));
+    assert_eq!(state_of(red.build_id), None, "a red build is never handed over");
+    let first_push = pushes.iter().find(|push| push.build_id == first.build_id).unwrap();
+    assert_eq!(first_push.attempts, 2, "the failed attempt was retried");
+    let pushed = std::fs::read_to_string(&log).unwrap();
+    let expected = format!("{} {}\n{} {}\n", first.build_id, first.revision, third.build_id, third.revision);
+    assert_eq!(pushed, expected, "each green revision pushed once, in order");
+}

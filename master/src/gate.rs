@@ -1,0 +1,153 @@
+//! The commit gate of a branch: open; closed as soon as a test of a build has really
+//! failed (not when the build ends); open again when a build of a later revision is
+//! fully green. Pure transitions over the [`GateView`] the API shows; the farm persists it.
+
+use greenlight_shared::API_VERSION;
+use greenlight_shared::api::{ChangeView, GateState, GateView};
+
+/// How many failing tests the gate lists.
+const LISTED: usize = 100;
+
+/// A new, open gate.
+pub fn new_gate(branch: &str, fix_marker: &str) -> GateView {
+    GateView {
+        version: API_VERSION,
+        branch: branch.to_owned(),
+        state: GateState::Open,
+        since: None,
+        build_id: None,
+        revision: None,
+        failing_tests: Vec::new(),
+        culprit: None,
+        reason: None,
+        fix_marker: fix_marker.to_owned(),
+    }
+}
+
+/// A test of `build_id` (at `revision`) failed for real. Returns whether the gate changed.
+pub fn test_failed(gate: &mut GateView, build_id: u64, revision: &str, test_id: &str, now: f64) -> bool {
+    match (gate.state, gate.build_id) {
+        (GateState::Closed, Some(closing)) if closing == build_id => {
+            if gate.failing_tests.len() < LISTED && !gate.failing_tests.iter().any(|id| id == test_id) {
+                gate.failing_tests.push(test_id.to_owned());
+                return true;
+            }
+            false
+        }
+        (GateState::Closed, Some(closing)) if closing > build_id => false,
+        (state, _) => {
+            // Open, or closed by an older build: the newest red build is the evidence; a
+            // gate already closed keeps its `since` and its culprit.
+            if state == GateState::Open {
+                gate.since = Some(now);
+                gate.culprit = None;
+            }
+            gate.state = GateState::Closed;
+            gate.build_id = Some(build_id);
+            gate.revision = Some(revision.to_owned());
+            gate.failing_tests = vec![test_id.to_owned()];
+            gate.reason = None;
+            true
+        }
+    }
+}
+
+/// A build could not run (its suite is broken): the gate closes with the reason.
+pub fn build_errored(gate: &mut GateView, build_id: u64, revision: &str, reason: &str, now: f64) -> bool {
+    if gate.state == GateState::Closed && gate.build_id.is_some_and(|closing| closing > build_id) {
+        return false;
+    }
+    if gate.state == GateState::Open {
+        gate.since = Some(now);
+        gate.culprit = None;
+    }
+    gate.state = GateState::Closed;
+    gate.build_id = Some(build_id);
+    gate.revision = Some(revision.to_owned());
+    gate.failing_tests.clear();
+    gate.reason = Some(format!("build {build_id} could not run: {reason}"));
+    true
+}
+
+/// A build ended green: a closed gate opens if the build is newer than the one that closed it.
+pub fn build_green(gate: &mut GateView, build_id: u64, revision: &str, now: f64) -> bool {
+    if gate.state == GateState::Closed && gate.build_id.is_some_and(|closing| closing >= build_id) {
+        return false;
+    }
+    let was_closed = gate.state == GateState::Closed;
+    if was_closed || gate.since.is_none() {
+        gate.since = Some(now);
+    }
+    gate.state = GateState::Open;
+    gate.build_id = Some(build_id);
+    gate.revision = Some(revision.to_owned());
+    gate.failing_tests.clear();
+    gate.culprit = None;
+    gate.reason = None;
+    was_closed
+}
+
+/// Culprit finding named the change that broke `build_id`.
+pub fn culprit_found(gate: &mut GateView, build_id: u64, culprit: &ChangeView) -> bool {
+    if gate.state == GateState::Closed
+        && gate.culprit.is_none()
+        && gate.build_id.is_some_and(|closing| closing >= build_id)
+    {
+        gate.culprit = Some(culprit.clone());
+        return true;
+    }
+    false
+}
+
+/// Whether a commit message marks a fix or a revert, which a closed gate lets through.
+pub fn lets_through(message: &str, fix_marker: &str) -> bool {
+    let subject = message.lines().next().unwrap_or_default().trim();
+    message.contains(fix_marker) || (subject.starts_with("Revert \"") && subject.ends_with('"'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closes_on_the_first_failure_and_opens_on_a_later_green_build() {
+        let mut gate = new_gate("main", "[fix]");
+        assert!(!build_green(&mut gate, 1, "r1", 10.0), "an open gate stays open");
+        assert_eq!((gate.state, gate.since), (GateState::Open, Some(10.0)));
+        assert!(test_failed(&mut gate, 2, "r2", "a", 20.0));
+        assert_eq!((gate.state, gate.build_id, gate.since), (GateState::Closed, Some(2), Some(20.0)));
+        assert!(test_failed(&mut gate, 2, "r2", "b", 21.0));
+        assert!(!test_failed(&mut gate, 2, "r2", "b", 22.0), "listed once");
+        assert_eq!(gate.failing_tests, vec!["a", "b"]);
+        // A later red build moves the evidence but keeps the time the gate closed.
+        assert!(test_failed(&mut gate, 3, "r3", "c", 30.0));
+        assert_eq!(
+            (gate.build_id, gate.since, gate.failing_tests.clone()),
+            (Some(3), Some(20.0), vec!["c".to_owned()])
+        );
+        // A late failure of an older build changes nothing; neither does an old green build.
+        assert!(!test_failed(&mut gate, 2, "r2", "z", 31.0));
+        assert!(!build_green(&mut gate, 3, "r3", 32.0));
+        assert!(build_green(&mut gate, 4, "r4", 40.0));
+        assert_eq!((gate.state, gate.since, gate.failing_tests.len()), (GateState::Open, Some(40.0), 0));
+    }
+
+    #[test]
+    fn a_build_that_cannot_run_closes_the_gate_with_its_reason() {
+        let mut gate = new_gate("main", "[fix]");
+        assert!(build_errored(&mut gate, 5, "r5", "invalid suite: dependency cycle", 1.0));
+        assert_eq!(gate.reason.as_deref(), Some("build 5 could not run: invalid suite: dependency cycle"));
+        assert!(build_green(&mut gate, 6, "r6", 2.0));
+        assert_eq!(gate.reason, None);
+    }
+
+    #[test]
+    fn fixes_and_reverts_are_let_through() {
+        let check = |message: &str, expected: bool| assert_eq!(lets_through(message, "[fix]"), expected, "{message:?}");
+        check("Chat: fix the emoji regression [fix]", true);
+        check("Revert \"Chat: faster emoji\"\n\nThis reverts commit abc.", true);
+        check("Chat: faster emoji", false);
+        check("Reverted nothing", false);
+        check("Revert \"unterminated", false);
+    }
+}
