@@ -183,3 +183,68 @@ echo "$GREENLIGHT_BUILD_ID $GREENLIGHT_REVISION" >> {log:?}"#
     let expected = format!("{} {}\n{} {}\n", first.build_id, first.revision, third.build_id, third.revision);
     assert_eq!(pushed, expected, "each green revision pushed once, in order");
 }
+
+#[test]
+fn a_periodic_full_run_names_the_change_whose_tags_missed_a_failure() {
+    let tests = vec![
+        test("chat/test_chat.py::test_send", &["chat"], &[], 1.0),
+        test("chat/test_chat.py::test_emoji", &["chat"], &[], 1.0),
+        test("shop/test_shop.py::test_price", &["shop"], &[], 1.0),
+    ];
+    let suite = SuiteFile { name: "tags".into(), shard_overhead_s: 0.0, tests };
+    let options = FarmOptions { extra_toml: "[full_runs]\nevery_builds = 3\n".into(), ..FarmOptions::default() };
+    let farm = Farm::start(&suite, 2, options);
+    let price = "shop/test_shop.py::test_price";
+    let first = farm.finished_build_of(&farm.repo.head().unwrap());
+    assert_eq!(first.state, BuildState::Green);
+
+    // A chat change that breaks a shop test: its tags select chat only, so it goes green.
+    let sneaky = farm.repo.set_failing("chat", &[price], "Chat: share the price formatter").unwrap();
+    let missed = farm.finished_build_of(&sneaky);
+    assert_eq!((missed.state, missed.tags.clone()), (BuildState::Green, vec!["chat".to_owned()]));
+    assert!(
+        farm.tests(missed.build_id).results.iter().all(|result| result.test_id != price),
+        "the shop test did not run"
+    );
+
+    // The third build is a periodic full run: it finds the failure and names the change.
+    let harmless = farm.repo.touch_area("chat", "Chat: typo").unwrap();
+    let full = farm.finished_build_of(&harmless);
+    assert!(full.full_run, "every third build runs everything");
+    assert_eq!((full.state, full.failed_tests.clone()), (BuildState::Red, vec![price.to_owned()]));
+    let full = farm.wait_for("the culprit", Duration::from_secs(120), |farm| {
+        farm.builds().into_iter().find(|build| build.build_id == full.build_id && build.culprit.is_some())
+    });
+    let missed_by_tags = full.missed_by_tags.expect("reported as missed by tags");
+    let culprit = farm.changes().into_iter().find(|change| change.sequence == missed_by_tags.change).unwrap();
+    assert_eq!(culprit.revision, sneaky);
+    assert_eq!(missed_by_tags.build_id, missed.build_id, "the build that skipped the test is named");
+    assert_eq!(missed_by_tags.tags, vec!["chat".to_owned()]);
+    assert_eq!(missed_by_tags.tests, vec![price.to_owned()]);
+    assert_eq!(full.culprit, Some(missed_by_tags.change));
+}
+
+#[test]
+fn with_revert_culprit_on_the_master_reverts_the_culprit_and_the_gate_opens() {
+    let options = FarmOptions { extra_toml: "[gate]\nrevert_culprit = true\n".into(), ..FarmOptions::default() };
+    let farm = Farm::start(&suite(2), 2, options);
+    // Let the master push to the fixture repository's checked-out branch.
+    greenlight_shared::git::Git::new(farm.repo.dir())
+        .run(&["config", "receive.denyCurrentBranch", "updateInstead"])
+        .unwrap();
+    assert_eq!(farm.finished_build_of(&farm.repo.head().unwrap()).state, BuildState::Green);
+    let broken = farm.repo.set_failing("core", &[BROKEN], "Core: risky").unwrap();
+    let red = farm.finished_build_of(&broken);
+    assert_eq!(red.state, BuildState::Red);
+    // The master commits `Revert "Core: risky"`; its build is green and opens the gate.
+    let revert = farm.wait_for("the revert commit", Duration::from_secs(60), |farm| {
+        let head = farm.repo.head().unwrap();
+        (head != broken).then_some(head)
+    });
+    let message =
+        greenlight_shared::git::Git::new(farm.repo.dir()).run(&["log", "-1", "--format=%s", &revert]).unwrap();
+    assert_eq!(message, "Revert \"Core: risky\"");
+    let build = farm.finished_build_of(&revert);
+    assert_eq!(build.state, BuildState::Green);
+    assert_eq!(farm.gate().state, GateState::Open);
+}

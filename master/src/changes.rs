@@ -133,6 +133,27 @@ impl Mirror {
         self.git.run_bytes(&["show", &format!("{revision}:{path}")])
     }
 
+    /// Commits the revert of `culprit` on top of `branch` of the repository at `url` (in a
+    /// work tree under `dir`) and pushes it. Returns the revert's revision.
+    pub fn revert(&self, url: &str, branch: &str, culprit: &str, dir: &PathBuf) -> Result<String, GitError> {
+        if !dir.join(".git").exists() {
+            std::fs::create_dir_all(dir).map_err(|source| GitError::Spawn { args: "clone".into(), source })?;
+            Git::new(dir).run(&["clone", "--quiet", "--no-checkout", url, "."])?;
+        }
+        let tree = Git::new(dir);
+        tree.run(&["fetch", "--quiet", "origin", &format!("+refs/heads/{branch}:refs/remotes/origin/{branch}")])?;
+        tree.run(&["checkout", "--quiet", "--force", "-B", "greenlight-revert", &format!("origin/{branch}")])?;
+        let identity = ["-c", "user.name=Greenlight", "-c", "user.email=greenlight@localhost"];
+        let mut revert: Vec<&str> = identity.to_vec();
+        revert.extend(["revert", "--no-edit", culprit]);
+        if let Err(error) = tree.run(&revert) {
+            let _ = tree.run(&["revert", "--abort"]);
+            return Err(error);
+        }
+        tree.run(&["push", "--quiet", "origin", &format!("HEAD:refs/heads/{branch}")])?;
+        tree.run(&["rev-parse", "HEAD"])
+    }
+
     /// A work tree of `revision` under `dir` (for a suite list command).
     pub fn checkout(&self, revision: &str, dir: &PathBuf) -> Result<(), GitError> {
         if !dir.join(".git").exists() {

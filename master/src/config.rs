@@ -80,6 +80,22 @@ pub struct Config {
     /// The push stage green revisions are handed to.
     #[serde(default)]
     pub push: PushConfig,
+    /// Periodic full runs, which catch what tag selection missed.
+    #[serde(default)]
+    pub full_runs: FullRunsConfig,
+}
+
+/// When a build ignores tags and runs the whole suite.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FullRunsConfig {
+    /// Every this many builds (0: never by count).
+    #[serde(default)]
+    pub every_builds: u32,
+    /// Or when this many seconds passed since the last full run (0: never by time); the
+    /// next build of queued changes is then a full run.
+    #[serde(default)]
+    pub interval_s: f64,
 }
 
 /// The commit gate and culprit finding.
@@ -290,6 +306,7 @@ impl Config {
             scheduler: SchedulerSection::default(),
             gate: GateConfig::default(),
             push: PushConfig::default(),
+            full_runs: FullRunsConfig::default(),
         }
     }
 
@@ -327,6 +344,9 @@ impl Config {
         }
         if self.push.attempts == 0 || !non_negative(self.push.backoff_s) {
             return invalid("[push] attempts must be at least 1 and backoff_s >= 0");
+        }
+        if !non_negative(self.full_runs.interval_s) {
+            return invalid("[full_runs] interval_s must be >= 0");
         }
         if self.gate.fix_marker.trim().is_empty() {
             return invalid("[gate] fix_marker must not be empty");

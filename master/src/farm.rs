@@ -15,7 +15,7 @@ use greenlight_scheduler::plan::BuildPlan;
 use greenlight_scheduler::select::{select, select_ids};
 use greenlight_scheduler::suite::{Suite, SuiteError};
 use greenlight_shared::api::{
-    BuildDetail, BuildKind, BuildState, BuildSummary, BuildTests, ChangeView, GateView, Lease, PushView,
+    BuildDetail, BuildKind, BuildState, BuildSummary, BuildTests, ChangeView, GateView, Lease, MissedByTags, PushView,
     RegisterResponse, ResultsResponse, ShardOutcome, ShardView, TestCounts, TestReport, TestResultView, TestStatus,
     WorkerView,
 };
@@ -38,6 +38,10 @@ const NEXT_UNBUILT: &str = "next_unbuilt_change";
 const LAST_SEEN: &str = "last_seen/";
 /// Meta key prefix: culprit findings under way, by red build.
 const BISECTION: &str = "bisection/";
+/// Meta key: regular builds since the last full run.
+const BUILDS_SINCE_FULL_RUN: &str = "builds_since_full_run";
+/// Meta key: when the last full run started (Unix seconds).
+const LAST_FULL_RUN_AT: &str = "last_full_run_at";
 /// Meta key: the build id of the newest revision pushed.
 const LAST_PUSHED: &str = "last_pushed_build";
 
@@ -532,8 +536,22 @@ impl Farm {
         if !self.config.gate.find_culprit || build.failed_tests.is_empty() {
             return Ok(());
         }
-        let mut candidates = Vec::with_capacity(build.changes.len());
-        for &sequence in &build.changes {
+        // Earlier builds that did not run any of the failing tests (tag selection left them
+        // out) may hold the culprit too: go back to the last build that ran one.
+        let mut sequences: Vec<u64> = Vec::new();
+        for earlier in self.store.latest_builds(200)? {
+            if earlier.build_id >= build.build_id || earlier.kind != BuildKind::Regular {
+                continue;
+            }
+            let results = self.store.results(earlier.build_id)?;
+            if results.iter().any(|result| build.failed_tests.contains(&result.test_id)) {
+                break;
+            }
+            sequences.splice(0..0, earlier.changes.iter().copied());
+        }
+        sequences.extend(build.changes.iter().copied());
+        let mut candidates = Vec::with_capacity(sequences.len());
+        for sequence in sequences {
             if let Some(change) = self.store.changes_from(sequence, 1)?.into_iter().find(|c| c.sequence == sequence) {
                 candidates.push(Candidate { sequence, revision: change.revision });
             }
@@ -560,18 +578,38 @@ impl Farm {
         let build_id = bisection.build_id;
         let probes: Vec<u64> = bisection.probes.iter().filter_map(|probe| probe.build_id).collect();
         tracing::info!(build_id, culprit = %culprit.revision, probes = probes.len(), "culprit found");
+        let change = self.store.changes_from(culprit.sequence, 1)?.into_iter().find(|c| c.sequence == culprit.sequence);
         if let Some(mut build) = self.store.build(build_id)? {
             build.culprit = Some(culprit.sequence);
             build.probes = probes;
+            if let Some(change) = &change
+                && let Some(covering) = change.build_id.filter(|&covering| covering != build_id)
+            {
+                tracing::warn!(build_id, change = change.sequence, covering, tests = ?bisection.failing_tests, "failure missed by tags");
+                build.missed_by_tags = Some(MissedByTags {
+                    change: change.sequence,
+                    tags: change.tags.clone(),
+                    build_id: covering,
+                    tests: bisection.failing_tests.clone(),
+                });
+            }
             self.store.put_build(&build)?;
         }
-        if let Some(mut change) =
-            self.store.changes_from(culprit.sequence, 1)?.into_iter().find(|c| c.sequence == culprit.sequence)
-        {
+        if let Some(mut change) = change {
             change.culprit_of = Some(build_id);
             self.store.put_change(&change)?;
             if gate::culprit_found(&mut core.gate, build_id, &change) {
                 self.save_gate(core)?;
+            }
+            if self.config.gate.revert_culprit {
+                let (mirror, branch, url) =
+                    (self.mirror.clone(), self.config.repository.branch.clone(), self.config.repository.url.clone());
+                let work_tree = self.config.data_dir.join("revert");
+                let revision = change.revision.clone();
+                std::thread::spawn(move || match mirror.revert(&url, &branch, &revision, &work_tree) {
+                    Ok(revert) => tracing::info!(culprit = %revision, %revert, "culprit reverted on the branch"),
+                    Err(error) => tracing::error!(culprit = %revision, %error, "reverting the culprit failed"),
+                });
             }
         }
         Ok(())
@@ -757,7 +795,18 @@ impl Farm {
         let pending = self.store.changes_from(first, 100_000)?;
         let Some(newest) = pending.last() else { return Ok(None) };
         let revision = newest.revision.clone();
-        let full_run = pending.iter().any(|change| change.tags.is_empty());
+        let since_full: u64 = self.store.meta(BUILDS_SINCE_FULL_RUN)?.unwrap_or(0);
+        let last_full_at: f64 = self.store.meta(LAST_FULL_RUN_AT)?.unwrap_or(0.0);
+        let periodic = &self.config.full_runs;
+        let full_run_due = (periodic.every_builds > 0 && since_full + 1 >= u64::from(periodic.every_builds))
+            || (periodic.interval_s > 0.0 && unix_now_s() - last_full_at >= periodic.interval_s);
+        let full_run = full_run_due || pending.iter().any(|change| change.tags.is_empty());
+        if full_run {
+            self.store.set_meta(BUILDS_SINCE_FULL_RUN, &0u64)?;
+            self.store.set_meta(LAST_FULL_RUN_AT, &unix_now_s())?;
+        } else {
+            self.store.set_meta(BUILDS_SINCE_FULL_RUN, &(since_full + 1))?;
+        }
         let tags: BTreeSet<String> = if full_run {
             BTreeSet::new()
         } else {
@@ -835,6 +884,7 @@ impl Farm {
             probe_of: None,
             culprit: None,
             probes: Vec::new(),
+            missed_by_tags: None,
         }
     }
 

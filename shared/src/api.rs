@@ -361,6 +361,24 @@ pub struct BuildSummary {
     /// For a red build: the probes culprit finding ran (ids, in order).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub probes: Vec<u64>,
+    /// For a red build whose culprit an earlier, tag-selected build let through without
+    /// running the failing tests: which change and build, so the tag rules can be fixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed_by_tags: Option<MissedByTags>,
+}
+
+/// A failure a tag-selected build missed: the culprit change's build did not select the
+/// failing tests, so they first failed in a later (often a periodic full) run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MissedByTags {
+    /// The sequence of the change whose tags missed the tests.
+    pub change: u64,
+    /// That change's tags.
+    pub tags: Vec<String>,
+    /// The build that covered it and did not run the tests.
+    pub build_id: u64,
+    /// The failing tests it missed.
+    pub tests: Vec<String>,
 }
 
 /// What a build is for.
