@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use greenlight_fixtures::imvu::{AREAS, ImvuShape, generate};
 use greenlight_fixtures::repo::FixtureRepo;
 use greenlight_master::config::{Config, SuiteConfig};
-use greenlight_shared::api::{BuildState, BuildSummary};
+use greenlight_shared::api::{BuildState, BuildSummary, GateState, GateView, PushView};
 use tokio::process::{Child, Command};
 
 /// Arguments of `greenlight demo`.
@@ -40,6 +40,8 @@ pub struct DemoArgs {
 struct Step {
     title: &'static str,
     expected: BuildState,
+    /// The gate once the step's build ended.
+    gate: GateState,
     /// The revision whose build ends the step.
     revision: String,
     /// The test the build must name as failing, for a red step.
@@ -111,6 +113,30 @@ async fn wait_for_build(
     }
 }
 
+async fn gate(http: &reqwest::Client, url: &str) -> anyhow::Result<GateView> {
+    Ok(http.get(format!("{url}/api/v1/gate")).send().await?.error_for_status()?.json().await?)
+}
+
+/// The push stage's record once nothing is pending any more.
+async fn settled_pushes(http: &reqwest::Client, url: &str) -> anyhow::Result<Vec<PushView>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pushes: Vec<PushView> =
+            http.get(format!("{url}/api/v1/pushes")).send().await?.error_for_status()?.json().await?;
+        if pushes.iter().all(|push| push.state != "pending" && push.state != "pushing") || Instant::now() > deadline {
+            return Ok(pushes);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn gate_word(state: GateState) -> &'static str {
+    match state {
+        GateState::Open => "open",
+        GateState::Closed => "closed",
+    }
+}
+
 async fn wait_until_running(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     while Instant::now() < deadline {
@@ -173,6 +199,10 @@ fn demo_config(dir: &Path, repo: &Path, token: &str) -> anyhow::Result<Config> {
     };
     let mut config = Config::new(dir.join("master"), repo.to_string_lossy().into_owned(), suite);
     config.worker_token = Some(token.to_owned());
+    // The push stage: every green revision is recorded in pushed.txt.
+    let pushed = dir.join("pushed.txt").to_string_lossy().into_owned();
+    config.push.command =
+        vec!["sh".into(), "-c".into(), format!("echo \"$GREENLIGHT_BUILD_ID $GREENLIGHT_REVISION\" >> '{pushed}'")];
     config.repository.poll_interval_s = 0.5;
     config.scheduler.lease_timeout_s = 10.0;
     config.scheduler.heartbeat_interval_s = 2.0;
@@ -234,7 +264,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
     let code = match outcome {
         Ok(steps) => {
             let all_builds = builds(&http, &url).await?;
-            let ok = report(&steps, &all_builds, args.headless);
+            let pushes = settled_pushes(&http, &url).await?;
+            let ok = report(&steps, &all_builds, &pushes, args.headless);
             if !args.headless {
                 println!("Script done. The farm keeps running at {url} ; Ctrl-C to stop.");
                 crate::shutdown_signal().await;
@@ -266,6 +297,17 @@ async fn script(
 ) -> anyhow::Result<Vec<Step>> {
     let mut printed = BTreeMap::new();
     let mut steps = Vec::new();
+    let mut step = async |title, expected, revision: String, failing: Option<String>| -> anyhow::Result<()> {
+        wait_for_build(http, url, &revision, &mut printed, start).await?;
+        let gate = gate(http, url).await?;
+        print!("         gate {}", gate_word(gate.state));
+        if let Some(culprit) = &gate.culprit {
+            print!(", culprit {} {:?}", &culprit.revision[..10], culprit.message.lines().next().unwrap_or(""));
+        }
+        println!();
+        steps.push(Step { title, expected, gate: gate.state, revision, failing });
+        Ok(())
+    };
 
     let initial = repo.head()?;
     println!("step 1: the initial suite is built in full");
@@ -274,35 +316,28 @@ async fn script(
     repo.commit("Chat: shorter typing indicator\n\nTags: chat", &[("src/chat/typing.txt", "short\n")])?;
     repo.touch_area("shop", "Shop: cache the catalogue")?;
     let batch_tip = repo.touch_area("rooms", "Rooms: fix the door animation")?;
-    wait_for_build(http, url, &initial, &mut printed, start).await?;
-    steps.push(Step { title: "initial suite", expected: BuildState::Green, revision: initial, failing: None });
-    wait_for_build(http, url, &batch_tip, &mut printed, start).await?;
-    steps.push(Step { title: "batch of three", expected: BuildState::Green, revision: batch_tip, failing: None });
+    step("initial suite", BuildState::Green, initial, None).await?;
+    step("batch of three", BuildState::Green, batch_tip, None).await?;
 
     println!("step 3: a change breaks {victim}");
     let broken = repo.set_failing("chat", &[victim], "Chat: render emoji faster")?;
-    wait_for_build(http, url, &broken, &mut printed, start).await?;
-    steps.push(Step {
-        title: "breaking change",
-        expected: BuildState::Red,
-        revision: broken,
-        failing: Some(victim.to_owned()),
-    });
+    step("breaking change", BuildState::Red, broken, Some(victim.to_owned())).await?;
 
     println!("step 4: the fix");
     let fixed = repo.set_failing("chat", &[], "Chat: fix the emoji regression [fix]")?;
-    wait_for_build(http, url, &fixed, &mut printed, start).await?;
-    steps.push(Step { title: "the fix", expected: BuildState::Green, revision: fixed, failing: None });
+    step("the fix", BuildState::Green, fixed, None).await?;
     Ok(steps)
 }
 
-/// Prints the summary table; true when every step's build got its expected verdict.
-fn report(steps: &[Step], builds: &[BuildSummary], table: bool) -> bool {
+/// Prints the summary table; true when every step's build got its expected verdict, the
+/// gate followed (closed after the red build, open after green ones), and the push stage
+/// got every green revision but never the red one.
+fn report(steps: &[Step], builds: &[BuildSummary], pushes: &[PushView], table: bool) -> bool {
     if table {
         println!();
         println!(
-            "{:<6} {:<18} {:<10} {:>7} {:>7} {:>7} {:>8}  {:<8} expected",
-            "build", "step", "revision", "changes", "tests", "failed", "wall s", "verdict"
+            "{:<6} {:<18} {:<10} {:>7} {:>7} {:>7} {:>8}  {:<8} {:<7} {:<10} expected",
+            "build", "step", "revision", "changes", "tests", "failed", "wall s", "verdict", "gate", "push"
         );
     }
     let mut ok = true;
@@ -316,11 +351,19 @@ fn report(steps: &[Step], builds: &[BuildSummary], table: bool) -> bool {
             Some(test) => build.failed_tests.iter().any(|failed| failed == test),
             None => build.failed_tests.is_empty(),
         };
-        let good = build.state == step.expected && names_failure;
+        let push = pushes.iter().find(|push| push.build_id == build.build_id).map_or("-", |push| push.state.as_str());
+        let (expected_gate, expected_push) = match step.expected {
+            BuildState::Green => (GateState::Open, ["pushed", "superseded"].as_slice()),
+            _ => (GateState::Closed, ["-"].as_slice()),
+        };
+        let good = build.state == step.expected
+            && names_failure
+            && step.gate == expected_gate
+            && expected_push.contains(&push);
         ok &= good;
         if table {
             println!(
-                "#{:<5} {:<18} {:<10} {:>7} {:>7} {:>7} {:>8.1}  {:<8} {}{}",
+                "#{:<5} {:<18} {:<10} {:>7} {:>7} {:>7} {:>8.1}  {:<8} {:<7} {:<10} {}{}",
                 build.build_id,
                 step.title,
                 &build.revision[..10.min(build.revision.len())],
@@ -329,10 +372,19 @@ fn report(steps: &[Step], builds: &[BuildSummary], table: bool) -> bool {
                 build.counts.failed + build.counts.error,
                 build.makespan_s.unwrap_or(0.0),
                 state_word(build.state),
+                gate_word(step.gate),
+                push,
                 state_word(step.expected),
                 if good { "" } else { "  <- UNEXPECTED" }
             );
         }
+    }
+    // The last revision handed to the push stage is the fix.
+    let last_pushed = pushes.iter().filter(|push| push.state == "pushed").map(|push| push.build_id).max();
+    let fix_build = steps.last().and_then(|step| builds.iter().find(|build| build.revision == step.revision));
+    if last_pushed.is_none() || last_pushed != fix_build.map(|build| build.build_id) {
+        println!("the fix's revision was not the last one pushed");
+        ok = false;
     }
     println!(
         "{}",

@@ -56,6 +56,9 @@ fn red_closes_the_gate_before_the_build_ends_and_a_green_build_reopens_it() {
     let (code, _, stderr) = farm.gate_command(&["--branch", "release"]);
     assert_eq!(code, 2, "an unwatched branch cannot be asked: {stderr}");
 
+    // The sample hooks refuse a plain push while the gate is closed and let a fix through.
+    check_hooks(&farm);
+
     // Someone waits for the gate; the fix lands; the green build reopens the gate.
     let waiting = std::process::Command::new(common::greenlight())
         .args(["gate", "--master", &farm.url, "--wait", "--poll-interval", "0.2"])
@@ -74,6 +77,49 @@ fn red_closes_the_gate_before_the_build_ends_and_a_green_build_reopens_it() {
     waiting.kill();
     let (code, _, _) = farm.gate_command(&[]);
     assert_eq!(code, 0);
+}
+
+/// Pushes to a bare copy of the repository guarded by `hooks/pre-receive`, and from a
+/// clone guarded by `hooks/pre-push`, while the gate is closed.
+fn check_hooks(farm: &Farm) {
+    use greenlight_shared::git::Git;
+    let hooks = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../hooks");
+    let bin = std::path::Path::new(common::greenlight()).parent().unwrap().to_owned();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let dir = tempfile::tempdir().unwrap();
+    let push = |work: &std::path::Path, message: &str| {
+        Git::new(work)
+            .run(&["-c", "user.name=E", "-c", "user.email=e@x", "commit", "--quiet", "--allow-empty", "-m", message])
+            .unwrap();
+        std::process::Command::new("git")
+            .args(["push", "--quiet", "origin", "HEAD:main"])
+            .current_dir(work)
+            .env("PATH", &path)
+            .env("GREENLIGHT_MASTER", &farm.url)
+            .output()
+            .unwrap()
+    };
+    for hook in ["pre-receive", "pre-push"] {
+        let central = dir.path().join(format!("{hook}-central.git"));
+        let work = dir.path().join(format!("{hook}-work"));
+        Git::new(dir.path())
+            .run(&["clone", "--quiet", "--bare", &farm.repo.dir().to_string_lossy(), &central.to_string_lossy()])
+            .unwrap();
+        Git::new(dir.path()).run(&["clone", "--quiet", &central.to_string_lossy(), &work.to_string_lossy()]).unwrap();
+        let installed =
+            if hook == "pre-receive" { central.join("hooks/pre-receive") } else { work.join(".git/hooks/pre-push") };
+        std::fs::copy(hooks.join(hook), &installed).unwrap();
+        let refused = push(&work, "Chat: another feature");
+        assert!(!refused.status.success(), "{hook} refuses a plain push while the gate is closed");
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("gate is closed"),
+            "{hook}: {}",
+            String::from_utf8_lossy(&refused.stderr)
+        );
+        Git::new(&work).run(&["reset", "--quiet", "--hard", "HEAD~1"]).unwrap();
+        let accepted = push(&work, "Core: put it back [fix]");
+        assert!(accepted.status.success(), "{hook} lets a fix through: {}", String::from_utf8_lossy(&accepted.stderr));
+    }
 }
 
 #[test]
