@@ -294,3 +294,23 @@ fn with_revert_culprit_on_the_master_reverts_the_culprit_and_the_gate_opens() {
     assert_eq!(build.state, BuildState::Green);
     assert_eq!(farm.gate().state, GateState::Open);
 }
+
+#[test]
+fn a_push_that_keeps_failing_is_reported_failed_after_its_attempts() {
+    let options = FarmOptions {
+        extra_toml: "[push]\ncommand = [\"sh\", \"-c\", \"echo deploy target unreachable >&2; exit 7\"]\nattempts = 2\nbackoff_s = 0.1\n"
+            .into(),
+        ..FarmOptions::default()
+    };
+    let small =
+        SuiteFile { name: "small".into(), shard_overhead_s: 0.0, tests: vec![test("core::a", &["core"], &[], 1.0)] };
+    let farm = Farm::start(&small, 1, options);
+    let build = farm.finished_build_of(&farm.repo.head().unwrap());
+    assert_eq!(build.state, BuildState::Green);
+    let push = farm.wait_for("the push to fail", Duration::from_secs(30), |farm| {
+        farm.pushes().into_iter().find(|push| push.build_id == build.build_id && push.state == "failed")
+    });
+    assert_eq!(push.attempts, 2);
+    let error = push.last_error.unwrap_or_default();
+    assert!(error.contains("exit status: 7") && error.contains("deploy target unreachable"), "{error}");
+}

@@ -552,7 +552,7 @@ impl Farm {
         sequences.extend(build.changes.iter().copied());
         let mut candidates = Vec::with_capacity(sequences.len());
         for sequence in sequences {
-            if let Some(change) = self.store.changes_from(sequence, 1)?.into_iter().find(|c| c.sequence == sequence) {
+            if let Some(change) = self.store.change(sequence)? {
                 candidates.push(Candidate { sequence, revision: change.revision });
             }
         }
@@ -578,7 +578,7 @@ impl Farm {
         let build_id = bisection.build_id;
         let probes: Vec<u64> = bisection.probes.iter().filter_map(|probe| probe.build_id).collect();
         tracing::info!(build_id, culprit = %culprit.revision, probes = probes.len(), "culprit found");
-        let change = self.store.changes_from(culprit.sequence, 1)?.into_iter().find(|c| c.sequence == culprit.sequence);
+        let change = self.store.change(culprit.sequence)?;
         if let Some(mut build) = self.store.build(build_id)? {
             build.culprit = Some(culprit.sequence);
             build.probes = probes;

@@ -288,6 +288,11 @@ impl Store {
         self.kv.put(Tree::Changes, &change.sequence.to_be_bytes(), &encode(change))
     }
 
+    /// The change with this sequence.
+    pub fn change(&self, sequence: u64) -> Result<Option<ChangeView>, StoreError> {
+        self.kv.get(Tree::Changes, &sequence.to_be_bytes())?.map(|bytes| decode(Tree::Changes, &bytes)).transpose()
+    }
+
     /// Changes with sequence `>= first`, oldest first, at most `limit`.
     pub fn changes_from(&self, first: u64, limit: usize) -> Result<Vec<ChangeView>, StoreError> {
         self.kv
