@@ -14,8 +14,8 @@ use axum::{Json, Router};
 use greenlight_scheduler::core::SchedulerError;
 use greenlight_shared::API_VERSION;
 use greenlight_shared::api::{
-    ChangeNotice, ChangeNoticeResponse, ErrorBody, FinishRequest, HeartbeatRequest, HeartbeatResponse, LeaseRequest,
-    LeaseResponse, RegisterRequest, ResultsRequest,
+    ChangeNotice, ChangeNoticeResponse, ErrorBody, FarmEvent, FinishRequest, HeartbeatRequest, HeartbeatResponse,
+    LeaseRequest, LeaseResponse, RegisterRequest, ResultsRequest,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -147,6 +147,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/workers", get(workers))
         .route("/api/v1/gate", get(gate))
         .route("/api/v1/pushes", get(pushes))
+        .route("/api/v1/events", get(events))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
@@ -304,6 +305,82 @@ async fn gate(State(state): State<AppState>, Query(query): Query<BranchQuery>) -
 
 async fn pushes(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(state.farm.pushes()?))
+}
+
+/// How long updates are gathered before one SSE message carries them.
+const EVENT_BATCH: Duration = Duration::from_millis(250);
+
+/// The newest state of each thing that changed, keyed so that later updates replace earlier.
+#[derive(Default)]
+struct Coalesced {
+    events: std::collections::BTreeMap<(u8, u64), FarmEvent>,
+}
+
+impl Coalesced {
+    fn add(&mut self, event: FarmEvent) {
+        let key = match &event {
+            FarmEvent::Build(build) => (0, build.build_id),
+            FarmEvent::Shard(shard) => (1, shard.shard.lease_id),
+            FarmEvent::Gate(_) => (2, 0),
+            FarmEvent::Change(change) => (3, change.sequence),
+        };
+        self.events.insert(key, event);
+    }
+}
+
+enum Next {
+    Batch(Coalesced),
+    Resync,
+    End,
+}
+
+/// Waits for an update, then gathers more for [`EVENT_BATCH`].
+async fn next_batch(
+    receiver: &mut tokio::sync::broadcast::Receiver<FarmEvent>,
+    closing: &mut tokio::sync::watch::Receiver<bool>,
+) -> Next {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut batch = Coalesced::default();
+    tokio::select! {
+        received = receiver.recv() => match received {
+            Ok(event) => batch.add(event),
+            Err(RecvError::Lagged(_)) => return Next::Resync,
+            Err(RecvError::Closed) => return Next::End,
+        },
+        _ = closing.wait_for(|closing| *closing) => return Next::End,
+    }
+    let deadline = tokio::time::Instant::now() + EVENT_BATCH;
+    loop {
+        match tokio::time::timeout_at(deadline, receiver.recv()).await {
+            Ok(Ok(event)) => batch.add(event),
+            Ok(Err(RecvError::Lagged(_))) => return Next::Resync,
+            Ok(Err(RecvError::Closed)) | Err(_) => return Next::Batch(batch),
+        }
+    }
+}
+
+/// `GET /api/v1/events`: server-sent events, batched and throttled (see [`FarmEvent`]).
+async fn events(State(state): State<AppState>) -> impl IntoResponse {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let streams = (state.farm.subscribe(), state.farm.closing());
+    let stream = futures_util::stream::unfold(streams, |(mut receiver, mut closing)| async move {
+        let event = match next_batch(&mut receiver, &mut closing).await {
+            Next::Batch(batch) => {
+                let events: Vec<FarmEvent> = batch.events.into_values().collect();
+                Event::default()
+                    .event("batch")
+                    .json_data(events)
+                    .unwrap_or_else(|_| Event::default().event("resync").data("{}"))
+            }
+            Next::Resync => {
+                receiver = receiver.resubscribe();
+                Event::default().event("resync").data("{}")
+            }
+            Next::End => return None,
+        };
+        Some((Ok::<_, std::convert::Infallible>(event), (receiver, closing)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 async fn workers(State(state): State<AppState>) -> impl IntoResponse {

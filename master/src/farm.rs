@@ -15,9 +15,9 @@ use greenlight_scheduler::plan::BuildPlan;
 use greenlight_scheduler::select::{select, select_ids};
 use greenlight_scheduler::suite::{Suite, SuiteError};
 use greenlight_shared::api::{
-    BuildDetail, BuildKind, BuildState, BuildSummary, BuildTests, ChangeView, GateView, Lease, MissedByTags, PushView,
-    RegisterResponse, ResultsResponse, ShardOutcome, ShardView, TestCounts, TestReport, TestResultView, TestStatus,
-    WorkerView,
+    BuildDetail, BuildKind, BuildState, BuildSummary, BuildTests, ChangeView, FarmEvent, GateView, Lease, MissedByTags,
+    PushView, RegisterResponse, ResultsResponse, ShardEvent, ShardOutcome, ShardView, TestCounts, TestReport,
+    TestResultView, TestStatus, WorkerView,
 };
 use greenlight_shared::git::GitError;
 use greenlight_shared::suite::{SuiteFile, SuiteFileError};
@@ -38,6 +38,8 @@ const NEXT_UNBUILT: &str = "next_unbuilt_change";
 const LAST_SEEN: &str = "last_seen/";
 /// Meta key prefix: culprit findings under way, by red build.
 const BISECTION: &str = "bisection/";
+/// Updates a slow page subscriber may fall behind by before it is told to resync.
+const EVENT_BACKLOG: usize = 8192;
 /// Meta key: regular builds since the last full run.
 const BUILDS_SINCE_FULL_RUN: &str = "builds_since_full_run";
 /// Meta key: when the last full run started (Unix seconds).
@@ -129,6 +131,9 @@ pub struct Farm {
     pub build_wanted: Notify,
     /// Woken when a green revision is queued for the push stage.
     pub push_wanted: Notify,
+    events: tokio::sync::broadcast::Sender<FarmEvent>,
+    /// Says `true` when the master shuts down: long-lived streams end.
+    closing: tokio::sync::watch::Sender<bool>,
     poll_lock: tokio::sync::Mutex<()>,
 }
 
@@ -170,6 +175,8 @@ impl Farm {
             work_available: Notify::new(),
             build_wanted: Notify::new(),
             push_wanted: Notify::new(),
+            events: tokio::sync::broadcast::channel(EVENT_BACKLOG).0,
+            closing: tokio::sync::watch::channel(false).0,
             poll_lock: tokio::sync::Mutex::new(()),
             config,
             store,
@@ -203,7 +210,7 @@ impl Farm {
             build.state = BuildState::Error;
             build.error = Some("interrupted by a master restart; its changes are queued again".to_owned());
             build.finished_at = Some(unix_now_s());
-            self.store.put_build(&build)?;
+            self.put_build(&build)?;
             if let Some(&first) = build.changes.first() {
                 first_change = Some(first_change.map_or(first, |current: u64| current.min(first)));
             }
@@ -273,8 +280,8 @@ impl Farm {
             finished_at: None,
             state: "running".to_owned(),
         };
-        self.store.put_shard(grant.build.0, &shard)?;
-        self.store.put_build(&live.summary)?;
+        self.put_shard(grant.build.0, &shard)?;
+        self.put_build(&live.summary)?;
         live.shards.insert(grant.lease.0, shard);
         core.lease_build.insert(grant.lease.0, grant.build.0);
         if let Some(worker) = core.workers.get_mut(&worker_id) {
@@ -420,7 +427,7 @@ impl Farm {
         }
         shard.finished_at = Some(now);
         shard.state = state.to_owned();
-        self.store.put_shard(build_id, &shard)?;
+        self.put_shard(build_id, &shard)?;
         if let Some(live) = core.running.get_mut(&build_id) {
             live.shards.insert(lease_id, shard);
         }
@@ -433,6 +440,7 @@ impl Farm {
         }
         if let Some(live) = core.running.get_mut(&build_id) {
             live.summary.counts.add(result.status);
+            self.publish(FarmEvent::Build(live.summary.clone()));
             if result.status.is_failure() && live.summary.failed_tests.len() < LISTED_FAILURES {
                 live.summary.failed_tests.push(result.test_id.clone());
             }
@@ -449,7 +457,46 @@ impl Farm {
 
     fn save_gate(&self, core: &Core) -> Result<(), FarmError> {
         self.store.set_meta(&gate_key(&core.gate.branch), &core.gate)?;
+        self.publish(FarmEvent::Gate(core.gate.clone()));
         Ok(())
+    }
+
+    fn put_build(&self, build: &BuildSummary) -> Result<(), FarmError> {
+        self.store.put_build(build)?;
+        self.publish(FarmEvent::Build(build.clone()));
+        Ok(())
+    }
+
+    fn put_change(&self, change: &ChangeView) -> Result<(), FarmError> {
+        self.store.put_change(change)?;
+        self.publish(FarmEvent::Change(change.clone()));
+        Ok(())
+    }
+
+    fn put_shard(&self, build_id: u64, shard: &ShardView) -> Result<(), FarmError> {
+        self.store.put_shard(build_id, shard)?;
+        self.publish(FarmEvent::Shard(ShardEvent { build_id, shard: shard.clone() }));
+        Ok(())
+    }
+
+    fn publish(&self, event: FarmEvent) {
+        // Nobody listening is fine.
+        let _ = self.events.send(event);
+    }
+
+    /// Tells long-lived streams (the page's updates) to end: the master shuts down.
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves when the master shuts down.
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    /// Updates for the web page, as they happen.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<FarmEvent> {
+        self.events.subscribe()
     }
 
     /// The gate of `branch`, if it is the watched branch.
@@ -499,9 +546,9 @@ impl Farm {
         for shard in live.shards.values_mut().filter(|shard| shard.finished_at.is_none()) {
             shard.finished_at = Some(now);
             shard.state = "finished".to_owned();
-            self.store.put_shard(build_id, shard)?;
+            self.put_shard(build_id, shard)?;
         }
-        self.store.put_build(summary)?;
+        self.put_build(summary)?;
         tracing::info!(build_id, state = ?summary.state, failed = summary.counts.failed + summary.counts.error, "build finished");
         let summary = live.summary;
         match (summary.kind, summary.state) {
@@ -593,11 +640,11 @@ impl Farm {
                     tests: bisection.failing_tests.clone(),
                 });
             }
-            self.store.put_build(&build)?;
+            self.put_build(&build)?;
         }
         if let Some(mut change) = change {
             change.culprit_of = Some(build_id);
-            self.store.put_change(&change)?;
+            self.put_change(&change)?;
             if gate::culprit_found(&mut core.gate, build_id, &change) {
                 self.save_gate(core)?;
             }
@@ -675,7 +722,7 @@ impl Farm {
                         Ok(plan) => {
                             summary.counts.total = plan.len() as u32;
                             summary.lower_bound_s = Some(plan.lower_bound(core.scheduler.live_workers().max(1)));
-                            self.store.put_build(&summary)?;
+                            self.put_build(&summary)?;
                             core.running.insert(build_id, LiveBuild { summary, shards: BTreeMap::new() });
                             let decisions = core.scheduler.add_build(BuildId(build_id), plan, now)?;
                             core.scheduler.make_urgent(BuildId(build_id));
@@ -686,7 +733,7 @@ impl Farm {
                             summary.state = BuildState::Error;
                             summary.error = Some(error.to_string());
                             summary.finished_at = Some(now);
-                            self.store.put_build(&summary)?;
+                            self.put_build(&summary)?;
                             bisection.record(index, true);
                             if let Some(probe) = bisection.probes.last_mut() {
                                 probe.failed = Some(true);
@@ -777,7 +824,7 @@ impl Farm {
                 seen_at: unix_now_s(),
                 culprit_of: None,
             };
-            self.store.put_change(&change)?;
+            self.put_change(&change)?;
             tracing::info!(sequence = change.sequence, revision = %change.revision, tags = ?change.tags, "change queued");
             queued.push(change);
         }
@@ -826,7 +873,7 @@ impl Farm {
         let mut summary = self.new_summary(build_id, revision, changes, tags.into_iter().collect(), full_run, now);
         for mut change in pending.iter().cloned() {
             change.build_id = Some(build_id);
-            self.store.put_change(&change)?;
+            self.put_change(&change)?;
         }
         self.store.set_meta(NEXT_UNBUILT, &(newest.sequence + 1))?;
         match planned {
@@ -834,7 +881,7 @@ impl Farm {
                 summary.counts.total = plan.len() as u32;
                 summary.lower_bound_s = Some(plan.lower_bound(core.scheduler.live_workers().max(1)));
                 tracing::info!(build_id, tests = plan.len(), changes = summary.changes.len(), "build planned");
-                self.store.put_build(&summary)?;
+                self.put_build(&summary)?;
                 core.running.insert(build_id, LiveBuild { summary, shards: BTreeMap::new() });
                 let decisions = core.scheduler.add_build(BuildId(build_id), plan, now)?;
                 self.apply(core, decisions, now)?;
@@ -844,7 +891,7 @@ impl Farm {
                 summary.state = BuildState::Error;
                 summary.error = Some(error.to_string());
                 summary.finished_at = Some(now);
-                self.store.put_build(&summary)?;
+                self.put_build(&summary)?;
                 if gate::build_errored(&mut core.gate, build_id, &summary.revision, &error.to_string(), now) {
                     self.save_gate(core)?;
                 }

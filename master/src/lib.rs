@@ -62,6 +62,11 @@ pub async fn run(
     ];
     tracing::info!(address = %listener.local_addr()?, "master listening");
     let app = api::router(api::AppState { farm: Arc::clone(&farm) });
+    let closing = Arc::clone(&farm);
+    let shutdown = async move {
+        shutdown.await;
+        closing.close_streams();
+    };
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     let _ = stop_tx.send(true);
     for task in tasks {

@@ -528,3 +528,29 @@ pub struct ErrorBody {
     /// A sentence for humans naming the problem.
     pub message: String,
 }
+
+/// One update on `GET /api/v1/events` (server-sent events). Updates are coalesced: each
+/// SSE message (`event: batch`) carries a JSON array of the newest state of every build,
+/// shard, gate and change that changed since the previous message, at most a few per
+/// second. An `event: resync` message says updates were dropped: fetch the lists again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "data", rename_all = "snake_case")]
+pub enum FarmEvent {
+    /// A build's summary changed (queued, a result arrived, finished, culprit found).
+    Build(BuildSummary),
+    /// A shard was leased, finished or expired.
+    Shard(ShardEvent),
+    /// The gate changed.
+    Gate(GateView),
+    /// A change was queued or covered by a build.
+    Change(ChangeView),
+}
+
+/// A shard and the build it belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardEvent {
+    /// The build.
+    pub build_id: u64,
+    /// The shard.
+    pub shard: ShardView,
+}
