@@ -226,3 +226,33 @@ env = {{ SETUP_LOG = {log:?} }}"#,
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("unwatched_branch"));
 }
+
+#[test]
+fn a_master_killed_mid_build_resumes_it_after_a_restart() {
+    let tests: Vec<SuiteTest> =
+        (0..24).map(|index| test(&format!("slow::test_{index:02}"), &["slow"], &[], 10.0)).collect();
+    let suite = SuiteFile { name: "slow".into(), shard_overhead_s: 0.0, tests };
+    let options = FarmOptions { scale: 0.1, lease_timeout_s: 3.0, heartbeat_interval_s: 0.5, ..FarmOptions::default() };
+    let mut farm = Farm::start(&suite, 3, options);
+
+    // Some results are in, the build is far from done: kill the master.
+    let build = farm.wait_for("a build with a few results", Duration::from_secs(120), |farm| {
+        let build = farm.builds().into_iter().find(|build| build.state == BuildState::Running)?;
+        (build.counts.done() >= 3).then_some(build)
+    });
+    let before = by_id(farm.tests(build.build_id).results);
+    farm.restart_master();
+
+    let after = farm.finished_build_of(&farm.repo.head().unwrap());
+    assert_eq!(after.build_id, build.build_id, "the same build resumed, not a new one");
+    assert_eq!(after.state, BuildState::Green, "{after:?}");
+    let results = by_id(farm.tests(after.build_id).results);
+    assert_eq!(results.len(), 24, "every selected test reported");
+    for (id, attempts) in &results {
+        assert_eq!(attempts.len(), 1, "{id} reported exactly once: {attempts:?}");
+    }
+    for (id, attempts) in &before {
+        assert_eq!(&results[id], attempts, "{id}: a result stored before the kill is kept as it was");
+    }
+    assert_eq!(farm.builds().len(), 1, "no change was built twice");
+}

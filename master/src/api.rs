@@ -224,7 +224,16 @@ async fn results(
     ApiJson(request): ApiJson<ResultsRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_worker_token(&state, &headers)?;
-    Ok(Json(state.farm.report(lease_id, request.worker_id, &request.results)?))
+    let answer = state.farm.report(lease_id, request.worker_id, &request.results)?;
+    // What the worker is told was accepted must survive a crash of the master.
+    if answer.accepted > 0 {
+        let farm = Arc::clone(&state.farm);
+        tokio::task::spawn_blocking(move || farm.store().flush())
+            .await
+            .map_err(|error| FarmError::Task(error.to_string()))?
+            .map_err(FarmError::from)?;
+    }
+    Ok(Json(answer))
 }
 
 #[tracing::instrument(skip_all, fields(lease_id))]

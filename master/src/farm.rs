@@ -38,6 +38,10 @@ const NEXT_UNBUILT: &str = "next_unbuilt_change";
 const LAST_SEEN: &str = "last_seen/";
 /// Meta key prefix: culprit findings under way, by red build.
 const BISECTION: &str = "bisection/";
+/// Meta key prefix: the tests a running build selected, so a restarted master resumes it.
+const SELECTION: &str = "selection/";
+/// Meta key: the next lease id, so a restarted master never reuses one.
+const NEXT_LEASE: &str = "next_lease";
 /// Updates a slow page subscriber may fall behind by before it is told to resync.
 const EVENT_BACKLOG: usize = 8192;
 /// Meta key: regular builds since the last full run.
@@ -165,11 +169,8 @@ impl Farm {
                 bisections: store
                     .meta_with_prefix::<Bisection>(BISECTION)?
                     .into_iter()
-                    .map(|mut bisection| {
-                        // A probe a previous master left running starts again.
-                        bisection.probes.retain(|probe| probe.failed.is_some());
-                        (bisection.build_id, bisection)
-                    })
+                    // A probe a previous master left running is resumed with the other builds.
+                    .map(|bisection| (bisection.build_id, bisection))
                     .collect(),
             }),
             work_available: Notify::new(),
@@ -181,7 +182,6 @@ impl Farm {
             config,
             store,
         };
-        farm.requeue_interrupted_builds()?;
         Ok(farm)
     }
 
@@ -199,27 +199,97 @@ impl Farm {
         self.core.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Builds a previous master left queued or running end as errors, and their changes
-    /// are queued again so that a new build covers them.
-    fn requeue_interrupted_builds(&self) -> Result<(), FarmError> {
+    /// Takes back the builds a previous master left queued or running: each is planned
+    /// again from the same selection at the same revision, its stored results count as
+    /// done, and it goes on; its leases died with that master, so their unreported tests
+    /// run again. A build whose selection was not stored, or whose suite cannot be read
+    /// any more, ends as an error and its changes are queued again. Blocking (git).
+    pub fn recover(&self) -> Result<(), FarmError> {
+        let now = unix_now_s();
         let mut first_change: Option<u64> = None;
-        for mut build in self.store.latest_builds(50)? {
-            if build.state.is_finished() {
-                continue;
+        let mut interrupted: Vec<BuildSummary> =
+            self.store.latest_builds(200)?.into_iter().filter(|build| !build.state.is_finished()).collect();
+        interrupted.reverse();
+        let next_lease: u64 = self.store.meta(NEXT_LEASE)?.unwrap_or(1);
+        self.core().scheduler.set_next_lease(next_lease);
+        for mut build in interrupted {
+            match self.replan(&build) {
+                Ok(plan) => {
+                    let results = self.store.results(build.build_id)?;
+                    build.counts = TestCounts { total: plan.len() as u32, ..TestCounts::default() };
+                    build.failed_tests.clear();
+                    for result in &results {
+                        build.counts.add(result.status);
+                        if result.status.is_failure() && build.failed_tests.len() < LISTED_FAILURES {
+                            build.failed_tests.push(result.test_id.clone());
+                        }
+                    }
+                    let mut shards = BTreeMap::new();
+                    for mut shard in self.store.shards(build.build_id)? {
+                        if shard.finished_at.is_none() {
+                            shard.finished_at = Some(now);
+                            shard.state = "expired".to_owned();
+                            self.put_shard(build.build_id, &shard)?;
+                        }
+                        shards.insert(shard.lease_id, shard);
+                    }
+                    tracing::warn!(
+                        build_id = build.build_id,
+                        results = results.len(),
+                        "build taken back after a restart"
+                    );
+                    let restored: Vec<(String, TestStatus, u32)> =
+                        results.into_iter().map(|result| (result.test_id, result.status, result.attempt)).collect();
+                    let mut core = self.core();
+                    let core = &mut *core;
+                    let urgent = build.kind == BuildKind::Probe;
+                    core.running.insert(build.build_id, LiveBuild { summary: build.clone(), shards });
+                    let mut decisions = core.scheduler.add_build(BuildId(build.build_id), plan, now)?;
+                    if urgent {
+                        core.scheduler.make_urgent(BuildId(build.build_id));
+                    }
+                    decisions.extend(core.scheduler.restore(BuildId(build.build_id), &restored));
+                    self.apply(core, decisions, now)?;
+                }
+                Err(error) => {
+                    build.state = BuildState::Error;
+                    build.error = Some(format!(
+                        "interrupted by a master restart and not resumable ({error}); its changes are queued again"
+                    ));
+                    build.finished_at = Some(now);
+                    self.put_build(&build)?;
+                    if let Some(&first) = build.changes.first() {
+                        first_change = Some(first_change.map_or(first, |current: u64| current.min(first)));
+                    }
+                    tracing::warn!(build_id = build.build_id, %error, "interrupted build not resumable; changes queued again");
+                    if build.kind == BuildKind::Probe {
+                        let mut core = self.core();
+                        self.probe_finished(&mut core, &build)?;
+                    }
+                }
             }
-            build.state = BuildState::Error;
-            build.error = Some("interrupted by a master restart; its changes are queued again".to_owned());
-            build.finished_at = Some(unix_now_s());
-            self.put_build(&build)?;
-            if let Some(&first) = build.changes.first() {
-                first_change = Some(first_change.map_or(first, |current: u64| current.min(first)));
-            }
-            tracing::warn!(build_id = build.build_id, "build interrupted by a restart; changes queued again");
         }
         if let Some(first) = first_change {
             let watermark: u64 = self.store.meta(NEXT_UNBUILT)?.unwrap_or(1);
             self.store.set_meta(NEXT_UNBUILT, &watermark.min(first))?;
         }
+        Ok(())
+    }
+
+    /// The plan of an interrupted build: its stored selection at its revision.
+    fn replan(&self, build: &BuildSummary) -> Result<BuildPlan, PlanError> {
+        let selected: Vec<String> = self
+            .store
+            .meta(&format!("{SELECTION}{}", build.build_id))?
+            .ok_or_else(|| PlanError::ListCommand("its selection was not stored".to_owned()))?;
+        let suite = self.suite_at(&build.revision)?;
+        let indices = select_ids(&suite, selected.iter().map(String::as_str));
+        self.plan_selected(&suite, &indices)
+    }
+
+    fn save_selection(&self, build_id: u64, plan: &BuildPlan) -> Result<(), FarmError> {
+        let ids: Vec<&str> = plan.tests.iter().map(|test| test.id.as_str()).collect();
+        self.store.set_meta(&format!("{SELECTION}{build_id}"), &ids)?;
         Ok(())
     }
 
@@ -284,6 +354,7 @@ impl Farm {
         self.put_build(&live.summary)?;
         live.shards.insert(grant.lease.0, shard);
         core.lease_build.insert(grant.lease.0, grant.build.0);
+        self.store.set_meta(NEXT_LEASE, &(grant.lease.0 + 1))?;
         if let Some(worker) = core.workers.get_mut(&worker_id) {
             worker.lease = Some(grant.lease.0);
         }
@@ -549,6 +620,7 @@ impl Farm {
             self.put_shard(build_id, shard)?;
         }
         self.put_build(summary)?;
+        self.store.remove_meta(&format!("{SELECTION}{build_id}"))?;
         tracing::info!(build_id, state = ?summary.state, failed = summary.counts.failed + summary.counts.error, "build finished");
         let summary = live.summary;
         match (summary.kind, summary.state) {
@@ -723,6 +795,7 @@ impl Farm {
                             summary.counts.total = plan.len() as u32;
                             summary.lower_bound_s = Some(plan.lower_bound(core.scheduler.live_workers().max(1)));
                             self.put_build(&summary)?;
+                            self.save_selection(build_id, &plan)?;
                             core.running.insert(build_id, LiveBuild { summary, shards: BTreeMap::new() });
                             let decisions = core.scheduler.add_build(BuildId(build_id), plan, now)?;
                             core.scheduler.make_urgent(BuildId(build_id));
@@ -882,6 +955,7 @@ impl Farm {
                 summary.lower_bound_s = Some(plan.lower_bound(core.scheduler.live_workers().max(1)));
                 tracing::info!(build_id, tests = plan.len(), changes = summary.changes.len(), "build planned");
                 self.put_build(&summary)?;
+                self.save_selection(build_id, &plan)?;
                 core.running.insert(build_id, LiveBuild { summary, shards: BTreeMap::new() });
                 let decisions = core.scheduler.add_build(BuildId(build_id), plan, now)?;
                 self.apply(core, decisions, now)?;

@@ -53,6 +53,10 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir).map_err(MasterError::Serve)?;
     let store = Store::open_sled(&db_dir).map_err(|source| MasterError::Store { dir: db_dir.clone(), source })?;
     let farm = Arc::new(Farm::new(config, store)?);
+    let recovering = Arc::clone(&farm);
+    tokio::task::spawn_blocking(move || recovering.recover())
+        .await
+        .map_err(|error| FarmError::Task(error.to_string()))??;
     let (stop_tx, stop_rx) = watch::channel(false);
     let tasks = vec![
         tokio::spawn(poll_loop(Arc::clone(&farm), stop_rx.clone())),

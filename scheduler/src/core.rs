@@ -246,6 +246,12 @@ struct BuildRun {
     urgent: bool,
 }
 
+impl BuildRun {
+    fn count_unleased_out(&mut self, index: PlanIndex) {
+        self.unleased_work -= self.plan.tests[index].estimate_s;
+    }
+}
+
 /// The ratio of real to estimated durations over recently finished tests. Tests are
 /// dispatched slowest first, so the recent ones resemble the ones still to cut: their
 /// drift (a noisy history under- or over-states whole bands of tests) corrects the
@@ -420,6 +426,34 @@ impl Scheduler {
             return Ok(self.finish_build(build).into_iter().collect());
         }
         Ok(vec![Decision::WorkAvailable])
+    }
+
+    /// Event: a restarted master brings back the results it had stored for `build` (test
+    /// id, status, attempt). They count as done, as if reported; their consequences
+    /// (dependants unblocked or skipped, the build finished) follow. Unknown ids are
+    /// ignored (the plan is rebuilt from the same selection, so there should be none).
+    pub fn restore(&mut self, build: BuildId, results: &[(String, TestStatus, u32)]) -> Vec<Decision> {
+        let mut decisions = Vec::new();
+        for (test_id, status, attempt) in results {
+            let Some(run) = self.builds.get_mut(&build) else { break };
+            let Some(index) = run.plan.index_of(test_id) else { continue };
+            run.attempts[index] = run.attempts[index].max(*attempt);
+            if matches!(run.states[index], TestState::Ready | TestState::Waiting { .. }) {
+                run.count_unleased_out(index);
+                self.record(build, index, *status, &mut decisions);
+            }
+        }
+        if let Some(run) = self.builds.get_mut(&build) {
+            let ready = run
+                .states
+                .iter()
+                .enumerate()
+                .filter(|(_, state)| **state == TestState::Ready)
+                .map(|(index, _)| ReadyEntry { priority: run.plan.tests[index].priority_s, index })
+                .collect();
+            run.ready = ready;
+        }
+        decisions
     }
 
     /// Serves `build` before the builds that are not urgent (a culprit probe: the gate waits
@@ -804,5 +838,52 @@ impl Scheduler {
             }
             false
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::PlannedTest;
+
+    fn plan() -> BuildPlan {
+        let test = |id: &str, depends_on: &[usize]| PlannedTest {
+            id: id.into(),
+            depends_on: depends_on.to_vec(),
+            dependents: vec![],
+            estimate_s: 1.0,
+            estimate_known: true,
+            priority_s: 0.0,
+        };
+        BuildPlan::from_tests(vec![test("a", &[]), test("b", &[0]), test("c", &[]), test("d", &[2])], 0.0)
+    }
+
+    #[test]
+    fn restored_results_count_as_done_and_unblock_or_skip_their_dependants() {
+        let mut scheduler = Scheduler::new(SchedulerConfig::default());
+        scheduler.worker_joined(WorkerId(1), 0.0);
+        scheduler.add_build(BuildId(7), plan(), 0.0).unwrap();
+        let decisions = scheduler.restore(
+            BuildId(7),
+            &[
+                ("a".into(), TestStatus::Passed, 1),
+                ("c".into(), TestStatus::Failed, 2),
+                ("gone".into(), TestStatus::Passed, 1),
+            ],
+        );
+        assert!(
+            decisions.iter().any(|decision| matches!(decision, Decision::Skipped { test_id, .. } if test_id == "d"))
+        );
+        // Only b is left: a passed before the restart, c failed, d is skipped.
+        let (grant, _) = scheduler.request_work(WorkerId(1), 1.0);
+        let grant = grant.expect("b is ready");
+        assert_eq!(grant.tests, vec![1]);
+        let report = scheduler.test_finished(grant.lease, WorkerId(1), "b", TestStatus::Passed, 2.0).unwrap();
+        let Report::Accepted { attempt, decisions } = report else { panic!("{report:?}") };
+        assert_eq!(attempt, 1);
+        assert!(decisions.contains(&Decision::BuildFinished {
+            build: BuildId(7),
+            verdict: Verdict::Red { failed: vec!["c".into()] }
+        }));
     }
 }

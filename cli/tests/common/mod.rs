@@ -82,6 +82,7 @@ impl Default for FarmOptions {
 }
 
 pub struct Farm {
+    pub config: PathBuf,
     pub dir: tempfile::TempDir,
     pub repo: FixtureRepo,
     pub url: String,
@@ -140,12 +141,22 @@ heartbeat_interval_s = {heartbeat}
             ),
         )
         .unwrap();
-        let (master, url) = start_master(&config, dir.path());
-        let mut farm = Farm { dir, repo, url, master, workers: Vec::new(), http: reqwest::blocking::Client::new() };
+        let (master, url) = start_master(&config, dir.path(), &[]);
+        let mut farm =
+            Farm { config, dir, repo, url, master, workers: Vec::new(), http: reqwest::blocking::Client::new() };
         for index in 0..n_workers {
             farm.start_worker(&format!("worker-{index}"));
         }
         farm
+    }
+
+    /// SIGKILLs the master and starts it again on the same address and data directory.
+    pub fn restart_master(&mut self) {
+        self.master.kill();
+        let address = self.url.trim_start_matches("http://").to_owned();
+        let (master, url) = start_master(&self.config, self.dir.path(), &["--listen", &address]);
+        assert_eq!(url, self.url);
+        self.master = master;
     }
 
     pub fn start_worker(&mut self, name: &str) {
@@ -231,11 +242,12 @@ heartbeat_interval_s = {heartbeat}
 }
 
 /// Starts `greenlight master` and reads the address from its first line of output.
-pub fn start_master(config: &Path, dir: &Path) -> (Process, String) {
-    let log = std::fs::File::create(dir.join("master.log")).unwrap();
+pub fn start_master(config: &Path, dir: &Path, extra: &[&str]) -> (Process, String) {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("master.log")).unwrap();
     let mut child = Command::new(greenlight())
         .args(["master", "--config"])
         .arg(config)
+        .args(extra)
         .env("GREENLIGHT_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
