@@ -228,10 +228,7 @@ async fn results(
     // What the worker is told was accepted must survive a crash of the master.
     if answer.accepted > 0 {
         let farm = Arc::clone(&state.farm);
-        tokio::task::spawn_blocking(move || farm.store().flush())
-            .await
-            .map_err(|error| FarmError::Task(error.to_string()))?
-            .map_err(FarmError::from)?;
+        crate::farm::blocking(move || farm.store().flush()).await?.map_err(FarmError::from)?;
     }
     Ok(Json(answer))
 }

@@ -78,6 +78,11 @@ pub enum FarmError {
     Task(String),
 }
 
+/// Runs blocking work (git, fsync) on tokio's blocking threads.
+pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, FarmError> {
+    tokio::task::spawn_blocking(work).await.map_err(|error| FarmError::Task(error.to_string()))
+}
+
 /// Why a revision could not be planned.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -769,9 +774,7 @@ impl Farm {
         for (red_build, index, revision, failing) in due {
             let farm = Arc::clone(self);
             let (plan_revision, plan_tests) = (revision.clone(), failing.clone());
-            let planned = tokio::task::spawn_blocking(move || farm.plan_probe(&plan_revision, &plan_tests))
-                .await
-                .map_err(|error| FarmError::Task(error.to_string()))?;
+            let planned = blocking(move || farm.plan_probe(&plan_revision, &plan_tests)).await?;
             let now = unix_now_s();
             let mut core = self.core();
             let core = &mut *core;
@@ -779,7 +782,7 @@ impl Farm {
             match planned {
                 Ok(plan) if plan.is_empty() => {
                     // None of the failing tests exists there: they cannot fail there.
-                    bisection.probes.push(Probe { candidate: index, build_id: None, failed: Some(false) });
+                    bisection.probes.push(Probe { candidate: index, build_id: None, failed: None });
                     bisection.record(index, false);
                     self.settle_bisection(core, bisection)?;
                 }
@@ -808,9 +811,6 @@ impl Farm {
                             summary.finished_at = Some(now);
                             self.put_build(&summary)?;
                             bisection.record(index, true);
-                            if let Some(probe) = bisection.probes.last_mut() {
-                                probe.failed = Some(true);
-                            }
                             self.settle_bisection(core, bisection)?;
                         }
                     }
@@ -867,9 +867,7 @@ impl Farm {
     pub async fn poll(self: &Arc<Self>) -> Result<Vec<ChangeView>, FarmError> {
         let _one_poll_at_a_time = self.poll_lock.lock().await;
         let farm = Arc::clone(self);
-        let queued = tokio::task::spawn_blocking(move || farm.poll_blocking())
-            .await
-            .map_err(|error| FarmError::Task(error.to_string()))??;
+        let queued = blocking(move || farm.poll_blocking()).await??;
         if !queued.is_empty() {
             self.build_wanted.notify_one();
         }
@@ -934,9 +932,7 @@ impl Farm {
         };
         let farm = Arc::clone(self);
         let (plan_revision, plan_tags) = (revision.clone(), tags.clone());
-        let planned = tokio::task::spawn_blocking(move || farm.plan(&plan_revision, &plan_tags))
-            .await
-            .map_err(|error| FarmError::Task(error.to_string()))?;
+        let planned = blocking(move || farm.plan(&plan_revision, &plan_tags)).await?;
 
         let now = unix_now_s();
         let mut core = self.core();

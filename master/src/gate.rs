@@ -35,16 +35,9 @@ pub fn test_failed(gate: &mut GateView, build_id: u64, revision: &str, test_id: 
             false
         }
         (GateState::Closed, Some(closing)) if closing > build_id => false,
-        (state, _) => {
-            // Open, or closed by an older build: the newest red build is the evidence; a
-            // gate already closed keeps its `since` and its culprit.
-            if state == GateState::Open {
-                gate.since = Some(now);
-                gate.culprit = None;
-            }
-            gate.state = GateState::Closed;
-            gate.build_id = Some(build_id);
-            gate.revision = Some(revision.to_owned());
+        _ => {
+            // Open, or closed by an older build: the newest red build is the evidence.
+            close(gate, build_id, revision, now);
             gate.failing_tests = vec![test_id.to_owned()];
             gate.reason = None;
             true
@@ -52,11 +45,9 @@ pub fn test_failed(gate: &mut GateView, build_id: u64, revision: &str, test_id: 
     }
 }
 
-/// A build could not run (its suite is broken): the gate closes with the reason.
-pub fn build_errored(gate: &mut GateView, build_id: u64, revision: &str, reason: &str, now: f64) -> bool {
-    if gate.state == GateState::Closed && gate.build_id.is_some_and(|closing| closing > build_id) {
-        return false;
-    }
+/// Closes the gate on `build_id`'s evidence; a gate already closed keeps its `since` and
+/// its culprit.
+fn close(gate: &mut GateView, build_id: u64, revision: &str, now: f64) {
     if gate.state == GateState::Open {
         gate.since = Some(now);
         gate.culprit = None;
@@ -64,6 +55,14 @@ pub fn build_errored(gate: &mut GateView, build_id: u64, revision: &str, reason:
     gate.state = GateState::Closed;
     gate.build_id = Some(build_id);
     gate.revision = Some(revision.to_owned());
+}
+
+/// A build could not run (its suite is broken): the gate closes with the reason.
+pub fn build_errored(gate: &mut GateView, build_id: u64, revision: &str, reason: &str, now: f64) -> bool {
+    if gate.state == GateState::Closed && gate.build_id.is_some_and(|closing| closing > build_id) {
+        return false;
+    }
+    close(gate, build_id, revision, now);
     gate.failing_tests.clear();
     gate.reason = Some(format!("build {build_id} could not run: {reason}"));
     true

@@ -54,9 +54,7 @@ pub async fn run(
     let store = Store::open_sled(&db_dir).map_err(|source| MasterError::Store { dir: db_dir.clone(), source })?;
     let farm = Arc::new(Farm::new(config, store)?);
     let recovering = Arc::clone(&farm);
-    tokio::task::spawn_blocking(move || recovering.recover())
-        .await
-        .map_err(|error| FarmError::Task(error.to_string()))??;
+    farm::blocking(move || recovering.recover()).await??;
     let (stop_tx, stop_rx) = watch::channel(false);
     let tasks = vec![
         tokio::spawn(poll_loop(Arc::clone(&farm), stop_rx.clone())),

@@ -246,12 +246,6 @@ struct BuildRun {
     urgent: bool,
 }
 
-impl BuildRun {
-    fn count_unleased_out(&mut self, index: PlanIndex) {
-        self.unleased_work -= self.plan.tests[index].estimate_s;
-    }
-}
-
 /// The ratio of real to estimated durations over recently finished tests. Tests are
 /// dispatched slowest first, so the recent ones resemble the ones still to cut: their
 /// drift (a noisy history under- or over-states whole bands of tests) corrects the
@@ -439,7 +433,7 @@ impl Scheduler {
             let Some(index) = run.plan.index_of(test_id) else { continue };
             run.attempts[index] = run.attempts[index].max(*attempt);
             if matches!(run.states[index], TestState::Ready | TestState::Waiting { .. }) {
-                run.count_unleased_out(index);
+                run.unleased_work -= run.plan.tests[index].estimate_s;
                 self.record(build, index, *status, &mut decisions);
             }
         }
