@@ -166,7 +166,9 @@ fn a_batch_of_eight_is_bisected_to_its_culprit_with_few_probes_of_the_failing_te
     for &probe_id in &red.probes {
         let probe = farm.build(probe_id).build;
         assert_eq!((probe.kind, probe.probe_of), (BuildKind::Probe, Some(red.build_id)));
-        let ran: Vec<String> = farm.tests(probe_id).results.into_iter().map(|result| result.test_id).collect();
+        let mut ran: Vec<String> = farm.tests(probe_id).results.into_iter().map(|result| result.test_id).collect();
+        // A failure is retried once on another worker, in a probe too: that is one test.
+        ran.dedup();
         assert_eq!(ran, vec![BROKEN.to_owned()], "a probe re-runs only the failing test");
         let probed = revisions.iter().position(|revision| *revision == probe.revision).expect("a covered revision");
         assert_eq!(probe.state == BuildState::Red, probed >= 4, "probe of change {} is {:?}", probed + 1, probe.state);

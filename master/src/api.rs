@@ -15,7 +15,7 @@ use greenlight_scheduler::core::SchedulerError;
 use greenlight_shared::API_VERSION;
 use greenlight_shared::api::{
     ChangeNotice, ChangeNoticeResponse, ErrorBody, FarmEvent, FinishRequest, HeartbeatRequest, HeartbeatResponse,
-    LeaseRequest, LeaseResponse, RegisterRequest, ResultsRequest,
+    LeaseRequest, LeaseResponse, QuarantineRequest, RegisterRequest, ResultsRequest, UnquarantineRequest,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -58,6 +58,8 @@ impl From<FarmError> for ApiError {
         match error {
             FarmError::UnknownWorker(_) => ApiError::new(StatusCode::NOT_FOUND, "unknown_worker", message),
             FarmError::UnknownBuild(_) => ApiError::new(StatusCode::NOT_FOUND, "unknown_build", message),
+            FarmError::BuildEnded(_) => ApiError::new(StatusCode::CONFLICT, "build_ended", message),
+            FarmError::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message),
             FarmError::Scheduler(SchedulerError::UnknownLease(_)) => {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_lease", message)
             }
@@ -113,45 +115,142 @@ fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
     difference == 0
 }
 
-fn check_worker_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = &state.farm.config().worker_token else { return Ok(()) };
-    let presented = headers
+/// The bearer token of a request, if it presents one.
+fn presented_token(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
+        .and_then(|value| value.strip_prefix("Bearer "))
+}
+
+/// 401 without a token, 403 with a wrong one. The token is never logged.
+fn check_token(expected: &str, presented: Option<&str>, calls: &str) -> Result<(), ApiError> {
     match presented {
         None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing_token",
-            "worker calls need `Authorization: Bearer <token>`",
+            format!("{calls} calls need `Authorization: Bearer <token>`"),
         )),
         Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError::new(StatusCode::FORBIDDEN, "wrong_token", "the worker token is not valid")),
+        Some(_) => Err(ApiError::new(StatusCode::FORBIDDEN, "wrong_token", format!("the {calls} token is not valid"))),
     }
+}
+
+fn check_worker_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = &state.farm.config().worker_token else { return Ok(()) };
+    check_token(expected, presented_token(headers), "worker")
+}
+
+fn check_admin_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = &state.farm.config().admin_token else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            "admin calls are off: set `admin_token` in the master's configuration",
+        ));
+    };
+    check_token(expected, presented_token(headers), "admin")
+}
+
+/// With a `read_token` configured, the page and the read-only API need it too: as a bearer
+/// token, or as `?token=` (an EventSource cannot set headers).
+async fn require_read_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ApiError> {
+    if let Some(expected) = &state.farm.config().read_token {
+        let from_query = request
+            .uri()
+            .query()
+            .and_then(|query| query.split('&').find_map(|pair| pair.strip_prefix("token=")))
+            .map(str::to_owned);
+        let presented = presented_token(request.headers()).map(str::to_owned).or(from_query);
+        check_token(expected, presented.as_deref(), "read")?;
+    }
+    Ok(next.run(request).await)
 }
 
 /// The router: the API, the page and the metrics.
 pub fn router(state: AppState) -> Router {
     let max_body = state.farm.config().max_body_bytes;
-    Router::new()
+    let read_only = Router::new()
         .route("/", get(index))
-        .route("/api/v1/workers/register", post(register))
-        .route("/api/v1/workers/{worker_id}/lease", post(lease))
-        .route("/api/v1/leases/{lease_id}/heartbeat", post(heartbeat))
-        .route("/api/v1/leases/{lease_id}/results", post(results))
-        .route("/api/v1/leases/{lease_id}/finish", post(finish))
-        .route("/api/v1/changes", post(changes_notice).get(changes))
+        .route("/api/v1/changes", get(changes))
         .route("/api/v1/builds", get(builds))
         .route("/api/v1/builds/{build_id}", get(build))
         .route("/api/v1/builds/{build_id}/tests", get(build_tests))
         .route("/api/v1/workers", get(workers))
         .route("/api/v1/gate", get(gate))
         .route("/api/v1/pushes", get(pushes))
+        .route("/api/v1/quarantine", get(quarantine_list))
+        .route("/api/v1/flaky", get(flaky))
         .route("/api/v1/events", get(events))
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_read_token));
+    Router::new()
+        .merge(read_only)
+        .route("/api/v1/admin/builds/{build_id}/cancel", post(cancel_build))
+        .route("/api/v1/admin/quarantine", post(quarantine))
+        .route("/api/v1/admin/unquarantine", post(unquarantine))
+        .route("/api/v1/admin/full-run", post(full_run))
+        .route("/api/v1/workers/register", post(register))
+        .route("/api/v1/workers/{worker_id}/lease", post(lease))
+        .route("/api/v1/leases/{lease_id}/heartbeat", post(heartbeat))
+        .route("/api/v1/leases/{lease_id}/results", post(results))
+        .route("/api/v1/leases/{lease_id}/finish", post(finish))
+        .route("/api/v1/changes", post(changes_notice))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
+}
+
+async fn cancel_build(
+    State(state): State<AppState>,
+    Path(build_id): Path<u64>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    check_admin_token(&state, &headers)?;
+    Ok(Json(state.farm.cancel_build(build_id)?))
+}
+
+async fn quarantine(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<QuarantineRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_admin_token(&state, &headers)?;
+    Ok(Json(state.farm.quarantine(&request.test_id, &request.reason, request.expires_in_s)?))
+}
+
+async fn unquarantine(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<UnquarantineRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_admin_token(&state, &headers)?;
+    if !state.farm.unquarantine(&request.test_id)? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_quarantined",
+            format!("test {:?} is not quarantined", request.test_id),
+        ));
+    }
+    Ok(Json(serde_json::json!({ "version": API_VERSION, "test_id": request.test_id, "quarantined": false })))
+}
+
+async fn full_run(State(state): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+    check_admin_token(&state, &headers)?;
+    state.farm.force_full_run()?;
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "version": API_VERSION, "full_run": "queued" }))))
+}
+
+async fn quarantine_list(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(serde_json::json!({ "version": API_VERSION, "quarantined": state.farm.quarantine_list()? })))
+}
+
+async fn flaky(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(serde_json::json!({ "version": API_VERSION, "tests": state.farm.flaky_tests()? })))
 }
 
 async fn not_found() -> ApiError {

@@ -61,6 +61,13 @@ pub struct Config {
     /// The bearer token workers must present; `None` lets any worker in.
     #[serde(default)]
     pub worker_token: Option<String>,
+    /// The bearer token of admin calls (cancel a build, quarantine, force a full run);
+    /// `None` turns admin calls off.
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    /// A bearer token the read-only API and the page need; `None` leaves them open.
+    #[serde(default)]
+    pub read_token: Option<String>,
     /// The largest request body accepted, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
@@ -83,6 +90,43 @@ pub struct Config {
     /// Periodic full runs, which catch what tag selection missed.
     #[serde(default)]
     pub full_runs: FullRunsConfig,
+    /// Keeping flaky tests out of the gate.
+    #[serde(default)]
+    pub quarantine: QuarantineConfig,
+}
+
+/// Automatic quarantine of flaky tests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantineConfig {
+    /// Quarantine a test whose flake rate over its recent runs reaches this (0: never
+    /// automatically; admins still can).
+    #[serde(default)]
+    pub flake_rate: f64,
+    /// ... once it has at least this many recent runs.
+    #[serde(default = "default_quarantine_min_runs")]
+    pub min_runs: u32,
+    /// How long a quarantine lasts unless given (seconds; a week).
+    #[serde(default = "default_quarantine_expires_in_s")]
+    pub expires_in_s: f64,
+}
+
+fn default_quarantine_min_runs() -> u32 {
+    10
+}
+
+fn default_quarantine_expires_in_s() -> f64 {
+    7.0 * 24.0 * 3600.0
+}
+
+impl Default for QuarantineConfig {
+    fn default() -> QuarantineConfig {
+        QuarantineConfig {
+            flake_rate: 0.0,
+            min_runs: default_quarantine_min_runs(),
+            expires_in_s: default_quarantine_expires_in_s(),
+        }
+    }
 }
 
 /// When a build ignores tags and runs the whole suite.
@@ -112,6 +156,10 @@ pub struct GateConfig {
     /// Commit the revert of a found culprit to the branch (off by default).
     #[serde(default)]
     pub revert_culprit: bool,
+    /// Whether a flaky test (failed, then passed on a retry) makes the build red, as
+    /// nextest's `--flaky-result fail`. Off: it is reported flaky and the gate stays open.
+    #[serde(default)]
+    pub flaky_fails_build: bool,
 }
 
 fn default_fix_marker() -> String {
@@ -124,7 +172,12 @@ fn default_true() -> bool {
 
 impl Default for GateConfig {
     fn default() -> GateConfig {
-        GateConfig { fix_marker: default_fix_marker(), find_culprit: true, revert_culprit: false }
+        GateConfig {
+            fix_marker: default_fix_marker(),
+            find_culprit: true,
+            revert_culprit: false,
+            flaky_fails_build: false,
+        }
     }
 }
 
@@ -244,9 +297,29 @@ pub struct SchedulerSection {
     /// The part of a worker's share held back for later, smaller shards.
     #[serde(default = "default_tail_fraction")]
     pub tail_fraction: f64,
-    /// Leases of one test before it is given up on as an error.
+    /// Leases of one test without a result (lost workers, crashed runners) before it is
+    /// given up on: the build then ends in error.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// Runs of a failed test on another worker before its failure counts.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Shards in a row a worker may lose to infrastructure before it is benched.
+    #[serde(default = "default_infra_failures_to_bench")]
+    pub infra_failures_to_bench: u32,
+    /// Seconds a benched worker gets no work (doubled for each further failure).
+    #[serde(default = "default_bench_s")]
+    pub bench_s: f64,
+}
+
+fn default_retries() -> u32 {
+    1
+}
+fn default_infra_failures_to_bench() -> u32 {
+    3
+}
+fn default_bench_s() -> f64 {
+    60.0
 }
 
 fn default_lease_timeout_s() -> f64 {
@@ -274,6 +347,9 @@ impl Default for SchedulerSection {
             min_shard_overheads: default_min_shard_overheads(),
             tail_fraction: default_tail_fraction(),
             max_attempts: default_max_attempts(),
+            retries: default_retries(),
+            infra_failures_to_bench: default_infra_failures_to_bench(),
+            bench_s: default_bench_s(),
         }
     }
 }
@@ -295,6 +371,8 @@ impl Config {
             data_dir,
             listen: default_listen(),
             worker_token: None,
+            admin_token: None,
+            read_token: None,
             max_body_bytes: default_max_body_bytes(),
             repository: RepositoryConfig {
                 url: repository_url,
@@ -307,6 +385,7 @@ impl Config {
             gate: GateConfig::default(),
             push: PushConfig::default(),
             full_runs: FullRunsConfig::default(),
+            quarantine: QuarantineConfig::default(),
         }
     }
 
@@ -320,6 +399,19 @@ impl Config {
             return invalid("[suite] run_command is empty");
         }
         let positive = |value: f64| value.is_finite() && value > 0.0;
+        if !(0.0..=1.0).contains(&self.quarantine.flake_rate) || !positive(self.quarantine.expires_in_s) {
+            return invalid("[quarantine] flake_rate must be within 0..=1 and expires_in_s > 0");
+        }
+        if !self.scheduler.bench_s.is_finite() || self.scheduler.bench_s < 0.0 {
+            return invalid("[scheduler] bench_s must be >= 0");
+        }
+        for (name, token) in
+            [("worker_token", &self.worker_token), ("admin_token", &self.admin_token), ("read_token", &self.read_token)]
+        {
+            if token.as_deref().is_some_and(str::is_empty) {
+                return Err(ConfigError::Invalid(format!("{name} is empty: remove it or set a secret")));
+            }
+        }
         if !positive(self.repository.poll_interval_s) {
             return invalid("[repository] poll_interval_s must be > 0");
         }

@@ -8,16 +8,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use greenlight_scheduler::core::{
-    BuildId, Decision, LeaseId, Report, Scheduler, SchedulerConfig, SchedulerError, Verdict, WorkerId,
+    BuildId, Decision, LeaseId, Outcome, Report, RestoredResult, Scheduler, SchedulerConfig, SchedulerError, Verdict,
+    WorkerId,
 };
 use greenlight_scheduler::estimate::{estimate, median};
 use greenlight_scheduler::plan::BuildPlan;
 use greenlight_scheduler::select::{select, select_ids};
 use greenlight_scheduler::suite::{Suite, SuiteError};
 use greenlight_shared::api::{
-    BuildDetail, BuildKind, BuildState, BuildSummary, BuildTests, ChangeView, FarmEvent, GateView, Lease, MissedByTags,
-    PushView, RegisterResponse, ResultsResponse, ShardEvent, ShardOutcome, ShardView, TestCounts, TestReport,
-    TestResultView, TestStatus, WorkerView,
+    BuildDetail, BuildKind, BuildState, BuildSummary, BuildTests, ChangeView, FarmEvent, FlakeStats, GateView, Lease,
+    MissedByTags, PushView, QuarantineEntry, RegisterResponse, ResultsResponse, ShardEvent, ShardOutcome, ShardView,
+    TestCounts, TestReport, TestResultView, TestStatus, WorkerView,
 };
 use greenlight_shared::git::GitError;
 use greenlight_shared::suite::{SuiteFile, SuiteFileError};
@@ -50,6 +51,28 @@ const BUILDS_SINCE_FULL_RUN: &str = "builds_since_full_run";
 const LAST_FULL_RUN_AT: &str = "last_full_run_at";
 /// Meta key: the build id of the newest revision pushed.
 const LAST_PUSHED: &str = "last_pushed_build";
+/// Meta key prefix: a test's recent runs, for its flake rate.
+const FLAKE: &str = "flake/";
+/// Meta key prefix: a quarantined test.
+const QUARANTINE: &str = "quarantine/";
+/// Meta key: an admin asked for a full run of the branch head.
+const FORCE_FULL_RUN: &str = "force_full_run";
+/// Recent runs a flake rate is computed over.
+const FLAKE_WINDOW: usize = 50;
+
+/// A test's recent runs in regular builds: `true` for a run that flaked.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct FlakeRecord {
+    test_id: String,
+    recent: std::collections::VecDeque<bool>,
+    last_flaky_at: Option<f64>,
+}
+
+impl FlakeRecord {
+    fn flaky(&self) -> u32 {
+        self.recent.iter().filter(|&&flaky| flaky).count() as u32
+    }
+}
 
 fn gate_key(branch: &str) -> String {
     format!("gate/{branch}")
@@ -64,6 +87,12 @@ pub enum FarmError {
     /// No build with this id.
     #[error("unknown build {0}")]
     UnknownBuild(u64),
+    /// The build already ended.
+    #[error("build {0} already ended")]
+    BuildEnded(u64),
+    /// An admin call with arguments that make no sense.
+    #[error("{0}")]
+    Invalid(String),
     /// The scheduler refused the event.
     #[error(transparent)]
     Scheduler(#[from] SchedulerError),
@@ -114,6 +143,7 @@ struct WorkerInfo {
     name: String,
     last_seen: f64,
     lease: Option<u64>,
+    benched_until: Option<f64>,
 }
 
 struct Core {
@@ -156,6 +186,9 @@ impl Farm {
             min_shard_overheads: config.scheduler.min_shard_overheads,
             tail_fraction: config.scheduler.tail_fraction,
             max_attempts: config.scheduler.max_attempts,
+            retries: config.scheduler.retries,
+            infra_failures_to_bench: config.scheduler.infra_failures_to_bench,
+            bench_s: config.scheduler.bench_s,
             ..SchedulerConfig::default()
         });
         let farm = Farm {
@@ -223,10 +256,14 @@ impl Farm {
                     let results = self.store.results(build.build_id)?;
                     build.counts = TestCounts { total: plan.len() as u32, ..TestCounts::default() };
                     build.failed_tests.clear();
+                    build.flaky_tests.clear();
                     for result in &results {
-                        build.counts.add(result.status);
-                        if result.status.is_failure() && build.failed_tests.len() < LISTED_FAILURES {
+                        build.counts.add_result(result);
+                        if result.counts_as_failure() && build.failed_tests.len() < LISTED_FAILURES {
                             build.failed_tests.push(result.test_id.clone());
+                        }
+                        if result.flaky && build.flaky_tests.len() < LISTED_FAILURES {
+                            build.flaky_tests.push(result.test_id.clone());
                         }
                     }
                     let mut shards = BTreeMap::new();
@@ -243,8 +280,18 @@ impl Farm {
                         results = results.len(),
                         "build taken back after a restart"
                     );
-                    let restored: Vec<(String, TestStatus, u32)> =
-                        results.into_iter().map(|result| (result.test_id, result.status, result.attempt)).collect();
+                    let mut restored: Vec<RestoredResult> = results
+                        .into_iter()
+                        .map(|result| RestoredResult {
+                            gave_up: result.worker.is_none() && result.status == TestStatus::Error,
+                            test_id: result.test_id,
+                            status: result.status,
+                            attempt: result.attempt,
+                            retried: result.retried,
+                        })
+                        .collect();
+                    // Failed attempts before the result they led to.
+                    restored.sort_by_key(|result| !result.retried);
                     let mut core = self.core();
                     let core = &mut *core;
                     let urgent = build.kind == BuildKind::Probe;
@@ -312,7 +359,7 @@ impl Farm {
         };
         core.workers
             .entry(worker_id)
-            .or_insert(WorkerInfo { name: name.to_owned(), last_seen: now, lease: None })
+            .or_insert(WorkerInfo { name: name.to_owned(), last_seen: now, lease: None, benched_until: None })
             .last_seen = now;
         core.scheduler.worker_joined(WorkerId(worker_id), now);
         tracing::info!(worker_id, name, "worker registered");
@@ -435,7 +482,7 @@ impl Farm {
                 now,
             )?;
             match report {
-                Report::Accepted { attempt, decisions } => {
+                Report::Accepted { attempt, outcome, decisions } => {
                     let build_id = core.lease_build[&lease_id];
                     let stored = TestResultView {
                         test_id: result.test_id.clone(),
@@ -444,6 +491,9 @@ impl Farm {
                         duration_s: sanitize_duration(result.duration_s),
                         output: result.output.clone(),
                         worker: Some(worker_name.clone()),
+                        retried: outcome == Outcome::Retry,
+                        flaky: outcome == Outcome::Final { flaky: true },
+                        quarantined: self.quarantined(&result.test_id)?,
                     };
                     self.record_result(core, build_id, &stored)?;
                     if matches!(result.status, TestStatus::Passed | TestStatus::Failed) && stored.duration_s > 0.0 {
@@ -515,13 +565,23 @@ impl Farm {
             return Ok(());
         }
         if let Some(live) = core.running.get_mut(&build_id) {
-            live.summary.counts.add(result.status);
-            self.publish(FarmEvent::Build(live.summary.clone()));
-            if result.status.is_failure() && live.summary.failed_tests.len() < LISTED_FAILURES {
+            live.summary.counts.add_result(result);
+            if result.counts_as_failure() && live.summary.failed_tests.len() < LISTED_FAILURES {
                 live.summary.failed_tests.push(result.test_id.clone());
             }
-            // A test that ran and failed closes the gate now, not when the build ends.
-            if result.status.is_failure() && result.worker.is_some() && live.summary.kind == BuildKind::Regular {
+            if result.flaky && live.summary.flaky_tests.len() < LISTED_FAILURES {
+                live.summary.flaky_tests.push(result.test_id.clone());
+            }
+            self.publish(FarmEvent::Build(live.summary.clone()));
+            let regular = live.summary.kind == BuildKind::Regular;
+            if regular && !result.retried && result.worker.is_some() {
+                self.count_run(&result.test_id, result.flaky)?;
+            }
+            // A test that ran and failed on every attempt closes the gate now, not when the
+            // build ends; a flaky one only if flaky tests fail builds here.
+            let closes = (result.counts_as_failure() && result.worker.is_some())
+                || (result.flaky && !result.quarantined && self.config.gate.flaky_fails_build);
+            if closes && regular {
                 let revision = live.summary.revision.clone();
                 if gate::test_failed(&mut core.gate, build_id, &revision, &result.test_id, unix_now_s()) {
                     self.save_gate(core)?;
@@ -590,7 +650,17 @@ impl Farm {
                     self.record_result(core, build.0, &not_run(test_id, TestStatus::Skipped, reason))?;
                 }
                 Decision::GaveUp { build, test_id, reason, .. } => {
+                    tracing::warn!(build_id = build.0, test_id, reason, "test given up: infrastructure");
                     self.record_result(core, build.0, &not_run(test_id, TestStatus::Error, reason))?;
+                }
+                Decision::Retrying { build, test_id, attempt, .. } => {
+                    tracing::info!(build_id = build.0, test_id, attempt, "test failed; retrying on another worker");
+                }
+                Decision::WorkerBenched { worker, until } => {
+                    tracing::warn!(worker_id = worker.0, for_s = until - now, "worker benched: it keeps losing shards");
+                    if let Some(info) = core.workers.get_mut(&worker.0) {
+                        info.benched_until = Some(until);
+                    }
                 }
                 Decision::LeaseExpired { lease, worker, requeued } => {
                     tracing::warn!(lease_id = lease.0, worker_id = worker.0, requeued, "lease expired: worker lost");
@@ -610,12 +680,25 @@ impl Farm {
     fn finish_build(&self, core: &mut Core, build_id: u64, verdict: Verdict, now: f64) -> Result<(), FarmError> {
         let Some(mut live) = core.running.remove(&build_id) else { return Ok(()) };
         let summary = &mut live.summary;
+        // The scheduler's failures are real (every attempt failed); quarantined ones and,
+        // unless configured, flaky ones do not count against the build.
+        let flaky_fails = self.config.gate.flaky_fails_build && !summary.flaky_tests.is_empty();
         match verdict {
-            Verdict::Green => summary.state = BuildState::Green,
-            Verdict::Red { failed } => {
+            Verdict::Red { .. } if !summary.failed_tests.is_empty() => summary.state = BuildState::Red,
+            _ if flaky_fails => {
                 summary.state = BuildState::Red;
-                summary.failed_tests = failed.into_iter().take(LISTED_FAILURES).collect();
+                summary.failed_tests = summary.flaky_tests.clone();
             }
+            Verdict::Error { gave_up } => {
+                summary.state = BuildState::Error;
+                summary.error = Some(format!(
+                    "{} test(s) got no result after {} attempts each (workers lost, runners crashed): {}",
+                    gave_up.len(),
+                    self.config.scheduler.max_attempts,
+                    gave_up.iter().take(10).map(String::as_str).collect::<Vec<_>>().join(", ")
+                ));
+            }
+            Verdict::Green | Verdict::Red { .. } => summary.state = BuildState::Green,
         }
         summary.finished_at = Some(now);
         summary.makespan_s = summary.started_at.map(|started| now - started);
@@ -639,8 +722,13 @@ impl Farm {
                     self.push_wanted.notify_one();
                 }
             }
+            (BuildKind::Regular, BuildState::Error) => {
+                // No verdict on the code: the gate keeps its state and says why.
+                let reason = summary.error.clone().unwrap_or_default();
+                gate::build_infra_error(&mut core.gate, build_id, &reason);
+                self.save_gate(core)?;
+            }
             (BuildKind::Regular, _) => {
-                // Failures no worker ran (given up) close the gate too.
                 for test_id in &summary.failed_tests {
                     gate::test_failed(&mut core.gate, build_id, &summary.revision, test_id, now);
                 }
@@ -910,15 +998,25 @@ impl Farm {
             return Ok(None);
         }
         let first: u64 = self.store.meta(NEXT_UNBUILT)?.unwrap_or(1);
+        let forced: bool = self.store.meta(FORCE_FULL_RUN)?.unwrap_or(false);
         let pending = self.store.changes_from(first, 100_000)?;
-        let Some(newest) = pending.last() else { return Ok(None) };
-        let revision = newest.revision.clone();
+        let (revision, newest_sequence) = match pending.last() {
+            Some(newest) => (newest.revision.clone(), Some(newest.sequence)),
+            None if forced => match self.store.latest_changes(1)?.into_iter().next() {
+                Some(head) => (head.revision, None),
+                None => return Ok(None),
+            },
+            None => return Ok(None),
+        };
+        if forced {
+            self.store.remove_meta(FORCE_FULL_RUN)?;
+        }
         let since_full: u64 = self.store.meta(BUILDS_SINCE_FULL_RUN)?.unwrap_or(0);
         let last_full_at: f64 = self.store.meta(LAST_FULL_RUN_AT)?.unwrap_or(0.0);
         let periodic = &self.config.full_runs;
         let full_run_due = (periodic.every_builds > 0 && since_full + 1 >= u64::from(periodic.every_builds))
             || (periodic.interval_s > 0.0 && unix_now_s() - last_full_at >= periodic.interval_s);
-        let full_run = full_run_due || pending.iter().any(|change| change.tags.is_empty());
+        let full_run = forced || full_run_due || pending.iter().any(|change| change.tags.is_empty());
         if full_run {
             self.store.set_meta(BUILDS_SINCE_FULL_RUN, &0u64)?;
             self.store.set_meta(LAST_FULL_RUN_AT, &unix_now_s())?;
@@ -944,7 +1042,9 @@ impl Farm {
             change.build_id = Some(build_id);
             self.put_change(&change)?;
         }
-        self.store.set_meta(NEXT_UNBUILT, &(newest.sequence + 1))?;
+        if let Some(newest) = newest_sequence {
+            self.store.set_meta(NEXT_UNBUILT, &(newest + 1))?;
+        }
         match planned {
             Ok(plan) => {
                 summary.counts.total = plan.len() as u32;
@@ -990,6 +1090,7 @@ impl Farm {
             full_run,
             counts: TestCounts::default(),
             failed_tests: Vec::new(),
+            flaky_tests: Vec::new(),
             error: None,
             created_at: now,
             started_at: None,
@@ -1062,6 +1163,165 @@ impl Farm {
         Ok(output.stdout)
     }
 
+    /// Whether `test_id` is quarantined now.
+    fn quarantined(&self, test_id: &str) -> Result<bool, FarmError> {
+        let entry: Option<QuarantineEntry> = self.store.meta(&format!("{QUARANTINE}{test_id}"))?;
+        Ok(entry.is_some_and(|entry| entry.expires_at > unix_now_s()))
+    }
+
+    /// Counts a final run of a test in a regular build for its flake rate; quarantines it
+    /// when the rate reaches the configured threshold.
+    fn count_run(&self, test_id: &str, flaky: bool) -> Result<(), FarmError> {
+        let key = format!("{FLAKE}{test_id}");
+        let mut record: FlakeRecord = self.store.meta(&key)?.unwrap_or_default();
+        if !flaky && record.recent.is_empty() {
+            // Tests that never flaked keep no record: 15k keys a build would be noise.
+            return Ok(());
+        }
+        record.test_id = test_id.to_owned();
+        record.recent.push_back(flaky);
+        if record.recent.len() > FLAKE_WINDOW {
+            record.recent.pop_front();
+        }
+        if flaky {
+            record.last_flaky_at = Some(unix_now_s());
+        }
+        self.store.set_meta(&key, &record)?;
+        let policy = &self.config.quarantine;
+        let runs = record.recent.len() as u32;
+        let rate = f64::from(record.flaky()) / f64::from(runs.max(1));
+        if flaky
+            && policy.flake_rate > 0.0
+            && runs >= policy.min_runs
+            && rate >= policy.flake_rate
+            && !self.quarantined(test_id)?
+        {
+            let now = unix_now_s();
+            let entry = QuarantineEntry {
+                test_id: test_id.to_owned(),
+                reason: format!("flaked in {} of its last {runs} runs", record.flaky()),
+                by: "auto".to_owned(),
+                since: now,
+                expires_at: now + policy.expires_in_s,
+            };
+            tracing::warn!(test_id, rate, "test quarantined automatically");
+            self.store.set_meta(&format!("{QUARANTINE}{test_id}"), &entry)?;
+        }
+        Ok(())
+    }
+
+    /// Quarantines a test (admin).
+    pub fn quarantine(
+        &self,
+        test_id: &str,
+        reason: &str,
+        expires_in_s: Option<f64>,
+    ) -> Result<QuarantineEntry, FarmError> {
+        if test_id.is_empty() || reason.trim().is_empty() {
+            return Err(FarmError::Invalid("test_id and reason must not be empty".to_owned()));
+        }
+        let expires_in_s = expires_in_s.unwrap_or(self.config.quarantine.expires_in_s);
+        if !expires_in_s.is_finite() || expires_in_s <= 0.0 || expires_in_s > 366.0 * 24.0 * 3600.0 {
+            return Err(FarmError::Invalid(format!("expires_in_s must be within 0..1 year, not {expires_in_s}")));
+        }
+        let now = unix_now_s();
+        let entry = QuarantineEntry {
+            test_id: test_id.to_owned(),
+            reason: reason.to_owned(),
+            by: "admin".to_owned(),
+            since: now,
+            expires_at: now + expires_in_s,
+        };
+        self.store.set_meta(&format!("{QUARANTINE}{test_id}"), &entry)?;
+        tracing::info!(test_id, reason, "test quarantined by an admin");
+        Ok(entry)
+    }
+
+    /// Lifts a quarantine (admin). Returns whether there was one.
+    pub fn unquarantine(&self, test_id: &str) -> Result<bool, FarmError> {
+        let key = format!("{QUARANTINE}{test_id}");
+        let existed = self.store.meta::<QuarantineEntry>(&key)?.is_some();
+        self.store.remove_meta(&key)?;
+        Ok(existed)
+    }
+
+    /// Quarantines in force.
+    pub fn quarantine_list(&self) -> Result<Vec<QuarantineEntry>, FarmError> {
+        let now = unix_now_s();
+        let entries: Vec<QuarantineEntry> = self.store.meta_with_prefix(QUARANTINE)?;
+        Ok(entries.into_iter().filter(|entry| entry.expires_at > now).collect())
+    }
+
+    /// Tests that flaked in their recent runs, flakiest first.
+    pub fn flaky_tests(&self) -> Result<Vec<FlakeStats>, FarmError> {
+        let records: Vec<FlakeRecord> = self.store.meta_with_prefix(FLAKE)?;
+        let mut stats = Vec::new();
+        for record in records.into_iter().filter(|record| record.flaky() > 0) {
+            let runs = record.recent.len() as u32;
+            stats.push(FlakeStats {
+                quarantined: self.quarantined(&record.test_id)?,
+                flaky: record.flaky(),
+                flake_rate: f64::from(record.flaky()) / f64::from(runs.max(1)),
+                runs,
+                last_flaky_at: record.last_flaky_at,
+                test_id: record.test_id,
+            });
+        }
+        stats.sort_by(|a, b| b.flake_rate.total_cmp(&a.flake_rate).then_with(|| a.test_id.cmp(&b.test_id)));
+        Ok(stats)
+    }
+
+    /// Cancels a running build (admin): its leases end, it is recorded as an error and
+    /// its changes are queued again.
+    pub fn cancel_build(&self, build_id: u64) -> Result<BuildSummary, FarmError> {
+        let now = unix_now_s();
+        let mut core = self.core();
+        let core = &mut *core;
+        let Some(mut live) = core.running.remove(&build_id) else {
+            let stored = self.store.build(build_id)?.ok_or(FarmError::UnknownBuild(build_id))?;
+            return Err(if stored.state.is_finished() {
+                FarmError::BuildEnded(build_id)
+            } else {
+                FarmError::UnknownBuild(build_id)
+            });
+        };
+        core.scheduler.remove_build(BuildId(build_id));
+        for shard in live.shards.values_mut().filter(|shard| shard.finished_at.is_none()) {
+            shard.finished_at = Some(now);
+            shard.state = "cancelled".to_owned();
+            self.put_shard(build_id, shard)?;
+        }
+        for worker in core.workers.values_mut() {
+            if worker.lease.is_some_and(|lease| core.lease_build.get(&lease) == Some(&build_id)) {
+                worker.lease = None;
+            }
+        }
+        let summary = &mut live.summary;
+        summary.state = BuildState::Error;
+        summary.error = Some("cancelled by an admin".to_owned());
+        summary.finished_at = Some(now);
+        self.put_build(summary)?;
+        self.store.remove_meta(&format!("{SELECTION}{build_id}"))?;
+        if summary.kind == BuildKind::Regular
+            && let Some(&first) = summary.changes.first()
+        {
+            let watermark: u64 = self.store.meta(NEXT_UNBUILT)?.unwrap_or(1);
+            self.store.set_meta(NEXT_UNBUILT, &watermark.min(first))?;
+        }
+        self.store.flush()?;
+        tracing::warn!(build_id, "build cancelled by an admin");
+        self.build_wanted.notify_one();
+        Ok(live.summary)
+    }
+
+    /// Asks for a full run of the branch head (admin): the next build runs every test,
+    /// and one starts even if no change is queued.
+    pub fn force_full_run(&self) -> Result<(), FarmError> {
+        self.store.set_meta(FORCE_FULL_RUN, &true)?;
+        self.build_wanted.notify_one();
+        Ok(())
+    }
+
     /// A build's summary (live counts while it runs).
     pub fn build_summary(&self, build_id: u64) -> Result<BuildSummary, FarmError> {
         if let Some(live) = self.core().running.get(&build_id) {
@@ -1113,6 +1373,7 @@ impl Farm {
                 name: info.name.clone(),
                 lease_id: info.lease,
                 last_seen: info.last_seen,
+                benched_until: info.benched_until.filter(|&until| until > unix_now_s()),
             })
             .collect()
     }
@@ -1120,7 +1381,17 @@ impl Farm {
 
 /// The result of a test no worker ran (attempt 0): skipped for a dependency, or given up.
 fn not_run(test_id: String, status: TestStatus, reason: String) -> TestResultView {
-    TestResultView { test_id, attempt: 0, status, duration_s: 0.0, output: Some(reason), worker: None }
+    TestResultView {
+        test_id,
+        attempt: 0,
+        status,
+        duration_s: 0.0,
+        output: Some(reason),
+        worker: None,
+        retried: false,
+        flaky: false,
+        quarantined: false,
+    }
 }
 
 fn sanitize_duration(duration_s: f64) -> f64 {

@@ -20,6 +20,7 @@ pub fn new_gate(branch: &str, fix_marker: &str) -> GateView {
         failing_tests: Vec::new(),
         culprit: None,
         reason: None,
+        warning: None,
         fix_marker: fix_marker.to_owned(),
     }
 }
@@ -45,9 +46,16 @@ pub fn test_failed(gate: &mut GateView, build_id: u64, revision: &str, test_id: 
     }
 }
 
+/// A build ended in error for the infrastructure (tests no worker could run): no verdict on
+/// the code, so the gate keeps its state and evidence, and warns.
+pub fn build_infra_error(gate: &mut GateView, build_id: u64, reason: &str) {
+    gate.warning = Some(format!("build {build_id} ended in error, not on a test: {reason}"));
+}
+
 /// Closes the gate on `build_id`'s evidence; a gate already closed keeps its `since` and
 /// its culprit.
 fn close(gate: &mut GateView, build_id: u64, revision: &str, now: f64) {
+    gate.warning = None;
     if gate.state == GateState::Open {
         gate.since = Some(now);
         gate.culprit = None;
@@ -83,6 +91,7 @@ pub fn build_green(gate: &mut GateView, build_id: u64, revision: &str, now: f64)
     gate.failing_tests.clear();
     gate.culprit = None;
     gate.reason = None;
+    gate.warning = None;
     was_closed
 }
 
@@ -138,6 +147,17 @@ mod tests {
         assert_eq!(gate.reason.as_deref(), Some("build 5 could not run: invalid suite: dependency cycle"));
         assert!(build_green(&mut gate, 6, "r6", 2.0));
         assert_eq!(gate.reason, None);
+    }
+
+    #[test]
+    fn an_infrastructure_error_warns_without_opening_or_closing_the_gate() {
+        let mut gate = new_gate("main", "[fix]");
+        assert!(test_failed(&mut gate, 2, "r2", "a", 20.0));
+        build_infra_error(&mut gate, 3, "1 test(s) got no result");
+        assert_eq!((gate.state, gate.build_id), (GateState::Closed, Some(2)));
+        assert_eq!(gate.warning.as_deref(), Some("build 3 ended in error, not on a test: 1 test(s) got no result"));
+        assert!(build_green(&mut gate, 4, "r4", 40.0));
+        assert_eq!((gate.state, gate.warning.as_deref()), (GateState::Open, None));
     }
 
     #[test]

@@ -398,7 +398,17 @@ mod tests {
     use greenlight_shared::api::TestStatus;
 
     fn result(test_id: &str, attempt: u32, status: TestStatus) -> TestResultView {
-        TestResultView { test_id: test_id.into(), attempt, status, duration_s: 1.0, output: None, worker: None }
+        TestResultView {
+            test_id: test_id.into(),
+            attempt,
+            status,
+            duration_s: 1.0,
+            output: None,
+            worker: None,
+            retried: false,
+            flaky: false,
+            quarantined: false,
+        }
     }
 
     fn exercise(store: Store) {

@@ -63,9 +63,17 @@ pub struct SchedulerConfig {
     pub borrowed_estimate_error: f64,
     /// A shard holds back at least this many standard deviations of its estimated length.
     pub reserve_sigmas: f64,
-    /// How many times a test is leased before the scheduler gives up on it (infra
-    /// failures and lost workers) and records it as an error.
+    /// How many times a test is leased without a result (lost workers, runner crashes,
+    /// failed checkouts) before the scheduler gives up on it: the build then ends in error.
     pub max_attempts: u32,
+    /// How many times a failed test is run again, on another worker when there is one,
+    /// before its failure counts. A pass on a retry makes the test flaky.
+    pub retries: u32,
+    /// Consecutive shards a worker may lose to infrastructure (ended without all their
+    /// results, or taken back) before it is benched.
+    pub infra_failures_to_bench: u32,
+    /// Seconds a benched worker gets no work; doubled for each further failure.
+    pub bench_s: Seconds,
 }
 
 impl Default for SchedulerConfig {
@@ -79,6 +87,9 @@ impl Default for SchedulerConfig {
             borrowed_estimate_error: 1.0,
             reserve_sigmas: 1.5,
             max_attempts: 3,
+            retries: 1,
+            infra_failures_to_bench: 3,
+            bench_s: 60.0,
         }
     }
 }
@@ -88,10 +99,16 @@ impl Default for SchedulerConfig {
 pub enum Verdict {
     /// Nothing failed.
     Green,
-    /// These tests failed or errored (ids, in plan order).
+    /// These tests failed or errored on every attempt (ids, in plan order).
     Red {
         /// The failing ids.
         failed: Vec<String>,
+    },
+    /// Nothing failed, but these tests never got a result: the infrastructure failed them
+    /// (workers lost, runners crashed) [`SchedulerConfig::max_attempts`] times.
+    Error {
+        /// The ids given up on, in plan order.
+        gave_up: Vec<String>,
     },
 }
 
@@ -135,6 +152,18 @@ pub enum Decision {
         /// Why.
         reason: String,
     },
+    /// A test failed and will run again, on another worker when there is one: its failure
+    /// is not final yet.
+    Retrying {
+        /// The build.
+        build: BuildId,
+        /// The test (plan index).
+        test: PlanIndex,
+        /// Its id.
+        test_id: String,
+        /// The attempt that failed.
+        attempt: u32,
+    },
     /// A lease was taken back; its unfinished tests are queued again.
     LeaseExpired {
         /// The lease.
@@ -143,6 +172,14 @@ pub enum Decision {
         worker: WorkerId,
         /// How many tests went back to the queue.
         requeued: usize,
+    },
+    /// A worker lost too many shards in a row to infrastructure: it gets no work until
+    /// `until`.
+    WorkerBenched {
+        /// The worker.
+        worker: WorkerId,
+        /// When it may have work again.
+        until: Seconds,
     },
     /// New tests became ready: idle workers should ask again.
     WorkAvailable,
@@ -162,6 +199,8 @@ pub enum Report {
     Accepted {
         /// The attempt (1 for the first lease of the test).
         attempt: u32,
+        /// Whether this is the test's result, or a failure that will be retried.
+        outcome: Outcome,
         /// What follows.
         decisions: Vec<Decision>,
     },
@@ -169,6 +208,34 @@ pub enum Report {
     Duplicate,
     /// The lease no longer holds the test (expired, requeued): ignored.
     Stale,
+}
+
+/// A result a restarted master had stored, for [`Scheduler::restore`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoredResult {
+    /// The test id.
+    pub test_id: String,
+    /// What happened.
+    pub status: TestStatus,
+    /// Which attempt.
+    pub attempt: u32,
+    /// A failure that was to be run again, not the test's result.
+    pub retried: bool,
+    /// An error recorded because the scheduler gave up on the test (no worker ran it).
+    pub gave_up: bool,
+}
+
+/// What an accepted result means for its test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The test's result in this build. `flaky`: it passed after failing on an earlier
+    /// attempt.
+    Final {
+        /// Whether it passed only on a retry.
+        flaky: bool,
+    },
+    /// A failure that will be run again: not the test's result yet.
+    Retry,
 }
 
 /// An event the scheduler refused.
@@ -235,11 +302,16 @@ struct BuildRun {
     plan: BuildPlan,
     states: Vec<TestState>,
     attempts: Vec<u32>,
-    done_by: Vec<Option<LeaseId>>,
+    /// Failed attempts of each test, and the workers they failed on.
+    failures: Vec<u32>,
+    failed_on: HashMap<PlanIndex, Vec<WorkerId>>,
+    /// The leases whose report of each test was accepted (more than one after a retry).
+    reported_by: Vec<Vec<LeaseId>>,
     ready: BinaryHeap<ReadyEntry>,
     unleased_work: f64,
     unfinished: usize,
     failed: Vec<PlanIndex>,
+    gave_up: Vec<PlanIndex>,
     /// How real durations compare with estimates, recent tests weighing most.
     drift: Drift,
     /// Urgent builds (culprit probes) are served before the others.
@@ -310,6 +382,10 @@ impl LeaseState {
 struct WorkerState {
     lease: Option<LeaseId>,
     last_seen: Seconds,
+    /// Shards in a row lost to infrastructure.
+    infra_failures: u32,
+    /// No work until then.
+    benched_until: Seconds,
 }
 
 /// The scheduler: all running builds, their leases and the live workers.
@@ -406,8 +482,11 @@ impl Scheduler {
             unleased_work: plan.tests.iter().map(|test| test.estimate_s).sum(),
             unfinished: plan.len(),
             attempts: vec![0; plan.len()],
-            done_by: vec![None; plan.len()],
+            failures: vec![0; plan.len()],
+            failed_on: HashMap::new(),
+            reported_by: vec![Vec::new(); plan.len()],
             failed: Vec::new(),
+            gave_up: Vec::new(),
             drift: Drift { real: 0.0, estimated: 0.0 },
             urgent: false,
             states,
@@ -422,19 +501,24 @@ impl Scheduler {
         Ok(vec![Decision::WorkAvailable])
     }
 
-    /// Event: a restarted master brings back the results it had stored for `build` (test
-    /// id, status, attempt). They count as done, as if reported; their consequences
-    /// (dependants unblocked or skipped, the build finished) follow. Unknown ids are
-    /// ignored (the plan is rebuilt from the same selection, so there should be none).
-    pub fn restore(&mut self, build: BuildId, results: &[(String, TestStatus, u32)]) -> Vec<Decision> {
+    /// Event: a restarted master brings back the results it had stored for `build`, in
+    /// attempt order. Final ones count as done, as if reported; their consequences
+    /// (dependants unblocked or skipped, the build finished) follow. A failure that was to
+    /// be retried counts as a failed attempt; the test runs again. Unknown ids are ignored
+    /// (the plan is rebuilt from the same selection, so there should be none).
+    pub fn restore(&mut self, build: BuildId, results: &[RestoredResult]) -> Vec<Decision> {
         let mut decisions = Vec::new();
-        for (test_id, status, attempt) in results {
+        for RestoredResult { test_id, status, attempt, retried, gave_up } in results {
             let Some(run) = self.builds.get_mut(&build) else { break };
             let Some(index) = run.plan.index_of(test_id) else { continue };
             run.attempts[index] = run.attempts[index].max(*attempt);
+            if *retried {
+                run.failures[index] += 1;
+                continue;
+            }
             if matches!(run.states[index], TestState::Ready | TestState::Waiting { .. }) {
                 run.unleased_work -= run.plan.tests[index].estimate_s;
-                self.record(build, index, *status, &mut decisions);
+                self.record(build, index, *status, *gave_up, &mut decisions);
             }
         }
         if let Some(run) = self.builds.get_mut(&build) {
@@ -477,6 +561,9 @@ impl Scheduler {
         }
         let state = self.workers.entry(worker).or_default();
         state.last_seen = now;
+        if state.benched_until > now {
+            return (None, decisions);
+        }
         let with_work = |urgent: bool| {
             self.builds.iter().find(|(_, run)| run.urgent == urgent && !run.ready.is_empty()).map(|(&build, _)| build)
         };
@@ -492,7 +579,22 @@ impl Scheduler {
         let mut work = 0.0;
         let mut variance = 0.0;
         let mut chain_cap = f64::INFINITY;
+        // A failed test is retried elsewhere, unless no other worker could take it.
+        let others: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|&(&id, state)| id != worker && state.benched_until <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        let mut passed_over = Vec::new();
         while let Some(entry) = run.ready.peek().copied() {
+            if let Some(failed_on) = run.failed_on.get(&entry.index)
+                && failed_on.contains(&worker)
+                && others.iter().any(|other| !failed_on.contains(other))
+            {
+                passed_over.push(run.ready.pop().expect("just peeked"));
+                continue;
+            }
             let planned = &run.plan.tests[entry.index];
             let estimate = planned.estimate_s;
             let relative_error =
@@ -529,6 +631,12 @@ impl Scheduler {
             run.states[entry.index] = TestState::Leased(lease);
             run.attempts[entry.index] += 1;
             tests.push(entry.index);
+        }
+        run.ready.extend(passed_over);
+        if tests.is_empty() {
+            // Only retries of tests this worker failed were ready: another worker takes them.
+            self.next_lease -= 1;
+            return (None, decisions);
         }
         // Inside the shard, tests that others wait on run first, so their dependants become
         // ready as early as possible; the rest keep their priority order.
@@ -638,10 +746,10 @@ impl Scheduler {
         }
         match run.states[index] {
             TestState::Leased(holder) if holder == lease => {}
-            TestState::Done(_) if run.done_by[index] == Some(lease) => return Ok(Report::Duplicate),
+            _ if run.reported_by[index].contains(&lease) => return Ok(Report::Duplicate),
             _ => return Ok(Report::Stale),
         }
-        run.done_by[index] = Some(lease);
+        run.reported_by[index].push(lease);
         let attempt = run.attempts[index];
         let estimate = run.plan.tests[index].estimate_s;
         if let Some(state) = self.leases.get_mut(&lease) {
@@ -650,8 +758,20 @@ impl Scheduler {
             state.remaining_estimate = (state.remaining_estimate - estimate).max(0.0);
         }
         let mut decisions = Vec::new();
-        self.record(build, index, status, &mut decisions);
-        Ok(Report::Accepted { attempt, decisions })
+        if status.is_failure() && run.failures[index] < self.config.retries {
+            // Not final yet: run it again, first in line, to tell a flake from a failure.
+            run.failures[index] += 1;
+            run.failed_on.entry(index).or_default().push(worker);
+            run.states[index] = TestState::Ready;
+            run.unleased_work += estimate;
+            run.ready.push(ReadyEntry { priority: f64::INFINITY, index });
+            decisions.push(Decision::Retrying { build, test: index, test_id: test_id.to_owned(), attempt });
+            decisions.push(Decision::WorkAvailable);
+            return Ok(Report::Accepted { attempt, outcome: Outcome::Retry, decisions });
+        }
+        let flaky = status == TestStatus::Passed && run.failures[index] > 0;
+        self.record(build, index, status, false, &mut decisions);
+        Ok(Report::Accepted { attempt, outcome: Outcome::Final { flaky }, decisions })
     }
 
     /// Event: the worker's shard process ended. Tests it did not report go back to the
@@ -685,7 +805,10 @@ impl Scheduler {
         for lease in expired {
             // An earlier expiry in this tick may have ended the build and retired this lease.
             let Some(state) = self.leases.get(&lease) else { continue };
-            let (worker, build, tests) = (state.worker, state.build, state.tests.clone());
+            let (worker, build) = (state.worker, state.build);
+            let tests: Vec<PlanIndex> = self.builds.get(&build).map_or_else(Vec::new, |run| {
+                state.tests.iter().copied().filter(|&test| run.states[test] == TestState::Leased(lease)).collect()
+            });
             let consequences = self.take_back(lease, now);
             let requeued = self
                 .builds
@@ -709,7 +832,7 @@ impl Scheduler {
         }
     }
 
-    fn take_back(&mut self, lease: LeaseId, _now: Seconds) -> Vec<Decision> {
+    fn take_back(&mut self, lease: LeaseId, now: Seconds) -> Vec<Decision> {
         let mut decisions = Vec::new();
         let Some(state) = self.leases.get_mut(&lease) else { return decisions };
         if !state.active {
@@ -727,11 +850,13 @@ impl Scheduler {
         let Some(run) = self.builds.get_mut(&build) else { return decisions };
         let mut requeued = false;
         let mut gave_up = Vec::new();
+        let mut unreported = 0;
         for test in tests {
             if run.states[test] != TestState::Leased(lease) {
                 continue;
             }
-            if run.attempts[test] >= max_attempts {
+            unreported += 1;
+            if run.attempts[test] - run.failures[test] >= max_attempts {
                 gave_up.push(test);
             } else {
                 run.states[test] = TestState::Ready;
@@ -740,15 +865,29 @@ impl Scheduler {
                 requeued = true;
             }
         }
+        if let Some(worker_state) = self.workers.get_mut(&worker) {
+            if unreported == 0 {
+                worker_state.infra_failures = 0;
+            } else {
+                worker_state.infra_failures += 1;
+                let beyond = worker_state.infra_failures.saturating_sub(self.config.infra_failures_to_bench);
+                if worker_state.infra_failures >= self.config.infra_failures_to_bench {
+                    let until = now + self.config.bench_s * 2f64.powi(beyond.min(10) as i32);
+                    worker_state.benched_until = until;
+                    decisions.push(Decision::WorkerBenched { worker, until });
+                }
+            }
+        }
         for test in gave_up {
-            let attempts = self.builds[&build].attempts[test];
+            let run = &self.builds[&build];
+            let attempts = run.attempts[test] - run.failures[test];
             decisions.push(Decision::GaveUp {
                 build,
                 test,
-                test_id: self.builds[&build].plan.tests[test].id.clone(),
+                test_id: run.plan.tests[test].id.clone(),
                 reason: format!("no result after {attempts} attempts (workers lost or runner crashed)"),
             });
-            self.record(build, test, TestStatus::Error, &mut decisions);
+            self.record(build, test, TestStatus::Error, true, &mut decisions);
         }
         if requeued {
             decisions.push(Decision::WorkAvailable);
@@ -756,12 +895,22 @@ impl Scheduler {
         decisions
     }
 
-    /// Records a final status and everything that follows from it.
-    fn record(&mut self, build: BuildId, index: PlanIndex, status: TestStatus, decisions: &mut Vec<Decision>) {
+    /// Records a final status and everything that follows from it. `gave_up`: an error
+    /// of the infrastructure, not of the test.
+    fn record(
+        &mut self,
+        build: BuildId,
+        index: PlanIndex,
+        status: TestStatus,
+        gave_up: bool,
+        decisions: &mut Vec<Decision>,
+    ) {
         let Some(run) = self.builds.get_mut(&build) else { return };
         run.states[index] = TestState::Done(status);
         run.unfinished -= 1;
-        if status.is_failure() {
+        if gave_up {
+            run.gave_up.push(index);
+        } else if status.is_failure() {
             run.failed.push(index);
         }
         if status == TestStatus::Passed {
@@ -807,12 +956,16 @@ impl Scheduler {
     fn finish_build(&mut self, build: BuildId) -> Option<Decision> {
         let run = self.builds.remove(&build)?;
         self.forget_leases_of(build);
-        let verdict = if run.failed.is_empty() {
-            Verdict::Green
+        let ids = |mut indices: Vec<PlanIndex>| {
+            indices.sort_unstable();
+            indices.into_iter().map(|index| run.plan.tests[index].id.clone()).collect()
+        };
+        let verdict = if !run.failed.is_empty() {
+            Verdict::Red { failed: ids(run.failed.clone()) }
+        } else if !run.gave_up.is_empty() {
+            Verdict::Error { gave_up: ids(run.gave_up.clone()) }
         } else {
-            let mut failed = run.failed;
-            failed.sort_unstable();
-            Verdict::Red { failed: failed.into_iter().map(|index| run.plan.tests[index].id.clone()).collect() }
+            Verdict::Green
         };
         Some(Decision::BuildFinished { build, verdict })
     }
@@ -852,6 +1005,96 @@ mod tests {
         BuildPlan::from_tests(vec![test("a", &[]), test("b", &[0]), test("c", &[]), test("d", &[2])], 0.0)
     }
 
+    fn restored(test_id: &str, status: TestStatus, attempt: u32, retried: bool) -> RestoredResult {
+        RestoredResult { test_id: test_id.into(), status, attempt, retried, gave_up: false }
+    }
+
+    fn single(id: &str) -> BuildPlan {
+        let test = PlannedTest {
+            id: id.into(),
+            depends_on: vec![],
+            dependents: vec![],
+            estimate_s: 1.0,
+            estimate_known: true,
+            priority_s: 0.0,
+        };
+        BuildPlan::from_tests(vec![test], 0.0)
+    }
+
+    fn accepted(report: Result<Report, SchedulerError>) -> (Outcome, Vec<Decision>) {
+        match report.unwrap() {
+            Report::Accepted { outcome, decisions, .. } => (outcome, decisions),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_test_is_retried_on_another_worker_and_a_pass_there_makes_it_flaky() {
+        let mut scheduler = Scheduler::new(SchedulerConfig::default());
+        scheduler.worker_joined(WorkerId(1), 0.0);
+        scheduler.worker_joined(WorkerId(2), 0.0);
+        scheduler.add_build(BuildId(1), single("t"), 0.0).unwrap();
+        let grant = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+        let (outcome, decisions) =
+            accepted(scheduler.test_finished(grant.lease, WorkerId(1), "t", TestStatus::Failed, 1.0));
+        assert_eq!(outcome, Outcome::Retry);
+        assert!(decisions.iter().any(|d| matches!(d, Decision::Retrying { attempt: 1, .. })), "{decisions:?}");
+        scheduler.lease_finished(grant.lease, WorkerId(1), 1.0).unwrap();
+        // The worker it failed on is passed over while another can take it.
+        assert_eq!(scheduler.request_work(WorkerId(1), 2.0).0, None);
+        let retry = scheduler.request_work(WorkerId(2), 2.0).0.expect("the other worker gets the retry");
+        let (outcome, decisions) =
+            accepted(scheduler.test_finished(retry.lease, WorkerId(2), "t", TestStatus::Passed, 3.0));
+        assert_eq!(outcome, Outcome::Final { flaky: true });
+        assert!(decisions.contains(&Decision::BuildFinished { build: BuildId(1), verdict: Verdict::Green }));
+    }
+
+    #[test]
+    fn a_test_that_fails_every_attempt_makes_the_build_red_and_one_worker_can_retry_alone() {
+        let mut scheduler = Scheduler::new(SchedulerConfig { retries: 2, ..SchedulerConfig::default() });
+        scheduler.worker_joined(WorkerId(1), 0.0);
+        scheduler.add_build(BuildId(1), single("t"), 0.0).unwrap();
+        for attempt in 1..=3u32 {
+            let now = f64::from(attempt);
+            let grant = scheduler.request_work(WorkerId(1), now).0.expect("the only worker retries");
+            let (outcome, decisions) =
+                accepted(scheduler.test_finished(grant.lease, WorkerId(1), "t", TestStatus::Failed, now));
+            if attempt < 3 {
+                assert_eq!(outcome, Outcome::Retry);
+            } else {
+                assert_eq!(outcome, Outcome::Final { flaky: false });
+                let red = Verdict::Red { failed: vec!["t".into()] };
+                assert!(decisions.contains(&Decision::BuildFinished { build: BuildId(1), verdict: red }));
+            }
+            scheduler.lease_finished(grant.lease, WorkerId(1), now).unwrap();
+        }
+    }
+
+    #[test]
+    fn tests_no_worker_could_run_end_the_build_in_error_not_red_and_bench_the_worker() {
+        let config = SchedulerConfig {
+            max_attempts: 2,
+            infra_failures_to_bench: 2,
+            bench_s: 60.0,
+            ..SchedulerConfig::default()
+        };
+        let mut scheduler = Scheduler::new(config);
+        scheduler.worker_joined(WorkerId(1), 0.0);
+        scheduler.add_build(BuildId(1), single("t"), 0.0).unwrap();
+        // The shard ends twice without its result (a runner crash, a failed checkout).
+        let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+        let decisions = scheduler.lease_finished(first.lease, WorkerId(1), 1.0).unwrap();
+        assert!(decisions.contains(&Decision::WorkAvailable));
+        let second = scheduler.request_work(WorkerId(1), 1.0).0.unwrap();
+        let decisions = scheduler.lease_finished(second.lease, WorkerId(1), 2.0).unwrap();
+        let error = Verdict::Error { gave_up: vec!["t".into()] };
+        assert!(decisions.contains(&Decision::BuildFinished { build: BuildId(1), verdict: error }), "{decisions:?}");
+        // Two shards lost in a row: no work for a minute.
+        scheduler.add_build(BuildId(2), single("u"), 2.0).unwrap();
+        assert_eq!(scheduler.request_work(WorkerId(1), 30.0).0, None);
+        assert!(scheduler.request_work(WorkerId(1), 62.5).0.is_some());
+    }
+
     #[test]
     fn restored_results_count_as_done_and_unblock_or_skip_their_dependants() {
         let mut scheduler = Scheduler::new(SchedulerConfig::default());
@@ -860,9 +1103,10 @@ mod tests {
         let decisions = scheduler.restore(
             BuildId(7),
             &[
-                ("a".into(), TestStatus::Passed, 1),
-                ("c".into(), TestStatus::Failed, 2),
-                ("gone".into(), TestStatus::Passed, 1),
+                restored("a", TestStatus::Passed, 1, false),
+                restored("c", TestStatus::Failed, 1, true),
+                restored("c", TestStatus::Failed, 2, false),
+                restored("gone", TestStatus::Passed, 1, false),
             ],
         );
         assert!(
@@ -873,8 +1117,8 @@ mod tests {
         let grant = grant.expect("b is ready");
         assert_eq!(grant.tests, vec![1]);
         let report = scheduler.test_finished(grant.lease, WorkerId(1), "b", TestStatus::Passed, 2.0).unwrap();
-        let Report::Accepted { attempt, decisions } = report else { panic!("{report:?}") };
-        assert_eq!(attempt, 1);
+        let Report::Accepted { attempt, outcome, decisions } = report else { panic!("{report:?}") };
+        assert_eq!((attempt, outcome), (1, Outcome::Final { flaky: false }));
         assert!(decisions.contains(&Decision::BuildFinished {
             build: BuildId(7),
             verdict: Verdict::Red { failed: vec!["c".into()] }

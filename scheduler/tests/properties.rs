@@ -39,7 +39,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::RangeInclusive;
 
 use greenlight_scheduler::core::{
-    BuildId, Decision, LeaseGrant, LeaseId, Report, Scheduler, SchedulerConfig, Verdict, WorkerId,
+    BuildId, Decision, LeaseGrant, LeaseId, Outcome, Report, Scheduler, SchedulerConfig, Verdict, WorkerId,
 };
 use greenlight_scheduler::plan::{BuildPlan, PlanIndex, PlannedTest};
 use greenlight_scheduler::simulate::{Simulation, simulate};
@@ -180,13 +180,14 @@ fn config_strategy(max_attempts: RangeInclusive<u32>) -> impl Strategy<Value = S
     let min_shard_s = prop_oneof![Just(default.min_shard_s), seconds_in_tenths(1..=80)];
     let min_shard_overheads = prop_oneof![Just(default.min_shard_overheads), Just(0.0), Just(5.0)];
     let tail_fraction = prop_oneof![Just(default.tail_fraction), Just(0.0), Just(0.5)];
-    (min_shard_s, min_shard_overheads, tail_fraction, max_attempts).prop_map(
-        move |(min_shard_s, min_shard_overheads, tail_fraction, max_attempts)| SchedulerConfig {
+    (min_shard_s, min_shard_overheads, tail_fraction, max_attempts, 0u32..=2).prop_map(
+        move |(min_shard_s, min_shard_overheads, tail_fraction, max_attempts, retries)| SchedulerConfig {
             lease_timeout_s: LEASE_TIMEOUT_S,
             min_shard_s,
             min_shard_overheads,
             tail_fraction,
             max_attempts,
+            retries,
             ..default.clone()
         },
     )
@@ -253,7 +254,7 @@ fn plan_of(tests: &[TestCase], shard_overhead_s: f64) -> BuildPlan {
 /// How the scheduler answered a report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
-    Accepted { attempt: u32 },
+    Accepted { attempt: u32, retry: bool },
     Duplicate,
     Stale,
 }
@@ -358,6 +359,8 @@ struct Farm<'a> {
     leases_seen: Vec<LeaseId>,
     build_finished: bool,
     log: Vec<Logged>,
+    /// Workers benched by the scheduler, until when.
+    benched_until: HashMap<WorkerId, f64>,
 }
 
 impl<'a> Farm<'a> {
@@ -369,6 +372,7 @@ impl<'a> Farm<'a> {
             scheduler: Scheduler::new(scenario.config.clone()),
             workers: vec![WorkerPhase::Idle; scenario.n_workers],
             choices: Choices { bytes: &scenario.choice_bytes, used: 0 },
+            benched_until: HashMap::new(),
             now: 0.0,
             leases_seen: Vec::new(),
             build_finished: false,
@@ -406,7 +410,9 @@ impl<'a> Farm<'a> {
                 }
             }
         }
-        if some_lease_is_out {
+        // A benched worker asks again once its time is up, as a real one polls.
+        let some_worker_is_benched = self.benched_until.values().any(|&until| until > self.now);
+        if some_lease_is_out || some_worker_is_benched {
             actions.push(Action::LetTimePass);
         }
         actions
@@ -514,6 +520,15 @@ impl<'a> Farm<'a> {
         }
         let decisions = self.scheduler.tick(self.now);
         self.record(decisions);
+        let now = self.now;
+        let rested: Vec<WorkerId> =
+            self.benched_until.iter().filter(|&(_, &until)| until <= now).map(|(&worker, _)| worker).collect();
+        for worker in rested {
+            self.benched_until.remove(&worker);
+            if let Some(phase @ WorkerPhase::WaitingForWork) = self.workers.get_mut(worker.0 as usize) {
+                *phase = WorkerPhase::Idle;
+            }
+        }
     }
 
     fn report(&mut self, worker: WorkerId, lease: LeaseId, test: PlanIndex) {
@@ -523,7 +538,9 @@ impl<'a> Farm<'a> {
             .test_finished(lease, worker, &test_id(test), status, self.now)
             .unwrap_or_else(|error| panic!("{worker:?} reporting test {test} of its {lease:?} was refused: {error}"));
         let (answer, decisions) = match report {
-            Report::Accepted { attempt, decisions } => (Answer::Accepted { attempt }, decisions),
+            Report::Accepted { attempt, outcome, decisions } => {
+                (Answer::Accepted { attempt, retry: outcome == Outcome::Retry }, decisions)
+            }
             Report::Duplicate => (Answer::Duplicate, Vec::new()),
             Report::Stale => (Answer::Stale, Vec::new()),
         };
@@ -559,6 +576,9 @@ impl<'a> Farm<'a> {
                     }
                 }
                 Decision::BuildFinished { .. } => self.build_finished = true,
+                Decision::WorkerBenched { worker, until } => {
+                    self.benched_until.insert(worker, until);
+                }
                 _ => {}
             }
             self.log.push(Logged::Decided(decision));
@@ -650,11 +670,16 @@ struct Ledger<'a> {
     /// (lease, test) pairs whose report was accepted.
     accepted_reports: HashSet<(LeaseId, PlanIndex)>,
     verdicts: Vec<(BuildId, Verdict)>,
+    /// Failed attempts of each test that were retried.
+    failures: Vec<u32>,
+    retries: u32,
 }
 
 impl<'a> Ledger<'a> {
-    fn new(plan: &'a BuildPlan) -> Ledger<'a> {
+    fn new(plan: &'a BuildPlan, retries: u32) -> Ledger<'a> {
         Ledger {
+            failures: vec![0; plan.len()],
+            retries,
             plan,
             final_results: vec![Vec::new(); plan.len()],
             grants_of_test: vec![0; plan.len()],
@@ -675,8 +700,12 @@ impl<'a> Ledger<'a> {
                 self.leases_seen.insert(grant.lease);
                 self.active_leases.insert(grant.lease, grant.clone());
             }
-            Logged::Reported { lease, test, status, answer: Answer::Accepted { .. } } => {
-                self.final_results[*test].push(FinalResult::Reported(*status));
+            Logged::Reported { lease, test, status, answer: Answer::Accepted { retry, .. } } => {
+                if *retry {
+                    self.failures[*test] += 1;
+                } else {
+                    self.final_results[*test].push(FinalResult::Reported(*status));
+                }
                 self.accepted_reports.insert((*lease, *test));
             }
             Logged::Reported { .. } | Logged::HeartbeatAnswered { .. } => {}
@@ -700,7 +729,7 @@ impl<'a> Ledger<'a> {
                 self.active_leases.remove(lease);
             }
             Decision::BuildFinished { build, verdict } => self.verdicts.push((*build, verdict.clone())),
-            Decision::WorkAvailable => {}
+            Decision::WorkAvailable | Decision::Retrying { .. } | Decision::WorkerBenched { .. } => {}
         }
     }
 
@@ -712,8 +741,12 @@ impl<'a> Ledger<'a> {
         self.final_results[test].first().is_some_and(|result| result.status() == TestStatus::Passed)
     }
 
+    /// Held: in an active lease that has not reported it (a failure reported and retried
+    /// leaves its lease).
     fn is_held_by_an_active_lease(&self, test: PlanIndex) -> bool {
-        self.active_leases.values().any(|grant| grant.tests.contains(&test))
+        self.active_leases
+            .values()
+            .any(|grant| grant.tests.contains(&test) && !self.accepted_reports.contains(&(grant.lease, test)))
     }
 
     fn build_finished(&self) -> bool {
@@ -757,13 +790,16 @@ impl<'a> Ledger<'a> {
     }
 
     /// The answer a report deserves, given everything said before it.
-    fn expected_answer(&self, lease: LeaseId, test: PlanIndex) -> Answer {
+    fn expected_answer(&self, lease: LeaseId, test: PlanIndex, status: TestStatus) -> Answer {
         if self.build_finished() {
             Answer::Stale
         } else if self.accepted_reports.contains(&(lease, test)) {
             Answer::Duplicate
         } else if self.is_live(lease) && !self.is_settled(test) {
-            Answer::Accepted { attempt: self.grants_of_test[test] }
+            Answer::Accepted {
+                attempt: self.grants_of_test[test],
+                retry: status.is_failure() && self.failures[test] < self.retries,
+            }
         } else {
             Answer::Stale
         }
@@ -776,7 +812,7 @@ impl<'a> Ledger<'a> {
 
 /// Property 1: one final result per test, one `BuildFinished`, the right verdict.
 fn check_one_final_result_per_test_and_the_verdict(run: &Run) -> Result<(), TestCaseError> {
-    let mut ledger = Ledger::new(&run.plan);
+    let mut ledger = Ledger::new(&run.plan, run.config.retries);
     for entry in &run.log {
         let finished_before = ledger.build_finished();
         let settlements_before = ledger.settlements();
@@ -801,11 +837,21 @@ fn check_one_final_result_per_test_and_the_verdict(run: &Run) -> Result<(), Test
         prop_assert_eq!(results.len(), 1, "test {} got these final results: {:?}", test, results);
     }
     prop_assert_eq!(ledger.verdicts.len(), 1, "verdicts: {:?}", ledger.verdicts);
-    let failed: Vec<String> = (0..run.plan.len())
-        .filter(|&test| ledger.final_results[test][0].status().is_failure())
-        .map(|test| run.plan.tests[test].id.clone())
-        .collect();
-    let expected_verdict = if failed.is_empty() { Verdict::Green } else { Verdict::Red { failed } };
+    let ids_where = |keep: &dyn Fn(&FinalResult) -> bool| -> Vec<String> {
+        (0..run.plan.len())
+            .filter(|&test| keep(&ledger.final_results[test][0]))
+            .map(|test| run.plan.tests[test].id.clone())
+            .collect()
+    };
+    let failed = ids_where(&|result| matches!(result, FinalResult::Reported(status) if status.is_failure()));
+    let gave_up = ids_where(&|result| *result == FinalResult::GaveUp);
+    let expected_verdict = if !failed.is_empty() {
+        Verdict::Red { failed }
+    } else if !gave_up.is_empty() {
+        Verdict::Error { gave_up }
+    } else {
+        Verdict::Green
+    };
     prop_assert_eq!(&ledger.verdicts[0], &(BUILD, expected_verdict));
     Ok(())
 }
@@ -813,7 +859,7 @@ fn check_one_final_result_per_test_and_the_verdict(run: &Run) -> Result<(), Test
 /// Property 2: leased only after every dependency passed; skipped, naming a dependency
 /// that did not pass, otherwise.
 fn check_dependency_order_and_skips(run: &Run) -> Result<(), TestCaseError> {
-    let mut ledger = Ledger::new(&run.plan);
+    let mut ledger = Ledger::new(&run.plan, run.config.retries);
     for entry in &run.log {
         match entry {
             Logged::Granted { grant, .. } => {
@@ -862,7 +908,7 @@ fn check_dependency_order_and_skips(run: &Run) -> Result<(), TestCaseError> {
 /// Property 3: one active lease per worker; grants fresh and of ready tests only (the farm
 /// itself refuses an empty grant); heartbeats say whether the lease is still active.
 fn check_grants_and_leases(run: &Run) -> Result<(), TestCaseError> {
-    let mut ledger = Ledger::new(&run.plan);
+    let mut ledger = Ledger::new(&run.plan, run.config.retries);
     for entry in &run.log {
         match entry {
             Logged::Granted { now, grant, active_leases_of_worker } => {
@@ -903,7 +949,7 @@ fn check_grants_and_leases(run: &Run) -> Result<(), TestCaseError> {
 /// passed, or its lease ended without a result), the decisions answering that event include
 /// `WorkAvailable`, so that workers waiting for work ask again.
 fn check_work_available_is_announced_whenever_tests_become_ready(run: &Run) -> Result<(), TestCaseError> {
-    let mut ledger = Ledger::new(&run.plan);
+    let mut ledger = Ledger::new(&run.plan, run.config.retries);
     let mut ready_before_event = BTreeSet::new();
     let mut announced = false;
     let mut last_event = None;
@@ -935,17 +981,17 @@ fn check_work_available_is_announced_whenever_tests_become_ready(run: &Run) -> R
 /// `max_attempts` times and given up only after that many.
 fn check_reports_expiries_and_give_ups(run: &Run) -> Result<(), TestCaseError> {
     let max_attempts = run.config.max_attempts;
-    let mut ledger = Ledger::new(&run.plan);
+    let mut ledger = Ledger::new(&run.plan, run.config.retries);
     for entry in &run.log {
         match entry {
             Logged::Reported { lease, test, status, answer } => {
-                let expected = ledger.expected_answer(*lease, *test);
+                let expected = ledger.expected_answer(*lease, *test, *status);
                 prop_assert_eq!(*answer, expected, "report of test {} ({:?}) from {:?}", test, status, lease);
             }
             Logged::Granted { grant, .. } => {
                 for &test in &grant.tests {
                     prop_assert!(
-                        ledger.grants_of_test[test] < max_attempts,
+                        ledger.grants_of_test[test] - ledger.failures[test] < max_attempts,
                         "test {} leased again in {:?} after {} attempts",
                         test,
                         grant.lease,
@@ -955,7 +1001,12 @@ fn check_reports_expiries_and_give_ups(run: &Run) -> Result<(), TestCaseError> {
             }
             Logged::Decided(Decision::GaveUp { test, .. }) => {
                 prop_assert!(!ledger.is_settled(*test), "test {} given up after it was settled", test);
-                prop_assert_eq!(ledger.grants_of_test[*test], max_attempts, "test {} given up too early", test);
+                prop_assert_eq!(
+                    ledger.grants_of_test[*test] - ledger.failures[*test],
+                    max_attempts,
+                    "test {} given up too early",
+                    test
+                );
             }
             Logged::Decided(Decision::LeaseExpired { lease, worker, requeued }) => {
                 prop_assert!(ledger.silent_leases.contains(lease), "{:?} expired though its worker heartbeats", lease);
@@ -968,7 +1019,11 @@ fn check_reports_expiries_and_give_ups(run: &Run) -> Result<(), TestCaseError> {
                 let back_in_queue = grant
                     .tests
                     .iter()
-                    .filter(|&&test| !ledger.is_settled(test) && ledger.grants_of_test[test] < max_attempts)
+                    .filter(|&&test| {
+                        !ledger.is_settled(test)
+                            && !ledger.accepted_reports.contains(&(*lease, test))
+                            && ledger.grants_of_test[test] - ledger.failures[test] < max_attempts
+                    })
                     .count();
                 prop_assert_eq!(*requeued, back_in_queue, "{:?} expired holding {:?}", lease, grant.tests);
             }
@@ -1161,7 +1216,7 @@ fn a_tick_expiring_two_leases_survives_the_first_expiry_finishing_the_build() {
     assert!(matches!(report, Ok(Report::Accepted { attempt: 1, .. })), "{report:?}");
     // One tick expires both: giving up test-0 finishes the build, retiring the second lease.
     let decisions = scheduler.tick(LEASE_TIMEOUT_S + 1.0);
-    let verdict = Verdict::Red { failed: vec![test_id(0)] };
+    let verdict = Verdict::Error { gave_up: vec![test_id(0)] };
     assert!(decisions.contains(&Decision::BuildFinished { build: BUILD, verdict }), "{decisions:?}");
 }
 

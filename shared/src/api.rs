@@ -291,12 +291,32 @@ pub struct TestCounts {
     pub skipped: u32,
     /// Errored or never reported.
     pub error: u32,
+    /// Passed only on a retry after failing (not counted in `passed`).
+    #[serde(default)]
+    pub flaky: u32,
+    /// Failed or errored while quarantined: reported, not counted against the build.
+    #[serde(default)]
+    pub quarantined: u32,
 }
 
 impl TestCounts {
     /// Tests with a final result.
     pub fn done(&self) -> u32 {
-        self.passed + self.failed + self.skipped + self.error
+        self.passed + self.failed + self.skipped + self.error + self.flaky + self.quarantined
+    }
+
+    /// Adds one stored result: a failure to be retried counts nothing yet.
+    pub fn add_result(&mut self, result: &TestResultView) {
+        if result.retried {
+            return;
+        }
+        if result.flaky {
+            self.flaky += 1;
+        } else if result.quarantined && result.status.is_failure() {
+            self.quarantined += 1;
+        } else {
+            self.add(result.status);
+        }
     }
 
     /// Adds one outcome.
@@ -334,6 +354,9 @@ pub struct BuildSummary {
     pub counts: TestCounts,
     /// Ids of failed or errored tests (first 100).
     pub failed_tests: Vec<String>,
+    /// Ids of tests that passed only on a retry (first 100).
+    #[serde(default)]
+    pub flaky_tests: Vec<String>,
     /// Why the build is in `error`, if it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -425,6 +448,10 @@ pub struct GateView {
     /// Why the gate is closed when no test failed (a build that could not run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// A later build ended in error (infrastructure, not a test): the gate still rests on
+    /// `build_id`, and says why the newer one gave no verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
     /// A commit message containing this marks a fix, let through a closed gate.
     pub fix_marker: String,
 }
@@ -493,6 +520,23 @@ pub struct TestResultView {
     /// The worker that ran it, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
+    /// A failure that was run again: not the test's result.
+    #[serde(default)]
+    pub retried: bool,
+    /// Passed on a retry after failing.
+    #[serde(default)]
+    pub flaky: bool,
+    /// The test was quarantined: its failure does not count against the build.
+    #[serde(default)]
+    pub quarantined: bool,
+}
+
+impl TestResultView {
+    /// Whether this result makes its build red: a final, real failure of a test not
+    /// quarantined.
+    pub fn counts_as_failure(&self) -> bool {
+        self.status.is_failure() && !self.retried && !self.quarantined
+    }
 }
 
 /// `GET /api/v1/builds/{build_id}/tests`.
@@ -518,6 +562,62 @@ pub struct WorkerView {
     pub lease_id: Option<u64>,
     /// Last time it was heard from (Unix seconds).
     pub last_seen: f64,
+    /// Taken out of rotation until then, for losing shards to infrastructure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub benched_until: Option<f64>,
+}
+
+/// A test kept out of the gate: it runs and is reported, its failures do not count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuarantineEntry {
+    /// The test id.
+    pub test_id: String,
+    /// Why.
+    pub reason: String,
+    /// Who: `auto` (flake rate over the threshold) or `admin`.
+    pub by: String,
+    /// Since when (Unix seconds).
+    pub since: f64,
+    /// Until when (Unix seconds); after it the test counts again.
+    pub expires_at: f64,
+}
+
+/// `POST /api/v1/admin/quarantine`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantineRequest {
+    /// The test id.
+    pub test_id: String,
+    /// Why (required: a quarantine without a reason is forgotten).
+    pub reason: String,
+    /// How long, in seconds (default a week).
+    #[serde(default)]
+    pub expires_in_s: Option<f64>,
+}
+
+/// `POST /api/v1/admin/unquarantine`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnquarantineRequest {
+    /// The test id.
+    pub test_id: String,
+}
+
+/// A test's flakiness over its recent runs, for `GET /api/v1/flaky`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlakeStats {
+    /// The test id.
+    pub test_id: String,
+    /// Runs counted (the most recent ones, at most 50).
+    pub runs: u32,
+    /// Of those, how many passed only on a retry.
+    pub flaky: u32,
+    /// `flaky / runs`.
+    pub flake_rate: f64,
+    /// When it last flaked (Unix seconds).
+    pub last_flaky_at: Option<f64>,
+    /// Whether it is quarantined now.
+    pub quarantined: bool,
 }
 
 /// The JSON body of every error answer.
