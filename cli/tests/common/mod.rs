@@ -65,6 +65,8 @@ pub struct FarmOptions {
     pub suite_toml: String,
     /// Tables appended to the configuration (`[push]`, `[gate]`).
     pub extra_toml: String,
+    /// Top-level keys (`admin_token = "..."`).
+    pub top_toml: String,
 }
 
 impl Default for FarmOptions {
@@ -77,6 +79,7 @@ impl Default for FarmOptions {
             poll_interval_s: 0.2,
             suite_toml: "file = \"greenlight-suite.json\"".to_owned(),
             extra_toml: String::new(),
+            top_toml: String::new(),
         }
     }
 }
@@ -111,6 +114,7 @@ impl Farm {
 listen = "127.0.0.1:0"
 worker_token = "{TOKEN}"
 max_body_bytes = {max_body}
+{top}
 
 [repository]
 url = {repo:?}
@@ -138,6 +142,7 @@ heartbeat_interval_s = {heartbeat}
                 poll = options.poll_interval_s,
                 suite_toml = options.suite_toml,
                 extra = options.extra_toml,
+                top = options.top_toml,
             ),
         )
         .unwrap();
@@ -177,6 +182,28 @@ heartbeat_interval_s = {heartbeat}
         let response = self.http.get(format!("{}{path}", self.url)).send().expect("the master answers");
         assert!(response.status().is_success(), "GET {path}: {}", response.status());
         response.json().expect("a JSON body")
+    }
+
+    /// POSTs JSON with an optional bearer token; (status, JSON body).
+    pub fn post(&self, path: &str, body: &serde_json::Value, token: Option<&str>) -> (u16, serde_json::Value) {
+        let mut request = self.http.post(format!("{}{path}", self.url)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().expect("the master answers");
+        let status = response.status().as_u16();
+        (status, response.json().unwrap_or(serde_json::Value::Null))
+    }
+
+    /// GETs with an optional bearer token; (status, JSON body).
+    pub fn get_with(&self, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+        let mut request = self.http.get(format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().expect("the master answers");
+        let status = response.status().as_u16();
+        (status, response.json().unwrap_or(serde_json::Value::Null))
     }
 
     pub fn builds(&self) -> Vec<BuildSummary> {
