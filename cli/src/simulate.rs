@@ -40,14 +40,7 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     let history = match &args.history {
         Some(path) => {
             let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let history: HistoryFile = serde_json::from_slice(&bytes).with_context(|| {
-                format!("{} is not a history file ({{\"durations_s\": {{\"<test id>\": seconds}}}})", path.display())
-            })?;
-            if let Some((id, value)) =
-                history.durations_s.iter().find(|(_, value)| !(value.is_finite() && **value >= 0.0))
-            {
-                anyhow::bail!("{}: duration of {id:?} is {value}, expected a finite number >= 0", path.display());
-            }
+            let history = HistoryFile::from_json(&bytes).with_context(|| path.display().to_string())?;
             Some(history)
         }
         None => None,

@@ -61,3 +61,31 @@ pub struct HistoryFile {
     /// Observed seconds per test id.
     pub durations_s: std::collections::BTreeMap<String, f64>,
 }
+
+/// Why a history file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryFileError {
+    /// The bytes are not a history file.
+    #[error("this is not a history file ({{\"durations_s\": {{\"<test id>\": seconds}}}}): {0}")]
+    Json(#[from] serde_json::Error),
+    /// A duration is negative or not a number.
+    #[error("duration of {id:?} is {value}, expected a finite number >= 0")]
+    BadDuration {
+        /// The test id.
+        id: String,
+        /// The value given.
+        value: f64,
+    },
+}
+
+impl HistoryFile {
+    /// Parses and checks a history file from JSON bytes.
+    pub fn from_json(bytes: &[u8]) -> Result<HistoryFile, HistoryFileError> {
+        let history: HistoryFile = serde_json::from_slice(bytes)?;
+        if let Some((id, &value)) = history.durations_s.iter().find(|(_, value)| !(value.is_finite() && **value >= 0.0))
+        {
+            return Err(HistoryFileError::BadDuration { id: id.clone(), value });
+        }
+        Ok(history)
+    }
+}
