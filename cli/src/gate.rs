@@ -25,10 +25,17 @@ pub struct GateArgs {
     /// Seconds between looks while waiting.
     #[arg(long, default_value_t = 5.0)]
     poll_interval: f64,
+    /// The master's `read_token`, when it sets one.
+    #[arg(long, env = "GREENLIGHT_READ_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
-async fn ask(http: &reqwest::Client, url: &str) -> Result<GateView, String> {
-    let response = http.get(url).timeout(Duration::from_secs(10)).send().await.map_err(|error| error.to_string())?;
+async fn ask(http: &reqwest::Client, url: &str, token: Option<&str>) -> Result<GateView, String> {
+    let mut request = http.get(url).timeout(Duration::from_secs(10));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.map_err(|error| error.to_string())?;
     let status = response.status();
     let body = response.text().await.map_err(|error| error.to_string())?;
     if !status.is_success() {
@@ -91,7 +98,7 @@ pub async fn run(args: &GateArgs) -> i32 {
     let http = reqwest::Client::new();
     let mut said_waiting = false;
     loop {
-        let gate = match ask(&http, &url).await {
+        let gate = match ask(&http, &url, args.token.as_deref()).await {
             Ok(gate) => gate,
             Err(error) => {
                 eprintln!("greenlight gate: cannot ask the master at {master}: {error}");

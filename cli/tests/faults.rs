@@ -143,6 +143,8 @@ fn worker_admin_and_read_calls_without_or_with_a_wrong_token_are_refused() {
     assert_eq!(farm.get_with("/api/v1/builds", Some("guess")).0, 403);
     assert_eq!(farm.get_with("/api/v1/builds", Some("reader")).0, 200);
     assert_eq!(farm.get_with("/api/v1/gate?token=reader", None).0, 200);
+    assert_eq!(farm.gate_command(&[]).0, 2, "without the read token the hook cannot ask");
+    assert_eq!(farm.gate_command(&["--token", "reader"]).0, 0);
     // The tokens never reach the log.
     let log = std::fs::read_to_string(farm.dir().join("master.log")).unwrap();
     for secret in [ADMIN, TOKEN, "reader"] {
