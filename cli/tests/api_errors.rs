@@ -66,6 +66,29 @@ fn bad_requests_are_refused_with_a_named_problem_and_nothing_is_lost() {
         "malformed_json",
     );
 
+    // Out-of-range numbers, in bodies, paths and queries.
+    expect_error(post("/api/v1/leases/1/heartbeat").json(&json!({"worker_id": -1})), 422, "invalid_body");
+    expect_error(
+        post("/api/v1/leases/1/heartbeat")
+            .header("content-type", "application/json")
+            .body("{\"worker_id\": 18446744073709551616}"),
+        422,
+        "invalid_body",
+    );
+    expect_error(
+        post("/api/v1/workers/1/lease").header("content-type", "application/json").body("{\"wait_s\": 1e999}"),
+        400,
+        "malformed_json",
+    );
+    expect_error(
+        post("/api/v1/leases/18446744073709551616/heartbeat").json(&json!({"worker_id": 1})),
+        400,
+        "invalid_path",
+    );
+    expect_error(post("/api/v1/workers/-3/lease").json(&json!({"wait_s": 0})), 400, "invalid_path");
+    expect_error(http.get(url("/api/v1/builds/abc")), 400, "invalid_path");
+    expect_error(http.get(url("/api/v1/builds?limit=-5")), 400, "invalid_query");
+
     // Unknown ids.
     expect_error(post("/api/v1/workers/999/lease").json(&json!({"wait_s": 0})), 404, "unknown_worker");
     expect_error(post("/api/v1/leases/999/heartbeat").json(&json!({"worker_id": 1})), 404, "unknown_worker");

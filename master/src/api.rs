@@ -106,6 +106,34 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// A path parameter whose rejection is an [`ApiError`] (`invalid_path`) naming the problem.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> axum::extract::FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", rejection.body_text())),
+        }
+    }
+}
+
+/// A query string whose rejection is an [`ApiError`] (`invalid_query`) naming the problem.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(ApiQuery(value)),
+            Err(rejection) => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", rejection.body_text())),
+        }
+    }
+}
+
 /// Compares two byte strings in time independent of where they differ.
 fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
     let mut difference = left.len() ^ right.len();
@@ -207,7 +235,7 @@ pub fn router(state: AppState) -> Router {
 
 async fn cancel_build(
     State(state): State<AppState>,
-    Path(build_id): Path<u64>,
+    ApiPath(build_id): ApiPath<u64>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     check_admin_token(&state, &headers)?;
@@ -281,7 +309,7 @@ async fn register(
 #[tracing::instrument(skip_all, fields(worker_id))]
 async fn lease(
     State(state): State<AppState>,
-    Path(worker_id): Path<u64>,
+    ApiPath(worker_id): ApiPath<u64>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<LeaseRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -306,7 +334,7 @@ async fn lease(
 #[tracing::instrument(skip_all, fields(lease_id))]
 async fn heartbeat(
     State(state): State<AppState>,
-    Path(lease_id): Path<u64>,
+    ApiPath(lease_id): ApiPath<u64>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<HeartbeatRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -318,7 +346,7 @@ async fn heartbeat(
 #[tracing::instrument(skip_all, fields(lease_id, n_results = request.results.len()))]
 async fn results(
     State(state): State<AppState>,
-    Path(lease_id): Path<u64>,
+    ApiPath(lease_id): ApiPath<u64>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<ResultsRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -335,7 +363,7 @@ async fn results(
 #[tracing::instrument(skip_all, fields(lease_id))]
 async fn finish(
     State(state): State<AppState>,
-    Path(lease_id): Path<u64>,
+    ApiPath(lease_id): ApiPath<u64>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<FinishRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -374,19 +402,28 @@ fn default_limit() -> usize {
     50
 }
 
-async fn changes(State(state): State<AppState>, Query(limit): Query<Limit>) -> Result<impl IntoResponse, ApiError> {
+async fn changes(
+    State(state): State<AppState>,
+    ApiQuery(limit): ApiQuery<Limit>,
+) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(state.farm.changes(limit.limit.min(1000))?))
 }
 
-async fn builds(State(state): State<AppState>, Query(limit): Query<Limit>) -> Result<impl IntoResponse, ApiError> {
+async fn builds(
+    State(state): State<AppState>,
+    ApiQuery(limit): ApiQuery<Limit>,
+) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(state.farm.builds(limit.limit.min(1000))?))
 }
 
-async fn build(State(state): State<AppState>, Path(build_id): Path<u64>) -> Result<impl IntoResponse, ApiError> {
+async fn build(State(state): State<AppState>, ApiPath(build_id): ApiPath<u64>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(state.farm.build_detail(build_id)?))
 }
 
-async fn build_tests(State(state): State<AppState>, Path(build_id): Path<u64>) -> Result<impl IntoResponse, ApiError> {
+async fn build_tests(
+    State(state): State<AppState>,
+    ApiPath(build_id): ApiPath<u64>,
+) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(state.farm.build_tests(build_id)?))
 }
 
@@ -396,7 +433,10 @@ struct BranchQuery {
     branch: Option<String>,
 }
 
-async fn gate(State(state): State<AppState>, Query(query): Query<BranchQuery>) -> Result<impl IntoResponse, ApiError> {
+async fn gate(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<BranchQuery>,
+) -> Result<impl IntoResponse, ApiError> {
     let watched = &state.farm.config().repository.branch;
     let branch = query.branch.unwrap_or_else(|| watched.clone());
     state.farm.gate(&branch).map(Json).ok_or_else(|| {
