@@ -291,6 +291,9 @@ pub struct TestCounts {
     pub skipped: u32,
     /// Errored or never reported.
     pub error: u32,
+    /// Passed only on a retry (flaky); also counted in `passed`.
+    #[serde(default)]
+    pub flaky: u32,
 }
 
 impl TestCounts {
@@ -334,6 +337,9 @@ pub struct BuildSummary {
     pub counts: TestCounts,
     /// Ids of failed or errored tests (first 100).
     pub failed_tests: Vec<String>,
+    /// Ids of tests that failed and then passed on a retry (flaky).
+    #[serde(default)]
+    pub flaky_tests: Vec<String>,
     /// Why the build is in `error`, if it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -465,6 +471,13 @@ pub struct ShardView {
     pub finished_at: Option<f64>,
     /// `running`, `finished`, `expired` or `infra_error`.
     pub state: String,
+    /// Outcomes of its tests reported so far.
+    #[serde(default)]
+    pub counts: TestCounts,
+    /// The test ids it holds, in running order. Sent by `GET /api/v1/builds/{id}` and
+    /// `GET /api/v1/builds/{id}/shards/{lease_id}`; left out of the event stream.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub test_ids: Vec<String>,
 }
 
 /// A build with its shards, for `GET /api/v1/builds/{build_id}`.
@@ -493,6 +506,12 @@ pub struct TestResultView {
     /// The worker that ran it, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
+    /// The lease (shard) it ran in, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<u64>,
+    /// Whether it passed only on a retry.
+    #[serde(default)]
+    pub flaky: bool,
 }
 
 /// `GET /api/v1/builds/{build_id}/tests`.
@@ -518,6 +537,12 @@ pub struct WorkerView {
     pub lease_id: Option<u64>,
     /// Last time it was heard from (Unix seconds).
     pub last_seen: f64,
+    /// The build of the lease it holds, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<u64>,
+    /// Whether it has been silent longer than the lease timeout (its shard is taken back).
+    #[serde(default)]
+    pub lost: bool,
 }
 
 /// The JSON body of every error answer.
@@ -553,4 +578,56 @@ pub struct ShardEvent {
     pub build_id: u64,
     /// The shard.
     pub shard: ShardView,
+}
+
+/// `GET /api/v1/tests?id=TEST_ID`: one test across recent builds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestHistory {
+    /// Wire version.
+    #[serde(default = "api_version")]
+    pub version: u32,
+    /// The test id.
+    pub test_id: String,
+    /// Its tags, from the suite at the newest build's revision (empty if not found).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The ids it depends on, from the same suite.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    /// The tests of that suite that depend on it.
+    #[serde(default)]
+    pub dependants: Vec<String>,
+    /// Its recent measured durations (seconds, oldest first), as the estimates use them.
+    #[serde(default)]
+    pub recent_durations_s: Vec<f64>,
+    /// Its outcome in each recent build that ran it, newest build first.
+    pub runs: Vec<TestRun>,
+    /// Builds in `runs` where it was flaky (failed, then passed on a retry), over builds
+    /// in `runs`; 0 when it never ran.
+    pub flake_rate: f64,
+}
+
+/// A test's outcome in one build, for [`TestHistory`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestRun {
+    /// The build.
+    pub build_id: u64,
+    /// Its revision.
+    pub revision: String,
+    /// When the build was queued (Unix seconds).
+    pub created_at: f64,
+    /// The final outcome (of the last attempt).
+    pub status: TestStatus,
+    /// Seconds the last attempt took.
+    pub duration_s: f64,
+    /// Attempts stored.
+    pub attempts: u32,
+    /// Whether it failed and then passed on a retry.
+    pub flaky: bool,
+    /// The worker of the last attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// Output of the last failing attempt, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
 }
