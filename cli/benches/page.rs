@@ -151,13 +151,18 @@ fn main() {
 
     let browser = Browser::start(1366, 768);
     browser.goto(&format!("{}/#/", farm.url));
-    browser.wait_for("the page loaded", Duration::from_secs(30), "return window.greenlight && greenlight.renders > 0;");
+    browser.wait_for(
+        "the page loaded",
+        Duration::from_secs(30),
+        "return window.greenlight && greenlight.firstDataRenderAt;",
+    );
     browser.eval(PROBE);
     let paint = browser.eval(
         "const p = name => (performance.getEntriesByName(name)[0] || {}).startTime;
          const nav = performance.getEntriesByType('navigation')[0];
          return {first_paint: p('first-paint'), first_contentful_paint: p('first-contentful-paint'),
-                 dom_content_loaded: nav.domContentLoadedEventEnd, load: nav.loadEventEnd};",
+                 dom_content_loaded: nav.domContentLoadedEventEnd, load: nav.loadEventEnd,
+                 waterfall_with_data: greenlight.firstDataRenderAt};",
     );
     println!("load of the waterfall (build queued): {paint}");
 
@@ -221,7 +226,10 @@ fn main() {
         "build: {} tests, {} shards, {:?}, streamed for {streamed_s:.0} s",
         finished.counts.total, finished.shards, finished.state
     );
-    println!("first paint / first contentful paint: {} / {} ms", paint["first_paint"], paint["first_contentful_paint"]);
+    println!(
+        "first paint / first contentful paint / waterfall with data: {} / {} / {} ms",
+        paint["first_paint"], paint["first_contentful_paint"], paint["waterfall_with_data"]
+    );
     println!("while streaming: {during}");
     println!("build page: shown {build_page_ms:.0} ms after navigation (polled every 100 ms); {build_page}");
 }
