@@ -7,7 +7,9 @@
 mod common;
 
 use common::{Farm, FarmOptions, TOKEN, test};
-use greenlight_shared::api::{ErrorBody, Lease, LeaseResponse, RegisterResponse, ResultsResponse};
+use greenlight_shared::api::{
+    ErrorBody, Lease, LeaseResponse, RegisterResponse, ResultsResponse, ShardView, TestHistory, TestStatus,
+};
 use greenlight_shared::suite::SuiteFile;
 use reqwest::blocking::{Client, RequestBuilder};
 use serde_json::json;
@@ -148,4 +150,17 @@ fn bad_requests_are_refused_with_a_named_problem_and_nothing_is_lost() {
     assert_eq!(results.len(), 1);
     assert_eq!(results[0].test_id, lease.tests[0]);
     assert_eq!(build.counts.done(), 1);
+
+    // The page's read endpoints: the shard knows its tests and counts, the result its
+    // lease, the test its history; unknown or missing ids are named.
+    let shard: ShardView = farm.get(&format!("/api/v1/builds/{}/shards/{}", build.build_id, lease.lease_id));
+    assert_eq!(shard.test_ids, lease.tests);
+    assert_eq!((shard.counts.passed, shard.state.as_str()), (1, "running"));
+    assert!(farm.build(build.build_id).shards.iter().all(|shard| shard.test_ids.is_empty()), "ids only on request");
+    assert_eq!(results[0].lease_id, Some(lease.lease_id));
+    let history: TestHistory = farm.get(&format!("/api/v1/tests?id={}", lease.tests[0].replace(':', "%3A")));
+    assert_eq!((history.runs.len(), history.runs[0].status), (1, TestStatus::Passed));
+    assert_eq!(history.tags, vec!["a".to_owned()]);
+    expect_error(http.get(url(&format!("/api/v1/builds/{}/shards/999", build.build_id))), 404, "unknown_shard");
+    expect_error(http.get(url("/api/v1/tests")), 422, "invalid_test_id");
 }

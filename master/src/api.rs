@@ -208,6 +208,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/builds", get(builds))
         .route("/api/v1/builds/{build_id}", get(build))
         .route("/api/v1/builds/{build_id}/tests", get(build_tests))
+        .route("/api/v1/builds/{build_id}/shards/{lease_id}", get(shard))
+        .route("/api/v1/tests", get(test_history))
         .route("/api/v1/workers", get(workers))
         .route("/api/v1/gate", get(gate))
         .route("/api/v1/pushes", get(pushes))
@@ -416,8 +418,50 @@ async fn builds(
     Ok(Json(state.farm.builds(limit.limit.min(1000))?))
 }
 
-async fn build(State(state): State<AppState>, ApiPath(build_id): ApiPath<u64>) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(state.farm.build_detail(build_id)?))
+/// `?test_ids=true` asks for every shard's test ids.
+#[derive(Debug, Deserialize)]
+struct DetailQuery {
+    #[serde(default)]
+    test_ids: bool,
+}
+
+async fn build(
+    State(state): State<AppState>,
+    ApiPath(build_id): ApiPath<u64>,
+    ApiQuery(query): ApiQuery<DetailQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(state.farm.build_detail(build_id, query.test_ids)?))
+}
+
+async fn shard(
+    State(state): State<AppState>,
+    ApiPath((build_id, lease_id)): ApiPath<(u64, u64)>,
+) -> Result<impl IntoResponse, ApiError> {
+    state.farm.shard(build_id, lease_id)?.map(Json).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "unknown_shard", format!("build {build_id} has no shard {lease_id}"))
+    })
+}
+
+/// `?id=TEST_ID&builds=N` for a test's history (test ids hold `/`, `::` and brackets, so
+/// they travel percent-encoded in the query, not in the path).
+#[derive(Debug, Deserialize)]
+struct TestQuery {
+    #[serde(default)]
+    id: String,
+    #[serde(default = "default_limit")]
+    builds: usize,
+}
+
+async fn test_history(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<TestQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    if query.id.is_empty() {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_test_id", "a test id is not empty"));
+    }
+    let farm = Arc::clone(&state.farm);
+    let n_builds = query.builds.clamp(1, 200);
+    Ok(Json(crate::farm::blocking(move || farm.test_history(&query.id, n_builds)).await??))
 }
 
 async fn build_tests(

@@ -18,7 +18,7 @@ use greenlight_scheduler::suite::{Suite, SuiteError};
 use greenlight_shared::api::{
     BuildDetail, BuildKind, BuildState, BuildSummary, BuildTests, ChangeView, FarmEvent, FlakeStats, GateView, Lease,
     MissedByTags, PushView, QuarantineEntry, RegisterResponse, ResultsResponse, ShardEvent, ShardOutcome, ShardView,
-    TestCounts, TestReport, TestResultView, TestStatus, WorkerView,
+    TestCounts, TestHistory, TestReport, TestResultView, TestRun, TestStatus, WorkerView,
 };
 use greenlight_shared::git::GitError;
 use greenlight_shared::suite::{SuiteFile, SuiteFileError};
@@ -401,6 +401,8 @@ impl Farm {
             started_at: now,
             finished_at: None,
             state: "running".to_owned(),
+            counts: TestCounts { total: tests.len() as u32, ..TestCounts::default() },
+            test_ids: tests.clone(),
         };
         self.put_shard(grant.build.0, &shard)?;
         self.put_build(&live.summary)?;
@@ -494,6 +496,7 @@ impl Farm {
                         retried: outcome == Outcome::Retry,
                         flaky: outcome == Outcome::Final { flaky: true },
                         quarantined: self.quarantined(&result.test_id)?,
+                        lease_id: Some(lease_id),
                     };
                     self.record_result(core, build_id, &stored)?;
                     if matches!(result.status, TestStatus::Passed | TestStatus::Failed) && stored.duration_s > 0.0 {
@@ -573,6 +576,11 @@ impl Farm {
                 live.summary.flaky_tests.push(result.test_id.clone());
             }
             self.publish(FarmEvent::Build(live.summary.clone()));
+            // The shard's counts live in memory while it runs; they are stored when it ends.
+            if let Some(shard) = result.lease_id.and_then(|lease_id| live.shards.get_mut(&lease_id)) {
+                shard.counts.add_result(result);
+                self.publish(FarmEvent::Shard(ShardEvent { build_id, shard: without_test_ids(shard) }));
+            }
             let regular = live.summary.kind == BuildKind::Regular;
             if regular && !result.retried && result.worker.is_some() {
                 self.count_run(&result.test_id, result.flaky)?;
@@ -611,7 +619,7 @@ impl Farm {
 
     fn put_shard(&self, build_id: u64, shard: &ShardView) -> Result<(), FarmError> {
         self.store.put_shard(build_id, shard)?;
-        self.publish(FarmEvent::Shard(ShardEvent { build_id, shard: shard.clone() }));
+        self.publish(FarmEvent::Shard(ShardEvent { build_id, shard: without_test_ids(shard) }));
         Ok(())
     }
 
@@ -1108,11 +1116,16 @@ impl Farm {
 
     /// The suite at `revision`, validated.
     fn suite_at(&self, revision: &str) -> Result<Suite, PlanError> {
+        Ok(Suite::new(self.suite_file_at(revision)?)?)
+    }
+
+    /// The suite file at `revision`, as read (not validated).
+    fn suite_file_at(&self, revision: &str) -> Result<SuiteFile, PlanError> {
         let bytes = match &self.config.suite.file {
             Some(path) => self.mirror.read_file(revision, path)?,
             None => self.list_suite(revision)?,
         };
-        Ok(Suite::new(SuiteFile::from_json(&bytes)?)?)
+        Ok(SuiteFile::from_json(&bytes)?)
     }
 
     /// A plan re-running `tests` (those the suite has at `revision`) with their dependencies.
@@ -1342,14 +1355,74 @@ impl Farm {
         Ok(builds)
     }
 
-    /// A build with its shards.
-    pub fn build_detail(&self, build_id: u64) -> Result<BuildDetail, FarmError> {
+    /// A build with its shards; their test ids only if `with_test_ids`.
+    pub fn build_detail(&self, build_id: u64, with_test_ids: bool) -> Result<BuildDetail, FarmError> {
         let build = self.build_summary(build_id)?;
-        let shards = match self.core().running.get(&build_id) {
+        let mut shards: Vec<ShardView> = match self.core().running.get(&build_id) {
             Some(live) => live.shards.values().cloned().collect(),
             None => self.store.shards(build_id)?,
         };
+        if !with_test_ids {
+            shards.iter_mut().for_each(|shard| shard.test_ids = Vec::new());
+        }
         Ok(BuildDetail { build, shards })
+    }
+
+    /// One shard of a build, with its test ids.
+    pub fn shard(&self, build_id: u64, lease_id: u64) -> Result<Option<ShardView>, FarmError> {
+        let shards = self.build_detail(build_id, true)?.shards;
+        Ok(shards.into_iter().find(|shard| shard.lease_id == lease_id))
+    }
+
+    /// One test across the newest `n_builds` builds: outcomes, durations, flake rate, and
+    /// its tags and dependencies from the suite at the newest of those builds' revisions.
+    /// Blocking (git).
+    pub fn test_history(&self, test_id: &str, n_builds: usize) -> Result<TestHistory, FarmError> {
+        let builds = self.builds(n_builds)?;
+        let mut runs = Vec::new();
+        for build in &builds {
+            let attempts = self.store.results_of_test(build.build_id, test_id)?;
+            let Some(last) = attempts.last() else { continue };
+            let failed_before = attempts.iter().rev().skip(1).any(|result| result.status.is_failure());
+            let flaky =
+                attempts.iter().any(|result| result.flaky) || (last.status == TestStatus::Passed && failed_before);
+            let output = attempts.iter().rev().find(|result| result.status.is_failure()).and_then(|r| r.output.clone());
+            runs.push(TestRun {
+                build_id: build.build_id,
+                revision: build.revision.clone(),
+                created_at: build.created_at,
+                status: last.status,
+                duration_s: last.duration_s,
+                attempts: attempts.len() as u32,
+                flaky,
+                worker: last.worker.clone(),
+                output: output.or_else(|| last.output.clone()),
+            });
+        }
+        let flake_rate =
+            if runs.is_empty() { 0.0 } else { runs.iter().filter(|run| run.flaky).count() as f64 / runs.len() as f64 };
+        let mut history = TestHistory {
+            version: API_VERSION,
+            test_id: test_id.to_owned(),
+            tags: Vec::new(),
+            depends_on: Vec::new(),
+            dependants: Vec::new(),
+            recent_durations_s: self.store.durations(test_id)?,
+            runs,
+            flake_rate,
+        };
+        let revision = builds.iter().find(|build| build.state != BuildState::Error).map(|build| build.revision.clone());
+        if let Some(suite) = revision.and_then(|revision| self.suite_file_at(&revision).ok()) {
+            for test in &suite.tests {
+                if test.id == test_id {
+                    history.tags = test.tags.clone();
+                    history.depends_on = test.depends_on.clone();
+                } else if test.depends_on.iter().any(|dependency| dependency == test_id) {
+                    history.dependants.push(test.id.clone());
+                }
+            }
+        }
+        Ok(history)
     }
 
     /// Every stored result of a build.
@@ -1365,6 +1438,7 @@ impl Farm {
 
     /// The workers the master knows.
     pub fn workers(&self) -> Vec<WorkerView> {
+        let now = unix_now_s();
         let core = self.core();
         core.workers
             .iter()
@@ -1373,7 +1447,9 @@ impl Farm {
                 name: info.name.clone(),
                 lease_id: info.lease,
                 last_seen: info.last_seen,
-                benched_until: info.benched_until.filter(|&until| until > unix_now_s()),
+                benched_until: info.benched_until.filter(|&until| until > now),
+                build_id: info.lease.and_then(|lease_id| core.lease_build.get(&lease_id).copied()),
+                lost: now - info.last_seen > self.config.scheduler.lease_timeout_s,
             })
             .collect()
     }
@@ -1391,7 +1467,13 @@ fn not_run(test_id: String, status: TestStatus, reason: String) -> TestResultVie
         retried: false,
         flaky: false,
         quarantined: false,
+        lease_id: None,
     }
+}
+
+/// A shard as the event stream sends it: without its (possibly long) list of test ids.
+fn without_test_ids(shard: &ShardView) -> ShardView {
+    ShardView { test_ids: Vec::new(), ..shard.clone() }
 }
 
 fn sanitize_duration(duration_s: f64) -> f64 {

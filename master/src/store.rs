@@ -337,6 +337,22 @@ impl Store {
             .collect()
     }
 
+    /// The stored attempts of one test in one build, by attempt.
+    pub fn results_of_test(&self, build_id: u64, test_id: &str) -> Result<Vec<TestResultView>, StoreError> {
+        let mut prefix = build_id.to_be_bytes().to_vec();
+        prefix.extend_from_slice(test_id.as_bytes());
+        prefix.push(0);
+        let mut attempts = Vec::new();
+        for (_, value) in self.kv.scan_prefix(Tree::Results, &prefix)? {
+            let result: TestResultView = decode(Tree::Results, &value)?;
+            // An id that itself continues with a NUL byte shares the prefix: keep exact matches.
+            if result.test_id == test_id {
+                attempts.push(result);
+            }
+        }
+        Ok(attempts)
+    }
+
     /// Writes a shard.
     pub fn put_shard(&self, build_id: u64, shard: &ShardView) -> Result<(), StoreError> {
         let mut key = build_id.to_be_bytes().to_vec();
@@ -408,6 +424,7 @@ mod tests {
             retried: false,
             flaky: false,
             quarantined: false,
+            lease_id: None,
         }
     }
 
@@ -421,6 +438,10 @@ mod tests {
         let stored: Vec<(String, u32, TestStatus)> =
             store.results(1).unwrap().into_iter().map(|r| (r.test_id, r.attempt, r.status)).collect();
         assert_eq!(stored, vec![("a".into(), 1, TestStatus::Failed), ("a".into(), 2, TestStatus::Passed)]);
+        assert!(store.put_result(1, &result("a\0b", 1, TestStatus::Passed)).unwrap());
+        let attempts: Vec<u32> = store.results_of_test(1, "a").unwrap().iter().map(|r| r.attempt).collect();
+        assert_eq!(attempts, vec![1, 2], "only the test's own attempts");
+        assert!(store.results_of_test(2, "b").unwrap().is_empty());
         for duration in 1..=7 {
             store.add_duration("t", duration as f64).unwrap();
         }
@@ -440,6 +461,6 @@ mod tests {
         exercise(Store::open_sled(dir.path()).unwrap());
         let reopened = Store::open_sled(dir.path()).unwrap();
         assert_eq!(reopened.next_id("build").unwrap(), 3);
-        assert_eq!(reopened.results(1).unwrap().len(), 2);
+        assert_eq!(reopened.results(1).unwrap().len(), 3);
     }
 }

@@ -492,6 +492,13 @@ pub struct ShardView {
     pub finished_at: Option<f64>,
     /// `running`, `finished`, `expired` or `infra_error`.
     pub state: String,
+    /// Outcomes of its tests reported so far.
+    #[serde(default)]
+    pub counts: TestCounts,
+    /// The test ids it holds, in running order. Sent by `GET /api/v1/builds/{id}` and
+    /// `GET /api/v1/builds/{id}/shards/{lease_id}`; left out of the event stream.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub test_ids: Vec<String>,
 }
 
 /// A build with its shards, for `GET /api/v1/builds/{build_id}`.
@@ -529,6 +536,9 @@ pub struct TestResultView {
     /// The test was quarantined: its failure does not count against the build.
     #[serde(default)]
     pub quarantined: bool,
+    /// The lease (shard) it ran in, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<u64>,
 }
 
 impl TestResultView {
@@ -565,6 +575,12 @@ pub struct WorkerView {
     /// Taken out of rotation until then, for losing shards to infrastructure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub benched_until: Option<f64>,
+    /// The build of the lease it holds, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<u64>,
+    /// Whether it has been silent longer than the lease timeout (its shard is taken back).
+    #[serde(default)]
+    pub lost: bool,
 }
 
 /// A test kept out of the gate: it runs and is reported, its failures do not count.
@@ -653,4 +669,56 @@ pub struct ShardEvent {
     pub build_id: u64,
     /// The shard.
     pub shard: ShardView,
+}
+
+/// `GET /api/v1/tests?id=TEST_ID`: one test across recent builds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestHistory {
+    /// Wire version.
+    #[serde(default = "api_version")]
+    pub version: u32,
+    /// The test id.
+    pub test_id: String,
+    /// Its tags, from the suite at the newest build's revision (empty if not found).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The ids it depends on, from the same suite.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    /// The tests of that suite that depend on it.
+    #[serde(default)]
+    pub dependants: Vec<String>,
+    /// Its recent measured durations (seconds, oldest first), as the estimates use them.
+    #[serde(default)]
+    pub recent_durations_s: Vec<f64>,
+    /// Its outcome in each recent build that ran it, newest build first.
+    pub runs: Vec<TestRun>,
+    /// Builds in `runs` where it was flaky (failed, then passed on a retry), over builds
+    /// in `runs`; 0 when it never ran.
+    pub flake_rate: f64,
+}
+
+/// A test's outcome in one build, for [`TestHistory`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestRun {
+    /// The build.
+    pub build_id: u64,
+    /// Its revision.
+    pub revision: String,
+    /// When the build was queued (Unix seconds).
+    pub created_at: f64,
+    /// The final outcome (of the last attempt).
+    pub status: TestStatus,
+    /// Seconds the last attempt took.
+    pub duration_s: f64,
+    /// Attempts stored.
+    pub attempts: u32,
+    /// Whether it failed and then passed on a retry.
+    pub flaky: bool,
+    /// The worker of the last attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// Output of the last failing attempt, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
 }

@@ -1,0 +1,201 @@
+//! The page in a real browser: Debian's Chromium, headless, under chromedriver, against a
+//! real master and real workers. One page load follows a green build, a red one and its
+//! fix without ever reloading (a marker set at load survives): the waterfall fills in
+//! while the build runs, the failing test shows up with its output, the gate banner turns
+//! closed and open again, and the console lists every change. Screenshots are kept in
+//! `target/browser-artifacts/`.
+
+#[path = "common/browser.rs"]
+mod browser;
+mod common;
+
+use std::time::Duration;
+
+use browser::Browser;
+use common::{Farm, FarmOptions, test};
+use greenlight_shared::api::{BuildState, GateState};
+use greenlight_shared::suite::{SuiteFile, SuiteTest};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// A JS expression quoting `text` as a string literal.
+fn js(text: &str) -> String {
+    Value::String(text.to_owned()).to_string()
+}
+
+fn suite() -> SuiteFile {
+    let mut tests: Vec<SuiteTest> = vec![
+        test("core/widget_test.py::test_breaks[small]", &["core"], &[], 6.0),
+        test("core/setup_test.py::test_db", &["core"], &[], 2.0),
+        test("core/setup_test.py::test_uses_db", &["core"], &["core/setup_test.py::test_db"], 2.0),
+    ];
+    tests.extend((0..60).map(|index| test(&format!("core/unit_test.py::test_{index}"), &["core"], &[], 2.0)));
+    SuiteFile { name: "browser".into(), shard_overhead_s: 0.5, tests }
+}
+
+#[test]
+fn the_page_follows_a_red_build_and_its_fix_live_without_reloading() {
+    let broken_test = "core/widget_test.py::test_breaks[small]";
+    let farm = Farm::start(&suite(), 3, FarmOptions { scale: 0.15, ..FarmOptions::default() });
+    let first = farm.finished_build_of(&farm.repo.head().unwrap());
+    assert_eq!(first.state, BuildState::Green);
+
+    let browser = Browser::start(1400, 900);
+    browser.goto(&format!("{}/#/", farm.url));
+    let marker = browser.wait_for("the page to load", WAIT, "return window.greenlightPageId;");
+    browser.wait_for(
+        "the first build's shards in the waterfall",
+        WAIT,
+        &format!("return document.querySelectorAll('.box[data-lease][data-build=\"{}\"]').length;", first.build_id),
+    );
+    browser.wait_for("the gate banner open", WAIT, "return document.getElementById('gate').dataset.state === 'open';");
+
+    // A change that breaks one test: the waterfall fills in live.
+    let broken = farm.repo.set_failing("core", &[broken_test], "Core: break the widget").unwrap();
+    let red_build = farm.wait_for("the red build to start", WAIT, |farm| {
+        farm.builds().into_iter().find(|build| build.revision == broken).map(|build| build.build_id)
+    });
+    browser.wait_for(
+        "a running shard of the new build",
+        WAIT,
+        &format!(
+            "return document.querySelector('.box[data-lease][data-build=\"{red_build}\"][data-state=\"running\"]');"
+        ),
+    );
+    let running_boxes = browser
+        .eval(&format!("return document.querySelectorAll('.box[data-lease][data-build=\"{red_build}\"]').length;"))
+        .as_u64()
+        .unwrap();
+    let text = browser
+        .eval(&format!(
+            "return document.querySelector('.box[data-lease][data-build=\"{red_build}\"][data-state=\"running\"]').textContent;"
+        ))
+        .to_string();
+    assert!(text.contains("running"), "the state is written in the box, not only coloured: {text}");
+    browser.screenshot("1-waterfall-running");
+
+    // The gate closes on the first real failure, naming the test.
+    let gate = browser.wait_for(
+        "the gate banner closed",
+        WAIT,
+        "const g = document.getElementById('gate'); return g.dataset.state === 'closed' && g.textContent;",
+    );
+    assert!(gate.as_str().unwrap().contains(broken_test), "the banner names the failing test: {gate}");
+    assert!(gate.as_str().unwrap().contains("since"), "the banner says since when: {gate}");
+
+    // The build ends red; the waterfall shows every shard finished, one failed.
+    assert_eq!(farm.finished_build_of(&broken).state, BuildState::Red);
+    let finished_boxes = browser.wait_for(
+        "every shard of the red build finished, one failed",
+        WAIT,
+        &format!(
+            "const boxes = [...document.querySelectorAll('.box[data-lease][data-build=\"{red_build}\"]')];
+             return boxes.length > 0 && boxes.every(b => b.dataset.state !== 'running')
+                 && boxes.some(b => b.dataset.state === 'failed') && boxes.length;"
+        ),
+    );
+    assert!(
+        finished_boxes.as_u64().unwrap() >= running_boxes,
+        "boxes were added while the build ran ({running_boxes} then {finished_boxes})"
+    );
+    let culprit = browser.wait_for(
+        "the culprit on the banner",
+        WAIT,
+        &format!(
+            "const t = document.getElementById('gate').textContent; return t.includes({}) && t;",
+            js(&broken[..10])
+        ),
+    );
+    assert!(culprit.as_str().unwrap().contains("Core: break the widget"), "{culprit}");
+    browser.screenshot("2-waterfall-red-gate-closed");
+
+    // Click the failed box: its tests, the failure first, with the runner's output.
+    browser.eval(&format!(
+        "document.querySelector('.box[data-lease][data-build=\"{red_build}\"][data-state=\"failed\"]').click();"
+    ));
+    let detail = browser.wait_for(
+        "the failed shard's tests with output",
+        WAIT,
+        &format!(
+            "const d = document.getElementById('detail'); const row = d.querySelector('tr[data-test]');
+             return !d.hidden && row && row.dataset.test === {} && d.textContent;",
+            js(broken_test)
+        ),
+    );
+    assert!(detail.as_str().unwrap().contains("is listed as failing at this revision"), "output shown: {detail}");
+    browser.screenshot("3-shard-detail");
+    browser.eval("closeDetail();");
+
+    // The build page: failures first with output and worker, the timeline with the lower bound.
+    browser.eval(&format!("location.hash = '#/build/{red_build}';"));
+    let failures = browser.wait_for(
+        "the build page's failures",
+        WAIT,
+        "const f = document.getElementById('failures'); return f && document.getElementById('gantt') && f.textContent;",
+    );
+    assert!(failures.as_str().unwrap().contains(broken_test), "{failures}");
+    assert!(failures.as_str().unwrap().contains("is listed as failing"), "{failures}");
+    assert!(failures.as_str().unwrap().contains("worker-"), "the worker it ran on: {failures}");
+    let progress = browser.eval("return document.getElementById('progress').textContent;");
+    assert!(progress.as_str().unwrap().contains("63 of 63 tests done"), "{progress}");
+    assert!(browser.eval("return !!document.getElementById('lower-bound');").as_bool().unwrap());
+    browser.screenshot("4-build-page");
+
+    // The fix opens the gate again.
+    let fixed = farm.repo.set_failing("core", &[], "Core: fix the widget [fix]").unwrap();
+    browser.eval("location.hash = '#/';");
+    browser.wait_for(
+        "the gate banner open again",
+        WAIT,
+        "return document.getElementById('gate').dataset.state === 'open';",
+    );
+    assert_eq!(farm.finished_build_of(&fixed).state, BuildState::Green);
+    assert_eq!(farm.gate().state, GateState::Open);
+    browser.screenshot("5-waterfall-gate-open-again");
+
+    // The console lists each change with its build and verdict; the culprit is marked.
+    browser.eval("location.hash = '#/console';");
+    let changes = farm.changes();
+    assert_eq!(changes.len(), 3, "the initial suite, the break and the fix");
+    for change in &changes {
+        let row = browser.wait_for(
+            &format!("the console row of {}", &change.revision[..10]),
+            WAIT,
+            &format!(
+                "const r = document.querySelector('tr[data-revision=\"{}\"]'); return r && r.textContent;",
+                change.revision
+            ),
+        );
+        let row = row.as_str().unwrap().to_owned();
+        assert!(row.contains(&change.revision[..10]) && row.contains(change.message.lines().next().unwrap()), "{row}");
+        let verdict = if change.revision == broken { "red" } else { "green" };
+        assert!(row.contains(verdict), "{} is {verdict}: {row}", &change.revision[..10]);
+        assert_eq!(row.contains("CULPRIT"), change.revision == broken, "{row}");
+    }
+    browser.screenshot("6-console");
+
+    // The test page: outcomes across builds, tags, dependencies.
+    browser.eval(&format!("location.hash = '#/test/' + encodeURIComponent({});", js("core/setup_test.py::test_db")));
+    let test_page = browser.wait_for(
+        "the test page",
+        WAIT,
+        "const r = document.getElementById('runs'); return r && r.querySelectorAll('tbody tr').length >= 3 && document.getElementById('view').textContent;",
+    );
+    let test_page = test_page.as_str().unwrap();
+    assert!(test_page.contains("tags: core"), "{test_page}");
+    assert!(test_page.contains("core/setup_test.py::test_uses_db"), "its dependant is listed: {test_page}");
+    assert!(test_page.contains("flake rate 0.0%"), "{test_page}");
+    browser.screenshot("7-test-page");
+
+    browser.eval("location.hash = '#/workers';");
+    let workers = browser.wait_for(
+        "the workers page",
+        WAIT,
+        "return document.querySelectorAll('tr[data-worker]').length === 3 && document.getElementById('view').textContent;",
+    );
+    assert_eq!(workers.as_str().unwrap().matches("online").count(), 3, "{workers}");
+    browser.screenshot("8-workers");
+
+    assert_eq!(browser.eval("return window.greenlightPageId;"), marker, "the page was never reloaded");
+}
