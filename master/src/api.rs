@@ -144,6 +144,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/builds", get(builds))
         .route("/api/v1/builds/{build_id}", get(build))
         .route("/api/v1/builds/{build_id}/tests", get(build_tests))
+        .route("/api/v1/builds/{build_id}/junit.xml", get(build_junit))
         .route("/api/v1/workers", get(workers))
         .route("/api/v1/gate", get(gate))
         .route("/api/v1/pushes", get(pushes))
@@ -241,7 +242,7 @@ async fn finish(
     ApiJson(request): ApiJson<FinishRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_worker_token(&state, &headers)?;
-    state.farm.finish(lease_id, request.worker_id, &request.outcome)?;
+    state.farm.finish(lease_id, request.worker_id, &request.outcome, request.runner_wall_s)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -289,6 +290,14 @@ async fn build(State(state): State<AppState>, Path(build_id): Path<u64>) -> Resu
 
 async fn build_tests(State(state): State<AppState>, Path(build_id): Path<u64>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(state.farm.build_tests(build_id)?))
+}
+
+/// The whole build as one JUnit XML file, for CI systems that display JUnit.
+async fn build_junit(State(state): State<AppState>, Path(build_id): Path<u64>) -> Result<impl IntoResponse, ApiError> {
+    let build = state.farm.build_summary(build_id)?;
+    let tests = state.farm.build_tests(build_id)?;
+    let xml = crate::junit::render(&build, &state.farm.config().suite.runner(), &tests.results);
+    Ok(([(header::CONTENT_TYPE, "application/xml; charset=utf-8")], xml))
 }
 
 /// `?branch=B` for the gate.
