@@ -427,6 +427,13 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
             text.push_str(&format!("greenlight_latest_build_tests{{outcome=\"{outcome}\"}} {count}\n"));
         }
     }
+    let (learned, samples) = state.farm.learned_shard_overhead().map_err(FarmError::from)?;
+    text.push_str("# HELP greenlight_shard_overhead_samples Shards the suite's overhead was learned from.\n# TYPE greenlight_shard_overhead_samples gauge\n");
+    text.push_str(&format!("greenlight_shard_overhead_samples {samples}\n"));
+    if let Some(learned) = learned {
+        text.push_str("# HELP greenlight_shard_overhead_seconds Learned shard overhead (runner wall time minus test time, median), used in planning.\n# TYPE greenlight_shard_overhead_seconds gauge\n");
+        text.push_str(&format!("greenlight_shard_overhead_seconds {learned:.3}\n"));
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 

@@ -48,8 +48,6 @@ const EVENT_BACKLOG: usize = 8192;
 const BUILDS_SINCE_FULL_RUN: &str = "builds_since_full_run";
 /// Meta key: when the last full run started (Unix seconds).
 const LAST_FULL_RUN_AT: &str = "last_full_run_at";
-/// Shard overhead samples needed before the learned value replaces the declared one.
-const MIN_OVERHEAD_SAMPLES: usize = 2;
 /// Meta key: the build id of the newest revision pushed.
 const LAST_PUSHED: &str = "last_pushed_build";
 
@@ -1053,14 +1051,11 @@ impl Farm {
         format!("{}#{}", self.config.repository.url, self.config.repository.branch)
     }
 
-    /// The suite's shard overhead as learned from real shards: the median of the recent
-    /// samples (robust to a slow first shard), once there are at least two.
-    pub fn learned_shard_overhead(&self) -> Result<Option<f64>, StoreError> {
+    /// The suite's shard overhead as learned from real shards (the median of the recent
+    /// samples, so one slow shard does not move it), and how many samples there are.
+    pub fn learned_shard_overhead(&self) -> Result<(Option<f64>, usize), StoreError> {
         let mut samples = self.store.shard_overheads(&self.overhead_key())?;
-        if samples.len() < MIN_OVERHEAD_SAMPLES {
-            return Ok(None);
-        }
-        Ok(median(&mut samples))
+        Ok((median(&mut samples), samples.len()))
     }
 
     /// A plan re-running `tests` (those the suite has at `revision`) with their dependencies.
@@ -1087,7 +1082,8 @@ impl Farm {
         }
         let estimates = estimate(suite, |test| history.get(test.id.as_str()).copied().or(test.duration_s));
         let mut plan = BuildPlan::new(suite, selected, &estimates);
-        if let Some(learned) = self.learned_shard_overhead()? {
+        // What real shards of this suite cost beats what its file declares.
+        if let (Some(learned), _) = self.learned_shard_overhead()? {
             plan.shard_overhead_s = learned;
         }
         Ok(plan)
