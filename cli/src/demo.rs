@@ -181,11 +181,9 @@ fn print_build(build: &BuildSummary, start: Instant) {
 
 fn demo_config(dir: &Path, repo: &Path, token: &str) -> anyhow::Result<Config> {
     let exe = std::env::current_exe()?.to_string_lossy().into_owned();
-    let suite = SuiteConfig {
-        file: Some(greenlight_fixtures::SUITE_FILE.to_owned()),
-        list_command: Vec::new(),
-        setup_command: Vec::new(),
-        run_command: vec![
+    let suite = SuiteConfig::command(
+        greenlight_fixtures::SUITE_FILE,
+        vec![
             exe,
             "fixture-run".into(),
             "--ids-file".into(),
@@ -195,8 +193,7 @@ fn demo_config(dir: &Path, repo: &Path, token: &str) -> anyhow::Result<Config> {
             "--scale".into(),
             "1".into(),
         ],
-        env: BTreeMap::new(),
-    };
+    );
     let mut config = Config::new(dir.join("master"), repo.to_string_lossy().into_owned(), suite);
     config.worker_token = Some(token.to_owned());
     // The push stage: every green revision is recorded in pushed.txt.

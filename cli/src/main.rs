@@ -66,6 +66,26 @@ enum Command {
         #[arg(long)]
         revision: Option<String>,
     },
+    /// List a checkout's tests with a runner adapter and print the suite JSON (DESIGN.md
+    /// format; tags and dependencies from the repository's greenlight.toml). Usable as
+    /// `list_command`.
+    List {
+        /// The adapter: pytest or nextest.
+        #[arg(long)]
+        runner: ListRunner,
+        /// The checkout to list.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The Python interpreter with pytest.
+        #[arg(long, default_value = "python3")]
+        python: String,
+        /// The cargo with cargo-nextest.
+        #[arg(long, default_value = "cargo")]
+        cargo: String,
+        /// Arguments for the runner's listing (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Fixture test runner: "run" tests by sleeping their scaled duration, write JUnit XML.
     FixtureRun {
         /// The suite file.
@@ -99,6 +119,13 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+/// Runners `greenlight list` can list with.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ListRunner {
+    Pytest,
+    Nextest,
 }
 
 fn init_tracing(default: &str) {
@@ -165,6 +192,15 @@ fn main() -> anyhow::Result<()> {
         Command::Submit { master, branch, revision } => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(submit(&master, branch, revision))
+        }
+        Command::List { runner, dir, python, cargo, args } => {
+            let runner = match runner {
+                ListRunner::Pytest => greenlight_shared::runner::Runner::Pytest { python, args },
+                ListRunner::Nextest => greenlight_shared::runner::Runner::Nextest { cargo, args },
+            };
+            let suite = greenlight_shared::runner::list_suite(&runner, &dir, &[])?;
+            println!("{}", suite.to_json());
+            Ok(())
         }
         Command::FixtureRun { suite, failing, ids_file, junit, scale } => {
             let args = greenlight_fixtures::runner::RunnerArgs { suite, failing, ids_file, junit, scale };

@@ -230,6 +230,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/leases/{lease_id}/results", post(results))
         .route("/api/v1/leases/{lease_id}/finish", post(finish))
         .route("/api/v1/changes", post(changes_notice))
+        .route("/api/v1/builds/{build_id}/junit.xml", get(build_junit))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
@@ -370,7 +371,7 @@ async fn finish(
     ApiJson(request): ApiJson<FinishRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_worker_token(&state, &headers)?;
-    state.farm.finish(lease_id, request.worker_id, &request.outcome)?;
+    state.farm.finish(lease_id, request.worker_id, &request.outcome, request.runner_wall_s)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -469,6 +470,14 @@ async fn build_tests(
     ApiPath(build_id): ApiPath<u64>,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(state.farm.build_tests(build_id)?))
+}
+
+/// The whole build as one JUnit XML file, for CI systems that display JUnit.
+async fn build_junit(State(state): State<AppState>, Path(build_id): Path<u64>) -> Result<impl IntoResponse, ApiError> {
+    let build = state.farm.build_summary(build_id)?;
+    let tests = state.farm.build_tests(build_id)?;
+    let xml = crate::junit::render(&build, &state.farm.config().suite.runner(), &tests.results);
+    Ok(([(header::CONTENT_TYPE, "application/xml; charset=utf-8")], xml))
 }
 
 /// `?branch=B` for the gate.
@@ -600,6 +609,13 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
         ] {
             text.push_str(&format!("greenlight_latest_build_tests{{outcome=\"{outcome}\"}} {count}\n"));
         }
+    }
+    let (learned, samples) = state.farm.learned_shard_overhead().map_err(FarmError::from)?;
+    text.push_str("# HELP greenlight_shard_overhead_samples Shards the suite's overhead was learned from.\n# TYPE greenlight_shard_overhead_samples gauge\n");
+    text.push_str(&format!("greenlight_shard_overhead_samples {samples}\n"));
+    if let Some(learned) = learned {
+        text.push_str("# HELP greenlight_shard_overhead_seconds Learned shard overhead (runner wall time minus test time, median), used in planning.\n# TYPE greenlight_shard_overhead_seconds gauge\n");
+        text.push_str(&format!("greenlight_shard_overhead_seconds {learned:.3}\n"));
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }

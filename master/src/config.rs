@@ -19,10 +19,20 @@
 //! [tags.paths]
 //! "src/chat/**" = ["chat"]
 //! ```
+//!
+//! Or a runner adapter instead of the templates (it lists, sets up and runs by itself):
+//!
+//! ```toml
+//! [suite]
+//! runner = "pytest"                # or "nextest"
+//! runner_args = ["tests"]          # what to collect (nextest: e.g. ["--workspace"])
+//! python = "/opt/venv/bin/python"  # pytest runner; `cargo` for nextest
+//! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use greenlight_shared::runner::Runner;
 use serde::Deserialize;
 
 /// Why the configuration is unusable.
@@ -263,10 +273,73 @@ pub struct SuiteConfig {
     #[serde(default)]
     pub setup_command: Vec<String>,
     /// The shard command template (argv): `{ids_file}`, `{junit}`, `{ids}`, `{revision}`.
+    /// Required by the `command` runner, unused by the others.
+    #[serde(default)]
     pub run_command: Vec<String>,
     /// Environment for the setup and shard commands.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The runner adapter: `command` (the templates above), `pytest` or `nextest`. The
+    /// latter two list the suite themselves unless `file` or `list_command` is given.
+    #[serde(default)]
+    pub runner: RunnerName,
+    /// Arguments for the runner's listing (pytest: paths and options to collect;
+    /// nextest: `--workspace`, `-p`, features, also used for its build).
+    #[serde(default)]
+    pub runner_args: Vec<String>,
+    /// The Python interpreter with pytest (`pytest` runner).
+    #[serde(default = "default_python")]
+    pub python: String,
+    /// The cargo with cargo-nextest (`nextest` runner).
+    #[serde(default = "default_cargo")]
+    pub cargo: String,
+}
+
+/// The runner adapters a configuration can name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunnerName {
+    /// Any command writing JUnit XML, from `run_command`.
+    #[default]
+    Command,
+    /// pytest by node id.
+    Pytest,
+    /// cargo-nextest, built once per revision.
+    Nextest,
+}
+
+fn default_python() -> String {
+    "python3".to_owned()
+}
+
+fn default_cargo() -> String {
+    "cargo".to_owned()
+}
+
+impl SuiteConfig {
+    /// The adapter the leases carry.
+    pub fn runner(&self) -> Runner {
+        match self.runner {
+            RunnerName::Command => Runner::Command,
+            RunnerName::Pytest => Runner::Pytest { python: self.python.clone(), args: self.runner_args.clone() },
+            RunnerName::Nextest => Runner::Nextest { cargo: self.cargo.clone(), args: self.runner_args.clone() },
+        }
+    }
+
+    /// A suite configuration running `run_command` on the suite file `file`.
+    pub fn command(file: &str, run_command: Vec<String>) -> SuiteConfig {
+        SuiteConfig {
+            file: Some(file.to_owned()),
+            list_command: Vec::new(),
+            setup_command: Vec::new(),
+            run_command,
+            env: BTreeMap::new(),
+            runner: RunnerName::Command,
+            runner_args: Vec::new(),
+            python: default_python(),
+            cargo: default_cargo(),
+        }
+    }
 }
 
 /// Tagging of changes beyond the `Tags:` trailer.
@@ -392,11 +465,16 @@ impl Config {
     /// Checks ranges and consistency.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |message: &str| Err(ConfigError::Invalid(message.to_owned()));
-        if self.suite.file.is_none() == self.suite.list_command.is_empty() {
-            return invalid("[suite] needs exactly one of `file` and `list_command`");
+        if self.suite.file.is_some() && !self.suite.list_command.is_empty() {
+            return invalid("[suite] takes `file` or `list_command`, not both");
         }
-        if self.suite.run_command.is_empty() {
-            return invalid("[suite] run_command is empty");
+        if self.suite.runner == RunnerName::Command {
+            if self.suite.file.is_none() && self.suite.list_command.is_empty() {
+                return invalid("[suite] needs exactly one of `file` and `list_command`");
+            }
+            if self.suite.run_command.is_empty() {
+                return invalid("[suite] run_command is empty");
+            }
         }
         let positive = |value: f64| value.is_finite() && value > 0.0;
         if !(0.0..=1.0).contains(&self.quarantine.flake_rate) || !positive(self.quarantine.expires_in_s) {

@@ -155,6 +155,8 @@ struct Core {
     gate: GateView,
     /// Culprit findings under way, by red build.
     bisections: BTreeMap<u64, Bisection>,
+    /// Seconds of test time each running lease reported (to learn the shard overhead).
+    lease_test_seconds: HashMap<u64, f64>,
 }
 
 /// The master's state.
@@ -200,6 +202,7 @@ impl Farm {
                 workers: BTreeMap::new(),
                 worker_by_name: HashMap::new(),
                 lease_build: HashMap::new(),
+                lease_test_seconds: HashMap::new(),
                 gate: match store.meta(&gate_key(&config.repository.branch))? {
                     Some(gate) => gate,
                     None => gate::new_gate(&config.repository.branch, &config.gate.fix_marker),
@@ -394,6 +397,8 @@ impl Farm {
             live.summary.started_at = Some(now);
         }
         live.summary.shards += 1;
+        let suite = &self.config.suite;
+        let runner = suite.runner();
         let shard = ShardView {
             lease_id: grant.lease.0,
             worker: worker_name,
@@ -403,6 +408,7 @@ impl Farm {
             state: "running".to_owned(),
             counts: TestCounts { total: tests.len() as u32, ..TestCounts::default() },
             test_ids: tests.clone(),
+            reproduce: runner.reproduce(&suite.setup_command, &suite.run_command, &tests, &live.summary.revision),
         };
         self.put_shard(grant.build.0, &shard)?;
         self.put_build(&live.summary)?;
@@ -412,7 +418,6 @@ impl Farm {
         if let Some(worker) = core.workers.get_mut(&worker_id) {
             worker.lease = Some(grant.lease.0);
         }
-        let suite = &self.config.suite;
         tracing::info!(
             worker_id,
             lease_id = grant.lease.0,
@@ -431,6 +436,7 @@ impl Farm {
             env: suite.env.iter().map(|(key, value)| (key.clone(), value.clone())).collect(),
             heartbeat_interval_s: self.config.scheduler.heartbeat_interval_s,
             lease_timeout_s: self.config.scheduler.lease_timeout_s,
+            runner,
         }))
     }
 
@@ -499,6 +505,7 @@ impl Farm {
                         lease_id: Some(lease_id),
                     };
                     self.record_result(core, build_id, &stored)?;
+                    *core.lease_test_seconds.entry(lease_id).or_default() += stored.duration_s;
                     if matches!(result.status, TestStatus::Passed | TestStatus::Failed) && stored.duration_s > 0.0 {
                         self.store.add_duration(&result.test_id, stored.duration_s)?;
                     }
@@ -512,14 +519,28 @@ impl Farm {
         Ok(response)
     }
 
-    /// The worker's shard process ended.
-    pub fn finish(&self, lease_id: u64, worker_id: u64, outcome: &ShardOutcome) -> Result<(), FarmError> {
+    /// The worker's shard process ended; `runner_wall_s` is how long its runner ran.
+    pub fn finish(
+        &self,
+        lease_id: u64,
+        worker_id: u64,
+        outcome: &ShardOutcome,
+        runner_wall_s: Option<f64>,
+    ) -> Result<(), FarmError> {
         let now = unix_now_s();
         let mut core = self.core();
         let core = &mut *core;
         let worker = core.workers.get_mut(&worker_id).ok_or(FarmError::UnknownWorker(worker_id))?;
         worker.last_seen = now;
         let decisions = core.scheduler.lease_finished(LeaseId(lease_id), WorkerId(worker_id), now)?;
+        let test_seconds = core.lease_test_seconds.remove(&lease_id).unwrap_or(0.0);
+        if let (ShardOutcome::Completed, Some(wall_s)) = (outcome, runner_wall_s)
+            && wall_s.is_finite()
+            && wall_s >= 0.0
+        {
+            // What the runner spent besides its tests: start-up, imports, collection.
+            self.store.add_shard_overhead(&self.overhead_key(), (wall_s - test_seconds).max(0.0))?;
+        }
         if let Some(worker) = core.workers.get_mut(&worker_id)
             && worker.lease == Some(lease_id)
         {
@@ -1119,13 +1140,35 @@ impl Farm {
         Ok(Suite::new(self.suite_file_at(revision)?)?)
     }
 
-    /// The suite file at `revision`, as read (not validated).
+    /// The suite file at `revision`, as read or listed (not validated).
     fn suite_file_at(&self, revision: &str) -> Result<SuiteFile, PlanError> {
-        let bytes = match &self.config.suite.file {
-            Some(path) => self.mirror.read_file(revision, path)?,
-            None => self.list_suite(revision)?,
-        };
-        Ok(SuiteFile::from_json(&bytes)?)
+        Ok(match &self.config.suite.file {
+            Some(path) => SuiteFile::from_json(&self.mirror.read_file(revision, path)?)?,
+            None if self.config.suite.list_command.is_empty() => self.list_with_runner(revision)?,
+            None => SuiteFile::from_json(&self.list_suite(revision)?)?,
+        })
+    }
+
+    /// The suite as the runner adapter lists it in a checkout of `revision`.
+    fn list_with_runner(&self, revision: &str) -> Result<SuiteFile, PlanError> {
+        let checkout = self.config.data_dir.join("checkout");
+        self.mirror.checkout(revision, &checkout)?;
+        let env: Vec<(String, String)> =
+            self.config.suite.env.iter().map(|(key, value)| (key.clone(), value.clone())).collect();
+        greenlight_shared::runner::list_suite(&self.config.suite.runner(), &checkout, &env)
+            .map_err(|error| PlanError::ListCommand(error.to_string()))
+    }
+
+    /// The store key of the suite's learned shard overhead (a farm runs one suite).
+    fn overhead_key(&self) -> String {
+        format!("{}#{}", self.config.repository.url, self.config.repository.branch)
+    }
+
+    /// The suite's shard overhead as learned from real shards (the median of the recent
+    /// samples, so one slow shard does not move it), and how many samples there are.
+    pub fn learned_shard_overhead(&self) -> Result<(Option<f64>, usize), StoreError> {
+        let mut samples = self.store.shard_overheads(&self.overhead_key())?;
+        Ok((median(&mut samples), samples.len()))
     }
 
     /// A plan re-running `tests` (those the suite has at `revision`) with their dependencies.
@@ -1151,7 +1194,12 @@ impl Farm {
             }
         }
         let estimates = estimate(suite, |test| history.get(test.id.as_str()).copied().or(test.duration_s));
-        Ok(BuildPlan::new(suite, selected, &estimates))
+        let mut plan = BuildPlan::new(suite, selected, &estimates);
+        // What real shards of this suite cost beats what its file declares.
+        if let (Some(learned), _) = self.learned_shard_overhead()? {
+            plan.shard_overhead_s = learned;
+        }
+        Ok(plan)
     }
 
     fn list_suite(&self, revision: &str) -> Result<Vec<u8>, PlanError> {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod culprit;
 pub mod farm;
 pub mod gate;
+pub mod junit;
 pub mod push;
 pub mod store;
 

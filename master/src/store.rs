@@ -402,11 +402,35 @@ impl Store {
             .unwrap_or_default())
     }
 
+    /// Adds an observed shard overhead (a shard's runner wall time minus its tests' time)
+    /// to the suite's recent samples.
+    pub fn add_shard_overhead(&self, suite: &str, overhead_s: f64) -> Result<(), StoreError> {
+        if !overhead_s.is_finite() || overhead_s < 0.0 {
+            return Ok(());
+        }
+        let mut samples = self.shard_overheads(suite)?;
+        samples.push(overhead_s);
+        if samples.len() > OVERHEAD_SAMPLES {
+            samples.remove(0);
+        }
+        self.set_meta(&format!("{SHARD_OVERHEAD}{suite}"), &samples)
+    }
+
+    /// The suite's recent shard overheads, oldest first.
+    pub fn shard_overheads(&self, suite: &str) -> Result<Vec<f64>, StoreError> {
+        Ok(self.meta(&format!("{SHARD_OVERHEAD}{suite}"))?.unwrap_or_default())
+    }
+
     /// Makes every write so far durable.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.kv.flush()
     }
 }
+
+/// Meta key prefix: the recent shard overheads of a suite.
+const SHARD_OVERHEAD: &str = "shard_overhead/";
+/// How many shard overheads are kept per suite (the estimate is their median).
+const OVERHEAD_SAMPLES: usize = 21;
 
 #[cfg(test)]
 mod tests {

@@ -84,6 +84,10 @@ pub struct Lease {
     pub heartbeat_interval_s: f64,
     /// Seconds after the last heartbeat at which the master takes the shard back.
     pub lease_timeout_s: f64,
+    /// The runner adapter: how to run the shard and match its JUnit report to test ids
+    /// (`command` when absent: `run_command` as above).
+    #[serde(default)]
+    pub runner: crate::runner::Runner,
 }
 
 /// The outcome of one test, as the runner reported it.
@@ -203,6 +207,10 @@ pub struct FinishRequest {
     pub worker_id: u64,
     /// How it ended.
     pub outcome: ShardOutcome,
+    /// Seconds the shard's runner process ran (start to exit), when it ran; the master
+    /// learns the suite's shard overhead from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_wall_s: Option<f64>,
 }
 
 /// `POST /api/v1/changes`: a post-receive hook says the branch moved.
@@ -499,6 +507,9 @@ pub struct ShardView {
     /// `GET /api/v1/builds/{id}/shards/{lease_id}`; left out of the event stream.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub test_ids: Vec<String>,
+    /// A shell command line that reruns the shard by hand in a clone of the repository.
+    #[serde(default)]
+    pub reproduce: String,
 }
 
 /// A build with its shards, for `GET /api/v1/builds/{build_id}`.

@@ -1,12 +1,15 @@
 //! Greenlight's shared vocabulary: the wire types spoken over HTTP between the master,
 //! its workers and its clients ([`api`]), the suite file format of DESIGN.md ([`suite`]),
-//! and the thin wrapper around the `git` command that every part uses ([`git`]).
+//! the thin wrapper around the `git` command that every part uses ([`git`]), and the runner
+//! adapters (pytest, cargo-nextest, any JUnit-writing command) that list and run suites
+//! ([`runner`]).
 //!
 //! Wire types change only compatibly: fields are added with defaults, never renamed.
 #![warn(missing_docs)]
 
 pub mod api;
 pub mod git;
+pub mod runner;
 pub mod suite;
 
 /// The version every request and response body carries.

@@ -53,7 +53,7 @@ impl Checkout {
         &self,
         repository: &str,
         revision: &str,
-        setup: &[String],
+        setup: &[Vec<String>],
         env: &[(String, String)],
     ) -> Result<(), CheckoutError> {
         let io = |path: &Path| {
@@ -85,7 +85,7 @@ impl Checkout {
         let _ = std::fs::remove_file(&self.marker);
         git.run(&["checkout", "--quiet", "--force", "--detach", revision])?;
         git.run(&["clean", "-qfdx"])?;
-        if !setup.is_empty() {
+        for setup in setup {
             let output = std::process::Command::new(&setup[0])
                 .args(&setup[1..])
                 .current_dir(&self.dir)

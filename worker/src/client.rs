@@ -120,8 +120,14 @@ impl Client {
     }
 
     /// Ends a lease.
-    pub async fn finish(&self, worker_id: u64, lease_id: u64, outcome: ShardOutcome) -> Result<(), ClientError> {
-        let request = FinishRequest { version: API_VERSION, worker_id, outcome };
+    pub async fn finish(
+        &self,
+        worker_id: u64,
+        lease_id: u64,
+        outcome: ShardOutcome,
+        runner_wall_s: Option<f64>,
+    ) -> Result<(), ClientError> {
+        let request = FinishRequest { version: API_VERSION, worker_id, outcome, runner_wall_s };
         let _: Option<()> =
             self.post(&format!("/api/v1/leases/{lease_id}/finish"), &request, Duration::from_secs(10)).await?;
         Ok(())

@@ -25,7 +25,8 @@ pub struct JunitCase {
     pub time_s: f64,
     /// The outcome.
     pub status: TestStatus,
-    /// Failure message and text, then system-out and system-err (failures only).
+    /// Failure message and text, then system-out and system-err (failures and errors);
+    /// for a skip, `[skipped] reason` or `[xfail] reason` (pytest's expected failures).
     pub output: Option<String>,
 }
 
@@ -98,6 +99,17 @@ impl CaseBuilder {
                 self.status = Some(status);
             }
         }
+        if tag.as_slice() == b"skipped" {
+            // pytest marks an expected failure as a skip of type `pytest.xfail`.
+            let label = match attribute(element, b"type").as_deref() {
+                Some("pytest.xfail") => "xfail",
+                _ => "skipped",
+            };
+            let message = attribute(element, b"message").unwrap_or_default();
+            if label == "xfail" || !message.is_empty() {
+                append_output(&mut self.output, &mut self.truncated, &format!("[{label}] {message}\n"));
+            }
+        }
         if matches!(
             tag.as_slice(),
             b"failure" | b"error" | b"flakyFailure" | b"flakyError" | b"rerunFailure" | b"rerunError"
@@ -127,7 +139,7 @@ impl CaseBuilder {
         if self.truncated > 0 {
             self.output.push_str(&format!("\n[greenlight: output truncated, {} more bytes not kept]", self.truncated));
         }
-        let keep_output = status.is_failure() && !self.output.trim().is_empty();
+        let keep_output = (status.is_failure() || status == TestStatus::Skipped) && !self.output.trim().is_empty();
         JunitCase {
             name: self.name,
             classname: self.classname,
@@ -249,6 +261,12 @@ mod tests {
         assert_eq!(cases[0].time_s, 0.25);
         assert_eq!(cases[1].output.as_deref(), Some("[failure] boom\ntrace <here>\nprinted\n"));
         assert_eq!(cases[2].output.as_deref(), Some("[error] crash\n"));
+        assert_eq!(cases[3].output, None);
+        let xfail = br#"<testsuite><testcase name="x"><skipped type="pytest.xfail" message="known bug"/></testcase>
+            <testcase name="s"><skipped type="pytest.skip" message="no numpy">file.py:3: no numpy</skipped></testcase></testsuite>"#;
+        let cases = parse_cases(xfail);
+        assert_eq!(cases[0].output.as_deref(), Some("[xfail] known bug\n"));
+        assert_eq!(cases[1].output.as_deref(), Some("[skipped] no numpy\n"));
     }
 
     #[test]

@@ -115,9 +115,9 @@ async fn work(client: &Client, config: &WorkerConfig) -> Result<(), WorkerError>
             }
         };
         let Some(lease) = lease else { continue };
-        let outcome = shard::run_shard(client, worker_id, &config.workdir, &lease).await;
+        let run = shard::run_shard(client, worker_id, &config.workdir, &lease).await;
         for _ in 0..10 {
-            match client.finish(worker_id, lease.lease_id, outcome.clone()).await {
+            match client.finish(worker_id, lease.lease_id, run.outcome.clone(), run.runner_wall_s).await {
                 Ok(()) => break,
                 Err(ClientError::Unreachable(error)) => {
                     tracing::warn!(%error, lease_id = lease.lease_id, "cannot finish the lease yet; retrying");

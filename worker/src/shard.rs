@@ -1,20 +1,21 @@
 //! Running one leased shard: check the revision out, write the test ids to a file, start
-//! the shard command (argv from the lease's template, never a shell), heartbeat while it
-//! runs, read its JUnit report as it grows and stream each newly finished test to the
-//! master, and when it exits report every leased test the runner never mentioned as an
-//! error. The master is never told a test passed unless the report says so.
+//! the shard command (argv from the lease's runner adapter, never a shell), heartbeat
+//! while it runs, read its JUnit report as it grows and stream each newly finished test
+//! to the master, and when it exits report every leased test the runner never mentioned
+//! as an error. The master is never told a test passed unless the report says so.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use greenlight_shared::api::{Lease, ShardOutcome, TestReport, TestStatus};
+use greenlight_shared::runner::{Runner, ShardPaths};
 
 use crate::checkout::Checkout;
 use crate::client::{Client, ClientError};
-use crate::junit::{candidate_ids, parse_cases};
+use crate::junit::{JunitCase, candidate_ids, parse_cases};
 
 /// How often the growing JUnit report is read.
 const REPORT_POLL: Duration = Duration::from_millis(250);
@@ -23,6 +24,7 @@ const OUTPUT_TAIL_BYTES: usize = 4096;
 
 /// Files of the shard being run.
 struct ShardFiles {
+    dir: PathBuf,
     ids: PathBuf,
     junit: PathBuf,
     log: PathBuf,
@@ -35,37 +37,59 @@ impl ShardFiles {
             std::fs::remove_dir_all(&dir)?;
         }
         std::fs::create_dir_all(&dir)?;
-        let files = ShardFiles { ids: dir.join("ids.txt"), junit: dir.join("junit.xml"), log: dir.join("output.log") };
+        let files = ShardFiles {
+            ids: dir.join("ids.txt"),
+            junit: dir.join("junit.xml"),
+            log: dir.join("output.log"),
+            dir: dir.clone(),
+        };
         let mut ids = lease.tests.join("\n");
         ids.push('\n');
         std::fs::write(&files.ids, ids)?;
+        for (name, contents) in lease.runner.shard_files() {
+            std::fs::write(dir.join(name), contents)?;
+        }
+        std::fs::create_dir_all(dir.join("extract"))?;
         Ok(files)
+    }
+
+    fn paths(&self) -> ShardPaths<'_> {
+        ShardPaths { ids_file: &self.ids, junit: &self.junit, shard_dir: &self.dir }
     }
 }
 
-/// The shard command's argv: `{ids}` (a whole argument) becomes one argument per test;
-/// `{ids_file}`, `{junit}` and `{revision}` are replaced inside arguments.
-pub fn expand_command(
-    template: &[String],
-    tests: &[String],
-    ids_file: &Path,
-    junit: &Path,
-    revision: &str,
-) -> Vec<String> {
-    let mut argv = Vec::with_capacity(template.len() + tests.len());
-    for argument in template {
-        if argument == "{ids}" {
-            argv.extend(tests.iter().cloned());
-        } else {
-            argv.push(
-                argument
-                    .replace("{ids_file}", &ids_file.to_string_lossy())
-                    .replace("{junit}", &junit.to_string_lossy())
-                    .replace("{revision}", revision),
-            );
+/// Finds which leased test a JUnit case reports: by the runner's exact naming when it
+/// has one (pytest, nextest), else by the forms a generic runner may use.
+struct TestIndex<'a> {
+    by_id: HashMap<&'a str, usize>,
+    by_junit_key: HashMap<(String, String), Vec<usize>>,
+}
+
+impl<'a> TestIndex<'a> {
+    fn new(runner: &Runner, tests: &'a [String]) -> TestIndex<'a> {
+        let mut by_junit_key: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        for (position, id) in tests.iter().enumerate() {
+            if let Some(key) = runner.junit_key(id) {
+                by_junit_key.entry(key).or_default().push(position);
+            }
         }
+        let by_id = tests.iter().enumerate().map(|(position, id)| (id.as_str(), position)).collect();
+        TestIndex { by_id, by_junit_key }
     }
-    argv
+
+    /// The first leased test not yet reported that `case` names.
+    fn find(&self, case: &JunitCase, reported: &HashSet<usize>) -> Option<usize> {
+        let key = (case.classname.clone().unwrap_or_default(), case.name.clone());
+        if let Some(positions) = self.by_junit_key.get(&key) {
+            // Two ids with the same JUnit name (rare) are taken in order.
+            return positions
+                .iter()
+                .copied()
+                .find(|position| !reported.contains(position))
+                .or(positions.first().copied());
+        }
+        candidate_ids(case).iter().find_map(|candidate| self.by_id.get(candidate.as_str()).copied())
+    }
 }
 
 /// Reports results, retrying while the master is unreachable (results are never dropped
@@ -101,15 +125,14 @@ async fn send_results(client: &Client, worker_id: u64, lease_id: u64, results: V
 /// Matches the report's complete cases to leased tests not yet reported.
 fn new_results(
     junit: &Path,
-    index: &HashMap<&str, usize>,
+    index: &TestIndex<'_>,
     reported: &mut HashSet<usize>,
     tests: &[String],
 ) -> Vec<TestReport> {
     let Ok(bytes) = std::fs::read(junit) else { return Vec::new() };
     let mut fresh = Vec::new();
     for case in parse_cases(&bytes) {
-        let Some(position) = candidate_ids(&case).iter().find_map(|candidate| index.get(candidate.as_str()).copied())
-        else {
+        let Some(position) = index.find(&case, reported) else {
             continue;
         };
         if reported.insert(position) {
@@ -130,9 +153,18 @@ fn output_tail(log: &Path) -> String {
     String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
+/// How a shard went: its outcome, and how long its runner ran (when it ran).
+#[derive(Debug, Clone)]
+pub struct ShardRun {
+    /// The outcome the master is told.
+    pub outcome: ShardOutcome,
+    /// Seconds from the runner's start to its exit.
+    pub runner_wall_s: Option<f64>,
+}
+
 /// Runs a lease to its end and says how it went.
 #[tracing::instrument(skip_all, fields(lease_id = lease.lease_id, build_id = lease.build_id, tests = lease.tests.len()))]
-pub async fn run_shard(client: &Client, worker_id: u64, workdir: &Path, lease: &Lease) -> ShardOutcome {
+pub async fn run_shard(client: &Client, worker_id: u64, workdir: &Path, lease: &Lease) -> ShardRun {
     let active = Arc::new(AtomicBool::new(true));
     let heartbeat = tokio::spawn(heartbeat_loop(
         client.clone(),
@@ -168,16 +200,17 @@ async fn run_shard_inner(
     workdir: &Path,
     lease: &Lease,
     active: &AtomicBool,
-) -> ShardOutcome {
+) -> ShardRun {
     let infra = |message: String| {
         tracing::warn!(%message, "shard could not run");
-        ShardOutcome::InfraError { message }
+        ShardRun { outcome: ShardOutcome::InfraError { message }, runner_wall_s: None }
     };
     let checkout = Checkout::new(workdir);
     let prepared = {
         let (checkout, lease) = (checkout.clone(), lease.clone());
         tokio::task::spawn_blocking(move || {
-            checkout.prepare(&lease.repository, &lease.revision, &lease.setup_command, &lease.env)
+            let setup = lease.runner.setup_argv(&lease.setup_command);
+            checkout.prepare(&lease.repository, &lease.revision, &setup, &lease.env)
         })
         .await
     };
@@ -190,7 +223,15 @@ async fn run_shard_inner(
         Ok(files) => files,
         Err(error) => return infra(format!("shard files: {error}")),
     };
-    let argv = expand_command(&lease.run_command, &lease.tests, &files.ids, &files.junit, &lease.revision);
+    let argv = lease.runner.shard_argv(&lease.run_command, &lease.tests, &files.paths(), &lease.revision);
+    let junit = lease.runner.junit_path(&files.paths(), checkout.dir());
+    // A report left by an earlier shard must not be read as this one's.
+    if junit != files.junit
+        && let Err(error) = std::fs::remove_file(&junit)
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        return infra(format!("stale report {}: {error}", junit.display()));
+    }
     let Some((program, arguments)) = argv.split_first() else { return infra("the shard command is empty".into()) };
     let log = match std::fs::File::create(&files.log).and_then(|file| Ok((file.try_clone()?, file))) {
         Ok(pair) => pair,
@@ -208,13 +249,13 @@ async fn run_shard_inner(
         .stderr(log.1)
         .kill_on_drop(true);
     crate::process::die_with_parent(&mut command);
+    let started = Instant::now();
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(error) => return infra(format!("cannot start {program:?}: {error}")),
     };
 
-    let index: HashMap<&str, usize> =
-        lease.tests.iter().enumerate().map(|(position, id)| (id.as_str(), position)).collect();
+    let index = TestIndex::new(&lease.runner, &lease.tests);
     let mut reported = HashSet::new();
     let status = loop {
         tokio::select! {
@@ -222,20 +263,21 @@ async fn run_shard_inner(
             () = tokio::time::sleep(REPORT_POLL) => {
                 if !active.load(Ordering::SeqCst) {
                     let _ = child.kill().await;
-                    return ShardOutcome::Completed;
+                    return ShardRun { outcome: ShardOutcome::Completed, runner_wall_s: None };
                 }
-                let fresh = new_results(&files.junit, &index, &mut reported, &lease.tests);
+                let fresh = new_results(&junit, &index, &mut reported, &lease.tests);
                 if !fresh.is_empty() {
                     send_results(client, worker_id, lease.lease_id, fresh).await;
                 }
             }
         }
     };
+    let runner_wall_s = started.elapsed().as_secs_f64();
     let exit = match &status {
         Ok(status) => status.to_string(),
         Err(error) => format!("unknown status ({error})"),
     };
-    let mut last = new_results(&files.junit, &index, &mut reported, &lease.tests);
+    let mut last = new_results(&junit, &index, &mut reported, &lease.tests);
     let missing: Vec<usize> = (0..lease.tests.len()).filter(|position| !reported.contains(position)).collect();
     if !missing.is_empty() {
         let tail = output_tail(&files.log);
@@ -254,30 +296,51 @@ async fn run_shard_inner(
     if !last.is_empty() {
         send_results(client, worker_id, lease.lease_id, last).await;
     }
-    ShardOutcome::Completed
+    ShardRun { outcome: ShardOutcome::Completed, runner_wall_s: Some(runner_wall_s) }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn case(classname: Option<&str>, name: &str) -> JunitCase {
+        JunitCase {
+            name: name.to_owned(),
+            classname: classname.map(str::to_owned),
+            file: None,
+            time_s: 0.0,
+            status: TestStatus::Passed,
+            output: None,
+        }
+    }
+
     #[test]
-    fn ids_expand_to_separate_arguments_never_a_shell_string() {
-        let tests = vec!["a b; rm -rf /".to_owned(), "t[1-$(x)]".to_owned()];
-        let argv = expand_command(
-            &[
-                "run".into(),
-                "--junit={junit}".into(),
-                "{ids}".into(),
-                "--from".into(),
-                "{ids_file}".into(),
-                "{revision}".into(),
-            ],
-            &tests,
-            Path::new("/w/ids.txt"),
-            Path::new("/w/j.xml"),
-            "abc",
-        );
-        assert_eq!(argv, vec!["run", "--junit=/w/j.xml", "a b; rm -rf /", "t[1-$(x)]", "--from", "/w/ids.txt", "abc"]);
+    fn pytest_cases_map_back_to_exactly_the_leased_node_ids() {
+        let tests: Vec<String> = [
+            "pkg/test_a.py::test_x[a b]",
+            "pkg/test_a.py::TestK::test_x[$(rm -rf) ; ::]",
+            "pkg/test_a.py::test_ü[é]",
+            "pkg/test_skip.py",
+        ]
+        .map(String::from)
+        .to_vec();
+        let runner = Runner::Pytest { python: "python3".into(), args: Vec::new() };
+        let index = TestIndex::new(&runner, &tests);
+        let none = HashSet::new();
+        assert_eq!(index.find(&case(Some("pkg.test_a"), "test_x[a b]"), &none), Some(0));
+        assert_eq!(index.find(&case(Some("pkg.test_a.TestK"), "test_x[$(rm -rf) ; ::]"), &none), Some(1));
+        assert_eq!(index.find(&case(Some("pkg.test_a"), "test_ü[é]"), &none), Some(2));
+        assert_eq!(index.find(&case(None, "pkg.test_skip"), &none), Some(3));
+        assert_eq!(index.find(&case(Some("pkg.test_a"), "test_x[a  b]"), &none), None);
+    }
+
+    #[test]
+    fn generic_cases_match_by_name_or_classname_forms() {
+        let tests: Vec<String> = ["pkg.TestA.test_x", "plain"].map(String::from).to_vec();
+        let index = TestIndex::new(&Runner::Command, &tests);
+        let none = HashSet::new();
+        assert_eq!(index.find(&case(Some("pkg.TestA"), "test_x"), &none), Some(0));
+        assert_eq!(index.find(&case(None, "plain"), &none), Some(1));
+        assert_eq!(index.find(&case(None, "other"), &none), None);
     }
 }

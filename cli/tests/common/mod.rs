@@ -97,10 +97,22 @@ pub struct Farm {
 impl Farm {
     /// A repository holding `suite`, a master watching it, and `n_workers` workers.
     pub fn start(suite: &SuiteFile, n_workers: usize, options: FarmOptions) -> Farm {
+        Farm::start_with_repo(suite, n_workers, options, |_| {})
+    }
+
+    /// As [`Farm::start`], with `prepare` adding commits to the repository before the
+    /// master first looks at it.
+    pub fn start_with_repo(
+        suite: &SuiteFile,
+        n_workers: usize,
+        options: FarmOptions,
+        prepare: impl FnOnce(&FixtureRepo),
+    ) -> Farm {
         let dir = tempfile::Builder::new().prefix("greenlight-e2e-").tempdir().expect("temp dir");
         let repo_dir = dir.path().join("repo");
         std::fs::create_dir_all(&repo_dir).unwrap();
         let repo = FixtureRepo::create(&repo_dir, suite).expect("fixture repository");
+        prepare(&repo);
         let config = dir.path().join("greenlight.toml");
         let mut areas: Vec<&str> =
             suite.tests.iter().filter_map(|test| test.tags.first().map(String::as_str)).collect();
@@ -176,6 +188,19 @@ heartbeat_interval_s = {heartbeat}
             .spawn()
             .expect("start a worker");
         self.workers.push(Process { child, name: name.to_owned() });
+    }
+
+    /// The body of a GET as text, with its content type.
+    pub fn get_text(&self, path: &str) -> (String, String) {
+        let response = self.http.get(format!("{}{path}", self.url)).send().expect("the master answers");
+        assert!(response.status().is_success(), "GET {path}: {}", response.status());
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (content_type, response.text().expect("a text body"))
     }
 
     pub fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {

@@ -1,0 +1,177 @@
+//! A Rust workspace through the farm with the `nextest` runner adapter: the test writes a
+//! small workspace (no dependencies, so it builds offline) with passing tests, one
+//! failing and one ignored, in a library and an integration-test binary. The farm (two
+//! workers) must report each test as one direct `cargo nextest run` does, and build the
+//! revision once per machine (the master's listing, then one archive per worker), never
+//! once per shard: a build script logs every build of the crate.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Farm, FarmOptions};
+use greenlight_shared::api::{BuildState, TestStatus};
+use greenlight_shared::git::Git;
+use greenlight_shared::suite::SuiteFile;
+
+fn write(root: &Path, path: &str, text: &str) {
+    let path = root.join(path);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// The workspace: `alpha` (lib tests: pass, fail, ignored) and `beta` (a build script that
+/// logs each build, lib tests and an integration test binary).
+fn write_workspace(root: &Path) {
+    write(root, "Cargo.toml", "[workspace]\nresolver = \"2\"\nmembers = [\"alpha\", \"beta\"]\n");
+    for name in ["alpha", "beta"] {
+        write(
+            root,
+            &format!("{name}/Cargo.toml"),
+            &format!("[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n"),
+        );
+    }
+    write(
+        root,
+        "alpha/src/lib.rs",
+        r#"pub fn add(a: u32, b: u32) -> u32 { a + b }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn adds() { assert_eq!(super::add(1, 1), 2); }
+    #[test]
+    fn fails() { assert_eq!(super::add(1, 1), 3, "arithmetic"); }
+    #[test]
+    #[ignore = "needs a database"]
+    fn ignored() {}
+}
+"#,
+    );
+    write(
+        root,
+        "beta/build.rs",
+        r#"fn main() {
+    println!("cargo:rerun-if-env-changed=GREENLIGHT_BUILD_LOG");
+    if let Ok(log) = std::env::var("GREENLIGHT_BUILD_LOG") {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        writeln!(file, "{}", std::env::var("OUT_DIR").unwrap()).unwrap();
+    }
+}
+"#,
+    );
+    let mut lib = String::from("pub fn double(x: u64) -> u64 { x * 2 }\n\n#[cfg(test)]\nmod tests {\n");
+    for index in 0..12 {
+        lib.push_str(&format!(
+            "    #[test]\n    fn case_{index:02}() {{ std::thread::sleep(std::time::Duration::from_millis(300)); assert_eq!(super::double({index}), {}); }}\n",
+            index * 2
+        ));
+    }
+    lib.push_str("}\n");
+    write(root, "beta/src/lib.rs", &lib);
+    write(root, "beta/tests/it.rs", "#[test]\nfn integration() { assert_eq!(beta::double(21), 42); }\n");
+    write(root, ".gitignore", "target/\n");
+}
+
+/// (test id, PASS/FAIL/SKIP) from nextest's own status lines, e.g.
+/// `        PASS [   0.019s] (1/4) alpha tests::adds`.
+fn status_lines(stderr: &str) -> BTreeMap<String, String> {
+    let mut statuses = BTreeMap::new();
+    for line in stderr.lines() {
+        let line = line.trim_start();
+        let Some(word) = ["PASS", "FAIL", "SKIP"].into_iter().find(|word| line.starts_with(&format!("{word} [")))
+        else {
+            continue;
+        };
+        let Some(rest) = line.split_once("] (").map(|(_, rest)| rest) else { continue };
+        let Some((_, id)) = rest.split_once(") ") else { continue };
+        statuses.insert(id.trim().to_owned(), word.to_owned());
+    }
+    statuses
+}
+
+#[test]
+fn a_rust_workspace_through_the_farm_reports_what_nextest_reports_built_once_per_machine() {
+    let empty = SuiteFile { name: "unused".into(), shard_overhead_s: 0.0, tests: Vec::new() };
+    let dir = tempfile::tempdir().unwrap();
+    let build_log = dir.path().join("builds.log");
+    let suite_toml = format!(
+        "runner = \"nextest\"\nenv = {{ GREENLIGHT_BUILD_LOG = {log:?}, CARGO_TARGET_DIR = \"target\", CARGO_TERM_COLOR = \"never\" }}",
+        log = build_log.to_string_lossy()
+    );
+    let options = FarmOptions { suite_toml, ..FarmOptions::default() };
+    let farm = Farm::start_with_repo(&empty, 2, options, |repo| {
+        write_workspace(repo.dir());
+        let git = Git::new(repo.dir());
+        git.run(&["add", "-A"]).unwrap();
+        git.run(&["commit", "--quiet", "-m", "A small workspace"]).unwrap();
+    });
+    let revision = farm.repo.head().unwrap();
+
+    // The direct run, in a clone of the same revision, without the build log.
+    let direct_dir = dir.path().join("direct");
+    assert!(
+        Command::new("git")
+            .arg("clone")
+            .arg("--quiet")
+            .arg(farm.repo.dir())
+            .arg(&direct_dir)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let direct = Command::new("cargo")
+        .args(["nextest", "run", "--no-fail-fast", "--status-level", "all", "--final-status-level", "none"])
+        .current_dir(&direct_dir)
+        .env("CARGO_TARGET_DIR", "target")
+        .env("CARGO_TERM_COLOR", "never")
+        .env_remove("GREENLIGHT_BUILD_LOG")
+        .output()
+        .unwrap();
+    let direct_stderr = String::from_utf8_lossy(&direct.stderr);
+    assert_eq!(direct.status.code(), Some(100), "nextest exits 100 when a test failed:\n{direct_stderr}");
+    let expected = status_lines(&direct_stderr);
+    assert_eq!(expected.len(), 16, "{direct_stderr}");
+    assert_eq!(expected["alpha tests::ignored"], "SKIP");
+
+    let build = farm.wait_for("the workspace build to finish", Duration::from_secs(600), |farm| {
+        farm.builds().into_iter().find(|build| build.revision == revision && build.state.is_finished())
+    });
+    assert_eq!(build.state, BuildState::Red, "{build:?}");
+    let results = farm.tests(build.build_id).results;
+    let got: BTreeMap<String, String> = results
+        .iter()
+        .map(|result| {
+            let word = match result.status {
+                TestStatus::Passed => "PASS",
+                TestStatus::Failed => "FAIL",
+                other => panic!("{} is {other:?}: {:?}", result.test_id, result.output),
+            };
+            (result.test_id.clone(), word.to_owned())
+        })
+        .collect();
+    assert_eq!(got.len(), results.len(), "each test reported once");
+    // The ignored test is not part of the farm's suite: like the direct run, it never runs.
+    let mut ran = expected.clone();
+    ran.remove("alpha tests::ignored");
+    assert_eq!(got, ran);
+    let failure = results.iter().find(|result| result.test_id == "alpha tests::fails").unwrap();
+    assert!(failure.output.as_deref().is_some_and(|output| output.contains("arithmetic")), "{failure:?}");
+
+    // Built once by the master's listing and once per worker that ran shards.
+    let detail = farm.build(build.build_id);
+    let workers: BTreeSet<&str> = detail.shards.iter().map(|shard| shard.worker.as_str()).collect();
+    assert!(detail.shards.len() > workers.len(), "some worker ran several shards: {:#?}", detail.shards);
+    let builds: Vec<String> = std::fs::read_to_string(&build_log).unwrap().lines().map(str::to_owned).collect();
+    assert_eq!(builds.len(), 1 + workers.len(), "builds: {builds:#?}, shards: {:#?}", detail.shards);
+    assert_eq!(builds.iter().filter(|out_dir| out_dir.contains("/master/checkout/")).count(), 1, "{builds:#?}");
+    for worker in &workers {
+        assert_eq!(builds.iter().filter(|out_dir| out_dir.contains(&format!("/workers/{worker}/"))).count(), 1);
+    }
+    assert!(detail.shards.iter().all(|shard| shard.reproduce.contains("cargo nextest run")), "{:?}", detail.shards);
+    eprintln!("nextest: {} shards on {} workers, {} builds", detail.shards.len(), workers.len(), builds.len());
+}
