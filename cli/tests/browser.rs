@@ -2,7 +2,8 @@
 //! real master and real workers. One page load follows a green build, a red one and its
 //! fix without ever reloading (a marker set at load survives): the waterfall fills in
 //! while the build runs, the failing test shows up with its output, the gate banner turns
-//! closed and open again, and the console lists every change. Screenshots are kept in
+//! closed and open again, and the console lists every change. A worker killed mid-shard
+//! shows as lost on the waterfall and the workers page. Screenshots are kept in
 //! `target/browser-artifacts/`.
 
 #[path = "common/browser.rs"]
@@ -197,5 +198,54 @@ fn the_page_follows_a_red_build_and_its_fix_live_without_reloading() {
     assert_eq!(workers.as_str().unwrap().matches("online").count(), 3, "{workers}");
     browser.screenshot("8-workers");
 
+    assert_eq!(browser.eval("return window.greenlightPageId;"), marker, "the page was never reloaded");
+}
+
+#[test]
+fn a_worker_lost_mid_shard_shows_as_lost_on_the_waterfall_and_the_workers_page() {
+    let tests: Vec<SuiteTest> =
+        (0..60).map(|index| test(&format!("core/slow_test.py::test_{index}"), &["core"], &[], 4.0)).collect();
+    let suite = SuiteFile { name: "lost".into(), shard_overhead_s: 0.5, tests };
+    let mut farm = Farm::start(&suite, 3, FarmOptions { scale: 0.15, ..FarmOptions::default() });
+    assert_eq!(farm.finished_build_of(&farm.repo.head().unwrap()).state, BuildState::Green);
+    let browser = Browser::start(1400, 900);
+    browser.goto(&format!("{}/#/", farm.url));
+    let marker = browser.wait_for("the page to load", WAIT, "return window.greenlightPageId;");
+
+    let tweaked = farm.repo.touch_area("core", "Core: tweak").unwrap();
+    let (build_id, victim) = farm.wait_for("a worker holding a shard of the new build", WAIT, |farm| {
+        let build = farm.builds().into_iter().find(|build| build.revision == tweaked)?;
+        let worker = farm.workers().into_iter().find(|worker| worker.build_id == Some(build.build_id))?;
+        Some((build.build_id, worker.name))
+    });
+    farm.workers.iter_mut().find(|process| process.name == victim).unwrap().kill();
+
+    let lost = browser.wait_for(
+        "the killed worker's shard shown lost",
+        WAIT,
+        &format!(
+            "const b = document.querySelector('.box[data-lease][data-build=\"{build_id}\"][data-state=\"lost\"]');
+             return b && b.textContent;"
+        ),
+    );
+    assert!(lost.as_str().unwrap().contains("lost"), "the state is written in the box: {lost}");
+    assert_eq!(farm.finished_build_of(&tweaked).state, BuildState::Green, "its tests ran elsewhere");
+    browser.wait_for(
+        "the build shown green",
+        WAIT,
+        &format!("return !!document.querySelector('.box[data-build=\"{build_id}\"][data-state=\"passed\"]:not([data-lease])');"),
+    );
+    browser.screenshot("9-waterfall-lost-worker");
+
+    browser.eval("location.hash = '#/workers';");
+    let row = browser.wait_for(
+        "the killed worker shown lost",
+        WAIT,
+        &format!("const r = document.querySelector('tr[data-worker={}]'); return r && r.textContent.includes('lost') && r.textContent;", js(&victim)),
+    );
+    assert!(row.as_str().unwrap().contains(&victim), "{row}");
+    let online = browser.eval("return document.getElementById('view').textContent.match(/online/g).length;");
+    assert_eq!(online, 2, "the two other workers are online");
+    browser.screenshot("10-workers-one-lost");
     assert_eq!(browser.eval("return window.greenlightPageId;"), marker, "the page was never reloaded");
 }
