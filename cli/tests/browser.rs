@@ -249,3 +249,62 @@ fn a_worker_lost_mid_shard_shows_as_lost_on_the_waterfall_and_the_workers_page()
     browser.screenshot("10-workers-one-lost");
     assert_eq!(browser.eval("return window.greenlightPageId;"), marker, "the page was never reloaded");
 }
+
+#[test]
+fn a_flaky_test_shows_as_flaky_on_the_waterfall_the_build_page_and_the_flaky_view() {
+    let state = tempfile::tempdir().unwrap();
+    let options = FarmOptions {
+        suite_toml: format!(
+            "file = \"greenlight-suite.json\"\nenv = {{ GREENLIGHT_FIXTURE_STATE = {:?} }}",
+            state.path()
+        ),
+        ..FarmOptions::default()
+    };
+    let farm = Farm::start(&suite(), 2, options);
+    assert_eq!(farm.finished_build_of(&farm.repo.head().unwrap()).state, BuildState::Green);
+    let browser = Browser::start(1400, 900);
+    browser.goto(&format!("{}/#/", farm.url));
+    let marker = browser.wait_for("the page to load", WAIT, "return window.greenlightPageId;");
+
+    // Fails on its first run, passes on the retry (the seed is searched, not guessed).
+    let flaky = "core/unit_test.py::test_7";
+    let seed = (0..10_000u64)
+        .find(|&seed| {
+            greenlight_fixtures::runner::flaky_fails(0.5, seed, flaky, 0)
+                && !greenlight_fixtures::runner::flaky_fails(0.5, seed, flaky, 1)
+        })
+        .unwrap();
+    let failing = format!("flaky 0.5 {seed} {flaky}\n");
+    let revision = farm
+        .repo
+        .commit("Core: a flaky test", &[(greenlight_fixtures::FAILING_FILE, &failing), ("src/core/code.txt", "x\n")])
+        .unwrap();
+    let build = farm.finished_build_of(&revision);
+    assert_eq!((build.state, build.flaky_tests.clone()), (BuildState::Green, vec![flaky.to_owned()]));
+    let build_id = build.build_id;
+    browser.wait_for(
+        "a shard shown flaky",
+        WAIT,
+        &format!("const b = document.querySelector('.box[data-lease][data-build=\"{build_id}\"][data-state=\"flaky\"]'); return b && b.textContent;"),
+    );
+    browser.wait_for("the gate banner open", WAIT, "return document.getElementById('gate').dataset.state === 'open';");
+    browser.screenshot("11-waterfall-flaky");
+
+    browser.eval(&format!("location.hash = '#/build/{build_id}';"));
+    let page = browser.wait_for(
+        "the build page listing the flaky test",
+        WAIT,
+        &format!("const v = document.getElementById('view').textContent; return v.includes('Flaky tests (1)') && v.includes({}) && v;", js(flaky)),
+    );
+    assert!(page.as_str().unwrap().contains("1 flaky"), "{page}");
+
+    browser.eval("location.hash = '#/flaky';");
+    let row = browser.wait_for(
+        "the flaky view listing the test",
+        WAIT,
+        "const t = document.querySelector('#flaky tbody tr'); return t && t.textContent;",
+    );
+    assert!(row.as_str().unwrap().contains(flaky) && row.as_str().unwrap().contains("1 / 1"), "{row}");
+    browser.screenshot("12-flaky-view");
+    assert_eq!(browser.eval("return window.greenlightPageId;"), marker, "the page was never reloaded");
+}

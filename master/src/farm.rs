@@ -599,7 +599,13 @@ impl Farm {
             self.publish(FarmEvent::Build(live.summary.clone()));
             // The shard's counts live in memory while it runs; they are stored when it ends.
             if let Some(shard) = result.lease_id.and_then(|lease_id| live.shards.get_mut(&lease_id)) {
-                shard.counts.add_result(result);
+                // Within its shard a failed attempt is a failure, even when a retry elsewhere
+                // passes: the box says what happened on that worker.
+                if result.retried {
+                    shard.counts.add(result.status);
+                } else {
+                    shard.counts.add_result(result);
+                }
                 self.publish(FarmEvent::Shard(ShardEvent { build_id, shard: without_test_ids(shard) }));
             }
             let regular = live.summary.kind == BuildKind::Regular;
@@ -1519,8 +1525,9 @@ fn not_run(test_id: String, status: TestStatus, reason: String) -> TestResultVie
     }
 }
 
-/// A shard as the event stream sends it: without its (possibly long) list of test ids,
-/// which is not even cloned (this runs for every result, under the farm's lock).
+/// A shard as the event stream sends it: without its (possibly long) list of test ids and
+/// its reproduce line (which names them), neither even cloned (this runs for every result,
+/// under the farm's lock). The shard's own endpoint has both.
 fn without_test_ids(shard: &ShardView) -> ShardView {
     ShardView {
         lease_id: shard.lease_id,
@@ -1531,6 +1538,7 @@ fn without_test_ids(shard: &ShardView) -> ShardView {
         state: shard.state.clone(),
         counts: shard.counts.clone(),
         test_ids: Vec::new(),
+        reproduce: String::new(),
     }
 }
 
