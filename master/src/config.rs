@@ -383,6 +383,13 @@ pub struct SchedulerSection {
     /// Seconds a benched worker gets no work (doubled for each further failure).
     #[serde(default = "default_bench_s")]
     pub bench_s: f64,
+    /// The most estimated work one shard may hold (seconds), however few workers are live.
+    #[serde(default = "default_max_shard_s")]
+    pub max_shard_s: f64,
+}
+
+fn default_max_shard_s() -> f64 {
+    600.0
 }
 
 fn default_retries() -> u32 {
@@ -423,6 +430,7 @@ impl Default for SchedulerSection {
             retries: default_retries(),
             infra_failures_to_bench: default_infra_failures_to_bench(),
             bench_s: default_bench_s(),
+            max_shard_s: default_max_shard_s(),
         }
     }
 }
@@ -479,6 +487,9 @@ impl Config {
         let positive = |value: f64| value.is_finite() && value > 0.0;
         if !(0.0..=1.0).contains(&self.quarantine.flake_rate) || !positive(self.quarantine.expires_in_s) {
             return invalid("[quarantine] flake_rate must be within 0..=1 and expires_in_s > 0");
+        }
+        if !positive(self.scheduler.max_shard_s) {
+            return invalid("[scheduler] max_shard_s must be > 0");
         }
         if !self.scheduler.bench_s.is_finite() || self.scheduler.bench_s < 0.0 {
             return invalid("[scheduler] bench_s must be >= 0");

@@ -191,6 +191,7 @@ impl Farm {
             retries: config.scheduler.retries,
             infra_failures_to_bench: config.scheduler.infra_failures_to_bench,
             bench_s: config.scheduler.bench_s,
+            max_shard_s: config.scheduler.max_shard_s,
             ..SchedulerConfig::default()
         });
         let farm = Farm {

@@ -74,6 +74,11 @@ pub struct SchedulerConfig {
     pub infra_failures_to_bench: u32,
     /// Seconds a benched worker gets no work; doubled for each further failure.
     pub bench_s: Seconds,
+    /// The most estimated work (seconds) one shard may hold. Shard sizing divides the
+    /// work among the workers live now; when a build starts with few of them (a farm
+    /// starting, a restarted master whose workers come back one by one), this keeps the
+    /// first ones from taking hours that the others, arriving seconds later, could share.
+    pub max_shard_s: Seconds,
 }
 
 impl Default for SchedulerConfig {
@@ -90,6 +95,7 @@ impl Default for SchedulerConfig {
             retries: 1,
             infra_failures_to_bench: 3,
             bench_s: 60.0,
+            max_shard_s: 600.0,
         }
     }
 }
@@ -579,6 +585,8 @@ impl Scheduler {
         let mut work = 0.0;
         let mut variance = 0.0;
         let mut chain_cap = f64::INFINITY;
+        // However few workers are live now, no shard locks up more than this: more may join.
+        let max_shard = self.config.max_shard_s / run.drift.ratio();
         // A failed test is retried elsewhere, unless no other worker could take it.
         let others: Vec<WorkerId> = self
             .workers
@@ -601,7 +609,7 @@ impl Scheduler {
                 if planned.estimate_known { self.config.estimate_error } else { self.config.borrowed_estimate_error };
             let test_variance = (relative_error * estimate).powi(2);
             if !tests.is_empty() {
-                if work >= chain_cap {
+                if work >= chain_cap || work + estimate > max_shard {
                     break;
                 }
                 if goal.last {
@@ -1093,6 +1101,28 @@ mod tests {
         scheduler.add_build(BuildId(2), single("u"), 2.0).unwrap();
         assert_eq!(scheduler.request_work(WorkerId(1), 30.0).0, None);
         assert!(scheduler.request_work(WorkerId(1), 62.5).0.is_some());
+    }
+
+    #[test]
+    fn a_lone_worker_takes_no_more_than_the_largest_shard_and_a_worker_joining_later_shares_the_rest() {
+        let tests = (0..100)
+            .map(|index| PlannedTest {
+                id: format!("t{index}"),
+                depends_on: vec![],
+                dependents: vec![],
+                estimate_s: 60.0,
+                estimate_known: true,
+                priority_s: 0.0,
+            })
+            .collect();
+        let mut scheduler = Scheduler::new(SchedulerConfig::default());
+        scheduler.worker_joined(WorkerId(1), 0.0);
+        scheduler.add_build(BuildId(1), BuildPlan::from_tests(tests, 1.0), 0.0).unwrap();
+        let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+        assert_eq!(first.tests.len(), 10, "600 s of the 6000 s, not 80% of it");
+        scheduler.worker_joined(WorkerId(2), 5.0);
+        let second = scheduler.request_work(WorkerId(2), 5.0).0.unwrap();
+        assert!(!second.tests.is_empty());
     }
 
     #[test]
