@@ -5,6 +5,8 @@
 # times and, per farm run, the shards and where their time went.
 #
 #   cargo build --release -p greenlight && benches/real_suite.sh 1 2
+#
+# SERIAL=0 leaves the serial run out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -29,11 +31,13 @@ git -C "$repo" add -A
 git -C "$repo" -c user.name=bench -c user.email=bench@invalid commit --quiet -m networkx
 export PYTHONDONTWRITEBYTECODE=1
 
-git clone --quiet "$repo" "$work/serial"
-start=$(date +%s.%N)
-(cd "$work/serial" && "$python" -m pytest -p no:cacheprovider --rootdir=. -q networkx > "$work/serial.log" 2>&1) || true
-end=$(date +%s.%N)
-echo "serial pytest: $(echo "$end - $start" | bc) s; $(tail -1 "$work/serial.log")"
+if [ "${SERIAL:-1}" != 0 ]; then
+    git clone --quiet "$repo" "$work/serial"
+    start=$(date +%s.%N)
+    (cd "$work/serial" && "$python" -m pytest -p no:cacheprovider --rootdir=. -q networkx > "$work/serial.log" 2>&1) || true
+    end=$(date +%s.%N)
+    echo "serial pytest: $(echo "$end - $start" | bc) s; $(tail -1 "$work/serial.log")"
+fi
 
 for n in "$@"; do
     run=$work/farm-$n
@@ -53,6 +57,7 @@ env = { PYTHONDONTWRITEBYTECODE = "1" }
 heartbeat_interval_s = 1
 lease_timeout_s = 30
 EOF
+    started=$(date +%s.%N)
     "$greenlight" master --config "$run/greenlight.toml" > "$run/master.out" 2> "$run/master.log" &
     pids+=($!)
     for _ in $(seq 100); do grep -q listening "$run/master.out" 2> /dev/null && break; sleep 0.1; done
@@ -61,9 +66,9 @@ EOF
         "$greenlight" worker --master "$url" --name "w$index" --workdir "$run/w$index" 2> "$run/w$index.log" &
         pids+=($!)
     done
-    "$python" - "$url" "$n" << 'EOF'
+    "$python" - "$url" "$n" "$started" << 'EOF'
 import json, sys, time, urllib.request
-url, n = sys.argv[1], sys.argv[2]
+url, n, started = sys.argv[1], sys.argv[2], float(sys.argv[3])
 get = lambda path: json.load(urllib.request.urlopen(url + path))
 while True:
     builds = get("/api/v1/builds")
@@ -71,16 +76,26 @@ while True:
         break
     time.sleep(0.5)
 build = builds[0]
-shards = get(f"/api/v1/builds/{build['build_id']}")["shards"]
+# The build ends with its last result; wait for the workers' finish of the last shards.
+deadline = time.time() + 15
+while True:
+    shards = get(f"/api/v1/builds/{build['build_id']}")["shards"]
+    if all(shard.get("runner_wall_s") is not None for shard in shards) or time.time() > deadline:
+        break
+    time.sleep(0.2)
+timed = [shard for shard in shards if shard.get("runner_wall_s") is not None]
+if len(timed) < len(shards):
+    print(f"  ({len(shards) - len(timed)} shard(s) without a runner time)")
 tests = get(f"/api/v1/builds/{build['build_id']}/tests")["results"]
 test_s = sum(result["duration_s"] for result in tests)
-span = sum(shard["finished_at"] - shard["started_at"] for shard in shards)
-runner = sum(shard.get("runner_wall_s") or 0.0 for shard in shards)
-print(f"farm, {n} worker(s): queued to finished {build['finished_at'] - build['created_at']:.1f} s, "
+span = sum(shard["finished_at"] - shard["started_at"] for shard in timed)
+runner = sum(shard["runner_wall_s"] for shard in timed)
+print(f"farm, {n} worker(s): master start to finished {build['finished_at'] - started:.1f} s "
+      f"(with the master's listing), queued to finished {build['finished_at'] - build['created_at']:.1f} s, "
       f"makespan (first lease to last result) {build['makespan_s']:.1f} s, {build['state']}, "
       f"{build['counts']['total']} tests, {len(shards)} shards")
-print(f"  per shard: runner start-up and collection (runner wall - test time) {(runner - test_s) / len(shards):.2f} s, "
-      f"farm (lease to finish - runner wall: checkout, reporting) {(span - runner) / len(shards):.2f} s; "
+print(f"  per shard: runner start-up and collection (runner wall - test time) {(runner - test_s) / len(timed):.2f} s, "
+      f"farm (lease to finish - runner wall: checkout, reporting) {(span - runner) / len(timed):.2f} s; "
       f"tests {test_s:.1f} s in all")
 EOF
     for pid in "${pids[@]}"; do kill "$pid" 2> /dev/null || true; done
