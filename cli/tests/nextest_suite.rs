@@ -167,7 +167,10 @@ fn a_rust_workspace_through_the_farm_reports_what_nextest_reports_built_once_per
     assert!(failure.output.as_deref().is_some_and(|output| output.contains("arithmetic")), "{failure:?}");
 
     // Built once by the master's listing and once per worker that ran shards.
-    let detail = farm.build(build.build_id);
+    // The build ends with its last result; its shards end when their workers say so.
+    let detail = farm.wait_for("every shard to finish", Duration::from_secs(60), |farm| {
+        Some(farm.build(build.build_id)).filter(|detail| detail.shards.iter().all(|shard| shard.state == "finished"))
+    });
     let workers: BTreeSet<&str> = detail.shards.iter().map(|shard| shard.worker.as_str()).collect();
     assert!(detail.shards.len() > workers.len(), "some worker ran several shards: {:#?}", detail.shards);
     let builds: Vec<String> = std::fs::read_to_string(&build_log).unwrap().lines().map(str::to_owned).collect();
@@ -176,6 +179,24 @@ fn a_rust_workspace_through_the_farm_reports_what_nextest_reports_built_once_per
     for worker in &workers {
         assert_eq!(builds.iter().filter(|out_dir| out_dir.contains(&format!("/workers/{worker}/"))).count(), 1);
     }
-    assert!(detail.shards.iter().all(|shard| shard.reproduce.contains("cargo nextest run")), "{:?}", detail.shards);
+    assert!(detail.shards.iter().all(|shard| shard.runner_wall_s.is_some_and(|wall_s| wall_s > 0.0)));
+
+    // Each shard's `reproduce` line, run by hand in a clone, runs exactly that shard's tests.
+    let mut reproduced = BTreeMap::new();
+    for shard in &detail.shards {
+        let rerun = Command::new("sh")
+            .args(["-c", &format!("{} --status-level all --final-status-level none", shard.reproduce)])
+            .current_dir(&direct_dir)
+            .env("CARGO_TARGET_DIR", "target")
+            .env("CARGO_TERM_COLOR", "never")
+            .output()
+            .unwrap();
+        let mut statuses = status_lines(&String::from_utf8_lossy(&rerun.stderr));
+        // Tests outside the filter are listed as skipped.
+        statuses.retain(|_, word| word != "SKIP");
+        assert_eq!(statuses.len(), shard.tests as usize, "{}: {statuses:?}", shard.reproduce);
+        reproduced.extend(statuses);
+    }
+    assert_eq!(reproduced, got, "the shards' reproduce lines together rerun the build");
     eprintln!("nextest: {} shards on {} workers, {} builds", detail.shards.len(), workers.len(), builds.len());
 }

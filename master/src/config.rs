@@ -577,4 +577,33 @@ run_command = ["run", "{ids_file}"]
             "invalid configuration: [suite] needs exactly one of `file` and `list_command`"
         );
     }
+
+    #[test]
+    fn a_runner_adapter_needs_no_templates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("greenlight.toml");
+        let base = "data_dir = \"/x\"\n[repository]\nurl = \"u\"\n[suite]\n";
+        std::fs::write(
+            &path,
+            format!("{base}runner = \"pytest\"\npython = \"/venv/bin/python\"\nrunner_args = [\"tests\"]\n"),
+        )
+        .unwrap();
+        let config = Config::from_file(&path).unwrap();
+        assert_eq!(
+            config.suite.runner(),
+            Runner::Pytest { python: "/venv/bin/python".into(), args: vec!["tests".into()] }
+        );
+        std::fs::write(&path, format!("{base}runner = \"nextest\"\n")).unwrap();
+        assert_eq!(
+            Config::from_file(&path).unwrap().suite.runner(),
+            Runner::Nextest { cargo: "cargo".into(), args: vec![] }
+        );
+        std::fs::write(&path, format!("{base}runner = \"jest\"\n")).unwrap();
+        assert!(Config::from_file(&path).unwrap_err().to_string().contains("unknown variant `jest`"));
+        std::fs::write(&path, format!("{base}runner = \"command\"\nfile = \"s.json\"\n")).unwrap();
+        assert_eq!(
+            Config::from_file(&path).unwrap_err().to_string(),
+            "invalid configuration: [suite] run_command is empty"
+        );
+    }
 }

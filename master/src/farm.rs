@@ -409,6 +409,7 @@ impl Farm {
             state: "running".to_owned(),
             counts: TestCounts { total: tests.len() as u32, ..TestCounts::default() },
             test_ids: tests.clone(),
+            runner_wall_s: None,
             reproduce: runner.reproduce(&suite.setup_command, &suite.run_command, &tests, &live.summary.revision),
         };
         self.put_shard(grant.build.0, &shard)?;
@@ -554,7 +555,7 @@ impl Farm {
                 "infra_error"
             }
         };
-        self.end_shard(core, lease_id, state, now)?;
+        self.end_shard(core, lease_id, state, now, runner_wall_s)?;
         self.apply(core, decisions, now)
     }
 
@@ -566,18 +567,34 @@ impl Farm {
         self.apply(&mut core, decisions, now)
     }
 
-    fn end_shard(&self, core: &mut Core, lease_id: u64, state: &str, now: f64) -> Result<(), FarmError> {
+    fn end_shard(
+        &self,
+        core: &mut Core,
+        lease_id: u64,
+        state: &str,
+        now: f64,
+        runner_wall_s: Option<f64>,
+    ) -> Result<(), FarmError> {
         let Some(&build_id) = core.lease_build.get(&lease_id) else { return Ok(()) };
         let shard = match core.running.get_mut(&build_id) {
             Some(live) => live.shards.get_mut(&lease_id).cloned(),
             None => self.store.shards(build_id)?.into_iter().find(|shard| shard.lease_id == lease_id),
         };
         let Some(mut shard) = shard else { return Ok(()) };
+        let runner_wall_s = runner_wall_s.filter(|wall_s| wall_s.is_finite() && *wall_s >= 0.0);
         if shard.finished_at.is_some() {
+            // The build's last result closed the shard; the worker's finish, arriving just
+            // after, still tells when it really ended and how long its runner ran.
+            if shard.state == "finished" && shard.runner_wall_s.is_none() && runner_wall_s.is_some() {
+                shard.finished_at = Some(now);
+                shard.runner_wall_s = runner_wall_s;
+                self.put_shard(build_id, &shard)?;
+            }
             return Ok(());
         }
         shard.finished_at = Some(now);
         shard.state = state.to_owned();
+        shard.runner_wall_s = runner_wall_s;
         self.put_shard(build_id, &shard)?;
         if let Some(live) = core.running.get_mut(&build_id) {
             live.shards.insert(lease_id, shard);
@@ -700,7 +717,7 @@ impl Farm {
                 }
                 Decision::LeaseExpired { lease, worker, requeued } => {
                     tracing::warn!(lease_id = lease.0, worker_id = worker.0, requeued, "lease expired: worker lost");
-                    self.end_shard(core, lease.0, "expired", now)?;
+                    self.end_shard(core, lease.0, "expired", now, None)?;
                     if let Some(info) = core.workers.get_mut(&worker.0)
                         && info.lease == Some(lease.0)
                     {
@@ -1540,6 +1557,7 @@ fn without_test_ids(shard: &ShardView) -> ShardView {
         counts: shard.counts.clone(),
         test_ids: Vec::new(),
         reproduce: String::new(),
+        runner_wall_s: shard.runner_wall_s,
     }
 }
 

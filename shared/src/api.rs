@@ -510,6 +510,10 @@ pub struct ShardView {
     /// A shell command line that reruns the shard by hand in a clone of the repository.
     #[serde(default)]
     pub reproduce: String,
+    /// Seconds the worker's runner process ran (the rest of the shard's time, from lease
+    /// to finish, is the farm's: checkout, setup, reporting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_wall_s: Option<f64>,
 }
 
 /// A build with its shards, for `GET /api/v1/builds/{build_id}`.

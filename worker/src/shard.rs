@@ -263,7 +263,11 @@ async fn run_shard_inner(
             () = tokio::time::sleep(REPORT_POLL) => {
                 if !active.load(Ordering::SeqCst) {
                     let _ = child.kill().await;
-                    return ShardRun { outcome: ShardOutcome::Completed, runner_wall_s: None };
+                    // Every test reported, the build may have ended while the runner was
+                    // still exiting: its time up to now is still a fair sample.
+                    let done = reported.len() == lease.tests.len();
+                    let runner_wall_s = done.then(|| started.elapsed().as_secs_f64());
+                    return ShardRun { outcome: ShardOutcome::Completed, runner_wall_s };
                 }
                 let fresh = new_results(&junit, &index, &mut reported, &lease.tests);
                 if !fresh.is_empty() {
