@@ -241,3 +241,49 @@ fn a_build_disturbed_by_killed_workers_a_killed_master_and_stale_reports_ends_as
     let shards = farm.build(done.build_id).shards;
     assert!(shards.iter().any(|shard| shard.state == "expired"), "the chaos did take leases back: {shards:?}");
 }
+
+#[test]
+fn a_runner_crash_reruns_its_tests_and_a_test_that_always_crashes_ends_the_build_in_error_not_red() {
+    let state = tempfile::tempdir().unwrap();
+    let farm = Farm::start(&core_suite(8, 1.0), 2, options(state.path()));
+    assert_eq!(farm.finished_build_of(&farm.repo.head().unwrap()).state, BuildState::Green);
+
+    // The runner aborts (SIGABRT) when it reaches this test the first time only.
+    let crasher = "core/test_core.py::test_2";
+    let revision = farm
+        .repo
+        .commit("Core: crash once", &[(FAILING_FILE, &format!("crash {crasher}\n")), ("src/core/code.txt", "1\n")])
+        .unwrap();
+    let build = farm.finished_build_of(&revision);
+    assert_eq!(build.state, BuildState::Green, "a crash is infrastructure, its tests ran again: {build:?}");
+    assert_eq!((build.counts.error, build.counts.failed, build.counts.passed), (0, 0, 8));
+    let attempts = attempts_of(&farm, build.build_id, crasher);
+    assert_eq!(attempts.iter().map(|result| result.status).collect::<Vec<_>>(), vec![TestStatus::Passed]);
+    assert!(attempts[0].attempt >= 2, "it ran again after the crash: {attempts:?}");
+    let shards = farm.build(build.build_id).shards;
+    assert!(shards.iter().any(|shard| shard.state == "infra_error"), "{shards:?}");
+
+    // A test that crashes its runner every time: given up after max_attempts leases; the
+    // build ends in error, never red, and the gate stays open, with a warning.
+    let doomed = "core/test_core.py::test_3";
+    let revision = farm
+        .repo
+        .commit(
+            "Core: crash always",
+            &[(FAILING_FILE, &format!("crash-always {doomed}\n")), ("src/core/code.txt", "2\n")],
+        )
+        .unwrap();
+    let build = farm.finished_build_of(&revision);
+    assert_eq!(build.state, BuildState::Error, "{build:?}");
+    assert!(build.failed_tests.is_empty());
+    let error = build.error.clone().unwrap_or_default();
+    assert!(error.contains(doomed) && error.contains("no result after 3 attempts"), "{error}");
+    let gate = farm.gate();
+    assert_eq!(gate.state, GateState::Open);
+    assert!(
+        gate.warning.as_deref().is_some_and(|warning| warning.contains(&format!("build {}", build.build_id))),
+        "{gate:?}"
+    );
+    let (code, _, _) = farm.gate_command(&[]);
+    assert_eq!(code, 0, "an infrastructure error does not close the gate");
+}

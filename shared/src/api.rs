@@ -557,10 +557,11 @@ pub struct TestResultView {
 }
 
 impl TestResultView {
-    /// Whether this result makes its build red: a final, real failure of a test not
+    /// Whether this result makes its build red: a final failure of a test a worker ran
+    /// (an error no worker ran is the scheduler giving up: infrastructure), not
     /// quarantined.
     pub fn counts_as_failure(&self) -> bool {
-        self.status.is_failure() && !self.retried && !self.quarantined
+        self.status.is_failure() && !self.retried && !self.quarantined && self.worker.is_some()
     }
 }
 

@@ -3,6 +3,11 @@
 //! while it runs, read its JUnit report as it grows and stream each newly finished test
 //! to the master, and when it exits report every leased test the runner never mentioned
 //! as an error. The master is never told a test passed unless the report says so.
+//!
+//! A runner killed by a signal (a segfault, an abort, the OOM killer) is the
+//! infrastructure failing, not its tests: the unmentioned tests are not reported and the
+//! shard ends as an infrastructure error, so the master runs them again (elsewhere, up to
+//! `max_attempts`, then the build ends in error rather than red).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -283,6 +288,21 @@ async fn run_shard_inner(
     };
     let mut last = new_results(&junit, &index, &mut reported, &lease.tests);
     let missing: Vec<usize> = (0..lease.tests.len()).filter(|position| !reported.contains(position)).collect();
+    let killed_by = status.as_ref().ok().and_then(std::os::unix::process::ExitStatusExt::signal);
+    if let (Some(signal), false) = (killed_by, missing.is_empty()) {
+        if !last.is_empty() {
+            send_results(client, worker_id, lease.lease_id, last).await;
+        }
+        let tail = output_tail(&files.log);
+        let message = format!(
+            "the runner was killed by signal {signal} with {} of {} tests unreported (next: {:?}); last output:\n{tail}",
+            missing.len(),
+            lease.tests.len(),
+            lease.tests[missing[0]]
+        );
+        tracing::warn!(signal, missing = missing.len(), "runner crashed; its unreported tests go back to the queue");
+        return ShardRun { outcome: ShardOutcome::InfraError { message }, runner_wall_s: None };
+    }
     if !missing.is_empty() {
         let tail = output_tail(&files.log);
         tracing::warn!(missing = missing.len(), %exit, "runner did not report every leased test");
