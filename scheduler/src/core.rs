@@ -308,8 +308,9 @@ struct BuildRun {
     plan: BuildPlan,
     states: Vec<TestState>,
     attempts: Vec<u32>,
-    /// Failed attempts of each test, and the workers they failed on.
+    /// Failed attempts of each test.
     failures: Vec<u32>,
+    /// The workers each test failed on or was lost by: it runs elsewhere when it can.
     failed_on: HashMap<PlanIndex, Vec<WorkerId>>,
     /// The leases whose report of each test was accepted (more than one after a retry).
     reported_by: Vec<Vec<LeaseId>>,
@@ -870,6 +871,8 @@ impl Scheduler {
                 run.states[test] = TestState::Ready;
                 run.unleased_work += run.plan.tests[test].estimate_s;
                 run.ready.push(ReadyEntry { priority: run.plan.tests[test].priority_s, index: test });
+                // A worker whose checkout or runner just failed should not get it straight back.
+                run.failed_on.entry(test).or_default().push(worker);
                 requeued = true;
             }
         }
@@ -1123,6 +1126,20 @@ mod tests {
         scheduler.worker_joined(WorkerId(2), 5.0);
         let second = scheduler.request_work(WorkerId(2), 5.0).0.unwrap();
         assert!(!second.tests.is_empty());
+    }
+
+    #[test]
+    fn tests_a_worker_lost_go_to_another_worker_first() {
+        let mut scheduler = Scheduler::new(SchedulerConfig::default());
+        scheduler.worker_joined(WorkerId(1), 0.0);
+        scheduler.worker_joined(WorkerId(2), 0.0);
+        scheduler.add_build(BuildId(1), single("t"), 0.0).unwrap();
+        let grant = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+        // Its checkout failed: the shard ends without a result.
+        scheduler.lease_finished(grant.lease, WorkerId(1), 0.1).unwrap();
+        assert_eq!(scheduler.request_work(WorkerId(1), 0.2).0, None, "not straight back to the worker that lost it");
+        let again = scheduler.request_work(WorkerId(2), 0.3).0.expect("the other worker takes it");
+        assert_eq!(again.tests, vec![0]);
     }
 
     #[test]

@@ -48,8 +48,29 @@ impl Checkout {
         &self.dir
     }
 
-    /// Makes the work tree hold `revision` of `repository`, set up. Blocking.
+    /// Makes the work tree hold `revision` of `repository`, set up. Blocking. A cached
+    /// clone git cannot use (a missing object, a broken index) is thrown away and cloned
+    /// afresh once before the failure is reported.
     pub fn prepare(
+        &self,
+        repository: &str,
+        revision: &str,
+        setup: &[Vec<String>],
+        env: &[(String, String)],
+    ) -> Result<(), CheckoutError> {
+        match self.prepare_once(repository, revision, setup, env) {
+            Err(CheckoutError::Git(error)) if self.dir.exists() => {
+                tracing::warn!(%error, "the cached clone is unusable; cloning afresh");
+                let _ = std::fs::remove_file(&self.marker);
+                std::fs::remove_dir_all(&self.dir)
+                    .map_err(|source| CheckoutError::Io { path: self.dir.clone(), source })?;
+                self.prepare_once(repository, revision, setup, env)
+            }
+            other => other,
+        }
+    }
+
+    fn prepare_once(
         &self,
         repository: &str,
         revision: &str,
@@ -104,5 +125,39 @@ impl Checkout {
         }
         std::fs::write(&self.marker, revision).map_err(io(&self.marker))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(repo: &Git, dir: &Path, content: &str) -> String {
+        std::fs::write(dir.join("file.txt"), content).unwrap();
+        repo.run(&["add", "file.txt"]).unwrap();
+        repo.run(&["-c", "user.name=t", "-c", "user.email=t@e", "commit", "--quiet", "-m", content]).unwrap();
+        repo.run(&["rev-parse", "HEAD"]).unwrap().trim().to_owned()
+    }
+
+    #[test]
+    fn a_clone_missing_an_object_is_cloned_afresh_and_the_checkout_succeeds() {
+        let origin_dir = tempfile::tempdir().unwrap();
+        let origin = Git::new(origin_dir.path());
+        origin.run(&["init", "--quiet", "-b", "main"]).unwrap();
+        let first = commit(&origin, origin_dir.path(), "one");
+        let work = tempfile::tempdir().unwrap();
+        let checkout = Checkout::new(work.path());
+        let url = origin_dir.path().to_string_lossy().into_owned();
+        checkout.prepare(&url, &first, &[], &[]).unwrap();
+        let second = commit(&origin, origin_dir.path(), "two");
+        let clone = Git::new(checkout.dir());
+        clone.run(&["fetch", "--quiet", "origin", "+refs/heads/*:refs/remotes/origin/*"]).unwrap();
+        // Lose the new file's object, as a disk fault or an interrupted write would: the
+        // commit is there, its content is not.
+        let blob = clone.run(&["rev-parse", &format!("{second}:file.txt")]).unwrap().trim().to_owned();
+        let loose = checkout.dir().join(".git/objects").join(&blob[..2]).join(&blob[2..]);
+        std::fs::remove_file(&loose).unwrap_or_else(|error| panic!("{}: {error}", loose.display()));
+        checkout.prepare(&url, &second, &[], &[]).unwrap();
+        assert_eq!(std::fs::read_to_string(checkout.dir().join("file.txt")).unwrap(), "two");
     }
 }
