@@ -4,7 +4,7 @@
 //! call these methods; each one hands an event to the scheduler, persists what it decided
 //! and wakes whoever waits on it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use greenlight_scheduler::core::{
@@ -71,6 +71,31 @@ struct FlakeRecord {
 impl FlakeRecord {
     fn flaky(&self) -> u32 {
         self.recent.iter().filter(|&&flaky| flaky).count() as u32
+    }
+}
+
+/// What every reported result is checked against, kept in memory (the store has the
+/// same) so the results path reads no key per test: the quarantine, and which tests have
+/// a flake record at all.
+#[derive(Debug, Default)]
+struct Flakes {
+    quarantine: HashMap<String, QuarantineEntry>,
+    recorded: HashSet<String>,
+}
+
+impl Flakes {
+    fn load(store: &Store) -> Result<Flakes, StoreError> {
+        let quarantine: Vec<QuarantineEntry> = store.meta_with_prefix(QUARANTINE)?;
+        let records: Vec<FlakeRecord> = store.meta_with_prefix(FLAKE)?;
+        Ok(Flakes {
+            quarantine: quarantine.into_iter().map(|entry| (entry.test_id.clone(), entry)).collect(),
+            recorded: records.into_iter().map(|record| record.test_id).collect(),
+        })
+    }
+
+    /// Whether `test_id` is quarantined now.
+    fn quarantined(&self, test_id: &str) -> bool {
+        self.quarantine.get(test_id).is_some_and(|entry| entry.expires_at > unix_now_s())
     }
 }
 
@@ -157,6 +182,8 @@ struct Core {
     bisections: BTreeMap<u64, Bisection>,
     /// Seconds of test time each running lease reported (to learn the shard overhead).
     lease_test_seconds: HashMap<u64, f64>,
+    /// Quarantined tests and tests with a flake record.
+    flakes: Flakes,
 }
 
 /// The master's state.
@@ -204,6 +231,7 @@ impl Farm {
                 worker_by_name: HashMap::new(),
                 lease_build: HashMap::new(),
                 lease_test_seconds: HashMap::new(),
+                flakes: Flakes::load(&store)?,
                 gate: match store.meta(&gate_key(&config.repository.branch))? {
                     Some(gate) => gate,
                     None => gate::new_gate(&config.repository.branch, &config.gate.fix_marker),
@@ -287,7 +315,7 @@ impl Farm {
                     let mut restored: Vec<RestoredResult> = results
                         .into_iter()
                         .map(|result| RestoredResult {
-                            gave_up: result.worker.is_none() && result.status == TestStatus::Error,
+                            gave_up: result.given_up(),
                             test_id: result.test_id,
                             status: result.status,
                             attempt: result.attempt,
@@ -503,7 +531,7 @@ impl Farm {
                         worker: Some(worker_name.clone()),
                         retried: outcome == Outcome::Retry,
                         flaky: outcome == Outcome::Final { flaky: true },
-                        quarantined: self.quarantined(&result.test_id)?,
+                        quarantined: core.flakes.quarantined(&result.test_id),
                         lease_id: Some(lease_id),
                     };
                     self.record_result(core, build_id, &stored)?;
@@ -628,11 +656,11 @@ impl Farm {
             }
             let regular = live.summary.kind == BuildKind::Regular;
             if regular && !result.retried && result.worker.is_some() {
-                self.count_run(&result.test_id, result.flaky)?;
+                self.count_run(&mut core.flakes, &result.test_id, result.flaky)?;
             }
             // A test that ran and failed on every attempt closes the gate now, not when the
             // build ends; a flaky one only if flaky tests fail builds here.
-            let closes = (result.counts_as_failure() && result.worker.is_some())
+            let closes = result.counts_as_failure()
                 || (result.flaky && !result.quarantined && self.config.gate.flaky_fails_build);
             if closes && regular {
                 let revision = live.summary.revision.clone();
@@ -1248,21 +1276,15 @@ impl Farm {
         Ok(output.stdout)
     }
 
-    /// Whether `test_id` is quarantined now.
-    fn quarantined(&self, test_id: &str) -> Result<bool, FarmError> {
-        let entry: Option<QuarantineEntry> = self.store.meta(&format!("{QUARANTINE}{test_id}"))?;
-        Ok(entry.is_some_and(|entry| entry.expires_at > unix_now_s()))
-    }
-
     /// Counts a final run of a test in a regular build for its flake rate; quarantines it
     /// when the rate reaches the configured threshold.
-    fn count_run(&self, test_id: &str, flaky: bool) -> Result<(), FarmError> {
-        let key = format!("{FLAKE}{test_id}");
-        let mut record: FlakeRecord = self.store.meta(&key)?.unwrap_or_default();
-        if !flaky && record.recent.is_empty() {
+    fn count_run(&self, flakes: &mut Flakes, test_id: &str, flaky: bool) -> Result<(), FarmError> {
+        if !flaky && !flakes.recorded.contains(test_id) {
             // Tests that never flaked keep no record: 15k keys a build would be noise.
             return Ok(());
         }
+        let key = format!("{FLAKE}{test_id}");
+        let mut record: FlakeRecord = self.store.meta(&key)?.unwrap_or_default();
         record.test_id = test_id.to_owned();
         record.recent.push_back(flaky);
         if record.recent.len() > FLAKE_WINDOW {
@@ -1272,6 +1294,7 @@ impl Farm {
             record.last_flaky_at = Some(unix_now_s());
         }
         self.store.set_meta(&key, &record)?;
+        flakes.recorded.insert(test_id.to_owned());
         let policy = &self.config.quarantine;
         let runs = record.recent.len() as u32;
         let rate = f64::from(record.flaky()) / f64::from(runs.max(1));
@@ -1279,7 +1302,7 @@ impl Farm {
             && policy.flake_rate > 0.0
             && runs >= policy.min_runs
             && rate >= policy.flake_rate
-            && !self.quarantined(test_id)?
+            && !flakes.quarantined(test_id)
         {
             let now = unix_now_s();
             let entry = QuarantineEntry {
@@ -1291,6 +1314,7 @@ impl Farm {
             };
             tracing::warn!(test_id, rate, "test quarantined automatically");
             self.store.set_meta(&format!("{QUARANTINE}{test_id}"), &entry)?;
+            flakes.quarantine.insert(test_id.to_owned(), entry);
         }
         Ok(())
     }
@@ -1317,34 +1341,38 @@ impl Farm {
             since: now,
             expires_at: now + expires_in_s,
         };
+        let mut core = self.core();
         self.store.set_meta(&format!("{QUARANTINE}{test_id}"), &entry)?;
+        core.flakes.quarantine.insert(test_id.to_owned(), entry.clone());
         tracing::info!(test_id, reason, "test quarantined by an admin");
         Ok(entry)
     }
 
     /// Lifts a quarantine (admin). Returns whether there was one.
     pub fn unquarantine(&self, test_id: &str) -> Result<bool, FarmError> {
-        let key = format!("{QUARANTINE}{test_id}");
-        let existed = self.store.meta::<QuarantineEntry>(&key)?.is_some();
-        self.store.remove_meta(&key)?;
-        Ok(existed)
+        let mut core = self.core();
+        self.store.remove_meta(&format!("{QUARANTINE}{test_id}"))?;
+        Ok(core.flakes.quarantine.remove(test_id).is_some())
     }
 
-    /// Quarantines in force.
-    pub fn quarantine_list(&self) -> Result<Vec<QuarantineEntry>, FarmError> {
-        let now = unix_now_s();
-        let entries: Vec<QuarantineEntry> = self.store.meta_with_prefix(QUARANTINE)?;
-        Ok(entries.into_iter().filter(|entry| entry.expires_at > now).collect())
+    /// Quarantines in force, by test id.
+    pub fn quarantine_list(&self) -> Vec<QuarantineEntry> {
+        let core = self.core();
+        let mut entries: Vec<QuarantineEntry> =
+            core.flakes.quarantine.values().filter(|entry| core.flakes.quarantined(&entry.test_id)).cloned().collect();
+        entries.sort_by(|a, b| a.test_id.cmp(&b.test_id));
+        entries
     }
 
     /// Tests that flaked in their recent runs, flakiest first.
     pub fn flaky_tests(&self) -> Result<Vec<FlakeStats>, FarmError> {
         let records: Vec<FlakeRecord> = self.store.meta_with_prefix(FLAKE)?;
+        let core = self.core();
         let mut stats = Vec::new();
         for record in records.into_iter().filter(|record| record.flaky() > 0) {
             let runs = record.recent.len() as u32;
             stats.push(FlakeStats {
-                quarantined: self.quarantined(&record.test_id)?,
+                quarantined: core.flakes.quarantined(&record.test_id),
                 flaky: record.flaky(),
                 flake_rate: f64::from(record.flaky()) / f64::from(runs.max(1)),
                 runs,
@@ -1455,9 +1483,7 @@ impl Farm {
         for build in &builds {
             let attempts = self.store.results_of_test(build.build_id, test_id)?;
             let Some(last) = attempts.last() else { continue };
-            let failed_before = attempts.iter().rev().skip(1).any(|result| result.status.is_failure());
-            let flaky =
-                attempts.iter().any(|result| result.flaky) || (last.status == TestStatus::Passed && failed_before);
+            let flaky = last.flaky;
             let output = attempts.iter().rev().find(|result| result.status.is_failure()).and_then(|r| r.output.clone());
             runs.push(TestRun {
                 build_id: build.build_id,

@@ -311,7 +311,7 @@ struct BuildRun {
     /// Failed attempts of each test.
     failures: Vec<u32>,
     /// The workers each test failed on or was lost by: it runs elsewhere when it can.
-    failed_on: HashMap<PlanIndex, Vec<WorkerId>>,
+    avoid: HashMap<PlanIndex, Vec<WorkerId>>,
     /// The leases whose report of each test was accepted (more than one after a retry).
     reported_by: Vec<Vec<LeaseId>>,
     ready: BinaryHeap<ReadyEntry>,
@@ -490,7 +490,7 @@ impl Scheduler {
             unfinished: plan.len(),
             attempts: vec![0; plan.len()],
             failures: vec![0; plan.len()],
-            failed_on: HashMap::new(),
+            avoid: HashMap::new(),
             reported_by: vec![Vec::new(); plan.len()],
             failed: Vec::new(),
             gave_up: Vec::new(),
@@ -588,7 +588,8 @@ impl Scheduler {
         let mut chain_cap = f64::INFINITY;
         // However few workers are live now, no shard locks up more than this: more may join.
         let max_shard = self.config.max_shard_s / run.drift.ratio();
-        // A failed test is retried elsewhere, unless no other worker could take it.
+        // A test that failed on, or was lost by, this worker runs elsewhere, unless no other
+        // worker could take it.
         let others: Vec<WorkerId> = self
             .workers
             .iter()
@@ -597,9 +598,9 @@ impl Scheduler {
             .collect();
         let mut passed_over = Vec::new();
         while let Some(entry) = run.ready.peek().copied() {
-            if let Some(failed_on) = run.failed_on.get(&entry.index)
-                && failed_on.contains(&worker)
-                && others.iter().any(|other| !failed_on.contains(other))
+            if let Some(avoid) = run.avoid.get(&entry.index)
+                && avoid.contains(&worker)
+                && others.iter().any(|other| !avoid.contains(other))
             {
                 passed_over.push(run.ready.pop().expect("just peeked"));
                 continue;
@@ -770,7 +771,7 @@ impl Scheduler {
         if status.is_failure() && run.failures[index] < self.config.retries {
             // Not final yet: run it again, first in line, to tell a flake from a failure.
             run.failures[index] += 1;
-            run.failed_on.entry(index).or_default().push(worker);
+            run.avoid.entry(index).or_default().push(worker);
             run.states[index] = TestState::Ready;
             run.unleased_work += estimate;
             run.ready.push(ReadyEntry { priority: f64::INFINITY, index });
@@ -872,7 +873,7 @@ impl Scheduler {
                 run.unleased_work += run.plan.tests[test].estimate_s;
                 run.ready.push(ReadyEntry { priority: run.plan.tests[test].priority_s, index: test });
                 // A worker whose checkout or runner just failed should not get it straight back.
-                run.failed_on.entry(test).or_default().push(worker);
+                run.avoid.entry(test).or_default().push(worker);
                 requeued = true;
             }
         }

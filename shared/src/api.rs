@@ -561,7 +561,13 @@ impl TestResultView {
     /// (an error no worker ran is the scheduler giving up: infrastructure), not
     /// quarantined.
     pub fn counts_as_failure(&self) -> bool {
-        self.status.is_failure() && !self.retried && !self.quarantined && self.worker.is_some()
+        self.status.is_failure() && !self.retried && !self.quarantined && !self.given_up()
+    }
+
+    /// Whether this is the error the scheduler records when it gives up on a test no worker
+    /// could run (workers lost, runners crashed): the only error without a worker.
+    pub fn given_up(&self) -> bool {
+        self.status == TestStatus::Error && self.worker.is_none()
     }
 }
 
