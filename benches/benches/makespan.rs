@@ -1,10 +1,13 @@
 //! Makespan against the lower bound, side by side in one run: Greenlight's dynamic
 //! scheduler, a split by test count, and a static split by estimated durations (LPT, one
 //! shard per worker), on IMVU-shaped suites (15k tests, 4.4 machine-hours, 1.5 s shard
-//! overhead), several seeds, 36 and 50 workers, with exact history and with noisy history
+//! overhead), a hundred seeds, 36 and 50 workers, with exact history and with noisy history
 //! (each duration off by a lognormal factor, sigma 0.5, and 5% of the tests new).
 //!
 //! `cargo bench -p greenlight-benches --bench makespan`
+//!
+//! Seeds 1–100 by default; `GREENLIGHT_BENCH_SEEDS=1-10` (a range or a comma list) sets them,
+//! and `GREENLIGHT_BENCH_VERBOSE=1` prints each seed's ratio to stderr.
 
 use std::collections::BTreeSet;
 
@@ -17,7 +20,8 @@ use greenlight_scheduler::select::select;
 use greenlight_scheduler::simulate::simulate;
 use greenlight_scheduler::suite::Suite;
 
-const SEEDS: [u64; 5] = [1, 2, 3, 4, 5];
+/// Seeds run by default: a hundred, since a scheduler's worst case hides in the few.
+const SEEDS: std::ops::RangeInclusive<u64> = 1..=100;
 
 struct Row {
     greenlight: Vec<f64>,
@@ -30,22 +34,43 @@ fn mean(values: &[f64]) -> f64 {
     values.iter().sum::<f64>() / values.len() as f64
 }
 
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    if sorted.len() % 2 == 1 { sorted[middle] } else { (sorted[middle - 1] + sorted[middle]) / 2.0 }
+}
+
 fn max(values: &[f64]) -> f64 {
     values.iter().copied().fold(0.0, f64::max)
+}
+
+/// `1-10` or `1,4,7`.
+fn parse_seeds(text: &str) -> Option<Vec<u64>> {
+    if let Some((first, last)) = text.split_once('-') {
+        let (first, last) = (first.trim().parse::<u64>().ok()?, last.trim().parse::<u64>().ok()?);
+        return (first <= last).then(|| (first..=last).collect());
+    }
+    text.split(',').map(|seed| seed.trim().parse().ok()).collect()
 }
 
 fn main() {
     // `cargo test --benches` runs this with `--test`: keep that quick.
     let quick = std::env::args().any(|argument| argument == "--test");
-    let seeds: &[u64] = if quick { &SEEDS[..1] } else { &SEEDS };
+    let seeds: Vec<u64> = match std::env::var("GREENLIGHT_BENCH_SEEDS") {
+        Ok(text) => parse_seeds(&text).unwrap_or_else(|| panic!("GREENLIGHT_BENCH_SEEDS: not a range or list: {text}")),
+        Err(_) if quick => vec![*SEEDS.start()],
+        Err(_) => SEEDS.collect(),
+    };
+    let verbose = std::env::var_os("GREENLIGHT_BENCH_VERBOSE").is_some();
     println!(
-        "| workers | history | Greenlight mean (max) | split by count mean (max) | static by estimate mean (max) | shards |"
+        "| workers | history | Greenlight mean (max) | median | seeds above 1.02 | split by count mean (max) | static by estimate mean (max) | shards |"
     );
-    println!("|---:|---|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
     for n_workers in [36usize, 50] {
         for noisy in [false, true] {
             let mut row = Row { greenlight: vec![], by_count: vec![], by_estimate: vec![], shards: vec![] };
-            for &seed in seeds {
+            for &seed in &seeds {
                 let file = generate(&ImvuShape { seed, ..ImvuShape::default() });
                 let history = noisy.then(|| noisy_history(&file, 0.5, 0.05, seed));
                 let suite = Suite::new(file).expect("a generated suite is valid");
@@ -60,16 +85,22 @@ fn main() {
                     .map(|&index| suite.tests[index].duration_s.unwrap_or(estimates.seconds[index]))
                     .collect();
                 let result = simulate(&plan, &actual, n_workers, SchedulerConfig::default());
+                if verbose {
+                    eprintln!("{n_workers} workers, noisy {noisy}, seed {seed}: {:.4}", result.ratio());
+                }
                 row.greenlight.push(result.ratio());
                 row.shards.push(result.shards.len());
                 row.by_count.push(simulate_static(&plan, &actual, &split_by_count(&plan, n_workers)).ratio());
                 row.by_estimate.push(simulate_static(&plan, &actual, &split_by_estimate(&plan, n_workers)).ratio());
             }
             println!(
-                "| {n_workers} | {} | {:.3} ({:.3}) | {:.3} ({:.3}) | {:.3} ({:.3}) | {:.0} |",
+                "| {n_workers} | {} | {:.4} ({:.4}) | {:.4} | {} of {} | {:.3} ({:.3}) | {:.3} ({:.3}) | {:.0} |",
                 if noisy { "noisy (σ 0.5, 5% new)" } else { "exact" },
                 mean(&row.greenlight),
                 max(&row.greenlight),
+                median(&row.greenlight),
+                row.greenlight.iter().filter(|&&ratio| ratio > 1.02).count(),
+                row.greenlight.len(),
                 mean(&row.by_count),
                 max(&row.by_count),
                 mean(&row.by_estimate),
