@@ -14,10 +14,10 @@
 //! tests), and water-fills the work not yet leased over them, each worker paying the shard
 //! overhead once more: that level is the target finish `F`. The asking worker may fill
 //! `F - now - overhead`. It gets all of that only when the rest would be a shard too small
-//! to be worth its overhead; otherwise it gets `1 - tail_fraction` of it, so that the
-//! tail is cut later, from fresher estimates, in smaller shards that absorb the drift of
-//! real durations from history. Shards are thus few (two or three a worker) and large
-//! early, small and balanced at the end.
+//! to be worth its overhead (its last shard, however small); otherwise it gets
+//! `1 - tail_fraction` of it, so that the tail is cut later, from fresher estimates, in
+//! smaller shards that absorb the drift of real durations from history. Shards are thus
+//! few (two or three a worker) and large early, small and balanced at the end.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -354,7 +354,7 @@ impl Drift {
 #[derive(Debug, Clone, Copy)]
 struct ShardGoal {
     /// The asking worker's share of the unleased work: the estimated seconds that bring it
-    /// to the common finish time.
+    /// to the common finish time (at least `smallest`, unless `last`).
     share: Seconds,
     /// The common finish time.
     finish: Seconds,
@@ -703,7 +703,11 @@ impl Scheduler {
         let share = (finish - now - overhead).max(0.0) / drift;
         let smallest = self.config.min_shard_s.max(self.config.min_shard_overheads * overhead);
         let last = share * self.config.tail_fraction < smallest;
-        ShardGoal { share: share.max(smallest), finish, smallest, last }
+        // A last shard holds just what brings this worker to the common finish, even less
+        // than `smallest`: padding it to a worthwhile size would end this worker after the
+        // others, who are free by then to take the rest.
+        let share = if last { share } else { share.max(smallest) };
+        ShardGoal { share, finish, smallest, last }
     }
 
     /// Event: a heartbeat. Returns whether the lease is still the worker's (and extends it).
@@ -1127,6 +1131,36 @@ mod tests {
         scheduler.worker_joined(WorkerId(2), 5.0);
         let second = scheduler.request_work(WorkerId(2), 5.0).0.unwrap();
         assert!(!second.tests.is_empty());
+    }
+
+    fn planned(id: &str, estimate_s: f64, estimate_known: bool) -> PlannedTest {
+        PlannedTest {
+            id: id.into(),
+            depends_on: vec![],
+            dependents: vec![],
+            estimate_s,
+            estimate_known,
+            priority_s: 0.0,
+        }
+    }
+
+    #[test]
+    fn the_last_tests_are_split_evenly_among_the_free_workers_not_in_minimum_size_shards() {
+        // One 10 s test and 40 of 0.1 s; 1.5 s overhead, so a shard is worth 3 s of work.
+        let mut tests = vec![planned("long", 10.0, true)];
+        tests.extend((0..40).map(|index| planned(&format!("tiny{index}"), 0.1, true)));
+        let mut scheduler = Scheduler::new(SchedulerConfig::default());
+        for worker in 1..=3 {
+            scheduler.worker_joined(WorkerId(worker), 0.0);
+        }
+        scheduler.add_build(BuildId(1), BuildPlan::from_tests(tests, 1.5), 0.0).unwrap();
+        let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+        assert_eq!(first.tests, [0], "the long test alone");
+        // The other two share the 4 s of tiny tests: both end at 3.5 s. Padded to 3 s, the
+        // second would end at 4.5 s and the third at 2.5 s.
+        let second = scheduler.request_work(WorkerId(2), 0.0).0.unwrap();
+        let third = scheduler.request_work(WorkerId(3), 0.0).0.unwrap();
+        assert_eq!((second.tests.len(), third.tests.len()), (20, 20));
     }
 
     #[test]
