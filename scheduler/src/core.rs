@@ -18,6 +18,13 @@
 //! `1 - tail_fraction` of it, so that the tail is cut later, from fresher estimates, in
 //! smaller shards that absorb the drift of real durations from history. Shards are thus
 //! few (two or three a worker) and large early, small and balanced at the end.
+//!
+//! New tests (whose estimate is borrowed from their neighbours) are dispatched first
+//! ([`BuildPlan::dispatch_priority`]) in shards of their own, no larger than the part of a
+//! share held back for later: how long a new test takes is a guess, and a new browser
+//! test "like its neighbours" may take ten times as long. Drawn early and apart from the
+//! large shards, a long one only means its worker takes less afterwards; cut into a large
+//! shard it would end the build late.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -478,7 +485,7 @@ impl Scheduler {
             .enumerate()
             .map(|(index, test)| {
                 if test.depends_on.is_empty() {
-                    ready.push(ReadyEntry { priority: test.priority_s, index });
+                    ready.push(ReadyEntry { priority: plan.dispatch_priority(index), index });
                     TestState::Ready
                 } else {
                     TestState::Waiting { unfinished_dependencies: test.depends_on.len() }
@@ -534,7 +541,7 @@ impl Scheduler {
                 .iter()
                 .enumerate()
                 .filter(|(_, state)| **state == TestState::Ready)
-                .map(|(index, _)| ReadyEntry { priority: run.plan.tests[index].priority_s, index })
+                .map(|(index, _)| ReadyEntry { priority: run.plan.dispatch_priority(index), index })
                 .collect();
             run.ready = ready;
         }
@@ -582,7 +589,7 @@ impl Scheduler {
         let overhead = run.plan.shard_overhead_s;
         let lease = LeaseId(self.next_lease);
         self.next_lease += 1;
-        let mut tests = Vec::new();
+        let mut tests: Vec<PlanIndex> = Vec::new();
         let mut work = 0.0;
         let mut variance = 0.0;
         let mut chain_cap = f64::INFINITY;
@@ -607,6 +614,18 @@ impl Scheduler {
             }
             let planned = &run.plan.tests[entry.index];
             let estimate = planned.estimate_s;
+            if let Some(&first) = tests.first() {
+                // New tests and known ones are never in one shard; a shard of new tests is
+                // no larger than the reserve.
+                let new_shard = !run.plan.tests[first].estimate_known;
+                if new_shard && (planned.estimate_known || work + estimate > goal.share * self.config.tail_fraction) {
+                    break;
+                }
+                if !new_shard && !planned.estimate_known {
+                    passed_over.push(run.ready.pop().expect("just peeked"));
+                    continue;
+                }
+            }
             let relative_error =
                 if planned.estimate_known { self.config.estimate_error } else { self.config.borrowed_estimate_error };
             let test_variance = (relative_error * estimate).powi(2);
@@ -875,7 +894,7 @@ impl Scheduler {
             } else {
                 run.states[test] = TestState::Ready;
                 run.unleased_work += run.plan.tests[test].estimate_s;
-                run.ready.push(ReadyEntry { priority: run.plan.tests[test].priority_s, index: test });
+                run.ready.push(ReadyEntry { priority: run.plan.dispatch_priority(test), index: test });
                 // A worker whose checkout or runner just failed should not get it straight back.
                 run.avoid.entry(test).or_default().push(worker);
                 requeued = true;
@@ -937,7 +956,8 @@ impl Scheduler {
                     *unfinished_dependencies -= 1;
                     if *unfinished_dependencies == 0 {
                         run.states[dependent] = TestState::Ready;
-                        run.ready.push(ReadyEntry { priority: run.plan.tests[dependent].priority_s, index: dependent });
+                        run.ready
+                            .push(ReadyEntry { priority: run.plan.dispatch_priority(dependent), index: dependent });
                         unblocked = true;
                     }
                 }
@@ -1161,6 +1181,33 @@ mod tests {
         let second = scheduler.request_work(WorkerId(2), 0.0).0.unwrap();
         let third = scheduler.request_work(WorkerId(3), 0.0).0.unwrap();
         assert_eq!((second.tests.len(), third.tests.len()), (20, 20));
+    }
+
+    #[test]
+    fn new_tests_run_first_in_shards_of_their_own_no_larger_than_the_reserve() {
+        // Ten known tests of 30 s, ten new ones borrowing an estimate of 4 s.
+        let mut tests: Vec<PlannedTest> = (0..10).map(|index| planned(&format!("known{index}"), 30.0, true)).collect();
+        tests.extend((0..10).map(|index| planned(&format!("new{index}"), 4.0, false)));
+        let mut scheduler = Scheduler::new(SchedulerConfig::default());
+        scheduler.worker_joined(WorkerId(1), 0.0);
+        scheduler.worker_joined(WorkerId(2), 0.0);
+        scheduler.add_build(BuildId(1), BuildPlan::from_tests(tests, 1.0), 0.0).unwrap();
+        let is_new = |index: &PlanIndex| *index >= 10;
+        // Each worker's share is 170 s; a fifth of it (34 s) may be new tests: eight of them.
+        let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+        assert_eq!(first.tests.len(), 8);
+        assert!(first.tests.iter().all(is_new), "{:?}", first.tests);
+        // The other two new tests, and nothing else, go to the next worker to ask.
+        let second = scheduler.request_work(WorkerId(2), 0.0).0.unwrap();
+        assert_eq!(second.tests.len(), 2);
+        assert!(second.tests.iter().all(is_new), "{:?}", second.tests);
+        for &test in &second.tests {
+            let id = format!("new{}", test - 10);
+            accepted(scheduler.test_finished(second.lease, WorkerId(2), &id, TestStatus::Passed, 9.0));
+        }
+        scheduler.lease_finished(second.lease, WorkerId(2), 9.0).unwrap();
+        let third = scheduler.request_work(WorkerId(2), 9.0).0.unwrap();
+        assert!(!third.tests.is_empty() && !third.tests.iter().any(is_new), "{:?}", third.tests);
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct BuildPlan {
     /// Seconds every shard pays once.
     pub shard_overhead_s: f64,
     by_id: HashMap<String, PlanIndex>,
+    /// The highest `priority_s` of the plan.
+    highest_priority_s: f64,
 }
 
 impl BuildPlan {
@@ -84,7 +86,17 @@ impl BuildPlan {
             test.priority_s = priority;
         }
         let by_id = tests.iter().enumerate().map(|(index, test)| (test.id.clone(), index)).collect();
-        BuildPlan { tests, shard_overhead_s, by_id }
+        let highest_priority_s = tests.iter().map(|test| test.priority_s).fold(0.0, f64::max);
+        BuildPlan { tests, shard_overhead_s, by_id, highest_priority_s }
+    }
+
+    /// The order tests leave the ready queue, highest first: `priority_s`, except that the
+    /// tests whose estimate is borrowed (new tests) come before all the others. Their
+    /// durations are the least certain: an error early is absorbed by the shards cut after
+    /// it, one in the tail is not. And a new test is the likeliest to fail.
+    pub fn dispatch_priority(&self, index: PlanIndex) -> f64 {
+        let test = &self.tests[index];
+        if test.estimate_known { test.priority_s } else { test.priority_s + self.highest_priority_s }
     }
 
     /// The plan index of a test id.
@@ -167,5 +179,22 @@ mod tests {
         // total 12 over 2 workers is 6; the chain a-b-c is 8; plus the overhead.
         assert_eq!(plan.lower_bound(2), 8.5);
         assert_eq!(plan.lower_bound(1), 12.5);
+    }
+
+    #[test]
+    fn new_tests_are_dispatched_first_then_the_slowest() {
+        let mut new = test("new", 0.5, &[]);
+        new.estimate_known = false;
+        let plan = BuildPlan::from_tests(
+            vec![test("quick", 1.0, &[]), new, test("slow", 30.0, &[]), test("mid", 4.0, &[])],
+            0.5,
+        );
+        let mut order: Vec<usize> = (0..plan.len()).collect();
+        order.sort_by(|&a, &b| plan.dispatch_priority(b).total_cmp(&plan.dispatch_priority(a)));
+        let ids: Vec<&str> = order.iter().map(|&index| plan.tests[index].id.as_str()).collect();
+        assert_eq!(ids, ["new", "slow", "mid", "quick"]);
+        // The chain priorities themselves (and the lower bound) are untouched.
+        assert_eq!(plan.tests[1].priority_s, 0.5);
+        assert_eq!(plan.lower_bound(2), 30.5);
     }
 }
