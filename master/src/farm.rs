@@ -97,6 +97,12 @@ impl Flakes {
     fn quarantined(&self, test_id: &str) -> bool {
         self.quarantine.get(test_id).is_some_and(|entry| entry.expires_at > unix_now_s())
     }
+
+    /// The quarantines in force now.
+    fn in_force(&self) -> impl Iterator<Item = &QuarantineEntry> {
+        let now = unix_now_s();
+        self.quarantine.values().filter(move |entry| entry.expires_at > now)
+    }
 }
 
 fn gate_key(branch: &str) -> String {
@@ -1357,9 +1363,7 @@ impl Farm {
 
     /// Quarantines in force, by test id.
     pub fn quarantine_list(&self) -> Vec<QuarantineEntry> {
-        let core = self.core();
-        let mut entries: Vec<QuarantineEntry> =
-            core.flakes.quarantine.values().filter(|entry| core.flakes.quarantined(&entry.test_id)).cloned().collect();
+        let mut entries: Vec<QuarantineEntry> = self.core().flakes.in_force().cloned().collect();
         entries.sort_by(|a, b| a.test_id.cmp(&b.test_id));
         entries
     }
