@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::{Farm, FarmOptions, test};
-use greenlight_shared::api::{BuildState, TestResultView, TestStatus};
+use greenlight_shared::api::{BuildDetail, BuildState, TestResultView, TestStatus};
 use greenlight_shared::suite::{SuiteFile, SuiteTest};
 
 fn product_suite() -> SuiteFile {
@@ -156,6 +156,53 @@ fn a_worker_killed_mid_shard_loses_no_test() {
         results.values().any(|attempts| attempts[0].attempt == 2),
         "the unfinished tests of the lost lease ran again elsewhere"
     );
+}
+
+#[test]
+fn a_worker_that_joins_late_takes_over_the_unstarted_end_of_a_running_shard() {
+    // 40 tests of half a second. The first worker, alone, leases most of them; the second,
+    // started once that shard runs, would find little left, so the running shard gives
+    // back the tests it has not started and the two share them.
+    let tests: Vec<SuiteTest> =
+        (0..40).map(|index| test(&format!("long::test_{index:02}"), &["long"], &[], 0.5)).collect();
+    let suite = SuiteFile { name: "long".into(), shard_overhead_s: 0.0, tests };
+    let options = FarmOptions { scale: 1.0, heartbeat_interval_s: 0.5, ..FarmOptions::default() };
+    let mut farm = Farm::start(&suite, 1, options);
+    let first = farm.wait_for("the lone worker's shard", Duration::from_secs(120), |farm| {
+        let build = farm.builds().into_iter().find(|build| build.state == BuildState::Running)?;
+        let detail = farm.build(build.build_id);
+        detail.shards.iter().find(|shard| shard.state == "running").map(|shard| (shard.lease_id, shard.tests))
+    });
+    assert!(first.1 >= 30, "the lone worker leased most of the build: {first:?}");
+    farm.start_worker("worker-late");
+
+    let build = farm.finished_build_of(&farm.repo.head().unwrap());
+    assert_eq!(build.state, BuildState::Green, "{build:?}");
+    let results = by_id(farm.tests(build.build_id).results);
+    assert_eq!(results.len(), 40, "every test has its result");
+    for (id, attempts) in &results {
+        assert_eq!(attempts.len(), 1, "{id} reported exactly once: {attempts:?}");
+        assert_eq!((attempts[0].status, attempts[0].attempt), (TestStatus::Passed, 1), "{id}");
+    }
+    let detail: BuildDetail = farm.get(&format!("/api/v1/builds/{}?test_ids=true", build.build_id));
+    let shrunk = detail.shards.iter().find(|shard| shard.lease_id == first.0).expect("the first shard is listed");
+    assert!(shrunk.withdrawn > 0, "the first shard gave tests back: {shrunk:?}");
+    assert_eq!(shrunk.state, "finished", "stopping after the kept tests is no infrastructure error");
+    assert_eq!(shrunk.tests + shrunk.withdrawn, first.1);
+    assert_eq!(shrunk.test_ids.len() as u32, shrunk.tests);
+    // Each test is in exactly one shard, and its result came from that shard's worker.
+    let mut seen = BTreeSet::new();
+    for shard in &detail.shards {
+        for id in &shard.test_ids {
+            assert!(seen.insert(id.clone()), "{id} is in two shards");
+            assert_eq!(results[id][0].lease_id, Some(shard.lease_id), "{id}'s result came from its shard");
+            assert_eq!(results[id][0].worker.as_deref(), Some(shard.worker.as_str()));
+        }
+    }
+    assert_eq!(seen.len(), 40);
+    assert!(results.values().any(|attempts| attempts[0].worker.as_deref() == Some("worker-late")));
+    let log = std::fs::read_to_string(farm.dir().join("worker-0.log")).unwrap();
+    assert!(log.contains("runner stopped after the tests the shard keeps"), "worker-0 log:\n{log}");
 }
 
 #[test]

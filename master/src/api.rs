@@ -342,8 +342,8 @@ async fn heartbeat(
     ApiJson(request): ApiJson<HeartbeatRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_worker_token(&state, &headers)?;
-    let active = state.farm.heartbeat(lease_id, request.worker_id)?;
-    Ok(Json(HeartbeatResponse { version: API_VERSION, active }))
+    let (active, withdrawn) = state.farm.heartbeat(lease_id, request.worker_id)?;
+    Ok(Json(HeartbeatResponse { version: API_VERSION, active, withdrawn }))
 }
 
 #[tracing::instrument(skip_all, fields(lease_id, n_results = request.results.len()))]

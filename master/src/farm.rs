@@ -12,7 +12,7 @@ use greenlight_scheduler::core::{
     WorkerId,
 };
 use greenlight_scheduler::estimate::{estimate, median};
-use greenlight_scheduler::plan::BuildPlan;
+use greenlight_scheduler::plan::{BuildPlan, PlanIndex};
 use greenlight_scheduler::select::{select, select_ids};
 use greenlight_scheduler::suite::{Suite, SuiteError};
 use greenlight_shared::api::{
@@ -21,6 +21,7 @@ use greenlight_shared::api::{
     TestCounts, TestHistory, TestReport, TestResultView, TestRun, TestStatus, WorkerView,
 };
 use greenlight_shared::git::GitError;
+use greenlight_shared::runner::Runner;
 use greenlight_shared::suite::{SuiteFile, SuiteFileError};
 use greenlight_shared::{API_VERSION, unix_now_s};
 use tokio::sync::Notify;
@@ -188,6 +189,9 @@ struct Core {
     bisections: BTreeMap<u64, Bisection>,
     /// Seconds of test time each running lease reported (to learn the shard overhead).
     lease_test_seconds: HashMap<u64, f64>,
+    /// Tests withdrawn from each running lease, told to its worker in every answer until
+    /// the lease ends.
+    withdrawn: HashMap<u64, Vec<String>>,
     /// Quarantined tests and tests with a flake record.
     flakes: Flakes,
 }
@@ -237,6 +241,7 @@ impl Farm {
                 worker_by_name: HashMap::new(),
                 lease_build: HashMap::new(),
                 lease_test_seconds: HashMap::new(),
+                withdrawn: HashMap::new(),
                 flakes: Flakes::load(&store)?,
                 gate: match store.meta(&gate_key(&config.repository.branch))? {
                     Some(gate) => gate,
@@ -438,6 +443,7 @@ impl Farm {
             lease_id: grant.lease.0,
             worker: worker_name,
             tests: tests.len() as u32,
+            withdrawn: 0,
             started_at: now,
             finished_at: None,
             state: "running".to_owned(),
@@ -476,13 +482,15 @@ impl Farm {
         }))
     }
 
-    /// A heartbeat; returns whether the worker still holds the lease.
-    pub fn heartbeat(&self, lease_id: u64, worker_id: u64) -> Result<bool, FarmError> {
+    /// A heartbeat; returns whether the worker still holds the lease, and the tests
+    /// withdrawn from it.
+    pub fn heartbeat(&self, lease_id: u64, worker_id: u64) -> Result<(bool, Vec<String>), FarmError> {
         let now = unix_now_s();
         let mut core = self.core();
         let worker = core.workers.get_mut(&worker_id).ok_or(FarmError::UnknownWorker(worker_id))?;
         worker.last_seen = now;
-        Ok(core.scheduler.heartbeat(LeaseId(lease_id), WorkerId(worker_id), now)?)
+        let active = core.scheduler.heartbeat(LeaseId(lease_id), WorkerId(worker_id), now)?;
+        Ok((active, core.withdrawn.get(&lease_id).cloned().unwrap_or_default()))
     }
 
     /// A batch of results from a lease. Each is stored once; duplicates and stale
@@ -516,7 +524,8 @@ impl Farm {
                 }
             }
         }
-        let mut response = ResultsResponse { version: API_VERSION, accepted: 0, duplicates: 0, stale: 0 };
+        let mut response =
+            ResultsResponse { version: API_VERSION, accepted: 0, duplicates: 0, stale: 0, withdrawn: Vec::new() };
         for result in results {
             let report = core.scheduler.test_finished(
                 LeaseId(lease_id),
@@ -552,6 +561,7 @@ impl Farm {
                 Report::Stale => response.stale += 1,
             }
         }
+        response.withdrawn = core.withdrawn.get(&lease_id).cloned().unwrap_or_default();
         Ok(response)
     }
 
@@ -570,6 +580,7 @@ impl Farm {
         worker.last_seen = now;
         let decisions = core.scheduler.lease_finished(LeaseId(lease_id), WorkerId(worker_id), now)?;
         let test_seconds = core.lease_test_seconds.remove(&lease_id).unwrap_or(0.0);
+        core.withdrawn.remove(&lease_id);
         if let (ShardOutcome::Completed, Some(wall_s)) = (outcome, runner_wall_s)
             && wall_s.is_finite()
             && wall_s >= 0.0
@@ -749,7 +760,18 @@ impl Farm {
                         info.benched_until = Some(until);
                     }
                 }
+                Decision::LeaseShrunk { build, lease, worker, withdrawn } => {
+                    self.shrink_shard(core, build.0, lease.0, &withdrawn)?;
+                    tracing::info!(
+                        build_id = build.0,
+                        lease_id = lease.0,
+                        worker_id = worker.0,
+                        withdrawn = withdrawn.len(),
+                        "lease shrunk: an idle worker takes the tests it had not started"
+                    );
+                }
                 Decision::LeaseExpired { lease, worker, requeued } => {
+                    core.withdrawn.remove(&lease.0);
                     tracing::warn!(lease_id = lease.0, worker_id = worker.0, requeued, "lease expired: worker lost");
                     self.end_shard(core, lease.0, "expired", now, None)?;
                     if let Some(info) = core.workers.get_mut(&worker.0)
@@ -761,6 +783,34 @@ impl Farm {
                 Decision::BuildFinished { build, verdict } => self.finish_build(core, build.0, verdict, now)?,
             }
         }
+        Ok(())
+    }
+
+    /// Records that `withdrawn` (plan indices) left a running shard: its worker is told,
+    /// and the shard's view (stored, and sent to the page) no longer holds them.
+    fn shrink_shard(
+        &self,
+        core: &mut Core,
+        build_id: u64,
+        lease_id: u64,
+        withdrawn: &[PlanIndex],
+    ) -> Result<(), FarmError> {
+        let Some(plan) = core.scheduler.plan(BuildId(build_id)) else { return Ok(()) };
+        let ids: Vec<String> = withdrawn.iter().map(|&index| plan.tests[index].id.clone()).collect();
+        core.withdrawn.entry(lease_id).or_default().extend(ids.iter().cloned());
+        let Some(live) = core.running.get_mut(&build_id) else { return Ok(()) };
+        let Some(shard) = live.shards.get_mut(&lease_id) else { return Ok(()) };
+        let gone: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        shard.test_ids.retain(|id| !gone.contains(id.as_str()));
+        shard.tests = shard.test_ids.len() as u32;
+        shard.withdrawn += ids.len() as u32;
+        shard.counts.total = shard.tests;
+        let suite = &self.config.suite;
+        shard.reproduce =
+            suite.runner().reproduce(&suite.setup_command, &suite.run_command, &shard.test_ids, &live.summary.revision);
+        let shard = shard.clone();
+        self.put_shard(build_id, &shard)?;
+        self.publish(FarmEvent::Shard(ShardEvent { build_id, shard: without_test_ids(&shard) }));
         Ok(())
     }
 
@@ -1253,6 +1303,9 @@ impl Farm {
         }
         let estimates = estimate(suite, |test| history.get(test.id.as_str()).copied().or(test.duration_s));
         let mut plan = BuildPlan::new(suite, selected, &estimates);
+        // A shard may give back the tests it has not started only if its runner reports each
+        // test as it ends (pytest and nextest write their report at exit).
+        plan.leases_splittable = self.config.suite.runner() == Runner::Command;
         // What real shards of this suite cost beats what its file declares.
         if let (Some(learned), _) = self.learned_shard_overhead()? {
             plan.shard_overhead_s = learned;
@@ -1581,6 +1634,7 @@ fn without_test_ids(shard: &ShardView) -> ShardView {
         lease_id: shard.lease_id,
         worker: shard.worker.clone(),
         tests: shard.tests,
+        withdrawn: shard.withdrawn,
         started_at: shard.started_at,
         finished_at: shard.finished_at,
         state: shard.state.clone(),

@@ -194,6 +194,20 @@ pub enum Decision {
         /// When it may have work again.
         until: Seconds,
     },
+    /// A running lease gives back the tests it has not started: a worker with nothing to do
+    /// takes them, and the holder stops after the ones it keeps. Its worker is told (in the
+    /// answer to its next report or heartbeat); a result it sends for a withdrawn test
+    /// anyway is stale.
+    LeaseShrunk {
+        /// The build.
+        build: BuildId,
+        /// The lease.
+        lease: LeaseId,
+        /// Its worker.
+        worker: WorkerId,
+        /// The tests taken back (plan indices), in the lease's order.
+        withdrawn: Vec<PlanIndex>,
+    },
     /// New tests became ready: idle workers should ask again.
     WorkAvailable,
     /// Every test of the build has a result.
@@ -382,14 +396,30 @@ struct LeaseState {
     progress_at: Seconds,
     /// Estimated seconds of its tests not yet reported.
     remaining_estimate: Seconds,
+    /// When its first test started: its start plus the overhead.
+    running_from: Seconds,
+    /// Estimated seconds of the tests it has reported.
+    reported_estimate: Seconds,
 }
 
 impl LeaseState {
     /// When the worker holding it should be free, as far as the estimates corrected by
     /// `drift` say.
     fn free_at(&self, now: Seconds, drift: f64) -> Seconds {
-        (self.progress_at + self.remaining_estimate * drift).max(now)
+        (self.progress_at + self.remaining_estimate * self.pace(drift)).max(now)
     }
+
+    /// Real seconds per estimated second of this lease's tests so far (a shard holds tests
+    /// alike, so its own pace says most about the rest of it), starting from the build's
+    /// `drift`.
+    fn pace(&self, drift: f64) -> f64 {
+        let elapsed = (self.progress_at - self.running_from).max(0.0);
+        ((elapsed + Self::PACE_PRIOR_S * drift) / (self.reported_estimate + Self::PACE_PRIOR_S)).clamp(0.5, 4.0)
+    }
+
+    /// How many estimated seconds of the build's drift a lease's pace starts from, before
+    /// its own results outweigh it.
+    const PACE_PRIOR_S: Seconds = 30.0;
 }
 
 #[derive(Debug, Default)]
@@ -581,8 +611,23 @@ impl Scheduler {
         let with_work = |urgent: bool| {
             self.builds.iter().find(|(_, run)| run.urgent == urgent && !run.ready.is_empty()).map(|(&build, _)| build)
         };
-        let Some(build) = with_work(true).or_else(|| with_work(false)) else {
-            return (None, decisions);
+        let build = match with_work(true).or_else(|| with_work(false)) {
+            Some(build) => {
+                if let Some(shrunk) = self.split_laggard(worker, Some(build), now) {
+                    // Withdrawn tests are ready: whatever this worker leaves, others may take.
+                    decisions.extend([shrunk, Decision::WorkAvailable]);
+                }
+                build
+            }
+            // Nothing is ready: the worker would idle while another runs late. It takes
+            // over the end of the lease that will end last, when that ends it sooner.
+            None => match self.split_laggard(worker, None, now) {
+                Some(shrunk @ Decision::LeaseShrunk { build, .. }) => {
+                    decisions.extend([shrunk, Decision::WorkAvailable]);
+                    build
+                }
+                _ => return (None, decisions),
+            },
         };
         let goal = self.shard_goal(build, worker, now);
         let run = self.builds.get_mut(&build).expect("the build was just found");
@@ -679,12 +724,80 @@ impl Scheduler {
             active: true,
             progress_at: now + run.plan.shard_overhead_s,
             remaining_estimate: work,
+            running_from: now + run.plan.shard_overhead_s,
+            reported_estimate: 0.0,
         };
         self.leases.insert(lease, state);
         if let Some(state) = self.workers.get_mut(&worker) {
             state.lease = Some(lease);
         }
         (Some(LeaseGrant { lease, build, worker, tests, deadline }), decisions)
+    }
+
+    /// Takes back the tests not yet started of the lease projected, at its own pace, to end
+    /// last, when that ends its work sooner by more than a shard's overhead. While `build`
+    /// has other work ready, the holder keeps what it can run by the finish the other
+    /// workers aim at (at least the test it is running) and the rest joins that work;
+    /// when no build has work ready (`build` is `None`), it keeps what brings it level with
+    /// the asking worker, which takes the rest. Only leases whose runner reports as it goes
+    /// (`BuildPlan::leases_splittable`) and that the asking worker does not hold are split.
+    fn split_laggard(&mut self, worker: WorkerId, build: Option<BuildId>, now: Seconds) -> Option<Decision> {
+        let (id, end) = self
+            .leases
+            .iter()
+            .filter(|(_, lease)| lease.active && lease.worker != worker && build.is_none_or(|b| lease.build == b))
+            .filter_map(|(&id, lease)| {
+                let run = self.builds.get(&lease.build).filter(|run| run.plan.leases_splittable)?;
+                Some((id, lease.free_at(now, run.drift.ratio())))
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))?;
+        let lease = &self.leases[&id];
+        let finish = build.map(|build| self.shard_goal(build, worker, now).finish);
+        let run = &self.builds[&lease.build];
+        let overhead = run.plan.shard_overhead_s;
+        let pace = lease.pace(run.drift.ratio());
+        let seconds: Vec<Seconds> = lease
+            .tests
+            .iter()
+            .filter(|&&test| run.states[test] == TestState::Leased(id))
+            .map(|&test| run.plan.tests[test].estimate_s * pace)
+            .collect();
+        if seconds.len() < 2 {
+            return None;
+        }
+        let total: Seconds = seconds.iter().sum();
+        // Keep the first `kept` tests: the holder ends at `progress_at` plus them.
+        let holder_end = |kept: usize| (lease.progress_at + seconds[..kept].iter().sum::<Seconds>()).max(now);
+        let (kept, split_end) = match finish {
+            Some(finish) => {
+                let kept = (1..seconds.len()).take_while(|&kept| holder_end(kept) <= finish).last().unwrap_or(1);
+                (kept, holder_end(kept).max(finish))
+            }
+            None => (1..seconds.len())
+                .map(|kept| {
+                    let rest: Seconds = seconds[kept..].iter().sum();
+                    (kept, holder_end(kept).max(now + overhead + rest))
+                })
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .expect("at least two tests"),
+        };
+        if end - split_end <= overhead || total <= 0.0 {
+            return None;
+        }
+        let lease = self.leases.get_mut(&id).expect("a lease just looked at");
+        let run = self.builds.get_mut(&lease.build).expect("its build is running");
+        let withdrawn: Vec<PlanIndex> =
+            lease.tests.iter().copied().filter(|&test| run.states[test] == TestState::Leased(id)).skip(kept).collect();
+        for &test in &withdrawn {
+            let estimate = run.plan.tests[test].estimate_s;
+            // Not an attempt: it never started.
+            run.attempts[test] -= 1;
+            run.states[test] = TestState::Ready;
+            run.unleased_work += estimate;
+            lease.remaining_estimate = (lease.remaining_estimate - estimate).max(0.0);
+            run.ready.push(ReadyEntry { priority: run.plan.dispatch_priority(test), index: test });
+        }
+        Some(Decision::LeaseShrunk { build: lease.build, lease: id, worker: lease.worker, withdrawn })
     }
 
     /// What the next shard of `build` for `worker`, free at `now`, should aim at.
@@ -789,6 +902,7 @@ impl Scheduler {
             run.drift.observe((now - state.progress_at).max(0.0), estimate);
             state.progress_at = state.progress_at.max(now);
             state.remaining_estimate = (state.remaining_estimate - estimate).max(0.0);
+            state.reported_estimate += estimate;
         }
         let mut decisions = Vec::new();
         if status.is_failure() && run.failures[index] < self.config.retries {
@@ -1222,6 +1336,90 @@ mod tests {
         assert_eq!(scheduler.request_work(WorkerId(1), 0.2).0, None, "not straight back to the worker that lost it");
         let again = scheduler.request_work(WorkerId(2), 0.3).0.expect("the other worker takes it");
         assert_eq!(again.tests, vec![0]);
+    }
+
+    /// A scheduler that cuts a lone worker's shard from everything ready (up to
+    /// `max_shard_s`), holding nothing back: the shapes of the split tests below are exact.
+    fn greedy(max_shard_s: Seconds) -> Scheduler {
+        Scheduler::new(SchedulerConfig {
+            tail_fraction: 0.0,
+            reserve_sigmas: 0.0,
+            max_shard_s,
+            ..SchedulerConfig::default()
+        })
+    }
+
+    fn tens(count: usize) -> BuildPlan {
+        BuildPlan::from_tests((0..count).map(|index| planned(&format!("t{index}"), 10.0, true)).collect(), 1.0)
+    }
+
+    #[test]
+    fn an_idle_worker_takes_over_the_unstarted_end_of_a_lease_running_late() {
+        let mut scheduler = greedy(600.0);
+        scheduler.worker_joined(WorkerId(1), 0.0);
+        scheduler.add_build(BuildId(1), tens(4), 0.0).unwrap();
+        let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+        assert_eq!(first.tests, [0, 1, 2, 3]);
+        // Its first test took 20 s, not 10: at that pace it ends at 81 s.
+        accepted(scheduler.test_finished(first.lease, WorkerId(1), "t0", TestStatus::Passed, 21.0));
+        scheduler.worker_joined(WorkerId(2), 21.0);
+        let (second, decisions) = scheduler.request_work(WorkerId(2), 21.0);
+        // Kept t1 and t2, it ends at 61 s; the newcomer runs t3 by 62 s.
+        let shrunk =
+            Decision::LeaseShrunk { build: BuildId(1), lease: first.lease, worker: WorkerId(1), withdrawn: vec![3] };
+        assert_eq!(decisions, [shrunk, Decision::WorkAvailable]);
+        let second = second.expect("the withdrawn test goes to the idle worker");
+        assert_eq!(second.tests, [3]);
+        // The holder ran t3 before it heard: stale, the other worker's result counts.
+        assert_eq!(
+            scheduler.test_finished(first.lease, WorkerId(1), "t3", TestStatus::Failed, 62.0).unwrap(),
+            Report::Stale
+        );
+        accepted(scheduler.test_finished(first.lease, WorkerId(1), "t1", TestStatus::Passed, 41.0));
+        accepted(scheduler.test_finished(first.lease, WorkerId(1), "t2", TestStatus::Passed, 61.0));
+        // Ending after the kept tests is no infrastructure failure: nothing goes back.
+        let ended = scheduler.lease_finished(first.lease, WorkerId(1), 61.0).unwrap();
+        assert!(ended.is_empty(), "{ended:?}");
+        let report = scheduler.test_finished(second.lease, WorkerId(2), "t3", TestStatus::Passed, 62.0).unwrap();
+        let Report::Accepted { attempt, decisions, .. } = report else { panic!("{report:?}") };
+        assert_eq!(attempt, 1, "a withdrawn test never started: its first attempt is the taker's");
+        assert!(decisions.contains(&Decision::BuildFinished { build: BuildId(1), verdict: Verdict::Green }));
+    }
+
+    #[test]
+    fn a_lease_whose_runner_reports_only_at_exit_is_never_split() {
+        let mut scheduler = greedy(600.0);
+        scheduler.worker_joined(WorkerId(1), 0.0);
+        let mut plan = tens(4);
+        plan.leases_splittable = false;
+        scheduler.add_build(BuildId(1), plan, 0.0).unwrap();
+        let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+        accepted(scheduler.test_finished(first.lease, WorkerId(1), "t0", TestStatus::Passed, 21.0));
+        scheduler.worker_joined(WorkerId(2), 21.0);
+        assert_eq!(scheduler.request_work(WorkerId(2), 21.0), (None, vec![]));
+    }
+
+    #[test]
+    fn a_lease_running_late_gives_back_what_it_cannot_run_by_the_common_finish() {
+        let mut scheduler = greedy(40.0);
+        scheduler.worker_joined(WorkerId(1), 0.0);
+        scheduler.add_build(BuildId(1), tens(6), 0.0).unwrap();
+        let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+        assert_eq!(first.tests, [0, 1, 2, 3], "no shard above 40 s");
+        // Its first test took 30 s: at its pace (2.25 against the build's 2) it ends at 98.5 s,
+        // while the newcomer and the two tests still queued would end at 72 s.
+        accepted(scheduler.test_finished(first.lease, WorkerId(1), "t0", TestStatus::Passed, 31.0));
+        scheduler.worker_joined(WorkerId(2), 31.0);
+        let (second, decisions) = scheduler.request_work(WorkerId(2), 31.0);
+        let shrunk =
+            Decision::LeaseShrunk { build: BuildId(1), lease: first.lease, worker: WorkerId(1), withdrawn: vec![2, 3] };
+        assert_eq!(decisions, [shrunk, Decision::WorkAvailable]);
+        let second = second.unwrap();
+        assert!(second.tests.iter().all(|test| [2, 3, 4, 5].contains(test)), "{:?}", second.tests);
+        assert_eq!(
+            scheduler.test_finished(first.lease, WorkerId(1), "t2", TestStatus::Passed, 60.0).unwrap(),
+            Report::Stale
+        );
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub struct BuildPlan {
     pub tests: Vec<PlannedTest>,
     /// Seconds every shard pays once.
     pub shard_overhead_s: f64,
+    /// Whether a running shard may give back the tests it has not started (its runner
+    /// reports each test as it ends, so the worker can stop after the ones it keeps).
+    /// True unless the master's runner reports only at exit (pytest, nextest).
+    pub leases_splittable: bool,
     by_id: HashMap<String, PlanIndex>,
     /// The highest `priority_s` of the plan.
     highest_priority_s: f64,
@@ -87,7 +91,7 @@ impl BuildPlan {
         }
         let by_id = tests.iter().enumerate().map(|(index, test)| (test.id.clone(), index)).collect();
         let highest_priority_s = tests.iter().map(|test| test.priority_s).fold(0.0, f64::max);
-        BuildPlan { tests, shard_overhead_s, by_id, highest_priority_s }
+        BuildPlan { tests, shard_overhead_s, leases_splittable: true, by_id, highest_priority_s }
     }
 
     /// The order tests leave the ready queue, highest first: `priority_s`, except that the

@@ -1,13 +1,14 @@
 //! The scheduler against a virtual clock: N workers, every test taking exactly its real
 //! duration, every shard paying the overhead once. This is the very same [`Scheduler`]
-//! the master drives; only the clock and the "workers" are simulated.
+//! the master drives; only the clock and the "workers" are simulated. A worker whose lease
+//! is shrunk learns it at once and stops after the tests it keeps.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 
 use greenlight_shared::api::TestStatus;
 
-use crate::core::{BuildId, LeaseId, Scheduler, SchedulerConfig, WorkerId};
+use crate::core::{BuildId, Decision, LeaseId, Scheduler, SchedulerConfig, WorkerId};
 use crate::plan::{BuildPlan, PlanIndex};
 
 /// One shard as it ran in the simulation.
@@ -19,7 +20,8 @@ pub struct SimulatedShard {
     pub start: f64,
     /// When its last test ended.
     pub end: f64,
-    /// Its tests, in the order run (plan indices).
+    /// Its tests, in the order run (plan indices); without those it gave back when it was
+    /// shrunk.
     pub tests: Vec<PlanIndex>,
 }
 
@@ -75,7 +77,12 @@ pub fn simulate(plan: &BuildPlan, actual_s: &[f64], n_workers: usize, config: Sc
     let mut events: BinaryHeap<Reverse<Timed>> = BinaryHeap::new();
     let mut sequence = 0u64;
     let mut shards: Vec<SimulatedShard> = Vec::new();
-    let mut shard_of_lease = std::collections::HashMap::new();
+    let mut shard_of_lease: HashMap<u64, usize> = HashMap::new();
+    // When each test of a running lease ends, and which (lease, test) events were withdrawn.
+    let mut test_ends: HashMap<u64, Vec<(PlanIndex, f64)>> = HashMap::new();
+    let mut withdrawn_events: HashSet<(u64, PlanIndex)> = HashSet::new();
+    // The sequence number of each lease's current ShardDone event.
+    let mut shard_done_event: HashMap<u64, u64> = HashMap::new();
     let mut now = 0.0;
     let mut makespan_s: f64 = 0.0;
     // Workers join in order, so worker 0 gets the first shard.
@@ -87,16 +94,35 @@ pub fn simulate(plan: &BuildPlan, actual_s: &[f64], n_workers: usize, config: Sc
             if !*is_idle {
                 continue;
             }
-            let (grant, _) = scheduler.request_work(WorkerId(worker as u64), now);
+            let (grant, decisions) = scheduler.request_work(WorkerId(worker as u64), now);
+            for decision in decisions {
+                let Decision::LeaseShrunk { lease, worker: holder, withdrawn, .. } = decision else { continue };
+                // The holder stops after its last kept test.
+                let ends = test_ends.get_mut(&lease.0).expect("a shrunk lease is running");
+                withdrawn_events.extend(withdrawn.iter().map(|&test| (lease.0, test)));
+                ends.retain(|(test, _)| !withdrawn.contains(test));
+                let end = ends.last().map_or(now, |&(_, end)| end).max(now);
+                sequence += 1;
+                shard_done_event.insert(lease.0, sequence);
+                let holder = holder.0 as usize;
+                events.push(Reverse(Timed(end, sequence, Event::ShardDone { lease: lease.0, worker: holder })));
+                let shard = &mut shards[shard_of_lease[&lease.0]];
+                shard.tests.retain(|test| !withdrawn.contains(test));
+                shard.end = end;
+            }
             let Some(grant) = grant else { break };
             *is_idle = false;
             let mut time = now + plan.shard_overhead_s;
+            let mut ends = Vec::with_capacity(grant.tests.len());
             for &test in &grant.tests {
                 time += actual_s[test];
                 sequence += 1;
+                ends.push((test, time));
                 events.push(Reverse(Timed(time, sequence, Event::TestDone { lease: grant.lease.0, worker, test })));
             }
+            test_ends.insert(grant.lease.0, ends);
             sequence += 1;
+            shard_done_event.insert(grant.lease.0, sequence);
             events.push(Reverse(Timed(time, sequence, Event::ShardDone { lease: grant.lease.0, worker })));
             shard_of_lease.insert(grant.lease.0, shards.len());
             shards.push(SimulatedShard { worker, start: now, end: time, tests: grant.tests });
@@ -105,12 +131,14 @@ pub fn simulate(plan: &BuildPlan, actual_s: &[f64], n_workers: usize, config: Sc
             panic!("the simulated build stalled with tests unfinished and no shard running");
         };
         now = time;
-        while let Some(Reverse(Timed(time, _, event))) = events.peek().copied() {
+        while let Some(Reverse(Timed(time, event_sequence, event))) = events.peek().copied() {
             if time != now {
                 break;
             }
             events.pop();
             match event {
+                Event::TestDone { lease, test, .. } if withdrawn_events.contains(&(lease, test)) => {}
+                Event::ShardDone { lease, .. } if shard_done_event[&lease] != event_sequence => {}
                 Event::TestDone { lease, worker, test } => {
                     makespan_s = makespan_s.max(time);
                     let id = &plan.tests[test].id;
@@ -127,14 +155,21 @@ pub fn simulate(plan: &BuildPlan, actual_s: &[f64], n_workers: usize, config: Sc
                         .expect("the simulated worker finishes its own lease");
                     finished |= decisions.iter().any(is_finish);
                     idle[worker] = true;
+                    test_ends.remove(&lease);
                     makespan_s = makespan_s.max(shards[shard_of_lease[&lease]].end);
                 }
             }
         }
     }
     // Shards still "running" when the last result came in end at their last test.
-    while let Some(Reverse(Timed(time, _, _))) = events.pop() {
-        makespan_s = makespan_s.max(time);
+    while let Some(Reverse(Timed(time, event_sequence, event))) = events.pop() {
+        let live = match event {
+            Event::TestDone { lease, test, .. } => !withdrawn_events.contains(&(lease, test)),
+            Event::ShardDone { lease, .. } => shard_done_event[&lease] == event_sequence,
+        };
+        if live {
+            makespan_s = makespan_s.max(time);
+        }
     }
     Simulation { makespan_s, lower_bound_s, shards }
 }

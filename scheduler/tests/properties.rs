@@ -319,7 +319,8 @@ impl Fate {
     fn reports_before_ending(self, n_tests: usize) -> usize {
         match self {
             Fate::Completes => n_tests,
-            Fate::CrashesAfter(reports) | Fate::GoesSilentAfter(reports) => reports,
+            // A shrunk lease may hold fewer tests than the fate was chosen for.
+            Fate::CrashesAfter(reports) | Fate::GoesSilentAfter(reports) => reports.min(n_tests),
         }
     }
 }
@@ -361,6 +362,8 @@ struct Farm<'a> {
     log: Vec<Logged>,
     /// Workers benched by the scheduler, until when.
     benched_until: HashMap<WorkerId, f64>,
+    /// Reports of withdrawn tests that workers ran before they heard of the withdrawal.
+    late_reports: Vec<(WorkerId, LeaseId, PlanIndex)>,
 }
 
 impl<'a> Farm<'a> {
@@ -377,6 +380,7 @@ impl<'a> Farm<'a> {
             leases_seen: Vec::new(),
             build_finished: false,
             log: Vec::new(),
+            late_reports: Vec::new(),
         };
         for index in 0..scenario.n_workers {
             farm.scheduler.worker_joined(worker_id(index), farm.now);
@@ -425,6 +429,9 @@ impl<'a> Farm<'a> {
             Action::EndShard(index) => self.end_shard(index),
             Action::ComeBackAfterExpiry(index) => self.come_back_after_expiry(index),
             Action::LetTimePass => self.let_time_pass(),
+        }
+        while let Some((worker, lease, test)) = self.late_reports.pop() {
+            self.report(worker, lease, test);
         }
     }
 
@@ -579,6 +586,22 @@ impl<'a> Farm<'a> {
                 Decision::WorkerBenched { worker, until } => {
                     self.benched_until.insert(worker, until);
                 }
+                Decision::LeaseShrunk { lease, worker, ref withdrawn, .. } => {
+                    // The holder stops after the tests it keeps; it may have run the first
+                    // withdrawn one before it heard. (A silent holder hears nothing.)
+                    if let Some(WorkerPhase::Running { grant, reported, .. }) = self.workers.get_mut(worker.0 as usize)
+                        && grant.lease == lease
+                    {
+                        assert!(
+                            grant.tests[*reported..].ends_with(withdrawn),
+                            "{lease:?} withdrew {withdrawn:?}, not the tail of its unreported tests"
+                        );
+                        grant.tests.truncate(grant.tests.len() - withdrawn.len());
+                        if self.choices.one_in(3) {
+                            self.late_reports.push((worker, lease, withdrawn[0]));
+                        }
+                    }
+                }
                 _ => {}
             }
             self.log.push(Logged::Decided(decision));
@@ -669,6 +692,8 @@ struct Ledger<'a> {
     silent_leases: HashSet<LeaseId>,
     /// (lease, test) pairs whose report was accepted.
     accepted_reports: HashSet<(LeaseId, PlanIndex)>,
+    /// (lease, test) pairs withdrawn from a running lease.
+    withdrawn: HashSet<(LeaseId, PlanIndex)>,
     verdicts: Vec<(BuildId, Verdict)>,
     /// Failed attempts of each test that were retried.
     failures: Vec<u32>,
@@ -687,6 +712,7 @@ impl<'a> Ledger<'a> {
             leases_seen: HashSet::new(),
             silent_leases: HashSet::new(),
             accepted_reports: HashSet::new(),
+            withdrawn: HashSet::new(),
             verdicts: Vec::new(),
         }
     }
@@ -727,6 +753,20 @@ impl<'a> Ledger<'a> {
             Decision::GaveUp { test, .. } => self.final_results[*test].push(FinalResult::GaveUp),
             Decision::LeaseExpired { lease, .. } => {
                 self.active_leases.remove(lease);
+            }
+            Decision::LeaseShrunk { lease, withdrawn, .. } => {
+                let grant = self.active_leases.get_mut(lease).expect("only a live lease is shrunk");
+                for test in withdrawn {
+                    assert!(grant.tests.contains(test), "{lease:?} withdrew test {test}, which it never held");
+                    assert!(
+                        !self.accepted_reports.contains(&(*lease, *test)),
+                        "{lease:?} withdrew reported test {test}"
+                    );
+                    // Never started: not an attempt.
+                    self.grants_of_test[*test] -= 1;
+                    self.withdrawn.insert((*lease, *test));
+                }
+                grant.tests.retain(|test| !withdrawn.contains(test));
             }
             Decision::BuildFinished { build, verdict } => self.verdicts.push((*build, verdict.clone())),
             Decision::WorkAvailable | Decision::Retrying { .. } | Decision::WorkerBenched { .. } => {}
@@ -795,6 +835,8 @@ impl<'a> Ledger<'a> {
             Answer::Stale
         } else if self.accepted_reports.contains(&(lease, test)) {
             Answer::Duplicate
+        } else if self.withdrawn.contains(&(lease, test)) {
+            Answer::Stale
         } else if self.is_live(lease) && !self.is_settled(test) {
             Answer::Accepted {
                 attempt: self.grants_of_test[test],

@@ -10,6 +10,10 @@ fn api_version() -> u32 {
     crate::API_VERSION
 }
 
+fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
+
 /// `POST /api/v1/workers/register`: a worker introduces itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RegisterRequest {
@@ -158,8 +162,13 @@ pub struct ResultsResponse {
     pub accepted: u32,
     /// Results already stored before (a retried report): acknowledged, not counted again.
     pub duplicates: u32,
-    /// Results for tests this lease no longer holds (it expired): ignored.
+    /// Results for tests this lease no longer holds (it expired, or they were withdrawn):
+    /// ignored.
     pub stale: u32,
+    /// Tests withdrawn from the lease: another worker runs them. The worker should stop
+    /// its runner once the tests it keeps are reported, and not report these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub withdrawn: Vec<String>,
 }
 
 /// `POST /api/v1/leases/{lease_id}/heartbeat`.
@@ -181,6 +190,9 @@ pub struct HeartbeatResponse {
     /// False when the master no longer holds this lease for the worker (it expired or the
     /// build was cancelled): the worker should stop the shard.
     pub active: bool,
+    /// Tests withdrawn from the lease, as in [`ResultsResponse::withdrawn`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub withdrawn: Vec<String>,
 }
 
 /// How a shard ended, from the worker's side.
@@ -492,8 +504,12 @@ pub struct ShardView {
     pub lease_id: u64,
     /// The worker's name.
     pub worker: String,
-    /// Tests in it.
+    /// Tests in it (without those withdrawn).
     pub tests: u32,
+    /// Tests withdrawn from it while it ran, to be run by an idle worker: it was running
+    /// late, or others had nothing left to do.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub withdrawn: u32,
     /// Leased at (Unix seconds).
     pub started_at: f64,
     /// Finished or expired at.

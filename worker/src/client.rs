@@ -101,11 +101,9 @@ impl Client {
     }
 
     /// Heartbeats a lease; false when the master took it back.
-    pub async fn heartbeat(&self, worker_id: u64, lease_id: u64) -> Result<bool, ClientError> {
+    pub async fn heartbeat(&self, worker_id: u64, lease_id: u64) -> Result<HeartbeatResponse, ClientError> {
         let request = HeartbeatRequest { version: API_VERSION, worker_id };
-        let response: HeartbeatResponse =
-            self.post(&format!("/api/v1/leases/{lease_id}/heartbeat"), &request, Duration::from_secs(10)).await?;
-        Ok(response.active)
+        self.post(&format!("/api/v1/leases/{lease_id}/heartbeat"), &request, Duration::from_secs(10)).await
     }
 
     /// Reports finished tests.

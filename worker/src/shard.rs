@@ -4,6 +4,11 @@
 //! to the master, and when it exits report every leased test the runner never mentioned
 //! as an error. The master is never told a test passed unless the report says so.
 //!
+//! The master may withdraw the tests a running shard has not started (an idle worker runs
+//! them; this one is running late). Its answers to results and heartbeats say which: the
+//! worker stops the runner once every test it keeps is reported, and reports nothing for
+//! the withdrawn ones.
+//!
 //! A runner killed by a signal (a segfault, an abort, the OOM killer) is the
 //! infrastructure failing, not its tests: the unmentioned tests are not reported and the
 //! shard ends as an infrastructure error, so the master runs them again (elsewhere, up to
@@ -11,8 +16,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use greenlight_shared::api::{Lease, ShardOutcome, TestReport, TestStatus};
@@ -97,13 +102,35 @@ impl<'a> TestIndex<'a> {
     }
 }
 
+/// Test ids the master withdrew from the running lease, as its answers said.
+#[derive(Debug, Clone, Default)]
+struct Withdrawn(Arc<Mutex<HashSet<String>>>);
+
+impl Withdrawn {
+    fn extend(&self, ids: Vec<String>) {
+        if !ids.is_empty() {
+            self.0.lock().expect("the withdrawn set is never poisoned").extend(ids);
+        }
+    }
+
+    /// Positions of `tests` withdrawn.
+    fn positions(&self, tests: &[String]) -> HashSet<usize> {
+        let ids = self.0.lock().expect("the withdrawn set is never poisoned");
+        if ids.is_empty() {
+            return HashSet::new();
+        }
+        tests.iter().enumerate().filter(|(_, id)| ids.contains(id.as_str())).map(|(position, _)| position).collect()
+    }
+}
+
 /// Reports results, retrying while the master is unreachable (results are never dropped
 /// for a passing network fault).
-async fn send_results(client: &Client, worker_id: u64, lease_id: u64, results: Vec<TestReport>) {
+async fn send_results(client: &Client, worker_id: u64, lease_id: u64, results: Vec<TestReport>, withdrawn: &Withdrawn) {
     let mut delay = Duration::from_millis(200);
     for _ in 0..12 {
         match client.results(worker_id, lease_id, results.clone()).await {
             Ok(answer) => {
+                withdrawn.extend(answer.withdrawn);
                 tracing::debug!(
                     lease_id,
                     accepted = answer.accepted,
@@ -171,25 +198,34 @@ pub struct ShardRun {
 #[tracing::instrument(skip_all, fields(lease_id = lease.lease_id, build_id = lease.build_id, tests = lease.tests.len()))]
 pub async fn run_shard(client: &Client, worker_id: u64, workdir: &Path, lease: &Lease) -> ShardRun {
     let active = Arc::new(AtomicBool::new(true));
+    let withdrawn = Withdrawn::default();
     let heartbeat = tokio::spawn(heartbeat_loop(
         client.clone(),
         worker_id,
         lease.lease_id,
         lease.heartbeat_interval_s,
         Arc::clone(&active),
+        withdrawn.clone(),
     ));
-    let outcome = run_shard_inner(client, worker_id, workdir, lease, &active).await;
+    let outcome = run_shard_inner(client, worker_id, workdir, lease, &active, &withdrawn).await;
     heartbeat.abort();
     outcome
 }
 
-async fn heartbeat_loop(client: Client, worker_id: u64, lease_id: u64, interval_s: f64, active: Arc<AtomicBool>) {
+async fn heartbeat_loop(
+    client: Client,
+    worker_id: u64,
+    lease_id: u64,
+    interval_s: f64,
+    active: Arc<AtomicBool>,
+    withdrawn: Withdrawn,
+) {
     let interval = Duration::from_secs_f64(interval_s.clamp(0.05, 3600.0));
     loop {
         tokio::time::sleep(interval).await;
         match client.heartbeat(worker_id, lease_id).await {
-            Ok(true) => {}
-            Ok(false) => {
+            Ok(answer) if answer.active => withdrawn.extend(answer.withdrawn),
+            Ok(_) => {
                 tracing::warn!(lease_id, "the master took the lease back; stopping the shard");
                 active.store(false, Ordering::SeqCst);
                 return;
@@ -205,6 +241,7 @@ async fn run_shard_inner(
     workdir: &Path,
     lease: &Lease,
     active: &AtomicBool,
+    withdrawn: &Withdrawn,
 ) -> ShardRun {
     let infra = |message: String| {
         tracing::warn!(%message, "shard could not run");
@@ -276,7 +313,22 @@ async fn run_shard_inner(
                 }
                 let fresh = new_results(&junit, &index, &mut reported, &lease.tests);
                 if !fresh.is_empty() {
-                    send_results(client, worker_id, lease.lease_id, fresh).await;
+                    send_results(client, worker_id, lease.lease_id, fresh, withdrawn).await;
+                }
+                let given_back = withdrawn.positions(&lease.tests);
+                if !given_back.is_empty()
+                    && (0..lease.tests.len()).all(|position| reported.contains(&position) || given_back.contains(&position))
+                {
+                    // Every test this shard keeps is reported; the rest run elsewhere.
+                    let _ = child.kill().await;
+                    let _ = child.wait().await;
+                    tracing::info!(withdrawn = given_back.len(), "runner stopped after the tests the shard keeps");
+                    let late: Vec<TestReport> = new_results(&junit, &index, &mut reported, &lease.tests);
+                    if !late.is_empty() {
+                        send_results(client, worker_id, lease.lease_id, late, withdrawn).await;
+                    }
+                    // A runner stopped part-way is no sample of the runner's own overhead.
+                    return ShardRun { outcome: ShardOutcome::Completed, runner_wall_s: None };
                 }
             }
         }
@@ -287,11 +339,15 @@ async fn run_shard_inner(
         Err(error) => format!("unknown status ({error})"),
     };
     let mut last = new_results(&junit, &index, &mut reported, &lease.tests);
-    let missing: Vec<usize> = (0..lease.tests.len()).filter(|position| !reported.contains(position)).collect();
+    // Withdrawn tests run elsewhere: not reporting them is no error of the runner.
+    let given_back = withdrawn.positions(&lease.tests);
+    let missing: Vec<usize> = (0..lease.tests.len())
+        .filter(|position| !reported.contains(position) && !given_back.contains(position))
+        .collect();
     let killed_by = status.as_ref().ok().and_then(std::os::unix::process::ExitStatusExt::signal);
     if let (Some(signal), false) = (killed_by, missing.is_empty()) {
         if !last.is_empty() {
-            send_results(client, worker_id, lease.lease_id, last).await;
+            send_results(client, worker_id, lease.lease_id, last, withdrawn).await;
         }
         let tail = output_tail(&files.log);
         let message = format!(
@@ -318,7 +374,7 @@ async fn run_shard_inner(
         }
     }
     if !last.is_empty() {
-        send_results(client, worker_id, lease.lease_id, last).await;
+        send_results(client, worker_id, lease.lease_id, last, withdrawn).await;
     }
     ShardRun { outcome: ShardOutcome::Completed, runner_wall_s: Some(runner_wall_s) }
 }
