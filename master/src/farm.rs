@@ -558,7 +558,20 @@ impl Farm {
                     self.apply(core, decisions, now)?;
                 }
                 Report::Duplicate => response.duplicates += 1,
-                Report::Stale => response.stale += 1,
+                Report::Stale => {
+                    if result.status.is_failure() {
+                        // Not counted: the lease no longer held the test (it expired, or the
+                        // test was withdrawn and runs elsewhere). Left in the log, not lost.
+                        tracing::warn!(
+                            lease_id,
+                            worker_id,
+                            test_id = result.test_id,
+                            status = result.status.as_str(),
+                            "a failure arrived for a test this lease no longer holds; not counted"
+                        );
+                    }
+                    response.stale += 1;
+                }
             }
         }
         response.withdrawn = core.withdrawn.get(&lease_id).cloned().unwrap_or_default();
@@ -809,13 +822,19 @@ impl Farm {
         shard.reproduce =
             suite.runner().reproduce(&suite.setup_command, &suite.run_command, &shard.test_ids, &live.summary.revision);
         let shard = shard.clone();
-        self.put_shard(build_id, &shard)?;
-        self.publish(FarmEvent::Shard(ShardEvent { build_id, shard: without_test_ids(&shard) }));
-        Ok(())
+        self.put_shard(build_id, &shard)
+    }
+
+    /// Forgets what was withdrawn from the leases of an ended build: they are retired, so
+    /// their heartbeats answer inactive and nothing is left to tell.
+    fn forget_withdrawn(core: &mut Core, build_id: u64) {
+        let lease_build = &core.lease_build;
+        core.withdrawn.retain(|lease, _| lease_build.get(lease) != Some(&build_id));
     }
 
     fn finish_build(&self, core: &mut Core, build_id: u64, verdict: Verdict, now: f64) -> Result<(), FarmError> {
         let Some(mut live) = core.running.remove(&build_id) else { return Ok(()) };
+        Farm::forget_withdrawn(core, build_id);
         let summary = &mut live.summary;
         // The scheduler's failures are real (every attempt failed); quarantined ones and,
         // unless configured, flaky ones do not count against the build.
@@ -1456,6 +1475,7 @@ impl Farm {
             });
         };
         core.scheduler.remove_build(BuildId(build_id));
+        Farm::forget_withdrawn(core, build_id);
         for shard in live.shards.values_mut().filter(|shard| shard.finished_at.is_none()) {
             shard.finished_at = Some(now);
             shard.state = "cancelled".to_owned();

@@ -11,7 +11,7 @@
 //! Shard sizing aims every worker at one common finish time. When a worker asks, the
 //! scheduler estimates when each worker will be free (now for idle ones; for busy ones,
 //! the time of their last reported progress plus the estimates of their unfinished
-//! tests), and water-fills the work not yet leased over them, each worker paying the shard
+//! tests at the pace the lease has shown so far), and water-fills the work not yet leased over them, each worker paying the shard
 //! overhead once more: that level is the target finish `F`. The asking worker may fill
 //! `F - now - overhead`. It gets all of that only when the rest would be a shard too small
 //! to be worth its overhead (its last shard, however small); otherwise it gets
@@ -25,6 +25,11 @@
 //! test "like its neighbours" may take ten times as long. Drawn early and apart from the
 //! large shards, a long one only means its worker takes less afterwards; cut into a large
 //! shard it would end the build late.
+//!
+//! A shard already running is not beyond repair: when a worker asks, the lease projected
+//! to end last may give back the tests it has not started ([`Decision::LeaseShrunk`]):
+//! those it cannot run by the common finish while other work is ready, or, when nothing
+//! else is ready, those the asking worker would end sooner.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -194,10 +199,10 @@ pub enum Decision {
         /// When it may have work again.
         until: Seconds,
     },
-    /// A running lease gives back the tests it has not started: a worker with nothing to do
-    /// takes them, and the holder stops after the ones it keeps. Its worker is told (in the
-    /// answer to its next report or heartbeat); a result it sends for a withdrawn test
-    /// anyway is stale.
+    /// A running lease gives back the tests it has not started (it runs late, or others
+    /// would be idle): they are ready again, for the asking worker or the next, and the
+    /// holder stops after the ones it keeps. Its worker is told (in the answer to its next
+    /// report or heartbeat); a result it sends for a withdrawn test anyway is stale.
     LeaseShrunk {
         /// The build.
         build: BuildId,
@@ -400,11 +405,13 @@ struct LeaseState {
     running_from: Seconds,
     /// Estimated seconds of the tests it has reported.
     reported_estimate: Seconds,
+    /// How many tests it has reported.
+    reported: usize,
 }
 
 impl LeaseState {
-    /// When the worker holding it should be free, as far as the estimates corrected by
-    /// `drift` say.
+    /// When the worker holding it should be free: its last progress plus its unreported
+    /// estimates at its own [`LeaseState::pace`].
     fn free_at(&self, now: Seconds, drift: f64) -> Seconds {
         (self.progress_at + self.remaining_estimate * self.pace(drift)).max(now)
     }
@@ -726,6 +733,7 @@ impl Scheduler {
             remaining_estimate: work,
             running_from: now + run.plan.shard_overhead_s,
             reported_estimate: 0.0,
+            reported: 0,
         };
         self.leases.insert(lease, state);
         if let Some(state) = self.workers.get_mut(&worker) {
@@ -740,12 +748,16 @@ impl Scheduler {
     /// workers aim at (at least the test it is running) and the rest joins that work;
     /// when no build has work ready (`build` is `None`), it keeps what brings it level with
     /// the asking worker, which takes the rest. Only leases whose runner reports as it goes
-    /// (`BuildPlan::leases_splittable`) and that the asking worker does not hold are split.
+    /// (`BuildPlan::leases_splittable`), that have reported a result (a runner that writes
+    /// its report at exit never does, and could not stop after the kept tests) and that the
+    /// asking worker does not hold are split.
     fn split_laggard(&mut self, worker: WorkerId, build: Option<BuildId>, now: Seconds) -> Option<Decision> {
         let (id, end) = self
             .leases
             .iter()
-            .filter(|(_, lease)| lease.active && lease.worker != worker && build.is_none_or(|b| lease.build == b))
+            .filter(|(_, lease)| {
+                lease.active && lease.reported > 0 && lease.worker != worker && build.is_none_or(|b| lease.build == b)
+            })
             .filter_map(|(&id, lease)| {
                 let run = self.builds.get(&lease.build).filter(|run| run.plan.leases_splittable)?;
                 Some((id, lease.free_at(now, run.drift.ratio())))
@@ -795,7 +807,9 @@ impl Scheduler {
             run.states[test] = TestState::Ready;
             run.unleased_work += estimate;
             lease.remaining_estimate = (lease.remaining_estimate - estimate).max(0.0);
-            run.ready.push(ReadyEntry { priority: run.plan.dispatch_priority(test), index: test });
+            // A retry keeps its place at the head of the queue.
+            let priority = if run.failures[test] > 0 { f64::INFINITY } else { run.plan.dispatch_priority(test) };
+            run.ready.push(ReadyEntry { priority, index: test });
         }
         Some(Decision::LeaseShrunk { build: lease.build, lease: id, worker: lease.worker, withdrawn })
     }
@@ -903,6 +917,7 @@ impl Scheduler {
             state.progress_at = state.progress_at.max(now);
             state.remaining_estimate = (state.remaining_estimate - estimate).max(0.0);
             state.reported_estimate += estimate;
+            state.reported += 1;
         }
         let mut decisions = Vec::new();
         if status.is_failure() && run.failures[index] < self.config.retries {
@@ -1384,6 +1399,21 @@ mod tests {
         let Report::Accepted { attempt, decisions, .. } = report else { panic!("{report:?}") };
         assert_eq!(attempt, 1, "a withdrawn test never started: its first attempt is the taker's");
         assert!(decisions.contains(&Decision::BuildFinished { build: BuildId(1), verdict: Verdict::Green }));
+    }
+
+    #[test]
+    fn a_lease_that_has_reported_nothing_yet_is_not_split() {
+        // Its runner may write its report only at exit: the scheduler knows neither its
+        // pace nor which test it runs, and the worker could not stop after the kept ones.
+        let mut scheduler = greedy(600.0);
+        scheduler.worker_joined(WorkerId(1), 0.0);
+        scheduler.add_build(BuildId(1), tens(4), 0.0).unwrap();
+        let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+        scheduler.worker_joined(WorkerId(2), 21.0);
+        assert_eq!(scheduler.request_work(WorkerId(2), 21.0), (None, vec![]));
+        accepted(scheduler.test_finished(first.lease, WorkerId(1), "t0", TestStatus::Passed, 21.0));
+        let (second, _) = scheduler.request_work(WorkerId(2), 21.0);
+        assert_eq!(second.expect("once it reported, its end is taken over").tests, [3]);
     }
 
     #[test]

@@ -289,7 +289,9 @@ async fn run_shard_inner(
         .stdin(std::process::Stdio::null())
         .stdout(log.0)
         .stderr(log.1)
-        .kill_on_drop(true);
+        .kill_on_drop(true)
+        // Its own process group, so that stopping it stops whatever it started.
+        .process_group(0);
     crate::process::die_with_parent(&mut command);
     let started = Instant::now();
     let mut child = match command.spawn() {
@@ -304,7 +306,7 @@ async fn run_shard_inner(
             status = child.wait() => break status,
             () = tokio::time::sleep(REPORT_POLL) => {
                 if !active.load(Ordering::SeqCst) {
-                    let _ = child.kill().await;
+                    crate::process::kill_group(&mut child).await;
                     // Every test reported, the build may have ended while the runner was
                     // still exiting: its time up to now is still a fair sample.
                     let done = reported.len() == lease.tests.len();
@@ -320,8 +322,7 @@ async fn run_shard_inner(
                     && (0..lease.tests.len()).all(|position| reported.contains(&position) || given_back.contains(&position))
                 {
                     // Every test this shard keeps is reported; the rest run elsewhere.
-                    let _ = child.kill().await;
-                    let _ = child.wait().await;
+                    crate::process::kill_group(&mut child).await;
                     tracing::info!(withdrawn = given_back.len(), "runner stopped after the tests the shard keeps");
                     let late: Vec<TestReport> = new_results(&junit, &index, &mut reported, &lease.tests);
                     if !late.is_empty() {
@@ -376,7 +377,9 @@ async fn run_shard_inner(
     if !last.is_empty() {
         send_results(client, worker_id, lease.lease_id, last, withdrawn).await;
     }
-    ShardRun { outcome: ShardOutcome::Completed, runner_wall_s: Some(runner_wall_s) }
+    // Time spent on tests withdrawn meanwhile (their results stale) is no runner overhead.
+    let runner_wall_s = withdrawn.positions(&lease.tests).is_empty().then_some(runner_wall_s);
+    ShardRun { outcome: ShardOutcome::Completed, runner_wall_s }
 }
 
 #[cfg(test)]
