@@ -2,7 +2,9 @@
 //! scheduler, a split by test count, and a static split by estimated durations (LPT, one
 //! shard per worker), on IMVU-shaped suites (15k tests, 4.4 machine-hours, 1.5 s shard
 //! overhead), a hundred seeds, 36 and 50 workers, with exact history and with noisy history
-//! (each duration off by a lognormal factor, sigma 0.5, and 5% of the tests new).
+//! (each duration off by a lognormal factor, sigma 0.5, and 5% of the tests new). Then
+//! fleets of 50 with slower machines the scheduler is not told about, with and without
+//! splitting running leases.
 //!
 //! `cargo bench -p greenlight-benches --bench makespan`
 //!
@@ -12,12 +14,12 @@
 use std::collections::BTreeSet;
 
 use greenlight_fixtures::imvu::{ImvuShape, generate, noisy_history};
-use greenlight_scheduler::baseline::{simulate_static, split_by_count, split_by_estimate};
+use greenlight_scheduler::baseline::{simulate_static, simulate_static_fleet, split_by_count, split_by_estimate};
 use greenlight_scheduler::core::SchedulerConfig;
 use greenlight_scheduler::estimate::estimate;
 use greenlight_scheduler::plan::BuildPlan;
 use greenlight_scheduler::select::select;
-use greenlight_scheduler::simulate::simulate;
+use greenlight_scheduler::simulate::{simulate, simulate_fleet};
 use greenlight_scheduler::suite::Suite;
 
 /// Seeds run by default: a hundred, since a scheduler's worst case hides in the few.
@@ -54,6 +56,61 @@ fn parse_seeds(text: &str) -> Option<Vec<u64>> {
     text.split(',').map(|seed| seed.trim().parse().ok()).collect()
 }
 
+/// The whole generated suite of `seed` as planned (exact or noisy history) and the real
+/// durations of its tests.
+fn build(seed: u64, noisy: bool) -> (BuildPlan, Vec<f64>) {
+    let file = generate(&ImvuShape { seed, ..ImvuShape::default() });
+    let history = noisy.then(|| noisy_history(&file, 0.5, 0.05, seed));
+    let suite = Suite::new(file).expect("a generated suite is valid");
+    let selected = select(&suite, &BTreeSet::new());
+    let estimates = match &history {
+        Some(history) => estimate(&suite, |test| history.durations_s.get(&test.id).copied()),
+        None => estimate(&suite, |test| test.duration_s),
+    };
+    let plan = BuildPlan::new(&suite, &selected, &estimates);
+    let actual =
+        selected.iter().map(|&index| suite.tests[index].duration_s.unwrap_or(estimates.seconds[index])).collect();
+    (plan, actual)
+}
+
+/// Fleets of 50 workers with slower machines the scheduler is not told about, noisy
+/// history: Greenlight, Greenlight without splitting running leases, and the static split
+/// by estimate, against the fleet's own lower bound.
+fn slow_fleets(seeds: &[u64]) {
+    const N_WORKERS: usize = 50;
+    let one_slow: Vec<f64> = (0..N_WORKERS).map(|worker| if worker == 0 { 3.0 } else { 1.0 }).collect();
+    let tenth_slow: Vec<f64> = (0..N_WORKERS).map(|worker| if worker % 10 == 3 { 2.0 } else { 1.0 }).collect();
+    println!();
+    println!(
+        "| 50 workers, noisy | Greenlight mean (max) | seeds above 1.02 | without splitting mean (max) | static by estimate mean (max) |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for (name, slowdown) in
+        [("one worker 3× slower (the first to ask)", &one_slow), ("every tenth worker 2× slower", &tenth_slow)]
+    {
+        let (mut greenlight, mut unsplit, mut by_estimate) = (vec![], vec![], vec![]);
+        for &seed in seeds {
+            let (plan, actual) = build(seed, true);
+            greenlight.push(simulate_fleet(&plan, &actual, slowdown, SchedulerConfig::default()).ratio());
+            let config = SchedulerConfig { split_running_leases: false, ..SchedulerConfig::default() };
+            unsplit.push(simulate_fleet(&plan, &actual, slowdown, config).ratio());
+            let assignment = split_by_estimate(&plan, N_WORKERS);
+            by_estimate.push(simulate_static_fleet(&plan, &actual, &assignment, slowdown).ratio());
+        }
+        println!(
+            "| {name} | {:.4} ({:.4}) | {} of {} | {:.3} ({:.3}) | {:.3} ({:.3}) |",
+            mean(&greenlight),
+            max(&greenlight),
+            greenlight.iter().filter(|&&ratio| ratio > 1.02).count(),
+            greenlight.len(),
+            mean(&unsplit),
+            max(&unsplit),
+            mean(&by_estimate),
+            max(&by_estimate),
+        );
+    }
+}
+
 fn main() {
     // `cargo test --benches` runs this with `--test`: keep that quick.
     let quick = std::env::args().any(|argument| argument == "--test");
@@ -71,19 +128,7 @@ fn main() {
         for noisy in [false, true] {
             let mut row = Row { greenlight: vec![], by_count: vec![], by_estimate: vec![], shards: vec![] };
             for &seed in &seeds {
-                let file = generate(&ImvuShape { seed, ..ImvuShape::default() });
-                let history = noisy.then(|| noisy_history(&file, 0.5, 0.05, seed));
-                let suite = Suite::new(file).expect("a generated suite is valid");
-                let selected = select(&suite, &BTreeSet::new());
-                let estimates = match &history {
-                    Some(history) => estimate(&suite, |test| history.durations_s.get(&test.id).copied()),
-                    None => estimate(&suite, |test| test.duration_s),
-                };
-                let plan = BuildPlan::new(&suite, &selected, &estimates);
-                let actual: Vec<f64> = selected
-                    .iter()
-                    .map(|&index| suite.tests[index].duration_s.unwrap_or(estimates.seconds[index]))
-                    .collect();
+                let (plan, actual) = build(seed, noisy);
                 let result = simulate(&plan, &actual, n_workers, SchedulerConfig::default());
                 if verbose {
                     eprintln!("{n_workers} workers, noisy {noisy}, seed {seed}: {:.4}", result.ratio());
@@ -109,4 +154,5 @@ fn main() {
             );
         }
     }
+    slow_fleets(&seeds);
 }

@@ -386,6 +386,14 @@ pub struct SchedulerSection {
     /// The most estimated work one shard may hold (seconds), however few workers are live.
     #[serde(default = "default_max_shard_s")]
     pub max_shard_s: f64,
+    /// Whether a running shard may give back the tests it has not started, when it runs
+    /// late or other workers would idle (`command` runners that report as they go).
+    #[serde(default = "default_split_running_leases")]
+    pub split_running_leases: bool,
+}
+
+fn default_split_running_leases() -> bool {
+    true
 }
 
 fn default_max_shard_s() -> f64 {
@@ -431,6 +439,7 @@ impl Default for SchedulerSection {
             infra_failures_to_bench: default_infra_failures_to_bench(),
             bench_s: default_bench_s(),
             max_shard_s: default_max_shard_s(),
+            split_running_leases: default_split_running_leases(),
         }
     }
 }

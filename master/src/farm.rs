@@ -229,6 +229,7 @@ impl Farm {
             infra_failures_to_bench: config.scheduler.infra_failures_to_bench,
             bench_s: config.scheduler.bench_s,
             max_shard_s: config.scheduler.max_shard_s,
+            split_running_leases: config.scheduler.split_running_leases,
             ..SchedulerConfig::default()
         });
         let farm = Farm {

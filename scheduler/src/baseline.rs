@@ -87,7 +87,18 @@ pub fn split_by_estimate(plan: &BuildPlan, n_workers: usize) -> Vec<Vec<PlanInde
 
 /// Runs a static assignment with real durations `actual_s` (plan order).
 pub fn simulate_static(plan: &BuildPlan, actual_s: &[f64], assignment: &[Vec<PlanIndex>]) -> Simulation {
-    let n_workers = assignment.len().max(1);
+    simulate_static_fleet(plan, actual_s, assignment, &vec![1.0; assignment.len().max(1)])
+}
+
+/// As [`simulate_static`], shard `w` on a worker `slowdown[w]` times slower (see
+/// [`crate::simulate::simulate_fleet`]).
+pub fn simulate_static_fleet(
+    plan: &BuildPlan,
+    actual_s: &[f64],
+    assignment: &[Vec<PlanIndex>],
+    slowdown: &[f64],
+) -> Simulation {
+    assert!(slowdown.len() >= assignment.len(), "a slowdown for each shard's worker");
     let order = topological_order(plan);
     let mut rank = vec![0usize; plan.len()];
     for (position, &index) in order.iter().enumerate() {
@@ -102,7 +113,7 @@ pub fn simulate_static(plan: &BuildPlan, actual_s: &[f64], assignment: &[Vec<Pla
         })
         .collect();
     let mut next = vec![0usize; queues.len()];
-    let mut clock: Vec<f64> = vec![plan.shard_overhead_s; queues.len()];
+    let mut clock: Vec<f64> = (0..queues.len()).map(|worker| plan.shard_overhead_s * slowdown[worker]).collect();
     let mut end = vec![f64::NAN; plan.len()];
     let mut remaining: usize = queues.iter().map(Vec::len).sum();
     while remaining > 0 {
@@ -114,7 +125,7 @@ pub fn simulate_static(plan: &BuildPlan, actual_s: &[f64], assignment: &[Vec<Pla
         let index = queues[worker][next[worker]];
         let dependencies_done = plan.tests[index].depends_on.iter().map(|&dep| end[dep]).fold(0.0, f64::max);
         let start = clock[worker].max(dependencies_done);
-        clock[worker] = start + actual_s[index];
+        clock[worker] = start + actual_s[index] * slowdown[worker];
         end[index] = clock[worker];
         next[worker] += 1;
         remaining -= 1;
@@ -126,7 +137,7 @@ pub fn simulate_static(plan: &BuildPlan, actual_s: &[f64], assignment: &[Vec<Pla
         .map(|(worker, tests)| SimulatedShard { worker, start: 0.0, end: clock[worker], tests })
         .collect();
     let makespan_s = shards.iter().map(|shard| shard.end).fold(0.0, f64::max);
-    Simulation { makespan_s, lower_bound_s: plan.lower_bound_with(actual_s, n_workers), shards }
+    Simulation { makespan_s, lower_bound_s: plan.lower_bound_on_fleet(actual_s, slowdown), shards }
 }
 
 #[cfg(test)]

@@ -91,6 +91,9 @@ pub struct SchedulerConfig {
     /// starting, a restarted master whose workers come back one by one), this keeps the
     /// first ones from taking hours that the others, arriving seconds later, could share.
     pub max_shard_s: Seconds,
+    /// Whether a running lease may give back the tests it has not started
+    /// ([`Decision::LeaseShrunk`]) when it runs late or others would idle.
+    pub split_running_leases: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -108,6 +111,7 @@ impl Default for SchedulerConfig {
             infra_failures_to_bench: 3,
             bench_s: 60.0,
             max_shard_s: 600.0,
+            split_running_leases: true,
         }
     }
 }
@@ -752,6 +756,9 @@ impl Scheduler {
     /// its report at exit never does, and could not stop after the kept tests) and that the
     /// asking worker does not hold are split.
     fn split_laggard(&mut self, worker: WorkerId, build: Option<BuildId>, now: Seconds) -> Option<Decision> {
+        if !self.config.split_running_leases {
+            return None;
+        }
         let (id, end) = self
             .leases
             .iter()
@@ -1414,6 +1421,17 @@ mod tests {
         accepted(scheduler.test_finished(first.lease, WorkerId(1), "t0", TestStatus::Passed, 21.0));
         let (second, _) = scheduler.request_work(WorkerId(2), 21.0);
         assert_eq!(second.expect("once it reported, its end is taken over").tests, [3]);
+    }
+
+    #[test]
+    fn splitting_can_be_switched_off() {
+        let mut scheduler = Scheduler::new(SchedulerConfig { split_running_leases: false, ..greedy(600.0).config });
+        scheduler.worker_joined(WorkerId(1), 0.0);
+        scheduler.add_build(BuildId(1), tens(4), 0.0).unwrap();
+        let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+        accepted(scheduler.test_finished(first.lease, WorkerId(1), "t0", TestStatus::Passed, 21.0));
+        scheduler.worker_joined(WorkerId(2), 21.0);
+        assert_eq!(scheduler.request_work(WorkerId(2), 21.0), (None, vec![]));
     }
 
     #[test]

@@ -127,14 +127,25 @@ impl BuildPlan {
     /// `max(total / N, longest test, critical path) + shard overhead` for the given
     /// durations (in plan order).
     pub fn lower_bound_with(&self, durations: &[f64], n_workers: usize) -> f64 {
+        self.lower_bound_on_fleet(durations, &vec![1.0; n_workers.max(1)])
+    }
+
+    /// The same bound on a fleet where worker `w` takes `slowdown[w]` times as long for
+    /// everything: the work over the fleet's capacity (`Σ 1/slowdown` full-speed workers),
+    /// the longest test and the critical path at the fastest worker's speed, plus the
+    /// overhead at that speed.
+    pub fn lower_bound_on_fleet(&self, durations: &[f64], slowdown: &[f64]) -> f64 {
         if self.tests.is_empty() {
             return 0.0;
         }
+        let capacity: f64 = slowdown.iter().map(|slowdown| 1.0 / slowdown).sum::<f64>().max(f64::MIN_POSITIVE);
+        let fastest = slowdown.iter().copied().fold(f64::INFINITY, f64::min);
+        let fastest = if fastest.is_finite() { fastest } else { 1.0 };
         let total: f64 = durations.iter().sum();
         let longest = durations.iter().copied().fold(0.0, f64::max);
         let critical_path =
             longest_chains(&self.tests, |test| durations[self.by_id[&test.id]]).into_iter().fold(0.0, f64::max);
-        (total / n_workers.max(1) as f64).max(longest).max(critical_path) + self.shard_overhead_s
+        (total / capacity).max(longest * fastest).max(critical_path * fastest) + self.shard_overhead_s * fastest
     }
 }
 
@@ -183,6 +194,18 @@ mod tests {
         // total 12 over 2 workers is 6; the chain a-b-c is 8; plus the overhead.
         assert_eq!(plan.lower_bound(2), 8.5);
         assert_eq!(plan.lower_bound(1), 12.5);
+    }
+
+    #[test]
+    fn a_slower_machine_counts_for_less_in_the_bound() {
+        let plan = BuildPlan::from_tests((0..4).map(|index| test(&format!("t{index}"), 10.0, &[])).collect(), 1.0);
+        let durations = [10.0; 4];
+        assert_eq!(plan.lower_bound_on_fleet(&durations, &[1.0, 1.0]), plan.lower_bound_with(&durations, 2));
+        // One full-speed worker and one at a third of the speed: 40 s over 4/3 workers.
+        assert_eq!(plan.lower_bound_on_fleet(&durations, &[1.0, 3.0]), 31.0);
+        // Two machines both twice as slow: the longest test and the overhead take twice as long too.
+        let one = BuildPlan::from_tests(vec![test("long", 50.0, &[]), test("short", 1.0, &[])], 1.0);
+        assert_eq!(one.lower_bound_on_fleet(&[50.0, 1.0], &[2.0, 2.0]), 102.0);
     }
 
     #[test]

@@ -66,9 +66,18 @@ impl Ord for Timed {
 /// Runs `plan` (whose estimates the scheduler sees) on `n_workers` workers where test `i`
 /// really takes `actual_s[i]` seconds.
 pub fn simulate(plan: &BuildPlan, actual_s: &[f64], n_workers: usize, config: SchedulerConfig) -> Simulation {
+    simulate_fleet(plan, actual_s, &vec![1.0; n_workers.max(1)], config)
+}
+
+/// As [`simulate`], on a fleet where worker `w` takes `slowdown[w]` times as long for
+/// everything it does (its tests and its shard overhead): an older machine, a noisy
+/// neighbour. The scheduler is not told; the lower bound is the fleet's
+/// ([`BuildPlan::lower_bound_on_fleet`]).
+pub fn simulate_fleet(plan: &BuildPlan, actual_s: &[f64], slowdown: &[f64], config: SchedulerConfig) -> Simulation {
     assert_eq!(plan.len(), actual_s.len(), "one actual duration per planned test");
-    let n_workers = n_workers.max(1);
-    let lower_bound_s = plan.lower_bound_with(actual_s, n_workers);
+    assert!(!slowdown.is_empty(), "a fleet has a worker");
+    let n_workers = slowdown.len();
+    let lower_bound_s = plan.lower_bound_on_fleet(actual_s, slowdown);
     let mut scheduler = Scheduler::new(SchedulerConfig { lease_timeout_s: f64::INFINITY, ..config });
     let build = BuildId(1);
     let mut finished =
@@ -112,10 +121,10 @@ pub fn simulate(plan: &BuildPlan, actual_s: &[f64], n_workers: usize, config: Sc
             }
             let Some(grant) = grant else { break };
             *is_idle = false;
-            let mut time = now + plan.shard_overhead_s;
+            let mut time = now + plan.shard_overhead_s * slowdown[worker];
             let mut ends = Vec::with_capacity(grant.tests.len());
             for &test in &grant.tests {
-                time += actual_s[test];
+                time += actual_s[test] * slowdown[worker];
                 sequence += 1;
                 ends.push((test, time));
                 events.push(Reverse(Timed(time, sequence, Event::TestDone { lease: grant.lease.0, worker, test })));
@@ -176,4 +185,41 @@ pub fn simulate(plan: &BuildPlan, actual_s: &[f64], n_workers: usize, config: Sc
 
 fn is_finish(decision: &crate::core::Decision) -> bool {
     matches!(decision, crate::core::Decision::BuildFinished { .. })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::PlannedTest;
+
+    #[test]
+    fn a_slower_worker_takes_longer_for_everything_and_every_test_runs_once() {
+        let tests = (0..20)
+            .map(|index| PlannedTest {
+                id: format!("t{index}"),
+                depends_on: vec![],
+                dependents: vec![],
+                estimate_s: 5.0,
+                estimate_known: true,
+                priority_s: 0.0,
+            })
+            .collect();
+        let plan = BuildPlan::from_tests(tests, 1.0);
+        let actual = vec![5.0; 20];
+        let slowdown = [1.0, 3.0];
+        let result = simulate_fleet(&plan, &actual, &slowdown, SchedulerConfig::default());
+        let mut runs = vec![0; 20];
+        for shard in &result.shards {
+            let work: f64 = shard.tests.iter().map(|&test| actual[test]).sum();
+            let took = shard.end - shard.start;
+            assert!((took - slowdown[shard.worker] * (1.0 + work)).abs() < 1e-9, "{shard:?} took {took}");
+            for &test in &shard.tests {
+                runs[test] += 1;
+            }
+        }
+        assert_eq!(runs, vec![1; 20]);
+        assert_eq!(result.lower_bound_s, plan.lower_bound_on_fleet(&actual, &slowdown));
+        assert!(result.makespan_s >= result.lower_bound_s, "{result:?}");
+        assert!(result.shards.iter().any(|shard| shard.worker == 1), "the slow worker did some of it");
+    }
 }
