@@ -453,6 +453,10 @@ pub struct Scheduler {
     /// Leases of builds that ended: late reports about them are answered, not refused.
     retired: HashMap<LeaseId, WorkerId>,
     next_lease: u64,
+    /// Seconds from a lease's grant to its first test's start, as leases showed it
+    /// (recent ones weighing most): checkout, runner start-up and reporting, all a new
+    /// shard costs, of which the suite's shard overhead is only the runner's part.
+    startup_s: Option<Seconds>,
 }
 
 impl Scheduler {
@@ -465,6 +469,7 @@ impl Scheduler {
             workers: BTreeMap::new(),
             retired: HashMap::new(),
             next_lease: 1,
+            startup_s: None,
         }
     }
 
@@ -787,6 +792,8 @@ impl Scheduler {
         let total: Seconds = seconds.iter().sum();
         // Keep the first `kept` tests: the holder ends at `progress_at` plus them.
         let holder_end = |kept: usize| (lease.progress_at + seconds[..kept].iter().sum::<Seconds>()).max(now);
+        // What a new shard really costs the worker taking the withdrawn tests.
+        let startup = self.startup_s.unwrap_or(0.0).max(overhead);
         let (kept, split_end) = match finish {
             Some(finish) => {
                 let kept = (1..seconds.len()).take_while(|&kept| holder_end(kept) <= finish).last().unwrap_or(1);
@@ -795,12 +802,12 @@ impl Scheduler {
             None => (1..seconds.len())
                 .map(|kept| {
                     let rest: Seconds = seconds[kept..].iter().sum();
-                    (kept, holder_end(kept).max(now + overhead + rest))
+                    (kept, holder_end(kept).max(now + startup + rest))
                 })
                 .min_by(|a, b| a.1.total_cmp(&b.1))
                 .expect("at least two tests"),
         };
-        if end - split_end <= overhead || total <= 0.0 {
+        if end - split_end <= 2.0 * startup || total <= 0.0 {
             return None;
         }
         let lease = self.leases.get_mut(&id).expect("a lease just looked at");
@@ -921,6 +928,14 @@ impl Scheduler {
         let estimate = run.plan.tests[index].estimate_s;
         if let Some(state) = self.leases.get_mut(&lease) {
             run.drift.observe((now - state.progress_at).max(0.0), estimate);
+            if state.reported == 0 {
+                // From the grant to the first test's start, as far as its estimate at the
+                // build's drift tells.
+                let granted = state.running_from - run.plan.shard_overhead_s;
+                let sample = (now - granted - estimate * run.drift.ratio()).max(0.0);
+                let previous = self.startup_s.unwrap_or(sample);
+                self.startup_s = Some(0.9 * previous + 0.1 * sample);
+            }
             state.progress_at = state.progress_at.max(now);
             state.remaining_estimate = (state.remaining_estimate - estimate).max(0.0);
             state.reported_estimate += estimate;
