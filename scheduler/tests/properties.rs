@@ -42,7 +42,7 @@ use greenlight_scheduler::core::{
     BuildId, Decision, LeaseGrant, LeaseId, Outcome, Report, Scheduler, SchedulerConfig, Verdict, WorkerId,
 };
 use greenlight_scheduler::plan::{BuildPlan, PlanIndex, PlannedTest};
-use greenlight_scheduler::simulate::{Simulation, simulate};
+use greenlight_scheduler::simulate::{Simulation, simulate_fleet};
 use greenlight_shared::api::TestStatus;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -108,7 +108,9 @@ struct Scenario {
 struct SimulationCase {
     tests: Vec<TestCase>,
     shard_overhead_s: f64,
-    n_workers: usize,
+    /// How many times slower each worker is than a full-speed one (the scheduler is not
+    /// told): its length is the number of workers.
+    slowdown: Vec<f64>,
     config: SchedulerConfig,
 }
 
@@ -148,6 +150,11 @@ fn earlier_tests(position: usize, dependency_picks: &[Index]) -> Vec<PlanIndex> 
 
 /// Up to [`MAX_TESTS`] tests, each depending on up to three earlier ones.
 fn suite_strategy() -> impl Strategy<Value = Vec<TestCase>> {
+    suite_strategy_of(0..=MAX_TESTS)
+}
+
+/// Suites of `sizes` tests.
+fn suite_strategy_of(sizes: RangeInclusive<usize>) -> impl Strategy<Value = Vec<TestCase>> {
     // Zero estimates are common enough that the ready work is now and then all zero.
     let estimate_s = prop_oneof![1 => Just(0.0), 4 => seconds_in_tenths(1..=100)];
     let estimate_known = prop_oneof![3 => Just(true), 1 => Just(false)];
@@ -158,7 +165,7 @@ fn suite_strategy() -> impl Strategy<Value = Vec<TestCase>> {
         outcome_strategy(),
         seconds_in_tenths(0..=100),
     );
-    prop::collection::vec(test, 0..=MAX_TESTS).prop_map(|generated| {
+    prop::collection::vec(test, sizes).prop_map(|generated| {
         generated
             .into_iter()
             .enumerate()
@@ -217,14 +224,28 @@ fn scenario_strategy(lease_loss: LeaseLoss) -> impl Strategy<Value = Scenario> {
 }
 
 fn simulation_case_strategy() -> impl Strategy<Value = SimulationCase> {
+    simulation_case_strategy_of(0..=MAX_TESTS, 0..=20)
+}
+
+/// Larger suites with little shard overhead: shards long enough, against what a new shard
+/// costs, that running ones are split (late ones, and those on slow workers).
+fn late_shards_case_strategy() -> impl Strategy<Value = SimulationCase> {
+    simulation_case_strategy_of(40..=120, 0..=3)
+}
+
+fn simulation_case_strategy_of(
+    sizes: RangeInclusive<usize>,
+    overhead_tenths: RangeInclusive<u32>,
+) -> impl Strategy<Value = SimulationCase> {
     let default_attempts = SchedulerConfig::default().max_attempts;
-    (suite_strategy(), seconds_in_tenths(0..=20), 1usize..=6, config_strategy(default_attempts..=default_attempts))
-        .prop_map(|(tests, shard_overhead_s, n_workers, config)| SimulationCase {
-            tests,
-            shard_overhead_s,
-            n_workers,
-            config,
-        })
+    // Mostly full-speed workers; some two or three times slower, as old machines are.
+    let slowdown = (1usize..=6).prop_flat_map(|n_workers| {
+        proptest::collection::vec(proptest::sample::select(vec![1.0, 1.0, 1.0, 2.0, 3.0]), n_workers)
+    });
+    let config = config_strategy(default_attempts..=default_attempts);
+    (suite_strategy_of(sizes), seconds_in_tenths(overhead_tenths), slowdown, config).prop_map(
+        |(tests, shard_overhead_s, slowdown, config)| SimulationCase { tests, shard_overhead_s, slowdown, config },
+    )
 }
 
 fn test_id(index: PlanIndex) -> String {
@@ -1082,13 +1103,19 @@ fn check_reports_expiries_and_give_ups(run: &Run) -> Result<(), TestCaseError> {
 
 /// When each test started and ended in `simulation`, in plan order, computed the way
 /// DESIGN.md defines a shard: its start, the overhead, then its tests back to back.
-fn test_times(plan: &BuildPlan, actual_s: &[f64], simulation: &Simulation) -> Vec<Option<(f64, f64)>> {
+fn test_times(
+    plan: &BuildPlan,
+    actual_s: &[f64],
+    slowdown: &[f64],
+    simulation: &Simulation,
+) -> Vec<Option<(f64, f64)>> {
     let mut times = vec![None; plan.len()];
     for shard in &simulation.shards {
-        let mut time = shard.start + plan.shard_overhead_s;
+        let slowdown = slowdown[shard.worker];
+        let mut time = shard.start + plan.shard_overhead_s * slowdown;
         for &test in &shard.tests {
             let start = time;
-            time += actual_s[test];
+            time += actual_s[test] * slowdown;
             times[test] = Some((start, time));
         }
     }
@@ -1098,10 +1125,11 @@ fn test_times(plan: &BuildPlan, actual_s: &[f64], simulation: &Simulation) -> Ve
 fn check_simulation(
     plan: &BuildPlan,
     actual_s: &[f64],
-    n_workers: usize,
+    slowdown: &[f64],
     simulation: &Simulation,
 ) -> Result<(), TestCaseError> {
-    let lower_bound = plan.lower_bound_with(actual_s, n_workers);
+    let n_workers = slowdown.len();
+    let lower_bound = plan.lower_bound_on_fleet(actual_s, slowdown);
     prop_assert_eq!(simulation.lower_bound_s, lower_bound);
     let rounding = 1e-9 * lower_bound.max(1.0);
     prop_assert!(
@@ -1131,7 +1159,7 @@ fn check_simulation(
         }
     }
 
-    let times = test_times(plan, actual_s, simulation);
+    let times = test_times(plan, actual_s, slowdown, simulation);
     for shard in &simulation.shards {
         let last_end = shard.tests.last().and_then(|&test| times[test]).map(|(_, end)| end);
         prop_assert_eq!(Some(shard.end), last_end, "the end of {:?}", shard);
@@ -1217,8 +1245,18 @@ proptest! {
     ) {
         let plan = plan_of(&case.tests, case.shard_overhead_s);
         let actual_s: Vec<f64> = case.tests.iter().map(|test| test.actual_s).collect();
-        let simulation = simulate(&plan, &actual_s, case.n_workers, case.config.clone());
-        check_simulation(&plan, &actual_s, case.n_workers, &simulation)?;
+        let simulation = simulate_fleet(&plan, &actual_s, &case.slowdown, case.config.clone());
+        check_simulation(&plan, &actual_s, &case.slowdown, &simulation)?;
+    }
+
+    #[test]
+    fn simulation_of_larger_suites_with_running_shards_split_keeps_every_property(
+        case in late_shards_case_strategy()
+    ) {
+        let plan = plan_of(&case.tests, case.shard_overhead_s);
+        let actual_s: Vec<f64> = case.tests.iter().map(|test| test.actual_s).collect();
+        let simulation = simulate_fleet(&plan, &actual_s, &case.slowdown, case.config.clone());
+        check_simulation(&plan, &actual_s, &case.slowdown, &simulation)?;
     }
 }
 
