@@ -11,8 +11,9 @@
 //! Shard sizing aims every worker at one common finish time. When a worker asks, the
 //! scheduler estimates when each worker will be free (now for idle ones; for busy ones,
 //! the time of their last reported progress plus the estimates of their unfinished
-//! tests at the pace the lease has shown so far), and water-fills the work not yet leased over them, each worker paying the shard
-//! overhead once more: that level is the target finish `F`. The asking worker may fill
+//! tests at the pace the lease has shown so far), and water-fills the work not yet leased
+//! over them, each worker paying the shard overhead once more: that level is the target
+//! finish `F`. The asking worker may fill
 //! `F - now - overhead`. It gets all of that only when the rest would be a shard too small
 //! to be worth its overhead (its last shard, however small); otherwise it gets
 //! `1 - tail_fraction` of it, so that the tail is cut later, from fresher estimates, in
@@ -353,6 +354,16 @@ struct BuildRun {
     drift: Drift,
     /// Urgent builds (culprit probes) are served before the others.
     urgent: bool,
+}
+
+impl BuildRun {
+    /// Puts a test that was leased (or reported failed) back in the ready queue, its
+    /// estimate back in the work not yet leased.
+    fn requeue(&mut self, test: PlanIndex, priority: f64) {
+        self.states[test] = TestState::Ready;
+        self.unleased_work += self.plan.tests[test].estimate_s;
+        self.ready.push(ReadyEntry { priority, index: test });
+    }
 }
 
 /// The ratio of real to estimated durations over recently finished tests. Tests are
@@ -752,7 +763,8 @@ impl Scheduler {
     }
 
     /// Takes back the tests not yet started of the lease projected, at its own pace, to end
-    /// last, when that ends its work sooner by more than a shard's overhead. While `build`
+    /// last, when that ends its work sooner by more than twice what a new shard costs (the
+    /// measured start-up of recent leases, at least the shard overhead). While `build`
     /// has other work ready, the holder keeps what it can run by the finish the other
     /// workers aim at (at least the test it is running) and the rest joins that work;
     /// when no build has work ready (`build` is `None`), it keeps what brings it level with
@@ -780,12 +792,9 @@ impl Scheduler {
         let run = &self.builds[&lease.build];
         let overhead = run.plan.shard_overhead_s;
         let pace = lease.pace(run.drift.ratio());
-        let seconds: Vec<Seconds> = lease
-            .tests
-            .iter()
-            .filter(|&&test| run.states[test] == TestState::Leased(id))
-            .map(|&test| run.plan.tests[test].estimate_s * pace)
-            .collect();
+        let unreported: Vec<PlanIndex> =
+            lease.tests.iter().copied().filter(|&test| run.states[test] == TestState::Leased(id)).collect();
+        let seconds: Vec<Seconds> = unreported.iter().map(|&test| run.plan.tests[test].estimate_s * pace).collect();
         if seconds.len() < 2 {
             return None;
         }
@@ -810,20 +819,16 @@ impl Scheduler {
         if end - split_end <= 2.0 * startup || total <= 0.0 {
             return None;
         }
+        let withdrawn = unreported[kept..].to_vec();
         let lease = self.leases.get_mut(&id).expect("a lease just looked at");
         let run = self.builds.get_mut(&lease.build).expect("its build is running");
-        let withdrawn: Vec<PlanIndex> =
-            lease.tests.iter().copied().filter(|&test| run.states[test] == TestState::Leased(id)).skip(kept).collect();
         for &test in &withdrawn {
-            let estimate = run.plan.tests[test].estimate_s;
             // Not an attempt: it never started.
             run.attempts[test] -= 1;
-            run.states[test] = TestState::Ready;
-            run.unleased_work += estimate;
-            lease.remaining_estimate = (lease.remaining_estimate - estimate).max(0.0);
+            lease.remaining_estimate = (lease.remaining_estimate - run.plan.tests[test].estimate_s).max(0.0);
             // A retry keeps its place at the head of the queue.
             let priority = if run.failures[test] > 0 { f64::INFINITY } else { run.plan.dispatch_priority(test) };
-            run.ready.push(ReadyEntry { priority, index: test });
+            run.requeue(test, priority);
         }
         Some(Decision::LeaseShrunk { build: lease.build, lease: id, worker: lease.worker, withdrawn })
     }
@@ -946,9 +951,7 @@ impl Scheduler {
             // Not final yet: run it again, first in line, to tell a flake from a failure.
             run.failures[index] += 1;
             run.avoid.entry(index).or_default().push(worker);
-            run.states[index] = TestState::Ready;
-            run.unleased_work += estimate;
-            run.ready.push(ReadyEntry { priority: f64::INFINITY, index });
+            run.requeue(index, f64::INFINITY);
             decisions.push(Decision::Retrying { build, test: index, test_id: test_id.to_owned(), attempt });
             decisions.push(Decision::WorkAvailable);
             return Ok(Report::Accepted { attempt, outcome: Outcome::Retry, decisions });
@@ -1043,9 +1046,8 @@ impl Scheduler {
             if run.attempts[test] - run.failures[test] >= max_attempts {
                 gave_up.push(test);
             } else {
-                run.states[test] = TestState::Ready;
-                run.unleased_work += run.plan.tests[test].estimate_s;
-                run.ready.push(ReadyEntry { priority: run.plan.dispatch_priority(test), index: test });
+                let priority = run.plan.dispatch_priority(test);
+                run.requeue(test, priority);
                 // A worker whose checkout or runner just failed should not get it straight back.
                 run.avoid.entry(test).or_default().push(worker);
                 requeued = true;
