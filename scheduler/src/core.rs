@@ -1180,7 +1180,7 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::PlannedTest;
+    use crate::plan::{PlannedTest, planned};
 
     fn plan() -> BuildPlan {
         let test = |id: &str, depends_on: &[usize]| PlannedTest {
@@ -1306,17 +1306,6 @@ mod tests {
         assert!(!second.tests.is_empty());
     }
 
-    fn planned(id: &str, estimate_s: f64, estimate_known: bool) -> PlannedTest {
-        PlannedTest {
-            id: id.into(),
-            depends_on: vec![],
-            dependents: vec![],
-            estimate_s,
-            estimate_known,
-            priority_s: 0.0,
-        }
-    }
-
     #[test]
     fn the_last_tests_are_split_evenly_among_the_free_workers_not_in_minimum_size_shards() {
         // One 10 s test and 40 of 0.1 s; 1.5 s overhead, so a shard is worth 3 s of work.
@@ -1392,16 +1381,23 @@ mod tests {
         BuildPlan::from_tests((0..count).map(|index| planned(&format!("t{index}"), 10.0, true)).collect(), 1.0)
     }
 
+    /// A lone worker leases the whole of `plan` (tests of 10 s) and reports its first test
+    /// after 20 s, twice its estimate; then a second worker joins. The first lease.
+    fn first_test_took_twice_its_estimate(scheduler: &mut Scheduler, plan: BuildPlan) -> LeaseGrant {
+        scheduler.worker_joined(WorkerId(1), 0.0);
+        scheduler.add_build(BuildId(1), plan, 0.0).unwrap();
+        let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+        assert_eq!(first.tests, [0, 1, 2, 3]);
+        accepted(scheduler.test_finished(first.lease, WorkerId(1), "t0", TestStatus::Passed, 21.0));
+        scheduler.worker_joined(WorkerId(2), 21.0);
+        first
+    }
+
     #[test]
     fn an_idle_worker_takes_over_the_unstarted_end_of_a_lease_running_late() {
         let mut scheduler = greedy(600.0);
-        scheduler.worker_joined(WorkerId(1), 0.0);
-        scheduler.add_build(BuildId(1), tens(4), 0.0).unwrap();
-        let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
-        assert_eq!(first.tests, [0, 1, 2, 3]);
         // Its first test took 20 s, not 10: at that pace it ends at 81 s.
-        accepted(scheduler.test_finished(first.lease, WorkerId(1), "t0", TestStatus::Passed, 21.0));
-        scheduler.worker_joined(WorkerId(2), 21.0);
+        let first = first_test_took_twice_its_estimate(&mut scheduler, tens(4));
         let (second, decisions) = scheduler.request_work(WorkerId(2), 21.0);
         // Kept t1 and t2, it ends at 61 s; the newcomer runs t3 by 62 s.
         let shrunk =
@@ -1443,24 +1439,16 @@ mod tests {
     #[test]
     fn splitting_can_be_switched_off() {
         let mut scheduler = Scheduler::new(SchedulerConfig { split_running_leases: false, ..greedy(600.0).config });
-        scheduler.worker_joined(WorkerId(1), 0.0);
-        scheduler.add_build(BuildId(1), tens(4), 0.0).unwrap();
-        let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
-        accepted(scheduler.test_finished(first.lease, WorkerId(1), "t0", TestStatus::Passed, 21.0));
-        scheduler.worker_joined(WorkerId(2), 21.0);
+        first_test_took_twice_its_estimate(&mut scheduler, tens(4));
         assert_eq!(scheduler.request_work(WorkerId(2), 21.0), (None, vec![]));
     }
 
     #[test]
     fn a_lease_whose_runner_reports_only_at_exit_is_never_split() {
         let mut scheduler = greedy(600.0);
-        scheduler.worker_joined(WorkerId(1), 0.0);
         let mut plan = tens(4);
         plan.leases_splittable = false;
-        scheduler.add_build(BuildId(1), plan, 0.0).unwrap();
-        let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
-        accepted(scheduler.test_finished(first.lease, WorkerId(1), "t0", TestStatus::Passed, 21.0));
-        scheduler.worker_joined(WorkerId(2), 21.0);
+        first_test_took_twice_its_estimate(&mut scheduler, plan);
         assert_eq!(scheduler.request_work(WorkerId(2), 21.0), (None, vec![]));
     }
 

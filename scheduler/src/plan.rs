@@ -149,6 +149,12 @@ impl BuildPlan {
     }
 }
 
+/// A test with no dependencies, for the crate's unit tests.
+#[cfg(test)]
+pub(crate) fn planned(id: &str, estimate_s: f64, estimate_known: bool) -> PlannedTest {
+    PlannedTest { id: id.into(), depends_on: vec![], dependents: vec![], estimate_s, estimate_known, priority_s: 0.0 }
+}
+
 /// For every test, its duration plus the longest chain of dependents behind it.
 fn longest_chains(tests: &[PlannedTest], duration: impl Fn(&PlannedTest) -> f64) -> Vec<f64> {
     // Kahn's order from the sinks (tests nothing depends on) backwards.

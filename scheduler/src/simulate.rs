@@ -145,9 +145,10 @@ pub fn simulate_fleet(plan: &BuildPlan, actual_s: &[f64], slowdown: &[f64], conf
                 break;
             }
             events.pop();
+            if !happens(event, event_sequence, &withdrawn_events, &shard_done_event) {
+                continue;
+            }
             match event {
-                Event::TestDone { lease, test, .. } if withdrawn_events.contains(&(lease, test)) => {}
-                Event::ShardDone { lease, .. } if shard_done_event[&lease] != event_sequence => {}
                 Event::TestDone { lease, worker, test } => {
                     makespan_s = makespan_s.max(time);
                     let id = &plan.tests[test].id;
@@ -172,15 +173,25 @@ pub fn simulate_fleet(plan: &BuildPlan, actual_s: &[f64], slowdown: &[f64], conf
     }
     // Shards still "running" when the last result came in end at their last test.
     while let Some(Reverse(Timed(time, event_sequence, event))) = events.pop() {
-        let live = match event {
-            Event::TestDone { lease, test, .. } => !withdrawn_events.contains(&(lease, test)),
-            Event::ShardDone { lease, .. } => shard_done_event[&lease] == event_sequence,
-        };
-        if live {
+        if happens(event, event_sequence, &withdrawn_events, &shard_done_event) {
             makespan_s = makespan_s.max(time);
         }
     }
     Simulation { makespan_s, lower_bound_s, shards }
+}
+
+/// Whether a scheduled event still happens: not the end of a test withdrawn from its
+/// lease, nor a shard end that a shrink moved earlier (`sequence` is no longer the lease's).
+fn happens(
+    event: Event,
+    sequence: u64,
+    withdrawn: &HashSet<(u64, PlanIndex)>,
+    shard_done_event: &HashMap<u64, u64>,
+) -> bool {
+    match event {
+        Event::TestDone { lease, test, .. } => !withdrawn.contains(&(lease, test)),
+        Event::ShardDone { lease, .. } => shard_done_event[&lease] == sequence,
+    }
 }
 
 fn is_finish(decision: &crate::core::Decision) -> bool {
@@ -190,21 +201,11 @@ fn is_finish(decision: &crate::core::Decision) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::PlannedTest;
+    use crate::plan::planned;
 
     #[test]
     fn a_slower_worker_takes_longer_for_everything_and_every_test_runs_once() {
-        let tests = (0..20)
-            .map(|index| PlannedTest {
-                id: format!("t{index}"),
-                depends_on: vec![],
-                dependents: vec![],
-                estimate_s: 5.0,
-                estimate_known: true,
-                priority_s: 0.0,
-            })
-            .collect();
-        let plan = BuildPlan::from_tests(tests, 1.0);
+        let plan = BuildPlan::from_tests((0..20).map(|index| planned(&format!("t{index}"), 5.0, true)).collect(), 1.0);
         let actual = vec![5.0; 20];
         let slowdown = [1.0, 3.0];
         let result = simulate_fleet(&plan, &actual, &slowdown, SchedulerConfig::default());

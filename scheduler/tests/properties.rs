@@ -1122,6 +1122,14 @@ fn test_times(
     times
 }
 
+/// Simulates `case` on its fleet and checks the simulation.
+fn simulate_and_check(case: &SimulationCase) -> Result<(), TestCaseError> {
+    let plan = plan_of(&case.tests, case.shard_overhead_s);
+    let actual_s: Vec<f64> = case.tests.iter().map(|test| test.actual_s).collect();
+    let simulation = simulate_fleet(&plan, &actual_s, &case.slowdown, case.config.clone());
+    check_simulation(&plan, &actual_s, &case.slowdown, &simulation)
+}
+
 fn check_simulation(
     plan: &BuildPlan,
     actual_s: &[f64],
@@ -1243,20 +1251,14 @@ proptest! {
     fn simulation_meets_the_lower_bound_runs_each_test_once_and_in_dependency_order(
         case in simulation_case_strategy()
     ) {
-        let plan = plan_of(&case.tests, case.shard_overhead_s);
-        let actual_s: Vec<f64> = case.tests.iter().map(|test| test.actual_s).collect();
-        let simulation = simulate_fleet(&plan, &actual_s, &case.slowdown, case.config.clone());
-        check_simulation(&plan, &actual_s, &case.slowdown, &simulation)?;
+        simulate_and_check(&case)?;
     }
 
     #[test]
     fn simulation_of_larger_suites_with_running_shards_split_keeps_every_property(
         case in late_shards_case_strategy()
     ) {
-        let plan = plan_of(&case.tests, case.shard_overhead_s);
-        let actual_s: Vec<f64> = case.tests.iter().map(|test| test.actual_s).collect();
-        let simulation = simulate_fleet(&plan, &actual_s, &case.slowdown, case.config.clone());
-        check_simulation(&plan, &actual_s, &case.slowdown, &simulation)?;
+        simulate_and_check(&case)?;
     }
 }
 
