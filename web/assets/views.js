@@ -2,7 +2,7 @@
 // The views, one render function each, called by `renderFrame` with the route's
 // argument: the gate banner (on every view), the waterfall and its shard panel, the
 // console, the builds list, a build, a test, the workers and the flaky tests. They read
-// `S` and draw shards through `shardState` (state.js).
+// `S` and draw shards and builds through `shardLook` and `buildLook` (state.js).
 
 function renderGate() {
   const gate = S.gate;
@@ -28,8 +28,8 @@ function renderGate() {
 function renderWaterfall(arg, what) {
   const view = document.getElementById("view");
   if (!document.getElementById("wf")) {
-    view.innerHTML = '<div class="legend">' + ["queued", "running", "passed", "failed", "flaky", "lost"].map(s => '<span><i style="background:var(--' + s + ')"></i>' + s + "</span>").join("") +
-      '<span class="muted">(narrow columns: Q R P F ~ L) · newest at top · idle gaps collapsed · click a box for its tests</span></div><div id="wf"><div id="wf-head"></div><div id="wf-body"></div></div>';
+    view.innerHTML = '<div class="legend">' + [...DRAWN].map(([state, {meaning}]) => '<span data-state="' + state + '" title="' + esc(meaning) + '"><i class="s-' + state + '"></i>' + state.replace("-", " ") + "</span>").join("") +
+      '<span class="muted">(narrow columns: ' + [...DRAWN.values()].map(d => d.letter).join(" ") + ') · newest at top · idle gaps collapsed · click a box for its tests</span></div><div id="wf"><div id="wf-head"></div><div id="wf-body"></div></div>';
     document.getElementById("wf-body").addEventListener("click", event => {
       const box = event.target.closest(".box");
       if (box && box.dataset.lease) openShard(Number(box.dataset.build), Number(box.dataset.lease));
@@ -82,13 +82,13 @@ function renderWaterfall(arg, what) {
     const top = yOf(b.finished_at == null ? now : b.finished_at);
     const c = b.counts;
     html.push('<div class="mark" style="top:' + yOf(b.created_at) + 'px"><span title="build #' + b.build_id + " at " + esc(b.revision) + '">' + "#" + b.build_id + " " + esc(short(b.revision)) + "</span></div>");
-    html.push('<div class="box" data-build="' + b.build_id + '" data-state="' + (b.state === "green" ? "passed" : b.state === "red" ? "failed" : b.state === "error" ? "lost" : b.state === "queued" ? "queued" : "running") + '" style="left:2px;width:' + (axis - 6) + 'px;top:' + top + "px;height:" + Math.max(16, yOf(b.created_at) - top) + 'px" title="build #' + b.build_id + '">' +
+    html.push('<div class="box" data-build="' + b.build_id + '" data-state="' + buildLook(b) + '" style="left:2px;width:' + (axis - 6) + 'px;top:' + top + "px;height:" + Math.max(16, yOf(b.created_at) - top) + 'px" title="build #' + b.build_id + '">' +
       "#" + b.build_id + " " + esc(b.state) + "<br>" + done(c) + "/" + c.total + (c.failed + c.error ? " ✗" + (c.failed + c.error) : "") + (c.flaky ? " ~" + c.flaky : "") + "</div>");
     if (!(b.state === "running" || b.state === "queued")) continue;
     let leasedOpen = 0;
-    for (const s of shards) if (s.build_id === b.build_id && s.shard.state === "running") leasedOpen += s.shard.tests - done(s.shard.counts || {passed: 0, failed: 0, skipped: 0, error: 0});
+    for (const s of shards) if (s.build_id === b.build_id && shardLook(s.shard).state === "running") leasedOpen += s.shard.tests - done(s.shard.counts || {passed: 0, failed: 0, skipped: 0, error: 0});
     const queued = c.total - done(c) - leasedOpen;
-    if (queued > 0) html.push('<div class="box" data-build="' + b.build_id + '" data-state="queued" style="left:' + axis + "px;width:" + (width - 2) + "px;top:" + yOf(now) + 'px;height:30px" title="' + queued + ' tests not leased yet">' + (narrow ? "Q" : "queued") + "<br>" + queued + "</div>");
+    if (queued > 0) html.push('<div class="box" data-build="' + b.build_id + '" data-state="queued" style="left:' + axis + "px;width:" + (width - 2) + "px;top:" + yOf(now) + 'px;height:30px" title="' + queued + ' tests not leased yet">' + (narrow ? DRAWN.get("queued").letter : "queued") + "<br>" + queued + "</div>");
   }
   // Short shards get a readable minimum height; in a column, a box that would overlap
   // the newer one above it moves down just enough.
@@ -103,12 +103,12 @@ function renderWaterfall(arg, what) {
     bottom.set(p.s.shard.worker, p.top + p.height + 1);
   }
   for (const {s: {build_id, shard}, top, height} of placed) {
-    const state = shardState(shard);
+    const {state, label, why} = shardLook(shard);
     const c = shard.counts || {passed: 0, failed: 0, skipped: 0, error: 0, flaky: 0};
     const bad = c.failed + c.error;
-    html.push('<div class="box' + (openLease === shard.lease_id ? " selected" : "") + '" data-state="' + state + '" data-build="' + build_id + '" data-lease="' + shard.lease_id + '" style="left:' + (colX.get(shard.worker) + 1) + "px;width:" + (width - 3) + "px;top:" + top + "px;height:" + height + 'px" title="' + esc(shard.worker) + " shard " + shard.lease_id + " of build #" + build_id + ": " + state + '">' +
-      (narrow ? SHORT[state] + (bad ? "✗" + bad : "") + "<br>" + done(c) + "/" + shard.tests
-        : state + " " + done(c) + "/" + shard.tests + (bad ? " ✗" + bad : "") + (c.flaky ? " ~" + c.flaky : "") + "<br>#" + build_id + " · " + secs((shard.finished_at || now) - shard.started_at)) + "</div>");
+    html.push('<div class="box' + (openLease === shard.lease_id ? " selected" : "") + '" data-state="' + state + '" data-build="' + build_id + '" data-lease="' + shard.lease_id + '" style="left:' + (colX.get(shard.worker) + 1) + "px;width:" + (width - 3) + "px;top:" + top + "px;height:" + height + 'px" title="' + esc(shard.worker) + " shard " + shard.lease_id + " of build #" + build_id + ": " + esc(why) + '">' +
+      (narrow ? DRAWN.get(state).letter + (bad ? "✗" + bad : "") + "<br>" + done(c) + "/" + shard.tests
+        : esc(label) + " " + done(c) + "/" + shard.tests + (bad ? " ✗" + bad : "") + (c.flaky ? " ~" + c.flaky : "") + "<br>#" + build_id + " · " + secs((shard.finished_at || now) - shard.started_at)) + "</div>");
   }
   document.getElementById("wf-head").innerHTML = '<div style="width:' + axis + 'px">build</div><div style="width:' + width + 'px">queue</div>' +
     columns.map(name => '<div style="width:' + width + 'px" title="' + esc(name) + '">' + esc(narrow ? name.replace(/^.*?(\d+)$/, "$1") : name) + "</div>").join("");
@@ -119,7 +119,6 @@ function renderWaterfall(arg, what) {
   body.innerHTML = html.join("");
   if (openLease != null && what.has("shards")) refreshShard();
 }
-const SHORT = {queued: "Q", running: "R", passed: "P", failed: "F", flaky: "~", lost: "L"};
 let openLease = null, openBuild = null;
 async function openShard(buildId, leaseId) {
   openLease = leaseId; openBuild = buildId;
@@ -144,7 +143,7 @@ async function refreshShard(force) {
     }
     const tests = await buildTests(buildId, force);
     if (openLease !== leaseId) return;
-    const state = shardState(S.shards.get(leaseId).shard);
+    const look = shardLook(S.shards.get(leaseId).shard);
     const rows = shard.test_ids.map(id => {
       const all = tests.byId.get(id) || [];
       const mine = all.filter(r => r.lease_id === leaseId);
@@ -153,7 +152,7 @@ async function refreshShard(force) {
       return {id, r, status, rank: status === "failed" || status === "error" ? 0 : status === "flaky" ? 1 : 2};
     }).sort((a, b) => a.rank - b.rank);
     const panel = document.getElementById("detail");
-    panel.innerHTML = '<button class="close" onclick="closeDetail()">close ✕</button><h2>Shard ' + leaseId + " of build " + buildLink(buildId) + " " + stateTag(state) + "</h2>" +
+    panel.innerHTML = '<button class="close" onclick="closeDetail()">close ✕</button><h2>Shard ' + leaseId + " of build " + buildLink(buildId) + " " + stateTag(look.state, look.label) + (look.why !== look.label ? ' <span class="muted">' + esc(look.why) + "</span>" : "") + "</h2>" +
       "<p>worker <b>" + esc(shard.worker) + "</b> · leased " + when(shard.started_at) + (shard.finished_at ? " · ended " + when(shard.finished_at) + " (" + secs(shard.finished_at - shard.started_at) + ")" : " · running") + " · " + shard.tests + " tests" + (shard.withdrawn ? " (" + shard.withdrawn + " given back to idle workers)" : "") + "</p>" +
       '<table><thead><tr><th>test</th><th>status</th><th>time</th></tr></thead><tbody>' +
       rows.map(({id, r, status}) => '<tr data-test="' + esc(id) + '"><td>' + testLink(id) + (r && r.output && status !== "passed" ? "<pre>" + esc(r.output) + "</pre>" : "") + "</td><td>" + stateTag(status) + "</td><td>" + (r ? secs(r.duration_s) : "") + "</td></tr>").join("") + "</tbody></table>";
@@ -245,8 +244,8 @@ function gantt(b, shards, now) {
   let html = '<div class="gantt" id="gantt">';
   for (const name of names) {
     html += '<div class="row"><div class="name">' + esc(name) + '</div><div class="lane">' + byWorker.get(name).map(s => {
-      const state = shardState(s);
-      return '<div class="seg s-' + state + '" style="left:' + at(s.started_at) + ";width:" + (100 * ((s.finished_at || now) - s.started_at) / span).toFixed(3) + '%" title="shard ' + s.lease_id + ": " + s.tests + " tests, " + state + '">' + state + "</div>";
+      const {state, label, why} = shardLook(s);
+      return '<div class="seg s-' + state + '" data-state="' + state + '" data-lease="' + s.lease_id + '" style="left:' + at(s.started_at) + ";width:" + (100 * ((s.finished_at || now) - s.started_at) / span).toFixed(3) + '%" title="shard ' + s.lease_id + ": " + s.tests + " tests, " + esc(why) + '">' + esc(label) + "</div>";
     }).join("") + "</div></div>";
   }
   if (b.lower_bound_s != null && !lbOnChart) html += '<p id="lower-bound">lower bound ' + secs(b.lower_bound_s) + " (for the workers live when it was planned): off the chart</p>";
@@ -274,7 +273,7 @@ async function renderTest(arg) {
 function renderWorkers() {
   // The current shard comes from the live shard events; the list itself is polled.
   const running = new Map();
-  for (const s of S.shards.values()) if (s.shard.state === "running") running.set(s.shard.worker, s);
+  for (const s of S.shards.values()) if (shardLook(s.shard).state === "running") running.set(s.shard.worker, s);
   const rows = S.workers.slice().sort((a, b) => a.name.localeCompare(b.name, undefined, {numeric: true})).map(w => {
     const s = running.get(w.name);
     const current = s ? "shard " + s.shard.lease_id + " of " + buildLink(s.build_id) + " · " + done(s.shard.counts) + "/" + s.shard.tests + " tests" : '<span class="muted">idle</span>';
