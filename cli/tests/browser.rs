@@ -3,7 +3,9 @@
 //! fix without ever reloading (a marker set at load survives): the waterfall fills in
 //! while the build runs, the failing test shows up with its output, the gate banner turns
 //! closed and open again, and the console lists every change. A worker killed mid-shard
-//! shows as lost on the waterfall and the workers page. Screenshots are kept in
+//! shows as lost on the waterfall and the workers page. A build cancelled by an admin shows
+//! its running shards cancelled, never passed, and the page's one shard mapping draws
+//! every wire state (and one it does not know) as it should. Screenshots are kept in
 //! `target/browser-artifacts/`.
 
 #[path = "common/browser.rs"]
@@ -16,9 +18,13 @@ use browser::Browser;
 use common::{Farm, FarmOptions, test};
 use greenlight_shared::api::{BuildState, GateState};
 use greenlight_shared::suite::{SuiteFile, SuiteTest};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(90);
+const ADMIN: &str = "browser-admin";
+/// Every state the page draws a shard in, in the legend's order.
+const DRAWN_STATES: [&str; 9] =
+    ["queued", "running", "passed", "failed", "flaky", "gave-back", "lost", "cancelled", "unknown"];
 
 /// A JS expression quoting `text` as a string literal.
 fn js(text: &str) -> String {
@@ -306,5 +312,125 @@ fn a_flaky_test_shows_as_flaky_on_the_waterfall_the_build_page_and_the_flaky_vie
     );
     assert!(row.as_str().unwrap().contains(flaky) && row.as_str().unwrap().contains("1 / 1"), "{row}");
     browser.screenshot("12-flaky-view");
+    assert_eq!(browser.eval("return window.greenlightPageId;"), marker, "the page was never reloaded");
+}
+
+#[test]
+fn a_cancelled_build_shows_its_running_shards_cancelled_and_no_lost_shard_is_drawn_passed() {
+    // Slow tests on two workers: the first build's shards run for many seconds.
+    let tests: Vec<SuiteTest> =
+        (0..30).map(|index| test(&format!("core/long_test.py::test_{index}"), &["core"], &[], 40.0)).collect();
+    let suite = SuiteFile { name: "cancel".into(), shard_overhead_s: 0.5, tests };
+    let options = FarmOptions { scale: 0.15, top_toml: format!("admin_token = \"{ADMIN}\""), ..FarmOptions::default() };
+    let farm = Farm::start(&suite, 2, options);
+    let browser = Browser::start(1400, 900);
+    browser.goto(&format!("{}/#/", farm.url));
+    let marker = browser.wait_for("the page to load", WAIT, "return window.greenlightPageId;");
+
+    // The mapping itself, for every wire state and for one a newer master might send: what
+    // each is drawn as, and a word its label or title must say.
+    let finished =
+        |counts: Value, withdrawn: u32| json!({"state": "finished", "counts": counts, "withdrawn": withdrawn});
+    let passed = json!({"passed": 5, "failed": 0, "skipped": 1, "error": 0, "flaky": 0});
+    let failed = json!({"passed": 4, "failed": 1, "skipped": 0, "error": 0, "flaky": 0});
+    let errored = json!({"passed": 4, "failed": 0, "skipped": 0, "error": 1, "flaky": 0});
+    let flaky = json!({"passed": 4, "failed": 0, "skipped": 0, "error": 0, "flaky": 1});
+    let cases = [
+        (json!({"state": "running", "counts": passed}), "running", "running"),
+        (finished(passed.clone(), 0), "passed", "passed"),
+        (finished(failed, 0), "failed", "failed"),
+        (finished(errored, 2), "failed", "gave back 2"),
+        (finished(flaky, 0), "flaky", "flaky"),
+        (finished(passed.clone(), 3), "gave-back", "gave back 3"),
+        (json!({"state": "expired", "counts": passed}), "lost", "expired"),
+        (json!({"state": "infra_error", "counts": passed}), "lost", "infrastructure error"),
+        (json!({"state": "taken_back", "counts": passed}), "lost", "taken back"),
+        (json!({"state": "cancelled", "counts": passed}), "cancelled", "cancelled"),
+        (json!({"state": "paused_by_a_newer_master", "counts": passed}), "unknown", "paused_by_a_newer_master"),
+        (json!({"state": "constructor", "counts": passed}), "unknown", "constructor"),
+    ];
+    let shards: Vec<&Value> = cases.iter().map(|(shard, _, _)| shard).collect();
+    let looks = browser.eval(&format!("return {}.map(shardLook);", json!(shards)));
+    for ((shard, drawn, says), look) in cases.iter().zip(looks.as_array().unwrap()) {
+        assert_eq!(look["state"], *drawn, "{shard} is drawn {look}");
+        let (label, why) = (look["label"].as_str().unwrap(), look["why"].as_str().unwrap());
+        assert!(label.contains(says) || why.contains(says), "{shard} is drawn {look}, saying {says:?}");
+        assert!(DRAWN_STATES.contains(drawn), "{drawn} has a style and a legend entry");
+    }
+    let legend = browser.wait_for(
+        "the legend",
+        WAIT,
+        "return [...document.querySelectorAll('.legend span[data-state]')].map(s => s.dataset.state);",
+    );
+    assert_eq!(legend, json!(DRAWN_STATES));
+    let not_passed = ["gave-back", "lost", "cancelled", "unknown"];
+    let colours = browser.eval(&format!(
+        "const colour = s => getComputedStyle(document.querySelector('.legend span[data-state=\"' + s + '\"] i')).background;
+         return ['passed'].concat({}).map(colour);",
+        json!(not_passed)
+    ));
+    let colours: Vec<&str> = colours.as_array().unwrap().iter().map(|colour| colour.as_str().unwrap()).collect();
+    for (state, colour) in not_passed.iter().zip(&colours[1..]) {
+        assert_ne!(*colour, colours[0], "{state} is not coloured like passed");
+    }
+
+    // Cancel the first build while its shards run.
+    let build_id = farm.wait_for("the first build running", WAIT, |farm| {
+        farm.builds().into_iter().find(|build| build.state == BuildState::Running).map(|build| build.build_id)
+    });
+    let running = browser.wait_for(
+        "running shards of the build",
+        WAIT,
+        &format!(
+            "const leases = [...document.querySelectorAll('.box[data-lease][data-build=\"{build_id}\"][data-state=\"running\"]')]
+                 .map(b => Number(b.dataset.lease));
+             return leases.length > 0 && leases;"
+        ),
+    );
+    let running: Vec<u64> = running.as_array().unwrap().iter().map(|lease| lease.as_u64().unwrap()).collect();
+    let (status, body) = farm.post(&format!("/api/v1/admin/builds/{build_id}/cancel"), &json!({}), Some(ADMIN));
+    assert_eq!(status, 200, "{body}");
+    let cancelled: Vec<u64> = farm
+        .build(build_id)
+        .shards
+        .iter()
+        .filter(|shard| shard.state == "cancelled")
+        .map(|shard| shard.lease_id)
+        .collect();
+    assert!(running.iter().all(|lease| cancelled.contains(lease)), "running {running:?}, cancelled {cancelled:?}");
+
+    let boxes = browser.wait_for(
+        "the running shards shown cancelled",
+        WAIT,
+        &format!(
+            "const boxes = {}.map(lease => document.querySelector('.box[data-lease=\"' + lease + '\"]'));
+             return boxes.every(b => b && b.dataset.state === 'cancelled') && boxes.map(b => b.textContent);",
+            json!(cancelled)
+        ),
+    );
+    for text in boxes.as_array().unwrap() {
+        assert!(text.as_str().unwrap().starts_with("cancelled"), "the state is written in the box: {text}");
+    }
+    let states = browser.eval(&format!(
+        "return [...document.querySelectorAll('.box[data-lease][data-build=\"{build_id}\"]')].map(b => b.dataset.state);"
+    ));
+    assert!(
+        !states.as_array().unwrap().iter().any(|state| state == "running"),
+        "nothing of a cancelled build runs: {states}"
+    );
+    browser.screenshot("13-waterfall-cancelled");
+
+    browser.eval(&format!("location.hash = '#/build/{build_id}';"));
+    let timeline = browser.wait_for(
+        "the build page listing the shards cancelled",
+        WAIT,
+        &format!(
+            "const segs = {}.map(lease => document.querySelector('#gantt .seg[data-lease=\"' + lease + '\"]'));
+             return segs.every(s => s && s.dataset.state === 'cancelled') && segs.map(s => s.textContent);",
+            json!(cancelled)
+        ),
+    );
+    assert!(timeline.as_array().unwrap().iter().all(|text| text == "cancelled"), "{timeline}");
+    browser.screenshot("14-build-page-cancelled");
     assert_eq!(browser.eval("return window.greenlightPageId;"), marker, "the page was never reloaded");
 }
