@@ -1,0 +1,358 @@
+//! Every event but a request for work: heartbeats, reported results, finished and expired
+//! leases, restored results and cancelled builds; and what follows from a final result
+//! (dependants unblocked or skipped, the build finished with its verdict).
+
+use greenlight_shared::api::TestStatus;
+
+use super::state::{ReadyEntry, TestState};
+use super::{
+    BuildId, Decision, LeaseId, Outcome, Report, RestoredResult, Scheduler, SchedulerError, Verdict, WorkerId,
+};
+use crate::Seconds;
+use crate::plan::PlanIndex;
+
+impl Scheduler {
+    /// Event: a restarted master brings back the results it had stored for `build`, in
+    /// attempt order. Final ones count as done, as if reported; their consequences
+    /// (dependants unblocked or skipped, the build finished) follow. A failure that was to
+    /// be retried counts as a failed attempt; the test runs again. Unknown ids are ignored
+    /// (the plan is rebuilt from the same selection, so there should be none).
+    pub fn restore(&mut self, build: BuildId, results: &[RestoredResult]) -> Vec<Decision> {
+        let mut decisions = Vec::new();
+        for RestoredResult { test_id, status, attempt, retried, gave_up } in results {
+            let Some(run) = self.builds.get_mut(&build) else { break };
+            let Some(index) = run.plan.index_of(test_id) else { continue };
+            run.attempts[index] = run.attempts[index].max(*attempt);
+            if *retried {
+                run.failures[index] += 1;
+                continue;
+            }
+            if matches!(run.states[index], TestState::Ready | TestState::Waiting { .. }) {
+                run.unleased_work -= run.plan.tests[index].estimate_s;
+                self.record(build, index, *status, *gave_up, &mut decisions);
+            }
+        }
+        if let Some(run) = self.builds.get_mut(&build) {
+            let ready = run
+                .states
+                .iter()
+                .enumerate()
+                .filter(|(_, state)| **state == TestState::Ready)
+                .map(|(index, _)| ReadyEntry { priority: run.plan.dispatch_priority(index), index })
+                .collect();
+            run.ready = ready;
+        }
+        decisions
+    }
+
+    /// Event: a build is abandoned (cancelled). Its leases end; nothing more is reported.
+    pub fn remove_build(&mut self, build: BuildId) {
+        self.builds.remove(&build);
+        for lease in self.leases.values_mut().filter(|lease| lease.build == build) {
+            lease.active = false;
+        }
+        self.forget_leases_of(build);
+    }
+
+    /// Event: a heartbeat. Returns whether the lease is still the worker's (and extends it).
+    pub fn heartbeat(&mut self, lease: LeaseId, worker: WorkerId, now: Seconds) -> Result<bool, SchedulerError> {
+        if self.check_retired(lease, worker)? {
+            return Ok(false);
+        }
+        let timeout = self.config.lease_timeout_s;
+        let state = self.leases.get_mut(&lease).ok_or(SchedulerError::UnknownLease(lease.0))?;
+        if state.worker != worker {
+            return Err(SchedulerError::NotYourLease { lease: lease.0, worker: worker.0 });
+        }
+        if let Some(worker_state) = self.workers.get_mut(&worker) {
+            worker_state.last_seen = now;
+        }
+        if state.active {
+            state.deadline = now + timeout;
+        }
+        Ok(state.active)
+    }
+
+    /// Event: a worker reports a finished test of its lease.
+    pub fn test_finished(
+        &mut self,
+        lease: LeaseId,
+        worker: WorkerId,
+        test_id: &str,
+        status: TestStatus,
+        now: Seconds,
+    ) -> Result<Report, SchedulerError> {
+        if self.check_retired(lease, worker)? {
+            return Ok(Report::Stale);
+        }
+        let lease_state = self.leases.get(&lease).ok_or(SchedulerError::UnknownLease(lease.0))?;
+        if lease_state.worker != worker {
+            return Err(SchedulerError::NotYourLease { lease: lease.0, worker: worker.0 });
+        }
+        let build = lease_state.build;
+        let not_in_lease = || SchedulerError::TestNotInLease { lease: lease.0, test_id: test_id.to_owned() };
+        let Some(run) = self.builds.get_mut(&build) else {
+            // The build ended (or was cancelled): whatever this is, it is late.
+            return Ok(Report::Stale);
+        };
+        let index = run.plan.index_of(test_id).ok_or_else(not_in_lease)?;
+        if !lease_state.tests.contains(&index) {
+            return Err(not_in_lease());
+        }
+        if let Some(worker_state) = self.workers.get_mut(&worker) {
+            worker_state.last_seen = now;
+        }
+        match run.states[index] {
+            TestState::Leased(holder) if holder == lease => {}
+            _ if run.reported_by[index].contains(&lease) => return Ok(Report::Duplicate),
+            _ => return Ok(Report::Stale),
+        }
+        run.reported_by[index].push(lease);
+        let attempt = run.attempts[index];
+        let estimate = run.plan.tests[index].estimate_s;
+        if let Some(state) = self.leases.get_mut(&lease) {
+            run.drift.observe((now - state.progress_at).max(0.0), estimate);
+            if state.reported == 0 {
+                // From the grant to the first test's start, as far as its estimate at the
+                // build's drift tells.
+                let granted = state.running_from - run.plan.shard_overhead_s;
+                let sample = (now - granted - estimate * run.drift.ratio()).max(0.0);
+                let previous = self.startup_s.unwrap_or(sample);
+                self.startup_s = Some(0.9 * previous + 0.1 * sample);
+            }
+            state.progress_at = state.progress_at.max(now);
+            state.remaining_estimate = (state.remaining_estimate - estimate).max(0.0);
+            state.reported_estimate += estimate;
+            state.reported += 1;
+        }
+        let mut decisions = Vec::new();
+        if status.is_failure() && run.failures[index] < self.config.retries {
+            // Not final yet: run it again, first in line, to tell a flake from a failure.
+            run.failures[index] += 1;
+            run.avoid.entry(index).or_default().push(worker);
+            run.requeue(index, f64::INFINITY);
+            decisions.push(Decision::Retrying { build, test: index, test_id: test_id.to_owned(), attempt });
+            decisions.push(Decision::WorkAvailable);
+            return Ok(Report::Accepted { attempt, outcome: Outcome::Retry, decisions });
+        }
+        let flaky = status == TestStatus::Passed && run.failures[index] > 0;
+        self.record(build, index, status, false, &mut decisions);
+        Ok(Report::Accepted { attempt, outcome: Outcome::Final { flaky }, decisions })
+    }
+
+    /// Event: the worker's shard process ended. Tests it did not report go back to the
+    /// queue (or are given up on after
+    /// [`SchedulerConfig::max_attempts`](super::SchedulerConfig::max_attempts)).
+    pub fn lease_finished(
+        &mut self,
+        lease: LeaseId,
+        worker: WorkerId,
+        now: Seconds,
+    ) -> Result<Vec<Decision>, SchedulerError> {
+        if self.check_retired(lease, worker)? {
+            return Ok(Vec::new());
+        }
+        let state = self.leases.get(&lease).ok_or(SchedulerError::UnknownLease(lease.0))?;
+        if state.worker != worker {
+            return Err(SchedulerError::NotYourLease { lease: lease.0, worker: worker.0 });
+        }
+        if let Some(worker_state) = self.workers.get_mut(&worker) {
+            worker_state.last_seen = now;
+        }
+        Ok(self.take_back(lease, now))
+    }
+
+    /// Event: time passed. Leases past their deadline are taken back and their workers
+    /// counted as lost; idle workers not heard from for two lease timeouts are forgotten.
+    pub fn tick(&mut self, now: Seconds) -> Vec<Decision> {
+        let mut expired: Vec<LeaseId> =
+            self.leases.iter().filter(|(_, state)| state.active && state.deadline < now).map(|(&id, _)| id).collect();
+        expired.sort();
+        let mut decisions = Vec::new();
+        for lease in expired {
+            // An earlier expiry in this tick may have ended the build and retired this lease.
+            let Some(state) = self.leases.get(&lease) else { continue };
+            let (worker, build) = (state.worker, state.build);
+            let tests: Vec<PlanIndex> = self.builds.get(&build).map_or_else(Vec::new, |run| {
+                state.tests.iter().copied().filter(|&test| run.states[test] == TestState::Leased(lease)).collect()
+            });
+            let consequences = self.take_back(lease, now);
+            let requeued = self
+                .builds
+                .get(&build)
+                .map_or(0, |run| tests.iter().filter(|&&test| run.states[test] == TestState::Ready).count());
+            self.workers.remove(&worker);
+            decisions.push(Decision::LeaseExpired { lease, worker, requeued });
+            decisions.extend(consequences);
+        }
+        let forget_before = now - 2.0 * self.config.lease_timeout_s;
+        self.workers.retain(|_, state| state.lease.is_some() || state.last_seen >= forget_before);
+        decisions
+    }
+
+    /// Whether `lease` belongs to an ended build; an error if it is not `worker`'s.
+    pub(super) fn check_retired(&self, lease: LeaseId, worker: WorkerId) -> Result<bool, SchedulerError> {
+        match self.retired.get(&lease) {
+            None => Ok(false),
+            Some(&holder) if holder == worker => Ok(true),
+            Some(_) => Err(SchedulerError::NotYourLease { lease: lease.0, worker: worker.0 }),
+        }
+    }
+
+    pub(super) fn take_back(&mut self, lease: LeaseId, now: Seconds) -> Vec<Decision> {
+        let mut decisions = Vec::new();
+        let Some(state) = self.leases.get_mut(&lease) else { return decisions };
+        if !state.active {
+            return decisions;
+        }
+        state.active = false;
+        let (build, worker) = (state.build, state.worker);
+        let tests = state.tests.clone();
+        if let Some(worker_state) = self.workers.get_mut(&worker)
+            && worker_state.lease == Some(lease)
+        {
+            worker_state.lease = None;
+        }
+        let max_attempts = self.config.max_attempts;
+        let Some(run) = self.builds.get_mut(&build) else { return decisions };
+        let mut requeued = false;
+        let mut gave_up = Vec::new();
+        let mut unreported = 0;
+        for test in tests {
+            if run.states[test] != TestState::Leased(lease) {
+                continue;
+            }
+            unreported += 1;
+            if run.attempts[test] - run.failures[test] >= max_attempts {
+                gave_up.push(test);
+            } else {
+                let priority = run.plan.dispatch_priority(test);
+                run.requeue(test, priority);
+                // A worker whose checkout or runner just failed should not get it straight back.
+                run.avoid.entry(test).or_default().push(worker);
+                requeued = true;
+            }
+        }
+        if let Some(worker_state) = self.workers.get_mut(&worker) {
+            if unreported == 0 {
+                worker_state.infra_failures = 0;
+            } else {
+                worker_state.infra_failures += 1;
+                let beyond = worker_state.infra_failures.saturating_sub(self.config.infra_failures_to_bench);
+                if worker_state.infra_failures >= self.config.infra_failures_to_bench {
+                    let until = now + self.config.bench_s * 2f64.powi(beyond.min(10) as i32);
+                    worker_state.benched_until = until;
+                    decisions.push(Decision::WorkerBenched { worker, until });
+                }
+            }
+        }
+        for test in gave_up {
+            let run = &self.builds[&build];
+            let attempts = run.attempts[test] - run.failures[test];
+            decisions.push(Decision::GaveUp {
+                build,
+                test,
+                test_id: run.plan.tests[test].id.clone(),
+                reason: format!("no result after {attempts} attempts (workers lost or runner crashed)"),
+            });
+            self.record(build, test, TestStatus::Error, true, &mut decisions);
+        }
+        if requeued {
+            decisions.push(Decision::WorkAvailable);
+        }
+        decisions
+    }
+
+    /// Records a final status and everything that follows from it. `gave_up`: an error
+    /// of the infrastructure, not of the test.
+    pub(super) fn record(
+        &mut self,
+        build: BuildId,
+        index: PlanIndex,
+        status: TestStatus,
+        gave_up: bool,
+        decisions: &mut Vec<Decision>,
+    ) {
+        let Some(run) = self.builds.get_mut(&build) else { return };
+        run.states[index] = TestState::Done(status);
+        run.unfinished -= 1;
+        if gave_up {
+            run.gave_up.push(index);
+        } else if status.is_failure() {
+            run.failed.push(index);
+        }
+        if status == TestStatus::Passed {
+            let mut unblocked = false;
+            for position in 0..run.plan.tests[index].dependents.len() {
+                let dependent = run.plan.tests[index].dependents[position];
+                if let TestState::Waiting { unfinished_dependencies } = &mut run.states[dependent] {
+                    *unfinished_dependencies -= 1;
+                    if *unfinished_dependencies == 0 {
+                        run.states[dependent] = TestState::Ready;
+                        run.ready
+                            .push(ReadyEntry { priority: run.plan.dispatch_priority(dependent), index: dependent });
+                        unblocked = true;
+                    }
+                }
+            }
+            if unblocked {
+                decisions.push(Decision::WorkAvailable);
+            }
+        } else {
+            // Everything waiting on this test, transitively, will not run.
+            let mut stack = vec![(index, run.plan.tests[index].id.clone(), status)];
+            while let Some((blocker, blocker_id, blocker_status)) = stack.pop() {
+                for position in 0..run.plan.tests[blocker].dependents.len() {
+                    let dependent = run.plan.tests[blocker].dependents[position];
+                    if !matches!(run.states[dependent], TestState::Waiting { .. }) {
+                        continue;
+                    }
+                    run.states[dependent] = TestState::Done(TestStatus::Skipped);
+                    run.unfinished -= 1;
+                    run.unleased_work -= run.plan.tests[dependent].estimate_s;
+                    let reason = format!("dependency {blocker_id:?} {}", blocker_status.as_str());
+                    let test_id = run.plan.tests[dependent].id.clone();
+                    decisions.push(Decision::Skipped { build, test: dependent, test_id, reason });
+                    stack.push((dependent, run.plan.tests[dependent].id.clone(), TestStatus::Skipped));
+                }
+            }
+        }
+        if run.unfinished == 0 {
+            decisions.extend(self.finish_build(build));
+        }
+    }
+
+    pub(super) fn finish_build(&mut self, build: BuildId) -> Option<Decision> {
+        let run = self.builds.remove(&build)?;
+        self.forget_leases_of(build);
+        let ids = |mut indices: Vec<PlanIndex>| {
+            indices.sort_unstable();
+            indices.into_iter().map(|index| run.plan.tests[index].id.clone()).collect()
+        };
+        let verdict = if !run.failed.is_empty() {
+            Verdict::Red { failed: ids(run.failed.clone()) }
+        } else if !run.gave_up.is_empty() {
+            Verdict::Error { gave_up: ids(run.gave_up.clone()) }
+        } else {
+            Verdict::Green
+        };
+        Some(Decision::BuildFinished { build, verdict })
+    }
+
+    pub(super) fn forget_leases_of(&mut self, build: BuildId) {
+        let workers = &mut self.workers;
+        let retired = &mut self.retired;
+        self.leases.retain(|lease, state| {
+            if state.build != build {
+                return true;
+            }
+            retired.insert(*lease, state.worker);
+            if let Some(worker_state) = workers.get_mut(&state.worker)
+                && worker_state.lease == Some(*lease)
+            {
+                worker_state.lease = None;
+            }
+            false
+        });
+    }
+}
