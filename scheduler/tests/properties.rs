@@ -252,6 +252,29 @@ fn test_id(index: PlanIndex) -> String {
     format!("test-{index}")
 }
 
+/// The plan index of a test the scheduler named; it names only the plan's tests.
+fn index_of(plan: &BuildPlan, test_id: &str) -> PlanIndex {
+    plan.index_of(test_id).unwrap_or_else(|| panic!("the scheduler named {test_id:?}, which is not in the plan"))
+}
+
+/// A lease as the farm knows it: the scheduler's grant, its tests as plan indices.
+#[derive(Debug, Clone)]
+struct Grant {
+    lease: LeaseId,
+    build: BuildId,
+    worker: WorkerId,
+    deadline: f64,
+    /// In running order.
+    tests: Vec<PlanIndex>,
+}
+
+impl Grant {
+    fn of(plan: &BuildPlan, grant: LeaseGrant) -> Grant {
+        let tests = grant.tests.iter().map(|id| index_of(plan, id)).collect();
+        Grant { lease: grant.lease, build: grant.build, worker: grant.worker, deadline: grant.deadline, tests }
+    }
+}
+
 fn plan_of(tests: &[TestCase], shard_overhead_s: f64) -> BuildPlan {
     let planned = tests
         .iter()
@@ -285,7 +308,7 @@ enum Answer {
 enum Logged {
     /// `request_work` granted a lease; `active_leases_of_worker` is what the scheduler
     /// says right after (via `active_lease` over every lease seen so far).
-    Granted { now: f64, grant: LeaseGrant, active_leases_of_worker: usize },
+    Granted { now: f64, grant: Grant, active_leases_of_worker: usize },
     /// `test_finished` and its answer (decisions follow as `Decided`).
     Reported { lease: LeaseId, test: PlanIndex, status: TestStatus, answer: Answer },
     /// The worker called `lease_finished` (decisions follow as `Decided`).
@@ -353,9 +376,9 @@ enum WorkerPhase {
     /// Asked and got nothing; asks again after a `WorkAvailable` decision.
     WaitingForWork,
     /// Runs a shard; `reported` tests of it are reported.
-    Running { grant: LeaseGrant, reported: usize, fate: Fate },
+    Running { grant: Grant, reported: usize, fate: Fate },
     /// Went silent holding a lease; comes back once the scheduler took it back.
-    Silent { grant: LeaseGrant, reported: usize },
+    Silent { grant: Grant, reported: usize },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -464,6 +487,7 @@ impl<'a> Farm<'a> {
             self.workers[index] = WorkerPhase::WaitingForWork;
             return;
         };
+        let grant = Grant::of(&self.plan, grant);
         // An empty shard would send the worker straight back for another: refuse it here.
         assert!(!grant.tests.is_empty(), "{worker:?} was granted {:?} with no test", grant.lease);
         self.leases_seen.push(grant.lease);
@@ -608,13 +632,14 @@ impl<'a> Farm<'a> {
                     self.benched_until.insert(worker, until);
                 }
                 Decision::LeaseShrunk { lease, worker, ref withdrawn, .. } => {
+                    let withdrawn: Vec<PlanIndex> = withdrawn.iter().map(|id| index_of(&self.plan, id)).collect();
                     // The holder stops after the tests it keeps; it may have run the first
                     // withdrawn one before it heard. (A silent holder hears nothing.)
                     if let Some(WorkerPhase::Running { grant, reported, .. }) = self.workers.get_mut(worker.0 as usize)
                         && grant.lease == lease
                     {
                         assert!(
-                            grant.tests[*reported..].ends_with(withdrawn),
+                            grant.tests[*reported..].ends_with(&withdrawn),
                             "{lease:?} withdrew {withdrawn:?}, not the tail of its unreported tests"
                         );
                         grant.tests.truncate(grant.tests.len() - withdrawn.len());
@@ -632,7 +657,7 @@ impl<'a> Farm<'a> {
     /// After the verdict every lease heartbeats, repeats one accepted report and finishes:
     /// the scheduler must answer, and count nothing.
     fn make_late_calls_after_the_build_finished(&mut self) {
-        let grants: Vec<LeaseGrant> = self
+        let grants: Vec<Grant> = self
             .log
             .iter()
             .filter_map(|entry| match entry {
@@ -708,7 +733,7 @@ struct Ledger<'a> {
     grants_of_test: Vec<u32>,
     /// Leases neither finished nor expired (a finished build retires them all: see
     /// [`Ledger::is_live`]).
-    active_leases: HashMap<LeaseId, LeaseGrant>,
+    active_leases: HashMap<LeaseId, Grant>,
     leases_seen: HashSet<LeaseId>,
     silent_leases: HashSet<LeaseId>,
     /// (lease, test) pairs whose report was accepted.
@@ -768,16 +793,21 @@ impl<'a> Ledger<'a> {
 
     fn apply_decision(&mut self, decision: &Decision) {
         match decision {
-            Decision::Skipped { test, reason, .. } => {
-                self.final_results[*test].push(FinalResult::Skipped { reason: reason.clone() });
+            Decision::Skipped { test_id, reason, .. } => {
+                let test = index_of(self.plan, test_id);
+                self.final_results[test].push(FinalResult::Skipped { reason: reason.clone() });
             }
-            Decision::GaveUp { test, .. } => self.final_results[*test].push(FinalResult::GaveUp),
-            Decision::LeaseExpired { lease, .. } => {
+            Decision::GaveUp { test_id, .. } => {
+                let test = index_of(self.plan, test_id);
+                self.final_results[test].push(FinalResult::GaveUp);
+            }
+            Decision::LeaseExpired { lease, .. } | Decision::LeaseTakenBack { lease, .. } => {
                 self.active_leases.remove(lease);
             }
             Decision::LeaseShrunk { lease, withdrawn, .. } => {
+                let withdrawn: Vec<PlanIndex> = withdrawn.iter().map(|id| index_of(self.plan, id)).collect();
                 let grant = self.active_leases.get_mut(lease).expect("only a live lease is shrunk");
-                for test in withdrawn {
+                for test in &withdrawn {
                     assert!(grant.tests.contains(test), "{lease:?} withdrew test {test}, which it never held");
                     assert!(
                         !self.accepted_reports.contains(&(*lease, *test)),
@@ -889,11 +919,13 @@ fn check_one_final_result_per_test_and_the_verdict(run: &Run) -> Result<(), Test
             );
         }
         if let Logged::Decided(
-            Decision::Skipped { build, test, test_id, .. } | Decision::GaveUp { build, test, test_id, .. },
+            Decision::Skipped { build, test_id, .. }
+            | Decision::GaveUp { build, test_id, .. }
+            | Decision::Retrying { build, test_id, .. },
         ) = entry
         {
             prop_assert_eq!(*build, BUILD);
-            prop_assert_eq!(test_id, &run.plan.tests[*test].id);
+            prop_assert!(run.plan.index_of(test_id).is_some(), "{:?} names a test outside the plan", entry);
         }
     }
     for (test, results) in ledger.final_results.iter().enumerate() {
@@ -938,7 +970,8 @@ fn check_dependency_order_and_skips(run: &Run) -> Result<(), TestCaseError> {
                     }
                 }
             }
-            Logged::Decided(Decision::Skipped { test, reason, .. }) => {
+            Logged::Decided(Decision::Skipped { test_id, reason, .. }) => {
+                let test = &index_of(&run.plan, test_id);
                 let blocking = ledger.blocking_dependencies(*test);
                 prop_assert!(!blocking.is_empty(), "test {} was skipped ({}) with no failed dependency", test, reason);
                 prop_assert!(
@@ -1062,7 +1095,8 @@ fn check_reports_expiries_and_give_ups(run: &Run) -> Result<(), TestCaseError> {
                     );
                 }
             }
-            Logged::Decided(Decision::GaveUp { test, .. }) => {
+            Logged::Decided(Decision::GaveUp { test_id, .. }) => {
+                let test = &index_of(&run.plan, test_id);
                 prop_assert!(!ledger.is_settled(*test), "test {} given up after it was settled", test);
                 prop_assert_eq!(
                     ledger.grants_of_test[*test] - ledger.failures[*test],
@@ -1071,7 +1105,8 @@ fn check_reports_expiries_and_give_ups(run: &Run) -> Result<(), TestCaseError> {
                     test
                 );
             }
-            Logged::Decided(Decision::LeaseExpired { lease, worker, requeued }) => {
+            Logged::Decided(Decision::LeaseExpired { build, lease, worker, requeued }) => {
+                prop_assert_eq!(*build, BUILD);
                 prop_assert!(ledger.silent_leases.contains(lease), "{:?} expired though its worker heartbeats", lease);
                 let Some(grant) = ledger.active_leases.get(lease) else {
                     return Err(TestCaseError::fail(format!("{lease:?} expired but was not active")));
@@ -1291,7 +1326,7 @@ fn a_tick_expiring_two_leases_survives_the_first_expiry_finishing_the_build() {
     scheduler.add_build(BUILD, independent_tests(2), 0.0).expect("a fresh scheduler has no build");
     let first = scheduler.request_work(first_worker, 0.0).0.expect("test-0 is ready");
     let second = scheduler.request_work(second_worker, 0.0).0.expect("test-1 is ready");
-    assert_eq!((first.tests.as_slice(), second.tests.as_slice()), (&[0][..], &[1][..]));
+    assert_eq!((first.tests.as_slice(), second.tests.as_slice()), (&[test_id(0)][..], &[test_id(1)][..]));
     // The second worker reports its only test and dies before finishing its lease; the
     // first dies at once.
     let report = scheduler.test_finished(second.lease, second_worker, "test-1", TestStatus::Passed, 1.0);
@@ -1310,5 +1345,8 @@ fn a_lease_expiring_with_its_tests_given_up_requeues_none() {
     scheduler.add_build(BUILD, independent_tests(1), 0.0).expect("a fresh scheduler has no build");
     let grant = scheduler.request_work(worker, 0.0).0.expect("test-0 is ready");
     let decisions = scheduler.tick(LEASE_TIMEOUT_S + 1.0);
-    assert!(decisions.contains(&Decision::LeaseExpired { lease: grant.lease, worker, requeued: 0 }), "{decisions:?}");
+    assert!(
+        decisions.contains(&Decision::LeaseExpired { build: BUILD, lease: grant.lease, worker, requeued: 0 }),
+        "{decisions:?}"
+    );
 }

@@ -28,12 +28,17 @@ struct ShardGoal {
 
 impl Scheduler {
     /// Event: a free worker asks for work. Returns a shard to run, if any test is ready.
-    /// A worker that asks while holding a lease has abandoned it: it is taken back first.
+    /// A worker that asks while holding a lease has abandoned it: it is taken back first
+    /// ([`Decision::LeaseTakenBack`]).
     pub fn request_work(&mut self, worker: WorkerId, now: Seconds) -> (Option<LeaseGrant>, Vec<Decision>) {
         let mut decisions = Vec::new();
         let held = self.workers.get(&worker).and_then(|state| state.lease);
-        if let Some(lease) = held {
-            decisions.extend(self.take_back(lease, now));
+        if let Some(lease) = held
+            && let Some(build) = self.leases.get(&lease).filter(|state| state.active).map(|state| state.build)
+        {
+            let (requeued, consequences) = self.take_back(lease, now);
+            decisions.push(Decision::LeaseTakenBack { build, lease, worker, requeued });
+            decisions.extend(consequences);
         }
         let state = self.workers.entry(worker).or_default();
         state.last_seen = now;
@@ -148,10 +153,11 @@ impl Scheduler {
         // ready as early as possible; the rest keep their priority order.
         tests.sort_by_key(|&index| run.plan.tests[index].dependents.is_empty());
         let deadline = now + self.config.lease_timeout_s;
+        let test_ids = tests.iter().map(|&index| run.plan.tests[index].id.clone()).collect();
         let state = LeaseState {
             build,
             worker,
-            tests: tests.clone(),
+            tests,
             deadline,
             active: true,
             progress_at: now + run.plan.shard_overhead_s,
@@ -164,7 +170,7 @@ impl Scheduler {
         if let Some(state) = self.workers.get_mut(&worker) {
             state.lease = Some(lease);
         }
-        (Some(LeaseGrant { lease, build, worker, tests, deadline }), decisions)
+        (Some(LeaseGrant { lease, build, worker, tests: test_ids, deadline }), decisions)
     }
 
     /// Takes back the tests not yet started of the lease projected, at its own pace, to end
@@ -235,6 +241,7 @@ impl Scheduler {
             let priority = if run.failures[test] > 0 { f64::INFINITY } else { run.plan.dispatch_priority(test) };
             run.requeue(test, priority);
         }
+        let withdrawn = withdrawn.iter().map(|&test| run.plan.tests[test].id.clone()).collect();
         Some(Decision::LeaseShrunk { build: lease.build, lease: id, worker: lease.worker, withdrawn })
     }
 

@@ -47,7 +47,6 @@ mod tests;
 use greenlight_shared::api::TestStatus;
 
 use crate::Seconds;
-use crate::plan::PlanIndex;
 
 pub use state::Scheduler;
 
@@ -151,8 +150,8 @@ pub struct LeaseGrant {
     pub build: BuildId,
     /// The worker.
     pub worker: WorkerId,
-    /// The tests to run, in order (plan indices).
-    pub tests: Vec<PlanIndex>,
+    /// The tests to run, by id, in running order.
+    pub tests: Vec<String>,
     /// When it expires without a heartbeat.
     pub deadline: Seconds,
 }
@@ -164,9 +163,7 @@ pub enum Decision {
     Skipped {
         /// The build.
         build: BuildId,
-        /// The test (plan index).
-        test: PlanIndex,
-        /// Its id.
+        /// The test.
         test_id: String,
         /// Why.
         reason: String,
@@ -175,9 +172,7 @@ pub enum Decision {
     GaveUp {
         /// The build.
         build: BuildId,
-        /// The test (plan index).
-        test: PlanIndex,
-        /// Its id.
+        /// The test.
         test_id: String,
         /// Why.
         reason: String,
@@ -187,18 +182,32 @@ pub enum Decision {
     Retrying {
         /// The build.
         build: BuildId,
-        /// The test (plan index).
-        test: PlanIndex,
-        /// Its id.
+        /// The test.
         test_id: String,
         /// The attempt that failed.
         attempt: u32,
     },
-    /// A lease was taken back; its unfinished tests are queued again.
+    /// A lease passed its deadline without a heartbeat and was taken back; its unfinished
+    /// tests are queued again.
     LeaseExpired {
+        /// Its build.
+        build: BuildId,
         /// The lease.
         lease: LeaseId,
         /// Its worker, now considered lost.
+        worker: WorkerId,
+        /// How many tests went back to the queue.
+        requeued: usize,
+    },
+    /// A worker asked for work while it still held an active lease: it abandoned that lease
+    /// (its shard process is gone), which is taken back like an expired one, its unfinished
+    /// tests queued again. (A lease its worker finishes is not "taken back".)
+    LeaseTakenBack {
+        /// Its build.
+        build: BuildId,
+        /// The lease.
+        lease: LeaseId,
+        /// Its worker, which asks for work again.
         worker: WorkerId,
         /// How many tests went back to the queue.
         requeued: usize,
@@ -222,8 +231,8 @@ pub enum Decision {
         lease: LeaseId,
         /// Its worker.
         worker: WorkerId,
-        /// The tests taken back (plan indices), in the lease's order.
-        withdrawn: Vec<PlanIndex>,
+        /// The tests taken back (ids), in the lease's order.
+        withdrawn: Vec<String>,
     },
     /// New tests became ready: idle workers should ask again.
     WorkAvailable,

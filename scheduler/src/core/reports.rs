@@ -131,7 +131,7 @@ impl Scheduler {
             run.failures[index] += 1;
             run.avoid.entry(index).or_default().push(worker);
             run.requeue(index, f64::INFINITY);
-            decisions.push(Decision::Retrying { build, test: index, test_id: test_id.to_owned(), attempt });
+            decisions.push(Decision::Retrying { build, test_id: test_id.to_owned(), attempt });
             decisions.push(Decision::WorkAvailable);
             return Ok(Report::Accepted { attempt, outcome: Outcome::Retry, decisions });
         }
@@ -159,7 +159,7 @@ impl Scheduler {
         if let Some(worker_state) = self.workers.get_mut(&worker) {
             worker_state.last_seen = now;
         }
-        Ok(self.take_back(lease, now))
+        Ok(self.take_back(lease, now).1)
     }
 
     /// Event: time passed. Leases past their deadline are taken back and their workers
@@ -173,16 +173,9 @@ impl Scheduler {
             // An earlier expiry in this tick may have ended the build and retired this lease.
             let Some(state) = self.leases.get(&lease) else { continue };
             let (worker, build) = (state.worker, state.build);
-            let tests: Vec<PlanIndex> = self.builds.get(&build).map_or_else(Vec::new, |run| {
-                state.tests.iter().copied().filter(|&test| run.states[test] == TestState::Leased(lease)).collect()
-            });
-            let consequences = self.take_back(lease, now);
-            let requeued = self
-                .builds
-                .get(&build)
-                .map_or(0, |run| tests.iter().filter(|&&test| run.states[test] == TestState::Ready).count());
+            let (requeued, consequences) = self.take_back(lease, now);
             self.workers.remove(&worker);
-            decisions.push(Decision::LeaseExpired { lease, worker, requeued });
+            decisions.push(Decision::LeaseExpired { build, lease, worker, requeued });
             decisions.extend(consequences);
         }
         let forget_before = now - 2.0 * self.config.lease_timeout_s;
@@ -199,11 +192,15 @@ impl Scheduler {
         }
     }
 
-    pub(super) fn take_back(&mut self, lease: LeaseId, now: Seconds) -> Vec<Decision> {
+    /// Ends an active lease: its unreported tests go back to the queue, or are given up
+    /// on after [`SchedulerConfig::max_attempts`](super::SchedulerConfig::max_attempts);
+    /// its worker is benched after too many such losses in a row. Returns how many tests
+    /// went back to the queue, and what follows.
+    pub(super) fn take_back(&mut self, lease: LeaseId, now: Seconds) -> (usize, Vec<Decision>) {
         let mut decisions = Vec::new();
-        let Some(state) = self.leases.get_mut(&lease) else { return decisions };
+        let Some(state) = self.leases.get_mut(&lease) else { return (0, decisions) };
         if !state.active {
-            return decisions;
+            return (0, decisions);
         }
         state.active = false;
         let (build, worker) = (state.build, state.worker);
@@ -214,8 +211,8 @@ impl Scheduler {
             worker_state.lease = None;
         }
         let max_attempts = self.config.max_attempts;
-        let Some(run) = self.builds.get_mut(&build) else { return decisions };
-        let mut requeued = false;
+        let Some(run) = self.builds.get_mut(&build) else { return (0, decisions) };
+        let mut requeued = 0;
         let mut gave_up = Vec::new();
         let mut unreported = 0;
         for test in tests {
@@ -230,7 +227,7 @@ impl Scheduler {
                 run.requeue(test, priority);
                 // A worker whose checkout or runner just failed should not get it straight back.
                 run.avoid.entry(test).or_default().push(worker);
-                requeued = true;
+                requeued += 1;
             }
         }
         if let Some(worker_state) = self.workers.get_mut(&worker) {
@@ -251,16 +248,15 @@ impl Scheduler {
             let attempts = run.attempts[test] - run.failures[test];
             decisions.push(Decision::GaveUp {
                 build,
-                test,
                 test_id: run.plan.tests[test].id.clone(),
                 reason: format!("no result after {attempts} attempts (workers lost or runner crashed)"),
             });
             self.record(build, test, TestStatus::Error, true, &mut decisions);
         }
-        if requeued {
+        if requeued > 0 {
             decisions.push(Decision::WorkAvailable);
         }
-        decisions
+        (requeued, decisions)
     }
 
     /// Records a final status and everything that follows from it. `gave_up`: an error
@@ -312,7 +308,7 @@ impl Scheduler {
                     run.unleased_work -= run.plan.tests[dependent].estimate_s;
                     let reason = format!("dependency {blocker_id:?} {}", blocker_status.as_str());
                     let test_id = run.plan.tests[dependent].id.clone();
-                    decisions.push(Decision::Skipped { build, test: dependent, test_id, reason });
+                    decisions.push(Decision::Skipped { build, test_id, reason });
                     stack.push((dependent, run.plan.tests[dependent].id.clone(), TestStatus::Skipped));
                 }
             }

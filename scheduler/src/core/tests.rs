@@ -2,7 +2,7 @@
 //! sizing, splitting running leases, restored results.
 
 use super::*;
-use crate::plan::{BuildPlan, PlanIndex, PlannedTest, planned};
+use crate::plan::{BuildPlan, PlannedTest, planned};
 
 fn plan() -> BuildPlan {
     let test = |id: &str, depends_on: &[usize]| PlannedTest {
@@ -30,6 +30,10 @@ fn single(id: &str) -> BuildPlan {
         priority_s: 0.0,
     };
     BuildPlan::from_tests(vec![test], 0.0)
+}
+
+fn ids(ids: &[&str]) -> Vec<String> {
+    ids.iter().map(|&id| id.to_owned()).collect()
 }
 
 fn accepted(report: Result<Report, SchedulerError>) -> (Outcome, Vec<Decision>) {
@@ -135,7 +139,7 @@ fn the_last_tests_are_split_evenly_among_the_free_workers_not_in_minimum_size_sh
     }
     scheduler.add_build(BuildId(1), BuildPlan::from_tests(tests, 1.5), 0.0).unwrap();
     let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
-    assert_eq!(first.tests, [0], "the long test alone");
+    assert_eq!(first.tests, ["long"], "the long test alone");
     // The other two share the 4 s of tiny tests: both end at 3.5 s. Padded to 3 s, the
     // second would end at 4.5 s and the third at 2.5 s.
     let second = scheduler.request_work(WorkerId(2), 0.0).0.unwrap();
@@ -152,7 +156,7 @@ fn new_tests_run_first_in_shards_of_their_own_no_larger_than_the_reserve() {
     scheduler.worker_joined(WorkerId(1), 0.0);
     scheduler.worker_joined(WorkerId(2), 0.0);
     scheduler.add_build(BuildId(1), BuildPlan::from_tests(tests, 1.0), 0.0).unwrap();
-    let is_new = |index: &PlanIndex| *index >= 10;
+    let is_new = |id: &String| id.starts_with("new");
     // Each worker's share is 170 s; a fifth of it (34 s) may be new tests: eight of them.
     let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
     assert_eq!(first.tests.len(), 8);
@@ -161,9 +165,8 @@ fn new_tests_run_first_in_shards_of_their_own_no_larger_than_the_reserve() {
     let second = scheduler.request_work(WorkerId(2), 0.0).0.unwrap();
     assert_eq!(second.tests.len(), 2);
     assert!(second.tests.iter().all(is_new), "{:?}", second.tests);
-    for &test in &second.tests {
-        let id = format!("new{}", test - 10);
-        accepted(scheduler.test_finished(second.lease, WorkerId(2), &id, TestStatus::Passed, 9.0));
+    for id in &second.tests {
+        accepted(scheduler.test_finished(second.lease, WorkerId(2), id, TestStatus::Passed, 9.0));
     }
     scheduler.lease_finished(second.lease, WorkerId(2), 9.0).unwrap();
     let third = scheduler.request_work(WorkerId(2), 9.0).0.unwrap();
@@ -181,7 +184,7 @@ fn tests_a_worker_lost_go_to_another_worker_first() {
     scheduler.lease_finished(grant.lease, WorkerId(1), 0.1).unwrap();
     assert_eq!(scheduler.request_work(WorkerId(1), 0.2).0, None, "not straight back to the worker that lost it");
     let again = scheduler.request_work(WorkerId(2), 0.3).0.expect("the other worker takes it");
-    assert_eq!(again.tests, vec![0]);
+    assert_eq!(again.tests, ["t"]);
 }
 
 /// A scheduler that cuts a lone worker's shard from everything ready (up to
@@ -205,7 +208,7 @@ fn first_test_took_twice_its_estimate(scheduler: &mut Scheduler, plan: BuildPlan
     scheduler.worker_joined(WorkerId(1), 0.0);
     scheduler.add_build(BuildId(1), plan, 0.0).unwrap();
     let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
-    assert_eq!(first.tests, [0, 1, 2, 3]);
+    assert_eq!(first.tests, ["t0", "t1", "t2", "t3"]);
     accepted(scheduler.test_finished(first.lease, WorkerId(1), "t0", TestStatus::Passed, 21.0));
     scheduler.worker_joined(WorkerId(2), 21.0);
     first
@@ -219,10 +222,10 @@ fn an_idle_worker_takes_over_the_unstarted_end_of_a_lease_running_late() {
     let (second, decisions) = scheduler.request_work(WorkerId(2), 21.0);
     // Kept t1 and t2, it ends at 61 s; the newcomer runs t3 by 62 s.
     let shrunk =
-        Decision::LeaseShrunk { build: BuildId(1), lease: first.lease, worker: WorkerId(1), withdrawn: vec![3] };
+        Decision::LeaseShrunk { build: BuildId(1), lease: first.lease, worker: WorkerId(1), withdrawn: ids(&["t3"]) };
     assert_eq!(decisions, [shrunk, Decision::WorkAvailable]);
     let second = second.expect("the withdrawn test goes to the idle worker");
-    assert_eq!(second.tests, [3]);
+    assert_eq!(second.tests, ["t3"]);
     // The holder ran t3 before it heard: stale, the other worker's result counts.
     assert_eq!(
         scheduler.test_finished(first.lease, WorkerId(1), "t3", TestStatus::Failed, 62.0).unwrap(),
@@ -251,7 +254,7 @@ fn a_lease_that_has_reported_nothing_yet_is_not_split() {
     assert_eq!(scheduler.request_work(WorkerId(2), 21.0), (None, vec![]));
     accepted(scheduler.test_finished(first.lease, WorkerId(1), "t0", TestStatus::Passed, 21.0));
     let (second, _) = scheduler.request_work(WorkerId(2), 21.0);
-    assert_eq!(second.expect("once it reported, its end is taken over").tests, [3]);
+    assert_eq!(second.expect("once it reported, its end is taken over").tests, ["t3"]);
 }
 
 #[test]
@@ -276,17 +279,21 @@ fn a_lease_running_late_gives_back_what_it_cannot_run_by_the_common_finish() {
     scheduler.worker_joined(WorkerId(1), 0.0);
     scheduler.add_build(BuildId(1), tens(6), 0.0).unwrap();
     let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
-    assert_eq!(first.tests, [0, 1, 2, 3], "no shard above 40 s");
+    assert_eq!(first.tests, ["t0", "t1", "t2", "t3"], "no shard above 40 s");
     // Its first test took 30 s: at its pace (2.25 against the build's 2) it ends at 98.5 s,
     // while the newcomer and the two tests still queued would end at 72 s.
     accepted(scheduler.test_finished(first.lease, WorkerId(1), "t0", TestStatus::Passed, 31.0));
     scheduler.worker_joined(WorkerId(2), 31.0);
     let (second, decisions) = scheduler.request_work(WorkerId(2), 31.0);
-    let shrunk =
-        Decision::LeaseShrunk { build: BuildId(1), lease: first.lease, worker: WorkerId(1), withdrawn: vec![2, 3] };
+    let shrunk = Decision::LeaseShrunk {
+        build: BuildId(1),
+        lease: first.lease,
+        worker: WorkerId(1),
+        withdrawn: ids(&["t2", "t3"]),
+    };
     assert_eq!(decisions, [shrunk, Decision::WorkAvailable]);
     let second = second.unwrap();
-    assert!(second.tests.iter().all(|test| [2, 3, 4, 5].contains(test)), "{:?}", second.tests);
+    assert!(second.tests.iter().all(|test| ["t2", "t3", "t4", "t5"].contains(&test.as_str())), "{:?}", second.tests);
     assert_eq!(
         scheduler.test_finished(first.lease, WorkerId(1), "t2", TestStatus::Passed, 60.0).unwrap(),
         Report::Stale
@@ -311,7 +318,7 @@ fn restored_results_count_as_done_and_unblock_or_skip_their_dependants() {
     // Only b is left: a passed before the restart, c failed, d is skipped.
     let (grant, _) = scheduler.request_work(WorkerId(1), 1.0);
     let grant = grant.expect("b is ready");
-    assert_eq!(grant.tests, vec![1]);
+    assert_eq!(grant.tests, ["b"]);
     let report = scheduler.test_finished(grant.lease, WorkerId(1), "b", TestStatus::Passed, 2.0).unwrap();
     let Report::Accepted { attempt, outcome, decisions } = report else { panic!("{report:?}") };
     assert_eq!((attempt, outcome), (1, Outcome::Final { flaky: false }));
@@ -321,4 +328,30 @@ fn restored_results_count_as_done_and_unblock_or_skip_their_dependants() {
             verdict: Verdict::Red { failed: vec!["c".into()] }
         })
     );
+}
+
+#[test]
+fn a_worker_that_asks_for_work_while_holding_a_lease_has_that_lease_taken_back_by_name() {
+    let mut scheduler = greedy(600.0);
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.add_build(BuildId(1), tens(3), 0.0).unwrap();
+    let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    assert_eq!(first.tests, ["t0", "t1", "t2"]);
+    accepted(scheduler.test_finished(first.lease, WorkerId(1), "t0", TestStatus::Passed, 11.0));
+    // Its shard process died and the worker came back: it asks again, still holding the lease.
+    let (second, decisions) = scheduler.request_work(WorkerId(1), 12.0);
+    let taken_back =
+        Decision::LeaseTakenBack { build: BuildId(1), lease: first.lease, worker: WorkerId(1), requeued: 2 };
+    assert_eq!(decisions.first(), Some(&taken_back), "{decisions:?}");
+    assert!(decisions.contains(&Decision::WorkAvailable), "{decisions:?}");
+    // Alone, it takes the two unreported tests again; the old lease's late result is stale.
+    let second = second.expect("the only worker takes its tests back");
+    assert_eq!(second.tests, ["t1", "t2"]);
+    assert_eq!(
+        scheduler.test_finished(first.lease, WorkerId(1), "t1", TestStatus::Passed, 13.0).unwrap(),
+        Report::Stale
+    );
+    // A lease its worker finishes is not taken back.
+    let ended = scheduler.lease_finished(second.lease, WorkerId(1), 14.0).unwrap();
+    assert!(!ended.iter().any(|decision| matches!(decision, Decision::LeaseTakenBack { .. })), "{ended:?}");
 }
