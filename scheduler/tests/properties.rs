@@ -590,7 +590,7 @@ impl<'a> Farm<'a> {
             .test_finished(lease, worker, &test_id(test), status, self.now)
             .unwrap_or_else(|error| panic!("{worker:?} reporting test {test} of its {lease:?} was refused: {error}"));
         let (answer, decisions) = match report {
-            Report::Accepted { attempt, outcome, decisions } => {
+            Report::Accepted { attempt, outcome, decisions, .. } => {
                 (Answer::Accepted { attempt, retry: outcome == Outcome::Retry }, decisions)
             }
             Report::Duplicate => (Answer::Duplicate, Vec::new()),

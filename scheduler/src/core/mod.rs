@@ -101,6 +101,9 @@ pub struct SchedulerConfig {
     /// Whether a running lease may give back the tests it has not started
     /// ([`Decision::LeaseShrunk`]) when it runs late or others would idle.
     pub split_running_leases: bool,
+    /// Whether a test that passed only on a retry (flaky) counts against the build: the
+    /// build is red and the result closes the gate, as a failure would.
+    pub flaky_fails_build: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -119,22 +122,29 @@ impl Default for SchedulerConfig {
             bench_s: 60.0,
             max_shard_s: 600.0,
             split_running_leases: true,
+            flaky_fails_build: false,
         }
     }
 }
 
-/// How a build ended.
+/// How a build ended. Decided here, once: the master records it as it is.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
-    /// Nothing failed.
+    /// Nothing counts against the build, and every test has a result from a worker (or was
+    /// skipped): quarantined failures, and flaky passes unless
+    /// [`SchedulerConfig::flaky_fails_build`], do not count.
     Green,
-    /// These tests failed or errored on every attempt (ids, in plan order).
+    /// These tests' final results count against the build (ids, in plan order): they failed
+    /// or errored on every attempt and are not quarantined, or, with
+    /// [`SchedulerConfig::flaky_fails_build`], passed only on a retry (and are not
+    /// quarantined).
     Red {
-        /// The failing ids.
+        /// The ids whose final result counts against the build.
         failed: Vec<String>,
     },
-    /// Nothing failed, but these tests never got a result: the infrastructure failed them
-    /// (workers lost, runners crashed) [`SchedulerConfig::max_attempts`] times.
+    /// Nothing counts against the build, but these tests never got a result: the
+    /// infrastructure failed them (workers lost, runners crashed)
+    /// [`SchedulerConfig::max_attempts`] times.
     Error {
         /// The ids given up on, in plan order.
         gave_up: Vec<String>,
@@ -254,6 +264,10 @@ pub enum Report {
         attempt: u32,
         /// Whether this is the test's result, or a failure that will be retried.
         outcome: Outcome,
+        /// Whether this result counts against the build now (a final failure not
+        /// quarantined, or a flaky pass with [`SchedulerConfig::flaky_fails_build`]): the
+        /// build will be red, and the gate may close at once.
+        fails_build: bool,
         /// What follows.
         decisions: Vec<Decision>,
     },
@@ -276,6 +290,21 @@ pub struct RestoredResult {
     pub retried: bool,
     /// An error recorded because the scheduler gave up on the test (no worker ran it).
     pub gave_up: bool,
+    /// The test was quarantined when it was reported: its failure (or flaky pass) does
+    /// not count against the build.
+    pub quarantined: bool,
+}
+
+/// One reported result of a batch ([`Scheduler::report`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportedTest<'a> {
+    /// The test id; it must be one of the lease's tests.
+    pub test_id: &'a str,
+    /// What happened.
+    pub status: TestStatus,
+    /// The test is quarantined: its failure is still its result (and still skips its
+    /// dependants) but does not count against the build.
+    pub quarantined: bool,
 }
 
 /// What an accepted result means for its test.

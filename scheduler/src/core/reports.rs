@@ -6,20 +6,22 @@ use greenlight_shared::api::TestStatus;
 
 use super::state::{ReadyEntry, TestState};
 use super::{
-    BuildId, Decision, LeaseId, Outcome, Report, RestoredResult, Scheduler, SchedulerError, Verdict, WorkerId,
+    BuildId, Decision, LeaseId, Outcome, Report, ReportedTest, RestoredResult, Scheduler, SchedulerConfig,
+    SchedulerError, Verdict, WorkerId,
 };
 use crate::Seconds;
 use crate::plan::PlanIndex;
 
 impl Scheduler {
     /// Event: a restarted master brings back the results it had stored for `build`, in
-    /// attempt order. Final ones count as done, as if reported; their consequences
-    /// (dependants unblocked or skipped, the build finished) follow. A failure that was to
+    /// attempt order. Final ones count as done, as if reported (a pass after restored
+    /// failures is flaky; quarantined ones do not count against the build); their
+    /// consequences (dependants unblocked or skipped, the build finished) follow. A failure that was to
     /// be retried counts as a failed attempt; the test runs again. Unknown ids are ignored
     /// (the plan is rebuilt from the same selection, so there should be none).
     pub fn restore(&mut self, build: BuildId, results: &[RestoredResult]) -> Vec<Decision> {
         let mut decisions = Vec::new();
-        for RestoredResult { test_id, status, attempt, retried, gave_up } in results {
+        for RestoredResult { test_id, status, attempt, retried, gave_up, quarantined } in results {
             let Some(run) = self.builds.get_mut(&build) else { break };
             let Some(index) = run.plan.index_of(test_id) else { continue };
             run.attempts[index] = run.attempts[index].max(*attempt);
@@ -29,7 +31,13 @@ impl Scheduler {
             }
             if matches!(run.states[index], TestState::Ready | TestState::Waiting { .. }) {
                 run.unleased_work -= run.plan.tests[index].estimate_s;
-                self.record(build, index, *status, *gave_up, &mut decisions);
+                let counts = if *gave_up {
+                    CountsAgainst::Infrastructure
+                } else {
+                    let flaky = *status == TestStatus::Passed && run.failures[index] > 0;
+                    counts_against(&self.config, *status, flaky, *quarantined)
+                };
+                self.record(build, index, *status, counts, &mut decisions);
             }
         }
         if let Some(run) = self.builds.get_mut(&build) {
@@ -73,7 +81,47 @@ impl Scheduler {
         Ok(state.active)
     }
 
-    /// Event: a worker reports a finished test of its lease.
+    /// Event: a worker reports a batch of finished tests of its lease. The whole batch is
+    /// checked first and refused whole, nothing recorded, if the lease is unknown, held by
+    /// another worker, or does not hold one of the tests; a lease whose build ended (or was
+    /// cancelled) answers [`Report::Stale`] to each result. Then each result is taken in
+    /// order: one [`Report`] per result.
+    pub fn report(
+        &mut self,
+        lease: LeaseId,
+        worker: WorkerId,
+        results: &[ReportedTest<'_>],
+        now: Seconds,
+    ) -> Result<Vec<Report>, SchedulerError> {
+        let late = || vec![Report::Stale; results.len()];
+        if self.check_retired(lease, worker)? {
+            return Ok(late());
+        }
+        let lease_state = self.leases.get(&lease).ok_or(SchedulerError::UnknownLease(lease.0))?;
+        if lease_state.worker != worker {
+            return Err(SchedulerError::NotYourLease { lease: lease.0, worker: worker.0 });
+        }
+        let build = lease_state.build;
+        let Some(run) = self.builds.get(&build) else {
+            // The build ended (or was cancelled): whatever this is, it is late.
+            return Ok(late());
+        };
+        let indices = results
+            .iter()
+            .map(|result| {
+                run.plan.index_of(result.test_id).filter(|index| lease_state.tests.contains(index)).ok_or_else(|| {
+                    SchedulerError::TestNotInLease { lease: lease.0, test_id: result.test_id.to_owned() }
+                })
+            })
+            .collect::<Result<Vec<PlanIndex>, SchedulerError>>()?;
+        if let Some(worker_state) = self.workers.get_mut(&worker) {
+            worker_state.last_seen = now;
+        }
+        Ok(results.iter().zip(indices).map(|(result, index)| self.take_result(lease, index, result, now)).collect())
+    }
+
+    /// Event: a worker reports one finished test of its lease, not quarantined: a batch of
+    /// one for [`Scheduler::report`].
     pub fn test_finished(
         &mut self,
         lease: LeaseId,
@@ -82,49 +130,41 @@ impl Scheduler {
         status: TestStatus,
         now: Seconds,
     ) -> Result<Report, SchedulerError> {
-        if self.check_retired(lease, worker)? {
-            return Ok(Report::Stale);
-        }
-        let lease_state = self.leases.get(&lease).ok_or(SchedulerError::UnknownLease(lease.0))?;
-        if lease_state.worker != worker {
-            return Err(SchedulerError::NotYourLease { lease: lease.0, worker: worker.0 });
-        }
-        let build = lease_state.build;
-        let not_in_lease = || SchedulerError::TestNotInLease { lease: lease.0, test_id: test_id.to_owned() };
-        let Some(run) = self.builds.get_mut(&build) else {
-            // The build ended (or was cancelled): whatever this is, it is late.
-            return Ok(Report::Stale);
+        let result = ReportedTest { test_id, status, quarantined: false };
+        let mut reports = self.report(lease, worker, &[result], now)?;
+        Ok(reports.pop().expect("one report per result"))
+    }
+
+    /// Takes one result of a checked batch: `index` is one of `lease`'s tests.
+    fn take_result(&mut self, lease: LeaseId, index: PlanIndex, result: &ReportedTest<'_>, now: Seconds) -> Report {
+        let ReportedTest { test_id, status, quarantined } = *result;
+        let Some(lease_state) = self.leases.get_mut(&lease) else {
+            // An earlier result of the batch ended the build, retiring the lease.
+            return Report::Stale;
         };
-        let index = run.plan.index_of(test_id).ok_or_else(not_in_lease)?;
-        if !lease_state.tests.contains(&index) {
-            return Err(not_in_lease());
-        }
-        if let Some(worker_state) = self.workers.get_mut(&worker) {
-            worker_state.last_seen = now;
-        }
+        let (build, worker) = (lease_state.build, lease_state.worker);
+        let Some(run) = self.builds.get_mut(&build) else { return Report::Stale };
         match run.states[index] {
             TestState::Leased(holder) if holder == lease => {}
-            _ if run.reported_by[index].contains(&lease) => return Ok(Report::Duplicate),
-            _ => return Ok(Report::Stale),
+            _ if run.reported_by[index].contains(&lease) => return Report::Duplicate,
+            _ => return Report::Stale,
         }
         run.reported_by[index].push(lease);
         let attempt = run.attempts[index];
         let estimate = run.plan.tests[index].estimate_s;
-        if let Some(state) = self.leases.get_mut(&lease) {
-            run.drift.observe((now - state.progress_at).max(0.0), estimate);
-            if state.reported == 0 {
-                // From the grant to the first test's start, as far as its estimate at the
-                // build's drift tells.
-                let granted = state.running_from - run.plan.shard_overhead_s;
-                let sample = (now - granted - estimate * run.drift.ratio()).max(0.0);
-                let previous = self.startup_s.unwrap_or(sample);
-                self.startup_s = Some(0.9 * previous + 0.1 * sample);
-            }
-            state.progress_at = state.progress_at.max(now);
-            state.remaining_estimate = (state.remaining_estimate - estimate).max(0.0);
-            state.reported_estimate += estimate;
-            state.reported += 1;
+        run.drift.observe((now - lease_state.progress_at).max(0.0), estimate);
+        if lease_state.reported == 0 {
+            // From the grant to the first test's start, as far as its estimate at the
+            // build's drift tells.
+            let granted = lease_state.running_from - run.plan.shard_overhead_s;
+            let sample = (now - granted - estimate * run.drift.ratio()).max(0.0);
+            let previous = self.startup_s.unwrap_or(sample);
+            self.startup_s = Some(0.9 * previous + 0.1 * sample);
         }
+        lease_state.progress_at = lease_state.progress_at.max(now);
+        lease_state.remaining_estimate = (lease_state.remaining_estimate - estimate).max(0.0);
+        lease_state.reported_estimate += estimate;
+        lease_state.reported += 1;
         let mut decisions = Vec::new();
         if status.is_failure() && run.failures[index] < self.config.retries {
             // Not final yet: run it again, first in line, to tell a flake from a failure.
@@ -133,11 +173,17 @@ impl Scheduler {
             run.requeue(index, f64::INFINITY);
             decisions.push(Decision::Retrying { build, test_id: test_id.to_owned(), attempt });
             decisions.push(Decision::WorkAvailable);
-            return Ok(Report::Accepted { attempt, outcome: Outcome::Retry, decisions });
+            return Report::Accepted { attempt, outcome: Outcome::Retry, fails_build: false, decisions };
         }
         let flaky = status == TestStatus::Passed && run.failures[index] > 0;
-        self.record(build, index, status, false, &mut decisions);
-        Ok(Report::Accepted { attempt, outcome: Outcome::Final { flaky }, decisions })
+        let counts = counts_against(&self.config, status, flaky, quarantined);
+        self.record(build, index, status, counts, &mut decisions);
+        Report::Accepted {
+            attempt,
+            outcome: Outcome::Final { flaky },
+            fails_build: counts == CountsAgainst::Build,
+            decisions,
+        }
     }
 
     /// Event: the worker's shard process ended. Tests it did not report go back to the
@@ -251,7 +297,7 @@ impl Scheduler {
                 test_id: run.plan.tests[test].id.clone(),
                 reason: format!("no result after {attempts} attempts (workers lost or runner crashed)"),
             });
-            self.record(build, test, TestStatus::Error, true, &mut decisions);
+            self.record(build, test, TestStatus::Error, CountsAgainst::Infrastructure, &mut decisions);
         }
         if requeued > 0 {
             decisions.push(Decision::WorkAvailable);
@@ -259,23 +305,23 @@ impl Scheduler {
         (requeued, decisions)
     }
 
-    /// Records a final status and everything that follows from it. `gave_up`: an error
-    /// of the infrastructure, not of the test.
-    pub(super) fn record(
+    /// Records a final status and everything that follows from it; `counts` says what it
+    /// counts against, for the verdict.
+    fn record(
         &mut self,
         build: BuildId,
         index: PlanIndex,
         status: TestStatus,
-        gave_up: bool,
+        counts: CountsAgainst,
         decisions: &mut Vec<Decision>,
     ) {
         let Some(run) = self.builds.get_mut(&build) else { return };
         run.states[index] = TestState::Done(status);
         run.unfinished -= 1;
-        if gave_up {
-            run.gave_up.push(index);
-        } else if status.is_failure() {
-            run.failed.push(index);
+        match counts {
+            CountsAgainst::Build => run.fails_build.push(index),
+            CountsAgainst::Infrastructure => run.gave_up.push(index),
+            CountsAgainst::Nothing => {}
         }
         if status == TestStatus::Passed {
             let mut unblocked = false;
@@ -325,8 +371,8 @@ impl Scheduler {
             indices.sort_unstable();
             indices.into_iter().map(|index| run.plan.tests[index].id.clone()).collect()
         };
-        let verdict = if !run.failed.is_empty() {
-            Verdict::Red { failed: ids(run.failed.clone()) }
+        let verdict = if !run.fails_build.is_empty() {
+            Verdict::Red { failed: ids(run.fails_build.clone()) }
         } else if !run.gave_up.is_empty() {
             Verdict::Error { gave_up: ids(run.gave_up.clone()) }
         } else {
@@ -351,4 +397,23 @@ impl Scheduler {
             false
         });
     }
+}
+
+/// What a final result counts against, for the verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CountsAgainst {
+    /// The build: it is red.
+    Build,
+    /// The infrastructure: the test was given up on, no worker ran it.
+    Infrastructure,
+    /// Nothing: a pass, a skip, or a result out of the gate's reach.
+    Nothing,
+}
+
+/// What the final result of a test that ran counts against: a failure, or with
+/// [`SchedulerConfig::flaky_fails_build`] a pass after a failed attempt, counts against
+/// the build unless the test is quarantined.
+fn counts_against(config: &SchedulerConfig, status: TestStatus, flaky: bool, quarantined: bool) -> CountsAgainst {
+    let fails = status.is_failure() || (flaky && config.flaky_fails_build);
+    if fails && !quarantined { CountsAgainst::Build } else { CountsAgainst::Nothing }
 }

@@ -58,7 +58,8 @@ pub(super) struct BuildRun {
     pub(super) ready: BinaryHeap<ReadyEntry>,
     pub(super) unleased_work: f64,
     pub(super) unfinished: usize,
-    pub(super) failed: Vec<PlanIndex>,
+    /// Tests whose final result counts against the build (the verdict's red list).
+    pub(super) fails_build: Vec<PlanIndex>,
     pub(super) gave_up: Vec<PlanIndex>,
     /// How real durations compare with estimates, recent tests weighing most.
     pub(super) drift: Drift,
@@ -252,7 +253,7 @@ impl Scheduler {
             failures: vec![0; plan.len()],
             avoid: HashMap::new(),
             reported_by: vec![Vec::new(); plan.len()],
-            failed: Vec::new(),
+            fails_build: Vec::new(),
             gave_up: Vec::new(),
             drift: Drift { real: 0.0, estimated: 0.0 },
             urgent: false,

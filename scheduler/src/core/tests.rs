@@ -17,7 +17,7 @@ fn plan() -> BuildPlan {
 }
 
 fn restored(test_id: &str, status: TestStatus, attempt: u32, retried: bool) -> RestoredResult {
-    RestoredResult { test_id: test_id.into(), status, attempt, retried, gave_up: false }
+    RestoredResult { test_id: test_id.into(), status, attempt, retried, gave_up: false, quarantined: false }
 }
 
 fn single(id: &str) -> BuildPlan {
@@ -320,8 +320,8 @@ fn restored_results_count_as_done_and_unblock_or_skip_their_dependants() {
     let grant = grant.expect("b is ready");
     assert_eq!(grant.tests, ["b"]);
     let report = scheduler.test_finished(grant.lease, WorkerId(1), "b", TestStatus::Passed, 2.0).unwrap();
-    let Report::Accepted { attempt, outcome, decisions } = report else { panic!("{report:?}") };
-    assert_eq!((attempt, outcome), (1, Outcome::Final { flaky: false }));
+    let Report::Accepted { attempt, outcome, fails_build, decisions } = report else { panic!("{report:?}") };
+    assert_eq!((attempt, outcome, fails_build), (1, Outcome::Final { flaky: false }, false));
     assert!(
         decisions.contains(&Decision::BuildFinished {
             build: BuildId(7),
@@ -354,4 +354,133 @@ fn a_worker_that_asks_for_work_while_holding_a_lease_has_that_lease_taken_back_b
     // A lease its worker finishes is not taken back.
     let ended = scheduler.lease_finished(second.lease, WorkerId(1), 14.0).unwrap();
     assert!(!ended.iter().any(|decision| matches!(decision, Decision::LeaseTakenBack { .. })), "{ended:?}");
+}
+
+/// One attempt of a test in [`check_verdict`]: its status, and whether it was reported
+/// quarantined.
+type Attempt = (TestStatus, bool);
+
+/// Tests `t0`, `t1`, … of 10 s run on a lone worker that leases every ready test at once
+/// and reports each test's next scripted attempt in one batch (a test whose script is spent
+/// goes unreported, so it is given up when its lease ends: one attempt allowed; a failure is
+/// retried once). Checks which reports said `fails_build` and the verdict.
+fn check_verdict(flaky_fails_build: bool, scripts: &[&[Attempt]], expected_fails_build: &[&str], expected: Verdict) {
+    let mut scheduler =
+        Scheduler::new(SchedulerConfig { max_attempts: 1, retries: 1, flaky_fails_build, ..greedy(600.0).config });
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.add_build(BuildId(1), tens(scripts.len()), 0.0).unwrap();
+    let mut next_attempt = vec![0; scripts.len()];
+    let (mut fails_build, mut verdicts) = (Vec::new(), Vec::new());
+    for round in 0..scripts.len() * 3 {
+        let now = round as f64 * 100.0;
+        let Some(grant) = scheduler.request_work(WorkerId(1), now).0 else { break };
+        let mut batch = Vec::new();
+        for test_id in &grant.tests {
+            let test: usize = test_id[1..].parse().unwrap();
+            if let Some(&(status, quarantined)) = scripts[test].get(next_attempt[test]) {
+                next_attempt[test] += 1;
+                batch.push(ReportedTest { test_id, status, quarantined });
+            }
+        }
+        let reports = scheduler.report(grant.lease, WorkerId(1), &batch, now + 50.0).unwrap();
+        let mut decisions = Vec::new();
+        for (result, report) in batch.iter().zip(reports) {
+            let Report::Accepted { outcome, fails_build: counts, decisions: more, .. } = report else {
+                panic!("{report:?}")
+            };
+            assert!(!counts || matches!(outcome, Outcome::Final { .. }), "a retried failure counts for nothing yet");
+            if counts {
+                fails_build.push(result.test_id.to_owned());
+            }
+            decisions.extend(more);
+        }
+        decisions.extend(scheduler.lease_finished(grant.lease, WorkerId(1), now + 60.0).unwrap());
+        verdicts.extend(decisions.into_iter().filter_map(|decision| match decision {
+            Decision::BuildFinished { verdict, .. } => Some(verdict),
+            _ => None,
+        }));
+    }
+    assert_eq!(fails_build, expected_fails_build, "{scripts:?}");
+    assert_eq!(verdicts, [expected], "{scripts:?}");
+}
+
+#[test]
+fn the_verdict_counts_final_failures_not_quarantined_and_flaky_passes_only_when_configured() {
+    use TestStatus::{Failed, Passed};
+    let red = |ids: &[&str]| Verdict::Red { failed: self::ids(ids) };
+    let gave_up = |ids: &[&str]| Verdict::Error { gave_up: self::ids(ids) };
+    // A quarantined failure alone: green.
+    check_verdict(false, &[&[(Failed, true), (Failed, true)]], &[], Verdict::Green);
+    // Only the final attempt's quarantine counts.
+    check_verdict(false, &[&[(Failed, true), (Failed, false)]], &["t0"], red(&["t0"]));
+    check_verdict(false, &[&[(Failed, false), (Failed, true)]], &[], Verdict::Green);
+    // A quarantined failure and a test no worker could run: error, not red (nor green).
+    check_verdict(false, &[&[(Failed, true), (Failed, true)], &[]], &[], gave_up(&["t1"]));
+    // A failure that counts outweighs a test given up on.
+    check_verdict(false, &[&[(Failed, false), (Failed, false)], &[]], &["t0"], red(&["t0"]));
+    // A flaky pass: green, unless flaky tests fail builds (and then only out of quarantine).
+    check_verdict(false, &[&[(Failed, false), (Passed, false)]], &[], Verdict::Green);
+    check_verdict(true, &[&[(Failed, false), (Passed, false)]], &["t0"], red(&["t0"]));
+    check_verdict(true, &[&[(Failed, false), (Passed, true)]], &[], Verdict::Green);
+    // Listed in plan order, whatever order they ended in.
+    check_verdict(
+        true,
+        &[&[(Failed, false), (Passed, false)], &[(Failed, false), (Failed, false)], &[(Passed, false)]],
+        &["t0", "t1"],
+        red(&["t0", "t1"]),
+    );
+}
+
+#[test]
+fn a_restored_flaky_pass_or_quarantined_failure_counts_as_a_reported_one_would() {
+    let check = |flaky_fails_build: bool, restored_results: &[RestoredResult], expected: Verdict| {
+        let mut scheduler = Scheduler::new(SchedulerConfig { flaky_fails_build, ..SchedulerConfig::default() });
+        scheduler.add_build(BuildId(1), single("t"), 0.0).unwrap();
+        let decisions = scheduler.restore(BuildId(1), restored_results);
+        assert_eq!(decisions, [Decision::BuildFinished { build: BuildId(1), verdict: expected }]);
+    };
+    let failed_then = |status: TestStatus, quarantined: bool| {
+        vec![
+            restored("t", TestStatus::Failed, 1, true),
+            RestoredResult { quarantined, ..restored("t", status, 2, false) },
+        ]
+    };
+    let red = Verdict::Red { failed: ids(&["t"]) };
+    check(false, &failed_then(TestStatus::Passed, false), Verdict::Green);
+    check(true, &failed_then(TestStatus::Passed, false), red.clone());
+    check(true, &failed_then(TestStatus::Passed, true), Verdict::Green);
+    check(false, &failed_then(TestStatus::Failed, false), red);
+    check(false, &failed_then(TestStatus::Failed, true), Verdict::Green);
+}
+
+#[test]
+fn a_batch_with_a_test_outside_the_lease_is_refused_whole_and_records_nothing() {
+    let mut scheduler = greedy(20.0);
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.worker_joined(WorkerId(2), 0.0);
+    scheduler.add_build(BuildId(1), tens(3), 0.0).unwrap();
+    let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    assert_eq!(first.tests, ["t0", "t1"], "no shard above 20 s");
+    let passed = |test_id| ReportedTest { test_id, status: TestStatus::Passed, quarantined: false };
+    let refused = |test_id: &str| SchedulerError::TestNotInLease { lease: first.lease.0, test_id: test_id.into() };
+    let refusals = [
+        (first.lease, WorkerId(1), vec![passed("t0"), passed("t2")], refused("t2")),
+        (first.lease, WorkerId(1), vec![passed("t0"), passed("no-such-test")], refused("no-such-test")),
+        (
+            first.lease,
+            WorkerId(2),
+            vec![passed("t0")],
+            SchedulerError::NotYourLease { lease: first.lease.0, worker: 2 },
+        ),
+        (LeaseId(99), WorkerId(1), vec![passed("t0")], SchedulerError::UnknownLease(99)),
+    ];
+    for (lease, worker, batch, error) in refusals {
+        assert_eq!(scheduler.report(lease, worker, &batch, 11.0), Err(error));
+    }
+    // Nothing of them was recorded: t0 is reported now for the first time, then repeated.
+    let reports = scheduler.report(first.lease, WorkerId(1), &[passed("t0"), passed("t0")], 12.0).unwrap();
+    assert!(
+        matches!(reports.as_slice(), [Report::Accepted { attempt: 1, fails_build: false, .. }, Report::Duplicate]),
+        "{reports:?}"
+    );
 }
