@@ -165,6 +165,7 @@ impl Scheduler {
             running_from: now + run.plan.shard_overhead_s,
             reported_estimate: 0.0,
             reported: 0,
+            withdrawn: Vec::new(),
         };
         self.leases.insert(lease, state);
         if let Some(state) = self.workers.get_mut(&worker) {
@@ -241,6 +242,7 @@ impl Scheduler {
             let priority = if run.failures[test] > 0 { f64::INFINITY } else { run.plan.dispatch_priority(test) };
             run.requeue(test, priority);
         }
+        lease.withdrawn.extend_from_slice(&withdrawn);
         let withdrawn = withdrawn.iter().map(|&test| run.plan.tests[test].id.clone()).collect();
         Some(Decision::LeaseShrunk { build: lease.build, lease: id, worker: lease.worker, withdrawn })
     }

@@ -4,7 +4,7 @@
 
 use greenlight_shared::api::TestStatus;
 
-use super::state::{ReadyEntry, TestState};
+use super::state::{ReadyEntry, RetiredLease, TestState};
 use super::{
     BuildId, Decision, LeaseId, Outcome, Report, ReportedTest, RestoredResult, Scheduler, SchedulerConfig,
     SchedulerError, Verdict, WorkerId,
@@ -233,7 +233,7 @@ impl Scheduler {
     pub(super) fn check_retired(&self, lease: LeaseId, worker: WorkerId) -> Result<bool, SchedulerError> {
         match self.retired.get(&lease) {
             None => Ok(false),
-            Some(&holder) if holder == worker => Ok(true),
+            Some(retired) if retired.worker == worker => Ok(true),
             Some(_) => Err(SchedulerError::NotYourLease { lease: lease.0, worker: worker.0 }),
         }
     }
@@ -388,7 +388,7 @@ impl Scheduler {
             if state.build != build {
                 return true;
             }
-            retired.insert(*lease, state.worker);
+            retired.insert(*lease, RetiredLease { worker: state.worker, build });
             if let Some(worker_state) = workers.get_mut(&state.worker)
                 && worker_state.lease == Some(*lease)
             {

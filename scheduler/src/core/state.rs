@@ -119,6 +119,8 @@ pub(super) struct LeaseState {
     pub(super) reported_estimate: Seconds,
     /// How many tests it has reported.
     pub(super) reported: usize,
+    /// The tests taken back from it before they started, in the order they were withdrawn.
+    pub(super) withdrawn: Vec<PlanIndex>,
 }
 
 impl LeaseState {
@@ -151,6 +153,14 @@ pub(super) struct WorkerState {
     pub(super) benched_until: Seconds,
 }
 
+/// What is kept of a lease of a build that ended: late calls about it are answered, not
+/// refused.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RetiredLease {
+    pub(super) worker: WorkerId,
+    pub(super) build: BuildId,
+}
+
 /// The scheduler: all running builds, their leases and the live workers.
 #[derive(Debug)]
 pub struct Scheduler {
@@ -159,7 +169,7 @@ pub struct Scheduler {
     pub(super) leases: HashMap<LeaseId, LeaseState>,
     pub(super) workers: BTreeMap<WorkerId, WorkerState>,
     /// Leases of builds that ended: late reports about them are answered, not refused.
-    pub(super) retired: HashMap<LeaseId, WorkerId>,
+    pub(super) retired: HashMap<LeaseId, RetiredLease>,
     pub(super) next_lease: u64,
     /// Seconds from a lease's grant to its first test's start, as leases showed it
     /// (recent ones weighing most): checkout, runner start-up and reporting, all a new
@@ -208,13 +218,48 @@ impl Scheduler {
 
     /// The worker a lease was granted to, whether it is active, ended or retired.
     pub fn lease_holder(&self, lease: LeaseId) -> Option<WorkerId> {
-        self.leases.get(&lease).map(|state| state.worker).or_else(|| self.retired.get(&lease).copied())
+        self.leases
+            .get(&lease)
+            .map(|state| state.worker)
+            .or_else(|| self.retired.get(&lease).map(|retired| retired.worker))
     }
 
-    /// The build and tests of a lease, if it is known and still active.
-    pub fn active_lease(&self, lease: LeaseId) -> Option<(BuildId, WorkerId, &[PlanIndex])> {
+    /// The build of a lease this scheduler granted, whether it is active, ended or retired.
+    pub fn lease_build(&self, lease: LeaseId) -> Option<BuildId> {
+        self.leases
+            .get(&lease)
+            .map(|state| state.build)
+            .or_else(|| self.retired.get(&lease).map(|retired| retired.build))
+    }
+
+    /// The build, worker and tests (ids, in running order, withdrawn ones included) of a
+    /// lease, if it is known and still active.
+    pub fn active_lease(&self, lease: LeaseId) -> Option<(BuildId, WorkerId, Vec<String>)> {
         let state = self.leases.get(&lease).filter(|state| state.active)?;
-        Some((state.build, state.worker, &state.tests))
+        let plan = &self.builds.get(&state.build)?.plan;
+        Some((state.build, state.worker, state.tests.iter().map(|&test| plan.tests[test].id.clone()).collect()))
+    }
+
+    /// The active lease a worker holds, and its build.
+    pub fn worker_lease(&self, worker: WorkerId) -> Option<(LeaseId, BuildId)> {
+        let lease = self.workers.get(&worker)?.lease?;
+        let state = self.leases.get(&lease).filter(|state| state.active)?;
+        Some((lease, state.build))
+    }
+
+    /// When a benched worker ([`Decision::WorkerBenched`]) may have work again, if that is
+    /// later than `now`.
+    pub fn benched_until(&self, worker: WorkerId, now: Seconds) -> Option<Seconds> {
+        self.workers.get(&worker).map(|state| state.benched_until).filter(|&until| until > now)
+    }
+
+    /// The tests (ids) withdrawn from a lease ([`Decision::LeaseShrunk`]), in the order they
+    /// were withdrawn: its worker is to be told in every answer while the lease is active.
+    /// Empty once the lease ended or expired, or its build ended.
+    pub fn withdrawn(&self, lease: LeaseId) -> Vec<String> {
+        let Some(state) = self.leases.get(&lease).filter(|state| state.active) else { return Vec::new() };
+        let Some(run) = self.builds.get(&state.build) else { return Vec::new() };
+        state.withdrawn.iter().map(|&test| run.plan.tests[test].id.clone()).collect()
     }
 
     /// Event: a worker joined the fleet (registered). It counts for shard sizing from now.

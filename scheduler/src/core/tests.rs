@@ -484,3 +484,61 @@ fn a_batch_with_a_test_outside_the_lease_is_refused_whole_and_records_nothing() 
         "{reports:?}"
     );
 }
+
+#[test]
+fn the_scheduler_answers_which_lease_a_worker_holds_its_build_and_what_was_withdrawn_from_it() {
+    let mut scheduler = greedy(600.0);
+    assert_eq!(scheduler.worker_lease(WorkerId(1)), None);
+    let first = first_test_took_twice_its_estimate(&mut scheduler, tens(4));
+    assert_eq!(scheduler.worker_lease(WorkerId(1)), Some((first.lease, BuildId(1))));
+    assert_eq!(scheduler.withdrawn(first.lease), Vec::<String>::new());
+    let second = scheduler.request_work(WorkerId(2), 21.0).0.unwrap();
+    assert_eq!(scheduler.worker_lease(WorkerId(2)), Some((second.lease, BuildId(1))));
+    // Told to its worker in every answer while the lease runs.
+    assert_eq!(scheduler.withdrawn(first.lease), ["t3"]);
+    accepted(scheduler.test_finished(first.lease, WorkerId(1), "t1", TestStatus::Passed, 41.0));
+    assert_eq!(scheduler.withdrawn(first.lease), ["t3"]);
+    accepted(scheduler.test_finished(first.lease, WorkerId(1), "t2", TestStatus::Passed, 61.0));
+    scheduler.lease_finished(first.lease, WorkerId(1), 61.0).unwrap();
+    // Ended: nothing more to tell, no lease held, the build still known.
+    assert_eq!(scheduler.withdrawn(first.lease), Vec::<String>::new());
+    assert_eq!(scheduler.worker_lease(WorkerId(1)), None);
+    assert_eq!(scheduler.lease_build(first.lease), Some(BuildId(1)));
+    assert_eq!(scheduler.lease_build(second.lease), Some(BuildId(1)));
+    accepted(scheduler.test_finished(second.lease, WorkerId(2), "t3", TestStatus::Passed, 62.0));
+    // The build ended: its leases are retired, still known by their build.
+    assert!(!scheduler.is_running(BuildId(1)));
+    assert_eq!(scheduler.worker_lease(WorkerId(2)), None);
+    assert_eq!(scheduler.lease_build(second.lease), Some(BuildId(1)));
+    assert_eq!(scheduler.lease_build(first.lease), Some(BuildId(1)));
+    assert_eq!(scheduler.lease_build(LeaseId(99)), None);
+}
+
+#[test]
+fn what_was_withdrawn_from_a_lease_is_forgotten_when_its_build_is_cancelled() {
+    let mut scheduler = greedy(600.0);
+    let first = first_test_took_twice_its_estimate(&mut scheduler, tens(4));
+    scheduler.request_work(WorkerId(2), 21.0).0.unwrap();
+    assert_eq!(scheduler.withdrawn(first.lease), ["t3"]);
+    scheduler.remove_build(BuildId(1));
+    assert_eq!(scheduler.withdrawn(first.lease), Vec::<String>::new());
+    assert_eq!(scheduler.worker_lease(WorkerId(1)), None);
+    assert_eq!(scheduler.lease_build(first.lease), Some(BuildId(1)));
+}
+
+#[test]
+fn the_scheduler_answers_until_when_a_worker_is_benched() {
+    let config = SchedulerConfig { infra_failures_to_bench: 2, bench_s: 60.0, ..SchedulerConfig::default() };
+    let mut scheduler = Scheduler::new(config);
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.add_build(BuildId(1), tens(1), 0.0).unwrap();
+    for now in [0.0, 1.0] {
+        assert_eq!(scheduler.benched_until(WorkerId(1), now), None);
+        let grant = scheduler.request_work(WorkerId(1), now).0.unwrap();
+        // Its checkout failed: the shard ends without a result.
+        scheduler.lease_finished(grant.lease, WorkerId(1), now + 1.0).unwrap();
+    }
+    assert_eq!(scheduler.benched_until(WorkerId(1), 30.0), Some(62.0));
+    assert_eq!(scheduler.benched_until(WorkerId(1), 62.0), None);
+    assert_eq!(scheduler.benched_until(WorkerId(2), 30.0), None, "an unknown worker is not benched");
+}
