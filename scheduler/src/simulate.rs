@@ -106,6 +106,7 @@ pub fn simulate_fleet(plan: &BuildPlan, actual_s: &[f64], slowdown: &[f64], conf
             let (grant, decisions) = scheduler.request_work(WorkerId(worker as u64), now);
             for decision in decisions {
                 let Decision::LeaseShrunk { lease, worker: holder, withdrawn, .. } = decision else { continue };
+                let withdrawn: Vec<PlanIndex> = withdrawn.iter().map(|id| index_of(plan, id)).collect();
                 // The holder stops after its last kept test.
                 let ends = test_ends.get_mut(&lease.0).expect("a shrunk lease is running");
                 withdrawn_events.extend(withdrawn.iter().map(|&test| (lease.0, test)));
@@ -122,8 +123,9 @@ pub fn simulate_fleet(plan: &BuildPlan, actual_s: &[f64], slowdown: &[f64], conf
             let Some(grant) = grant else { break };
             *is_idle = false;
             let mut time = now + plan.shard_overhead_s * slowdown[worker];
-            let mut ends = Vec::with_capacity(grant.tests.len());
-            for &test in &grant.tests {
+            let tests: Vec<PlanIndex> = grant.tests.iter().map(|id| index_of(plan, id)).collect();
+            let mut ends = Vec::with_capacity(tests.len());
+            for &test in &tests {
                 time += actual_s[test] * slowdown[worker];
                 sequence += 1;
                 ends.push((test, time));
@@ -134,7 +136,7 @@ pub fn simulate_fleet(plan: &BuildPlan, actual_s: &[f64], slowdown: &[f64], conf
             shard_done_event.insert(grant.lease.0, sequence);
             events.push(Reverse(Timed(time, sequence, Event::ShardDone { lease: grant.lease.0, worker })));
             shard_of_lease.insert(grant.lease.0, shards.len());
-            shards.push(SimulatedShard { worker, start: now, end: time, tests: grant.tests });
+            shards.push(SimulatedShard { worker, start: now, end: time, tests });
         }
         let Some(Reverse(Timed(time, _, _))) = events.peek().copied() else {
             panic!("the simulated build stalled with tests unfinished and no shard running");
@@ -178,6 +180,11 @@ pub fn simulate_fleet(plan: &BuildPlan, actual_s: &[f64], slowdown: &[f64], conf
         }
     }
     Simulation { makespan_s, lower_bound_s, shards }
+}
+
+/// The plan index of a test the scheduler named.
+fn index_of(plan: &BuildPlan, test_id: &str) -> PlanIndex {
+    plan.index_of(test_id).expect("the scheduler names only the plan's tests")
 }
 
 /// Whether a scheduled event still happens: not the end of a test withdrawn from its

@@ -1,30 +1,43 @@
 //! Property tests of the scheduler core, driven only through its public events
-//! (`add_build`, `worker_joined`, `request_work`, `test_finished`, `lease_finished`,
-//! `heartbeat`, `tick`), and of `simulate`.
+//! (`add_build`, `worker_joined`, `request_work`, `report`, `lease_finished`, `heartbeat`,
+//! `tick`) and accessors, and of `simulate`.
 //!
 //! A scenario is a small random suite whose dependencies always point to earlier tests (so
-//! it is a DAG), the outcome each test has whenever it runs, a worker count, a scheduler
-//! configuration and a string of choice bytes. A small event loop, the "farm", plays the
-//! workers on a virtual clock: at every step the choice bytes pick which worker acts next
-//! (ask for work, report the next test of its shard, finish its lease) or let time pass.
-//! Live workers heartbeat every [`HEARTBEAT_INTERVAL_S`], well within the lease timeout.
-//! When leases may be lost, a shard may also crash part way (the worker finishes the lease
-//! with tests unreported) or its worker may go silent part way (the lease expires through
-//! `tick`, then the worker comes back with a late report, a repeated report, and asks again).
+//! it is a DAG), the outcome each test has when it runs (some fail once and pass when run
+//! again; some are quarantined), a worker count, a scheduler configuration (flaky tests
+//! failing the build or not) and a string of choice bytes. A small event loop, the "farm",
+//! plays the workers on a virtual clock: at every step the choice bytes pick which worker
+//! acts next (ask for work, report the next one to three tests of its shard in one batch,
+//! finish its lease) or let time pass. Live workers heartbeat every
+//! [`HEARTBEAT_INTERVAL_S`], well within the lease timeout. Now and then a worker first
+//! sends its batch with a test its lease never held, which must be refused whole. When
+//! leases may be lost, a shard may also crash part way (the worker finishes the lease with
+//! tests unreported), its worker may go silent part way (the lease expires through `tick`,
+//! then the worker comes back with a late report, a repeated report, and asks again), or
+//! its worker may abandon it and ask for work while still holding it.
+//!
+//! After every step the farm checks that the facts the scheduler owns agree with what the
+//! farm observed: which lease each worker holds, which tests were withdrawn from each lease
+//! (told while the lease is held, nothing after) and the build of every lease; and when a
+//! worker is benched, until when.
 //!
 //! Every call and every answer goes to a log, and each property is a check over that log,
 //! replayed against a [`Ledger`] of what the scheduler has said so far:
 //!
 //! 1. every test of the plan ends with exactly one final result (one accepted report, or
-//!    one `Skipped` or `GaveUp` decision) and exactly one `BuildFinished` is decided, `Red`
-//!    listing exactly the failed tests when some failed, else `Green`;
+//!    one `Skipped` or `GaveUp` decision) and exactly one `BuildFinished` is decided: `Red`
+//!    listing exactly the tests whose final result counts against the build (a failure out
+//!    of quarantine, or a flaky pass when flaky tests fail builds), which are exactly those
+//!    whose report said `fails_build`; else `Error` listing those given up, if any; else
+//!    `Green`;
 //! 2. a test is leased only once all its dependencies passed; a test whose dependency did
 //!    not pass is never leased and is skipped with a reason naming that dependency;
 //! 3. a worker holds one active lease at a time, every grant is fresh, non-empty and holds
 //!    only ready tests, and an event that makes tests ready is answered with `WorkAvailable`;
 //! 4. a lost lease loses no result: reports made before the loss stay and are not re-run,
 //!    unreported tests are leased again or given up after `max_attempts`, late reports are
-//!    `Stale`, repeated ones `Duplicate`, never accepted twice;
+//!    `Stale`, repeated ones `Duplicate`, never accepted twice; only a silent worker's lease
+//!    expires and only an abandoned one is taken back, each counting what it requeues;
 //! 5. `simulate` keeps the makespan above the lower bound, runs every test in exactly one
 //!    shard, one shard at a time per worker, and every test after its dependencies ended.
 //!
@@ -39,7 +52,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::RangeInclusive;
 
 use greenlight_scheduler::core::{
-    BuildId, Decision, LeaseGrant, LeaseId, Outcome, Report, Scheduler, SchedulerConfig, Verdict, WorkerId,
+    BuildId, Decision, LeaseGrant, LeaseId, Outcome, Report, ReportedTest, Scheduler, SchedulerConfig, SchedulerError,
+    Verdict, WorkerId,
 };
 use greenlight_scheduler::plan::{BuildPlan, PlanIndex, PlannedTest};
 use greenlight_scheduler::simulate::{Simulation, simulate_fleet};
@@ -77,8 +91,12 @@ struct TestCase {
     estimate_known: bool,
     /// Earlier tests it depends on (plan indices, ascending, no repeats).
     depends_on: Vec<PlanIndex>,
-    /// How it ends whenever the farm runs it.
+    /// How it ends when the farm runs it (the first time, at least).
     outcome: TestStatus,
+    /// Whether it passes whenever it runs again (a flaky test when it failed first).
+    passes_when_run_again: bool,
+    /// Whether it is quarantined: its results say so.
+    quarantined: bool,
     /// What it really takes, for `simulate`.
     actual_s: f64,
 }
@@ -158,44 +176,55 @@ fn suite_strategy_of(sizes: RangeInclusive<usize>) -> impl Strategy<Value = Vec<
     // Zero estimates are common enough that the ready work is now and then all zero.
     let estimate_s = prop_oneof![1 => Just(0.0), 4 => seconds_in_tenths(1..=100)];
     let estimate_known = prop_oneof![3 => Just(true), 1 => Just(false)];
+    let passes_when_run_again = prop_oneof![2 => Just(false), 1 => Just(true)];
+    let quarantined = prop_oneof![3 => Just(false), 1 => Just(true)];
     let test = (
         estimate_s,
         estimate_known,
         prop::collection::vec(any::<Index>(), 0..=3),
-        outcome_strategy(),
+        (outcome_strategy(), passes_when_run_again, quarantined),
         seconds_in_tenths(0..=100),
     );
     prop::collection::vec(test, sizes).prop_map(|generated| {
         generated
             .into_iter()
             .enumerate()
-            .map(|(position, (estimate_s, estimate_known, dependency_picks, outcome, actual_s))| TestCase {
-                estimate_s,
-                estimate_known,
-                depends_on: earlier_tests(position, &dependency_picks),
-                outcome,
-                actual_s,
+            .map(|(position, test)| {
+                let (estimate_s, estimate_known, dependency_picks, behaviour, actual_s) = test;
+                let (outcome, passes_when_run_again, quarantined) = behaviour;
+                TestCase {
+                    estimate_s,
+                    estimate_known,
+                    depends_on: earlier_tests(position, &dependency_picks),
+                    outcome,
+                    passes_when_run_again,
+                    quarantined,
+                    actual_s,
+                }
             })
             .collect()
     })
 }
 
-/// The default configuration with the lease timeout of every scenario and random shard
-/// sizing knobs.
+/// The default configuration with the lease timeout of every scenario, random shard
+/// sizing knobs and a random choice of whether flaky tests fail the build.
 fn config_strategy(max_attempts: RangeInclusive<u32>) -> impl Strategy<Value = SchedulerConfig> {
     let default = SchedulerConfig::default();
     let min_shard_s = prop_oneof![Just(default.min_shard_s), seconds_in_tenths(1..=80)];
     let min_shard_overheads = prop_oneof![Just(default.min_shard_overheads), Just(0.0), Just(5.0)];
     let tail_fraction = prop_oneof![Just(default.tail_fraction), Just(0.0), Just(0.5)];
-    (min_shard_s, min_shard_overheads, tail_fraction, max_attempts, 0u32..=2).prop_map(
-        move |(min_shard_s, min_shard_overheads, tail_fraction, max_attempts, retries)| SchedulerConfig {
-            lease_timeout_s: LEASE_TIMEOUT_S,
-            min_shard_s,
-            min_shard_overheads,
-            tail_fraction,
-            max_attempts,
-            retries,
-            ..default.clone()
+    (min_shard_s, min_shard_overheads, tail_fraction, max_attempts, 0u32..=2, any::<bool>()).prop_map(
+        move |(min_shard_s, min_shard_overheads, tail_fraction, max_attempts, retries, flaky_fails_build)| {
+            SchedulerConfig {
+                lease_timeout_s: LEASE_TIMEOUT_S,
+                min_shard_s,
+                min_shard_overheads,
+                tail_fraction,
+                max_attempts,
+                retries,
+                flaky_fails_build,
+                ..default.clone()
+            }
         },
     )
 }
@@ -252,6 +281,29 @@ fn test_id(index: PlanIndex) -> String {
     format!("test-{index}")
 }
 
+/// The plan index of a test the scheduler named; it names only the plan's tests.
+fn index_of(plan: &BuildPlan, test_id: &str) -> PlanIndex {
+    plan.index_of(test_id).unwrap_or_else(|| panic!("the scheduler named {test_id:?}, which is not in the plan"))
+}
+
+/// A lease as the farm knows it: the scheduler's grant, its tests as plan indices.
+#[derive(Debug, Clone)]
+struct Grant {
+    lease: LeaseId,
+    build: BuildId,
+    worker: WorkerId,
+    deadline: f64,
+    /// In running order.
+    tests: Vec<PlanIndex>,
+}
+
+impl Grant {
+    fn of(plan: &BuildPlan, grant: LeaseGrant) -> Grant {
+        let tests = grant.tests.iter().map(|id| index_of(plan, id)).collect();
+        Grant { lease: grant.lease, build: grant.build, worker: grant.worker, deadline: grant.deadline, tests }
+    }
+}
+
 fn plan_of(tests: &[TestCase], shard_overhead_s: f64) -> BuildPlan {
     let planned = tests
         .iter()
@@ -275,7 +327,7 @@ fn plan_of(tests: &[TestCase], shard_overhead_s: f64) -> BuildPlan {
 /// How the scheduler answered a report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
-    Accepted { attempt: u32, retry: bool },
+    Accepted { attempt: u32, retry: bool, flaky: bool, fails_build: bool },
     Duplicate,
     Stale,
 }
@@ -283,15 +335,21 @@ enum Answer {
 /// One entry of a farm's log.
 #[derive(Debug, Clone)]
 enum Logged {
-    /// `request_work` granted a lease; `active_leases_of_worker` is what the scheduler
-    /// says right after (via `active_lease` over every lease seen so far).
-    Granted { now: f64, grant: LeaseGrant, active_leases_of_worker: usize },
-    /// `test_finished` and its answer (decisions follow as `Decided`).
-    Reported { lease: LeaseId, test: PlanIndex, status: TestStatus, answer: Answer },
+    /// `request_work` granted a lease; `worker_lease` is what the scheduler says the worker
+    /// holds right after.
+    Granted { now: f64, grant: Grant, worker_lease: Option<(LeaseId, BuildId)> },
+    /// One result of a batch passed to `report`, and its answer (its decisions follow as
+    /// `Decided`).
+    Reported { lease: LeaseId, test: PlanIndex, status: TestStatus, quarantined: bool, answer: Answer },
+    /// A batch holding a test outside its lease, refused whole as the scheduler must.
+    BatchRefused { lease: LeaseId },
     /// The worker called `lease_finished` (decisions follow as `Decided`).
     LeaseFinishedByWorker { lease: LeaseId },
     /// The worker stopped heartbeating and reporting: only this lease may expire.
     WentSilent { lease: LeaseId },
+    /// The worker lost its shard process and asks for work again, still holding this lease:
+    /// only this lease may be taken back (the decisions of its `request_work` follow).
+    Abandoned { lease: LeaseId },
     /// `heartbeat` and whether the lease is still the worker's.
     HeartbeatAnswered { lease: LeaseId, still_held: bool },
     /// A decision, in the order the scheduler returned it.
@@ -334,6 +392,9 @@ enum Fate {
     CrashesAfter(usize),
     /// This many tests are reported, then the worker goes silent until its lease expired.
     GoesSilentAfter(usize),
+    /// This many tests are reported, then the worker loses its shard process and asks for
+    /// work again without finishing the lease.
+    AbandonsAfter(usize),
 }
 
 impl Fate {
@@ -341,7 +402,9 @@ impl Fate {
         match self {
             Fate::Completes => n_tests,
             // A shrunk lease may hold fewer tests than the fate was chosen for.
-            Fate::CrashesAfter(reports) | Fate::GoesSilentAfter(reports) => reports.min(n_tests),
+            Fate::CrashesAfter(reports) | Fate::GoesSilentAfter(reports) | Fate::AbandonsAfter(reports) => {
+                reports.min(n_tests)
+            }
         }
     }
 }
@@ -350,18 +413,19 @@ impl Fate {
 enum WorkerPhase {
     /// Will ask for work.
     Idle,
-    /// Asked and got nothing; asks again after a `WorkAvailable` decision.
+    /// Asked and got nothing; asks again after a `WorkAvailable` decision (or, benched,
+    /// once the scheduler says its time is up).
     WaitingForWork,
     /// Runs a shard; `reported` tests of it are reported.
-    Running { grant: LeaseGrant, reported: usize, fate: Fate },
+    Running { grant: Grant, reported: usize, fate: Fate },
     /// Went silent holding a lease; comes back once the scheduler took it back.
-    Silent { grant: LeaseGrant, reported: usize },
+    Silent { grant: Grant, reported: usize },
 }
 
 #[derive(Debug, Clone, Copy)]
 enum Action {
     AskForWork(usize),
-    ReportNextTest(usize),
+    ReportNextTests(usize),
     EndShard(usize),
     ComeBackAfterExpiry(usize),
     LetTimePass,
@@ -378,11 +442,16 @@ struct Farm<'a> {
     workers: Vec<WorkerPhase>,
     choices: Choices<'a>,
     now: f64,
-    leases_seen: Vec<LeaseId>,
+    /// Every lease granted, with its tests as granted (before any was withdrawn).
+    leases_seen: Vec<(LeaseId, Vec<PlanIndex>)>,
     build_finished: bool,
     log: Vec<Logged>,
-    /// Workers benched by the scheduler, until when.
-    benched_until: HashMap<WorkerId, f64>,
+    /// Leases the farm saw expire.
+    expired: HashSet<LeaseId>,
+    /// The tests the farm saw withdrawn from each lease, in the order withdrawn.
+    withdrawn: HashMap<LeaseId, Vec<PlanIndex>>,
+    /// How many times the farm ran each test (a repeated report is not a run).
+    runs: Vec<u32>,
     /// Reports of withdrawn tests that workers ran before they heard of the withdrawal.
     late_reports: Vec<(WorkerId, LeaseId, PlanIndex)>,
 }
@@ -396,11 +465,13 @@ impl<'a> Farm<'a> {
             scheduler: Scheduler::new(scenario.config.clone()),
             workers: vec![WorkerPhase::Idle; scenario.n_workers],
             choices: Choices { bytes: &scenario.choice_bytes, used: 0 },
-            benched_until: HashMap::new(),
             now: 0.0,
             leases_seen: Vec::new(),
             build_finished: false,
             log: Vec::new(),
+            expired: HashSet::new(),
+            withdrawn: HashMap::new(),
+            runs: vec![0; scenario.tests.len()],
             late_reports: Vec::new(),
         };
         for index in 0..scenario.n_workers {
@@ -409,6 +480,13 @@ impl<'a> Farm<'a> {
         let decisions = farm.scheduler.add_build(BUILD, plan, farm.now).expect("a fresh scheduler has no build");
         farm.record(decisions);
         farm
+    }
+
+    /// Workers the scheduler says are benched now.
+    fn benched_workers(&self) -> Vec<usize> {
+        (0..self.workers.len())
+            .filter(|&index| self.scheduler.benched_until(worker_id(index), self.now).is_some())
+            .collect()
     }
 
     fn possible_actions(&self) -> Vec<Action> {
@@ -421,23 +499,22 @@ impl<'a> Farm<'a> {
                 WorkerPhase::Running { grant, reported, fate } => {
                     some_lease_is_out = true;
                     if *reported < fate.reports_before_ending(grant.tests.len()) {
-                        actions.push(Action::ReportNextTest(index));
+                        actions.push(Action::ReportNextTests(index));
                     } else {
                         actions.push(Action::EndShard(index));
                     }
                 }
                 WorkerPhase::Silent { grant, .. } => {
-                    if self.scheduler.active_lease(grant.lease).is_some() {
-                        some_lease_is_out = true;
-                    } else {
+                    if self.expired.contains(&grant.lease) || self.build_finished {
                         actions.push(Action::ComeBackAfterExpiry(index));
+                    } else {
+                        some_lease_is_out = true;
                     }
                 }
             }
         }
         // A benched worker asks again once its time is up, as a real one polls.
-        let some_worker_is_benched = self.benched_until.values().any(|&until| until > self.now);
-        if some_lease_is_out || some_worker_is_benched {
+        if some_lease_is_out || !self.benched_workers().is_empty() {
             actions.push(Action::LetTimePass);
         }
         actions
@@ -446,13 +523,13 @@ impl<'a> Farm<'a> {
     fn perform(&mut self, action: Action) {
         match action {
             Action::AskForWork(index) => self.ask_for_work(index),
-            Action::ReportNextTest(index) => self.report_next_test(index),
+            Action::ReportNextTests(index) => self.report_next_tests(index),
             Action::EndShard(index) => self.end_shard(index),
             Action::ComeBackAfterExpiry(index) => self.come_back_after_expiry(index),
             Action::LetTimePass => self.let_time_pass(),
         }
         while let Some((worker, lease, test)) = self.late_reports.pop() {
-            self.report(worker, lease, test);
+            self.report(worker, lease, &[test]);
         }
     }
 
@@ -464,15 +541,12 @@ impl<'a> Farm<'a> {
             self.workers[index] = WorkerPhase::WaitingForWork;
             return;
         };
+        let grant = Grant::of(&self.plan, grant);
         // An empty shard would send the worker straight back for another: refuse it here.
         assert!(!grant.tests.is_empty(), "{worker:?} was granted {:?} with no test", grant.lease);
-        self.leases_seen.push(grant.lease);
-        let active_leases_of_worker = self
-            .leases_seen
-            .iter()
-            .filter(|&&lease| self.scheduler.active_lease(lease).is_some_and(|(_, holder, _)| holder == worker))
-            .count();
-        self.log.push(Logged::Granted { now: self.now, grant: grant.clone(), active_leases_of_worker });
+        self.leases_seen.push((grant.lease, grant.tests.clone()));
+        let worker_lease = self.scheduler.worker_lease(worker);
+        self.log.push(Logged::Granted { now: self.now, grant: grant.clone(), worker_lease });
         let fate = self.choose_fate(grant.tests.len());
         self.workers[index] = WorkerPhase::Running { grant, reported: 0, fate };
     }
@@ -481,24 +555,52 @@ impl<'a> Farm<'a> {
         if self.scenario.lease_loss == LeaseLoss::Never {
             return Fate::Completes;
         }
-        match self.choices.pick(8) {
-            0..=3 => Fate::Completes,
-            4 | 5 => Fate::CrashesAfter(self.choices.pick(n_tests)),
-            _ => Fate::GoesSilentAfter(self.choices.pick(n_tests + 1)),
+        match self.choices.pick(10) {
+            0..=4 => Fate::Completes,
+            5 | 6 => Fate::CrashesAfter(self.choices.pick(n_tests)),
+            7 | 8 => Fate::GoesSilentAfter(self.choices.pick(n_tests + 1)),
+            _ => Fate::AbandonsAfter(self.choices.pick(n_tests)),
         }
     }
 
-    fn report_next_test(&mut self, index: usize) {
-        let WorkerPhase::Running { grant, reported, .. } = &mut self.workers[index] else {
+    /// Reports the next one to three tests of the shard in one batch.
+    fn report_next_tests(&mut self, index: usize) {
+        let WorkerPhase::Running { grant, reported, fate } = &mut self.workers[index] else {
             unreachable!("only a running worker reports");
         };
-        let (worker, lease, test) = (grant.worker, grant.lease, grant.tests[*reported]);
-        *reported += 1;
-        self.report(worker, lease, test);
-        if self.choices.one_in(4) {
-            // The worker did not see the answer and sends the same report again.
-            self.report(worker, lease, test);
+        let left = fate.reports_before_ending(grant.tests.len()) - *reported;
+        let count = 1 + self.choices.pick(left.min(3));
+        let (worker, lease) = (grant.worker, grant.lease);
+        let batch = grant.tests[*reported..*reported + count].to_vec();
+        *reported += count;
+        if self.choices.one_in(8) {
+            self.report_with_a_test_outside_the_lease(worker, lease, &batch);
         }
+        self.report(worker, lease, &batch);
+        if self.choices.one_in(4) {
+            // The worker did not see the answer and sends the same batch again.
+            self.report(worker, lease, &batch);
+        }
+    }
+
+    /// Sends `batch` with a test the lease never held (or an id outside the plan): the
+    /// scheduler must refuse it whole and record none of it, which the answers to the
+    /// real batch then show.
+    fn report_with_a_test_outside_the_lease(&mut self, worker: WorkerId, lease: LeaseId, batch: &[PlanIndex]) {
+        let granted = &self.leases_seen.iter().find(|(seen, _)| *seen == lease).expect("a lease granted").1;
+        let outside: Vec<PlanIndex> = (0..self.plan.len()).filter(|test| !granted.contains(test)).collect();
+        let foreign = match outside.len() {
+            0 => "not-a-test".to_owned(),
+            n => test_id(outside[self.choices.pick(n)]),
+        };
+        let mut ids: Vec<String> = batch.iter().map(|&test| test_id(test)).collect();
+        ids.insert(self.choices.pick(ids.len() + 1), foreign.clone());
+        let results: Vec<ReportedTest<'_>> =
+            ids.iter().map(|id| ReportedTest { test_id: id, status: TestStatus::Passed, quarantined: false }).collect();
+        let answer = self.scheduler.report(lease, worker, &results, self.now);
+        let refused = SchedulerError::TestNotInLease { lease: lease.0, test_id: foreign };
+        assert_eq!(answer, Err(refused), "{worker:?} reported {ids:?} in its {lease:?}");
+        self.log.push(Logged::BatchRefused { lease });
     }
 
     fn end_shard(&mut self, index: usize) {
@@ -513,6 +615,10 @@ impl<'a> Farm<'a> {
                 self.log.push(Logged::WentSilent { lease: grant.lease });
                 self.workers[index] = WorkerPhase::Silent { grant, reported };
             }
+            Fate::AbandonsAfter(_) => {
+                self.log.push(Logged::Abandoned { lease: grant.lease });
+                self.ask_for_work(index);
+            }
         }
     }
 
@@ -524,16 +630,17 @@ impl<'a> Farm<'a> {
         self.heartbeat(grant.worker, grant.lease);
         if reported < grant.tests.len() && self.choices.one_in(2) {
             // The shard went on running while nobody listened: a late report.
-            self.report(grant.worker, grant.lease, grant.tests[reported]);
+            self.report(grant.worker, grant.lease, &[grant.tests[reported]]);
         }
         if reported > 0 && self.choices.one_in(2) {
             let test = grant.tests[self.choices.pick(reported)];
-            self.report(grant.worker, grant.lease, test);
+            self.report(grant.worker, grant.lease, &[test]);
         }
         self.finish_lease(grant.worker, grant.lease);
     }
 
     fn let_time_pass(&mut self) {
+        let benched_before = self.benched_workers();
         self.now += HEARTBEAT_INTERVAL_S;
         let live_leases: Vec<(WorkerId, LeaseId)> = self
             .workers
@@ -548,32 +655,51 @@ impl<'a> Farm<'a> {
         }
         let decisions = self.scheduler.tick(self.now);
         self.record(decisions);
-        let now = self.now;
-        let rested: Vec<WorkerId> =
-            self.benched_until.iter().filter(|&(_, &until)| until <= now).map(|(&worker, _)| worker).collect();
-        for worker in rested {
-            self.benched_until.remove(&worker);
-            if let Some(phase @ WorkerPhase::WaitingForWork) = self.workers.get_mut(worker.0 as usize) {
-                *phase = WorkerPhase::Idle;
+        for index in benched_before {
+            if self.scheduler.benched_until(worker_id(index), self.now).is_none()
+                && matches!(self.workers[index], WorkerPhase::WaitingForWork)
+            {
+                self.workers[index] = WorkerPhase::Idle;
             }
         }
     }
 
-    fn report(&mut self, worker: WorkerId, lease: LeaseId, test: PlanIndex) {
-        let status = self.scenario.tests[test].outcome;
-        let report = self
-            .scheduler
-            .test_finished(lease, worker, &test_id(test), status, self.now)
-            .unwrap_or_else(|error| panic!("{worker:?} reporting test {test} of its {lease:?} was refused: {error}"));
-        let (answer, decisions) = match report {
-            Report::Accepted { attempt, outcome, decisions } => {
-                (Answer::Accepted { attempt, retry: outcome == Outcome::Retry }, decisions)
+    /// Reports `tests` of `lease` in one batch, each with the outcome it has when run.
+    fn report(&mut self, worker: WorkerId, lease: LeaseId, tests: &[PlanIndex]) {
+        let ids: Vec<String> = tests.iter().map(|&test| test_id(test)).collect();
+        let results: Vec<ReportedTest<'_>> = tests
+            .iter()
+            .zip(&ids)
+            .map(|(&test, id)| {
+                let case = &self.scenario.tests[test];
+                let status =
+                    if self.runs[test] > 0 && case.passes_when_run_again { TestStatus::Passed } else { case.outcome };
+                ReportedTest { test_id: id, status, quarantined: case.quarantined }
+            })
+            .collect();
+        let reports = self.scheduler.report(lease, worker, &results, self.now).unwrap_or_else(|error| {
+            panic!("{worker:?} reporting tests {tests:?} of its {lease:?} was refused: {error}")
+        });
+        assert_eq!(reports.len(), tests.len(), "one report per result");
+        for ((&test, result), report) in tests.iter().zip(&results).zip(reports) {
+            let (answer, decisions) = match report {
+                Report::Accepted { attempt, outcome, fails_build, decisions } => {
+                    let (retry, flaky) = match outcome {
+                        Outcome::Retry => (true, false),
+                        Outcome::Final { flaky } => (false, flaky),
+                    };
+                    (Answer::Accepted { attempt, retry, flaky, fails_build }, decisions)
+                }
+                Report::Duplicate => (Answer::Duplicate, Vec::new()),
+                Report::Stale => (Answer::Stale, Vec::new()),
+            };
+            if answer != Answer::Duplicate {
+                self.runs[test] += 1;
             }
-            Report::Duplicate => (Answer::Duplicate, Vec::new()),
-            Report::Stale => (Answer::Stale, Vec::new()),
-        };
-        self.log.push(Logged::Reported { lease, test, status, answer });
-        self.record(decisions);
+            let (status, quarantined) = (result.status, result.quarantined);
+            self.log.push(Logged::Reported { lease, test, status, quarantined, answer });
+            self.record(decisions);
+        }
     }
 
     fn finish_lease(&mut self, worker: WorkerId, lease: LeaseId) {
@@ -594,6 +720,15 @@ impl<'a> Farm<'a> {
     }
 
     fn record(&mut self, decisions: Vec<Decision>) {
+        // A worker whose lease expired is lost: the scheduler forgets it, bench and all, and
+        // counts it anew when it comes back.
+        let lost: Vec<WorkerId> = decisions
+            .iter()
+            .filter_map(|decision| match decision {
+                Decision::LeaseExpired { worker, .. } => Some(*worker),
+                _ => None,
+            })
+            .collect();
         for decision in decisions {
             match decision {
                 Decision::WorkAvailable => {
@@ -605,16 +740,26 @@ impl<'a> Farm<'a> {
                 }
                 Decision::BuildFinished { .. } => self.build_finished = true,
                 Decision::WorkerBenched { worker, until } => {
-                    self.benched_until.insert(worker, until);
+                    let expected = if lost.contains(&worker) { None } else { Some(until) };
+                    assert_eq!(
+                        self.scheduler.benched_until(worker, self.now),
+                        expected,
+                        "{worker:?} was benched until {until}"
+                    );
+                }
+                Decision::LeaseExpired { lease, .. } => {
+                    self.expired.insert(lease);
                 }
                 Decision::LeaseShrunk { lease, worker, ref withdrawn, .. } => {
+                    let withdrawn: Vec<PlanIndex> = withdrawn.iter().map(|id| index_of(&self.plan, id)).collect();
+                    self.withdrawn.entry(lease).or_default().extend(&withdrawn);
                     // The holder stops after the tests it keeps; it may have run the first
                     // withdrawn one before it heard. (A silent holder hears nothing.)
                     if let Some(WorkerPhase::Running { grant, reported, .. }) = self.workers.get_mut(worker.0 as usize)
                         && grant.lease == lease
                     {
                         assert!(
-                            grant.tests[*reported..].ends_with(withdrawn),
+                            grant.tests[*reported..].ends_with(&withdrawn),
                             "{lease:?} withdrew {withdrawn:?}, not the tail of its unreported tests"
                         );
                         grant.tests.truncate(grant.tests.len() - withdrawn.len());
@@ -629,10 +774,40 @@ impl<'a> Farm<'a> {
         }
     }
 
+    /// The lease the farm saw `index` take and not yet give up (finish, abandon, or lose to
+    /// expiry or to the end of the build).
+    fn lease_held_by(&self, index: usize) -> Option<LeaseId> {
+        match &self.workers[index] {
+            _ if self.build_finished => None,
+            WorkerPhase::Running { grant, .. } => Some(grant.lease),
+            WorkerPhase::Silent { grant, .. } if !self.expired.contains(&grant.lease) => Some(grant.lease),
+            _ => None,
+        }
+    }
+
+    /// The facts the scheduler owns and the farm only observed agree: which lease each
+    /// worker holds, which tests were withdrawn from each lease (while it is held; nothing
+    /// after), and the build of every lease granted.
+    fn check_the_scheduler_agrees(&self) {
+        let held: Vec<Option<LeaseId>> = (0..self.workers.len()).map(|index| self.lease_held_by(index)).collect();
+        for (index, lease) in held.iter().enumerate() {
+            let worker = worker_id(index);
+            assert_eq!(self.scheduler.worker_lease(worker), lease.map(|lease| (lease, BUILD)), "{worker:?}'s lease");
+        }
+        for (lease, _) in &self.leases_seen {
+            let withdrawn = match self.withdrawn.get(lease) {
+                Some(tests) if held.contains(&Some(*lease)) => tests.iter().map(|&test| test_id(test)).collect(),
+                _ => Vec::new(),
+            };
+            assert_eq!(self.scheduler.withdrawn(*lease), withdrawn, "withdrawn from {lease:?}");
+            assert_eq!(self.scheduler.lease_build(*lease), Some(BUILD), "the build of {lease:?}");
+        }
+    }
+
     /// After the verdict every lease heartbeats, repeats one accepted report and finishes:
     /// the scheduler must answer, and count nothing.
     fn make_late_calls_after_the_build_finished(&mut self) {
-        let grants: Vec<LeaseGrant> = self
+        let grants: Vec<Grant> = self
             .log
             .iter()
             .filter_map(|entry| match entry {
@@ -649,10 +824,11 @@ impl<'a> Farm<'a> {
         for grant in grants {
             self.heartbeat(grant.worker, grant.lease);
             if let Some(&test) = accepted_test_of_lease.get(&grant.lease) {
-                self.report(grant.worker, grant.lease, test);
+                self.report(grant.worker, grant.lease, &[test]);
             }
             self.finish_lease(grant.worker, grant.lease);
         }
+        self.check_the_scheduler_agrees();
     }
 }
 
@@ -669,6 +845,7 @@ fn run_farm(scenario: &Scenario) -> Run {
         assert!(steps < MAX_FARM_STEPS, "the build did not finish within {MAX_FARM_STEPS} steps");
         let action = actions[farm.choices.pick(actions.len())];
         farm.perform(action);
+        farm.check_the_scheduler_agrees();
         steps += 1;
     }
     farm.make_late_calls_after_the_build_finished();
@@ -682,8 +859,8 @@ fn run_farm(scenario: &Scenario) -> Run {
 /// A result that settles a test.
 #[derive(Debug, Clone, PartialEq)]
 enum FinalResult {
-    /// An accepted report with this status.
-    Reported(TestStatus),
+    /// An accepted report with this status; `flaky`: it passed after failed attempts.
+    Reported { status: TestStatus, quarantined: bool, flaky: bool },
     /// A `Skipped` decision with this reason.
     Skipped { reason: String },
     /// A `GaveUp` decision (recorded as an error).
@@ -693,7 +870,7 @@ enum FinalResult {
 impl FinalResult {
     fn status(&self) -> TestStatus {
         match self {
-            FinalResult::Reported(status) => *status,
+            FinalResult::Reported { status, .. } => *status,
             FinalResult::Skipped { .. } => TestStatus::Skipped,
             FinalResult::GaveUp => TestStatus::Error,
         }
@@ -708,9 +885,10 @@ struct Ledger<'a> {
     grants_of_test: Vec<u32>,
     /// Leases neither finished nor expired (a finished build retires them all: see
     /// [`Ledger::is_live`]).
-    active_leases: HashMap<LeaseId, LeaseGrant>,
+    active_leases: HashMap<LeaseId, Grant>,
     leases_seen: HashSet<LeaseId>,
     silent_leases: HashSet<LeaseId>,
+    abandoned_leases: HashSet<LeaseId>,
     /// (lease, test) pairs whose report was accepted.
     accepted_reports: HashSet<(LeaseId, PlanIndex)>,
     /// (lease, test) pairs withdrawn from a running lease.
@@ -719,19 +897,22 @@ struct Ledger<'a> {
     /// Failed attempts of each test that were retried.
     failures: Vec<u32>,
     retries: u32,
+    flaky_fails_build: bool,
 }
 
 impl<'a> Ledger<'a> {
-    fn new(plan: &'a BuildPlan, retries: u32) -> Ledger<'a> {
+    fn new(plan: &'a BuildPlan, config: &SchedulerConfig) -> Ledger<'a> {
         Ledger {
             failures: vec![0; plan.len()],
-            retries,
+            retries: config.retries,
+            flaky_fails_build: config.flaky_fails_build,
             plan,
             final_results: vec![Vec::new(); plan.len()],
             grants_of_test: vec![0; plan.len()],
             active_leases: HashMap::new(),
             leases_seen: HashSet::new(),
             silent_leases: HashSet::new(),
+            abandoned_leases: HashSet::new(),
             accepted_reports: HashSet::new(),
             withdrawn: HashSet::new(),
             verdicts: Vec::new(),
@@ -747,15 +928,20 @@ impl<'a> Ledger<'a> {
                 self.leases_seen.insert(grant.lease);
                 self.active_leases.insert(grant.lease, grant.clone());
             }
-            Logged::Reported { lease, test, status, answer: Answer::Accepted { retry, .. } } => {
+            Logged::Reported { lease, test, status, quarantined, answer: Answer::Accepted { retry, .. } } => {
                 if *retry {
                     self.failures[*test] += 1;
                 } else {
-                    self.final_results[*test].push(FinalResult::Reported(*status));
+                    let flaky = *status == TestStatus::Passed && self.failures[*test] > 0;
+                    let result = FinalResult::Reported { status: *status, quarantined: *quarantined, flaky };
+                    self.final_results[*test].push(result);
                 }
                 self.accepted_reports.insert((*lease, *test));
             }
-            Logged::Reported { .. } | Logged::HeartbeatAnswered { .. } => {}
+            Logged::Reported { .. } | Logged::HeartbeatAnswered { .. } | Logged::BatchRefused { .. } => {}
+            Logged::Abandoned { lease } => {
+                self.abandoned_leases.insert(*lease);
+            }
             Logged::LeaseFinishedByWorker { lease } => {
                 self.active_leases.remove(lease);
             }
@@ -768,16 +954,21 @@ impl<'a> Ledger<'a> {
 
     fn apply_decision(&mut self, decision: &Decision) {
         match decision {
-            Decision::Skipped { test, reason, .. } => {
-                self.final_results[*test].push(FinalResult::Skipped { reason: reason.clone() });
+            Decision::Skipped { test_id, reason, .. } => {
+                let test = index_of(self.plan, test_id);
+                self.final_results[test].push(FinalResult::Skipped { reason: reason.clone() });
             }
-            Decision::GaveUp { test, .. } => self.final_results[*test].push(FinalResult::GaveUp),
-            Decision::LeaseExpired { lease, .. } => {
+            Decision::GaveUp { test_id, .. } => {
+                let test = index_of(self.plan, test_id);
+                self.final_results[test].push(FinalResult::GaveUp);
+            }
+            Decision::LeaseExpired { lease, .. } | Decision::LeaseTakenBack { lease, .. } => {
                 self.active_leases.remove(lease);
             }
             Decision::LeaseShrunk { lease, withdrawn, .. } => {
+                let withdrawn: Vec<PlanIndex> = withdrawn.iter().map(|id| index_of(self.plan, id)).collect();
                 let grant = self.active_leases.get_mut(lease).expect("only a live lease is shrunk");
-                for test in withdrawn {
+                for test in &withdrawn {
                     assert!(grant.tests.contains(test), "{lease:?} withdrew test {test}, which it never held");
                     assert!(
                         !self.accepted_reports.contains(&(*lease, *test)),
@@ -850,8 +1041,19 @@ impl<'a> Ledger<'a> {
             .collect()
     }
 
+    /// Whether a final result counts against the build: a failure, or a pass after failed
+    /// attempts when flaky tests fail builds, reported out of quarantine.
+    fn counts_against_build(&self, result: &FinalResult) -> bool {
+        match *result {
+            FinalResult::Reported { status, quarantined, flaky } => {
+                !quarantined && (status.is_failure() || (flaky && self.flaky_fails_build))
+            }
+            FinalResult::Skipped { .. } | FinalResult::GaveUp => false,
+        }
+    }
+
     /// The answer a report deserves, given everything said before it.
-    fn expected_answer(&self, lease: LeaseId, test: PlanIndex, status: TestStatus) -> Answer {
+    fn expected_answer(&self, lease: LeaseId, test: PlanIndex, status: TestStatus, quarantined: bool) -> Answer {
         if self.build_finished() {
             Answer::Stale
         } else if self.accepted_reports.contains(&(lease, test)) {
@@ -859,10 +1061,11 @@ impl<'a> Ledger<'a> {
         } else if self.withdrawn.contains(&(lease, test)) {
             Answer::Stale
         } else if self.is_live(lease) && !self.is_settled(test) {
-            Answer::Accepted {
-                attempt: self.grants_of_test[test],
-                retry: status.is_failure() && self.failures[test] < self.retries,
-            }
+            let retry = status.is_failure() && self.failures[test] < self.retries;
+            let flaky = !retry && status == TestStatus::Passed && self.failures[test] > 0;
+            let fails_build =
+                !retry && self.counts_against_build(&FinalResult::Reported { status, quarantined, flaky });
+            Answer::Accepted { attempt: self.grants_of_test[test], retry, flaky, fails_build }
         } else {
             Answer::Stale
         }
@@ -875,8 +1078,13 @@ impl<'a> Ledger<'a> {
 
 /// Property 1: one final result per test, one `BuildFinished`, the right verdict.
 fn check_one_final_result_per_test_and_the_verdict(run: &Run) -> Result<(), TestCaseError> {
-    let mut ledger = Ledger::new(&run.plan, run.config.retries);
+    let mut ledger = Ledger::new(&run.plan, &run.config);
+    // The tests whose accepted report said it counts against the build.
+    let mut reported_failing_the_build = BTreeSet::new();
     for entry in &run.log {
+        if let Logged::Reported { test, answer: Answer::Accepted { fails_build: true, .. }, .. } = entry {
+            reported_failing_the_build.insert(*test);
+        }
         let finished_before = ledger.build_finished();
         let settlements_before = ledger.settlements();
         ledger.apply(entry);
@@ -889,11 +1097,13 @@ fn check_one_final_result_per_test_and_the_verdict(run: &Run) -> Result<(), Test
             );
         }
         if let Logged::Decided(
-            Decision::Skipped { build, test, test_id, .. } | Decision::GaveUp { build, test, test_id, .. },
+            Decision::Skipped { build, test_id, .. }
+            | Decision::GaveUp { build, test_id, .. }
+            | Decision::Retrying { build, test_id, .. },
         ) = entry
         {
             prop_assert_eq!(*build, BUILD);
-            prop_assert_eq!(test_id, &run.plan.tests[*test].id);
+            prop_assert!(run.plan.index_of(test_id).is_some(), "{:?} names a test outside the plan", entry);
         }
     }
     for (test, results) in ledger.final_results.iter().enumerate() {
@@ -906,7 +1116,12 @@ fn check_one_final_result_per_test_and_the_verdict(run: &Run) -> Result<(), Test
             .map(|test| run.plan.tests[test].id.clone())
             .collect()
     };
-    let failed = ids_where(&|result| matches!(result, FinalResult::Reported(status) if status.is_failure()));
+    // Exactly the tests whose final result counts against the build, and those the reports
+    // said count.
+    let failed = ids_where(&|result| ledger.counts_against_build(result));
+    let reported_failing: Vec<String> =
+        reported_failing_the_build.iter().map(|&test| run.plan.tests[test].id.clone()).collect();
+    prop_assert_eq!(&reported_failing, &failed, "reports that counted against the build");
     let gave_up = ids_where(&|result| *result == FinalResult::GaveUp);
     let expected_verdict = if !failed.is_empty() {
         Verdict::Red { failed }
@@ -922,7 +1137,7 @@ fn check_one_final_result_per_test_and_the_verdict(run: &Run) -> Result<(), Test
 /// Property 2: leased only after every dependency passed; skipped, naming a dependency
 /// that did not pass, otherwise.
 fn check_dependency_order_and_skips(run: &Run) -> Result<(), TestCaseError> {
-    let mut ledger = Ledger::new(&run.plan, run.config.retries);
+    let mut ledger = Ledger::new(&run.plan, &run.config);
     for entry in &run.log {
         match entry {
             Logged::Granted { grant, .. } => {
@@ -938,7 +1153,8 @@ fn check_dependency_order_and_skips(run: &Run) -> Result<(), TestCaseError> {
                     }
                 }
             }
-            Logged::Decided(Decision::Skipped { test, reason, .. }) => {
+            Logged::Decided(Decision::Skipped { test_id, reason, .. }) => {
+                let test = &index_of(&run.plan, test_id);
                 let blocking = ledger.blocking_dependencies(*test);
                 prop_assert!(!blocking.is_empty(), "test {} was skipped ({}) with no failed dependency", test, reason);
                 prop_assert!(
@@ -971,10 +1187,10 @@ fn check_dependency_order_and_skips(run: &Run) -> Result<(), TestCaseError> {
 /// Property 3: one active lease per worker; grants fresh and of ready tests only (the farm
 /// itself refuses an empty grant); heartbeats say whether the lease is still active.
 fn check_grants_and_leases(run: &Run) -> Result<(), TestCaseError> {
-    let mut ledger = Ledger::new(&run.plan, run.config.retries);
+    let mut ledger = Ledger::new(&run.plan, &run.config);
     for entry in &run.log {
         match entry {
-            Logged::Granted { now, grant, active_leases_of_worker } => {
+            Logged::Granted { now, grant, worker_lease } => {
                 prop_assert!(!ledger.leases_seen.contains(&grant.lease), "{:?} was granted twice", grant.lease);
                 prop_assert_eq!(grant.build, BUILD);
                 prop_assert_eq!(grant.deadline, now + run.config.lease_timeout_s);
@@ -984,7 +1200,12 @@ fn check_grants_and_leases(run: &Run) -> Result<(), TestCaseError> {
                     grant.worker,
                     grant.lease
                 );
-                prop_assert_eq!(*active_leases_of_worker, 1, "{:?} holds several active leases", grant.worker);
+                prop_assert_eq!(
+                    *worker_lease,
+                    Some((grant.lease, BUILD)),
+                    "the scheduler's answer to which lease {:?} holds",
+                    grant.worker
+                );
                 let distinct: HashSet<PlanIndex> = grant.tests.iter().copied().collect();
                 prop_assert_eq!(
                     distinct.len(),
@@ -1012,7 +1233,7 @@ fn check_grants_and_leases(run: &Run) -> Result<(), TestCaseError> {
 /// passed, or its lease ended without a result), the decisions answering that event include
 /// `WorkAvailable`, so that workers waiting for work ask again.
 fn check_work_available_is_announced_whenever_tests_become_ready(run: &Run) -> Result<(), TestCaseError> {
-    let mut ledger = Ledger::new(&run.plan, run.config.retries);
+    let mut ledger = Ledger::new(&run.plan, &run.config);
     let mut ready_before_event = BTreeSet::new();
     let mut announced = false;
     let mut last_event = None;
@@ -1044,12 +1265,20 @@ fn check_work_available_is_announced_whenever_tests_become_ready(run: &Run) -> R
 /// `max_attempts` times and given up only after that many.
 fn check_reports_expiries_and_give_ups(run: &Run) -> Result<(), TestCaseError> {
     let max_attempts = run.config.max_attempts;
-    let mut ledger = Ledger::new(&run.plan, run.config.retries);
+    let mut ledger = Ledger::new(&run.plan, &run.config);
     for entry in &run.log {
         match entry {
-            Logged::Reported { lease, test, status, answer } => {
-                let expected = ledger.expected_answer(*lease, *test, *status);
-                prop_assert_eq!(*answer, expected, "report of test {} ({:?}) from {:?}", test, status, lease);
+            Logged::Reported { lease, test, status, quarantined, answer } => {
+                let expected = ledger.expected_answer(*lease, *test, *status, *quarantined);
+                prop_assert_eq!(
+                    *answer,
+                    expected,
+                    "report of test {} ({:?}, quarantined {}) from {:?}",
+                    test,
+                    status,
+                    quarantined,
+                    lease
+                );
             }
             Logged::Granted { grant, .. } => {
                 for &test in &grant.tests {
@@ -1062,7 +1291,8 @@ fn check_reports_expiries_and_give_ups(run: &Run) -> Result<(), TestCaseError> {
                     );
                 }
             }
-            Logged::Decided(Decision::GaveUp { test, .. }) => {
+            Logged::Decided(Decision::GaveUp { test_id, .. }) => {
+                let test = &index_of(&run.plan, test_id);
                 prop_assert!(!ledger.is_settled(*test), "test {} given up after it was settled", test);
                 prop_assert_eq!(
                     ledger.grants_of_test[*test] - ledger.failures[*test],
@@ -1071,10 +1301,24 @@ fn check_reports_expiries_and_give_ups(run: &Run) -> Result<(), TestCaseError> {
                     test
                 );
             }
-            Logged::Decided(Decision::LeaseExpired { lease, worker, requeued }) => {
-                prop_assert!(ledger.silent_leases.contains(lease), "{:?} expired though its worker heartbeats", lease);
+            Logged::BatchRefused { lease } => {
+                // The farm sends a batch with a foreign test only on a lease it holds.
+                prop_assert!(ledger.is_live(*lease), "{:?} refused a batch after it ended", lease);
+            }
+            Logged::Decided(
+                Decision::LeaseExpired { build, lease, worker, requeued }
+                | Decision::LeaseTakenBack { build, lease, worker, requeued },
+            ) => {
+                prop_assert_eq!(*build, BUILD);
+                // Expired: its worker went silent; taken back: its worker abandoned it.
+                let given_up_by_its_worker = if matches!(entry, Logged::Decided(Decision::LeaseExpired { .. })) {
+                    ledger.silent_leases.contains(lease)
+                } else {
+                    ledger.abandoned_leases.contains(lease)
+                };
+                prop_assert!(given_up_by_its_worker, "{:?} though its worker holds it", entry);
                 let Some(grant) = ledger.active_leases.get(lease) else {
-                    return Err(TestCaseError::fail(format!("{lease:?} expired but was not active")));
+                    return Err(TestCaseError::fail(format!("{entry:?} but {lease:?} was not active")));
                 };
                 prop_assert_eq!(*worker, grant.worker);
                 // Unsettled tests go back to the queue, except those at their last attempt:
@@ -1088,7 +1332,7 @@ fn check_reports_expiries_and_give_ups(run: &Run) -> Result<(), TestCaseError> {
                             && ledger.grants_of_test[test] - ledger.failures[test] < max_attempts
                     })
                     .count();
-                prop_assert_eq!(*requeued, back_in_queue, "{:?} expired holding {:?}", lease, grant.tests);
+                prop_assert_eq!(*requeued, back_in_queue, "{:?} holding {:?}", entry, grant.tests);
             }
             _ => {}
         }
@@ -1273,6 +1517,8 @@ fn independent_tests(n_tests: usize) -> BuildPlan {
         estimate_known: true,
         depends_on: Vec::new(),
         outcome: TestStatus::Passed,
+        passes_when_run_again: false,
+        quarantined: false,
         actual_s: 1.0,
     };
     plan_of(&vec![test; n_tests], 0.0)
@@ -1291,7 +1537,7 @@ fn a_tick_expiring_two_leases_survives_the_first_expiry_finishing_the_build() {
     scheduler.add_build(BUILD, independent_tests(2), 0.0).expect("a fresh scheduler has no build");
     let first = scheduler.request_work(first_worker, 0.0).0.expect("test-0 is ready");
     let second = scheduler.request_work(second_worker, 0.0).0.expect("test-1 is ready");
-    assert_eq!((first.tests.as_slice(), second.tests.as_slice()), (&[0][..], &[1][..]));
+    assert_eq!((first.tests.as_slice(), second.tests.as_slice()), (&[test_id(0)][..], &[test_id(1)][..]));
     // The second worker reports its only test and dies before finishing its lease; the
     // first dies at once.
     let report = scheduler.test_finished(second.lease, second_worker, "test-1", TestStatus::Passed, 1.0);
@@ -1310,5 +1556,8 @@ fn a_lease_expiring_with_its_tests_given_up_requeues_none() {
     scheduler.add_build(BUILD, independent_tests(1), 0.0).expect("a fresh scheduler has no build");
     let grant = scheduler.request_work(worker, 0.0).0.expect("test-0 is ready");
     let decisions = scheduler.tick(LEASE_TIMEOUT_S + 1.0);
-    assert!(decisions.contains(&Decision::LeaseExpired { lease: grant.lease, worker, requeued: 0 }), "{decisions:?}");
+    assert!(
+        decisions.contains(&Decision::LeaseExpired { build: BUILD, lease: grant.lease, worker, requeued: 0 }),
+        "{decisions:?}"
+    );
 }

@@ -1,0 +1,291 @@
+//! The answer to a worker asking for work: which build it serves, how large its shard
+//! is (the water-filled common finish time, the reserve held back, the chain cap), and
+//! whether a running lease gives back the tests it has not started. The sizing maths of
+//! the module documentation of [`super`] lives here.
+
+use super::state::{LeaseState, TestState};
+use super::{BuildId, Decision, LeaseGrant, LeaseId, Scheduler, WorkerId};
+use crate::Seconds;
+use crate::plan::PlanIndex;
+
+/// How much longer than estimated a chain of dependants may run: a shard holding a test
+/// others wait on ends early enough for the chain to take this many times its estimate.
+const CHAIN_SAFETY: f64 = 2.0;
+
+/// What a shard being cut aims at.
+#[derive(Debug, Clone, Copy)]
+struct ShardGoal {
+    /// The asking worker's share of the unleased work: the estimated seconds that bring it
+    /// to the common finish time (at least `smallest`, unless `last`).
+    share: Seconds,
+    /// The common finish time.
+    finish: Seconds,
+    /// The least work worth a shard's overhead.
+    smallest: Seconds,
+    /// Whether this is the worker's last shard: too little would be left to hold back.
+    last: bool,
+}
+
+impl Scheduler {
+    /// Event: a free worker asks for work. Returns a shard to run, if any test is ready.
+    /// A worker that asks while holding a lease has abandoned it: it is taken back first
+    /// ([`Decision::LeaseTakenBack`]).
+    pub fn request_work(&mut self, worker: WorkerId, now: Seconds) -> (Option<LeaseGrant>, Vec<Decision>) {
+        let mut decisions = Vec::new();
+        let held = self.workers.get(&worker).and_then(|state| state.lease);
+        if let Some(lease) = held
+            && let Some(build) = self.leases.get(&lease).filter(|state| state.active).map(|state| state.build)
+        {
+            let (requeued, consequences) = self.take_back(lease, now);
+            decisions.push(Decision::LeaseTakenBack { build, lease, worker, requeued });
+            decisions.extend(consequences);
+        }
+        let state = self.workers.entry(worker).or_default();
+        state.last_seen = now;
+        if state.benched_until > now {
+            return (None, decisions);
+        }
+        let with_work = |urgent: bool| {
+            self.builds.iter().find(|(_, run)| run.urgent == urgent && !run.ready.is_empty()).map(|(&build, _)| build)
+        };
+        let build = match with_work(true).or_else(|| with_work(false)) {
+            Some(build) => {
+                if let Some(shrunk) = self.split_laggard(worker, Some(build), now) {
+                    // Withdrawn tests are ready: whatever this worker leaves, others may take.
+                    decisions.extend([shrunk, Decision::WorkAvailable]);
+                }
+                build
+            }
+            // Nothing is ready: the worker would idle while another runs late. It takes
+            // over the end of the lease that will end last, when that ends it sooner.
+            None => match self.split_laggard(worker, None, now) {
+                Some(shrunk @ Decision::LeaseShrunk { build, .. }) => {
+                    decisions.extend([shrunk, Decision::WorkAvailable]);
+                    build
+                }
+                _ => return (None, decisions),
+            },
+        };
+        let goal = self.shard_goal(build, worker, now);
+        let run = self.builds.get_mut(&build).expect("the build was just found");
+        let overhead = run.plan.shard_overhead_s;
+        let lease = LeaseId(self.next_lease);
+        self.next_lease += 1;
+        let mut tests: Vec<PlanIndex> = Vec::new();
+        let mut work = 0.0;
+        let mut variance = 0.0;
+        let mut chain_cap = f64::INFINITY;
+        // However few workers are live now, no shard locks up more than this: more may join.
+        let max_shard = self.config.max_shard_s / run.drift.ratio();
+        // A test that failed on, or was lost by, this worker runs elsewhere, unless no other
+        // worker could take it.
+        let others: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|&(&id, state)| id != worker && state.benched_until <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        let mut passed_over = Vec::new();
+        while let Some(entry) = run.ready.peek().copied() {
+            if let Some(avoid) = run.avoid.get(&entry.index)
+                && avoid.contains(&worker)
+                && others.iter().any(|other| !avoid.contains(other))
+            {
+                passed_over.push(run.ready.pop().expect("just peeked"));
+                continue;
+            }
+            let planned = &run.plan.tests[entry.index];
+            let estimate = planned.estimate_s;
+            if let Some(&first) = tests.first() {
+                // New tests and known ones are never in one shard; a shard of new tests is
+                // no larger than the reserve.
+                let new_shard = !run.plan.tests[first].estimate_known;
+                if new_shard && (planned.estimate_known || work + estimate > goal.share * self.config.tail_fraction) {
+                    break;
+                }
+                if !new_shard && !planned.estimate_known {
+                    passed_over.push(run.ready.pop().expect("just peeked"));
+                    continue;
+                }
+            }
+            let relative_error =
+                if planned.estimate_known { self.config.estimate_error } else { self.config.borrowed_estimate_error };
+            let test_variance = (relative_error * estimate).powi(2);
+            if !tests.is_empty() {
+                if work >= chain_cap || work + estimate > max_shard {
+                    break;
+                }
+                if goal.last {
+                    if work >= goal.share {
+                        break;
+                    }
+                } else {
+                    // Hold back room for the drift of what is in the shard.
+                    let reserve = (goal.share * self.config.tail_fraction)
+                        .max(self.config.reserve_sigmas * (variance + test_variance).sqrt());
+                    if work + estimate + reserve > goal.share && work >= goal.smallest {
+                        break;
+                    }
+                }
+            }
+            run.ready.pop();
+            if !planned.dependents.is_empty() {
+                // The chain waiting on this test must still fit before the finish: end the
+                // shard early enough for a worker to take it up (this one, at the latest).
+                let chain_behind = planned.priority_s - estimate;
+                let latest_end = goal.finish - now - 2.0 * overhead - CHAIN_SAFETY * chain_behind;
+                chain_cap = chain_cap.min(latest_end.max(work + estimate));
+            }
+            work += estimate;
+            variance += test_variance;
+            run.unleased_work -= estimate;
+            run.states[entry.index] = TestState::Leased(lease);
+            run.attempts[entry.index] += 1;
+            tests.push(entry.index);
+        }
+        run.ready.extend(passed_over);
+        if tests.is_empty() {
+            // Only retries of tests this worker failed were ready: another worker takes them.
+            self.next_lease -= 1;
+            return (None, decisions);
+        }
+        // Inside the shard, tests that others wait on run first, so their dependants become
+        // ready as early as possible; the rest keep their priority order.
+        tests.sort_by_key(|&index| run.plan.tests[index].dependents.is_empty());
+        let deadline = now + self.config.lease_timeout_s;
+        let test_ids = tests.iter().map(|&index| run.plan.tests[index].id.clone()).collect();
+        let state = LeaseState {
+            build,
+            worker,
+            tests,
+            deadline,
+            active: true,
+            progress_at: now + run.plan.shard_overhead_s,
+            remaining_estimate: work,
+            running_from: now + run.plan.shard_overhead_s,
+            reported_estimate: 0.0,
+            reported: 0,
+            withdrawn: Vec::new(),
+        };
+        self.leases.insert(lease, state);
+        if let Some(state) = self.workers.get_mut(&worker) {
+            state.lease = Some(lease);
+        }
+        (Some(LeaseGrant { lease, build, worker, tests: test_ids, deadline }), decisions)
+    }
+
+    /// Takes back the tests not yet started of the lease projected, at its own pace, to end
+    /// last, when that ends its work sooner by more than twice what a new shard costs (the
+    /// measured start-up of recent leases, at least the shard overhead). While `build`
+    /// has other work ready, the holder keeps what it can run by the finish the other
+    /// workers aim at (at least the test it is running) and the rest joins that work;
+    /// when no build has work ready (`build` is `None`), it keeps what brings it level with
+    /// the asking worker, which takes the rest. Only leases whose runner reports as it goes
+    /// (`BuildPlan::leases_splittable`), that have reported a result (a runner that writes
+    /// its report at exit never does, and could not stop after the kept tests) and that the
+    /// asking worker does not hold are split.
+    fn split_laggard(&mut self, worker: WorkerId, build: Option<BuildId>, now: Seconds) -> Option<Decision> {
+        if !self.config.split_running_leases {
+            return None;
+        }
+        let (id, end) = self
+            .leases
+            .iter()
+            .filter(|(_, lease)| {
+                lease.active && lease.reported > 0 && lease.worker != worker && build.is_none_or(|b| lease.build == b)
+            })
+            .filter_map(|(&id, lease)| {
+                let run = self.builds.get(&lease.build).filter(|run| run.plan.leases_splittable)?;
+                Some((id, lease.free_at(now, run.drift.ratio())))
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))?;
+        let lease = &self.leases[&id];
+        let finish = build.map(|build| self.shard_goal(build, worker, now).finish);
+        let run = &self.builds[&lease.build];
+        let overhead = run.plan.shard_overhead_s;
+        let pace = lease.pace(run.drift.ratio());
+        let unreported: Vec<PlanIndex> =
+            lease.tests.iter().copied().filter(|&test| run.states[test] == TestState::Leased(id)).collect();
+        let seconds: Vec<Seconds> = unreported.iter().map(|&test| run.plan.tests[test].estimate_s * pace).collect();
+        if seconds.len() < 2 {
+            return None;
+        }
+        let total: Seconds = seconds.iter().sum();
+        // Keep the first `kept` tests: the holder ends at `progress_at` plus them.
+        let holder_end = |kept: usize| (lease.progress_at + seconds[..kept].iter().sum::<Seconds>()).max(now);
+        // What a new shard really costs the worker taking the withdrawn tests.
+        let startup = self.startup_s.unwrap_or(0.0).max(overhead);
+        let (kept, split_end) = match finish {
+            Some(finish) => {
+                let kept = (1..seconds.len()).take_while(|&kept| holder_end(kept) <= finish).last().unwrap_or(1);
+                (kept, holder_end(kept).max(finish))
+            }
+            None => (1..seconds.len())
+                .map(|kept| {
+                    let rest: Seconds = seconds[kept..].iter().sum();
+                    (kept, holder_end(kept).max(now + startup + rest))
+                })
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .expect("at least two tests"),
+        };
+        if end - split_end <= 2.0 * startup || total <= 0.0 {
+            return None;
+        }
+        let withdrawn = unreported[kept..].to_vec();
+        let lease = self.leases.get_mut(&id).expect("a lease just looked at");
+        let run = self.builds.get_mut(&lease.build).expect("its build is running");
+        for &test in &withdrawn {
+            // Not an attempt: it never started.
+            run.attempts[test] -= 1;
+            lease.remaining_estimate = (lease.remaining_estimate - run.plan.tests[test].estimate_s).max(0.0);
+            // A retry keeps its place at the head of the queue.
+            let priority = if run.failures[test] > 0 { f64::INFINITY } else { run.plan.dispatch_priority(test) };
+            run.requeue(test, priority);
+        }
+        lease.withdrawn.extend_from_slice(&withdrawn);
+        let withdrawn = withdrawn.iter().map(|&test| run.plan.tests[test].id.clone()).collect();
+        Some(Decision::LeaseShrunk { build: lease.build, lease: id, worker: lease.worker, withdrawn })
+    }
+
+    /// What the next shard of `build` for `worker`, free at `now`, should aim at.
+    fn shard_goal(&self, build: BuildId, worker: WorkerId, now: Seconds) -> ShardGoal {
+        let run = &self.builds[&build];
+        let overhead = run.plan.shard_overhead_s;
+        let drift = run.drift.ratio();
+        // In real seconds, as far as the recent drift of estimates tells.
+        let unleased = run.unleased_work * drift;
+        // When each live worker will be free; the asking one is free now.
+        let mut free_at: Vec<Seconds> = self
+            .workers
+            .iter()
+            .map(|(&id, state)| match state.lease.and_then(|lease| self.leases.get(&lease)) {
+                Some(lease) if id != worker && lease.active => lease.free_at(now, drift),
+                _ => now,
+            })
+            .collect();
+        if free_at.is_empty() {
+            free_at.push(now);
+        }
+        free_at.sort_by(f64::total_cmp);
+        // Water-fill: the level F at which the free capacity of the workers below it, each
+        // paying the overhead once, holds the unleased work.
+        let mut capacity_base = 0.0;
+        let mut finish = now + overhead + unleased;
+        for (count, &available) in free_at.iter().enumerate() {
+            capacity_base += available + overhead;
+            finish = (unleased + capacity_base) / (count + 1) as f64;
+            if free_at.get(count + 1).is_none_or(|&next| finish <= next + overhead) {
+                break;
+            }
+        }
+        // Back in estimated seconds, the unit shards are cut in.
+        let share = (finish - now - overhead).max(0.0) / drift;
+        let smallest = self.config.min_shard_s.max(self.config.min_shard_overheads * overhead);
+        let last = share * self.config.tail_fraction < smallest;
+        // A last shard holds just what brings this worker to the common finish, even less
+        // than `smallest`: padding it to a worthwhile size would end this worker after the
+        // others, who are free by then to take the rest.
+        let share = if last { share } else { share.max(smallest) };
+        ShardGoal { share, finish, smallest, last }
+    }
+}

@@ -1,0 +1,348 @@
+//! The scheduler state machine. It owns, for every running build, the state of each test
+//! (waiting on dependencies, ready, leased, done), the ready queue ordered by priority,
+//! the leases and the workers. Every method is an event with the time passed in; what it
+//! returns is the decision. Nothing here reads a clock, touches a file or a socket.
+//!
+//! Dispatch is dynamic: a free worker asks ([`Scheduler::request_work`]) and gets a shard
+//! cut from the ready queue, highest priority first (slowest first, generalised to the
+//! DAG by [`crate::plan`]). A test becomes ready only when every dependency has passed; a
+//! test whose dependency failed or was skipped is skipped with the reason.
+//!
+//! Shard sizing aims every worker at one common finish time. When a worker asks, the
+//! scheduler estimates when each worker will be free (now for idle ones; for busy ones,
+//! the time of their last reported progress plus the estimates of their unfinished
+//! tests at the pace the lease has shown so far), and water-fills the work not yet leased
+//! over them, each worker paying the shard overhead once more: that level is the target
+//! finish `F`. The asking worker may fill
+//! `F - now - overhead`. It gets all of that only when the rest would be a shard too small
+//! to be worth its overhead (its last shard, however small); otherwise it gets
+//! `1 - tail_fraction` of it, so that the tail is cut later, from fresher estimates, in
+//! smaller shards that absorb the drift of real durations from history. Shards are thus
+//! few (two or three a worker) and large early, small and balanced at the end.
+//!
+//! New tests (whose estimate is borrowed from their neighbours) are dispatched first
+//! ([`BuildPlan::dispatch_priority`](crate::plan::BuildPlan::dispatch_priority)) in
+//! shards of their own, no larger than the part of a share held back for later: how long
+//! a new test takes is a guess, and a new browser test "like its neighbours" may take ten
+//! times as long. Drawn early and apart from the large shards, a long one only means its
+//! worker takes less afterwards; cut into a large shard it would end the build late.
+//!
+//! A shard already running is not beyond repair: when a worker asks, the lease projected
+//! to end last may give back the tests it has not started ([`Decision::LeaseShrunk`]):
+//! those it cannot run by the common finish while other work is ready, or, when nothing
+//! else is ready, those the asking worker would end sooner.
+//!
+//! The module is split by concern: this file holds the vocabulary (ids, configuration,
+//! decisions, reports, verdicts); `state` the scheduler's state and its read accessors;
+//! `dispatch` the answer to a worker asking for work, with the shard sizing maths;
+//! `reports` every other event (heartbeats, results, finished and expired leases,
+//! restored results) and what follows from a final result, up to the verdict.
+
+mod dispatch;
+mod reports;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use greenlight_shared::api::TestStatus;
+
+use crate::Seconds;
+
+pub use state::Scheduler;
+
+/// A build's id, as the master numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BuildId(pub u64);
+
+/// A worker's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkerId(pub u64);
+
+/// A lease's id, unique across builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LeaseId(pub u64);
+
+/// Knobs of the scheduler.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchedulerConfig {
+    /// Seconds without a heartbeat after which a lease is taken back.
+    pub lease_timeout_s: Seconds,
+    /// The least estimated work (seconds, overhead excluded) a shard is cut with, when
+    /// that much is ready.
+    pub min_shard_s: Seconds,
+    /// The least work of a shard as a multiple of the shard overhead (2: the overhead is
+    /// at most a third of a shard).
+    pub min_shard_overheads: f64,
+    /// The least part of a worker's share of the remaining work held back for later,
+    /// smaller shards cut from fresher estimates.
+    pub tail_fraction: f64,
+    /// The expected relative error of a test's own estimate (its history).
+    pub estimate_error: f64,
+    /// The expected relative error of an estimate borrowed from neighbouring tests.
+    pub borrowed_estimate_error: f64,
+    /// A shard holds back at least this many standard deviations of its estimated length.
+    pub reserve_sigmas: f64,
+    /// How many times a test is leased without a result (lost workers, runner crashes,
+    /// failed checkouts) before the scheduler gives up on it: the build then ends in error.
+    pub max_attempts: u32,
+    /// How many times a failed test is run again, on another worker when there is one,
+    /// before its failure counts. A pass on a retry makes the test flaky.
+    pub retries: u32,
+    /// Consecutive shards a worker may lose to infrastructure (ended without all their
+    /// results, or taken back) before it is benched.
+    pub infra_failures_to_bench: u32,
+    /// Seconds a benched worker gets no work; doubled for each further failure.
+    pub bench_s: Seconds,
+    /// The most estimated work (seconds) one shard may hold. Shard sizing divides the
+    /// work among the workers live now; when a build starts with few of them (a farm
+    /// starting, a restarted master whose workers come back one by one), this keeps the
+    /// first ones from taking hours that the others, arriving seconds later, could share.
+    pub max_shard_s: Seconds,
+    /// Whether a running lease may give back the tests it has not started
+    /// ([`Decision::LeaseShrunk`]) when it runs late or others would idle.
+    pub split_running_leases: bool,
+    /// Whether a test that passed only on a retry (flaky) counts against the build: the
+    /// build is red and the result closes the gate, as a failure would.
+    pub flaky_fails_build: bool,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> SchedulerConfig {
+        SchedulerConfig {
+            lease_timeout_s: 30.0,
+            min_shard_s: 0.0,
+            min_shard_overheads: 2.0,
+            tail_fraction: 0.2,
+            estimate_error: 0.5,
+            borrowed_estimate_error: 1.0,
+            reserve_sigmas: 1.5,
+            max_attempts: 3,
+            retries: 1,
+            infra_failures_to_bench: 3,
+            bench_s: 60.0,
+            max_shard_s: 600.0,
+            split_running_leases: true,
+            flaky_fails_build: false,
+        }
+    }
+}
+
+/// How a build ended. Decided here, once: the master records it as it is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Nothing counts against the build, and every test has a result from a worker (or was
+    /// skipped): quarantined failures, and flaky passes unless
+    /// [`SchedulerConfig::flaky_fails_build`], do not count.
+    Green,
+    /// These tests' final results count against the build (ids, in plan order): they failed
+    /// or errored on every attempt and are not quarantined, or, with
+    /// [`SchedulerConfig::flaky_fails_build`], passed only on a retry (and are not
+    /// quarantined).
+    Red {
+        /// The ids whose final result counts against the build.
+        failed: Vec<String>,
+    },
+    /// Nothing counts against the build, but these tests never got a result: the
+    /// infrastructure failed them (workers lost, runners crashed)
+    /// [`SchedulerConfig::max_attempts`] times.
+    Error {
+        /// The ids given up on, in plan order.
+        gave_up: Vec<String>,
+    },
+}
+
+/// A shard granted to a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseGrant {
+    /// The lease.
+    pub lease: LeaseId,
+    /// Its build.
+    pub build: BuildId,
+    /// The worker.
+    pub worker: WorkerId,
+    /// The tests to run, by id, in running order.
+    pub tests: Vec<String>,
+    /// When it expires without a heartbeat.
+    pub deadline: Seconds,
+}
+
+/// What the scheduler decided in answer to an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// A test will not run: record it as skipped with this reason.
+    Skipped {
+        /// The build.
+        build: BuildId,
+        /// The test.
+        test_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// A test was given up on after too many attempts: record it as an error.
+    GaveUp {
+        /// The build.
+        build: BuildId,
+        /// The test.
+        test_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// A test failed and will run again, on another worker when there is one: its failure
+    /// is not final yet.
+    Retrying {
+        /// The build.
+        build: BuildId,
+        /// The test.
+        test_id: String,
+        /// The attempt that failed.
+        attempt: u32,
+    },
+    /// A lease passed its deadline without a heartbeat and was taken back; its unfinished
+    /// tests are queued again.
+    LeaseExpired {
+        /// Its build.
+        build: BuildId,
+        /// The lease.
+        lease: LeaseId,
+        /// Its worker, now considered lost.
+        worker: WorkerId,
+        /// How many tests went back to the queue.
+        requeued: usize,
+    },
+    /// A worker asked for work while it still held an active lease: it abandoned that lease
+    /// (its shard process is gone), which is taken back like an expired one, its unfinished
+    /// tests queued again. (A lease its worker finishes is not "taken back".)
+    LeaseTakenBack {
+        /// Its build.
+        build: BuildId,
+        /// The lease.
+        lease: LeaseId,
+        /// Its worker, which asks for work again.
+        worker: WorkerId,
+        /// How many tests went back to the queue.
+        requeued: usize,
+    },
+    /// A worker lost too many shards in a row to infrastructure: it gets no work until
+    /// `until`.
+    WorkerBenched {
+        /// The worker.
+        worker: WorkerId,
+        /// When it may have work again.
+        until: Seconds,
+    },
+    /// A running lease gives back the tests it has not started (it runs late, or others
+    /// would be idle): they are ready again, for the asking worker or the next, and the
+    /// holder stops after the ones it keeps. Its worker is told (in the answer to its next
+    /// report or heartbeat); a result it sends for a withdrawn test anyway is stale.
+    LeaseShrunk {
+        /// The build.
+        build: BuildId,
+        /// The lease.
+        lease: LeaseId,
+        /// Its worker.
+        worker: WorkerId,
+        /// The tests taken back (ids), in the lease's order.
+        withdrawn: Vec<String>,
+    },
+    /// New tests became ready: idle workers should ask again.
+    WorkAvailable,
+    /// Every test of the build has a result.
+    BuildFinished {
+        /// The build.
+        build: BuildId,
+        /// Green or red.
+        verdict: Verdict,
+    },
+}
+
+/// How a reported result was taken.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    /// Recorded now, as this attempt; the decisions follow from it.
+    Accepted {
+        /// The attempt (1 for the first lease of the test).
+        attempt: u32,
+        /// Whether this is the test's result, or a failure that will be retried.
+        outcome: Outcome,
+        /// Whether this result counts against the build now (a final failure not
+        /// quarantined, or a flaky pass with [`SchedulerConfig::flaky_fails_build`]): the
+        /// build will be red, and the gate may close at once.
+        fails_build: bool,
+        /// What follows.
+        decisions: Vec<Decision>,
+    },
+    /// The test already has a result from this lease: acknowledged, not counted again.
+    Duplicate,
+    /// The lease no longer holds the test (expired, requeued): ignored.
+    Stale,
+}
+
+/// A result a restarted master had stored, for [`Scheduler::restore`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoredResult {
+    /// The test id.
+    pub test_id: String,
+    /// What happened.
+    pub status: TestStatus,
+    /// Which attempt.
+    pub attempt: u32,
+    /// A failure that was to be run again, not the test's result.
+    pub retried: bool,
+    /// An error recorded because the scheduler gave up on the test (no worker ran it).
+    pub gave_up: bool,
+    /// The test was quarantined when it was reported: its failure (or flaky pass) does
+    /// not count against the build.
+    pub quarantined: bool,
+}
+
+/// One reported result of a batch ([`Scheduler::report`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportedTest<'a> {
+    /// The test id; it must be one of the lease's tests.
+    pub test_id: &'a str,
+    /// What happened.
+    pub status: TestStatus,
+    /// The test is quarantined: its failure is still its result (and still skips its
+    /// dependants) but does not count against the build.
+    pub quarantined: bool,
+}
+
+/// What an accepted result means for its test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The test's result in this build. `flaky`: it passed after failing on an earlier
+    /// attempt.
+    Final {
+        /// Whether it passed only on a retry.
+        flaky: bool,
+    },
+    /// A failure that will be run again: not the test's result yet.
+    Retry,
+}
+
+/// An event the scheduler refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchedulerError {
+    /// No such lease.
+    #[error("unknown lease {0}")]
+    UnknownLease(u64),
+    /// The lease belongs to another worker.
+    #[error("lease {lease} is not held by worker {worker}")]
+    NotYourLease {
+        /// The lease.
+        lease: u64,
+        /// The worker who asked.
+        worker: u64,
+    },
+    /// The test is not part of the lease.
+    #[error("test {test_id:?} is not part of lease {lease}")]
+    TestNotInLease {
+        /// The lease.
+        lease: u64,
+        /// The test id.
+        test_id: String,
+    },
+    /// A build id is already in use.
+    #[error("build {0} already exists")]
+    DuplicateBuild(u64),
+}

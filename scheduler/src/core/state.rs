@@ -1,0 +1,324 @@
+//! The scheduler's state: for every running build the state of each test, its ready queue
+//! and how real durations drift from the estimates; the leases, active and ended; the
+//! workers. Also the constructors and the read accessors; the events live in
+//! [`super::dispatch`] and [`super::reports`].
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+
+use greenlight_shared::api::TestStatus;
+
+use super::{BuildId, Decision, LeaseId, SchedulerConfig, SchedulerError, WorkerId};
+use crate::Seconds;
+use crate::plan::{BuildPlan, PlanIndex};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum TestState {
+    Waiting { unfinished_dependencies: usize },
+    Ready,
+    Leased(LeaseId),
+    Done(TestStatus),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ReadyEntry {
+    pub(super) priority: f64,
+    pub(super) index: PlanIndex,
+}
+
+impl PartialEq for ReadyEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for ReadyEntry {}
+impl PartialOrd for ReadyEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ReadyEntry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Highest priority first; on a tie the earlier test in the suite.
+        self.priority.total_cmp(&other.priority).then_with(|| other.index.cmp(&self.index))
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct BuildRun {
+    pub(super) plan: BuildPlan,
+    pub(super) states: Vec<TestState>,
+    pub(super) attempts: Vec<u32>,
+    /// Failed attempts of each test.
+    pub(super) failures: Vec<u32>,
+    /// The workers each test failed on or was lost by: it runs elsewhere when it can.
+    pub(super) avoid: HashMap<PlanIndex, Vec<WorkerId>>,
+    /// The leases whose report of each test was accepted (more than one after a retry).
+    pub(super) reported_by: Vec<Vec<LeaseId>>,
+    pub(super) ready: BinaryHeap<ReadyEntry>,
+    pub(super) unleased_work: f64,
+    pub(super) unfinished: usize,
+    /// Tests whose final result counts against the build (the verdict's red list).
+    pub(super) fails_build: Vec<PlanIndex>,
+    pub(super) gave_up: Vec<PlanIndex>,
+    /// How real durations compare with estimates, recent tests weighing most.
+    pub(super) drift: Drift,
+    /// Urgent builds (culprit probes) are served before the others.
+    pub(super) urgent: bool,
+}
+
+impl BuildRun {
+    /// Puts a test that was leased (or reported failed) back in the ready queue, its
+    /// estimate back in the work not yet leased.
+    pub(super) fn requeue(&mut self, test: PlanIndex, priority: f64) {
+        self.states[test] = TestState::Ready;
+        self.unleased_work += self.plan.tests[test].estimate_s;
+        self.ready.push(ReadyEntry { priority, index: test });
+    }
+}
+
+/// The ratio of real to estimated durations over recently finished tests. Tests are
+/// dispatched slowest first, so the recent ones resemble the ones still to cut: their
+/// drift (a noisy history under- or over-states whole bands of tests) corrects the
+/// estimates the shards are sized with.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Drift {
+    pub(super) real: f64,
+    pub(super) estimated: f64,
+}
+
+impl Drift {
+    /// Each finished test keeps this much of the weight of those before it.
+    const MEMORY: f64 = 0.995;
+
+    pub(super) fn observe(&mut self, real: f64, estimated: f64) {
+        self.real = self.real * Self::MEMORY + real;
+        self.estimated = self.estimated * Self::MEMORY + estimated;
+    }
+
+    /// Real seconds per estimated second, within [0.5, 2]; 1 until something is known.
+    pub(super) fn ratio(&self) -> f64 {
+        if self.estimated > 0.0 { (self.real / self.estimated).clamp(0.5, 2.0) } else { 1.0 }
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct LeaseState {
+    pub(super) build: BuildId,
+    pub(super) worker: WorkerId,
+    pub(super) tests: Vec<PlanIndex>,
+    pub(super) deadline: Seconds,
+    pub(super) active: bool,
+    /// When the lease last made progress: its start plus the overhead, then each result.
+    pub(super) progress_at: Seconds,
+    /// Estimated seconds of its tests not yet reported.
+    pub(super) remaining_estimate: Seconds,
+    /// When its first test started: its start plus the overhead.
+    pub(super) running_from: Seconds,
+    /// Estimated seconds of the tests it has reported.
+    pub(super) reported_estimate: Seconds,
+    /// How many tests it has reported.
+    pub(super) reported: usize,
+    /// The tests taken back from it before they started, in the order they were withdrawn.
+    pub(super) withdrawn: Vec<PlanIndex>,
+}
+
+impl LeaseState {
+    /// When the worker holding it should be free: its last progress plus its unreported
+    /// estimates at its own [`LeaseState::pace`].
+    pub(super) fn free_at(&self, now: Seconds, drift: f64) -> Seconds {
+        (self.progress_at + self.remaining_estimate * self.pace(drift)).max(now)
+    }
+
+    /// Real seconds per estimated second of this lease's tests so far (a shard holds tests
+    /// alike, so its own pace says most about the rest of it), starting from the build's
+    /// `drift`.
+    pub(super) fn pace(&self, drift: f64) -> f64 {
+        let elapsed = (self.progress_at - self.running_from).max(0.0);
+        ((elapsed + Self::PACE_PRIOR_S * drift) / (self.reported_estimate + Self::PACE_PRIOR_S)).clamp(0.5, 4.0)
+    }
+
+    /// How many estimated seconds of the build's drift a lease's pace starts from, before
+    /// its own results outweigh it.
+    const PACE_PRIOR_S: Seconds = 30.0;
+}
+
+#[derive(Debug, Default)]
+pub(super) struct WorkerState {
+    pub(super) lease: Option<LeaseId>,
+    pub(super) last_seen: Seconds,
+    /// Shards in a row lost to infrastructure.
+    pub(super) infra_failures: u32,
+    /// No work until then.
+    pub(super) benched_until: Seconds,
+}
+
+/// What is kept of a lease of a build that ended: late calls about it are answered, not
+/// refused.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RetiredLease {
+    pub(super) worker: WorkerId,
+    pub(super) build: BuildId,
+}
+
+/// The scheduler: all running builds, their leases and the live workers.
+#[derive(Debug)]
+pub struct Scheduler {
+    pub(super) config: SchedulerConfig,
+    pub(super) builds: BTreeMap<BuildId, BuildRun>,
+    pub(super) leases: HashMap<LeaseId, LeaseState>,
+    pub(super) workers: BTreeMap<WorkerId, WorkerState>,
+    /// Leases of builds that ended: late reports about them are answered, not refused.
+    pub(super) retired: HashMap<LeaseId, RetiredLease>,
+    pub(super) next_lease: u64,
+    /// Seconds from a lease's grant to its first test's start, as leases showed it
+    /// (recent ones weighing most): checkout, runner start-up and reporting, all a new
+    /// shard costs, of which the suite's shard overhead is only the runner's part.
+    pub(super) startup_s: Option<Seconds>,
+}
+
+impl Scheduler {
+    /// An empty scheduler.
+    pub fn new(config: SchedulerConfig) -> Scheduler {
+        Scheduler {
+            config,
+            builds: BTreeMap::new(),
+            leases: HashMap::new(),
+            workers: BTreeMap::new(),
+            retired: HashMap::new(),
+            next_lease: 1,
+            startup_s: None,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    /// Lease ids start after `next` (a restarted master continues its numbering).
+    pub fn set_next_lease(&mut self, next: u64) {
+        self.next_lease = self.next_lease.max(next);
+    }
+
+    /// Workers currently counted for shard sizing.
+    pub fn live_workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The plan of a running build.
+    pub fn plan(&self, build: BuildId) -> Option<&BuildPlan> {
+        self.builds.get(&build).map(|run| &run.plan)
+    }
+
+    /// Whether the build is still running.
+    pub fn is_running(&self, build: BuildId) -> bool {
+        self.builds.contains_key(&build)
+    }
+
+    /// The worker a lease was granted to, whether it is active, ended or retired.
+    pub fn lease_holder(&self, lease: LeaseId) -> Option<WorkerId> {
+        self.leases
+            .get(&lease)
+            .map(|state| state.worker)
+            .or_else(|| self.retired.get(&lease).map(|retired| retired.worker))
+    }
+
+    /// The build of a lease this scheduler granted, whether it is active, ended or retired.
+    pub fn lease_build(&self, lease: LeaseId) -> Option<BuildId> {
+        self.leases
+            .get(&lease)
+            .map(|state| state.build)
+            .or_else(|| self.retired.get(&lease).map(|retired| retired.build))
+    }
+
+    /// The build, worker and tests (ids, in running order, withdrawn ones included) of a
+    /// lease, if it is known and still active.
+    pub fn active_lease(&self, lease: LeaseId) -> Option<(BuildId, WorkerId, Vec<String>)> {
+        let state = self.leases.get(&lease).filter(|state| state.active)?;
+        let plan = &self.builds.get(&state.build)?.plan;
+        Some((state.build, state.worker, state.tests.iter().map(|&test| plan.tests[test].id.clone()).collect()))
+    }
+
+    /// The active lease a worker holds, and its build.
+    pub fn worker_lease(&self, worker: WorkerId) -> Option<(LeaseId, BuildId)> {
+        let lease = self.workers.get(&worker)?.lease?;
+        let state = self.leases.get(&lease).filter(|state| state.active)?;
+        Some((lease, state.build))
+    }
+
+    /// When a benched worker ([`Decision::WorkerBenched`]) may have work again, if that is
+    /// later than `now`.
+    pub fn benched_until(&self, worker: WorkerId, now: Seconds) -> Option<Seconds> {
+        self.workers.get(&worker).map(|state| state.benched_until).filter(|&until| until > now)
+    }
+
+    /// The tests (ids) withdrawn from a lease ([`Decision::LeaseShrunk`]), in the order they
+    /// were withdrawn: its worker is to be told in every answer while the lease is active.
+    /// Empty once the lease ended or expired, or its build ended.
+    pub fn withdrawn(&self, lease: LeaseId) -> Vec<String> {
+        let Some(state) = self.leases.get(&lease).filter(|state| state.active) else { return Vec::new() };
+        let Some(run) = self.builds.get(&state.build) else { return Vec::new() };
+        state.withdrawn.iter().map(|&test| run.plan.tests[test].id.clone()).collect()
+    }
+
+    /// Event: a worker joined the fleet (registered). It counts for shard sizing from now.
+    pub fn worker_joined(&mut self, worker: WorkerId, now: Seconds) {
+        self.workers.entry(worker).or_default().last_seen = now;
+    }
+
+    /// Event: a build was planned. Tests without dependencies become ready.
+    pub fn add_build(
+        &mut self,
+        build: BuildId,
+        plan: BuildPlan,
+        _now: Seconds,
+    ) -> Result<Vec<Decision>, SchedulerError> {
+        if self.builds.contains_key(&build) {
+            return Err(SchedulerError::DuplicateBuild(build.0));
+        }
+        let mut ready = BinaryHeap::new();
+        let states = plan
+            .tests
+            .iter()
+            .enumerate()
+            .map(|(index, test)| {
+                if test.depends_on.is_empty() {
+                    ready.push(ReadyEntry { priority: plan.dispatch_priority(index), index });
+                    TestState::Ready
+                } else {
+                    TestState::Waiting { unfinished_dependencies: test.depends_on.len() }
+                }
+            })
+            .collect();
+        let run = BuildRun {
+            unleased_work: plan.tests.iter().map(|test| test.estimate_s).sum(),
+            unfinished: plan.len(),
+            attempts: vec![0; plan.len()],
+            failures: vec![0; plan.len()],
+            avoid: HashMap::new(),
+            reported_by: vec![Vec::new(); plan.len()],
+            fails_build: Vec::new(),
+            gave_up: Vec::new(),
+            drift: Drift { real: 0.0, estimated: 0.0 },
+            urgent: false,
+            states,
+            ready,
+            plan,
+        };
+        let empty = run.unfinished == 0;
+        self.builds.insert(build, run);
+        if empty {
+            return Ok(self.finish_build(build).into_iter().collect());
+        }
+        Ok(vec![Decision::WorkAvailable])
+    }
+
+    /// Serves `build` before the builds that are not urgent (a culprit probe: the gate waits
+    /// on it).
+    pub fn make_urgent(&mut self, build: BuildId) {
+        if let Some(run) = self.builds.get_mut(&build) {
+            run.urgent = true;
+        }
+    }
+}

@@ -1,0 +1,544 @@
+//! Unit tests of the scheduler core: retries and flakes, give-ups and benching, shard
+//! sizing, splitting running leases, restored results.
+
+use super::*;
+use crate::plan::{BuildPlan, PlannedTest, planned};
+
+fn plan() -> BuildPlan {
+    let test = |id: &str, depends_on: &[usize]| PlannedTest {
+        id: id.into(),
+        depends_on: depends_on.to_vec(),
+        dependents: vec![],
+        estimate_s: 1.0,
+        estimate_known: true,
+        priority_s: 0.0,
+    };
+    BuildPlan::from_tests(vec![test("a", &[]), test("b", &[0]), test("c", &[]), test("d", &[2])], 0.0)
+}
+
+fn restored(test_id: &str, status: TestStatus, attempt: u32, retried: bool) -> RestoredResult {
+    RestoredResult { test_id: test_id.into(), status, attempt, retried, gave_up: false, quarantined: false }
+}
+
+fn single(id: &str) -> BuildPlan {
+    let test = PlannedTest {
+        id: id.into(),
+        depends_on: vec![],
+        dependents: vec![],
+        estimate_s: 1.0,
+        estimate_known: true,
+        priority_s: 0.0,
+    };
+    BuildPlan::from_tests(vec![test], 0.0)
+}
+
+fn ids(ids: &[&str]) -> Vec<String> {
+    ids.iter().map(|&id| id.to_owned()).collect()
+}
+
+fn accepted(report: Result<Report, SchedulerError>) -> (Outcome, Vec<Decision>) {
+    match report.unwrap() {
+        Report::Accepted { outcome, decisions, .. } => (outcome, decisions),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_failed_test_is_retried_on_another_worker_and_a_pass_there_makes_it_flaky() {
+    let mut scheduler = Scheduler::new(SchedulerConfig::default());
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.worker_joined(WorkerId(2), 0.0);
+    scheduler.add_build(BuildId(1), single("t"), 0.0).unwrap();
+    let grant = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    let (outcome, decisions) =
+        accepted(scheduler.test_finished(grant.lease, WorkerId(1), "t", TestStatus::Failed, 1.0));
+    assert_eq!(outcome, Outcome::Retry);
+    assert!(decisions.iter().any(|d| matches!(d, Decision::Retrying { attempt: 1, .. })), "{decisions:?}");
+    scheduler.lease_finished(grant.lease, WorkerId(1), 1.0).unwrap();
+    // The worker it failed on is passed over while another can take it.
+    assert_eq!(scheduler.request_work(WorkerId(1), 2.0).0, None);
+    let retry = scheduler.request_work(WorkerId(2), 2.0).0.expect("the other worker gets the retry");
+    let (outcome, decisions) =
+        accepted(scheduler.test_finished(retry.lease, WorkerId(2), "t", TestStatus::Passed, 3.0));
+    assert_eq!(outcome, Outcome::Final { flaky: true });
+    assert!(decisions.contains(&Decision::BuildFinished { build: BuildId(1), verdict: Verdict::Green }));
+}
+
+#[test]
+fn a_test_that_fails_every_attempt_makes_the_build_red_and_one_worker_can_retry_alone() {
+    let mut scheduler = Scheduler::new(SchedulerConfig { retries: 2, ..SchedulerConfig::default() });
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.add_build(BuildId(1), single("t"), 0.0).unwrap();
+    for attempt in 1..=3u32 {
+        let now = f64::from(attempt);
+        let grant = scheduler.request_work(WorkerId(1), now).0.expect("the only worker retries");
+        let (outcome, decisions) =
+            accepted(scheduler.test_finished(grant.lease, WorkerId(1), "t", TestStatus::Failed, now));
+        if attempt < 3 {
+            assert_eq!(outcome, Outcome::Retry);
+        } else {
+            assert_eq!(outcome, Outcome::Final { flaky: false });
+            let red = Verdict::Red { failed: vec!["t".into()] };
+            assert!(decisions.contains(&Decision::BuildFinished { build: BuildId(1), verdict: red }));
+        }
+        scheduler.lease_finished(grant.lease, WorkerId(1), now).unwrap();
+    }
+}
+
+#[test]
+fn tests_no_worker_could_run_end_the_build_in_error_not_red_and_bench_the_worker() {
+    let config =
+        SchedulerConfig { max_attempts: 2, infra_failures_to_bench: 2, bench_s: 60.0, ..SchedulerConfig::default() };
+    let mut scheduler = Scheduler::new(config);
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.add_build(BuildId(1), single("t"), 0.0).unwrap();
+    // The shard ends twice without its result (a runner crash, a failed checkout).
+    let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    let decisions = scheduler.lease_finished(first.lease, WorkerId(1), 1.0).unwrap();
+    assert!(decisions.contains(&Decision::WorkAvailable));
+    let second = scheduler.request_work(WorkerId(1), 1.0).0.unwrap();
+    let decisions = scheduler.lease_finished(second.lease, WorkerId(1), 2.0).unwrap();
+    let error = Verdict::Error { gave_up: vec!["t".into()] };
+    assert!(decisions.contains(&Decision::BuildFinished { build: BuildId(1), verdict: error }), "{decisions:?}");
+    // Two shards lost in a row: no work for a minute.
+    scheduler.add_build(BuildId(2), single("u"), 2.0).unwrap();
+    assert_eq!(scheduler.request_work(WorkerId(1), 30.0).0, None);
+    assert!(scheduler.request_work(WorkerId(1), 62.5).0.is_some());
+}
+
+#[test]
+fn a_lone_worker_takes_no_more_than_the_largest_shard_and_a_worker_joining_later_shares_the_rest() {
+    let tests = (0..100)
+        .map(|index| PlannedTest {
+            id: format!("t{index}"),
+            depends_on: vec![],
+            dependents: vec![],
+            estimate_s: 60.0,
+            estimate_known: true,
+            priority_s: 0.0,
+        })
+        .collect();
+    let mut scheduler = Scheduler::new(SchedulerConfig::default());
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.add_build(BuildId(1), BuildPlan::from_tests(tests, 1.0), 0.0).unwrap();
+    let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    assert_eq!(first.tests.len(), 10, "600 s of the 6000 s, not 80% of it");
+    scheduler.worker_joined(WorkerId(2), 5.0);
+    let second = scheduler.request_work(WorkerId(2), 5.0).0.unwrap();
+    assert!(!second.tests.is_empty());
+}
+
+#[test]
+fn the_last_tests_are_split_evenly_among_the_free_workers_not_in_minimum_size_shards() {
+    // One 10 s test and 40 of 0.1 s; 1.5 s overhead, so a shard is worth 3 s of work.
+    let mut tests = vec![planned("long", 10.0, true)];
+    tests.extend((0..40).map(|index| planned(&format!("tiny{index}"), 0.1, true)));
+    let mut scheduler = Scheduler::new(SchedulerConfig::default());
+    for worker in 1..=3 {
+        scheduler.worker_joined(WorkerId(worker), 0.0);
+    }
+    scheduler.add_build(BuildId(1), BuildPlan::from_tests(tests, 1.5), 0.0).unwrap();
+    let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    assert_eq!(first.tests, ["long"], "the long test alone");
+    // The other two share the 4 s of tiny tests: both end at 3.5 s. Padded to 3 s, the
+    // second would end at 4.5 s and the third at 2.5 s.
+    let second = scheduler.request_work(WorkerId(2), 0.0).0.unwrap();
+    let third = scheduler.request_work(WorkerId(3), 0.0).0.unwrap();
+    assert_eq!((second.tests.len(), third.tests.len()), (20, 20));
+}
+
+#[test]
+fn new_tests_run_first_in_shards_of_their_own_no_larger_than_the_reserve() {
+    // Ten known tests of 30 s, ten new ones borrowing an estimate of 4 s.
+    let mut tests: Vec<PlannedTest> = (0..10).map(|index| planned(&format!("known{index}"), 30.0, true)).collect();
+    tests.extend((0..10).map(|index| planned(&format!("new{index}"), 4.0, false)));
+    let mut scheduler = Scheduler::new(SchedulerConfig::default());
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.worker_joined(WorkerId(2), 0.0);
+    scheduler.add_build(BuildId(1), BuildPlan::from_tests(tests, 1.0), 0.0).unwrap();
+    let is_new = |id: &String| id.starts_with("new");
+    // Each worker's share is 170 s; a fifth of it (34 s) may be new tests: eight of them.
+    let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    assert_eq!(first.tests.len(), 8);
+    assert!(first.tests.iter().all(is_new), "{:?}", first.tests);
+    // The other two new tests, and nothing else, go to the next worker to ask.
+    let second = scheduler.request_work(WorkerId(2), 0.0).0.unwrap();
+    assert_eq!(second.tests.len(), 2);
+    assert!(second.tests.iter().all(is_new), "{:?}", second.tests);
+    for id in &second.tests {
+        accepted(scheduler.test_finished(second.lease, WorkerId(2), id, TestStatus::Passed, 9.0));
+    }
+    scheduler.lease_finished(second.lease, WorkerId(2), 9.0).unwrap();
+    let third = scheduler.request_work(WorkerId(2), 9.0).0.unwrap();
+    assert!(!third.tests.is_empty() && !third.tests.iter().any(is_new), "{:?}", third.tests);
+}
+
+#[test]
+fn tests_a_worker_lost_go_to_another_worker_first() {
+    let mut scheduler = Scheduler::new(SchedulerConfig::default());
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.worker_joined(WorkerId(2), 0.0);
+    scheduler.add_build(BuildId(1), single("t"), 0.0).unwrap();
+    let grant = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    // Its checkout failed: the shard ends without a result.
+    scheduler.lease_finished(grant.lease, WorkerId(1), 0.1).unwrap();
+    assert_eq!(scheduler.request_work(WorkerId(1), 0.2).0, None, "not straight back to the worker that lost it");
+    let again = scheduler.request_work(WorkerId(2), 0.3).0.expect("the other worker takes it");
+    assert_eq!(again.tests, ["t"]);
+}
+
+/// A scheduler that cuts a lone worker's shard from everything ready (up to
+/// `max_shard_s`), holding nothing back: the shapes of the split tests below are exact.
+fn greedy(max_shard_s: Seconds) -> Scheduler {
+    Scheduler::new(SchedulerConfig {
+        tail_fraction: 0.0,
+        reserve_sigmas: 0.0,
+        max_shard_s,
+        ..SchedulerConfig::default()
+    })
+}
+
+fn tens(count: usize) -> BuildPlan {
+    BuildPlan::from_tests((0..count).map(|index| planned(&format!("t{index}"), 10.0, true)).collect(), 1.0)
+}
+
+/// A lone worker leases the whole of `plan` (tests of 10 s) and reports its first test
+/// after 20 s, twice its estimate; then a second worker joins. The first lease.
+fn first_test_took_twice_its_estimate(scheduler: &mut Scheduler, plan: BuildPlan) -> LeaseGrant {
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.add_build(BuildId(1), plan, 0.0).unwrap();
+    let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    assert_eq!(first.tests, ["t0", "t1", "t2", "t3"]);
+    accepted(scheduler.test_finished(first.lease, WorkerId(1), "t0", TestStatus::Passed, 21.0));
+    scheduler.worker_joined(WorkerId(2), 21.0);
+    first
+}
+
+#[test]
+fn an_idle_worker_takes_over_the_unstarted_end_of_a_lease_running_late() {
+    let mut scheduler = greedy(600.0);
+    // Its first test took 20 s, not 10: at that pace it ends at 81 s.
+    let first = first_test_took_twice_its_estimate(&mut scheduler, tens(4));
+    let (second, decisions) = scheduler.request_work(WorkerId(2), 21.0);
+    // Kept t1 and t2, it ends at 61 s; the newcomer runs t3 by 62 s.
+    let shrunk =
+        Decision::LeaseShrunk { build: BuildId(1), lease: first.lease, worker: WorkerId(1), withdrawn: ids(&["t3"]) };
+    assert_eq!(decisions, [shrunk, Decision::WorkAvailable]);
+    let second = second.expect("the withdrawn test goes to the idle worker");
+    assert_eq!(second.tests, ["t3"]);
+    // The holder ran t3 before it heard: stale, the other worker's result counts.
+    assert_eq!(
+        scheduler.test_finished(first.lease, WorkerId(1), "t3", TestStatus::Failed, 62.0).unwrap(),
+        Report::Stale
+    );
+    accepted(scheduler.test_finished(first.lease, WorkerId(1), "t1", TestStatus::Passed, 41.0));
+    accepted(scheduler.test_finished(first.lease, WorkerId(1), "t2", TestStatus::Passed, 61.0));
+    // Ending after the kept tests is no infrastructure failure: nothing goes back.
+    let ended = scheduler.lease_finished(first.lease, WorkerId(1), 61.0).unwrap();
+    assert!(ended.is_empty(), "{ended:?}");
+    let report = scheduler.test_finished(second.lease, WorkerId(2), "t3", TestStatus::Passed, 62.0).unwrap();
+    let Report::Accepted { attempt, decisions, .. } = report else { panic!("{report:?}") };
+    assert_eq!(attempt, 1, "a withdrawn test never started: its first attempt is the taker's");
+    assert!(decisions.contains(&Decision::BuildFinished { build: BuildId(1), verdict: Verdict::Green }));
+}
+
+#[test]
+fn a_lease_that_has_reported_nothing_yet_is_not_split() {
+    // Its runner may write its report only at exit: the scheduler knows neither its
+    // pace nor which test it runs, and the worker could not stop after the kept ones.
+    let mut scheduler = greedy(600.0);
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.add_build(BuildId(1), tens(4), 0.0).unwrap();
+    let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    scheduler.worker_joined(WorkerId(2), 21.0);
+    assert_eq!(scheduler.request_work(WorkerId(2), 21.0), (None, vec![]));
+    accepted(scheduler.test_finished(first.lease, WorkerId(1), "t0", TestStatus::Passed, 21.0));
+    let (second, _) = scheduler.request_work(WorkerId(2), 21.0);
+    assert_eq!(second.expect("once it reported, its end is taken over").tests, ["t3"]);
+}
+
+#[test]
+fn splitting_can_be_switched_off() {
+    let mut scheduler = Scheduler::new(SchedulerConfig { split_running_leases: false, ..greedy(600.0).config });
+    first_test_took_twice_its_estimate(&mut scheduler, tens(4));
+    assert_eq!(scheduler.request_work(WorkerId(2), 21.0), (None, vec![]));
+}
+
+#[test]
+fn a_lease_whose_runner_reports_only_at_exit_is_never_split() {
+    let mut scheduler = greedy(600.0);
+    let mut plan = tens(4);
+    plan.leases_splittable = false;
+    first_test_took_twice_its_estimate(&mut scheduler, plan);
+    assert_eq!(scheduler.request_work(WorkerId(2), 21.0), (None, vec![]));
+}
+
+#[test]
+fn a_lease_running_late_gives_back_what_it_cannot_run_by_the_common_finish() {
+    let mut scheduler = greedy(40.0);
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.add_build(BuildId(1), tens(6), 0.0).unwrap();
+    let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    assert_eq!(first.tests, ["t0", "t1", "t2", "t3"], "no shard above 40 s");
+    // Its first test took 30 s: at its pace (2.25 against the build's 2) it ends at 98.5 s,
+    // while the newcomer and the two tests still queued would end at 72 s.
+    accepted(scheduler.test_finished(first.lease, WorkerId(1), "t0", TestStatus::Passed, 31.0));
+    scheduler.worker_joined(WorkerId(2), 31.0);
+    let (second, decisions) = scheduler.request_work(WorkerId(2), 31.0);
+    let shrunk = Decision::LeaseShrunk {
+        build: BuildId(1),
+        lease: first.lease,
+        worker: WorkerId(1),
+        withdrawn: ids(&["t2", "t3"]),
+    };
+    assert_eq!(decisions, [shrunk, Decision::WorkAvailable]);
+    let second = second.unwrap();
+    assert!(second.tests.iter().all(|test| ["t2", "t3", "t4", "t5"].contains(&test.as_str())), "{:?}", second.tests);
+    assert_eq!(
+        scheduler.test_finished(first.lease, WorkerId(1), "t2", TestStatus::Passed, 60.0).unwrap(),
+        Report::Stale
+    );
+}
+
+#[test]
+fn restored_results_count_as_done_and_unblock_or_skip_their_dependants() {
+    let mut scheduler = Scheduler::new(SchedulerConfig::default());
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.add_build(BuildId(7), plan(), 0.0).unwrap();
+    let decisions = scheduler.restore(
+        BuildId(7),
+        &[
+            restored("a", TestStatus::Passed, 1, false),
+            restored("c", TestStatus::Failed, 1, true),
+            restored("c", TestStatus::Failed, 2, false),
+            restored("gone", TestStatus::Passed, 1, false),
+        ],
+    );
+    assert!(decisions.iter().any(|decision| matches!(decision, Decision::Skipped { test_id, .. } if test_id == "d")));
+    // Only b is left: a passed before the restart, c failed, d is skipped.
+    let (grant, _) = scheduler.request_work(WorkerId(1), 1.0);
+    let grant = grant.expect("b is ready");
+    assert_eq!(grant.tests, ["b"]);
+    let report = scheduler.test_finished(grant.lease, WorkerId(1), "b", TestStatus::Passed, 2.0).unwrap();
+    let Report::Accepted { attempt, outcome, fails_build, decisions } = report else { panic!("{report:?}") };
+    assert_eq!((attempt, outcome, fails_build), (1, Outcome::Final { flaky: false }, false));
+    assert!(
+        decisions.contains(&Decision::BuildFinished {
+            build: BuildId(7),
+            verdict: Verdict::Red { failed: vec!["c".into()] }
+        })
+    );
+}
+
+#[test]
+fn a_worker_that_asks_for_work_while_holding_a_lease_has_that_lease_taken_back_by_name() {
+    let mut scheduler = greedy(600.0);
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.add_build(BuildId(1), tens(3), 0.0).unwrap();
+    let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    assert_eq!(first.tests, ["t0", "t1", "t2"]);
+    accepted(scheduler.test_finished(first.lease, WorkerId(1), "t0", TestStatus::Passed, 11.0));
+    // Its shard process died and the worker came back: it asks again, still holding the lease.
+    let (second, decisions) = scheduler.request_work(WorkerId(1), 12.0);
+    let taken_back =
+        Decision::LeaseTakenBack { build: BuildId(1), lease: first.lease, worker: WorkerId(1), requeued: 2 };
+    assert_eq!(decisions.first(), Some(&taken_back), "{decisions:?}");
+    assert!(decisions.contains(&Decision::WorkAvailable), "{decisions:?}");
+    // Alone, it takes the two unreported tests again; the old lease's late result is stale.
+    let second = second.expect("the only worker takes its tests back");
+    assert_eq!(second.tests, ["t1", "t2"]);
+    assert_eq!(
+        scheduler.test_finished(first.lease, WorkerId(1), "t1", TestStatus::Passed, 13.0).unwrap(),
+        Report::Stale
+    );
+    // A lease its worker finishes is not taken back.
+    let ended = scheduler.lease_finished(second.lease, WorkerId(1), 14.0).unwrap();
+    assert!(!ended.iter().any(|decision| matches!(decision, Decision::LeaseTakenBack { .. })), "{ended:?}");
+}
+
+/// One attempt of a test in [`check_verdict`]: its status, and whether it was reported
+/// quarantined.
+type Attempt = (TestStatus, bool);
+
+/// Tests `t0`, `t1`, … of 10 s run on a lone worker that leases every ready test at once
+/// and reports each test's next scripted attempt in one batch (a test whose script is spent
+/// goes unreported, so it is given up when its lease ends: one attempt allowed; a failure is
+/// retried once). Checks which reports said `fails_build` and the verdict.
+fn check_verdict(flaky_fails_build: bool, scripts: &[&[Attempt]], expected_fails_build: &[&str], expected: Verdict) {
+    let mut scheduler =
+        Scheduler::new(SchedulerConfig { max_attempts: 1, retries: 1, flaky_fails_build, ..greedy(600.0).config });
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.add_build(BuildId(1), tens(scripts.len()), 0.0).unwrap();
+    let mut next_attempt = vec![0; scripts.len()];
+    let (mut fails_build, mut verdicts) = (Vec::new(), Vec::new());
+    for round in 0..scripts.len() * 3 {
+        let now = round as f64 * 100.0;
+        let Some(grant) = scheduler.request_work(WorkerId(1), now).0 else { break };
+        let mut batch = Vec::new();
+        for test_id in &grant.tests {
+            let test: usize = test_id[1..].parse().unwrap();
+            if let Some(&(status, quarantined)) = scripts[test].get(next_attempt[test]) {
+                next_attempt[test] += 1;
+                batch.push(ReportedTest { test_id, status, quarantined });
+            }
+        }
+        let reports = scheduler.report(grant.lease, WorkerId(1), &batch, now + 50.0).unwrap();
+        let mut decisions = Vec::new();
+        for (result, report) in batch.iter().zip(reports) {
+            let Report::Accepted { outcome, fails_build: counts, decisions: more, .. } = report else {
+                panic!("{report:?}")
+            };
+            assert!(!counts || matches!(outcome, Outcome::Final { .. }), "a retried failure counts for nothing yet");
+            if counts {
+                fails_build.push(result.test_id.to_owned());
+            }
+            decisions.extend(more);
+        }
+        decisions.extend(scheduler.lease_finished(grant.lease, WorkerId(1), now + 60.0).unwrap());
+        verdicts.extend(decisions.into_iter().filter_map(|decision| match decision {
+            Decision::BuildFinished { verdict, .. } => Some(verdict),
+            _ => None,
+        }));
+    }
+    assert_eq!(fails_build, expected_fails_build, "{scripts:?}");
+    assert_eq!(verdicts, [expected], "{scripts:?}");
+}
+
+#[test]
+fn the_verdict_counts_final_failures_not_quarantined_and_flaky_passes_only_when_configured() {
+    use TestStatus::{Failed, Passed};
+    let red = |ids: &[&str]| Verdict::Red { failed: self::ids(ids) };
+    let gave_up = |ids: &[&str]| Verdict::Error { gave_up: self::ids(ids) };
+    // A quarantined failure alone: green.
+    check_verdict(false, &[&[(Failed, true), (Failed, true)]], &[], Verdict::Green);
+    // Only the final attempt's quarantine counts.
+    check_verdict(false, &[&[(Failed, true), (Failed, false)]], &["t0"], red(&["t0"]));
+    check_verdict(false, &[&[(Failed, false), (Failed, true)]], &[], Verdict::Green);
+    // A quarantined failure and a test no worker could run: error, not red (nor green).
+    check_verdict(false, &[&[(Failed, true), (Failed, true)], &[]], &[], gave_up(&["t1"]));
+    // A failure that counts outweighs a test given up on.
+    check_verdict(false, &[&[(Failed, false), (Failed, false)], &[]], &["t0"], red(&["t0"]));
+    // A flaky pass: green, unless flaky tests fail builds (and then only out of quarantine).
+    check_verdict(false, &[&[(Failed, false), (Passed, false)]], &[], Verdict::Green);
+    check_verdict(true, &[&[(Failed, false), (Passed, false)]], &["t0"], red(&["t0"]));
+    check_verdict(true, &[&[(Failed, false), (Passed, true)]], &[], Verdict::Green);
+    // Listed in plan order, whatever order they ended in.
+    check_verdict(
+        true,
+        &[&[(Failed, false), (Passed, false)], &[(Failed, false), (Failed, false)], &[(Passed, false)]],
+        &["t0", "t1"],
+        red(&["t0", "t1"]),
+    );
+}
+
+#[test]
+fn a_restored_flaky_pass_or_quarantined_failure_counts_as_a_reported_one_would() {
+    let check = |flaky_fails_build: bool, restored_results: &[RestoredResult], expected: Verdict| {
+        let mut scheduler = Scheduler::new(SchedulerConfig { flaky_fails_build, ..SchedulerConfig::default() });
+        scheduler.add_build(BuildId(1), single("t"), 0.0).unwrap();
+        let decisions = scheduler.restore(BuildId(1), restored_results);
+        assert_eq!(decisions, [Decision::BuildFinished { build: BuildId(1), verdict: expected }]);
+    };
+    let failed_then = |status: TestStatus, quarantined: bool| {
+        vec![
+            restored("t", TestStatus::Failed, 1, true),
+            RestoredResult { quarantined, ..restored("t", status, 2, false) },
+        ]
+    };
+    let red = Verdict::Red { failed: ids(&["t"]) };
+    check(false, &failed_then(TestStatus::Passed, false), Verdict::Green);
+    check(true, &failed_then(TestStatus::Passed, false), red.clone());
+    check(true, &failed_then(TestStatus::Passed, true), Verdict::Green);
+    check(false, &failed_then(TestStatus::Failed, false), red);
+    check(false, &failed_then(TestStatus::Failed, true), Verdict::Green);
+}
+
+#[test]
+fn a_batch_with_a_test_outside_the_lease_is_refused_whole_and_records_nothing() {
+    let mut scheduler = greedy(20.0);
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.worker_joined(WorkerId(2), 0.0);
+    scheduler.add_build(BuildId(1), tens(3), 0.0).unwrap();
+    let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    assert_eq!(first.tests, ["t0", "t1"], "no shard above 20 s");
+    let passed = |test_id| ReportedTest { test_id, status: TestStatus::Passed, quarantined: false };
+    let refused = |test_id: &str| SchedulerError::TestNotInLease { lease: first.lease.0, test_id: test_id.into() };
+    let refusals = [
+        (first.lease, WorkerId(1), vec![passed("t0"), passed("t2")], refused("t2")),
+        (first.lease, WorkerId(1), vec![passed("t0"), passed("no-such-test")], refused("no-such-test")),
+        (
+            first.lease,
+            WorkerId(2),
+            vec![passed("t0")],
+            SchedulerError::NotYourLease { lease: first.lease.0, worker: 2 },
+        ),
+        (LeaseId(99), WorkerId(1), vec![passed("t0")], SchedulerError::UnknownLease(99)),
+    ];
+    for (lease, worker, batch, error) in refusals {
+        assert_eq!(scheduler.report(lease, worker, &batch, 11.0), Err(error));
+    }
+    // Nothing of them was recorded: t0 is reported now for the first time, then repeated.
+    let reports = scheduler.report(first.lease, WorkerId(1), &[passed("t0"), passed("t0")], 12.0).unwrap();
+    assert!(
+        matches!(reports.as_slice(), [Report::Accepted { attempt: 1, fails_build: false, .. }, Report::Duplicate]),
+        "{reports:?}"
+    );
+}
+
+#[test]
+fn the_scheduler_answers_which_lease_a_worker_holds_its_build_and_what_was_withdrawn_from_it() {
+    let mut scheduler = greedy(600.0);
+    assert_eq!(scheduler.worker_lease(WorkerId(1)), None);
+    let first = first_test_took_twice_its_estimate(&mut scheduler, tens(4));
+    assert_eq!(scheduler.worker_lease(WorkerId(1)), Some((first.lease, BuildId(1))));
+    assert_eq!(scheduler.withdrawn(first.lease), Vec::<String>::new());
+    let second = scheduler.request_work(WorkerId(2), 21.0).0.unwrap();
+    assert_eq!(scheduler.worker_lease(WorkerId(2)), Some((second.lease, BuildId(1))));
+    // Told to its worker in every answer while the lease runs.
+    assert_eq!(scheduler.withdrawn(first.lease), ["t3"]);
+    accepted(scheduler.test_finished(first.lease, WorkerId(1), "t1", TestStatus::Passed, 41.0));
+    assert_eq!(scheduler.withdrawn(first.lease), ["t3"]);
+    accepted(scheduler.test_finished(first.lease, WorkerId(1), "t2", TestStatus::Passed, 61.0));
+    scheduler.lease_finished(first.lease, WorkerId(1), 61.0).unwrap();
+    // Ended: nothing more to tell, no lease held, the build still known.
+    assert_eq!(scheduler.withdrawn(first.lease), Vec::<String>::new());
+    assert_eq!(scheduler.worker_lease(WorkerId(1)), None);
+    assert_eq!(scheduler.lease_build(first.lease), Some(BuildId(1)));
+    assert_eq!(scheduler.lease_build(second.lease), Some(BuildId(1)));
+    accepted(scheduler.test_finished(second.lease, WorkerId(2), "t3", TestStatus::Passed, 62.0));
+    // The build ended: its leases are retired, still known by their build.
+    assert!(!scheduler.is_running(BuildId(1)));
+    assert_eq!(scheduler.worker_lease(WorkerId(2)), None);
+    assert_eq!(scheduler.lease_build(second.lease), Some(BuildId(1)));
+    assert_eq!(scheduler.lease_build(first.lease), Some(BuildId(1)));
+    assert_eq!(scheduler.lease_build(LeaseId(99)), None);
+}
+
+#[test]
+fn what_was_withdrawn_from_a_lease_is_forgotten_when_its_build_is_cancelled() {
+    let mut scheduler = greedy(600.0);
+    let first = first_test_took_twice_its_estimate(&mut scheduler, tens(4));
+    scheduler.request_work(WorkerId(2), 21.0).0.unwrap();
+    assert_eq!(scheduler.withdrawn(first.lease), ["t3"]);
+    scheduler.remove_build(BuildId(1));
+    assert_eq!(scheduler.withdrawn(first.lease), Vec::<String>::new());
+    assert_eq!(scheduler.worker_lease(WorkerId(1)), None);
+    assert_eq!(scheduler.lease_build(first.lease), Some(BuildId(1)));
+}
+
+#[test]
+fn the_scheduler_answers_until_when_a_worker_is_benched() {
+    let config = SchedulerConfig { infra_failures_to_bench: 2, bench_s: 60.0, ..SchedulerConfig::default() };
+    let mut scheduler = Scheduler::new(config);
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.add_build(BuildId(1), tens(1), 0.0).unwrap();
+    for now in [0.0, 1.0] {
+        assert_eq!(scheduler.benched_until(WorkerId(1), now), None);
+        let grant = scheduler.request_work(WorkerId(1), now).0.unwrap();
+        // Its checkout failed: the shard ends without a result.
+        scheduler.lease_finished(grant.lease, WorkerId(1), now + 1.0).unwrap();
+    }
+    assert_eq!(scheduler.benched_until(WorkerId(1), 30.0), Some(62.0));
+    assert_eq!(scheduler.benched_until(WorkerId(1), 62.0), None);
+    assert_eq!(scheduler.benched_until(WorkerId(2), 30.0), None, "an unknown worker is not benched");
+}
