@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use greenlight_fixtures::imvu::{AREAS, ImvuShape, generate};
 use greenlight_fixtures::repo::FixtureRepo;
 use greenlight_master::config::{Config, SuiteConfig};
-use greenlight_shared::api::{BuildState, BuildSummary, GateState, GateView, PushView};
+use greenlight_shared::api::{BuildState, BuildSummary, GateState, GateView, PushState, PushView};
 use tokio::process::{Child, Command};
 
 /// Arguments of `greenlight demo`.
@@ -123,7 +123,7 @@ async fn settled_pushes(http: &reqwest::Client, url: &str) -> anyhow::Result<Vec
     loop {
         let pushes: Vec<PushView> =
             http.get(format!("{url}/api/v1/pushes")).send().await?.error_for_status()?.json().await?;
-        if pushes.iter().all(|push| push.state != "pending" && push.state != "pushing") || Instant::now() > deadline {
+        if pushes.iter().all(|push| !push.state.is_open()) || Instant::now() > deadline {
             return Ok(pushes);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -377,7 +377,7 @@ fn report(steps: &[Step], builds: &[BuildSummary], pushes: &[PushView], table: b
         }
     }
     // The last revision handed to the push stage is the fix.
-    let last_pushed = pushes.iter().filter(|push| push.state == "pushed").map(|push| push.build_id).max();
+    let last_pushed = pushes.iter().filter(|push| push.state == PushState::Pushed).map(|push| push.build_id).max();
     let fix_build = steps.last().and_then(|step| builds.iter().find(|build| build.revision == step.revision));
     if last_pushed.is_none() || last_pushed != fix_build.map(|build| build.build_id) {
         println!("the fix's revision was not the last one pushed");

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use browser::Browser;
 use common::{Farm, FarmOptions, test};
-use greenlight_shared::api::{BuildState, GateState};
+use greenlight_shared::api::{BuildState, GateState, ShardState};
 use greenlight_shared::suite::{SuiteFile, SuiteTest};
 use serde_json::{Value, json};
 
@@ -394,7 +394,7 @@ fn a_cancelled_build_shows_its_running_shards_cancelled_and_no_lost_shard_is_dra
         .build(build_id)
         .shards
         .iter()
-        .filter(|shard| shard.state == "cancelled")
+        .filter(|shard| shard.state == ShardState::Cancelled)
         .map(|shard| shard.lease_id)
         .collect();
     assert!(running.iter().all(|lease| cancelled.contains(lease)), "running {running:?}, cancelled {cancelled:?}");

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::{Farm, FarmOptions, test};
-use greenlight_shared::api::{BuildDetail, BuildState, TestResultView, TestStatus};
+use greenlight_shared::api::{BuildDetail, BuildState, ShardState, TestResultView, TestStatus};
 use greenlight_shared::suite::{SuiteFile, SuiteTest};
 
 fn product_suite() -> SuiteFile {
@@ -77,7 +77,7 @@ fn green_batch_red_and_fix_through_the_api() {
     }
     let detail = farm.build(first.build_id);
     assert_eq!(detail.shards.iter().map(|shard| shard.tests).sum::<u32>() as usize, suite.tests.len());
-    assert!(detail.shards.iter().all(|shard| shard.state == "finished"));
+    assert!(detail.shards.iter().all(|shard| shard.state == ShardState::Finished));
 
     let second = farm.finished_build_of(&batch);
     assert_eq!(second.state, BuildState::Green);
@@ -135,7 +135,7 @@ fn a_worker_killed_mid_shard_loses_no_test() {
         detail
             .shards
             .iter()
-            .find(|shard| shard.state == "running" && now - shard.started_at > 1.0)
+            .find(|shard| shard.state == ShardState::Running && now - shard.started_at > 1.0)
             .map(|shard| (shard.worker.clone(), shard.lease_id))
     });
     let process = farm.workers.iter_mut().find(|process| process.name == victim).expect("the victim is ours");
@@ -151,7 +151,7 @@ fn a_worker_killed_mid_shard_loses_no_test() {
     }
     let detail = farm.build(build.build_id);
     let lost = detail.shards.iter().find(|shard| shard.lease_id == lease_id).expect("the lost shard is listed");
-    assert_eq!(lost.state, "expired", "the killed worker's lease expired");
+    assert_eq!(lost.state, ShardState::Expired, "the killed worker's lease expired");
     assert!(
         results.values().any(|attempts| attempts[0].attempt == 2),
         "the unfinished tests of the lost lease ran again elsewhere"
@@ -171,7 +171,7 @@ fn a_worker_that_joins_late_takes_over_the_unstarted_end_of_a_running_shard() {
     let first = farm.wait_for("the lone worker's shard", Duration::from_secs(120), |farm| {
         let build = farm.builds().into_iter().find(|build| build.state == BuildState::Running)?;
         let detail = farm.build(build.build_id);
-        detail.shards.iter().find(|shard| shard.state == "running").map(|shard| (shard.lease_id, shard.tests))
+        detail.shards.iter().find(|shard| shard.state == ShardState::Running).map(|shard| (shard.lease_id, shard.tests))
     });
     assert!(first.1 >= 30, "the lone worker leased most of the build: {first:?}");
     farm.start_worker("worker-late");
@@ -187,7 +187,7 @@ fn a_worker_that_joins_late_takes_over_the_unstarted_end_of_a_running_shard() {
     let detail: BuildDetail = farm.get(&format!("/api/v1/builds/{}?test_ids=true", build.build_id));
     let shrunk = detail.shards.iter().find(|shard| shard.lease_id == first.0).expect("the first shard is listed");
     assert!(shrunk.withdrawn > 0, "the first shard gave tests back: {shrunk:?}");
-    assert_eq!(shrunk.state, "finished", "stopping after the kept tests is no infrastructure error");
+    assert_eq!(shrunk.state, ShardState::Finished, "stopping after the kept tests is no infrastructure error");
     assert_eq!(shrunk.tests + shrunk.withdrawn, first.1);
     assert_eq!(shrunk.test_ids.len() as u32, shrunk.tests);
     // Each test is in exactly one shard, and its result came from that shard's worker.

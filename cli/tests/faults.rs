@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{Farm, FarmOptions, TOKEN, test};
 use greenlight_fixtures::FAILING_FILE;
 use greenlight_fixtures::runner::flaky_fails;
-use greenlight_shared::api::{BuildState, BuildSummary, GateState, TestResultView, TestStatus};
+use greenlight_shared::api::{BuildState, BuildSummary, GateState, ShardState, TestResultView, TestStatus};
 use greenlight_shared::suite::SuiteFile;
 use serde_json::json;
 
@@ -208,7 +208,7 @@ fn a_build_disturbed_by_killed_workers_a_killed_master_and_stale_reports_ends_as
         farm.build(chaos.build_id)
             .shards
             .into_iter()
-            .find(|shard| shard.worker == "worker-0" && shard.state == "expired")
+            .find(|shard| shard.worker == "worker-0" && shard.state == ShardState::Expired)
     });
     let worker_id = farm.workers().into_iter().find(|worker| worker.name == "worker-0").expect("still known").worker_id;
     let mut answered = 0;
@@ -239,7 +239,10 @@ fn a_build_disturbed_by_killed_workers_a_killed_master_and_stale_reports_ends_as
     assert!(disturbed.values().all(|&(_, count)| count == 1));
     assert_eq!(done.counts.done(), 48);
     let shards = farm.build(done.build_id).shards;
-    assert!(shards.iter().any(|shard| shard.state == "expired"), "the chaos did take leases back: {shards:?}");
+    assert!(
+        shards.iter().any(|shard| shard.state == ShardState::Expired),
+        "the chaos did take leases back: {shards:?}"
+    );
 }
 
 #[test]
@@ -261,7 +264,7 @@ fn a_runner_crash_reruns_its_tests_and_a_test_that_always_crashes_ends_the_build
     assert_eq!(attempts.iter().map(|result| result.status).collect::<Vec<_>>(), vec![TestStatus::Passed]);
     assert!(attempts[0].attempt >= 2, "it ran again after the crash: {attempts:?}");
     let shards = farm.build(build.build_id).shards;
-    assert!(shards.iter().any(|shard| shard.state == "infra_error"), "{shards:?}");
+    assert!(shards.iter().any(|shard| shard.state == ShardState::InfraError), "{shards:?}");
 
     // A test that crashes its runner every time: given up after max_attempts leases; the
     // build ends in error, never red, and the gate stays open, with a warning.

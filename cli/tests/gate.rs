@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Farm, FarmOptions, test};
-use greenlight_shared::api::{BuildKind, BuildState, GateState};
+use greenlight_shared::api::{BuildKind, BuildState, GateState, PushState};
 use greenlight_shared::suite::{SuiteFile, SuiteTest};
 
 const BROKEN: &str = "core/test_core.py::test_breaks";
@@ -218,7 +218,7 @@ echo "$GREENLIGHT_BUILD_ID $GREENLIGHT_REVISION" >> {log:?}"#
 
     let pushes = farm.wait_for("the pushes to settle", Duration::from_secs(60), |farm| {
         let pushes = farm.pushes();
-        pushes.iter().all(|push| push.state != "pending" && push.state != "pushing").then_some(pushes)
+        pushes.iter().all(|push| !push.state.is_open()).then_some(pushes)
     });
     let state_of = |build_id: u64| pushes.iter().find(|push| push.build_id == build_id).map(|push| push.state.as_str());
     assert_eq!(state_of(first.build_id), Some("pushed"));
@@ -310,7 +310,7 @@ fn a_push_that_keeps_failing_is_reported_failed_after_its_attempts() {
     let build = farm.finished_build_of(&farm.repo.head().unwrap());
     assert_eq!(build.state, BuildState::Green);
     let push = farm.wait_for("the push to fail", Duration::from_secs(30), |farm| {
-        farm.pushes().into_iter().find(|push| push.build_id == build.build_id && push.state == "failed")
+        farm.pushes().into_iter().find(|push| push.build_id == build.build_id && push.state == PushState::Failed)
     });
     assert_eq!(push.attempts, 2);
     let error = push.last_error.unwrap_or_default();

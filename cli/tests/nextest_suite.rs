@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{Farm, FarmOptions};
-use greenlight_shared::api::{BuildState, TestStatus};
+use greenlight_shared::api::{BuildState, ShardState, TestStatus};
 use greenlight_shared::git::Git;
 use greenlight_shared::suite::SuiteFile;
 
@@ -169,7 +169,8 @@ fn a_rust_workspace_through_the_farm_reports_what_nextest_reports_built_once_per
     // Built once by the master's listing and once per worker that ran shards.
     // The build ends with its last result; its shards end when their workers say so.
     let detail = farm.wait_for("every shard to finish", Duration::from_secs(60), |farm| {
-        Some(farm.build(build.build_id)).filter(|detail| detail.shards.iter().all(|shard| shard.state == "finished"))
+        Some(farm.build(build.build_id))
+            .filter(|detail| detail.shards.iter().all(|shard| shard.state == ShardState::Finished))
     });
     let workers: BTreeSet<&str> = detail.shards.iter().map(|shard| shard.worker.as_str()).collect();
     assert!(detail.shards.len() > workers.len(), "some worker ran several shards: {:#?}", detail.shards);

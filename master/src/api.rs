@@ -242,7 +242,9 @@ async fn cancel_build(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     check_admin_token(&state, &headers)?;
-    Ok(Json(state.farm.cancel_build(build_id)?))
+    let cancelled = state.farm.cancel_build(build_id)?;
+    state.farm.flush().await?;
+    Ok(Json(cancelled))
 }
 
 async fn quarantine(
@@ -357,8 +359,7 @@ async fn results(
     let answer = state.farm.report(lease_id, request.worker_id, &request.results)?;
     // What the worker is told was accepted must survive a crash of the master.
     if answer.accepted > 0 {
-        let farm = Arc::clone(&state.farm);
-        crate::farm::blocking(move || farm.store().flush()).await?.map_err(FarmError::from)?;
+        state.farm.flush().await?;
     }
     Ok(Json(answer))
 }
@@ -372,6 +373,8 @@ async fn finish(
 ) -> Result<impl IntoResponse, ApiError> {
     check_worker_token(&state, &headers)?;
     state.farm.finish(lease_id, request.worker_id, &request.outcome, request.runner_wall_s)?;
+    // The shard's end (and perhaps the build's) must survive a crash of the master.
+    state.farm.flush().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

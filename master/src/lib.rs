@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod changes;
+pub mod clock;
 pub mod config;
 pub mod culprit;
 pub mod farm;
@@ -61,7 +62,7 @@ pub async fn run(
         tokio::spawn(poll_loop(Arc::clone(&farm), stop_rx.clone())),
         tokio::spawn(build_loop(Arc::clone(&farm), stop_rx.clone())),
         tokio::spawn(tick_loop(Arc::clone(&farm), stop_rx.clone())),
-        tokio::spawn(push::push_loop(Arc::clone(&farm), stop_rx.clone())),
+        tokio::spawn(push_loop(Arc::clone(&farm), stop_rx.clone())),
     ];
     tracing::info!(address = %listener.local_addr()?, "master listening");
     let app = api::router(api::AppState { farm: Arc::clone(&farm) });
@@ -116,11 +117,55 @@ async fn build_loop(farm: Arc<Farm>, mut stop: watch::Receiver<bool>) {
 
 async fn tick_loop(farm: Arc<Farm>, mut stop: watch::Receiver<bool>) {
     loop {
-        if let Err(error) = farm.tick() {
-            tracing::error!(%error, "expiring leases failed");
+        match farm.tick() {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Err(error) = farm.flush().await {
+                    tracing::error!(%error, "flushing after expiring leases failed");
+                }
+            }
+            Err(error) => tracing::error!(%error, "expiring leases failed"),
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            () = stopped(&mut stop) => return,
+        }
+    }
+}
+
+/// Hands green revisions to the push stage until `stop`, one at a time, newest first
+/// (see [`push`]); testing goes on meanwhile.
+async fn push_loop(farm: Arc<Farm>, mut stop: watch::Receiver<bool>) {
+    let config = farm.config().push.clone();
+    let branch = farm.config().repository.branch.clone();
+    loop {
+        match push::next(farm.store(), farm.now()) {
+            Ok(Some(mut hand_off)) => {
+                let mut delay = Duration::from_secs_f64(config.backoff_s);
+                loop {
+                    let outcome = push::attempt(&config, &branch, &hand_off.revision, hand_off.build_id).await;
+                    push::attempted(&mut hand_off, outcome, config.attempts, farm.now());
+                    if let Err(error) = push::record(farm.store(), &hand_off) {
+                        tracing::error!(%error, "recording a push failed");
+                    }
+                    if !hand_off.state.is_open() {
+                        break;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = stopped(&mut stop) => return,
+                    }
+                    delay *= 2;
+                }
+                tracing::info!(build_id = hand_off.build_id, revision = %hand_off.revision, state = hand_off.state.as_str(), "push handed off");
+                continue;
+            }
+            Ok(None) => {}
+            Err(error) => tracing::error!(%error, "reading the push queue failed"),
+        }
+        tokio::select! {
+            () = farm.push_wanted.notified() => {}
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
             () = stopped(&mut stop) => return,
         }
     }

@@ -4,16 +4,14 @@
 //! revision older than one already pushed is never pushed. An attempt is a configured
 //! command (revision, build and branch in its environment) or a JSON POST to a webhook;
 //! failures are retried with exponential back-off and the outcome recorded per revision.
+//! The queue lives in the store; its loop is `push_loop` in `lib.rs`, beside the others.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use greenlight_shared::api::PushView;
-use greenlight_shared::unix_now_s;
-use tokio::sync::watch;
+use greenlight_shared::api::{PushState, PushView};
 
 use crate::config::PushConfig;
-use crate::farm::Farm;
+use crate::store::{Store, StoreError};
 
 /// Whether a push stage is configured at all.
 pub fn configured(config: &PushConfig) -> bool {
@@ -57,67 +55,118 @@ pub async fn attempt(config: &PushConfig, branch: &str, revision: &str, build_id
     Err("no push stage is configured".to_owned())
 }
 
-/// Pushes queued revisions until `stop`, one at a time, newest first.
-pub async fn push_loop(farm: Arc<Farm>, mut stop: watch::Receiver<bool>) {
-    let config = farm.config().push.clone();
-    let branch = farm.config().repository.branch.clone();
-    loop {
-        match farm.next_push() {
-            Ok(Some(mut push)) => {
-                let mut delay = Duration::from_secs_f64(config.backoff_s);
-                loop {
-                    push.attempts += 1;
-                    let outcome = attempt(&config, &branch, &push.revision, push.build_id).await;
-                    match outcome {
-                        Ok(()) => {
-                            push.state = "pushed".to_owned();
-                            push.last_error = None;
-                        }
-                        Err(error) => {
-                            tracing::warn!(build_id = push.build_id, attempt = push.attempts, %error, "push failed");
-                            push.last_error = Some(error);
-                            push.state = if push.attempts >= config.attempts { "failed" } else { "pushing" }.to_owned();
-                        }
-                    }
-                    if push.state != "pushing" {
-                        push.finished_at = Some(unix_now_s());
-                        break;
-                    }
-                    if let Err(error) = farm.record_push(&push) {
-                        tracing::error!(%error, "recording a push failed");
-                    }
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = crate::stopped(&mut stop) => return,
-                    }
-                    delay *= 2;
-                }
-                tracing::info!(build_id = push.build_id, revision = %push.revision, state = %push.state, "push handed off");
-                if let Err(error) = farm.record_push(&push) {
-                    tracing::error!(%error, "recording a push failed");
-                }
-                continue;
-            }
-            Ok(None) => {}
-            Err(error) => tracing::error!(%error, "reading the push queue failed"),
+/// Queues the revision of green build `build_id` for the push stage.
+pub fn enqueue(store: &Store, build_id: u64, revision: &str, now: f64) -> Result<(), StoreError> {
+    store.put_push(&PushView {
+        build_id,
+        revision: revision.to_owned(),
+        state: PushState::Pending,
+        attempts: 0,
+        last_error: None,
+        queued_at: now,
+        finished_at: None,
+    })
+}
+
+/// The next revision to hand to the push stage: the newest open one newer than the last
+/// pushed; older open ones are marked superseded.
+pub fn next(store: &Store, now: f64) -> Result<Option<PushView>, StoreError> {
+    let last_pushed = store.last_pushed()?;
+    let mut open: Vec<PushView> = store.pushes()?.into_iter().filter(|push| push.state.is_open()).collect();
+    let Some(newest) = open.pop() else { return Ok(None) };
+    for older in open {
+        supersede(store, older, now)?;
+    }
+    if newest.build_id <= last_pushed {
+        supersede(store, newest, now)?;
+        return Ok(None);
+    }
+    Ok(Some(newest))
+}
+
+fn supersede(store: &Store, mut push: PushView, now: f64) -> Result<(), StoreError> {
+    push.state = PushState::Superseded;
+    push.finished_at = Some(now);
+    store.put_push(&push)
+}
+
+/// Records how a hand-off went.
+pub fn record(store: &Store, push: &PushView) -> Result<(), StoreError> {
+    store.put_push(push)?;
+    if push.state == PushState::Pushed {
+        store.set_last_pushed(push.build_id)?;
+    }
+    Ok(())
+}
+
+/// Every push hand-off, newest first.
+pub fn list(store: &Store) -> Result<Vec<PushView>, StoreError> {
+    let mut pushes = store.pushes()?;
+    pushes.reverse();
+    Ok(pushes)
+}
+
+/// Records the outcome of one attempt on `push`: pushed, failed for good after
+/// `attempts`, or still pushing (to be tried again).
+pub fn attempted(push: &mut PushView, outcome: Result<(), String>, attempts: u32, now: f64) {
+    push.attempts += 1;
+    match outcome {
+        Ok(()) => {
+            push.state = PushState::Pushed;
+            push.last_error = None;
         }
-        tokio::select! {
-            () = farm.push_wanted.notified() => {}
-            () = tokio::time::sleep(Duration::from_secs(5)) => {}
-            () = crate::stopped(&mut stop) => return,
+        Err(error) => {
+            tracing::warn!(build_id = push.build_id, attempt = push.attempts, %error, "push failed");
+            push.last_error = Some(error);
+            push.state = if push.attempts >= attempts { PushState::Failed } else { PushState::Pushing };
         }
+    }
+    if !push.state.is_open() {
+        push.finished_at = Some(now);
     }
 }
 
-/// A freshly queued push.
-pub fn queued(build_id: u64, revision: &str) -> PushView {
-    PushView {
-        build_id,
-        revision: revision.to_owned(),
-        state: "pending".to_owned(),
-        attempts: 0,
-        last_error: None,
-        queued_at: unix_now_s(),
-        finished_at: None,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_green_revision_is_pushed_and_older_ones_are_superseded() {
+        let store = Store::in_memory();
+        enqueue(&store, 3, "r3", 10.0).unwrap();
+        enqueue(&store, 5, "r5", 11.0).unwrap();
+        let mut push = next(&store, 12.0).unwrap().expect("a revision to push");
+        assert_eq!(push.build_id, 5, "the newest first");
+        attempted(&mut push, Ok(()), 3, 13.0);
+        record(&store, &push).unwrap();
+        // A green build older than the pushed one, queued late, is never pushed.
+        enqueue(&store, 4, "r4", 14.0).unwrap();
+        assert_eq!(next(&store, 15.0).unwrap(), None);
+        let states: Vec<(u64, PushState)> = list(&store).unwrap().iter().map(|p| (p.build_id, p.state)).collect();
+        assert_eq!(
+            states,
+            vec![(5, PushState::Pushed), (4, PushState::Superseded), (3, PushState::Superseded)],
+            "newest first"
+        );
+    }
+
+    #[test]
+    fn a_failing_hand_off_keeps_pushing_until_its_last_attempt() {
+        let mut push = PushView {
+            build_id: 1,
+            revision: "r1".to_owned(),
+            state: PushState::Pending,
+            attempts: 0,
+            last_error: None,
+            queued_at: 0.0,
+            finished_at: None,
+        };
+        attempted(&mut push, Err("down".to_owned()), 2, 1.0);
+        assert_eq!((push.state, push.finished_at), (PushState::Pushing, None));
+        attempted(&mut push, Err("still down".to_owned()), 2, 2.0);
+        assert_eq!(
+            (push.state, push.finished_at, push.last_error.as_deref()),
+            (PushState::Failed, Some(2.0), Some("still down"))
+        );
     }
 }

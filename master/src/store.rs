@@ -10,9 +10,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use greenlight_shared::api::{BuildSummary, ChangeView, PushView, ShardView, TestResultView};
+use greenlight_shared::api::{
+    BuildSummary, ChangeView, GateView, PushView, QuarantineEntry, ShardView, TestResultView,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use crate::culprit::Bisection;
 
 /// How many recent durations of a test the history keeps.
 pub const HISTORY_SAMPLES: usize = 5;
@@ -264,22 +268,22 @@ impl Store {
     }
 
     /// A meta value.
-    pub fn meta<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
+    fn meta<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
         self.kv.get(Tree::Meta, name.as_bytes())?.map(|bytes| decode(Tree::Meta, &bytes)).transpose()
     }
 
     /// Sets a meta value.
-    pub fn set_meta<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
+    fn set_meta<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
         self.kv.put(Tree::Meta, name.as_bytes(), &encode(value))
     }
 
     /// Every meta value whose name starts with `prefix`.
-    pub fn meta_with_prefix<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>, StoreError> {
+    fn meta_with_prefix<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>, StoreError> {
         self.kv.scan_prefix(Tree::Meta, prefix.as_bytes())?.iter().map(|(_, value)| decode(Tree::Meta, value)).collect()
     }
 
     /// Removes a meta value.
-    pub fn remove_meta(&self, name: &str) -> Result<(), StoreError> {
+    fn remove_meta(&self, name: &str) -> Result<(), StoreError> {
         self.kv.remove(Tree::Meta, name.as_bytes())
     }
 
@@ -413,12 +417,12 @@ impl Store {
         if samples.len() > OVERHEAD_SAMPLES {
             samples.remove(0);
         }
-        self.set_meta(&format!("{SHARD_OVERHEAD}{suite}"), &samples)
+        self.set_meta(&format!("{}{suite}", keys::SHARD_OVERHEAD), &samples)
     }
 
     /// The suite's recent shard overheads, oldest first.
     pub fn shard_overheads(&self, suite: &str) -> Result<Vec<f64>, StoreError> {
-        Ok(self.meta(&format!("{SHARD_OVERHEAD}{suite}"))?.unwrap_or_default())
+        Ok(self.meta(&format!("{}{suite}", keys::SHARD_OVERHEAD))?.unwrap_or_default())
     }
 
     /// Makes every write so far durable.
@@ -427,10 +431,242 @@ impl Store {
     }
 }
 
-/// Meta key prefix: the recent shard overheads of a suite.
-const SHARD_OVERHEAD: &str = "shard_overhead/";
 /// How many shard overheads are kept per suite (the estimate is their median).
 const OVERHEAD_SAMPLES: usize = 21;
+/// Recent runs a flake rate is computed over.
+pub const FLAKE_WINDOW: usize = 50;
+
+/// The names of the meta tree's keys: the store's whole layout besides its typed trees.
+/// The strings are what data directories already hold; they never change.
+mod keys {
+    /// The sequence of the oldest change no build covers yet.
+    pub const NEXT_UNBUILT: &str = "next_unbuilt_change";
+    /// Prefix: the last revision seen on a branch.
+    pub const LAST_SEEN: &str = "last_seen/";
+    /// Prefix: culprit findings under way, by red build.
+    pub const BISECTION: &str = "bisection/";
+    /// Prefix: red builds whose culprit finding is still to start.
+    pub const CULPRIT_WANTED: &str = "culprit_wanted/";
+    /// Prefix: the tests a running build selected, so a restarted master resumes it.
+    pub const SELECTION: &str = "selection/";
+    /// The next lease id, so a restarted master never reuses one.
+    pub const NEXT_LEASE: &str = "next_lease";
+    /// Regular builds since the last full run.
+    pub const BUILDS_SINCE_FULL_RUN: &str = "builds_since_full_run";
+    /// When the last full run started (Unix seconds).
+    pub const LAST_FULL_RUN_AT: &str = "last_full_run_at";
+    /// The build id of the newest revision pushed.
+    pub const LAST_PUSHED: &str = "last_pushed_build";
+    /// Prefix: a test's recent runs, for its flake rate.
+    pub const FLAKE: &str = "flake/";
+    /// Prefix: a quarantined test.
+    pub const QUARANTINE: &str = "quarantine/";
+    /// An admin asked for a full run of the branch head.
+    pub const FORCE_FULL_RUN: &str = "force_full_run";
+    /// Prefix: the gate of a branch.
+    pub const GATE: &str = "gate/";
+    /// Prefix: the recent shard overheads of a suite.
+    pub const SHARD_OVERHEAD: &str = "shard_overhead/";
+}
+
+/// A test's recent runs in regular builds (`true` for a run that flaked), kept once it
+/// has flaked.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct FlakeRecord {
+    /// The test.
+    pub test_id: String,
+    /// Its last [`FLAKE_WINDOW`] runs, oldest first.
+    pub recent: std::collections::VecDeque<bool>,
+    /// When it last flaked (Unix seconds).
+    pub last_flaky_at: Option<f64>,
+}
+
+impl FlakeRecord {
+    /// Runs that flaked.
+    pub fn flaky(&self) -> u32 {
+        self.recent.iter().filter(|&&flaky| flaky).count() as u32
+    }
+
+    /// Flaky runs over runs (0 without runs).
+    pub fn rate(&self) -> f64 {
+        f64::from(self.flaky()) / (self.recent.len().max(1) as f64)
+    }
+
+    /// Adds a run, forgetting the oldest beyond the window.
+    pub fn add_run(&mut self, flaky: bool, now: f64) {
+        self.recent.push_back(flaky);
+        if self.recent.len() > FLAKE_WINDOW {
+            self.recent.pop_front();
+        }
+        if flaky {
+            self.last_flaky_at = Some(now);
+        }
+    }
+}
+
+/// The meta tree, typed: every record besides the typed trees has its accessor here.
+impl Store {
+    /// The sequence of the oldest change no build covers yet (1 at first).
+    pub fn next_unbuilt_change(&self) -> Result<u64, StoreError> {
+        Ok(self.meta(keys::NEXT_UNBUILT)?.unwrap_or(1))
+    }
+
+    /// Sets the oldest change no build covers yet.
+    pub fn set_next_unbuilt_change(&self, sequence: u64) -> Result<(), StoreError> {
+        self.set_meta(keys::NEXT_UNBUILT, &sequence)
+    }
+
+    /// Queues the changes from `first` on again (a build covering them did not finish).
+    pub fn requeue_changes_from(&self, first: u64) -> Result<(), StoreError> {
+        let next = self.next_unbuilt_change()?;
+        self.set_next_unbuilt_change(next.min(first))
+    }
+
+    /// The last revision seen on `branch`.
+    pub fn last_seen(&self, branch: &str) -> Result<Option<String>, StoreError> {
+        self.meta(&format!("{}{branch}", keys::LAST_SEEN))
+    }
+
+    /// Records the last revision seen on `branch`.
+    pub fn set_last_seen(&self, branch: &str, revision: &str) -> Result<(), StoreError> {
+        self.set_meta(&format!("{}{branch}", keys::LAST_SEEN), &revision)
+    }
+
+    /// Culprit findings under way.
+    pub fn bisections(&self) -> Result<Vec<Bisection>, StoreError> {
+        self.meta_with_prefix(keys::BISECTION)
+    }
+
+    /// Writes a culprit finding under way.
+    pub fn put_bisection(&self, bisection: &Bisection) -> Result<(), StoreError> {
+        self.set_meta(&format!("{}{}", keys::BISECTION, bisection.build_id), bisection)
+    }
+
+    /// Removes the culprit finding of red build `build_id`.
+    pub fn remove_bisection(&self, build_id: u64) -> Result<(), StoreError> {
+        self.remove_meta(&format!("{}{build_id}", keys::BISECTION))
+    }
+
+    /// Red builds whose culprit finding is still to start, oldest first.
+    pub fn culprit_searches_wanted(&self) -> Result<Vec<u64>, StoreError> {
+        let mut wanted: Vec<u64> = self.meta_with_prefix(keys::CULPRIT_WANTED)?;
+        wanted.sort_unstable();
+        Ok(wanted)
+    }
+
+    /// Asks for the culprit of red build `build_id` to be found.
+    pub fn want_culprit_search(&self, build_id: u64) -> Result<(), StoreError> {
+        self.set_meta(&format!("{}{build_id:020}", keys::CULPRIT_WANTED), &build_id)
+    }
+
+    /// The culprit finding of `build_id` has started (or is not needed).
+    pub fn culprit_search_started(&self, build_id: u64) -> Result<(), StoreError> {
+        self.remove_meta(&format!("{}{build_id:020}", keys::CULPRIT_WANTED))
+    }
+
+    /// The tests a running build selected.
+    pub fn selection(&self, build_id: u64) -> Result<Option<Vec<String>>, StoreError> {
+        self.meta(&format!("{}{build_id}", keys::SELECTION))
+    }
+
+    /// Records the tests a build selected, until it ends.
+    pub fn put_selection(&self, build_id: u64, test_ids: &[&str]) -> Result<(), StoreError> {
+        self.set_meta(&format!("{}{build_id}", keys::SELECTION), &test_ids)
+    }
+
+    /// Forgets an ended build's selection.
+    pub fn remove_selection(&self, build_id: u64) -> Result<(), StoreError> {
+        self.remove_meta(&format!("{}{build_id}", keys::SELECTION))
+    }
+
+    /// The next lease id (1 at first).
+    pub fn next_lease(&self) -> Result<u64, StoreError> {
+        Ok(self.meta(keys::NEXT_LEASE)?.unwrap_or(1))
+    }
+
+    /// Records the next lease id.
+    pub fn set_next_lease(&self, next: u64) -> Result<(), StoreError> {
+        self.set_meta(keys::NEXT_LEASE, &next)
+    }
+
+    /// Regular builds since the last full run, and when the last full run started (Unix
+    /// seconds, 0 if never).
+    pub fn full_runs(&self) -> Result<(u64, f64), StoreError> {
+        Ok((self.meta(keys::BUILDS_SINCE_FULL_RUN)?.unwrap_or(0), self.meta(keys::LAST_FULL_RUN_AT)?.unwrap_or(0.0)))
+    }
+
+    /// A regular build started: a full run at `now` resets the count, any other adds one.
+    pub fn count_build(&self, full_run: bool, now: f64) -> Result<(), StoreError> {
+        if full_run {
+            self.set_meta(keys::BUILDS_SINCE_FULL_RUN, &0u64)?;
+            self.set_meta(keys::LAST_FULL_RUN_AT, &now)
+        } else {
+            let (since, _) = self.full_runs()?;
+            self.set_meta(keys::BUILDS_SINCE_FULL_RUN, &(since + 1))
+        }
+    }
+
+    /// Whether an admin asked for a full run not started yet.
+    pub fn full_run_forced(&self) -> Result<bool, StoreError> {
+        Ok(self.meta(keys::FORCE_FULL_RUN)?.unwrap_or(false))
+    }
+
+    /// Asks for (or, with `false`, clears the request for) a full run.
+    pub fn set_full_run_forced(&self, forced: bool) -> Result<(), StoreError> {
+        if forced { self.set_meta(keys::FORCE_FULL_RUN, &true) } else { self.remove_meta(keys::FORCE_FULL_RUN) }
+    }
+
+    /// The build id of the newest revision pushed (0 if none).
+    pub fn last_pushed(&self) -> Result<u64, StoreError> {
+        Ok(self.meta(keys::LAST_PUSHED)?.unwrap_or(0))
+    }
+
+    /// Records that build `build_id`'s revision was pushed.
+    pub fn set_last_pushed(&self, build_id: u64) -> Result<(), StoreError> {
+        let last = self.last_pushed()?;
+        self.set_meta(keys::LAST_PUSHED, &last.max(build_id))
+    }
+
+    /// A test's flake record.
+    pub fn flake_record(&self, test_id: &str) -> Result<Option<FlakeRecord>, StoreError> {
+        self.meta(&format!("{}{test_id}", keys::FLAKE))
+    }
+
+    /// Every flake record.
+    pub fn flake_records(&self) -> Result<Vec<FlakeRecord>, StoreError> {
+        self.meta_with_prefix(keys::FLAKE)
+    }
+
+    /// Writes a flake record.
+    pub fn put_flake_record(&self, record: &FlakeRecord) -> Result<(), StoreError> {
+        self.set_meta(&format!("{}{}", keys::FLAKE, record.test_id), record)
+    }
+
+    /// Every quarantine entry, expired ones included.
+    pub fn quarantine_entries(&self) -> Result<Vec<QuarantineEntry>, StoreError> {
+        self.meta_with_prefix(keys::QUARANTINE)
+    }
+
+    /// Writes a quarantine entry.
+    pub fn put_quarantine(&self, entry: &QuarantineEntry) -> Result<(), StoreError> {
+        self.set_meta(&format!("{}{}", keys::QUARANTINE, entry.test_id), entry)
+    }
+
+    /// Lifts a test's quarantine.
+    pub fn remove_quarantine(&self, test_id: &str) -> Result<(), StoreError> {
+        self.remove_meta(&format!("{}{test_id}", keys::QUARANTINE))
+    }
+
+    /// The gate of `branch`, once one was stored.
+    pub fn gate(&self, branch: &str) -> Result<Option<GateView>, StoreError> {
+        self.meta(&format!("{}{branch}", keys::GATE))
+    }
+
+    /// Writes the gate of its branch.
+    pub fn put_gate(&self, gate: &GateView) -> Result<(), StoreError> {
+        self.set_meta(&format!("{}{}", keys::GATE, gate.branch), gate)
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -470,8 +706,19 @@ mod tests {
             store.add_duration("t", duration as f64).unwrap();
         }
         assert_eq!(store.durations("t").unwrap(), vec![3.0, 4.0, 5.0, 6.0, 7.0]);
-        store.set_meta("last", &"abc").unwrap();
-        assert_eq!(store.meta::<String>("last").unwrap().as_deref(), Some("abc"));
+        store.set_last_seen("main", "abc").unwrap();
+        assert_eq!(store.last_seen("main").unwrap().as_deref(), Some("abc"));
+        assert_eq!(store.last_seen("other").unwrap(), None);
+        assert_eq!(store.next_unbuilt_change().unwrap(), 1);
+        store.set_next_unbuilt_change(9).unwrap();
+        store.requeue_changes_from(4).unwrap();
+        store.requeue_changes_from(6).unwrap();
+        assert_eq!(store.next_unbuilt_change().unwrap(), 4, "requeueing only ever moves the watermark back");
+        store.want_culprit_search(12).unwrap();
+        store.want_culprit_search(3).unwrap();
+        assert_eq!(store.culprit_searches_wanted().unwrap(), vec![3, 12], "oldest first, numerically");
+        store.culprit_search_started(3).unwrap();
+        assert_eq!(store.culprit_searches_wanted().unwrap(), vec![12]);
     }
 
     #[test]

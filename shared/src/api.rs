@@ -476,6 +476,90 @@ pub struct GateView {
     pub fix_marker: String,
 }
 
+/// Where a shard stands. The serde names are the wire strings; a state a newer master
+/// sends that this build does not know reads as [`ShardState::Unknown`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardState {
+    /// Its worker runs it.
+    Running,
+    /// Its worker finished it (a shard that gave tests back ends here too; see
+    /// [`ShardView::withdrawn`]).
+    Finished,
+    /// Its heartbeats stopped: the lease was taken back, its unreported tests ran elsewhere.
+    Expired,
+    /// Its worker could not run it (checkout, setup or the runner failed); its unreported
+    /// tests ran elsewhere.
+    InfraError,
+    /// Its worker asked for new work while holding it: taken back, its unreported tests
+    /// ran elsewhere.
+    TakenBack,
+    /// Its build was cancelled by an admin while it ran.
+    Cancelled,
+    /// A state this build of Greenlight does not know (sent by a newer master).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ShardState {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShardState::Running => "running",
+            ShardState::Finished => "finished",
+            ShardState::Expired => "expired",
+            ShardState::InfraError => "infra_error",
+            ShardState::TakenBack => "taken_back",
+            ShardState::Cancelled => "cancelled",
+            ShardState::Unknown => "unknown",
+        }
+    }
+
+    /// Whether the shard has ended.
+    pub fn is_ended(self) -> bool {
+        self != ShardState::Running
+    }
+}
+
+/// Where a push hand-off stands. The serde names are the wire strings; a state a newer
+/// master sends that this build does not know reads as [`PushState::Unknown`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushState {
+    /// Queued, not tried yet.
+    Pending,
+    /// Tried and failed; it will be tried again.
+    Pushing,
+    /// Handed off.
+    Pushed,
+    /// Every attempt failed.
+    Failed,
+    /// A newer green revision was pushed first; older ones are never pushed after it.
+    Superseded,
+    /// A state this build of Greenlight does not know (sent by a newer master).
+    #[serde(other)]
+    Unknown,
+}
+
+impl PushState {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushState::Pending => "pending",
+            PushState::Pushing => "pushing",
+            PushState::Pushed => "pushed",
+            PushState::Failed => "failed",
+            PushState::Superseded => "superseded",
+            PushState::Unknown => "unknown",
+        }
+    }
+
+    /// Whether the push stage still has to hand it off.
+    pub fn is_open(self) -> bool {
+        matches!(self, PushState::Pending | PushState::Pushing)
+    }
+}
+
 /// One hand-off of a green revision to the push stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PushView {
@@ -483,9 +567,8 @@ pub struct PushView {
     pub build_id: u64,
     /// Its revision.
     pub revision: String,
-    /// `pending`, `pushing`, `pushed`, `failed`, or `superseded` (a newer green revision
-    /// was pushed first; older ones are never pushed after it).
-    pub state: String,
+    /// Where the hand-off stands.
+    pub state: PushState,
     /// Attempts made.
     pub attempts: u32,
     /// The last error, when an attempt failed.
@@ -514,8 +597,8 @@ pub struct ShardView {
     pub started_at: f64,
     /// Finished or expired at.
     pub finished_at: Option<f64>,
-    /// `running`, `finished`, `expired` or `infra_error`.
-    pub state: String,
+    /// Where the shard stands.
+    pub state: ShardState,
     /// Outcomes of its tests reported so far.
     #[serde(default)]
     pub counts: TestCounts,
@@ -759,4 +842,38 @@ pub struct TestRun {
     /// Output of the last failing attempt, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_and_push_states_keep_their_wire_names_and_read_unknown_ones_as_unknown() {
+        for (state, wire) in [
+            (ShardState::Running, "running"),
+            (ShardState::Finished, "finished"),
+            (ShardState::Expired, "expired"),
+            (ShardState::InfraError, "infra_error"),
+            (ShardState::TakenBack, "taken_back"),
+            (ShardState::Cancelled, "cancelled"),
+        ] {
+            assert_eq!(serde_json::to_string(&state).unwrap(), format!("\"{wire}\""));
+            assert_eq!(serde_json::from_str::<ShardState>(&format!("\"{wire}\"")).unwrap(), state);
+            assert_eq!(state.as_str(), wire);
+        }
+        for (state, wire) in [
+            (PushState::Pending, "pending"),
+            (PushState::Pushing, "pushing"),
+            (PushState::Pushed, "pushed"),
+            (PushState::Failed, "failed"),
+            (PushState::Superseded, "superseded"),
+        ] {
+            assert_eq!(serde_json::to_string(&state).unwrap(), format!("\"{wire}\""));
+            assert_eq!(serde_json::from_str::<PushState>(&format!("\"{wire}\"")).unwrap(), state);
+            assert_eq!(state.as_str(), wire);
+        }
+        assert_eq!(serde_json::from_str::<ShardState>("\"paused_by_a_newer_master\"").unwrap(), ShardState::Unknown);
+        assert_eq!(serde_json::from_str::<PushState>("\"rolled_back\"").unwrap(), PushState::Unknown);
+    }
 }

@@ -1,0 +1,305 @@
+//! The farm: the master's state and its use cases. [`Farm`] holds the state (this file);
+//! each use case is a module of `impl Farm` blocks:
+//!
+//! - [`workers`]: the worker protocol (register, lease, heartbeat, results, finish, tick);
+//! - [`decisions`]: carrying out what the scheduler decided (results recorded, shards
+//!   ended or shrunk, the gate closed as soon as a failure is real);
+//! - [`builds`]: the build lifecycle (poll, start, finish, cancel, recover after a restart);
+//! - [`planning`]: reading the suite at a revision and planning it from history;
+//! - [`culprits`]: bisection of a red build's changes with probe builds;
+//! - [`flakes`]: flake records and quarantine;
+//! - [`queries`]: what the read-only API and the page read.
+//!
+//! **One owner per fact.** The scheduler core owns leases, workers' leases and benches, the
+//! tests withdrawn from a lease, and the verdict; the farm asks it and never mirrors it. The
+//! farm owns what the core does not know: worker names and when each was last heard, the
+//! live views of running builds (summaries and shards, for the page), the gate, the
+//! bisections and the quarantine. The store owns its key layout.
+//!
+//! **The lock.** All of that sits behind one std mutex, held for short sections that never
+//! span an `.await`, and never across an fsync, a git command or a read of many builds:
+//! those run before the lock is taken or after it is released. Time comes in through the
+//! [`Clock`] the farm is given.
+
+mod builds;
+mod culprits;
+mod decisions;
+mod flakes;
+mod planning;
+mod queries;
+mod workers;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use greenlight_scheduler::core::{Scheduler, SchedulerConfig, SchedulerError};
+use greenlight_shared::api::{
+    BuildSummary, ChangeView, FarmEvent, GateView, ShardEvent, ShardView, TestResultView, TestStatus,
+};
+use greenlight_shared::git::GitError;
+use tokio::sync::Notify;
+
+use self::flakes::Flakes;
+pub use self::planning::PlanError;
+use crate::changes::{Mirror, Tagger};
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::culprit::Bisection;
+use crate::gate;
+use crate::store::{Store, StoreError};
+
+/// How many failing test ids a build summary lists.
+const LISTED_FAILURES: usize = 100;
+/// Updates a slow page subscriber may fall behind by before it is told to resync.
+const EVENT_BACKLOG: usize = 8192;
+
+/// Why a farm operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FarmError {
+    /// No worker with this id is registered.
+    #[error("unknown worker {0}; register again")]
+    UnknownWorker(u64),
+    /// No build with this id.
+    #[error("unknown build {0}")]
+    UnknownBuild(u64),
+    /// The build already ended.
+    #[error("build {0} already ended")]
+    BuildEnded(u64),
+    /// An admin call with arguments that make no sense.
+    #[error("{0}")]
+    Invalid(String),
+    /// The scheduler refused the event.
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// git failed.
+    #[error(transparent)]
+    Git(#[from] GitError),
+    /// A background task died.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+/// Runs blocking work (git, fsync) on tokio's blocking threads.
+pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, FarmError> {
+    tokio::task::spawn_blocking(work).await.map_err(|error| FarmError::Task(error.to_string()))
+}
+
+/// A running build as the page sees it: its summary with live counts, and its shards.
+#[derive(Debug)]
+struct LiveBuild {
+    summary: BuildSummary,
+    shards: BTreeMap<u64, ShardView>,
+}
+
+/// A registered worker: who it is and when it was last heard. What it holds and whether
+/// it is benched are the scheduler's to say.
+#[derive(Debug)]
+struct Registration {
+    name: String,
+    last_seen: f64,
+}
+
+/// Everything behind the farm's lock.
+struct Core {
+    scheduler: Scheduler,
+    running: BTreeMap<u64, LiveBuild>,
+    workers: BTreeMap<u64, Registration>,
+    worker_by_name: HashMap<String, u64>,
+    gate: GateView,
+    /// Culprit findings under way, by red build.
+    bisections: BTreeMap<u64, Bisection>,
+    /// Seconds of test time each running lease reported (to learn the shard overhead).
+    lease_test_seconds: HashMap<u64, f64>,
+    /// Quarantined tests and tests with a flake record.
+    flakes: Flakes,
+}
+
+/// The master's state.
+pub struct Farm {
+    config: Config,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    mirror: Mirror,
+    tagger: Tagger,
+    core: Mutex<Core>,
+    /// Woken when tests become ready: long-polling workers ask again.
+    pub work_available: Notify,
+    /// Woken when a build may start (changes queued, a build ended, a probe is due).
+    pub build_wanted: Notify,
+    /// Woken when a green revision is queued for the push stage.
+    pub push_wanted: Notify,
+    events: tokio::sync::broadcast::Sender<FarmEvent>,
+    /// Says `true` when the master shuts down: long-lived streams end.
+    closing: tokio::sync::watch::Sender<bool>,
+    poll_lock: tokio::sync::Mutex<()>,
+}
+
+/// The scheduler's knobs from the master's configuration.
+fn scheduler_config(config: &Config) -> SchedulerConfig {
+    let scheduler = &config.scheduler;
+    SchedulerConfig {
+        lease_timeout_s: scheduler.lease_timeout_s,
+        min_shard_s: scheduler.min_shard_s,
+        min_shard_overheads: scheduler.min_shard_overheads,
+        tail_fraction: scheduler.tail_fraction,
+        max_attempts: scheduler.max_attempts,
+        retries: scheduler.retries,
+        infra_failures_to_bench: scheduler.infra_failures_to_bench,
+        bench_s: scheduler.bench_s,
+        max_shard_s: scheduler.max_shard_s,
+        split_running_leases: scheduler.split_running_leases,
+        flaky_fails_build: config.gate.flaky_fails_build,
+        ..SchedulerConfig::default()
+    }
+}
+
+impl Farm {
+    /// A farm over `store` on the wall clock. Call [`Farm::recover`] before serving.
+    pub fn new(config: Config, store: Store) -> Result<Farm, FarmError> {
+        Farm::with_clock(config, store, Arc::new(SystemClock))
+    }
+
+    /// A farm over `store` reading the time from `clock`.
+    pub fn with_clock(config: Config, store: Store, clock: Arc<dyn Clock>) -> Result<Farm, FarmError> {
+        let tagger = Tagger::new(&config.tags).map_err(|error| FarmError::Task(error.to_string()))?;
+        let gate = match store.gate(&config.repository.branch)? {
+            Some(gate) => gate,
+            None => gate::new_gate(&config.repository.branch, &config.gate.fix_marker),
+        };
+        let core = Core {
+            scheduler: Scheduler::new(scheduler_config(&config)),
+            running: BTreeMap::new(),
+            workers: BTreeMap::new(),
+            worker_by_name: HashMap::new(),
+            lease_test_seconds: HashMap::new(),
+            flakes: Flakes::load(&store)?,
+            gate,
+            // A probe a previous master left running is resumed with the other builds.
+            bisections: store.bisections()?.into_iter().map(|bisection| (bisection.build_id, bisection)).collect(),
+        };
+        Ok(Farm {
+            mirror: Mirror::new(&config),
+            tagger,
+            core: Mutex::new(core),
+            work_available: Notify::new(),
+            build_wanted: Notify::new(),
+            push_wanted: Notify::new(),
+            events: tokio::sync::broadcast::channel(EVENT_BACKLOG).0,
+            closing: tokio::sync::watch::channel(false).0,
+            poll_lock: tokio::sync::Mutex::new(()),
+            clock,
+            config,
+            store,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Now, by the farm's clock (Unix seconds).
+    pub fn now(&self) -> f64 {
+        self.clock.now()
+    }
+
+    fn core(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes every write so far durable, on a blocking thread (never under the lock).
+    pub async fn flush(self: &Arc<Self>) -> Result<(), FarmError> {
+        let farm = Arc::clone(self);
+        Ok(blocking(move || farm.store.flush()).await??)
+    }
+
+    fn save_gate(&self, core: &Core) -> Result<(), FarmError> {
+        self.store.put_gate(&core.gate)?;
+        self.publish(FarmEvent::Gate(core.gate.clone()));
+        Ok(())
+    }
+
+    fn put_build(&self, build: &BuildSummary) -> Result<(), FarmError> {
+        self.store.put_build(build)?;
+        self.publish(FarmEvent::Build(build.clone()));
+        Ok(())
+    }
+
+    fn put_change(&self, change: &ChangeView) -> Result<(), FarmError> {
+        self.store.put_change(change)?;
+        self.publish(FarmEvent::Change(change.clone()));
+        Ok(())
+    }
+
+    fn put_shard(&self, build_id: u64, shard: &ShardView) -> Result<(), FarmError> {
+        self.store.put_shard(build_id, shard)?;
+        self.publish(FarmEvent::Shard(ShardEvent { build_id, shard: without_test_ids(shard) }));
+        Ok(())
+    }
+
+    fn publish(&self, event: FarmEvent) {
+        // Nobody listening is fine.
+        let _ = self.events.send(event);
+    }
+
+    /// Tells long-lived streams (the page's updates) to end: the master shuts down.
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves when the master shuts down.
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    /// Updates for the web page, as they happen.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<FarmEvent> {
+        self.events.subscribe()
+    }
+}
+
+/// The result of a test no worker ran (attempt 0): skipped for a dependency, or given up.
+fn not_run(test_id: String, status: TestStatus, reason: String) -> TestResultView {
+    TestResultView {
+        test_id,
+        attempt: 0,
+        status,
+        duration_s: 0.0,
+        output: Some(reason),
+        worker: None,
+        retried: false,
+        flaky: false,
+        quarantined: false,
+        lease_id: None,
+    }
+}
+
+/// A shard as the event stream sends it: without its (possibly long) list of test ids and
+/// its reproduce line (which names them), neither even cloned (this runs for every result,
+/// under the farm's lock). The shard's own endpoint has both.
+fn without_test_ids(shard: &ShardView) -> ShardView {
+    ShardView {
+        lease_id: shard.lease_id,
+        worker: shard.worker.clone(),
+        tests: shard.tests,
+        withdrawn: shard.withdrawn,
+        started_at: shard.started_at,
+        finished_at: shard.finished_at,
+        state: shard.state,
+        counts: shard.counts.clone(),
+        test_ids: Vec::new(),
+        reproduce: String::new(),
+        runner_wall_s: shard.runner_wall_s,
+    }
+}
+
+#[cfg(test)]
+mod tests;

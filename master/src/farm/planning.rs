@@ -1,0 +1,144 @@
+//! Planning: the suite at a revision (read from git, or listed by the runner in the
+//! master's checkout), validated into a DAG, the tests selected by tags (or by id for a
+//! probe or a resumed build), estimated from history, and the learned shard overhead.
+//! All of it is blocking work, run before the farm's lock is taken.
+
+use std::collections::{BTreeSet, HashMap};
+
+use greenlight_scheduler::estimate::{estimate, median};
+use greenlight_scheduler::plan::BuildPlan;
+use greenlight_scheduler::select::{select, select_ids};
+use greenlight_scheduler::suite::{Suite, SuiteError};
+use greenlight_shared::api::BuildSummary;
+use greenlight_shared::git::GitError;
+use greenlight_shared::runner::Runner;
+use greenlight_shared::suite::{SuiteFile, SuiteFileError};
+
+use super::Farm;
+use crate::store::StoreError;
+
+/// Why a revision could not be planned.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The suite could not be read at the revision.
+    #[error("cannot read the suite: {0}")]
+    Git(#[from] GitError),
+    /// The list command failed.
+    #[error("suite list command failed: {0}")]
+    ListCommand(String),
+    /// The suite is not JSON of the suite format.
+    #[error(transparent)]
+    Format(#[from] SuiteFileError),
+    /// The suite is invalid.
+    #[error("invalid suite: {0}")]
+    Invalid(#[from] SuiteError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Farm {
+    /// The plan of an interrupted build: its stored selection at its revision.
+    pub(super) fn replan(&self, build: &BuildSummary) -> Result<BuildPlan, PlanError> {
+        let selected = self
+            .store
+            .selection(build.build_id)?
+            .ok_or_else(|| PlanError::ListCommand("its selection was not stored".to_owned()))?;
+        let suite = self.suite_at(&build.revision)?;
+        let indices = select_ids(&suite, selected.iter().map(String::as_str));
+        self.plan_selected(&suite, &indices)
+    }
+
+    /// The suite at `revision`, validated.
+    fn suite_at(&self, revision: &str) -> Result<Suite, PlanError> {
+        Ok(Suite::new(self.suite_file_at(revision)?)?)
+    }
+
+    /// The suite file at `revision`, as read or listed (not validated).
+    pub(super) fn suite_file_at(&self, revision: &str) -> Result<SuiteFile, PlanError> {
+        Ok(match &self.config.suite.file {
+            Some(path) => SuiteFile::from_json(&self.mirror.read_file(revision, path)?)?,
+            None if self.config.suite.list_command.is_empty() => self.list_with_runner(revision)?,
+            None => SuiteFile::from_json(&self.list_suite(revision)?)?,
+        })
+    }
+
+    /// The suite as the runner adapter lists it in a checkout of `revision`.
+    fn list_with_runner(&self, revision: &str) -> Result<SuiteFile, PlanError> {
+        let checkout = self.config.data_dir.join("checkout");
+        self.mirror.checkout(revision, &checkout)?;
+        let env: Vec<(String, String)> =
+            self.config.suite.env.iter().map(|(key, value)| (key.clone(), value.clone())).collect();
+        greenlight_shared::runner::list_suite(&self.config.suite.runner(), &checkout, &env)
+            .map_err(|error| PlanError::ListCommand(error.to_string()))
+    }
+
+    /// The suite as the configured list command prints it in a checkout of `revision`.
+    fn list_suite(&self, revision: &str) -> Result<Vec<u8>, PlanError> {
+        let checkout = self.config.data_dir.join("checkout");
+        self.mirror.checkout(revision, &checkout)?;
+        let command = &self.config.suite.list_command;
+        let output = std::process::Command::new(&command[0])
+            .args(&command[1..])
+            .current_dir(&checkout)
+            .envs(&self.config.suite.env)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|error| PlanError::ListCommand(format!("{}: {error}", command[0])))?;
+        if !output.status.success() {
+            return Err(PlanError::ListCommand(format!(
+                "{} exited with {}: {}",
+                command[0],
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        Ok(output.stdout)
+    }
+
+    /// The store key of the suite's learned shard overhead (a farm runs one suite).
+    pub(super) fn overhead_key(&self) -> String {
+        format!("{}#{}", self.config.repository.url, self.config.repository.branch)
+    }
+
+    /// The suite's shard overhead as learned from real shards (the median of the recent
+    /// samples, so one slow shard does not move it), and how many samples there are.
+    pub fn learned_shard_overhead(&self) -> Result<(Option<f64>, usize), StoreError> {
+        let mut samples = self.store.shard_overheads(&self.overhead_key())?;
+        Ok((median(&mut samples), samples.len()))
+    }
+
+    /// A plan re-running `tests` (those the suite has at `revision`) with their dependencies.
+    pub(super) fn plan_probe(&self, revision: &str, tests: &[String]) -> Result<BuildPlan, PlanError> {
+        let suite = self.suite_at(revision)?;
+        let selected = select_ids(&suite, tests.iter().map(String::as_str));
+        self.plan_selected(&suite, &selected)
+    }
+
+    /// Reads, validates and plans the suite at `revision` for `tags` (empty: everything).
+    pub(super) fn plan(&self, revision: &str, tags: &BTreeSet<String>) -> Result<BuildPlan, PlanError> {
+        let suite = self.suite_at(revision)?;
+        let selected = select(&suite, tags);
+        self.plan_selected(&suite, &selected)
+    }
+
+    fn plan_selected(&self, suite: &Suite, selected: &[usize]) -> Result<BuildPlan, PlanError> {
+        let mut history: HashMap<&str, f64> = HashMap::new();
+        for &index in selected {
+            let id = suite.tests[index].id.as_str();
+            if let Some(value) = median(&mut self.store.durations(id)?) {
+                history.insert(id, value);
+            }
+        }
+        let estimates = estimate(suite, |test| history.get(test.id.as_str()).copied().or(test.duration_s));
+        let mut plan = BuildPlan::new(suite, selected, &estimates);
+        // A shard may give back the tests it has not started only if its runner reports each
+        // test as it ends (pytest and nextest write their report at exit).
+        plan.leases_splittable = self.config.suite.runner() == Runner::Command;
+        // What real shards of this suite cost beats what its file declares.
+        if let (Some(learned), _) = self.learned_shard_overhead()? {
+            plan.shard_overhead_s = learned;
+        }
+        Ok(plan)
+    }
+}

@@ -1,0 +1,148 @@
+//! What the read-only API and the page read: builds (live while they run), shards,
+//! results, a test's history, changes, workers, the gate and the push queue. Reads of many
+//! builds or of git happen outside the lock; the lock is taken only to look at live state.
+
+use greenlight_scheduler::core::WorkerId;
+use greenlight_shared::API_VERSION;
+use greenlight_shared::api::{
+    BuildDetail, BuildState, BuildSummary, BuildTests, ChangeView, GateView, PushView, ShardView, TestHistory, TestRun,
+    WorkerView,
+};
+
+use super::{Farm, FarmError};
+use crate::push;
+
+impl Farm {
+    /// A build's summary (live counts while it runs).
+    pub fn build_summary(&self, build_id: u64) -> Result<BuildSummary, FarmError> {
+        if let Some(live) = self.core().running.get(&build_id) {
+            return Ok(live.summary.clone());
+        }
+        self.store.build(build_id)?.ok_or(FarmError::UnknownBuild(build_id))
+    }
+
+    /// The newest builds, newest first.
+    pub fn builds(&self, limit: usize) -> Result<Vec<BuildSummary>, FarmError> {
+        let mut builds = self.store.latest_builds(limit)?;
+        let core = self.core();
+        for build in &mut builds {
+            if let Some(live) = core.running.get(&build.build_id) {
+                *build = live.summary.clone();
+            }
+        }
+        Ok(builds)
+    }
+
+    /// A build with its shards; their test ids only if `with_test_ids`.
+    pub fn build_detail(&self, build_id: u64, with_test_ids: bool) -> Result<BuildDetail, FarmError> {
+        let build = self.build_summary(build_id)?;
+        let live: Option<Vec<ShardView>> =
+            self.core().running.get(&build_id).map(|live| live.shards.values().cloned().collect());
+        let mut shards = match live {
+            Some(shards) => shards,
+            None => self.store.shards(build_id)?,
+        };
+        if !with_test_ids {
+            shards.iter_mut().for_each(|shard| shard.test_ids = Vec::new());
+        }
+        Ok(BuildDetail { build, shards })
+    }
+
+    /// One shard of a build, with its test ids.
+    pub fn shard(&self, build_id: u64, lease_id: u64) -> Result<Option<ShardView>, FarmError> {
+        let shards = self.build_detail(build_id, true)?.shards;
+        Ok(shards.into_iter().find(|shard| shard.lease_id == lease_id))
+    }
+
+    /// One test across the newest `n_builds` builds: outcomes, durations, flake rate, and
+    /// its tags and dependencies from the suite at the newest of those builds' revisions.
+    /// Blocking (git, many builds): call it off the async threads.
+    pub fn test_history(&self, test_id: &str, n_builds: usize) -> Result<TestHistory, FarmError> {
+        let builds = self.builds(n_builds)?;
+        let mut runs = Vec::new();
+        for build in &builds {
+            let attempts = self.store.results_of_test(build.build_id, test_id)?;
+            let Some(last) = attempts.last() else { continue };
+            let output = attempts.iter().rev().find(|result| result.status.is_failure()).and_then(|r| r.output.clone());
+            runs.push(TestRun {
+                build_id: build.build_id,
+                revision: build.revision.clone(),
+                created_at: build.created_at,
+                status: last.status,
+                duration_s: last.duration_s,
+                attempts: attempts.len() as u32,
+                flaky: last.flaky,
+                worker: last.worker.clone(),
+                output: output.or_else(|| last.output.clone()),
+            });
+        }
+        let flake_rate =
+            if runs.is_empty() { 0.0 } else { runs.iter().filter(|run| run.flaky).count() as f64 / runs.len() as f64 };
+        let mut history = TestHistory {
+            version: API_VERSION,
+            test_id: test_id.to_owned(),
+            tags: Vec::new(),
+            depends_on: Vec::new(),
+            dependants: Vec::new(),
+            recent_durations_s: self.store.durations(test_id)?,
+            runs,
+            flake_rate,
+        };
+        let revision = builds.iter().find(|build| build.state != BuildState::Error).map(|build| build.revision.clone());
+        if let Some(suite) = revision.and_then(|revision| self.suite_file_at(&revision).ok()) {
+            for test in &suite.tests {
+                if test.id == test_id {
+                    history.tags = test.tags.clone();
+                    history.depends_on = test.depends_on.clone();
+                } else if test.depends_on.iter().any(|dependency| dependency == test_id) {
+                    history.dependants.push(test.id.clone());
+                }
+            }
+        }
+        Ok(history)
+    }
+
+    /// Every stored result of a build.
+    pub fn build_tests(&self, build_id: u64) -> Result<BuildTests, FarmError> {
+        self.build_summary(build_id)?;
+        Ok(BuildTests { version: API_VERSION, build_id, results: self.store.results(build_id)? })
+    }
+
+    /// The newest changes, newest first.
+    pub fn changes(&self, limit: usize) -> Result<Vec<ChangeView>, FarmError> {
+        Ok(self.store.latest_changes(limit)?)
+    }
+
+    /// The workers the master knows: who they are and when they were last heard (the
+    /// farm's registry), what they hold and whether they are benched (the scheduler's).
+    pub fn workers(&self) -> Vec<WorkerView> {
+        let now = self.now();
+        let core = self.core();
+        core.workers
+            .iter()
+            .map(|(&worker_id, registration)| {
+                let lease = core.scheduler.worker_lease(WorkerId(worker_id));
+                WorkerView {
+                    worker_id,
+                    name: registration.name.clone(),
+                    lease_id: lease.map(|(lease, _)| lease.0),
+                    build_id: lease.map(|(_, build)| build.0),
+                    last_seen: registration.last_seen,
+                    benched_until: core.scheduler.benched_until(WorkerId(worker_id), now),
+                    lost: now - registration.last_seen > self.config.scheduler.lease_timeout_s,
+                }
+            })
+            .collect()
+    }
+
+    /// The gate of `branch`, if it is the watched branch.
+    pub fn gate(&self, branch: &str) -> Option<GateView> {
+        let core = self.core();
+        (core.gate.branch == branch).then(|| core.gate.clone())
+    }
+
+    /// Every push hand-off, newest first.
+    pub fn pushes(&self) -> Result<Vec<PushView>, FarmError> {
+        Ok(push::list(&self.store)?)
+    }
+}

@@ -1,0 +1,422 @@
+//! The farm's use cases, driven by hand: an in-memory store, a fake clock, a small git
+//! repository made by the test, and no worker processes. The test plays the workers
+//! through the same calls the HTTP handlers make, and moves time itself.
+
+use std::sync::Arc;
+
+use greenlight_fixtures::SUITE_FILE;
+use greenlight_fixtures::repo::FixtureRepo;
+use greenlight_scheduler::core::SchedulerError;
+use greenlight_shared::api::{
+    BuildState, BuildSummary, GateState, Lease, PushState, ResultsResponse, ShardOutcome, ShardState, TestReport,
+    TestStatus,
+};
+use greenlight_shared::suite::{SuiteFile, SuiteTest};
+
+use super::{Farm, FarmError};
+use crate::clock::{Clock, FakeClock};
+use crate::config::{Config, SuiteConfig};
+use crate::store::Store;
+
+const START: f64 = 1_000_000.0;
+
+fn suite(ids: &[&str]) -> SuiteFile {
+    SuiteFile {
+        name: "unit".to_owned(),
+        shard_overhead_s: 0.0,
+        tests: ids
+            .iter()
+            .map(|id| SuiteTest {
+                id: (*id).to_owned(),
+                tags: vec!["core".to_owned()],
+                depends_on: Vec::new(),
+                duration_s: Some(1.0),
+            })
+            .collect(),
+    }
+}
+
+/// A farm over a fresh repository holding `suite`, on a fake clock.
+struct Harness {
+    /// Holds the repository and the data directory until the test ends.
+    _dir: tempfile::TempDir,
+    repo: FixtureRepo,
+    clock: FakeClock,
+    store: Store,
+    config: Config,
+    farm: Arc<Farm>,
+}
+
+impl Harness {
+    fn new(suite: &SuiteFile, configure: impl FnOnce(&mut Config)) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let repo_dir = dir.path().join("repo");
+        std::fs::create_dir_all(&repo_dir).unwrap();
+        let repo = FixtureRepo::create(&repo_dir, suite).unwrap();
+        let mut config = Config::new(
+            dir.path().join("data"),
+            repo_dir.to_str().unwrap().to_owned(),
+            SuiteConfig::command(SUITE_FILE, vec!["true".to_owned()]),
+        );
+        configure(&mut config);
+        let clock = FakeClock::at(START);
+        let store = Store::in_memory();
+        let farm = Harness::farm(&config, &store, &clock);
+        Harness { _dir: dir, repo, clock, store, config, farm }
+    }
+
+    fn farm(config: &Config, store: &Store, clock: &FakeClock) -> Arc<Farm> {
+        let farm = Farm::with_clock(config.clone(), store.clone(), Arc::new(clock.clone())).unwrap();
+        farm.recover().unwrap();
+        Arc::new(farm)
+    }
+
+    /// A new master over the same store, as after a crash.
+    fn restart(&mut self) {
+        self.farm = Harness::farm(&self.config, &self.store, &self.clock);
+    }
+
+    /// Polls the branch and starts the build it calls for.
+    async fn next_build(&self) -> u64 {
+        self.farm.poll().await.unwrap();
+        self.farm.start_next_build().await.unwrap().expect("a build starts")
+    }
+
+    fn register(&self, name: &str) -> u64 {
+        self.farm.register(name).unwrap().worker_id
+    }
+
+    fn lease(&self, worker_id: u64) -> Lease {
+        self.farm.try_lease(worker_id).unwrap().expect("a test is ready")
+    }
+
+    fn report(
+        &self,
+        lease: &Lease,
+        worker_id: u64,
+        results: &[(&str, TestStatus)],
+    ) -> Result<ResultsResponse, FarmError> {
+        self.clock.advance(1.0);
+        let reports: Vec<TestReport> = results
+            .iter()
+            .map(|(test_id, status)| TestReport {
+                test_id: (*test_id).to_owned(),
+                status: *status,
+                duration_s: 1.0,
+                output: None,
+            })
+            .collect();
+        self.farm.report(lease.lease_id, worker_id, &reports)
+    }
+
+    /// `worker_id` takes shards until none is ready, reporting `status_of` for each test.
+    fn run_all(&self, worker_id: u64, status_of: impl Fn(&str) -> TestStatus) {
+        while let Some(lease) = self.farm.try_lease(worker_id).unwrap() {
+            for test_id in &lease.tests {
+                self.report(&lease, worker_id, &[(test_id, status_of(test_id))]).unwrap();
+            }
+            self.farm.finish(lease.lease_id, worker_id, &ShardOutcome::Completed, Some(1.0)).unwrap();
+        }
+    }
+
+    fn build(&self, build_id: u64) -> BuildSummary {
+        self.farm.build_summary(build_id).unwrap()
+    }
+
+    fn shard_state(&self, build_id: u64, lease_id: u64) -> ShardState {
+        self.farm.shard(build_id, lease_id).unwrap().expect("the shard exists").state
+    }
+
+    fn gate(&self) -> GateState {
+        self.farm.gate("main").unwrap().state
+    }
+}
+
+fn passing(_: &str) -> TestStatus {
+    TestStatus::Passed
+}
+
+#[tokio::test]
+async fn a_worker_runs_a_build_to_green_and_the_scheduler_says_what_it_holds() {
+    let harness = Harness::new(&suite(&["a", "b", "c"]), |_| {});
+    let build_id = harness.next_build().await;
+    let worker = harness.register("w1");
+    let lease = harness.lease(worker);
+    let view = harness.farm.workers();
+    assert_eq!((view[0].lease_id, view[0].build_id), (Some(lease.lease_id), Some(build_id)), "{view:?}");
+    assert_eq!(harness.build(build_id).state, BuildState::Running);
+    for test_id in &lease.tests {
+        harness.report(&lease, worker, &[(test_id, TestStatus::Passed)]).unwrap();
+    }
+    harness.farm.finish(lease.lease_id, worker, &ShardOutcome::Completed, Some(3.5)).unwrap();
+    harness.run_all(worker, passing);
+    let build = harness.build(build_id);
+    assert_eq!((build.state, build.counts.passed), (BuildState::Green, 3), "{build:?}");
+    assert_eq!(harness.shard_state(build_id, lease.lease_id), ShardState::Finished);
+    assert_eq!(harness.farm.workers()[0].lease_id, None, "a finished lease is no longer held");
+    assert_eq!(harness.gate(), GateState::Open);
+}
+
+#[tokio::test]
+async fn a_batch_naming_a_test_outside_the_lease_is_refused_whole_and_records_nothing() {
+    let harness = Harness::new(&suite(&["a", "b"]), |_| {});
+    let build_id = harness.next_build().await;
+    let worker = harness.register("w1");
+    let lease = harness.lease(worker);
+    let first = lease.tests[0].clone();
+    let refused = harness.report(&lease, worker, &[(&first, TestStatus::Passed), ("not-leased", TestStatus::Passed)]);
+    assert!(
+        matches!(refused, Err(FarmError::Scheduler(SchedulerError::TestNotInLease { ref test_id, .. })) if test_id == "not-leased"),
+        "{refused:?}"
+    );
+    assert!(harness.farm.build_tests(build_id).unwrap().results.is_empty(), "nothing of the batch was stored");
+    let accepted = harness.report(&lease, worker, &[(&first, TestStatus::Passed)]).unwrap();
+    assert_eq!(accepted.accepted, 1, "the good result is still taken on its own");
+    let other = harness.register("w2");
+    let stolen = harness.report(&lease, other, &[(&first, TestStatus::Failed)]);
+    assert!(matches!(stolen, Err(FarmError::Scheduler(SchedulerError::NotYourLease { .. }))), "{stolen:?}");
+}
+
+#[tokio::test]
+async fn a_silent_worker_loses_its_lease_when_the_clock_passes_the_timeout() {
+    let harness = Harness::new(&suite(&["a", "b"]), |config| config.scheduler.lease_timeout_s = 30.0);
+    let build_id = harness.next_build().await;
+    let silent = harness.register("silent");
+    let lease = harness.lease(silent);
+    harness.clock.advance(29.0);
+    assert!(!harness.farm.tick().unwrap(), "not yet past the timeout");
+    assert_eq!(harness.shard_state(build_id, lease.lease_id), ShardState::Running);
+    harness.clock.advance(2.0);
+    assert!(harness.farm.tick().unwrap());
+    assert_eq!(harness.shard_state(build_id, lease.lease_id), ShardState::Expired);
+    let late = harness.report(&lease, silent, &[(&lease.tests[0], TestStatus::Failed)]).unwrap();
+    assert_eq!((late.accepted, late.stale), (0, 1), "a report from the lost lease is stale");
+    let rescuer = harness.register("rescuer");
+    harness.run_all(rescuer, passing);
+    let build = harness.build(build_id);
+    assert_eq!((build.state, build.counts.passed, build.counts.failed), (BuildState::Green, 2, 0), "{build:?}");
+}
+
+#[tokio::test]
+async fn a_worker_that_asks_again_while_holding_a_lease_has_it_taken_back_and_it_never_shows_running() {
+    let harness = Harness::new(&suite(&["a", "b", "c", "d"]), |_| {});
+    let build_id = harness.next_build().await;
+    let worker = harness.register("w1");
+    let abandoned = harness.lease(worker);
+    harness.report(&abandoned, worker, &[(&abandoned.tests[0], TestStatus::Passed)]).unwrap();
+    // The worker restarted and asks for work: its old shard is over.
+    let next = harness.lease(worker);
+    assert_ne!(next.lease_id, abandoned.lease_id);
+    assert_eq!(harness.shard_state(build_id, abandoned.lease_id), ShardState::TakenBack);
+    harness.run_all(worker, passing);
+    assert_eq!(harness.shard_state(build_id, abandoned.lease_id), ShardState::TakenBack, "not `finished` at the end");
+    assert_eq!(harness.build(build_id).state, BuildState::Green);
+}
+
+#[tokio::test]
+async fn a_cancelled_build_shows_its_running_shards_cancelled_and_queues_its_changes_again() {
+    let harness = Harness::new(&suite(&["a", "b"]), |_| {});
+    let build_id = harness.next_build().await;
+    let worker = harness.register("w1");
+    let lease = harness.lease(worker);
+    let cancelled = harness.farm.cancel_build(build_id).unwrap();
+    assert_eq!(cancelled.state, BuildState::Error);
+    assert_eq!(harness.shard_state(build_id, lease.lease_id), ShardState::Cancelled);
+    assert_eq!(harness.farm.workers()[0].lease_id, None, "the scheduler ended the lease");
+    assert!(matches!(harness.farm.cancel_build(build_id), Err(FarmError::BuildEnded(_))));
+    let again = harness.farm.start_next_build().await.unwrap().expect("its changes are queued again");
+    assert_eq!(harness.build(again).changes, cancelled.changes);
+}
+
+#[tokio::test]
+async fn a_real_failure_closes_the_gate_at_once_and_a_green_build_reopens_it() {
+    let harness = Harness::new(&suite(&["a", "b", "c"]), |_| {});
+    let red = harness.next_build().await;
+    let worker = harness.register("w1");
+    let lease = harness.lease(worker);
+    let failing = lease.tests[0].clone();
+    harness.report(&lease, worker, &[(&failing, TestStatus::Failed)]).unwrap();
+    assert_eq!(harness.gate(), GateState::Open, "one failed attempt is retried before it counts");
+    for test_id in &lease.tests[1..] {
+        harness.report(&lease, worker, &[(test_id, TestStatus::Passed)]).unwrap();
+    }
+    harness.farm.finish(lease.lease_id, worker, &ShardOutcome::Completed, None).unwrap();
+    let retry = harness.lease(worker);
+    assert_eq!(retry.tests[0], failing, "the retry comes first");
+    harness.report(&retry, worker, &[(&failing, TestStatus::Failed)]).unwrap();
+    assert_eq!(harness.gate(), GateState::Closed, "closed before the build ends");
+    assert_eq!(harness.build(red).state, BuildState::Running);
+    for test_id in &retry.tests[1..] {
+        harness.report(&retry, worker, &[(test_id, TestStatus::Passed)]).unwrap();
+    }
+    harness.farm.finish(retry.lease_id, worker, &ShardOutcome::Completed, None).unwrap();
+    harness.run_all(worker, passing);
+    let build = harness.build(red);
+    assert_eq!((build.state, build.failed_tests.clone()), (BuildState::Red, vec![failing]), "{build:?}");
+    harness.repo.touch_area("core", "Fix it").unwrap();
+    let green = harness.next_build().await;
+    harness.run_all(worker, passing);
+    assert_eq!(harness.build(green).state, BuildState::Green);
+    assert_eq!(harness.gate(), GateState::Open);
+}
+
+#[tokio::test]
+async fn a_quarantined_failure_neither_closes_the_gate_nor_makes_the_build_red_until_it_expires() {
+    let harness = Harness::new(&suite(&["a", "b"]), |_| {});
+    harness.farm.quarantine("a", "known broken", Some(60.0)).unwrap();
+    let build_id = harness.next_build().await;
+    let worker = harness.register("w1");
+    harness.run_all(worker, |id| if id == "a" { TestStatus::Failed } else { TestStatus::Passed });
+    let build = harness.build(build_id);
+    assert_eq!((build.state, build.counts.quarantined), (BuildState::Green, 1), "{build:?}");
+    assert_eq!(harness.gate(), GateState::Open);
+    // The fake clock passes the quarantine's expiry: the same failure counts again.
+    harness.clock.advance(120.0);
+    assert!(harness.farm.quarantine_list().is_empty());
+    harness.repo.touch_area("core", "Touch").unwrap();
+    let next = harness.next_build().await;
+    harness.run_all(worker, |id| if id == "a" { TestStatus::Failed } else { TestStatus::Passed });
+    assert_eq!(harness.build(next).state, BuildState::Red);
+    assert_eq!(harness.gate(), GateState::Closed);
+}
+
+#[tokio::test]
+async fn a_flaky_test_is_green_by_default_and_red_when_flaky_tests_fail_builds() {
+    for flaky_fails_build in [false, true] {
+        let harness = Harness::new(&suite(&["a", "b"]), |config| config.gate.flaky_fails_build = flaky_fails_build);
+        let build_id = harness.next_build().await;
+        let worker = harness.register("w1");
+        let failed_once = std::sync::Mutex::new(false);
+        harness.run_all(worker, |id| {
+            let mut failed = failed_once.lock().unwrap();
+            if id == "a" && !*failed {
+                *failed = true;
+                TestStatus::Failed
+            } else {
+                TestStatus::Passed
+            }
+        });
+        let build = harness.build(build_id);
+        assert_eq!(build.counts.flaky, 1, "{build:?}");
+        if flaky_fails_build {
+            assert_eq!((build.state, build.failed_tests), (BuildState::Red, vec!["a".to_owned()]));
+            assert_eq!(harness.gate(), GateState::Closed);
+        } else {
+            assert_eq!(build.state, BuildState::Green);
+            assert_eq!(harness.gate(), GateState::Open);
+        }
+        let flaky = harness.farm.flaky_tests().unwrap();
+        assert_eq!((flaky[0].test_id.as_str(), flaky[0].flaky, flaky[0].runs), ("a", 1, 1));
+    }
+}
+
+#[tokio::test]
+async fn a_test_that_flakes_above_the_threshold_is_quarantined_automatically() {
+    let harness = Harness::new(&suite(&["a", "b"]), |config| {
+        config.quarantine.flake_rate = 0.5;
+        config.quarantine.min_runs = 2;
+    });
+    let worker = harness.register("w1");
+    let flake_once = || {
+        let failed_once = std::sync::Mutex::new(false);
+        move |id: &str| {
+            let mut failed = failed_once.lock().unwrap();
+            if id == "a" && !*failed {
+                *failed = true;
+                TestStatus::Failed
+            } else {
+                TestStatus::Passed
+            }
+        }
+    };
+    harness.next_build().await;
+    harness.run_all(worker, flake_once());
+    assert!(harness.farm.quarantine_list().is_empty(), "one run is below `min_runs`");
+    harness.repo.touch_area("core", "Again").unwrap();
+    harness.next_build().await;
+    harness.run_all(worker, flake_once());
+    let quarantined = harness.farm.quarantine_list();
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+    assert_eq!((quarantined[0].test_id.as_str(), quarantined[0].by.as_str()), ("a", "auto"));
+    let since = quarantined[0].since;
+    assert!(since > START && since <= Clock::now(&harness.clock), "quarantined at the farm's clock's time: {since}");
+}
+
+#[tokio::test]
+async fn culprit_finding_names_the_change_that_broke_a_test_in_a_batch() {
+    let harness = Harness::new(&suite(&["a", "b"]), |_| {});
+    let worker = harness.register("w1");
+    harness.next_build().await;
+    harness.run_all(worker, passing);
+    // Three changes in one batch; the second breaks `a`.
+    let _first = harness.repo.touch_area("core", "One").unwrap();
+    let breaking = harness.repo.touch_area("core", "Two breaks a").unwrap();
+    let last = harness.repo.touch_area("core", "Three").unwrap();
+    let broken_from = [breaking.clone(), last];
+    let red = harness.next_build().await;
+    assert_eq!(harness.build(red).changes.len(), 3);
+    let broken_at = |revision: &str| broken_from.iter().any(|bad| bad == revision);
+    // Every lease runs at its build's revision: a worker fails `a` where it is broken.
+    let mut probes = 0;
+    loop {
+        let Some(lease) = harness.farm.try_lease(worker).unwrap() else {
+            // Probes start from the build loop.
+            let before = harness.farm.builds(100).unwrap().len();
+            harness.farm.start_next_build().await.unwrap();
+            if harness.farm.builds(100).unwrap().len() == before {
+                break;
+            }
+            probes += 1;
+            continue;
+        };
+        for test_id in &lease.tests {
+            let status =
+                if test_id == "a" && broken_at(&lease.revision) { TestStatus::Failed } else { TestStatus::Passed };
+            harness.report(&lease, worker, &[(test_id, status)]).unwrap();
+        }
+        harness.farm.finish(lease.lease_id, worker, &ShardOutcome::Completed, None).unwrap();
+    }
+    let build = harness.build(red);
+    assert_eq!(build.state, BuildState::Red);
+    let culprit = harness.farm.store().change(build.culprit.expect("a culprit is named")).unwrap().unwrap();
+    assert_eq!(culprit.revision, breaking);
+    assert_eq!(probes, 2, "three candidates take two probes");
+    assert_eq!(harness.farm.gate("main").unwrap().culprit.map(|change| change.revision), Some(breaking));
+}
+
+#[tokio::test]
+async fn a_restarted_master_resumes_the_build_keeping_the_results_it_stored() {
+    let mut harness = Harness::new(&suite(&["a", "b", "c", "d"]), |_| {});
+    let build_id = harness.next_build().await;
+    let worker = harness.register("w1");
+    let lease = harness.lease(worker);
+    let reported = lease.tests[0].clone();
+    harness.report(&lease, worker, &[(&reported, TestStatus::Passed)]).unwrap();
+    harness.restart();
+    assert_eq!(harness.shard_state(build_id, lease.lease_id), ShardState::Expired, "its lease died with the master");
+    assert!(matches!(harness.farm.try_lease(worker), Err(FarmError::UnknownWorker(_))), "workers register again");
+    let worker = harness.register("w1");
+    let mut rerun = Vec::new();
+    while let Some(lease) = harness.farm.try_lease(worker).unwrap() {
+        for test_id in &lease.tests {
+            rerun.push(test_id.clone());
+            harness.report(&lease, worker, &[(test_id, TestStatus::Passed)]).unwrap();
+        }
+        harness.farm.finish(lease.lease_id, worker, &ShardOutcome::Completed, None).unwrap();
+    }
+    assert!(!rerun.contains(&reported), "a stored result is not run again: {rerun:?}");
+    assert_eq!(rerun.len(), 3);
+    let build = harness.build(build_id);
+    assert_eq!((build.state, build.counts.passed), (BuildState::Green, 4), "{build:?}");
+}
+
+#[tokio::test]
+async fn a_green_build_is_queued_for_the_push_stage() {
+    let harness = Harness::new(&suite(&["a"]), |config| config.push.command = vec!["true".to_owned()]);
+    let build_id = harness.next_build().await;
+    let worker = harness.register("w1");
+    harness.run_all(worker, passing);
+    let pushes = harness.farm.pushes().unwrap();
+    assert_eq!(pushes.len(), 1);
+    assert_eq!((pushes[0].build_id, pushes[0].state), (build_id, PushState::Pending));
+}

@@ -1,0 +1,220 @@
+//! The worker protocol: a worker registers, long-polls for a lease, heartbeats, reports
+//! results in batches and finishes its lease; time passing expires the leases of workers
+//! that went silent. Each call hands one event to the scheduler and carries out what it
+//! decided; the scheduler checks every precondition (whose lease, which tests) once.
+
+use greenlight_scheduler::core::{LeaseId, Outcome, Report, ReportedTest, WorkerId};
+use greenlight_shared::API_VERSION;
+use greenlight_shared::api::{
+    Lease, RegisterResponse, ResultsResponse, ShardOutcome, ShardState, ShardView, TestCounts, TestReport,
+    TestResultView, TestStatus,
+};
+
+use super::{Core, Farm, FarmError, Registration};
+
+impl Farm {
+    /// A worker registers (again): the same name keeps its id.
+    pub fn register(&self, name: &str) -> Result<RegisterResponse, FarmError> {
+        let now = self.now();
+        let mut core = self.core();
+        let worker_id = match core.worker_by_name.get(name) {
+            Some(&id) => id,
+            None => {
+                let id = self.store.next_id("worker")?;
+                core.worker_by_name.insert(name.to_owned(), id);
+                id
+            }
+        };
+        core.workers.entry(worker_id).or_insert(Registration { name: name.to_owned(), last_seen: now }).last_seen = now;
+        core.scheduler.worker_joined(WorkerId(worker_id), now);
+        tracing::info!(worker_id, name, "worker registered");
+        Ok(RegisterResponse {
+            version: API_VERSION,
+            worker_id,
+            heartbeat_interval_s: self.config.scheduler.heartbeat_interval_s,
+        })
+    }
+
+    /// Notes that a registered worker was heard now; returns its name.
+    fn heard_from(core: &mut Core, worker_id: u64, now: f64) -> Result<String, FarmError> {
+        let worker = core.workers.get_mut(&worker_id).ok_or(FarmError::UnknownWorker(worker_id))?;
+        worker.last_seen = now;
+        Ok(worker.name.clone())
+    }
+
+    /// A worker asks for a shard. `None` when no test is ready now.
+    pub fn try_lease(&self, worker_id: u64) -> Result<Option<Lease>, FarmError> {
+        let now = self.now();
+        let mut core = self.core();
+        let core = &mut *core;
+        let worker_name = Farm::heard_from(core, worker_id, now)?;
+        let (grant, decisions) = core.scheduler.request_work(WorkerId(worker_id), now);
+        self.apply(core, decisions, now)?;
+        let Some(grant) = grant else { return Ok(None) };
+        let (build_id, lease_id) = (grant.build.0, grant.lease.0);
+        let tests = grant.tests;
+        let live = core.running.get_mut(&build_id).expect("a scheduled build is live");
+        if live.summary.state == greenlight_shared::api::BuildState::Queued {
+            live.summary.state = greenlight_shared::api::BuildState::Running;
+            live.summary.started_at = Some(now);
+        }
+        live.summary.shards += 1;
+        let suite = &self.config.suite;
+        let runner = suite.runner();
+        let shard = ShardView {
+            lease_id,
+            worker: worker_name,
+            tests: tests.len() as u32,
+            withdrawn: 0,
+            started_at: now,
+            finished_at: None,
+            state: ShardState::Running,
+            counts: TestCounts { total: tests.len() as u32, ..TestCounts::default() },
+            test_ids: tests.clone(),
+            runner_wall_s: None,
+            reproduce: runner.reproduce(&suite.setup_command, &suite.run_command, &tests, &live.summary.revision),
+        };
+        self.put_shard(build_id, &shard)?;
+        self.put_build(&live.summary)?;
+        let revision = live.summary.revision.clone();
+        live.shards.insert(lease_id, shard);
+        self.store.set_next_lease(lease_id + 1)?;
+        tracing::info!(worker_id, lease_id, build_id, tests = tests.len(), "lease granted");
+        Ok(Some(Lease {
+            lease_id,
+            build_id,
+            repository: self.config.repository.url.clone(),
+            revision,
+            tests,
+            setup_command: suite.setup_command.clone(),
+            run_command: suite.run_command.clone(),
+            env: suite.env.iter().map(|(key, value)| (key.clone(), value.clone())).collect(),
+            heartbeat_interval_s: self.config.scheduler.heartbeat_interval_s,
+            lease_timeout_s: self.config.scheduler.lease_timeout_s,
+            runner,
+        }))
+    }
+
+    /// A heartbeat; returns whether the worker still holds the lease, and the tests
+    /// withdrawn from it.
+    pub fn heartbeat(&self, lease_id: u64, worker_id: u64) -> Result<(bool, Vec<String>), FarmError> {
+        let now = self.now();
+        let mut core = self.core();
+        Farm::heard_from(&mut core, worker_id, now)?;
+        let active = core.scheduler.heartbeat(LeaseId(lease_id), WorkerId(worker_id), now)?;
+        Ok((active, core.scheduler.withdrawn(LeaseId(lease_id))))
+    }
+
+    /// A batch of results from a lease. The scheduler checks the whole batch before any of
+    /// it is recorded; each accepted result is stored once, duplicates and stale reports
+    /// are acknowledged without being counted. Not yet durable: the caller flushes before
+    /// it answers.
+    pub fn report(&self, lease_id: u64, worker_id: u64, results: &[TestReport]) -> Result<ResultsResponse, FarmError> {
+        let now = self.now();
+        let mut core = self.core();
+        let core = &mut *core;
+        let worker_name = Farm::heard_from(core, worker_id, now)?;
+        let quarantined: Vec<bool> =
+            results.iter().map(|result| core.flakes.quarantined(&result.test_id, now)).collect();
+        let batch: Vec<ReportedTest<'_>> = results
+            .iter()
+            .zip(&quarantined)
+            .map(|(result, &quarantined)| ReportedTest { test_id: &result.test_id, status: result.status, quarantined })
+            .collect();
+        let reports = core.scheduler.report(LeaseId(lease_id), WorkerId(worker_id), &batch, now)?;
+        let build_id = core.scheduler.lease_build(LeaseId(lease_id));
+        let mut response =
+            ResultsResponse { version: API_VERSION, accepted: 0, duplicates: 0, stale: 0, withdrawn: Vec::new() };
+        for ((result, quarantined), report) in results.iter().zip(quarantined).zip(reports) {
+            match report {
+                Report::Accepted { attempt, outcome, fails_build, decisions } => {
+                    let build_id = build_id.expect("a lease that accepts results belongs to a build").0;
+                    let stored = TestResultView {
+                        test_id: result.test_id.clone(),
+                        attempt,
+                        status: result.status,
+                        duration_s: sanitize_duration(result.duration_s),
+                        output: result.output.clone(),
+                        worker: Some(worker_name.clone()),
+                        retried: outcome == Outcome::Retry,
+                        flaky: outcome == Outcome::Final { flaky: true },
+                        quarantined,
+                        lease_id: Some(lease_id),
+                    };
+                    self.record_result(core, build_id, &stored, fails_build, now)?;
+                    *core.lease_test_seconds.entry(lease_id).or_default() += stored.duration_s;
+                    if matches!(result.status, TestStatus::Passed | TestStatus::Failed) && stored.duration_s > 0.0 {
+                        self.store.add_duration(&result.test_id, stored.duration_s)?;
+                    }
+                    response.accepted += 1;
+                    self.apply(core, decisions, now)?;
+                }
+                Report::Duplicate => response.duplicates += 1,
+                Report::Stale => {
+                    if result.status.is_failure() {
+                        // Not counted: the lease no longer held the test (it expired, or the
+                        // test was withdrawn and runs elsewhere). Left in the log, not lost.
+                        tracing::warn!(
+                            lease_id,
+                            worker_id,
+                            test_id = result.test_id,
+                            status = result.status.as_str(),
+                            "a failure arrived for a test this lease no longer holds; not counted"
+                        );
+                    }
+                    response.stale += 1;
+                }
+            }
+        }
+        response.withdrawn = core.scheduler.withdrawn(LeaseId(lease_id));
+        Ok(response)
+    }
+
+    /// The worker's shard process ended; `runner_wall_s` is how long its runner ran. Not
+    /// yet durable: the caller flushes before it answers.
+    pub fn finish(
+        &self,
+        lease_id: u64,
+        worker_id: u64,
+        outcome: &ShardOutcome,
+        runner_wall_s: Option<f64>,
+    ) -> Result<(), FarmError> {
+        let now = self.now();
+        let mut core = self.core();
+        let core = &mut *core;
+        Farm::heard_from(core, worker_id, now)?;
+        let decisions = core.scheduler.lease_finished(LeaseId(lease_id), WorkerId(worker_id), now)?;
+        let test_seconds = core.lease_test_seconds.remove(&lease_id).unwrap_or(0.0);
+        if let (ShardOutcome::Completed, Some(wall_s)) = (outcome, runner_wall_s)
+            && wall_s.is_finite()
+            && wall_s >= 0.0
+        {
+            // What the runner spent besides its tests: start-up, imports, collection.
+            self.store.add_shard_overhead(&self.overhead_key(), (wall_s - test_seconds).max(0.0))?;
+        }
+        let state = match outcome {
+            ShardOutcome::Completed => ShardState::Finished,
+            ShardOutcome::InfraError { message } => {
+                tracing::warn!(lease_id, worker_id, message, "shard failed to run; its tests go back to the queue");
+                ShardState::InfraError
+            }
+        };
+        self.end_shard(core, lease_id, state, now, runner_wall_s)?;
+        self.apply(core, decisions, now)
+    }
+
+    /// Time passed: expire leases whose heartbeats stopped. Returns whether anything
+    /// changed (the caller then flushes).
+    pub fn tick(&self) -> Result<bool, FarmError> {
+        let now = self.now();
+        let mut core = self.core();
+        let decisions = core.scheduler.tick(now);
+        let changed = !decisions.is_empty();
+        self.apply(&mut core, decisions, now)?;
+        Ok(changed)
+    }
+}
+
+fn sanitize_duration(duration_s: f64) -> f64 {
+    if duration_s.is_finite() && duration_s >= 0.0 { duration_s } else { 0.0 }
+}
