@@ -327,7 +327,10 @@ async fn lease(
         let notified = state.farm.work_available.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if let Some(lease) = state.farm.try_lease(worker_id)? {
+        let lease = state.farm.try_lease(worker_id)?;
+        // Taking back the lease it held may have ended a build.
+        state.farm.flush_verdicts().await?;
+        if let Some(lease) = lease {
             return Ok(Json(LeaseResponse { version: API_VERSION, lease: Some(lease) }));
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {

@@ -57,6 +57,7 @@ pub async fn run(
     let farm = Arc::new(Farm::new(config, store)?);
     let recovering = Arc::clone(&farm);
     farm::blocking(move || recovering.recover()).await??;
+    farm.flush().await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let tasks = vec![
         tokio::spawn(poll_loop(Arc::clone(&farm), stop_rx.clone())),
@@ -107,6 +108,9 @@ async fn build_loop(farm: Arc<Farm>, mut stop: watch::Receiver<bool>) {
         if let Err(error) = farm.start_next_build().await {
             tracing::error!(%error, "starting a build failed");
         }
+        if let Err(error) = farm.flush_verdicts().await {
+            tracing::error!(%error, "flushing a build's end failed");
+        }
         tokio::select! {
             () = farm.build_wanted.notified() => {}
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -141,6 +145,10 @@ async fn push_loop(farm: Arc<Farm>, mut stop: watch::Receiver<bool>) {
     loop {
         match push::next(farm.store(), farm.now()) {
             Ok(Some(mut hand_off)) => {
+                // The green build it comes from must be on disk before anything deploys it.
+                if let Err(error) = farm.flush().await {
+                    tracing::error!(%error, "flushing before a push failed");
+                }
                 let mut delay = Duration::from_secs_f64(config.backoff_s);
                 loop {
                     let outcome = push::attempt(&config, &branch, &hand_off.revision, hand_off.build_id).await;

@@ -193,11 +193,17 @@ impl Farm {
         now: f64,
     ) -> Result<(), FarmError> {
         let Some(mut live) = core.running.remove(&build_id) else { return Ok(()) };
+        self.unflushed_verdict();
         let summary = &mut live.summary;
         match verdict {
             Verdict::Red { failed } => {
                 summary.state = BuildState::Red;
-                summary.failed_tests = failed.into_iter().take(LISTED_FAILURES).collect();
+                // The tests that really failed, as listed while the build ran; only when
+                // none did (a flaky test failed it) the ones the verdict names. Culprit
+                // finding re-runs this list: a flaky test in it would blame too early.
+                if summary.failed_tests.is_empty() {
+                    summary.failed_tests = failed.into_iter().take(LISTED_FAILURES).collect();
+                }
             }
             Verdict::Error { gave_up } => {
                 summary.state = BuildState::Error;
@@ -272,6 +278,7 @@ impl Farm {
             });
         };
         core.scheduler.remove_build(BuildId(build_id));
+        self.unflushed_verdict();
         for shard in live.shards.values_mut().filter(|shard| shard.finished_at.is_none()) {
             shard.finished_at = Some(now);
             shard.state = ShardState::Cancelled;

@@ -21,7 +21,15 @@ impl Farm {
     pub(super) async fn advance_culprit_finding(self: &Arc<Self>) -> Result<(), FarmError> {
         for build_id in self.store.culprit_searches_wanted()? {
             let farm = Arc::clone(self);
-            let bisection = blocking(move || farm.new_bisection(build_id)).await??;
+            let bisection = match blocking(move || farm.new_bisection(build_id)).await? {
+                Ok(bisection) => bisection,
+                Err(error) => {
+                    // Stored data that cannot be read will not heal: give this one up
+                    // rather than keep every later build from starting.
+                    tracing::error!(build_id, %error, "culprit finding could not start; given up");
+                    None
+                }
+            };
             let mut core = self.core();
             if let Some(bisection) = bisection {
                 tracing::info!(build_id, changes = bisection.candidates.len(), "culprit finding started");
@@ -61,6 +69,7 @@ impl Farm {
 
     /// Names the culprit if the bisection is narrowed to one; else keeps it for the next probe.
     fn settle_bisection(&self, core: &mut Core, bisection: Bisection) -> Result<(), FarmError> {
+        self.unflushed_verdict();
         let Some(culprit) = bisection.culprit().cloned() else {
             self.store.put_bisection(&bisection)?;
             core.bisections.insert(bisection.build_id, bisection);

@@ -41,7 +41,6 @@ impl Farm {
                 }
                 Decision::LeaseExpired { lease, worker, requeued, .. } => {
                     tracing::warn!(lease_id = lease.0, worker_id = worker.0, requeued, "lease expired: worker lost");
-                    core.lease_test_seconds.remove(&lease.0);
                     self.end_shard(core, lease.0, ShardState::Expired, now, None)?;
                 }
                 Decision::LeaseTakenBack { lease, worker, requeued, .. } => {

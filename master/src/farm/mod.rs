@@ -30,6 +30,7 @@ mod queries;
 mod workers;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use greenlight_scheduler::core::{Scheduler, SchedulerConfig, SchedulerError};
@@ -135,6 +136,9 @@ pub struct Farm {
     /// Says `true` when the master shuts down: long-lived streams end.
     closing: tokio::sync::watch::Sender<bool>,
     poll_lock: tokio::sync::Mutex<()>,
+    /// A build ended, was cancelled, or a culprit was named since the last flush: the
+    /// caller flushes once the lock is released ([`Farm::flush_verdicts`]).
+    verdicts_unflushed: AtomicBool,
 }
 
 /// The scheduler's knobs from the master's configuration.
@@ -190,6 +194,7 @@ impl Farm {
             events: tokio::sync::broadcast::channel(EVENT_BACKLOG).0,
             closing: tokio::sync::watch::channel(false).0,
             poll_lock: tokio::sync::Mutex::new(()),
+            verdicts_unflushed: AtomicBool::new(false),
             clock,
             config,
             store,
@@ -219,6 +224,21 @@ impl Farm {
     pub async fn flush(self: &Arc<Self>) -> Result<(), FarmError> {
         let farm = Arc::clone(self);
         Ok(blocking(move || farm.store.flush()).await??)
+    }
+
+    /// Makes durable, if there are any, the ended builds and named culprits not yet
+    /// flushed. Every path that may end a build calls it after releasing the lock (the
+    /// results, finish and cancel handlers flush anyway).
+    pub async fn flush_verdicts(self: &Arc<Self>) -> Result<(), FarmError> {
+        if self.verdicts_unflushed.swap(false, Ordering::SeqCst) {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Notes that a verdict (a build's end, a culprit) waits for a flush.
+    fn unflushed_verdict(&self) {
+        self.verdicts_unflushed.store(true, Ordering::SeqCst);
     }
 
     fn save_gate(&self, core: &Core) -> Result<(), FarmError> {

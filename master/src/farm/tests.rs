@@ -205,8 +205,7 @@ async fn a_worker_that_asks_again_while_holding_a_lease_has_it_taken_back_and_it
     let abandoned = harness.lease(worker);
     harness.report(&abandoned, worker, &[(&abandoned.tests[0], TestStatus::Passed)]).unwrap();
     // The worker restarted and asks for work: its old shard is over.
-    let next = harness.lease(worker);
-    assert_ne!(next.lease_id, abandoned.lease_id);
+    harness.lease(worker);
     assert_eq!(harness.shard_state(build_id, abandoned.lease_id), ShardState::TakenBack);
     harness.run_all(worker, passing);
     assert_eq!(harness.shard_state(build_id, abandoned.lease_id), ShardState::TakenBack, "not `finished` at the end");
@@ -419,4 +418,32 @@ async fn a_green_build_is_queued_for_the_push_stage() {
     let pushes = harness.farm.pushes().unwrap();
     assert_eq!(pushes.len(), 1);
     assert_eq!((pushes[0].build_id, pushes[0].state), (build_id, PushState::Pending));
+}
+
+#[tokio::test]
+async fn a_build_whose_only_failure_is_quarantined_and_that_lost_a_test_ends_in_error_not_green() {
+    let harness = Harness::new(&suite(&["a", "b"]), |config| {
+        config.scheduler.retries = 0;
+        config.scheduler.max_attempts = 1;
+        config.scheduler.lease_timeout_s = 30.0;
+    });
+    harness.farm.quarantine("a", "known broken", None).unwrap();
+    let build_id = harness.next_build().await;
+    let worker = harness.register("w1");
+    // `a` fails (quarantined); `b` is never reported: its worker goes silent.
+    loop {
+        let lease = harness.lease(worker);
+        if lease.tests.iter().any(|id| id == "a") {
+            harness.report(&lease, worker, &[("a", TestStatus::Failed)]).unwrap();
+        }
+        if lease.tests.iter().any(|id| id == "b") {
+            break;
+        }
+        harness.farm.finish(lease.lease_id, worker, &ShardOutcome::Completed, None).unwrap();
+    }
+    harness.clock.advance(31.0);
+    harness.farm.tick().unwrap();
+    let build = harness.build(build_id);
+    assert_eq!((build.state, build.counts.quarantined, build.counts.error), (BuildState::Error, 1, 1), "{build:?}");
+    assert_eq!(harness.gate(), GateState::Open, "no verdict on the code");
 }
