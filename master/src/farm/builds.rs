@@ -198,12 +198,7 @@ impl Farm {
         match verdict {
             Verdict::Red { failed } => {
                 summary.state = BuildState::Red;
-                // The tests that really failed, as listed while the build ran; only when
-                // none did (a flaky test failed it) the ones the verdict names. Culprit
-                // finding re-runs this list: a flaky test in it would blame too early.
-                if summary.failed_tests.is_empty() {
-                    summary.failed_tests = failed.into_iter().take(LISTED_FAILURES).collect();
-                }
+                summary.failed_tests = failed.into_iter().take(LISTED_FAILURES).collect();
             }
             Verdict::Error { gave_up } => {
                 summary.state = BuildState::Error;
@@ -353,6 +348,7 @@ impl Farm {
         build.flaky_tests.clear();
         for result in &results {
             build.counts.add_result(result);
+            // Until the scheduler's verdict names them all: its word is not stored per result.
             if result.counts_as_failure() && build.failed_tests.len() < LISTED_FAILURES {
                 build.failed_tests.push(result.test_id.clone());
             }

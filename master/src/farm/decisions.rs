@@ -134,7 +134,8 @@ impl Farm {
         }
         let Some(live) = core.running.get_mut(&build_id) else { return Ok(()) };
         live.summary.counts.add_result(result);
-        if result.counts_as_failure() && live.summary.failed_tests.len() < LISTED_FAILURES {
+        // Listed as the scheduler says it fails the build, the word the gate closes on.
+        if fails_build && live.summary.failed_tests.len() < LISTED_FAILURES {
             live.summary.failed_tests.push(result.test_id.clone());
         }
         if result.flaky && live.summary.flaky_tests.len() < LISTED_FAILURES {

@@ -341,13 +341,15 @@ async fn a_test_that_flakes_above_the_threshold_is_quarantined_automatically() {
     assert!(since > START && since <= Clock::now(&harness.clock), "quarantined at the farm's clock's time: {since}");
 }
 
-#[tokio::test]
-async fn culprit_finding_names_the_change_that_broke_a_test_in_a_batch() {
-    let harness = Harness::new(&suite(&["a", "b"]), |_| {});
-    let worker = harness.register("w1");
+/// Three changes in one batch, the second breaking `a`; a worker fails `a` wherever it is
+/// broken. With `restart_when_red`, the master restarts as soon as the red build ends,
+/// before culprit finding started. Returns the harness, the red build, the breaking
+/// revision and the probes run.
+async fn find_the_culprit(restart_when_red: bool) -> (Harness, u64, String, usize) {
+    let mut harness = Harness::new(&suite(&["a", "b"]), |_| {});
+    let mut worker = harness.register("w1");
     harness.next_build().await;
     harness.run_all(worker, passing);
-    // Three changes in one batch; the second breaks `a`.
     let _first = harness.repo.touch_area("core", "One").unwrap();
     let breaking = harness.repo.touch_area("core", "Two breaks a").unwrap();
     let last = harness.repo.touch_area("core", "Three").unwrap();
@@ -355,11 +357,17 @@ async fn culprit_finding_names_the_change_that_broke_a_test_in_a_batch() {
     let red = harness.next_build().await;
     assert_eq!(harness.build(red).changes.len(), 3);
     let broken_at = |revision: &str| broken_from.iter().any(|bad| bad == revision);
-    // Every lease runs at its build's revision: a worker fails `a` where it is broken.
     let mut probes = 0;
+    let mut restarted = !restart_when_red;
     loop {
         let Some(lease) = harness.farm.try_lease(worker).unwrap() else {
-            // Probes start from the build loop.
+            if !restarted {
+                assert_eq!(harness.build(red).state, BuildState::Red);
+                harness.restart();
+                worker = harness.register("w1");
+                restarted = true;
+            }
+            // Culprit finding and its probes start from the build loop.
             let before = harness.farm.builds(100).unwrap().len();
             harness.farm.start_next_build().await.unwrap();
             if harness.farm.builds(100).unwrap().len() == before {
@@ -375,12 +383,21 @@ async fn culprit_finding_names_the_change_that_broke_a_test_in_a_batch() {
         }
         harness.farm.finish(lease.lease_id, worker, &ShardOutcome::Completed, None).unwrap();
     }
-    let build = harness.build(red);
-    assert_eq!(build.state, BuildState::Red);
-    let culprit = harness.farm.store().change(build.culprit.expect("a culprit is named")).unwrap().unwrap();
-    assert_eq!(culprit.revision, breaking);
-    assert_eq!(probes, 2, "three candidates take two probes");
-    assert_eq!(harness.farm.gate("main").unwrap().culprit.map(|change| change.revision), Some(breaking));
+    (harness, red, breaking, probes)
+}
+
+#[tokio::test]
+async fn culprit_finding_names_the_change_that_broke_a_test_in_a_batch() {
+    for restart_when_red in [false, true] {
+        let (harness, red, breaking, probes) = find_the_culprit(restart_when_red).await;
+        let build = harness.build(red);
+        assert_eq!(build.state, BuildState::Red);
+        let culprit = harness.farm.store().change(build.culprit.expect("a culprit is named")).unwrap().unwrap();
+        assert_eq!(culprit.revision, breaking, "restarted: {restart_when_red}");
+        assert_eq!(probes, 2, "three candidates take two probes");
+        assert_eq!(harness.farm.gate("main").unwrap().culprit.map(|change| change.revision), Some(breaking));
+        assert!(harness.store.culprit_searches_wanted().unwrap().is_empty(), "the request is done with");
+    }
 }
 
 #[tokio::test]
