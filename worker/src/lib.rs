@@ -9,6 +9,7 @@ pub mod client;
 pub mod junit;
 pub mod process;
 pub mod shard;
+pub mod warm;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -1,0 +1,188 @@
+"""Greenlight's warm pytest runner: collect once, then run the shards the worker feeds.
+
+Loaded with ``-p greenlight_warm``; inert unless ``GREENLIGHT_WARM_FD`` names a connected
+stream socket inherited from the worker. Everything goes over that socket, one JSON object
+per line, so tests writing to stdout/stderr or reading stdin (even under ``-s``) cannot
+corrupt it.
+
+Runner to worker:
+  {"kind": "ready", "version": 1, "collected": [node ids], "errors": [{"node", "output"}]}
+  {"kind": "start", "test": id}
+  {"kind": "test", "test": id, "outcome": "passed|failed|skipped|error",
+   "duration_s": seconds, "output": text}
+  {"kind": "teardown_error", "nodes": [collector ids], "output": text}
+  {"kind": "done"}                       after each "run" command's last test
+  {"kind": "bye"}                        after "exit": every fixture is torn down
+Worker to runner:
+  {"kind": "run", "tests": [node ids]}
+  {"kind": "exit"}                       (end of input means the same)
+
+Fixtures: each fed item runs through pytest's own runtest protocol. Within a shard the next
+item is the shard's next test; after a shard's last test only that test's own node is torn
+down (function fixtures), so module, class and session fixtures outlive the shard. When the
+next shard starts, the collectors its first test does not share are torn down; their
+failures, which a plain run would pin on the last test before them, come as
+``teardown_error`` records. Plain pytest hooks only: no dependency beyond pytest.
+"""
+
+import json
+import os
+import socket
+import traceback
+
+import pytest
+
+FD_VARIABLE = "GREENLIGHT_WARM_FD"
+PROTOCOL_VERSION = 1
+OUTPUT_LIMIT = 64 * 1024
+
+
+def pytest_configure(config):
+    fd = os.environ.get(FD_VARIABLE)
+    if fd is None:
+        return
+    # Children the tests start must not hold the channel open.
+    os.environ.pop(FD_VARIABLE)
+    channel = _Channel(int(fd))
+    config.pluginmanager.register(_WarmRunner(channel), "greenlight_warm_runner")
+
+
+class _Channel:
+    def __init__(self, fd):
+        self._socket = socket.socket(fileno=fd)
+        self._socket.set_inheritable(False)
+        self._reader = self._socket.makefile("rb")
+
+    def send(self, record):
+        self._socket.sendall(json.dumps(record).encode("utf-8") + b"\n")
+
+    def receive(self):
+        line = self._reader.readline()
+        if not line:
+            return None
+        return json.loads(line)
+
+
+def _truncate(text):
+    if len(text) <= OUTPUT_LIMIT:
+        return text
+    half = OUTPUT_LIMIT // 2
+    dropped = len(text) - 2 * half
+    return f"{text[:half]}\n[... {dropped} characters dropped ...]\n{text[-half:]}"
+
+
+def _exception_text(error):
+    return "".join(traceback.format_exception(type(error), error, error.__traceback__))
+
+
+def _record(test, reports):
+    """One test's record, its outcome decided the way pytest's JUnit report decides it."""
+    duration = sum(report.duration for report in reports)
+    record = {"kind": "test", "test": test, "duration_s": duration, "outcome": "passed", "output": ""}
+    if not reports:
+        record.update(outcome="error", output="pytest reported nothing for this test")
+        return record
+    failing = [report for report in reports if report.failed]
+    skipped = [report for report in reports if report.skipped]
+    if failing:
+        # The first failure decides: in setup or teardown an error, in the call a failure
+        # (a strict xpass fails its call).
+        record["outcome"] = "failed" if failing[0].when == "call" else "error"
+        parts = [f"[{report.when}] {report.longreprtext}" for report in failing]
+        # Each report carries every section captured so far; the last has them all.
+        parts += [f"----- {title} -----\n{content}" for title, content in reports[-1].sections]
+        record["output"] = _truncate("\n".join(parts))
+    elif skipped:
+        report = skipped[0]
+        record["outcome"] = "skipped"
+        if hasattr(report, "wasxfail"):
+            reason = report.wasxfail
+            if reason.startswith("reason: "):
+                reason = reason[len("reason: ") :]
+            record["output"] = _truncate(f"[xfail] {reason}")
+        else:
+            reason = report.longreprtext
+            if isinstance(report.longrepr, tuple):
+                reason = report.longrepr[2]
+            if reason.startswith("Skipped: "):
+                reason = reason[len("Skipped: ") :]
+            record["output"] = _truncate(f"[skipped] {reason}")
+    return record
+
+
+class _WarmRunner:
+    def __init__(self, channel):
+        self.channel = channel
+        self.collection_errors = []
+        self.reports = []
+
+    def pytest_collectreport(self, report):
+        if report.failed:
+            self.collection_errors.append({"node": report.nodeid, "output": _truncate(report.longreprtext)})
+
+    def pytest_runtest_logreport(self, report):
+        self.reports.append(report)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session):
+        items = {item.nodeid: item for item in session.items}
+        self.channel.send(
+            {
+                "kind": "ready",
+                "version": PROTOCOL_VERSION,
+                "collected": [item.nodeid for item in session.items],
+                "errors": self.collection_errors,
+            }
+        )
+        while True:
+            command = self.channel.receive()
+            if command is None or command["kind"] == "exit":
+                break
+            if command["kind"] != "run":
+                raise pytest.UsageError(f"greenlight_warm: unknown command {command!r}")
+            self._run_shard(session, items, command["tests"])
+        self._teardown(session, None)
+        self.channel.send({"kind": "bye"})
+        return True
+
+    def _run_shard(self, session, items, tests):
+        runnable = [items[test] for test in tests if test in items]
+        if runnable:
+            # What the last shard left set up and this one's first test does not share.
+            self._teardown(session, runnable[0])
+        position = 0
+        for test in tests:
+            item = items.get(test)
+            if item is None:
+                self.channel.send(
+                    {
+                        "kind": "test",
+                        "test": test,
+                        "outcome": "error",
+                        "duration_s": 0.0,
+                        "output": f"not collected: {test}",
+                    }
+                )
+                continue
+            position += 1
+            nextitem = runnable[position] if position < len(runnable) else None
+            if nextitem is None or nextitem is item:
+                # Tear down this test's own node only; its parents wait for the next shard.
+                nextitem = item.parent
+            self.channel.send({"kind": "start", "test": test})
+            self.reports = []
+            item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)
+            self.channel.send(_record(test, self.reports))
+        self.channel.send({"kind": "done"})
+
+    def _teardown(self, session, nextitem):
+        """Tears the set-up collectors down to those `nextitem` descends from (all if None)."""
+        state = session._setupstate
+        needed = nextitem.listchain() if nextitem is not None else []
+        leaving = [node.nodeid for node in state.stack if node not in needed]
+        try:
+            state.teardown_exact(nextitem)
+        except (KeyboardInterrupt, SystemExit, pytest.exit.Exception):
+            raise
+        except BaseException as error:
+            self.channel.send({"kind": "teardown_error", "nodes": leaving, "output": _truncate(_exception_text(error))})
