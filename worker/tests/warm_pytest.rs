@@ -149,6 +149,18 @@ def test_after():
     pass
 "#;
 
+const GAMMA: &str = r#"
+import pytest
+
+@pytest.fixture(scope="module")
+def leaky():
+    yield
+    raise RuntimeError("module teardown broke")
+
+def test_uses_leaky(leaky):
+    pass
+"#;
+
 struct Project {
     dir: tempfile::TempDir,
 }
@@ -162,6 +174,7 @@ impl Project {
             ("test_beta.py", BETA),
             ("test_stream.py", STREAM),
             ("test_crash.py", CRASH),
+            ("test_gamma.py", GAMMA),
         ] {
             std::fs::write(dir.path().join(name), text).unwrap();
         }
@@ -366,4 +379,36 @@ async fn stdout_under_no_capture_cannot_corrupt_records_and_unknown_ids_are_erro
     );
     assert!(records[1].output.as_deref().is_some_and(|output| output.contains("not collected")), "{records:?}");
     runner.shutdown(HANG_GUARD).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_module_teardown_failing_between_shards_is_reported_with_the_next_shard() {
+    let project = Project::new();
+    let mut runner = project.start(&["test_gamma.py", "test_beta.py"]).await;
+    let (records, result) = run(&mut runner, &["test_gamma.py::test_uses_leaky"]).await;
+    result.unwrap();
+    assert_eq!(records[0].status, TestStatus::Passed, "the module is still set up after its shard");
+    let mut records = Vec::new();
+    let end = runner.run(&ids(&["test_beta.py::test_beta_pass"]), |record| records.push(record)).await.unwrap();
+    assert_eq!(records[0].status, TestStatus::Passed);
+    assert_eq!(end.teardown_errors.len(), 1, "{end:?}");
+    assert!(end.teardown_errors[0].nodes.contains(&"test_gamma.py".to_owned()), "{end:?}");
+    assert!(end.teardown_errors[0].output.contains("module teardown broke"), "{end:?}");
+    runner.shutdown(HANG_GUARD).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_runner_that_cannot_collect_says_why() {
+    let project = Project::new();
+    let argv = ids(&["-p", "no:cacheprovider", "--rootdir=.", "test_missing.py"]);
+    let started = tokio::time::timeout(HANG_GUARD, WarmRunner::start(&python(), &argv, project.path(), &project.env()))
+        .await
+        .expect("the runner hung while collecting");
+    match started {
+        Err(WarmError::Collection { status, output }) => {
+            assert!(status.contains("exit status: 4"), "{status}");
+            assert!(output.contains("test_missing.py"), "{output}");
+        }
+        other => panic!("expected a collection error, got {other:?}"),
+    }
 }
