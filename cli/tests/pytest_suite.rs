@@ -294,3 +294,58 @@ fn networkx_through_the_farm_reports_what_a_direct_pytest_run_reports() {
         detail.shards.len()
     );
 }
+
+/// A pytest plugin shipped in the tested repository: a fixture reading an ini value that
+/// only `-o` sets. Without `-p greenlight_probe` the fixture does not exist.
+const PROBE_PLUGIN: &str = r#"import pytest
+
+
+def pytest_addoption(parser):
+    parser.addini("greenlight_flavour", "what the tests expect", default="unset")
+
+
+@pytest.fixture
+def flavour(pytestconfig):
+    return pytestconfig.getini("greenlight_flavour")
+"#;
+
+const PROBE_TESTS: &str = r#"import pytest
+
+
+@pytest.mark.parametrize("n", range(6))
+def test_runs_with_the_users_options(flavour, n):
+    assert flavour == "sharded"
+"#;
+
+#[test]
+fn shards_run_with_the_runner_args_the_suite_was_listed_with() {
+    let python = python();
+    let empty = SuiteFile { name: "unused".into(), shard_overhead_s: 0.0, tests: Vec::new() };
+    let suite_toml = format!(
+        "runner = \"pytest\"\npython = {python:?}\n\
+         runner_args = [\"-p\", \"greenlight_probe\", \"-o\", \"greenlight_flavour=sharded\", \"probe_tests\"]\n\
+         env = {{ PYTHONDONTWRITEBYTECODE = \"1\" }}",
+        python = python.to_string_lossy()
+    );
+    let options = FarmOptions { suite_toml, ..FarmOptions::default() };
+    let farm = Farm::start_with_repo(&empty, 2, options, |repo| {
+        std::fs::write(repo.dir().join("greenlight_probe.py"), PROBE_PLUGIN).unwrap();
+        std::fs::create_dir_all(repo.dir().join("probe_tests")).unwrap();
+        std::fs::write(repo.dir().join("probe_tests/test_probe.py"), PROBE_TESTS).unwrap();
+        let git = Git::new(repo.dir());
+        git.run(&["add", "-A"]).unwrap();
+        git.run(&["commit", "--quiet", "-m", "tests that need a plugin and an ini value"]).unwrap();
+    });
+    let revision = farm.repo.head().unwrap();
+    let build = farm.finished_build_of(&revision);
+    let results = farm.tests(build.build_id).results;
+    let not_passed = results.iter().find(|result| result.status != TestStatus::Passed);
+    assert!(not_passed.is_none(), "a shard ran without the options: {not_passed:?}");
+    assert_eq!(results.len(), 6, "{results:?}");
+    assert_eq!(build.state, BuildState::Green, "{build:?}");
+    // The reproduce line runs as the shard did: the options, not the listing's path.
+    for shard in farm.build(build.build_id).shards {
+        assert!(shard.reproduce.contains(" -p greenlight_probe -o greenlight_flavour=sharded "), "{}", shard.reproduce);
+        assert!(!shard.reproduce.contains(" probe_tests "), "{}", shard.reproduce);
+    }
+}

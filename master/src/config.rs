@@ -25,7 +25,7 @@
 //! ```toml
 //! [suite]
 //! runner = "pytest"                # or "nextest"
-//! runner_args = ["tests"]          # what to collect (nextest: e.g. ["--workspace"])
+//! runner_args = ["-W", "error", "tests"]  # shards get the options; paths, -k, -m only list
 //! python = "/opt/venv/bin/python"  # pytest runner; `cargo` for nextest
 //! ```
 
@@ -283,8 +283,14 @@ pub struct SuiteConfig {
     /// latter two list the suite themselves unless `file` or `list_command` is given.
     #[serde(default)]
     pub runner: RunnerName,
-    /// Arguments for the runner's listing (pytest: paths and options to collect;
-    /// nextest: `--workspace`, `-p`, features, also used for its build).
+    /// The runner's arguments, as for a direct run; the listing gets them all.
+    /// pytest: a shard and its `reproduce` line get the options, not what selects tests
+    /// (paths and node ids, every word after `--`, `-k`, `-m`, `--deselect`, `--ignore`,
+    /// `--ignore-glob`: a shard names its node ids). A plugin's option followed by a
+    /// word (`-n 4`, `--runslow tests`) is refused: write `-n4`, or the paths first.
+    /// nextest: build options (`--workspace`, `-p`, features) go to the archive build,
+    /// configuration options (`--config-file`) to every step, filters (`-E`,
+    /// `--run-ignored`, names) to the listing only: a shard runs exactly the listed tests.
     #[serde(default)]
     pub runner_args: Vec<String>,
     /// The Python interpreter with pytest (`pytest` runner).

@@ -46,7 +46,9 @@ pub enum Runner {
     Pytest {
         /// The interpreter that has pytest (a path or a name on `PATH`).
         python: String,
-        /// Arguments of the listing only (paths to collect, `-m` expressions, options).
+        /// The user's pytest arguments. The listing gets them all; a shard and its
+        /// `reproduce` line get the options except the selecting ones (see
+        /// [`split_pytest_args`]): paths, `-k`, `-m`, `--deselect`, `--ignore`.
         #[serde(default)]
         args: Vec<String>,
     },
@@ -54,7 +56,9 @@ pub enum Runner {
     Nextest {
         /// The cargo to call (`cargo nextest ...`).
         cargo: String,
-        /// Arguments of the listing and of the archive build (`--workspace`, `-p`, features).
+        /// The user's `cargo nextest list` arguments. The listing gets them all; the
+        /// archive build, a shard and its `reproduce` line get what applies to them (see
+        /// [`NextestArgs`]).
         #[serde(default)]
         args: Vec<String>,
     },
@@ -93,6 +97,9 @@ pub enum ListError {
         /// The tail of its output.
         output: String,
     },
+    /// The user's arguments cannot be split between the listing and the shards.
+    #[error(transparent)]
+    Arguments(#[from] UnclearArgument),
     /// Its output was not what the runner prints.
     #[error("cannot read the test listing: {0}")]
     Output(String),
@@ -149,7 +156,7 @@ impl Runner {
         }
         if let Runner::Nextest { cargo, args } = self {
             let mut argv = strings(&[cargo, "nextest", "archive", "--archive-file", NEXTEST_ARCHIVE]);
-            argv.extend(args.iter().cloned());
+            argv.extend(split_nextest_args(args).archive);
             steps.push(argv);
         }
         steps
@@ -167,21 +174,29 @@ impl Runner {
     ) -> Vec<String> {
         match self {
             Runner::Command => expand_template(template, tests, paths, revision),
-            Runner::Pytest { python, .. } => {
+            Runner::Pytest { python, args } => {
                 let mut argv = pytest_base(python);
+                argv.extend(pytest_run_args(args));
+                // After the user's options: a `--junitxml` of theirs is overridden.
                 argv.push(format!("--junitxml={}", paths.junit.to_string_lossy()));
                 // One node id per line of the file: no shell, no argv length limit.
                 argv.push(format!("@{}", paths.ids_file.to_string_lossy()));
                 argv
             }
-            Runner::Nextest { cargo, .. } => {
+            Runner::Nextest { cargo, args } => {
                 let mut argv = nextest_run_base(cargo);
+                argv.extend(split_nextest_args(args).shard);
                 argv.extend([
                     "--extract-to".to_owned(),
                     paths.shard_dir.join("extract").to_string_lossy().into_owned(),
                     "--extract-overwrite".to_owned(),
                     "--tool-config-file".to_owned(),
                     format!("greenlight:{}", paths.shard_dir.join("nextest.toml").to_string_lossy()),
+                    // The listing chose the tests: ignored ones and ones outside the
+                    // default filter it listed run too.
+                    "--run-ignored".to_owned(),
+                    "all".to_owned(),
+                    "--ignore-default-filter".to_owned(),
                     "-E".to_owned(),
                     nextest_filter(tests),
                 ]);
@@ -243,11 +258,12 @@ impl Runner {
                 }
                 lines.push(shell_join(&argv));
             }
-            Runner::Pytest { python, .. } => {
+            Runner::Pytest { python, args } => {
                 for step in self.setup_argv(setup) {
                     lines.push(shell_join(&step));
                 }
                 let mut argv = pytest_base(python);
+                argv.extend(pytest_run_args(args));
                 argv.extend(tests.iter().cloned());
                 lines.push(shell_join(&argv));
             }
@@ -256,13 +272,410 @@ impl Runner {
                     lines.push(shell_join(&step));
                 }
                 let mut argv = strings(&[cargo, "nextest", "run", "--no-fail-fast"]);
-                argv.extend(args.iter().cloned());
-                argv.extend(["-E".to_owned(), nextest_filter(tests)]);
+                argv.extend(split_nextest_args(args).reproduce);
+                argv.extend(strings(&["--run-ignored", "all", "--ignore-default-filter", "-E"]));
+                argv.push(nextest_filter(tests));
                 lines.push(shell_join(&argv));
             }
         }
         lines.join(" && ")
     }
+}
+
+/// A user's argument whose role cannot be told: the option is not one the runner's parser
+/// is known to have, so the next word may be its value or a path to collect.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "runner_args: cannot tell whether {word:?} is the value of {option} or a path to collect; \
+     write `{option}=VALUE` if it takes a value, or put the paths before it if it does not"
+)]
+pub struct UnclearArgument {
+    /// The option the runner's parser is not known to have.
+    pub option: String,
+    /// The word after it.
+    pub word: String,
+}
+
+/// How a runner's parser reads its command line: which options take a value. A word
+/// beginning with `-` is an option, `--NAME=VALUE` and `-XVALUE` carry their value, short
+/// flags cluster (`-vx`), `--` ends the options, and `@FILE` is a file of arguments.
+struct Syntax {
+    /// Short options taking a value (`-p X`, `-pX`).
+    short_values: &'static str,
+    /// Short options taking none.
+    short_flags: &'static str,
+    /// Long options taking a value (`--rootdir X`, `--rootdir=X`).
+    long_values: &'static [&'static str],
+    /// Long options whose value is optional: the next word unless it is an option.
+    long_optional: &'static [&'static str],
+    /// Long options taking none.
+    long_flags: &'static [&'static str],
+}
+
+/// One argument as the runner's parser reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Argument {
+    /// An option by its name (`-p`, `--rootdir`) and its words (itself, its value if separate).
+    Option { name: String, words: Vec<String> },
+    /// A path, node id, test name filter, or any word after `--`.
+    Positional(String),
+    /// An option the syntax does not know.
+    Unknown(String),
+    /// A file of arguments (`@FILE`): what is in it is unknown here.
+    ArgumentsFile(String),
+}
+
+impl Syntax {
+    fn read(&self, args: &[String]) -> Vec<Argument> {
+        let mut read = Vec::with_capacity(args.len());
+        let mut words = args.iter();
+        while let Some(word) = words.next() {
+            if word == "--" {
+                read.extend(words.by_ref().map(|word| Argument::Positional(word.clone())));
+            } else if word.starts_with('@') {
+                read.push(Argument::ArgumentsFile(word.clone()));
+            } else if let Some(long) = word.strip_prefix("--") {
+                let name = format!("--{}", long.split_once('=').map_or(long, |(name, _)| name));
+                if long.contains('=') || self.long_flags.contains(&name.as_str()) {
+                    read.push(Argument::Option { name, words: vec![word.clone()] });
+                } else if self.long_values.contains(&name.as_str()) {
+                    let value = words.next().cloned();
+                    read.push(Argument::Option {
+                        name,
+                        words: [Some(word.clone()), value].into_iter().flatten().collect(),
+                    });
+                } else if self.long_optional.contains(&name.as_str()) {
+                    let value = words.as_slice().first().filter(|next| !next.starts_with('-')).cloned();
+                    if value.is_some() {
+                        words.next();
+                    }
+                    read.push(Argument::Option {
+                        name,
+                        words: [Some(word.clone()), value].into_iter().flatten().collect(),
+                    });
+                } else {
+                    read.push(Argument::Unknown(word.clone()));
+                }
+            } else if word.len() > 1 && word.starts_with('-') {
+                self.read_short_cluster(word, &mut words, &mut read);
+            } else {
+                read.push(Argument::Positional(word.clone()));
+            }
+        }
+        read
+    }
+
+    /// `-vx`, `-pNAME`, `-p NAME`, `-vk EXPR`: one option per letter until one takes a
+    /// value (the rest of the word, or the next word).
+    fn read_short_cluster(&self, word: &str, words: &mut std::slice::Iter<'_, String>, read: &mut Vec<Argument>) {
+        let letters = &word[1..];
+        for (at, letter) in letters.char_indices() {
+            let name = format!("-{letter}");
+            let rest = &letters[at + letter.len_utf8()..];
+            if self.short_values.contains(letter) {
+                let words = if rest.is_empty() {
+                    [Some(name.clone()), words.next().cloned()].into_iter().flatten().collect()
+                } else {
+                    vec![format!("{name}{rest}")]
+                };
+                read.push(Argument::Option { name, words });
+                return;
+            } else if self.short_flags.contains(letter) {
+                read.push(Argument::Option { name: name.clone(), words: vec![name] });
+            } else {
+                // An unknown letter: a value of its own may follow attached; only a
+                // word ending with it leaves the next word unclear.
+                read.push(if rest.is_empty() {
+                    Argument::Unknown(name)
+                } else {
+                    Argument::Option { name: name.clone(), words: vec![format!("{name}{rest}")] }
+                });
+                return;
+            }
+        }
+    }
+}
+
+/// pytest 9.2's own options (`_pytest`'s parser, the cache provider disabled as Greenlight
+/// disables it). An option a plugin adds is unknown here.
+const PYTEST_SYNTAX: Syntax = Syntax {
+    short_values: "kmWcpor",
+    short_flags: "xVhvqls",
+    long_values: &[
+        "--maxfail",
+        "--max-warnings",
+        "--pythonwarnings",
+        "--ignore",
+        "--ignore-glob",
+        "--deselect",
+        "--confcutdir",
+        "--import-mode",
+        "--config-file",
+        "--rootdir",
+        "--basetemp",
+        "--durations",
+        "--durations-min",
+        "--override-ini",
+        "--verbosity",
+        "--report-chars",
+        "--tb",
+        "--show-capture",
+        "--color",
+        "--code-highlight",
+        "--pdbcls",
+        "--capture",
+        "--pastebin",
+        "--assert",
+        "--junitxml",
+        "--junit-xml",
+        "--junitprefix",
+        "--junit-prefix",
+        "--doctest-report",
+        "--doctest-glob",
+        "--log-level",
+        "--log-format",
+        "--log-date-format",
+        "--log-cli-level",
+        "--log-cli-format",
+        "--log-cli-date-format",
+        "--log-file",
+        "--log-file-mode",
+        "--log-file-level",
+        "--log-file-format",
+        "--log-file-date-format",
+        "--log-auto-indent",
+        "--log-disable",
+    ],
+    long_optional: &["--debug"],
+    long_flags: &[
+        "--markers",
+        "--exitfirst",
+        "--strict-config",
+        "--strict-markers",
+        "--strict",
+        "--collectonly",
+        "--collect-only",
+        "--co",
+        "--pyargs",
+        "--noconftest",
+        "--keepduplicates",
+        "--keep-duplicates",
+        "--collect-in-virtualenv",
+        "--continue-on-collection-errors",
+        "--fixtures",
+        "--funcargs",
+        "--fixtures-per-test",
+        "--version",
+        "--help",
+        "--disable-plugin-autoload",
+        "--traceconfig",
+        "--trace-config",
+        "--verbose",
+        "--no-header",
+        "--no-summary",
+        "--no-fold-skipped",
+        "--force-short-summary",
+        "--quiet",
+        "--disable-warnings",
+        "--disable-pytest-warnings",
+        "--showlocals",
+        "--no-showlocals",
+        "--xfail-tb",
+        "--fulltrace",
+        "--full-trace",
+        "--pdb",
+        "--trace",
+        "--runxfail",
+        "--doctest-modules",
+        "--doctest-ignore-import-errors",
+        "--doctest-continue-on-failure",
+        "--setuponly",
+        "--setup-only",
+        "--setupshow",
+        "--setup-show",
+        "--setupplan",
+        "--setup-plan",
+    ],
+};
+
+/// pytest options that choose what to collect: the listing's, never a shard's (a shard
+/// names its node ids).
+const PYTEST_SELECTION: &[&str] =
+    &["-k", "-m", "--deselect", "--ignore", "--ignore-glob", "--collect-only", "--collectonly", "--co"];
+
+/// The user's pytest arguments split by use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PytestArgs {
+    /// The options a shard runs with, as the user wrote them (a short cluster split).
+    pub run: Vec<String>,
+    /// What the listing alone gets: paths and node ids, `-k`, `-m`, `--deselect`,
+    /// `--ignore`, `--ignore-glob`, an `@FILE`.
+    pub selection: Vec<String>,
+}
+
+/// Splits the user's pytest arguments into the options a shard runs with and the
+/// selection the listing alone uses, with the words whose role is unclear.
+///
+/// A word beginning with `-` is an option; pytest's own options take their value from the
+/// same word (`--rootdir=X`, `-pX`) or the next (`-p X`, `--rootdir X`); anything else is
+/// a path or node id to collect, as is every word after `--`. An option a plugin adds
+/// (`-n 4`, `--runslow`) followed by a word that is not an option is unclear: the listing
+/// refuses it ([`list_suite`]); a shard counts the word as a path, so a value-taking
+/// option left without its value makes the shard fail loudly rather than run more.
+pub fn split_pytest_args(args: &[String]) -> (PytestArgs, Vec<UnclearArgument>) {
+    let mut split = PytestArgs::default();
+    let mut unclear = Vec::new();
+    let mut read = PYTEST_SYNTAX.read(args).into_iter().peekable();
+    while let Some(argument) = read.next() {
+        match argument {
+            Argument::Option { name, words } if PYTEST_SELECTION.contains(&name.as_str()) => {
+                split.selection.extend(words)
+            }
+            Argument::Option { words, .. } => split.run.extend(words),
+            Argument::Positional(word) | Argument::ArgumentsFile(word) => split.selection.push(word),
+            Argument::Unknown(option) => {
+                if let Some(Argument::Positional(word)) = read.peek() {
+                    unclear.push(UnclearArgument { option: option.clone(), word: word.clone() });
+                }
+                split.run.push(option);
+            }
+        }
+    }
+    (split, unclear)
+}
+
+/// cargo-nextest 0.9's `list` options.
+const NEXTEST_SYNTAX: Syntax = Syntax {
+    short_values: "pFZETP",
+    short_flags: "vhr",
+    long_values: &[
+        "--color",
+        "--package",
+        "--exclude",
+        "--bin",
+        "--example",
+        "--test",
+        "--bench",
+        "--features",
+        "--build-jobs",
+        "--cargo-profile",
+        "--target",
+        "--target-dir",
+        "--manifest-path",
+        "--cargo-message-format",
+        "--config",
+        "--run-ignored",
+        "--partition",
+        "--platform-filter",
+        "--filterset",
+        "--message-format",
+        "--list-type",
+        "--show-progress",
+        "--archive-file",
+        "--archive-format",
+        "--extract-to",
+        "--cargo-metadata",
+        "--workspace-remap",
+        "--binaries-metadata",
+        "--target-dir-remap",
+        "--build-dir-remap",
+        "--config-file",
+        "--user-config-file",
+        "--tool-config-file",
+        "--profile",
+    ],
+    long_optional: &[],
+    long_flags: &[],
+};
+
+/// nextest options that say how to build the tests (cargo's): the listing, the archive
+/// and a run from source (`reproduce`) get them; a run from the archive must not.
+const NEXTEST_BUILD: &[&str] = &[
+    "-p",
+    "--package",
+    "--workspace",
+    "--exclude",
+    "--all",
+    "--lib",
+    "--bin",
+    "--bins",
+    "--example",
+    "--examples",
+    "--test",
+    "--tests",
+    "--bench",
+    "--benches",
+    "--all-targets",
+    "-F",
+    "--features",
+    "--all-features",
+    "--no-default-features",
+    "--build-jobs",
+    "-r",
+    "--release",
+    "--cargo-profile",
+    "--target",
+    "--target-dir",
+    "--unit-graph",
+    "--timings",
+    "--manifest-path",
+    "--frozen",
+    "--locked",
+    "--offline",
+    "--cargo-message-format",
+    "--cargo-quiet",
+    "--cargo-verbose",
+    "--ignore-rust-version",
+    "--future-incompat-report",
+    "--config",
+    "-Z",
+];
+
+/// nextest's configuration options: every step gets them.
+const NEXTEST_CONFIG: &[&str] =
+    &["--config-file", "--user-config-file", "--tool-config-file", "--override-version-check"];
+
+/// nextest's profile options: the listing, the archive and `reproduce` get them; a shard
+/// runs under Greenlight's profile (a nextest profile cannot inherit from another file's).
+const NEXTEST_PROFILE_OPTIONS: &[&str] = &["-P", "--profile"];
+
+/// The user's `cargo nextest list` arguments for the other steps, in the user's order;
+/// the listing gets all of them. Filters (`-E`, test names, `--partition`,
+/// `--platform-filter`, `--run-ignored`, `--ignore-default-filter`) and output options
+/// are the listing's alone: every shard runs exactly the listed tests, ignored ones and
+/// ones outside the default filter alike.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NextestArgs {
+    /// For the archive build: build, configuration and profile options.
+    pub archive: Vec<String>,
+    /// For a shard's run from the archive: configuration options (it refuses build
+    /// options; it runs under Greenlight's profile).
+    pub shard: Vec<String>,
+    /// For a run from source (`reproduce`): build, configuration and profile options.
+    pub reproduce: Vec<String>,
+}
+
+/// Splits the user's nextest arguments (see [`NextestArgs`]). An option nextest does not
+/// have makes the listing fail, so unknown words are left to the listing.
+pub fn split_nextest_args(args: &[String]) -> NextestArgs {
+    let mut split = NextestArgs::default();
+    for argument in NEXTEST_SYNTAX.read(args) {
+        // nextest's long flags are not in its syntax: they read as unknown, alone.
+        let (name, words) = match argument {
+            Argument::Option { name, words } => (name, words),
+            Argument::Unknown(word) => (word.clone(), vec![word]),
+            Argument::Positional(_) | Argument::ArgumentsFile(_) => continue,
+        };
+        let name = name.as_str();
+        if NEXTEST_CONFIG.contains(&name) {
+            split.shard.extend(words.iter().cloned());
+        }
+        if NEXTEST_BUILD.contains(&name) || NEXTEST_CONFIG.contains(&name) || NEXTEST_PROFILE_OPTIONS.contains(&name) {
+            split.archive.extend(words.iter().cloned());
+            split.reproduce.extend(words);
+        }
+    }
+    split
 }
 
 fn strings(words: &[&str]) -> Vec<String> {
@@ -273,6 +686,12 @@ fn pytest_base(python: &str) -> Vec<String> {
     // --rootdir pins node ids to the checkout, whatever the install path; no cache
     // directory is written into the checkout.
     strings(&[python, "-m", "pytest", "-p", "no:cacheprovider", "--rootdir=."])
+}
+
+/// The user's pytest options a shard runs with (see [`split_pytest_args`]; the listing
+/// refused what is unclear, unless the suite is not listed by pytest).
+fn pytest_run_args(args: &[String]) -> Vec<String> {
+    split_pytest_args(args).0.run
 }
 
 fn nextest_run_base(cargo: &str) -> Vec<String> {
@@ -443,6 +862,12 @@ pub fn suite_from_listing(name: &str, ids: Vec<String>, repository_file: Option<
 /// Lists the suite of the checkout in `dir` with `runner`, tags and dependencies from
 /// its `greenlight.toml`. Blocking.
 pub fn list_suite(runner: &Runner, dir: &Path, env: &[(String, String)]) -> Result<SuiteFile, ListError> {
+    if let Runner::Pytest { args, .. } = runner {
+        // What a shard would drop or keep must be clear before the suite is listed.
+        if let Some(unclear) = split_pytest_args(args).1.into_iter().next() {
+            return Err(unclear.into());
+        }
+    }
     let argv = runner.list_argv().ok_or(ListError::NotListable)?;
     let output = std::process::Command::new(&argv[0])
         .args(&argv[1..])
@@ -553,12 +978,183 @@ mod tests {
         );
     }
 
+    fn words(words: &[&str]) -> Vec<String> {
+        words.iter().map(|word| (*word).to_owned()).collect()
+    }
+
+    /// The user's pytest `args`: the listing gets them all after its own options; a shard
+    /// gets `shard_options` between its own and its JUnit and id file.
+    fn check(args: &[&str], list_argv: &[&str], shard_options: &[&str]) {
+        let runner = Runner::Pytest { python: "py".into(), args: words(args) };
+        let base = ["py", "-m", "pytest", "-p", "no:cacheprovider", "--rootdir=."];
+        let expected_list: Vec<&str> = base.iter().chain(&["--collect-only", "-q"]).chain(list_argv).copied().collect();
+        assert_eq!(runner.list_argv().unwrap(), expected_list, "listing of {args:?}");
+        let paths =
+            ShardPaths { ids_file: Path::new("/w/ids"), junit: Path::new("/w/j.xml"), shard_dir: Path::new("/w") };
+        let expected_shard: Vec<&str> =
+            base.iter().chain(shard_options).chain(&["--junitxml=/w/j.xml", "@/w/ids"]).copied().collect();
+        assert_eq!(runner.shard_argv(&[], &[], &paths, "r"), expected_shard, "shard of {args:?}");
+        assert!(split_pytest_args(&words(args)).1.is_empty(), "{args:?} is clear");
+    }
+
+    #[test]
+    fn a_shard_gets_the_pytest_options_but_not_what_selects_the_tests() {
+        // Paths and node ids are the listing's: a shard names its node ids.
+        check(&["tests", "pkg/test_a.py::test_x[1]"], &["tests", "pkg/test_a.py::test_x[1]"], &[]);
+        // Plugins, separate value or attached.
+        check(&["-p", "no:randomly", "tests"], &["-p", "no:randomly", "tests"], &["-p", "no:randomly"]);
+        check(&["-pmy_plugin", "tests"], &["-pmy_plugin", "tests"], &["-pmy_plugin"]);
+        // Ini overrides: short and long, `--opt=value` and `--opt value`.
+        check(&["-o", "xfail_strict=true", "t"], &["-o", "xfail_strict=true", "t"], &["-o", "xfail_strict=true"]);
+        check(&["-oxfail_strict=true"], &["-oxfail_strict=true"], &["-oxfail_strict=true"]);
+        check(&["--override-ini", "a=b", "t"], &["--override-ini", "a=b", "t"], &["--override-ini", "a=b"]);
+        check(&["--override-ini=a=b", "t"], &["--override-ini=a=b", "t"], &["--override-ini=a=b"]);
+        // Warnings filters.
+        check(
+            &["-W", "error::DeprecationWarning", "tests"],
+            &["-W", "error::DeprecationWarning", "tests"],
+            &["-W", "error::DeprecationWarning"],
+        );
+        check(
+            &["-Werror", "--pythonwarnings=ignore"],
+            &["-Werror", "--pythonwarnings=ignore"],
+            &["-Werror", "--pythonwarnings=ignore"],
+        );
+        // Import mode, config file, root and conftest directories.
+        check(&["--import-mode=importlib", "t"], &["--import-mode=importlib", "t"], &["--import-mode=importlib"]);
+        check(
+            &["--import-mode", "importlib", "t"],
+            &["--import-mode", "importlib", "t"],
+            &["--import-mode", "importlib"],
+        );
+        check(&["-c", "other.ini", "t"], &["-c", "other.ini", "t"], &["-c", "other.ini"]);
+        check(&["--config-file=other.ini"], &["--config-file=other.ini"], &["--config-file=other.ini"]);
+        check(&["--rootdir", "sub", "sub/t"], &["--rootdir", "sub", "sub/t"], &["--rootdir", "sub"]);
+        check(&["--confcutdir", ".", "t"], &["--confcutdir", ".", "t"], &["--confcutdir", "."]);
+        // Selection is the listing's: -k and -m in every form, deselect, ignore.
+        check(&["-k", "not slow", "-m", "fast", "t"], &["-k", "not slow", "-m", "fast", "t"], &[]);
+        check(
+            &["-knot slow", "--deselect=t.py::a", "--ignore", "t/x"],
+            &["-knot slow", "--deselect=t.py::a", "--ignore", "t/x"],
+            &[],
+        );
+        // Flags, alone or clustered; a cluster ending in a value-taking letter.
+        check(
+            &["--strict-markers", "t", "-rA", "-x"],
+            &["--strict-markers", "t", "-rA", "-x"],
+            &["--strict-markers", "-rA", "-x"],
+        );
+        check(&["-vk", "expr", "-vx"], &["-vk", "expr", "-vx"], &["-v", "-v", "-x"]);
+        check(&["--doctest-modules", "pkg"], &["--doctest-modules", "pkg"], &["--doctest-modules"]);
+        // An optional value is the next word unless that is an option.
+        check(&["--debug", "out.log", "t"], &["--debug", "out.log", "t"], &["--debug", "out.log"]);
+        check(&["--debug", "--tb=short"], &["--debug", "--tb=short"], &["--debug", "--tb=short"]);
+        // After `--` every word is a path; an argument file is the listing's.
+        check(&["-x", "--", "-odd-dir"], &["-x", "--", "-odd-dir"], &["-x"]);
+        check(&["@args.txt", "-q"], &["@args.txt", "-q"], &["-q"]);
+        // A plugin's option with its value attached, or last, or before another option.
+        check(
+            &["-n4", "--timeout=10", "t", "--runslow"],
+            &["-n4", "--timeout=10", "t", "--runslow"],
+            &["-n4", "--timeout=10", "--runslow"],
+        );
+        check(&["--runslow", "-x", "t"], &["--runslow", "-x", "t"], &["--runslow", "-x"]);
+    }
+
+    #[test]
+    fn a_plugin_option_before_a_word_is_unclear_and_the_listing_refuses_it() {
+        for (args, option, word) in
+            [(&["-n", "4", "t"][..], "-n", "4"), (&["--runslow", "tests"], "--runslow", "tests")]
+        {
+            let (split, unclear) = split_pytest_args(&words(args));
+            assert_eq!(unclear, vec![UnclearArgument { option: option.into(), word: word.into() }], "{args:?}");
+            // A shard counts the word as a path: a missing value fails loudly.
+            assert_eq!(split.run, vec![option]);
+            let runner = Runner::Pytest { python: "/nonexistent/python".into(), args: words(args) };
+            let error = list_suite(&runner, Path::new("."), &[]).unwrap_err();
+            assert!(matches!(error, ListError::Arguments(_)), "{error}");
+            assert!(error.to_string().contains(&format!("write `{option}=VALUE`")), "{error}");
+        }
+    }
+
+    /// The user's nextest `args`: the listing gets them all; the archive build, a shard
+    /// (between its filter options and its filterset) and the reproduce line get what is
+    /// given.
+    fn check_nextest(args: &[&str], archive_options: &[&str], shard_options: &[&str], reproduce_options: &[&str]) {
+        let runner = Runner::Nextest { cargo: "cargo".into(), args: words(args) };
+        let list: Vec<&str> =
+            ["cargo", "nextest", "list", "--message-format", "json"].iter().chain(args).copied().collect();
+        assert_eq!(runner.list_argv().unwrap(), list, "listing of {args:?}");
+        let archive: Vec<&str> = ["cargo", "nextest", "archive", "--archive-file", NEXTEST_ARCHIVE]
+            .iter()
+            .chain(archive_options)
+            .copied()
+            .collect();
+        assert_eq!(runner.setup_argv(&[]), vec![archive], "archive of {args:?}");
+        let paths =
+            ShardPaths { ids_file: Path::new("/w/ids"), junit: Path::new("/w/j.xml"), shard_dir: Path::new("/w") };
+        let shard = runner.shard_argv(&[], &["b t".into()], &paths, "r");
+        let shard_start = shard.iter().position(|word| word == "--workspace-remap").unwrap() + 4;
+        let shard_end = shard.iter().position(|word| word == "--extract-to").unwrap();
+        assert_eq!(shard[shard_start..shard_end], words(shard_options), "shard of {args:?}");
+        assert_eq!(
+            shard[shard_end..].iter().skip(5).map(String::as_str).collect::<Vec<_>>(),
+            ["--run-ignored", "all", "--ignore-default-filter", "-E", "(binary_id(=b) & (test(=t)))"]
+        );
+        let reproduce = runner.reproduce(&[], &[], &["b t".into()], "r");
+        let expected = format!(
+            "git checkout --detach r && cargo nextest run --no-fail-fast {}--run-ignored all --ignore-default-filter -E '(binary_id(=b) & (test(=t)))'",
+            reproduce_options.iter().map(|word| format!("{} ", shell_quote(word))).collect::<String>()
+        );
+        assert_eq!(reproduce, expected, "reproduce of {args:?}");
+    }
+
+    #[test]
+    fn nextest_steps_get_the_arguments_that_apply_to_them() {
+        // Build options: the listing, the archive, a run from source; never a run from the archive.
+        check_nextest(
+            &["--workspace", "-p", "a", "--features=x", "-F", "y", "--release", "--cargo-profile", "ci"],
+            &["--workspace", "-p", "a", "--features=x", "-F", "y", "--release", "--cargo-profile", "ci"],
+            &[],
+            &["--workspace", "-p", "a", "--features=x", "-F", "y", "--release", "--cargo-profile", "ci"],
+        );
+        // Filters are the listing's: a shard runs the listed tests, ignored ones included.
+        check_nextest(
+            &[
+                "-E",
+                "test(foo)",
+                "--run-ignored",
+                "all",
+                "--ignore-default-filter",
+                "--partition=count:1/2",
+                "name",
+                "--",
+                "--exact",
+            ],
+            &[],
+            &[],
+            &[],
+        );
+        // Configuration reaches every step; the profile all but a shard (Greenlight's own).
+        check_nextest(
+            &["--config-file", "ci.toml", "--tool-config-file=t:/abs.toml", "-P", "ci", "--lib"],
+            &["--config-file", "ci.toml", "--tool-config-file=t:/abs.toml", "-P", "ci", "--lib"],
+            &["--config-file", "ci.toml", "--tool-config-file=t:/abs.toml"],
+            &["--config-file", "ci.toml", "--tool-config-file=t:/abs.toml", "-P", "ci", "--lib"],
+        );
+    }
+
     #[test]
     fn reproduce_lines_quote_what_a_shell_would_split() {
         let pytest = Runner::Pytest { python: "python3".into(), args: vec![] };
         assert_eq!(
             pytest.reproduce(&[], &[], &["t.py::test[a b]".into(), "t.py::it's".into()], "abc123"),
             "git checkout --detach abc123 && python3 -m pytest -p no:cacheprovider --rootdir=. 't.py::test[a b]' 't.py::it'\\''s'"
+        );
+        let pytest = Runner::Pytest { python: "python3".into(), args: words(&["-o", "a=b c", "-k", "x", "tests"]) };
+        assert_eq!(
+            pytest.reproduce(&[], &[], &["t.py::t".into()], "abc123"),
+            "git checkout --detach abc123 && python3 -m pytest -p no:cacheprovider --rootdir=. -o 'a=b c' t.py::t"
         );
         let command = Runner::Command;
         assert_eq!(
