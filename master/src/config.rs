@@ -27,6 +27,7 @@
 //! runner = "pytest"                # or "nextest"
 //! runner_args = ["-W", "error", "tests"]  # shards get the options; paths, -k, -m only list
 //! python = "/opt/venv/bin/python"  # pytest runner; `cargo` for nextest
+//! warm = true                      # pytest: one process per worker and revision (default)
 //! ```
 
 use std::collections::BTreeMap;
@@ -299,6 +300,23 @@ pub struct SuiteConfig {
     /// The cargo with cargo-nextest (`nextest` runner).
     #[serde(default = "default_cargo")]
     pub cargo: String,
+    /// `pytest` runner: each worker keeps one pytest process per revision that collects
+    /// once and runs shard after shard, reporting test by test (so its shards show their
+    /// pace and can give back what they have not started). `false`: a new pytest process
+    /// per shard, for suites whose tests must not share a process across shards.
+    #[serde(default = "default_warm")]
+    pub warm: bool,
+}
+
+fn default_warm() -> bool {
+    true
+}
+
+impl SuiteConfig {
+    /// Whether shards run in a warm runner kept between shards (pytest with `warm`).
+    pub fn warm_runner(&self) -> bool {
+        self.warm && self.runner == RunnerName::Pytest
+    }
 }
 
 /// The runner adapters a configuration can name.
@@ -344,6 +362,7 @@ impl SuiteConfig {
             runner_args: Vec::new(),
             python: default_python(),
             cargo: default_cargo(),
+            warm: default_warm(),
         }
     }
 }

@@ -92,6 +92,11 @@ pub struct Lease {
     /// (`command` when absent: `run_command` as above).
     #[serde(default)]
     pub runner: crate::runner::Runner,
+    /// The worker may run this shard in a runner it keeps between shards of the revision
+    /// (pytest: one process that collected once), reporting test by test. An older master
+    /// never sets it: one process per shard.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warm: bool,
 }
 
 /// The outcome of one test, as the runner reported it.

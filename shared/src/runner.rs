@@ -682,6 +682,15 @@ fn strings(words: &[&str]) -> Vec<String> {
     words.iter().map(|word| (*word).to_owned()).collect()
 }
 
+/// The arguments of a warm pytest runner's session (after `-m pytest`): the options every
+/// pytest run of the farm has, then the configured ones, paths included: it collects what
+/// the listing collects, then runs the node ids it is fed.
+pub fn pytest_session_args(args: &[String]) -> Vec<String> {
+    let mut session: Vec<String> = pytest_base("python").split_off(3);
+    session.extend(args.iter().cloned());
+    session
+}
+
 fn pytest_base(python: &str) -> Vec<String> {
     // --rootdir pins node ids to the checkout, whatever the install path; no cache
     // directory is written into the checkout.

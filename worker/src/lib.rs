@@ -99,6 +99,8 @@ async fn register(client: &Client, config: &WorkerConfig, backoff: &mut Backoff)
 async fn work(client: &Client, config: &WorkerConfig) -> Result<(), WorkerError> {
     let mut backoff = Backoff::new();
     let mut worker_id = register(client, config, &mut backoff).await?;
+    // The pytest process kept between the shards of a revision (warm leases).
+    let mut warm = shard::WarmRunners::default();
     loop {
         let lease = match client.lease(worker_id, config.wait_s).await {
             Ok(lease) => {
@@ -116,7 +118,7 @@ async fn work(client: &Client, config: &WorkerConfig) -> Result<(), WorkerError>
             }
         };
         let Some(lease) = lease else { continue };
-        let run = shard::run_shard(client, worker_id, &config.workdir, &lease).await;
+        let run = shard::run_shard(client, worker_id, &config.workdir, &lease, &mut warm).await;
         for _ in 0..10 {
             match client.finish(worker_id, lease.lease_id, run.outcome.clone(), run.runner_wall_s).await {
                 Ok(()) => break,

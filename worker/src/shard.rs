@@ -9,6 +9,10 @@
 //! worker stops the runner once every test it keeps is reported, and reports nothing for
 //! the withdrawn ones.
 //!
+//! A warm lease (the pytest runner with `[suite] warm`) runs in the worker's [`WarmRunners`]:
+//! one pytest process per revision, kept between shards, fed the shard one test at a time
+//! (so a withdrawn test is simply never fed) and reporting each test as it ends.
+//!
 //! A runner killed by a signal (a segfault, an abort, the OOM killer) is the
 //! infrastructure failing, not its tests: the unmentioned tests are not reported and the
 //! shard ends as an infrastructure error, so the master runs them again (elsewhere, up to
@@ -26,6 +30,7 @@ use greenlight_shared::runner::{Runner, ShardPaths};
 use crate::checkout::Checkout;
 use crate::client::{Client, ClientError};
 use crate::junit::{JunitCase, candidate_ids, parse_cases};
+use crate::warm::{WarmError, WarmRunner};
 
 /// How often the growing JUnit report is read.
 const REPORT_POLL: Duration = Duration::from_millis(250);
@@ -111,6 +116,10 @@ impl Withdrawn {
         self.0.lock().expect("the withdrawn set is never poisoned").is_empty()
     }
 
+    fn contains(&self, test: &str) -> bool {
+        self.0.lock().expect("the withdrawn set is never poisoned").contains(test)
+    }
+
     fn extend(&self, ids: Vec<String>) {
         if !ids.is_empty() {
             self.0.lock().expect("the withdrawn set is never poisoned").extend(ids);
@@ -189,6 +198,120 @@ fn output_tail(log: &Path) -> String {
     String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
+/// A shard the infrastructure could not run: its unreported tests go back to the queue.
+fn infra(message: String) -> ShardRun {
+    tracing::warn!(%message, "shard could not run");
+    ShardRun { outcome: ShardOutcome::InfraError { message }, runner_wall_s: None }
+}
+
+/// A warm lease being run: fed to the kept runner one test at a time.
+struct WarmShard<'a> {
+    client: &'a Client,
+    worker_id: u64,
+    lease: &'a Lease,
+    active: &'a AtomicBool,
+    withdrawn: &'a Withdrawn,
+}
+
+impl WarmShard<'_> {
+    async fn send(&self, results: &mut Vec<TestReport>) {
+        if !results.is_empty() {
+            let batch = std::mem::take(results);
+            send_results(self.client, self.worker_id, self.lease.lease_id, batch, self.withdrawn).await;
+        }
+    }
+
+    async fn run(&self, warm: &mut WarmRunners, python: &str, args: &[String], dir: &Path) -> ShardRun {
+        let lease = self.lease;
+        let started = Instant::now();
+        let mut pending: Vec<TestReport> = Vec::new();
+        let mut last_sent = Instant::now();
+        for test in &lease.tests {
+            if !self.active.load(Ordering::SeqCst) {
+                // The master took the lease back: what is reported stands, the rest is its.
+                self.send(&mut pending).await;
+                return ShardRun { outcome: ShardOutcome::Completed, runner_wall_s: None };
+            }
+            if self.withdrawn.contains(test) {
+                continue;
+            }
+            let env: Vec<(String, String)> = lease.env.clone();
+            let runner = match warm.runner(&lease.revision, python, args, dir, &env).await {
+                Ok(runner) => runner,
+                Err(WarmError::Collection { status, output }) => {
+                    // pytest cannot even collect this revision (a conftest that does not
+                    // import, a usage error): every test it keeps errs, as a cold run's would.
+                    for test in lease.tests.iter().filter(|test| !self.withdrawn.contains(test)) {
+                        if pending.iter().any(|result| &result.test_id == test) {
+                            continue;
+                        }
+                        pending.push(TestReport {
+                            test_id: test.clone(),
+                            status: TestStatus::Error,
+                            duration_s: 0.0,
+                            output: Some(format!("pytest exited with {status} before it had collected:\n{output}")),
+                        });
+                    }
+                    self.send(&mut pending).await;
+                    return ShardRun { outcome: ShardOutcome::Completed, runner_wall_s: None };
+                }
+                Err(error) => {
+                    self.send(&mut pending).await;
+                    return infra(format!("cannot start the warm pytest runner: {error}"));
+                }
+            };
+            let mut record = None;
+            let ran = runner.run(std::slice::from_ref(test), |ended| record = Some(ended)).await;
+            if let Some(ended) = record {
+                pending.push(TestReport {
+                    test_id: test.clone(),
+                    status: ended.status,
+                    duration_s: ended.duration_s,
+                    output: ended.output,
+                });
+            }
+            match ran {
+                Ok(end) => {
+                    for error in end.teardown_errors {
+                        tracing::warn!(nodes = ?error.nodes, output = %error.output, "a fixture failed to tear down");
+                    }
+                }
+                Err(WarmError::Died { test: Some(dying), exit_code: Some(code), output, .. }) => {
+                    // The test ended its process by itself (`os._exit`): its error, as a
+                    // cold runner's exit would be. A new runner runs the rest.
+                    warm.forget();
+                    tracing::warn!(test_id = %dying, code, "a test ended the warm runner; starting another");
+                    if !pending.iter().any(|result| &result.test_id == test) {
+                        pending.push(TestReport {
+                            test_id: test.clone(),
+                            status: TestStatus::Error,
+                            duration_s: 0.0,
+                            output: Some(format!(
+                                "the test ended its pytest process with exit code {code}; last output:\n{output}"
+                            )),
+                        });
+                    }
+                }
+                Err(error) => {
+                    // A signal (a segfault, the OOM killer) or a broken channel: the
+                    // infrastructure. Its unreported tests run again, elsewhere first.
+                    warm.forget();
+                    self.send(&mut pending).await;
+                    return infra(format!("the warm pytest runner failed: {error}"));
+                }
+            }
+            if last_sent.elapsed() >= REPORT_POLL {
+                self.send(&mut pending).await;
+                last_sent = Instant::now();
+            }
+        }
+        self.send(&mut pending).await;
+        // This shard's runner time: its tests, plus the collection when it started the runner.
+        let runner_wall_s = self.withdrawn.is_empty().then(|| started.elapsed().as_secs_f64());
+        ShardRun { outcome: ShardOutcome::Completed, runner_wall_s }
+    }
+}
+
 /// How a shard went: its outcome, and how long its runner ran (when it ran).
 #[derive(Debug, Clone)]
 pub struct ShardRun {
@@ -198,9 +321,74 @@ pub struct ShardRun {
     pub runner_wall_s: Option<f64>,
 }
 
+/// How long a warm runner may take to tear its fixtures down before it is killed.
+const WARM_TEARDOWN: Duration = Duration::from_secs(60);
+
+/// The warm runner a worker keeps between the shards of one revision, if any.
+#[derive(Default)]
+pub struct WarmRunners {
+    slot: Option<WarmSlot>,
+}
+
+struct WarmSlot {
+    revision: String,
+    args: Vec<String>,
+    runner: WarmRunner,
+}
+
+impl WarmRunners {
+    /// Tears the kept runner down (its module and session fixtures' teardown runs) unless
+    /// it serves `keep`, a revision and its pytest arguments.
+    pub async fn retire_unless(&mut self, keep: Option<(&str, &[String])>) {
+        let serves =
+            |slot: &WarmSlot| keep.is_some_and(|(revision, args)| slot.revision == revision && slot.args == args);
+        if self.slot.as_ref().is_none_or(serves) {
+            return;
+        }
+        let Some(slot) = self.slot.take() else { return };
+        tracing::info!(revision = %slot.revision, pid = slot.runner.pid(), "retiring the warm runner");
+        match slot.runner.shutdown(WARM_TEARDOWN).await {
+            Ok(errors) => {
+                for error in errors {
+                    tracing::warn!(nodes = ?error.nodes, output = %error.output, "a fixture failed to tear down");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "the warm runner did not end cleanly"),
+        }
+    }
+
+    /// The runner for `revision` in `dir`, started (collecting) if none is kept.
+    async fn runner(
+        &mut self,
+        revision: &str,
+        python: &str,
+        args: &[String],
+        dir: &Path,
+        env: &[(String, String)],
+    ) -> Result<&mut WarmRunner, WarmError> {
+        if self.slot.is_none() {
+            let session = greenlight_shared::runner::pytest_session_args(args);
+            let runner = WarmRunner::start(python, &session, dir, env).await?;
+            self.slot = Some(WarmSlot { revision: revision.to_owned(), args: args.to_vec(), runner });
+        }
+        Ok(&mut self.slot.as_mut().expect("a runner was just kept").runner)
+    }
+
+    /// Forgets a runner that died (it is dead for good).
+    fn forget(&mut self) {
+        self.slot = None;
+    }
+}
+
 /// Runs a lease to its end and says how it went.
 #[tracing::instrument(skip_all, fields(lease_id = lease.lease_id, build_id = lease.build_id, tests = lease.tests.len()))]
-pub async fn run_shard(client: &Client, worker_id: u64, workdir: &Path, lease: &Lease) -> ShardRun {
+pub async fn run_shard(
+    client: &Client,
+    worker_id: u64,
+    workdir: &Path,
+    lease: &Lease,
+    warm: &mut WarmRunners,
+) -> ShardRun {
     let active = Arc::new(AtomicBool::new(true));
     let withdrawn = Withdrawn::default();
     let heartbeat = tokio::spawn(heartbeat_loop(
@@ -211,7 +399,7 @@ pub async fn run_shard(client: &Client, worker_id: u64, workdir: &Path, lease: &
         Arc::clone(&active),
         withdrawn.clone(),
     ));
-    let outcome = run_shard_inner(client, worker_id, workdir, lease, &active, &withdrawn).await;
+    let outcome = run_shard_inner(client, worker_id, workdir, lease, &active, &withdrawn, warm).await;
     heartbeat.abort();
     outcome
 }
@@ -246,11 +434,14 @@ async fn run_shard_inner(
     lease: &Lease,
     active: &AtomicBool,
     withdrawn: &Withdrawn,
+    warm: &mut WarmRunners,
 ) -> ShardRun {
-    let infra = |message: String| {
-        tracing::warn!(%message, "shard could not run");
-        ShardRun { outcome: ShardOutcome::InfraError { message }, runner_wall_s: None }
+    let warm_pytest = match &lease.runner {
+        Runner::Pytest { python, args } if lease.warm => Some((python.as_str(), args.as_slice())),
+        _ => None,
     };
+    // A runner of another revision goes before the checkout changes under it.
+    warm.retire_unless(warm_pytest.map(|(_, args)| (lease.revision.as_str(), args))).await;
     let checkout = Checkout::new(workdir);
     let prepared = {
         let (checkout, lease) = (checkout.clone(), lease.clone());
@@ -264,6 +455,10 @@ async fn run_shard_inner(
         Ok(Ok(())) => {}
         Ok(Err(error)) => return infra(format!("checkout of {}: {error}", lease.revision)),
         Err(error) => return infra(format!("checkout task: {error}")),
+    }
+    if let Some((python, args)) = warm_pytest {
+        let runner = WarmShard { client, worker_id, lease, active, withdrawn };
+        return runner.run(warm, python, args, checkout.dir()).await;
     }
     let files = match ShardFiles::create(workdir, lease) {
         Ok(files) => files,

@@ -113,6 +113,9 @@ pub enum WarmError {
         during: String,
         /// How it ended.
         status: String,
+        /// The code it exited with, when it exited by itself (a test called `os._exit`);
+        /// `None` when a signal killed it (a crash, the OOM killer) or it had to be killed.
+        exit_code: Option<i32>,
         /// The tail of its output.
         output: String,
     },
@@ -327,7 +330,7 @@ impl WarmRunner {
                 Ok(runner)
             }
             Ok(None) => {
-                let (status, output) = runner.ended().await;
+                let (status, _, output) = runner.ended().await;
                 Err(WarmError::Collection { status, output })
             }
             Ok(Some(other)) => {
@@ -403,12 +406,12 @@ impl WarmRunner {
                     });
                 }
                 None => {
-                    let (status, output) = self.ended().await;
+                    let (status, exit_code, output) = self.ended().await;
                     let during = match &running {
                         Some(test) => format!("while running {test:?}"),
                         None => "between tests".to_owned(),
                     };
-                    return Err(WarmError::Died { test: running, during, status, output });
+                    return Err(WarmError::Died { test: running, during, status, exit_code, output });
                 }
             }
         }
@@ -442,8 +445,14 @@ impl WarmRunner {
                     });
                 }
                 None => {
-                    let (status, output) = self.ended().await;
-                    return Err(WarmError::Died { test: None, during: "while tearing down".into(), status, output });
+                    let (status, exit_code, output) = self.ended().await;
+                    return Err(WarmError::Died {
+                        test: None,
+                        during: "while tearing down".into(),
+                        status,
+                        exit_code,
+                        output,
+                    });
                 }
             }
         }
@@ -475,17 +484,17 @@ impl WarmRunner {
 
     /// After the channel closed: how the runner ended and the tail of its output. Kills
     /// its group if it does not end by itself.
-    async fn ended(&mut self) -> (String, String) {
-        let status = match tokio::time::timeout(DRAIN_GRACE, self.child.wait()).await {
-            Ok(Ok(status)) => status.to_string(),
-            Ok(Err(error)) => format!("unknown status ({error})"),
-            Err(_) => "no exit after closing its channel".to_owned(),
+    async fn ended(&mut self) -> (String, Option<i32>, String) {
+        let (status, exit_code) = match tokio::time::timeout(DRAIN_GRACE, self.child.wait()).await {
+            Ok(Ok(status)) => (status.to_string(), status.code()),
+            Ok(Err(error)) => (format!("unknown status ({error})"), None),
+            Err(_) => ("no exit after closing its channel".to_owned(), None),
         };
         self.kill().await;
         for drain in &mut self.drains {
             let _ = tokio::time::timeout(DRAIN_GRACE, drain).await;
         }
-        (status, self.output.text())
+        (status, exit_code, self.output.text())
     }
 
     async fn kill(&mut self) {

@@ -328,8 +328,8 @@ async fn a_record_arrives_while_a_later_test_of_its_shard_still_runs() {
 #[tokio::test]
 async fn a_test_that_kills_its_runner_is_named_and_a_new_runner_runs_the_rest() {
     let project = Project::new();
-    for (crashing, status) in
-        [("test_crash.py::test_exits", "exit status: 3"), ("test_crash.py::test_killed", "signal: 9")]
+    for (crashing, status, code) in
+        [("test_crash.py::test_exits", "exit status: 3", Some(3)), ("test_crash.py::test_killed", "signal: 9", None)]
     {
         let mut runner = project.start(&["test_crash.py"]).await;
         let (records, result) =
@@ -338,9 +338,10 @@ async fn a_test_that_kills_its_runner_is_named_and_a_new_runner_runs_the_rest() 
         assert_eq!(names, ["test_crash.py::test_before"]);
         assert_eq!(records[0].status, TestStatus::Passed);
         match result {
-            Err(WarmError::Died { test, status: died_with, .. }) => {
+            Err(WarmError::Died { test, status: died_with, exit_code, .. }) => {
                 assert_eq!(test.as_deref(), Some(crashing));
                 assert!(died_with.contains(status), "{died_with}");
+                assert_eq!(exit_code, code, "an exit by itself has a code; a signal has none");
             }
             other => panic!("expected the runner's death, got {other:?}"),
         }

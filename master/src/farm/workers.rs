@@ -92,6 +92,7 @@ impl Farm {
             heartbeat_interval_s: self.config.scheduler.heartbeat_interval_s,
             lease_timeout_s: self.config.scheduler.lease_timeout_s,
             runner,
+            warm: suite.warm_runner(),
         }))
     }
 

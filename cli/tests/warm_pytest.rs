@@ -1,0 +1,198 @@
+//! The warm pytest runner through the real farm: each worker keeps one pytest process per
+//! revision that collects once and runs shard after shard, reporting test by test. So a
+//! build of many shards runs in about as many processes as there are workers, a shard
+//! can give back the tests it has not started when a worker joins late, and a test that
+//! kills its process is retried on another worker while the others keep their results.
+//!
+//! Needs pytest in the virtualenv `.ci/run` makes at `target/pyenv` (or `GREENLIGHT_PYENV`);
+//! without it the test fails saying so.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Farm, FarmOptions, test};
+use greenlight_shared::api::{BuildDetail, BuildState, ShardState, TestResultView, TestStatus};
+use greenlight_shared::git::Git;
+use greenlight_shared::suite::{SuiteFile, SuiteTest};
+
+fn python() -> PathBuf {
+    let venv = std::env::var_os("GREENLIGHT_PYENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv"));
+    let python = venv.join("bin/python");
+    let probe = std::process::Command::new(&python).args(["-c", "import pytest"]).output();
+    match probe {
+        Ok(output) if output.status.success() => python,
+        _ => panic!(
+            "this test needs a virtualenv with pytest at {} (or GREENLIGHT_PYENV): \
+             python3 -m venv target/pyenv && target/pyenv/bin/pip install pytest (.ci/run does)",
+            venv.display()
+        ),
+    }
+}
+
+/// Every test notes the process it ran in; one kills its process the first time it runs.
+const CONFTEST: &str = r#"import os
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def note_the_process():
+    with open(os.environ["GREENLIGHT_PIDS"], "a", encoding="utf-8") as pids:
+        pids.write(f"{os.getpid()}\n")
+    yield
+"#;
+
+const MANY_TESTS: &str = r#"import time
+
+import pytest
+
+
+@pytest.mark.parametrize("n", range(40))
+def test_many(n):
+    time.sleep(0.05)
+"#;
+
+const CRASH_TEST: &str = r#"import os
+import signal
+
+
+def test_crashes_its_process_once():
+    marker = os.environ["GREENLIGHT_PIDS"] + ".crashed"
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+"#;
+
+fn suite_toml(python: &Path, pids: &Path, extra: &str) -> String {
+    format!(
+        "runner = \"pytest\"\npython = {python:?}\n{extra}\nenv = {{ PYTHONDONTWRITEBYTECODE = \"1\", GREENLIGHT_PIDS = {pids:?} }}",
+        python = python.to_string_lossy(),
+        pids = pids.to_string_lossy(),
+    )
+}
+
+fn commit_project(repo_dir: &Path, files: &[(&str, &str)]) {
+    for (path, contents) in files {
+        let path = repo_dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+    }
+    let git = Git::new(repo_dir);
+    git.run(&["add", "-A"]).unwrap();
+    git.run(&["commit", "--quiet", "-m", "a pytest project"]).unwrap();
+}
+
+fn by_id(results: Vec<TestResultView>) -> BTreeMap<String, Vec<TestResultView>> {
+    let mut by_id: BTreeMap<String, Vec<TestResultView>> = BTreeMap::new();
+    for result in results {
+        by_id.entry(result.test_id.clone()).or_default().push(result);
+    }
+    by_id
+}
+
+#[test]
+fn shards_run_in_one_pytest_process_per_worker_and_a_test_that_kills_its_process_is_retried_elsewhere() {
+    let python = python();
+    let scratch = tempfile::tempdir().unwrap();
+    let pids = scratch.path().join("pids");
+    let empty = SuiteFile { name: "unused".into(), shard_overhead_s: 0.0, tests: Vec::new() };
+    let options =
+        FarmOptions { suite_toml: suite_toml(&python, &pids, "runner_args = [\"tests\"]"), ..FarmOptions::default() };
+    let farm = Farm::start_with_repo(&empty, 2, options, |repo| {
+        commit_project(
+            repo.dir(),
+            &[("tests/conftest.py", CONFTEST), ("tests/test_many.py", MANY_TESTS), ("tests/test_crash.py", CRASH_TEST)],
+        );
+    });
+    let build = farm.finished_build_of(&farm.repo.head().unwrap());
+    assert_eq!(build.state, BuildState::Green, "{build:?}");
+    let results = by_id(farm.tests(build.build_id).results);
+    assert_eq!(results.len(), 41, "every collected test has a result");
+    for (id, attempts) in &results {
+        let last = attempts.last().unwrap();
+        assert_eq!(last.status, TestStatus::Passed, "{id}: {attempts:?}");
+    }
+
+    // The crash: its shard ended as an infrastructure error, the test ran again on the
+    // other worker and passed; the tests its shard had reported kept their results.
+    let detail: BuildDetail = farm.get(&format!("/api/v1/builds/{}?test_ids=true", build.build_id));
+    let crashed = detail
+        .shards
+        .iter()
+        .find(|shard| shard.state == ShardState::InfraError)
+        .unwrap_or_else(|| panic!("the crash ended its shard as an infrastructure error: {:?}", detail.shards));
+    let crash = &results["tests/test_crash.py::test_crashes_its_process_once"];
+    assert_eq!(crash.len(), 1, "the lost attempt is no result: {crash:?}");
+    assert_eq!(crash[0].attempt, 2, "{crash:?}");
+    assert_ne!(crash[0].worker.as_deref(), Some(crashed.worker.as_str()), "retried on the other worker");
+    for id in crashed.test_ids.iter().filter(|id| !id.contains("test_crash")) {
+        if let Some(attempts) = results.get(id)
+            && attempts[0].lease_id == Some(crashed.lease_id)
+        {
+            assert_eq!(attempts.len(), 1, "{id} reported before the crash keeps its result");
+        }
+    }
+
+    // Many shards, few processes: one per worker, and one more where a runner died.
+    let processes: BTreeSet<String> = std::fs::read_to_string(&pids).unwrap().lines().map(str::to_owned).collect();
+    assert!(processes.len() <= 3, "{} pytest processes for 2 workers and one crash", processes.len());
+    assert!(
+        build.shards as usize > processes.len(),
+        "{} shards ran in {} processes: several shards per process",
+        build.shards,
+        processes.len()
+    );
+}
+
+#[test]
+fn a_warm_shard_gives_back_the_tests_it_has_not_started_when_a_worker_joins_late() {
+    // 40 tests of half a second, with known durations: the lone worker leases most of the
+    // build in one shard; once a second worker asks, that running shard (which shows its
+    // pace test by test) gives back the tests it has not started.
+    let python = python();
+    let scratch = tempfile::tempdir().unwrap();
+    let pids = scratch.path().join("pids");
+    let tests: Vec<SuiteTest> =
+        (0..40).map(|n| test(&format!("tests/test_slow.py::test_slow[{n}]"), &["slow"], &[], 0.5)).collect();
+    let suite = SuiteFile { name: "slow".into(), shard_overhead_s: 0.0, tests };
+    let options = FarmOptions {
+        heartbeat_interval_s: 0.5,
+        suite_toml: suite_toml(&python, &pids, "file = \"greenlight-suite.json\"\nrunner_args = [\"tests\"]"),
+        ..FarmOptions::default()
+    };
+    const SLOW_TESTS: &str = "import time\n\nimport pytest\n\n\n@pytest.mark.parametrize(\"n\", range(40))\ndef test_slow(n):\n    time.sleep(0.5)\n";
+    let mut farm = Farm::start_with_repo(&suite, 1, options, |repo| {
+        commit_project(repo.dir(), &[("tests/conftest.py", CONFTEST), ("tests/test_slow.py", SLOW_TESTS)]);
+    });
+    let first = farm.wait_for("the lone worker's shard", Duration::from_secs(120), |farm| {
+        let build = farm.builds().into_iter().find(|build| build.state == BuildState::Running)?;
+        let detail = farm.build(build.build_id);
+        detail.shards.iter().find(|shard| shard.state == ShardState::Running).map(|shard| (shard.lease_id, shard.tests))
+    });
+    assert!(first.1 >= 30, "the lone worker leased most of the build: {first:?}");
+    farm.start_worker("worker-late");
+
+    let build = farm.finished_build_of(&farm.repo.head().unwrap());
+    assert_eq!(build.state, BuildState::Green, "{build:?}");
+    let results = by_id(farm.tests(build.build_id).results);
+    assert_eq!(results.len(), 40, "every test has its result");
+    for (id, attempts) in &results {
+        assert_eq!(attempts.len(), 1, "{id} reported exactly once: {attempts:?}");
+        assert_eq!((attempts[0].status, attempts[0].attempt), (TestStatus::Passed, 1), "{id}");
+    }
+    let detail: BuildDetail = farm.get(&format!("/api/v1/builds/{}?test_ids=true", build.build_id));
+    let shrunk = detail.shards.iter().find(|shard| shard.lease_id == first.0).expect("the first shard is listed");
+    assert!(shrunk.withdrawn > 0, "the first shard gave tests back: {shrunk:?}");
+    assert_eq!(shrunk.state, ShardState::Finished, "giving tests back is no infrastructure error");
+    let late: Vec<&str> = results
+        .values()
+        .filter(|attempts| attempts[0].worker.as_deref() == Some("worker-late"))
+        .map(|attempts| attempts[0].test_id.as_str())
+        .collect();
+    assert!(!late.is_empty(), "the late worker ran some of the given-back tests");
+}
