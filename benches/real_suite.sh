@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The real pytest suite (networkx 3.6.1, from target/pyenv: see .ci/run) run serially by
 # one pytest process, then through the farm (a master and N workers of the release
-# binary on this machine, the pytest runner adapter) for each N given. Prints the wall
-# times and, per farm run, the shards and where their time went.
+# binary on this machine, the pytest runner adapter) for each N given, once with each
+# runner mode: cold (a pytest process per shard) and warm (one per worker and revision).
+# Prints the wall times and, per farm run, the shards and where their time went.
 #
 #   cargo build --release -p greenlight && benches/real_suite.sh 1 2
 #
-# SERIAL=0 leaves the serial run out.
+# SERIAL=0 leaves the serial run out; MODES="warm" (or "cold") runs one mode only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -40,7 +41,9 @@ if [ "${SERIAL:-1}" != 0 ]; then
 fi
 
 for n in "$@"; do
-    run=$work/farm-$n
+for mode in ${MODES:-cold warm}; do
+    warm=$([ "$mode" = warm ] && echo true || echo false)
+    run=$work/farm-$n-$mode
     mkdir -p "$run"
     cat > "$run/greenlight.toml" << EOF
 data_dir = "$run/master"
@@ -52,6 +55,7 @@ poll_interval_s = 0.2
 runner = "pytest"
 python = "$python"
 runner_args = ["networkx"]
+warm = $warm
 env = { PYTHONDONTWRITEBYTECODE = "1" }
 [scheduler]
 heartbeat_interval_s = 1
@@ -66,9 +70,9 @@ EOF
         "$greenlight" worker --master "$url" --name "w$index" --workdir "$run/w$index" 2> "$run/w$index.log" &
         pids+=($!)
     done
-    "$python" - "$url" "$n" "$started" << 'EOF'
+    "$python" - "$url" "$n" "$started" "$mode" << 'EOF'
 import json, sys, time, urllib.request
-url, n, started = sys.argv[1], sys.argv[2], float(sys.argv[3])
+url, n, started, mode = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 get = lambda path: json.load(urllib.request.urlopen(url + path))
 while True:
     builds = get("/api/v1/builds")
@@ -90,7 +94,7 @@ tests = get(f"/api/v1/builds/{build['build_id']}/tests")["results"]
 test_s = sum(result["duration_s"] for result in tests)
 span = sum(shard["finished_at"] - shard["started_at"] for shard in timed)
 runner = sum(shard["runner_wall_s"] for shard in timed)
-print(f"farm, {n} worker(s): master start to finished {build['finished_at'] - started:.1f} s "
+print(f"farm, {n} worker(s), {mode}: master start to finished {build['finished_at'] - started:.1f} s "
       f"(with the master's listing), queued to finished {build['finished_at'] - build['created_at']:.1f} s, "
       f"makespan (first lease to last result) {build['makespan_s']:.1f} s, {build['state']}, "
       f"{build['counts']['total']} tests, {len(shards)} shards")
@@ -101,4 +105,5 @@ EOF
     for pid in "${pids[@]}"; do kill "$pid" 2> /dev/null || true; done
     wait 2> /dev/null || true
     pids=()
+done
 done

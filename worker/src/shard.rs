@@ -235,8 +235,7 @@ impl WarmShard<'_> {
             if self.withdrawn.contains(test) {
                 continue;
             }
-            let env: Vec<(String, String)> = lease.env.clone();
-            let runner = match warm.runner(&lease.revision, python, args, dir, &env).await {
+            let runner = match warm.runner(&lease.revision, python, args, dir, &lease.env).await {
                 Ok(runner) => runner,
                 Err(WarmError::Collection { status, output }) => {
                     // pytest cannot even collect this revision (a conftest that does not
