@@ -154,8 +154,10 @@ impl Mirror {
         tree.run(&["rev-parse", "HEAD"])
     }
 
-    /// A work tree of `revision` under `dir` (for a suite list command).
-    pub fn checkout(&self, revision: &str, dir: &PathBuf) -> Result<(), GitError> {
+    /// A work tree of `revision` under `dir` (for a suite list command). Untracked files
+    /// are removed but those matching `keep` (`git clean` patterns, such as cargo's
+    /// `/target/`, so that listing the next revision builds incrementally).
+    pub fn checkout(&self, revision: &str, dir: &PathBuf, keep: &[&str]) -> Result<(), GitError> {
         if !dir.join(".git").exists() {
             std::fs::create_dir_all(dir).map_err(|source| GitError::Spawn { args: "clone".into(), source })?;
             Git::new(dir).run(&["clone", "--quiet", "--no-checkout", &self.dir().to_string_lossy(), "."])?;
@@ -163,7 +165,11 @@ impl Mirror {
         let checkout = Git::new(dir);
         checkout.run(&["fetch", "--quiet", "origin", revision])?;
         checkout.run(&["checkout", "--quiet", "--force", "--detach", revision])?;
-        checkout.run(&["clean", "-qfdx"])?;
+        let mut clean = vec!["clean", "-qfdx"];
+        for pattern in keep {
+            clean.extend(["-e", pattern]);
+        }
+        checkout.run(&clean)?;
         Ok(())
     }
 }

@@ -121,6 +121,16 @@ impl Runner {
         }
     }
 
+    /// Untracked paths of the checkout that survive a change of revision (`git clean`
+    /// patterns): nextest keeps cargo's `target/`, so the next revision's archive builds
+    /// incrementally instead of from scratch.
+    pub fn kept_across_revisions(&self) -> &'static [&'static str] {
+        match self {
+            Runner::Nextest { .. } => &["/target/"],
+            Runner::Command | Runner::Pytest { .. } => &[],
+        }
+    }
+
     /// The argv that lists the suite in a checkout, if the adapter lists.
     pub fn list_argv(&self) -> Option<Vec<String>> {
         match self {

@@ -51,20 +51,22 @@ impl Checkout {
     /// Makes the work tree hold `revision` of `repository`, set up. Blocking. A cached
     /// clone git cannot use (a missing object, a broken index) is thrown away and cloned
     /// afresh once before the failure is reported.
+    /// `keep`: untracked paths (`git clean` patterns) that survive a change of revision.
     pub fn prepare(
         &self,
         repository: &str,
         revision: &str,
         setup: &[Vec<String>],
         env: &[(String, String)],
+        keep: &[&str],
     ) -> Result<(), CheckoutError> {
-        match self.prepare_once(repository, revision, setup, env) {
+        match self.prepare_once(repository, revision, setup, env, keep) {
             Err(CheckoutError::Git(error)) if self.dir.exists() => {
                 tracing::warn!(%error, "the cached clone is unusable; cloning afresh");
                 let _ = std::fs::remove_file(&self.marker);
                 std::fs::remove_dir_all(&self.dir)
                     .map_err(|source| CheckoutError::Io { path: self.dir.clone(), source })?;
-                self.prepare_once(repository, revision, setup, env)
+                self.prepare_once(repository, revision, setup, env, keep)
             }
             other => other,
         }
@@ -76,6 +78,7 @@ impl Checkout {
         revision: &str,
         setup: &[Vec<String>],
         env: &[(String, String)],
+        keep: &[&str],
     ) -> Result<(), CheckoutError> {
         let io = |path: &Path| {
             let path = path.to_owned();
@@ -105,7 +108,11 @@ impl Checkout {
         }
         let _ = std::fs::remove_file(&self.marker);
         git.run(&["checkout", "--quiet", "--force", "--detach", revision])?;
-        git.run(&["clean", "-qfdx"])?;
+        let mut clean = vec!["clean", "-qfdx"];
+        for pattern in keep {
+            clean.extend(["-e", pattern]);
+        }
+        git.run(&clean)?;
         for setup in setup {
             let output = std::process::Command::new(&setup[0])
                 .args(&setup[1..])
@@ -140,6 +147,31 @@ mod tests {
     }
 
     #[test]
+    fn a_new_revision_cleans_untracked_files_but_those_it_is_told_to_keep() {
+        let origin_dir = tempfile::tempdir().unwrap();
+        let origin = Git::new(origin_dir.path());
+        origin.run(&["init", "--quiet", "-b", "main"]).unwrap();
+        let first = commit(&origin, origin_dir.path(), "one");
+        let second = commit(&origin, origin_dir.path(), "two");
+        let url = origin_dir.path().to_string_lossy().into_owned();
+        for (keep, target_survives) in [(&[][..], false), (&["/target/"][..], true)] {
+            let work = tempfile::tempdir().unwrap();
+            let checkout = Checkout::new(work.path());
+            checkout.prepare(&url, &first, &[], &[], keep).unwrap();
+            for untracked in ["target/debug/build.o", "stray.txt", "src/target/nested.txt"] {
+                let path = checkout.dir().join(untracked);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, "left by a shard").unwrap();
+            }
+            checkout.prepare(&url, &second, &[], &[], keep).unwrap();
+            assert_eq!(checkout.dir().join("target/debug/build.o").exists(), target_survives, "keep {keep:?}");
+            assert!(!checkout.dir().join("stray.txt").exists(), "keep {keep:?}");
+            assert!(!checkout.dir().join("src/target/nested.txt").exists(), "only the root's target/ is kept");
+            assert_eq!(std::fs::read_to_string(checkout.dir().join("file.txt")).unwrap(), "two");
+        }
+    }
+
+    #[test]
     fn a_clone_missing_an_object_is_cloned_afresh_and_the_checkout_succeeds() {
         let origin_dir = tempfile::tempdir().unwrap();
         let origin = Git::new(origin_dir.path());
@@ -148,7 +180,7 @@ mod tests {
         let work = tempfile::tempdir().unwrap();
         let checkout = Checkout::new(work.path());
         let url = origin_dir.path().to_string_lossy().into_owned();
-        checkout.prepare(&url, &first, &[], &[]).unwrap();
+        checkout.prepare(&url, &first, &[], &[], &[]).unwrap();
         let second = commit(&origin, origin_dir.path(), "two");
         let clone = Git::new(checkout.dir());
         clone.run(&["fetch", "--quiet", "origin", "+refs/heads/*:refs/remotes/origin/*"]).unwrap();
@@ -157,7 +189,7 @@ mod tests {
         let blob = clone.run(&["rev-parse", &format!("{second}:file.txt")]).unwrap().trim().to_owned();
         let loose = checkout.dir().join(".git/objects").join(&blob[..2]).join(&blob[2..]);
         std::fs::remove_file(&loose).unwrap_or_else(|error| panic!("{}: {error}", loose.display()));
-        checkout.prepare(&url, &second, &[], &[]).unwrap();
+        checkout.prepare(&url, &second, &[], &[], &[]).unwrap();
         assert_eq!(std::fs::read_to_string(checkout.dir().join("file.txt")).unwrap(), "two");
     }
 }

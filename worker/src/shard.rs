@@ -446,7 +446,8 @@ async fn run_shard_inner(
         let (checkout, lease) = (checkout.clone(), lease.clone());
         tokio::task::spawn_blocking(move || {
             let setup = lease.runner.setup_argv(&lease.setup_command);
-            checkout.prepare(&lease.repository, &lease.revision, &setup, &lease.env)
+            let keep = lease.runner.kept_across_revisions();
+            checkout.prepare(&lease.repository, &lease.revision, &setup, &lease.env, keep)
         })
         .await
     };

@@ -66,17 +66,18 @@ impl Farm {
     /// The suite as the runner adapter lists it in a checkout of `revision`.
     fn list_with_runner(&self, revision: &str) -> Result<SuiteFile, PlanError> {
         let checkout = self.config.data_dir.join("checkout");
-        self.mirror.checkout(revision, &checkout)?;
+        let runner = self.config.suite.runner();
+        self.mirror.checkout(revision, &checkout, runner.kept_across_revisions())?;
         let env: Vec<(String, String)> =
             self.config.suite.env.iter().map(|(key, value)| (key.clone(), value.clone())).collect();
-        greenlight_shared::runner::list_suite(&self.config.suite.runner(), &checkout, &env)
+        greenlight_shared::runner::list_suite(&runner, &checkout, &env)
             .map_err(|error| PlanError::ListCommand(error.to_string()))
     }
 
     /// The suite as the configured list command prints it in a checkout of `revision`.
     fn list_suite(&self, revision: &str) -> Result<Vec<u8>, PlanError> {
         let checkout = self.config.data_dir.join("checkout");
-        self.mirror.checkout(revision, &checkout)?;
+        self.mirror.checkout(revision, &checkout, &[])?;
         let command = &self.config.suite.list_command;
         let output = std::process::Command::new(&command[0])
             .args(&command[1..])
