@@ -165,11 +165,7 @@ impl Mirror {
         let checkout = Git::new(dir);
         checkout.run(&["fetch", "--quiet", "origin", revision])?;
         checkout.run(&["checkout", "--quiet", "--force", "--detach", revision])?;
-        let mut clean = vec!["clean", "-qfdx"];
-        for pattern in keep {
-            clean.extend(["-e", pattern]);
-        }
-        checkout.run(&clean)?;
+        checkout.clean_untracked(keep)?;
         Ok(())
     }
 }

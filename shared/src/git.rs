@@ -63,6 +63,16 @@ impl Git {
         Ok(output.stdout)
     }
 
+    /// Removes every untracked file of the work tree, ignored ones too, except those
+    /// matching `keep` (`git clean` patterns such as `/target/`).
+    pub fn clean_untracked(&self, keep: &[&str]) -> Result<(), GitError> {
+        let mut args = vec!["clean", "-qfdx"];
+        for pattern in keep {
+            args.extend(["-e", pattern]);
+        }
+        self.run(&args).map(drop)
+    }
+
     /// Runs git with `args` and returns its standard output, lossily decoded and trimmed.
     pub fn run<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Result<String, GitError> {
         let stdout = self.run_bytes(args)?;

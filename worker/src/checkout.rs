@@ -108,11 +108,7 @@ impl Checkout {
         }
         let _ = std::fs::remove_file(&self.marker);
         git.run(&["checkout", "--quiet", "--force", "--detach", revision])?;
-        let mut clean = vec!["clean", "-qfdx"];
-        for pattern in keep {
-            clean.extend(["-e", pattern]);
-        }
-        git.run(&clean)?;
+        git.clean_untracked(keep)?;
         for setup in setup {
             let output = std::process::Command::new(&setup[0])
                 .args(&setup[1..])
