@@ -226,7 +226,7 @@ impl WarmShard<'_> {
         let started = Instant::now();
         let mut pending: Vec<TestReport> = Vec::new();
         let mut last_sent = Instant::now();
-        for test in &lease.tests {
+        for (position, test) in lease.tests.iter().enumerate() {
             if !self.active.load(Ordering::SeqCst) {
                 // The master took the lease back: what is reported stands, the rest is its.
                 self.send(&mut pending).await;
@@ -239,11 +239,9 @@ impl WarmShard<'_> {
                 Ok(runner) => runner,
                 Err(WarmError::Collection { status, output }) => {
                     // pytest cannot even collect this revision (a conftest that does not
-                    // import, a usage error): every test it keeps errs, as a cold run's would.
-                    for test in lease.tests.iter().filter(|test| !self.withdrawn.contains(test)) {
-                        if pending.iter().any(|result| &result.test_id == test) {
-                            continue;
-                        }
+                    // import, a usage error): every test it keeps and has not run errs, as a
+                    // cold run's would.
+                    for test in lease.tests[position..].iter().filter(|test| !self.withdrawn.contains(test)) {
                         pending.push(TestReport {
                             test_id: test.clone(),
                             status: TestStatus::Error,
@@ -261,6 +259,7 @@ impl WarmShard<'_> {
             };
             let mut record = None;
             let ran = runner.run(std::slice::from_ref(test), |ended| record = Some(ended)).await;
+            let reported = record.is_some();
             if let Some(ended) = record {
                 pending.push(TestReport {
                     test_id: test.clone(),
@@ -280,7 +279,7 @@ impl WarmShard<'_> {
                     // cold runner's exit would be. A new runner runs the rest.
                     warm.forget();
                     tracing::warn!(test_id = %dying, code, "a test ended the warm runner; starting another");
-                    if !pending.iter().any(|result| &result.test_id == test) {
+                    if !reported {
                         pending.push(TestReport {
                             test_id: test.clone(),
                             status: TestStatus::Error,
