@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Farm, FarmOptions, test};
-use greenlight_shared::api::{BuildDetail, BuildState, ShardState, TestResultView, TestStatus};
+use common::{Farm, FarmOptions, by_id, test};
+use greenlight_shared::api::{BuildDetail, BuildState, ShardState, TestStatus};
 use greenlight_shared::suite::{SuiteFile, SuiteTest};
 
 fn product_suite() -> SuiteFile {
@@ -32,14 +32,6 @@ fn product_suite() -> SuiteFile {
         }
     }
     SuiteFile { name: "product".into(), shard_overhead_s: 0.5, tests }
-}
-
-fn by_id(results: Vec<TestResultView>) -> BTreeMap<String, Vec<TestResultView>> {
-    let mut map: BTreeMap<String, Vec<TestResultView>> = BTreeMap::new();
-    for result in results {
-        map.entry(result.test_id.clone()).or_default().push(result);
-    }
-    map
 }
 
 fn ids_with_tags(suite: &SuiteFile, tags: &[&str]) -> BTreeSet<String> {
@@ -168,11 +160,7 @@ fn a_worker_that_joins_late_takes_over_the_unstarted_end_of_a_running_shard() {
     let suite = SuiteFile { name: "long".into(), shard_overhead_s: 0.0, tests };
     let options = FarmOptions { scale: 1.0, heartbeat_interval_s: 0.5, ..FarmOptions::default() };
     let mut farm = Farm::start(&suite, 1, options);
-    let first = farm.wait_for("the lone worker's shard", Duration::from_secs(120), |farm| {
-        let build = farm.builds().into_iter().find(|build| build.state == BuildState::Running)?;
-        let detail = farm.build(build.build_id);
-        detail.shards.iter().find(|shard| shard.state == ShardState::Running).map(|shard| (shard.lease_id, shard.tests))
-    });
+    let first = farm.running_shard();
     assert!(first.1 >= 30, "the lone worker leased most of the build: {first:?}");
     farm.start_worker("worker-late");
 

@@ -9,12 +9,11 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use common::{Farm, FarmOptions, test};
-use greenlight_shared::api::{BuildDetail, BuildState, ShardState, TestResultView, TestStatus};
+use common::{Farm, FarmOptions, by_id, test};
+use greenlight_shared::api::{BuildDetail, BuildState, ShardState, TestStatus};
 use greenlight_shared::git::Git;
 use greenlight_shared::suite::{SuiteFile, SuiteTest};
 
@@ -85,14 +84,6 @@ fn commit_project(repo_dir: &Path, files: &[(&str, &str)]) {
     let git = Git::new(repo_dir);
     git.run(&["add", "-A"]).unwrap();
     git.run(&["commit", "--quiet", "-m", "a pytest project"]).unwrap();
-}
-
-fn by_id(results: Vec<TestResultView>) -> BTreeMap<String, Vec<TestResultView>> {
-    let mut by_id: BTreeMap<String, Vec<TestResultView>> = BTreeMap::new();
-    for result in results {
-        by_id.entry(result.test_id.clone()).or_default().push(result);
-    }
-    by_id
 }
 
 #[test]
@@ -169,11 +160,7 @@ fn a_warm_shard_gives_back_the_tests_it_has_not_started_when_a_worker_joins_late
     let mut farm = Farm::start_with_repo(&suite, 1, options, |repo| {
         commit_project(repo.dir(), &[("tests/conftest.py", CONFTEST), ("tests/test_slow.py", SLOW_TESTS)]);
     });
-    let first = farm.wait_for("the lone worker's shard", Duration::from_secs(120), |farm| {
-        let build = farm.builds().into_iter().find(|build| build.state == BuildState::Running)?;
-        let detail = farm.build(build.build_id);
-        detail.shards.iter().find(|shard| shard.state == ShardState::Running).map(|shard| (shard.lease_id, shard.tests))
-    });
+    let first = farm.running_shard();
     assert!(first.1 >= 30, "the lone worker leased most of the build: {first:?}");
     farm.start_worker("worker-late");
 

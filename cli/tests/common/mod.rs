@@ -5,13 +5,17 @@
 
 #![allow(dead_code, reason = "each test binary uses a different part of the harness")]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use greenlight_fixtures::repo::FixtureRepo;
-use greenlight_shared::api::{BuildDetail, BuildSummary, BuildTests, ChangeView, GateView, PushView, WorkerView};
+use greenlight_shared::api::{
+    BuildDetail, BuildState, BuildSummary, BuildTests, ChangeView, GateView, PushView, ShardState, TestResultView,
+    WorkerView,
+};
 use greenlight_shared::suite::{SuiteFile, SuiteTest};
 
 pub const TOKEN: &str = "e2e-token";
@@ -282,6 +286,19 @@ heartbeat_interval_s = {heartbeat}
     }
 
     /// The finished build that tested `revision`.
+    /// Waits for a shard of the running build to run; returns its lease id and test count.
+    pub fn running_shard(&self) -> (u64, u32) {
+        self.wait_for("a running shard", Duration::from_secs(120), |farm| {
+            let build = farm.builds().into_iter().find(|build| build.state == BuildState::Running)?;
+            let detail = farm.build(build.build_id);
+            detail
+                .shards
+                .iter()
+                .find(|shard| shard.state == ShardState::Running)
+                .map(|shard| (shard.lease_id, shard.tests))
+        })
+    }
+
     pub fn finished_build_of(&self, revision: &str) -> BuildSummary {
         self.wait_for(&format!("a finished build of {revision}"), Duration::from_secs(180), |farm| {
             farm.builds().into_iter().find(|build| build.revision == revision && build.state.is_finished())
@@ -320,4 +337,13 @@ pub fn start_master(config: &Path, dir: &Path, extra: &[&str]) -> (Process, Stri
 
 pub fn workdir_of(farm: &Farm, name: &str) -> PathBuf {
     farm.dir().join("workers").join(name)
+}
+
+/// A build's results by test id, each test's attempts in order.
+pub fn by_id(results: Vec<TestResultView>) -> BTreeMap<String, Vec<TestResultView>> {
+    let mut by_id: BTreeMap<String, Vec<TestResultView>> = BTreeMap::new();
+    for result in results {
+        by_id.entry(result.test_id.clone()).or_default().push(result);
+    }
+    by_id
 }
