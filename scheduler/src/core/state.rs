@@ -216,28 +216,12 @@ impl Scheduler {
         self.builds.contains_key(&build)
     }
 
-    /// The worker a lease was granted to, whether it is active, ended or retired.
-    pub fn lease_holder(&self, lease: LeaseId) -> Option<WorkerId> {
-        self.leases
-            .get(&lease)
-            .map(|state| state.worker)
-            .or_else(|| self.retired.get(&lease).map(|retired| retired.worker))
-    }
-
     /// The build of a lease this scheduler granted, whether it is active, ended or retired.
     pub fn lease_build(&self, lease: LeaseId) -> Option<BuildId> {
         self.leases
             .get(&lease)
             .map(|state| state.build)
             .or_else(|| self.retired.get(&lease).map(|retired| retired.build))
-    }
-
-    /// The build, worker and tests (ids, in running order, withdrawn ones included) of a
-    /// lease, if it is known and still active.
-    pub fn active_lease(&self, lease: LeaseId) -> Option<(BuildId, WorkerId, Vec<String>)> {
-        let state = self.leases.get(&lease).filter(|state| state.active)?;
-        let plan = &self.builds.get(&state.build)?.plan;
-        Some((state.build, state.worker, state.tests.iter().map(|&test| plan.tests[test].id.clone()).collect()))
     }
 
     /// The active lease a worker holds, and its build.
