@@ -11,7 +11,7 @@ use greenlight_scheduler::plan::BuildPlan;
 use greenlight_shared::API_VERSION;
 use greenlight_shared::api::{BuildKind, BuildState, BuildSummary, ChangeView, ShardState, TestCounts};
 
-use super::{Core, Farm, FarmError, LISTED_FAILURES, LiveBuild, blocking};
+use super::{Core, Farm, FarmError, LISTED_FAILURES, LiveBuild, add_to_summary, blocking};
 use crate::{gate, push};
 
 impl Farm {
@@ -347,14 +347,9 @@ impl Farm {
         build.failed_tests.clear();
         build.flaky_tests.clear();
         for result in &results {
-            build.counts.add_result(result);
-            // Until the scheduler's verdict names them all: its word is not stored per result.
-            if result.counts_as_failure() && build.failed_tests.len() < LISTED_FAILURES {
-                build.failed_tests.push(result.test_id.clone());
-            }
-            if result.flaky && build.flaky_tests.len() < LISTED_FAILURES {
-                build.flaky_tests.push(result.test_id.clone());
-            }
+            // The scheduler's word on each is not stored: the stored flags tell, until its
+            // verdict names them all.
+            add_to_summary(&mut build, result, result.counts_as_failure());
         }
         let mut shards = BTreeMap::new();
         for mut shard in self.store.shards(build_id)? {

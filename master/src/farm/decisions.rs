@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use greenlight_scheduler::core::{Decision, LeaseId};
 use greenlight_shared::api::{BuildKind, FarmEvent, ShardEvent, ShardState, TestResultView, TestStatus};
 
-use super::{Core, Farm, FarmError, LISTED_FAILURES, not_run, without_test_ids};
+use super::{Core, Farm, FarmError, add_to_summary, not_run, without_test_ids};
 use crate::gate;
 
 impl Farm {
@@ -133,14 +133,8 @@ impl Farm {
             return Ok(());
         }
         let Some(live) = core.running.get_mut(&build_id) else { return Ok(()) };
-        live.summary.counts.add_result(result);
         // Listed as the scheduler says it fails the build, the word the gate closes on.
-        if fails_build && live.summary.failed_tests.len() < LISTED_FAILURES {
-            live.summary.failed_tests.push(result.test_id.clone());
-        }
-        if result.flaky && live.summary.flaky_tests.len() < LISTED_FAILURES {
-            live.summary.flaky_tests.push(result.test_id.clone());
-        }
+        add_to_summary(&mut live.summary, result, fails_build);
         self.publish(FarmEvent::Build(live.summary.clone()));
         // The shard's counts live in memory while it runs; they are stored when it ends.
         if let Some(shard) = result.lease_id.and_then(|lease_id| live.shards.get_mut(&lease_id)) {

@@ -286,6 +286,18 @@ impl Farm {
     }
 }
 
+/// Counts a stored result in a build's summary; `fails_build`: list it among the failures
+/// (the first [`LISTED_FAILURES`]), as a flaky one among the flaky.
+fn add_to_summary(summary: &mut BuildSummary, result: &TestResultView, fails_build: bool) {
+    summary.counts.add_result(result);
+    if fails_build && summary.failed_tests.len() < LISTED_FAILURES {
+        summary.failed_tests.push(result.test_id.clone());
+    }
+    if result.flaky && summary.flaky_tests.len() < LISTED_FAILURES {
+        summary.flaky_tests.push(result.test_id.clone());
+    }
+}
+
 /// The result of a test no worker ran (attempt 0): skipped for a dependency, or given up.
 fn not_run(test_id: String, status: TestStatus, reason: String) -> TestResultView {
     TestResultView {
