@@ -7,8 +7,9 @@
 //! second write of the same key is refused, so a result is stored exactly once.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use greenlight_shared::api::{
     BuildSummary, ChangeView, GateView, PushView, QuarantineEntry, ShardView, TestResultView,
@@ -27,6 +28,12 @@ pub enum StoreError {
     /// The backend failed.
     #[error("store backend: {0}")]
     Backend(String),
+    /// Another process (or a store not yet fully closed) holds the database's lock.
+    #[error("{dir} is in use by another process (is another master running with this data_dir?)")]
+    InUse {
+        /// The database directory.
+        dir: PathBuf,
+    },
     /// A stored value could not be decoded.
     #[error("stored value in {tree} is corrupt: {source}")]
     Corrupt {
@@ -92,6 +99,9 @@ pub trait Kv: Send + Sync {
     fn flush(&self) -> Result<(), StoreError>;
 }
 
+/// How long opening a store waits for a lock held by a closing handle.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
 /// The sled backend: the only code in Greenlight that knows sled.
 pub struct SledKv {
     db: sled::Db,
@@ -103,9 +113,31 @@ fn backend(error: sled::Error) -> StoreError {
 
 impl SledKv {
     /// Opens (or creates) the database in `dir`.
+    ///
+    /// sled releases its file lock from a background thread some moments after the last
+    /// handle is dropped (spacejam/sled#1234), so a store closed and reopened in one process
+    /// can find its own lock still held: the lock is waited for up to [`LOCK_WAIT`] before the
+    /// directory is reported in use.
     pub fn open(dir: &Path) -> Result<SledKv, StoreError> {
-        let db = sled::Config::new().path(dir).flush_every_ms(Some(200)).open().map_err(backend)?;
-        Ok(SledKv { db })
+        SledKv::open_waiting(dir, LOCK_WAIT)
+    }
+
+    fn open_waiting(dir: &Path, wait: Duration) -> Result<SledKv, StoreError> {
+        let deadline = Instant::now() + wait;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match sled::Config::new().path(dir).flush_every_ms(Some(200)).open() {
+                Ok(db) => return Ok(SledKv { db }),
+                Err(error) if error.to_string().contains("could not acquire lock") => {
+                    if Instant::now() >= deadline {
+                        return Err(StoreError::InUse { dir: dir.to_path_buf() });
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(error) => return Err(backend(error)),
+            }
+        }
     }
 
     fn tree(&self, tree: Tree) -> Result<sled::Tree, StoreError> {
@@ -733,5 +765,15 @@ mod tests {
         let reopened = Store::open_sled(dir.path()).unwrap();
         assert_eq!(reopened.next_id("build").unwrap(), 3);
         assert_eq!(reopened.results(1).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_store_held_open_is_reported_in_use_naming_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = SledKv::open(dir.path()).unwrap();
+        let error = SledKv::open_waiting(dir.path(), Duration::from_millis(50)).err().expect("the lock is held");
+        assert!(matches!(error, StoreError::InUse { .. }), "{error:?}");
+        let message = error.to_string();
+        assert!(message.contains(&dir.path().display().to_string()) && message.contains("another master"), "{message}");
     }
 }
