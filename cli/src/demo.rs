@@ -158,6 +158,11 @@ fn state_word(state: BuildState) -> &'static str {
     }
 }
 
+/// A figure of the table, or `-` when there is none.
+fn seconds(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |value| format!("{value:.1}"))
+}
+
 fn print_build(build: &BuildSummary, start: Instant) {
     let selection = if build.full_run { "full run".to_owned() } else { format!("tags {}", build.tags.join(",")) };
     let failed = if build.failed_tests.is_empty() {
@@ -333,8 +338,19 @@ fn report(steps: &[Step], builds: &[BuildSummary], pushes: &[PushView], table: b
     if table {
         println!();
         println!(
-            "{:<6} {:<18} {:<10} {:>7} {:>7} {:>7} {:>8}  {:<8} {:<7} {:<10} expected",
-            "build", "step", "revision", "changes", "tests", "failed", "wall s", "verdict", "gate", "push"
+            "{:<6} {:<18} {:<10} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8}  {:<8} {:<7} {:<10} expected",
+            "build",
+            "step",
+            "revision",
+            "changes",
+            "tests",
+            "failed",
+            "wall s",
+            "bound s",
+            "measured",
+            "verdict",
+            "gate",
+            "push"
         );
     }
     let mut ok = true;
@@ -360,7 +376,7 @@ fn report(steps: &[Step], builds: &[BuildSummary], pushes: &[PushView], table: b
         ok &= good;
         if table {
             println!(
-                "#{:<5} {:<18} {:<10} {:>7} {:>7} {:>7} {:>8.1}  {:<8} {:<7} {:<10} {}{}",
+                "#{:<5} {:<18} {:<10} {:>7} {:>7} {:>7} {:>8.1} {:>8} {:>8}  {:<8} {:<7} {:<10} {}{}",
                 build.build_id,
                 step.title,
                 &build.revision[..10.min(build.revision.len())],
@@ -368,6 +384,8 @@ fn report(steps: &[Step], builds: &[BuildSummary], pushes: &[PushView], table: b
                 build.counts.total,
                 build.counts.failed + build.counts.error,
                 build.makespan_s.unwrap_or(0.0),
+                seconds(build.lower_bound_s),
+                seconds(build.measured_bound_s),
                 state_word(build.state),
                 gate_word(step.gate),
                 push,

@@ -616,12 +616,16 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
             text.push_str(&format!("greenlight_latest_build_tests{{outcome=\"{outcome}\"}} {count}\n"));
         }
     }
-    let (learned, samples) = state.farm.learned_shard_overhead().map_err(FarmError::from)?;
-    text.push_str("# HELP greenlight_shard_overhead_samples Shards the suite's overhead was learned from.\n# TYPE greenlight_shard_overhead_samples gauge\n");
-    text.push_str(&format!("greenlight_shard_overhead_samples {samples}\n"));
-    if let Some(learned) = learned {
-        text.push_str("# HELP greenlight_shard_overhead_seconds Learned shard overhead (runner wall time minus test time, median), used in planning.\n# TYPE greenlight_shard_overhead_seconds gauge\n");
-        text.push_str(&format!("greenlight_shard_overhead_seconds {learned:.3}\n"));
+    let learned = state.farm.learned_shard_costs().map_err(FarmError::from)?;
+    text.push_str("# HELP greenlight_shard_overhead_samples Shards the suite's shard costs were learned from.\n# TYPE greenlight_shard_overhead_samples gauge\n");
+    text.push_str(&format!("greenlight_shard_overhead_samples {}\n", learned.samples));
+    if let Some(overhead) = learned.overhead_s {
+        text.push_str("# HELP greenlight_shard_overhead_seconds What a shard costs besides its tests, from its lease to its last result (median of recent shards), used in planning.\n# TYPE greenlight_shard_overhead_seconds gauge\n");
+        text.push_str(&format!("greenlight_shard_overhead_seconds {overhead:.3}\n"));
+    }
+    if let Some(startup) = learned.startup_s {
+        text.push_str("# HELP greenlight_worker_startup_seconds What a worker's first shard of a build costs beyond the shard overhead (checkout, setup, a warm runner's collection), used in planning.\n# TYPE greenlight_worker_startup_seconds gauge\n");
+        text.push_str(&format!("greenlight_worker_startup_seconds {startup:.3}\n"));
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }

@@ -156,6 +156,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             lower_bound_s: None,
+            measured_bound_s: None,
             makespan_s: None,
             shards: 0,
             kind: BuildKind::Regular,

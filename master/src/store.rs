@@ -438,23 +438,24 @@ impl Store {
             .unwrap_or_default())
     }
 
-    /// Adds an observed shard overhead (a shard's runner wall time minus its tests' time)
-    /// to the suite's recent samples.
-    pub fn add_shard_overhead(&self, suite: &str, overhead_s: f64) -> Result<(), StoreError> {
-        if !overhead_s.is_finite() || overhead_s < 0.0 {
+    /// Adds what a shard cost besides its tests (from its grant to its last result, less
+    /// the tests' durations) to the suite's recent samples of its kind: a worker's first
+    /// shard of a build (start-up included) or a later one.
+    pub fn add_shard_cost(&self, suite: &str, first_of_worker: bool, cost_s: f64) -> Result<(), StoreError> {
+        if !cost_s.is_finite() || cost_s < 0.0 {
             return Ok(());
         }
-        let mut samples = self.shard_overheads(suite)?;
-        samples.push(overhead_s);
-        if samples.len() > OVERHEAD_SAMPLES {
+        let mut samples = self.shard_costs(suite, first_of_worker)?;
+        samples.push(cost_s);
+        if samples.len() > COST_SAMPLES {
             samples.remove(0);
         }
-        self.set_meta(&format!("{}{suite}", keys::SHARD_OVERHEAD), &samples)
+        self.set_meta(&shard_cost_key(suite, first_of_worker), &samples)
     }
 
-    /// The suite's recent shard overheads, oldest first.
-    pub fn shard_overheads(&self, suite: &str) -> Result<Vec<f64>, StoreError> {
-        Ok(self.meta(&format!("{}{suite}", keys::SHARD_OVERHEAD))?.unwrap_or_default())
+    /// The suite's recent shard costs of one kind, oldest first.
+    pub fn shard_costs(&self, suite: &str, first_of_worker: bool) -> Result<Vec<f64>, StoreError> {
+        Ok(self.meta(&shard_cost_key(suite, first_of_worker))?.unwrap_or_default())
     }
 
     /// Makes every write so far durable.
@@ -463,8 +464,14 @@ impl Store {
     }
 }
 
-/// How many shard overheads are kept per suite (the estimate is their median).
-const OVERHEAD_SAMPLES: usize = 21;
+/// How many shard costs of each kind are kept per suite (the estimate is their median).
+const COST_SAMPLES: usize = 21;
+
+fn shard_cost_key(suite: &str, first_of_worker: bool) -> String {
+    let prefix = if first_of_worker { keys::FIRST_SHARD_COST } else { keys::SHARD_OVERHEAD };
+    format!("{prefix}{suite}")
+}
+
 /// Recent runs a flake rate is computed over.
 pub const FLAKE_WINDOW: usize = 50;
 
@@ -497,8 +504,11 @@ mod keys {
     pub const FORCE_FULL_RUN: &str = "force_full_run";
     /// Prefix: the gate of a branch.
     pub const GATE: &str = "gate/";
-    /// Prefix: the recent shard overheads of a suite.
+    /// Prefix: the recent costs of a suite's shards besides their tests, workers' first
+    /// shards of a build apart.
     pub const SHARD_OVERHEAD: &str = "shard_overhead/";
+    /// Prefix: the same for workers' first shards of a build (start-up included).
+    pub const FIRST_SHARD_COST: &str = "first_shard_cost/";
 }
 
 /// A test's recent runs in regular builds (`true` for a run that flaked), kept once it

@@ -32,8 +32,14 @@ pub struct PlannedTest {
 pub struct BuildPlan {
     /// The tests, in suite order.
     pub tests: Vec<PlannedTest>,
-    /// Seconds every shard pays once.
+    /// Seconds every shard pays once besides its tests, as the farm sees it: from the
+    /// lease's grant to its last result, less the tests' own durations.
     pub shard_overhead_s: f64,
+    /// Seconds a worker's first shard of the build pays on top of the shard overhead: the
+    /// checkout of the revision, its setup, and the start-up of a runner kept for the
+    /// worker's later shards (a warm pytest's collection). 0 when every shard pays its
+    /// runner's start-up anyway (it is then part of the shard overhead).
+    pub worker_startup_s: f64,
     /// Whether a running shard may give back the tests it has not started (its runner
     /// reports each test as it ends, so the worker can stop after the ones it keeps).
     /// True unless the master's runner reports only at exit (pytest, nextest).
@@ -91,7 +97,7 @@ impl BuildPlan {
         }
         let by_id = tests.iter().enumerate().map(|(index, test)| (test.id.clone(), index)).collect();
         let highest_priority_s = tests.iter().map(|test| test.priority_s).fold(0.0, f64::max);
-        BuildPlan { tests, shard_overhead_s, leases_splittable: true, by_id, highest_priority_s }
+        BuildPlan { tests, shard_overhead_s, worker_startup_s: 0.0, leases_splittable: true, by_id, highest_priority_s }
     }
 
     /// The order tests leave the ready queue, highest first: `priority_s`, except that the
@@ -124,8 +130,9 @@ impl BuildPlan {
         self.lower_bound_with(&durations, n_workers)
     }
 
-    /// `max(total / N, longest test, critical path) + shard overhead` for the given
-    /// durations (in plan order).
+    /// `max(total / N, longest test, critical path) + shard overhead + worker start-up` for
+    /// the given durations (in plan order): every worker pays its start-up and at least
+    /// one shard's overhead.
     pub fn lower_bound_with(&self, durations: &[f64], n_workers: usize) -> f64 {
         self.lower_bound_on_fleet(durations, &vec![1.0; n_workers.max(1)])
     }
@@ -133,8 +140,20 @@ impl BuildPlan {
     /// The same bound on a fleet where worker `w` takes `slowdown[w]` times as long for
     /// everything: the work over the fleet's capacity (`Σ 1/slowdown` full-speed workers),
     /// the longest test and the critical path at the fastest worker's speed, plus the
-    /// overhead at that speed.
+    /// overhead and start-up at that speed.
     pub fn lower_bound_on_fleet(&self, durations: &[f64], slowdown: &[f64]) -> f64 {
+        self.lower_bound_with_costs(durations, slowdown, self.shard_overhead_s, self.worker_startup_s)
+    }
+
+    /// [`BuildPlan::lower_bound_on_fleet`] with other shard costs than the plan's (what a
+    /// build's shards were measured to cost).
+    pub fn lower_bound_with_costs(
+        &self,
+        durations: &[f64],
+        slowdown: &[f64],
+        shard_overhead_s: f64,
+        worker_startup_s: f64,
+    ) -> f64 {
         if self.tests.is_empty() {
             return 0.0;
         }
@@ -145,7 +164,8 @@ impl BuildPlan {
         let longest = durations.iter().copied().fold(0.0, f64::max);
         let critical_path =
             longest_chains(&self.tests, |test| durations[self.by_id[&test.id]]).into_iter().fold(0.0, f64::max);
-        (total / capacity).max(longest * fastest).max(critical_path * fastest) + self.shard_overhead_s * fastest
+        (total / capacity).max(longest * fastest).max(critical_path * fastest)
+            + (shard_overhead_s + worker_startup_s) * fastest
     }
 }
 
@@ -200,6 +220,14 @@ mod tests {
         // total 12 over 2 workers is 6; the chain a-b-c is 8; plus the overhead.
         assert_eq!(plan.lower_bound(2), 8.5);
         assert_eq!(plan.lower_bound(1), 12.5);
+    }
+
+    #[test]
+    fn every_worker_pays_its_start_up_once_in_the_bound() {
+        let mut plan = BuildPlan::from_tests((0..4).map(|index| test(&format!("t{index}"), 10.0, &[])).collect(), 0.5);
+        plan.worker_startup_s = 8.0;
+        // 40 s over 2 workers, one shard's overhead and one start-up each.
+        assert_eq!(plan.lower_bound(2), 28.5);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 
 use greenlight_shared::api::TestStatus;
 
-use crate::core::{BuildId, Decision, LeaseId, Scheduler, SchedulerConfig, WorkerId};
+use crate::core::{BuildId, Decision, LeaseId, ReportedTest, Scheduler, SchedulerConfig, WorkerId};
 use crate::plan::{BuildPlan, PlanIndex};
 
 /// One shard as it ran in the simulation.
@@ -154,9 +154,17 @@ pub fn simulate_fleet(plan: &BuildPlan, actual_s: &[f64], slowdown: &[f64], conf
                 Event::TestDone { lease, worker, test } => {
                     makespan_s = makespan_s.max(time);
                     let id = &plan.tests[test].id;
+                    let reported = ReportedTest {
+                        test_id: id,
+                        status: TestStatus::Passed,
+                        quarantined: false,
+                        duration_s: Some(actual_s[test] * slowdown[worker]),
+                    };
                     let report = scheduler
-                        .test_finished(LeaseId(lease), WorkerId(worker as u64), id, TestStatus::Passed, now)
-                        .expect("the simulated worker reports its own leased test");
+                        .report(LeaseId(lease), WorkerId(worker as u64), &[reported], now)
+                        .expect("the simulated worker reports its own leased test")
+                        .pop()
+                        .expect("one report per result");
                     if let crate::core::Report::Accepted { decisions, .. } = report {
                         finished |= decisions.iter().any(is_finish);
                     }

@@ -595,8 +595,10 @@ impl<'a> Farm<'a> {
         };
         let mut ids: Vec<String> = batch.iter().map(|&test| test_id(test)).collect();
         ids.insert(self.choices.pick(ids.len() + 1), foreign.clone());
-        let results: Vec<ReportedTest<'_>> =
-            ids.iter().map(|id| ReportedTest { test_id: id, status: TestStatus::Passed, quarantined: false }).collect();
+        let results: Vec<ReportedTest<'_>> = ids
+            .iter()
+            .map(|id| ReportedTest { test_id: id, status: TestStatus::Passed, quarantined: false, duration_s: None })
+            .collect();
         let answer = self.scheduler.report(lease, worker, &results, self.now);
         let refused = SchedulerError::TestNotInLease { lease: lease.0, test_id: foreign };
         assert_eq!(answer, Err(refused), "{worker:?} reported {ids:?} in its {lease:?}");
@@ -674,7 +676,7 @@ impl<'a> Farm<'a> {
                 let case = &self.scenario.tests[test];
                 let status =
                     if self.runs[test] > 0 && case.passes_when_run_again { TestStatus::Passed } else { case.outcome };
-                ReportedTest { test_id: id, status, quarantined: case.quarantined }
+                ReportedTest { test_id: id, status, quarantined: case.quarantined, duration_s: None }
             })
             .collect();
         let reports = self.scheduler.report(lease, worker, &results, self.now).unwrap_or_else(|error| {
@@ -893,6 +895,8 @@ struct Ledger<'a> {
     accepted_reports: HashSet<(LeaseId, PlanIndex)>,
     /// (lease, test) pairs withdrawn from a running lease.
     withdrawn: HashSet<(LeaseId, PlanIndex)>,
+    /// Leases whose cost was measured (once each, after all their tests were reported).
+    costs_measured: HashSet<LeaseId>,
     verdicts: Vec<(BuildId, Verdict)>,
     /// Failed attempts of each test that were retried.
     failures: Vec<u32>,
@@ -915,6 +919,7 @@ impl<'a> Ledger<'a> {
             abandoned_leases: HashSet::new(),
             accepted_reports: HashSet::new(),
             withdrawn: HashSet::new(),
+            costs_measured: HashSet::new(),
             verdicts: Vec::new(),
         }
     }
@@ -980,7 +985,21 @@ impl<'a> Ledger<'a> {
                 }
                 grant.tests.retain(|test| !withdrawn.contains(test));
             }
-            Decision::BuildFinished { build, verdict } => self.verdicts.push((*build, verdict.clone())),
+            Decision::BuildFinished { build, verdict, measured_bound_s } => {
+                assert!(measured_bound_s.is_finite() && *measured_bound_s >= 0.0, "bound {measured_bound_s}");
+                self.verdicts.push((*build, verdict.clone()));
+            }
+            Decision::ShardCostMeasured { lease, cost_s, .. } => {
+                assert!(cost_s.is_finite() && *cost_s >= 0.0, "{lease:?} cost {cost_s} s besides its tests");
+                assert!(self.costs_measured.insert(*lease), "{lease:?}'s cost was measured twice");
+                let grant = self.active_leases.get(lease).expect("a measured lease is live");
+                for test in &grant.tests {
+                    assert!(
+                        self.accepted_reports.contains(&(*lease, *test)),
+                        "{lease:?}'s cost was measured before its test {test} was reported"
+                    );
+                }
+            }
             Decision::WorkAvailable | Decision::Retrying { .. } | Decision::WorkerBenched { .. } => {}
         }
     }
@@ -1545,7 +1564,13 @@ fn a_tick_expiring_two_leases_survives_the_first_expiry_finishing_the_build() {
     // One tick expires both: giving up test-0 finishes the build, retiring the second lease.
     let decisions = scheduler.tick(LEASE_TIMEOUT_S + 1.0);
     let verdict = Verdict::Error { gave_up: vec![test_id(0)] };
-    assert!(decisions.contains(&Decision::BuildFinished { build: BUILD, verdict }), "{decisions:?}");
+    assert!(
+        decisions.iter().any(|decision| matches!(
+            decision,
+            Decision::BuildFinished { build, verdict: finished, .. } if *build == BUILD && *finished == verdict
+        )),
+        "{decisions:?}"
+    );
 }
 
 #[test]

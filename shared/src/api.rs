@@ -391,8 +391,14 @@ pub struct BuildSummary {
     pub started_at: Option<f64>,
     /// When it ended.
     pub finished_at: Option<f64>,
-    /// The scheduler's estimate of the time it should take on the fleet it had.
+    /// The scheduler's estimate of the time it should take on the fleet it had, planned
+    /// before it started (from the history of durations and shard costs).
     pub lower_bound_s: Option<f64>,
+    /// Once it ended: the same bound on what its tests really took, for the workers that
+    /// took part, with what its shards were measured to cost. Its makespan over this says
+    /// how close to the best possible it ran, a first build with no history included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_bound_s: Option<f64>,
     /// How long it took from first lease to last result.
     pub makespan_s: Option<f64>,
     /// Shards handed out.

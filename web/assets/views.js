@@ -182,8 +182,8 @@ function renderConsole() {
 function renderBuilds() {
   const rows = [...S.builds.values()].sort((a, b) => b.build_id - a.build_id).map(b =>
     '<tr data-build="' + b.build_id + '"><td>' + buildLink(b.build_id) + (b.kind === "probe" ? " probe of " + buildLink(b.probe_of) : "") + "</td><td>" + stateTag(b.state) + '</td><td class="mono">' + esc(short(b.revision)) + "</td><td>" + b.changes.length + (b.full_run ? " (full run)" : " [" + esc(b.tags.join(", ")) + "]") + "</td><td>" +
-    done(b.counts) + " / " + b.counts.total + "</td><td>" + (b.counts.failed + b.counts.error) + "</td><td>" + secs(b.makespan_s) + "</td><td>" + secs(b.lower_bound_s) + "</td></tr>");
-  document.getElementById("view").innerHTML = "<h2>Builds</h2><table><thead><tr><th>build</th><th>state</th><th>revision</th><th>changes</th><th>done / total</th><th>failed</th><th>wall</th><th>lower bound</th></tr></thead><tbody>" + rows.join("") + "</tbody></table>";
+    done(b.counts) + " / " + b.counts.total + "</td><td>" + (b.counts.failed + b.counts.error) + "</td><td>" + secs(b.makespan_s) + "</td><td>" + secs(b.lower_bound_s) + "</td><td>" + secs(b.measured_bound_s) + "</td></tr>");
+  document.getElementById("view").innerHTML = "<h2>Builds</h2><table><thead><tr><th>build</th><th>state</th><th>revision</th><th>changes</th><th>done / total</th><th>failed</th><th>wall</th><th title=\"planned before the build, from history\">lower bound</th><th title=\"on what the tests really took\">measured bound</th></tr></thead><tbody>" + rows.join("") + "</tbody></table>";
 }
 
 // ---- build page ----
@@ -215,7 +215,7 @@ async function renderBuild(arg) {
     '<p>revision <span class="mono">' + esc(b.revision) + "</span> · " + (b.full_run ? "full run" : "tags " + esc(b.tags.join(", "))) + " · queued " + when(b.created_at) + (b.started_at ? " · started " + when(b.started_at) : "") + (b.finished_at ? " · ended " + when(b.finished_at) : "") + "</p>" +
     '<div class="bar" title="progress"><span class="s-passed" style="width:' + pct(c.passed) + '"></span><span class="s-failed" style="width:' + pct(c.failed + c.error) + '"></span><span class="s-skipped" style="width:' + pct(c.skipped) + '"></span></div>' +
     '<p id="progress">' + done(c) + " of " + c.total + " tests done · " + c.passed + " passed, " + (c.failed + c.error) + " failed, " + c.skipped + " skipped, " + (c.flaky || 0) + " flaky" + (c.quarantined ? ", " + c.quarantined + " failed in quarantine" : "") + " · " +
-    (b.state === "running" ? "elapsed " + secs(elapsed) + (eta != null ? " · ETA " + secs(eta) : "") : b.makespan_s != null ? "took " + secs(b.makespan_s) : "") + (b.lower_bound_s != null ? " · lower bound " + secs(b.lower_bound_s) : "") + "</p>";
+    (b.state === "running" ? "elapsed " + secs(elapsed) + (eta != null ? " · ETA " + secs(eta) : "") : b.makespan_s != null ? "took " + secs(b.makespan_s) : "") + (b.lower_bound_s != null ? " · lower bound " + secs(b.lower_bound_s) : "") + (b.measured_bound_s != null ? " (measured " + secs(b.measured_bound_s) + ")" : "") + "</p>";
   if (b.error) html += "<pre>" + esc(b.error) + "</pre>";
   if (b.culprit != null) { const cu = S.changes.get(b.culprit); html += '<p class="culprit">culprit: ' + (cu ? esc(short(cu.revision)) + " " + esc(firstLine(cu.message)) + " (" + esc(cu.author) + ")" : "change " + b.culprit) + "</p>"; }
   if (b.missed_by_tags) html += "<p>missed by tags: change " + b.missed_by_tags.change + " [" + esc(b.missed_by_tags.tags.join(", ")) + "] in build " + buildLink(b.missed_by_tags.build_id) + "</p>";

@@ -172,6 +172,7 @@ impl Farm {
             started_at: None,
             finished_at: None,
             lower_bound_s: None,
+            measured_bound_s: None,
             makespan_s: None,
             shards: 0,
             kind: BuildKind::Regular,
@@ -190,11 +191,13 @@ impl Farm {
         core: &mut Core,
         build_id: u64,
         verdict: Verdict,
+        measured_bound_s: f64,
         now: f64,
     ) -> Result<(), FarmError> {
         let Some(mut live) = core.running.remove(&build_id) else { return Ok(()) };
         self.unflushed_verdict();
         let summary = &mut live.summary;
+        summary.measured_bound_s = Some(measured_bound_s);
         match verdict {
             Verdict::Red { failed } => {
                 summary.state = BuildState::Red;

@@ -50,10 +50,15 @@ impl Farm {
                         requeued,
                         "lease taken back: its worker asked for new work while holding it"
                     );
-                    core.lease_test_seconds.remove(&lease.0);
                     self.end_shard(core, lease.0, ShardState::TakenBack, now, None)?;
                 }
-                Decision::BuildFinished { build, verdict } => self.finish_build(core, build.0, verdict, now)?,
+                Decision::ShardCostMeasured { build, lease, first_of_worker, cost_s } => {
+                    tracing::debug!(build_id = build.0, lease_id = lease.0, first_of_worker, cost_s, "shard cost");
+                    self.store.add_shard_cost(&self.overhead_key(), first_of_worker, cost_s)?;
+                }
+                Decision::BuildFinished { build, verdict, measured_bound_s } => {
+                    self.finish_build(core, build.0, verdict, measured_bound_s, now)?;
+                }
             }
         }
         Ok(())

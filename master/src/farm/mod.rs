@@ -112,8 +112,6 @@ struct Core {
     gate: GateView,
     /// Culprit findings under way, by red build.
     bisections: BTreeMap<u64, Bisection>,
-    /// Seconds of test time each running lease reported (to learn the shard overhead).
-    lease_test_seconds: HashMap<u64, f64>,
     /// Quarantined tests and tests with a flake record.
     flakes: Flakes,
 }
@@ -178,7 +176,6 @@ impl Farm {
             running: BTreeMap::new(),
             workers: BTreeMap::new(),
             worker_by_name: HashMap::new(),
-            lease_test_seconds: HashMap::new(),
             flakes: Flakes::load(&store)?,
             gate,
             // A probe a previous master left running is resumed with the other builds.

@@ -37,6 +37,19 @@ pub enum PlanError {
     Store(#[from] StoreError),
 }
 
+/// What a suite's shards cost besides their tests, learned from earlier shards.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LearnedCosts {
+    /// What every shard pays: the median of recent shards that were not their worker's
+    /// first of a build (of first shards, when there are no others yet).
+    pub overhead_s: Option<f64>,
+    /// What a worker's first shard of a build pays on top: checkout, setup, a kept
+    /// runner's start-up.
+    pub startup_s: Option<f64>,
+    /// How many shards the figures come from.
+    pub samples: usize,
+}
+
 impl Farm {
     /// The plan of an interrupted build: its stored selection at its revision.
     pub(super) fn replan(&self, build: &BuildSummary) -> Result<BuildPlan, PlanError> {
@@ -102,11 +115,17 @@ impl Farm {
         format!("{}#{}", self.config.repository.url, self.config.repository.branch)
     }
 
-    /// The suite's shard overhead as learned from real shards (the median of the recent
-    /// samples, so one slow shard does not move it), and how many samples there are.
-    pub fn learned_shard_overhead(&self) -> Result<(Option<f64>, usize), StoreError> {
-        let mut samples = self.store.shard_overheads(&self.overhead_key())?;
-        Ok((median(&mut samples), samples.len()))
+    /// What the suite's shards cost besides their tests, as learned from real shards (the
+    /// medians of recent samples, so one slow shard does not move them).
+    pub fn learned_shard_costs(&self) -> Result<LearnedCosts, StoreError> {
+        let mut first = self.store.shard_costs(&self.overhead_key(), true)?;
+        let mut later = self.store.shard_costs(&self.overhead_key(), false)?;
+        let samples = first.len() + later.len();
+        let first = median(&mut first);
+        // With only first shards seen, every shard is assumed to pay what they paid.
+        let overhead_s = median(&mut later).or(first);
+        let startup_s = first.zip(overhead_s).map(|(first, overhead)| (first - overhead).max(0.0));
+        Ok(LearnedCosts { overhead_s, startup_s, samples })
     }
 
     /// A plan re-running `tests` (those the suite has at `revision`) with their dependencies.
@@ -138,9 +157,11 @@ impl Farm {
         // (pytest run cold and nextest write their report at exit).
         plan.leases_splittable = self.config.suite.runner() == Runner::Command || self.config.suite.warm_runner();
         // What real shards of this suite cost beats what its file declares.
-        if let (Some(learned), _) = self.learned_shard_overhead()? {
-            plan.shard_overhead_s = learned;
+        let learned = self.learned_shard_costs()?;
+        if let Some(overhead_s) = learned.overhead_s {
+            plan.shard_overhead_s = overhead_s;
         }
+        plan.worker_startup_s = learned.startup_s.unwrap_or(0.0);
         Ok(plan)
     }
 }

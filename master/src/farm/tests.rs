@@ -464,3 +464,33 @@ async fn a_build_whose_only_failure_is_quarantined_and_that_lost_a_test_ends_in_
     assert_eq!((build.state, build.counts.quarantined, build.counts.error), (BuildState::Error, 1, 1), "{build:?}");
     assert_eq!(harness.gate(), GateState::Open, "no verdict on the code");
 }
+
+#[tokio::test]
+async fn what_shards_cost_is_measured_learned_for_the_next_plan_and_bounds_the_build() {
+    let ids: Vec<String> = (0..12).map(|index| format!("t{index}")).collect();
+    let harness = Harness::new(&suite(&ids.iter().map(String::as_str).collect::<Vec<_>>()), |_| {});
+    let build_id = harness.next_build().await;
+    let worker = harness.register("w1");
+    let mut leases = 0;
+    while let Some(lease) = harness.farm.try_lease(worker).unwrap() {
+        // The first shard checks the revision out and starts its runner: 5 s before its
+        // first test; each later one 0.5 s. Every test takes the second it reports.
+        harness.clock.advance(if leases == 0 { 5.0 } else { 0.5 });
+        for test_id in &lease.tests {
+            harness.report(&lease, worker, &[(test_id, TestStatus::Passed)]).unwrap();
+        }
+        harness.farm.finish(lease.lease_id, worker, &ShardOutcome::Completed, None).unwrap();
+        leases += 1;
+    }
+    assert!(leases >= 3, "one worker, twelve 1 s tests: several shards ({leases})");
+    let learned = harness.farm.learned_shard_costs().unwrap();
+    assert_eq!(learned.samples, leases, "every shard measured once");
+    assert_eq!(learned.overhead_s, Some(0.5), "{learned:?}");
+    assert_eq!(learned.startup_s, Some(4.5), "{learned:?}");
+    let build = harness.build(build_id);
+    assert_eq!(build.state, BuildState::Green);
+    // 12 s of tests on one worker, one shard's overhead and one start-up.
+    assert_eq!(build.measured_bound_s, Some(17.0), "{build:?}");
+    let makespan = build.makespan_s.unwrap();
+    assert!(makespan >= 17.0, "no build beats its bound: {makespan} s");
+}

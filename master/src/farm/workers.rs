@@ -120,7 +120,12 @@ impl Farm {
         let batch: Vec<ReportedTest<'_>> = results
             .iter()
             .zip(&quarantined)
-            .map(|(result, &quarantined)| ReportedTest { test_id: &result.test_id, status: result.status, quarantined })
+            .map(|(result, &quarantined)| ReportedTest {
+                test_id: &result.test_id,
+                status: result.status,
+                quarantined,
+                duration_s: Some(sanitize_duration(result.duration_s)),
+            })
             .collect();
         let reports = core.scheduler.report(LeaseId(lease_id), WorkerId(worker_id), &batch, now)?;
         let build_id = core.scheduler.lease_build(LeaseId(lease_id));
@@ -143,7 +148,6 @@ impl Farm {
                         lease_id: Some(lease_id),
                     };
                     self.record_result(core, build_id, &stored, fails_build, now)?;
-                    *core.lease_test_seconds.entry(lease_id).or_default() += stored.duration_s;
                     if matches!(result.status, TestStatus::Passed | TestStatus::Failed) && stored.duration_s > 0.0 {
                         self.store.add_duration(&result.test_id, stored.duration_s)?;
                     }
@@ -185,14 +189,6 @@ impl Farm {
         let core = &mut *core;
         Farm::heard_from(core, worker_id, now)?;
         let decisions = core.scheduler.lease_finished(LeaseId(lease_id), WorkerId(worker_id), now)?;
-        let test_seconds = core.lease_test_seconds.remove(&lease_id).unwrap_or(0.0);
-        if let (ShardOutcome::Completed, Some(wall_s)) = (outcome, runner_wall_s)
-            && wall_s.is_finite()
-            && wall_s >= 0.0
-        {
-            // What the runner spent besides its tests: start-up, imports, collection.
-            self.store.add_shard_overhead(&self.overhead_key(), (wall_s - test_seconds).max(0.0))?;
-        }
         let state = match outcome {
             ShardOutcome::Completed => ShardState::Finished,
             ShardOutcome::InfraError { message } => {

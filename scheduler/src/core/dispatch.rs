@@ -68,7 +68,9 @@ impl Scheduler {
         };
         let goal = self.shard_goal(build, worker, now);
         let run = self.builds.get_mut(&build).expect("the build was just found");
-        let overhead = run.plan.shard_overhead_s;
+        let overhead = run.costs.overhead();
+        let first_of_worker = !run.started.contains(&worker);
+        let cost = run.shard_cost(worker);
         let lease = LeaseId(self.next_lease);
         self.next_lease += 1;
         let mut tests: Vec<PlanIndex> = Vec::new();
@@ -97,10 +99,14 @@ impl Scheduler {
             let planned = &run.plan.tests[entry.index];
             let estimate = planned.estimate_s;
             if let Some(&first) = tests.first() {
-                // New tests and known ones are never in one shard; a shard of new tests is
-                // no larger than the reserve.
+                // New tests and known ones are never in one shard. Until the build has seen
+                // what its new tests really take, a shard of them is no larger than the
+                // reserve (but worth its overhead); after, it is cut like the others.
                 let new_shard = !run.plan.tests[first].estimate_known;
-                if new_shard && (planned.estimate_known || work + estimate > goal.share * self.config.tail_fraction) {
+                let uncertain = !run.new_tests.calibrated
+                    && work + estimate > goal.share * self.config.tail_fraction
+                    && work >= goal.smallest;
+                if new_shard && (planned.estimate_known || uncertain) {
                     break;
                 }
                 if !new_shard && !planned.estimate_known {
@@ -154,15 +160,19 @@ impl Scheduler {
         tests.sort_by_key(|&index| run.plan.tests[index].dependents.is_empty());
         let deadline = now + self.config.lease_timeout_s;
         let test_ids = tests.iter().map(|&index| run.plan.tests[index].id.clone()).collect();
+        run.started.insert(worker);
         let state = LeaseState {
             build,
             worker,
             tests,
             deadline,
             active: true,
-            progress_at: now + run.plan.shard_overhead_s,
+            progress_at: now + cost,
             remaining_estimate: work,
-            running_from: now + run.plan.shard_overhead_s,
+            running_from: now + cost,
+            granted_at: now,
+            first_of_worker,
+            reported_s: 0.0,
             reported_estimate: 0.0,
             reported: 0,
             withdrawn: Vec::new(),
@@ -202,7 +212,6 @@ impl Scheduler {
         let lease = &self.leases[&id];
         let finish = build.map(|build| self.shard_goal(build, worker, now).finish);
         let run = &self.builds[&lease.build];
-        let overhead = run.plan.shard_overhead_s;
         let pace = lease.pace(run.drift.ratio());
         let unreported: Vec<PlanIndex> =
             lease.tests.iter().copied().filter(|&test| run.states[test] == TestState::Leased(id)).collect();
@@ -213,8 +222,8 @@ impl Scheduler {
         let total: Seconds = seconds.iter().sum();
         // Keep the first `kept` tests: the holder ends at `progress_at` plus them.
         let holder_end = |kept: usize| (lease.progress_at + seconds[..kept].iter().sum::<Seconds>()).max(now);
-        // What a new shard really costs the worker taking the withdrawn tests.
-        let startup = self.startup_s.unwrap_or(0.0).max(overhead);
+        // What a new shard costs the worker taking the withdrawn tests.
+        let startup = run.shard_cost(worker);
         let (kept, split_end) = match finish {
             Some(finish) => {
                 let kept = (1..seconds.len()).take_while(|&kept| holder_end(kept) <= finish).last().unwrap_or(1);
@@ -250,36 +259,40 @@ impl Scheduler {
     /// What the next shard of `build` for `worker`, free at `now`, should aim at.
     fn shard_goal(&self, build: BuildId, worker: WorkerId, now: Seconds) -> ShardGoal {
         let run = &self.builds[&build];
-        let overhead = run.plan.shard_overhead_s;
+        let overhead = run.costs.overhead();
         let drift = run.drift.ratio();
         // In real seconds, as far as the recent drift of estimates tells.
         let unleased = run.unleased_work * drift;
-        // When each live worker will be free; the asking one is free now.
-        let mut free_at: Vec<Seconds> = self
+        // When each live worker could start a test of this build: when it will be free (the
+        // asking one is free now) plus what its next shard costs it.
+        let mut ready_at: Vec<Seconds> = self
             .workers
             .iter()
-            .map(|(&id, state)| match state.lease.and_then(|lease| self.leases.get(&lease)) {
-                Some(lease) if id != worker && lease.active => lease.free_at(now, drift),
-                _ => now,
+            .map(|(&id, state)| {
+                let free_at = match state.lease.and_then(|lease| self.leases.get(&lease)) {
+                    Some(lease) if id != worker && lease.active => lease.free_at(now, drift),
+                    _ => now,
+                };
+                free_at + run.shard_cost(id)
             })
             .collect();
-        if free_at.is_empty() {
-            free_at.push(now);
+        if !self.workers.contains_key(&worker) {
+            ready_at.push(now + run.shard_cost(worker));
         }
-        free_at.sort_by(f64::total_cmp);
-        // Water-fill: the level F at which the free capacity of the workers below it, each
-        // paying the overhead once, holds the unleased work.
+        ready_at.sort_by(f64::total_cmp);
+        // Water-fill: the level F at which the free capacity of the workers below it holds
+        // the unleased work.
         let mut capacity_base = 0.0;
-        let mut finish = now + overhead + unleased;
-        for (count, &available) in free_at.iter().enumerate() {
-            capacity_base += available + overhead;
+        let mut finish = now + unleased;
+        for (count, &available) in ready_at.iter().enumerate() {
+            capacity_base += available;
             finish = (unleased + capacity_base) / (count + 1) as f64;
-            if free_at.get(count + 1).is_none_or(|&next| finish <= next + overhead) {
+            if ready_at.get(count + 1).is_none_or(|&next| finish <= next) {
                 break;
             }
         }
         // Back in estimated seconds, the unit shards are cut in.
-        let share = (finish - now - overhead).max(0.0) / drift;
+        let share = (finish - now - run.shard_cost(worker)).max(0.0) / drift;
         let smallest = self.config.min_shard_s.max(self.config.min_shard_overheads * overhead);
         let last = share * self.config.tail_fraction < smallest;
         // A last shard holds just what brings this worker to the common finish, even less

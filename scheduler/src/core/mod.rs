@@ -244,12 +244,30 @@ pub enum Decision {
         /// The tests taken back (ids), in the lease's order.
         withdrawn: Vec<String>,
     },
+    /// A shard's last test was reported: what the shard cost besides its tests (from its
+    /// grant to that result, less the tests' own durations), for the plans of later builds.
+    /// This build already sizes its shards with it.
+    ShardCostMeasured {
+        /// The build.
+        build: BuildId,
+        /// The lease.
+        lease: LeaseId,
+        /// Whether it was its worker's first shard of the build (the cost includes the
+        /// worker's start-up: checkout, setup, a kept runner's collection).
+        first_of_worker: bool,
+        /// Seconds.
+        cost_s: Seconds,
+    },
     /// New tests became ready: idle workers should ask again.
     WorkAvailable,
     /// Every test of the build has a result.
     BuildFinished {
         /// The build.
         build: BuildId,
+        /// The lower bound on what its tests really took, for the workers that took part
+        /// and with what its shards cost ([`crate::plan::BuildPlan::lower_bound_with_costs`]):
+        /// what its makespan compares with once it is known.
+        measured_bound_s: Seconds,
         /// Green or red.
         verdict: Verdict,
     },
@@ -296,7 +314,7 @@ pub struct RestoredResult {
 }
 
 /// One reported result of a batch ([`Scheduler::report`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ReportedTest<'a> {
     /// The test id; it must be one of the lease's tests.
     pub test_id: &'a str,
@@ -305,6 +323,10 @@ pub struct ReportedTest<'a> {
     /// The test is quarantined: its failure is still its result (and still skips its
     /// dependants) but does not count against the build.
     pub quarantined: bool,
+    /// Seconds the test took, by the runner's report (what the shard's cost is measured
+    /// apart from, and what the build's new tests are calibrated with); `None` when the
+    /// runner did not say: taken as its estimate.
+    pub duration_s: Option<Seconds>,
 }
 
 /// What an accepted result means for its test.

@@ -31,6 +31,8 @@ impl Scheduler {
             }
             if matches!(run.states[index], TestState::Ready | TestState::Waiting { .. }) {
                 run.unleased_work -= run.plan.tests[index].estimate_s;
+                // How long it took is not restored: its estimate stands in.
+                run.durations[index] = Some(run.plan.tests[index].estimate_s);
                 let counts = if *gave_up {
                     CountsAgainst::Infrastructure
                 } else {
@@ -120,8 +122,8 @@ impl Scheduler {
         Ok(results.iter().zip(indices).map(|(result, index)| self.take_result(lease, index, result, now)).collect())
     }
 
-    /// Event: a worker reports one finished test of its lease, not quarantined: a batch of
-    /// one for [`Scheduler::report`].
+    /// Event: a worker reports one finished test of its lease, not quarantined, that took
+    /// its estimate: a batch of one for [`Scheduler::report`].
     pub fn test_finished(
         &mut self,
         lease: LeaseId,
@@ -130,14 +132,14 @@ impl Scheduler {
         status: TestStatus,
         now: Seconds,
     ) -> Result<Report, SchedulerError> {
-        let result = ReportedTest { test_id, status, quarantined: false };
+        let result = ReportedTest { test_id, status, quarantined: false, duration_s: None };
         let mut reports = self.report(lease, worker, &[result], now)?;
         Ok(reports.pop().expect("one report per result"))
     }
 
     /// Takes one result of a checked batch: `index` is one of `lease`'s tests.
     fn take_result(&mut self, lease: LeaseId, index: PlanIndex, result: &ReportedTest<'_>, now: Seconds) -> Report {
-        let ReportedTest { test_id, status, quarantined } = *result;
+        let ReportedTest { test_id, status, quarantined, duration_s } = *result;
         let Some(lease_state) = self.leases.get_mut(&lease) else {
             // An earlier result of the batch ended the build, retiring the lease.
             return Report::Stale;
@@ -152,20 +154,34 @@ impl Scheduler {
         run.reported_by[index].push(lease);
         let attempt = run.attempts[index];
         let estimate = run.plan.tests[index].estimate_s;
+        let duration_s = duration_s.filter(|seconds| seconds.is_finite() && *seconds >= 0.0).unwrap_or(estimate);
+        run.durations[index] = Some(duration_s);
         run.drift.observe((now - lease_state.progress_at).max(0.0), estimate);
-        if lease_state.reported == 0 {
-            // From the grant to the first test's start, as far as its estimate at the
-            // build's drift tells.
-            let granted = lease_state.running_from - run.plan.shard_overhead_s;
-            let sample = (now - granted - estimate * run.drift.ratio()).max(0.0);
-            let previous = self.startup_s.unwrap_or(sample);
-            self.startup_s = Some(0.9 * previous + 0.1 * sample);
-        }
         lease_state.progress_at = lease_state.progress_at.max(now);
         lease_state.remaining_estimate = (lease_state.remaining_estimate - estimate).max(0.0);
         lease_state.reported_estimate += estimate;
         lease_state.reported += 1;
+        lease_state.reported_s += duration_s;
         let mut decisions = Vec::new();
+        if lease_state.reported + lease_state.withdrawn.len() == lease_state.tests.len() {
+            // Its last test: what the shard cost besides its tests, from the grant to now.
+            let cost_s = (now - lease_state.granted_at - lease_state.reported_s).max(0.0);
+            let first_of_worker = lease_state.first_of_worker;
+            run.costs.observe(first_of_worker, cost_s);
+            decisions.push(Decision::ShardCostMeasured { build, lease, first_of_worker, cost_s });
+        }
+        if !run.plan.tests[index].estimate_known && run.observe_new_test(duration_s, estimate) {
+            // The new tests' estimates were corrected: so is what the leases holding them
+            // have left.
+            for (&id, lease_state) in self.leases.iter_mut().filter(|(_, state)| state.active && state.build == build) {
+                lease_state.remaining_estimate = lease_state
+                    .tests
+                    .iter()
+                    .filter(|&&test| test != index && run.states[test] == TestState::Leased(id))
+                    .map(|&test| run.plan.tests[test].estimate_s)
+                    .sum();
+            }
+        }
         if status.is_failure() && run.failures[index] < self.config.retries {
             // Not final yet: run it again, first in line, to tell a flake from a failure.
             run.failures[index] += 1;
@@ -378,7 +394,16 @@ impl Scheduler {
         } else {
             Verdict::Green
         };
-        Some(Decision::BuildFinished { build, verdict })
+        // The bound on what the tests took (a test no worker ran took nothing), for the
+        // workers that took part, with what the build's shards cost.
+        let durations: Vec<Seconds> = run.durations.iter().map(|duration| duration.unwrap_or(0.0)).collect();
+        let measured_bound_s = run.plan.lower_bound_with_costs(
+            &durations,
+            &vec![1.0; run.started.len().max(1)],
+            run.costs.overhead(),
+            run.costs.startup(),
+        );
+        Some(Decision::BuildFinished { build, verdict, measured_bound_s })
     }
 
     pub(super) fn forget_leases_of(&mut self, build: BuildId) {

@@ -4,7 +4,7 @@
 //! [`super::dispatch`] and [`super::reports`].
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 use greenlight_shared::api::TestStatus;
 
@@ -65,6 +65,14 @@ pub(super) struct BuildRun {
     pub(super) drift: Drift,
     /// Urgent builds (culprit probes) are served before the others.
     pub(super) urgent: bool,
+    /// The workers that have had a shard of this build: they have paid its start-up.
+    pub(super) started: BTreeSet<WorkerId>,
+    /// What this build's shards cost besides their tests.
+    pub(super) costs: ShardCosts,
+    /// How the new tests' borrowed estimates compare with what they take.
+    pub(super) new_tests: NewTests,
+    /// What each test took, by its last accepted report.
+    pub(super) durations: Vec<Option<Seconds>>,
 }
 
 impl BuildRun {
@@ -74,6 +82,142 @@ impl BuildRun {
         self.states[test] = TestState::Ready;
         self.unleased_work += self.plan.tests[test].estimate_s;
         self.ready.push(ReadyEntry { priority, index: test });
+    }
+
+    /// What a shard of this build costs `worker` besides its tests: the shard overhead,
+    /// and the start-up when it is the worker's first shard of the build.
+    pub(super) fn shard_cost(&self, worker: WorkerId) -> Seconds {
+        let startup = if self.started.contains(&worker) { 0.0 } else { self.costs.startup() };
+        self.costs.overhead() + startup
+    }
+
+    /// Learns from one reported new test (its estimate borrowed): once enough of them
+    /// have ended, the estimates of the new tests not yet finished are scaled by how far
+    /// off they were, so the rest of a first build is cut from what its first tests took
+    /// rather than from a guess. Returns whether the estimates changed.
+    pub(super) fn observe_new_test(&mut self, real: Seconds, estimated: Seconds) -> bool {
+        let new = &mut self.new_tests;
+        new.real += real;
+        new.estimated += estimated;
+        new.reported += 1;
+        if new.reported < new.next_calibration {
+            return false;
+        }
+        new.next_calibration *= 2;
+        new.calibrated = true;
+        let ratio = if new.estimated > 0.0 {
+            (new.real / new.estimated).clamp(NewTests::LEAST_RATIO, NewTests::MOST_RATIO)
+        } else {
+            NewTests::LEAST_RATIO
+        };
+        (new.real, new.estimated) = (0.0, 0.0);
+        if (0.8..=1.25).contains(&ratio) {
+            return false;
+        }
+        for (test, state) in self.plan.tests.iter_mut().zip(&self.states) {
+            if !test.estimate_known && !matches!(state, TestState::Done(_)) {
+                test.estimate_s *= ratio;
+            }
+        }
+        self.unleased_work = self
+            .plan
+            .tests
+            .iter()
+            .zip(&self.states)
+            .filter(|(_, state)| matches!(state, TestState::Ready | TestState::Waiting { .. }))
+            .map(|(test, _)| test.estimate_s)
+            .sum();
+        // What drifted was the guess, now corrected: the drift starts again from it.
+        self.drift = Drift { real: 0.0, estimated: 0.0 };
+        true
+    }
+}
+
+/// What a build's shards cost besides their tests, measured on its own shards (from the
+/// grant to the last result, less the tests' durations) once they end, from the plan's
+/// figures (the history of earlier builds) until then.
+#[derive(Debug, Clone)]
+pub(super) struct ShardCosts {
+    planned_overhead: Seconds,
+    planned_startup: Seconds,
+    /// Workers' first shards of the build: the start-up and the overhead.
+    first: Vec<Seconds>,
+    /// Later shards: the overhead alone.
+    later: Vec<Seconds>,
+}
+
+impl ShardCosts {
+    /// Samples kept of each kind, the most recent.
+    const KEPT: usize = 32;
+
+    pub(super) fn planned(plan: &BuildPlan) -> ShardCosts {
+        ShardCosts {
+            planned_overhead: plan.shard_overhead_s,
+            planned_startup: plan.worker_startup_s,
+            first: Vec::new(),
+            later: Vec::new(),
+        }
+    }
+
+    pub(super) fn observe(&mut self, first: bool, cost: Seconds) {
+        let samples = if first { &mut self.first } else { &mut self.later };
+        if samples.len() == Self::KEPT {
+            samples.remove(0);
+        }
+        samples.push(cost);
+    }
+
+    /// A shard's overhead: the median of this build's later shards once two have ended;
+    /// until then the planned one, but no more than its first shards cost (they pay the
+    /// overhead too).
+    pub(super) fn overhead(&self) -> Seconds {
+        if self.later.len() >= 2 {
+            median_of(&self.later)
+        } else if self.first.is_empty() {
+            self.planned_overhead
+        } else {
+            self.planned_overhead.min(median_of(&self.first))
+        }
+    }
+
+    /// A worker's start-up: what its first shards cost beyond the overhead.
+    pub(super) fn startup(&self) -> Seconds {
+        if self.first.is_empty() { self.planned_startup } else { (median_of(&self.first) - self.overhead()).max(0.0) }
+    }
+}
+
+fn median_of(samples: &[Seconds]) -> Seconds {
+    crate::estimate::median(&mut samples.to_vec()).unwrap_or(0.0)
+}
+
+/// The new tests of a build (estimates borrowed from their neighbours, or a default when
+/// the suite has no history at all) against what they really took.
+#[derive(Debug, Clone)]
+pub(super) struct NewTests {
+    real: Seconds,
+    estimated: Seconds,
+    reported: usize,
+    /// How many reported new tests the next calibration waits for (doubling each time).
+    next_calibration: usize,
+    /// Whether the estimates have been checked against real durations at least once: new
+    /// tests then go out in shards sized like the others.
+    pub(super) calibrated: bool,
+}
+
+impl NewTests {
+    /// New tests that end before their estimates are first corrected.
+    const FIRST_CALIBRATION: usize = 8;
+    const LEAST_RATIO: f64 = 1e-3;
+    const MOST_RATIO: f64 = 1e3;
+
+    pub(super) fn new() -> NewTests {
+        NewTests {
+            real: 0.0,
+            estimated: 0.0,
+            reported: 0,
+            next_calibration: Self::FIRST_CALIBRATION,
+            calibrated: false,
+        }
     }
 }
 
@@ -113,8 +257,14 @@ pub(super) struct LeaseState {
     pub(super) progress_at: Seconds,
     /// Estimated seconds of its tests not yet reported.
     pub(super) remaining_estimate: Seconds,
-    /// When its first test started: its start plus the overhead.
+    /// When its first test started: its grant plus its cost (overhead, start-up).
     pub(super) running_from: Seconds,
+    /// When it was granted.
+    pub(super) granted_at: Seconds,
+    /// Whether it is its worker's first shard of the build (it pays the start-up).
+    pub(super) first_of_worker: bool,
+    /// Seconds its reported tests took, by their own reports.
+    pub(super) reported_s: Seconds,
     /// Estimated seconds of the tests it has reported.
     pub(super) reported_estimate: Seconds,
     /// How many tests it has reported.
@@ -171,10 +321,6 @@ pub struct Scheduler {
     /// Leases of builds that ended: late reports about them are answered, not refused.
     pub(super) retired: HashMap<LeaseId, RetiredLease>,
     pub(super) next_lease: u64,
-    /// Seconds from a lease's grant to its first test's start, as leases showed it
-    /// (recent ones weighing most): checkout, runner start-up and reporting, all a new
-    /// shard costs, of which the suite's shard overhead is only the runner's part.
-    pub(super) startup_s: Option<Seconds>,
 }
 
 impl Scheduler {
@@ -187,7 +333,6 @@ impl Scheduler {
             workers: BTreeMap::new(),
             retired: HashMap::new(),
             next_lease: 1,
-            startup_s: None,
         }
     }
 
@@ -286,6 +431,10 @@ impl Scheduler {
             gave_up: Vec::new(),
             drift: Drift { real: 0.0, estimated: 0.0 },
             urgent: false,
+            started: BTreeSet::new(),
+            costs: ShardCosts::planned(&plan),
+            new_tests: NewTests::new(),
+            durations: vec![None; plan.len()],
             states,
             ready,
             plan,

@@ -32,6 +32,17 @@ fn single(id: &str) -> BuildPlan {
     BuildPlan::from_tests(vec![test], 0.0)
 }
 
+/// The builds that `decisions` finish, with their verdicts.
+fn finished(decisions: &[Decision]) -> Vec<(BuildId, Verdict)> {
+    decisions
+        .iter()
+        .filter_map(|decision| match decision {
+            Decision::BuildFinished { build, verdict, .. } => Some((*build, verdict.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
 fn ids(ids: &[&str]) -> Vec<String> {
     ids.iter().map(|&id| id.to_owned()).collect()
 }
@@ -61,7 +72,7 @@ fn a_failed_test_is_retried_on_another_worker_and_a_pass_there_makes_it_flaky() 
     let (outcome, decisions) =
         accepted(scheduler.test_finished(retry.lease, WorkerId(2), "t", TestStatus::Passed, 3.0));
     assert_eq!(outcome, Outcome::Final { flaky: true });
-    assert!(decisions.contains(&Decision::BuildFinished { build: BuildId(1), verdict: Verdict::Green }));
+    assert_eq!(finished(&decisions), [(BuildId(1), Verdict::Green)]);
 }
 
 #[test]
@@ -79,7 +90,7 @@ fn a_test_that_fails_every_attempt_makes_the_build_red_and_one_worker_can_retry_
         } else {
             assert_eq!(outcome, Outcome::Final { flaky: false });
             let red = Verdict::Red { failed: vec!["t".into()] };
-            assert!(decisions.contains(&Decision::BuildFinished { build: BuildId(1), verdict: red }));
+            assert_eq!(finished(&decisions), [(BuildId(1), red)]);
         }
         scheduler.lease_finished(grant.lease, WorkerId(1), now).unwrap();
     }
@@ -99,7 +110,7 @@ fn tests_no_worker_could_run_end_the_build_in_error_not_red_and_bench_the_worker
     let second = scheduler.request_work(WorkerId(1), 1.0).0.unwrap();
     let decisions = scheduler.lease_finished(second.lease, WorkerId(1), 2.0).unwrap();
     let error = Verdict::Error { gave_up: vec!["t".into()] };
-    assert!(decisions.contains(&Decision::BuildFinished { build: BuildId(1), verdict: error }), "{decisions:?}");
+    assert_eq!(finished(&decisions), [(BuildId(1), error)], "{decisions:?}");
     // Two shards lost in a row: no work for a minute.
     scheduler.add_build(BuildId(2), single("u"), 2.0).unwrap();
     assert_eq!(scheduler.request_work(WorkerId(1), 30.0).0, None);
@@ -239,7 +250,7 @@ fn an_idle_worker_takes_over_the_unstarted_end_of_a_lease_running_late() {
     let report = scheduler.test_finished(second.lease, WorkerId(2), "t3", TestStatus::Passed, 62.0).unwrap();
     let Report::Accepted { attempt, decisions, .. } = report else { panic!("{report:?}") };
     assert_eq!(attempt, 1, "a withdrawn test never started: its first attempt is the taker's");
-    assert!(decisions.contains(&Decision::BuildFinished { build: BuildId(1), verdict: Verdict::Green }));
+    assert_eq!(finished(&decisions), [(BuildId(1), Verdict::Green)]);
 }
 
 #[test]
@@ -322,12 +333,7 @@ fn restored_results_count_as_done_and_unblock_or_skip_their_dependants() {
     let report = scheduler.test_finished(grant.lease, WorkerId(1), "b", TestStatus::Passed, 2.0).unwrap();
     let Report::Accepted { attempt, outcome, fails_build, decisions } = report else { panic!("{report:?}") };
     assert_eq!((attempt, outcome, fails_build), (1, Outcome::Final { flaky: false }, false));
-    assert!(
-        decisions.contains(&Decision::BuildFinished {
-            build: BuildId(7),
-            verdict: Verdict::Red { failed: vec!["c".into()] }
-        })
-    );
+    assert_eq!(finished(&decisions), [(BuildId(7), Verdict::Red { failed: vec!["c".into()] })]);
 }
 
 #[test]
@@ -379,7 +385,7 @@ fn check_verdict(flaky_fails_build: bool, scripts: &[&[Attempt]], expected_fails
             let test: usize = test_id[1..].parse().unwrap();
             if let Some(&(status, quarantined)) = scripts[test].get(next_attempt[test]) {
                 next_attempt[test] += 1;
-                batch.push(ReportedTest { test_id, status, quarantined });
+                batch.push(ReportedTest { test_id, status, quarantined, duration_s: None });
             }
         }
         let reports = scheduler.report(grant.lease, WorkerId(1), &batch, now + 50.0).unwrap();
@@ -437,7 +443,8 @@ fn a_restored_flaky_pass_or_quarantined_failure_counts_as_a_reported_one_would()
         let mut scheduler = Scheduler::new(SchedulerConfig { flaky_fails_build, ..SchedulerConfig::default() });
         scheduler.add_build(BuildId(1), single("t"), 0.0).unwrap();
         let decisions = scheduler.restore(BuildId(1), restored_results);
-        assert_eq!(decisions, [Decision::BuildFinished { build: BuildId(1), verdict: expected }]);
+        assert_eq!(decisions.len(), 1, "{decisions:?}");
+        assert_eq!(finished(&decisions), [(BuildId(1), expected)]);
     };
     let failed_then = |status: TestStatus, quarantined: bool| {
         vec![
@@ -461,7 +468,7 @@ fn a_batch_with_a_test_outside_the_lease_is_refused_whole_and_records_nothing() 
     scheduler.add_build(BuildId(1), tens(3), 0.0).unwrap();
     let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
     assert_eq!(first.tests, ["t0", "t1"], "no shard above 20 s");
-    let passed = |test_id| ReportedTest { test_id, status: TestStatus::Passed, quarantined: false };
+    let passed = |test_id| ReportedTest { test_id, status: TestStatus::Passed, quarantined: false, duration_s: None };
     let refused = |test_id: &str| SchedulerError::TestNotInLease { lease: first.lease.0, test_id: test_id.into() };
     let refusals = [
         (first.lease, WorkerId(1), vec![passed("t0"), passed("t2")], refused("t2")),
@@ -541,4 +548,97 @@ fn the_scheduler_answers_until_when_a_worker_is_benched() {
     assert_eq!(scheduler.benched_until(WorkerId(1), 30.0), Some(62.0));
     assert_eq!(scheduler.benched_until(WorkerId(1), 62.0), None);
     assert_eq!(scheduler.benched_until(WorkerId(2), 30.0), None, "an unknown worker is not benched");
+}
+
+/// A first build: every estimate is the default guess (1 s), each test really takes 10 ms.
+fn first_build(count: usize) -> (BuildPlan, Vec<f64>) {
+    let plan = BuildPlan::from_tests((0..count).map(|index| planned(&format!("t{index}"), 1.0, false)).collect(), 0.2);
+    (plan, vec![0.01; count])
+}
+
+#[test]
+fn a_first_build_learns_what_its_new_tests_take_instead_of_cutting_one_test_shards() {
+    let (plan, actual) = first_build(300);
+    let run = crate::simulate::simulate(&plan, &actual, 3, SchedulerConfig::default());
+    // Cut from the guess alone, shards of new tests shrink towards a single test and each
+    // pays the overhead: the 3 s of tests would take more than twice their bound.
+    assert!(run.shards.len() <= 12, "{} shards: {:?}", run.shards.len(), shard_sizes(&run));
+    assert!(run.ratio() < 1.5, "makespan {} against a bound of {}", run.makespan_s, run.lower_bound_s);
+}
+
+fn shard_sizes(run: &crate::simulate::Simulation) -> Vec<usize> {
+    run.shards.iter().map(|shard| shard.tests.len()).collect()
+}
+
+#[test]
+fn estimates_corrected_inside_a_build_carry_to_the_leases_holding_them() {
+    let (plan, _) = first_build(60);
+    let mut scheduler = Scheduler::new(SchedulerConfig::default());
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.add_build(BuildId(1), plan, 0.0).unwrap();
+    let grant = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    assert!(grant.tests.len() >= 9, "a lone worker's first shard: {:?}", grant.tests);
+    let unleased_before = scheduler.builds[&BuildId(1)].unleased_work;
+    for (position, test_id) in grant.tests.iter().take(8).enumerate() {
+        let reported = ReportedTest { test_id, status: TestStatus::Passed, quarantined: false, duration_s: Some(0.1) };
+        let now = 0.2 + 0.1 * (position + 1) as f64;
+        scheduler.report(grant.lease, WorkerId(1), &[reported], now).unwrap();
+    }
+    let run = &scheduler.builds[&BuildId(1)];
+    assert!(run.new_tests.calibrated);
+    // Ten times quicker than guessed: the rest of the build is a tenth of what it seemed.
+    let unleased_after = run.unleased_work;
+    assert!((unleased_after - unleased_before / 10.0).abs() < 1e-9, "{unleased_before} -> {unleased_after}");
+    let left = (grant.tests.len() - 8) as f64 * 0.1;
+    assert!((scheduler.leases[&grant.lease].remaining_estimate - left).abs() < 1e-9);
+}
+
+#[test]
+fn a_workers_first_shard_pays_the_start_up_and_its_cost_is_measured() {
+    let mut plan = tens(4);
+    plan.worker_startup_s = 5.0;
+    let mut scheduler = Scheduler::new(SchedulerConfig::default());
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.add_build(BuildId(1), plan, 0.0).unwrap();
+    let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    assert_eq!(scheduler.leases[&first.lease].running_from, 6.0, "granted at 0, 1 s overhead, 5 s start-up");
+    let mut measured = Vec::new();
+    for (position, test_id) in first.tests.iter().enumerate() {
+        let reported = ReportedTest { test_id, status: TestStatus::Passed, quarantined: false, duration_s: Some(10.0) };
+        let now = 7.0 + 10.0 * (position + 1) as f64;
+        let report = scheduler.report(first.lease, WorkerId(1), &[reported], now).unwrap().pop().unwrap();
+        let Report::Accepted { decisions, .. } = report else { panic!("{report:?}") };
+        measured
+            .extend(decisions.into_iter().filter(|decision| matches!(decision, Decision::ShardCostMeasured { .. })));
+    }
+    // Its last test came 7 s after the grant plus its tests: the start-up it really paid.
+    let expected =
+        Decision::ShardCostMeasured { build: BuildId(1), lease: first.lease, first_of_worker: true, cost_s: 7.0 };
+    assert_eq!(measured, [expected], "measured once, at its last test");
+    assert_eq!(scheduler.builds[&BuildId(1)].costs.startup(), 6.0, "7 s, less the 1 s overhead every shard pays");
+    // The rest, on a second worker; the build's end compares with the bound on what the
+    // tests took (40 s on two workers, one of them idle but for its shard) and what its
+    // shards cost.
+    scheduler.worker_joined(WorkerId(2), 50.0);
+    let mut decisions = Vec::new();
+    let (mut now, mut cost) = (50.0, 7.0);
+    while let Some(grant) = scheduler.request_work(WorkerId(2), now).0 {
+        now += cost;
+        for test_id in &grant.tests {
+            now += 10.0;
+            let reported =
+                ReportedTest { test_id, status: TestStatus::Passed, quarantined: false, duration_s: Some(10.0) };
+            let report = scheduler.report(grant.lease, WorkerId(2), &[reported], now).unwrap().pop().unwrap();
+            let Report::Accepted { decisions: more, .. } = report else { panic!("{report:?}") };
+            decisions.extend(more);
+        }
+        // Later shards of the build cost 1 s: the overhead.
+        cost = 1.0;
+    }
+    let bound = decisions.iter().find_map(|decision| match decision {
+        Decision::BuildFinished { measured_bound_s, .. } => Some(*measured_bound_s),
+        _ => None,
+    });
+    // max(40 s / 2 workers, 10 s longest) + 1 s overhead + 6 s start-up.
+    assert_eq!(bound, Some(27.0));
 }
