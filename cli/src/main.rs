@@ -162,12 +162,16 @@ fn main() -> anyhow::Result<()> {
                 config.listen = listen;
             }
             tokio::runtime::Runtime::new()?.block_on(async {
-                let listener = tokio::net::TcpListener::bind(&config.listen)
+                let listen = config.listen.clone();
+                // The data directory is checked (and the store recovered) before anything
+                // listens: "listening" means ready.
+                let master = greenlight_master::open(config).await?;
+                let listener = tokio::net::TcpListener::bind(&listen)
                     .await
-                    .with_context(|| format!("cannot listen on {}", config.listen))?;
+                    .with_context(|| format!("cannot listen on {listen}"))?;
                 // The first line on standard output names the address (tests and scripts read it).
                 println!("greenlight master listening on http://{}", listener.local_addr()?);
-                greenlight_master::run(listener, config, shutdown_signal()).await?;
+                master.serve(listener, shutdown_signal()).await?;
                 anyhow::Ok(())
             })
         }

@@ -29,6 +29,14 @@ use crate::store::{Store, StoreError};
 /// Why the master stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {
+    /// The data directory cannot be created or written.
+    #[error("data_dir {dir} is not usable: {source}")]
+    DataDir {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
     /// The store could not be opened.
     #[error("cannot open the store in {dir}: {source}")]
     Store {
@@ -45,19 +53,56 @@ pub enum MasterError {
     Serve(#[from] std::io::Error),
 }
 
-/// Serves the master on `listener` until `shutdown` resolves.
+/// Serves the master on `listener` until `shutdown` resolves ([`open`], then
+/// [`Master::serve`]).
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), MasterError> {
-    let db_dir = config.data_dir.join("db");
-    std::fs::create_dir_all(&config.data_dir).map_err(MasterError::Serve)?;
+    open(config).await?.serve(listener, shutdown).await
+}
+
+/// A master whose data directory is checked and locked and whose interrupted builds are
+/// recovered: ready to serve.
+pub struct Master {
+    farm: Arc<Farm>,
+}
+
+/// Prepares the master's data directory (created, written to, its store locked against a
+/// second master) and recovers what a previous run left, before anything listens: a
+/// directory that cannot be used is an error naming it.
+pub async fn open(config: Config) -> Result<Master, MasterError> {
+    let data_dir = config.data_dir.clone();
+    let unusable = |source| MasterError::DataDir { dir: data_dir.clone(), source };
+    std::fs::create_dir_all(&data_dir).map_err(unusable)?;
+    let probe = data_dir.join(".greenlight-write-check");
+    std::fs::write(&probe, b"").and_then(|()| std::fs::remove_file(&probe)).map_err(unusable)?;
+    let db_dir = data_dir.join("db");
     let store = Store::open_sled(&db_dir).map_err(|source| MasterError::Store { dir: db_dir.clone(), source })?;
     let farm = Arc::new(Farm::new(config, store)?);
     let recovering = Arc::clone(&farm);
     farm::blocking(move || recovering.recover()).await??;
     farm.flush().await?;
+    Ok(Master { farm })
+}
+
+impl Master {
+    /// Serves on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), MasterError> {
+        serve(self.farm, listener, shutdown).await
+    }
+}
+
+async fn serve(
+    farm: Arc<Farm>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), MasterError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let tasks = vec![
         tokio::spawn(poll_loop(Arc::clone(&farm), stop_rx.clone())),
