@@ -65,3 +65,100 @@ fn a_data_dir_that_cannot_be_used_or_is_in_use_is_named_before_the_master_listen
     assert!(!stdout.contains("listening"), "it said it listened: {stdout}");
     assert!(stderr.contains("data_dir") && stderr.contains(&unusable.display().to_string()), "{stderr}");
 }
+
+/// Finishes `lease` and waits for the next one.
+fn lease_again(farm: &Farm, worker_id: u64, lease_id: u64) -> greenlight_shared::api::Lease {
+    let (status, body) = farm.post(
+        &format!("/api/v1/leases/{lease_id}/finish"),
+        &serde_json::json!({"worker_id": worker_id, "outcome": {"kind": "completed"}}),
+        Some(common::TOKEN),
+    );
+    assert_eq!(status, 204, "{body}");
+    let http = reqwest::blocking::Client::new();
+    farm.wait_for("the next lease", Duration::from_secs(60), |farm| {
+        let answer: greenlight_shared::api::LeaseResponse = http
+            .post(format!("{}/api/v1/workers/{worker_id}/lease", farm.url))
+            .bearer_auth(common::TOKEN)
+            .json(&serde_json::json!({"wait_s": 1}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        answer.lease
+    })
+}
+
+/// Plays a worker by hand: registers and waits for a lease.
+fn lease_by_hand(farm: &Farm, name: &str) -> (u64, greenlight_shared::api::Lease) {
+    use greenlight_shared::api::{LeaseResponse, RegisterResponse};
+    let http = reqwest::blocking::Client::new();
+    let me: RegisterResponse = http
+        .post(format!("{}/api/v1/workers/register", farm.url))
+        .bearer_auth(common::TOKEN)
+        .json(&serde_json::json!({"name": name}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let lease = farm.wait_for("a lease", Duration::from_secs(60), |farm| {
+        let answer: LeaseResponse = http
+            .post(format!("{}/api/v1/workers/{}/lease", farm.url, me.worker_id))
+            .bearer_auth(common::TOKEN)
+            .json(&serde_json::json!({"wait_s": 1}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        answer.lease
+    });
+    (me.worker_id, lease)
+}
+
+#[test]
+fn absurd_durations_and_huge_outputs_are_bounded_on_the_master_and_never_poison_estimates() {
+    let tests = vec![test("a::absurd", &["a"], &[], 1.0), test("a::negative", &["a"], &[], 1.0)];
+    let suite = SuiteFile { name: "bounds".into(), shard_overhead_s: 0.0, tests };
+    let farm = Farm::start(&suite, 0, FarmOptions::default());
+    let (worker_id, mut lease) = lease_by_hand(&farm, "by-hand");
+    let build_id = lease.build_id;
+    let output = format!("{}the end", "x".repeat(300 * 1024));
+    let mut reported = std::collections::BTreeSet::new();
+    loop {
+        let results: Vec<serde_json::Value> = lease
+            .tests
+            .iter()
+            .map(|test_id| {
+                let duration_s = if test_id == "a::absurd" { 1e300 } else { -5.0 };
+                serde_json::json!({"test_id": test_id, "status": "failed", "duration_s": duration_s, "output": output})
+            })
+            .collect();
+        let (status, body) = farm.post(
+            &format!("/api/v1/leases/{}/results", lease.lease_id),
+            &serde_json::json!({"worker_id": worker_id, "results": results}),
+            Some(common::TOKEN),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["accepted"], lease.tests.len(), "kept, not refused: {body}");
+        reported.extend(lease.tests.clone());
+        if reported.len() == 2 {
+            break;
+        }
+        lease = lease_again(&farm, worker_id, lease.lease_id);
+    }
+    let stored = farm.tests(build_id).results;
+    let absurd = stored.iter().find(|result| result.test_id == "a::absurd").unwrap();
+    assert_eq!(absurd.duration_s, 86_400.0, "clamped to max_test_duration_s");
+    let negative = stored.iter().find(|result| result.test_id == "a::negative").unwrap();
+    assert_eq!(negative.duration_s, 0.0);
+    for result in &stored {
+        let kept = result.output.as_deref().unwrap();
+        assert!(kept.len() <= 64 * 1024 + 100, "{} bytes stored", kept.len());
+        assert!(kept.starts_with("[greenlight: output cut to its last 65536 of 307207 bytes]"), "{}", &kept[..80]);
+        assert!(kept.ends_with("the end"), "the end of the output is kept");
+    }
+    // Neither enters the history the next plans estimate from.
+    for test_id in ["a::absurd", "a::negative"] {
+        let history: greenlight_shared::api::TestHistory = farm.get(&format!("/api/v1/tests?id={test_id}"));
+        assert!(history.recent_durations_s.is_empty(), "{test_id}: {:?}", history.recent_durations_s);
+    }
+}

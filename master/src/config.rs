@@ -82,6 +82,14 @@ pub struct Config {
     /// The largest request body accepted, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// The longest a test may be reported to take, in seconds. A result claiming more is
+    /// kept, its duration clamped to this, and it does not enter the duration history.
+    #[serde(default = "default_max_test_duration_s")]
+    pub max_test_duration_s: f64,
+    /// The most output stored per result, in bytes: what a client sends beyond it is cut
+    /// (the end is kept, where failures are), with a note saying so.
+    #[serde(default = "default_max_output_bytes")]
+    pub max_output_bytes: usize,
     /// The watched repository.
     pub repository: RepositoryConfig,
     /// How to list and run the suite.
@@ -236,6 +244,15 @@ fn default_listen() -> String {
 
 fn default_max_body_bytes() -> usize {
     8 * 1024 * 1024
+}
+
+fn default_max_test_duration_s() -> f64 {
+    // A day: no unit, functional or browser test runs longer, and 1e300 poisons a plan.
+    86_400.0
+}
+
+fn default_max_output_bytes() -> usize {
+    64 * 1024
 }
 
 /// The watched repository and branch.
@@ -489,6 +506,8 @@ impl Config {
             admin_token: None,
             read_token: None,
             max_body_bytes: default_max_body_bytes(),
+            max_test_duration_s: default_max_test_duration_s(),
+            max_output_bytes: default_max_output_bytes(),
             repository: RepositoryConfig {
                 url: repository_url,
                 branch: default_branch(),
@@ -507,6 +526,9 @@ impl Config {
     /// Checks ranges and consistency.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |message: &str| Err(ConfigError::Invalid(message.to_owned()));
+        if !(self.max_test_duration_s.is_finite() && self.max_test_duration_s > 0.0) {
+            return invalid("max_test_duration_s must be a number of seconds > 0");
+        }
         if self.suite.file.is_some() && !self.suite.list_command.is_empty() {
             return invalid("[suite] takes `file` or `list_command`, not both");
         }

@@ -124,7 +124,7 @@ impl Farm {
                 test_id: &result.test_id,
                 status: result.status,
                 quarantined,
-                duration_s: Some(sanitize_duration(result.duration_s)),
+                duration_s: Some(self.bounded_duration(result.duration_s)),
             })
             .collect();
         let reports = core.scheduler.report(LeaseId(lease_id), WorkerId(worker_id), &batch, now)?;
@@ -139,8 +139,11 @@ impl Farm {
                         test_id: result.test_id.clone(),
                         attempt,
                         status: result.status,
-                        duration_s: sanitize_duration(result.duration_s),
-                        output: result.output.clone(),
+                        duration_s: self.bounded_duration(result.duration_s),
+                        output: result
+                            .output
+                            .as_deref()
+                            .map(|output| bounded_output(output, self.config.max_output_bytes)),
                         worker: Some(worker_name.clone()),
                         retried: outcome == Outcome::Retry,
                         flaky: outcome == Outcome::Final { flaky: true },
@@ -148,7 +151,12 @@ impl Farm {
                         lease_id: Some(lease_id),
                     };
                     self.record_result(core, build_id, &stored, fails_build, now)?;
-                    if matches!(result.status, TestStatus::Passed | TestStatus::Failed) && stored.duration_s > 0.0 {
+                    // A duration that had to be clamped says nothing about the test.
+                    let believable = result.duration_s <= self.config.max_test_duration_s;
+                    if matches!(result.status, TestStatus::Passed | TestStatus::Failed)
+                        && stored.duration_s > 0.0
+                        && believable
+                    {
                         self.store.add_duration(&result.test_id, stored.duration_s)?;
                     }
                     response.accepted += 1;
@@ -212,6 +220,40 @@ impl Farm {
     }
 }
 
-fn sanitize_duration(duration_s: f64) -> f64 {
-    if duration_s.is_finite() && duration_s >= 0.0 { duration_s } else { 0.0 }
+impl Farm {
+    /// A reported duration as stored: not a number or negative is 0, beyond
+    /// `max_test_duration_s` is clamped to it.
+    fn bounded_duration(&self, duration_s: f64) -> f64 {
+        if duration_s.is_nan() || duration_s < 0.0 { 0.0 } else { duration_s.min(self.config.max_test_duration_s) }
+    }
+}
+
+/// `output` cut to its last `max_bytes` (on a character boundary), with a note saying how
+/// much was left out.
+fn bounded_output(output: &str, max_bytes: usize) -> String {
+    if output.len() <= max_bytes {
+        return output.to_owned();
+    }
+    let mut start = output.len() - max_bytes;
+    while !output.is_char_boundary(start) {
+        start += 1;
+    }
+    format!(
+        "[greenlight: output cut to its last {} of {} bytes]\n{}",
+        output.len() - start,
+        output.len(),
+        &output[start..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bounded_output;
+
+    #[test]
+    fn output_keeps_its_end_whole_characters_and_says_it_was_cut() {
+        assert_eq!(bounded_output("short", 10), "short");
+        let cut = bounded_output("ééééé", 5);
+        assert_eq!(cut, "[greenlight: output cut to its last 4 of 10 bytes]\néé");
+    }
 }
