@@ -65,6 +65,9 @@ enum Command {
         /// The new tip.
         #[arg(long)]
         revision: Option<String>,
+        /// The master's hook token or worker token (also read from GREENLIGHT_HOOK_TOKEN).
+        #[arg(long, env = "GREENLIGHT_HOOK_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// List a checkout's tests with a runner adapter and print the suite JSON (DESIGN.md
     /// format; tags and dependencies from the repository's greenlight.toml). Usable as
@@ -193,9 +196,9 @@ fn main() -> anyhow::Result<()> {
             let code = runtime.block_on(gate::run(&args));
             std::process::exit(code);
         }
-        Command::Submit { master, branch, revision } => {
+        Command::Submit { master, branch, revision, token } => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(submit(&master, branch, revision))
+            runtime.block_on(submit(&master, branch, revision, token.as_deref()))
         }
         Command::List { runner, dir, python, cargo, args } => {
             let runner = match runner {
@@ -234,11 +237,19 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn submit(master: &str, branch: Option<String>, revision: Option<String>) -> anyhow::Result<()> {
+async fn submit(
+    master: &str,
+    branch: Option<String>,
+    revision: Option<String>,
+    token: Option<&str>,
+) -> anyhow::Result<()> {
     let notice = greenlight_shared::api::ChangeNotice { version: greenlight_shared::API_VERSION, branch, revision };
     let url = format!("{}/api/v1/changes", master.trim_end_matches('/'));
-    let response =
-        reqwest::Client::new().post(&url).json(&notice).send().await.with_context(|| format!("cannot reach {url}"))?;
+    let mut request = reqwest::Client::new().post(&url).json(&notice);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.with_context(|| format!("cannot reach {url}"))?;
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
     if !status.is_success() {

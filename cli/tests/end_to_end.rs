@@ -238,7 +238,7 @@ env = {{ SETUP_LOG = {log:?} }}"#,
 
     let second = farm.repo.touch_area("core", "Core: tweak").unwrap();
     let output = std::process::Command::new(common::greenlight())
-        .args(["submit", "--master", &farm.url, "--branch", "main", "--revision", &second])
+        .args(["submit", "--master", &farm.url, "--branch", "main", "--revision", &second, "--token", common::TOKEN])
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -255,7 +255,7 @@ env = {{ SETUP_LOG = {log:?} }}"#,
 
     // A hook for another branch is refused by name.
     let output = std::process::Command::new(common::greenlight())
-        .args(["submit", "--master", &farm.url, "--branch", "release"])
+        .args(["submit", "--master", &farm.url, "--branch", "release", "--token", common::TOKEN])
         .output()
         .unwrap();
     assert!(!output.status.success());

@@ -115,7 +115,7 @@ fn a_flake_passes_on_another_worker_a_real_failure_closes_the_gate_and_quarantin
 fn worker_admin_and_read_calls_without_or_with_a_wrong_token_are_refused() {
     let state = tempfile::tempdir().unwrap();
     let mut options = options(state.path());
-    options.top_toml.push_str("\nread_token = \"reader\"");
+    options.top_toml.push_str("\nread_token = \"reader\"\nhook_token = \"hooked\"");
     let farm = Farm::start(&core_suite(2, 0.2), 0, options);
     let register = json!({"name": "stranger"});
     for (path, body) in [
@@ -143,11 +143,22 @@ fn worker_admin_and_read_calls_without_or_with_a_wrong_token_are_refused() {
     assert_eq!(farm.get_with("/api/v1/builds", Some("guess")).0, 403);
     assert_eq!(farm.get_with("/api/v1/builds", Some("reader")).0, 200);
     assert_eq!(farm.get_with("/api/v1/gate?token=reader", None).0, 200);
+    // The merged report holds every test id and failure output: it is read API too.
+    assert_eq!(farm.get_with("/api/v1/builds/1/junit.xml", None).0, 401);
+    assert_eq!(farm.get_with("/api/v1/builds/1/junit.xml", Some("guess")).0, 403);
+    let (status, _) = farm.get_with("/api/v1/builds/1/junit.xml", Some("reader"));
+    assert!(matches!(status, 200 | 404), "the reader passes: {status}");
+    // A change announcement needs the hook token or the worker token.
+    let notice = json!({"branch": "main"});
+    assert_eq!(farm.post("/api/v1/changes", &notice, None).0, 401);
+    assert_eq!(farm.post("/api/v1/changes", &notice, Some("guess")).0, 403);
+    assert_eq!(farm.post("/api/v1/changes", &notice, Some(TOKEN)).0, 202);
+    assert_eq!(farm.post("/api/v1/changes", &notice, Some("hooked")).0, 202);
     assert_eq!(farm.gate_command(&[]).0, 2, "without the read token the hook cannot ask");
     assert_eq!(farm.gate_command(&["--token", "reader"]).0, 0);
     // The tokens never reach the log.
     let log = std::fs::read_to_string(farm.dir().join("master.log")).unwrap();
-    for secret in [ADMIN, TOKEN, "reader"] {
+    for secret in [ADMIN, TOKEN, "reader", "hooked"] {
         assert!(!log.contains(secret), "{secret} is in the log");
     }
 }

@@ -169,6 +169,25 @@ fn check_worker_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiEr
     check_token(expected, presented_token(headers), "worker")
 }
 
+/// A change announcement (a post-receive hook) presents the `hook_token` or the worker
+/// token; with neither configured, anyone may announce (the master only polls sooner).
+fn check_hook_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let config = state.farm.config();
+    let accepted: Vec<&String> = [&config.hook_token, &config.worker_token].into_iter().flatten().collect();
+    let Some(&first) = accepted.first() else { return Ok(()) };
+    let presented = presented_token(headers);
+    if let Some(token) = presented
+        && accepted.iter().any(|expected| constant_time_eq(token.as_bytes(), expected.as_bytes()))
+    {
+        return Ok(());
+    }
+    check_token(first, presented, "change announcement").and(Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "wrong_token",
+        "the change announcement token is not valid (the hook token or the worker token)",
+    )))
+}
+
 fn check_admin_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = &state.farm.config().admin_token else {
         return Err(ApiError::new(
@@ -217,6 +236,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/flaky", get(flaky))
         .route("/api/v1/events", get(events))
         .route("/metrics", get(metrics))
+        .route("/api/v1/builds/{build_id}/junit.xml", get(build_junit))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_read_token));
     Router::new()
         .merge(read_only)
@@ -230,7 +250,6 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/leases/{lease_id}/results", post(results))
         .route("/api/v1/leases/{lease_id}/finish", post(finish))
         .route("/api/v1/changes", post(changes_notice))
-        .route("/api/v1/builds/{build_id}/junit.xml", get(build_junit))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
@@ -384,8 +403,10 @@ async fn finish(
 #[tracing::instrument(skip_all)]
 async fn changes_notice(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiJson(notice): ApiJson<ChangeNotice>,
 ) -> Result<impl IntoResponse, ApiError> {
+    check_hook_token(&state, &headers)?;
     let watched = &state.farm.config().repository.branch;
     if let Some(branch) = &notice.branch
         && branch != watched

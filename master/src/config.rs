@@ -76,6 +76,10 @@ pub struct Config {
     /// `None` turns admin calls off.
     #[serde(default)]
     pub admin_token: Option<String>,
+    /// A bearer token a post-receive hook may present to announce changes
+    /// (`POST /api/v1/changes`), besides the worker token; with neither set, anyone may.
+    #[serde(default)]
+    pub hook_token: Option<String>,
     /// A bearer token the read-only API and the page need; `None` leaves them open.
     #[serde(default)]
     pub read_token: Option<String>,
@@ -505,6 +509,7 @@ impl Config {
             worker_token: None,
             admin_token: None,
             read_token: None,
+            hook_token: None,
             max_body_bytes: default_max_body_bytes(),
             max_test_duration_s: default_max_test_duration_s(),
             max_output_bytes: default_max_output_bytes(),
