@@ -341,7 +341,9 @@ async fn lease(
     if !request.wait_s.is_finite() || request.wait_s < 0.0 {
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_wait", "wait_s must be a number >= 0"));
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(request.wait_s.min(MAX_WAIT_S));
+    let wait_s = request.wait_s.min(MAX_WAIT_S);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait_s);
+    let mut waiting = false;
     loop {
         let notified = state.farm.work_available.notified();
         tokio::pin!(notified);
@@ -351,6 +353,10 @@ async fn lease(
         state.farm.flush_verdicts().await?;
         if let Some(lease) = lease {
             return Ok(Json(LeaseResponse { version: API_VERSION, lease: Some(lease) }));
+        }
+        if !waiting {
+            state.farm.waiting(worker_id, wait_s)?;
+            waiting = true;
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
             return Ok(Json(LeaseResponse { version: API_VERSION, lease: None }));

@@ -101,6 +101,9 @@ struct LiveBuild {
 struct Registration {
     name: String,
     last_seen: f64,
+    /// Until when it waits in a long-poll for work: a worker waiting is live, however
+    /// long ago its call began.
+    waiting_until: f64,
 }
 
 /// Everything behind the farm's lock.

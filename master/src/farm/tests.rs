@@ -494,3 +494,17 @@ async fn what_shards_cost_is_measured_learned_for_the_next_plan_and_bounds_the_b
     let makespan = build.makespan_s.unwrap();
     assert!(makespan >= 17.0, "no build beats its bound: {makespan} s");
 }
+
+#[tokio::test]
+async fn a_worker_waiting_in_a_long_poll_is_live_and_one_that_stopped_calling_is_lost() {
+    let harness = Harness::new(&suite(&["a"]), |_| {});
+    let worker = harness.register("w1");
+    let timeout = harness.config.scheduler.lease_timeout_s;
+    // It asks for work and waits (the long-poll of `POST …/lease`) longer than a timeout.
+    harness.farm.waiting(worker, timeout + 20.0).unwrap();
+    harness.clock.advance(timeout + 10.0);
+    assert!(!harness.farm.workers()[0].lost, "waiting for work is not missing heartbeats");
+    // Its wait ended and it never called again.
+    harness.clock.advance(20.0);
+    assert!(harness.farm.workers()[0].lost);
+}

@@ -25,7 +25,10 @@ impl Farm {
                 id
             }
         };
-        core.workers.entry(worker_id).or_insert(Registration { name: name.to_owned(), last_seen: now }).last_seen = now;
+        core.workers
+            .entry(worker_id)
+            .or_insert(Registration { name: name.to_owned(), last_seen: now, waiting_until: now })
+            .last_seen = now;
         core.scheduler.worker_joined(WorkerId(worker_id), now);
         tracing::info!(worker_id, name, "worker registered");
         Ok(RegisterResponse {
@@ -40,6 +43,15 @@ impl Farm {
         let worker = core.workers.get_mut(&worker_id).ok_or(FarmError::UnknownWorker(worker_id))?;
         worker.last_seen = now;
         Ok(worker.name.clone())
+    }
+
+    /// A worker waits up to `wait_s` in a long-poll for work: it is live until then.
+    pub fn waiting(&self, worker_id: u64, wait_s: f64) -> Result<(), FarmError> {
+        let now = self.now();
+        let mut core = self.core();
+        let worker = core.workers.get_mut(&worker_id).ok_or(FarmError::UnknownWorker(worker_id))?;
+        worker.waiting_until = worker.waiting_until.max(now + wait_s);
+        Ok(())
     }
 
     /// A worker asks for a shard. `None` when no test is ready now.
