@@ -136,7 +136,11 @@ impl Runner {
         match self {
             Runner::Command => None,
             Runner::Pytest { python, args } => {
-                let mut argv = pytest_base(python);
+                // pytest's own `--collect-only -q`, run by a small script that also names
+                // the test files pytest skipped while collecting them (see
+                // [`PYTEST_LIST_SCRIPT`]).
+                let mut argv = strings(&[python, "-c", PYTEST_LIST_SCRIPT]);
+                argv.extend(pytest_base(python).split_off(3));
                 argv.extend(["--collect-only".to_owned(), "-q".to_owned()]);
                 argv.extend(args.iter().cloned());
                 Some(argv)
@@ -769,10 +773,59 @@ pub fn expand_template(template: &[String], tests: &[String], paths: &ShardPaths
     argv
 }
 
-/// Node ids from `pytest --collect-only -q`: the lines up to the first blank line (a
-/// warnings summary after it also contains `::`).
+/// The line after which the pytest listing names the test files skipped at collection.
+pub const PYTEST_SKIPPED_MARKER: &str = "greenlight: test files skipped at collection:";
+
+/// What the pytest listing runs (`python -c SCRIPT ARGS`): `pytest.main(ARGS)`, that is
+/// pytest's own `--collect-only -q`, then, after [`PYTEST_SKIPPED_MARKER`], one node id
+/// per line for each test file that skipped itself while pytest imported it
+/// (`pytest.importorskip`, a module-level `pytest.skip(allow_module_level=True)`).
+/// `--collect-only` does not print those, yet a run reports each as a skipped test case
+/// (JUnit `classname=""`, `name` the dotted path, `<skipped message="collection
+/// skipped">`), so the suite holds them as tests whose id is the file's node id: a shard
+/// given that id makes pytest collect the file again and report the same skip. Only
+/// files: a directory whose `conftest.py` skips cannot be named to pytest (it fails
+/// loading that conftest as an initial one), so it is left out. A file that fails to
+/// import is a collection error: pytest exits 2 and the listing fails, as a direct run
+/// is interrupted.
+pub const PYTEST_LIST_SCRIPT: &str = "import sys
+import pytest
+
+
+class GreenlightListing:
+    def __init__(self):
+        self.skipped = []
+
+    def pytest_configure(self, config):
+        self.root = config.rootpath
+
+    def pytest_collectreport(self, report):
+        nodeid = report.nodeid
+        if report.skipped and nodeid and '::' not in nodeid and nodeid not in self.skipped:
+            if (self.root / nodeid).is_file():
+                self.skipped.append(nodeid)
+
+
+listing = GreenlightListing()
+status = pytest.main(sys.argv[1:], plugins=[listing])
+if listing.skipped:
+    print()
+    print('greenlight: test files skipped at collection:')
+    print('\\n'.join(listing.skipped))
+sys.exit(int(status))
+";
+
+/// Node ids from the pytest listing ([`PYTEST_LIST_SCRIPT`]): the lines of `--collect-only
+/// -q` up to the first blank line (a warnings summary after it also contains `::`), then
+/// the test files skipped at collection, named after the last [`PYTEST_SKIPPED_MARKER`].
 pub fn parse_pytest_collection(stdout: &str) -> Vec<String> {
-    stdout.lines().take_while(|line| !line.trim().is_empty()).map(str::to_owned).collect()
+    let mut ids: Vec<String> = stdout.lines().take_while(|line| !line.trim().is_empty()).map(str::to_owned).collect();
+    let marker = format!("\n{PYTEST_SKIPPED_MARKER}\n");
+    if let Some(at) = stdout.rfind(&marker) {
+        let skipped = stdout[at + marker.len()..].lines().filter(|line| !line.trim().is_empty());
+        ids.extend(skipped.map(str::to_owned));
+    }
+    ids
 }
 
 /// pytest's JUnit naming of a node id (`mangle_test_address` in `_pytest/junitxml.py`):
@@ -949,6 +1002,19 @@ mod tests {
     }
 
     #[test]
+    fn files_skipped_at_collection_follow_the_marker_the_listing_script_prints() {
+        assert!(PYTEST_LIST_SCRIPT.contains(&format!("print('{PYTEST_SKIPPED_MARKER}')")));
+        let stdout = format!(
+            "a.py::t\n\n=== short test summary info ===\nSKIPPED [1] b.py:3: no numpy\n1 test collected\n\n\
+             {PYTEST_SKIPPED_MARKER}\npkg/test_b.py\ndé/test_c.py\n"
+        );
+        assert_eq!(parse_pytest_collection(&stdout), vec!["a.py::t", "pkg/test_b.py", "dé/test_c.py"]);
+        // A test printing the marker while collected is captured; only the last one counts.
+        let stdout = format!("a.py::t\n\n{PYTEST_SKIPPED_MARKER}\nfake.py\n\n{PYTEST_SKIPPED_MARKER}\nb.py\n");
+        assert_eq!(parse_pytest_collection(&stdout), vec!["a.py::t", "b.py"]);
+    }
+
+    #[test]
     fn nextest_listing_leaves_out_what_a_run_skips() {
         let stdout = r#"{"rust-suites":{"alpha":{"binary-id":"alpha","testcases":{
             "tests::adds":{"ignored":false,"filter-match":{"status":"matches"}},
@@ -1006,7 +1072,13 @@ mod tests {
     fn check(args: &[&str], list_argv: &[&str], shard_options: &[&str]) {
         let runner = Runner::Pytest { python: "py".into(), args: words(args) };
         let base = ["py", "-m", "pytest", "-p", "no:cacheprovider", "--rootdir=."];
-        let expected_list: Vec<&str> = base.iter().chain(&["--collect-only", "-q"]).chain(list_argv).copied().collect();
+        let expected_list: Vec<&str> = ["py", "-c", PYTEST_LIST_SCRIPT]
+            .iter()
+            .chain(&base[3..])
+            .chain(&["--collect-only", "-q"])
+            .chain(list_argv)
+            .copied()
+            .collect();
         assert_eq!(runner.list_argv().unwrap(), expected_list, "listing of {args:?}");
         let paths =
             ShardPaths { ids_file: Path::new("/w/ids"), junit: Path::new("/w/j.xml"), shard_dir: Path::new("/w") };

@@ -9,6 +9,9 @@ use greenlight_shared::api::TestStatus;
 use quick_xml::Reader;
 use quick_xml::events::{BytesStart, Event};
 
+/// The `message` of pytest's `<skipped>` for a test file that skipped itself at import.
+pub const PYTEST_COLLECTION_SKIPPED: &str = "collection skipped";
+
 /// The most bytes of output kept per test.
 pub const MAX_OUTPUT_BYTES: usize = 64 * 1024;
 
@@ -26,7 +29,9 @@ pub struct JunitCase {
     /// The outcome.
     pub status: TestStatus,
     /// Failure message and text, then system-out and system-err (failures and errors);
-    /// for a skip, `[skipped] reason` or `[xfail] reason` (pytest's expected failures).
+    /// for a skip, `[skipped] reason` or `[xfail] reason` (pytest's expected failures),
+    /// and for a file pytest skipped at collection `[skipped] collection skipped` and the
+    /// element's text on the next line.
     pub output: Option<String>,
 }
 
@@ -108,6 +113,11 @@ impl CaseBuilder {
             let message = attribute(element, b"message").unwrap_or_default();
             if label == "xfail" || !message.is_empty() {
                 append_output(&mut self.output, &mut self.truncated, &format!("[{label}] {message}\n"));
+            }
+            // A test file pytest skipped while collecting it gives its reason only in the
+            // text: `('/abs/test_x.py', 3, 'Skipped: no numpy')`.
+            if !empty && message == PYTEST_COLLECTION_SKIPPED {
+                self.collecting = Some(tag.clone());
             }
         }
         if matches!(
@@ -267,6 +277,17 @@ mod tests {
         let cases = parse_cases(xfail);
         assert_eq!(cases[0].output.as_deref(), Some("[xfail] known bug\n"));
         assert_eq!(cases[1].output.as_deref(), Some("[skipped] no numpy\n"));
+        // pytest 9 for a module calling `pytest.importorskip("numpy")` on its line 8.
+        let collection = br#"<testsuite><testcase classname="" name="pkg.test_np" time="0.000"><skipped message="collection skipped">('/w/pkg/test_np.py', 8, "Skipped: could not import 'numpy': No module named 'numpy'")</skipped></testcase></testsuite>"#;
+        let cases = parse_cases(collection);
+        assert_eq!((cases[0].classname.as_deref(), cases[0].name.as_str()), (None, "pkg.test_np"));
+        assert_eq!(cases[0].status, TestStatus::Skipped);
+        assert_eq!(
+            cases[0].output.as_deref(),
+            Some(
+                "[skipped] collection skipped\n('/w/pkg/test_np.py', 8, \"Skipped: could not import 'numpy': No module named 'numpy'\")\n"
+            )
+        );
     }
 
     #[test]
