@@ -845,6 +845,52 @@ pub fn pytest_junit_key(node_id: &str) -> (String, String) {
     (names.join("."), name)
 }
 
+/// The test ids a JUnit `<testcase>` may name under a runner with no exact naming of its
+/// own (the generic adapter), most specific first: `name`, `classname::name`,
+/// `classname.name`, `file::name`.
+pub fn junit_candidates(classname: Option<&str>, name: &str, file: Option<&str>) -> Vec<String> {
+    let mut candidates = vec![name.to_owned()];
+    if let Some(classname) = classname {
+        candidates.push(format!("{classname}::{name}"));
+        candidates.push(format!("{classname}.{name}"));
+    }
+    if let Some(file) = file {
+        candidates.push(format!("{file}::{name}"));
+    }
+    candidates
+}
+
+/// Finds which test of a suite a JUnit `<testcase>` reports: by the runner's exact JUnit
+/// naming when it has one ([`Runner::junit_key`]: pytest, nextest), else by the forms of
+/// [`junit_candidates`].
+#[derive(Debug)]
+pub struct JunitMatcher<'a> {
+    by_key: std::collections::HashMap<(String, String), &'a str>,
+    by_id: std::collections::HashSet<&'a str>,
+}
+
+impl<'a> JunitMatcher<'a> {
+    /// A matcher over `ids`, named as `runner` names them.
+    pub fn new(runner: &Runner, ids: &'a [String]) -> JunitMatcher<'a> {
+        let mut by_key = std::collections::HashMap::new();
+        for id in ids {
+            if let Some(key) = runner.junit_key(id) {
+                by_key.entry(key).or_insert(id.as_str());
+            }
+        }
+        JunitMatcher { by_key, by_id: ids.iter().map(String::as_str).collect() }
+    }
+
+    /// The test id the case names, if any.
+    pub fn find(&self, classname: Option<&str>, name: &str, file: Option<&str>) -> Option<&'a str> {
+        let key = (classname.unwrap_or_default().to_owned(), name.to_owned());
+        if let Some(id) = self.by_key.get(&key) {
+            return Some(id);
+        }
+        junit_candidates(classname, name, file).iter().find_map(|candidate| self.by_id.get(candidate.as_str()).copied())
+    }
+}
+
 #[derive(Deserialize)]
 struct NextestList {
     #[serde(rename = "rust-suites")]
@@ -993,6 +1039,31 @@ mod tests {
         check_key("dé/t.py::tëst[ü]", "dé.t", "tëst[ü]");
         // A module that skips itself at import is reported under its own path.
         check_key("pkg/test_skipped.py", "", "pkg.test_skipped");
+    }
+
+    #[test]
+    fn junit_cases_match_suite_ids_the_way_their_runner_names_them() {
+        let ids: Vec<String> =
+            ["pkg/test_a.py::TestK::test_x[a b]", "pkg/test_b.py", "t.py::test_y"].map(String::from).to_vec();
+        let pytest = Runner::Pytest { python: "python3".into(), args: vec![] };
+        let matcher = JunitMatcher::new(&pytest, &ids);
+        assert_eq!(
+            matcher.find(Some("pkg.test_a.TestK"), "test_x[a b]", None),
+            Some("pkg/test_a.py::TestK::test_x[a b]")
+        );
+        assert_eq!(matcher.find(None, "pkg.test_b", None), Some("pkg/test_b.py"));
+        assert_eq!(matcher.find(Some("t"), "test_y", Some("t.py")), Some("t.py::test_y"));
+        assert_eq!(matcher.find(Some("pkg.test_a"), "test_x[a b]", None), None);
+        let ids: Vec<String> = ["alpha tests::adds", "pkg.Suite.test_z", "plain"].map(String::from).to_vec();
+        let nextest = Runner::Nextest { cargo: "cargo".into(), args: vec![] };
+        assert_eq!(
+            JunitMatcher::new(&nextest, &ids).find(Some("alpha"), "tests::adds", None),
+            Some("alpha tests::adds")
+        );
+        let generic = JunitMatcher::new(&Runner::Command, &ids);
+        assert_eq!(generic.find(Some("pkg.Suite"), "test_z", None), Some("pkg.Suite.test_z"));
+        assert_eq!(generic.find(None, "plain", None), Some("plain"));
+        assert_eq!(generic.find(Some("x"), "gone", Some("x.go")), None);
     }
 
     #[test]
