@@ -820,12 +820,20 @@ sys.exit(int(status))
 /// the test files skipped at collection, named after the last [`PYTEST_SKIPPED_MARKER`].
 pub fn parse_pytest_collection(stdout: &str) -> Vec<String> {
     let mut ids: Vec<String> = stdout.lines().take_while(|line| !line.trim().is_empty()).map(str::to_owned).collect();
-    let marker = format!("\n{PYTEST_SKIPPED_MARKER}\n");
-    if let Some(at) = stdout.rfind(&marker) {
-        let skipped = stdout[at + marker.len()..].lines().filter(|line| !line.trim().is_empty());
-        ids.extend(skipped.map(str::to_owned));
-    }
+    ids.extend(pytest_skipped_files(stdout));
     ids
+}
+
+/// The test files the pytest listing names as skipped at collection: the lines after the
+/// last [`PYTEST_SKIPPED_MARKER`].
+fn pytest_skipped_files(stdout: &str) -> Vec<String> {
+    let marker = format!("\n{PYTEST_SKIPPED_MARKER}\n");
+    match stdout.rfind(&marker) {
+        Some(at) => {
+            stdout[at + marker.len()..].lines().filter(|line| !line.trim().is_empty()).map(str::to_owned).collect()
+        }
+        None => Vec::new(),
+    }
 }
 
 /// pytest's JUnit naming of a node id (`mangle_test_address` in `_pytest/junitxml.py`):
@@ -978,7 +986,8 @@ pub fn suite_from_listing(name: &str, ids: Vec<String>, repository_file: Option<
 }
 
 /// Lists the suite of the checkout in `dir` with `runner`, tags and dependencies from
-/// its `greenlight.toml`. Blocking.
+/// its `greenlight.toml` (a pytest file skipped at collection declares `duration_s` 0).
+/// Blocking.
 pub fn list_suite(runner: &Runner, dir: &Path, env: &[(String, String)]) -> Result<SuiteFile, ListError> {
     if let Runner::Pytest { args, .. } = runner {
         // What a shard would drop or keep must be clear before the suite is listed.
@@ -1007,7 +1016,17 @@ pub fn list_suite(runner: &Runner, dir: &Path, env: &[(String, String)]) -> Resu
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
         Err(error) => return Err(ListError::RepositoryFile(error.to_string())),
     };
-    suite_from_listing(runner.name(), ids, repository_file.as_deref())
+    let mut suite = suite_from_listing(runner.name(), ids, repository_file.as_deref())?;
+    if let Runner::Pytest { .. } = runner {
+        // pytest reports a file skipped at collection at once (time 0). Known to cost
+        // nothing, it is not a new test that the scheduler runs first and apart in every
+        // build (a skip never enters the duration history).
+        let skipped: std::collections::HashSet<String> = pytest_skipped_files(&stdout).into_iter().collect();
+        for test in suite.tests.iter_mut().filter(|test| skipped.contains(&test.id)) {
+            test.duration_s = Some(0.0);
+        }
+    }
+    Ok(suite)
 }
 
 /// `word` quoted for a POSIX shell when it needs to be.

@@ -437,6 +437,9 @@ async fn a_file_skipped_at_collection_is_listed_and_reported_skipped_warm_and_co
     let suite = list_suite(&adapter, project.path(), &project.env()).unwrap();
     let listed: Vec<&str> = suite.tests.iter().map(|test| test.id.as_str()).collect();
     assert_eq!(listed, ["test_beta.py::test_beta_pass", "test_beta.py::test_beta_prints", "test_needs_missing.py"]);
+    // It costs nothing, and is known to: not a new test to run first in every build.
+    let declared: Vec<Option<f64>> = suite.tests.iter().map(|test| test.duration_s).collect();
+    assert_eq!(declared, [None, None, Some(0.0)]);
     let reason =
         "test_needs_missing.py', 3, \"Skipped: could not import 'no_such_module': No module named 'no_such_module'\")";
 
