@@ -3,6 +3,7 @@
 
 mod demo;
 mod gate;
+mod history;
 mod simulate;
 
 use std::path::PathBuf;
@@ -54,6 +55,8 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// Ask the commit gate (exit 0 open, 1 closed, 2 master unreachable); for git hooks.
     Gate(gate::GateArgs),
+    /// Seed or inspect the master's duration history (`history import REPORT.xml…`).
+    History(history::HistoryArgs),
     /// Tell the master the branch moved (for a post-receive hook).
     Submit {
         /// The master's URL.
@@ -195,6 +198,10 @@ fn main() -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let code = runtime.block_on(gate::run(&args));
             std::process::exit(code);
+        }
+        Command::History(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(history::run(&args))
         }
         Command::Submit { master, branch, revision, token } => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -5,7 +5,10 @@
 //!
 //! The test runs pytest itself once, directly, in a clone of the same repository, and
 //! compares test by test: the farm (three workers, the `pytest` runner adapter) must
-//! report every collected node id exactly once, with the outcome the direct run saw.
+//! report every collected node id exactly once, with the outcome the direct run saw, and
+//! every test file pytest skipped at collection (networkx has dozens: `importorskip` of
+//! numpy, scipy, ...) as a skipped test of its own; and the farm's merged JUnit must hold
+//! every case of the direct run's JUnit, with its outcome, those files included.
 //!
 //! It needs the virtualenv `.ci/run` makes at `target/pyenv` (or `GREENLIGHT_PYENV`):
 //! `python3 -m venv target/pyenv && target/pyenv/bin/pip install pytest networkx==3.6.1`.
@@ -206,8 +209,10 @@ fn networkx_through_the_farm_reports_what_a_direct_pytest_run_reports() {
         .collect();
     let direct_started = Instant::now();
     let outcomes_file = farm.dir().join("direct-outcomes.json");
+    let direct_junit = farm.dir().join("direct-junit.xml");
     let direct = Command::new(&python)
         .args(["-m", "pytest", "-p", "no:cacheprovider", "--rootdir=.", "-p", "greenlight_outcomes", "-q"])
+        .arg(format!("--junitxml={}", direct_junit.display()))
         .args(["networkx", "edge_tests"])
         .current_dir(&direct_dir)
         .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -241,13 +246,38 @@ fn networkx_through_the_farm_reports_what_a_direct_pytest_run_reports() {
         *seen.entry(result.test_id.clone()).or_default() += 1;
     }
     assert!(seen.values().all(|&count| count == 1), "every node id reported exactly once");
+    // The direct run's JUnit: every case, and the files skipped at collection among them.
+    let direct_cases = greenlight_worker::junit::parse_cases(&std::fs::read(&direct_junit).unwrap());
+    let junit_key =
+        |case: &greenlight_worker::junit::JunitCase| (case.classname.clone().unwrap_or_default(), case.name.clone());
+    let skipped_files: BTreeSet<(String, String)> = direct_cases
+        .iter()
+        .filter(|case| {
+            case.output.as_deref().is_some_and(|output| output.starts_with("[skipped] collection skipped\n"))
+        })
+        .map(junit_key)
+        .collect();
+    assert!(skipped_files.len() > 30, "networkx skips dozens of files at import: {skipped_files:?}");
+    assert!(skipped_files.contains(&(String::new(), "edge_tests.test_skipped_module".into())), "{skipped_files:?}");
+    let collected_set: BTreeSet<String> = collected.iter().cloned().collect();
+    let (ran_collected, beyond): (BTreeSet<String>, BTreeSet<String>) =
+        seen.keys().cloned().partition(|id| collected_set.contains(id));
+    assert_eq!(ran_collected, collected_set, "the farm ran every collected node id");
     assert_eq!(
-        seen.keys().cloned().collect::<BTreeSet<_>>(),
-        collected.iter().cloned().collect::<BTreeSet<_>>(),
-        "the farm ran exactly the collected node ids"
+        beyond.iter().map(|id| pytest_junit_key(id)).collect::<BTreeSet<_>>(),
+        skipped_files,
+        "besides them, exactly the files pytest skipped at collection: {beyond:?}"
     );
     let mut differences = Vec::new();
-    for result in &results {
+    for result in results.iter().filter(|result| beyond.contains(&result.test_id)) {
+        // A file skipped at collection: skipped, with pytest's reason.
+        let output = result.output.as_deref().unwrap_or_default();
+        if result.status != TestStatus::Skipped || !output.starts_with("[skipped] collection skipped\n('") {
+            differences
+                .push(format!("{}: farm {:?} {output:?}, direct skipped at collection", result.test_id, result.status));
+        }
+    }
+    for result in results.iter().filter(|result| !beyond.contains(&result.test_id)) {
         let got = farm_outcome(result.status, result.output.as_deref());
         // JUnit has no word for a non-strict XPASS: pytest writes it as passed.
         let want = match expected[&result.test_id].as_str() {
@@ -268,6 +298,39 @@ fn networkx_through_the_farm_reports_what_a_direct_pytest_run_reports() {
     assert!(content_type.starts_with("application/xml"), "{content_type}");
     let cases = greenlight_worker::junit::parse_cases(xml.as_bytes());
     assert_eq!(cases.len(), results.len());
+    // Case by case, the direct run's JUnit: the same names, the same outcomes; a file
+    // skipped at collection with the same message and reason (its path is the checkout's).
+    let merged: BTreeMap<(String, String), &greenlight_worker::junit::JunitCase> =
+        cases.iter().map(|case| (junit_key(case), case)).collect();
+    assert_eq!(merged.len(), direct_cases.len(), "as many cases as the direct run's JUnit");
+    let reason = |case: &greenlight_worker::junit::JunitCase| {
+        let output = case.output.clone().unwrap_or_default();
+        // `[skipped] collection skipped\n('/checkout/path.py', 8, "Skipped: ...")`: all but the path.
+        output.split_once(".py', ").map(|(_, reason)| reason.trim_end().to_owned()).unwrap_or(output)
+    };
+    let mut junit_differences = Vec::new();
+    for direct_case in &direct_cases {
+        let key = junit_key(direct_case);
+        let Some(case) = merged.get(&key) else {
+            junit_differences.push(format!("{key:?}: not in the farm's JUnit"));
+            continue;
+        };
+        let (want, got) = (
+            farm_outcome(direct_case.status, direct_case.output.as_deref()),
+            farm_outcome(case.status, case.output.as_deref()),
+        );
+        if want != got {
+            junit_differences.push(format!("{key:?}: farm {got}, direct {want}"));
+        } else if skipped_files.contains(&key) && reason(case) != reason(direct_case) {
+            junit_differences.push(format!("{key:?}: farm {:?}, direct {:?}", case.output, direct_case.output));
+        }
+    }
+    assert!(
+        junit_differences.is_empty(),
+        "{} JUnit cases differ:\n{}",
+        junit_differences.len(),
+        junit_differences.join("\n")
+    );
     let by_name: BTreeMap<(String, String), &greenlight_worker::junit::JunitCase> =
         cases.iter().map(|case| ((case.classname.clone().unwrap_or_default(), case.name.clone()), case)).collect();
     for result in &results {

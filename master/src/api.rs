@@ -15,7 +15,8 @@ use greenlight_scheduler::core::SchedulerError;
 use greenlight_shared::API_VERSION;
 use greenlight_shared::api::{
     ChangeNotice, ChangeNoticeResponse, ErrorBody, FarmEvent, FinishRequest, HeartbeatRequest, HeartbeatResponse,
-    LeaseRequest, LeaseResponse, QuarantineRequest, RegisterRequest, ResultsRequest, UnquarantineRequest,
+    HistoryImportRequest, LeaseRequest, LeaseResponse, QuarantineRequest, RegisterRequest, ResultsRequest,
+    UnquarantineRequest,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -70,6 +71,7 @@ impl From<FarmError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "test_not_in_lease", message)
             }
             FarmError::Git(_) => ApiError::new(StatusCode::BAD_GATEWAY, "git_failed", message),
+            FarmError::Unavailable(_) => ApiError::new(StatusCode::CONFLICT, "unavailable", message),
             FarmError::Scheduler(SchedulerError::DuplicateBuild(_)) | FarmError::Store(_) | FarmError::Task(_) => {
                 tracing::error!(%message, "internal error");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the master's log")
@@ -244,6 +246,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/admin/quarantine", post(quarantine))
         .route("/api/v1/admin/unquarantine", post(unquarantine))
         .route("/api/v1/admin/full-run", post(full_run))
+        .route("/api/v1/admin/history/import", post(import_history))
         .route("/api/v1/workers/register", post(register))
         .route("/api/v1/workers/{worker_id}/lease", post(lease))
         .route("/api/v1/leases/{lease_id}/heartbeat", post(heartbeat))
@@ -295,6 +298,20 @@ async fn full_run(State(state): State<AppState>, headers: HeaderMap) -> Result<i
     check_admin_token(&state, &headers)?;
     state.farm.force_full_run()?;
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "version": API_VERSION, "full_run": "queued" }))))
+}
+
+#[tracing::instrument(skip_all, fields(n_reports = request.reports.len()))]
+async fn import_history(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<HistoryImportRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_admin_token(&state, &headers)?;
+    // Reading the suite (git, perhaps the runner's listing) and the store writes block.
+    let farm = state.farm.clone();
+    let answer = crate::farm::blocking(move || farm.import_history(&request)).await??;
+    state.farm.flush().await?;
+    Ok(Json(answer))
 }
 
 async fn quarantine_list(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {

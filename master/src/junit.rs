@@ -44,6 +44,27 @@ fn names(runner: &Runner, test_id: &str) -> (String, String) {
     }
 }
 
+/// A skip's `<skipped>` from its stored output (`[label] reason`, then more lines), the
+/// way pytest writes it: an expected failure as `type="pytest.xfail"` with its reason; a
+/// test file skipped at collection as `message="collection skipped"` (no type) with
+/// pytest's `(file, line, reason)` as the text; any other skip with its reason.
+fn skipped_element(output: &str) -> String {
+    let (first, rest) = output.split_once('\n').unwrap_or((output, ""));
+    let (kind, message) = match (first.strip_prefix("[xfail] "), first.strip_prefix("[skipped] ")) {
+        (Some(reason), _) => (Some("pytest.xfail"), reason),
+        (None, Some("collection skipped")) => (None, "collection skipped"),
+        (None, Some(reason)) => (Some("skipped"), reason),
+        (None, None) => (Some("skipped"), first),
+    };
+    let kind = kind.map(|kind| format!(" type=\"{kind}\"")).unwrap_or_default();
+    let text = rest.trim_end();
+    if text.is_empty() {
+        format!("<skipped{kind} message=\"{}\"/>", escape(message))
+    } else {
+        format!("<skipped{kind} message=\"{}\">{}</skipped>", escape(message), escape(text))
+    }
+}
+
 /// The build's JUnit report: each test's last attempt; a flaky test's failed attempts
 /// appear inside its passing `<testcase>` as `<flakyFailure>`, as Maven Surefire writes.
 pub fn render(build: &BuildSummary, runner: &Runner, results: &[TestResultView]) -> String {
@@ -107,8 +128,7 @@ pub fn render(build: &BuildSummary, runner: &Runner, results: &[TestResultView])
                     writeln!(xml, ">\n      <{tag} message=\"{message}\">{}</{tag}>\n    </testcase>", escape(output));
             }
             TestStatus::Skipped => {
-                let kind = if output.starts_with("[xfail]") { "pytest.xfail" } else { "skipped" };
-                let _ = writeln!(xml, ">\n      <skipped type=\"{kind}\" message=\"{message}\"/>\n    </testcase>");
+                let _ = writeln!(xml, ">\n      {}\n    </testcase>", skipped_element(output));
             }
         }
     }
@@ -221,10 +241,25 @@ mod tests {
             result("pkg/test_a.py::test_fail", 1, TestStatus::Error, Some("lost")),
             result("pkg/test_a.py::test_fail", 2, TestStatus::Failed, Some(nasty)),
             result("pkg/test_a.py::test_xfail", 1, TestStatus::Skipped, Some("[xfail] known bug")),
+            result("pkg/test_skip.py::test_s", 1, TestStatus::Skipped, Some("[skipped] no network\n")),
+            result(
+                "pkg/test_np.py",
+                1,
+                TestStatus::Skipped,
+                Some("[skipped] collection skipped\n('/w/pkg/test_np.py', 8, \"Skipped: no <numpy>\")\n"),
+            ),
         ];
         let runner = Runner::Pytest { python: "python3".into(), args: vec![] };
         let xml = render(&build(), &runner, &results);
-        assert!(xml.contains("tests=\"3\" failures=\"1\" errors=\"0\" skipped=\"1\""), "{xml}");
+        assert!(xml.contains("tests=\"5\" failures=\"1\" errors=\"0\" skipped=\"3\""), "{xml}");
+        // As pytest writes a file that skipped itself at import.
+        assert!(
+            xml.contains(
+                "<testcase classname=\"\" name=\"pkg.test_np\" time=\"0.500\" greenlight-worker=\"w&lt;1&gt;\">\n      \
+                 <skipped message=\"collection skipped\">(&apos;/w/pkg/test_np.py&apos;, 8, &quot;Skipped: no &lt;numpy&gt;&quot;)</skipped>"
+            ),
+            "{xml}"
+        );
         let cases = parse_strictly(&xml);
         let nasty_escaped = nasty.replace(['\u{1b}', '\u{0}'], "\u{fffd}");
         assert_eq!(
@@ -232,7 +267,14 @@ mod tests {
             vec![
                 ("pkg.test_a.TestK".into(), "test_x[a b]".into(), "passed".into(), String::new()),
                 ("pkg.test_a".into(), "test_fail".into(), "failure".into(), format!("{nasty_escaped}{nasty_escaped}")),
-                ("pkg.test_a".into(), "test_xfail".into(), "skipped".into(), "[xfail] known bug".into()),
+                ("pkg.test_a".into(), "test_xfail".into(), "skipped".into(), "known bug".into()),
+                (
+                    String::new(),
+                    "pkg.test_np".into(),
+                    "skipped".into(),
+                    "collection skipped('/w/pkg/test_np.py', 8, \"Skipped: no <numpy>\")".into()
+                ),
+                ("pkg.test_skip".into(), "test_s".into(), "skipped".into(), "no network".into()),
             ]
         );
     }

@@ -888,3 +888,68 @@ mod tests {
         assert_eq!(serde_json::from_str::<PushState>("\"rolled_back\"").unwrap(), PushState::Unknown);
     }
 }
+
+/// `POST /api/v1/admin/history/import`: the test cases of JUnit reports a CI already
+/// wrote, to seed the duration history (`greenlight history import`). The master maps
+/// each case to a test id of the suite (the way the suite's runner names its tests in
+/// JUnit) and records the time of each passed case.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryImportRequest {
+    /// Wire version.
+    #[serde(default = "api_version")]
+    pub version: u32,
+    /// The reports, one per file.
+    pub reports: Vec<ImportedReport>,
+}
+
+/// One JUnit file's test cases.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImportedReport {
+    /// The file it was read from, for messages.
+    pub file: String,
+    /// Its `<testcase>` elements, in document order.
+    pub cases: Vec<ImportedCase>,
+}
+
+/// One `<testcase>` as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImportedCase {
+    /// `name`.
+    pub name: String,
+    /// `classname`, if present and not empty.
+    #[serde(default)]
+    pub classname: Option<String>,
+    /// `file`, if present.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// The outcome (a `<failure>`, `<error>` or `<skipped>` child, else passed).
+    pub status: TestStatus,
+    /// The `time` attribute exactly as written (`None` when absent): the master decides
+    /// whether it is a duration.
+    #[serde(default)]
+    pub time: Option<String>,
+}
+
+/// What an import did: counts, and a few examples of what it left out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryImportResponse {
+    /// Wire version.
+    #[serde(default = "api_version")]
+    pub version: u32,
+    /// The revision whose suite the cases were matched against.
+    pub revision: String,
+    /// Passed cases whose time was added to their test's history.
+    pub imported: u32,
+    /// Cases matched to a test that did not pass (failed, errors, skipped): their time
+    /// says little about a full run, so it is not recorded.
+    pub not_passed: u32,
+    /// Cases naming no test of the suite.
+    pub unmatched: u32,
+    /// A few of them, as `classname::name` (or the name alone).
+    pub unmatched_examples: Vec<String>,
+    /// Passed cases whose time is not a duration (absent, not a number, negative, NaN,
+    /// infinite, above a day): nothing recorded for them.
+    pub rejected: u32,
+    /// A few of them, each with the reason.
+    pub rejected_examples: Vec<String>,
+}

@@ -136,7 +136,11 @@ impl Runner {
         match self {
             Runner::Command => None,
             Runner::Pytest { python, args } => {
-                let mut argv = pytest_base(python);
+                // pytest's own `--collect-only -q`, run by a small script that also names
+                // the test files pytest skipped while collecting them (see
+                // [`PYTEST_LIST_SCRIPT`]).
+                let mut argv = strings(&[python, "-c", PYTEST_LIST_SCRIPT]);
+                argv.extend(pytest_base(python).split_off(3));
                 argv.extend(["--collect-only".to_owned(), "-q".to_owned()]);
                 argv.extend(args.iter().cloned());
                 Some(argv)
@@ -769,10 +773,67 @@ pub fn expand_template(template: &[String], tests: &[String], paths: &ShardPaths
     argv
 }
 
-/// Node ids from `pytest --collect-only -q`: the lines up to the first blank line (a
-/// warnings summary after it also contains `::`).
+/// The line after which the pytest listing names the test files skipped at collection.
+pub const PYTEST_SKIPPED_MARKER: &str = "greenlight: test files skipped at collection:";
+
+/// What the pytest listing runs (`python -c SCRIPT ARGS`): `pytest.main(ARGS)`, that is
+/// pytest's own `--collect-only -q`, then, after [`PYTEST_SKIPPED_MARKER`], one node id
+/// per line for each test file that skipped itself while pytest imported it
+/// (`pytest.importorskip`, a module-level `pytest.skip(allow_module_level=True)`).
+/// `--collect-only` does not print those, yet a run reports each as a skipped test case
+/// (JUnit `classname=""`, `name` the dotted path, `<skipped message="collection
+/// skipped">`), so the suite holds them as tests whose id is the file's node id: a shard
+/// given that id makes pytest collect the file again and report the same skip. Only
+/// files: a directory whose `conftest.py` skips cannot be named to pytest (it fails
+/// loading that conftest as an initial one), so it is left out. A file that fails to
+/// import is a collection error: pytest exits 2 and the listing fails, as a direct run
+/// is interrupted.
+pub const PYTEST_LIST_SCRIPT: &str = "import sys
+import pytest
+
+
+class GreenlightListing:
+    def __init__(self):
+        self.skipped = []
+
+    def pytest_configure(self, config):
+        self.root = config.rootpath
+
+    def pytest_collectreport(self, report):
+        nodeid = report.nodeid
+        if report.skipped and nodeid and '::' not in nodeid and nodeid not in self.skipped:
+            if (self.root / nodeid).is_file():
+                self.skipped.append(nodeid)
+
+
+listing = GreenlightListing()
+status = pytest.main(sys.argv[1:], plugins=[listing])
+if listing.skipped:
+    print()
+    print('greenlight: test files skipped at collection:')
+    print('\\n'.join(listing.skipped))
+sys.exit(int(status))
+";
+
+/// Node ids from the pytest listing ([`PYTEST_LIST_SCRIPT`]): the lines of `--collect-only
+/// -q` up to the first blank line (a warnings summary after it also contains `::`), then
+/// the test files skipped at collection, named after the last [`PYTEST_SKIPPED_MARKER`].
 pub fn parse_pytest_collection(stdout: &str) -> Vec<String> {
-    stdout.lines().take_while(|line| !line.trim().is_empty()).map(str::to_owned).collect()
+    let mut ids: Vec<String> = stdout.lines().take_while(|line| !line.trim().is_empty()).map(str::to_owned).collect();
+    ids.extend(pytest_skipped_files(stdout));
+    ids
+}
+
+/// The test files the pytest listing names as skipped at collection: the lines after the
+/// last [`PYTEST_SKIPPED_MARKER`].
+fn pytest_skipped_files(stdout: &str) -> Vec<String> {
+    let marker = format!("\n{PYTEST_SKIPPED_MARKER}\n");
+    match stdout.rfind(&marker) {
+        Some(at) => {
+            stdout[at + marker.len()..].lines().filter(|line| !line.trim().is_empty()).map(str::to_owned).collect()
+        }
+        None => Vec::new(),
+    }
 }
 
 /// pytest's JUnit naming of a node id (`mangle_test_address` in `_pytest/junitxml.py`):
@@ -790,6 +851,52 @@ pub fn pytest_junit_key(node_id: &str) -> (String, String) {
     names[last].push_str(params);
     let name = names.pop().unwrap_or_default();
     (names.join("."), name)
+}
+
+/// The test ids a JUnit `<testcase>` may name under a runner with no exact naming of its
+/// own (the generic adapter), most specific first: `name`, `classname::name`,
+/// `classname.name`, `file::name`.
+pub fn junit_candidates(classname: Option<&str>, name: &str, file: Option<&str>) -> Vec<String> {
+    let mut candidates = vec![name.to_owned()];
+    if let Some(classname) = classname {
+        candidates.push(format!("{classname}::{name}"));
+        candidates.push(format!("{classname}.{name}"));
+    }
+    if let Some(file) = file {
+        candidates.push(format!("{file}::{name}"));
+    }
+    candidates
+}
+
+/// Finds which test of a suite a JUnit `<testcase>` reports: by the runner's exact JUnit
+/// naming when it has one ([`Runner::junit_key`]: pytest, nextest), else by the forms of
+/// [`junit_candidates`].
+#[derive(Debug)]
+pub struct JunitMatcher<'a> {
+    by_key: std::collections::HashMap<(String, String), &'a str>,
+    by_id: std::collections::HashSet<&'a str>,
+}
+
+impl<'a> JunitMatcher<'a> {
+    /// A matcher over `ids`, named as `runner` names them.
+    pub fn new(runner: &Runner, ids: &'a [String]) -> JunitMatcher<'a> {
+        let mut by_key = std::collections::HashMap::new();
+        for id in ids {
+            if let Some(key) = runner.junit_key(id) {
+                by_key.entry(key).or_insert(id.as_str());
+            }
+        }
+        JunitMatcher { by_key, by_id: ids.iter().map(String::as_str).collect() }
+    }
+
+    /// The test id the case names, if any.
+    pub fn find(&self, classname: Option<&str>, name: &str, file: Option<&str>) -> Option<&'a str> {
+        let key = (classname.unwrap_or_default().to_owned(), name.to_owned());
+        if let Some(id) = self.by_key.get(&key) {
+            return Some(id);
+        }
+        junit_candidates(classname, name, file).iter().find_map(|candidate| self.by_id.get(candidate.as_str()).copied())
+    }
 }
 
 #[derive(Deserialize)]
@@ -879,7 +986,8 @@ pub fn suite_from_listing(name: &str, ids: Vec<String>, repository_file: Option<
 }
 
 /// Lists the suite of the checkout in `dir` with `runner`, tags and dependencies from
-/// its `greenlight.toml`. Blocking.
+/// its `greenlight.toml` (a pytest file skipped at collection declares `duration_s` 0).
+/// Blocking.
 pub fn list_suite(runner: &Runner, dir: &Path, env: &[(String, String)]) -> Result<SuiteFile, ListError> {
     if let Runner::Pytest { args, .. } = runner {
         // What a shard would drop or keep must be clear before the suite is listed.
@@ -908,7 +1016,17 @@ pub fn list_suite(runner: &Runner, dir: &Path, env: &[(String, String)]) -> Resu
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
         Err(error) => return Err(ListError::RepositoryFile(error.to_string())),
     };
-    suite_from_listing(runner.name(), ids, repository_file.as_deref())
+    let mut suite = suite_from_listing(runner.name(), ids, repository_file.as_deref())?;
+    if let Runner::Pytest { .. } = runner {
+        // pytest reports a file skipped at collection at once (time 0). Known to cost
+        // nothing, it is not a new test that the scheduler runs first and apart in every
+        // build (a skip never enters the duration history).
+        let skipped: std::collections::HashSet<String> = pytest_skipped_files(&stdout).into_iter().collect();
+        for test in suite.tests.iter_mut().filter(|test| skipped.contains(&test.id)) {
+            test.duration_s = Some(0.0);
+        }
+    }
+    Ok(suite)
 }
 
 /// `word` quoted for a POSIX shell when it needs to be.
@@ -943,9 +1061,47 @@ mod tests {
     }
 
     #[test]
+    fn junit_cases_match_suite_ids_the_way_their_runner_names_them() {
+        let ids: Vec<String> =
+            ["pkg/test_a.py::TestK::test_x[a b]", "pkg/test_b.py", "t.py::test_y"].map(String::from).to_vec();
+        let pytest = Runner::Pytest { python: "python3".into(), args: vec![] };
+        let matcher = JunitMatcher::new(&pytest, &ids);
+        assert_eq!(
+            matcher.find(Some("pkg.test_a.TestK"), "test_x[a b]", None),
+            Some("pkg/test_a.py::TestK::test_x[a b]")
+        );
+        assert_eq!(matcher.find(None, "pkg.test_b", None), Some("pkg/test_b.py"));
+        assert_eq!(matcher.find(Some("t"), "test_y", Some("t.py")), Some("t.py::test_y"));
+        assert_eq!(matcher.find(Some("pkg.test_a"), "test_x[a b]", None), None);
+        let ids: Vec<String> = ["alpha tests::adds", "pkg.Suite.test_z", "plain"].map(String::from).to_vec();
+        let nextest = Runner::Nextest { cargo: "cargo".into(), args: vec![] };
+        assert_eq!(
+            JunitMatcher::new(&nextest, &ids).find(Some("alpha"), "tests::adds", None),
+            Some("alpha tests::adds")
+        );
+        let generic = JunitMatcher::new(&Runner::Command, &ids);
+        assert_eq!(generic.find(Some("pkg.Suite"), "test_z", None), Some("pkg.Suite.test_z"));
+        assert_eq!(generic.find(None, "plain", None), Some("plain"));
+        assert_eq!(generic.find(Some("x"), "gone", Some("x.go")), None);
+    }
+
+    #[test]
     fn collection_stops_at_the_first_blank_line() {
         let stdout = "a.py::t[1]\nb.py::K::t\n\n=== warnings summary ===\na.py::t[1]\n  Warn\n\n3 tests collected\n";
         assert_eq!(parse_pytest_collection(stdout), vec!["a.py::t[1]", "b.py::K::t"]);
+    }
+
+    #[test]
+    fn files_skipped_at_collection_follow_the_marker_the_listing_script_prints() {
+        assert!(PYTEST_LIST_SCRIPT.contains(&format!("print('{PYTEST_SKIPPED_MARKER}')")));
+        let stdout = format!(
+            "a.py::t\n\n=== short test summary info ===\nSKIPPED [1] b.py:3: no numpy\n1 test collected\n\n\
+             {PYTEST_SKIPPED_MARKER}\npkg/test_b.py\ndé/test_c.py\n"
+        );
+        assert_eq!(parse_pytest_collection(&stdout), vec!["a.py::t", "pkg/test_b.py", "dé/test_c.py"]);
+        // A test printing the marker while collected is captured; only the last one counts.
+        let stdout = format!("a.py::t\n\n{PYTEST_SKIPPED_MARKER}\nfake.py\n\n{PYTEST_SKIPPED_MARKER}\nb.py\n");
+        assert_eq!(parse_pytest_collection(&stdout), vec!["a.py::t", "b.py"]);
     }
 
     #[test]
@@ -1006,7 +1162,13 @@ mod tests {
     fn check(args: &[&str], list_argv: &[&str], shard_options: &[&str]) {
         let runner = Runner::Pytest { python: "py".into(), args: words(args) };
         let base = ["py", "-m", "pytest", "-p", "no:cacheprovider", "--rootdir=."];
-        let expected_list: Vec<&str> = base.iter().chain(&["--collect-only", "-q"]).chain(list_argv).copied().collect();
+        let expected_list: Vec<&str> = ["py", "-c", PYTEST_LIST_SCRIPT]
+            .iter()
+            .chain(&base[3..])
+            .chain(&["--collect-only", "-q"])
+            .chain(list_argv)
+            .copied()
+            .collect();
         assert_eq!(runner.list_argv().unwrap(), expected_list, "listing of {args:?}");
         let paths =
             ShardPaths { ids_file: Path::new("/w/ids"), junit: Path::new("/w/j.xml"), shard_dir: Path::new("/w") };

@@ -7,6 +7,8 @@ corrupt it.
 
 Runner to worker:
   {"kind": "ready", "version": 1, "collected": [node ids], "errors": [{"node", "output"}]}
+                                         (a file skipped at collection is no collected id,
+                                         but fed its node id it is reported skipped)
   {"kind": "start", "test": id}
   {"kind": "test", "test": id, "outcome": "passed|failed|skipped|error",
    "duration_s": seconds, "output": text}
@@ -115,11 +117,17 @@ class _WarmRunner:
     def __init__(self, channel):
         self.channel = channel
         self.collection_errors = []
+        self.collection_skips = {}
         self.reports = []
 
     def pytest_collectreport(self, report):
         if report.failed:
             self.collection_errors.append({"node": report.nodeid, "output": _truncate(report.longreprtext)})
+        elif report.skipped:
+            # A file that skipped itself at import (pytest.importorskip, a module-level
+            # pytest.skip): the listing names it as a test, and a run reports it as pytest's
+            # JUnit report does, `collection skipped` and the report's text.
+            self.collection_skips[report.nodeid] = _truncate(f"[skipped] collection skipped\n{report.longrepr}")
 
     def pytest_runtest_logreport(self, report):
         self.reports.append(report)
@@ -158,6 +166,18 @@ class _WarmRunner:
         position = 0
         for test in tests:
             item = items.get(test)
+            if item is None and test in self.collection_skips:
+                self.channel.send({"kind": "start", "test": test})
+                self.channel.send(
+                    {
+                        "kind": "test",
+                        "test": test,
+                        "outcome": "skipped",
+                        "duration_s": 0.0,
+                        "output": self.collection_skips[test],
+                    }
+                )
+                continue
             if item is None:
                 self.channel.send(
                     {

@@ -42,6 +42,13 @@ fn pytest_reports_of_both_families_map_back_to_every_collected_node_id() {
         assert_eq!((xfail.status, xfail.output.as_deref()), (TestStatus::Skipped, Some("[xfail] known bug\n")));
         let module = keys[&pytest_junit_key("pkg/test_skipped_module.py")];
         assert_eq!(module.status, TestStatus::Skipped);
+        // pytest's reason is only in the element's text: (file, line, "Skipped: reason").
+        let reason = module.output.as_deref().unwrap_or_default();
+        assert!(reason.starts_with("[skipped] collection skipped\n('"), "{file}: {reason}");
+        assert!(
+            reason.ends_with("test_skipped_module.py', 3, 'Skipped: this module skips itself at import')\n"),
+            "{reason}"
+        );
         let failure = keys[&pytest_junit_key("pkg/test_real.py::test_fails")].output.clone().unwrap();
         assert!(failure.starts_with("[failure] AssertionError: arithmetic"), "{failure}");
         assert!(failure.contains("E       assert (1 + 1) == 3"), "{failure}");

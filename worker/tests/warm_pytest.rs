@@ -11,6 +11,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use greenlight_shared::api::TestStatus;
+use greenlight_shared::runner::{ListError, Runner, ShardPaths, list_suite};
+use greenlight_worker::junit::parse_cases;
 use greenlight_worker::warm::{WarmError, WarmRecord, WarmRunner};
 
 /// Far above any honest run: only a hung runner reaches it.
@@ -161,6 +163,17 @@ def test_uses_leaky(leaky):
     pass
 "#;
 
+/// A test file that skips itself at import: no test of it is collected, and pytest
+/// reports the file itself as skipped.
+const NEEDS_MISSING: &str = r#"import pytest
+
+pytest.importorskip("no_such_module")
+
+
+def test_never_collected():
+    pass
+"#;
+
 struct Project {
     dir: tempfile::TempDir,
 }
@@ -175,6 +188,7 @@ impl Project {
             ("test_stream.py", STREAM),
             ("test_crash.py", CRASH),
             ("test_gamma.py", GAMMA),
+            ("test_needs_missing.py", NEEDS_MISSING),
         ] {
             std::fs::write(dir.path().join(name), text).unwrap();
         }
@@ -411,5 +425,77 @@ async fn a_runner_that_cannot_collect_says_why() {
             assert!(output.contains("test_missing.py"), "{output}");
         }
         other => panic!("expected a collection error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_file_skipped_at_collection_is_listed_and_reported_skipped_warm_and_cold_alike() {
+    let project = Project::new();
+    let files = ["test_beta.py", "test_needs_missing.py"];
+    let adapter = Runner::Pytest { python: python(), args: ids(&files) };
+    // The listing names the file as a test; its never-collected test is not there.
+    let suite = list_suite(&adapter, project.path(), &project.env()).unwrap();
+    let listed: Vec<&str> = suite.tests.iter().map(|test| test.id.as_str()).collect();
+    assert_eq!(listed, ["test_beta.py::test_beta_pass", "test_beta.py::test_beta_prints", "test_needs_missing.py"]);
+    // It costs nothing, and is known to: not a new test to run first in every build.
+    let declared: Vec<Option<f64>> = suite.tests.iter().map(|test| test.duration_s).collect();
+    assert_eq!(declared, [None, None, Some(0.0)]);
+    let reason =
+        "test_needs_missing.py', 3, \"Skipped: could not import 'no_such_module': No module named 'no_such_module'\")";
+
+    // Warm: the runner's collection saw the skip; fed the file's id, it reports it.
+    let mut runner = project.start(&files).await;
+    assert_eq!(runner.collected().len(), 2, "{:?}", runner.collected());
+    let (records, result) = run(&mut runner, &["test_needs_missing.py", "test_beta.py::test_beta_pass"]).await;
+    result.unwrap();
+    let statuses: Vec<(&str, TestStatus)> =
+        records.iter().map(|record| (record.test.as_str(), record.status)).collect();
+    assert_eq!(
+        statuses,
+        [("test_needs_missing.py", TestStatus::Skipped), ("test_beta.py::test_beta_pass", TestStatus::Passed)]
+    );
+    let warm = records[0].output.clone().unwrap_or_default();
+    assert!(warm.starts_with("[skipped] collection skipped\n('/"), "{warm}");
+    assert!(warm.ends_with(reason), "{warm}");
+    runner.shutdown(HANG_GUARD).await.unwrap();
+
+    // Cold: the adapter's shard argv, the JUnit pytest writes, read back under the id's name.
+    let tests = ids(&["test_needs_missing.py"]);
+    let ids_file = project.path().join("ids.txt");
+    let junit = project.path().join("junit.xml");
+    std::fs::write(&ids_file, "test_needs_missing.py\n").unwrap();
+    let paths = ShardPaths { ids_file: &ids_file, junit: &junit, shard_dir: project.path() };
+    let argv = adapter.shard_argv(&[], &tests, &paths, "r");
+    let status = Command::new(&argv[0])
+        .args(&argv[1..])
+        .current_dir(project.path())
+        .envs(project.env())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    // pytest collected no test at all (exit 5), yet reported the file.
+    assert_eq!(status.code(), Some(5));
+    let cases = parse_cases(&std::fs::read(&junit).unwrap());
+    assert_eq!(cases.len(), 1, "{cases:?}");
+    let key = adapter.junit_key("test_needs_missing.py").unwrap();
+    assert_eq!((cases[0].classname.clone().unwrap_or_default(), cases[0].name.clone()), key);
+    assert_eq!(cases[0].status, TestStatus::Skipped);
+    assert_eq!(cases[0].output.as_deref().map(str::trim_end), Some(warm.as_str()), "cold and warm say the same");
+}
+
+#[test]
+fn a_file_that_fails_to_import_fails_the_listing_naming_it() {
+    let project = Project::new();
+    std::fs::write(project.path().join("test_broken.py"), "import no_such_module\n\ndef test_x():\n    pass\n")
+        .unwrap();
+    let adapter = Runner::Pytest { python: python(), args: ids(&["test_beta.py", "test_broken.py"]) };
+    match list_suite(&adapter, project.path(), &project.env()) {
+        Err(ListError::Failed { status, output, .. }) => {
+            assert!(status.contains("exit status: 2"), "{status}");
+            assert!(output.contains("ERROR collecting test_broken.py"), "{output}");
+            assert!(output.contains("No module named 'no_such_module'"), "{output}");
+            assert!(!output.contains("greenlight: test files skipped"), "{output}");
+        }
+        other => panic!("a collection error is no skip: {other:?}"),
     }
 }

@@ -25,6 +25,7 @@ mod builds;
 mod culprits;
 mod decisions;
 mod flakes;
+mod history;
 mod planning;
 mod queries;
 mod workers;
@@ -81,6 +82,10 @@ pub enum FarmError {
     /// A background task died.
     #[error("internal task failed: {0}")]
     Task(String),
+    /// What the call needs from the repository is not there (yet): no revision polled,
+    /// a suite that cannot be read.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Runs blocking work (git, fsync) on tokio's blocking threads.
@@ -137,6 +142,9 @@ pub struct Farm {
     /// Says `true` when the master shuts down: long-lived streams end.
     closing: tokio::sync::watch::Sender<bool>,
     poll_lock: tokio::sync::Mutex<()>,
+    /// Held while the master's checkout (`data_dir/checkout`) is used to list a suite:
+    /// the build loop and a history import may both need it.
+    checkout_lock: Mutex<()>,
     /// A build ended, was cancelled, or a culprit was named since the last flush: the
     /// caller flushes once the lock is released ([`Farm::flush_verdicts`]).
     verdicts_unflushed: AtomicBool,
@@ -194,6 +202,7 @@ impl Farm {
             events: tokio::sync::broadcast::channel(EVENT_BACKLOG).0,
             closing: tokio::sync::watch::channel(false).0,
             poll_lock: tokio::sync::Mutex::new(()),
+            checkout_lock: Mutex::new(()),
             verdicts_unflushed: AtomicBool::new(false),
             clock,
             config,

@@ -78,6 +78,7 @@ impl Farm {
 
     /// The suite as the runner adapter lists it in a checkout of `revision`.
     fn list_with_runner(&self, revision: &str) -> Result<SuiteFile, PlanError> {
+        let _checkout = self.checkout_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let checkout = self.config.data_dir.join("checkout");
         let runner = self.config.suite.runner();
         self.mirror.checkout(revision, &checkout, runner.kept_across_revisions())?;
@@ -89,6 +90,7 @@ impl Farm {
 
     /// The suite as the configured list command prints it in a checkout of `revision`.
     fn list_suite(&self, revision: &str) -> Result<Vec<u8>, PlanError> {
+        let _checkout = self.checkout_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let checkout = self.config.data_dir.join("checkout");
         self.mirror.checkout(revision, &checkout, &[])?;
         let command = &self.config.suite.list_command;
