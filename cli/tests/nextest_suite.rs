@@ -1,9 +1,11 @@
 //! A Rust workspace through the farm with the `nextest` runner adapter: the test writes a
 //! small workspace (no dependencies, so it builds offline) with passing tests, one
 //! failing and one ignored, in a library and an integration-test binary. The farm (two
-//! workers) must report each test as one direct `cargo nextest run` does, and build the
-//! revision once per machine (the master's listing, then one archive per worker), never
-//! once per shard: a build script logs every build of the crate.
+//! workers) must report each test as one direct `cargo nextest run` does, and compile
+//! the revision once in the whole farm: one worker prepares it (builds the archive and
+//! lists from it), the master never compiles, the other shards download the archive.
+//! Each crate's build script logs every time it runs. A second revision changing one
+//! crate is built once more, incrementally: only the changed crate's build script reruns.
 
 mod common;
 
@@ -51,19 +53,26 @@ mod tests {
 }
 "#,
     );
-    write(
-        root,
-        "beta/build.rs",
-        r#"fn main() {
+    // Each build script appends "<crate> <OUT_DIR>" to the log when it runs: beta's only
+    // when it is built afresh (a new target directory), alpha's also when its source changes.
+    for (name, reruns_on) in [("alpha", "println!(\"cargo:rerun-if-changed=src/lib.rs\");"), ("beta", "")] {
+        write(
+            root,
+            &format!("{name}/build.rs"),
+            &format!(
+                r#"fn main() {{
     println!("cargo:rerun-if-env-changed=GREENLIGHT_BUILD_LOG");
-    if let Ok(log) = std::env::var("GREENLIGHT_BUILD_LOG") {
+    {reruns_on}
+    if let Ok(log) = std::env::var("GREENLIGHT_BUILD_LOG") {{
         use std::io::Write;
         let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        writeln!(file, "{}", std::env::var("OUT_DIR").unwrap()).unwrap();
+        writeln!(file, "{{}} {{}}", env!("CARGO_PKG_NAME"), std::env::var("OUT_DIR").unwrap()).unwrap();
+    }}
+}}
+"#
+            ),
+        );
     }
-}
-"#,
-    );
     let mut lib = String::from("pub fn double(x: u64) -> u64 { x * 2 }\n\n#[cfg(test)]\nmod tests {\n");
     for index in 0..12 {
         lib.push_str(&format!(
@@ -94,14 +103,26 @@ fn status_lines(stderr: &str) -> BTreeMap<String, String> {
     statuses
 }
 
+/// The build log's lines: (crate, OUT_DIR).
+fn build_log(path: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let (name, out_dir) = line.split_once(' ').unwrap();
+            (name.to_owned(), out_dir.to_owned())
+        })
+        .collect()
+}
+
 #[test]
-fn a_rust_workspace_through_the_farm_reports_what_nextest_reports_built_once_per_machine() {
+fn a_rust_workspace_through_the_farm_reports_what_nextest_reports_compiled_once_per_revision() {
     let empty = SuiteFile { name: "unused".into(), shard_overhead_s: 0.0, tests: Vec::new() };
     let dir = tempfile::tempdir().unwrap();
-    let build_log = dir.path().join("builds.log");
+    let build_log_path = dir.path().join("builds.log");
     let suite_toml = format!(
         "runner = \"nextest\"\nenv = {{ GREENLIGHT_BUILD_LOG = {log:?}, CARGO_TARGET_DIR = \"target\", CARGO_TERM_COLOR = \"never\" }}",
-        log = build_log.to_string_lossy()
+        log = build_log_path.to_string_lossy()
     );
     let options = FarmOptions { suite_toml, ..FarmOptions::default() };
     let farm = Farm::start_with_repo(&empty, 2, options, |repo| {
@@ -166,7 +187,8 @@ fn a_rust_workspace_through_the_farm_reports_what_nextest_reports_built_once_per
     let failure = results.iter().find(|result| result.test_id == "alpha tests::fails").unwrap();
     assert!(failure.output.as_deref().is_some_and(|output| output.contains("arithmetic")), "{failure:?}");
 
-    // Built once by the master's listing and once per worker that ran shards.
+    // Compiled once in the whole farm: each crate's build script ran once, on one worker,
+    // never on the master; the shards of the other worker ran from the downloaded archive.
     // The build ends with its last result; its shards end when their workers say so.
     let detail = farm.wait_for("every shard to finish", Duration::from_secs(60), |farm| {
         Some(farm.build(build.build_id))
@@ -174,14 +196,17 @@ fn a_rust_workspace_through_the_farm_reports_what_nextest_reports_built_once_per
     });
     let workers: BTreeSet<&str> = detail.shards.iter().map(|shard| shard.worker.as_str()).collect();
     assert!(detail.shards.len() > workers.len(), "some worker ran several shards: {:#?}", detail.shards);
-    let builds: Vec<String> = std::fs::read_to_string(&build_log).unwrap().lines().map(str::to_owned).collect();
-    assert_eq!(builds.len(), 1 + workers.len(), "builds: {builds:#?}, shards: {:#?}", detail.shards);
-    assert_eq!(builds.iter().filter(|out_dir| out_dir.contains("/master/checkout/")).count(), 1, "{builds:#?}");
-    for worker in &workers {
-        assert_eq!(builds.iter().filter(|out_dir| out_dir.contains(&format!("/workers/{worker}/"))).count(), 1);
-    }
+    let builds = build_log(&build_log_path);
+    // Build scripts run in parallel: in either order.
+    let mut crates: Vec<&str> = builds.iter().map(|(name, _)| name.as_str()).collect();
+    crates.sort_unstable();
+    assert_eq!(crates, ["alpha", "beta"], "one compilation of each crate in the farm: {builds:#?}");
+    assert!(builds.iter().all(|(_, out_dir)| !out_dir.contains("/master/")), "the master never compiles: {builds:#?}");
+    let preparer = ["worker-0", "worker-1"]
+        .into_iter()
+        .find(|worker| builds.iter().all(|(_, out_dir)| out_dir.contains(&format!("/workers/{worker}/"))))
+        .unwrap_or_else(|| panic!("one worker built the revision: {builds:#?}"));
     assert!(detail.shards.iter().all(|shard| shard.runner_wall_s.is_some_and(|wall_s| wall_s > 0.0)));
-
     // Each shard's `reproduce` line, run by hand in a clone, runs exactly that shard's tests.
     let mut reproduced = BTreeMap::new();
     for shard in &detail.shards {
@@ -199,5 +224,35 @@ fn a_rust_workspace_through_the_farm_reports_what_nextest_reports_built_once_per
         reproduced.extend(statuses);
     }
     assert_eq!(reproduced, got, "the shards' reproduce lines together rerun the build");
-    eprintln!("nextest: {} shards on {} workers, {} builds", detail.shards.len(), workers.len(), builds.len());
+
+    // A second revision changes alpha only: built once more, on the worker whose target
+    // directory is warm, incrementally (beta's build script does not run again).
+    let mut alpha = std::fs::read_to_string(farm.repo.dir().join("alpha/src/lib.rs")).unwrap();
+    alpha = alpha.replace(
+        "    #[test]\n    fn fails()",
+        "    #[test]\n    fn adds_again() { assert_eq!(super::add(2, 2), 4); }\n    #[test]\n    fn fails()",
+    );
+    let second = farm.repo.commit("alpha: one more test", &[("alpha/src/lib.rs", &alpha)]).unwrap();
+    let second_build = farm.wait_for("the second build to finish", Duration::from_secs(600), |farm| {
+        farm.builds().into_iter().find(|build| build.revision == second && build.state.is_finished())
+    });
+    assert_eq!(second_build.state, BuildState::Red, "{second_build:?}");
+    let second_results = farm.tests(second_build.build_id).results;
+    let added = second_results.iter().find(|result| result.test_id == "alpha tests::adds_again");
+    assert_eq!(added.map(|result| result.status), Some(TestStatus::Passed), "{second_results:#?}");
+    assert_eq!(second_build.counts.total as usize, got.len() + 1);
+    let builds_after = build_log(&build_log_path);
+    assert_eq!(builds_after[..2], builds[..], "{builds_after:#?}");
+    let again: Vec<&(String, String)> = builds_after[2..].iter().collect();
+    assert_eq!(again.len(), 1, "one more compilation, of the changed crate only: {builds_after:#?}");
+    let first_alpha = builds.iter().find(|(name, _)| name == "alpha").unwrap();
+    assert_eq!(again[0], first_alpha, "alpha rebuilt in the same warm target directory: {builds_after:#?}");
+    assert!(again[0].1.contains(&format!("/workers/{preparer}/")), "{builds_after:#?}");
+    eprintln!(
+        "nextest: {} shards on {} workers; compilations: {} for the first revision, {} for the second",
+        detail.shards.len(),
+        workers.len(),
+        builds.len(),
+        again.len()
+    );
 }

@@ -82,6 +82,10 @@ pub struct Config {
     /// The largest request body accepted, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// The largest test archive (nextest) a worker may upload, in bytes; a larger one is
+    /// refused with 413 and that worker's shards build the revision themselves.
+    #[serde(default = "default_max_archive_bytes")]
+    pub max_archive_bytes: u64,
     /// The watched repository.
     pub repository: RepositoryConfig,
     /// How to list and run the suite.
@@ -236,6 +240,10 @@ fn default_listen() -> String {
 
 fn default_max_body_bytes() -> usize {
     8 * 1024 * 1024
+}
+
+fn default_max_archive_bytes() -> u64 {
+    4 * 1024 * 1024 * 1024
 }
 
 /// The watched repository and branch.
@@ -489,6 +497,7 @@ impl Config {
             admin_token: None,
             read_token: None,
             max_body_bytes: default_max_body_bytes(),
+            max_archive_bytes: default_max_archive_bytes(),
             repository: RepositoryConfig {
                 url: repository_url,
                 branch: default_branch(),

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use greenlight_shared::api::{
     BuildSummary, ChangeView, GateView, PushView, QuarantineEntry, ShardView, TestResultView,
 };
+use greenlight_shared::suite::SuiteFile;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -499,6 +500,8 @@ mod keys {
     pub const GATE: &str = "gate/";
     /// Prefix: the recent shard overheads of a suite.
     pub const SHARD_OVERHEAD: &str = "shard_overhead/";
+    /// `listing/<revision>`: the suite a worker listed at the revision (runner adapters).
+    pub const LISTING: &str = "listing/";
 }
 
 /// A test's recent runs in regular builds (`true` for a run that flaked), kept once it
@@ -594,6 +597,17 @@ impl Store {
     /// The culprit finding of `build_id` has started (or is not needed).
     pub fn culprit_search_started(&self, build_id: u64) -> Result<(), StoreError> {
         self.remove_meta(&format!("{}{build_id:020}", keys::CULPRIT_WANTED))
+    }
+
+    /// The suite a worker listed at `revision`, if one did.
+    pub fn listing(&self, revision: &str) -> Result<Option<SuiteFile>, StoreError> {
+        self.meta(&format!("{}{revision}", keys::LISTING))
+    }
+
+    /// Keeps the suite listed at `revision`: later builds of it (a retry, a probe, a build
+    /// resumed after a restart) plan from it without listing again.
+    pub fn put_listing(&self, revision: &str, suite: &SuiteFile) -> Result<(), StoreError> {
+        self.set_meta(&format!("{}{revision}", keys::LISTING), suite)
     }
 
     /// The tests a running build selected.

@@ -444,7 +444,12 @@ async fn run_shard_inner(
     let prepared = {
         let (checkout, lease) = (checkout.clone(), lease.clone());
         tokio::task::spawn_blocking(move || {
-            let setup = lease.runner.setup_argv(&lease.setup_command);
+            // The archive (nextest) is not built with the setup: it comes from the master
+            // ([`crate::prepare::ensure_archive`]).
+            let mut setup = lease.runner.setup_argv(&lease.setup_command);
+            if let Some(archive) = lease.runner.archive_argv() {
+                setup.retain(|step| *step != archive);
+            }
             let keep = lease.runner.kept_across_revisions();
             checkout.prepare(&lease.repository, &lease.revision, &setup, &lease.env, keep)
         })
@@ -454,6 +459,12 @@ async fn run_shard_inner(
         Ok(Ok(())) => {}
         Ok(Err(error)) => return infra(format!("checkout of {}: {error}", lease.revision)),
         Err(error) => return infra(format!("checkout task: {error}")),
+    }
+    if lease.runner.archive_argv().is_some()
+        && let Err(error) =
+            crate::prepare::ensure_archive(client, workdir, &checkout, &lease.runner, &lease.revision, &lease.env).await
+    {
+        return infra(format!("the archive of {}: {error}", lease.revision));
     }
     if let Some((python, args)) = warm_pytest {
         let runner = WarmShard { client, worker_id, lease, active, withdrawn };

@@ -1,5 +1,6 @@
-//! Planning: the suite at a revision (read from git, or listed by the runner in the
-//! master's checkout), validated into a DAG, the tests selected by tags (or by id for a
+//! Planning: the suite at a revision (read from git, listed by the configured list
+//! command in the master's checkout, or listed by the runner adapter on a worker that
+//! prepared the revision: see [`super::preparations`]), validated into a DAG, the tests selected by tags (or by id for a
 //! probe or a resumed build), estimated from history, and the learned shard overhead.
 //! All of it is blocking work, run before the farm's lock is taken.
 
@@ -26,6 +27,12 @@ pub enum PlanError {
     /// The list command failed.
     #[error("suite list command failed: {0}")]
     ListCommand(String),
+    /// The runner's listing on a worker failed.
+    #[error("the suite cannot be listed: {0}")]
+    Listing(String),
+    /// No worker has listed the revision yet.
+    #[error("the revision {0} is not listed yet (a worker is to prepare it)")]
+    NotPrepared(String),
     /// The suite is not JSON of the suite format.
     #[error(transparent)]
     Format(#[from] SuiteFileError),
@@ -58,20 +65,20 @@ impl Farm {
     pub(super) fn suite_file_at(&self, revision: &str) -> Result<SuiteFile, PlanError> {
         Ok(match &self.config.suite.file {
             Some(path) => SuiteFile::from_json(&self.mirror.read_file(revision, path)?)?,
-            None if self.config.suite.list_command.is_empty() => self.list_with_runner(revision)?,
+            None if self.config.suite.list_command.is_empty() => self.listed_on_a_worker(revision)?,
             None => SuiteFile::from_json(&self.list_suite(revision)?)?,
         })
     }
 
-    /// The suite as the runner adapter lists it in a checkout of `revision`.
-    fn list_with_runner(&self, revision: &str) -> Result<SuiteFile, PlanError> {
-        let checkout = self.config.data_dir.join("checkout");
-        let runner = self.config.suite.runner();
-        self.mirror.checkout(revision, &checkout, runner.kept_across_revisions())?;
-        let env: Vec<(String, String)> =
-            self.config.suite.env.iter().map(|(key, value)| (key.clone(), value.clone())).collect();
-        greenlight_shared::runner::list_suite(&runner, &checkout, &env)
-            .map_err(|error| PlanError::ListCommand(error.to_string()))
+    /// The suite as the runner adapter listed it on the worker that prepared `revision`.
+    fn listed_on_a_worker(&self, revision: &str) -> Result<SuiteFile, PlanError> {
+        if let Some(suite) = self.store.listing(revision)? {
+            return Ok(suite);
+        }
+        match self.listing_failure(revision) {
+            Some(message) => Err(PlanError::Listing(message)),
+            None => Err(PlanError::NotPrepared(revision.to_owned())),
+        }
     }
 
     /// The suite as the configured list command prints it in a checkout of `revision`.
