@@ -235,6 +235,9 @@ impl Runner {
                     "--extract-overwrite".to_owned(),
                     "--tool-config-file".to_owned(),
                     format!("greenlight:{}", paths.shard_dir.join("nextest.toml").to_string_lossy()),
+                    // One JSON line per test as it ends, on standard output.
+                    "--message-format".to_owned(),
+                    "libtest-json-plus".to_owned(),
                     // The listing chose the tests: ignored ones and ones outside the
                     // default filter it listed run too.
                     "--run-ignored".to_owned(),
@@ -245,6 +248,20 @@ impl Runner {
                 ]);
                 argv
             }
+        }
+    }
+
+    /// Whether the shard's runner writes one machine-readable event per finished test on
+    /// its standard output (nextest's `libtest-json-plus`), read as it runs.
+    pub fn streams_events(&self) -> bool {
+        matches!(self, Runner::Nextest { .. })
+    }
+
+    /// Environment the shard's runner needs (nextest's event stream is experimental).
+    pub fn shard_env(&self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Runner::Nextest { .. } => &[("NEXTEST_EXPERIMENTAL_LIBTEST_JSON", "1")],
+            Runner::Command | Runner::Pytest { .. } => &[],
         }
     }
 
@@ -1170,7 +1187,7 @@ mod tests {
         let shard_end = shard.iter().position(|word| word == "--extract-to").unwrap();
         assert_eq!(shard[shard_start..shard_end], words(shard_options), "shard of {args:?}");
         assert_eq!(
-            shard[shard_end..].iter().skip(5).map(String::as_str).collect::<Vec<_>>(),
+            shard[shard_end..].iter().skip(7).map(String::as_str).collect::<Vec<_>>(),
             ["--run-ignored", "all", "--ignore-default-filter", "-E", "(binary_id(=b) & (test(=t)))"]
         );
         let reproduce = runner.reproduce(&[], &[], &["b t".into()], "r");
@@ -1179,6 +1196,54 @@ mod tests {
             reproduce_options.iter().map(|word| format!("{} ", shell_quote(word))).collect::<String>()
         );
         assert_eq!(reproduce, expected, "reproduce of {args:?}");
+    }
+
+    #[test]
+    fn the_listing_from_the_archive_gets_every_argument_but_the_build_options() {
+        let runner = Runner::Nextest {
+            cargo: "cargo".into(),
+            args: words(&[
+                "--workspace",
+                "-p",
+                "a",
+                "-E",
+                "test(foo)",
+                "--run-ignored",
+                "all",
+                "-P",
+                "ci",
+                "--config-file",
+                "c.toml",
+                "--message-format",
+                "json-pretty",
+                "name",
+            ]),
+        };
+        assert_eq!(
+            runner.prepared_list_argv().unwrap(),
+            words(&[
+                "cargo",
+                "nextest",
+                "list",
+                "--archive-file",
+                NEXTEST_ARCHIVE,
+                "--workspace-remap",
+                ".",
+                "--message-format",
+                "json",
+                "-E",
+                "test(foo)",
+                "--run-ignored",
+                "all",
+                "-P",
+                "ci",
+                "--config-file",
+                "c.toml",
+                "name",
+            ])
+        );
+        let pytest = Runner::Pytest { python: "python3".into(), args: words(&["-k", "x"]) };
+        assert_eq!(pytest.prepared_list_argv(), pytest.list_argv());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod checkout;
 pub mod client;
 pub mod junit;
+pub mod libtest;
 pub mod prepare;
 pub mod process;
 pub mod shard;

@@ -141,9 +141,11 @@ impl Farm {
         let estimates = estimate(suite, |test| history.get(test.id.as_str()).copied().or(test.duration_s));
         let mut plan = BuildPlan::new(suite, selected, &estimates);
         // A shard may give back the tests it has not started only if its runner reports each
-        // test as it ends: a command writing JUnit as it goes, or the warm pytest runner
-        // (pytest run cold and nextest write their report at exit).
-        plan.leases_splittable = self.config.suite.runner() == Runner::Command || self.config.suite.warm_runner();
+        // test as it ends: a command writing JUnit as it goes, the warm pytest runner, or
+        // nextest's event stream (pytest run cold writes its report at exit).
+        let runner = self.config.suite.runner();
+        plan.leases_splittable =
+            runner == Runner::Command || runner.streams_events() || self.config.suite.warm_runner();
         // What real shards of this suite cost beats what its file declares.
         if let (Some(learned), _) = self.learned_shard_overhead()? {
             plan.shard_overhead_s = learned;
