@@ -6,6 +6,7 @@
 //! lists from it), the master never compiles, the other shards download the archive.
 //! Each crate's build script logs every time it runs. A second revision changing one
 //! crate is built once more, incrementally: only the changed crate's build script reruns.
+//! Results come from nextest's event stream (test by test), not its JUnit report.
 
 mod common;
 
@@ -186,6 +187,13 @@ fn a_rust_workspace_through_the_farm_reports_what_nextest_reports_compiled_once_
     assert_eq!(got, ran);
     let failure = results.iter().find(|result| result.test_id == "alpha tests::fails").unwrap();
     assert!(failure.output.as_deref().is_some_and(|output| output.contains("arithmetic")), "{failure:?}");
+    // Results come from nextest's event stream, test by test: its output of a failure is
+    // the test's own (the JUnit report's also holds the harness's "running 1 test").
+    for result in results.iter().filter(|result| result.status == TestStatus::Failed) {
+        let output = result.output.as_deref().unwrap_or_default();
+        assert!(!output.contains("running 1 test"), "{result:?}");
+        assert!(result.duration_s > 0.0, "{result:?}");
+    }
 
     // Compiled once in the whole farm: each crate's build script ran once, on one worker,
     // never on the master; the shards of the other worker ran from the downloaded archive.
@@ -255,4 +263,60 @@ fn a_rust_workspace_through_the_farm_reports_what_nextest_reports_compiled_once_
         builds.len(),
         again.len()
     );
+}
+
+#[test]
+fn a_nextest_shard_streams_its_results_and_gives_back_what_it_has_not_started() {
+    // 30 tests of a second. A first revision teaches the farm their durations; at the
+    // second, the lone worker leases most of the build, and a worker that joins once that
+    // shard runs takes over the tests it has not started. Only a shard that reported a
+    // result while it ran (nextest's event stream) shows a pace and may give tests back.
+    let empty = SuiteFile { name: "unused".into(), shard_overhead_s: 0.0, tests: Vec::new() };
+    let suite_toml =
+        "runner = \"nextest\"\nenv = { CARGO_TARGET_DIR = \"target\", CARGO_TERM_COLOR = \"never\" }".to_owned();
+    let options = FarmOptions { suite_toml, heartbeat_interval_s: 0.5, ..FarmOptions::default() };
+    let mut farm = Farm::start_with_repo(&empty, 1, options, |repo| {
+        let root = repo.dir();
+        write(root, "Cargo.toml", "[workspace]\nresolver = \"2\"\nmembers = [\"slow\"]\n");
+        write(root, "slow/Cargo.toml", "[package]\nname = \"slow\"\nversion = \"0.1.0\"\nedition = \"2021\"\n");
+        let mut lib = String::from("#[cfg(test)]\nmod tests {\n");
+        for index in 0..30 {
+            lib.push_str(&format!(
+                "    #[test]\n    fn case_{index:02}() {{ std::thread::sleep(std::time::Duration::from_secs(1)); }}\n"
+            ));
+        }
+        lib.push_str("}\n");
+        write(root, "slow/src/lib.rs", &lib);
+        write(root, ".gitignore", "target/\n");
+        let git = Git::new(root);
+        git.run(&["add", "-A"]).unwrap();
+        git.run(&["commit", "--quiet", "-m", "Thirty slow tests"]).unwrap();
+    });
+    let first = farm.finished_build_of(&farm.repo.head().unwrap());
+    assert_eq!(first.state, BuildState::Green, "{first:?}");
+
+    let second = farm.repo.commit("Touch the readme", &[("README", "slow tests\n")]).unwrap();
+    let (lease_id, leased) = farm.running_shard();
+    assert!(leased >= 20, "the lone worker leased most of the build: {leased} tests");
+    farm.start_worker("worker-late");
+
+    let build = farm.finished_build_of(&second);
+    assert_eq!(build.state, BuildState::Green, "{build:?}");
+    let results = farm.tests(build.build_id).results;
+    assert_eq!(results.len(), 30, "one result per test: {results:#?}");
+    let ids: BTreeSet<&str> = results.iter().map(|result| result.test_id.as_str()).collect();
+    assert_eq!(ids.len(), 30, "each test reported once");
+    assert!(results.iter().all(|result| result.status == TestStatus::Passed && result.attempt == 1), "{results:#?}");
+    let detail: greenlight_shared::api::BuildDetail =
+        farm.get(&format!("/api/v1/builds/{}?test_ids=true", build.build_id));
+    let shrunk = detail.shards.iter().find(|shard| shard.lease_id == lease_id).expect("the first shard is listed");
+    assert!(shrunk.withdrawn > 0, "the running shard gave tests back: {shrunk:?}");
+    assert_eq!(shrunk.state, ShardState::Finished, "giving back is no infrastructure error: {shrunk:?}");
+    assert_eq!(shrunk.tests + shrunk.withdrawn, leased);
+    // Each kept test's result came from that shard, the others from the late worker.
+    for result in &results {
+        let kept = shrunk.test_ids.contains(&result.test_id);
+        assert_eq!(result.lease_id == Some(lease_id), kept, "{result:?}");
+    }
+    assert!(results.iter().any(|result| result.worker.as_deref() == Some("worker-late")));
 }
