@@ -214,6 +214,11 @@ fn a_rust_workspace_through_the_farm_reports_what_nextest_reports_compiled_once_
         .into_iter()
         .find(|worker| builds.iter().all(|(_, out_dir)| out_dir.contains(&format!("/workers/{worker}/"))))
         .unwrap_or_else(|| panic!("one worker built the revision: {builds:#?}"));
+    // The other worker's shards ran from the archive it downloaded.
+    for worker in workers.iter().filter(|worker| **worker != preparer) {
+        let log = std::fs::read_to_string(farm.dir().join(format!("{worker}.log"))).unwrap();
+        assert!(log.contains("archive downloaded from the master"), "{worker} log:\n{log}");
+    }
     assert!(detail.shards.iter().all(|shard| shard.runner_wall_s.is_some_and(|wall_s| wall_s > 0.0)));
     // Each shard's `reproduce` line, run by hand in a clone, runs exactly that shard's tests.
     let mut reproduced = BTreeMap::new();
