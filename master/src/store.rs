@@ -466,6 +466,9 @@ impl Store {
 
 /// How many shard overheads are kept per suite (the estimate is their median).
 const OVERHEAD_SAMPLES: usize = 21;
+
+/// How many revisions' listings the store keeps.
+pub const KEPT_LISTINGS: usize = 50;
 /// Recent runs a flake rate is computed over.
 pub const FLAKE_WINDOW: usize = 50;
 
@@ -502,6 +505,8 @@ mod keys {
     pub const SHARD_OVERHEAD: &str = "shard_overhead/";
     /// `listing/<revision>`: the suite a worker listed at the revision (runner adapters).
     pub const LISTING: &str = "listing/";
+    /// `listing_order/<sequence>`: the revision of the n-th listing kept, oldest first.
+    pub const LISTING_ORDER: &str = "listing_order/";
 }
 
 /// A test's recent runs in regular builds (`true` for a run that flaked), kept once it
@@ -605,9 +610,25 @@ impl Store {
     }
 
     /// Keeps the suite listed at `revision`: later builds of it (a retry, a probe, a build
-    /// resumed after a restart) plan from it without listing again.
+    /// resumed after a restart) plan from it without listing again. Only the newest
+    /// [`KEPT_LISTINGS`] revisions' listings are kept (an older one is listed again if
+    /// ever needed).
     pub fn put_listing(&self, revision: &str, suite: &SuiteFile) -> Result<(), StoreError> {
-        self.set_meta(&format!("{}{revision}", keys::LISTING), suite)
+        let key = format!("{}{revision}", keys::LISTING);
+        let new = self.kv.get(Tree::Meta, key.as_bytes())?.is_none();
+        self.set_meta(&key, suite)?;
+        if !new {
+            return Ok(());
+        }
+        let sequence = self.next_id("listing")?;
+        self.set_meta(&format!("{}{sequence:020}", keys::LISTING_ORDER), &revision)?;
+        let order = self.kv.scan_prefix(Tree::Meta, keys::LISTING_ORDER.as_bytes())?;
+        for (order_key, value) in order.iter().take(order.len().saturating_sub(KEPT_LISTINGS)) {
+            let old: String = decode(Tree::Meta, value)?;
+            self.kv.remove(Tree::Meta, format!("{}{old}", keys::LISTING).as_bytes())?;
+            self.kv.remove(Tree::Meta, order_key)?;
+        }
+        Ok(())
     }
 
     /// The tests a running build selected.
@@ -732,6 +753,24 @@ mod tests {
             quarantined: false,
             lease_id: None,
         }
+    }
+
+    #[test]
+    fn the_newest_listings_are_kept_and_a_listing_stored_again_keeps_its_place() {
+        let store = Store::in_memory();
+        let suite = |name: &str| SuiteFile { name: name.into(), shard_overhead_s: 0.0, tests: Vec::new() };
+        for index in 0..KEPT_LISTINGS + 2 {
+            store.put_listing(&format!("rev{index}"), &suite("first")).unwrap();
+        }
+        store.put_listing("rev2", &suite("again")).unwrap();
+        assert_eq!(store.listing("rev0").unwrap(), None, "the oldest are dropped");
+        assert_eq!(store.listing("rev1").unwrap(), None);
+        assert_eq!(store.listing("rev2").unwrap().map(|suite| suite.name), Some("again".to_owned()));
+        let newest = format!("rev{}", KEPT_LISTINGS + 1);
+        assert_eq!(store.listing(&newest).unwrap().map(|suite| suite.name), Some("first".to_owned()));
+        store.put_listing("rev99", &suite("newer")).unwrap();
+        assert_eq!(store.listing("rev2").unwrap(), None, "stored again is not newer");
+        assert!(store.listing("rev3").unwrap().is_some());
     }
 
     fn exercise(store: Store) {
