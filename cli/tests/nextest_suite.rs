@@ -1,9 +1,12 @@
 //! A Rust workspace through the farm with the `nextest` runner adapter: the test writes a
 //! small workspace (no dependencies, so it builds offline) with passing tests, one
 //! failing and one ignored, in a library and an integration-test binary. The farm (two
-//! workers) must report each test as one direct `cargo nextest run` does, and build the
-//! revision once per machine (the master's listing, then one archive per worker), never
-//! once per shard: a build script logs every build of the crate.
+//! workers) must report each test as one direct `cargo nextest run` does, and compile
+//! the revision once in the whole farm: one worker prepares it (builds the archive and
+//! lists from it), the master never compiles, the other shards download the archive.
+//! Each crate's build script logs every time it runs. A second revision changing one
+//! crate is built once more, incrementally: only the changed crate's build script reruns.
+//! Results come from nextest's event stream (test by test), not its JUnit report.
 
 mod common;
 
@@ -51,19 +54,26 @@ mod tests {
 }
 "#,
     );
-    write(
-        root,
-        "beta/build.rs",
-        r#"fn main() {
+    // Each build script appends "<crate> <OUT_DIR>" to the log when it runs: beta's only
+    // when it is built afresh (a new target directory), alpha's also when its source changes.
+    for (name, reruns_on) in [("alpha", "println!(\"cargo:rerun-if-changed=src/lib.rs\");"), ("beta", "")] {
+        write(
+            root,
+            &format!("{name}/build.rs"),
+            &format!(
+                r#"fn main() {{
     println!("cargo:rerun-if-env-changed=GREENLIGHT_BUILD_LOG");
-    if let Ok(log) = std::env::var("GREENLIGHT_BUILD_LOG") {
+    {reruns_on}
+    if let Ok(log) = std::env::var("GREENLIGHT_BUILD_LOG") {{
         use std::io::Write;
         let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        writeln!(file, "{}", std::env::var("OUT_DIR").unwrap()).unwrap();
+        writeln!(file, "{{}} {{}}", env!("CARGO_PKG_NAME"), std::env::var("OUT_DIR").unwrap()).unwrap();
+    }}
+}}
+"#
+            ),
+        );
     }
-}
-"#,
-    );
     let mut lib = String::from("pub fn double(x: u64) -> u64 { x * 2 }\n\n#[cfg(test)]\nmod tests {\n");
     for index in 0..12 {
         lib.push_str(&format!(
@@ -94,14 +104,26 @@ fn status_lines(stderr: &str) -> BTreeMap<String, String> {
     statuses
 }
 
+/// The build log's lines: (crate, OUT_DIR).
+fn build_log(path: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let (name, out_dir) = line.split_once(' ').unwrap();
+            (name.to_owned(), out_dir.to_owned())
+        })
+        .collect()
+}
+
 #[test]
-fn a_rust_workspace_through_the_farm_reports_what_nextest_reports_built_once_per_machine() {
+fn a_rust_workspace_through_the_farm_reports_what_nextest_reports_compiled_once_per_revision() {
     let empty = SuiteFile { name: "unused".into(), shard_overhead_s: 0.0, tests: Vec::new() };
     let dir = tempfile::tempdir().unwrap();
-    let build_log = dir.path().join("builds.log");
+    let build_log_path = dir.path().join("builds.log");
     let suite_toml = format!(
         "runner = \"nextest\"\nenv = {{ GREENLIGHT_BUILD_LOG = {log:?}, CARGO_TARGET_DIR = \"target\", CARGO_TERM_COLOR = \"never\" }}",
-        log = build_log.to_string_lossy()
+        log = build_log_path.to_string_lossy()
     );
     let options = FarmOptions { suite_toml, ..FarmOptions::default() };
     let farm = Farm::start_with_repo(&empty, 2, options, |repo| {
@@ -165,8 +187,16 @@ fn a_rust_workspace_through_the_farm_reports_what_nextest_reports_built_once_per
     assert_eq!(got, ran);
     let failure = results.iter().find(|result| result.test_id == "alpha tests::fails").unwrap();
     assert!(failure.output.as_deref().is_some_and(|output| output.contains("arithmetic")), "{failure:?}");
+    // Results come from nextest's event stream, test by test: its output of a failure is
+    // the test's own (the JUnit report's also holds the harness's "running 1 test").
+    for result in results.iter().filter(|result| result.status == TestStatus::Failed) {
+        let output = result.output.as_deref().unwrap_or_default();
+        assert!(!output.contains("running 1 test"), "{result:?}");
+        assert!(result.duration_s > 0.0, "{result:?}");
+    }
 
-    // Built once by the master's listing and once per worker that ran shards.
+    // Compiled once in the whole farm: each crate's build script ran once, on one worker,
+    // never on the master; the shards of the other worker ran from the downloaded archive.
     // The build ends with its last result; its shards end when their workers say so.
     let detail = farm.wait_for("every shard to finish", Duration::from_secs(60), |farm| {
         Some(farm.build(build.build_id))
@@ -174,14 +204,22 @@ fn a_rust_workspace_through_the_farm_reports_what_nextest_reports_built_once_per
     });
     let workers: BTreeSet<&str> = detail.shards.iter().map(|shard| shard.worker.as_str()).collect();
     assert!(detail.shards.len() > workers.len(), "some worker ran several shards: {:#?}", detail.shards);
-    let builds: Vec<String> = std::fs::read_to_string(&build_log).unwrap().lines().map(str::to_owned).collect();
-    assert_eq!(builds.len(), 1 + workers.len(), "builds: {builds:#?}, shards: {:#?}", detail.shards);
-    assert_eq!(builds.iter().filter(|out_dir| out_dir.contains("/master/checkout/")).count(), 1, "{builds:#?}");
-    for worker in &workers {
-        assert_eq!(builds.iter().filter(|out_dir| out_dir.contains(&format!("/workers/{worker}/"))).count(), 1);
+    let builds = build_log(&build_log_path);
+    // Build scripts run in parallel: in either order.
+    let mut crates: Vec<&str> = builds.iter().map(|(name, _)| name.as_str()).collect();
+    crates.sort_unstable();
+    assert_eq!(crates, ["alpha", "beta"], "one compilation of each crate in the farm: {builds:#?}");
+    assert!(builds.iter().all(|(_, out_dir)| !out_dir.contains("/master/")), "the master never compiles: {builds:#?}");
+    let preparer = ["worker-0", "worker-1"]
+        .into_iter()
+        .find(|worker| builds.iter().all(|(_, out_dir)| out_dir.contains(&format!("/workers/{worker}/"))))
+        .unwrap_or_else(|| panic!("one worker built the revision: {builds:#?}"));
+    // The other worker's shards ran from the archive it downloaded.
+    for worker in workers.iter().filter(|worker| **worker != preparer) {
+        let log = std::fs::read_to_string(farm.dir().join(format!("{worker}.log"))).unwrap();
+        assert!(log.contains("archive downloaded from the master"), "{worker} log:\n{log}");
     }
     assert!(detail.shards.iter().all(|shard| shard.runner_wall_s.is_some_and(|wall_s| wall_s > 0.0)));
-
     // Each shard's `reproduce` line, run by hand in a clone, runs exactly that shard's tests.
     let mut reproduced = BTreeMap::new();
     for shard in &detail.shards {
@@ -199,5 +237,91 @@ fn a_rust_workspace_through_the_farm_reports_what_nextest_reports_built_once_per
         reproduced.extend(statuses);
     }
     assert_eq!(reproduced, got, "the shards' reproduce lines together rerun the build");
-    eprintln!("nextest: {} shards on {} workers, {} builds", detail.shards.len(), workers.len(), builds.len());
+
+    // A second revision changes alpha only: built once more, on the worker whose target
+    // directory is warm, incrementally (beta's build script does not run again).
+    let mut alpha = std::fs::read_to_string(farm.repo.dir().join("alpha/src/lib.rs")).unwrap();
+    alpha = alpha.replace(
+        "    #[test]\n    fn fails()",
+        "    #[test]\n    fn adds_again() { assert_eq!(super::add(2, 2), 4); }\n    #[test]\n    fn fails()",
+    );
+    let second = farm.repo.commit("alpha: one more test", &[("alpha/src/lib.rs", &alpha)]).unwrap();
+    let second_build = farm.wait_for("the second build to finish", Duration::from_secs(600), |farm| {
+        farm.builds().into_iter().find(|build| build.revision == second && build.state.is_finished())
+    });
+    assert_eq!(second_build.state, BuildState::Red, "{second_build:?}");
+    let second_results = farm.tests(second_build.build_id).results;
+    let added = second_results.iter().find(|result| result.test_id == "alpha tests::adds_again");
+    assert_eq!(added.map(|result| result.status), Some(TestStatus::Passed), "{second_results:#?}");
+    assert_eq!(second_build.counts.total as usize, got.len() + 1);
+    let builds_after = build_log(&build_log_path);
+    assert_eq!(builds_after[..2], builds[..], "{builds_after:#?}");
+    let again: Vec<&(String, String)> = builds_after[2..].iter().collect();
+    assert_eq!(again.len(), 1, "one more compilation, of the changed crate only: {builds_after:#?}");
+    let first_alpha = builds.iter().find(|(name, _)| name == "alpha").unwrap();
+    assert_eq!(again[0], first_alpha, "alpha rebuilt in the same warm target directory: {builds_after:#?}");
+    assert!(again[0].1.contains(&format!("/workers/{preparer}/")), "{builds_after:#?}");
+    eprintln!(
+        "nextest: {} shards on {} workers; compilations: {} for the first revision, {} for the second",
+        detail.shards.len(),
+        workers.len(),
+        builds.len(),
+        again.len()
+    );
+}
+
+#[test]
+fn a_nextest_shard_streams_its_results_and_gives_back_what_it_has_not_started() {
+    // 30 tests of a second. A first revision teaches the farm their durations; at the
+    // second, the lone worker leases most of the build, and a worker that joins once that
+    // shard runs takes over the tests it has not started. Only a shard that reported a
+    // result while it ran (nextest's event stream) shows a pace and may give tests back.
+    let empty = SuiteFile { name: "unused".into(), shard_overhead_s: 0.0, tests: Vec::new() };
+    let suite_toml =
+        "runner = \"nextest\"\nenv = { CARGO_TARGET_DIR = \"target\", CARGO_TERM_COLOR = \"never\" }".to_owned();
+    let options = FarmOptions { suite_toml, heartbeat_interval_s: 0.5, ..FarmOptions::default() };
+    let mut farm = Farm::start_with_repo(&empty, 1, options, |repo| {
+        let root = repo.dir();
+        write(root, "Cargo.toml", "[workspace]\nresolver = \"2\"\nmembers = [\"slow\"]\n");
+        write(root, "slow/Cargo.toml", "[package]\nname = \"slow\"\nversion = \"0.1.0\"\nedition = \"2021\"\n");
+        let mut lib = String::from("#[cfg(test)]\nmod tests {\n");
+        for index in 0..30 {
+            lib.push_str(&format!(
+                "    #[test]\n    fn case_{index:02}() {{ std::thread::sleep(std::time::Duration::from_secs(1)); }}\n"
+            ));
+        }
+        lib.push_str("}\n");
+        write(root, "slow/src/lib.rs", &lib);
+        write(root, ".gitignore", "target/\n");
+        let git = Git::new(root);
+        git.run(&["add", "-A"]).unwrap();
+        git.run(&["commit", "--quiet", "-m", "Thirty slow tests"]).unwrap();
+    });
+    let first = farm.finished_build_of(&farm.repo.head().unwrap());
+    assert_eq!(first.state, BuildState::Green, "{first:?}");
+
+    let second = farm.repo.commit("Touch the readme", &[("README", "slow tests\n")]).unwrap();
+    let (lease_id, leased) = farm.running_shard();
+    assert!(leased >= 20, "the lone worker leased most of the build: {leased} tests");
+    farm.start_worker("worker-late");
+
+    let build = farm.finished_build_of(&second);
+    assert_eq!(build.state, BuildState::Green, "{build:?}");
+    let results = farm.tests(build.build_id).results;
+    assert_eq!(results.len(), 30, "one result per test: {results:#?}");
+    let ids: BTreeSet<&str> = results.iter().map(|result| result.test_id.as_str()).collect();
+    assert_eq!(ids.len(), 30, "each test reported once");
+    assert!(results.iter().all(|result| result.status == TestStatus::Passed && result.attempt == 1), "{results:#?}");
+    let detail: greenlight_shared::api::BuildDetail =
+        farm.get(&format!("/api/v1/builds/{}?test_ids=true", build.build_id));
+    let shrunk = detail.shards.iter().find(|shard| shard.lease_id == lease_id).expect("the first shard is listed");
+    assert!(shrunk.withdrawn > 0, "the running shard gave tests back: {shrunk:?}");
+    assert_eq!(shrunk.state, ShardState::Finished, "giving back is no infrastructure error: {shrunk:?}");
+    assert_eq!(shrunk.tests + shrunk.withdrawn, leased);
+    // Each kept test's result came from that shard, the others from the late worker.
+    for result in &results {
+        let kept = shrunk.test_ids.contains(&result.test_id);
+        assert_eq!(result.lease_id == Some(lease_id), kept, "{result:?}");
+    }
+    assert!(results.iter().any(|result| result.worker.as_deref() == Some("worker-late")));
 }

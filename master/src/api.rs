@@ -9,19 +9,19 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use greenlight_scheduler::core::SchedulerError;
 use greenlight_shared::API_VERSION;
 use greenlight_shared::api::{
     ChangeNotice, ChangeNoticeResponse, ErrorBody, FarmEvent, FinishRequest, HeartbeatRequest, HeartbeatResponse,
-    HistoryImportRequest, LeaseRequest, LeaseResponse, QuarantineRequest, RegisterRequest, ResultsRequest,
-    UnquarantineRequest,
+    HistoryImportRequest, LeaseRequest, LeaseResponse, PrepareReport, QuarantineRequest, RegisterRequest,
+    ResultsRequest, UnquarantineRequest,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::farm::{Farm, FarmError};
+use crate::farm::{Farm, FarmError, Work};
 
 /// The longest a lease request is held open.
 const MAX_WAIT_S: f64 = 60.0;
@@ -72,6 +72,12 @@ impl From<FarmError> for ApiError {
             }
             FarmError::Git(_) => ApiError::new(StatusCode::BAD_GATEWAY, "git_failed", message),
             FarmError::Unavailable(_) => ApiError::new(StatusCode::CONFLICT, "unavailable", message),
+            FarmError::UnknownPreparation(_) => ApiError::new(StatusCode::NOT_FOUND, "unknown_preparation", message),
+            FarmError::NotYourPreparation { .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, "not_your_preparation", message)
+            }
+            FarmError::InvalidListing(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_listing", message),
+            FarmError::PreparationIncomplete(_) => ApiError::new(StatusCode::CONFLICT, "archive_missing", message),
             FarmError::Scheduler(SchedulerError::DuplicateBuild(_)) | FarmError::Store(_) | FarmError::Task(_) => {
                 tracing::error!(%message, "internal error");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the master's log")
@@ -252,6 +258,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/leases/{lease_id}/heartbeat", post(heartbeat))
         .route("/api/v1/leases/{lease_id}/results", post(results))
         .route("/api/v1/leases/{lease_id}/finish", post(finish))
+        .route("/api/v1/prepares/{prepare_id}/heartbeat", post(prepare_heartbeat))
+        .route("/api/v1/prepares/{prepare_id}/archive", put(prepare_archive))
+        .route("/api/v1/prepares/{prepare_id}/listing", post(prepare_listing))
+        .route("/api/v1/revisions/{revision}/archive", get(revision_archive))
         .route("/api/v1/changes", post(changes_notice))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
@@ -365,18 +375,24 @@ async fn lease(
         let notified = state.farm.work_available.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let lease = state.farm.try_lease(worker_id)?;
+        let work = state.farm.try_work(worker_id, request.can_prepare)?;
         // Taking back the lease it held may have ended a build.
         state.farm.flush_verdicts().await?;
-        if let Some(lease) = lease {
-            return Ok(Json(LeaseResponse { version: API_VERSION, lease: Some(lease) }));
+        match work {
+            Some(Work::Lease(lease)) => {
+                return Ok(Json(LeaseResponse { version: API_VERSION, lease: Some(lease), prepare: None }));
+            }
+            Some(Work::Prepare(prepare)) => {
+                return Ok(Json(LeaseResponse { version: API_VERSION, lease: None, prepare: Some(prepare) }));
+            }
+            None => {}
         }
         if !waiting {
             state.farm.waiting(worker_id, wait_s)?;
             waiting = true;
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            return Ok(Json(LeaseResponse { version: API_VERSION, lease: None }));
+            return Ok(Json(LeaseResponse { version: API_VERSION, lease: None, prepare: None }));
         }
     }
 }
@@ -421,6 +437,156 @@ async fn finish(
     // The shard's end (and perhaps the build's) must survive a crash of the master.
     state.farm.flush().await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[tracing::instrument(skip_all, fields(prepare_id))]
+async fn prepare_heartbeat(
+    State(state): State<AppState>,
+    ApiPath(prepare_id): ApiPath<u64>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<HeartbeatRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_worker_token(&state, &headers)?;
+    let active = state.farm.prepare_heartbeat(prepare_id, request.worker_id)?;
+    Ok(Json(HeartbeatResponse { version: API_VERSION, active, withdrawn: Vec::new() }))
+}
+
+/// `?worker_id=N` on an archive upload (its body is the archive).
+#[derive(Debug, Deserialize)]
+struct UploadQuery {
+    worker_id: u64,
+}
+
+/// Removes a partial upload unless the upload completed (the handler may also be dropped
+/// mid-body when the worker goes away).
+struct PartialUpload(Option<std::path::PathBuf>);
+
+impl Drop for PartialUpload {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn archive_too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "archive_too_large",
+        format!("the archive is larger than the master's `max_archive_bytes` ({limit} bytes)"),
+    )
+}
+
+/// A worker uploads the test archive of the revision it prepares: streamed to a file in
+/// the data directory (never held whole in memory), at most `max_archive_bytes`.
+#[tracing::instrument(skip_all, fields(prepare_id))]
+async fn prepare_archive(
+    State(state): State<AppState>,
+    ApiPath(prepare_id): ApiPath<u64>,
+    ApiQuery(query): ApiQuery<UploadQuery>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<impl IntoResponse, ApiError> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    check_worker_token(&state, &headers)?;
+    let limit = state.farm.config().max_archive_bytes;
+    let (_revision, part) = state.farm.archive_upload_start(prepare_id, query.worker_id)?;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(archive_too_large(limit));
+    }
+    let io = |error: std::io::Error| FarmError::Task(format!("writing an archive upload: {error}"));
+    if let Some(directory) = part.parent() {
+        tokio::fs::create_dir_all(directory).await.map_err(io)?;
+    }
+    let mut file = tokio::fs::File::create(&part).await.map_err(io)?;
+    let mut guard = PartialUpload(Some(part.clone()));
+    let mut stream = body.into_data_stream();
+    let mut written: u64 = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|error| {
+            ApiError::new(StatusCode::BAD_REQUEST, "upload_broken", format!("the upload broke off: {error}"))
+        })?;
+        written += chunk.len() as u64;
+        if written > limit {
+            return Err(archive_too_large(limit));
+        }
+        file.write_all(&chunk).await.map_err(io)?;
+    }
+    file.sync_all().await.map_err(io)?;
+    drop(file);
+    guard.0 = None;
+    let farm = Arc::clone(&state.farm);
+    let worker_id = query.worker_id;
+    crate::farm::blocking(move || farm.archive_upload_done(prepare_id, worker_id, &part)).await??;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The end of a preparation: the listing (or why there is none).
+#[tracing::instrument(skip_all, fields(prepare_id))]
+async fn prepare_listing(
+    State(state): State<AppState>,
+    ApiPath(prepare_id): ApiPath<u64>,
+    headers: HeaderMap,
+    ApiJson(report): ApiJson<PrepareReport>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_worker_token(&state, &headers)?;
+    state.farm.prepare_report(prepare_id, report.worker_id, &report.outcome)?;
+    // The listing must survive a crash of the master: the build plans from it.
+    state.farm.flush().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A revision's test archive, streamed from the data directory.
+#[tracing::instrument(skip_all)]
+async fn revision_archive(
+    State(state): State<AppState>,
+    ApiPath(revision): ApiPath<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    use tokio::io::AsyncReadExt;
+    check_worker_token(&state, &headers)?;
+    if !matches!(revision.len(), 40 | 64) || !revision.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_revision",
+            "a revision is a full commit id (40 or 64 hexadecimal digits)",
+        ));
+    }
+    let path = state.farm.archive_path(&revision);
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_archive",
+                format!("the master has no archive of revision {revision}; build it"),
+            ));
+        }
+        Err(error) => return Err(FarmError::Task(format!("{}: {error}", path.display())).into()),
+    };
+    let length = file.metadata().await.map_err(|error| FarmError::Task(error.to_string()))?.len();
+    let chunks = futures_util::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buffer = vec![0; 256 * 1024];
+        match file.read(&mut buffer).await {
+            Ok(0) => None,
+            Ok(read) => {
+                buffer.truncate(read);
+                Some((Ok(axum::body::Bytes::from(buffer)), Some(file)))
+            }
+            Err(error) => Some((Err(error), None)),
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream".to_owned()), (header::CONTENT_LENGTH, length.to_string())],
+        axum::body::Body::from_stream(chunks),
+    )
+        .into_response())
 }
 
 #[tracing::instrument(skip_all)]

@@ -94,6 +94,10 @@ pub struct Config {
     /// (the end is kept, where failures are), with a note saying so.
     #[serde(default = "default_max_output_bytes")]
     pub max_output_bytes: usize,
+    /// The largest test archive (nextest) a worker may upload, in bytes; a larger one is
+    /// refused with 413 and that worker's shards build the revision themselves.
+    #[serde(default = "default_max_archive_bytes")]
+    pub max_archive_bytes: u64,
     /// The watched repository.
     pub repository: RepositoryConfig,
     /// How to list and run the suite.
@@ -257,6 +261,10 @@ fn default_max_test_duration_s() -> f64 {
 
 fn default_max_output_bytes() -> usize {
     64 * 1024
+}
+
+fn default_max_archive_bytes() -> u64 {
+    4 * 1024 * 1024 * 1024
 }
 
 /// The watched repository and branch.
@@ -513,6 +521,7 @@ impl Config {
             max_body_bytes: default_max_body_bytes(),
             max_test_duration_s: default_max_test_duration_s(),
             max_output_bytes: default_max_output_bytes(),
+            max_archive_bytes: default_max_archive_bytes(),
             repository: RepositoryConfig {
                 url: repository_url,
                 branch: default_branch(),

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use greenlight_shared::api::{
     BuildSummary, ChangeView, GateView, PushView, QuarantineEntry, ShardView, TestResultView,
 };
+use greenlight_shared::suite::SuiteFile;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -472,6 +473,9 @@ fn shard_cost_key(suite: &str, first_of_worker: bool) -> String {
     format!("{prefix}{suite}")
 }
 
+/// How many revisions' listings the store keeps.
+pub const KEPT_LISTINGS: usize = 50;
+
 /// Recent runs a flake rate is computed over.
 pub const FLAKE_WINDOW: usize = 50;
 
@@ -509,6 +513,10 @@ mod keys {
     pub const SHARD_OVERHEAD: &str = "shard_overhead/";
     /// Prefix: the same for workers' first shards of a build (start-up included).
     pub const FIRST_SHARD_COST: &str = "first_shard_cost/";
+    /// `listing/<revision>`: the suite a worker listed at the revision (runner adapters).
+    pub const LISTING: &str = "listing/";
+    /// `listing_order/<sequence>`: the revision of the n-th listing kept, oldest first.
+    pub const LISTING_ORDER: &str = "listing_order/";
 }
 
 /// A test's recent runs in regular builds (`true` for a run that flaked), kept once it
@@ -604,6 +612,33 @@ impl Store {
     /// The culprit finding of `build_id` has started (or is not needed).
     pub fn culprit_search_started(&self, build_id: u64) -> Result<(), StoreError> {
         self.remove_meta(&format!("{}{build_id:020}", keys::CULPRIT_WANTED))
+    }
+
+    /// The suite a worker listed at `revision`, if one did.
+    pub fn listing(&self, revision: &str) -> Result<Option<SuiteFile>, StoreError> {
+        self.meta(&format!("{}{revision}", keys::LISTING))
+    }
+
+    /// Keeps the suite listed at `revision`: later builds of it (a retry, a probe, a build
+    /// resumed after a restart) plan from it without listing again. Only the newest
+    /// [`KEPT_LISTINGS`] revisions' listings are kept (an older one is listed again if
+    /// ever needed).
+    pub fn put_listing(&self, revision: &str, suite: &SuiteFile) -> Result<(), StoreError> {
+        let key = format!("{}{revision}", keys::LISTING);
+        let new = self.kv.get(Tree::Meta, key.as_bytes())?.is_none();
+        self.set_meta(&key, suite)?;
+        if !new {
+            return Ok(());
+        }
+        let sequence = self.next_id("listing")?;
+        self.set_meta(&format!("{}{sequence:020}", keys::LISTING_ORDER), &revision)?;
+        let order = self.kv.scan_prefix(Tree::Meta, keys::LISTING_ORDER.as_bytes())?;
+        for (order_key, value) in order.iter().take(order.len().saturating_sub(KEPT_LISTINGS)) {
+            let old: String = decode(Tree::Meta, value)?;
+            self.kv.remove(Tree::Meta, format!("{}{old}", keys::LISTING).as_bytes())?;
+            self.kv.remove(Tree::Meta, order_key)?;
+        }
+        Ok(())
     }
 
     /// The tests a running build selected.
@@ -728,6 +763,24 @@ mod tests {
             quarantined: false,
             lease_id: None,
         }
+    }
+
+    #[test]
+    fn the_newest_listings_are_kept_and_a_listing_stored_again_keeps_its_place() {
+        let store = Store::in_memory();
+        let suite = |name: &str| SuiteFile { name: name.into(), shard_overhead_s: 0.0, tests: Vec::new() };
+        for index in 0..KEPT_LISTINGS + 2 {
+            store.put_listing(&format!("rev{index}"), &suite("first")).unwrap();
+        }
+        store.put_listing("rev2", &suite("again")).unwrap();
+        assert_eq!(store.listing("rev0").unwrap(), None, "the oldest are dropped");
+        assert_eq!(store.listing("rev1").unwrap(), None);
+        assert_eq!(store.listing("rev2").unwrap().map(|suite| suite.name), Some("again".to_owned()));
+        let newest = format!("rev{}", KEPT_LISTINGS + 1);
+        assert_eq!(store.listing(&newest).unwrap().map(|suite| suite.name), Some("first".to_owned()));
+        store.put_listing("rev99", &suite("newer")).unwrap();
+        assert_eq!(store.listing("rev2").unwrap(), None, "stored again is not newer");
+        assert!(store.listing("rev3").unwrap().is_some());
     }
 
     fn exercise(store: Store) {

@@ -45,6 +45,10 @@ pub struct LeaseRequest {
     /// How long the master may hold the request before answering "no work".
     #[serde(default = "default_wait_s")]
     pub wait_s: f64,
+    /// The worker can prepare a revision ([`Prepare`]). An older worker never says so and
+    /// is only ever given shards.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub can_prepare: bool,
 }
 
 fn default_wait_s() -> f64 {
@@ -59,6 +63,76 @@ pub struct LeaseResponse {
     pub version: u32,
     /// The shard to run, if there is one.
     pub lease: Option<Lease>,
+    /// Instead of a shard: a revision to prepare (only to a worker that said it can).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepare: Option<Prepare>,
+}
+
+/// A revision to prepare, handed to one worker at a time: check it out, run the setup
+/// (for nextest: build the test archive), list the suite there, upload the archive
+/// (`PUT /api/v1/prepares/{prepare_id}/archive?worker_id=N`, when `upload_archive`) and
+/// then the listing (`POST /api/v1/prepares/{prepare_id}/listing`). Heartbeats
+/// (`POST /api/v1/prepares/{prepare_id}/heartbeat`) keep it; without them for
+/// `lease_timeout_s` another worker is given it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prepare {
+    /// The preparation's id, used by every call about it.
+    pub prepare_id: u64,
+    /// Where to fetch the revision from.
+    pub repository: String,
+    /// The revision to prepare.
+    pub revision: String,
+    /// The configured setup (argv), run before the runner's own setup.
+    #[serde(default)]
+    pub setup_command: Vec<String>,
+    /// Environment variables for the setup and the listing.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// The runner adapter that lists the suite.
+    pub runner: crate::runner::Runner,
+    /// Whether the runner's archive (nextest) must be uploaded before the listing.
+    #[serde(default)]
+    pub upload_archive: bool,
+    /// How often to heartbeat.
+    pub heartbeat_interval_s: f64,
+    /// Seconds after the last heartbeat at which the master gives the preparation to
+    /// another worker.
+    pub lease_timeout_s: f64,
+}
+
+/// How a preparation ended, from the worker's side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PrepareOutcome {
+    /// The suite as the runner listed it at the revision.
+    Listed {
+        /// The listed suite (tags and dependencies from the repository's `greenlight.toml`).
+        suite: crate::suite::SuiteFile,
+    },
+    /// The revision cannot be listed (a compile error, a missing runner): the build's
+    /// error, with the runner's output.
+    Failed {
+        /// What went wrong, with the tail of the output.
+        message: String,
+    },
+    /// The worker could not do it (a checkout failed, the master could not take the
+    /// archive): another worker tries.
+    InfraError {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// `POST /api/v1/prepares/{prepare_id}/listing`: the end of a preparation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrepareReport {
+    /// Wire version.
+    #[serde(default = "api_version")]
+    pub version: u32,
+    /// The worker holding the preparation.
+    pub worker_id: u64,
+    /// How it ended.
+    pub outcome: PrepareOutcome,
 }
 
 /// A shard handed to one worker until `deadline` (heartbeats extend it).

@@ -153,6 +153,43 @@ impl Runner {
         }
     }
 
+    /// The argv that lists the suite on the worker that prepares a revision, after its
+    /// setup ([`Runner::setup_argv`]): nextest lists from the archive the setup built (no
+    /// second build), pytest collects as [`Runner::list_argv`] does.
+    pub fn prepared_list_argv(&self) -> Option<Vec<String>> {
+        match self {
+            Runner::Nextest { cargo, args } => {
+                let mut argv = strings(&[
+                    cargo,
+                    "nextest",
+                    "list",
+                    "--archive-file",
+                    NEXTEST_ARCHIVE,
+                    "--workspace-remap",
+                    ".",
+                    "--message-format",
+                    "json",
+                ]);
+                argv.extend(split_nextest_args(args).list_archive);
+                Some(argv)
+            }
+            Runner::Command | Runner::Pytest { .. } => self.list_argv(),
+        }
+    }
+
+    /// The step that builds the revision's archive (nextest), which a worker may skip by
+    /// downloading the archive another worker built.
+    pub fn archive_argv(&self) -> Option<Vec<String>> {
+        match self {
+            Runner::Nextest { cargo, args } => {
+                let mut argv = strings(&[cargo, "nextest", "archive", "--archive-file", NEXTEST_ARCHIVE]);
+                argv.extend(split_nextest_args(args).archive);
+                Some(argv)
+            }
+            Runner::Command | Runner::Pytest { .. } => None,
+        }
+    }
+
     /// The test ids in the listing's standard output.
     pub fn parse_listing(&self, stdout: &str) -> Result<Vec<String>, ListError> {
         match self {
@@ -168,11 +205,7 @@ impl Runner {
         if !configured.is_empty() {
             steps.push(configured.to_vec());
         }
-        if let Runner::Nextest { cargo, args } = self {
-            let mut argv = strings(&[cargo, "nextest", "archive", "--archive-file", NEXTEST_ARCHIVE]);
-            argv.extend(split_nextest_args(args).archive);
-            steps.push(argv);
-        }
+        steps.extend(self.archive_argv());
         steps
     }
 
@@ -206,6 +239,9 @@ impl Runner {
                     "--extract-overwrite".to_owned(),
                     "--tool-config-file".to_owned(),
                     format!("greenlight:{}", paths.shard_dir.join("nextest.toml").to_string_lossy()),
+                    // One JSON line per test as it ends, on standard output.
+                    "--message-format".to_owned(),
+                    "libtest-json-plus".to_owned(),
                     // The listing chose the tests: ignored ones and ones outside the
                     // default filter it listed run too.
                     "--run-ignored".to_owned(),
@@ -216,6 +252,20 @@ impl Runner {
                 ]);
                 argv
             }
+        }
+    }
+
+    /// Whether the shard's runner writes one machine-readable event per finished test on
+    /// its standard output (nextest's `libtest-json-plus`), read as it runs.
+    pub fn streams_events(&self) -> bool {
+        matches!(self, Runner::Nextest { .. })
+    }
+
+    /// Environment the shard's runner needs (nextest's event stream is experimental).
+    pub fn shard_env(&self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Runner::Nextest { .. } => &[("NEXTEST_EXPERIMENTAL_LIBTEST_JSON", "1")],
+            Runner::Command | Runner::Pytest { .. } => &[],
         }
     }
 
@@ -667,6 +717,9 @@ pub struct NextestArgs {
     pub shard: Vec<String>,
     /// For a run from source (`reproduce`): build, configuration and profile options.
     pub reproduce: Vec<String>,
+    /// For the listing from the archive (on the worker that built it): everything but the
+    /// build options (it refuses them) and the output format (Greenlight reads JSON).
+    pub list_archive: Vec<String>,
 }
 
 /// Splits the user's nextest arguments (see [`NextestArgs`]). An option nextest does not
@@ -678,9 +731,15 @@ pub fn split_nextest_args(args: &[String]) -> NextestArgs {
         let (name, words) = match argument {
             Argument::Option { name, words } => (name, words),
             Argument::Unknown(word) => (word.clone(), vec![word]),
-            Argument::Positional(_) | Argument::ArgumentsFile(_) => continue,
+            Argument::Positional(word) | Argument::ArgumentsFile(word) => {
+                split.list_archive.push(word);
+                continue;
+            }
         };
         let name = name.as_str();
+        if !NEXTEST_BUILD.contains(&name) && name != "--message-format" {
+            split.list_archive.extend(words.iter().cloned());
+        }
         if NEXTEST_CONFIG.contains(&name) {
             split.shard.extend(words.iter().cloned());
         }
@@ -989,13 +1048,24 @@ pub fn suite_from_listing(name: &str, ids: Vec<String>, repository_file: Option<
 /// its `greenlight.toml` (a pytest file skipped at collection declares `duration_s` 0).
 /// Blocking.
 pub fn list_suite(runner: &Runner, dir: &Path, env: &[(String, String)]) -> Result<SuiteFile, ListError> {
+    let argv = runner.list_argv().ok_or(ListError::NotListable)?;
+    list_with(runner, &argv, dir, env)
+}
+
+/// Lists the suite of a checkout a worker has just set up ([`Runner::setup_argv`] ran in
+/// it): nextest from the archive it built. Blocking.
+pub fn list_prepared_suite(runner: &Runner, dir: &Path, env: &[(String, String)]) -> Result<SuiteFile, ListError> {
+    let argv = runner.prepared_list_argv().ok_or(ListError::NotListable)?;
+    list_with(runner, &argv, dir, env)
+}
+
+fn list_with(runner: &Runner, argv: &[String], dir: &Path, env: &[(String, String)]) -> Result<SuiteFile, ListError> {
     if let Runner::Pytest { args, .. } = runner {
         // What a shard would drop or keep must be clear before the suite is listed.
         if let Some(unclear) = split_pytest_args(args).1.into_iter().next() {
             return Err(unclear.into());
         }
     }
-    let argv = runner.list_argv().ok_or(ListError::NotListable)?;
     let output = std::process::Command::new(&argv[0])
         .args(&argv[1..])
         .current_dir(dir)
@@ -1008,7 +1078,7 @@ pub fn list_suite(runner: &Runner, dir: &Path, env: &[(String, String)]) -> Resu
         let mut text = stdout.into_owned();
         text.push_str(&String::from_utf8_lossy(&output.stderr));
         let tail: String = text.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect();
-        return Err(ListError::Failed { command: shell_join(&argv), status: output.status.to_string(), output: tail });
+        return Err(ListError::Failed { command: shell_join(argv), status: output.status.to_string(), output: tail });
     }
     let ids = runner.parse_listing(&stdout)?;
     let repository_file = match std::fs::read_to_string(dir.join(REPOSITORY_FILE)) {
@@ -1279,7 +1349,7 @@ mod tests {
         let shard_end = shard.iter().position(|word| word == "--extract-to").unwrap();
         assert_eq!(shard[shard_start..shard_end], words(shard_options), "shard of {args:?}");
         assert_eq!(
-            shard[shard_end..].iter().skip(5).map(String::as_str).collect::<Vec<_>>(),
+            shard[shard_end..].iter().skip(7).map(String::as_str).collect::<Vec<_>>(),
             ["--run-ignored", "all", "--ignore-default-filter", "-E", "(binary_id(=b) & (test(=t)))"]
         );
         let reproduce = runner.reproduce(&[], &[], &["b t".into()], "r");
@@ -1288,6 +1358,54 @@ mod tests {
             reproduce_options.iter().map(|word| format!("{} ", shell_quote(word))).collect::<String>()
         );
         assert_eq!(reproduce, expected, "reproduce of {args:?}");
+    }
+
+    #[test]
+    fn the_listing_from_the_archive_gets_every_argument_but_the_build_options() {
+        let runner = Runner::Nextest {
+            cargo: "cargo".into(),
+            args: words(&[
+                "--workspace",
+                "-p",
+                "a",
+                "-E",
+                "test(foo)",
+                "--run-ignored",
+                "all",
+                "-P",
+                "ci",
+                "--config-file",
+                "c.toml",
+                "--message-format",
+                "json-pretty",
+                "name",
+            ]),
+        };
+        assert_eq!(
+            runner.prepared_list_argv().unwrap(),
+            words(&[
+                "cargo",
+                "nextest",
+                "list",
+                "--archive-file",
+                NEXTEST_ARCHIVE,
+                "--workspace-remap",
+                ".",
+                "--message-format",
+                "json",
+                "-E",
+                "test(foo)",
+                "--run-ignored",
+                "all",
+                "-P",
+                "ci",
+                "--config-file",
+                "c.toml",
+                "name",
+            ])
+        );
+        let pytest = Runner::Pytest { python: "python3".into(), args: words(&["-k", "x"]) };
+        assert_eq!(pytest.prepared_list_argv(), pytest.list_argv());
     }
 
     #[test]

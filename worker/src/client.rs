@@ -2,12 +2,14 @@
 //! on every request, and errors split into "could not reach the master" (retry later)
 //! and "the master refused" (with its JSON error body).
 
+use std::path::Path;
 use std::time::Duration;
 
 use greenlight_shared::API_VERSION;
 use greenlight_shared::api::{
-    ErrorBody, FinishRequest, HeartbeatRequest, HeartbeatResponse, Lease, LeaseRequest, LeaseResponse, RegisterRequest,
-    RegisterResponse, ResultsRequest, ResultsResponse, ShardOutcome, TestReport,
+    ErrorBody, FinishRequest, HeartbeatRequest, HeartbeatResponse, Lease, LeaseRequest, LeaseResponse, Prepare,
+    PrepareOutcome, PrepareReport, RegisterRequest, RegisterResponse, ResultsRequest, ResultsResponse, ShardOutcome,
+    TestReport,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -36,6 +38,35 @@ impl ClientError {
             ClientError::Unreachable(_) => None,
         }
     }
+}
+
+/// What a worker is given to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Work {
+    /// A shard to run.
+    Lease(Lease),
+    /// A revision to prepare.
+    Prepare(Prepare),
+}
+
+/// A local file error while moving an archive, told as the master's refusal would be.
+fn local_error(action: &str, path: &Path, error: &std::io::Error) -> ClientError {
+    ClientError::Refused {
+        status: 0,
+        body: ErrorBody { error: "local_io".into(), message: format!("cannot {action} {}: {error}", path.display()) },
+    }
+}
+
+/// `Ok` for a success, else the master's error body.
+async fn refused(response: reqwest::Response) -> Result<(), ClientError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let text = response.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|_| ErrorBody { error: "unexpected_answer".into(), message: text.chars().take(500).collect() });
+    Err(ClientError::Refused { status: status.as_u16(), body })
 }
 
 /// A client for one master.
@@ -91,13 +122,85 @@ impl Client {
         self.post("/api/v1/workers/register", &request, Duration::from_secs(10)).await
     }
 
-    /// Long-polls for a lease for up to `wait_s`.
-    pub async fn lease(&self, worker_id: u64, wait_s: f64) -> Result<Option<Lease>, ClientError> {
-        let request = LeaseRequest { version: API_VERSION, wait_s };
+    /// Long-polls for work for up to `wait_s`: a shard, or a revision to prepare.
+    pub async fn lease(&self, worker_id: u64, wait_s: f64) -> Result<Option<Work>, ClientError> {
+        let request = LeaseRequest { version: API_VERSION, wait_s, can_prepare: true };
         let timeout = Duration::from_secs_f64(wait_s + 10.0);
         let response: LeaseResponse =
             self.post(&format!("/api/v1/workers/{worker_id}/lease"), &request, timeout).await?;
-        Ok(response.lease)
+        Ok(match (response.lease, response.prepare) {
+            (Some(lease), _) => Some(Work::Lease(lease)),
+            (None, Some(prepare)) => Some(Work::Prepare(prepare)),
+            (None, None) => None,
+        })
+    }
+
+    /// Heartbeats a preparation; false when the master gave it to another worker.
+    pub async fn prepare_heartbeat(&self, worker_id: u64, prepare_id: u64) -> Result<bool, ClientError> {
+        let request = HeartbeatRequest { version: API_VERSION, worker_id };
+        let answer: HeartbeatResponse =
+            self.post(&format!("/api/v1/prepares/{prepare_id}/heartbeat"), &request, Duration::from_secs(10)).await?;
+        Ok(answer.active)
+    }
+
+    /// Ends a preparation with its listing (or why there is none).
+    pub async fn prepare_report(
+        &self,
+        worker_id: u64,
+        prepare_id: u64,
+        outcome: PrepareOutcome,
+    ) -> Result<(), ClientError> {
+        let request = PrepareReport { version: API_VERSION, worker_id, outcome };
+        let _: Option<()> =
+            self.post(&format!("/api/v1/prepares/{prepare_id}/listing"), &request, Duration::from_secs(60)).await?;
+        Ok(())
+    }
+
+    /// Uploads the archive at `path` for a preparation, streamed from the file.
+    pub async fn upload_archive(&self, worker_id: u64, prepare_id: u64, path: &Path) -> Result<(), ClientError> {
+        let file = tokio::fs::File::open(path).await.map_err(|error| local_error("open the archive", path, &error))?;
+        let length = file.metadata().await.map_err(|error| local_error("read the archive", path, &error))?.len();
+        let mut request = self
+            .http
+            .put(format!("{}/api/v1/prepares/{prepare_id}/archive?worker_id={worker_id}", self.base))
+            .header(reqwest::header::CONTENT_LENGTH, length)
+            .body(reqwest::Body::from(file))
+            .timeout(Duration::from_secs(3600));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(ClientError::Unreachable)?;
+        refused(response).await
+    }
+
+    /// Downloads `revision`'s archive to `path` (through a temporary file beside it), in
+    /// chunks, never whole in memory. `Ok(false)`: the master has none.
+    pub async fn download_archive(&self, revision: &str, path: &Path) -> Result<bool, ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let mut request = self
+            .http
+            .get(format!("{}/api/v1/revisions/{revision}/archive", self.base))
+            .timeout(Duration::from_secs(3600));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let mut response = request.send().await.map_err(ClientError::Unreachable)?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(false);
+        }
+        if !response.status().is_success() {
+            return refused(response).await.map(|()| false);
+        }
+        let part = path.with_extension("part");
+        let mut file =
+            tokio::fs::File::create(&part).await.map_err(|error| local_error("write the archive", &part, &error))?;
+        while let Some(chunk) = response.chunk().await.map_err(ClientError::Unreachable)? {
+            file.write_all(&chunk).await.map_err(|error| local_error("write the archive", &part, &error))?;
+        }
+        file.flush().await.map_err(|error| local_error("write the archive", &part, &error))?;
+        drop(file);
+        tokio::fs::rename(&part, path).await.map_err(|error| local_error("write the archive", path, &error))?;
+        Ok(true)
     }
 
     /// Heartbeats a lease; false when the master took it back.

@@ -1,5 +1,5 @@
-//! The Greenlight worker: registers with the master, long-polls for a lease, runs the
-//! shard in a cached checkout, streams per-test results, heartbeats, and finishes the
+//! The Greenlight worker: registers with the master, long-polls for work (a lease, or a
+//! revision to prepare: see [`prepare`]), runs the shard in a cached checkout, streams per-test results, heartbeats, and finishes the
 //! lease; then asks again. A master that goes away is retried with back-off, and a master
 //! that forgot the worker (restarted) is registered with again.
 #![warn(missing_docs)]
@@ -7,6 +7,8 @@
 pub mod checkout;
 pub mod client;
 pub mod junit;
+pub mod libtest;
+pub mod prepare;
 pub mod process;
 pub mod shard;
 pub mod warm;
@@ -15,7 +17,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, Work};
 
 /// How a worker is started.
 #[derive(Debug, Clone)]
@@ -117,7 +119,23 @@ async fn work(client: &Client, config: &WorkerConfig) -> Result<(), WorkerError>
                 continue;
             }
         };
-        let Some(lease) = lease else { continue };
+        let lease = match lease {
+            None => continue,
+            Some(Work::Prepare(job)) => {
+                // A runner kept for another revision goes before the checkout moves.
+                let keep = match &job.runner {
+                    greenlight_shared::runner::Runner::Pytest { args, .. } => {
+                        Some((job.revision.as_str(), args.as_slice()))
+                    }
+                    _ => None,
+                };
+                warm.retire_unless(keep).await;
+                prepare::run_prepare(client, worker_id, &config.workdir, &job).await;
+                backoff.reset();
+                continue;
+            }
+            Some(Work::Lease(lease)) => lease,
+        };
         let run = shard::run_shard(client, worker_id, &config.workdir, &lease, &mut warm).await;
         for _ in 0..10 {
             match client.finish(worker_id, lease.lease_id, run.outcome.clone(), run.runner_wall_s).await {

@@ -1,7 +1,8 @@
 //! Running one leased shard: check the revision out, write the test ids to a file, start
 //! the shard command (argv from the lease's runner adapter, never a shell), heartbeat
-//! while it runs, read its JUnit report as it grows and stream each newly finished test
-//! to the master, and when it exits report every leased test the runner never mentioned
+//! while it runs, read its results as they appear (nextest's event stream on its standard
+//! output, test by test; the JUnit report as it grows) and stream each newly finished
+//! test to the master, and when it exits report every leased test the runner never mentioned
 //! as an error. The master is never told a test passed unless the report says so.
 //!
 //! The master may withdraw the tests a running shard has not started (an idle worker runs
@@ -30,6 +31,7 @@ use greenlight_shared::runner::{Runner, ShardPaths};
 use crate::checkout::Checkout;
 use crate::client::{Client, ClientError};
 use crate::junit::{JunitCase, candidate_ids, parse_cases};
+use crate::libtest::{StreamedTest, binary_fit, parse_events};
 use crate::warm::{WarmError, WarmRunner};
 
 /// How often the growing JUnit report is read.
@@ -78,6 +80,8 @@ impl ShardFiles {
 struct TestIndex<'a> {
     by_id: HashMap<&'a str, usize>,
     by_junit_key: HashMap<(String, String), Vec<usize>>,
+    /// nextest ids (`<binary id> <test name>`) by test name: (position, binary id).
+    by_test_name: HashMap<&'a str, Vec<(usize, &'a str)>>,
 }
 
 impl<'a> TestIndex<'a> {
@@ -89,7 +93,27 @@ impl<'a> TestIndex<'a> {
             }
         }
         let by_id = tests.iter().enumerate().map(|(position, id)| (id.as_str(), position)).collect();
-        TestIndex { by_id, by_junit_key }
+        let mut by_test_name: HashMap<&'a str, Vec<(usize, &'a str)>> = HashMap::new();
+        if matches!(runner, Runner::Nextest { .. }) {
+            for (position, id) in tests.iter().enumerate() {
+                if let Some((binary_id, name)) = id.split_once(' ') {
+                    by_test_name.entry(name).or_default().push((position, binary_id));
+                }
+            }
+        }
+        TestIndex { by_id, by_junit_key, by_test_name }
+    }
+
+    /// The leased test a streamed nextest event reports: same test name, the binary id
+    /// that fits the stream's binary best, one not yet reported first.
+    fn find_streamed(&self, test: &StreamedTest, reported: &HashSet<usize>) -> Option<usize> {
+        let candidates = self.by_test_name.get(test.name.as_str())?;
+        candidates
+            .iter()
+            .map(|&(position, binary_id)| (position, binary_fit(binary_id, &test.binary)))
+            .filter(|&(_, fit)| fit > 0)
+            .max_by_key(|&(position, fit)| (!reported.contains(&position), fit, std::cmp::Reverse(position)))
+            .map(|(position, _)| position)
     }
 
     /// The first leased test not yet reported that `case` names.
@@ -165,6 +189,48 @@ async fn send_results(client: &Client, worker_id: u64, lease_id: u64, results: V
         }
     }
     tracing::error!(lease_id, "gave up reporting results: the master stayed unreachable");
+}
+
+/// Where a running shard's results appear: the runner's event stream (nextest) as each
+/// test ends, and its JUnit report (as it grows, or at exit), which also fills in what a
+/// stream did not say (an older runner, a stream cut short).
+struct ResultSources<'a> {
+    junit: &'a Path,
+    events: Option<&'a Path>,
+}
+
+impl ResultSources<'_> {
+    fn new_results(&self, index: &TestIndex<'_>, reported: &mut HashSet<usize>, tests: &[String]) -> Vec<TestReport> {
+        let mut fresh = match self.events {
+            Some(events) => new_streamed_results(events, index, reported, tests),
+            None => Vec::new(),
+        };
+        fresh.extend(new_results(self.junit, index, reported, tests));
+        fresh
+    }
+}
+
+/// Matches the stream's complete test events to leased tests not yet reported.
+fn new_streamed_results(
+    events: &Path,
+    index: &TestIndex<'_>,
+    reported: &mut HashSet<usize>,
+    tests: &[String],
+) -> Vec<TestReport> {
+    let Ok(bytes) = std::fs::read(events) else { return Vec::new() };
+    let mut fresh = Vec::new();
+    for test in parse_events(&bytes) {
+        let Some(position) = index.find_streamed(&test, reported) else { continue };
+        if reported.insert(position) {
+            fresh.push(TestReport {
+                test_id: tests[position].clone(),
+                status: test.status,
+                duration_s: test.duration_s,
+                output: test.output,
+            });
+        }
+    }
+    fresh
 }
 
 /// Matches the report's complete cases to leased tests not yet reported.
@@ -444,7 +510,12 @@ async fn run_shard_inner(
     let prepared = {
         let (checkout, lease) = (checkout.clone(), lease.clone());
         tokio::task::spawn_blocking(move || {
-            let setup = lease.runner.setup_argv(&lease.setup_command);
+            // The archive (nextest) is not built with the setup: it comes from the master
+            // ([`crate::prepare::ensure_archive`]).
+            let mut setup = lease.runner.setup_argv(&lease.setup_command);
+            if let Some(archive) = lease.runner.archive_argv() {
+                setup.retain(|step| *step != archive);
+            }
             let keep = lease.runner.kept_across_revisions();
             checkout.prepare(&lease.repository, &lease.revision, &setup, &lease.env, keep)
         })
@@ -454,6 +525,12 @@ async fn run_shard_inner(
         Ok(Ok(())) => {}
         Ok(Err(error)) => return infra(format!("checkout of {}: {error}", lease.revision)),
         Err(error) => return infra(format!("checkout task: {error}")),
+    }
+    if lease.runner.archive_argv().is_some()
+        && let Err(error) =
+            crate::prepare::ensure_archive(client, workdir, &checkout, &lease.runner, &lease.revision, &lease.env).await
+    {
+        return infra(format!("the archive of {}: {error}", lease.revision));
     }
     if let Some((python, args)) = warm_pytest {
         let runner = WarmShard { client, worker_id, lease, active, withdrawn };
@@ -477,15 +554,26 @@ async fn run_shard_inner(
         Ok(pair) => pair,
         Err(error) => return infra(format!("shard log: {error}")),
     };
+    // A runner that streams its events writes them on its standard output.
+    let events = lease.runner.streams_events().then(|| files.dir.join("events.jsonl"));
+    let stdout = match &events {
+        Some(events) => match std::fs::File::create(events) {
+            Ok(file) => file,
+            Err(error) => return infra(format!("{}: {error}", events.display())),
+        },
+        None => log.0,
+    };
+    let sources = ResultSources { junit: &junit, events: events.as_deref() };
     let mut command = tokio::process::Command::new(program);
     command
         .args(arguments)
         .current_dir(checkout.dir())
         .envs(lease.env.iter().map(|(key, value)| (key, value)))
+        .envs(lease.runner.shard_env().iter().map(|&(key, value)| (key, value)))
         .env("GREENLIGHT_BUILD_ID", lease.build_id.to_string())
         .env("GREENLIGHT_LEASE_ID", lease.lease_id.to_string())
         .stdin(std::process::Stdio::null())
-        .stdout(log.0)
+        .stdout(stdout)
         .stderr(log.1)
         .kill_on_drop(true)
         // Its own process group, so that stopping it stops whatever it started.
@@ -511,7 +599,7 @@ async fn run_shard_inner(
                     let runner_wall_s = done.then(|| started.elapsed().as_secs_f64());
                     return ShardRun { outcome: ShardOutcome::Completed, runner_wall_s };
                 }
-                let fresh = new_results(&junit, &index, &mut reported, &lease.tests);
+                let fresh = sources.new_results(&index, &mut reported, &lease.tests);
                 if !fresh.is_empty() {
                     send_results(client, worker_id, lease.lease_id, fresh, withdrawn).await;
                 }
@@ -522,7 +610,7 @@ async fn run_shard_inner(
                     // Every test this shard keeps is reported; the rest run elsewhere.
                     crate::process::kill_group(&mut child).await;
                     tracing::info!(withdrawn = given_back.len(), "runner stopped after the tests the shard keeps");
-                    let late: Vec<TestReport> = new_results(&junit, &index, &mut reported, &lease.tests);
+                    let late: Vec<TestReport> = sources.new_results(&index, &mut reported, &lease.tests);
                     if !late.is_empty() {
                         send_results(client, worker_id, lease.lease_id, late, withdrawn).await;
                     }
@@ -537,7 +625,7 @@ async fn run_shard_inner(
         Ok(status) => status.to_string(),
         Err(error) => format!("unknown status ({error})"),
     };
-    let mut last = new_results(&junit, &index, &mut reported, &lease.tests);
+    let mut last = sources.new_results(&index, &mut reported, &lease.tests);
     // Withdrawn tests run elsewhere: not reporting them is no error of the runner.
     let given_back = withdrawn.positions(&lease.tests);
     let missing: Vec<usize> = (0..lease.tests.len())

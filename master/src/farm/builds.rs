@@ -11,6 +11,7 @@ use greenlight_scheduler::plan::BuildPlan;
 use greenlight_shared::API_VERSION;
 use greenlight_shared::api::{BuildKind, BuildState, BuildSummary, ChangeView, ShardState, TestCounts};
 
+use super::preparations::Readiness;
 use super::{Core, Farm, FarmError, LISTED_FAILURES, LiveBuild, add_to_summary, blocking};
 use crate::{gate, push};
 
@@ -72,6 +73,11 @@ impl Farm {
             },
             None => return Ok(None),
         };
+        // A suite listed on workers: the first worker to ask prepares the revision; the
+        // build starts when its listing (or its failure) arrives.
+        if self.readiness(&revision)? == Readiness::Preparing {
+            return Ok(None);
+        }
         if forced {
             self.store.set_full_run_forced(false)?;
         }
@@ -89,6 +95,7 @@ impl Farm {
         let farm = Arc::clone(self);
         let (plan_revision, plan_tags) = (revision.clone(), tags.clone());
         let planned = blocking(move || farm.plan(&plan_revision, &plan_tags)).await?;
+        self.forget_listing_failure(&revision);
 
         let now = self.now();
         let mut core = self.core();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use greenlight_shared::api::{BuildKind, BuildState, BuildSummary, MissedByTags};
 
+use super::preparations::Readiness;
 use super::{Core, Farm, FarmError, blocking};
 use crate::culprit::{Bisection, Candidate, Probe};
 use crate::gate;
@@ -153,9 +154,14 @@ impl Farm {
                 .collect()
         };
         for (red_build, index, revision, failing) in due {
+            if self.readiness(&revision)? == Readiness::Preparing {
+                // A worker lists the candidate first; the probe starts when it has.
+                continue;
+            }
             let farm = Arc::clone(self);
             let (plan_revision, plan_tests) = (revision.clone(), failing.clone());
             let planned = blocking(move || farm.plan_probe(&plan_revision, &plan_tests)).await?;
+            self.forget_listing_failure(&revision);
             let now = self.now();
             let mut core = self.core();
             let core = &mut *core;

@@ -6,6 +6,8 @@
 //!   ended or shrunk, the gate closed as soon as a failure is real);
 //! - [`builds`]: the build lifecycle (poll, start, finish, cancel, recover after a restart);
 //! - [`planning`]: reading the suite at a revision and planning it from history;
+//! - [`preparations`]: a revision prepared on a worker (set up, listed, its nextest
+//!   archive uploaded) before its build can be planned;
 //! - [`culprits`]: bisection of a red build's changes with probe builds;
 //! - [`flakes`]: flake records and quarantine;
 //! - [`queries`]: what the read-only API and the page read.
@@ -27,6 +29,7 @@ mod decisions;
 mod flakes;
 mod history;
 mod planning;
+mod preparations;
 mod queries;
 mod workers;
 
@@ -43,6 +46,9 @@ use tokio::sync::Notify;
 
 use self::flakes::Flakes;
 pub use self::planning::PlanError;
+pub use self::preparations::KEPT_ARCHIVES;
+use self::preparations::Preparations;
+pub use self::workers::Work;
 use crate::changes::{Mirror, Tagger};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
@@ -79,6 +85,23 @@ pub enum FarmError {
     /// git failed.
     #[error(transparent)]
     Git(#[from] GitError),
+    /// No preparation with this id is under way.
+    #[error("unknown preparation {0}")]
+    UnknownPreparation(u64),
+    /// The preparation is held by another worker (or by none: it was given to another).
+    #[error("preparation {prepare_id} is not held by worker {worker_id}")]
+    NotYourPreparation {
+        /// The preparation.
+        prepare_id: u64,
+        /// The worker that asked.
+        worker_id: u64,
+    },
+    /// A listing a worker sent is not a suite.
+    #[error("invalid listing: {0}")]
+    InvalidListing(String),
+    /// A preparation's listing arrived before its archive.
+    #[error("{0}")]
+    PreparationIncomplete(String),
     /// A background task died.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -122,6 +145,8 @@ struct Core {
     bisections: BTreeMap<u64, Bisection>,
     /// Quarantined tests and tests with a flake record.
     flakes: Flakes,
+    /// Revisions a worker is to prepare (list, build the archive) before their build plans.
+    preparations: Preparations,
 }
 
 /// The master's state.
@@ -188,6 +213,7 @@ impl Farm {
             workers: BTreeMap::new(),
             worker_by_name: HashMap::new(),
             flakes: Flakes::load(&store)?,
+            preparations: Preparations::default(),
             gate,
             // A probe a previous master left running is resumed with the other builds.
             bisections: store.bisections()?.into_iter().map(|bisection| (bisection.build_id, bisection)).collect(),

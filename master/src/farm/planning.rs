@@ -1,5 +1,6 @@
-//! Planning: the suite at a revision (read from git, or listed by the runner in the
-//! master's checkout), validated into a DAG, the tests selected by tags (or by id for a
+//! Planning: the suite at a revision (read from git, listed by the configured list
+//! command in the master's checkout, or listed by the runner adapter on a worker that
+//! prepared the revision: see [`super::preparations`]), validated into a DAG, the tests selected by tags (or by id for a
 //! probe or a resumed build), estimated from history, and the learned shard overhead.
 //! All of it is blocking work, run before the farm's lock is taken.
 
@@ -26,6 +27,12 @@ pub enum PlanError {
     /// The list command failed.
     #[error("suite list command failed: {0}")]
     ListCommand(String),
+    /// The runner's listing on a worker failed.
+    #[error("the suite cannot be listed: {0}")]
+    Listing(String),
+    /// No worker has listed the revision yet.
+    #[error("the revision {0} is not listed yet (a worker is to prepare it)")]
+    NotPrepared(String),
     /// The suite is not JSON of the suite format.
     #[error(transparent)]
     Format(#[from] SuiteFileError),
@@ -71,21 +78,20 @@ impl Farm {
     pub(super) fn suite_file_at(&self, revision: &str) -> Result<SuiteFile, PlanError> {
         Ok(match &self.config.suite.file {
             Some(path) => SuiteFile::from_json(&self.mirror.read_file(revision, path)?)?,
-            None if self.config.suite.list_command.is_empty() => self.list_with_runner(revision)?,
+            None if self.config.suite.list_command.is_empty() => self.listed_on_a_worker(revision)?,
             None => SuiteFile::from_json(&self.list_suite(revision)?)?,
         })
     }
 
-    /// The suite as the runner adapter lists it in a checkout of `revision`.
-    fn list_with_runner(&self, revision: &str) -> Result<SuiteFile, PlanError> {
-        let _checkout = self.checkout_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let checkout = self.config.data_dir.join("checkout");
-        let runner = self.config.suite.runner();
-        self.mirror.checkout(revision, &checkout, runner.kept_across_revisions())?;
-        let env: Vec<(String, String)> =
-            self.config.suite.env.iter().map(|(key, value)| (key.clone(), value.clone())).collect();
-        greenlight_shared::runner::list_suite(&runner, &checkout, &env)
-            .map_err(|error| PlanError::ListCommand(error.to_string()))
+    /// The suite as the runner adapter listed it on the worker that prepared `revision`.
+    fn listed_on_a_worker(&self, revision: &str) -> Result<SuiteFile, PlanError> {
+        if let Some(suite) = self.store.listing(revision)? {
+            return Ok(suite);
+        }
+        match self.listing_failure(revision) {
+            Some(message) => Err(PlanError::Listing(message)),
+            None => Err(PlanError::NotPrepared(revision.to_owned())),
+        }
     }
 
     /// The suite as the configured list command prints it in a checkout of `revision`.
@@ -155,9 +161,11 @@ impl Farm {
         let estimates = estimate(suite, |test| history.get(test.id.as_str()).copied().or(test.duration_s));
         let mut plan = BuildPlan::new(suite, selected, &estimates);
         // A shard may give back the tests it has not started only if its runner reports each
-        // test as it ends: a command writing JUnit as it goes, or the warm pytest runner
-        // (pytest run cold and nextest write their report at exit).
-        plan.leases_splittable = self.config.suite.runner() == Runner::Command || self.config.suite.warm_runner();
+        // test as it ends: a command writing JUnit as it goes, the warm pytest runner, or
+        // nextest's event stream (pytest run cold writes its report at exit).
+        let runner = self.config.suite.runner();
+        plan.leases_splittable =
+            runner == Runner::Command || runner.streams_events() || self.config.suite.warm_runner();
         // What real shards of this suite cost beats what its file declares.
         let learned = self.learned_shard_costs()?;
         if let Some(overhead_s) = learned.overhead_s {

@@ -508,3 +508,115 @@ async fn a_worker_waiting_in_a_long_poll_is_live_and_one_that_stopped_calling_is
     harness.clock.advance(20.0);
     assert!(harness.farm.workers()[0].lost);
 }
+
+/// A farm whose suite the pytest adapter lists, so on a worker (a preparation).
+fn listed_on_workers(config: &mut Config) {
+    config.suite.file = None;
+    config.suite.runner = crate::config::RunnerName::Pytest;
+}
+
+fn take_preparation(harness: &Harness, worker_id: u64) -> Option<greenlight_shared::api::Prepare> {
+    match harness.farm.try_work(worker_id, true).unwrap() {
+        Some(super::Work::Prepare(prepare)) => Some(prepare),
+        Some(super::Work::Lease(lease)) => panic!("a shard before the listing: {lease:?}"),
+        None => None,
+    }
+}
+
+fn listed(ids: &[&str]) -> greenlight_shared::api::PrepareOutcome {
+    greenlight_shared::api::PrepareOutcome::Listed { suite: suite(ids) }
+}
+
+#[tokio::test]
+async fn a_revision_listed_on_workers_is_prepared_once_and_its_listing_kept() {
+    let harness = Harness::new(&suite(&["unused"]), listed_on_workers);
+    let (first, second) = (harness.register("first"), harness.register("second"));
+    harness.farm.poll().await.unwrap();
+    assert_eq!(harness.farm.start_next_build().await.unwrap(), None, "the build waits for its listing");
+    assert!(harness.farm.try_work(second, false).unwrap().is_none(), "an older worker is never asked to prepare");
+    let job = take_preparation(&harness, first).expect("the first worker to ask prepares");
+    assert_eq!(job.revision, harness.repo.head().unwrap());
+    assert!(!job.upload_archive, "pytest has no archive");
+    assert!(take_preparation(&harness, second).is_none(), "one preparation, one holder");
+    assert_eq!(harness.farm.start_next_build().await.unwrap(), None);
+    harness.farm.prepare_report(job.prepare_id, first, &listed(&["a", "b"])).unwrap();
+    assert!(matches!(
+        harness.farm.prepare_report(job.prepare_id, first, &listed(&["a"])),
+        Err(FarmError::UnknownPreparation(_))
+    ));
+    let build_id = harness.farm.start_next_build().await.unwrap().expect("the build starts once listed");
+    assert_eq!(harness.build(build_id).counts.total, 2);
+    harness.run_all(second, |_| TestStatus::Passed);
+    assert_eq!(harness.build(build_id).state, BuildState::Green);
+
+    // A full run of the same revision plans from the kept listing: nobody lists again.
+    harness.farm.force_full_run().unwrap();
+    let again = harness.farm.start_next_build().await.unwrap().expect("no preparation needed");
+    assert_eq!(harness.build(again).counts.total, 2);
+    let Some(super::Work::Lease(lease)) = harness.farm.try_work(second, true).unwrap() else {
+        panic!("a shard, not a second preparation");
+    };
+    for test_id in &lease.tests {
+        harness.report(&lease, second, &[(test_id, TestStatus::Passed)]).unwrap();
+    }
+    harness.farm.finish(lease.lease_id, second, &ShardOutcome::Completed, Some(1.0)).unwrap();
+    harness.run_all(second, |_| TestStatus::Passed);
+    assert_eq!(harness.build(again).state, BuildState::Green);
+}
+
+#[tokio::test]
+async fn the_last_preparer_prepares_the_next_revision_unless_it_went_silent() {
+    let harness = Harness::new(&suite(&["unused"]), listed_on_workers);
+    let (warm, cold) = (harness.register("warm"), harness.register("cold"));
+    harness.farm.poll().await.unwrap();
+    harness.farm.start_next_build().await.unwrap();
+    let job = take_preparation(&harness, warm).unwrap();
+    harness.farm.prepare_report(job.prepare_id, warm, &listed(&["a"])).unwrap();
+    harness.farm.start_next_build().await.unwrap().unwrap();
+    harness.run_all(cold, |_| TestStatus::Passed);
+
+    harness.repo.commit("next", &[("next.txt", "2")]).unwrap();
+    harness.farm.poll().await.unwrap();
+    assert_eq!(harness.farm.start_next_build().await.unwrap(), None);
+    // The worker whose target directory is warm was heard from lately: it gets it.
+    assert!(take_preparation(&harness, cold).is_none(), "the last preparer is preferred");
+    let next = take_preparation(&harness, warm).expect("the last preparer prepares the next revision");
+    // It goes silent: past the lease timeout, the other worker gets the same preparation.
+    harness.clock.advance(harness.config.scheduler.lease_timeout_s + 1.0);
+    assert!(harness.farm.prepare_heartbeat(next.prepare_id, cold).is_ok_and(|active| !active));
+    harness.farm.tick().unwrap();
+    let taken_over = take_preparation(&harness, cold).expect("a silent preparer is replaced");
+    assert_eq!(taken_over.prepare_id, next.prepare_id);
+    assert!(matches!(
+        harness.farm.prepare_report(next.prepare_id, warm, &listed(&["a"])),
+        Err(FarmError::NotYourPreparation { .. })
+    ));
+    assert!(!harness.farm.prepare_heartbeat(next.prepare_id, warm).unwrap(), "the silent one lost it");
+    let failure = greenlight_shared::api::PrepareOutcome::Failed { message: "error[E0425]: x".to_owned() };
+    harness.farm.prepare_report(next.prepare_id, cold, &failure).unwrap();
+    let build_id = harness.farm.start_next_build().await.unwrap().expect("the failure ends the build");
+    let build = harness.build(build_id);
+    assert_eq!(build.state, BuildState::Error);
+    assert!(build.error.as_deref().is_some_and(|error| error.contains("E0425")), "{build:?}");
+}
+
+#[tokio::test]
+async fn a_revision_no_worker_could_prepare_ends_its_build_in_error() {
+    let harness = Harness::new(&suite(&["unused"]), |config| {
+        listed_on_workers(config);
+        config.scheduler.max_attempts = 2;
+    });
+    let workers = [harness.register("one"), harness.register("two")];
+    harness.farm.poll().await.unwrap();
+    harness.farm.start_next_build().await.unwrap();
+    for worker in workers {
+        let job = take_preparation(&harness, worker).expect("the preparation goes round");
+        let lost = greenlight_shared::api::PrepareOutcome::InfraError { message: "disk full".to_owned() };
+        harness.farm.prepare_report(job.prepare_id, worker, &lost).unwrap();
+    }
+    assert!(take_preparation(&harness, workers[0]).is_none(), "given up after max_attempts");
+    let build_id = harness.farm.start_next_build().await.unwrap().expect("the build ends");
+    let build = harness.build(build_id);
+    assert_eq!(build.state, BuildState::Error);
+    assert!(build.error.as_deref().is_some_and(|error| error.contains("disk full")), "{build:?}");
+}

@@ -6,11 +6,20 @@
 use greenlight_scheduler::core::{LeaseId, Outcome, Report, ReportedTest, WorkerId};
 use greenlight_shared::API_VERSION;
 use greenlight_shared::api::{
-    Lease, RegisterResponse, ResultsResponse, ShardOutcome, ShardState, ShardView, TestCounts, TestReport,
+    Lease, Prepare, RegisterResponse, ResultsResponse, ShardOutcome, ShardState, ShardView, TestCounts, TestReport,
     TestResultView, TestStatus,
 };
 
 use super::{Core, Farm, FarmError, Registration};
+
+/// What a worker asking for work gets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Work {
+    /// A shard to run.
+    Lease(Lease),
+    /// A revision to prepare.
+    Prepare(Prepare),
+}
 
 impl Farm {
     /// A worker registers (again): the same name keeps its id.
@@ -39,7 +48,7 @@ impl Farm {
     }
 
     /// Notes that a registered worker was heard now; returns its name.
-    fn heard_from(core: &mut Core, worker_id: u64, now: f64) -> Result<String, FarmError> {
+    pub(super) fn heard_from(core: &mut Core, worker_id: u64, now: f64) -> Result<String, FarmError> {
         let worker = core.workers.get_mut(&worker_id).ok_or(FarmError::UnknownWorker(worker_id))?;
         worker.last_seen = now;
         Ok(worker.name.clone())
@@ -52,6 +61,21 @@ impl Farm {
         let worker = core.workers.get_mut(&worker_id).ok_or(FarmError::UnknownWorker(worker_id))?;
         worker.waiting_until = worker.waiting_until.max(now + wait_s);
         Ok(())
+    }
+
+    /// A worker asks for work: a revision to prepare (when it can, and a build waits on
+    /// one), else a shard. `None` when there is nothing to do now.
+    pub fn try_work(&self, worker_id: u64, can_prepare: bool) -> Result<Option<Work>, FarmError> {
+        if can_prepare {
+            let now = self.now();
+            let mut core = self.core();
+            let core = &mut *core;
+            Farm::heard_from(core, worker_id, now)?;
+            if let Some(prepare) = self.take_preparation(core, worker_id, now) {
+                return Ok(Some(Work::Prepare(prepare)));
+            }
+        }
+        Ok(self.try_lease(worker_id)?.map(Work::Lease))
     }
 
     /// A worker asks for a shard. `None` when no test is ready now.
@@ -228,7 +252,8 @@ impl Farm {
         let decisions = core.scheduler.tick(now);
         let changed = !decisions.is_empty();
         self.apply(&mut core, decisions, now)?;
-        Ok(changed)
+        let preparations_changed = self.expire_preparations(&mut core, now);
+        Ok(changed || preparations_changed)
     }
 }
 
