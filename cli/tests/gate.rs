@@ -87,18 +87,32 @@ fn check_hooks(farm: &Farm) {
     let bin = std::path::Path::new(common::greenlight()).parent().unwrap().to_owned();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     let dir = tempfile::tempdir().unwrap();
-    let push = |work: &std::path::Path, message: &str| {
+    let commit = |work: &std::path::Path, message: &str| {
         Git::new(work)
             .run(&["-c", "user.name=E", "-c", "user.email=e@x", "commit", "--quiet", "--allow-empty", "-m", message])
             .unwrap();
+    };
+    let push_with = |work: &std::path::Path, path: &str, env: &[(&str, &str)]| {
         std::process::Command::new("git")
             .args(["push", "--quiet", "origin", "HEAD:main"])
             .current_dir(work)
-            .env("PATH", &path)
+            .env("PATH", path)
             .env("GREENLIGHT_MASTER", &farm.url)
+            .envs(env.iter().copied())
             .output()
             .unwrap()
     };
+    let push = |work: &std::path::Path, message: &str| {
+        commit(work, message);
+        push_with(work, &path, &[])
+    };
+    // A PATH with git but without greenlight.
+    let without = tempfile::tempdir().unwrap();
+    let git =
+        String::from_utf8(std::process::Command::new("sh").args(["-c", "command -v git"]).output().unwrap().stdout)
+            .unwrap();
+    std::os::unix::fs::symlink(git.trim(), without.path().join("git")).unwrap();
+    let path_without = without.path().display().to_string();
     for hook in ["pre-receive", "pre-push"] {
         let central = dir.path().join(format!("{hook}-central.git"));
         let work = dir.path().join(format!("{hook}-work"));
@@ -117,8 +131,29 @@ fn check_hooks(farm: &Farm) {
             String::from_utf8_lossy(&refused.stderr)
         );
         Git::new(&work).run(&["reset", "--quiet", "--hard", "HEAD~1"]).unwrap();
-        let accepted = push(&work, "Core: put it back [fix]");
+        // A plain commit under a fix: every commit pushed is checked, not only the tip.
+        commit(&work, "Chat: sneaked in");
+        let refused = push(&work, "Core: put it back [fix]");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{hook} refuses a plain commit under a fix tip");
+        assert!(
+            stderr.contains("Chat: sneaked in") && stderr.contains("neither a fix nor a revert"),
+            "{hook}: {stderr}"
+        );
+        Git::new(&work).run(&["reset", "--quiet", "--hard", "HEAD~2"]).unwrap();
+        // Without greenlight on PATH the push is refused, saying how to install it, unless
+        // the user opts out.
+        commit(&work, "Core: put it back [fix]");
+        let refused = push_with(&work, &path_without, &[]);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{hook} refuses when greenlight is missing: {stderr}");
+        assert!(stderr.contains("not on PATH") && stderr.contains("cargo install"), "{hook}: {stderr}");
+        let accepted = push_with(&work, &path, &[]);
         assert!(accepted.status.success(), "{hook} lets a fix through: {}", String::from_utf8_lossy(&accepted.stderr));
+        commit(&work, "Chat: pushed by someone without greenlight");
+        let optional = push_with(&work, &path_without, &[("GREENLIGHT_GATE_OPTIONAL", "1")]);
+        assert!(optional.status.success(), "{hook}: {}", String::from_utf8_lossy(&optional.stderr));
+        assert!(String::from_utf8_lossy(&optional.stderr).contains("without the gate"));
     }
 }
 
