@@ -219,6 +219,13 @@ fn a_rust_workspace_through_the_farm_reports_what_nextest_reports_compiled_once_
         let log = std::fs::read_to_string(farm.dir().join(format!("{worker}.log"))).unwrap();
         assert!(log.contains("archive downloaded from the master"), "{worker} log:\n{log}");
     }
+    // Each worker extracted the archive once for all its shards of the revision.
+    for worker in &workers {
+        let log = std::fs::read_to_string(farm.dir().join(format!("{worker}.log"))).unwrap();
+        let extractions =
+            log.lines().filter(|line| line.contains("archive extracted") && line.contains(&revision)).count();
+        assert_eq!(extractions, 1, "{worker} log:\n{log}");
+    }
     assert!(detail.shards.iter().all(|shard| shard.runner_wall_s.is_some_and(|wall_s| wall_s > 0.0)));
     // Each shard's `reproduce` line, run by hand in a clone, runs exactly that shard's tests.
     let mut reproduced = BTreeMap::new();

@@ -35,6 +35,10 @@ pub const NEXTEST_PROFILE: &str = "greenlight";
 /// Where `cargo nextest archive` leaves the revision's build, relative to the checkout.
 pub const NEXTEST_ARCHIVE: &str = "target/greenlight-nextest.tar.zst";
 
+/// Where a worker extracts the revision's archive once, relative to the checkout: every
+/// shard of the revision runs from it rather than extracting the archive again.
+pub const NEXTEST_EXTRACTED: &str = "target/greenlight-nextest-extracted";
+
 /// Which adapter runs the suite; travels in every lease.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -71,8 +75,7 @@ pub struct ShardPaths<'a> {
     pub ids_file: &'a Path,
     /// Where the generic adapter's runner writes JUnit.
     pub junit: &'a Path,
-    /// A directory private to the shard (nextest extracts its archive and finds its
-    /// tool config there).
+    /// A directory private to the shard (nextest finds its tool config there).
     pub shard_dir: &'a Path,
 }
 
@@ -190,6 +193,30 @@ impl Runner {
         }
     }
 
+    /// The argv that extracts the revision's archive into [`NEXTEST_EXTRACTED`] once (a
+    /// listing from the archive that keeps what it extracted), if the adapter has one.
+    pub fn extract_argv(&self) -> Option<Vec<String>> {
+        match self {
+            Runner::Nextest { cargo, args } => {
+                let mut argv = strings(&[
+                    cargo,
+                    "nextest",
+                    "list",
+                    "--archive-file",
+                    NEXTEST_ARCHIVE,
+                    "--workspace-remap",
+                    ".",
+                    "--extract-to",
+                    NEXTEST_EXTRACTED,
+                    "--extract-overwrite",
+                ]);
+                argv.extend(split_nextest_args(args).shard);
+                Some(argv)
+            }
+            Runner::Command | Runner::Pytest { .. } => None,
+        }
+    }
+
     /// The test ids in the listing's standard output.
     pub fn parse_listing(&self, stdout: &str) -> Result<Vec<String>, ListError> {
         match self {
@@ -234,9 +261,6 @@ impl Runner {
                 let mut argv = nextest_run_base(cargo);
                 argv.extend(split_nextest_args(args).shard);
                 argv.extend([
-                    "--extract-to".to_owned(),
-                    paths.shard_dir.join("extract").to_string_lossy().into_owned(),
-                    "--extract-overwrite".to_owned(),
                     "--tool-config-file".to_owned(),
                     format!("greenlight:{}", paths.shard_dir.join("nextest.toml").to_string_lossy()),
                     // One JSON line per test as it ends, on standard output.
@@ -776,13 +800,20 @@ fn pytest_run_args(args: &[String]) -> Vec<String> {
     split_pytest_args(args).0.run
 }
 
+/// A run from the archive the worker extracted once ([`Runner::extract_argv`]): its
+/// metadata, its target directory, the checkout as the workspace.
 fn nextest_run_base(cargo: &str) -> Vec<String> {
+    let metadata = format!("{NEXTEST_EXTRACTED}/target/nextest");
     strings(&[
         cargo,
         "nextest",
         "run",
-        "--archive-file",
-        NEXTEST_ARCHIVE,
+        "--binaries-metadata",
+        &format!("{metadata}/binaries-metadata.json"),
+        "--cargo-metadata",
+        &format!("{metadata}/cargo-metadata.json"),
+        "--target-dir-remap",
+        &format!("{NEXTEST_EXTRACTED}/target"),
         "--workspace-remap",
         ".",
         "--profile",
@@ -1346,10 +1377,10 @@ mod tests {
             ShardPaths { ids_file: Path::new("/w/ids"), junit: Path::new("/w/j.xml"), shard_dir: Path::new("/w") };
         let shard = runner.shard_argv(&[], &["b t".into()], &paths, "r");
         let shard_start = shard.iter().position(|word| word == "--workspace-remap").unwrap() + 4;
-        let shard_end = shard.iter().position(|word| word == "--extract-to").unwrap();
+        let shard_end = shard.iter().position(|word| word == "--tool-config-file").unwrap();
         assert_eq!(shard[shard_start..shard_end], words(shard_options), "shard of {args:?}");
         assert_eq!(
-            shard[shard_end..].iter().skip(7).map(String::as_str).collect::<Vec<_>>(),
+            shard[shard_end..].iter().skip(4).map(String::as_str).collect::<Vec<_>>(),
             ["--run-ignored", "all", "--ignore-default-filter", "-E", "(binary_id(=b) & (test(=t)))"]
         );
         let reproduce = runner.reproduce(&[], &[], &["b t".into()], "r");

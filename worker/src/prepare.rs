@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use greenlight_shared::api::{Prepare, PrepareOutcome};
-use greenlight_shared::runner::{NEXTEST_ARCHIVE, Runner};
+use greenlight_shared::runner::{NEXTEST_ARCHIVE, NEXTEST_EXTRACTED, Runner};
 
 use crate::checkout::{Checkout, CheckoutError};
 use crate::client::{Client, ClientError};
@@ -177,5 +177,49 @@ pub async fn ensure_archive(
         }
         Err(error) => return Err(format!("archive download: {error}")),
     }
+    std::fs::write(&marker, revision).map_err(|error| format!("{}: {error}", marker.display()))
+}
+
+/// Makes sure the revision's archive is extracted once in the checkout
+/// ([`greenlight_shared::runner::NEXTEST_EXTRACTED`]), for every shard of the revision to
+/// run from, rather than each extracting the whole archive again.
+pub async fn ensure_extracted(
+    workdir: &Path,
+    checkout: &Checkout,
+    runner: &Runner,
+    revision: &str,
+    env: &[(String, String)],
+) -> Result<(), String> {
+    let Some(argv) = runner.extract_argv() else { return Ok(()) };
+    let marker = workdir.join("extracted-revision");
+    let metadata = checkout.dir().join(NEXTEST_EXTRACTED).join("target/nextest/binaries-metadata.json");
+    if std::fs::read_to_string(&marker).is_ok_and(|done| done.trim() == revision) && metadata.exists() {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(&marker);
+    // An earlier revision's binaries go; nextest extracts only into a directory that exists.
+    let extracted = checkout.dir().join(NEXTEST_EXTRACTED);
+    if extracted.exists() {
+        std::fs::remove_dir_all(&extracted).map_err(|error| format!("{}: {error}", extracted.display()))?;
+    }
+    std::fs::create_dir_all(&extracted).map_err(|error| format!("{}: {error}", extracted.display()))?;
+    let (dir, env) = (checkout.dir().to_owned(), env.to_vec());
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .current_dir(&dir)
+            .envs(env.iter().map(|(key, value)| (key, value)))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|error| format!("cannot start {:?}: {error}", argv[0]))
+    })
+    .await
+    .map_err(|error| format!("extraction task: {error}"))??;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let tail: String = stderr.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
+        return Err(format!("extracting the archive exited with {}: {tail}", output.status));
+    }
+    tracing::info!(revision, "archive extracted for the revision's shards");
     std::fs::write(&marker, revision).map_err(|error| format!("{}: {error}", marker.display()))
 }

@@ -66,7 +66,6 @@ impl ShardFiles {
         for (name, contents) in lease.runner.shard_files() {
             std::fs::write(dir.join(name), contents)?;
         }
-        std::fs::create_dir_all(dir.join("extract"))?;
         Ok(files)
     }
 
@@ -529,6 +528,11 @@ async fn run_shard_inner(
     if lease.runner.archive_argv().is_some()
         && let Err(error) =
             crate::prepare::ensure_archive(client, workdir, &checkout, &lease.runner, &lease.revision, &lease.env).await
+    {
+        return infra(format!("the archive of {}: {error}", lease.revision));
+    }
+    if let Err(error) =
+        crate::prepare::ensure_extracted(workdir, &checkout, &lease.runner, &lease.revision, &lease.env).await
     {
         return infra(format!("the archive of {}: {error}", lease.revision));
     }
