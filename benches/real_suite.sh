@@ -11,7 +11,7 @@
 # outcomes of every test compared with the direct run's JUnit report.
 #
 #   SUITE=networkx benches/real_suite.sh 2    # networkx 3.6.1 (target/pyenv)
-#   SUITE=pandas   benches/real_suite.sh 2    # pandas 3.1.1: tests/reshape, tools, tseries (target/pyenv-heavy)
+#   SUITE=pandas   benches/real_suite.sh 2    # pandas 3.1.1: five test packages (target/pyenv-heavy)
 #
 # The venvs (once; pip reads the local package mirror):
 #   python3 -m venv target/pyenv && target/pyenv/bin/pip install pytest==9.2.0 networkx==3.6.1
@@ -42,7 +42,8 @@ case "$suite" in
         # The wheel ships the tests but not every data file they read: without the file,
         # --no-strict-data-files makes those tests skip (the paths first: the option then
         # reads as the flag it is).
-        args=(pandas/tests/reshape pandas/tests/tools pandas/tests/tseries --no-strict-data-files)
+        args=(pandas/tests/reshape pandas/tests/tools pandas/tests/tseries pandas/tests/indexes
+              pandas/tests/scalar --no-strict-data-files)
         ;;
     *)
         echo "SUITE must be networkx or pandas, not $suite" >&2
