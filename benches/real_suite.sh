@@ -63,7 +63,7 @@ fi
 greenlight=$root/target/release/greenlight
 report=$root/benches/farm_report.py
 site=$("$python" -c "import $package, os; print(os.path.dirname(os.path.dirname($package.__file__)))")
-versions=$("$python" -m pip list --format=freeze 2> /dev/null | grep -iE "^($package|pytest|numpy)==" | tr '\n' ' ')
+versions=$("$python" -m pip list --format=freeze 2> /dev/null | grep -iE "^($package|pytest|numpy)==" | tr "\n" " " || true)
 echo "suite $suite: $versions(from $pyenv); $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 work=$(mktemp -d)
 . "$root/benches/farm_common.sh"
