@@ -80,7 +80,10 @@ pub fn estimate(suite: &Suite, known: impl Fn(&TestSpec) -> Option<f64>) -> Esti
         (GroupMeans::default(), GroupMeans::default(), GroupMeans::default(), GroupMeans::default());
     let (mut sum, mut count) = (0.0, 0usize);
     for ((test, value), tag_set) in suite.tests.iter().zip(&known).zip(&tag_sets) {
-        let Some(value) = *value else { continue };
+        // A test known to take no time (a file pytest skips at collection, declared 0 s)
+        // says nothing about what its neighbours take: lent, it would make every new test
+        // of a first build free, and its shards unbounded.
+        let Some(value) = value.filter(|&value| value > 0.0) else { continue };
         sum += value;
         count += 1;
         if let Some(file) = file_of(&test.id) {
@@ -171,6 +174,19 @@ mod tests {
             ],
             &[],
             &[10.0, 20.0, 30.0, 0.5, 1.5, 15.0, 20.0, 20.0, 20.0, 12.4],
+        );
+    }
+
+    #[test]
+    fn a_test_known_to_take_no_time_lends_nothing_to_its_neighbours() {
+        check(
+            &[
+                ("pkg/test_skipped.py", &[], Some(0.0)),
+                ("pkg/test_a.py::one", &[], None),
+                ("other/test_b.py::one", &[], None),
+            ],
+            &[],
+            &[0.0, DEFAULT_ESTIMATE_S, DEFAULT_ESTIMATE_S],
         );
     }
 

@@ -99,14 +99,13 @@ impl Scheduler {
             let planned = &run.plan.tests[entry.index];
             let estimate = planned.estimate_s;
             if let Some(&first) = tests.first() {
-                // New tests and known ones are never in one shard. Until the build has seen
-                // what its new tests really take, a shard of them is no larger than the
-                // reserve (but worth its overhead); after, it is cut like the others.
+                // New tests and known ones are never in one shard. A shard of new tests is
+                // no larger than the reserve (their estimates are one figure for many
+                // tests, however well scaled), but worth its overhead.
                 let new_shard = !run.plan.tests[first].estimate_known;
-                let uncertain = !run.new_tests.calibrated
-                    && work + estimate > goal.share * self.config.tail_fraction
-                    && work >= goal.smallest;
-                if new_shard && (planned.estimate_known || uncertain) {
+                let beyond_reserve =
+                    work + estimate > goal.share * self.config.tail_fraction && work >= goal.smallest;
+                if new_shard && (planned.estimate_known || beyond_reserve) {
                     break;
                 }
                 if !new_shard && !planned.estimate_known {

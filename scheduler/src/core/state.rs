@@ -199,8 +199,7 @@ pub(super) struct NewTests {
     reported: usize,
     /// How many reported new tests the next calibration waits for (doubling each time).
     next_calibration: usize,
-    /// Whether the estimates have been checked against real durations at least once: new
-    /// tests then go out in shards sized like the others.
+    /// Whether the estimates have been checked against real durations at least once.
     pub(super) calibrated: bool,
 }
 
