@@ -6,22 +6,13 @@
 
 mod common;
 
-use common::{Farm, FarmOptions, TOKEN, test};
+use common::{Farm, FarmOptions, TOKEN, expect_error, test};
 use greenlight_shared::api::{
-    ErrorBody, Lease, LeaseResponse, RegisterResponse, ResultsResponse, ShardView, TestHistory, TestStatus,
+    Lease, LeaseResponse, RegisterResponse, ResultsResponse, ShardView, TestHistory, TestStatus,
 };
 use greenlight_shared::suite::SuiteFile;
-use reqwest::blocking::{Client, RequestBuilder};
+use reqwest::blocking::Client;
 use serde_json::json;
-
-fn expect_error(request: RequestBuilder, status: u16, code: &str) -> ErrorBody {
-    let response = request.send().expect("the master answers");
-    assert_eq!(response.status().as_u16(), status, "expected {status} {code}");
-    let body: ErrorBody = response.json().expect("errors have a JSON body");
-    assert_eq!(body.error, code, "{body:?}");
-    assert!(!body.message.is_empty());
-    body
-}
 
 #[test]
 fn bad_requests_are_refused_with_a_named_problem_and_nothing_is_lost() {

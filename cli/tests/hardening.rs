@@ -66,16 +66,10 @@ fn a_data_dir_that_cannot_be_used_or_is_in_use_is_named_before_the_master_listen
     assert!(stderr.contains("data_dir") && stderr.contains(&unusable.display().to_string()), "{stderr}");
 }
 
-/// Finishes `lease` and waits for the next one.
-fn lease_again(farm: &Farm, worker_id: u64, lease_id: u64) -> greenlight_shared::api::Lease {
-    let (status, body) = farm.post(
-        &format!("/api/v1/leases/{lease_id}/finish"),
-        &serde_json::json!({"worker_id": worker_id, "outcome": {"kind": "completed"}}),
-        Some(common::TOKEN),
-    );
-    assert_eq!(status, 204, "{body}");
+/// Waits, as the worker `worker_id`, for its next lease.
+fn next_lease(farm: &Farm, worker_id: u64) -> greenlight_shared::api::Lease {
     let http = reqwest::blocking::Client::new();
-    farm.wait_for("the next lease", Duration::from_secs(60), |farm| {
+    farm.wait_for("a lease", Duration::from_secs(60), |farm| {
         let answer: greenlight_shared::api::LeaseResponse = http
             .post(format!("{}/api/v1/workers/{worker_id}/lease", farm.url))
             .bearer_auth(common::TOKEN)
@@ -88,30 +82,23 @@ fn lease_again(farm: &Farm, worker_id: u64, lease_id: u64) -> greenlight_shared:
     })
 }
 
+/// Finishes `lease` and waits for the next one.
+fn lease_again(farm: &Farm, worker_id: u64, lease_id: u64) -> greenlight_shared::api::Lease {
+    let (status, body) = farm.post(
+        &format!("/api/v1/leases/{lease_id}/finish"),
+        &serde_json::json!({"worker_id": worker_id, "outcome": {"kind": "completed"}}),
+        Some(common::TOKEN),
+    );
+    assert_eq!(status, 204, "{body}");
+    next_lease(farm, worker_id)
+}
+
 /// Plays a worker by hand: registers and waits for a lease.
 fn lease_by_hand(farm: &Farm, name: &str) -> (u64, greenlight_shared::api::Lease) {
-    use greenlight_shared::api::{LeaseResponse, RegisterResponse};
-    let http = reqwest::blocking::Client::new();
-    let me: RegisterResponse = http
-        .post(format!("{}/api/v1/workers/register", farm.url))
-        .bearer_auth(common::TOKEN)
-        .json(&serde_json::json!({"name": name}))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    let lease = farm.wait_for("a lease", Duration::from_secs(60), |farm| {
-        let answer: LeaseResponse = http
-            .post(format!("{}/api/v1/workers/{}/lease", farm.url, me.worker_id))
-            .bearer_auth(common::TOKEN)
-            .json(&serde_json::json!({"wait_s": 1}))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        answer.lease
-    });
-    (me.worker_id, lease)
+    let (status, me) = farm.post("/api/v1/workers/register", &serde_json::json!({"name": name}), Some(common::TOKEN));
+    assert_eq!(status, 200, "{me}");
+    let worker_id = me["worker_id"].as_u64().expect("a worker id");
+    (worker_id, next_lease(farm, worker_id))
 }
 
 #[test]

@@ -10,20 +10,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Farm, FarmOptions, TOKEN};
-use greenlight_shared::api::{BuildState, ErrorBody, LeaseResponse, Prepare, RegisterResponse};
+use common::{Farm, FarmOptions, TOKEN, expect_error};
+use greenlight_shared::api::{BuildState, LeaseResponse, Prepare, RegisterResponse};
 use greenlight_shared::suite::SuiteFile;
-use reqwest::blocking::{Client, RequestBuilder};
+use reqwest::blocking::Client;
 use serde_json::json;
-
-fn expect_error(request: RequestBuilder, status: u16, code: &str) -> ErrorBody {
-    let response = request.send().expect("the master answers");
-    assert_eq!(response.status().as_u16(), status, "expected {status} {code}");
-    let body: ErrorBody = response.json().expect("errors have a JSON body");
-    assert_eq!(body.error, code, "{body:?}");
-    assert!(!body.message.is_empty());
-    body
-}
 
 fn nextest_farm(top_toml: &str, lease_timeout_s: f64) -> Farm {
     let empty = SuiteFile { name: "unused".into(), shard_overhead_s: 0.0, tests: Vec::new() };

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use greenlight_fixtures::repo::FixtureRepo;
 use greenlight_shared::api::{
-    BuildDetail, BuildState, BuildSummary, BuildTests, ChangeView, GateView, PushView, ShardState, TestResultView,
-    WorkerView,
+    BuildDetail, BuildState, BuildSummary, BuildTests, ChangeView, ErrorBody, GateView, PushView, ShardState,
+    TestResultView, WorkerView,
 };
 use greenlight_shared::suite::{SuiteFile, SuiteTest};
 
@@ -46,6 +46,17 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Sends `request` and checks it is refused with `status` and the error `code`, with a
+/// JSON body naming the problem.
+pub fn expect_error(request: reqwest::blocking::RequestBuilder, status: u16, code: &str) -> ErrorBody {
+    let response = request.send().expect("the master answers");
+    assert_eq!(response.status().as_u16(), status, "expected {status} {code}");
+    let body: ErrorBody = response.json().expect("errors have a JSON body");
+    assert_eq!(body.error, code, "{body:?}");
+    assert!(!body.message.is_empty());
+    body
 }
 
 /// A suite test.

@@ -103,8 +103,7 @@ impl Scheduler {
                 // no larger than the reserve (their estimates are one figure for many
                 // tests, however well scaled), but worth its overhead.
                 let new_shard = !run.plan.tests[first].estimate_known;
-                let beyond_reserve =
-                    work + estimate > goal.share * self.config.tail_fraction && work >= goal.smallest;
+                let beyond_reserve = work + estimate > goal.share * self.config.tail_fraction && work >= goal.smallest;
                 if new_shard && (planned.estimate_known || beyond_reserve) {
                     break;
                 }

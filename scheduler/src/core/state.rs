@@ -104,7 +104,6 @@ impl BuildRun {
             return false;
         }
         new.next_calibration *= 2;
-        new.calibrated = true;
         let ratio = if new.estimated > 0.0 {
             (new.real / new.estimated).clamp(NewTests::LEAST_RATIO, NewTests::MOST_RATIO)
         } else {
@@ -199,8 +198,6 @@ pub(super) struct NewTests {
     reported: usize,
     /// How many reported new tests the next calibration waits for (doubling each time).
     next_calibration: usize,
-    /// Whether the estimates have been checked against real durations at least once.
-    pub(super) calibrated: bool,
 }
 
 impl NewTests {
@@ -210,13 +207,7 @@ impl NewTests {
     const MOST_RATIO: f64 = 1e3;
 
     pub(super) fn new() -> NewTests {
-        NewTests {
-            real: 0.0,
-            estimated: 0.0,
-            reported: 0,
-            next_calibration: Self::FIRST_CALIBRATION,
-            calibrated: false,
-        }
+        NewTests { real: 0.0, estimated: 0.0, reported: 0, next_calibration: Self::FIRST_CALIBRATION }
     }
 }
 

@@ -585,7 +585,6 @@ fn estimates_corrected_inside_a_build_carry_to_the_leases_holding_them() {
         scheduler.report(grant.lease, WorkerId(1), &[reported], now).unwrap();
     }
     let run = &scheduler.builds[&BuildId(1)];
-    assert!(run.new_tests.calibrated);
     // Ten times quicker than guessed: the rest of the build is a tenth of what it seemed.
     let unleased_after = run.unleased_work;
     assert!((unleased_after - unleased_before / 10.0).abs() < 1e-9, "{unleased_before} -> {unleased_after}");
