@@ -106,6 +106,20 @@ def build(url, revision, label, t0, serial_s, junit_out, timeout_s=3600.0):
         )
     for line in metrics_lines(url):
         print(f"  {line}")
+    if os.environ.get("SHARDS") == "1":
+        # The timeline: each shard from its lease, seconds since the build's first lease.
+        by_shard = {}
+        for result in tests:
+            by_shard.setdefault(result.get("lease_id"), []).append(result["duration_s"])
+        for shard in shards:
+            ended = shard.get("finished_at")
+            print(
+                f"    shard {shard['lease_id']:>4} {shard['worker']:<10} {shard['state']:<10} "
+                f"{shard['started_at'] - first_lease:7.1f} s .. "
+                f"{'–' if ended is None else f'{ended - first_lease:7.1f} s'} "
+                f"{shard['tests']:>6} tests (+{shard.get('withdrawn', 0)} withdrawn), runner "
+                f"{f(shard.get('runner_wall_s'))} s, tests' own {sum(by_shard.get(shard['lease_id'], [])):.1f} s"
+            )
     record = {
         "label": label, "build_id": build_id, "state": summary["state"], "tests": summary["counts"]["total"],
         "shards": len(shards), "makespan_s": makespan, "shard_span_s": span, "lower_bound_s": bound,

@@ -211,12 +211,29 @@ pub struct TestReport {
     pub test_id: String,
     /// What happened.
     pub status: TestStatus,
-    /// Seconds the test took.
+    /// Seconds the test took, as its runner reports them (pytest: setup, call and
+    /// teardown; shown on the page and in the JUnit report).
     #[serde(default)]
     pub duration_s: f64,
+    /// Seconds of the shard the test took, from the end of the test before it (or from the
+    /// runner being ready) to its own end: its duration plus the runner's work around it
+    /// (pytest's hooks and reporting, fixtures torn down between modules, the worker's
+    /// round trip). Sent by runners that run tests one by one (the warm pytest runner); the
+    /// scheduler sizes shards by it and the duration history keeps it, since it is what
+    /// the test costs a shard. `None`: the duration is all that is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_s: Option<f64>,
     /// Output of a failure or error (message, system-out, system-err), possibly truncated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+}
+
+impl TestReport {
+    /// What the test cost its shard, for scheduling: its wall time when the runner
+    /// measured one, else its duration.
+    pub fn cost_s(&self) -> f64 {
+        self.wall_s.unwrap_or(self.duration_s)
+    }
 }
 
 /// `POST /api/v1/leases/{lease_id}/results`: a batch of finished tests.

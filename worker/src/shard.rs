@@ -225,6 +225,7 @@ fn new_streamed_results(
                 test_id: tests[position].clone(),
                 status: test.status,
                 duration_s: test.duration_s,
+                wall_s: None,
                 output: test.output,
             });
         }
@@ -250,6 +251,7 @@ fn new_results(
                 test_id: tests[position].clone(),
                 status: case.status,
                 duration_s: case.time_s,
+                wall_s: None,
                 output: case.output,
             });
         }
@@ -289,6 +291,7 @@ impl WarmShard<'_> {
     async fn run(&self, warm: &mut WarmRunners, python: &str, args: &[String], dir: &Path) -> ShardRun {
         let lease = self.lease;
         let started = Instant::now();
+        let mut since = started;
         let mut pending: Vec<TestReport> = Vec::new();
         let mut last_sent = Instant::now();
         for (position, test) in lease.tests.iter().enumerate() {
@@ -311,6 +314,7 @@ impl WarmShard<'_> {
                             test_id: test.clone(),
                             status: TestStatus::Error,
                             duration_s: 0.0,
+                            wall_s: None,
                             output: Some(format!("pytest exited with {status} before it had collected:\n{output}")),
                         });
                     }
@@ -322,14 +326,20 @@ impl WarmShard<'_> {
                     return infra(format!("cannot start the warm pytest runner: {error}"));
                 }
             };
+            // The test's share of the shard: from the end of the one before it (or the
+            // runner being ready) to its own end, the worker's round trip included.
+            let from = since.max(runner.ready_at());
             let mut record = None;
             let ran = runner.run(std::slice::from_ref(test), |ended| record = Some(ended)).await;
+            let ended_at = Instant::now();
+            since = ended_at;
             let reported = record.is_some();
             if let Some(ended) = record {
                 pending.push(TestReport {
                     test_id: test.clone(),
                     status: ended.status,
                     duration_s: ended.duration_s,
+                    wall_s: Some(ended_at.duration_since(from).as_secs_f64()),
                     output: ended.output,
                 });
             }
@@ -349,6 +359,7 @@ impl WarmShard<'_> {
                             test_id: test.clone(),
                             status: TestStatus::Error,
                             duration_s: 0.0,
+                            wall_s: None,
                             output: Some(format!(
                                 "the test ended its pytest process with exit code {code}; last output:\n{output}"
                             )),
@@ -658,6 +669,7 @@ async fn run_shard_inner(
                 test_id: lease.tests[position].clone(),
                 status: TestStatus::Error,
                 duration_s: 0.0,
+                wall_s: None,
                 output: Some(format!(
                     "not reported by the runner, which exited with {exit} (crashed or lost); last output:\n{tail}"
                 )),

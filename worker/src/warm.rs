@@ -19,7 +19,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use greenlight_shared::api::TestStatus;
 use serde::{Deserialize, Serialize};
@@ -240,6 +240,8 @@ pub struct WarmRunner {
     output: OutputTail,
     drains: Vec<JoinHandle<()>>,
     dead: bool,
+    /// When it had collected and was ready for its first test.
+    ready_at: Instant,
     /// Holds the plugin; removed with the runner.
     _plugin_dir: tempfile::TempDir,
 }
@@ -315,6 +317,7 @@ impl WarmRunner {
             output,
             drains,
             dead: false,
+            ready_at: Instant::now(),
             _plugin_dir: plugin_dir,
         };
         tracing::debug!(pid, "warm runner started, collecting");
@@ -326,6 +329,7 @@ impl WarmRunner {
                 }
                 runner.collected = collected;
                 runner.collection_errors = errors;
+                runner.ready_at = Instant::now();
                 tracing::info!(pid, collected = runner.collected.len(), "warm runner ready");
                 Ok(runner)
             }
@@ -347,6 +351,11 @@ impl WarmRunner {
     /// The runner's process id (it leads its process group).
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// When it had collected: a test's wall time never reaches back past it.
+    pub fn ready_at(&self) -> Instant {
+        self.ready_at
     }
 
     /// The node ids it collected, in collection order.

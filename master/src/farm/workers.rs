@@ -160,7 +160,7 @@ impl Farm {
                 test_id: &result.test_id,
                 status: result.status,
                 quarantined,
-                duration_s: Some(self.bounded_duration(result.duration_s)),
+                duration_s: Some(self.bounded_duration(result.cost_s())),
             })
             .collect();
         let reports = core.scheduler.report(LeaseId(lease_id), WorkerId(worker_id), &batch, now)?;
@@ -187,13 +187,12 @@ impl Farm {
                         lease_id: Some(lease_id),
                     };
                     self.record_result(core, build_id, &stored, fails_build, now)?;
-                    // A duration that had to be clamped says nothing about the test.
-                    let believable = result.duration_s <= self.config.max_test_duration_s;
-                    if matches!(result.status, TestStatus::Passed | TestStatus::Failed)
-                        && stored.duration_s > 0.0
-                        && believable
-                    {
-                        self.store.add_duration(&result.test_id, stored.duration_s)?;
+                    // The history keeps what the test cost its shard; a duration that had
+                    // to be clamped says nothing about the test.
+                    let cost_s = self.bounded_duration(result.cost_s());
+                    let believable = result.cost_s() <= self.config.max_test_duration_s;
+                    if matches!(result.status, TestStatus::Passed | TestStatus::Failed) && cost_s > 0.0 && believable {
+                        self.store.add_duration(&result.test_id, cost_s)?;
                     }
                     response.accepted += 1;
                     self.apply(core, decisions, now)?;
