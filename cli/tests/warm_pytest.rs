@@ -183,3 +183,80 @@ fn a_warm_shard_gives_back_the_tests_it_has_not_started_when_a_worker_joins_late
         .collect();
     assert!(!late.is_empty(), "the late worker ran some of the given-back tests");
 }
+
+#[test]
+fn an_idle_worker_collects_while_another_lists_the_revision_and_runs_its_shards_in_that_runner() {
+    // The listing (pytest --collect-only, on whichever worker prepares the revision) takes
+    // 4 s more here; a worker with nothing to do meanwhile starts its warm runner, which
+    // has collected before the build's first shard is leased, and runs its shards.
+    const CONFTEST_NOTING_COLLECTION: &str = r#"import os
+import time
+
+import pytest
+
+
+def pytest_configure(config):
+    if config.option.collectonly:
+        time.sleep(4)
+
+
+def pytest_collection_finish(session):
+    if not session.config.option.collectonly:
+        with open(os.environ["GREENLIGHT_PIDS"] + ".collected", "a", encoding="utf-8") as out:
+            out.write(f"{os.getpid()} {time.time()}\n")
+
+
+@pytest.fixture(autouse=True)
+def note_the_process(request):
+    with open(os.environ["GREENLIGHT_PIDS"], "a", encoding="utf-8") as pids:
+        pids.write(f"{os.getpid()} {request.node.nodeid}\n")
+    yield
+"#;
+    let python = python();
+    let scratch = tempfile::tempdir().unwrap();
+    let pids = scratch.path().join("pids");
+    let empty = SuiteFile { name: "unused".into(), shard_overhead_s: 0.0, tests: Vec::new() };
+    let options =
+        FarmOptions { suite_toml: suite_toml(&python, &pids, "runner_args = [\"tests\"]"), ..FarmOptions::default() };
+    let farm = Farm::start_with_repo(&empty, 2, options, |repo| {
+        commit_project(
+            repo.dir(),
+            &[("tests/conftest.py", CONFTEST_NOTING_COLLECTION), ("tests/test_many.py", MANY_TESTS)],
+        );
+    });
+    let build = farm.finished_build_of(&farm.repo.head().unwrap());
+    assert_eq!(build.state, BuildState::Green, "{build:?}");
+    let detail: BuildDetail = farm.get(&format!("/api/v1/builds/{}", build.build_id));
+    let first_lease = detail.shards.iter().map(|shard| shard.started_at).fold(f64::INFINITY, f64::min);
+
+    let collected: Vec<(String, f64)> = std::fs::read_to_string(pids.with_extension("collected"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let (pid, at) = line.split_once(' ').unwrap();
+            (pid.to_owned(), at.parse().unwrap())
+        })
+        .collect();
+    let ran: Vec<(String, String)> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let (pid, test) = line.split_once(' ').unwrap();
+            (pid.to_owned(), test.to_owned())
+        })
+        .collect();
+    let early: Vec<&str> = collected.iter().filter(|(_, at)| *at < first_lease).map(|(pid, _)| pid.as_str()).collect();
+    assert_eq!(
+        early.len(),
+        1,
+        "one runner (the idle worker's) collected before the first lease at {first_lease}: {collected:?}"
+    );
+    let warmed_up = early[0];
+    let its_tests = ran.iter().filter(|(pid, _)| pid == warmed_up).count();
+    assert!(its_tests > 0, "the runner warmed up ran its worker's shards: {ran:?}");
+    // Still one process per worker and revision: the warmed-up runner is no extra one.
+    let processes: BTreeSet<&str> = ran.iter().map(|(pid, _)| pid.as_str()).collect();
+    assert!(processes.len() <= 2, "{processes:?}");
+    let results = by_id(farm.tests(build.build_id).results);
+    assert_eq!(results.len(), 40, "every test has its result");
+}

@@ -375,24 +375,25 @@ async fn lease(
         let notified = state.farm.work_available.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let work = state.farm.try_work(worker_id, request.can_prepare)?;
+        let work = state.farm.try_work(worker_id, &request)?;
         // Taking back the lease it held may have ended a build.
         state.farm.flush_verdicts().await?;
+        let mut response = LeaseResponse { version: API_VERSION, lease: None, prepare: None, warm_up: None };
         match work {
-            Some(Work::Lease(lease)) => {
-                return Ok(Json(LeaseResponse { version: API_VERSION, lease: Some(lease), prepare: None }));
-            }
-            Some(Work::Prepare(prepare)) => {
-                return Ok(Json(LeaseResponse { version: API_VERSION, lease: None, prepare: Some(prepare) }));
-            }
+            Some(Work::Lease(lease)) => response.lease = Some(lease),
+            Some(Work::Prepare(prepare)) => response.prepare = Some(prepare),
+            Some(Work::WarmUp(warm_up)) => response.warm_up = Some(warm_up),
             None => {}
+        }
+        if response.lease.is_some() || response.prepare.is_some() || response.warm_up.is_some() {
+            return Ok(Json(response));
         }
         if !waiting {
             state.farm.waiting(worker_id, wait_s)?;
             waiting = true;
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            return Ok(Json(LeaseResponse { version: API_VERSION, lease: None, prepare: None }));
+            return Ok(Json(response));
         }
     }
 }

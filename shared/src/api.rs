@@ -49,6 +49,22 @@ pub struct LeaseRequest {
     /// is only ever given shards.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub can_prepare: bool,
+    /// The worker can start a warm runner before its first shard of a revision
+    /// ([`WarmUp`]). An older worker never says so and is never asked to.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub can_warm_up: bool,
+    /// The revision the worker's warm runner serves, is starting for, or last failed to
+    /// start for: the master does not ask it to warm that revision up again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_revision: Option<String>,
+}
+
+impl LeaseRequest {
+    /// A request from a worker that can do everything this version knows (prepare a
+    /// revision, warm a runner up), holding a warm runner for `warm_revision`.
+    pub fn current(wait_s: f64, warm_revision: Option<String>) -> LeaseRequest {
+        LeaseRequest { version: api_version(), wait_s, can_prepare: true, can_warm_up: true, warm_revision }
+    }
 }
 
 fn default_wait_s() -> f64 {
@@ -66,6 +82,31 @@ pub struct LeaseResponse {
     /// Instead of a shard: a revision to prepare (only to a worker that said it can).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prepare: Option<Prepare>,
+    /// Instead of a shard, while another worker prepares (lists) a revision: start the
+    /// revision's warm runner now (only to a worker that said it can), so that its first
+    /// shard finds the suite collected; the worker asks for work again at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_up: Option<WarmUp>,
+}
+
+/// A revision to warm up: check it out, run its setup, and start the warm runner
+/// (`python -m pytest` with the runner's arguments collects the suite) in the background;
+/// the worker's next lease of the revision runs in that runner. Nothing is reported: a
+/// runner that fails to start is started again, and its error told, by the first lease.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WarmUp {
+    /// Where to fetch the revision from.
+    pub repository: String,
+    /// The revision.
+    pub revision: String,
+    /// The configured setup (argv), run before the runner's own setup.
+    #[serde(default)]
+    pub setup_command: Vec<String>,
+    /// Environment variables for the setup and the runner.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// The runner adapter (pytest).
+    pub runner: crate::runner::Runner,
 }
 
 /// A revision to prepare, handed to one worker at a time: check it out, run the setup

@@ -9,7 +9,7 @@ use greenlight_shared::API_VERSION;
 use greenlight_shared::api::{
     ErrorBody, FinishRequest, HeartbeatRequest, HeartbeatResponse, Lease, LeaseRequest, LeaseResponse, Prepare,
     PrepareOutcome, PrepareReport, RegisterRequest, RegisterResponse, ResultsRequest, ResultsResponse, ShardOutcome,
-    TestReport,
+    TestReport, WarmUp,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -47,6 +47,8 @@ pub enum Work {
     Lease(Lease),
     /// A revision to prepare.
     Prepare(Prepare),
+    /// A revision whose warm runner to start while another worker prepares it.
+    WarmUp(WarmUp),
 }
 
 /// A local file error while moving an archive, told as the master's refusal would be.
@@ -123,15 +125,21 @@ impl Client {
     }
 
     /// Long-polls for work for up to `wait_s`: a shard, or a revision to prepare.
-    pub async fn lease(&self, worker_id: u64, wait_s: f64) -> Result<Option<Work>, ClientError> {
-        let request = LeaseRequest { version: API_VERSION, wait_s, can_prepare: true };
+    pub async fn lease(
+        &self,
+        worker_id: u64,
+        wait_s: f64,
+        warm_revision: Option<String>,
+    ) -> Result<Option<Work>, ClientError> {
+        let request = LeaseRequest::current(wait_s, warm_revision);
         let timeout = Duration::from_secs_f64(wait_s + 10.0);
         let response: LeaseResponse =
             self.post(&format!("/api/v1/workers/{worker_id}/lease"), &request, timeout).await?;
-        Ok(match (response.lease, response.prepare) {
-            (Some(lease), _) => Some(Work::Lease(lease)),
-            (None, Some(prepare)) => Some(Work::Prepare(prepare)),
-            (None, None) => None,
+        Ok(match (response.lease, response.prepare, response.warm_up) {
+            (Some(lease), _, _) => Some(Work::Lease(lease)),
+            (None, Some(prepare), _) => Some(Work::Prepare(prepare)),
+            (None, None, Some(warm_up)) => Some(Work::WarmUp(warm_up)),
+            (None, None, None) => None,
         })
     }
 

@@ -104,7 +104,7 @@ async fn work(client: &Client, config: &WorkerConfig) -> Result<(), WorkerError>
     // The pytest process kept between the shards of a revision (warm leases).
     let mut warm = shard::WarmRunners::default();
     loop {
-        let lease = match client.lease(worker_id, config.wait_s).await {
+        let lease = match client.lease(worker_id, config.wait_s, warm.warm_revision()).await {
             Ok(lease) => {
                 backoff.reset();
                 lease
@@ -132,6 +132,10 @@ async fn work(client: &Client, config: &WorkerConfig) -> Result<(), WorkerError>
                 warm.retire_unless(keep).await;
                 prepare::run_prepare(client, worker_id, &config.workdir, &job).await;
                 backoff.reset();
+                continue;
+            }
+            Some(Work::WarmUp(job)) => {
+                warm.warm_up(&config.workdir, &job).await;
                 continue;
             }
             Some(Work::Lease(lease)) => lease,

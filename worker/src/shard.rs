@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use greenlight_shared::api::{Lease, ShardOutcome, TestReport, TestStatus};
+use greenlight_shared::api::{Lease, ShardOutcome, TestReport, TestStatus, WarmUp};
 use greenlight_shared::runner::{Runner, ShardPaths};
 
 use crate::checkout::Checkout;
@@ -33,6 +33,7 @@ use crate::client::{Client, ClientError};
 use crate::junit::{JunitCase, candidate_ids, parse_cases};
 use crate::libtest::{StreamedTest, binary_fit, parse_events};
 use crate::warm::{WarmError, WarmRunner};
+use tokio::task::JoinHandle;
 
 /// How often the growing JUnit report is read.
 const REPORT_POLL: Duration = Duration::from_millis(250);
@@ -206,6 +207,29 @@ impl ResultSources<'_> {
         };
         fresh.extend(new_results(self.junit, index, reported, tests));
         fresh
+    }
+}
+
+/// What the tests of a runner that runs several at once (nextest) cost their shard: each
+/// test's duration scaled by the shard's elapsed time over the durations reported so far,
+/// so that the walls add up to the runner's time, not to the threads' time added up. A
+/// runner that runs one test at a time is left alone (the ratio is at least 1: its
+/// start-up, not parallelism).
+#[derive(Debug, Default)]
+struct ParallelShare {
+    reported_s: f64,
+}
+
+impl ParallelShare {
+    fn share(&mut self, results: &mut [TestReport], elapsed_s: f64) {
+        self.reported_s += results.iter().map(|result| result.duration_s).sum::<f64>();
+        if self.reported_s <= 0.0 || elapsed_s >= self.reported_s {
+            return;
+        }
+        let ratio = elapsed_s / self.reported_s;
+        for result in results {
+            result.wall_s = Some(result.duration_s * ratio);
+        }
     }
 }
 
@@ -402,17 +426,34 @@ const WARM_TEARDOWN: Duration = Duration::from_secs(60);
 #[derive(Default)]
 pub struct WarmRunners {
     slot: Option<WarmSlot>,
+    /// The revision last warmed up ahead of its shards, started or not: the master does
+    /// not ask for it again.
+    warmed_up: Option<String>,
 }
 
 struct WarmSlot {
     revision: String,
     args: Vec<String>,
-    runner: WarmRunner,
+    held: Held,
+}
+
+enum Held {
+    /// Collected and waiting for shards.
+    Ready(WarmRunner),
+    /// Collecting in the background, started by a warm-up.
+    Starting(JoinHandle<Result<WarmRunner, WarmError>>),
 }
 
 impl WarmRunners {
+    /// The revision the kept runner serves, or the last one warmed up (what a lease
+    /// request tells the master).
+    pub fn warm_revision(&self) -> Option<String> {
+        self.slot.as_ref().map(|slot| slot.revision.clone()).or_else(|| self.warmed_up.clone())
+    }
+
     /// Tears the kept runner down (its module and session fixtures' teardown runs) unless
-    /// it serves `keep`, a revision and its pytest arguments.
+    /// it serves `keep`, a revision and its pytest arguments. One still collecting is
+    /// killed.
     pub async fn retire_unless(&mut self, keep: Option<(&str, &[String])>) {
         let serves =
             |slot: &WarmSlot| keep.is_some_and(|(revision, args)| slot.revision == revision && slot.args == args);
@@ -420,8 +461,18 @@ impl WarmRunners {
             return;
         }
         let Some(slot) = self.slot.take() else { return };
-        tracing::info!(revision = %slot.revision, pid = slot.runner.pid(), "retiring the warm runner");
-        match slot.runner.shutdown(WARM_TEARDOWN).await {
+        let runner = match slot.held {
+            Held::Ready(runner) => runner,
+            Held::Starting(start) => {
+                tracing::info!(revision = %slot.revision, "stopping the warm runner still collecting");
+                start.abort();
+                // Dropping the start kills the runner: wait for it before the checkout moves.
+                let _ = start.await;
+                return;
+            }
+        };
+        tracing::info!(revision = %slot.revision, pid = runner.pid(), "retiring the warm runner");
+        match runner.shutdown(WARM_TEARDOWN).await {
             Ok(errors) => {
                 for error in errors {
                     tracing::warn!(nodes = ?error.nodes, output = %error.output, "a fixture failed to tear down");
@@ -431,7 +482,8 @@ impl WarmRunners {
         }
     }
 
-    /// The runner for `revision` in `dir`, started (collecting) if none is kept.
+    /// The runner for `revision` in `dir`: the one kept (waiting for a warm-up's
+    /// collection to end), or a new one, started and collected now.
     async fn runner(
         &mut self,
         revision: &str,
@@ -440,12 +492,62 @@ impl WarmRunners {
         dir: &Path,
         env: &[(String, String)],
     ) -> Result<&mut WarmRunner, WarmError> {
+        if let Some(WarmSlot { held: Held::Starting(start), .. }) = &mut self.slot {
+            let started = match start.await {
+                Ok(started) => started,
+                Err(error) => Err(WarmError::Prepare(std::io::Error::other(format!("the warm-up task: {error}")))),
+            };
+            match started {
+                Ok(runner) => {
+                    tracing::info!(pid = runner.pid(), "the warmed-up runner takes its first shard");
+                    self.slot.as_mut().expect("the slot was just read").held = Held::Ready(runner);
+                }
+                Err(error) => {
+                    // Told by this lease, as a start now would be.
+                    self.slot = None;
+                    return Err(error);
+                }
+            }
+        }
         if self.slot.is_none() {
             let session = greenlight_shared::runner::pytest_session_args(args);
             let runner = WarmRunner::start(python, &session, dir, env).await?;
-            self.slot = Some(WarmSlot { revision: revision.to_owned(), args: args.to_vec(), runner });
+            self.slot =
+                Some(WarmSlot { revision: revision.to_owned(), args: args.to_vec(), held: Held::Ready(runner) });
         }
-        Ok(&mut self.slot.as_mut().expect("a runner was just kept").runner)
+        match &mut self.slot.as_mut().expect("a runner was just kept").held {
+            Held::Ready(runner) => Ok(runner),
+            Held::Starting(_) => unreachable!("a starting runner was waited for"),
+        }
+    }
+
+    /// Warms `job`'s revision up while another worker lists it: checks it out, runs its
+    /// setup, and starts its pytest runner collecting in the background. The next lease of
+    /// the revision takes the runner (waiting for the collection if it is not done); a
+    /// lease or preparation of another revision stops it. Failures are only logged: the
+    /// first lease starts the runner again and tells its error.
+    pub async fn warm_up(&mut self, workdir: &Path, job: &WarmUp) {
+        self.warmed_up = Some(job.revision.clone());
+        let Runner::Pytest { python, args } = &job.runner else {
+            return;
+        };
+        self.retire_unless(Some((&job.revision, args))).await;
+        if self.slot.is_some() {
+            return;
+        }
+        let checkout =
+            match check_out(workdir, &job.repository, &job.revision, &job.runner, &job.setup_command, &job.env).await {
+                Ok(checkout) => checkout,
+                Err(error) => {
+                    tracing::warn!(revision = %job.revision, %error, "cannot warm the revision up");
+                    return;
+                }
+            };
+        tracing::info!(revision = %job.revision, "warming up: the runner collects while the revision is listed");
+        let session = greenlight_shared::runner::pytest_session_args(args);
+        let (python, dir, env) = (python.clone(), checkout.dir().to_owned(), job.env.clone());
+        let start = tokio::spawn(async move { WarmRunner::start(&python, &session, &dir, &env).await });
+        self.slot = Some(WarmSlot { revision: job.revision.clone(), args: args.clone(), held: Held::Starting(start) });
     }
 
     /// Forgets a runner that died (it is dead for good).
@@ -501,6 +603,43 @@ async fn heartbeat_loop(
     }
 }
 
+/// The worker's checkout at `revision`, set up (nothing to do if it already is).
+async fn check_out(
+    workdir: &Path,
+    repository: &str,
+    revision: &str,
+    runner: &Runner,
+    setup_command: &[String],
+    env: &[(String, String)],
+) -> Result<Checkout, String> {
+    let checkout = Checkout::new(workdir);
+    let prepared = {
+        let (checkout, repository, revision, runner, setup_command, env) = (
+            checkout.clone(),
+            repository.to_owned(),
+            revision.to_owned(),
+            runner.clone(),
+            setup_command.to_vec(),
+            env.to_vec(),
+        );
+        tokio::task::spawn_blocking(move || {
+            // The archive (nextest) is not built with the setup: it comes from the master
+            // ([`crate::prepare::ensure_archive`]).
+            let mut setup = runner.setup_argv(&setup_command);
+            if let Some(archive) = runner.archive_argv() {
+                setup.retain(|step| *step != archive);
+            }
+            checkout.prepare(&repository, &revision, &setup, &env, runner.kept_across_revisions())
+        })
+        .await
+    };
+    match prepared {
+        Ok(Ok(())) => Ok(checkout),
+        Ok(Err(error)) => Err(format!("checkout of {revision}: {error}")),
+        Err(error) => Err(format!("checkout task: {error}")),
+    }
+}
+
 async fn run_shard_inner(
     client: &Client,
     worker_id: u64,
@@ -516,26 +655,13 @@ async fn run_shard_inner(
     };
     // A runner of another revision goes before the checkout changes under it.
     warm.retire_unless(warm_pytest.map(|(_, args)| (lease.revision.as_str(), args))).await;
-    let checkout = Checkout::new(workdir);
-    let prepared = {
-        let (checkout, lease) = (checkout.clone(), lease.clone());
-        tokio::task::spawn_blocking(move || {
-            // The archive (nextest) is not built with the setup: it comes from the master
-            // ([`crate::prepare::ensure_archive`]).
-            let mut setup = lease.runner.setup_argv(&lease.setup_command);
-            if let Some(archive) = lease.runner.archive_argv() {
-                setup.retain(|step| *step != archive);
-            }
-            let keep = lease.runner.kept_across_revisions();
-            checkout.prepare(&lease.repository, &lease.revision, &setup, &lease.env, keep)
-        })
-        .await
-    };
-    match prepared {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => return infra(format!("checkout of {}: {error}", lease.revision)),
-        Err(error) => return infra(format!("checkout task: {error}")),
-    }
+    let checkout =
+        match check_out(workdir, &lease.repository, &lease.revision, &lease.runner, &lease.setup_command, &lease.env)
+            .await
+        {
+            Ok(checkout) => checkout,
+            Err(error) => return infra(error),
+        };
     if lease.runner.archive_argv().is_some()
         && let Err(error) =
             crate::prepare::ensure_archive(client, workdir, &checkout, &lease.runner, &lease.revision, &lease.env).await
@@ -602,6 +728,7 @@ async fn run_shard_inner(
 
     let index = TestIndex::new(&lease.runner, &lease.tests);
     let mut reported = HashSet::new();
+    let mut parallel = ParallelShare::default();
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
@@ -614,8 +741,9 @@ async fn run_shard_inner(
                     let runner_wall_s = done.then(|| started.elapsed().as_secs_f64());
                     return ShardRun { outcome: ShardOutcome::Completed, runner_wall_s };
                 }
-                let fresh = sources.new_results(&index, &mut reported, &lease.tests);
+                let mut fresh = sources.new_results(&index, &mut reported, &lease.tests);
                 if !fresh.is_empty() {
+                    parallel.share(&mut fresh, started.elapsed().as_secs_f64());
                     send_results(client, worker_id, lease.lease_id, fresh, withdrawn).await;
                 }
                 let given_back = withdrawn.positions(&lease.tests);
@@ -625,8 +753,9 @@ async fn run_shard_inner(
                     // Every test this shard keeps is reported; the rest run elsewhere.
                     crate::process::kill_group(&mut child).await;
                     tracing::info!(withdrawn = given_back.len(), "runner stopped after the tests the shard keeps");
-                    let late: Vec<TestReport> = sources.new_results(&index, &mut reported, &lease.tests);
+                    let mut late: Vec<TestReport> = sources.new_results(&index, &mut reported, &lease.tests);
                     if !late.is_empty() {
+                        parallel.share(&mut late, started.elapsed().as_secs_f64());
                         send_results(client, worker_id, lease.lease_id, late, withdrawn).await;
                     }
                     // A runner stopped part-way is no sample of the runner's own overhead.
@@ -641,6 +770,7 @@ async fn run_shard_inner(
         Err(error) => format!("unknown status ({error})"),
     };
     let mut last = sources.new_results(&index, &mut reported, &lease.tests);
+    parallel.share(&mut last, runner_wall_s);
     // Withdrawn tests run elsewhere: not reporting them is no error of the runner.
     let given_back = withdrawn.positions(&lease.tests);
     let missing: Vec<usize> = (0..lease.tests.len())
@@ -697,6 +827,30 @@ mod tests {
             status: TestStatus::Passed,
             output: None,
         }
+    }
+
+    #[test]
+    fn tests_run_two_at_a_time_cost_their_shard_half_their_durations_and_serial_ones_are_left_alone() {
+        let report = |duration_s: f64| TestReport {
+            test_id: "t".to_owned(),
+            status: TestStatus::Passed,
+            duration_s,
+            wall_s: None,
+            output: None,
+        };
+        // Two threads: 4 s of tests reported 2 s into the shard, then 4 s more at 4 s.
+        let mut parallel = ParallelShare::default();
+        let mut first = vec![report(2.0), report(2.0)];
+        parallel.share(&mut first, 2.0);
+        let mut second = vec![report(1.0), report(3.0)];
+        parallel.share(&mut second, 4.0);
+        let walls: Vec<Option<f64>> = first.iter().chain(&second).map(|result| result.wall_s).collect();
+        assert_eq!(walls, [Some(1.0), Some(1.0), Some(0.5), Some(1.5)]);
+        // One at a time, with a start-up: the durations stand.
+        let mut serial = ParallelShare::default();
+        let mut results = vec![report(1.0), report(1.0)];
+        serial.share(&mut results, 3.0);
+        assert!(results.iter().all(|result| result.wall_s.is_none()), "{results:?}");
     }
 
     #[test]

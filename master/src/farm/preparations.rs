@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use greenlight_shared::api::{Prepare, PrepareOutcome};
+use greenlight_shared::api::{Prepare, PrepareOutcome, WarmUp};
 use greenlight_shared::runner::Runner;
 
 use super::{Core, Farm, FarmError};
@@ -138,6 +138,29 @@ impl Farm {
             runner,
             heartbeat_interval_s: scheduler.heartbeat_interval_s,
             lease_timeout_s: scheduler.lease_timeout_s,
+        })
+    }
+
+    /// A warm-up for a worker with nothing to do while another worker prepares a
+    /// revision: its warm pytest runner collects the suite while the build waits for the
+    /// listing, so its first shard of the revision does not. `warm_revision` is what the
+    /// worker's runner serves (or last failed to start for): never asked twice.
+    pub(super) fn warm_up(&self, core: &Core, warm_revision: Option<&str>) -> Option<WarmUp> {
+        let suite = &self.config.suite;
+        if !suite.warm_runner() {
+            return None;
+        }
+        // Held, or waiting for the worker that prepared the last one.
+        let revision = core.preparations.by_revision.keys().next()?;
+        if warm_revision == Some(revision.as_str()) {
+            return None;
+        }
+        Some(WarmUp {
+            repository: self.config.repository.url.clone(),
+            revision: revision.clone(),
+            setup_command: suite.setup_command.clone(),
+            env: suite.env.iter().map(|(key, value)| (key.clone(), value.clone())).collect(),
+            runner: suite.runner(),
         })
     }
 

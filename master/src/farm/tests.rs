@@ -502,13 +502,8 @@ fn run_timed(harness: &Harness, worker: u64, duration_s: f64, wall_s: Option<f64
     while let Some(lease) = harness.farm.try_lease(worker).unwrap() {
         for test_id in &lease.tests {
             harness.clock.advance(wall_s.unwrap_or(duration_s));
-            let report = TestReport {
-                test_id: test_id.clone(),
-                status: TestStatus::Passed,
-                duration_s,
-                wall_s,
-                output: None,
-            };
+            let report =
+                TestReport { test_id: test_id.clone(), status: TestStatus::Passed, duration_s, wall_s, output: None };
             harness.farm.report(lease.lease_id, worker, &[report]).unwrap();
         }
         harness.farm.finish(lease.lease_id, worker, &ShardOutcome::Completed, None).unwrap();
@@ -556,15 +551,26 @@ async fn a_worker_waiting_in_a_long_poll_is_live_and_one_that_stopped_calling_is
 }
 
 /// A farm whose suite the pytest adapter lists, so on a worker (a preparation).
+/// A lease request from a worker that can prepare (or an older one that cannot), and
+/// warms nothing up.
+fn asks(can_prepare: bool) -> greenlight_shared::api::LeaseRequest {
+    greenlight_shared::api::LeaseRequest {
+        can_prepare,
+        can_warm_up: false,
+        ..greenlight_shared::api::LeaseRequest::current(0.0, None)
+    }
+}
+
 fn listed_on_workers(config: &mut Config) {
     config.suite.file = None;
     config.suite.runner = crate::config::RunnerName::Pytest;
 }
 
 fn take_preparation(harness: &Harness, worker_id: u64) -> Option<greenlight_shared::api::Prepare> {
-    match harness.farm.try_work(worker_id, true).unwrap() {
+    match harness.farm.try_work(worker_id, &asks(true)).unwrap() {
         Some(super::Work::Prepare(prepare)) => Some(prepare),
         Some(super::Work::Lease(lease)) => panic!("a shard before the listing: {lease:?}"),
+        Some(super::Work::WarmUp(warm_up)) => panic!("a warm-up for a worker that cannot: {warm_up:?}"),
         None => None,
     }
 }
@@ -579,7 +585,10 @@ async fn a_revision_listed_on_workers_is_prepared_once_and_its_listing_kept() {
     let (first, second) = (harness.register("first"), harness.register("second"));
     harness.farm.poll().await.unwrap();
     assert_eq!(harness.farm.start_next_build().await.unwrap(), None, "the build waits for its listing");
-    assert!(harness.farm.try_work(second, false).unwrap().is_none(), "an older worker is never asked to prepare");
+    assert!(
+        harness.farm.try_work(second, &asks(false)).unwrap().is_none(),
+        "an older worker is never asked to prepare"
+    );
     let job = take_preparation(&harness, first).expect("the first worker to ask prepares");
     assert_eq!(job.revision, harness.repo.head().unwrap());
     assert!(!job.upload_archive, "pytest has no archive");
@@ -599,7 +608,7 @@ async fn a_revision_listed_on_workers_is_prepared_once_and_its_listing_kept() {
     harness.farm.force_full_run().unwrap();
     let again = harness.farm.start_next_build().await.unwrap().expect("no preparation needed");
     assert_eq!(harness.build(again).counts.total, 2);
-    let Some(super::Work::Lease(lease)) = harness.farm.try_work(second, true).unwrap() else {
+    let Some(super::Work::Lease(lease)) = harness.farm.try_work(second, &asks(true)).unwrap() else {
         panic!("a shard, not a second preparation");
     };
     for test_id in &lease.tests {
@@ -608,6 +617,42 @@ async fn a_revision_listed_on_workers_is_prepared_once_and_its_listing_kept() {
     harness.farm.finish(lease.lease_id, second, &ShardOutcome::Completed, Some(1.0)).unwrap();
     harness.run_all(second, |_| TestStatus::Passed);
     assert_eq!(harness.build(again).state, BuildState::Green);
+}
+
+#[tokio::test]
+async fn idle_workers_warm_their_runner_up_while_another_worker_lists_the_revision() {
+    let warming = |warm_revision: Option<&str>| {
+        greenlight_shared::api::LeaseRequest::current(0.0, warm_revision.map(str::to_owned))
+    };
+    for warm in [true, false] {
+        let harness = Harness::new(&suite(&["unused"]), |config| {
+            listed_on_workers(config);
+            config.suite.warm = warm;
+        });
+        let (lister, idle) = (harness.register("lister"), harness.register("idle"));
+        harness.farm.poll().await.unwrap();
+        assert_eq!(harness.farm.start_next_build().await.unwrap(), None);
+        let job = take_preparation(&harness, lister).unwrap();
+        let work = harness.farm.try_work(idle, &warming(None)).unwrap();
+        if !warm {
+            assert_eq!(work, None, "a cold suite has no runner to warm up");
+            continue;
+        }
+        let Some(super::Work::WarmUp(warm_up)) = work else {
+            panic!("a warm-up while the revision is listed: {work:?}")
+        };
+        assert_eq!(warm_up.revision, job.revision);
+        assert!(matches!(warm_up.runner, greenlight_shared::runner::Runner::Pytest { .. }));
+        let work = harness.farm.try_work(idle, &warming(Some(&job.revision))).unwrap();
+        assert_eq!(work, None, "once per revision: its runner is warm (or failed to start)");
+        assert_eq!(harness.farm.try_work(idle, &asks(true)).unwrap(), None, "only to a worker that can");
+
+        harness.farm.prepare_report(job.prepare_id, lister, &listed(&["a", "b"])).unwrap();
+        harness.farm.start_next_build().await.unwrap().expect("the build starts once listed");
+        let work = harness.farm.try_work(idle, &warming(Some(&job.revision))).unwrap();
+        let Some(super::Work::Lease(lease)) = work else { panic!("the warmed-up worker gets a shard: {work:?}") };
+        assert!(lease.warm && lease.revision == job.revision, "{lease:?}");
+    }
 }
 
 #[tokio::test]

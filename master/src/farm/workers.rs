@@ -6,8 +6,8 @@
 use greenlight_scheduler::core::{LeaseId, Outcome, Report, ReportedTest, WorkerId};
 use greenlight_shared::API_VERSION;
 use greenlight_shared::api::{
-    Lease, Prepare, RegisterResponse, ResultsResponse, ShardOutcome, ShardState, ShardView, TestCounts, TestReport,
-    TestResultView, TestStatus,
+    Lease, LeaseRequest, Prepare, RegisterResponse, ResultsResponse, ShardOutcome, ShardState, ShardView, TestCounts,
+    TestReport, TestResultView, TestStatus, WarmUp,
 };
 
 use super::{Core, Farm, FarmError, Registration};
@@ -19,6 +19,8 @@ pub enum Work {
     Lease(Lease),
     /// A revision to prepare.
     Prepare(Prepare),
+    /// A revision whose warm runner to start while another worker prepares it.
+    WarmUp(WarmUp),
 }
 
 impl Farm {
@@ -65,8 +67,8 @@ impl Farm {
 
     /// A worker asks for work: a revision to prepare (when it can, and a build waits on
     /// one), else a shard. `None` when there is nothing to do now.
-    pub fn try_work(&self, worker_id: u64, can_prepare: bool) -> Result<Option<Work>, FarmError> {
-        if can_prepare {
+    pub fn try_work(&self, worker_id: u64, request: &LeaseRequest) -> Result<Option<Work>, FarmError> {
+        if request.can_prepare {
             let now = self.now();
             let mut core = self.core();
             let core = &mut *core;
@@ -75,7 +77,13 @@ impl Farm {
                 return Ok(Some(Work::Prepare(prepare)));
             }
         }
-        Ok(self.try_lease(worker_id)?.map(Work::Lease))
+        if let Some(lease) = self.try_lease(worker_id)? {
+            return Ok(Some(Work::Lease(lease)));
+        }
+        if request.can_warm_up {
+            return Ok(self.warm_up(&self.core(), request.warm_revision.as_deref()).map(Work::WarmUp));
+        }
+        Ok(None)
     }
 
     /// A worker asks for a shard. `None` when no test is ready now.
