@@ -496,14 +496,14 @@ async fn what_shards_cost_is_measured_learned_for_the_next_plan_and_bounds_the_b
     assert!(makespan >= 17.0, "no build beats its bound: {makespan} s");
 }
 
-/// Runs every shard of the build on `worker`: each test reports `duration_s` and, when
-/// given, the `wall_s` of the shard it took (the clock moves by what the shard spent).
-fn run_timed(harness: &Harness, worker: u64, duration_s: f64, wall_s: Option<f64>) {
+/// Runs every shard of the build on `worker`: each test reports the status, duration and
+/// wall `timing` gives it (the clock moves by what the shard spent).
+fn run_timed(harness: &Harness, worker: u64, timing: impl Fn(&str) -> (TestStatus, f64, Option<f64>)) {
     while let Some(lease) = harness.farm.try_lease(worker).unwrap() {
         for test_id in &lease.tests {
+            let (status, duration_s, wall_s) = timing(test_id);
             harness.clock.advance(wall_s.unwrap_or(duration_s));
-            let report =
-                TestReport { test_id: test_id.clone(), status: TestStatus::Passed, duration_s, wall_s, output: None };
+            let report = TestReport { test_id: test_id.clone(), status, duration_s, wall_s, output: None };
             harness.farm.report(lease.lease_id, worker, &[report]).unwrap();
         }
         harness.farm.finish(lease.lease_id, worker, &ShardOutcome::Completed, None).unwrap();
@@ -513,27 +513,32 @@ fn run_timed(harness: &Harness, worker: u64, duration_s: f64, wall_s: Option<f64
 #[tokio::test]
 async fn what_a_test_cost_its_shard_is_what_the_next_plan_counts_and_the_page_keeps_its_own_duration() {
     // A warm pytest runner's test reports 1 s of setup, call and teardown but holds the
-    // shard 1.5 s (pytest's hooks and reporting, the worker's round trip).
+    // shard 1.5 s (pytest's hooks and reporting, the worker's round trip); a skipped one
+    // reports nothing and holds it 0.5 s.
+    let timing = |test_id: &str| {
+        if test_id == "t0" { (TestStatus::Skipped, 0.0, Some(0.5)) } else { (TestStatus::Passed, 1.0, Some(1.5)) }
+    };
     let ids: Vec<String> = (0..8).map(|index| format!("t{index}")).collect();
     let harness = Harness::new(&suite(&ids.iter().map(String::as_str).collect::<Vec<_>>()), |_| {});
     let first = harness.next_build().await;
     let worker = harness.register("w1");
-    run_timed(&harness, worker, 1.0, Some(1.5));
+    run_timed(&harness, worker, timing);
     let build = harness.build(first);
     assert_eq!(build.state, BuildState::Green);
     // The shard costs are what is left after the tests' walls: nothing here.
     let learned = harness.farm.learned_shard_costs().unwrap();
     assert_eq!(learned.overhead_s.unwrap_or(0.0), 0.0, "{learned:?}");
-    assert_eq!(build.measured_bound_s, Some(12.0), "8 tests at 1.5 s on one worker: {build:?}");
+    assert_eq!(build.measured_bound_s, Some(11.0), "7 tests at 1.5 s and a skip at 0.5 s on one worker: {build:?}");
     let shown = harness.farm.build_tests(first).unwrap().results;
-    assert!(shown.iter().all(|result| result.duration_s == 1.0), "the runner's own durations are shown: {shown:?}");
+    let durations: Vec<f64> = shown.iter().map(|result| result.duration_s).collect();
+    assert_eq!(durations.iter().sum::<f64>(), 7.0, "the runner's own durations are shown: {shown:?}");
 
     harness.repo.touch_area("core", "Next").unwrap();
     let second = harness.next_build().await;
     let planned = harness.build(second).lower_bound_s.unwrap();
-    assert!((planned - 12.0).abs() < 1e-9, "planned with what the tests cost their shard (12 s), not 8 s: {planned}");
-    run_timed(&harness, worker, 1.0, Some(1.5));
-    assert_eq!(harness.build(second).makespan_s, Some(12.0));
+    assert!((planned - 11.0).abs() < 1e-9, "planned with what each test cost its shard, the skip's too: {planned}");
+    run_timed(&harness, worker, timing);
+    assert_eq!(harness.build(second).makespan_s, Some(11.0));
 }
 
 #[tokio::test]

@@ -195,11 +195,13 @@ impl Farm {
                         lease_id: Some(lease_id),
                     };
                     self.record_result(core, build_id, &stored, fails_build, now)?;
-                    // The history keeps what the test cost its shard; a duration that had
-                    // to be clamped says nothing about the test.
+                    // The history keeps what the test cost its shard (a skip too: it
+                    // will most likely skip again, and cost that again); an error's time
+                    // (a crash, a timeout) and a duration that had to be clamped say
+                    // nothing about the test.
                     let cost_s = self.bounded_duration(result.cost_s());
                     let believable = result.cost_s() <= self.config.max_test_duration_s;
-                    if matches!(result.status, TestStatus::Passed | TestStatus::Failed) && cost_s > 0.0 && believable {
+                    if result.status != TestStatus::Error && cost_s > 0.0 && believable {
                         self.store.add_duration(&result.test_id, cost_s)?;
                     }
                     response.accepted += 1;
