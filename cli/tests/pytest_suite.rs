@@ -386,10 +386,12 @@ fn shards_run_with_the_runner_args_the_suite_was_listed_with() {
     let empty = SuiteFile { name: "unused".into(), shard_overhead_s: 0.0, tests: Vec::new() };
     let suite_toml = format!(
         "runner = \"pytest\"\npython = {python:?}\n\
-         runner_args = [\"-p\", \"greenlight_probe\", \"-o\", \"greenlight_flavour=sharded\", \"probe_tests\"]\n\
+         runner_args = [\"-v\", \"-p\", \"greenlight_probe\", \"-o\", \"greenlight_flavour=sharded\", \"probe_tests\"]\n\
          env = {{ PYTHONDONTWRITEBYTECODE = \"1\" }}",
         python = python.to_string_lossy()
     );
+    // `-v` too: it turns the listing's `--collect-only -q` into pytest's tree of
+    // collectors, which must not be read as test ids.
     let options = FarmOptions { suite_toml, ..FarmOptions::default() };
     let farm = Farm::start_with_repo(&empty, 2, options, |repo| {
         std::fs::write(repo.dir().join("greenlight_probe.py"), PROBE_PLUGIN).unwrap();

@@ -866,8 +866,15 @@ pub fn expand_template(template: &[String], tests: &[String], paths: &ShardPaths
 /// The line after which the pytest listing names the test files skipped at collection.
 pub const PYTEST_SKIPPED_MARKER: &str = "greenlight: test files skipped at collection:";
 
+/// The line after which the pytest listing names every collected node id, one per line,
+/// up to a blank line: what the session collected, whatever the terminal printed (`-v`,
+/// `-qq` or a plugin change what `--collect-only` prints).
+pub const PYTEST_COLLECTED_MARKER: &str = "greenlight: collected node ids:";
+
 /// What the pytest listing runs (`python -c SCRIPT ARGS`): `pytest.main(ARGS)`, that is
-/// pytest's own `--collect-only -q`, then, after [`PYTEST_SKIPPED_MARKER`], one node id
+/// pytest's own `--collect-only -q`, then, after [`PYTEST_COLLECTED_MARKER`], the node ids
+/// the session collected (whatever verbosity the arguments ask for), then, after
+/// [`PYTEST_SKIPPED_MARKER`], one node id
 /// per line for each test file that skipped itself while pytest imported it
 /// (`pytest.importorskip`, a module-level `pytest.skip(allow_module_level=True)`).
 /// `--collect-only` does not print those, yet a run reports each as a skipped test case
@@ -885,9 +892,13 @@ import pytest
 class GreenlightListing:
     def __init__(self):
         self.skipped = []
+        self.collected = []
 
     def pytest_configure(self, config):
         self.root = config.rootpath
+
+    def pytest_collection_finish(self, session):
+        self.collected = [item.nodeid for item in session.items]
 
     def pytest_collectreport(self, report):
         nodeid = report.nodeid
@@ -898,6 +909,10 @@ class GreenlightListing:
 
 listing = GreenlightListing()
 status = pytest.main(sys.argv[1:], plugins=[listing])
+print()
+print('greenlight: collected node ids:')
+print('\\n'.join(listing.collected))
+print()
 if listing.skipped:
     print()
     print('greenlight: test files skipped at collection:')
@@ -905,11 +920,19 @@ if listing.skipped:
 sys.exit(int(status))
 ";
 
-/// Node ids from the pytest listing ([`PYTEST_LIST_SCRIPT`]): the lines of `--collect-only
-/// -q` up to the first blank line (a warnings summary after it also contains `::`), then
-/// the test files skipped at collection, named after the last [`PYTEST_SKIPPED_MARKER`].
+/// Node ids from the pytest listing ([`PYTEST_LIST_SCRIPT`]): the lines after the last
+/// [`PYTEST_COLLECTED_MARKER`] up to a blank line (without the marker, as an older listing
+/// printed them: the lines of `--collect-only -q` up to the first blank line, since a
+/// warnings summary after it also contains `::`), then the test files skipped at
+/// collection, named after the last [`PYTEST_SKIPPED_MARKER`].
 pub fn parse_pytest_collection(stdout: &str) -> Vec<String> {
-    let mut ids: Vec<String> = stdout.lines().take_while(|line| !line.trim().is_empty()).map(str::to_owned).collect();
+    let marker = format!("\n{PYTEST_COLLECTED_MARKER}\n");
+    let collected = match stdout.rfind(&marker) {
+        Some(at) => &stdout[at + marker.len()..],
+        None => stdout,
+    };
+    let mut ids: Vec<String> =
+        collected.lines().take_while(|line| !line.trim().is_empty()).map(str::to_owned).collect();
     ids.extend(pytest_skipped_files(stdout));
     ids
 }
@@ -1190,6 +1213,20 @@ mod tests {
     fn collection_stops_at_the_first_blank_line() {
         let stdout = "a.py::t[1]\nb.py::K::t\n\n=== warnings summary ===\na.py::t[1]\n  Warn\n\n3 tests collected\n";
         assert_eq!(parse_pytest_collection(stdout), vec!["a.py::t[1]", "b.py::K::t"]);
+    }
+
+    #[test]
+    fn collected_ids_follow_the_marker_whatever_the_terminal_printed_before() {
+        assert!(PYTEST_LIST_SCRIPT.contains(&format!("print('{PYTEST_COLLECTED_MARKER}')")));
+        // `-v` turns `--collect-only -q` back into pytest's tree of collectors.
+        let stdout = format!(
+            "<Dir proj>\n  <Module a.py>\n    <Function t[1]>\n\n== 1 test collected ==\n\n\
+             {PYTEST_COLLECTED_MARKER}\na.py::t[1]\nb.py::K::t\n\n{PYTEST_SKIPPED_MARKER}\nc.py\n"
+        );
+        assert_eq!(parse_pytest_collection(&stdout), vec!["a.py::t[1]", "b.py::K::t", "c.py"]);
+        // Nothing collected: nothing listed (not the terminal's lines).
+        let stdout = format!("no tests ran\n\n{PYTEST_COLLECTED_MARKER}\n\n\n");
+        assert_eq!(parse_pytest_collection(&stdout), Vec::<String>::new());
     }
 
     #[test]
