@@ -16,15 +16,19 @@ Runner to worker:
   {"kind": "done"}                       after each "run" command's last test
   {"kind": "bye"}                        after "exit": every fixture is torn down
 Worker to runner:
-  {"kind": "run", "tests": [node ids]}
+  {"kind": "run", "tests": [node ids], "next": node id or null}
+                                         "next": the test the shard goes on with after
+                                         these; null: the shard ends with them
   {"kind": "exit"}                       (end of input means the same)
 
-Fixtures: each fed item runs through pytest's own runtest protocol. Within a shard the next
-item is the shard's next test; after a shard's last test only that test's own node is torn
-down (function fixtures), so module, class and session fixtures outlive the shard. When the
-next shard starts, the collectors its first test does not share are torn down; their
-failures, which a plain run would pin on the last test before them, come as
-``teardown_error`` records. Plain pytest hooks only: no dependency beyond pytest.
+Fixtures: each fed item runs through pytest's own runtest protocol with the next item of
+the shard as ``nextitem``, so a module or class stays set up while the shard's tests share
+it and is torn down after its last one, a failing teardown being that test's error as in a
+plain run. After a shard's last test everything but the session is torn down (session
+fixtures outlive shards, until the revision changes). Should a shard's first test still
+find collectors set up that it does not share (the worker's "next" was withdrawn), they are
+torn down first and their failures come as ``teardown_error`` records. Plain pytest hooks
+only: no dependency beyond pytest.
 """
 
 import gc
@@ -153,12 +157,12 @@ class _WarmRunner:
                 break
             if command["kind"] != "run":
                 raise pytest.UsageError(f"greenlight_warm: unknown command {command!r}")
-            self._run_shard(session, items, command["tests"])
+            self._run_shard(session, items, command["tests"], command.get("next"))
         self._teardown(session, None)
         self.channel.send({"kind": "bye"})
         return True
 
-    def _run_shard(self, session, items, tests):
+    def _run_shard(self, session, items, tests, following):
         runnable = [items[test] for test in tests if test in items]
         if runnable:
             # What the last shard left set up and this one's first test does not share.
@@ -190,10 +194,11 @@ class _WarmRunner:
                 )
                 continue
             position += 1
-            nextitem = runnable[position] if position < len(runnable) else None
+            nextitem = runnable[position] if position < len(runnable) else items.get(following)
             if nextitem is None or nextitem is item:
-                # Tear down this test's own node only; its parents wait for the next shard.
-                nextitem = item.parent
+                # The shard ends: everything but the session goes, so that a module's
+                # teardown failure is this test's error, as a plain run reports it.
+                nextitem = session
             self.channel.send({"kind": "start", "test": test})
             self.reports = []
             item.config.hook.pytest_runtest_protocol(item=item, nextitem=nextitem)

@@ -354,7 +354,11 @@ impl WarmShard<'_> {
             // runner being ready) to its own end, the worker's round trip included.
             let from = since.max(runner.ready_at());
             let mut record = None;
-            let ran = runner.run(std::slice::from_ref(test), |ended| record = Some(ended)).await;
+            // The test fed after this one, so that its module stays up if they share it;
+            // after the shard's last test everything but the session is torn down.
+            let next = lease.tests[position + 1..].iter().find(|later| !self.withdrawn.contains(later));
+            let ran =
+                runner.run(std::slice::from_ref(test), next.map(String::as_str), |ended| record = Some(ended)).await;
             let ended_at = Instant::now();
             since = ended_at;
             let reported = record.is_some();

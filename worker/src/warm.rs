@@ -176,7 +176,11 @@ enum Message {
 #[derive(Debug, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Command<'a> {
-    Run { tests: &'a [String] },
+    Run {
+        tests: &'a [String],
+        /// The test the shard goes on with after these; `None`: the shard ends with them.
+        next: Option<&'a str>,
+    },
     Exit,
 }
 
@@ -369,18 +373,23 @@ impl WarmRunner {
     }
 
     /// Runs `tests` (node ids, in this order), calling `on_record` with each test's record
-    /// as it ends, and returns when the last has ended. On an error the runner is dead
-    /// (killed) and every later call fails with [`WarmError::Dead`]; the records received
-    /// before it were already given to `on_record`.
+    /// as it ends, and returns when the last has ended. `next` is the test the shard goes
+    /// on with (its module stays set up if the last of `tests` shares it); `None` ends the
+    /// shard: everything but the session is torn down after the last test, so a module or
+    /// class fixture failing to tear down is that test's error, as in a plain pytest run.
+    /// On an error the runner is dead (killed) and every later call fails with
+    /// [`WarmError::Dead`]; the records received before it were already given to
+    /// `on_record`.
     pub async fn run(
         &mut self,
         tests: &[String],
+        next: Option<&str>,
         mut on_record: impl FnMut(WarmRecord),
     ) -> Result<ShardEnd, WarmError> {
         if self.dead {
             return Err(WarmError::Dead);
         }
-        let result = self.run_inner(tests, &mut on_record).await;
+        let result = self.run_inner(tests, next, &mut on_record).await;
         if result.is_err() && !self.dead {
             self.kill().await;
         }
@@ -390,9 +399,10 @@ impl WarmRunner {
     async fn run_inner(
         &mut self,
         tests: &[String],
+        next: Option<&str>,
         on_record: &mut impl FnMut(WarmRecord),
     ) -> Result<ShardEnd, WarmError> {
-        self.send(&Command::Run { tests }).await?;
+        self.send(&Command::Run { tests, next }).await?;
         let mut end = ShardEnd::default();
         let mut running: Option<String> = None;
         loop {
@@ -615,8 +625,12 @@ mod tests {
     fn commands_are_one_json_line_each() {
         let tests = vec!["a.py::t".to_owned()];
         assert_eq!(
-            serde_json::to_string(&Command::Run { tests: &tests }).unwrap(),
-            r#"{"kind":"run","tests":["a.py::t"]}"#
+            serde_json::to_string(&Command::Run { tests: &tests, next: Some("b.py::t") }).unwrap(),
+            r#"{"kind":"run","tests":["a.py::t"],"next":"b.py::t"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Command::Run { tests: &tests, next: None }).unwrap(),
+            r#"{"kind":"run","tests":["a.py::t"],"next":null}"#
         );
         assert_eq!(serde_json::to_string(&Command::Exit).unwrap(), r#"{"kind":"exit"}"#);
     }

@@ -227,14 +227,14 @@ fn ids(tests: &[&str]) -> Vec<String> {
 
 async fn run(runner: &mut WarmRunner, tests: &[&str]) -> (Vec<WarmRecord>, Result<(), WarmError>) {
     let mut records = Vec::new();
-    let result = tokio::time::timeout(HANG_GUARD, runner.run(&ids(tests), |record| records.push(record)))
+    let result = tokio::time::timeout(HANG_GUARD, runner.run(&ids(tests), None, |record| records.push(record)))
         .await
         .expect("the shard hung");
     (records, result.map(|end| assert!(end.teardown_errors.is_empty(), "{:?}", end.teardown_errors)))
 }
 
 #[tokio::test]
-async fn one_runner_runs_three_shards_collecting_once_and_keeping_module_fixtures() {
+async fn one_runner_runs_three_shards_collecting_once_with_module_fixtures_up_for_each_shard() {
     let project = Project::new();
     let mut runner = project.start(&["test_alpha.py", "test_beta.py"]).await;
     assert_eq!(runner.collected().len(), 11);
@@ -299,9 +299,24 @@ async fn one_runner_runs_three_shards_collecting_once_and_keeping_module_fixture
         .filter(|line| *line == "collected" || line.contains(" setup") || line.contains(" teardown"))
         .collect();
     // Collected once; beta torn down as the first shard moved on to alpha; alpha set up
-    // once for its tests in all three shards and torn down only at shutdown.
-    assert_eq!(fixtures, ["collected", "beta setup", "beta teardown", "alpha setup", "alpha teardown"], "{log:?}");
-    assert_eq!(log.last().map(String::as_str), Some("alpha teardown"), "alpha outlived every shard: {log:?}");
+    // once per shard for its tests there and torn down as each shard ended (a module's
+    // teardown failure is then its shard's last test's error, as in a plain run).
+    assert_eq!(
+        fixtures,
+        [
+            "collected",
+            "beta setup",
+            "beta teardown",
+            "alpha setup",
+            "alpha teardown",
+            "alpha setup",
+            "alpha teardown",
+            "alpha setup",
+            "alpha teardown"
+        ],
+        "{log:?}"
+    );
+    assert_eq!(&log[before_shutdown.len()..], [] as [String; 0], "nothing of alpha was left for the shutdown: {log:?}");
     let pids: Vec<&str> =
         log.iter().filter_map(|line| line.strip_prefix("test ")).filter_map(|rest| rest.split(' ').next()).collect();
     assert_eq!(pids.len(), 11, "{log:?}");
@@ -317,7 +332,7 @@ async fn a_record_arrives_while_a_later_test_of_its_shard_still_runs() {
     let shard = ids(&["test_stream.py::test_first", "test_stream.py::test_waits_for_the_gate"]);
     let result = tokio::time::timeout(
         HANG_GUARD,
-        runner.run(&shard, |record| {
+        runner.run(&shard, None, |record| {
             if records.is_empty() {
                 std::fs::write(&gate, "open").unwrap();
             }
@@ -397,18 +412,37 @@ async fn stdout_under_no_capture_cannot_corrupt_records_and_unknown_ids_are_erro
 }
 
 #[tokio::test]
-async fn a_module_teardown_failing_between_shards_is_reported_with_the_next_shard() {
+async fn a_module_teardown_failing_is_the_error_of_the_last_test_before_it_as_in_a_plain_run() {
     let project = Project::new();
     let mut runner = project.start(&["test_gamma.py", "test_beta.py"]).await;
+    // The shard goes on with beta: gamma's module is torn down after its test.
+    let mut records = Vec::new();
+    let gamma = ids(&["test_gamma.py::test_uses_leaky"]);
+    let end = runner.run(&gamma, Some("test_beta.py::test_beta_pass"), |record| records.push(record)).await.unwrap();
+    assert!(end.teardown_errors.is_empty(), "{end:?}");
+    assert_eq!(records[0].status, TestStatus::Error, "{records:?}");
+    assert!(records[0].output.as_deref().is_some_and(|output| output.contains("module teardown broke")), "{records:?}");
+    let (records, result) = run(&mut runner, &["test_beta.py::test_beta_pass"]).await;
+    result.unwrap();
+    assert_eq!(records[0].status, TestStatus::Passed);
+    // The same at a shard's end.
     let (records, result) = run(&mut runner, &["test_gamma.py::test_uses_leaky"]).await;
     result.unwrap();
-    assert_eq!(records[0].status, TestStatus::Passed, "the module is still set up after its shard");
+    assert_eq!(records[0].status, TestStatus::Error, "{records:?}");
+    runner.shutdown(HANG_GUARD).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_shard_that_goes_on_in_the_same_module_keeps_it_set_up() {
+    let project = Project::new();
+    let mut runner = project.start(&["test_alpha.py"]).await;
     let mut records = Vec::new();
-    let end = runner.run(&ids(&["test_beta.py::test_beta_pass"]), |record| records.push(record)).await.unwrap();
-    assert_eq!(records[0].status, TestStatus::Passed);
-    assert_eq!(end.teardown_errors.len(), 1, "{end:?}");
-    assert!(end.teardown_errors[0].nodes.contains(&"test_gamma.py".to_owned()), "{end:?}");
-    assert!(end.teardown_errors[0].output.contains("module teardown broke"), "{end:?}");
+    let first = ids(&["test_alpha.py::test_pass"]);
+    runner.run(&first, Some("test_alpha.py::test_prints"), |record| records.push(record)).await.unwrap();
+    let (_, result) = run(&mut runner, &["test_alpha.py::test_prints"]).await;
+    result.unwrap();
+    let setups = project.log().iter().filter(|line| *line == "alpha setup").count();
+    assert_eq!(setups, 1, "alpha set up once for both tests: {:?}", project.log());
     runner.shutdown(HANG_GUARD).await.unwrap();
 }
 
