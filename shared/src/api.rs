@@ -134,6 +134,11 @@ pub struct Prepare {
     /// Whether the runner's archive (nextest) must be uploaded before the listing.
     #[serde(default)]
     pub upload_archive: bool,
+    /// Shards of the revision run in a warm runner (pytest): the worker lists the suite by
+    /// starting that runner, whose collection is the listing, and keeps it for its own
+    /// shards rather than collecting a second time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warm: bool,
     /// How often to heartbeat.
     pub heartbeat_interval_s: f64,
     /// Seconds after the last heartbeat at which the master gives the preparation to

@@ -1135,22 +1135,50 @@ fn list_with(runner: &Runner, argv: &[String], dir: &Path, env: &[(String, Strin
         return Err(ListError::Failed { command: shell_join(argv), status: output.status.to_string(), output: tail });
     }
     let ids = runner.parse_listing(&stdout)?;
+    let skipped = match runner {
+        Runner::Pytest { .. } => pytest_skipped_files(&stdout),
+        _ => Vec::new(),
+    };
+    suite_in(runner, dir, ids, &skipped)
+}
+
+/// The suite of the checkout `dir` from the ids its runner listed, with the repository's
+/// own file ([`REPOSITORY_FILE`]: tags, dependencies, durations); `skipped` (also among
+/// `ids`) are pytest files skipped at collection.
+fn suite_in(runner: &Runner, dir: &Path, ids: Vec<String>, skipped: &[String]) -> Result<SuiteFile, ListError> {
     let repository_file = match std::fs::read_to_string(dir.join(REPOSITORY_FILE)) {
         Ok(text) => Some(text),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
         Err(error) => return Err(ListError::RepositoryFile(error.to_string())),
     };
     let mut suite = suite_from_listing(runner.name(), ids, repository_file.as_deref())?;
-    if let Runner::Pytest { .. } = runner {
-        // pytest reports a file skipped at collection at once (time 0). Known to cost
-        // nothing, it is not a new test that the scheduler runs first and apart in every
-        // build (a skip never enters the duration history).
-        let skipped: std::collections::HashSet<String> = pytest_skipped_files(&stdout).into_iter().collect();
-        for test in suite.tests.iter_mut().filter(|test| skipped.contains(&test.id)) {
-            test.duration_s = Some(0.0);
-        }
+    // pytest reports a file skipped at collection at once (time 0). Known to cost nothing,
+    // it is not a new test that the scheduler runs first and apart in every build.
+    let skipped: std::collections::HashSet<&str> = skipped.iter().map(String::as_str).collect();
+    for test in suite.tests.iter_mut().filter(|test| skipped.contains(test.id.as_str())) {
+        test.duration_s = Some(0.0);
     }
     Ok(suite)
+}
+
+/// The suite of the checkout `dir` as a warm pytest runner collected it
+/// (`pytest_session_args`, the listing's own arguments): the node ids it collected, then
+/// the test files it found skipped at collection, as [`PYTEST_LIST_SCRIPT`] lists them. The
+/// worker that prepares a revision lists it so, and keeps the runner for its shards.
+pub fn suite_from_pytest_session(
+    runner: &Runner,
+    dir: &Path,
+    collected: Vec<String>,
+    skipped_files: Vec<String>,
+) -> Result<SuiteFile, ListError> {
+    if let Runner::Pytest { args, .. } = runner
+        && let Some(unclear) = split_pytest_args(args).1.into_iter().next()
+    {
+        return Err(unclear.into());
+    }
+    let mut ids = collected;
+    ids.extend(skipped_files.iter().cloned());
+    suite_in(runner, dir, ids, &skipped_files)
 }
 
 /// `word` quoted for a POSIX shell when it needs to be.

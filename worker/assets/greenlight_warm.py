@@ -6,9 +6,10 @@ per line, so tests writing to stdout/stderr or reading stdin (even under ``-s``)
 corrupt it.
 
 Runner to worker:
-  {"kind": "ready", "version": 1, "collected": [node ids], "errors": [{"node", "output"}]}
-                                         (a file skipped at collection is no collected id,
-                                         but fed its node id it is reported skipped)
+  {"kind": "ready", "version": 1, "collected": [node ids], "errors": [{"node", "output"}],
+   "skipped_files": [node ids]}          (a file skipped at collection is no collected id,
+                                         but fed its node id it is reported skipped;
+                                         "skipped_files" names them as the listing does)
   {"kind": "start", "test": id}
   {"kind": "test", "test": id, "outcome": "passed|failed|skipped|error",
    "duration_s": seconds, "output": text}
@@ -143,12 +144,18 @@ class _WarmRunner:
         # garbage collector's scans, which would otherwise slow every test down.
         gc.collect()
         gc.freeze()
+        root = session.config.rootpath
         self.channel.send(
             {
                 "kind": "ready",
                 "version": PROTOCOL_VERSION,
                 "collected": [item.nodeid for item in session.items],
                 "errors": self.collection_errors,
+                # Files only, as the listing names them: a directory whose conftest skips
+                # cannot be named to pytest.
+                "skipped_files": [
+                    nodeid for nodeid in self.collection_skips if "::" not in nodeid and (root / nodeid).is_file()
+                ],
             }
         )
         while True:

@@ -130,7 +130,7 @@ async fn work(client: &Client, config: &WorkerConfig) -> Result<(), WorkerError>
                     _ => None,
                 };
                 warm.retire_unless(keep).await;
-                prepare::run_prepare(client, worker_id, &config.workdir, &job).await;
+                prepare::run_prepare(client, worker_id, &config.workdir, &job, &mut warm).await;
                 backoff.reset();
                 continue;
             }

@@ -20,6 +20,8 @@ use greenlight_shared::runner::{NEXTEST_ARCHIVE, NEXTEST_EXTRACTED, Runner};
 
 use crate::checkout::{Checkout, CheckoutError};
 use crate::client::{Client, ClientError};
+use crate::shard::WarmRunners;
+use crate::warm::WarmError;
 
 /// The file naming the revision whose archive is in the checkout's `target/`.
 fn archive_marker(workdir: &Path) -> std::path::PathBuf {
@@ -28,7 +30,7 @@ fn archive_marker(workdir: &Path) -> std::path::PathBuf {
 
 /// Prepares `job` and reports how it went.
 #[tracing::instrument(skip_all, fields(prepare_id = job.prepare_id, revision = %job.revision))]
-pub async fn run_prepare(client: &Client, worker_id: u64, workdir: &Path, job: &Prepare) {
+pub async fn run_prepare(client: &Client, worker_id: u64, workdir: &Path, job: &Prepare, warm: &mut WarmRunners) {
     let active = Arc::new(AtomicBool::new(true));
     let heartbeat = tokio::spawn(heartbeat_loop(
         client.clone(),
@@ -37,7 +39,10 @@ pub async fn run_prepare(client: &Client, worker_id: u64, workdir: &Path, job: &
         job.heartbeat_interval_s,
         Arc::clone(&active),
     ));
-    let outcome = prepare(client, worker_id, workdir, job).await;
+    let outcome = match (&job.runner, job.warm) {
+        (Runner::Pytest { python, args }, true) => prepare_warm(workdir, job, python, args, warm).await,
+        _ => prepare(client, worker_id, workdir, job).await,
+    };
     heartbeat.abort();
     if !active.load(Ordering::SeqCst) {
         tracing::warn!("the master gave the preparation to another worker; not reporting");
@@ -125,6 +130,67 @@ async fn prepare(client: &Client, worker_id: u64, workdir: &Path, job: &Prepare)
         }
     }
     PrepareOutcome::Listed { suite }
+}
+
+/// Prepares a revision whose shards run in a warm pytest runner: checks it out, runs the
+/// setup and starts the runner, whose collection (the listing's own arguments) is the
+/// listing; the runner stays for this worker's shards of the revision, so the worker that
+/// lists collects once, not twice.
+async fn prepare_warm(
+    workdir: &Path,
+    job: &Prepare,
+    python: &str,
+    args: &[String],
+    warm: &mut WarmRunners,
+) -> PrepareOutcome {
+    let checkout = Checkout::new(workdir);
+    let checked_out = {
+        let (checkout, job) = (checkout.clone(), job.clone());
+        tokio::task::spawn_blocking(move || {
+            let setup = job.runner.setup_argv(&job.setup_command);
+            checkout.prepare(&job.repository, &job.revision, &setup, &job.env, job.runner.kept_across_revisions())
+        })
+        .await
+    };
+    match checked_out {
+        Ok(Ok(())) => {}
+        Ok(Err(error @ CheckoutError::Setup { .. })) => return PrepareOutcome::Failed { message: error.to_string() },
+        Ok(Err(error)) => return PrepareOutcome::InfraError { message: format!("checkout: {error}") },
+        Err(error) => return PrepareOutcome::InfraError { message: format!("preparation task: {error}") },
+    }
+    let runner = match warm.runner(&job.revision, python, args, checkout.dir(), &job.env).await {
+        Ok(runner) => runner,
+        // pytest cannot collect this revision (not installed, a usage error, a conftest
+        // that does not import), or the interpreter is missing: the revision's answer,
+        // as the listing's failure was.
+        Err(error @ (WarmError::Collection { .. } | WarmError::Start { .. })) => {
+            return PrepareOutcome::Failed { message: error.to_string() };
+        }
+        Err(error) => return PrepareOutcome::InfraError { message: format!("the warm pytest runner: {error}") },
+    };
+    if let Some(first) = runner.collection_errors().first() {
+        // A file that fails to import interrupts a direct run: the listing fails too.
+        let more = runner.collection_errors().len() - 1;
+        return PrepareOutcome::Failed {
+            message: format!(
+                "pytest could not collect {}{}:\n{}",
+                first.node,
+                if more > 0 { format!(" (and {more} more)") } else { String::new() },
+                first.output
+            ),
+        };
+    }
+    tracing::info!(pid = runner.pid(), "listed by the warm runner, kept for the revision's shards");
+    let listed = greenlight_shared::runner::suite_from_pytest_session(
+        &job.runner,
+        checkout.dir(),
+        runner.collected().to_vec(),
+        runner.skipped_files().to_vec(),
+    );
+    match listed {
+        Ok(suite) => PrepareOutcome::Listed { suite },
+        Err(error) => PrepareOutcome::Failed { message: error.to_string() },
+    }
 }
 
 /// Runs the runner's archive step in the checkout (blocking).

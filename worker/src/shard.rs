@@ -488,7 +488,7 @@ impl WarmRunners {
 
     /// The runner for `revision` in `dir`: the one kept (waiting for a warm-up's
     /// collection to end), or a new one, started and collected now.
-    async fn runner(
+    pub(crate) async fn runner(
         &mut self,
         revision: &str,
         python: &str,

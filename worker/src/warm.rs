@@ -153,6 +153,8 @@ enum Message {
         collected: Vec<String>,
         #[serde(default)]
         errors: Vec<CollectionError>,
+        #[serde(default)]
+        skipped_files: Vec<String>,
     },
     Start {
         test: String,
@@ -241,6 +243,7 @@ pub struct WarmRunner {
     writer: OwnedWriteHalf,
     collected: Vec<String>,
     collection_errors: Vec<CollectionError>,
+    skipped_files: Vec<String>,
     output: OutputTail,
     drains: Vec<JoinHandle<()>>,
     dead: bool,
@@ -318,6 +321,7 @@ impl WarmRunner {
             writer,
             collected: Vec::new(),
             collection_errors: Vec::new(),
+            skipped_files: Vec::new(),
             output,
             drains,
             dead: false,
@@ -326,13 +330,14 @@ impl WarmRunner {
         };
         tracing::debug!(pid, "warm runner started, collecting");
         match runner.receive().await {
-            Ok(Some(Message::Ready { version, collected, errors })) => {
+            Ok(Some(Message::Ready { version, collected, errors, skipped_files })) => {
                 if version != PROTOCOL_VERSION {
                     runner.kill().await;
                     return Err(WarmError::Version { found: version });
                 }
                 runner.collected = collected;
                 runner.collection_errors = errors;
+                runner.skipped_files = skipped_files;
                 runner.ready_at = Instant::now();
                 tracing::info!(pid, collected = runner.collected.len(), "warm runner ready");
                 Ok(runner)
@@ -370,6 +375,11 @@ impl WarmRunner {
     /// The collection errors it met.
     pub fn collection_errors(&self) -> &[CollectionError] {
         &self.collection_errors
+    }
+
+    /// The test files skipped at collection (they are not among [`WarmRunner::collected`]).
+    pub fn skipped_files(&self) -> &[String] {
+        &self.skipped_files
     }
 
     /// Runs `tests` (node ids, in this order), calling `on_record` with each test's record
@@ -582,6 +592,16 @@ mod tests {
                 version: 1,
                 collected: vec!["a.py::t".into()],
                 errors: vec![CollectionError { node: "b.py".into(), output: "boom".into() }],
+                skipped_files: Vec::new(),
+            }),
+        );
+        check(
+            r#"{"kind":"ready","version":1,"collected":[],"skipped_files":["c.py"]}"#,
+            Ok(Message::Ready {
+                version: 1,
+                collected: Vec::new(),
+                errors: Vec::new(),
+                skipped_files: vec!["c.py".into()],
             }),
         );
         check(

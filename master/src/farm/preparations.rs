@@ -135,6 +135,7 @@ impl Farm {
             setup_command: suite.setup_command.clone(),
             env: suite.env.iter().map(|(key, value)| (key.clone(), value.clone())).collect(),
             upload_archive: runner.archive_argv().is_some(),
+            warm: suite.warm_runner(),
             runner,
             heartbeat_interval_s: scheduler.heartbeat_interval_s,
             lease_timeout_s: scheduler.lease_timeout_s,
