@@ -170,6 +170,10 @@ impl Runner {
                     NEXTEST_ARCHIVE,
                     "--workspace-remap",
                     ".",
+                    // What the listing extracts stays for the preparer's own shards.
+                    "--extract-to",
+                    NEXTEST_EXTRACTED,
+                    "--extract-overwrite",
                     "--message-format",
                     "json",
                 ]);
@@ -1487,6 +1491,9 @@ mod tests {
                 NEXTEST_ARCHIVE,
                 "--workspace-remap",
                 ".",
+                "--extract-to",
+                NEXTEST_EXTRACTED,
+                "--extract-overwrite",
                 "--message-format",
                 "json",
                 "-E",

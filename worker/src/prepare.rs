@@ -28,6 +28,12 @@ fn archive_marker(workdir: &Path) -> std::path::PathBuf {
     workdir.join("archive-revision")
 }
 
+/// The file naming the revision whose archive is extracted in the checkout's
+/// [`NEXTEST_EXTRACTED`] (by this worker's listing or its first shard).
+fn extracted_marker(workdir: &Path) -> std::path::PathBuf {
+    workdir.join("extracted-revision")
+}
+
 /// Prepares `job` and reports how it went.
 #[tracing::instrument(skip_all, fields(prepare_id = job.prepare_id, revision = %job.revision))]
 pub async fn run_prepare(client: &Client, worker_id: u64, workdir: &Path, job: &Prepare, warm: &mut WarmRunners) {
@@ -98,6 +104,7 @@ async fn prepare(client: &Client, worker_id: u64, workdir: &Path, job: &Prepare)
             let _ = std::fs::remove_file(&marker);
             let setup = job.runner.setup_argv(&job.setup_command);
             checkout.prepare(&job.repository, &job.revision, &setup, &job.env, job.runner.kept_across_revisions())?;
+            let extracted_marker = extracted_marker(&workdir);
             if job.runner.archive_argv().is_some() {
                 if !checkout.dir().join(NEXTEST_ARCHIVE).exists() {
                     // Set up earlier with a downloaded archive that is gone since: build it.
@@ -105,12 +112,24 @@ async fn prepare(client: &Client, worker_id: u64, workdir: &Path, job: &Prepare)
                 }
                 std::fs::write(&marker, &job.revision)
                     .map_err(|source| CheckoutError::Io { path: marker.clone(), source })?;
+                // The listing extracts the archive for this worker's shards: an earlier
+                // revision's binaries go first (nextest extracts into a directory that exists).
+                let _ = std::fs::remove_file(&extracted_marker);
+                let extracted = checkout.dir().join(NEXTEST_EXTRACTED);
+                if extracted.exists() {
+                    std::fs::remove_dir_all(&extracted)
+                        .map_err(|source| CheckoutError::Io { path: extracted.clone(), source })?;
+                }
+                std::fs::create_dir_all(&extracted)
+                    .map_err(|source| CheckoutError::Io { path: extracted.clone(), source })?;
             }
-            Ok::<_, CheckoutError>(greenlight_shared::runner::list_prepared_suite(
-                &job.runner,
-                checkout.dir(),
-                &job.env,
-            ))
+            let listed = greenlight_shared::runner::list_prepared_suite(&job.runner, checkout.dir(), &job.env);
+            if listed.is_ok() && job.runner.extract_argv().is_some() {
+                tracing::info!(revision = %job.revision, "archive extracted for the revision's shards, while listing it");
+                std::fs::write(&extracted_marker, &job.revision)
+                    .map_err(|source| CheckoutError::Io { path: extracted_marker.clone(), source })?;
+            }
+            Ok::<_, CheckoutError>(listed)
         })
         .await
     };
@@ -257,7 +276,7 @@ pub async fn ensure_extracted(
     env: &[(String, String)],
 ) -> Result<(), String> {
     let Some(argv) = runner.extract_argv() else { return Ok(()) };
-    let marker = workdir.join("extracted-revision");
+    let marker = extracted_marker(workdir);
     let metadata = checkout.dir().join(NEXTEST_EXTRACTED).join("target/nextest/binaries-metadata.json");
     if std::fs::read_to_string(&marker).is_ok_and(|done| done.trim() == revision) && metadata.exists() {
         return Ok(());
