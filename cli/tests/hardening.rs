@@ -1,5 +1,7 @@
 //! Hardening against what clumsy users and broken machines do (issue #15), each with the
-//! real binary: a data directory that cannot be used is named before the master listens.
+//! real binary: a data directory that cannot be used is named before the master listens;
+//! absurd numbers are bounded; a build that cannot run leaves the gate as it was, with a
+//! warning.
 
 mod common;
 
@@ -8,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Farm, FarmOptions, Process, greenlight, test};
+use greenlight_shared::api::{BuildState, GateState};
 use greenlight_shared::suite::SuiteFile;
 
 /// Runs `greenlight master --config CONFIG` on any free port and waits (at most 30 s) for
@@ -148,4 +151,31 @@ fn absurd_durations_and_huge_outputs_are_bounded_on_the_master_and_never_poison_
         let history: greenlight_shared::api::TestHistory = farm.get(&format!("/api/v1/tests?id={test_id}"));
         assert!(history.recent_durations_s.is_empty(), "{test_id}: {:?}", history.recent_durations_s);
     }
+}
+
+#[test]
+fn a_build_whose_suite_cannot_be_listed_leaves_the_gate_as_it_was_with_a_warning() {
+    // A pytest suite whose python has no pytest: isolated (-I) and without site-packages (-S).
+    let bin = tempfile::tempdir().unwrap();
+    let python = bin.path().join("python-without-pytest");
+    std::fs::write(&python, "#!/bin/sh\nexec python3 -I -S \"$@\"\n").unwrap();
+    let mut permissions = std::fs::metadata(&python).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&python, permissions).unwrap();
+    let suite_toml = format!("runner = \"pytest\"\npython = {:?}", python.to_string_lossy());
+    let suite = SuiteFile { name: "pytest".into(), shard_overhead_s: 0.0, tests: vec![test("a", &["a"], &[], 1.0)] };
+    let farm = Farm::start(&suite, 1, FarmOptions { suite_toml, ..FarmOptions::default() });
+    let build = farm.finished_build_of(&farm.repo.head().unwrap());
+    assert_eq!(build.state, BuildState::Error, "{build:?}");
+    let error = build.error.clone().unwrap_or_default();
+    assert!(error.contains("No module named 'pytest'"), "the build's error names the cause: {error}");
+
+    // No test gave a verdict: the gate is as it was (open), and says why the build gave none.
+    let gate = farm.gate();
+    assert_eq!((gate.state, gate.reason.as_deref()), (GateState::Open, None), "{gate:?}");
+    let warning = gate.warning.clone().unwrap_or_default();
+    assert!(warning.contains(&format!("build {} ended in error", build.build_id)), "{gate:?}");
+    let (code, stdout, stderr) = farm.gate_command(&[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains(&format!("warning: {warning}")), "greenlight gate shows the warning: {stdout}");
 }

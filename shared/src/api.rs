@@ -550,10 +550,13 @@ pub struct GateView {
     pub failing_tests: Vec<String>,
     /// The change found to break it, once culprit finding has named one.
     pub culprit: Option<ChangeView>,
-    /// Why the gate is closed when no test failed (a build that could not run).
+    /// Why the gate is closed when no test failed. Older masters closed the gate on a
+    /// build that could not run and said why here; such a build now only warns, and a
+    /// current master never sets it (kept so that a gate stored by an older one reads).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// A later build ended in error (infrastructure, not a test): the gate still rests on
+    /// A later build ended in error (tests no worker could run, or a suite that could not
+    /// be read, listed or planned: no test gave a verdict): the gate still rests on
     /// `build_id`, and says why the newer one gave no verdict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,

@@ -620,3 +620,38 @@ async fn a_revision_no_worker_could_prepare_ends_its_build_in_error() {
     assert_eq!(build.state, BuildState::Error);
     assert!(build.error.as_deref().is_some_and(|error| error.contains("disk full")), "{build:?}");
 }
+
+/// Commits `broken` (a suite that cannot run) and checks that its build ends `error` and
+/// leaves the gate `state` on `closing`'s evidence, with a warning naming the build.
+async fn check_error_build(harness: &Harness, broken: &SuiteFile, closing: u64, state: GateState, failing: &[&str]) {
+    harness.repo.commit("Tangle a and b", &[(SUITE_FILE, &broken.to_json())]).unwrap();
+    let errored = harness.next_build().await;
+    assert_eq!(harness.build(errored).state, BuildState::Error);
+    let gate = harness.farm.gate("main").unwrap();
+    assert_eq!((gate.state, gate.build_id), (state, Some(closing)));
+    assert_eq!(gate.failing_tests, failing, "the evidence is kept");
+    let warning = gate.warning.unwrap_or_default();
+    assert!(warning.contains(&format!("build {errored}")) && warning.contains("dependency cycle"), "{warning}");
+}
+
+#[tokio::test]
+async fn a_build_that_cannot_run_keeps_the_gate_as_it_was_and_warns() {
+    let tests = suite(&["a", "b"]);
+    let harness = Harness::new(&tests, |_| {});
+    let worker = harness.register("w1");
+    let red = harness.next_build().await;
+    harness.run_all(worker, |test_id| if test_id == "a" { TestStatus::Failed } else { TestStatus::Passed });
+    assert_eq!(harness.build(red).state, BuildState::Red);
+    let mut cyclic = tests.clone();
+    cyclic.tests[0].depends_on = vec!["b".to_owned()];
+    cyclic.tests[1].depends_on = vec!["a".to_owned()];
+    // Closed by a red build: it stays closed on that build's evidence.
+    check_error_build(&harness, &cyclic, red, GateState::Closed, &["a"]).await;
+    harness.repo.commit("Untangle a and b, fix a [fix]", &[(SUITE_FILE, &tests.to_json())]).unwrap();
+    let green = harness.next_build().await;
+    harness.run_all(worker, passing);
+    let gate = harness.farm.gate("main").unwrap();
+    assert_eq!((gate.state, gate.build_id, gate.warning), (GateState::Open, Some(green), None));
+    // Open: it stays open.
+    check_error_build(&harness, &cyclic, green, GateState::Open, &[]).await;
+}
