@@ -394,8 +394,9 @@ async fn register(
         ));
     }
     let answer = state.farm.register(&request.name, &credentials)?;
-    // Taking a silent worker's name expires its lease, which may have ended a build.
-    state.farm.flush_verdicts().await?;
+    // Taking a silent worker's name expires its lease (and may end a build): durable as
+    // the lease expiry loop's writes are. Registrations are rare.
+    state.farm.flush().await?;
     Ok(Json(answer))
 }
 
