@@ -1,7 +1,9 @@
 //! `greenlight gate` (DESIGN.md): asks the master whether the branch's gate lets a commit
 //! through. Exit 0: open, or closed but the message marks a fix or a revert. Exit 1:
 //! closed; prints the build, the failing tests, the culprit when known and a link.
-//! Exit 2: the master could not be asked. Meant for git hooks (see `hooks/`).
+//! Exit 2: the master could not be asked. Meant for git hooks (see `hooks/`). A gate's
+//! warning (a later build ended in error: no test gave a verdict) is printed whatever its
+//! state, and changes no exit code.
 
 use std::time::Duration;
 
@@ -66,6 +68,7 @@ fn describe(gate: &GateView, master: &str) -> String {
     if let Some(reason) = &gate.reason {
         text.push_str(&format!("{reason}\n"));
     }
+    text.push_str(&warning(gate));
     match &gate.culprit {
         Some(change) => text.push_str(&format!(
             "culprit: {} {:?} by {}\n",
@@ -83,6 +86,11 @@ fn describe(gate: &GateView, master: &str) -> String {
         gate.fix_marker
     ));
     text
+}
+
+/// The gate's warning as a line, or nothing.
+fn warning(gate: &GateView) -> String {
+    gate.warning.as_ref().map(|warning| format!("warning: {warning}\n")).unwrap_or_default()
 }
 
 /// Runs the command; returns the exit code.
@@ -106,7 +114,7 @@ pub async fn run(args: &GateArgs) -> i32 {
             }
         };
         if gate.state == GateState::Open {
-            println!("gate open on {}", gate.branch);
+            print!("gate open on {}\n{}", gate.branch, warning(&gate));
             return 0;
         }
         if let Some(message) = &args.message

@@ -36,10 +36,13 @@ enum Command {
         /// The master's URL.
         #[arg(long)]
         master: String,
-        /// The worker token (also read from GREENLIGHT_WORKER_TOKEN).
+        /// The worker token (also read from GREENLIGHT_WORKER_TOKEN): the shared one, or
+        /// this worker's own (`[workers.NAME] token` on the master).
         #[arg(long, env = "GREENLIGHT_WORKER_TOKEN", hide_env_values = true)]
         token: Option<String>,
-        /// This worker's name, unique in the fleet.
+        /// This worker's name, unique in the fleet: while a live worker holds it, another
+        /// is refused (and keeps asking); a restarted worker gets it back once its old
+        /// registration has been silent for the master's lease timeout.
         #[arg(long)]
         name: String,
         /// Directory for the cached checkout and shard files.

@@ -1,5 +1,8 @@
 //! Hardening against what clumsy users and broken machines do (issue #15), each with the
-//! real binary: a data directory that cannot be used is named before the master listens.
+//! real binary: a data directory that cannot be used is named before the master listens;
+//! absurd numbers are bounded; a worker's name and id answer only to the process that
+//! registered them (and a worker's own token to it alone), while a restarted worker gets
+//! back in by itself; a build that cannot run leaves the gate as it was, with a warning.
 
 mod common;
 
@@ -7,8 +10,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Farm, FarmOptions, Process, greenlight, test};
+use common::{Farm, FarmOptions, Process, TOKEN, greenlight, test};
+use greenlight_shared::api::{BuildState, GateState, ShardState, WorkerView};
 use greenlight_shared::suite::SuiteFile;
+use serde_json::json;
 
 /// Runs `greenlight master --config CONFIG` on any free port and waits (at most 30 s) for
 /// it to give up: (exit code, stdout, stderr). A master that starts serving is killed and
@@ -148,4 +153,130 @@ fn absurd_durations_and_huge_outputs_are_bounded_on_the_master_and_never_poison_
         let history: greenlight_shared::api::TestHistory = farm.get(&format!("/api/v1/tests?id={test_id}"));
         assert!(history.recent_durations_s.is_empty(), "{test_id}: {:?}", history.recent_durations_s);
     }
+}
+
+/// The worker registered under `name`, as the master lists it.
+fn worker_named(farm: &Farm, name: &str) -> Option<WorkerView> {
+    farm.workers().into_iter().find(|worker| worker.name == name)
+}
+
+/// Waits for a running shard of the worker `name`: (build id, lease id).
+fn running_shard_of(farm: &Farm, name: &str) -> (u64, u64) {
+    farm.wait_for(&format!("a running shard of {name}"), Duration::from_secs(60), |farm| {
+        let build = farm.builds().into_iter().find(|build| build.state == BuildState::Running)?;
+        let shards = farm.build(build.build_id).shards;
+        let shard = shards.iter().find(|shard| shard.worker == name && shard.state == ShardState::Running)?;
+        Some((build.build_id, shard.lease_id))
+    })
+}
+
+/// Waits for `build_id` to end; checks it is green with every test of `suite` reported
+/// once, and returns its shards.
+fn green_with_each_test_once(farm: &Farm, build_id: u64, suite: &SuiteFile) -> Vec<greenlight_shared::api::ShardView> {
+    let build = farm.wait_for("the build to end", Duration::from_secs(120), |farm| {
+        farm.builds().into_iter().find(|build| build.build_id == build_id && build.state.is_finished())
+    });
+    assert_eq!((build.state, build.counts.passed), (BuildState::Green, suite.tests.len() as u32), "{build:?}");
+    let results = common::by_id(farm.tests(build_id).results);
+    assert_eq!(results.len(), suite.tests.len());
+    assert!(results.values().all(|attempts| attempts.len() == 1), "each test reported once: {results:?}");
+    farm.build(build_id).shards
+}
+
+const OWN_TOKEN: &str = "only-own-token-has-it";
+
+#[test]
+fn a_second_worker_under_a_live_workers_name_is_refused_and_a_restarted_one_gets_back_in_by_itself() {
+    let tests = (0..16).map(|index| test(&format!("core::t{index}"), &["core"], &[], 1.0)).collect();
+    let suite = SuiteFile { name: "identity".into(), shard_overhead_s: 0.0, tests };
+    let options = FarmOptions {
+        scale: 0.5,
+        lease_timeout_s: 3.0,
+        heartbeat_interval_s: 0.5,
+        extra_toml: format!("[workers.own-token]\ntoken = \"{OWN_TOKEN}\"\n"),
+        ..FarmOptions::default()
+    };
+    let mut farm = Farm::start(&suite, 0, options);
+    farm.start_worker("twin");
+    farm.start_worker_with_token("own-token", OWN_TOKEN);
+    let (build_id, lease_id) = running_shard_of(&farm, "twin");
+    let twin = worker_named(&farm, "twin").expect("twin registered").worker_id;
+
+    // A second machine under twin's name (a clone), with a session of its own or none (an
+    // older worker): refused, and it may not call as twin either.
+    for session in [Some("session-of-a-cloned-machine"), None] {
+        let register = json!({"name": "twin"});
+        let (status, body) = farm.post_with("/api/v1/workers/register", &register, Some(TOKEN), session);
+        assert_eq!((status, body["error"].as_str()), (409, Some("name_in_use")), "{body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains("another machine running a worker under the same name"), "{message}");
+        let lease = format!("/api/v1/workers/{twin}/lease");
+        let (status, body) = farm.post_with(&lease, &json!({"wait_s": 0}), Some(TOKEN), session);
+        assert_eq!((status, body["error"].as_str()), (403, Some("wrong_session")), "took twin's lease: {body}");
+        let report = json!({"worker_id": twin, "results": [{"test_id": "core::t0", "status": "failed"}]});
+        let results = format!("/api/v1/leases/{lease_id}/results");
+        let (status, body) = farm.post_with(&results, &report, Some(TOKEN), session);
+        assert_eq!((status, body["error"].as_str()), (403, Some("wrong_session")), "reported as twin: {body}");
+    }
+    let (status, body) =
+        farm.post_with("/api/v1/workers/register", &json!({"name": "short"}), Some(TOKEN), Some("guessable"));
+    assert_eq!((status, body["error"].as_str()), (422, Some("invalid_session")), "{body}");
+    // A worker with a token of its own: the shared token does not act as it, its token as
+    // no other worker.
+    let (status, body) = farm.post("/api/v1/workers/register", &json!({"name": "own-token"}), Some(TOKEN));
+    assert_eq!((status, body["error"].as_str()), (403, Some("wrong_token")), "{body}");
+    let (status, body) = farm.post("/api/v1/workers/register", &json!({"name": "stranger"}), Some(OWN_TOKEN));
+    assert_eq!((status, body["error"].as_str()), (403, Some("wrong_token")), "{body}");
+    let own = worker_named(&farm, "own-token").expect("own-token registered with its token").worker_id;
+    let (status, body) = farm.post(&format!("/api/v1/workers/{own}/lease"), &json!({"wait_s": 0}), Some(TOKEN));
+    assert_eq!((status, body["error"].as_str()), (403, Some("wrong_token")), "{body}");
+
+    // The real twin never noticed: no lease was taken from it, each test reported once.
+    let shards = green_with_each_test_once(&farm, build_id, &suite);
+    assert!(shards.iter().all(|shard| shard.state != ShardState::TakenBack), "{shards:?}");
+    assert!(shards.iter().any(|shard| shard.worker == "own-token"), "the worker with its own token ran: {shards:?}");
+
+    // twin restarts while it holds a shard (killed, started again under the same name, as
+    // a supervisor would): it gets back in by itself once its old registration is
+    // silent, with an id of its own; the old lease is taken back (expired), never inherited.
+    let revision = farm.repo.touch_area("core", "Core: once more").unwrap();
+    let (build_id, lease_id) = running_shard_of(&farm, "twin");
+    farm.workers.iter_mut().find(|process| process.name == "twin").expect("twin's process").kill();
+    farm.start_worker("twin");
+    let back = farm.wait_for("twin back in", Duration::from_secs(60), |farm| {
+        worker_named(farm, "twin").filter(|worker| worker.worker_id != twin && !worker.lost)
+    });
+    assert_eq!(farm.workers().iter().filter(|worker| worker.name == "twin").count(), 1, "the old registration is gone");
+    let shards = green_with_each_test_once(&farm, build_id, &suite);
+    assert_eq!(farm.build(build_id).build.revision, revision);
+    let killed = shards.iter().find(|shard| shard.lease_id == lease_id).expect("the killed worker's shard");
+    assert_eq!(killed.state, ShardState::Expired, "taken back: {killed:?}");
+    assert!(back.worker_id > twin);
+}
+
+#[test]
+fn a_build_whose_suite_cannot_be_listed_leaves_the_gate_as_it_was_with_a_warning() {
+    // A pytest suite whose python has no pytest: isolated (-I) and without site-packages (-S).
+    let bin = tempfile::tempdir().unwrap();
+    let python = bin.path().join("python-without-pytest");
+    std::fs::write(&python, "#!/bin/sh\nexec python3 -I -S \"$@\"\n").unwrap();
+    let mut permissions = std::fs::metadata(&python).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&python, permissions).unwrap();
+    let suite_toml = format!("runner = \"pytest\"\npython = {:?}", python.to_string_lossy());
+    let suite = SuiteFile { name: "pytest".into(), shard_overhead_s: 0.0, tests: vec![test("a", &["a"], &[], 1.0)] };
+    let farm = Farm::start(&suite, 1, FarmOptions { suite_toml, ..FarmOptions::default() });
+    let build = farm.finished_build_of(&farm.repo.head().unwrap());
+    assert_eq!(build.state, BuildState::Error, "{build:?}");
+    let error = build.error.clone().unwrap_or_default();
+    assert!(error.contains("No module named 'pytest'"), "the build's error names the cause: {error}");
+
+    // No test gave a verdict: the gate is as it was (open), and says why the build gave none.
+    let gate = farm.gate();
+    assert_eq!((gate.state, gate.reason.as_deref()), (GateState::Open, None), "{gate:?}");
+    let warning = gate.warning.clone().unwrap_or_default();
+    assert!(warning.contains(&format!("build {} ended in error", build.build_id)), "{gate:?}");
+    let (code, stdout, stderr) = farm.gate_command(&[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains(&format!("warning: {warning}")), "greenlight gate shows the warning: {stdout}");
 }

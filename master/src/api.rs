@@ -16,12 +16,13 @@ use greenlight_shared::API_VERSION;
 use greenlight_shared::api::{
     ChangeNotice, ChangeNoticeResponse, ErrorBody, FarmEvent, FinishRequest, HeartbeatRequest, HeartbeatResponse,
     HistoryImportRequest, LeaseRequest, LeaseResponse, PrepareReport, QuarantineRequest, RegisterRequest,
-    ResultsRequest, UnquarantineRequest,
+    ResultsRequest, SESSION_HEADER, UnquarantineRequest,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::farm::{Farm, FarmError, Work};
+use crate::farm::{Farm, FarmError, Work, WorkerCredentials, WorkerToken};
+use crate::secret::constant_time_eq;
 
 /// The longest a lease request is held open.
 const MAX_WAIT_S: f64 = 60.0;
@@ -58,6 +59,9 @@ impl From<FarmError> for ApiError {
         let message = error.to_string();
         match error {
             FarmError::UnknownWorker(_) => ApiError::new(StatusCode::NOT_FOUND, "unknown_worker", message),
+            FarmError::NameInUse { .. } => ApiError::new(StatusCode::CONFLICT, "name_in_use", message),
+            FarmError::WrongSession(_) => ApiError::new(StatusCode::FORBIDDEN, "wrong_session", message),
+            FarmError::WrongWorkerToken(_) => ApiError::new(StatusCode::FORBIDDEN, "wrong_token", message),
             FarmError::UnknownBuild(_) => ApiError::new(StatusCode::NOT_FOUND, "unknown_build", message),
             FarmError::BuildEnded(_) => ApiError::new(StatusCode::CONFLICT, "build_ended", message),
             FarmError::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message),
@@ -142,15 +146,6 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for
     }
 }
 
-/// Compares two byte strings in time independent of where they differ.
-fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
-    let mut difference = left.len() ^ right.len();
-    for (index, byte) in left.iter().enumerate() {
-        difference |= usize::from(byte ^ right.get(index).copied().unwrap_or(!byte));
-    }
-    difference == 0
-}
-
 /// The bearer token of a request, if it presents one.
 fn presented_token(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -172,9 +167,53 @@ fn check_token(expected: &str, presented: Option<&str>, calls: &str) -> Result<(
     }
 }
 
-fn check_worker_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = &state.farm.config().worker_token else { return Ok(()) };
-    check_token(expected, presented_token(headers), "worker")
+/// Who a worker call says it is: the worker token it presents (a worker's own token, else
+/// the shared one: 401 without a token, 403 with one that is no worker's) and the session
+/// of its process (`greenlight-session`; 422 when malformed). The farm checks them
+/// against the registration the call is for.
+fn worker_credentials(state: &AppState, headers: &HeaderMap) -> Result<WorkerCredentials, ApiError> {
+    let config = state.farm.config();
+    let presented = presented_token(headers);
+    let own = presented.and_then(|token| {
+        config.workers.iter().find_map(|(name, worker)| {
+            let own = worker.token.as_deref()?;
+            constant_time_eq(token.as_bytes(), own.as_bytes()).then(|| name.clone())
+        })
+    });
+    let token = match own {
+        Some(name) => WorkerToken::Own(name),
+        None => {
+            if let Some(expected) = &config.worker_token {
+                check_token(expected, presented, "worker")?;
+            }
+            WorkerToken::Shared
+        }
+    };
+    let session = match headers.get(SESSION_HEADER) {
+        None => None,
+        Some(value) => match value.to_str() {
+            Ok(session)
+                if (16..=128).contains(&session.len()) && session.bytes().all(|byte| byte.is_ascii_graphic()) =>
+            {
+                Some(session.to_owned())
+            }
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_session",
+                    format!("the {SESSION_HEADER} header is 16 to 128 visible ASCII characters"),
+                ));
+            }
+        },
+    };
+    Ok(WorkerCredentials { token, session })
+}
+
+/// A call for the worker `worker_id`: its token and session must be those of the process
+/// that registered it.
+fn check_worker(state: &AppState, headers: &HeaderMap, worker_id: u64) -> Result<(), ApiError> {
+    let credentials = worker_credentials(state, headers)?;
+    Ok(state.farm.authenticate(worker_id, &credentials)?)
 }
 
 /// A change announcement (a post-receive hook) presents the `hook_token` or the worker
@@ -346,7 +385,7 @@ async fn register(
     headers: HeaderMap,
     ApiJson(request): ApiJson<RegisterRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    check_worker_token(&state, &headers)?;
+    let credentials = worker_credentials(&state, &headers)?;
     if request.name.trim().is_empty() || request.name.len() > 200 {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -354,7 +393,11 @@ async fn register(
             "a worker name is 1 to 200 characters",
         ));
     }
-    Ok(Json(state.farm.register(&request.name)?))
+    let answer = state.farm.register(&request.name, &credentials)?;
+    // Taking a silent worker's name expires its lease (and may end a build): durable as
+    // the lease expiry loop's writes are. Registrations are rare.
+    state.farm.flush().await?;
+    Ok(Json(answer))
 }
 
 #[tracing::instrument(skip_all, fields(worker_id))]
@@ -364,7 +407,7 @@ async fn lease(
     headers: HeaderMap,
     ApiJson(request): ApiJson<LeaseRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    check_worker_token(&state, &headers)?;
+    check_worker(&state, &headers, worker_id)?;
     if !request.wait_s.is_finite() || request.wait_s < 0.0 {
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_wait", "wait_s must be a number >= 0"));
     }
@@ -405,7 +448,7 @@ async fn heartbeat(
     headers: HeaderMap,
     ApiJson(request): ApiJson<HeartbeatRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    check_worker_token(&state, &headers)?;
+    check_worker(&state, &headers, request.worker_id)?;
     let (active, withdrawn) = state.farm.heartbeat(lease_id, request.worker_id)?;
     Ok(Json(HeartbeatResponse { version: API_VERSION, active, withdrawn }))
 }
@@ -417,7 +460,7 @@ async fn results(
     headers: HeaderMap,
     ApiJson(request): ApiJson<ResultsRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    check_worker_token(&state, &headers)?;
+    check_worker(&state, &headers, request.worker_id)?;
     let answer = state.farm.report(lease_id, request.worker_id, &request.results)?;
     // What the worker is told was accepted must survive a crash of the master.
     if answer.accepted > 0 {
@@ -433,7 +476,7 @@ async fn finish(
     headers: HeaderMap,
     ApiJson(request): ApiJson<FinishRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    check_worker_token(&state, &headers)?;
+    check_worker(&state, &headers, request.worker_id)?;
     state.farm.finish(lease_id, request.worker_id, &request.outcome, request.runner_wall_s)?;
     // The shard's end (and perhaps the build's) must survive a crash of the master.
     state.farm.flush().await?;
@@ -447,7 +490,7 @@ async fn prepare_heartbeat(
     headers: HeaderMap,
     ApiJson(request): ApiJson<HeartbeatRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    check_worker_token(&state, &headers)?;
+    check_worker(&state, &headers, request.worker_id)?;
     let active = state.farm.prepare_heartbeat(prepare_id, request.worker_id)?;
     Ok(Json(HeartbeatResponse { version: API_VERSION, active, withdrawn: Vec::new() }))
 }
@@ -490,7 +533,7 @@ async fn prepare_archive(
 ) -> Result<impl IntoResponse, ApiError> {
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
-    check_worker_token(&state, &headers)?;
+    check_worker(&state, &headers, query.worker_id)?;
     let limit = state.farm.config().max_archive_bytes;
     let (_revision, part) = state.farm.archive_upload_start(prepare_id, query.worker_id)?;
     let declared = headers
@@ -535,7 +578,7 @@ async fn prepare_listing(
     headers: HeaderMap,
     ApiJson(report): ApiJson<PrepareReport>,
 ) -> Result<impl IntoResponse, ApiError> {
-    check_worker_token(&state, &headers)?;
+    check_worker(&state, &headers, report.worker_id)?;
     state.farm.prepare_report(prepare_id, report.worker_id, &report.outcome)?;
     // The listing must survive a crash of the master: the build plans from it.
     state.farm.flush().await?;
@@ -550,7 +593,7 @@ async fn revision_archive(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     use tokio::io::AsyncReadExt;
-    check_worker_token(&state, &headers)?;
+    worker_credentials(&state, &headers)?;
     if !matches!(revision.len(), 40 | 64) || !revision.bytes().all(|byte| byte.is_ascii_hexdigit()) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -839,18 +882,4 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
         text.push_str(&format!("greenlight_worker_startup_seconds {startup:.3}\n"));
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"x"));
-        assert!(constant_time_eq(b"", b""));
-    }
 }

@@ -5,6 +5,9 @@
 //! data_dir = "/var/lib/greenlight"
 //! worker_token = "s3cret"
 //!
+//! [workers.build-07]                # optional: a worker with a token of its own
+//! token = "only-build-07-knows"
+//!
 //! [repository]
 //! url = "/srv/git/product.git"     # anything `git clone` accepts, reachable by workers too
 //! branch = "main"
@@ -76,6 +79,12 @@ pub struct Config {
     /// `None` turns admin calls off.
     #[serde(default)]
     pub admin_token: Option<String>,
+    /// Workers with a token of their own (`[workers.NAME] token = "..."`), as Buildbot gives
+    /// each worker its password: only that token registers (and calls) as NAME, it acts
+    /// as no other name, and the shared `worker_token` is not accepted for NAME, so one
+    /// machine is revoked alone by changing or removing its entry.
+    #[serde(default)]
+    pub workers: BTreeMap<String, WorkerSection>,
     /// A bearer token a post-receive hook may present to announce changes
     /// (`POST /api/v1/changes`), besides the worker token; with neither set, anyone may.
     #[serde(default)]
@@ -120,6 +129,22 @@ pub struct Config {
     /// Keeping flaky tests out of the gate.
     #[serde(default)]
     pub quarantine: QuarantineConfig,
+}
+
+/// One worker's own settings (`[workers.NAME]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSection {
+    /// The bearer token only this worker presents, instead of the shared `worker_token`.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+impl Config {
+    /// The token of the worker `name`, when it has one of its own.
+    pub fn own_worker_token(&self, name: &str) -> Option<&str> {
+        self.workers.get(name).and_then(|worker| worker.token.as_deref())
+    }
 }
 
 /// Automatic quarantine of flaky tests.
@@ -515,6 +540,7 @@ impl Config {
             data_dir,
             listen: default_listen(),
             worker_token: None,
+            workers: BTreeMap::new(),
             admin_token: None,
             read_token: None,
             hook_token: None,
@@ -569,6 +595,28 @@ impl Config {
         {
             if token.as_deref().is_some_and(str::is_empty) {
                 return Err(ConfigError::Invalid(format!("{name} is empty: remove it or set a secret")));
+            }
+        }
+        let mut tokens: Vec<&str> = [&self.worker_token, &self.admin_token, &self.read_token, &self.hook_token]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        for (name, worker) in &self.workers {
+            match worker.token.as_deref() {
+                Some("") => {
+                    return Err(ConfigError::Invalid(format!(
+                        "[workers.{name}] token is empty: remove it or set a secret"
+                    )));
+                }
+                // A token shared with another worker or role would say nothing of who calls.
+                Some(token) if tokens.contains(&token) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "[workers.{name}] token is also another token of this configuration: give each its own"
+                    )));
+                }
+                Some(token) => tokens.push(token),
+                None => {}
             }
         }
         if !positive(self.repository.poll_interval_s) {
@@ -646,6 +694,28 @@ run_command = ["run", "{ids_file}"]
             Config::from_file(&path).unwrap_err().to_string(),
             "invalid configuration: [suite] needs exactly one of `file` and `list_command`"
         );
+    }
+
+    #[test]
+    fn a_worker_may_have_a_token_of_its_own_that_is_no_other_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("greenlight.toml");
+        let base = "data_dir = \"/x\"\nworker_token = \"shared\"\n[repository]\nurl = \"u\"\n[suite]\nfile = \"s.json\"\nrun_command = [\"r\"]\n";
+        let with = |workers: &str| {
+            std::fs::write(&path, format!("{base}{workers}")).unwrap();
+            Config::from_file(&path)
+        };
+        let config = with("[workers.box-17]\ntoken = \"own\"\n[workers.box-18]\n").unwrap();
+        assert_eq!((config.own_worker_token("box-17"), config.own_worker_token("box-18")), (Some("own"), None));
+        assert_eq!(config.own_worker_token("box-19"), None);
+        let refused = |workers: &str, expected: &str| {
+            let error = with(workers).unwrap_err().to_string();
+            assert!(error.contains(expected), "{workers}: {error}");
+        };
+        refused("[workers.a]\ntoken = \"\"\n", "[workers.a] token is empty");
+        refused("[workers.a]\ntoken = \"shared\"\n", "[workers.a] token is also another token");
+        refused("[workers.a]\ntoken = \"t\"\n[workers.b]\ntoken = \"t\"\n", "[workers.b] token is also another token");
+        refused("[workers.a]\npassword = \"t\"\n", "unknown field `password`");
     }
 
     #[test]

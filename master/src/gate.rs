@@ -46,10 +46,16 @@ pub fn test_failed(gate: &mut GateView, build_id: u64, revision: &str, test_id: 
     }
 }
 
-/// A build ended in error for the infrastructure (tests no worker could run): no verdict on
-/// the code, so the gate keeps its state and evidence, and warns.
-pub fn build_infra_error(gate: &mut GateView, build_id: u64, reason: &str) {
+/// A build ended in error: tests no worker could run, or a suite that could not be read,
+/// listed or planned (a runner missing, pytest not installed, a suite file that is not a
+/// DAG). No test gave a verdict on the code, so the gate keeps its state and evidence, and
+/// warns until a later build gives one. Returns whether the gate changed.
+pub fn build_error(gate: &mut GateView, build_id: u64, reason: &str) -> bool {
+    if gate.build_id.is_some_and(|verdict| verdict > build_id) {
+        return false;
+    }
     gate.warning = Some(format!("build {build_id} ended in error, not on a test: {reason}"));
+    true
 }
 
 /// Closes the gate on `build_id`'s evidence; a gate already closed keeps its `since` and
@@ -63,17 +69,6 @@ fn close(gate: &mut GateView, build_id: u64, revision: &str, now: f64) {
     gate.state = GateState::Closed;
     gate.build_id = Some(build_id);
     gate.revision = Some(revision.to_owned());
-}
-
-/// A build could not run (its suite is broken): the gate closes with the reason.
-pub fn build_errored(gate: &mut GateView, build_id: u64, revision: &str, reason: &str, now: f64) -> bool {
-    if gate.state == GateState::Closed && gate.build_id.is_some_and(|closing| closing > build_id) {
-        return false;
-    }
-    close(gate, build_id, revision, now);
-    gate.failing_tests.clear();
-    gate.reason = Some(format!("build {build_id} could not run: {reason}"));
-    true
 }
 
 /// A build ended green: a closed gate opens if the build is newer than the one that closed it.
@@ -141,19 +136,25 @@ mod tests {
     }
 
     #[test]
-    fn a_build_that_cannot_run_closes_the_gate_with_its_reason() {
+    fn a_build_that_cannot_run_warns_without_opening_or_closing_the_gate() {
         let mut gate = new_gate("main", "[fix]");
-        assert!(build_errored(&mut gate, 5, "r5", "invalid suite: dependency cycle", 1.0));
-        assert_eq!(gate.reason.as_deref(), Some("build 5 could not run: invalid suite: dependency cycle"));
-        assert!(build_green(&mut gate, 6, "r6", 2.0));
-        assert_eq!(gate.reason, None);
+        assert!(build_error(&mut gate, 5, "invalid suite: dependency cycle"));
+        assert_eq!((gate.state, gate.build_id, gate.reason.as_deref()), (GateState::Open, None, None));
+        assert_eq!(
+            gate.warning.as_deref(),
+            Some("build 5 ended in error, not on a test: invalid suite: dependency cycle")
+        );
+        assert!(!build_green(&mut gate, 6, "r6", 2.0), "it was open");
+        assert_eq!((gate.state, gate.warning.as_deref()), (GateState::Open, None));
+        assert!(!build_error(&mut gate, 4, "late"), "an older build's error says nothing once a newer one is green");
+        assert_eq!(gate.warning, None);
     }
 
     #[test]
     fn an_infrastructure_error_warns_without_opening_or_closing_the_gate() {
         let mut gate = new_gate("main", "[fix]");
         assert!(test_failed(&mut gate, 2, "r2", "a", 20.0));
-        build_infra_error(&mut gate, 3, "1 test(s) got no result");
+        assert!(build_error(&mut gate, 3, "1 test(s) got no result"));
         assert_eq!((gate.state, gate.build_id), (GateState::Closed, Some(2)));
         assert_eq!(gate.warning.as_deref(), Some("build 3 ended in error, not on a test: 1 test(s) got no result"));
         assert!(build_green(&mut gate, 4, "r4", 40.0));

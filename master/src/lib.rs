@@ -13,6 +13,7 @@ pub mod farm;
 pub mod gate;
 pub mod junit;
 pub mod push;
+pub mod secret;
 pub mod store;
 
 use std::future::Future;

@@ -14,13 +14,25 @@ fn is_zero(value: &u32) -> bool {
     *value == 0
 }
 
+/// The header every call of a worker carries after it chose its session: a secret the
+/// worker process draws at start, keeps in memory only and presents with its
+/// registration and with every later call (`Greenlight-Session: <session>`, 16 to 128
+/// visible ASCII characters). A name belongs to the live registration that holds it; the
+/// same session registering again (a lost answer, a restarted master) gets the same
+/// registration back, another one is refused (`409 name_in_use`) until the holder has
+/// been silent for a lease timeout, and calls for a registration without its session are
+/// refused (`403 wrong_session`). An older worker sends none: its registration is taken
+/// on the name alone, as before.
+pub const SESSION_HEADER: &str = "greenlight-session";
+
 /// `POST /api/v1/workers/register`: a worker introduces itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RegisterRequest {
     /// Wire version.
     #[serde(default = "api_version")]
     pub version: u32,
-    /// The worker's name, unique in the fleet (`--name`).
+    /// The worker's name, unique in the fleet (`--name`). It belongs to one live
+    /// registration at a time (see [`SESSION_HEADER`]).
     pub name: String,
 }
 
@@ -30,7 +42,8 @@ pub struct RegisterResponse {
     /// Wire version.
     #[serde(default = "api_version")]
     pub version: u32,
-    /// The id to use in every later call.
+    /// The id to use in every later call. A registration that took over the name of a
+    /// silent one gets an id of its own, never the silent one's (nor its lease).
     pub worker_id: u64,
     /// How often to heartbeat a lease.
     pub heartbeat_interval_s: f64,
@@ -613,10 +626,13 @@ pub struct GateView {
     pub failing_tests: Vec<String>,
     /// The change found to break it, once culprit finding has named one.
     pub culprit: Option<ChangeView>,
-    /// Why the gate is closed when no test failed (a build that could not run).
+    /// Why the gate is closed when no test failed. Older masters closed the gate on a
+    /// build that could not run and said why here; such a build now only warns, and a
+    /// current master never sets it (kept so that a gate stored by an older one reads).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// A later build ended in error (infrastructure, not a test): the gate still rests on
+    /// A later build ended in error (tests no worker could run, or a suite that could not
+    /// be read, listed or planned: no test gave a verdict): the gate still rests on
     /// `build_id`, and says why the newer one gave no verdict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,

@@ -1,6 +1,6 @@
 //! The worker's HTTP client for the master's API: one method per call, the bearer token
-//! on every request, and errors split into "could not reach the master" (retry later)
-//! and "the master refused" (with its JSON error body).
+//! and the process's session on every request, and errors split into "could not reach
+//! the master" (retry later) and "the master refused" (with its JSON error body).
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,8 +8,8 @@ use std::time::Duration;
 use greenlight_shared::API_VERSION;
 use greenlight_shared::api::{
     ErrorBody, FinishRequest, HeartbeatRequest, HeartbeatResponse, Lease, LeaseRequest, LeaseResponse, Prepare,
-    PrepareOutcome, PrepareReport, RegisterRequest, RegisterResponse, ResultsRequest, ResultsResponse, ShardOutcome,
-    TestReport, WarmUp,
+    PrepareOutcome, PrepareReport, RegisterRequest, RegisterResponse, ResultsRequest, ResultsResponse, SESSION_HEADER,
+    ShardOutcome, TestReport, WarmUp,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -71,22 +71,53 @@ async fn refused(response: reqwest::Response) -> Result<(), ClientError> {
     Err(ClientError::Refused { status: status.as_u16(), body })
 }
 
-/// A client for one master.
+/// A new session: 128 random bits from the operating system, as 32 hexadecimal digits.
+/// It is drawn once per worker process and kept in memory only, so a restarted process,
+/// or a second machine under the same name, presents another one.
+fn new_session() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    let from_os = std::fs::File::open("/dev/urandom").and_then(|mut random| random.read_exact(&mut bytes));
+    if from_os.is_err() {
+        // No /dev/urandom: std's hash keys are drawn from the OS's randomness too.
+        for (index, chunk) in bytes.chunks_mut(8).enumerate() {
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_usize(index);
+            hasher.write_u32(std::process::id());
+            chunk.copy_from_slice(&hasher.finish().to_le_bytes());
+        }
+    }
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// A client for one master, speaking for one worker process (one session).
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    session: String,
 }
 
 impl Client {
-    /// A client for the master at `base` (e.g. `http://127.0.0.1:8080`).
+    /// A client for the master at `base` (e.g. `http://127.0.0.1:8080`), with a new
+    /// session: clones share it, every other client has its own.
     pub fn new(base: &str, token: Option<String>) -> Client {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
             .expect("a plain HTTP client always builds");
-        Client { http, base: base.trim_end_matches('/').to_owned(), token }
+        Client { http, base: base.trim_end_matches('/').to_owned(), token, session: new_session() }
+    }
+
+    /// The token and the session on a request.
+    fn identified(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let request = request.header(SESSION_HEADER, &self.session);
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
     }
 
     async fn post<B: Serialize, R: DeserializeOwned>(
@@ -95,10 +126,7 @@ impl Client {
         body: &B,
         timeout: Duration,
     ) -> Result<R, ClientError> {
-        let mut request = self.http.post(format!("{}{path}", self.base)).json(body).timeout(timeout);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
+        let request = self.identified(self.http.post(format!("{}{path}", self.base)).json(body).timeout(timeout));
         let response = request.send().await.map_err(ClientError::Unreachable)?;
         let status = response.status();
         if status.is_success() {
@@ -168,15 +196,13 @@ impl Client {
     pub async fn upload_archive(&self, worker_id: u64, prepare_id: u64, path: &Path) -> Result<(), ClientError> {
         let file = tokio::fs::File::open(path).await.map_err(|error| local_error("open the archive", path, &error))?;
         let length = file.metadata().await.map_err(|error| local_error("read the archive", path, &error))?.len();
-        let mut request = self
-            .http
-            .put(format!("{}/api/v1/prepares/{prepare_id}/archive?worker_id={worker_id}", self.base))
-            .header(reqwest::header::CONTENT_LENGTH, length)
-            .body(reqwest::Body::from(file))
-            .timeout(Duration::from_secs(3600));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
+        let request = self.identified(
+            self.http
+                .put(format!("{}/api/v1/prepares/{prepare_id}/archive?worker_id={worker_id}", self.base))
+                .header(reqwest::header::CONTENT_LENGTH, length)
+                .body(reqwest::Body::from(file))
+                .timeout(Duration::from_secs(3600)),
+        );
         let response = request.send().await.map_err(ClientError::Unreachable)?;
         refused(response).await
     }
@@ -185,13 +211,11 @@ impl Client {
     /// chunks, never whole in memory. `Ok(false)`: the master has none.
     pub async fn download_archive(&self, revision: &str, path: &Path) -> Result<bool, ClientError> {
         use tokio::io::AsyncWriteExt;
-        let mut request = self
-            .http
-            .get(format!("{}/api/v1/revisions/{revision}/archive", self.base))
-            .timeout(Duration::from_secs(3600));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
+        let request = self.identified(
+            self.http
+                .get(format!("{}/api/v1/revisions/{revision}/archive", self.base))
+                .timeout(Duration::from_secs(3600)),
+        );
         let mut response = request.send().await.map_err(ClientError::Unreachable)?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(false);

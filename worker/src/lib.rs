@@ -1,7 +1,11 @@
 //! The Greenlight worker: registers with the master, long-polls for work (a lease, or a
 //! revision to prepare: see [`prepare`]), runs the shard in a cached checkout, streams per-test results, heartbeats, and finishes the
 //! lease; then asks again. A master that goes away is retried with back-off, and a master
-//! that forgot the worker (restarted) is registered with again.
+//! that forgot the worker (restarted) is registered with again, under the same session
+//! (drawn when the process starts, see [`client::Client`]). A name held by another live
+//! process is waited for: a restarted worker gets its name back once its old registration
+//! has been silent for a lease timeout; a second machine under the same name keeps saying
+//! so in its log until one of them is renamed.
 #![warn(missing_docs)]
 
 pub mod checkout;
@@ -90,6 +94,10 @@ async fn register(client: &Client, config: &WorkerConfig, backoff: &mut Backoff)
                 return Ok(answer.worker_id);
             }
             Err(error @ ClientError::Refused { status: 401 | 403, .. }) => return Err(WorkerError::Refused(error)),
+            Err(error) if error.code() == Some("name_in_use") => {
+                tracing::warn!(%error, "the name is held by a live worker; asking again until it is free");
+                backoff.wait().await;
+            }
             Err(error) => {
                 tracing::warn!(%error, "cannot register yet; retrying");
                 backoff.wait().await;
@@ -109,7 +117,7 @@ async fn work(client: &Client, config: &WorkerConfig) -> Result<(), WorkerError>
                 backoff.reset();
                 lease
             }
-            Err(error) if error.code() == Some("unknown_worker") => {
+            Err(error) if matches!(error.code(), Some("unknown_worker" | "wrong_session")) => {
                 worker_id = register(client, config, &mut backoff).await?;
                 continue;
             }

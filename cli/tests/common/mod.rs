@@ -192,9 +192,19 @@ heartbeat_interval_s = {heartbeat}
     }
 
     pub fn start_worker(&mut self, name: &str) {
-        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
+        self.start_worker_with_token(name, TOKEN);
+    }
+
+    /// Starts a worker presenting `token` (its own, `[workers.NAME] token`); its log (appended
+    /// to, so a restarted worker's follows the first one's) is `NAME.log`.
+    pub fn start_worker_with_token(&mut self, name: &str, token: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .unwrap();
         let child = Command::new(greenlight())
-            .args(["worker", "--master", &self.url, "--token", TOKEN, "--name", name, "--wait", "5", "--workdir"])
+            .args(["worker", "--master", &self.url, "--token", token, "--name", name, "--wait", "5", "--workdir"])
             .arg(self.dir.path().join("workers").join(name))
             .env("GREENLIGHT_LOG", "info")
             .stdin(Stdio::null())
@@ -226,9 +236,25 @@ heartbeat_interval_s = {heartbeat}
 
     /// POSTs JSON with an optional bearer token; (status, JSON body).
     pub fn post(&self, path: &str, body: &serde_json::Value, token: Option<&str>) -> (u16, serde_json::Value) {
+        self.post_with(path, body, token, None)
+    }
+
+    /// POSTs JSON with an optional bearer token and, as a worker process does, an optional
+    /// session (`greenlight-session`); (status, JSON body). A worker played by hand without
+    /// a session is taken for an older worker.
+    pub fn post_with(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        token: Option<&str>,
+        session: Option<&str>,
+    ) -> (u16, serde_json::Value) {
         let mut request = self.http.post(format!("{}{path}", self.url)).json(body);
         if let Some(token) = token {
             request = request.bearer_auth(token);
+        }
+        if let Some(session) = session {
+            request = request.header(greenlight_shared::api::SESSION_HEADER, session);
         }
         let response = request.send().expect("the master answers");
         let status = response.status().as_u16();

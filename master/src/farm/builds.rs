@@ -121,7 +121,8 @@ impl Farm {
                 summary.error = Some(error.to_string());
                 summary.finished_at = Some(now);
                 self.put_build(&summary)?;
-                if gate::build_errored(&mut core.gate, build_id, &summary.revision, &error.to_string(), now) {
+                // No test gave a verdict on the code: the gate keeps its state and warns.
+                if gate::build_error(&mut core.gate, build_id, &error.to_string()) {
                     self.save_gate(core)?;
                 }
             }
@@ -247,8 +248,9 @@ impl Farm {
             (BuildKind::Regular, BuildState::Error) => {
                 // No verdict on the code: the gate keeps its state and says why.
                 let reason = summary.error.clone().unwrap_or_default();
-                gate::build_infra_error(&mut core.gate, build_id, &reason);
-                self.save_gate(core)?;
+                if gate::build_error(&mut core.gate, build_id, &reason) {
+                    self.save_gate(core)?;
+                }
             }
             (BuildKind::Regular, _) => {
                 for test_id in &summary.failed_tests {

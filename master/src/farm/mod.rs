@@ -48,7 +48,7 @@ use self::flakes::Flakes;
 pub use self::planning::PlanError;
 pub use self::preparations::KEPT_ARCHIVES;
 use self::preparations::Preparations;
-pub use self::workers::Work;
+pub use self::workers::{Work, WorkerCredentials, WorkerToken};
 use crate::changes::{Mirror, Tagger};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
@@ -67,6 +67,32 @@ pub enum FarmError {
     /// No worker with this id is registered.
     #[error("unknown worker {0}; register again")]
     UnknownWorker(u64),
+    /// Another live registration holds the name (see [`workers`]).
+    #[error(
+        "worker name {name:?} is held by a live worker (id {worker_id}, heard from {silent_s:.1} s ago); \
+         is another machine running a worker under the same name? Give each its own --name. \
+         A worker that restarted gets its name back once the old registration has been silent for \
+         the lease timeout ({lease_timeout_s} s)"
+    )]
+    NameInUse {
+        /// The name.
+        name: String,
+        /// The registration holding it.
+        worker_id: u64,
+        /// How long ago the holder was heard from.
+        silent_s: f64,
+        /// How long the holder must be silent before the name is free.
+        lease_timeout_s: f64,
+    },
+    /// A call for a registration without the session it registered with.
+    #[error(
+        "worker {0} registered with another session: only the process that registered it may call as it \
+         (the `greenlight-session` header)"
+    )]
+    WrongSession(u64),
+    /// The token presented may not act as this worker (its own token, or another's).
+    #[error("{0}")]
+    WrongWorkerToken(String),
     /// No build with this id.
     #[error("unknown build {0}")]
     UnknownBuild(u64),
@@ -123,15 +149,27 @@ struct LiveBuild {
     shards: BTreeMap<u64, ShardView>,
 }
 
-/// A registered worker: who it is and when it was last heard. What it holds and whether
-/// it is benched are the scheduler's to say.
+/// A registered worker: who it is, the session of the process that registered it, and
+/// when it was last heard. What it holds and whether it is benched are the scheduler's to
+/// say.
 #[derive(Debug)]
 struct Registration {
     name: String,
+    /// The secret the registering process presents with every call; `None` for an older
+    /// worker that sends none (its calls are taken on its id alone).
+    session: Option<String>,
     last_seen: f64,
     /// Until when it waits in a long-poll for work: a worker waiting is live, however
     /// long ago its call began.
     waiting_until: f64,
+}
+
+impl Registration {
+    /// Missed heartbeats: not heard from for a lease timeout, and not waiting in a
+    /// long-poll for work. A lost registration's lease has expired and its name is free.
+    fn lost(&self, now: f64, lease_timeout_s: f64) -> bool {
+        now - self.last_seen > lease_timeout_s && now > self.waiting_until
+    }
 }
 
 /// Everything behind the farm's lock.

@@ -129,10 +129,7 @@ impl Farm {
                     build_id: lease.map(|(_, build)| build.0),
                     last_seen: registration.last_seen,
                     benched_until: core.scheduler.benched_until(WorkerId(worker_id), now),
-                    // Missed heartbeats: not heard from for a lease timeout, and not
-                    // waiting in a long-poll for work.
-                    lost: now - registration.last_seen > self.config.scheduler.lease_timeout_s
-                        && now > registration.waiting_until,
+                    lost: registration.lost(now, self.config.scheduler.lease_timeout_s),
                 }
             })
             .collect()

@@ -13,7 +13,7 @@ use greenlight_shared::api::{
 };
 use greenlight_shared::suite::{SuiteFile, SuiteTest};
 
-use super::{Farm, FarmError};
+use super::{Farm, FarmError, WorkerCredentials, WorkerToken};
 use crate::clock::{Clock, FakeClock};
 use crate::config::{Config, SuiteConfig};
 use crate::store::Store;
@@ -82,8 +82,9 @@ impl Harness {
         self.farm.start_next_build().await.unwrap().expect("a build starts")
     }
 
+    /// Registers `name` as its worker process would, with a session of its own.
     fn register(&self, name: &str) -> u64 {
-        self.farm.register(name).unwrap().worker_id
+        self.farm.register(name, &session_of(name)).unwrap().worker_id
     }
 
     fn lease(&self, worker_id: u64) -> Lease {
@@ -131,6 +132,12 @@ impl Harness {
     fn gate(&self) -> GateState {
         self.farm.gate("main").unwrap().state
     }
+}
+
+/// The credentials of the process `name` (its session: `session-of-NAME`), with the
+/// shared token.
+fn session_of(name: &str) -> WorkerCredentials {
+    WorkerCredentials { token: WorkerToken::Shared, session: Some(format!("session-of-{name}")) }
 }
 
 fn passing(_: &str) -> TestStatus {
@@ -715,4 +722,136 @@ async fn a_revision_no_worker_could_prepare_ends_its_build_in_error() {
     let build = harness.build(build_id);
     assert_eq!(build.state, BuildState::Error);
     assert!(build.error.as_deref().is_some_and(|error| error.contains("disk full")), "{build:?}");
+}
+
+/// Credentials of another process than `name`'s own, with the shared token.
+fn another_process(session: Option<&str>) -> WorkerCredentials {
+    WorkerCredentials { token: WorkerToken::Shared, session: session.map(str::to_owned) }
+}
+
+#[tokio::test]
+async fn a_live_workers_name_is_refused_to_another_process_and_its_id_answers_only_to_its_own() {
+    let harness = Harness::new(&suite(&["a", "b"]), |_| {});
+    let build_id = harness.next_build().await;
+    let real = harness.register("w1");
+    let lease = harness.lease(real);
+    assert_eq!(harness.register("w1"), real, "the same process again (its answer was lost): the same registration");
+    // A second machine under the name (a clone), or an older worker that sends no session.
+    let impostors = [another_process(Some("session-of-a-clone")), another_process(None)];
+    for impostor in &impostors {
+        let refused = harness.farm.register("w1", impostor);
+        assert!(matches!(refused, Err(FarmError::NameInUse { worker_id, .. }) if worker_id == real), "{refused:?}");
+        let message = refused.unwrap_err().to_string();
+        assert!(message.contains("another machine running a worker under the same name"), "{message}");
+        let call = harness.farm.authenticate(real, impostor);
+        assert!(matches!(call, Err(FarmError::WrongSession(id)) if id == real), "{call:?}");
+    }
+    harness.farm.authenticate(real, &session_of("w1")).unwrap();
+    // Waiting in a long-poll longer than a lease timeout, it is still live.
+    let timeout = harness.config.scheduler.lease_timeout_s;
+    harness.farm.waiting(real, timeout * 3.0).unwrap();
+    harness.clock.advance(timeout * 2.0);
+    assert!(matches!(harness.farm.register("w1", &impostors[0]), Err(FarmError::NameInUse { .. })));
+    // Nothing of the real worker's was touched: its lease runs, its report counts.
+    assert_eq!(harness.shard_state(build_id, lease.lease_id), ShardState::Running);
+    let report = harness.report(&lease, real, &[(&lease.tests[0], TestStatus::Passed)]).unwrap();
+    assert_eq!((report.accepted, report.stale), (1, 0));
+}
+
+#[tokio::test]
+async fn a_restarted_worker_gets_its_name_back_once_the_old_registration_is_silent_and_its_lease_is_taken_back() {
+    let harness = Harness::new(&suite(&["a", "b", "c", "d"]), |config| config.scheduler.lease_timeout_s = 30.0);
+    let build_id = harness.next_build().await;
+    let old = harness.register("w1");
+    let lease = harness.lease(old);
+    let kept = lease.tests[0].clone();
+    harness.report(&lease, old, &[(&kept, TestStatus::Passed)]).unwrap();
+    // The process died holding the lease; a new one starts under the name, with a new session.
+    let restarted = another_process(Some("session-of-w1-restarted"));
+    harness.clock.advance(29.0);
+    assert!(
+        matches!(harness.farm.register("w1", &restarted), Err(FarmError::NameInUse { .. })),
+        "heard from within a lease timeout, the old one may be alive"
+    );
+    harness.clock.advance(2.0);
+    let new = harness.farm.register("w1", &restarted).unwrap().worker_id;
+    assert_ne!(new, old, "an identity of its own");
+    assert_eq!(harness.shard_state(build_id, lease.lease_id), ShardState::Expired, "the old lease taken back");
+    assert!(matches!(harness.farm.try_lease(old), Err(FarmError::UnknownWorker(_))), "the old id is gone");
+    let workers = harness.farm.workers();
+    assert_eq!(workers.iter().map(|worker| (worker.worker_id, worker.lease_id)).collect::<Vec<_>>(), [(new, None)]);
+    // The old lease's other tests run again, under the new registration; the reported one is kept.
+    let mut rerun = Vec::new();
+    while let Some(lease) = harness.farm.try_lease(new).unwrap() {
+        for test_id in &lease.tests {
+            rerun.push(test_id.clone());
+            harness.report(&lease, new, &[(test_id, TestStatus::Passed)]).unwrap();
+        }
+        harness.farm.finish(lease.lease_id, new, &ShardOutcome::Completed, None).unwrap();
+    }
+    assert!(!rerun.contains(&kept) && rerun.len() == 3, "{rerun:?}");
+    let build = harness.build(build_id);
+    assert_eq!((build.state, build.counts.passed), (BuildState::Green, 4), "{build:?}");
+}
+
+#[tokio::test]
+async fn a_worker_with_a_token_of_its_own_is_the_only_one_that_may_act_as_it() {
+    let harness = Harness::new(&suite(&["a"]), |config| {
+        config.workers.insert("w1".into(), crate::config::WorkerSection { token: Some("w1-own-token".into()) });
+    });
+    let own = |holder: &str, session: &str| WorkerCredentials {
+        token: WorkerToken::Own(holder.to_owned()),
+        session: Some(session.to_owned()),
+    };
+    let refused = harness.farm.register("w1", &session_of("w1"));
+    assert!(
+        matches!(refused, Err(FarmError::WrongWorkerToken(ref message)) if message.contains("has a token of its own")),
+        "the shared token does not act as w1: {refused:?}"
+    );
+    let w1 = harness.farm.register("w1", &own("w1", "session-of-w1")).unwrap().worker_id;
+    let refused = harness.farm.register("w2", &own("w1", "session-of-w2"));
+    assert!(
+        matches!(refused, Err(FarmError::WrongWorkerToken(ref message)) if message.contains("acts as no other worker")),
+        "w1's token does not act as w2: {refused:?}"
+    );
+    let w2 = harness.register("w2");
+    assert!(matches!(harness.farm.authenticate(w1, &session_of("w1")), Err(FarmError::WrongWorkerToken(_))));
+    assert!(matches!(harness.farm.authenticate(w2, &own("w1", "session-of-w2")), Err(FarmError::WrongWorkerToken(_))));
+    harness.farm.authenticate(w1, &own("w1", "session-of-w1")).unwrap();
+    harness.farm.authenticate(w2, &session_of("w2")).unwrap();
+}
+
+/// Commits `broken` (a suite that cannot run) and checks that its build ends `error` and
+/// leaves the gate `state` on `closing`'s evidence, with a warning naming the build.
+async fn check_error_build(harness: &Harness, broken: &SuiteFile, closing: u64, state: GateState, failing: &[&str]) {
+    harness.repo.commit("Tangle a and b", &[(SUITE_FILE, &broken.to_json())]).unwrap();
+    let errored = harness.next_build().await;
+    assert_eq!(harness.build(errored).state, BuildState::Error);
+    let gate = harness.farm.gate("main").unwrap();
+    assert_eq!((gate.state, gate.build_id), (state, Some(closing)));
+    assert_eq!(gate.failing_tests, failing, "the evidence is kept");
+    let warning = gate.warning.unwrap_or_default();
+    assert!(warning.contains(&format!("build {errored}")) && warning.contains("dependency cycle"), "{warning}");
+}
+
+#[tokio::test]
+async fn a_build_that_cannot_run_keeps_the_gate_as_it_was_and_warns() {
+    let tests = suite(&["a", "b"]);
+    let harness = Harness::new(&tests, |_| {});
+    let worker = harness.register("w1");
+    let red = harness.next_build().await;
+    harness.run_all(worker, |test_id| if test_id == "a" { TestStatus::Failed } else { TestStatus::Passed });
+    assert_eq!(harness.build(red).state, BuildState::Red);
+    let mut cyclic = tests.clone();
+    cyclic.tests[0].depends_on = vec!["b".to_owned()];
+    cyclic.tests[1].depends_on = vec!["a".to_owned()];
+    // Closed by a red build: it stays closed on that build's evidence.
+    check_error_build(&harness, &cyclic, red, GateState::Closed, &["a"]).await;
+    harness.repo.commit("Untangle a and b, fix a [fix]", &[(SUITE_FILE, &tests.to_json())]).unwrap();
+    let green = harness.next_build().await;
+    harness.run_all(worker, passing);
+    let gate = harness.farm.gate("main").unwrap();
+    assert_eq!((gate.state, gate.build_id, gate.warning), (GateState::Open, Some(green), None));
+    // Open: it stays open.
+    check_error_build(&harness, &cyclic, green, GateState::Open, &[]).await;
 }

@@ -2,6 +2,24 @@
 //! results in batches and finishes its lease; time passing expires the leases of workers
 //! that went silent. Each call hands one event to the scheduler and carries out what it
 //! decided; the scheduler checks every precondition (whose lease, which tests) once.
+//!
+//! **Who a worker is.** A name belongs to the live registration that holds it. A worker
+//! process draws a session (a secret it keeps in memory) when it starts and presents it
+//! with its registration and every later call ([`WorkerCredentials`]). The same session
+//! registering again (its answer was lost, or the master restarted and forgot it) gets
+//! its registration back. Another session under a live name is refused
+//! ([`FarmError::NameInUse`]): two machines cloned with the same name is the usual cause,
+//! and handing the second one an identity of its own would leave two workers the page
+//! and the logs cannot tell apart, while the first would keep running under a name
+//! someone else answers to. Only once the holder is lost (silent for a lease timeout,
+//! not waiting in a long-poll: its process died, or its machine was replaced) does a new
+//! session take the name, with an id of its own: the old registration's lease has
+//! expired by then and is taken back, its tests run again, so nothing of it is inherited.
+//! A restarted worker therefore gets back in by itself, within a lease timeout. A call
+//! for a registration without its session is refused ([`FarmError::WrongSession`]); an
+//! older worker that sends no session is taken on its id alone, as before. A worker with
+//! a token of its own (`[workers.NAME] token`) is the only one that may act as NAME, and
+//! its token acts as no other name.
 
 use greenlight_scheduler::core::{LeaseId, Outcome, Report, ReportedTest, WorkerId};
 use greenlight_shared::API_VERSION;
@@ -11,6 +29,7 @@ use greenlight_shared::api::{
 };
 
 use super::{Core, Farm, FarmError, Registration};
+use crate::secret::constant_time_eq;
 
 /// What a worker asking for work gets.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,23 +42,65 @@ pub enum Work {
     WarmUp(WarmUp),
 }
 
+/// The worker token a call presented, as the API checked it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerToken {
+    /// The shared `worker_token` (or none, when the master asks for none).
+    Shared,
+    /// The token of `[workers.NAME]`: it acts as NAME only.
+    Own(String),
+}
+
+/// Who a worker call says it is: the token it presented and the session of its process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerCredentials {
+    /// The token.
+    pub token: WorkerToken,
+    /// The session (the `greenlight-session` header); `None` from an older worker.
+    pub session: Option<String>,
+}
+
 impl Farm {
-    /// A worker registers (again): the same name keeps its id.
-    pub fn register(&self, name: &str) -> Result<RegisterResponse, FarmError> {
+    /// A worker registers under `name`: the live registration holding the name when the
+    /// session is its own, else a new one if the holder is lost (see the module's doc).
+    pub fn register(&self, name: &str, credentials: &WorkerCredentials) -> Result<RegisterResponse, FarmError> {
+        self.may_act_as(name, &credentials.token)?;
         let now = self.now();
+        let lease_timeout_s = self.config.scheduler.lease_timeout_s;
         let mut core = self.core();
-        let worker_id = match core.worker_by_name.get(name) {
-            Some(&id) => id,
-            None => {
-                let id = self.store.next_id("worker")?;
-                core.worker_by_name.insert(name.to_owned(), id);
-                id
+        let core = &mut *core;
+        let holder = core.worker_by_name.get(name).and_then(|&id| Some((id, core.workers.get(&id)?)));
+        let worker_id = match holder {
+            Some((held_by, holder)) if same_session(holder.session.as_deref(), credentials.session.as_deref()) => {
+                held_by
             }
+            Some((held_by, holder)) if !holder.lost(now, lease_timeout_s) => {
+                tracing::warn!(name, worker_id = held_by, "a registration under the name of a live worker refused");
+                return Err(FarmError::NameInUse {
+                    name: name.to_owned(),
+                    worker_id: held_by,
+                    silent_s: (now - holder.last_seen).max(0.0),
+                    lease_timeout_s,
+                });
+            }
+            Some((held_by, _)) => {
+                // The holder is lost, so its lease is past its deadline: time passing
+                // takes it back now (its tests run again), never handing it on.
+                self.expire(core, now)?;
+                core.workers.remove(&held_by);
+                core.worker_by_name.remove(name);
+                tracing::info!(
+                    name,
+                    old_worker_id = held_by,
+                    "a silent worker's name taken over by a new registration"
+                );
+                self.new_registration(core, name, credentials, now)?
+            }
+            None => self.new_registration(core, name, credentials, now)?,
         };
-        core.workers
-            .entry(worker_id)
-            .or_insert(Registration { name: name.to_owned(), last_seen: now, waiting_until: now })
-            .last_seen = now;
+        if let Some(registration) = core.workers.get_mut(&worker_id) {
+            registration.last_seen = now;
+        }
         core.scheduler.worker_joined(WorkerId(worker_id), now);
         tracing::info!(worker_id, name, "worker registered");
         Ok(RegisterResponse {
@@ -47,6 +108,50 @@ impl Farm {
             worker_id,
             heartbeat_interval_s: self.config.scheduler.heartbeat_interval_s,
         })
+    }
+
+    fn new_registration(
+        &self,
+        core: &mut Core,
+        name: &str,
+        credentials: &WorkerCredentials,
+        now: f64,
+    ) -> Result<u64, FarmError> {
+        let worker_id = self.store.next_id("worker")?;
+        core.worker_by_name.insert(name.to_owned(), worker_id);
+        let session = credentials.session.clone();
+        core.workers
+            .insert(worker_id, Registration { name: name.to_owned(), session, last_seen: now, waiting_until: now });
+        Ok(worker_id)
+    }
+
+    /// Checks that a call for `worker_id` comes from the process that registered it, with
+    /// a token that may act as it.
+    pub fn authenticate(&self, worker_id: u64, credentials: &WorkerCredentials) -> Result<(), FarmError> {
+        let core = self.core();
+        let registration = core.workers.get(&worker_id).ok_or(FarmError::UnknownWorker(worker_id))?;
+        self.may_act_as(&registration.name, &credentials.token)?;
+        match &registration.session {
+            // An older worker: it keeps no session.
+            None => Ok(()),
+            Some(session) if same_session(Some(session.as_str()), credentials.session.as_deref()) => Ok(()),
+            Some(_) => Err(FarmError::WrongSession(worker_id)),
+        }
+    }
+
+    /// Whether `token` may act as the worker `name`.
+    fn may_act_as(&self, name: &str, token: &WorkerToken) -> Result<(), FarmError> {
+        match (self.config.own_worker_token(name), token) {
+            (None, WorkerToken::Shared) => Ok(()),
+            (Some(_), WorkerToken::Own(holder)) if holder == name => Ok(()),
+            (_, WorkerToken::Own(holder)) => Err(FarmError::WrongWorkerToken(format!(
+                "the token presented is worker {holder:?}'s own: it acts as no other worker"
+            ))),
+            (Some(_), WorkerToken::Shared) => Err(FarmError::WrongWorkerToken(format!(
+                "worker {name:?} has a token of its own ([workers.{name}] in the master's configuration); \
+                 the shared worker token does not act as it"
+            ))),
+        }
     }
 
     /// Notes that a registered worker was heard now; returns its name.
@@ -258,12 +363,25 @@ impl Farm {
     pub fn tick(&self) -> Result<bool, FarmError> {
         let now = self.now();
         let mut core = self.core();
+        self.expire(&mut core, now)
+    }
+
+    /// Expires the leases and preparations past their deadline at `now`; whether any did.
+    fn expire(&self, core: &mut Core, now: f64) -> Result<bool, FarmError> {
         let decisions = core.scheduler.tick(now);
         let changed = !decisions.is_empty();
-        self.apply(&mut core, decisions, now)?;
-        let preparations_changed = self.expire_preparations(&mut core, now);
+        self.apply(core, decisions, now)?;
+        let preparations_changed = self.expire_preparations(core, now);
         Ok(changed || preparations_changed)
     }
+}
+
+/// Whether a presented session is the registration's: both present and equal. An older
+/// worker's registration has none, and nothing proves a second one is the same process.
+fn same_session(registered: Option<&str>, presented: Option<&str>) -> bool {
+    registered
+        .zip(presented)
+        .is_some_and(|(registered, presented)| constant_time_eq(registered.as_bytes(), presented.as_bytes()))
 }
 
 impl Farm {
