@@ -1,7 +1,10 @@
 //! `greenlight gate` (DESIGN.md): asks the master whether the branch's gate lets a commit
 //! through. Exit 0: open, or closed but the message marks a fix or a revert. Exit 1:
 //! closed; prints the build, the failing tests, the culprit when known and a link.
-//! Exit 2: the master could not be asked. Meant for git hooks (see `hooks/`).
+//! Exit 2: the master could not be asked. Meant for git hooks (see `hooks/`). What keeps
+//! the farm from testing (a full disk, a repository it cannot fetch) is printed as a
+//! warning on standard error whatever the gate says: an open gate vouches for nothing the
+//! farm could not test.
 
 use std::time::Duration;
 
@@ -105,6 +108,11 @@ pub async fn run(args: &GateArgs) -> i32 {
                 return 2;
             }
         };
+        if !said_waiting {
+            for problem in &gate.health {
+                eprintln!("greenlight gate: warning: {} (see {master}/api/v1/health)", problem.message);
+            }
+        }
         if gate.state == GateState::Open {
             println!("gate open on {}", gate.branch);
             return 0;

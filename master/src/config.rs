@@ -18,6 +18,10 @@
 //!
 //! [tags.paths]
 //! "src/chat/**" = ["chat"]
+//!
+//! [storage]                        # free space on data_dir's filesystem
+//! min_free_bytes = 1073741824      # below this no new build starts (the gate warns)
+//! reserve_bytes = 67108864         # below this every write is refused (503; workers retry)
 //! ```
 //!
 //! Or a runner adapter instead of the templates (it lists, sets up and runs by itself):
@@ -120,6 +124,39 @@ pub struct Config {
     /// Keeping flaky tests out of the gate.
     #[serde(default)]
     pub quarantine: QuarantineConfig,
+    /// Free space the data directory needs.
+    #[serde(default)]
+    pub storage: StorageConfig,
+}
+
+/// Free space on the data directory's filesystem: the master stops taking new work before
+/// the disk is full, rather than failing inside a build.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Below this many free bytes no new build starts (running builds go on); the gate, the
+    /// page, `/metrics` and `GET /api/v1/health` say why. 0: no floor.
+    #[serde(default = "default_min_free_bytes")]
+    pub min_free_bytes: u64,
+    /// Below this many free bytes every write (results, shard ends, leases, registrations,
+    /// changes) is refused with 503 `disk_full` before anything is recorded; workers retry
+    /// it. At most `min_free_bytes`. 0: never refused (the store meets the full disk).
+    #[serde(default = "default_reserve_bytes")]
+    pub reserve_bytes: u64,
+}
+
+fn default_min_free_bytes() -> u64 {
+    1024 * 1024 * 1024
+}
+
+fn default_reserve_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
+impl Default for StorageConfig {
+    fn default() -> StorageConfig {
+        StorageConfig { min_free_bytes: default_min_free_bytes(), reserve_bytes: default_reserve_bytes() }
+    }
 }
 
 /// Automatic quarantine of flaky tests.
@@ -534,6 +571,7 @@ impl Config {
             push: PushConfig::default(),
             full_runs: FullRunsConfig::default(),
             quarantine: QuarantineConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 
@@ -598,6 +636,9 @@ impl Config {
         }
         if !non_negative(self.full_runs.interval_s) {
             return invalid("[full_runs] interval_s must be >= 0");
+        }
+        if self.storage.reserve_bytes > self.storage.min_free_bytes {
+            return invalid("[storage] reserve_bytes must not exceed min_free_bytes");
         }
         if self.gate.fix_marker.trim().is_empty() {
             return invalid("[gate] fix_marker must not be empty");
