@@ -211,8 +211,7 @@ fn results_sent_while_the_disk_is_full_are_refused_unrecorded_and_accepted_when_
     let build_id = lease.build_id;
     let first = lease.tests[..1].to_vec();
 
-    // Nearly full: below the reserve (someone else's files took the rest).
-    let ballast = disk.fill(64 << 10);
+    let ballast = disk.fill(0);
     let (status, body) = report(&farm, worker_id, lease.lease_id, &first);
     assert_eq!(status, 503, "refused, and the worker told to retry: {body}");
     assert_eq!(body["error"], "disk_full", "{body}");
@@ -253,7 +252,7 @@ fn a_worker_whose_results_meet_a_full_disk_sends_them_again_and_the_build_loses_
     // Six tests of a second each in one shard: the disk fills while it runs.
     let farm = Farm::start(&suite_of(6, 20.0), 1, on_disk(&disk, 1 << 20, 256 << 10));
     farm.running_shard();
-    let ballast = disk.fill(64 << 10);
+    let ballast = disk.fill(0);
     farm.wait_for("a write refused for the full disk", Duration::from_secs(60), |farm| {
         (health(farm).writes_refused > 0).then_some(())
     });
@@ -306,34 +305,38 @@ fn after_a_store_write_fails_the_master_answers_at_once_records_nothing_more_and
 #[test]
 fn results_acknowledged_around_a_full_disk_are_all_in_the_data_directory_after_a_crash() {
     let disk = Tmpfs::mount("8m");
+    // No reserve: the store itself meets the full disk.
     let mut farm = Farm::start(&suite_of(45, 1.0), 0, on_disk(&disk, 0, 0));
     let (worker_id, lease) = lease_by_hand(&farm, "by-hand");
     let build_id = lease.build_id;
     assert!(lease.tests.len() > 6, "{} tests leased", lease.tests.len());
-    let mut acknowledged = Vec::new();
-    let mut refusals = 0;
-    let mut ballast = None;
-    for (index, test_id) in lease.tests.iter().enumerate() {
-        if index == 5 {
-            // The disk fills after five results.
-            ballast = Some(disk.fill(0));
-        }
+    // Each result sent alone; a 200 (accepted, or a duplicate of one accepted before)
+    // acknowledges it.
+    let mut acknowledged = std::collections::BTreeSet::new();
+    let mut send = |test_id: &String| {
         let (status, body) = report(&farm, worker_id, lease.lease_id, std::slice::from_ref(test_id));
-        match status {
-            200 if body["accepted"] == 1 => acknowledged.push(test_id.clone()),
-            _ => refusals += 1,
+        if status == 200 {
+            acknowledged.insert(test_id.clone());
         }
+        status
+    };
+    let statuses: Vec<u16> = lease.tests[..5].iter().map(&mut send).collect();
+    assert_eq!(statuses, [200; 5], "before the disk fills");
+    let ballast = disk.fill(0);
+    let refused = lease.tests[5..].iter().map(&mut send).filter(|&status| status != 200).count();
+    assert!(refused > 0, "the full disk refused something");
+    // Space freed: everything sent again (the worker's retries).
+    disk.empty(&ballast);
+    for test_id in &lease.tests {
+        send(test_id);
     }
-    assert!(acknowledged.len() >= 5, "the first results were acknowledged: {acknowledged:?}");
-    assert!(refusals > 0, "the full disk refused something");
 
-    // A crash, then space is freed and the master restarts on what its disk holds.
+    // A crash: the restarted master finds what its disk holds.
     farm.master.kill();
-    disk.empty(&ballast.expect("the disk was filled"));
     farm.restart_master();
     let stored: std::collections::BTreeSet<String> =
         farm.tests(build_id).results.into_iter().map(|result| result.test_id).collect();
-    let missing: Vec<&String> = acknowledged.iter().filter(|test_id| !stored.contains(*test_id)).collect();
+    let missing: Vec<&String> = acknowledged.difference(&stored).collect();
     assert!(missing.is_empty(), "acknowledged but not stored: {missing:?} ({} acknowledged)", acknowledged.len());
 }
 

@@ -399,6 +399,10 @@ async fn lease(
         state.farm.flush_verdicts().await?;
         match work {
             Some(Work::Lease(lease)) => {
+                // The shard, its build's start and the next lease id are on disk before the
+                // worker runs it: nothing of the store waits for sled's background flush when
+                // the disk fills.
+                state.farm.flush().await?;
                 return Ok(Json(LeaseResponse { version: API_VERSION, lease: Some(lease), prepare: None }));
             }
             Some(Work::Prepare(prepare)) => {
