@@ -314,7 +314,7 @@ fn results_acknowledged_around_a_full_disk_are_all_in_the_data_directory_after_a
     // acknowledges it.
     let mut acknowledged = std::collections::BTreeSet::new();
     let mut send = |test_id: &String| {
-        let (status, body) = report(&farm, worker_id, lease.lease_id, std::slice::from_ref(test_id));
+        let (status, _) = report(&farm, worker_id, lease.lease_id, std::slice::from_ref(test_id));
         if status == 200 {
             acknowledged.insert(test_id.clone());
         }
