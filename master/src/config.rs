@@ -690,6 +690,23 @@ run_command = ["run", "{ids_file}"]
     }
 
     #[test]
+    fn storage_floors_default_and_the_reserve_stays_under_the_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("greenlight.toml");
+        let base = "data_dir = \"/x\"\n[repository]\nurl = \"u\"\n[suite]\nfile = \"s.json\"\nrun_command = [\"r\"]\n";
+        std::fs::write(&path, base).unwrap();
+        let storage = Config::from_file(&path).unwrap().storage;
+        assert_eq!((storage.min_free_bytes, storage.reserve_bytes), (1 << 30, 64 << 20));
+        std::fs::write(&path, format!("{base}[storage]\nmin_free_bytes = 0\nreserve_bytes = 0\n")).unwrap();
+        assert_eq!(Config::from_file(&path).unwrap().storage.min_free_bytes, 0, "no floor at all");
+        std::fs::write(&path, format!("{base}[storage]\nmin_free_bytes = 100\nreserve_bytes = 200\n")).unwrap();
+        assert_eq!(
+            Config::from_file(&path).unwrap_err().to_string(),
+            "invalid configuration: [storage] reserve_bytes must not exceed min_free_bytes"
+        );
+    }
+
+    #[test]
     fn a_runner_adapter_needs_no_templates() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("greenlight.toml");
