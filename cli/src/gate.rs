@@ -2,8 +2,10 @@
 //! through. Exit 0: open, or closed but the message marks a fix or a revert. Exit 1:
 //! closed; prints the build, the failing tests, the culprit when known and a link.
 //! Exit 2: the master could not be asked. Meant for git hooks (see `hooks/`). A gate's
-//! warning (a later build ended in error: no test gave a verdict) is printed whatever its
-//! state, and changes no exit code.
+//! warning (a later build ended in error: no test gave a verdict) and what keeps the farm
+//! from testing (a full disk, a repository it cannot fetch) are printed on standard error
+//! whatever the gate's state, and change no exit code: an open gate vouches for nothing
+//! the farm could not test.
 
 use std::time::Duration;
 
@@ -113,6 +115,11 @@ pub async fn run(args: &GateArgs) -> i32 {
                 return 2;
             }
         };
+        if !said_waiting {
+            for problem in &gate.health {
+                eprintln!("greenlight gate: warning: {} (see {master}/api/v1/health)", problem.message);
+            }
+        }
         if gate.state == GateState::Open {
             print!("gate open on {}\n{}", gate.branch, warning(&gate));
             return 0;

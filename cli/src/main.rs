@@ -170,7 +170,8 @@ fn main() -> anyhow::Result<()> {
             if let Some(listen) = listen {
                 config.listen = listen;
             }
-            tokio::runtime::Runtime::new()?.block_on(async {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let served = runtime.block_on(async {
                 let listen = config.listen.clone();
                 // The data directory is checked (and the store recovered) before anything
                 // listens: "listening" means ready.
@@ -182,7 +183,11 @@ fn main() -> anyhow::Result<()> {
                 println!("greenlight master listening on http://{}", listener.local_addr()?);
                 master.serve(listener, shutdown_signal()).await?;
                 anyhow::Ok(())
-            })
+            });
+            // A blocking call stuck in the store (a disk that failed under it) does not keep
+            // the process alive: the master has already flushed what it could.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            served
         }
         Command::Worker { master, token, name, workdir, wait } => {
             init_tracing("info");

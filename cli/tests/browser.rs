@@ -5,8 +5,9 @@
 //! closed and open again, and the console lists every change. A worker killed mid-shard
 //! shows as lost on the waterfall and the workers page. A build cancelled by an admin shows
 //! its running shards cancelled, never passed, and the page's one shard mapping draws
-//! every wire state (and one it does not know) as it should. Screenshots are kept in
-//! `target/browser-artifacts/`.
+//! every wire state (and one it does not know) as it should. A repository that cannot be
+//! fetched shows under the gate banner, live, and goes when it can be. Screenshots are
+//! kept in `target/browser-artifacts/`.
 
 #[path = "common/browser.rs"]
 mod browser;
@@ -432,5 +433,30 @@ fn a_cancelled_build_shows_its_running_shards_cancelled_and_no_lost_shard_is_dra
     );
     assert!(timeline.as_array().unwrap().iter().all(|text| text == "cancelled"), "{timeline}");
     browser.screenshot("14-build-page-cancelled");
+    assert_eq!(browser.eval("return window.greenlightPageId;"), marker, "the page was never reloaded");
+}
+
+#[test]
+fn a_repository_that_cannot_be_fetched_shows_under_the_gate_banner_live_and_goes_when_fetched_again() {
+    let farm = Farm::start(&suite(), 0, FarmOptions::default());
+    let browser = Browser::start(1400, 900);
+    browser.goto(&format!("{}/#/", farm.url));
+    let marker = browser.wait_for("the page to load", WAIT, "return window.greenlightPageId;");
+    browser.wait_for("a healthy farm", WAIT, "return document.getElementById('gate').dataset.health === 'ok';");
+
+    let repository = farm.dir().join("repo");
+    let moved = farm.dir().join("repo-moved");
+    std::fs::rename(&repository, &moved).unwrap();
+    let banner = browser.wait_for(
+        "the fetch failure under the gate banner",
+        WAIT,
+        "const g = document.getElementById('gate'); const h = g.querySelector('.health[data-kind=\"repository_unreachable\"]'); return g.dataset.health === 'problem' && h && h.textContent;",
+    );
+    let text = banner.as_str().unwrap();
+    assert!(text.contains("cannot be fetched") && text.contains("does not appear to be a git repository"), "{text}");
+    browser.screenshot("15-gate-banner-repository-unreachable");
+
+    std::fs::rename(&moved, &repository).unwrap();
+    browser.wait_for("the problem gone", WAIT, "return document.getElementById('gate').dataset.health === 'ok';");
     assert_eq!(browser.eval("return window.greenlightPageId;"), marker, "the page was never reloaded");
 }

@@ -2,7 +2,10 @@
 //! real binary: a data directory that cannot be used is named before the master listens;
 //! absurd numbers are bounded; a worker's name and id answer only to the process that
 //! registered them (and a worker's own token to it alone), while a restarted worker gets
-//! back in by itself; a build that cannot run leaves the gate as it was, with a warning.
+//! back in by itself; a build that cannot run leaves the gate as it was, with a warning; a
+//! data directory whose disk fills (a small tmpfs, mounted as root) loses no result, never
+//! acknowledges one it did not store, keeps the master stoppable and stops new builds
+//! before it is full; a repository that cannot be fetched is shown, not only logged.
 
 mod common;
 
@@ -10,8 +13,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Farm, FarmOptions, Process, TOKEN, greenlight, test};
-use greenlight_shared::api::{BuildState, GateState, ShardState, WorkerView};
+use common::{Farm, FarmOptions, Process, TOKEN, Tmpfs, by_id, greenlight, test};
+use greenlight_shared::api::{BuildState, FarmHealth, GateState, HealthKind, ShardState, TestStatus, WorkerView};
 use greenlight_shared::suite::SuiteFile;
 use serde_json::json;
 
@@ -279,4 +282,252 @@ fn a_build_whose_suite_cannot_be_listed_leaves_the_gate_as_it_was_with_a_warning
     let (code, stdout, stderr) = farm.gate_command(&[]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains(&format!("warning: {warning}")), "greenlight gate shows the warning: {stdout}");
+}
+
+/// A farm whose data directory is `disk`, with these `[storage]` floors.
+fn on_disk(disk: &Tmpfs, min_free_bytes: u64, reserve_bytes: u64) -> FarmOptions {
+    FarmOptions {
+        data_dir: Some(disk.path()),
+        extra_toml: format!("[storage]\nmin_free_bytes = {min_free_bytes}\nreserve_bytes = {reserve_bytes}\n"),
+        ..FarmOptions::default()
+    }
+}
+
+fn suite_of(n: usize, duration_s: f64) -> SuiteFile {
+    let tests = (0..n).map(|index| test(&format!("a/test_a.py::test_{index:02}"), &["a"], &[], duration_s)).collect();
+    SuiteFile { name: "disk".into(), shard_overhead_s: 0.0, tests }
+}
+
+/// Reports `test_ids` passed on `lease_id`, as the worker `worker_id`: (status, body).
+fn report(farm: &Farm, worker_id: u64, lease_id: u64, test_ids: &[String]) -> (u16, serde_json::Value) {
+    let results: Vec<serde_json::Value> = test_ids
+        .iter()
+        .map(|test_id| serde_json::json!({"test_id": test_id, "status": "passed", "duration_s": 0.5}))
+        .collect();
+    farm.post(
+        &format!("/api/v1/leases/{lease_id}/results"),
+        &serde_json::json!({"worker_id": worker_id, "results": results}),
+        Some(TOKEN),
+    )
+}
+
+fn health(farm: &Farm) -> FarmHealth {
+    farm.get("/api/v1/health")
+}
+
+fn has_problem(health: &FarmHealth, kind: HealthKind) -> bool {
+    health.problems.iter().any(|problem| problem.kind == kind)
+}
+
+/// Sends SIGTERM to `process` and waits (at most 30 s) for it to exit.
+fn terminate(process: &mut Process) -> std::process::ExitStatus {
+    let sent = Command::new("kill").args(["-TERM", &process.pid().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let started = Instant::now();
+    loop {
+        if let Some(status) = process.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{} ignored SIGTERM for 30 s", process.name);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn results_sent_while_the_disk_is_full_are_refused_unrecorded_and_accepted_when_sent_again() {
+    let disk = Tmpfs::mount("8m");
+    let farm = Farm::start(&suite_of(2, 1.0), 0, on_disk(&disk, 1 << 20, 256 << 10));
+    let (worker_id, lease) = lease_by_hand(&farm, "by-hand");
+    let build_id = lease.build_id;
+    let first = lease.tests[..1].to_vec();
+
+    let ballast = disk.fill(0);
+    let (status, body) = report(&farm, worker_id, lease.lease_id, &first);
+    assert_eq!(status, 503, "refused, and the worker told to retry: {body}");
+    assert_eq!(body["error"], "disk_full", "{body}");
+    assert!(body["message"].as_str().unwrap().contains("reserve_bytes"), "{body}");
+    assert!(farm.tests(build_id).results.is_empty(), "nothing recorded");
+    let full = health(&farm);
+    assert!(has_problem(&full, HealthKind::DiskLow) && full.writes_refused >= 1, "{full:?}");
+
+    disk.empty(&ballast);
+    let (status, body) = report(&farm, worker_id, lease.lease_id, &first);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["accepted"].as_u64(), body["duplicates"].as_u64()), (Some(1), Some(0)), "{body}");
+    // The rest of the build, by hand: it ends green with one result per test.
+    let mut lease = lease;
+    let mut reported: std::collections::BTreeSet<String> = first.into_iter().collect();
+    loop {
+        let rest: Vec<String> = lease.tests.iter().filter(|id| !reported.contains(*id)).cloned().collect();
+        let (status, body) = report(&farm, worker_id, lease.lease_id, &rest);
+        assert_eq!(status, 200, "{body}");
+        reported.extend(rest);
+        if reported.len() == 2 {
+            break;
+        }
+        lease = lease_again(&farm, worker_id, lease.lease_id);
+    }
+    let build = farm.wait_for("the build's end", Duration::from_secs(60), |farm| {
+        farm.builds().into_iter().find(|build| build.build_id == build_id && build.state.is_finished())
+    });
+    assert_eq!(build.state, BuildState::Green, "{build:?}");
+    let stored = by_id(farm.tests(build_id).results);
+    assert_eq!(stored.len(), 2);
+    assert!(stored.values().all(|attempts| attempts.len() == 1), "{stored:?}");
+}
+
+#[test]
+fn a_worker_whose_results_meet_a_full_disk_sends_them_again_and_the_build_loses_none() {
+    let disk = Tmpfs::mount("8m");
+    // Six tests of a second each in one shard: the disk fills while it runs.
+    let farm = Farm::start(&suite_of(6, 20.0), 1, on_disk(&disk, 1 << 20, 256 << 10));
+    farm.running_shard();
+    let ballast = disk.fill(0);
+    farm.wait_for("a write refused for the full disk", Duration::from_secs(60), |farm| {
+        (health(farm).writes_refused > 0).then_some(())
+    });
+    disk.empty(&ballast);
+    let build = farm.finished_build_of(&farm.repo.head().unwrap());
+    assert_eq!(build.state, BuildState::Green, "{build:?}");
+    let stored = by_id(farm.tests(build.build_id).results);
+    assert_eq!(stored.len(), 6, "every test has its result: {stored:?}");
+    for (test_id, attempts) in &stored {
+        assert_eq!(attempts.len(), 1, "{test_id}: {attempts:?}");
+        assert_eq!((attempts[0].status, attempts[0].attempt), (TestStatus::Passed, 1), "{test_id}");
+    }
+}
+
+#[test]
+fn after_a_store_write_fails_the_master_answers_at_once_records_nothing_more_and_stops_on_sigterm() {
+    let disk = Tmpfs::mount("8m");
+    // No reserve: the store itself meets the full disk.
+    let mut farm = Farm::start(&suite_of(40, 1.0), 0, on_disk(&disk, 0, 0));
+    let (worker_id, lease) = lease_by_hand(&farm, "by-hand");
+    let ballast = disk.fill(0);
+    let refused = lease.tests.iter().find_map(|test_id| {
+        let (status, body) = report(&farm, worker_id, lease.lease_id, std::slice::from_ref(test_id));
+        (status != 200).then_some((status, body))
+    });
+    let (status, body) = refused.expect("a write on a full disk fails");
+    assert_eq!((status, body["error"].as_str()), (503, Some("store_failed")), "{body}");
+    assert!(has_problem(&health(&farm), HealthKind::StoreFailed));
+
+    // Space freed: the next report is answered at once, and refused (the store takes no
+    // more writes until a restart), never left hanging.
+    disk.empty(&ballast);
+    let quick = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let answer = quick
+        .post(format!("{}/api/v1/leases/{}/results", farm.url, lease.lease_id))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"worker_id": worker_id, "results": [
+            {"test_id": lease.tests.last().unwrap(), "status": "passed", "duration_s": 0.5}
+        ]}))
+        .send()
+        .expect("answered within 10 s");
+    assert_eq!(answer.status().as_u16(), 503);
+    let gate = farm.gate();
+    assert!(gate.health.iter().any(|problem| problem.kind == HealthKind::StoreFailed), "{gate:?}");
+
+    let status = terminate(&mut farm.master);
+    assert!(status.code().is_some(), "it exited by itself: {status:?}");
+}
+
+#[test]
+fn results_acknowledged_around_a_full_disk_are_all_in_the_data_directory_after_a_crash() {
+    let disk = Tmpfs::mount("8m");
+    // No reserve: the store itself meets the full disk.
+    let mut farm = Farm::start(&suite_of(45, 1.0), 0, on_disk(&disk, 0, 0));
+    let (worker_id, lease) = lease_by_hand(&farm, "by-hand");
+    let build_id = lease.build_id;
+    assert!(lease.tests.len() > 6, "{} tests leased", lease.tests.len());
+    // Each result sent alone; a 200 (accepted, or a duplicate of one accepted before)
+    // acknowledges it.
+    let mut acknowledged = std::collections::BTreeSet::new();
+    let mut send = |test_id: &String| {
+        let (status, _) = report(&farm, worker_id, lease.lease_id, std::slice::from_ref(test_id));
+        if status == 200 {
+            acknowledged.insert(test_id.clone());
+        }
+        status
+    };
+    let statuses: Vec<u16> = lease.tests[..5].iter().map(&mut send).collect();
+    assert_eq!(statuses, [200; 5], "before the disk fills");
+    let ballast = disk.fill(0);
+    let refused = lease.tests[5..].iter().map(&mut send).filter(|&status| status != 200).count();
+    assert!(refused > 0, "the full disk refused something");
+    // Space freed: everything sent again (the worker's retries).
+    disk.empty(&ballast);
+    for test_id in &lease.tests {
+        send(test_id);
+    }
+
+    // A crash: the restarted master finds what its disk holds.
+    farm.master.kill();
+    farm.restart_master();
+    let stored: std::collections::BTreeSet<String> =
+        farm.tests(build_id).results.into_iter().map(|result| result.test_id).collect();
+    let missing: Vec<&String> = acknowledged.difference(&stored).collect();
+    assert!(missing.is_empty(), "acknowledged but not stored: {missing:?} ({} acknowledged)", acknowledged.len());
+}
+
+#[test]
+fn below_min_free_bytes_no_new_build_starts_and_the_gate_and_metrics_say_why_until_space_is_freed() {
+    let disk = Tmpfs::mount("8m");
+    let farm = Farm::start(&suite_of(2, 1.0), 1, on_disk(&disk, 3 << 20, 256 << 10));
+    let first = farm.finished_build_of(&farm.repo.head().unwrap());
+    assert_eq!(first.state, BuildState::Green);
+
+    // Between the reserve and the floor: changes are still seen, no build starts.
+    let ballast = disk.fill(1 << 20);
+    farm.wait_for("the disk reported low", Duration::from_secs(30), |farm| {
+        has_problem(&health(farm), HealthKind::DiskLow).then_some(())
+    });
+    let revision = farm.repo.commit("A: more", &[("src/a/code.txt", "2\n")]).unwrap();
+    farm.wait_for("the change seen", Duration::from_secs(30), |farm| {
+        farm.changes().into_iter().any(|change| change.revision == revision).then_some(())
+    });
+    let (code, _, stderr) = farm.gate_command(&[]);
+    assert_eq!(code, 0, "the gate itself is open: {stderr}");
+    assert!(stderr.contains("warning:") && stderr.contains("min_free_bytes"), "{stderr}");
+    let (_, metrics) = farm.get_text("/metrics");
+    assert!(metrics.contains("greenlight_health_problem{kind=\"disk_low\"} 1"), "{metrics}");
+    assert!(metrics.contains("greenlight_data_dir_free_bytes "), "{metrics}");
+    assert_eq!(farm.gate().state, GateState::Open);
+    assert!(farm.builds().iter().all(|build| build.revision != revision), "no build started below the floor");
+
+    disk.empty(&ballast);
+    let second = farm.finished_build_of(&revision);
+    assert_eq!(second.state, BuildState::Green);
+    assert!(!has_problem(&health(&farm), HealthKind::DiskLow));
+}
+
+#[test]
+fn a_repository_that_cannot_be_fetched_shows_on_the_gate_the_metrics_and_the_api_with_gits_error() {
+    let farm = Farm::start(&suite_of(1, 1.0), 0, FarmOptions::default());
+    farm.wait_for("the first fetch", Duration::from_secs(30), |farm| health(farm).last_fetch_at);
+    let repository = farm.dir().join("repo");
+    let moved = farm.dir().join("repo-moved");
+    std::fs::rename(&repository, &moved).unwrap();
+
+    let problem = farm.wait_for("the failed fetch shown", Duration::from_secs(30), |farm| {
+        health(farm).problems.into_iter().find(|problem| problem.kind == HealthKind::RepositoryUnreachable)
+    });
+    let url = repository.display().to_string();
+    assert!(problem.message.contains(&url) && problem.message.contains("git fetch"), "{problem:?}");
+    assert!(problem.message.contains("does not appear to be a git repository"), "git's own error: {problem:?}");
+    let gate = farm.gate();
+    assert_eq!(gate.state, GateState::Open);
+    assert_eq!(gate.health, vec![problem.clone()]);
+    let (code, _, stderr) = farm.gate_command(&[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("warning:") && stderr.contains("cannot be fetched"), "{stderr}");
+    let (_, metrics) = farm.get_text("/metrics");
+    assert!(metrics.contains("greenlight_health_problem{kind=\"repository_unreachable\"} 1"), "{metrics}");
+
+    std::fs::rename(&moved, &repository).unwrap();
+    farm.wait_for("the fetch working again", Duration::from_secs(30), |farm| {
+        health(farm).problems.is_empty().then_some(())
+    });
+    let (_, metrics) = farm.get_text("/metrics");
+    assert!(metrics.contains("greenlight_health_problem{kind=\"repository_unreachable\"} 0"), "{metrics}");
 }

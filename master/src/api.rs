@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 
 use crate::farm::{Farm, FarmError, Work, WorkerCredentials, WorkerToken};
 use crate::secret::constant_time_eq;
+use crate::store::StoreError;
 
 /// The longest a lease request is held open.
 const MAX_WAIT_S: f64 = 60.0;
@@ -82,6 +83,15 @@ impl From<FarmError> for ApiError {
             }
             FarmError::InvalidListing(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_listing", message),
             FarmError::PreparationIncomplete(_) => ApiError::new(StatusCode::CONFLICT, "archive_missing", message),
+            FarmError::DiskFull { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "disk_full", message),
+            FarmError::Store(StoreError::Backend(_) | StoreError::Failed(_)) => {
+                tracing::error!(%message, "the store cannot write");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_failed",
+                    "the master's store cannot write, so nothing of this call was recorded (see GET /api/v1/health); retry later",
+                )
+            }
             FarmError::Scheduler(SchedulerError::DuplicateBuild(_)) | FarmError::Store(_) | FarmError::Task(_) => {
                 tracing::error!(%message, "internal error");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the master's log")
@@ -278,6 +288,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tests", get(test_history))
         .route("/api/v1/workers", get(workers))
         .route("/api/v1/gate", get(gate))
+        .route("/api/v1/health", get(health))
         .route("/api/v1/pushes", get(pushes))
         .route("/api/v1/quarantine", get(quarantine_list))
         .route("/api/v1/flaky", get(flaky))
@@ -313,6 +324,7 @@ async fn cancel_build(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     check_admin_token(&state, &headers)?;
+    state.farm.check_writable()?;
     let cancelled = state.farm.cancel_build(build_id)?;
     state.farm.flush().await?;
     Ok(Json(cancelled))
@@ -324,6 +336,7 @@ async fn quarantine(
     ApiJson(request): ApiJson<QuarantineRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_admin_token(&state, &headers)?;
+    state.farm.check_writable()?;
     Ok(Json(state.farm.quarantine(&request.test_id, &request.reason, request.expires_in_s)?))
 }
 
@@ -333,6 +346,7 @@ async fn unquarantine(
     ApiJson(request): ApiJson<UnquarantineRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_admin_token(&state, &headers)?;
+    state.farm.check_writable()?;
     if !state.farm.unquarantine(&request.test_id)? {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -345,6 +359,7 @@ async fn unquarantine(
 
 async fn full_run(State(state): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
     check_admin_token(&state, &headers)?;
+    state.farm.check_writable()?;
     state.farm.force_full_run()?;
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "version": API_VERSION, "full_run": "queued" }))))
 }
@@ -356,6 +371,7 @@ async fn import_history(
     ApiJson(request): ApiJson<HistoryImportRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_admin_token(&state, &headers)?;
+    state.farm.check_writable()?;
     // Reading the suite (git, perhaps the runner's listing) and the store writes block.
     let farm = state.farm.clone();
     let answer = crate::farm::blocking(move || farm.import_history(&request)).await??;
@@ -386,6 +402,7 @@ async fn register(
     ApiJson(request): ApiJson<RegisterRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let credentials = worker_credentials(&state, &headers)?;
+    state.farm.check_writable()?;
     if request.name.trim().is_empty() || request.name.len() > 200 {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -418,12 +435,20 @@ async fn lease(
         let notified = state.farm.work_available.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        // A lease is written down: not while the data directory is full.
+        state.farm.check_writable()?;
         let work = state.farm.try_work(worker_id, &request)?;
         // Taking back the lease it held may have ended a build.
         state.farm.flush_verdicts().await?;
         let mut response = LeaseResponse { version: API_VERSION, lease: None, prepare: None, warm_up: None };
         match work {
-            Some(Work::Lease(lease)) => response.lease = Some(lease),
+            Some(Work::Lease(lease)) => {
+                // The shard, its build's start and the next lease id are on disk before the
+                // worker runs it: nothing of the store waits for sled's background flush when
+                // the disk fills.
+                state.farm.flush().await?;
+                response.lease = Some(lease);
+            }
             Some(Work::Prepare(prepare)) => response.prepare = Some(prepare),
             Some(Work::WarmUp(warm_up)) => response.warm_up = Some(warm_up),
             None => {}
@@ -461,6 +486,8 @@ async fn results(
     ApiJson(request): ApiJson<ResultsRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_worker(&state, &headers, request.worker_id)?;
+    // Refused before anything is recorded: a refused write leaves the farm as it was.
+    state.farm.check_writable()?;
     let answer = state.farm.report(lease_id, request.worker_id, &request.results)?;
     // What the worker is told was accepted must survive a crash of the master.
     if answer.accepted > 0 {
@@ -477,6 +504,7 @@ async fn finish(
     ApiJson(request): ApiJson<FinishRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_worker(&state, &headers, request.worker_id)?;
+    state.farm.check_writable()?;
     state.farm.finish(lease_id, request.worker_id, &request.outcome, request.runner_wall_s)?;
     // The shard's end (and perhaps the build's) must survive a crash of the master.
     state.farm.flush().await?;
@@ -534,6 +562,7 @@ async fn prepare_archive(
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
     check_worker(&state, &headers, query.worker_id)?;
+    state.farm.check_writable()?;
     let limit = state.farm.config().max_archive_bytes;
     let (_revision, part) = state.farm.archive_upload_start(prepare_id, query.worker_id)?;
     let declared = headers
@@ -579,6 +608,7 @@ async fn prepare_listing(
     ApiJson(report): ApiJson<PrepareReport>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_worker(&state, &headers, report.worker_id)?;
+    state.farm.check_writable()?;
     state.farm.prepare_report(prepare_id, report.worker_id, &report.outcome)?;
     // The listing must survive a crash of the master: the build plans from it.
     state.farm.flush().await?;
@@ -640,6 +670,7 @@ async fn changes_notice(
     ApiJson(notice): ApiJson<ChangeNotice>,
 ) -> Result<impl IntoResponse, ApiError> {
     check_hook_token(&state, &headers)?;
+    state.farm.check_writable()?;
     let watched = &state.farm.config().repository.branch;
     if let Some(branch) = &notice.branch
         && branch != watched
@@ -761,6 +792,10 @@ async fn gate(
     })
 }
 
+async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    Json(state.farm.health())
+}
+
 async fn pushes(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(state.farm.pushes()?))
 }
@@ -869,6 +904,24 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
         ] {
             text.push_str(&format!("greenlight_latest_build_tests{{outcome=\"{outcome}\"}} {count}\n"));
         }
+    }
+    let health = state.farm.health();
+    text.push_str("# HELP greenlight_health_problem Whether a problem keeps the farm from testing now (GET /api/v1/health says why).\n# TYPE greenlight_health_problem gauge\n");
+    for kind in greenlight_shared::api::HealthKind::ALL {
+        let present = health.problems.iter().any(|problem| problem.kind == kind);
+        text.push_str(&format!("greenlight_health_problem{{kind=\"{}\"}} {}\n", kind.as_str(), u8::from(present)));
+    }
+    if let Some(free) = health.data_dir_free_bytes {
+        text.push_str("# HELP greenlight_data_dir_free_bytes Free bytes on the data directory's filesystem.\n# TYPE greenlight_data_dir_free_bytes gauge\n");
+        text.push_str(&format!("greenlight_data_dir_free_bytes {free}\n"));
+    }
+    text.push_str("# HELP greenlight_data_dir_min_free_bytes Below this many free bytes no new build starts ([storage] min_free_bytes).\n# TYPE greenlight_data_dir_min_free_bytes gauge\n");
+    text.push_str(&format!("greenlight_data_dir_min_free_bytes {}\n", health.min_free_bytes));
+    text.push_str("# HELP greenlight_writes_refused_total Writes refused (503) for a data directory short of space or a failed store, nothing recorded.\n# TYPE greenlight_writes_refused_total counter\n");
+    text.push_str(&format!("greenlight_writes_refused_total {}\n", health.writes_refused));
+    if let Some(fetched) = health.last_fetch_at {
+        text.push_str("# HELP greenlight_repository_last_fetch_seconds When the watched repository was last fetched (Unix seconds).\n# TYPE greenlight_repository_last_fetch_seconds gauge\n");
+        text.push_str(&format!("greenlight_repository_last_fetch_seconds {fetched:.3}\n"));
     }
     let learned = state.farm.learned_shard_costs().map_err(FarmError::from)?;
     text.push_str("# HELP greenlight_shard_overhead_samples Shards the suite's shard costs were learned from.\n# TYPE greenlight_shard_overhead_samples gauge\n");

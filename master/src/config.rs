@@ -21,6 +21,10 @@
 //!
 //! [tags.paths]
 //! "src/chat/**" = ["chat"]
+//!
+//! [storage]                        # free space on data_dir's filesystem
+//! min_free_bytes = 1073741824      # below this no new build starts (the gate warns)
+//! reserve_bytes = 67108864         # below this every write is refused (503; workers retry)
 //! ```
 //!
 //! Or a runner adapter instead of the templates (it lists, sets up and runs by itself):
@@ -129,6 +133,39 @@ pub struct Config {
     /// Keeping flaky tests out of the gate.
     #[serde(default)]
     pub quarantine: QuarantineConfig,
+    /// Free space the data directory needs.
+    #[serde(default)]
+    pub storage: StorageConfig,
+}
+
+/// Free space on the data directory's filesystem: the master stops taking new work before
+/// the disk is full, rather than failing inside a build.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Below this many free bytes no new build starts (running builds go on); the gate, the
+    /// page, `/metrics` and `GET /api/v1/health` say why. 0: no floor.
+    #[serde(default = "default_min_free_bytes")]
+    pub min_free_bytes: u64,
+    /// Below this many free bytes every write (results, shard ends, leases, registrations,
+    /// changes) is refused with 503 `disk_full` before anything is recorded; workers retry
+    /// it. At most `min_free_bytes`. 0: never refused (the store meets the full disk).
+    #[serde(default = "default_reserve_bytes")]
+    pub reserve_bytes: u64,
+}
+
+fn default_min_free_bytes() -> u64 {
+    1024 * 1024 * 1024
+}
+
+fn default_reserve_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
+impl Default for StorageConfig {
+    fn default() -> StorageConfig {
+        StorageConfig { min_free_bytes: default_min_free_bytes(), reserve_bytes: default_reserve_bytes() }
+    }
 }
 
 /// One worker's own settings (`[workers.NAME]`).
@@ -560,6 +597,7 @@ impl Config {
             push: PushConfig::default(),
             full_runs: FullRunsConfig::default(),
             quarantine: QuarantineConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 
@@ -647,6 +685,9 @@ impl Config {
         if !non_negative(self.full_runs.interval_s) {
             return invalid("[full_runs] interval_s must be >= 0");
         }
+        if self.storage.reserve_bytes > self.storage.min_free_bytes {
+            return invalid("[storage] reserve_bytes must not exceed min_free_bytes");
+        }
         if self.gate.fix_marker.trim().is_empty() {
             return invalid("[gate] fix_marker must not be empty");
         }
@@ -716,6 +757,23 @@ run_command = ["run", "{ids_file}"]
         refused("[workers.a]\ntoken = \"shared\"\n", "[workers.a] token is also another token");
         refused("[workers.a]\ntoken = \"t\"\n[workers.b]\ntoken = \"t\"\n", "[workers.b] token is also another token");
         refused("[workers.a]\npassword = \"t\"\n", "unknown field `password`");
+    }
+
+    #[test]
+    fn storage_floors_default_and_the_reserve_stays_under_the_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("greenlight.toml");
+        let base = "data_dir = \"/x\"\n[repository]\nurl = \"u\"\n[suite]\nfile = \"s.json\"\nrun_command = [\"r\"]\n";
+        std::fs::write(&path, base).unwrap();
+        let storage = Config::from_file(&path).unwrap().storage;
+        assert_eq!((storage.min_free_bytes, storage.reserve_bytes), (1 << 30, 64 << 20));
+        std::fs::write(&path, format!("{base}[storage]\nmin_free_bytes = 0\nreserve_bytes = 0\n")).unwrap();
+        assert_eq!(Config::from_file(&path).unwrap().storage.min_free_bytes, 0, "no floor at all");
+        std::fs::write(&path, format!("{base}[storage]\nmin_free_bytes = 100\nreserve_bytes = 200\n")).unwrap();
+        assert_eq!(
+            Config::from_file(&path).unwrap_err().to_string(),
+            "invalid configuration: [storage] reserve_bytes must not exceed min_free_bytes"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub fn new_gate(branch: &str, fix_marker: &str) -> GateView {
         reason: None,
         warning: None,
         fix_marker: fix_marker.to_owned(),
+        health: Vec::new(),
     }
 }
 

@@ -16,7 +16,7 @@ pub mod push;
 pub mod secret;
 pub mod store;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,14 +118,35 @@ async fn serve(
         shutdown.await;
         closing.close_streams();
     };
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    // Requests still in flight get SHUTDOWN_GRACE once shutdown begins, however stuck the
+    // store is: the master stops on SIGTERM whatever its store is doing.
+    let mut shutting_down = farm.closing();
+    let grace = async move {
+        let _ = shutting_down.wait_for(|closing| *closing).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown).into_future();
+    let served = tokio::select! {
+        served = server => served,
+        () = grace => {
+            tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "requests still running at shutdown; stopping without them");
+            Ok(())
+        }
+    };
     let _ = stop_tx.send(true);
     for task in tasks {
-        let _ = task.await;
+        if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
+            tracing::warn!("a background task did not stop in time; stopping without it");
+        }
     }
-    farm.store().flush().map_err(FarmError::from)?;
+    if let Err(error) = farm.flush().await {
+        tracing::error!(%error, "the last flush failed; a restart resumes from what the store holds");
+    }
     served.map_err(MasterError::Serve)
 }
+
+/// How long requests and background tasks may take to end once shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Resolves once `stop` says so.
 pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
@@ -139,7 +160,10 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
 async fn poll_loop(farm: Arc<Farm>, mut stop: watch::Receiver<bool>) {
     let interval = Duration::from_secs_f64(farm.config().repository.poll_interval_s);
     loop {
-        if let Err(error) = farm.poll().await {
+        // A fetch writes into the data directory, and new changes into the store.
+        if let Some(refusal) = farm.write_refusal() {
+            tracing::debug!(%refusal, "not polling: the master cannot write");
+        } else if let Err(error) = farm.poll().await {
             tracing::warn!(%error, "polling the repository failed");
         }
         tokio::select! {
@@ -167,12 +191,21 @@ async fn build_loop(farm: Arc<Farm>, mut stop: watch::Receiver<bool>) {
 
 async fn tick_loop(farm: Arc<Farm>, mut stop: watch::Receiver<bool>) {
     loop {
-        match farm.tick() {
+        // Expiring a lease writes its shard's end: not while the master cannot write. The
+        // health's free space is measured here too.
+        let tick = match farm.write_refusal() {
+            Some(refusal) => Err(refusal),
+            None => farm.tick(),
+        };
+        match tick {
             Ok(false) => {}
             Ok(true) => {
                 if let Err(error) = farm.flush().await {
                     tracing::error!(%error, "flushing after expiring leases failed");
                 }
+            }
+            Err(error @ (FarmError::DiskFull { .. } | FarmError::Store(StoreError::Failed(_)))) => {
+                tracing::debug!(%error, "not expiring leases: the master cannot write");
             }
             Err(error) => tracing::error!(%error, "expiring leases failed"),
         }

@@ -5,6 +5,13 @@
 //!
 //! A test result is written with [`Kv::put_new`], keyed by (build, test, attempt): a
 //! second write of the same key is refused, so a result is stored exactly once.
+//!
+//! **A failed write fails the store.** sled keeps its first I/O error (a full disk) and
+//! refuses everything after it, and what it held in memory then may never reach the disk.
+//! The [`Store`] keeps that fact too: after a backend write or flush fails, every later
+//! write and flush is refused at once with [`StoreError::Failed`] (never reaching the
+//! backend, which could hang), so nothing written afterwards can be acknowledged as
+//! stored. A restarted master resumes from what the disk holds.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,6 +42,9 @@ pub enum StoreError {
         /// The database directory.
         dir: PathBuf,
     },
+    /// An earlier write failed: the store takes no more writes until the master restarts.
+    #[error("the store failed earlier ({0}); restart the master once the cause is fixed")]
+    Failed(String),
     /// A stored value could not be decoded.
     #[error("stored value in {tree} is corrupt: {source}")]
     Corrupt {
@@ -187,9 +197,18 @@ type MemoryTrees = BTreeMap<(Tree, Vec<u8>), Vec<u8>>;
 #[derive(Default)]
 pub struct MemoryKv {
     trees: Mutex<MemoryTrees>,
+    /// While set, writes and flushes fail as a full disk makes sled's fail.
+    pub fail_writes: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryKv {
+    fn refuse_if_failing(&self) -> Result<(), StoreError> {
+        if self.fail_writes.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Backend("No space left on device (os error 28)".to_owned()));
+        }
+        Ok(())
+    }
+
     fn entries(&self) -> std::sync::MutexGuard<'_, MemoryTrees> {
         self.trees.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -200,14 +219,17 @@ impl Kv for MemoryKv {
         Ok(self.entries().get(&(tree, key.to_vec())).cloned())
     }
     fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.refuse_if_failing()?;
         self.entries().insert((tree, key.to_vec()), value.to_vec());
         Ok(())
     }
     fn remove(&self, tree: Tree, key: &[u8]) -> Result<(), StoreError> {
+        self.refuse_if_failing()?;
         self.entries().remove(&(tree, key.to_vec()));
         Ok(())
     }
     fn put_new(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        self.refuse_if_failing()?;
         let mut entries = self.entries();
         let slot = (tree, key.to_vec());
         if entries.contains_key(&slot) {
@@ -246,14 +268,70 @@ impl Kv for MemoryKv {
             .collect())
     }
     fn flush(&self) -> Result<(), StoreError> {
-        Ok(())
+        self.refuse_if_failing()
+    }
+}
+
+/// A backend whose first failed write fails it for good (see the module's introduction).
+struct FailStop {
+    inner: Arc<dyn Kv>,
+    /// The first write or flush error, once there was one.
+    failure: Mutex<Option<String>>,
+}
+
+impl FailStop {
+    fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Runs a write unless the store already failed; a backend error fails it.
+    fn write<T>(&self, write: impl FnOnce(&dyn Kv) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Some(failure) = self.failure() {
+            return Err(StoreError::Failed(failure));
+        }
+        let written = write(&*self.inner);
+        if let Err(StoreError::Backend(error)) = &written {
+            let mut failure = self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if failure.is_none() {
+                tracing::error!(%error, "a store write failed: the store takes no more writes");
+                *failure = Some(error.clone());
+            }
+        }
+        written
+    }
+}
+
+impl Kv for FailStop {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(tree, key)
+    }
+    fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.write(|kv| kv.put(tree, key, value))
+    }
+    fn put_new(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        self.write(|kv| kv.put_new(tree, key, value))
+    }
+    fn remove(&self, tree: Tree, key: &[u8]) -> Result<(), StoreError> {
+        self.write(|kv| kv.remove(tree, key))
+    }
+    fn scan_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
+        self.inner.scan_prefix(tree, prefix)
+    }
+    fn scan_from(&self, tree: Tree, start: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
+        self.inner.scan_from(tree, start, limit)
+    }
+    fn scan_last(&self, tree: Tree, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        self.inner.scan_last(tree, limit)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.write(|kv| kv.flush())
     }
 }
 
 /// The typed store the rest of the master uses.
 #[derive(Clone)]
 pub struct Store {
-    kv: Arc<dyn Kv>,
+    kv: Arc<FailStop>,
     counters: Arc<Mutex<()>>,
 }
 
@@ -276,7 +354,21 @@ fn result_key(build_id: u64, test_id: &str, attempt: u32) -> Vec<u8> {
 impl Store {
     /// A store over `kv`.
     pub fn new(kv: Arc<dyn Kv>) -> Store {
-        Store { kv, counters: Arc::new(Mutex::new(())) }
+        Store { kv: Arc::new(FailStop { inner: kv, failure: Mutex::new(None) }), counters: Arc::new(Mutex::new(())) }
+    }
+
+    /// Why the store takes no more writes, once a write failed.
+    pub fn failure(&self) -> Option<String> {
+        self.kv.failure()
+    }
+
+    /// Fails the store for `reason` (a flush that never came back): no more writes.
+    pub fn fail(&self, reason: &str) {
+        let mut failure = self.kv.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if failure.is_none() {
+            tracing::error!(reason, "the store failed: it takes no more writes");
+            *failure = Some(reason.to_owned());
+        }
     }
 
     /// A store over sled in `dir`.
@@ -814,6 +906,23 @@ mod tests {
         assert_eq!(store.culprit_searches_wanted().unwrap(), vec![3, 12], "oldest first, numerically");
         store.culprit_search_started(3).unwrap();
         assert_eq!(store.culprit_searches_wanted().unwrap(), vec![12]);
+    }
+
+    #[test]
+    fn a_failed_write_fails_the_store_for_good_and_reads_go_on() {
+        let kv = Arc::new(MemoryKv::default());
+        let store = Store::new(kv.clone());
+        assert!(store.put_result(1, &result("a", 1, TestStatus::Passed)).unwrap());
+        kv.fail_writes.store(true, std::sync::atomic::Ordering::SeqCst);
+        let failed = store.put_result(1, &result("b", 1, TestStatus::Passed));
+        assert!(matches!(failed, Err(StoreError::Backend(_))), "{failed:?}");
+        // The backend takes writes again; the store does not.
+        kv.fail_writes.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(matches!(store.flush(), Err(StoreError::Failed(_))));
+        assert!(matches!(store.put_result(1, &result("b", 1, TestStatus::Passed)), Err(StoreError::Failed(_))));
+        assert!(matches!(store.next_id("build"), Err(StoreError::Failed(_))));
+        assert_eq!(store.results(1).unwrap().len(), 1, "reads go on");
+        assert!(store.failure().is_some_and(|failure| failure.contains("No space left")), "{:?}", store.failure());
     }
 
     #[test]

@@ -638,6 +638,83 @@ pub struct GateView {
     pub warning: Option<String>,
     /// A commit message containing this marks a fix, let through a closed gate.
     pub fix_marker: String,
+    /// What keeps the farm from testing now (a data directory short of space, a store that
+    /// failed, a repository it cannot fetch), from [`FarmHealth`]: an open gate says
+    /// nothing about revisions the farm cannot test, so it carries these as warnings. Never
+    /// stored with the gate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health: Vec<HealthProblem>,
+}
+
+/// `GET /api/v1/health`: the farm's health, what keeps it from testing. The gate (as
+/// warnings), the page and `/metrics` show the same problems.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FarmHealth {
+    /// Wire version.
+    #[serde(default = "api_version")]
+    pub version: u32,
+    /// The problems now, in [`HealthKind`] order; empty when the farm is healthy.
+    pub problems: Vec<HealthProblem>,
+    /// Free bytes on the data directory's filesystem at the last look.
+    #[serde(default)]
+    pub data_dir_free_bytes: Option<u64>,
+    /// Below this many free bytes no new build starts (`[storage] min_free_bytes`).
+    #[serde(default)]
+    pub min_free_bytes: u64,
+    /// Below this many free bytes every write is refused (`[storage] reserve_bytes`).
+    #[serde(default)]
+    pub reserve_bytes: u64,
+    /// When the watched repository was last fetched (Unix seconds), if ever.
+    #[serde(default)]
+    pub last_fetch_at: Option<f64>,
+    /// Writes refused since the master started (a data directory short of space, a failed
+    /// store): each was answered 503 before anything was recorded.
+    #[serde(default)]
+    pub writes_refused: u64,
+}
+
+/// One thing keeping the farm from testing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthProblem {
+    /// What kind of problem.
+    pub kind: HealthKind,
+    /// Since when (Unix seconds).
+    pub since: f64,
+    /// A sentence for humans, with the underlying error (git's, the filesystem's).
+    pub message: String,
+}
+
+/// The kinds of [`HealthProblem`]. The serde names are the wire strings (and the `kind`
+/// label in `/metrics`); a kind a newer master sends reads as [`HealthKind::Unknown`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthKind {
+    /// The data directory's filesystem has less free space than `[storage]
+    /// min_free_bytes`: no new build starts (below `reserve_bytes`, every write is refused).
+    DiskLow,
+    /// A write to the store failed: nothing more is written or acknowledged until the
+    /// master is restarted (it then resumes from what the store holds).
+    StoreFailed,
+    /// The watched repository cannot be fetched: no new change is seen.
+    RepositoryUnreachable,
+    /// A kind this build does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl HealthKind {
+    /// Every kind a master reports.
+    pub const ALL: [HealthKind; 3] = [HealthKind::DiskLow, HealthKind::StoreFailed, HealthKind::RepositoryUnreachable];
+
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthKind::DiskLow => "disk_low",
+            HealthKind::StoreFailed => "store_failed",
+            HealthKind::RepositoryUnreachable => "repository_unreachable",
+            HealthKind::Unknown => "unknown",
+        }
+    }
 }
 
 /// Where a shard stands. The serde names are the wire strings; a state a newer master

@@ -21,6 +21,13 @@ function renderGate() {
     html += " since " + when(gate.since) + (gate.build_id != null ? " (build " + buildLink(gate.build_id) + ")" : "");
   }
   if (gate.warning) html += '\n<span class="warning">warning: ' + esc(gate.warning) + "</span>";
+  // The farm's health: what keeps it from testing (a full disk, a repository it cannot
+  // fetch), whatever the gate says.
+  const health = gate.health || [];
+  banner.dataset.health = health.length ? "problem" : "ok";
+  for (const problem of health) {
+    html += '\n<span class="health" data-kind="' + esc(problem.kind) + '">farm: ' + esc(problem.message) + " (since " + when(problem.since) + ")</span>";
+  }
   if (banner.dataset.html !== html) { banner.innerHTML = html; banner.dataset.html = html; }
 }
 

@@ -1,6 +1,8 @@
 //! The worker's HTTP client for the master's API: one method per call, the bearer token
 //! and the process's session on every request, and errors split into "could not reach
-//! the master" (retry later) and "the master refused" (with its JSON error body).
+//! the master" (retry later) and "the master refused" (with its JSON error body). A
+//! refusal with a 5xx status (a master whose disk is full answers 503, having recorded
+//! nothing) is retried like an unreachable master: [`ClientError::is_retryable`], [`Retry`].
 
 use std::path::Path;
 use std::time::Duration;
@@ -31,12 +33,47 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Whether the same call may succeed later: the master was unreachable, or it answered
+    /// 5xx (it could not do it now, and recorded nothing). A 4xx will not change.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Unreachable(_) => true,
+            ClientError::Refused { status, .. } => (500..600).contains(status),
+        }
+    }
+
     /// The master's error code, when it refused.
     pub fn code(&self) -> Option<&str> {
         match self {
             ClientError::Refused { body, .. } => Some(&body.error),
             ClientError::Unreachable(_) => None,
         }
+    }
+}
+
+/// Back-off for a call retried while [`ClientError::is_retryable`]: 200 ms doubling to 5 s,
+/// until `patience` has passed since the first failure.
+#[derive(Debug)]
+pub struct Retry {
+    delay: Duration,
+    deadline: std::time::Instant,
+}
+
+impl Retry {
+    /// Retries for up to `patience`.
+    pub fn new(patience: Duration) -> Retry {
+        Retry { delay: Duration::from_millis(200), deadline: std::time::Instant::now() + patience }
+    }
+
+    /// After `error`: waits and returns true if the call should be made again, false when
+    /// the error will not change or patience ran out.
+    pub async fn again(&mut self, error: &ClientError) -> bool {
+        if !error.is_retryable() || std::time::Instant::now() >= self.deadline {
+            return false;
+        }
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Duration::from_secs(5));
+        true
     }
 }
 

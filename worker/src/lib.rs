@@ -54,6 +54,9 @@ pub enum WorkerError {
     Refused(ClientError),
 }
 
+/// How long a lease's finish is retried while the master is unreachable or answers 5xx.
+const FINISH_PATIENCE: Duration = Duration::from_secs(120);
+
 struct Backoff {
     delay: Duration,
 }
@@ -149,16 +152,15 @@ async fn work(client: &Client, config: &WorkerConfig) -> Result<(), WorkerError>
             Some(Work::Lease(lease)) => lease,
         };
         let run = shard::run_shard(client, worker_id, &config.workdir, &lease, &mut warm).await;
-        for _ in 0..10 {
+        let mut retry = client::Retry::new(FINISH_PATIENCE);
+        loop {
             match client.finish(worker_id, lease.lease_id, run.outcome.clone(), run.runner_wall_s).await {
                 Ok(()) => break,
-                Err(ClientError::Unreachable(error)) => {
-                    tracing::warn!(%error, lease_id = lease.lease_id, "cannot finish the lease yet; retrying");
-                    backoff.wait().await;
-                }
                 Err(error) => {
-                    tracing::warn!(%error, lease_id = lease.lease_id, "master refused to finish the lease");
-                    break;
+                    tracing::warn!(%error, lease_id = lease.lease_id, "cannot finish the lease");
+                    if !retry.again(&error).await {
+                        break;
+                    }
                 }
             }
         }

@@ -29,7 +29,7 @@ use greenlight_shared::api::{Lease, ShardOutcome, TestReport, TestStatus, WarmUp
 use greenlight_shared::runner::{Runner, ShardPaths};
 
 use crate::checkout::Checkout;
-use crate::client::{Client, ClientError};
+use crate::client::{Client, Retry};
 use crate::junit::{JunitCase, candidate_ids, parse_cases};
 use crate::libtest::{StreamedTest, binary_fit, parse_events};
 use crate::warm::{WarmError, WarmRunner};
@@ -160,11 +160,15 @@ impl Withdrawn {
     }
 }
 
-/// Reports results, retrying while the master is unreachable (results are never dropped
-/// for a passing network fault).
+/// How long results are retried while the master is unreachable or answers 5xx (a full
+/// disk): a master that refused them recorded nothing, so they are sent again.
+const RESULTS_PATIENCE: Duration = Duration::from_secs(600);
+
+/// Reports results, retrying while the master is unreachable or cannot record them now
+/// (results are never dropped for a passing network fault or a disk full for a while).
 async fn send_results(client: &Client, worker_id: u64, lease_id: u64, results: Vec<TestReport>, withdrawn: &Withdrawn) {
-    let mut delay = Duration::from_millis(200);
-    for _ in 0..12 {
+    let mut retry = Retry::new(RESULTS_PATIENCE);
+    loop {
         match client.results(worker_id, lease_id, results.clone()).await {
             Ok(answer) => {
                 withdrawn.extend(answer.withdrawn);
@@ -177,18 +181,15 @@ async fn send_results(client: &Client, worker_id: u64, lease_id: u64, results: V
                 );
                 return;
             }
-            Err(ClientError::Unreachable(error)) => {
-                tracing::warn!(lease_id, %error, "master unreachable while reporting; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
             Err(error) => {
-                tracing::warn!(lease_id, %error, "master refused results");
-                return;
+                tracing::warn!(lease_id, %error, "reporting results failed");
+                if !retry.again(&error).await {
+                    tracing::error!(lease_id, %error, "gave up reporting results");
+                    return;
+                }
             }
         }
     }
-    tracing::error!(lease_id, "gave up reporting results: the master stayed unreachable");
 }
 
 /// Where a running shard's results appear: the runner's event stream (nextest) as each

@@ -82,6 +82,8 @@ pub struct FarmOptions {
     pub extra_toml: String,
     /// Top-level keys (`admin_token = "..."`).
     pub top_toml: String,
+    /// The master's data directory (a [`Tmpfs`] that fills); a fresh one when `None`.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for FarmOptions {
@@ -95,6 +97,7 @@ impl Default for FarmOptions {
             suite_toml: "file = \"greenlight-suite.json\"".to_owned(),
             extra_toml: String::new(),
             top_toml: String::new(),
+            data_dir: None,
         }
     }
 }
@@ -159,7 +162,7 @@ heartbeat_interval_s = {heartbeat}
 
 {extra}
 "#,
-                data = dir.path().join("master").to_string_lossy(),
+                data = options.data_dir.clone().unwrap_or_else(|| dir.path().join("master")).to_string_lossy(),
                 repo = repo_dir.to_string_lossy(),
                 exe = greenlight(),
                 scale = options.scale,
@@ -383,4 +386,76 @@ pub fn by_id(results: Vec<TestResultView>) -> BTreeMap<String, Vec<TestResultVie
         by_id.entry(result.test_id.clone()).or_default().push(result);
     }
     by_id
+}
+
+/// A small tmpfs mounted for one test: a disk that fills. Unmounted when dropped, even when
+/// the test fails (declare it before the [`Farm`] whose master writes to it, so that the
+/// master is killed first). Mounting needs root, as `.ci/run` runs: without it the test
+/// fails saying so, never skips.
+pub struct Tmpfs {
+    mount_point: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`mount -o size=`, e.g. `8m`).
+    pub fn mount(size: &str) -> Tmpfs {
+        let mount_point = tempfile::Builder::new().prefix("greenlight-tmpfs-").tempdir().expect("temp dir");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .arg(mount_point.path())
+            .output();
+        match mounted {
+            Ok(output) if output.status.success() => Tmpfs { mount_point },
+            Ok(output) => panic!(
+                "this test needs a small tmpfs it can fill, mounted as root (`mount -t tmpfs`; .ci/run runs as root): {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+            Err(error) => panic!("this test needs `mount` (util-linux) and root to mount a small tmpfs: {error}"),
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.mount_point.path().to_owned()
+    }
+
+    /// Free bytes on the tmpfs.
+    pub fn free_bytes(&self) -> u64 {
+        let output = Command::new("df").args(["--output=avail", "-B1"]).arg(self.mount_point.path()).output().unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.lines().nth(1).and_then(|line| line.trim().parse().ok()).expect("df prints the free bytes")
+    }
+
+    /// Fills the disk with a ballast file, leaving about `leave` bytes free (0: full, writes
+    /// fail with ENOSPC). Returns the ballast, for [`Tmpfs::empty`].
+    pub fn fill(&self, leave: u64) -> PathBuf {
+        use std::io::Write;
+        let ballast = self.mount_point.path().join(format!("ballast-{}", std::process::id()));
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&ballast).unwrap();
+        let chunk = vec![0u8; 1024 * 1024];
+        loop {
+            let free = self.free_bytes();
+            if free <= leave {
+                break;
+            }
+            let take = (free - leave).min(chunk.len() as u64) as usize;
+            match file.write_all(&chunk[..take]).and_then(|()| file.sync_data()) {
+                Ok(()) => {}
+                Err(error) if error.raw_os_error() == Some(28) => break,
+                Err(error) => panic!("filling the tmpfs: {error}"),
+            }
+        }
+        ballast
+    }
+
+    /// Removes a ballast: the disk has room again.
+    pub fn empty(&self, ballast: &Path) {
+        std::fs::remove_file(ballast).expect("remove the ballast");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: a process of a failed test may still hold a file on it.
+        let _ = Command::new("umount").arg("-l").arg(self.mount_point.path()).status();
+    }
 }

@@ -17,6 +17,7 @@ use crate::{gate, push};
 
 impl Farm {
     /// Fetches the watched branch and queues the commits that arrived since the last look.
+    /// Whether the fetch worked is the health's to show (with git's error).
     pub async fn poll(self: &Arc<Self>) -> Result<Vec<ChangeView>, FarmError> {
         let _one_poll_at_a_time = self.poll_lock.lock().await;
         let farm = Arc::clone(self);
@@ -29,7 +30,9 @@ impl Farm {
 
     fn poll_blocking(&self) -> Result<Vec<ChangeView>, FarmError> {
         let branch = &self.config.repository.branch;
-        let tip = self.mirror.fetch()?;
+        let fetched = self.mirror.fetch();
+        self.fetched(fetched.as_ref().map(|_| ()));
+        let tip = fetched?;
         let last_seen = self.store.last_seen(branch)?;
         let revisions = self.mirror.new_revisions(last_seen.as_deref(), &tip)?;
         let mut queued = Vec::with_capacity(revisions.len());
@@ -51,13 +54,19 @@ impl Farm {
             tracing::info!(sequence = change.sequence, revision = %change.revision, tags = ?change.tags, "change queued");
             queued.push(change);
         }
-        self.store.set_last_seen(branch, &tip)?;
+        if last_seen.as_deref() != Some(tip.as_str()) {
+            self.store.set_last_seen(branch, &tip)?;
+        }
         Ok(queued)
     }
 
     /// Starts a build covering every queued change, unless one is running. Returns its id.
-    /// Culprit findings due are advanced first.
+    /// Culprit findings due are advanced first. Nothing starts while the data directory is
+    /// below `[storage] min_free_bytes` or the store failed (the health says so).
     pub async fn start_next_build(self: &Arc<Self>) -> Result<Option<u64>, FarmError> {
+        if !self.may_start_builds() {
+            return Ok(None);
+        }
         self.advance_culprit_finding().await?;
         if self.core().running.values().any(|live| live.summary.kind == BuildKind::Regular) {
             return Ok(None);

@@ -10,6 +10,8 @@
 //!   archive uploaded) before its build can be planned;
 //! - [`culprits`]: bisection of a red build's changes with probe builds;
 //! - [`flakes`]: flake records and quarantine;
+//! - [`health`]: what keeps the farm from testing (a data directory short of space, a
+//!   failed store, a repository it cannot fetch), shown on the gate, the page and `/metrics`;
 //! - [`queries`]: what the read-only API and the page read.
 //!
 //! **One owner per fact.** The scheduler core owns leases, workers' leases and benches, the
@@ -27,6 +29,7 @@ mod builds;
 mod culprits;
 mod decisions;
 mod flakes;
+mod health;
 mod history;
 mod planning;
 mod preparations;
@@ -45,6 +48,7 @@ use greenlight_shared::git::GitError;
 use tokio::sync::Notify;
 
 use self::flakes::Flakes;
+use self::health::Health;
 pub use self::planning::PlanError;
 pub use self::preparations::KEPT_ARCHIVES;
 use self::preparations::Preparations;
@@ -60,6 +64,9 @@ use crate::store::{Store, StoreError};
 const LISTED_FAILURES: usize = 100;
 /// Updates a slow page subscriber may fall behind by before it is told to resync.
 const EVENT_BACKLOG: usize = 8192;
+/// The longest a flush may take before the store is taken to have failed (a flush takes
+/// milliseconds; sled's, after an I/O error, may never come back).
+const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Why a farm operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +115,19 @@ pub enum FarmError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The data directory has too little free space for any write.
+    #[error(
+        "data_dir {} has {free_bytes} bytes free, below [storage] reserve_bytes ({reserve_bytes}): writes are refused until space is freed; retry later",
+        .dir.display()
+    )]
+    DiskFull {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// Its free bytes.
+        free_bytes: u64,
+        /// The configured reserve.
+        reserve_bytes: u64,
+    },
     /// git failed.
     #[error(transparent)]
     Git(#[from] GitError),
@@ -185,6 +205,8 @@ struct Core {
     flakes: Flakes,
     /// Revisions a worker is to prepare (list, build the archive) before their build plans.
     preparations: Preparations,
+    /// What keeps the farm from testing now.
+    health: Health,
 }
 
 /// The master's state.
@@ -252,6 +274,7 @@ impl Farm {
             worker_by_name: HashMap::new(),
             flakes: Flakes::load(&store)?,
             preparations: Preparations::default(),
+            health: Health::default(),
             gate,
             // A probe a previous master left running is resumed with the other builds.
             bisections: store.bisections()?.into_iter().map(|bisection| (bisection.build_id, bisection)).collect(),
@@ -293,10 +316,19 @@ impl Farm {
         self.core.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Makes every write so far durable, on a blocking thread (never under the lock).
+    /// Makes every write so far durable, on a blocking thread (never under the lock). A
+    /// flush that has not come back after [`FLUSH_TIMEOUT`] fails the store: what it was to
+    /// make durable is never acknowledged, and nothing after it is written.
     pub async fn flush(self: &Arc<Self>) -> Result<(), FarmError> {
         let farm = Arc::clone(self);
-        Ok(blocking(move || farm.store.flush()).await??)
+        match tokio::time::timeout(FLUSH_TIMEOUT, blocking(move || farm.store.flush())).await {
+            Ok(flushed) => Ok(flushed??),
+            Err(_) => {
+                let reason = format!("a flush did not finish within {} s", FLUSH_TIMEOUT.as_secs());
+                self.store.fail(&reason);
+                Err(FarmError::Store(StoreError::Failed(reason)))
+            }
+        }
     }
 
     /// Makes durable, if there are any, the ended builds and named culprits not yet
@@ -316,7 +348,7 @@ impl Farm {
 
     fn save_gate(&self, core: &Core) -> Result<(), FarmError> {
         self.store.put_gate(&core.gate)?;
-        self.publish(FarmEvent::Gate(core.gate.clone()));
+        self.publish(FarmEvent::Gate(Farm::gate_view(core)));
         Ok(())
     }
 

@@ -138,7 +138,7 @@ impl Farm {
     /// The gate of `branch`, if it is the watched branch.
     pub fn gate(&self, branch: &str) -> Option<GateView> {
         let core = self.core();
-        (core.gate.branch == branch).then(|| core.gate.clone())
+        (core.gate.branch == branch).then(|| Farm::gate_view(&core))
     }
 
     /// Every push hand-off, newest first.

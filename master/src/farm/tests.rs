@@ -8,15 +8,15 @@ use greenlight_fixtures::SUITE_FILE;
 use greenlight_fixtures::repo::FixtureRepo;
 use greenlight_scheduler::core::SchedulerError;
 use greenlight_shared::api::{
-    BuildState, BuildSummary, GateState, Lease, PushState, ResultsResponse, ShardOutcome, ShardState, TestReport,
-    TestStatus,
+    BuildState, BuildSummary, GateState, HealthKind, Lease, PushState, ResultsResponse, ShardOutcome, ShardState,
+    TestReport, TestStatus,
 };
 use greenlight_shared::suite::{SuiteFile, SuiteTest};
 
 use super::{Farm, FarmError, WorkerCredentials, WorkerToken};
 use crate::clock::{Clock, FakeClock};
 use crate::config::{Config, SuiteConfig};
-use crate::store::Store;
+use crate::store::{MemoryKv, Store, StoreError};
 
 const START: f64 = 1_000_000.0;
 
@@ -42,6 +42,8 @@ struct Harness {
     _dir: tempfile::TempDir,
     repo: FixtureRepo,
     clock: FakeClock,
+    /// The store's backend, whose writes a test can make fail as a full disk does.
+    kv: Arc<MemoryKv>,
     store: Store,
     config: Config,
     farm: Arc<Farm>,
@@ -60,9 +62,10 @@ impl Harness {
         );
         configure(&mut config);
         let clock = FakeClock::at(START);
-        let store = Store::in_memory();
+        let kv = Arc::new(MemoryKv::default());
+        let store = Store::new(kv.clone());
         let farm = Harness::farm(&config, &store, &clock);
-        Harness { _dir: dir, repo, clock, store, config, farm }
+        Harness { _dir: dir, repo, clock, kv, store, config, farm }
     }
 
     fn farm(config: &Config, store: &Store, clock: &FakeClock) -> Arc<Farm> {
@@ -854,4 +857,70 @@ async fn a_build_that_cannot_run_keeps_the_gate_as_it_was_and_warns() {
     assert_eq!((gate.state, gate.build_id, gate.warning), (GateState::Open, Some(green), None));
     // Open: it stays open.
     check_error_build(&harness, &cyclic, green, GateState::Open, &[]).await;
+}
+
+#[tokio::test]
+async fn a_store_that_fails_under_a_report_acknowledges_nothing_and_takes_no_write_after_it() {
+    let harness = Harness::new(&suite(&["a", "b"]), |_| {});
+    let build_id = harness.next_build().await;
+    let worker = harness.register("w1");
+    let lease = harness.lease(worker);
+    harness.kv.fail_writes.store(true, std::sync::atomic::Ordering::SeqCst);
+    let failed = harness.report(&lease, worker, &[(&lease.tests[0], TestStatus::Passed)]);
+    assert!(matches!(failed, Err(FarmError::Store(StoreError::Backend(_)))), "{failed:?}");
+    // Room again on the disk: the store still takes nothing (what it held when the write
+    // failed may never reach the disk), so nothing more can be acknowledged as stored.
+    harness.kv.fail_writes.store(false, std::sync::atomic::Ordering::SeqCst);
+    let refused = harness.farm.check_writable();
+    assert!(matches!(refused, Err(FarmError::Store(StoreError::Failed(_)))), "{refused:?}");
+    assert!(harness.farm.flush().await.is_err(), "a flush is refused too");
+    assert!(harness.store.put_result(build_id, &super::not_run("b".into(), TestStatus::Error, "x".into())).is_err());
+    let health = harness.farm.health();
+    assert_eq!(health.problems.iter().map(|problem| problem.kind).collect::<Vec<_>>(), vec![HealthKind::StoreFailed]);
+    assert!(health.problems[0].message.contains("No space left on device"), "{health:?}");
+    assert_eq!(health.writes_refused, 1);
+    assert_eq!(harness.farm.gate("main").unwrap().health, health.problems, "the gate warns");
+}
+
+#[tokio::test]
+async fn a_repository_that_cannot_be_fetched_is_a_health_problem_with_gits_error_until_a_fetch_works() {
+    let harness = Harness::new(&suite(&["a"]), |_| {});
+    harness.farm.poll().await.unwrap();
+    let fetched_at = harness.farm.health().last_fetch_at;
+    assert!(fetched_at.is_some() && harness.farm.health().problems.is_empty());
+    let moved = harness.repo.dir().with_extension("moved");
+    std::fs::rename(harness.repo.dir(), &moved).unwrap();
+    harness.clock.advance(5.0);
+    assert!(matches!(harness.farm.poll().await, Err(FarmError::Git(_))));
+    let health = harness.farm.health();
+    assert_eq!(health.problems.len(), 1, "{health:?}");
+    let problem = &health.problems[0];
+    assert_eq!((problem.kind, problem.since), (HealthKind::RepositoryUnreachable, START + 5.0));
+    assert!(problem.message.contains("does not appear to be a git repository"), "git's error: {problem:?}");
+    assert_eq!(health.last_fetch_at, fetched_at, "the last fetch that worked");
+    let gate = harness.farm.gate("main").unwrap();
+    assert_eq!((gate.state, gate.health.clone()), (GateState::Open, health.problems.clone()));
+    // A second failure is the same problem, since the first.
+    harness.clock.advance(5.0);
+    assert!(harness.farm.poll().await.is_err());
+    assert_eq!(harness.farm.health().problems[0].since, START + 5.0);
+    std::fs::rename(&moved, harness.repo.dir()).unwrap();
+    harness.farm.poll().await.unwrap();
+    assert!(harness.farm.health().problems.is_empty());
+    assert!(harness.farm.gate("main").unwrap().health.is_empty());
+}
+
+#[tokio::test]
+async fn below_the_free_space_floor_no_build_starts_and_the_gate_says_why() {
+    let harness = Harness::new(&suite(&["a"]), |config| config.storage.min_free_bytes = u64::MAX);
+    std::fs::create_dir_all(&harness.config.data_dir).unwrap();
+    harness.farm.poll().await.unwrap();
+    assert_eq!(harness.farm.start_next_build().await.unwrap(), None, "no build below the floor");
+    let gate = harness.farm.gate("main").unwrap();
+    assert_eq!(gate.state, GateState::Open);
+    assert_eq!(gate.health.len(), 1, "{gate:?}");
+    assert_eq!(gate.health[0].kind, HealthKind::DiskLow);
+    assert!(gate.health[0].message.contains("min_free_bytes"), "{gate:?}");
+    assert!(harness.farm.check_writable().is_ok(), "above the reserve, running builds go on writing");
+    assert!(harness.farm.health().data_dir_free_bytes.is_some());
 }
