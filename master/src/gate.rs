@@ -102,7 +102,7 @@ pub fn build_green(gate: &mut GateView, build_id: u64, revision: &str, now: f64)
 /// closed on that build (or a later one) lists it; `culprit` stays the first named.
 pub fn culprit_found(gate: &mut GateView, build_id: u64, change: &ChangeView, culprit: &CulpritView) -> bool {
     if gate.state != GateState::Closed
-        || !gate.build_id.is_some_and(|closing| closing >= build_id)
+        || gate.build_id.is_none_or(|closing| closing < build_id)
         || gate.culprits.iter().any(|listed| listed.change == culprit.change)
     {
         return false;
