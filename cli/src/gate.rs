@@ -1,9 +1,10 @@
 //! `greenlight gate` (DESIGN.md): asks the master whether the branch's gate lets a commit
 //! through. Exit 0: open, or closed but the message marks a fix or a revert. Exit 1:
-//! closed; prints the build, the failing tests, the culprit when known and a link.
+//! closed; prints the build, the failing tests, every culprit named (with the tests it
+//! broke) and a link.
 //! Exit 2: the master could not be asked. Meant for git hooks (see `hooks/`). A gate's
-//! warning (a later build ended in error: no test gave a verdict) and what keeps the farm
-//! from testing (a full disk, a repository it cannot fetch) are printed on standard error
+//! warning (a later build ended in error, a failure that did not reproduce) and what
+//! keeps the farm from testing (a full disk, a repository it cannot fetch) are printed
 //! whatever the gate's state, and change no exit code: an open gate vouches for nothing
 //! the farm could not test.
 
@@ -71,14 +72,27 @@ fn describe(gate: &GateView, master: &str) -> String {
         text.push_str(&format!("{reason}\n"));
     }
     text.push_str(&warning(gate));
-    match &gate.culprit {
-        Some(change) => text.push_str(&format!(
+    let short = |revision: &str| revision[..revision.len().min(12)].to_owned();
+    if !gate.culprits.is_empty() {
+        for culprit in &gate.culprits {
+            text.push_str(&format!(
+                "culprit: {} {:?} by {}\n  broke: {}\n",
+                short(&culprit.revision),
+                culprit.subject,
+                culprit.author,
+                culprit.tests.join(", ")
+            ));
+        }
+    } else if let Some(change) = &gate.culprit {
+        // A master from before culprits were listed.
+        text.push_str(&format!(
             "culprit: {} {:?} by {}\n",
-            &change.revision[..change.revision.len().min(12)],
+            short(&change.revision),
             change.message.lines().next().unwrap_or(""),
             change.author
-        )),
-        None => text.push_str("culprit: not known yet\n"),
+        ));
+    } else {
+        text.push_str("culprit: not known yet\n");
     }
     if let Some(build_id) = gate.build_id {
         text.push_str(&format!("see {master}/api/v1/builds/{build_id}\n"));

@@ -111,11 +111,12 @@ fn the_page_follows_a_red_build_and_its_fix_live_without_reloading() {
         "the culprit on the banner",
         WAIT,
         &format!(
-            "const t = document.getElementById('gate').textContent; return t.includes({}) && t;",
+            "const t = document.getElementById('gate').textContent; return t.includes('culprit: ' + {}) && t;",
             js(&broken[..10])
         ),
     );
     assert!(culprit.as_str().unwrap().contains("Core: break the widget"), "{culprit}");
+    assert!(culprit.as_str().unwrap().contains(&format!("broke {broken_test}")), "with its test: {culprit}");
     browser.screenshot("2-waterfall-red-gate-closed");
 
     // Click the failed box: its tests, the failure first, with the runner's output.
@@ -148,6 +149,14 @@ fn the_page_follows_a_red_build_and_its_fix_live_without_reloading() {
     let progress = browser.eval("return document.getElementById('progress').textContent;");
     assert!(progress.as_str().unwrap().contains("63 of 63 tests done"), "{progress}");
     assert!(browser.eval("return !!document.getElementById('lower-bound');").as_bool().unwrap());
+    let culprits = browser.wait_for(
+        "the culprit on the build page",
+        WAIT,
+        "const c = [...document.querySelectorAll('p.culprit')].map(p => p.textContent); return c.length && c;",
+    );
+    assert_eq!(culprits.as_array().map(Vec::len), Some(1), "{culprits}");
+    let named = culprits[0].as_str().unwrap();
+    assert!(named.contains("Core: break the widget") && named.contains(&format!("broke {broken_test}")), "{named}");
     browser.screenshot("4-build-page");
 
     // The fix opens the gate again.

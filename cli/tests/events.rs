@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{Farm, FarmOptions, test};
-use greenlight_shared::api::{BuildState, FarmEvent, GateState};
+use greenlight_shared::api::{BuildKind, BuildState, FarmEvent, GateState};
 use greenlight_shared::suite::{SuiteFile, SuiteTest};
 
 #[test]
@@ -51,7 +51,7 @@ fn a_build_streams_its_progress_the_gate_and_its_verdict() {
         messages += 1;
         for event in batch {
             match event {
-                FarmEvent::Build(build) if build.revision == broken => {
+                FarmEvent::Build(build) if build.revision == broken && build.kind == BuildKind::Regular => {
                     if build.state == BuildState::Running {
                         progress.push(build.counts.done());
                     }

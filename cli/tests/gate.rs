@@ -2,15 +2,20 @@
 //! its build ends, `greenlight gate` answers 1 naming the failing test, lets fixes and
 //! reverts through, waits, answers 2 when the master cannot be asked, and a green build
 //! reopens it; a batch of eight changes with one bad change is bisected to its culprit in
-//! at most ceil(log2 8) + 1 probes of the failing test only; green revisions are handed
-//! to the push command once each, in order, never a red one, retried when it fails.
+//! at most ceil(log2 8) + 1 probes of the failing test only (the confirmation at the red
+//! revision included), two culprits in a batch are both named, a flaky failure that does
+//! not reproduce and a break fixed within its batch name nobody; green revisions are
+//! handed to the push command once each, in order, never a red one, retried when it fails.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{Farm, FarmOptions, test};
-use greenlight_shared::api::{BuildKind, BuildState, GateState, PushState};
+use greenlight_fixtures::FAILING_FILE;
+use greenlight_fixtures::repo::FixtureRepo;
+use greenlight_fixtures::runner::flaky_fails;
+use greenlight_shared::api::{BuildKind, BuildState, BuildSummary, GateState, PushState};
 use greenlight_shared::suite::{SuiteFile, SuiteTest};
 
 const BROKEN: &str = "core/test_core.py::test_breaks";
@@ -350,4 +355,202 @@ fn a_push_that_keeps_failing_is_reported_failed_after_its_attempts() {
     assert_eq!(push.attempts, 2);
     let error = push.last_error.unwrap_or_default();
     assert!(error.contains("exit status: 7") && error.contains("deploy target unreachable"), "{error}");
+}
+
+/// A farm whose master polls the repository only when told (`POST /api/v1/changes`), so
+/// commits made before telling it form exactly one batch.
+fn batching_farm(suite: &SuiteFile, state: Option<&std::path::Path>, prepare: impl FnOnce(&FixtureRepo)) -> Farm {
+    let mut options = FarmOptions { poll_interval_s: 3600.0, ..FarmOptions::default() };
+    if let Some(state) = state {
+        options.suite_toml =
+            format!("file = \"greenlight-suite.json\"\nenv = {{ GREENLIGHT_FIXTURE_STATE = {:?} }}", state);
+    }
+    Farm::start_with_repo(suite, 2, options, prepare)
+}
+
+/// Tells the master the branch moved: it fetches every commit made since, as one batch.
+fn announce(farm: &Farm) {
+    let (status, body) = farm.post("/api/v1/changes", &serde_json::json!({}), Some(common::TOKEN));
+    assert_eq!(status, 202, "{body}");
+}
+
+fn fast_suite(n_tests: usize) -> SuiteFile {
+    let tests =
+        (0..n_tests).map(|index| test(&format!("core/test_core.py::test_{index}"), &["core"], &[], 1.0)).collect();
+    SuiteFile { name: "fast".into(), shard_overhead_s: 0.0, tests }
+}
+
+/// Waits until culprit finding of `build_id` says `done` of the build.
+fn culprit_finding(farm: &Farm, build_id: u64, done: impl Fn(&BuildSummary) -> bool) -> BuildSummary {
+    farm.wait_for("culprit finding", Duration::from_secs(180), |farm| {
+        let build = farm.build(build_id).build;
+        done(&build).then_some(build)
+    })
+}
+
+/// Every probe of `red` re-ran some of `allowed` only, at a revision of the batch.
+fn check_probes(farm: &Farm, red: &BuildSummary, allowed: &[&str]) {
+    for &probe_id in &red.probes {
+        let probe = farm.build(probe_id).build;
+        assert_eq!((probe.kind, probe.probe_of), (BuildKind::Probe, Some(red.build_id)));
+        for result in farm.tests(probe_id).results {
+            assert!(allowed.contains(&result.test_id.as_str()), "probe {probe_id} ran {}", result.test_id);
+        }
+    }
+}
+
+fn ceil_log2(n: usize) -> usize {
+    n.next_power_of_two().trailing_zeros() as usize
+}
+
+#[test]
+fn two_culprits_in_one_batch_are_both_named_each_with_the_test_it_broke() {
+    let farm = batching_farm(&fast_suite(4), None, |_| {});
+    assert_eq!(farm.finished_build_of(&farm.repo.head().unwrap()).state, BuildState::Green);
+    let (first, second) = ("core/test_core.py::test_1", "core/test_core.py::test_2");
+    // Eight changes: the 3rd breaks `first`, the 6th `second`.
+    let mut revisions = Vec::new();
+    for index in 1..=8 {
+        revisions.push(match index {
+            3 => farm.repo.set_failing("core", &[first], "Core: change 3 breaks test_1").unwrap(),
+            6 => farm.repo.set_failing("core", &[first, second], "Core: change 6 breaks test_2").unwrap(),
+            _ => farm.repo.touch_area("core", &format!("Core: change {index}")).unwrap(),
+        });
+    }
+    announce(&farm);
+    let red = farm.finished_build_of(&revisions[7]);
+    assert_eq!((red.state, red.changes.len()), (BuildState::Red, 8), "{red:?}");
+
+    let red = culprit_finding(&farm, red.build_id, |build| build.culprits.len() == 2);
+    let named: Vec<(&str, Vec<String>)> =
+        red.culprits.iter().map(|culprit| (culprit.revision.as_str(), culprit.tests.clone())).collect();
+    assert_eq!(
+        named,
+        vec![(revisions[2].as_str(), vec![first.to_owned()]), (revisions[5].as_str(), vec![second.to_owned()])]
+    );
+    assert_eq!(red.culprit, Some(red.culprits[0].change), "older clients read the first");
+    assert!(red.not_reproduced.is_empty());
+    assert!(red.probes.len() <= 1 + 2 * ceil_log2(8), "within two searches' probes: {}", red.probes.len());
+    check_probes(&farm, &red, &[first, second]);
+    for change in farm.changes() {
+        let blamed = change.revision == revisions[2] || change.revision == revisions[5];
+        assert_eq!(change.culprit_of, blamed.then_some(red.build_id), "{}", change.message);
+    }
+    // The raw API body: the old field and the list.
+    let (_, body) = farm.get_with(&format!("/api/v1/builds/{}", red.build_id), None);
+    assert_eq!(body["build"]["culprits"].as_array().map(Vec::len), Some(2), "{body}");
+    assert_eq!(body["build"]["culprit"], body["build"]["culprits"][0]["change"]);
+
+    let gate = farm.gate();
+    assert_eq!(gate.state, GateState::Closed);
+    assert_eq!(
+        gate.culprits.iter().map(|culprit| culprit.revision.clone()).collect::<Vec<_>>(),
+        vec![revisions[2].clone(), revisions[5].clone()]
+    );
+    assert_eq!(gate.culprit.map(|change| change.revision), Some(revisions[2].clone()));
+    let (code, stdout, _) = farm.gate_command(&[]);
+    assert_eq!(code, 1);
+    assert!(
+        stdout.contains("Core: change 3 breaks test_1") && stdout.contains("Core: change 6 breaks test_2"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("broke: {second}")), "{stdout}");
+}
+
+#[test]
+fn a_flaky_failure_that_does_not_reproduce_names_nobody_and_counts_as_a_flake() {
+    let state = tempfile::tempdir().unwrap();
+    let flaky = "core/test_core.py::test_1";
+    // The test passes in the first build (run 0), fails on its run and its retry in the
+    // batch's build (runs 1 and 2) and passes when re-run at the same revision (run 3).
+    let seed = (0..100_000u64)
+        .find(|&seed| {
+            let fails = |run| flaky_fails(0.5, seed, flaky, run);
+            !fails(0) && fails(1) && fails(2) && !fails(3)
+        })
+        .expect("such a seed");
+    let farm = batching_farm(&fast_suite(3), Some(state.path()), |repo| {
+        repo.commit("Core: test_1 is flaky", &[(FAILING_FILE, &format!("flaky 0.5 {seed} {flaky}\n"))]).unwrap();
+    });
+    assert_eq!(farm.finished_build_of(&farm.repo.head().unwrap()).state, BuildState::Green);
+    farm.repo.touch_area("core", "Core: one").unwrap();
+    let tip = farm.repo.touch_area("core", "Core: two").unwrap();
+    announce(&farm);
+    let red = farm.finished_build_of(&tip);
+    assert_eq!((red.state, red.failed_tests.clone()), (BuildState::Red, vec![flaky.to_owned()]));
+
+    let red = culprit_finding(&farm, red.build_id, |build| !build.not_reproduced.is_empty());
+    assert_eq!(red.not_reproduced, vec![flaky.to_owned()]);
+    assert_eq!((red.culprit, red.culprits.len(), red.probes.len()), (None, 0, 1), "one confirmation, nobody blamed");
+    let confirmation = farm.build(red.probes[0]).build;
+    assert_eq!((confirmation.revision.as_str(), confirmation.state), (tip.as_str(), BuildState::Green));
+    assert!(farm.changes().iter().all(|change| change.culprit_of.is_none()));
+    let (_, flakes) = farm.get_with("/api/v1/flaky", None);
+    assert_eq!((flakes["tests"][0]["test_id"].as_str(), flakes["tests"][0]["flaky"].as_u64()), (Some(flaky), Some(1)));
+    let gate = farm.gate();
+    assert_eq!(gate.state, GateState::Open, "its only failure was a flake: {gate:?}");
+    assert!(gate.warning.as_deref().is_some_and(|warning| warning.contains("did not reproduce")), "{gate:?}");
+    assert!(gate.culprits.is_empty() && gate.culprit.is_none());
+    assert_eq!(farm.gate_command(&[]).0, 0);
+}
+
+#[test]
+fn a_culprit_followed_by_its_own_fix_in_the_batch_names_nobody() {
+    let farm = batching_farm(&fast_suite(3), None, |_| {});
+    assert_eq!(farm.finished_build_of(&farm.repo.head().unwrap()).state, BuildState::Green);
+    let broken = "core/test_core.py::test_0";
+    farm.repo.touch_area("core", "Core: one").unwrap();
+    farm.repo.set_failing("core", &[broken], "Core: breaks test_0").unwrap();
+    let tip = farm.repo.set_failing("core", &[], "Core: fixes test_0 [fix]").unwrap();
+    announce(&farm);
+    let build = farm.finished_build_of(&tip);
+    assert_eq!((build.state, build.changes.len()), (BuildState::Green, 3));
+    assert_eq!((build.culprit, build.culprits.len(), build.probes.len()), (None, 0, 0));
+    assert!(farm.builds().iter().all(|build| build.kind == BuildKind::Regular), "no probe ran");
+    assert!(farm.changes().iter().all(|change| change.culprit_of.is_none()));
+    assert_eq!(farm.gate().state, GateState::Open);
+}
+
+/// Batches of `n` changes, the `culprit`-th breaking a test, one after another on one farm
+/// (each fixed before the next): the culprit is named within ceil(log2 n) + 1 probes,
+/// the confirmation included. Prints, per batch, the probes and the seconds from the red
+/// verdict to the culprit named. `GREENLIGHT_CULPRIT_BENCH=1` measures batches of 2, 4, 8
+/// and 16 with the culprit first, in the middle and last (BENCHMARKS.md).
+#[test]
+fn culprits_are_named_within_the_probe_budget_for_batches_of_2_to_16() {
+    let mut cases: Vec<(usize, usize)> = if std::env::var_os("GREENLIGHT_CULPRIT_BENCH").is_some() {
+        [2, 4, 8, 16].iter().flat_map(|&n| [(n, 1), (n, n / 2 + 1), (n, n)]).collect()
+    } else {
+        vec![(2, 2), (5, 1), (16, 11)]
+    };
+    cases.dedup();
+    let farm = batching_farm(&fast_suite(cases.len()), None, |_| {});
+    assert_eq!(farm.finished_build_of(&farm.repo.head().unwrap()).state, BuildState::Green);
+    println!("| changes | culprit | probes | budget | red verdict to culprit (s) |");
+    for (case, &(n_changes, culprit)) in cases.iter().enumerate() {
+        let broken = format!("core/test_core.py::test_{case}");
+        let mut revisions = Vec::new();
+        for index in 1..=n_changes {
+            revisions.push(if index == culprit {
+                farm.repo.set_failing("core", &[&broken], &format!("Core: batch {case} change {index} breaks")).unwrap()
+            } else {
+                farm.repo.touch_area("core", &format!("Core: batch {case} change {index}")).unwrap()
+            });
+        }
+        announce(&farm);
+        let red = farm.finished_build_of(&revisions[n_changes - 1]);
+        assert_eq!((red.state, red.changes.len()), (BuildState::Red, n_changes), "{red:?}");
+        let red = culprit_finding(&farm, red.build_id, |build| !build.culprits.is_empty());
+        assert_eq!(red.culprits.len(), 1);
+        assert_eq!(red.culprits[0].revision, revisions[culprit - 1], "batch of {n_changes}");
+        let budget = ceil_log2(n_changes) + 1;
+        assert!(red.probes.len() <= budget, "{} probes for {n_changes} changes", red.probes.len());
+        check_probes(&farm, &red, &[&broken]);
+        let named_at = red.probes.iter().filter_map(|&probe| farm.build(probe).build.finished_at).fold(0.0, f64::max);
+        let seconds = named_at - red.finished_at.expect("red ended");
+        println!("| {n_changes} | {culprit} | {} | {budget} | {seconds:.1} |", red.probes.len());
+        let fixed = farm.repo.set_failing("core", &[], &format!("Core: fix batch {case} [fix]")).unwrap();
+        announce(&farm);
+        assert_eq!(farm.finished_build_of(&fixed).state, BuildState::Green);
+    }
 }

@@ -3,7 +3,7 @@
 //! fully green. Pure transitions over the [`GateView`] the API shows; the farm persists it.
 
 use greenlight_shared::API_VERSION;
-use greenlight_shared::api::{ChangeView, GateState, GateView};
+use greenlight_shared::api::{ChangeView, CulpritView, GateState, GateView};
 
 /// How many failing tests the gate lists.
 const LISTED: usize = 100;
@@ -19,6 +19,7 @@ pub fn new_gate(branch: &str, fix_marker: &str) -> GateView {
         revision: None,
         failing_tests: Vec::new(),
         culprit: None,
+        culprits: Vec::new(),
         reason: None,
         warning: None,
         fix_marker: fix_marker.to_owned(),
@@ -66,6 +67,7 @@ fn close(gate: &mut GateView, build_id: u64, revision: &str, now: f64) {
     if gate.state == GateState::Open {
         gate.since = Some(now);
         gate.culprit = None;
+        gate.culprits.clear();
     }
     gate.state = GateState::Closed;
     gate.build_id = Some(build_id);
@@ -86,21 +88,61 @@ pub fn build_green(gate: &mut GateView, build_id: u64, revision: &str, now: f64)
     gate.revision = Some(revision.to_owned());
     gate.failing_tests.clear();
     gate.culprit = None;
+    gate.culprits.clear();
     gate.reason = None;
     gate.warning = None;
     was_closed
 }
 
-/// Culprit finding named the change that broke `build_id`.
-pub fn culprit_found(gate: &mut GateView, build_id: u64, culprit: &ChangeView) -> bool {
-    if gate.state == GateState::Closed
-        && gate.culprit.is_none()
-        && gate.build_id.is_some_and(|closing| closing >= build_id)
+/// Culprit finding proved that `change` broke `culprit.tests` in `build_id`: the gate
+/// closed on that build (or a later one) lists it; `culprit` stays the first named.
+pub fn culprit_found(gate: &mut GateView, build_id: u64, change: &ChangeView, culprit: &CulpritView) -> bool {
+    if gate.state != GateState::Closed
+        || gate.build_id.is_none_or(|closing| closing < build_id)
+        || gate.culprits.iter().any(|listed| listed.change == culprit.change)
     {
-        gate.culprit = Some(culprit.clone());
-        return true;
+        return false;
     }
-    false
+    if gate.culprit.is_none() {
+        gate.culprit = Some(change.clone());
+    }
+    gate.culprits.push(culprit.clone());
+    true
+}
+
+/// Culprit finding re-ran `tests`, failures of `build_id`, at its revision and they
+/// passed: flakes, nobody's fault. The gate says so; if it was closed on that build and
+/// `every_failure` of the build is such a flake, it opens (the build's failures were
+/// flaky after all, as a failure that passes on a retry is). Returns whether it changed.
+pub fn failure_not_reproduced(
+    gate: &mut GateView,
+    build_id: u64,
+    tests: &[String],
+    every_failure: bool,
+    now: f64,
+) -> bool {
+    if tests.is_empty() || gate.state != GateState::Closed || gate.build_id != Some(build_id) {
+        return false;
+    }
+    let listed: Vec<&str> = tests.iter().take(5).map(String::as_str).collect();
+    let more =
+        if tests.len() > listed.len() { format!(" and {} more", tests.len() - listed.len()) } else { String::new() };
+    let warning = format!(
+        "the failure of {}{more} in build {build_id} did not reproduce when re-run at its revision: flaky, no culprit",
+        listed.join(", ")
+    );
+    if every_failure {
+        gate.state = GateState::Open;
+        gate.since = Some(now);
+        gate.failing_tests.clear();
+        gate.culprit = None;
+        gate.culprits.clear();
+        gate.reason = None;
+    } else {
+        gate.failing_tests.retain(|test| !tests.contains(test));
+    }
+    gate.warning = Some(warning);
+    true
 }
 
 /// Whether a commit message marks a fix or a revert, which a closed gate lets through.
@@ -160,6 +202,62 @@ mod tests {
         assert_eq!(gate.warning.as_deref(), Some("build 3 ended in error, not on a test: 1 test(s) got no result"));
         assert!(build_green(&mut gate, 4, "r4", 40.0));
         assert_eq!((gate.state, gate.warning.as_deref()), (GateState::Open, None));
+    }
+
+    fn change(sequence: u64) -> ChangeView {
+        ChangeView {
+            sequence,
+            branch: "main".into(),
+            revision: format!("r{sequence}"),
+            author: "A <a@x>".into(),
+            message: format!("Change {sequence}\n\nbody"),
+            paths: Vec::new(),
+            tags: Vec::new(),
+            build_id: Some(2),
+            seen_at: 0.0,
+            culprit_of: None,
+        }
+    }
+
+    fn culprit(sequence: u64, test: &str) -> CulpritView {
+        CulpritView {
+            change: sequence,
+            revision: format!("r{sequence}"),
+            author: "A <a@x>".into(),
+            subject: format!("Change {sequence}"),
+            tests: vec![test.to_owned()],
+        }
+    }
+
+    #[test]
+    fn every_culprit_of_the_closing_build_is_listed_the_first_kept_for_older_clients() {
+        let mut gate = new_gate("main", "[fix]");
+        assert!(!culprit_found(&mut gate, 2, &change(3), &culprit(3, "a")), "an open gate names nobody");
+        assert!(test_failed(&mut gate, 2, "r2", "a", 20.0));
+        assert!(test_failed(&mut gate, 2, "r2", "b", 20.0));
+        assert!(culprit_found(&mut gate, 2, &change(6), &culprit(6, "b")));
+        assert!(culprit_found(&mut gate, 2, &change(3), &culprit(3, "a")));
+        assert!(!culprit_found(&mut gate, 2, &change(3), &culprit(3, "a")), "listed once");
+        assert_eq!(gate.culprits.iter().map(|culprit| culprit.change).collect::<Vec<_>>(), vec![6, 3]);
+        assert_eq!(gate.culprit.as_ref().map(|change| change.sequence), Some(6), "the first named");
+        // A newer red build keeps them (its own may follow); a green build clears them.
+        assert!(build_green(&mut gate, 4, "r4", 40.0));
+        assert!(gate.culprits.is_empty() && gate.culprit.is_none());
+    }
+
+    #[test]
+    fn a_failure_that_did_not_reproduce_warns_and_opens_the_gate_if_it_was_the_only_one() {
+        let mut gate = new_gate("main", "[fix]");
+        assert!(test_failed(&mut gate, 2, "r2", "a", 20.0));
+        assert!(test_failed(&mut gate, 2, "r2", "b", 20.0));
+        let flaky = vec!["a".to_owned()];
+        assert!(!failure_not_reproduced(&mut gate, 1, &flaky, true, 30.0), "another build's flake");
+        assert!(failure_not_reproduced(&mut gate, 2, &flaky, false, 30.0));
+        assert_eq!((gate.state, gate.failing_tests.clone()), (GateState::Closed, vec!["b".to_owned()]));
+        assert!(gate.warning.as_deref().unwrap_or_default().contains("a in build 2 did not reproduce"), "{gate:?}");
+        assert!(failure_not_reproduced(&mut gate, 2, &["a".to_owned(), "b".to_owned()], true, 31.0));
+        assert_eq!((gate.state, gate.since, gate.failing_tests.len()), (GateState::Open, Some(31.0), 0));
+        assert!(gate.warning.is_some(), "the page says why it opened");
     }
 
     #[test]

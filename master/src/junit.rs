@@ -182,6 +182,8 @@ mod tests {
             kind: BuildKind::Regular,
             probe_of: None,
             culprit: None,
+            culprits: vec![],
+            not_reproduced: vec![],
             probes: vec![],
             missed_by_tags: None,
         }

@@ -559,9 +559,18 @@ pub struct BuildSummary {
     /// For a probe: the red build whose culprit it looks for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_of: Option<u64>,
-    /// For a red build: the sequence of the change found to break it, once found.
+    /// For a red build: the sequence of the (oldest) change found to break it, once
+    /// found; kept for older clients, `culprits` names them all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub culprit: Option<u64>,
+    /// For a red build: every change culprit finding proved broke a failing test, oldest
+    /// first, each with the tests it broke.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub culprits: Vec<CulpritView>,
+    /// For a red build: failing tests that passed when re-run at the build's revision
+    /// (culprit finding's confirmation): flakes, blamed on no change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_reproduced: Vec<String>,
     /// For a red build: the probes culprit finding ran (ids, in order).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub probes: Vec<u64>,
@@ -569,6 +578,22 @@ pub struct BuildSummary {
     /// running the failing tests: which change and build, so the tag rules can be fixed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missed_by_tags: Option<MissedByTags>,
+}
+
+/// A change culprit finding named: a probe saw the tests fail at its revision and pass at
+/// the revision before it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CulpritView {
+    /// The change's sequence.
+    pub change: u64,
+    /// Its revision.
+    pub revision: String,
+    /// Its author, `Name <email>`.
+    pub author: String,
+    /// The first line of its message.
+    pub subject: String,
+    /// The failing tests it broke.
+    pub tests: Vec<String>,
 }
 
 /// A failure a tag-selected build missed: the culprit change's build did not select the
@@ -624,8 +649,12 @@ pub struct GateView {
     pub revision: Option<String>,
     /// Failing tests of the closing build (first 100).
     pub failing_tests: Vec<String>,
-    /// The change found to break it, once culprit finding has named one.
+    /// The change found to break it, once culprit finding has named one (the oldest, if
+    /// it named several; kept for older clients, `culprits` lists them all).
     pub culprit: Option<ChangeView>,
+    /// Every change culprit finding named for the closing build, each with its tests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub culprits: Vec<CulpritView>,
     /// Why the gate is closed when no test failed. Older masters closed the gate on a
     /// build that could not run and said why here; such a build now only warns, and a
     /// current master never sets it (kept so that a gate stored by an older one reads).

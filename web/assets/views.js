@@ -15,7 +15,9 @@ function renderGate() {
     if (gate.since != null) html += " since " + when(gate.since) + " (" + ago(gate.since) + ")";
     if (gate.failing_tests.length) html += "\nfailing: " + gate.failing_tests.slice(0, 8).map(testLink).join(", ") + (gate.failing_tests.length > 8 ? " and " + (gate.failing_tests.length - 8) + " more" : "");
     if (gate.reason) html += "\n" + esc(gate.reason);
-    html += "\nculprit: " + (gate.culprit ? '<span class="mono">' + esc(short(gate.culprit.revision)) + "</span> " + esc(firstLine(gate.culprit.message)) + " (" + esc(gate.culprit.author) + ")" : "not known yet");
+    const culprits = gate.culprits || [];
+    if (culprits.length) html += culprits.map(cu => '\nculprit: <span class="mono">' + esc(short(cu.revision)) + "</span> " + esc(cu.subject) + " (" + esc(cu.author) + ") broke " + cu.tests.map(testLink).join(", ")).join("");
+    else html += "\nculprit: " + (gate.culprit ? '<span class="mono">' + esc(short(gate.culprit.revision)) + "</span> " + esc(firstLine(gate.culprit.message)) + " (" + esc(gate.culprit.author) + ")" : "not known yet");
     html += " · only fixes (" + esc(gate.fix_marker) + ") and reverts may land";
   } else if (gate.since != null) {
     html += " since " + when(gate.since) + (gate.build_id != null ? " (build " + buildLink(gate.build_id) + ")" : "");
@@ -224,7 +226,10 @@ async function renderBuild(arg) {
     '<p id="progress">' + done(c) + " of " + c.total + " tests done · " + c.passed + " passed, " + (c.failed + c.error) + " failed, " + c.skipped + " skipped, " + (c.flaky || 0) + " flaky" + (c.quarantined ? ", " + c.quarantined + " failed in quarantine" : "") + " · " +
     (b.state === "running" ? "elapsed " + secs(elapsed) + (eta != null ? " · ETA " + secs(eta) : "") : b.makespan_s != null ? "took " + secs(b.makespan_s) : "") + (b.lower_bound_s != null ? " · lower bound " + secs(b.lower_bound_s) : "") + (b.measured_bound_s != null ? " (measured " + secs(b.measured_bound_s) + ")" : "") + "</p>";
   if (b.error) html += "<pre>" + esc(b.error) + "</pre>";
-  if (b.culprit != null) { const cu = S.changes.get(b.culprit); html += '<p class="culprit">culprit: ' + (cu ? esc(short(cu.revision)) + " " + esc(firstLine(cu.message)) + " (" + esc(cu.author) + ")" : "change " + b.culprit) + "</p>"; }
+  const culprits = b.culprits || [];
+  if (culprits.length) html += culprits.map(cu => '<p class="culprit">culprit: <span class="mono">' + esc(short(cu.revision)) + "</span> " + esc(cu.subject) + " (" + esc(cu.author) + ") broke " + cu.tests.map(testLink).join(", ") + "</p>").join("");
+  else if (b.culprit != null) { const cu = S.changes.get(b.culprit); html += '<p class="culprit">culprit: ' + (cu ? esc(short(cu.revision)) + " " + esc(firstLine(cu.message)) + " (" + esc(cu.author) + ")" : "change " + b.culprit) + "</p>"; }
+  if ((b.not_reproduced || []).length) html += '<p class="warning">did not reproduce when re-run at this revision (flaky, no culprit): ' + b.not_reproduced.map(testLink).join(", ") + "</p>";
   if (b.missed_by_tags) html += "<p>missed by tags: change " + b.missed_by_tags.change + " [" + esc(b.missed_by_tags.tags.join(", ")) + "] in build " + buildLink(b.missed_by_tags.build_id) + "</p>";
   html += '<h2>Failures (' + failures.length + ')</h2>' + (failures.length ? '<table id="failures"><thead><tr><th>test</th><th>status</th><th>worker</th><th>attempt</th><th>time</th></tr></thead><tbody>' +
     failures.map(r => '<tr data-test="' + esc(r.test_id) + '"><td>' + testLink(r.test_id) + "<pre>" + esc(r.output || "(no output)") + "</pre></td><td>" + stateTag(r.status) + "</td><td>" + esc(r.worker || "(not run)") + "</td><td>" + r.attempt + "</td><td>" + secs(r.duration_s) + "</td></tr>").join("") + "</tbody></table>" : '<p class="muted">none' + (b.state === "running" ? " so far" : "") + "</p>");

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use greenlight_fixtures::repo::FixtureRepo;
 use greenlight_shared::api::{
-    BuildDetail, BuildState, BuildSummary, BuildTests, ChangeView, ErrorBody, GateView, PushView, ShardState,
-    TestResultView, WorkerView,
+    BuildDetail, BuildKind, BuildState, BuildSummary, BuildTests, ChangeView, ErrorBody, GateView, PushView,
+    ShardState, TestResultView, WorkerView,
 };
 use greenlight_shared::suite::{SuiteFile, SuiteTest};
 
@@ -325,7 +325,6 @@ heartbeat_interval_s = {heartbeat}
         }
     }
 
-    /// The finished build that tested `revision`.
     /// Waits for a shard of the running build to run; returns its lease id and test count.
     pub fn running_shard(&self) -> (u64, u32) {
         self.wait_for("a running shard", Duration::from_secs(120), |farm| {
@@ -339,9 +338,12 @@ heartbeat_interval_s = {heartbeat}
         })
     }
 
+    /// The finished regular build of `revision` (a culprit probe may test it too).
     pub fn finished_build_of(&self, revision: &str) -> BuildSummary {
         self.wait_for(&format!("a finished build of {revision}"), Duration::from_secs(180), |farm| {
-            farm.builds().into_iter().find(|build| build.revision == revision && build.state.is_finished())
+            farm.builds().into_iter().find(|build| {
+                build.revision == revision && build.kind == BuildKind::Regular && build.state.is_finished()
+            })
         })
     }
 

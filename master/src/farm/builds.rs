@@ -195,6 +195,8 @@ impl Farm {
             kind: BuildKind::Regular,
             probe_of: None,
             culprit: None,
+            culprits: Vec::new(),
+            not_reproduced: Vec::new(),
             probes: Vec::new(),
             missed_by_tags: None,
         }
@@ -311,6 +313,10 @@ impl Farm {
         {
             self.store.requeue_changes_from(first)?;
         }
+        if summary.kind == BuildKind::Probe {
+            // Its bisection probes that revision again.
+            self.probe_cancelled(core, summary)?;
+        }
         tracing::warn!(build_id, "build cancelled by an admin");
         self.build_wanted.notify_one();
         Ok(live.summary)
@@ -351,8 +357,9 @@ impl Farm {
                     }
                     tracing::warn!(build_id = build.build_id, %error, "interrupted build not resumable; changes queued again");
                     if build.kind == BuildKind::Probe {
+                        // It proved nothing: its revision is probed again.
                         let mut core = self.core();
-                        self.probe_finished(&mut core, &build)?;
+                        self.probe_cancelled(&mut core, &build)?;
                     }
                 }
             }

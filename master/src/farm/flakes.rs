@@ -1,7 +1,8 @@
 //! Flakes and quarantine. Every final result of a regular build that ran on a worker
 //! counts toward its test's flake record (kept only once the test has flaked); a flake
 //! rate above the configured threshold quarantines the test automatically, and an admin
-//! may quarantine or release one. Quarantine is input to the scheduler: a quarantined
+//! may quarantine or release one. A failure culprit finding could not reproduce at its
+//! own revision counts as a flake too. Quarantine is input to the scheduler: a quarantined
 //! test's failure does not count against its build. Both sets are kept in memory
 //! (written through to the store) so that recording a result reads no key per test.
 
@@ -47,8 +48,36 @@ impl Farm {
             return Ok(());
         }
         let mut record = self.store.flake_record(test_id)?.unwrap_or_default();
-        record.test_id = test_id.to_owned();
         record.add_run(flaky, now);
+        self.keep_flake_record(flakes, test_id, record, flaky, now)
+    }
+
+    /// A test's failure in a regular build turned out flaky (it passed when culprit
+    /// finding re-ran it at the same revision): that run, counted as a plain failure when
+    /// it ended, counts as a flake.
+    pub(super) fn count_late_flake(&self, flakes: &mut Flakes, test_id: &str, now: f64) -> Result<(), FarmError> {
+        let mut record = self.store.flake_record(test_id)?.unwrap_or_default();
+        // The run was counted as not flaky only if the test had a record then; the newest
+        // such run stands for it (the rate is the same whichever it is).
+        match record.recent.iter_mut().rev().find(|flaky| !**flaky) {
+            Some(run) if flakes.recorded.contains(test_id) => {
+                *run = true;
+                record.last_flaky_at = Some(now);
+            }
+            _ => record.add_run(true, now),
+        }
+        self.keep_flake_record(flakes, test_id, record, true, now)
+    }
+
+    fn keep_flake_record(
+        &self,
+        flakes: &mut Flakes,
+        test_id: &str,
+        mut record: FlakeRecord,
+        flaky: bool,
+        now: f64,
+    ) -> Result<(), FarmError> {
+        record.test_id = test_id.to_owned();
         self.store.put_flake_record(&record)?;
         flakes.recorded.insert(test_id.to_owned());
         let policy = &self.config.quarantine;

@@ -352,27 +352,31 @@ async fn a_test_that_flakes_above_the_threshold_is_quarantined_automatically() {
     assert!(since > START && since <= Clock::now(&harness.clock), "quarantined at the farm's clock's time: {since}");
 }
 
-/// Three changes in one batch, the second breaking `a`; a worker fails `a` wherever it is
-/// broken. With `restart_when_red`, the master restarts as soon as the red build ends,
-/// before culprit finding started. Returns the harness, the red build, the breaking
-/// revision and the probes run.
-async fn find_the_culprit(restart_when_red: bool) -> (Harness, u64, String, usize) {
-    let mut harness = Harness::new(&suite(&["a", "b"]), |_| {});
-    let mut worker = harness.register("w1");
-    harness.next_build().await;
-    harness.run_all(worker, passing);
-    let _first = harness.repo.touch_area("core", "One").unwrap();
-    let breaking = harness.repo.touch_area("core", "Two breaks a").unwrap();
-    let last = harness.repo.touch_area("core", "Three").unwrap();
-    let broken_from = [breaking.clone(), last];
-    let red = harness.next_build().await;
-    assert_eq!(harness.build(red).changes.len(), 3);
-    let broken_at = |revision: &str| broken_from.iter().any(|bad| bad == revision);
+/// When [`drive`] restarts the master, as after a crash.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Restart {
+    Never,
+    /// As soon as the red build ends, before culprit finding started.
+    WhenRed,
+    /// While the second probe runs, before its worker reported anything.
+    MidBisection,
+}
+
+/// Drives the build loop and one worker until no build is left to run: the worker fails
+/// a test where `fails(test, revision, probe)` says so (`probe`: the lease is a probe's).
+/// Returns the probes run.
+async fn drive(
+    harness: &mut Harness,
+    mut worker: u64,
+    red: u64,
+    restart: Restart,
+    fails: impl Fn(&str, &str, bool) -> bool,
+) -> usize {
     let mut probes = 0;
-    let mut restarted = !restart_when_red;
+    let mut restarted = restart == Restart::Never;
     loop {
         let Some(lease) = harness.farm.try_lease(worker).unwrap() else {
-            if !restarted {
+            if !restarted && restart == Restart::WhenRed {
                 assert_eq!(harness.build(red).state, BuildState::Red);
                 harness.restart();
                 worker = harness.register("w1");
@@ -387,28 +391,107 @@ async fn find_the_culprit(restart_when_red: bool) -> (Harness, u64, String, usiz
             probes += 1;
             continue;
         };
+        let probe = lease.build_id != red;
+        if probe && probes == 2 && !restarted {
+            harness.restart();
+            worker = harness.register("w1");
+            restarted = true;
+            continue;
+        }
         for test_id in &lease.tests {
-            let status =
-                if test_id == "a" && broken_at(&lease.revision) { TestStatus::Failed } else { TestStatus::Passed };
+            let status = if fails(test_id, &lease.revision, probe) { TestStatus::Failed } else { TestStatus::Passed };
             harness.report(&lease, worker, &[(test_id, status)]).unwrap();
         }
         harness.farm.finish(lease.lease_id, worker, &ShardOutcome::Completed, None).unwrap();
     }
+    probes
+}
+
+/// Three changes in one batch, the second breaking `a`; a worker fails `a` wherever it is
+/// broken. Returns the harness, the red build, the breaking revision and the probes run.
+async fn find_the_culprit(restart: Restart) -> (Harness, u64, String, usize) {
+    let mut harness = Harness::new(&suite(&["a", "b"]), |_| {});
+    let worker = harness.register("w1");
+    harness.next_build().await;
+    harness.run_all(worker, passing);
+    let _first = harness.repo.touch_area("core", "One").unwrap();
+    let breaking = harness.repo.touch_area("core", "Two breaks a").unwrap();
+    let last = harness.repo.touch_area("core", "Three").unwrap();
+    let broken_from = [breaking.clone(), last];
+    let red = harness.next_build().await;
+    assert_eq!(harness.build(red).changes.len(), 3);
+    let probes = drive(&mut harness, worker, red, restart, |test_id, revision, _| {
+        test_id == "a" && broken_from.iter().any(|bad| bad == revision)
+    })
+    .await;
     (harness, red, breaking, probes)
 }
 
 #[tokio::test]
 async fn culprit_finding_names_the_change_that_broke_a_test_in_a_batch() {
-    for restart_when_red in [false, true] {
-        let (harness, red, breaking, probes) = find_the_culprit(restart_when_red).await;
+    for restart in [Restart::Never, Restart::WhenRed, Restart::MidBisection] {
+        let (harness, red, breaking, probes) = find_the_culprit(restart).await;
         let build = harness.build(red);
         assert_eq!(build.state, BuildState::Red);
         let culprit = harness.farm.store().change(build.culprit.expect("a culprit is named")).unwrap().unwrap();
-        assert_eq!(culprit.revision, breaking, "restarted: {restart_when_red}");
-        assert_eq!(probes, 2, "three candidates take two probes");
-        assert_eq!(harness.farm.gate("main").unwrap().culprit.map(|change| change.revision), Some(breaking));
+        assert_eq!(culprit.revision, breaking, "{restart:?}");
+        assert_eq!(build.culprits.len(), 1);
+        assert_eq!(
+            (build.culprits[0].change, build.culprits[0].tests.clone()),
+            (culprit.sequence, vec!["a".to_owned()])
+        );
+        assert_eq!(probes, 3, "the confirmation, then two probes for three candidates");
+        assert_eq!(build.probes.len(), 3);
+        let gate = harness.farm.gate("main").unwrap();
+        assert_eq!(gate.culprit.map(|change| change.revision), Some(breaking));
+        assert_eq!(gate.culprits.len(), 1);
         assert!(harness.store.culprit_searches_wanted().unwrap().is_empty(), "the request is done with");
+        assert!(harness.store.bisections().unwrap().is_empty(), "the finding has ended");
     }
+}
+
+#[tokio::test]
+async fn a_failure_that_passes_at_its_own_revision_is_a_flake_blamed_on_nobody() {
+    for restart in [Restart::Never, Restart::WhenRed] {
+        let mut harness = Harness::new(&suite(&["a", "b"]), |_| {});
+        let worker = harness.register("w1");
+        harness.next_build().await;
+        harness.run_all(worker, passing);
+        harness.repo.touch_area("core", "One").unwrap();
+        harness.repo.touch_area("core", "Two").unwrap();
+        let red = harness.next_build().await;
+        // `a` fails on its run and its retry in the build, and passes when re-run there.
+        let probes = drive(&mut harness, worker, red, restart, |test_id, _, probe| test_id == "a" && !probe).await;
+        let build = harness.build(red);
+        assert_eq!((build.state, build.failed_tests.clone()), (BuildState::Red, vec!["a".to_owned()]));
+        assert_eq!((build.culprit, build.culprits.len()), (None, 0), "nobody is blamed");
+        assert_eq!(build.not_reproduced, vec!["a".to_owned()]);
+        assert_eq!(probes, 1, "the confirmation only");
+        let gate = harness.farm.gate("main").unwrap();
+        assert_eq!(gate.state, GateState::Open, "its only failure was a flake");
+        assert!(gate.warning.as_deref().unwrap_or_default().contains("did not reproduce"), "{gate:?}");
+        assert!(harness.store.changes_from(1, 100).unwrap().iter().all(|change| change.culprit_of.is_none()));
+        let flaky = harness.farm.flaky_tests().unwrap();
+        assert_eq!((flaky.len(), flaky[0].test_id.as_str(), flaky[0].flaky), (1, "a", 1), "{flaky:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_test_failing_already_when_last_run_blames_none_of_the_new_changes() {
+    let mut harness = Harness::new(&suite(&["a", "b"]), |_| {});
+    let worker = harness.register("w1");
+    harness.next_build().await;
+    harness.run_all(worker, passing);
+    let breaking = harness.repo.touch_area("core", "Breaks a").unwrap();
+    let first_red = harness.next_build().await;
+    drive(&mut harness, worker, first_red, Restart::Never, |test_id, _, _| test_id == "a").await;
+    assert_eq!(harness.build(first_red).culprits[0].revision, breaking);
+    // A fix that does not fix it: the next red build is not the fix's fault.
+    harness.repo.touch_area("core", "Does not fix a [fix]").unwrap();
+    let second_red = harness.next_build().await;
+    let probes = drive(&mut harness, worker, second_red, Restart::Never, |test_id, _, _| test_id == "a").await;
+    let build = harness.build(second_red);
+    assert_eq!((build.state, build.culprits.len(), probes), (BuildState::Red, 0, 0), "{build:?}");
 }
 
 #[tokio::test]

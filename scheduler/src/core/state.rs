@@ -437,6 +437,19 @@ impl Scheduler {
         Ok(vec![Decision::WorkAvailable])
     }
 
+    /// `test_id` of `build` runs on another worker than `workers` when one is live and not
+    /// benched (culprit finding's confirmation: a failure re-run where it did not fail).
+    pub fn prefer_other_workers(&mut self, build: BuildId, test_id: &str, workers: &[WorkerId]) {
+        let Some(run) = self.builds.get_mut(&build) else { return };
+        let Some(index) = run.plan.index_of(test_id) else { return };
+        let avoid = run.avoid.entry(index).or_default();
+        for worker in workers {
+            if !avoid.contains(worker) {
+                avoid.push(*worker);
+            }
+        }
+    }
+
     /// Serves `build` before the builds that are not urgent (a culprit probe: the gate waits
     /// on it).
     pub fn make_urgent(&mut self, build: BuildId) {

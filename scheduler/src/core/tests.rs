@@ -198,6 +198,24 @@ fn tests_a_worker_lost_go_to_another_worker_first() {
     assert_eq!(again.tests, ["t"]);
 }
 
+#[test]
+fn a_test_can_be_sent_to_other_workers_than_those_it_failed_on_before() {
+    let mut scheduler = Scheduler::new(SchedulerConfig::default());
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.worker_joined(WorkerId(2), 0.0);
+    scheduler.add_build(BuildId(1), single("t"), 0.0).unwrap();
+    scheduler.prefer_other_workers(BuildId(1), "t", &[WorkerId(1)]);
+    assert_eq!(scheduler.request_work(WorkerId(1), 0.1).0, None, "not to the worker it failed on");
+    let grant = scheduler.request_work(WorkerId(2), 0.2).0.expect("the other worker takes it");
+    assert_eq!(grant.tests, ["t"]);
+    // Alone, a worker runs it anyway.
+    let mut alone = Scheduler::new(SchedulerConfig::default());
+    alone.worker_joined(WorkerId(1), 0.0);
+    alone.add_build(BuildId(1), single("t"), 0.0).unwrap();
+    alone.prefer_other_workers(BuildId(1), "t", &[WorkerId(1)]);
+    assert!(alone.request_work(WorkerId(1), 0.1).0.is_some());
+}
+
 /// A scheduler that cuts a lone worker's shard from everything ready (up to
 /// `max_shard_s`), holding nothing back: the shapes of the split tests below are exact.
 fn greedy(max_shard_s: Seconds) -> Scheduler {
