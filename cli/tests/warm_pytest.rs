@@ -86,20 +86,27 @@ fn commit_project(repo_dir: &Path, files: &[(&str, &str)]) {
     git.run(&["commit", "--quiet", "-m", "a pytest project"]).unwrap();
 }
 
-#[test]
-fn shards_run_in_one_pytest_process_per_worker_and_a_test_that_kills_its_process_is_retried_elsewhere() {
+/// A farm of 2 workers over a pytest project of `files` that the workers list (no suite
+/// file); the scratch directory holds `pids`, where the tests note their processes.
+fn two_workers_listing(files: &[(&str, &str)]) -> (Farm, tempfile::TempDir) {
     let python = python();
     let scratch = tempfile::tempdir().unwrap();
     let pids = scratch.path().join("pids");
     let empty = SuiteFile { name: "unused".into(), shard_overhead_s: 0.0, tests: Vec::new() };
     let options =
         FarmOptions { suite_toml: suite_toml(&python, &pids, "runner_args = [\"tests\"]"), ..FarmOptions::default() };
-    let farm = Farm::start_with_repo(&empty, 2, options, |repo| {
-        commit_project(
-            repo.dir(),
-            &[("tests/conftest.py", CONFTEST), ("tests/test_many.py", MANY_TESTS), ("tests/test_crash.py", CRASH_TEST)],
-        );
-    });
+    let farm = Farm::start_with_repo(&empty, 2, options, |repo| commit_project(repo.dir(), files));
+    (farm, scratch)
+}
+
+#[test]
+fn shards_run_in_one_pytest_process_per_worker_and_a_test_that_kills_its_process_is_retried_elsewhere() {
+    let (farm, scratch) = two_workers_listing(&[
+        ("tests/conftest.py", CONFTEST),
+        ("tests/test_many.py", MANY_TESTS),
+        ("tests/test_crash.py", CRASH_TEST),
+    ]);
+    let pids = scratch.path().join("pids");
     let build = farm.finished_build_of(&farm.repo.head().unwrap());
     assert_eq!(build.state, BuildState::Green, "{build:?}");
     let results = by_id(farm.tests(build.build_id).results);
@@ -214,18 +221,9 @@ def note_the_process(request):
         pids.write(f"{os.getpid()} {request.node.nodeid}\n")
     yield
 "#;
-    let python = python();
-    let scratch = tempfile::tempdir().unwrap();
+    let (farm, scratch) =
+        two_workers_listing(&[("tests/conftest.py", CONFTEST_NOTING_RUNNERS), ("tests/test_many.py", MANY_TESTS)]);
     let pids = scratch.path().join("pids");
-    let empty = SuiteFile { name: "unused".into(), shard_overhead_s: 0.0, tests: Vec::new() };
-    let options =
-        FarmOptions { suite_toml: suite_toml(&python, &pids, "runner_args = [\"tests\"]"), ..FarmOptions::default() };
-    let farm = Farm::start_with_repo(&empty, 2, options, |repo| {
-        commit_project(
-            repo.dir(),
-            &[("tests/conftest.py", CONFTEST_NOTING_RUNNERS), ("tests/test_many.py", MANY_TESTS)],
-        );
-    });
     let build = farm.finished_build_of(&farm.repo.head().unwrap());
     assert_eq!(build.state, BuildState::Green, "{build:?}");
     assert_eq!(by_id(farm.tests(build.build_id).results).len(), 40, "every test has its result");
