@@ -444,7 +444,7 @@ struct WarmSlot {
 
 enum Held {
     /// Collected and waiting for shards.
-    Ready(WarmRunner),
+    Ready(Box<WarmRunner>),
     /// Collecting in the background, started by a warm-up.
     Starting(JoinHandle<Result<WarmRunner, WarmError>>),
 }
@@ -467,7 +467,7 @@ impl WarmRunners {
         }
         let Some(slot) = self.slot.take() else { return };
         let runner = match slot.held {
-            Held::Ready(runner) => runner,
+            Held::Ready(runner) => *runner,
             Held::Starting(start) => {
                 tracing::info!(revision = %slot.revision, "stopping the warm runner still collecting");
                 start.abort();
@@ -505,7 +505,7 @@ impl WarmRunners {
             match started {
                 Ok(runner) => {
                     tracing::info!(pid = runner.pid(), "the warmed-up runner takes its first shard");
-                    self.slot.as_mut().expect("the slot was just read").held = Held::Ready(runner);
+                    self.slot.as_mut().expect("the slot was just read").held = Held::Ready(Box::new(runner));
                 }
                 Err(error) => {
                     // Told by this lease, as a start now would be.
@@ -517,11 +517,14 @@ impl WarmRunners {
         if self.slot.is_none() {
             let session = greenlight_shared::runner::pytest_session_args(args);
             let runner = WarmRunner::start(python, &session, dir, env).await?;
-            self.slot =
-                Some(WarmSlot { revision: revision.to_owned(), args: args.to_vec(), held: Held::Ready(runner) });
+            self.slot = Some(WarmSlot {
+                revision: revision.to_owned(),
+                args: args.to_vec(),
+                held: Held::Ready(Box::new(runner)),
+            });
         }
         match &mut self.slot.as_mut().expect("a runner was just kept").held {
-            Held::Ready(runner) => Ok(runner),
+            Held::Ready(runner) => Ok(&mut **runner),
             Held::Starting(_) => unreachable!("a starting runner was waited for"),
         }
     }
