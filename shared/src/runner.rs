@@ -162,21 +162,9 @@ impl Runner {
     pub fn prepared_list_argv(&self) -> Option<Vec<String>> {
         match self {
             Runner::Nextest { cargo, args } => {
-                let mut argv = strings(&[
-                    cargo,
-                    "nextest",
-                    "list",
-                    "--archive-file",
-                    NEXTEST_ARCHIVE,
-                    "--workspace-remap",
-                    ".",
-                    // What the listing extracts stays for the preparer's own shards.
-                    "--extract-to",
-                    NEXTEST_EXTRACTED,
-                    "--extract-overwrite",
-                    "--message-format",
-                    "json",
-                ]);
+                // What the listing extracts stays for the preparer's own shards.
+                let mut argv = nextest_extracting_list(cargo);
+                argv.extend(strings(&["--message-format", "json"]));
                 argv.extend(split_nextest_args(args).list_archive);
                 Some(argv)
             }
@@ -202,18 +190,7 @@ impl Runner {
     pub fn extract_argv(&self) -> Option<Vec<String>> {
         match self {
             Runner::Nextest { cargo, args } => {
-                let mut argv = strings(&[
-                    cargo,
-                    "nextest",
-                    "list",
-                    "--archive-file",
-                    NEXTEST_ARCHIVE,
-                    "--workspace-remap",
-                    ".",
-                    "--extract-to",
-                    NEXTEST_EXTRACTED,
-                    "--extract-overwrite",
-                ]);
+                let mut argv = nextest_extracting_list(cargo);
                 argv.extend(split_nextest_args(args).shard);
                 Some(argv)
             }
@@ -802,6 +779,23 @@ fn pytest_base(python: &str) -> Vec<String> {
 /// refused what is unclear, unless the suite is not listed by pytest).
 fn pytest_run_args(args: &[String]) -> Vec<String> {
     split_pytest_args(args).0.run
+}
+
+/// A listing from the revision's archive, with the checkout as the workspace, that keeps
+/// what it extracts in [`NEXTEST_EXTRACTED`] for the shards to run from.
+fn nextest_extracting_list(cargo: &str) -> Vec<String> {
+    strings(&[
+        cargo,
+        "nextest",
+        "list",
+        "--archive-file",
+        NEXTEST_ARCHIVE,
+        "--workspace-remap",
+        ".",
+        "--extract-to",
+        NEXTEST_EXTRACTED,
+        "--extract-overwrite",
+    ])
 }
 
 /// A run from the archive the worker extracted once ([`Runner::extract_argv`]): its
