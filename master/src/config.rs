@@ -408,6 +408,11 @@ impl SuiteConfig {
     pub fn warm_runner(&self) -> bool {
         self.warm && self.runner == RunnerName::Pytest
     }
+
+    /// The environment as the wire carries it (leases, preparations, warm-ups).
+    pub fn env_pairs(&self) -> Vec<(String, String)> {
+        self.env.iter().map(|(key, value)| (key.clone(), value.clone())).collect()
+    }
 }
 
 /// The runner adapters a configuration can name.

@@ -133,7 +133,7 @@ impl Farm {
             repository: self.config.repository.url.clone(),
             revision: revision.clone(),
             setup_command: suite.setup_command.clone(),
-            env: suite.env.iter().map(|(key, value)| (key.clone(), value.clone())).collect(),
+            env: suite.env_pairs(),
             upload_archive: runner.archive_argv().is_some(),
             warm: suite.warm_runner(),
             runner,
@@ -160,7 +160,7 @@ impl Farm {
             repository: self.config.repository.url.clone(),
             revision: revision.clone(),
             setup_command: suite.setup_command.clone(),
-            env: suite.env.iter().map(|(key, value)| (key.clone(), value.clone())).collect(),
+            env: suite.env_pairs(),
             runner: suite.runner(),
         })
     }

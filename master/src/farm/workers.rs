@@ -237,7 +237,7 @@ impl Farm {
             tests,
             setup_command: suite.setup_command.clone(),
             run_command: suite.run_command.clone(),
-            env: suite.env.iter().map(|(key, value)| (key.clone(), value.clone())).collect(),
+            env: suite.env_pairs(),
             heartbeat_interval_s: self.config.scheduler.heartbeat_interval_s,
             lease_timeout_s: self.config.scheduler.lease_timeout_s,
             runner,
