@@ -40,17 +40,21 @@ fn register(http: &Client, farm: &Farm, name: &str) -> u64 {
     response.worker_id
 }
 
+/// One long-poll for work (up to a second) as a worker that can prepare.
+fn ask_for_work(http: &Client, farm: &Farm, worker_id: u64) -> LeaseResponse {
+    http.post(format!("{}/api/v1/workers/{worker_id}/lease", farm.url))
+        .bearer_auth(TOKEN)
+        .json(&json!({"wait_s": 1.0, "can_prepare": true}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
 /// Long-polls as a worker that can prepare until it is given a preparation.
 fn wait_for_preparation(http: &Client, farm: &Farm, worker_id: u64) -> Prepare {
     farm.wait_for("a preparation", Duration::from_secs(60), |farm| {
-        let answer: LeaseResponse = http
-            .post(format!("{}/api/v1/workers/{worker_id}/lease", farm.url))
-            .bearer_auth(TOKEN)
-            .json(&json!({"wait_s": 1.0, "can_prepare": true}))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
+        let answer = ask_for_work(http, farm, worker_id);
         assert!(answer.lease.is_none(), "no shard before the revision is listed: {answer:?}");
         answer.prepare
     })
@@ -201,14 +205,7 @@ fn bad_preparation_calls_are_refused_with_a_named_problem_and_nothing_is_lost() 
     assert_eq!(response.status().as_u16(), 204, "{:?}", response.text());
     expect_error(listing(worker, good_suite), 404, "unknown_preparation");
     let lease = farm.wait_for("a shard of the listed suite", Duration::from_secs(30), |farm| {
-        let answer: LeaseResponse = http
-            .post(format!("{}/api/v1/workers/{worker}/lease", farm.url))
-            .bearer_auth(TOKEN)
-            .json(&json!({"wait_s": 1.0, "can_prepare": true}))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
+        let answer = ask_for_work(&http, farm, worker);
         assert!(answer.prepare.is_none(), "the revision is listed once: {answer:?}");
         answer.lease
     });
