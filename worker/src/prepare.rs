@@ -34,6 +34,19 @@ fn extracted_marker(workdir: &Path) -> std::path::PathBuf {
     workdir.join("extracted-revision")
 }
 
+/// Forgets what the checkout's [`NEXTEST_EXTRACTED`] held (its marker, an earlier
+/// revision's binaries) and leaves it empty, ready for an extraction: nextest extracts only
+/// into a directory that exists.
+fn empty_extraction(workdir: &Path, checkout: &Checkout) -> Result<(), CheckoutError> {
+    let _ = std::fs::remove_file(extracted_marker(workdir));
+    let extracted = checkout.dir().join(NEXTEST_EXTRACTED);
+    let io = |source| CheckoutError::Io { path: extracted.clone(), source };
+    if extracted.exists() {
+        std::fs::remove_dir_all(&extracted).map_err(io)?;
+    }
+    std::fs::create_dir_all(&extracted).map_err(io)
+}
+
 /// Prepares `job` and reports how it went.
 #[tracing::instrument(skip_all, fields(prepare_id = job.prepare_id, revision = %job.revision))]
 pub async fn run_prepare(client: &Client, worker_id: u64, workdir: &Path, job: &Prepare, warm: &mut WarmRunners) {
@@ -112,16 +125,8 @@ async fn prepare(client: &Client, worker_id: u64, workdir: &Path, job: &Prepare)
                 }
                 std::fs::write(&marker, &job.revision)
                     .map_err(|source| CheckoutError::Io { path: marker.clone(), source })?;
-                // The listing extracts the archive for this worker's shards: an earlier
-                // revision's binaries go first (nextest extracts into a directory that exists).
-                let _ = std::fs::remove_file(&extracted_marker);
-                let extracted = checkout.dir().join(NEXTEST_EXTRACTED);
-                if extracted.exists() {
-                    std::fs::remove_dir_all(&extracted)
-                        .map_err(|source| CheckoutError::Io { path: extracted.clone(), source })?;
-                }
-                std::fs::create_dir_all(&extracted)
-                    .map_err(|source| CheckoutError::Io { path: extracted.clone(), source })?;
+                // The listing extracts the archive for this worker's shards.
+                empty_extraction(&workdir, &checkout)?;
             }
             let listed = greenlight_shared::runner::list_prepared_suite(&job.runner, checkout.dir(), &job.env);
             if listed.is_ok() && job.runner.extract_argv().is_some() {
@@ -162,21 +167,14 @@ async fn prepare_warm(
     args: &[String],
     warm: &mut WarmRunners,
 ) -> PrepareOutcome {
-    let checkout = Checkout::new(workdir);
-    let checked_out = {
-        let (checkout, job) = (checkout.clone(), job.clone());
-        tokio::task::spawn_blocking(move || {
-            let setup = job.runner.setup_argv(&job.setup_command);
-            checkout.prepare(&job.repository, &job.revision, &setup, &job.env, job.runner.kept_across_revisions())
-        })
-        .await
+    let checked_out =
+        crate::shard::check_out(workdir, &job.repository, &job.revision, &job.runner, &job.setup_command, &job.env)
+            .await;
+    let checkout = match checked_out {
+        Ok(checkout) => checkout,
+        Err(error @ CheckoutError::Setup { .. }) => return PrepareOutcome::Failed { message: error.to_string() },
+        Err(error) => return PrepareOutcome::InfraError { message: format!("checkout: {error}") },
     };
-    match checked_out {
-        Ok(Ok(())) => {}
-        Ok(Err(error @ CheckoutError::Setup { .. })) => return PrepareOutcome::Failed { message: error.to_string() },
-        Ok(Err(error)) => return PrepareOutcome::InfraError { message: format!("checkout: {error}") },
-        Err(error) => return PrepareOutcome::InfraError { message: format!("preparation task: {error}") },
-    }
     let runner = match warm.runner(&job.revision, python, args, checkout.dir(), &job.env).await {
         Ok(runner) => runner,
         // pytest cannot collect this revision (not installed, a usage error, a conftest
@@ -281,13 +279,7 @@ pub async fn ensure_extracted(
     if std::fs::read_to_string(&marker).is_ok_and(|done| done.trim() == revision) && metadata.exists() {
         return Ok(());
     }
-    let _ = std::fs::remove_file(&marker);
-    // An earlier revision's binaries go; nextest extracts only into a directory that exists.
-    let extracted = checkout.dir().join(NEXTEST_EXTRACTED);
-    if extracted.exists() {
-        std::fs::remove_dir_all(&extracted).map_err(|error| format!("{}: {error}", extracted.display()))?;
-    }
-    std::fs::create_dir_all(&extracted).map_err(|error| format!("{}: {error}", extracted.display()))?;
+    empty_extraction(workdir, checkout).map_err(|error| error.to_string())?;
     let (dir, env) = (checkout.dir().to_owned(), env.to_vec());
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new(&argv[0])

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use greenlight_shared::api::{Lease, ShardOutcome, TestReport, TestStatus, WarmUp};
 use greenlight_shared::runner::{Runner, ShardPaths};
 
-use crate::checkout::Checkout;
+use crate::checkout::{Checkout, CheckoutError};
 use crate::client::{Client, Retry};
 use crate::junit::{JunitCase, candidate_ids, parse_cases};
 use crate::libtest::{StreamedTest, binary_fit, parse_events};
@@ -611,15 +611,17 @@ async fn heartbeat_loop(
     }
 }
 
-/// The worker's checkout at `revision`, set up (nothing to do if it already is).
-async fn check_out(
+/// The worker's checkout at `revision`, set up (nothing to do if it already is). The
+/// runner's archive step (nextest) is left out: the archive comes from the master
+/// ([`crate::prepare::ensure_archive`]).
+pub(crate) async fn check_out(
     workdir: &Path,
     repository: &str,
     revision: &str,
     runner: &Runner,
     setup_command: &[String],
     env: &[(String, String)],
-) -> Result<Checkout, String> {
+) -> Result<Checkout, CheckoutError> {
     let checkout = Checkout::new(workdir);
     let prepared = {
         let (checkout, repository, revision, runner, setup_command, env) = (
@@ -631,8 +633,6 @@ async fn check_out(
             env.to_vec(),
         );
         tokio::task::spawn_blocking(move || {
-            // The archive (nextest) is not built with the setup: it comes from the master
-            // ([`crate::prepare::ensure_archive`]).
             let mut setup = runner.setup_argv(&setup_command);
             if let Some(archive) = runner.archive_argv() {
                 setup.retain(|step| *step != archive);
@@ -643,8 +643,11 @@ async fn check_out(
     };
     match prepared {
         Ok(Ok(())) => Ok(checkout),
-        Ok(Err(error)) => Err(format!("checkout of {revision}: {error}")),
-        Err(error) => Err(format!("checkout task: {error}")),
+        Ok(Err(error)) => Err(error),
+        Err(error) => Err(CheckoutError::Io {
+            path: workdir.to_owned(),
+            source: std::io::Error::other(format!("checkout task: {error}")),
+        }),
     }
 }
 
@@ -668,7 +671,7 @@ async fn run_shard_inner(
             .await
         {
             Ok(checkout) => checkout,
-            Err(error) => return infra(error),
+            Err(error) => return infra(format!("checkout of {}: {error}", lease.revision)),
         };
     if lease.runner.archive_argv().is_some()
         && let Err(error) =
