@@ -37,7 +37,7 @@ mod queries;
 mod workers;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use greenlight_scheduler::core::{Scheduler, SchedulerConfig, SchedulerError};
@@ -233,6 +233,23 @@ pub struct Farm {
     /// A build ended, was cancelled, or a culprit was named since the last flush: the
     /// caller flushes once the lock is released ([`Farm::flush_verdicts`]).
     verdicts_unflushed: AtomicBool,
+    /// Concurrent flushes share one ([`Farm::flush`]).
+    commits: GroupCommit,
+}
+
+/// Group commit: callers that want their writes durable at the same time share one flush
+/// of the store. Each caller takes a ticket once its writes are done; a flush covers every
+/// ticket taken before it started, and a caller returns once a flush covering its ticket
+/// has finished. One flush runs at a time; while it does, the callers queue behind it and
+/// the next flush covers all of them.
+#[derive(Default)]
+struct GroupCommit {
+    /// The last ticket taken.
+    taken: AtomicU64,
+    /// Every ticket up to this one is durable.
+    durable: AtomicU64,
+    /// Held by the flush under way; waited for in turn (tokio's mutex is fair).
+    turn: tokio::sync::Mutex<()>,
 }
 
 /// The scheduler's knobs from the master's configuration.
@@ -291,6 +308,7 @@ impl Farm {
             poll_lock: tokio::sync::Mutex::new(()),
             checkout_lock: Mutex::new(()),
             verdicts_unflushed: AtomicBool::new(false),
+            commits: GroupCommit::default(),
             clock,
             config,
             store,
@@ -316,10 +334,25 @@ impl Farm {
         self.core.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Makes every write so far durable, on a blocking thread (never under the lock). A
-    /// flush that has not come back after [`FLUSH_TIMEOUT`] fails the store: what it was to
-    /// make durable is never acknowledged, and nothing after it is written.
+    /// Makes every write so far durable, on a blocking thread (never under the lock).
+    /// Concurrent callers share one flush ([`GroupCommit`]): none returns before a flush
+    /// that started after its call has finished. A flush that has not come back after
+    /// [`FLUSH_TIMEOUT`] fails the store: what it was to make durable is never
+    /// acknowledged, and nothing after it is written.
     pub async fn flush(self: &Arc<Self>) -> Result<(), FarmError> {
+        let ticket = self.commits.taken.fetch_add(1, Ordering::SeqCst) + 1;
+        let _turn = self.commits.turn.lock().await;
+        if self.commits.durable.load(Ordering::SeqCst) >= ticket {
+            return Ok(());
+        }
+        // Every ticket taken so far was taken after its writes: this flush covers them.
+        let covered = self.commits.taken.load(Ordering::SeqCst);
+        self.flush_store().await?;
+        self.commits.durable.fetch_max(covered, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn flush_store(self: &Arc<Self>) -> Result<(), FarmError> {
         let farm = Arc::clone(self);
         match tokio::time::timeout(FLUSH_TIMEOUT, blocking(move || farm.store.flush())).await {
             Ok(flushed) => Ok(flushed??),

@@ -1007,3 +1007,85 @@ async fn below_the_free_space_floor_no_build_starts_and_the_gate_says_why() {
     assert!(harness.farm.check_writable().is_ok(), "above the reserve, running builds go on writing");
     assert!(harness.farm.health().data_dir_free_bytes.is_some());
 }
+
+/// A backend that numbers its writes and takes a while to flush, recording which writes
+/// each flush made durable.
+#[derive(Default)]
+struct SlowFlushKv {
+    inner: MemoryKv,
+    writes: std::sync::atomic::AtomicU64,
+    durable: std::sync::atomic::AtomicU64,
+    flushes: std::sync::atomic::AtomicU64,
+}
+
+impl crate::store::Kv for SlowFlushKv {
+    fn get(&self, tree: crate::store::Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(tree, key)
+    }
+    fn put(&self, tree: crate::store::Tree, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.inner.put(tree, key, value)?;
+        self.writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+    fn put_new(&self, tree: crate::store::Tree, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
+        self.inner.put_new(tree, key, value)
+    }
+    fn remove(&self, tree: crate::store::Tree, key: &[u8]) -> Result<(), StoreError> {
+        self.inner.remove(tree, key)
+    }
+    fn scan_prefix(&self, tree: crate::store::Tree, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.inner.scan_prefix(tree, prefix)
+    }
+    fn scan_from(
+        &self,
+        tree: crate::store::Tree,
+        start: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.inner.scan_from(tree, start, limit)
+    }
+    fn scan_last(&self, tree: crate::store::Tree, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.inner.scan_last(tree, limit)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        let covered = self.writes.load(std::sync::atomic::Ordering::SeqCst);
+        self.flushes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        self.durable.fetch_max(covered, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_share_flushes_and_none_is_answered_before_its_write_is_durable() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::new(
+        dir.path().join("data"),
+        dir.path().join("repo").display().to_string(),
+        SuiteConfig::command(SUITE_FILE, vec!["true".to_owned()]),
+    );
+    let kv = Arc::new(SlowFlushKv::default());
+    let store = Store::new(kv.clone());
+    let farm = Arc::new(Farm::with_clock(config, store.clone(), Arc::new(FakeClock::at(START))).unwrap());
+    let writers: Vec<_> = (0..64)
+        .map(|index| {
+            let (farm, store, kv) = (Arc::clone(&farm), store.clone(), Arc::clone(&kv));
+            tokio::spawn(async move {
+                for round in 0..3 {
+                    store.set_last_seen(&format!("branch-{index}-{round}"), "abc").unwrap();
+                    let written = kv.writes.load(SeqCst);
+                    farm.flush().await.unwrap();
+                    // What a handler acknowledges after this call is on disk.
+                    assert!(kv.durable.load(SeqCst) >= written, "answered before its write was flushed");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let flushes = kv.flushes.load(SeqCst);
+    assert!(flushes <= 64, "192 writes waited for {flushes} flushes: concurrent callers share them");
+    assert_eq!(kv.durable.load(SeqCst), 192);
+}
