@@ -260,6 +260,21 @@ impl Farm {
     /// are acknowledged without being counted. Not yet durable: the caller flushes before
     /// it answers.
     pub fn report(&self, lease_id: u64, worker_id: u64, results: &[TestReport]) -> Result<ResultsResponse, FarmError> {
+        let mut observed = Vec::new();
+        let response = self.report_locked(lease_id, worker_id, results, &mut observed)?;
+        // The durations learned go to the history in one batch, after the farm's lock is
+        // released (and before the caller's flush, so they are as durable as the results).
+        self.store.add_durations(&observed)?;
+        Ok(response)
+    }
+
+    fn report_locked<'a>(
+        &self,
+        lease_id: u64,
+        worker_id: u64,
+        results: &'a [TestReport],
+        observed: &mut Vec<(&'a str, f64)>,
+    ) -> Result<ResultsResponse, FarmError> {
         let now = self.now();
         let mut core = self.core();
         let core = &mut *core;
@@ -307,7 +322,7 @@ impl Farm {
                     let cost_s = self.bounded_duration(result.cost_s());
                     let believable = result.cost_s() <= self.config.max_test_duration_s;
                     if result.status != TestStatus::Error && cost_s > 0.0 && believable {
-                        self.store.add_duration(&result.test_id, cost_s)?;
+                        observed.push((&result.test_id, cost_s));
                     }
                     response.accepted += 1;
                     self.apply(core, decisions, now)?;
