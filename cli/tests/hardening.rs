@@ -475,6 +475,62 @@ fn results_acknowledged_around_a_full_disk_are_all_in_the_data_directory_after_a
 }
 
 #[test]
+fn results_acknowledged_to_concurrent_reporters_sharing_flushes_are_all_there_after_a_kill_9() {
+    let mut farm = Farm::start(&suite_of(600, 1.0), 0, FarmOptions::default());
+    let reporters: Vec<(u64, greenlight_shared::api::Lease)> =
+        (0..6).map(|index| lease_by_hand(&farm, &format!("reporter-{index}"))).collect();
+    let build_id = reporters[0].1.build_id;
+    // Each reporter sends its shard's results one or two at a time, as fast as it is
+    // answered, all at once: their flushes are shared. The master is killed mid-stream.
+    let acknowledged = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let sent = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for (worker_id, lease) in &reporters {
+            let (acknowledged, sent, url) = (&acknowledged, &sent, farm.url.clone());
+            scope.spawn(move || {
+                let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+                for batch in lease.tests.chunks(1 + lease.lease_id as usize % 2) {
+                    let results: Vec<serde_json::Value> = batch
+                        .iter()
+                        .map(|test_id| serde_json::json!({"test_id": test_id, "status": "passed", "duration_s": 0.5}))
+                        .collect();
+                    let answer = http
+                        .post(format!("{url}/api/v1/leases/{}/results", lease.lease_id))
+                        .bearer_auth(TOKEN)
+                        .json(&serde_json::json!({"worker_id": worker_id, "results": results}))
+                        .send();
+                    match answer {
+                        Ok(answer) if answer.status() == 200 => {
+                            acknowledged.lock().unwrap().extend(batch.iter().cloned());
+                            sent.fetch_add(batch.len(), std::sync::atomic::Ordering::SeqCst);
+                        }
+                        _ => return,
+                    }
+                }
+            });
+        }
+        let started = std::time::Instant::now();
+        while sent.load(std::sync::atomic::Ordering::SeqCst) < 150 && started.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        farm.master.kill();
+    });
+    let acknowledged = acknowledged.into_inner().unwrap();
+    let leased: usize = reporters.iter().map(|(_, lease)| lease.tests.len()).sum();
+    assert!(
+        acknowledged.len() >= 150 && acknowledged.len() < leased,
+        "killed mid-stream: {} of {leased}",
+        acknowledged.len()
+    );
+
+    farm.restart_master();
+    let stored: std::collections::BTreeSet<String> =
+        farm.tests(build_id).results.into_iter().map(|result| result.test_id).collect();
+    let missing: Vec<&String> = acknowledged.difference(&stored).collect();
+    assert!(missing.is_empty(), "acknowledged but not stored: {missing:?} ({} acknowledged)", acknowledged.len());
+}
+
+#[test]
 fn below_min_free_bytes_no_new_build_starts_and_the_gate_and_metrics_say_why_until_space_is_freed() {
     let disk = Tmpfs::mount("8m");
     let farm = Farm::start(&suite_of(2, 1.0), 1, on_disk(&disk, 3 << 20, 256 << 10));
