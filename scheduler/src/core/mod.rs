@@ -48,7 +48,7 @@ use greenlight_shared::api::TestStatus;
 
 use crate::Seconds;
 
-pub use state::Scheduler;
+pub use state::{RETIRED_BUILDS, Scheduler};
 
 /// A build's id, as the master numbers them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

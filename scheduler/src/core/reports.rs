@@ -4,7 +4,7 @@
 
 use greenlight_shared::api::TestStatus;
 
-use super::state::{ReadyEntry, RetiredLease, TestState};
+use super::state::{RETIRED_BUILDS, ReadyEntry, RetiredLease, TestState};
 use super::{
     BuildId, Decision, LeaseId, Outcome, Report, ReportedTest, RestoredResult, Scheduler, SchedulerConfig,
     SchedulerError, Verdict, WorkerId,
@@ -421,6 +421,14 @@ impl Scheduler {
             }
             false
         });
+        if !self.retired_builds.contains(&build) {
+            self.retired_builds.push_back(build);
+        }
+        if self.retired_builds.len() > RETIRED_BUILDS
+            && let Some(oldest) = self.retired_builds.pop_front()
+        {
+            self.retired.retain(|_, retired| retired.build != oldest);
+        }
     }
 }
 

@@ -293,6 +293,9 @@ pub(super) struct WorkerState {
     pub(super) benched_until: Seconds,
 }
 
+/// How many ended builds' leases the scheduler remembers.
+pub const RETIRED_BUILDS: usize = 64;
+
 /// What is kept of a lease of a build that ended: late calls about it are answered, not
 /// refused.
 #[derive(Debug, Clone, Copy)]
@@ -309,7 +312,11 @@ pub struct Scheduler {
     pub(super) leases: HashMap<LeaseId, LeaseState>,
     pub(super) workers: BTreeMap<WorkerId, WorkerState>,
     /// Leases of builds that ended: late reports about them are answered, not refused.
+    /// Kept for the last [`RETIRED_BUILDS`] builds that ended (a late report comes within
+    /// a lease timeout), so a master that runs for months does not grow with its builds.
     pub(super) retired: HashMap<LeaseId, RetiredLease>,
+    /// The builds whose leases are in `retired`, in the order they ended.
+    pub(super) retired_builds: std::collections::VecDeque<BuildId>,
     pub(super) next_lease: u64,
 }
 
@@ -322,6 +329,7 @@ impl Scheduler {
             leases: HashMap::new(),
             workers: BTreeMap::new(),
             retired: HashMap::new(),
+            retired_builds: std::collections::VecDeque::new(),
             next_lease: 1,
         }
     }

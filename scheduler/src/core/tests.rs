@@ -540,6 +540,31 @@ fn the_scheduler_answers_which_lease_a_worker_holds_its_build_and_what_was_withd
 }
 
 #[test]
+fn a_scheduler_running_for_months_remembers_the_leases_of_its_last_ended_builds_only() {
+    let mut scheduler = Scheduler::new(SchedulerConfig::default());
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    let mut leases = Vec::new();
+    for build in 1..=(RETIRED_BUILDS as u64 + 10) {
+        let now = build as f64 * 10.0;
+        scheduler.add_build(BuildId(build), single(&format!("t{build}")), now).unwrap();
+        let grant = scheduler.request_work(WorkerId(1), now).0.unwrap();
+        accepted(scheduler.test_finished(
+            grant.lease,
+            WorkerId(1),
+            &format!("t{build}"),
+            TestStatus::Passed,
+            now + 1.0,
+        ));
+        assert!(!scheduler.is_running(BuildId(build)));
+        leases.push(grant.lease);
+    }
+    assert_eq!(scheduler.retired.len(), RETIRED_BUILDS, "one lease a build, for the last builds only");
+    let newest = *leases.last().unwrap();
+    assert_eq!(scheduler.lease_build(newest), Some(BuildId(RETIRED_BUILDS as u64 + 10)), "a late call is answered");
+    assert_eq!(scheduler.lease_build(leases[0]), None, "the oldest are forgotten");
+}
+
+#[test]
 fn what_was_withdrawn_from_a_lease_is_forgotten_when_its_build_is_cancelled() {
     let mut scheduler = greedy(600.0);
     let first = first_test_took_twice_its_estimate(&mut scheduler, tens(4));
