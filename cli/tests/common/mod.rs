@@ -84,6 +84,9 @@ pub struct FarmOptions {
     pub top_toml: String,
     /// The master's data directory (a [`Tmpfs`] that fills); a fresh one when `None`.
     pub data_dir: Option<PathBuf>,
+    /// The master's binary (the load bench runs an older build side by side); this build's
+    /// `greenlight` when `None`.
+    pub master_binary: Option<PathBuf>,
 }
 
 impl Default for FarmOptions {
@@ -98,6 +101,7 @@ impl Default for FarmOptions {
             extra_toml: String::new(),
             top_toml: String::new(),
             data_dir: None,
+            master_binary: None,
         }
     }
 }
@@ -109,6 +113,8 @@ pub struct Farm {
     pub url: String,
     pub master: Process,
     pub workers: Vec<Process>,
+    /// The binary the master runs (restarts included).
+    pub master_binary: PathBuf,
     http: reqwest::blocking::Client,
 }
 
@@ -176,9 +182,18 @@ heartbeat_interval_s = {heartbeat}
             ),
         )
         .unwrap();
-        let (master, url) = start_master(&config, dir.path(), &[]);
-        let mut farm =
-            Farm { config, dir, repo, url, master, workers: Vec::new(), http: reqwest::blocking::Client::new() };
+        let master_binary = options.master_binary.unwrap_or_else(|| PathBuf::from(greenlight()));
+        let (master, url) = start_master_of(&master_binary, &config, dir.path(), &[]);
+        let mut farm = Farm {
+            config,
+            dir,
+            repo,
+            url,
+            master,
+            workers: Vec::new(),
+            master_binary,
+            http: reqwest::blocking::Client::new(),
+        };
         for index in 0..n_workers {
             farm.start_worker(&format!("worker-{index}"));
         }
@@ -189,7 +204,8 @@ heartbeat_interval_s = {heartbeat}
     pub fn restart_master(&mut self) {
         self.master.kill();
         let address = self.url.trim_start_matches("http://").to_owned();
-        let (master, url) = start_master(&self.config, self.dir.path(), &["--listen", &address]);
+        let (master, url) =
+            start_master_of(&self.master_binary, &self.config, self.dir.path(), &["--listen", &address]);
         assert_eq!(url, self.url);
         self.master = master;
     }
@@ -354,8 +370,13 @@ heartbeat_interval_s = {heartbeat}
 
 /// Starts `greenlight master` and reads the address from its first line of output.
 pub fn start_master(config: &Path, dir: &Path, extra: &[&str]) -> (Process, String) {
+    start_master_of(Path::new(greenlight()), config, dir, extra)
+}
+
+/// As [`start_master`], running the master of `binary`.
+pub fn start_master_of(binary: &Path, config: &Path, dir: &Path, extra: &[&str]) -> (Process, String) {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("master.log")).unwrap();
-    let mut child = Command::new(greenlight())
+    let mut child = Command::new(binary)
         .args(["master", "--config"])
         .arg(config)
         .args(extra)
