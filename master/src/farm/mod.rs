@@ -52,6 +52,7 @@ use self::health::Health;
 pub use self::planning::PlanError;
 pub use self::preparations::KEPT_ARCHIVES;
 use self::preparations::Preparations;
+pub use self::queries::{ResultsCursor, ResultsPage, ResultsQueryError};
 pub use self::workers::{Work, WorkerCredentials, WorkerToken};
 use crate::changes::{Mirror, Tagger};
 use crate::clock::{Clock, SystemClock};
