@@ -234,6 +234,8 @@ pub struct Farm {
     /// A build ended, was cancelled, or a culprit was named since the last flush: the
     /// caller flushes once the lock is released ([`Farm::flush_verdicts`]).
     verdicts_unflushed: AtomicBool,
+    /// The suites of the last few revisions a test's history read, parsed.
+    suites: Mutex<planning::SuiteCache>,
 }
 
 /// The scheduler's knobs from the master's configuration.
@@ -292,6 +294,7 @@ impl Farm {
             poll_lock: tokio::sync::Mutex::new(()),
             checkout_lock: Mutex::new(()),
             verdicts_unflushed: AtomicBool::new(false),
+            suites: Mutex::default(),
             clock,
             config,
             store,

@@ -89,7 +89,7 @@ impl Farm {
             flake_rate,
         };
         let revision = builds.iter().find(|build| build.state != BuildState::Error).map(|build| build.revision.clone());
-        if let Some(suite) = revision.and_then(|revision| self.suite_file_at(&revision).ok()) {
+        if let Some(suite) = revision.and_then(|revision| self.cached_suite_file_at(&revision).ok()) {
             for test in &suite.tests {
                 if test.id == test_id {
                     history.tags = test.tags.clone();

@@ -89,6 +89,22 @@ async fn pages_read_while_the_build_runs_neither_repeat_nor_skip_a_result() {
     assert_eq!(read, tests.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
+#[tokio::test]
+async fn a_tests_history_reads_the_suite_of_a_revision_from_git_once() {
+    let mut tested = suite(&["a", "b"]);
+    tested.tests[1].depends_on = vec!["a".to_owned()];
+    let harness = Harness::new(&tested, |_| {});
+    let build_id = harness.next_build().await;
+    let worker = harness.register("w1");
+    harness.run_all(worker, passing);
+    let first = harness.farm.test_history("a", 10).unwrap();
+    assert_eq!((first.tags.clone(), first.dependants.clone()), (vec!["core".to_owned()], vec!["b".to_owned()]));
+    assert_eq!(first.runs[0].build_id, build_id);
+    // git cannot answer any more: the second read knows the test's place in the suite all the same.
+    std::fs::remove_dir_all(harness.config.data_dir.join("mirror.git")).unwrap();
+    assert_eq!(harness.farm.test_history("a", 10).unwrap(), first);
+}
+
 /// A backend whose scans of results wait while they are held, as a slow disk's would.
 struct HeldReads {
     inner: Arc<MemoryKv>,
