@@ -2,7 +2,8 @@
 //! real master and real workers. One page load follows a green build, a red one and its
 //! fix without ever reloading (a marker set at load survives): the waterfall fills in
 //! while the build runs, the failing test shows up with its output, the gate banner turns
-//! closed and open again, and the console lists every change. A worker killed mid-shard
+//! closed and open again, and the console lists every change. The build page fetches the
+//! failures alone first and every result only when asked. A worker killed mid-shard
 //! shows as lost on the waterfall and the workers page. A build cancelled by an admin shows
 //! its running shards cancelled, never passed, and the page's one shard mapping draws
 //! every wire state (and one it does not know) as it should. A repository that cannot be
