@@ -248,7 +248,7 @@ impl ResultsCursor {
 
     /// A cursor [`ResultsCursor::encode`] gave out; `None` for anything else.
     pub fn decode(text: &str) -> Option<ResultsCursor> {
-        if text.len() % 2 != 0 || !text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        if !text.len().is_multiple_of(2) || !text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
             return None;
         }
         let bytes = (0..text.len())
