@@ -2,7 +2,8 @@
 //! real master and real workers. One page load follows a green build, a red one and its
 //! fix without ever reloading (a marker set at load survives): the waterfall fills in
 //! while the build runs, the failing test shows up with its output, the gate banner turns
-//! closed and open again, and the console lists every change. A worker killed mid-shard
+//! closed and open again, and the console lists every change. The build page fetches the
+//! failures alone first and every result only when asked. A worker killed mid-shard
 //! shows as lost on the waterfall and the workers page. A build cancelled by an admin shows
 //! its running shards cancelled, never passed, and the page's one shard mapping draws
 //! every wire state (and one it does not know) as it should. A repository that cannot be
@@ -119,24 +120,12 @@ fn the_page_follows_a_red_build_and_its_fix_live_without_reloading() {
     assert!(culprit.as_str().unwrap().contains(&format!("broke {broken_test}")), "with its test: {culprit}");
     browser.screenshot("2-waterfall-red-gate-closed");
 
-    // Click the failed box: its tests, the failure first, with the runner's output.
-    browser.eval(&format!(
-        "document.querySelector('.box[data-lease][data-build=\"{red_build}\"][data-state=\"failed\"]').click();"
-    ));
-    let detail = browser.wait_for(
-        "the failed shard's tests with output",
-        WAIT,
-        &format!(
-            "const d = document.getElementById('detail'); const row = d.querySelector('tr[data-test]');
-             return !d.hidden && row && row.dataset.test === {} && d.textContent;",
-            js(broken_test)
-        ),
-    );
-    assert!(detail.as_str().unwrap().contains("is listed as failing at this revision"), "output shown: {detail}");
-    browser.screenshot("3-shard-detail");
-    browser.eval("closeDetail();");
-
     // The build page: failures first with output and worker, the timeline with the lower bound.
+    // Only the failures are fetched for it; the rest comes when asked for.
+    browser.eval(
+        "window.fetched = []; const fetchOf = window.fetch;
+         window.fetch = (url, options) => { window.fetched.push(String(url)); return fetchOf(url, options); };",
+    );
     browser.eval(&format!("location.hash = '#/build/{red_build}';"));
     let failures = browser.wait_for(
         "the build page's failures",
@@ -157,7 +146,55 @@ fn the_page_follows_a_red_build_and_its_fix_live_without_reloading() {
     assert_eq!(culprits.as_array().map(Vec::len), Some(1), "{culprits}");
     let named = culprits[0].as_str().unwrap();
     assert!(named.contains("Core: break the widget") && named.contains(&format!("broke {broken_test}")), "{named}");
-    browser.screenshot("4-build-page");
+    let results_fetched =
+        format!("return window.fetched.filter(url => url.includes('/api/v1/builds/{red_build}/tests'));");
+    let fetched = browser.eval(&results_fetched);
+    let fetched: Vec<&str> = fetched.as_array().unwrap().iter().map(|url| url.as_str().unwrap()).collect();
+    assert!(
+        !fetched.is_empty() && fetched.iter().all(|url| url.contains("status=failed,error")),
+        "the failures alone, not every result: {fetched:?}"
+    );
+    assert!(browser.eval("return !document.getElementById('results');").as_bool().unwrap());
+    browser.screenshot("3-build-page");
+    let button = browser.eval("const b = document.getElementById('show-all'); b.click(); return b.textContent;");
+    assert!(button.as_str().unwrap().contains("show all"), "{button}");
+    let rows = browser.wait_for(
+        "every result of the build on demand",
+        WAIT,
+        "const r = document.getElementById('results'); return r && r.querySelectorAll('tbody tr').length >= 63 && r.textContent;",
+    );
+    assert!(rows.as_str().unwrap().contains("core/unit_test.py::test_59"), "{rows}");
+    let fetched = browser.eval(&results_fetched);
+    assert!(
+        fetched.as_array().unwrap().iter().any(|url| url.as_str().unwrap().contains("tests?limit=")),
+        "the rest was fetched in pages: {fetched}"
+    );
+    browser.screenshot("3b-build-page-all-results");
+
+    // Click the failed box: its tests, the failure first, with the runner's output.
+    browser.eval("location.hash = '#/';");
+    browser.wait_for(
+        "the red build's failed box",
+        WAIT,
+        &format!(
+            "return document.querySelector('.box[data-lease][data-build=\"{red_build}\"][data-state=\"failed\"]');"
+        ),
+    );
+    browser.eval(&format!(
+        "document.querySelector('.box[data-lease][data-build=\"{red_build}\"][data-state=\"failed\"]').click();"
+    ));
+    let detail = browser.wait_for(
+        "the failed shard's tests with output",
+        WAIT,
+        &format!(
+            "const d = document.getElementById('detail'); const row = d.querySelector('tr[data-test]');
+             return !d.hidden && row && row.dataset.test === {} && d.textContent;",
+            js(broken_test)
+        ),
+    );
+    assert!(detail.as_str().unwrap().contains("is listed as failing at this revision"), "output shown: {detail}");
+    browser.screenshot("4-shard-detail");
+    browser.eval("closeDetail();");
 
     // The fix opens the gate again.
     let fixed = farm.repo.set_failing("core", &[], "Core: fix the widget [fix]").unwrap();

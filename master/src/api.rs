@@ -15,13 +15,13 @@ use greenlight_scheduler::core::SchedulerError;
 use greenlight_shared::API_VERSION;
 use greenlight_shared::api::{
     ChangeNotice, ChangeNoticeResponse, ErrorBody, FarmEvent, FinishRequest, HeartbeatRequest, HeartbeatResponse,
-    HistoryImportRequest, LeaseRequest, LeaseResponse, PrepareReport, QuarantineRequest, RegisterRequest,
+    HistoryImportRequest, LeaseRequest, LeaseResponse, PrepareReport, QuarantineRequest, RegisterRequest, ResultsQuery,
     ResultsRequest, SESSION_HEADER, UnquarantineRequest,
 };
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
-use crate::farm::{Farm, FarmError, Work, WorkerCredentials, WorkerToken};
+use crate::farm::{Farm, FarmError, ResultsPage, ResultsQueryError, Work, WorkerCredentials, WorkerToken};
 use crate::secret::constant_time_eq;
 use crate::store::StoreError;
 
@@ -717,21 +717,40 @@ struct DetailQuery {
     test_ids: bool,
 }
 
+/// Reads and serialises an answer on a blocking thread, never on the runtime's: a large
+/// one (a build's 15k results are megabytes of JSON, its shards name every test) would
+/// hold up every other request while it is decoded and encoded. `read` takes the farm's
+/// lock only for its own short sections, never while decoding or serialising.
+async fn json_off_runtime<T: Serialize>(
+    read: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<Response, ApiError> {
+    let body = crate::farm::blocking(move || {
+        read().and_then(|answer| serde_json::to_vec(&answer).map_err(|error| FarmError::Task(error.to_string()).into()))
+    })
+    .await??;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
 async fn build(
     State(state): State<AppState>,
     ApiPath(build_id): ApiPath<u64>,
     ApiQuery(query): ApiQuery<DetailQuery>,
-) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(state.farm.build_detail(build_id, query.test_ids)?))
+) -> Result<Response, ApiError> {
+    let farm = Arc::clone(&state.farm);
+    json_off_runtime(move || Ok(farm.build_detail(build_id, query.test_ids)?)).await
 }
 
 async fn shard(
     State(state): State<AppState>,
     ApiPath((build_id, lease_id)): ApiPath<(u64, u64)>,
-) -> Result<impl IntoResponse, ApiError> {
-    state.farm.shard(build_id, lease_id)?.map(Json).ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, "unknown_shard", format!("build {build_id} has no shard {lease_id}"))
+) -> Result<Response, ApiError> {
+    let farm = Arc::clone(&state.farm);
+    json_off_runtime(move || {
+        farm.shard(build_id, lease_id)?.ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, "unknown_shard", format!("build {build_id} has no shard {lease_id}"))
+        })
     })
+    .await
 }
 
 /// `?id=TEST_ID&builds=N` for a test's history (test ids hold `/`, `::` and brackets, so
@@ -747,27 +766,44 @@ struct TestQuery {
 async fn test_history(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<TestQuery>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
     if query.id.is_empty() {
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_test_id", "a test id is not empty"));
     }
     let farm = Arc::clone(&state.farm);
     let n_builds = query.builds.clamp(1, 200);
-    Ok(Json(crate::farm::blocking(move || farm.test_history(&query.id, n_builds)).await??))
+    json_off_runtime(move || Ok(farm.test_history(&query.id, n_builds)?)).await
 }
 
+/// A build's results: all of them, or the page a [`ResultsQuery`] asks for.
+#[tracing::instrument(skip_all, fields(build_id))]
 async fn build_tests(
     State(state): State<AppState>,
     ApiPath(build_id): ApiPath<u64>,
-) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(state.farm.build_tests(build_id)?))
+    ApiQuery(query): ApiQuery<ResultsQuery>,
+) -> Result<Response, ApiError> {
+    let page = ResultsPage::from_query(&query).map_err(|error| {
+        let code = match error {
+            ResultsQueryError::Status(_) => "invalid_status",
+            ResultsQueryError::Cursor => "invalid_cursor",
+            ResultsQueryError::Limit(_) => "invalid_limit",
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, code, error.to_string())
+    })?;
+    let farm = Arc::clone(&state.farm);
+    json_off_runtime(move || Ok(farm.build_tests_page(build_id, &page)?)).await
 }
 
-/// The whole build as one JUnit XML file, for CI systems that display JUnit.
+/// The whole build as one JUnit XML file, for CI systems that display JUnit: read and
+/// rendered on a blocking thread.
 async fn build_junit(State(state): State<AppState>, Path(build_id): Path<u64>) -> Result<impl IntoResponse, ApiError> {
-    let build = state.farm.build_summary(build_id)?;
-    let tests = state.farm.build_tests(build_id)?;
-    let xml = crate::junit::render(&build, &state.farm.config().suite.runner(), &tests.results);
+    let farm = Arc::clone(&state.farm);
+    let xml = crate::farm::blocking(move || {
+        let build = farm.build_summary(build_id)?;
+        let tests = farm.build_tests(build_id)?;
+        Ok::<_, FarmError>(crate::junit::render(&build, &farm.config().suite.runner(), &tests.results))
+    })
+    .await??;
     Ok(([(header::CONTENT_TYPE, "application/xml; charset=utf-8")], xml))
 }
 

@@ -596,6 +596,51 @@ impl Store {
     pub fn flush(&self) -> Result<(), StoreError> {
         self.kv.flush()
     }
+
+    /// One page of a build's stored results: at most `limit` of those `keep` accepts, in
+    /// the order of [`Store::results`], after the result of (test id, attempt) `after`
+    /// (from the first without). Reads in chunks, so a page costs what it scans.
+    pub fn results_after(
+        &self,
+        build_id: u64,
+        after: Option<(&str, u32)>,
+        limit: usize,
+        mut keep: impl FnMut(&TestResultView) -> bool,
+    ) -> Result<Vec<TestResultView>, StoreError> {
+        const CHUNK: usize = 1024;
+        let prefix = build_id.to_be_bytes();
+        // The smallest key after a result's key is that key with a 0 byte appended.
+        let mut start = match after {
+            Some((test_id, attempt)) => result_key(build_id, test_id, attempt),
+            None => prefix.to_vec(),
+        };
+        if after.is_some() {
+            start.push(0);
+        }
+        let mut page = Vec::new();
+        while page.len() < limit {
+            let entries = self.kv.scan_from(Tree::Results, &start, CHUNK)?;
+            let complete = entries.len() < CHUNK;
+            for (key, value) in entries {
+                if !key.starts_with(&prefix) {
+                    return Ok(page);
+                }
+                let result: TestResultView = decode(Tree::Results, &value)?;
+                if keep(&result) {
+                    page.push(result);
+                    if page.len() == limit {
+                        return Ok(page);
+                    }
+                }
+                start = key;
+                start.push(0);
+            }
+            if complete {
+                break;
+            }
+        }
+        Ok(page)
+    }
 }
 
 /// How many shard costs of each kind are kept per suite (the estimate is their median).

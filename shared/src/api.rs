@@ -940,7 +940,8 @@ impl TestResultView {
     }
 }
 
-/// `GET /api/v1/builds/{build_id}/tests`.
+/// `GET /api/v1/builds/{build_id}/tests`: a build's stored results, every one of them
+/// (no parameters) or the page a [`ResultsQuery`] asks for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BuildTests {
     /// Wire version.
@@ -948,9 +949,43 @@ pub struct BuildTests {
     pub version: u32,
     /// The build.
     pub build_id: u64,
-    /// Every stored result, in test id order.
+    /// The stored results asked for, by test id then attempt.
     pub results: Vec<TestResultView>,
+    /// Where the next page starts, to be passed back as `cursor`; absent on the last page
+    /// (and always without `limit`, which answers every result asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
+
+/// The query of `GET /api/v1/builds/{build_id}/tests`; every parameter is optional and
+/// without any the answer holds every result (as before pages existed). Results come by
+/// test id then attempt, so pages are stable while a running build adds results: a page
+/// never repeats a result of an earlier one and skips none that was stored when the pages
+/// before it were read (a result stored later for a test id before the cursor shows up
+/// when the results are read again from the start).
+///
+/// `?status=failed,error` asks for the failures alone (the page shows them first, before
+/// the rest); `?limit=1000` for pages of 1000, each answer's `next_cursor` asking for the
+/// next. A status that is not one of `passed`, `failed`, `skipped`, `error`, a cursor not
+/// given out by the master, a `limit` of 0 or above [`MAX_RESULTS_PAGE`]: `400` with
+/// `invalid_status`, `invalid_cursor` or `invalid_limit`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResultsQuery {
+    /// Only results with one of these statuses, as a comma-separated list
+    /// (`failed,error`); every status without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// At most this many results (1 to [`MAX_RESULTS_PAGE`]); all of them without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Start after the last result of the page that gave out this `next_cursor` (an
+    /// opaque string: the same filter should come with it); from the first without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// The largest `limit` of a page of results.
+pub const MAX_RESULTS_PAGE: usize = 5000;
 
 /// A worker as `GET /api/v1/workers` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -12,7 +12,8 @@ const S = {
   gate: null,
   workers: [],
   pushes: [],
-  tests: new Map(),       // build_id -> {at, running, byId: Map(test_id -> [results])}
+  tests: new Map(),       // build_id -> {at, running, failures, results (pages so far), cursor, complete, …}
+  showAll: new Set(),     // builds whose every result the user asked to see
   renders: 0,
 };
 window.greenlight = S;
@@ -43,22 +44,88 @@ async function loadShards(buildId) {
   S.builds.set(buildId, detail.build);
   for (const shard of detail.shards) S.shards.set(shard.lease_id, {build_id: buildId, shard});
 }
-// A build's results, fetched once and again only when stale: a running build's at most
-// every 10 s (at once when a build event announces a new failure), and only while a
-// view shows them.
-async function buildTests(buildId, force) {
-  const cached = S.tests.get(buildId);
-  const build = S.builds.get(buildId);
-  const running = build && (build.state === "running" || build.state === "queued");
-  if (cached && !force && (!cached.running || Date.now() - cached.at < 10000)) return cached;
-  const body = await getJson("/api/v1/builds/" + buildId + "/tests");
-  const byId = new Map();
-  for (const r of body.results) {
-    if (!byId.has(r.test_id)) byId.set(r.test_id, []);
-    byId.get(r.test_id).push(r);
+// A build's results, in pages (`?limit=&cursor=`, by test id): never all at once unless a
+// view asks. Its failures (`?status=failed,error`, few) are what the build page shows
+// first, fetched once and again only when stale: a running build's at most every 10 s (at
+// once when a build event announces a new failure), and only while a view shows them.
+// The rest comes page by page when the user asks (`loadRest`), or whole for a shard's
+// panel (`allResults`). Pages read while a build runs continue from their cursor (a result
+// stored since for an earlier test id comes when the build's state changes and the
+// results are read again).
+const RESULTS_PAGE = 1000;
+function resultsEntry(buildId) {
+  let entry = S.tests.get(buildId);
+  if (!entry) {
+    entry = {at: 0, running: false, failures: null, results: [], cursor: null, complete: false, allAt: 0, loading: null};
+    S.tests.set(buildId, entry);
   }
-  const entry = {at: Date.now(), running, byId, results: body.results};
-  S.tests.set(buildId, entry);
+  return entry;
+}
+function isRunning(buildId) {
+  const build = S.builds.get(buildId);
+  return !!build && (build.state === "running" || build.state === "queued");
+}
+function fresh(at, running) { return at && (!running || Date.now() - at < 10000); }
+async function resultsPage(buildId, query, cursor) {
+  return getJson("/api/v1/builds/" + buildId + "/tests?" + query + (cursor ? "&cursor=" + encodeURIComponent(cursor) : ""));
+}
+// Every failed or errored result of a build (a retried failure among them, `retried` set).
+async function buildFailures(buildId, force) {
+  const entry = resultsEntry(buildId);
+  if (entry.failures && !force && fresh(entry.at, entry.running)) return entry;
+  const running = isRunning(buildId);
+  const failures = [];
+  let cursor = null;
+  do {
+    const page = await resultsPage(buildId, "status=failed,error&limit=" + RESULTS_PAGE, cursor);
+    failures.push(...page.results);
+    cursor = page.next_cursor;
+  } while (cursor);
+  Object.assign(entry, {at: Date.now(), running, failures});
+  return entry;
+}
+// The next page of a build's results after those loaded into `entry` (one fetch at a time).
+async function loadMore(buildId, entry) {
+  if (!entry.loading) {
+    entry.loading = resultsPage(buildId, "limit=" + RESULTS_PAGE, entry.cursor).then(page => {
+      if (S.tests.get(buildId) !== entry) return;
+      entry.results.push(...page.results);
+      entry.cursor = page.next_cursor || null;
+      entry.complete = !page.next_cursor;
+      if (entry.complete) entry.allAt = Date.now();
+    }).finally(() => { entry.loading = null; });
+  }
+  await entry.loading;
+}
+// Every result of a build, page after page, each rendered as it comes (until the entry is
+// read again from the start).
+function loadRest(buildId) {
+  const entry = resultsEntry(buildId);
+  entry.rest = entry.rest || (async () => {
+    while (!entry.complete && S.tests.get(buildId) === entry) {
+      await loadMore(buildId, entry);
+      dirty("tests");
+    }
+    return entry;
+  })().finally(() => { entry.rest = null; });
+  return entry.rest;
+}
+// Every result of a build by test id (a shard's panel): read again when stale.
+async function allResults(buildId, force) {
+  let entry = resultsEntry(buildId);
+  if (!entry.complete || force || !fresh(entry.allAt, isRunning(buildId))) {
+    S.tests.delete(buildId);
+    entry = resultsEntry(buildId);
+    await loadRest(buildId);
+  }
+  if (!entry.byId || entry.byIdOf !== entry.results.length) {
+    entry.byId = new Map();
+    for (const r of entry.results) {
+      if (!entry.byId.has(r.test_id)) entry.byId.set(r.test_id, []);
+      entry.byId.get(r.test_id).push(r);
+    }
+    entry.byIdOf = entry.results.length;
+  }
   return entry;
 }
 function apply(events) {
@@ -67,8 +134,10 @@ function apply(events) {
       const previous = S.builds.get(e.data.build_id);
       if (!previous) prune(e.data.build_id);
       S.builds.set(e.data.build_id, e.data);
+      // A new state: every result is read again; a new failure: the failures are.
       const cached = S.tests.get(e.data.build_id);
-      if (cached && previous && (previous.state !== e.data.state || previous.failed_tests.length !== e.data.failed_tests.length)) cached.at = 0;
+      if (cached && previous && previous.state !== e.data.state) S.tests.delete(e.data.build_id);
+      else if (cached && previous && previous.failed_tests.length !== e.data.failed_tests.length) cached.at = 0;
       dirty("builds");
     } else if (e.kind === "shard") {
       const known = S.shards.get(e.data.shard.lease_id);

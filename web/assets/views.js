@@ -150,7 +150,7 @@ async function refreshShard(force) {
       shard = await getJson("/api/v1/builds/" + buildId + "/shards/" + leaseId);
       S.shards.set(leaseId, {build_id: buildId, shard});
     }
-    const tests = await buildTests(buildId, force);
+    const tests = await allResults(buildId, force);
     if (openLease !== leaseId) return;
     const look = shardLook(S.shards.get(leaseId).shard);
     const rows = shard.test_ids.map(id => {
@@ -203,9 +203,11 @@ async function renderBuild(arg) {
   if (!S.builds.has(buildId) || ![...S.shards.values()].some(s => s.build_id === buildId)) {
     try { await loadShards(buildId); } catch (error) { document.getElementById("view").textContent = error.message; return; }
   }
+  // The failures first, at once; every result only when asked for ("show all").
   let tests;
-  try { tests = await buildTests(buildId); } catch (error) { tests = {byId: new Map(), results: []}; }
+  try { tests = await buildFailures(buildId); } catch (error) { tests = {failures: [], results: [], complete: false}; }
   if (token !== buildRenderToken) return;
+  if (S.showAll.has(buildId) && !tests.complete) loadRest(buildId).catch(showError);
   const b = S.builds.get(buildId);
   const c = b.counts;
   const now = Date.now() / 1000;
@@ -213,9 +215,8 @@ async function renderBuild(arg) {
   const eta = b.state === "running" && done(c) > 0 ? (c.total - done(c)) * elapsed / done(c) : null;
   const pct = n => (100 * n / Math.max(1, c.total)).toFixed(2) + "%";
   const results = tests.results;
-  const last = new Map();
-  for (const r of results) last.set(r.test_id, r);
-  const failures = [...last.values()].filter(r => r.status === "failed" || r.status === "error");
+  // A retried failure has a later attempt: the failures are the final ones.
+  const failures = tests.failures.filter(r => !r.retried);
   const flaky = new Set((b.flaky_tests || []).concat(results.filter(r => r.flaky).map(r => r.test_id)));
   const slowest = results.filter(r => r.worker).sort((x, y) => y.duration_s - x.duration_s).slice(0, 15);
   const shards = [...S.shards.values()].filter(s => s.build_id === buildId).map(s => s.shard);
@@ -236,9 +237,21 @@ async function renderBuild(arg) {
   html += "<h2>Flaky tests (" + flaky.size + ")</h2>" + (flaky.size ? "<ul>" + [...flaky].map(id => "<li>" + testLink(id) + "</li>").join("") + "</ul>" : '<p class="muted">none</p>');
   html += "<h2>Changes</h2><ul>" + changes.map(ch => '<li><span class="mono">' + esc(short(ch.revision)) + "</span> " + esc(firstLine(ch.message)) + " — " + esc(ch.author) + (ch.culprit_of != null ? ' <span class="culprit">culprit</span>' : "") + "</li>").join("") + "</ul>";
   html += "<h2>Shard timeline</h2>" + gantt(b, shards, now);
-  html += "<h2>Slowest tests</h2><table><thead><tr><th>test</th><th>time</th><th>worker</th><th>status</th></tr></thead><tbody>" +
-    slowest.map(r => "<tr><td>" + testLink(r.test_id) + "</td><td>" + secs(r.duration_s) + "</td><td>" + esc(r.worker) + "</td><td>" + stateTag(r.status) + "</td></tr>").join("") + "</tbody></table>";
+  if (!S.showAll.has(buildId)) {
+    html += '<h2>All results</h2><p><button id="show-all" onclick="showAllResults(' + buildId + ')">show all ' + done(c) + " results</button> " +
+      '<span class="muted">(slowest tests, every outcome; fetched page by page)</span></p>';
+  } else {
+    html += "<h2>Slowest tests" + (tests.complete ? "" : " so far") + "</h2><table><thead><tr><th>test</th><th>time</th><th>worker</th><th>status</th></tr></thead><tbody>" +
+      slowest.map(r => "<tr><td>" + testLink(r.test_id) + "</td><td>" + secs(r.duration_s) + "</td><td>" + esc(r.worker) + "</td><td>" + stateTag(r.status) + "</td></tr>").join("") + "</tbody></table>";
+    html += "<h2>All results (" + results.length + (tests.complete ? "" : ", loading more…") + ')</h2><table id="results"><thead><tr><th>test</th><th>status</th><th>attempt</th><th>worker</th><th>time</th></tr></thead><tbody>' +
+      results.map(r => '<tr data-test="' + esc(r.test_id) + '"><td>' + testLink(r.test_id) + "</td><td>" + stateTag(r.flaky ? "flaky" : r.status) + "</td><td>" + r.attempt + "</td><td>" + esc(r.worker || "(not run)") + "</td><td>" + secs(r.duration_s) + "</td></tr>").join("") + "</tbody></table>";
+  }
   document.getElementById("view").innerHTML = html;
+}
+// The build page's "show all": every result of the build, page by page.
+function showAllResults(buildId) {
+  S.showAll.add(buildId);
+  dirty("all");
 }
 function gantt(b, shards, now) {
   if (!shards.length) return '<p class="muted">no shard leased yet</p>';

@@ -52,6 +52,7 @@ use self::health::Health;
 pub use self::planning::PlanError;
 pub use self::preparations::KEPT_ARCHIVES;
 use self::preparations::Preparations;
+pub use self::queries::{ResultsCursor, ResultsPage, ResultsQueryError};
 pub use self::workers::{Work, WorkerCredentials, WorkerToken};
 use crate::changes::{Mirror, Tagger};
 use crate::clock::{Clock, SystemClock};
@@ -235,6 +236,8 @@ pub struct Farm {
     verdicts_unflushed: AtomicBool,
     /// Concurrent flushes share one ([`Farm::flush`]).
     commits: GroupCommit,
+    /// The suites of the last few revisions a test's history read, parsed.
+    suites: Mutex<planning::SuiteCache>,
 }
 
 /// Group commit: callers that want their writes durable at the same time share one flush
@@ -309,6 +312,7 @@ impl Farm {
             checkout_lock: Mutex::new(()),
             verdicts_unflushed: AtomicBool::new(false),
             commits: GroupCommit::default(),
+            suites: Mutex::default(),
             clock,
             config,
             store,

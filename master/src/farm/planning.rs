@@ -2,9 +2,11 @@
 //! command in the master's checkout, or listed by the runner adapter on a worker that
 //! prepared the revision: see [`super::preparations`]), validated into a DAG, the tests selected by tags (or by id for a
 //! probe or a resumed build), estimated from history, and the learned shard overhead.
-//! All of it is blocking work, run before the farm's lock is taken.
+//! All of it is blocking work, run before the farm's lock is taken. The suites of the
+//! last few revisions a test's history asked for are kept parsed ([`SuiteCache`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, MutexGuard, PoisonError};
 
 use greenlight_scheduler::estimate::{estimate, median};
 use greenlight_scheduler::plan::BuildPlan;
@@ -173,5 +175,52 @@ impl Farm {
         }
         plan.worker_startup_s = learned.startup_s.unwrap_or(0.0);
         Ok(plan)
+    }
+}
+
+/// How many revisions' suites [`SuiteCache`] keeps.
+const CACHED_SUITES: usize = 4;
+
+/// The suite files of the last few revisions read for a test's history, parsed once: a
+/// suite is megabytes of JSON read from git (or listed), and a revision's never changes.
+#[derive(Default)]
+pub(super) struct SuiteCache {
+    /// The most recently used last.
+    suites: VecDeque<(String, Arc<SuiteFile>)>,
+}
+
+impl SuiteCache {
+    fn get(&mut self, revision: &str) -> Option<Arc<SuiteFile>> {
+        let at = self.suites.iter().position(|(cached, _)| cached == revision)?;
+        let entry = self.suites.remove(at)?;
+        let suite = Arc::clone(&entry.1);
+        self.suites.push_back(entry);
+        Some(suite)
+    }
+
+    fn insert(&mut self, revision: &str, suite: Arc<SuiteFile>) {
+        self.suites.retain(|(cached, _)| cached != revision);
+        if self.suites.len() == CACHED_SUITES {
+            self.suites.pop_front();
+        }
+        self.suites.push_back((revision.to_owned(), suite));
+    }
+}
+
+impl Farm {
+    /// The suite file at `revision`, as [`Farm::suite_file_at`] reads it, from the cache
+    /// when it was read lately. Blocking (git): call it off the async threads.
+    pub(super) fn cached_suite_file_at(&self, revision: &str) -> Result<Arc<SuiteFile>, PlanError> {
+        if let Some(suite) = self.suite_cache().get(revision) {
+            return Ok(suite);
+        }
+        // Read with the cache unlocked: no reader waits on another's git.
+        let suite = Arc::new(self.suite_file_at(revision)?);
+        self.suite_cache().insert(revision, Arc::clone(&suite));
+        Ok(suite)
+    }
+
+    fn suite_cache(&self) -> MutexGuard<'_, SuiteCache> {
+        self.suites.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

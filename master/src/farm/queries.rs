@@ -5,8 +5,8 @@
 use greenlight_scheduler::core::WorkerId;
 use greenlight_shared::API_VERSION;
 use greenlight_shared::api::{
-    BuildDetail, BuildState, BuildSummary, BuildTests, ChangeView, GateView, PushView, ShardView, TestHistory, TestRun,
-    WorkerView,
+    BuildDetail, BuildState, BuildSummary, BuildTests, ChangeView, GateView, MAX_RESULTS_PAGE, PushView, ResultsQuery,
+    ShardView, TestHistory, TestResultView, TestRun, TestStatus, WorkerView,
 };
 
 use super::{Farm, FarmError};
@@ -89,7 +89,7 @@ impl Farm {
             flake_rate,
         };
         let revision = builds.iter().find(|build| build.state != BuildState::Error).map(|build| build.revision.clone());
-        if let Some(suite) = revision.and_then(|revision| self.suite_file_at(&revision).ok()) {
+        if let Some(suite) = revision.and_then(|revision| self.cached_suite_file_at(&revision).ok()) {
             for test in &suite.tests {
                 if test.id == test_id {
                     history.tags = test.tags.clone();
@@ -105,7 +105,26 @@ impl Farm {
     /// Every stored result of a build.
     pub fn build_tests(&self, build_id: u64) -> Result<BuildTests, FarmError> {
         self.build_summary(build_id)?;
-        Ok(BuildTests { version: API_VERSION, build_id, results: self.store.results(build_id)? })
+        Ok(BuildTests { version: API_VERSION, build_id, results: self.store.results(build_id)?, next_cursor: None })
+    }
+
+    /// The page of a build's stored results that `page` asks for, with the cursor of the
+    /// next if there are more. Blocking (decodes up to a whole build): call it off the
+    /// async threads.
+    pub fn build_tests_page(&self, build_id: u64, page: &ResultsPage) -> Result<BuildTests, FarmError> {
+        self.build_summary(build_id)?;
+        let limit = page.limit.unwrap_or(usize::MAX);
+        let after = page.after.as_ref().map(|cursor| (cursor.test_id.as_str(), cursor.attempt));
+        // One more than the page, to know whether another follows.
+        let mut results =
+            self.store.results_after(build_id, after, limit.saturating_add(1), |result| page.accepts(result))?;
+        let next_cursor = if results.len() > limit {
+            results.truncate(limit);
+            results.last().map(|last| ResultsCursor::after(last).encode())
+        } else {
+            None
+        };
+        Ok(BuildTests { version: API_VERSION, build_id, results, next_cursor })
     }
 
     /// The newest changes, newest first.
@@ -144,5 +163,100 @@ impl Farm {
     /// Every push hand-off, newest first.
     pub fn pushes(&self) -> Result<Vec<PushView>, FarmError> {
         Ok(push::list(&self.store)?)
+    }
+}
+
+/// Which of a build's results a read asks for: a checked [`ResultsQuery`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResultsPage {
+    /// Only results with one of these statuses; all of them when `None`.
+    pub statuses: Option<Vec<TestStatus>>,
+    /// Start after this result; from the first when `None`.
+    pub after: Option<ResultsCursor>,
+    /// At most this many (1 to [`MAX_RESULTS_PAGE`]); every one when `None`.
+    pub limit: Option<usize>,
+}
+
+/// Why a [`ResultsQuery`] asks for no page.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ResultsQueryError {
+    /// A status that is none of the four.
+    #[error("status {0:?} is none of passed, failed, skipped, error (give one or several, comma-separated)")]
+    Status(String),
+    /// A cursor the master did not give out.
+    #[error("the cursor is not one the master gave out (pass a page's next_cursor as it came)")]
+    Cursor,
+    /// A limit of 0 or above the largest page.
+    #[error("limit {0} is out of range: a page holds 1 to {MAX_RESULTS_PAGE} results")]
+    Limit(usize),
+}
+
+impl ResultsPage {
+    /// The page `query` asks for, checked.
+    pub fn from_query(query: &ResultsQuery) -> Result<ResultsPage, ResultsQueryError> {
+        let statuses = query
+            .status
+            .as_deref()
+            .map(|list| list.split(',').map(parse_status).collect::<Result<Vec<_>, _>>())
+            .transpose()?;
+        let after = query
+            .cursor
+            .as_deref()
+            .map(|text| ResultsCursor::decode(text).ok_or(ResultsQueryError::Cursor))
+            .transpose()?;
+        if let Some(limit) = query.limit
+            && !(1..=MAX_RESULTS_PAGE).contains(&limit)
+        {
+            return Err(ResultsQueryError::Limit(limit));
+        }
+        Ok(ResultsPage { statuses, after, limit: query.limit })
+    }
+
+    fn accepts(&self, result: &TestResultView) -> bool {
+        self.statuses.as_ref().is_none_or(|statuses| statuses.contains(&result.status))
+    }
+}
+
+fn parse_status(word: &str) -> Result<TestStatus, ResultsQueryError> {
+    let word = word.trim();
+    [TestStatus::Passed, TestStatus::Failed, TestStatus::Skipped, TestStatus::Error]
+        .into_iter()
+        .find(|status| status.as_str() == word)
+        .ok_or_else(|| ResultsQueryError::Status(word.to_owned()))
+}
+
+/// Where a page of results ended: its last (test id, attempt), given out as hexadecimal
+/// (the attempt's four bytes, then the test id's), opaque to clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultsCursor {
+    test_id: String,
+    attempt: u32,
+}
+
+impl ResultsCursor {
+    /// The cursor of a page that ends with `result`.
+    fn after(result: &TestResultView) -> ResultsCursor {
+        ResultsCursor { test_id: result.test_id.clone(), attempt: result.attempt }
+    }
+
+    /// The cursor as the wire carries it.
+    pub fn encode(&self) -> String {
+        let mut bytes = self.attempt.to_be_bytes().to_vec();
+        bytes.extend_from_slice(self.test_id.as_bytes());
+        bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+
+    /// A cursor [`ResultsCursor::encode`] gave out; `None` for anything else.
+    pub fn decode(text: &str) -> Option<ResultsCursor> {
+        if !text.len().is_multiple_of(2) || !text.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+            return None;
+        }
+        let bytes = (0..text.len())
+            .step_by(2)
+            .map(|at| u8::from_str_radix(&text[at..at + 2], 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
+        let (attempt, test_id) = bytes.split_at_checked(4)?;
+        let test_id = String::from_utf8(test_id.to_vec()).ok().filter(|id| !id.is_empty())?;
+        Some(ResultsCursor { test_id, attempt: u32::from_be_bytes(attempt.try_into().ok()?) })
     }
 }

@@ -51,6 +51,17 @@ struct Harness {
 
 impl Harness {
     fn new(suite: &SuiteFile, configure: impl FnOnce(&mut Config)) -> Harness {
+        let kv = Arc::new(MemoryKv::default());
+        Harness::over(suite, configure, kv.clone(), kv)
+    }
+
+    /// A farm whose store goes through `backend`, a wrapper of `kv`.
+    fn over(
+        suite: &SuiteFile,
+        configure: impl FnOnce(&mut Config),
+        kv: Arc<MemoryKv>,
+        backend: Arc<dyn crate::store::Kv>,
+    ) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let repo_dir = dir.path().join("repo");
         std::fs::create_dir_all(&repo_dir).unwrap();
@@ -62,8 +73,7 @@ impl Harness {
         );
         configure(&mut config);
         let clock = FakeClock::at(START);
-        let kv = Arc::new(MemoryKv::default());
-        let store = Store::new(kv.clone());
+        let store = Store::new(backend);
         let farm = Harness::farm(&config, &store, &clock);
         Harness { _dir: dir, repo, clock, kv, store, config, farm }
     }
@@ -146,6 +156,8 @@ fn session_of(name: &str) -> WorkerCredentials {
 fn passing(_: &str) -> TestStatus {
     TestStatus::Passed
 }
+
+mod reads;
 
 #[tokio::test]
 async fn a_worker_runs_a_build_to_green_and_the_scheduler_says_what_it_holds() {
