@@ -22,9 +22,10 @@
 //! [tags.paths]
 //! "src/chat/**" = ["chat"]
 //!
-//! [storage]                        # free space on data_dir's filesystem
+//! [storage]                        # free space on data_dir's filesystem, the store's memory
 //! min_free_bytes = 1073741824      # below this no new build starts (the gate warns)
 //! reserve_bytes = 67108864         # below this every write is refused (503; workers retry)
+//! cache_bytes = 67108864           # the store's page cache in memory (sled's cache_capacity)
 //! ```
 //!
 //! Or a runner adapter instead of the templates (it lists, sets up and runs by itself):
@@ -138,8 +139,9 @@ pub struct Config {
     pub storage: StorageConfig,
 }
 
-/// Free space on the data directory's filesystem: the master stops taking new work before
-/// the disk is full, rather than failing inside a build.
+/// Free space on the data directory's filesystem (the master stops taking new work before
+/// the disk is full, rather than failing inside a build), and what the store may hold in
+/// memory.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
@@ -152,6 +154,15 @@ pub struct StorageConfig {
     /// it. At most `min_free_bytes`. 0: never refused (the store meets the full disk).
     #[serde(default = "default_reserve_bytes")]
     pub reserve_bytes: u64,
+    /// The store's page cache (sled's `cache_capacity`), in bytes: what the master keeps of
+    /// the store in memory, however many results it holds. Reads of older builds beyond it
+    /// go to the disk. sled's own default, 1 GiB, is never what a master wants.
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: u64,
+}
+
+fn default_cache_bytes() -> u64 {
+    crate::store::DEFAULT_CACHE_BYTES
 }
 
 fn default_min_free_bytes() -> u64 {
@@ -164,7 +175,11 @@ fn default_reserve_bytes() -> u64 {
 
 impl Default for StorageConfig {
     fn default() -> StorageConfig {
-        StorageConfig { min_free_bytes: default_min_free_bytes(), reserve_bytes: default_reserve_bytes() }
+        StorageConfig {
+            min_free_bytes: default_min_free_bytes(),
+            reserve_bytes: default_reserve_bytes(),
+            cache_bytes: default_cache_bytes(),
+        }
     }
 }
 
@@ -772,8 +787,12 @@ run_command = ["run", "{ids_file}"]
         std::fs::write(&path, base).unwrap();
         let storage = Config::from_file(&path).unwrap().storage;
         assert_eq!((storage.min_free_bytes, storage.reserve_bytes), (1 << 30, 64 << 20));
-        std::fs::write(&path, format!("{base}[storage]\nmin_free_bytes = 0\nreserve_bytes = 0\n")).unwrap();
-        assert_eq!(Config::from_file(&path).unwrap().storage.min_free_bytes, 0, "no floor at all");
+        assert_eq!(storage.cache_bytes, 64 << 20, "a small cache, not sled's 1 GiB");
+        std::fs::write(&path, format!("{base}[storage]\nmin_free_bytes = 0\nreserve_bytes = 0\ncache_bytes = 8388608\n"))
+            .unwrap();
+        let storage = Config::from_file(&path).unwrap().storage;
+        assert_eq!(storage.min_free_bytes, 0, "no floor at all");
+        assert_eq!(storage.cache_bytes, 8 << 20);
         std::fs::write(&path, format!("{base}[storage]\nmin_free_bytes = 100\nreserve_bytes = 200\n")).unwrap();
         assert_eq!(
             Config::from_file(&path).unwrap_err().to_string(),

@@ -80,7 +80,7 @@ pub async fn open(config: Config) -> Result<Master, MasterError> {
     let probe = data_dir.join(".greenlight-write-check");
     std::fs::write(&probe, b"").and_then(|()| std::fs::remove_file(&probe)).map_err(unusable)?;
     let db_dir = data_dir.join("db");
-    let store = Store::open_sled(&db_dir).map_err(|source| MasterError::Store { dir: db_dir.clone(), source })?;
+    let store = Store::open_sled(&db_dir, config.storage.cache_bytes).map_err(|source| MasterError::Store { dir: db_dir.clone(), source })?;
     let farm = Arc::new(Farm::new(config, store)?);
     let recovering = Arc::clone(&farm);
     farm::blocking(move || recovering.recover()).await??;

@@ -113,6 +113,10 @@ pub trait Kv: Send + Sync {
 /// How long opening a store waits for a lock held by a closing handle.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
 
+/// The cache a sled store keeps in memory when not told otherwise (`[storage]
+/// cache_bytes`): sled's own default (1 GiB) is what a long-running master grew to.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// The sled backend: the only code in Greenlight that knows sled.
 pub struct SledKv {
     db: sled::Db,
@@ -123,21 +127,22 @@ fn backend(error: sled::Error) -> StoreError {
 }
 
 impl SledKv {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the database in `dir`, keeping at most about `cache_bytes` of it
+    /// in memory (sled's page cache; the process holds more: sled's index and buffers).
     ///
     /// sled releases its file lock from a background thread some moments after the last
     /// handle is dropped (spacejam/sled#1234), so a store closed and reopened in one process
     /// can find its own lock still held: the lock is waited for up to [`LOCK_WAIT`] before the
     /// directory is reported in use.
-    pub fn open(dir: &Path) -> Result<SledKv, StoreError> {
-        SledKv::open_waiting(dir, LOCK_WAIT)
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<SledKv, StoreError> {
+        SledKv::open_waiting(dir, cache_bytes, LOCK_WAIT)
     }
 
-    fn open_waiting(dir: &Path, wait: Duration) -> Result<SledKv, StoreError> {
+    fn open_waiting(dir: &Path, cache_bytes: u64, wait: Duration) -> Result<SledKv, StoreError> {
         let deadline = Instant::now() + wait;
         let mut pause = Duration::from_millis(5);
         loop {
-            match sled::Config::new().path(dir).flush_every_ms(Some(200)).open() {
+            match sled::Config::new().path(dir).cache_capacity(cache_bytes).flush_every_ms(Some(200)).open() {
                 Ok(db) => return Ok(SledKv { db }),
                 Err(error) if error.to_string().contains("could not acquire lock") => {
                     if Instant::now() >= deadline {
@@ -371,9 +376,9 @@ impl Store {
         }
     }
 
-    /// A store over sled in `dir`.
-    pub fn open_sled(dir: &Path) -> Result<Store, StoreError> {
-        Ok(Store::new(Arc::new(SledKv::open(dir)?)))
+    /// A store over sled in `dir` with sled's cache bounded to `cache_bytes`.
+    pub fn open_sled(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        Ok(Store::new(Arc::new(SledKv::open(dir, cache_bytes)?)))
     }
 
     /// An empty in-memory store.
@@ -933,8 +938,8 @@ mod tests {
     #[test]
     fn sled_store_behaves_the_same_and_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        exercise(Store::open_sled(dir.path()).unwrap());
-        let reopened = Store::open_sled(dir.path()).unwrap();
+        exercise(Store::open_sled(dir.path(), DEFAULT_CACHE_BYTES).unwrap());
+        let reopened = Store::open_sled(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
         assert_eq!(reopened.next_id("build").unwrap(), 3);
         assert_eq!(reopened.results(1).unwrap().len(), 3);
     }
@@ -942,8 +947,8 @@ mod tests {
     #[test]
     fn a_store_held_open_is_reported_in_use_naming_its_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let _held = SledKv::open(dir.path()).unwrap();
-        let error = SledKv::open_waiting(dir.path(), Duration::from_millis(50)).err().expect("the lock is held");
+        let _held = SledKv::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let error = SledKv::open_waiting(dir.path(), DEFAULT_CACHE_BYTES, Duration::from_millis(50)).err().expect("the lock is held");
         assert!(matches!(error, StoreError::InUse { .. }), "{error:?}");
         let message = error.to_string();
         assert!(message.contains(&dir.path().display().to_string()) && message.contains("another master"), "{message}");
