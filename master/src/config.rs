@@ -26,6 +26,7 @@
 //! min_free_bytes = 1073741824      # below this no new build starts (the gate warns)
 //! reserve_bytes = 67108864         # below this every write is refused (503; workers retry)
 //! cache_bytes = 67108864           # the store's page cache in memory (sled's cache_capacity)
+//! keep_results_builds = 500        # full results and shards of the newest 500 builds; 0: all
 //! ```
 //!
 //! Or a runner adapter instead of the templates (it lists, sets up and runs by itself):
@@ -159,6 +160,15 @@ pub struct StorageConfig {
     /// go to the disk. sled's own default, 1 GiB, is never what a master wants.
     #[serde(default = "default_cache_bytes")]
     pub cache_bytes: u64,
+    /// Full results (output included) and shards are kept for the newest this many builds;
+    /// older builds lose them in the background (their summaries, durations history, flake
+    /// records, the gate and culprits are kept for ever). 0: keep everything.
+    #[serde(default = "default_keep_results_builds")]
+    pub keep_results_builds: u64,
+}
+
+fn default_keep_results_builds() -> u64 {
+    500
 }
 
 fn default_cache_bytes() -> u64 {
@@ -179,6 +189,7 @@ impl Default for StorageConfig {
             min_free_bytes: default_min_free_bytes(),
             reserve_bytes: default_reserve_bytes(),
             cache_bytes: default_cache_bytes(),
+            keep_results_builds: default_keep_results_builds(),
         }
     }
 }
@@ -788,8 +799,12 @@ run_command = ["run", "{ids_file}"]
         let storage = Config::from_file(&path).unwrap().storage;
         assert_eq!((storage.min_free_bytes, storage.reserve_bytes), (1 << 30, 64 << 20));
         assert_eq!(storage.cache_bytes, 64 << 20, "a small cache, not sled's 1 GiB");
-        std::fs::write(&path, format!("{base}[storage]\nmin_free_bytes = 0\nreserve_bytes = 0\ncache_bytes = 8388608\n"))
-            .unwrap();
+        assert_eq!(storage.keep_results_builds, 500);
+        std::fs::write(
+            &path,
+            format!("{base}[storage]\nmin_free_bytes = 0\nreserve_bytes = 0\ncache_bytes = 8388608\n"),
+        )
+        .unwrap();
         let storage = Config::from_file(&path).unwrap().storage;
         assert_eq!(storage.min_free_bytes, 0, "no floor at all");
         assert_eq!(storage.cache_bytes, 8 << 20);

@@ -80,7 +80,8 @@ pub async fn open(config: Config) -> Result<Master, MasterError> {
     let probe = data_dir.join(".greenlight-write-check");
     std::fs::write(&probe, b"").and_then(|()| std::fs::remove_file(&probe)).map_err(unusable)?;
     let db_dir = data_dir.join("db");
-    let store = Store::open_sled(&db_dir, config.storage.cache_bytes).map_err(|source| MasterError::Store { dir: db_dir.clone(), source })?;
+    let store = Store::open_sled(&db_dir, config.storage.cache_bytes)
+        .map_err(|source| MasterError::Store { dir: db_dir.clone(), source })?;
     let farm = Arc::new(Farm::new(config, store)?);
     let recovering = Arc::clone(&farm);
     farm::blocking(move || recovering.recover()).await??;
@@ -110,6 +111,7 @@ async fn serve(
         tokio::spawn(build_loop(Arc::clone(&farm), stop_rx.clone())),
         tokio::spawn(tick_loop(Arc::clone(&farm), stop_rx.clone())),
         tokio::spawn(push_loop(Arc::clone(&farm), stop_rx.clone())),
+        tokio::spawn(store_loop(Arc::clone(&farm), stop_rx.clone())),
     ];
     tracing::info!(address = %listener.local_addr()?, "master listening");
     let app = api::router(api::AppState { farm: Arc::clone(&farm) });
@@ -211,6 +213,30 @@ async fn tick_loop(farm: Arc<Farm>, mut stop: watch::Receiver<bool>) {
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            () = stopped(&mut stop) => return,
+        }
+    }
+}
+
+/// Keeps the store (packs ended builds' results, removes those past retention) until
+/// `stop`: a step at a time on a blocking thread, every few seconds while there is work.
+async fn store_loop(farm: Arc<Farm>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let more = if farm.write_refusal().is_some() {
+            false
+        } else {
+            let keeping = Arc::clone(&farm);
+            match farm::blocking(move || keeping.keep_store()).await {
+                Ok(Ok(more)) => more,
+                Ok(Err(error)) | Err(error) => {
+                    tracing::warn!(%error, "store housekeeping failed");
+                    false
+                }
+            }
+        };
+        let pause = if more { Duration::from_millis(20) } else { Duration::from_secs(5) };
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
             () = stopped(&mut stop) => return,
         }
     }

@@ -16,7 +16,7 @@ use greenlight_shared::suite::{SuiteFile, SuiteTest};
 use super::{Farm, FarmError, WorkerCredentials, WorkerToken};
 use crate::clock::{Clock, FakeClock};
 use crate::config::{Config, SuiteConfig};
-use crate::store::{MemoryKv, Store, StoreError};
+use crate::store::{Kv, MemoryKv, Store, StoreError};
 
 const START: f64 = 1_000_000.0;
 
@@ -1006,4 +1006,52 @@ async fn below_the_free_space_floor_no_build_starts_and_the_gate_says_why() {
     assert!(gate.health[0].message.contains("min_free_bytes"), "{gate:?}");
     assert!(harness.farm.check_writable().is_ok(), "above the reserve, running builds go on writing");
     assert!(harness.farm.health().data_dir_free_bytes.is_some());
+}
+
+#[tokio::test]
+async fn retention_removes_old_builds_results_and_shards_and_keeps_their_summaries_history_and_flakes() {
+    let harness = Harness::new(&suite(&["a", "b"]), |config| config.storage.keep_results_builds = 2);
+    let worker = harness.register("w1");
+    let mut builds = Vec::new();
+    for round in 0..4 {
+        if round > 0 {
+            harness.repo.touch_area("core", &format!("Round {round}")).unwrap();
+        }
+        builds.push(harness.next_build().await);
+        let failed_once = std::sync::Mutex::new(false);
+        harness.run_all(worker, |id| {
+            let mut failed = failed_once.lock().unwrap();
+            if id == "a" && !*failed {
+                *failed = true;
+                TestStatus::Failed
+            } else {
+                TestStatus::Passed
+            }
+        });
+    }
+    let results_before: Vec<_> = builds.iter().map(|&id| harness.store.results(id).unwrap()).collect();
+    assert!(results_before.iter().all(|results| results.len() == 3), "{results_before:?}");
+    let mut steps = 0;
+    while harness.farm.keep_store().unwrap() {
+        steps += 1;
+        assert!(steps < 100, "housekeeping ends");
+    }
+    for (&build_id, before) in builds.iter().zip(&results_before) {
+        let pruned = build_id <= builds[1];
+        assert_eq!(harness.store.results_pruned(build_id).unwrap(), pruned, "build {build_id}");
+        if pruned {
+            assert!(harness.store.results(build_id).unwrap().is_empty(), "build {build_id}");
+            assert!(harness.store.shards(build_id).unwrap().is_empty(), "build {build_id}");
+        } else {
+            assert_eq!(&harness.store.results(build_id).unwrap(), before, "a kept build reads the same, packed");
+            let entries = harness.kv.scan_prefix(crate::store::Tree::Results, &build_id.to_be_bytes()).unwrap();
+            assert_eq!(entries.len(), 1, "an ended build's results are one packed value");
+            assert!(!harness.store.shards(build_id).unwrap().is_empty());
+        }
+        let summary = harness.build(build_id);
+        assert_eq!((summary.state, summary.counts.flaky), (BuildState::Green, 1), "summaries are kept for ever");
+    }
+    assert_eq!(harness.store.durations("a").unwrap().len(), crate::store::HISTORY_SAMPLES, "durations are kept");
+    let flake = harness.store.flake_record("a").unwrap().expect("the flake record is kept");
+    assert_eq!(flake.flaky(), 4);
 }

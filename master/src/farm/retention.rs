@@ -1,0 +1,78 @@
+//! The store's housekeeping after builds end, run off the async threads in small steps:
+//! an ended build's results are packed into one value (see
+//! [`crate::store::result_format`]), and the results and shards of builds older than the
+//! newest `[storage] keep_results_builds` are removed. Build summaries, durations, flake
+//! records, the gate and culprits are kept for ever ([`crate::store::Store::results_pruned`]
+//! says whether a build's results are gone).
+
+use super::{Farm, FarmError};
+
+/// The most result or shard entries one retention step removes (one batch per tree), so
+/// no step holds the store long.
+pub const PRUNE_BATCH: usize = 2000;
+
+impl Farm {
+    /// One step of housekeeping: packs one ended build's results, or removes one batch of
+    /// an expired build's results and shards. Returns whether there may be more to do.
+    /// Blocking (store reads and writes): call it on [`super::blocking`].
+    pub fn keep_store(&self) -> Result<bool, FarmError> {
+        let Some(newest) = self.store.latest_builds(1)?.into_iter().next().map(|build| build.build_id) else {
+            return Ok(false);
+        };
+        if self.prune_step(newest)? {
+            return Ok(true);
+        }
+        self.pack_step(newest)
+    }
+
+    /// Whether this build has ended (or was never stored): it takes no more results.
+    fn ended(&self, build_id: u64) -> Result<bool, FarmError> {
+        Ok(self.store.build(build_id)?.is_none_or(|build| build.state.is_finished())
+            && !self.core().running.contains_key(&build_id))
+    }
+
+    /// Packs the oldest ended build not yet packed; the watermark moves over the ended
+    /// builds only, so a build still running is packed once it ends.
+    fn pack_step(&self, newest: u64) -> Result<bool, FarmError> {
+        let mut watermark = self.store.results_packed_below()?.max(self.store.results_pruned_below()?).max(1);
+        let mut all_ended = true;
+        for build_id in watermark..=newest {
+            if !self.ended(build_id)? {
+                all_ended = false;
+                continue;
+            }
+            if self.store.pack_results(build_id)? {
+                tracing::debug!(build_id, "results packed");
+                if all_ended {
+                    self.store.set_results_packed_below(build_id + 1)?;
+                }
+                return Ok(true);
+            }
+            if all_ended {
+                watermark = build_id + 1;
+            }
+        }
+        if watermark > self.store.results_packed_below()? {
+            self.store.set_results_packed_below(watermark)?;
+        }
+        Ok(false)
+    }
+
+    /// Removes one batch of the oldest build past retention; returns whether it did.
+    fn prune_step(&self, newest: u64) -> Result<bool, FarmError> {
+        let keep = self.config.storage.keep_results_builds;
+        if keep == 0 {
+            return Ok(false);
+        }
+        let below = self.store.results_pruned_below()?.max(1);
+        let expired = newest.saturating_sub(keep);
+        if below > expired || !self.ended(below)? {
+            return Ok(false);
+        }
+        if self.store.prune_results(below, PRUNE_BATCH)? {
+            self.store.set_results_pruned_below(below + 1)?;
+            tracing::info!(build_id = below, keep, "results and shards removed (retention)");
+        }
+        Ok(true)
+    }
+}
