@@ -106,6 +106,12 @@ pub enum FarmError {
     /// No build with this id.
     #[error("unknown build {0}")]
     UnknownBuild(u64),
+    /// The build's results and shards were removed by retention (its summary stays).
+    #[error(
+        "the results of build {0} were removed: only the newest [storage] keep_results_builds builds keep them \
+         (its summary is kept)"
+    )]
+    ResultsPruned(u64),
     /// The build already ended.
     #[error("build {0} already ended")]
     BuildEnded(u64),

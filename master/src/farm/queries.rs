@@ -105,6 +105,9 @@ impl Farm {
     /// Every stored result of a build.
     pub fn build_tests(&self, build_id: u64) -> Result<BuildTests, FarmError> {
         self.build_summary(build_id)?;
+        if self.store.results_pruned(build_id)? {
+            return Err(FarmError::ResultsPruned(build_id));
+        }
         Ok(BuildTests { version: API_VERSION, build_id, results: self.store.results(build_id)? })
     }
 

@@ -2,8 +2,8 @@
 //! an ended build's results are packed into one value (see
 //! [`crate::store::result_format`]), and the results and shards of builds older than the
 //! newest `[storage] keep_results_builds` are removed. Build summaries, durations, flake
-//! records, the gate and culprits are kept for ever ([`crate::store::Store::results_pruned`]
-//! says whether a build's results are gone).
+//! records, the gate and culprits are kept for ever; a read of a pruned build's results is
+//! answered with [`FarmError::ResultsPruned`].
 
 use super::{Farm, FarmError};
 

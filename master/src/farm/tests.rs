@@ -1042,6 +1042,11 @@ async fn retention_removes_old_builds_results_and_shards_and_keeps_their_summari
         if pruned {
             assert!(harness.store.results(build_id).unwrap().is_empty(), "build {build_id}");
             assert!(harness.store.shards(build_id).unwrap().is_empty(), "build {build_id}");
+            let read = harness.farm.build_tests(build_id);
+            assert!(
+                matches!(read, Err(FarmError::ResultsPruned(id)) if id == build_id),
+                "a pruned read says so: {read:?}"
+            );
         } else {
             assert_eq!(&harness.store.results(build_id).unwrap(), before, "a kept build reads the same, packed");
             let entries = harness.kv.scan_prefix(crate::store::Tree::Results, &build_id.to_be_bytes()).unwrap();
