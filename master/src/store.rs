@@ -6,7 +6,7 @@
 //!
 //! A test result is written with [`Kv::put_new`], keyed by (build, test, attempt): a
 //! second write of the same key is refused, so a result is stored exactly once. Once a
-//! build has ended its results are packed into one value ([`Store::pack_results`]), and
+//! build has ended its results are packed into a few values ([`Store::pack_results`]), and
 //! builds past retention lose their results and shards ([`Store::prune_results`]); their
 //! summaries and everything else stay.
 //!
@@ -33,7 +33,9 @@ use crate::culprit::Bisection;
 
 pub mod result_format;
 
-use self::result_format::{decode_entry, encode_pack, encode_result, pack_key, result_key, test_prefix};
+use self::result_format::{
+    CHUNK_KEY_LEN, chunk_key, decode_entry, encode_chunks, encode_result, result_key, test_prefix,
+};
 
 /// How many recent durations of a test the history keeps.
 pub const HISTORY_SAMPLES: usize = 5;
@@ -491,8 +493,8 @@ impl Store {
     /// Stores a result unless one is already stored for (build, test, attempt); returns
     /// whether it was written. A packed build's results count as stored.
     pub fn put_result(&self, build_id: u64, result: &TestResultView) -> Result<bool, StoreError> {
-        if let Some(pack) = self.kv.get(Tree::Results, &pack_key(build_id))? {
-            let packed = decode_results(&pack_key(build_id), &pack)?;
+        if self.results_packed(build_id)? {
+            let packed = self.results(build_id)?;
             if packed.iter().any(|stored| stored.test_id == result.test_id && stored.attempt == result.attempt) {
                 return Ok(false);
             }
@@ -504,12 +506,12 @@ impl Store {
     /// [`Store::results_pruned`]).
     pub fn results(&self, build_id: u64) -> Result<Vec<TestResultView>, StoreError> {
         let entries = self.kv.scan_prefix(Tree::Results, &build_id.to_be_bytes())?;
-        let packed = entries.first().is_some_and(|(key, _)| key.len() == 8);
+        let chunks = entries.iter().filter(|(key, _)| key.len() == CHUNK_KEY_LEN).count();
         let mut results = Vec::with_capacity(entries.len());
         for (key, value) in &entries {
             results.extend(decode_results(key, value)?);
         }
-        if packed && entries.len() > 1 {
+        if chunks > 0 && entries.len() > chunks {
             // Results stored after the pack: in key order among the packed ones.
             results.sort_by_cached_key(|result| result_key(build_id, &result.test_id, result.attempt));
         }
@@ -518,36 +520,45 @@ impl Store {
 
     /// The stored attempts of one test in one build, by attempt.
     pub fn results_of_test(&self, build_id: u64, test_id: &str) -> Result<Vec<TestResultView>, StoreError> {
-        let mut attempts = Vec::new();
-        if let Some(pack) = self.kv.get(Tree::Results, &pack_key(build_id))? {
-            attempts.extend(decode_results(&pack_key(build_id), &pack)?.into_iter().filter(|r| r.test_id == test_id));
+        if self.results_packed(build_id)? {
+            return Ok(self.results(build_id)?.into_iter().filter(|result| result.test_id == test_id).collect());
         }
+        let mut attempts = Vec::new();
         for (key, value) in self.kv.scan_prefix(Tree::Results, &test_prefix(build_id, test_id))? {
             // An id that itself continues with a NUL byte shares the prefix: keep exact matches.
-            attempts.extend(decode_results(&key, &value)?.into_iter().filter(|r| r.test_id == test_id));
+            attempts.extend(decode_results(&key, &value)?.into_iter().filter(|result| result.test_id == test_id));
         }
-        attempts.sort_by_key(|result| result.attempt);
         Ok(attempts)
     }
 
-    /// Packs an ended build's results into one value (see [`result_format`]), in one
-    /// atomic batch with the removal of their own entries; returns whether there was
-    /// anything to pack. Only for a build that takes no more results: one stored while
-    /// it is packed could be stored twice.
+    /// Whether a build's results are packed (see [`Store::pack_results`]).
+    pub fn results_packed(&self, build_id: u64) -> Result<bool, StoreError> {
+        Ok(self.kv.get(Tree::Results, &chunk_key(build_id, 0))?.is_some())
+    }
+
+    /// Packs an ended build's results into a few chunks (see [`result_format`]), in one
+    /// atomic batch with the removal of their own entries (and of the chunks of an earlier
+    /// pack); returns whether there was anything to pack. Only for a build that takes no
+    /// more results: one stored while it is packed could be stored twice.
     pub fn pack_results(&self, build_id: u64) -> Result<bool, StoreError> {
         let entries = self.kv.scan_prefix(Tree::Results, &build_id.to_be_bytes())?;
-        let unpacked: Vec<Vec<u8>> =
-            entries.iter().filter(|(key, _)| key.len() != 8).map(|(key, _)| key.clone()).collect();
-        if unpacked.is_empty() {
+        if entries.iter().all(|(key, _)| key.len() == CHUNK_KEY_LEN) {
             return Ok(false);
         }
         let results = self.results(build_id)?;
-        let pack = (pack_key(build_id).to_vec(), encode_pack(&results));
-        self.kv.apply_batch(Tree::Results, &[pack], &unpacked)?;
+        let chunks: Vec<Entry> = encode_chunks(&results)
+            .into_iter()
+            .enumerate()
+            .map(|(index, chunk)| (chunk_key(build_id, index as u32), chunk))
+            .collect();
+        let new_keys: std::collections::BTreeSet<&Vec<u8>> = chunks.iter().map(|(key, _)| key).collect();
+        let replaced: Vec<Vec<u8>> =
+            entries.into_iter().map(|(key, _)| key).filter(|key| !new_keys.contains(key)).collect();
+        self.kv.apply_batch(Tree::Results, &chunks, &replaced)?;
         Ok(true)
     }
 
-    /// Removes up to `limit` of a build's stored results (entries: a pack counts as one)
+    /// Removes up to `limit` of a build's stored results (entries: a chunk counts as one)
     /// and shards, one batch per tree; returns whether none is left. The build's summary
     /// stays.
     pub fn prune_results(&self, build_id: u64, limit: usize) -> Result<bool, StoreError> {

@@ -4,11 +4,15 @@
 //! - **A result of a running build** is one entry: key (build id, test id, NUL, attempt),
 //!   value [`RESULT`] then the result's body (status, flags, duration, lease, worker,
 //!   output). The test id and attempt are the key's, not repeated in the value.
-//! - **A finished build's results** are packed into one entry, key the build id alone
-//!   (8 bytes, shorter than any result key, so it sorts first among the build's entries):
-//!   [`PACK`], the build's worker names once, then every result in key order, each test id
-//!   front-coded against the previous one (ids of one suite share long prefixes), its
-//!   worker as an index into the names.
+//! - **A finished build's results** are packed into a few entries (chunks), keys (build
+//!   id, chunk number as 4 big-endian bytes): 12 bytes, which no result key has (13 at
+//!   least). Each chunk is self-contained: [`PACK`], its worker names once, then its
+//!   results in key order, each test id front-coded against the previous one (ids of one
+//!   suite share long prefixes), its worker as an index into the names. A chunk holds
+//!   about [`CHUNK_BYTES`] of results (one result with a longer output, alone): sled 0.34
+//!   writes a tree node over 128 KiB (a quarter of its segment) as a file of its own, and
+//!   leaks such files when the node is replaced, so no node may grow that big, and a leaf
+//!   holds up to 16 entries.
 //! - **A value written before this format** is a result as JSON (it starts with `{`) and
 //!   still reads: a master upgraded in place keeps its history.
 //!
@@ -21,6 +25,11 @@ use greenlight_shared::api::{TestResultView, TestStatus};
 pub const RESULT: u8 = 1;
 /// First byte of a packed build.
 pub const PACK: u8 = 2;
+/// About how many bytes of results one chunk of a pack holds: 16 of them (a sled leaf)
+/// stay well under the 128 KiB that sled writes as a separate file.
+pub const CHUNK_BYTES: usize = 4096;
+/// The length of a chunk's key: build id and chunk number.
+pub const CHUNK_KEY_LEN: usize = 12;
 /// First byte of a value from before the binary format (a JSON object).
 const JSON: u8 = b'{';
 
@@ -203,9 +212,34 @@ pub fn test_prefix(build_id: u64, test_id: &str) -> Vec<u8> {
     key
 }
 
-/// The key of a build's pack: the build id alone.
-pub fn pack_key(build_id: u64) -> [u8; 8] {
-    build_id.to_be_bytes()
+/// The key of chunk `chunk` of a build's pack.
+pub fn chunk_key(build_id: u64, chunk: u32) -> Vec<u8> {
+    let mut key = build_id.to_be_bytes().to_vec();
+    key.extend_from_slice(&chunk.to_be_bytes());
+    key
+}
+
+/// A build's results, in key order, packed: chunk values of about [`CHUNK_BYTES`] each
+/// (none for no results).
+pub fn encode_chunks(results: &[TestResultView]) -> Vec<Vec<u8>> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut size = 0;
+    for (index, result) in results.iter().enumerate() {
+        size += 24
+            + result.test_id.len()
+            + result.output.as_ref().map_or(0, String::len)
+            + result.worker.as_ref().map_or(0, String::len);
+        if size >= CHUNK_BYTES {
+            chunks.push(encode_pack(&results[start..=index]));
+            start = index + 1;
+            size = 0;
+        }
+    }
+    if start < results.len() {
+        chunks.push(encode_pack(&results[start..]));
+    }
+    chunks
 }
 
 /// One result's value (its test id and attempt are in its key).
@@ -240,8 +274,8 @@ fn split_key(key: &[u8]) -> Result<(String, u32), FormatError> {
     Ok((test_id, attempt))
 }
 
-/// A build's results, in key order (test id, then attempt), packed into one value.
-pub fn encode_pack(results: &[TestResultView]) -> Vec<u8> {
+/// Results in key order (test id, then attempt), packed into one value.
+fn encode_pack(results: &[TestResultView]) -> Vec<u8> {
     let mut names: Vec<&str> = results.iter().filter_map(|result| result.worker.as_deref()).collect();
     names.sort_unstable();
     names.dedup();
@@ -333,8 +367,21 @@ mod tests {
             let key = result_key(7, &result.test_id, result.attempt);
             assert_eq!(decode_entry(&key, &encode_result(result)).unwrap(), vec![result.clone()]);
         }
-        assert_eq!(decode_entry(&pack_key(7), &encode_pack(&results)).unwrap(), results);
-        assert_eq!(decode_entry(&pack_key(7), &encode_pack(&[])).unwrap(), Vec::new());
+        assert_eq!(decode_entry(&chunk_key(7, 0), &encode_pack(&results)).unwrap(), results);
+        assert_eq!(decode_entry(&chunk_key(7, 0), &encode_pack(&[])).unwrap(), Vec::new());
+    }
+
+    #[test]
+    fn a_pack_is_cut_into_small_chunks_that_read_back_in_order() {
+        let results: Vec<TestResultView> =
+            (0..2000).map(|index| full(&format!("tests/test_module.py::test_{index:05}"), 1)).collect();
+        let chunks = encode_chunks(&results);
+        assert!(chunks.len() > 10, "{} chunks", chunks.len());
+        assert!(chunks.iter().all(|chunk| chunk.len() <= CHUNK_BYTES), "no chunk over {CHUNK_BYTES} bytes");
+        let read: Vec<TestResultView> =
+            chunks.iter().flat_map(|chunk| decode_entry(&chunk_key(7, 0), chunk).unwrap()).collect();
+        assert_eq!(read, results);
+        assert!(encode_chunks(&[]).is_empty());
     }
 
     #[test]
@@ -347,7 +394,7 @@ mod tests {
     fn damaged_values_are_errors_not_panics() {
         let pack = encode_pack(&[full("a", 1), bare("b")]);
         for len in 0..pack.len() {
-            assert!(decode_entry(&pack_key(1), &pack[..len]).is_err(), "truncated at {len}");
+            assert!(decode_entry(&chunk_key(1, 0), &pack[..len]).is_err(), "truncated at {len}");
         }
         let one = encode_result(&full("a", 1));
         for len in 1..one.len() {
