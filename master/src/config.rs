@@ -27,6 +27,7 @@
 //! reserve_bytes = 67108864         # below this every write is refused (503; workers retry)
 //! cache_bytes = 67108864           # the store's page cache in memory (sled's cache_capacity)
 //! keep_results_builds = 500        # full results and shards of the newest 500 builds; 0: all
+//! keep_results_days = 0            # and of builds that ended in the last N days; 0: no limit
 //! ```
 //!
 //! Or a runner adapter instead of the templates (it lists, sets up and runs by itself):
@@ -165,6 +166,10 @@ pub struct StorageConfig {
     /// records, the gate and culprits are kept for ever). 0: keep everything.
     #[serde(default = "default_keep_results_builds")]
     pub keep_results_builds: u64,
+    /// Full results and shards of a build that ended more than this many days ago are
+    /// removed too (whichever limit comes first). 0: no limit by age.
+    #[serde(default)]
+    pub keep_results_days: f64,
 }
 
 fn default_keep_results_builds() -> u64 {
@@ -190,6 +195,7 @@ impl Default for StorageConfig {
             reserve_bytes: default_reserve_bytes(),
             cache_bytes: default_cache_bytes(),
             keep_results_builds: default_keep_results_builds(),
+            keep_results_days: 0.0,
         }
     }
 }
@@ -716,6 +722,9 @@ impl Config {
         if !non_negative(self.full_runs.interval_s) {
             return invalid("[full_runs] interval_s must be >= 0");
         }
+        if !non_negative(self.storage.keep_results_days) {
+            return invalid("[storage] keep_results_days must be >= 0");
+        }
         if self.storage.reserve_bytes > self.storage.min_free_bytes {
             return invalid("[storage] reserve_bytes must not exceed min_free_bytes");
         }
@@ -812,6 +821,11 @@ run_command = ["run", "{ids_file}"]
         assert_eq!(
             Config::from_file(&path).unwrap_err().to_string(),
             "invalid configuration: [storage] reserve_bytes must not exceed min_free_bytes"
+        );
+        std::fs::write(&path, format!("{base}[storage]\nkeep_results_days = -1.0\n")).unwrap();
+        assert_eq!(
+            Config::from_file(&path).unwrap_err().to_string(),
+            "invalid configuration: [storage] keep_results_days must be >= 0"
         );
     }
 

@@ -1,7 +1,8 @@
 //! The store's housekeeping after builds end, run off the async threads in small steps:
 //! an ended build's results are packed into one value (see
 //! [`crate::store::result_format`]), and the results and shards of builds older than the
-//! newest `[storage] keep_results_builds` are removed. Build summaries, durations, flake
+//! newest `[storage] keep_results_builds`, or ended more than `keep_results_days` ago,
+//! are removed. Build summaries, durations, flake
 //! records, the gate and culprits are kept for ever; a read of a pruned build's results is
 //! answered with [`FarmError::ResultsPruned`].
 
@@ -58,20 +59,29 @@ impl Farm {
         Ok(false)
     }
 
-    /// Removes one batch of the oldest build past retention; returns whether it did.
+    /// Removes one batch of the oldest build past retention (`[storage]
+    /// keep_results_builds` or `keep_results_days`, whichever comes first); returns whether
+    /// it did. Builds lose their results oldest first, so a build still running holds back
+    /// the ones after it.
     fn prune_step(&self, newest: u64) -> Result<bool, FarmError> {
-        let keep = self.config.storage.keep_results_builds;
-        if keep == 0 {
+        let storage = &self.config.storage;
+        let oldest = self.store.results_pruned_below()?.max(1);
+        if oldest > newest || !self.ended(oldest)? {
             return Ok(false);
         }
-        let below = self.store.results_pruned_below()?.max(1);
-        let expired = newest.saturating_sub(keep);
-        if below > expired || !self.ended(below)? {
+        let too_many = storage.keep_results_builds > 0 && oldest + storage.keep_results_builds <= newest;
+        let too_old = storage.keep_results_days > 0.0
+            && self.store.build(oldest)?.is_none_or(|build| {
+                build
+                    .finished_at
+                    .is_some_and(|finished_at| self.now() - finished_at > storage.keep_results_days * 86_400.0)
+            });
+        if !too_many && !too_old {
             return Ok(false);
         }
-        if self.store.prune_results(below, PRUNE_BATCH)? {
-            self.store.set_results_pruned_below(below + 1)?;
-            tracing::info!(build_id = below, keep, "results and shards removed (retention)");
+        if self.store.prune_results(oldest, PRUNE_BATCH)? {
+            self.store.set_results_pruned_below(oldest + 1)?;
+            tracing::info!(build_id = oldest, "results and shards removed (retention)");
         }
         Ok(true)
     }

@@ -1061,3 +1061,26 @@ async fn retention_removes_old_builds_results_and_shards_and_keeps_their_summari
     let flake = harness.store.flake_record("a").unwrap().expect("the flake record is kept");
     assert_eq!(flake.flaky(), 4);
 }
+
+#[tokio::test]
+async fn retention_by_age_removes_the_results_of_builds_that_ended_too_long_ago() {
+    let harness = Harness::new(&suite(&["a", "b"]), |config| {
+        config.storage.keep_results_builds = 0;
+        config.storage.keep_results_days = 1.0;
+    });
+    let worker = harness.register("w1");
+    let old = harness.next_build().await;
+    harness.run_all(worker, passing);
+    harness.clock.advance(86_400.0 / 2.0);
+    harness.repo.touch_area("core", "Half a day later").unwrap();
+    let recent = harness.next_build().await;
+    harness.run_all(worker, passing);
+    while harness.farm.keep_store().unwrap() {}
+    assert!(!harness.store.results_pruned(old).unwrap(), "a build that ended half a day ago keeps its results");
+    harness.clock.advance(86_400.0 * 0.75);
+    while harness.farm.keep_store().unwrap() {}
+    assert!(harness.store.results_pruned(old).unwrap() && harness.store.results(old).unwrap().is_empty());
+    assert!(matches!(harness.farm.build_tests(old), Err(FarmError::ResultsPruned(_))));
+    assert!(!harness.store.results_pruned(recent).unwrap());
+    assert_eq!(harness.farm.build_tests(recent).unwrap().results.len(), 2);
+}
