@@ -564,8 +564,15 @@ impl Store {
     pub fn prune_results(&self, build_id: u64, limit: usize) -> Result<bool, StoreError> {
         let mut done = true;
         for tree in [Tree::Results, Tree::Shards] {
-            let keys: Vec<Vec<u8>> =
-                self.kv.scan_prefix(tree, &build_id.to_be_bytes())?.into_iter().map(|(key, _)| key).collect();
+            // One more than a batch, to know whether it is the last: never the whole build.
+            let prefix = build_id.to_be_bytes();
+            let keys: Vec<Vec<u8>> = self
+                .kv
+                .scan_from(tree, &prefix, limit + 1)?
+                .into_iter()
+                .map(|(key, _)| key)
+                .take_while(|key| key.starts_with(&prefix))
+                .collect();
             done &= keys.len() <= limit;
             let batch: Vec<Vec<u8>> = keys.into_iter().take(limit).collect();
             if !batch.is_empty() {
