@@ -35,28 +35,28 @@ impl Farm {
     /// Packs the oldest ended build not yet packed; the watermark moves over the ended
     /// builds only, so a build still running is packed once it ends.
     fn pack_step(&self, newest: u64) -> Result<bool, FarmError> {
-        let mut watermark = self.store.results_packed_below()?.max(self.store.results_pruned_below()?).max(1);
-        let mut all_ended = true;
-        for build_id in watermark..=newest {
+        let first = self.store.results_packed_below()?.max(self.store.results_pruned_below()?).max(1);
+        // Below this id every build has ended and is packed.
+        let mut watermark = first;
+        let mut packed_one = false;
+        for build_id in first..=newest {
             if !self.ended(build_id)? {
-                all_ended = false;
                 continue;
             }
-            if self.store.pack_results(build_id)? {
-                tracing::debug!(build_id, "results packed");
-                if all_ended {
-                    self.store.set_results_packed_below(build_id + 1)?;
-                }
-                return Ok(true);
-            }
-            if all_ended {
+            let packed = self.store.pack_results(build_id)?;
+            if watermark == build_id {
                 watermark = build_id + 1;
+            }
+            if packed {
+                tracing::debug!(build_id, "results packed");
+                packed_one = true;
+                break;
             }
         }
         if watermark > self.store.results_packed_below()? {
             self.store.set_results_packed_below(watermark)?;
         }
-        Ok(false)
+        Ok(packed_one)
     }
 
     /// Removes one batch of the oldest build past retention (`[storage]

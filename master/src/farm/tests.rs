@@ -1084,3 +1084,25 @@ async fn retention_by_age_removes_the_results_of_builds_that_ended_too_long_ago(
     assert!(!harness.store.results_pruned(recent).unwrap());
     assert_eq!(harness.farm.build_tests(recent).unwrap().results.len(), 2);
 }
+
+#[tokio::test]
+async fn a_running_build_is_packed_only_once_it_ends_and_reads_the_same_before_and_after() {
+    let harness = Harness::new(&suite(&["a", "b"]), |_| {});
+    let worker = harness.register("w1");
+    let build_id = harness.next_build().await;
+    let lease = harness.lease(worker);
+    harness.report(&lease, worker, &[(lease.tests[0].as_str(), TestStatus::Failed)]).unwrap();
+    while harness.farm.keep_store().unwrap() {}
+    assert!(!harness.store.results_packed(build_id).unwrap(), "a running build takes results: not packed");
+    for test_id in &lease.tests {
+        harness.report(&lease, worker, &[(test_id.as_str(), TestStatus::Passed)]).unwrap();
+    }
+    harness.farm.finish(lease.lease_id, worker, &ShardOutcome::Completed, Some(1.0)).unwrap();
+    harness.run_all(worker, passing);
+    assert!(harness.build(build_id).state.is_finished());
+    let before = harness.farm.build_tests(build_id).unwrap().results;
+    while harness.farm.keep_store().unwrap() {}
+    assert!(harness.store.results_packed(build_id).unwrap(), "an ended build is packed");
+    assert_eq!(harness.farm.build_tests(build_id).unwrap().results, before);
+    assert!(before.iter().any(|result| result.retried), "{before:?}");
+}
