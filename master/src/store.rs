@@ -34,7 +34,7 @@ use crate::culprit::Bisection;
 pub mod result_format;
 
 use self::result_format::{
-    CHUNK_KEY_LEN, chunk_key, decode_entry, encode_chunks, encode_result, result_key, test_prefix,
+    CHUNK_KEY_LEN, chunk_first_test_id, chunk_key, decode_entry, encode_chunks, encode_result, result_key, test_prefix,
 };
 
 /// How many recent durations of a test the history keeps.
@@ -521,13 +521,43 @@ impl Store {
     /// The stored attempts of one test in one build, by attempt.
     pub fn results_of_test(&self, build_id: u64, test_id: &str) -> Result<Vec<TestResultView>, StoreError> {
         if self.results_packed(build_id)? {
-            return Ok(self.results(build_id)?.into_iter().filter(|result| result.test_id == test_id).collect());
+            return self.packed_results_of_test(build_id, test_id);
         }
         let mut attempts = Vec::new();
         for (key, value) in self.kv.scan_prefix(Tree::Results, &test_prefix(build_id, test_id))? {
             // An id that itself continues with a NUL byte shares the prefix: keep exact matches.
             attempts.extend(decode_results(&key, &value)?.into_iter().filter(|result| result.test_id == test_id));
         }
+        Ok(attempts)
+    }
+
+    /// [`Store::results_of_test`] of a packed build: only the chunks whose range of test
+    /// ids holds it are decoded (all of them for an id with a NUL byte, whose key order
+    /// need not be its order as a string).
+    fn packed_results_of_test(&self, build_id: u64, test_id: &str) -> Result<Vec<TestResultView>, StoreError> {
+        let corrupt = |error: result_format::FormatError| StoreError::Corrupt {
+            tree: Tree::Results.name(),
+            reason: error.to_string(),
+        };
+        let entries = self.kv.scan_prefix(Tree::Results, &build_id.to_be_bytes())?;
+        let mut firsts = Vec::with_capacity(entries.len());
+        for (key, value) in &entries {
+            firsts.push(if key.len() == CHUNK_KEY_LEN { chunk_first_test_id(value).map_err(corrupt)? } else { None });
+        }
+        let mut attempts = Vec::new();
+        for (index, (key, value)) in entries.iter().enumerate() {
+            let wanted = if key.len() != CHUNK_KEY_LEN || test_id.contains('\0') {
+                true
+            } else {
+                let starts_at_or_before = firsts[index].as_deref().is_some_and(|first| first <= test_id);
+                let next_first = firsts[index + 1..].iter().flatten().next();
+                starts_at_or_before && next_first.is_none_or(|next| test_id <= next.as_str())
+            };
+            if wanted {
+                attempts.extend(decode_results(key, value)?.into_iter().filter(|result| result.test_id == test_id));
+            }
+        }
+        attempts.sort_by_key(|result| result.attempt);
         Ok(attempts)
     }
 
@@ -1061,6 +1091,34 @@ mod tests {
         assert_eq!(store.results_of_test(1, "a").unwrap().len(), 3);
         assert!(store.pack_results(1).unwrap(), "the later result joins the pack");
         assert_eq!(store.results(1).unwrap().len(), 5);
+    }
+
+    fn one_test_of_a_packed_build_reads_from_its_chunks(store: Store) {
+        let mut ids: Vec<String> = (0..1500).map(|index| format!("suite/test_{index:04}")).collect();
+        ids.push("suite/test_0700\0twin".into());
+        for (index, id) in ids.iter().enumerate() {
+            for attempt in 1..=(1 + (index % 3) as u32) {
+                assert!(store.put_result(5, &result(id, attempt, TestStatus::Passed)).unwrap());
+            }
+        }
+        let before: Vec<Vec<TestResultView>> = ids.iter().map(|id| store.results_of_test(5, id).unwrap()).collect();
+        assert!(store.pack_results(5).unwrap());
+        assert!(store.kv.scan_prefix(Tree::Results, &5u64.to_be_bytes()).unwrap().len() > 10, "several chunks");
+        for (id, before) in ids.iter().zip(&before) {
+            assert!(!before.is_empty());
+            assert_eq!(&store.results_of_test(5, id).unwrap(), before, "{id:?}");
+        }
+        assert!(store.results_of_test(5, "suite/test_0700\0").unwrap().is_empty());
+        assert!(
+            store.results_of_test(5, "zzz").unwrap().is_empty() && store.results_of_test(5, "a").unwrap().is_empty()
+        );
+    }
+
+    #[test]
+    fn one_test_of_a_packed_build_reads_the_same_as_before_packing() {
+        one_test_of_a_packed_build_reads_from_its_chunks(Store::in_memory());
+        let dir = tempfile::tempdir().unwrap();
+        one_test_of_a_packed_build_reads_from_its_chunks(Store::open_sled(dir.path(), DEFAULT_CACHE_BYTES).unwrap());
     }
 
     #[test]

@@ -301,6 +301,28 @@ fn encode_pack(results: &[TestResultView]) -> Vec<u8> {
     out
 }
 
+/// The test id of a chunk's first result (`None` for a chunk without results), read
+/// without decoding the rest: chunks are in key order, so a reader looking for one test
+/// decodes only the chunks whose range holds it.
+pub fn chunk_first_test_id(value: &[u8]) -> Result<Option<String>, FormatError> {
+    if value.first() != Some(&PACK) {
+        return Err(corrupt("not a chunk"));
+    }
+    let mut reader = Reader { bytes: &value[1..] };
+    for _ in 0..reader.length()? {
+        let len = reader.length()?;
+        reader.take(len)?;
+    }
+    if reader.length()? == 0 {
+        return Ok(None);
+    }
+    if reader.length()? != 0 {
+        return Err(corrupt("a chunk's first id is front-coded"));
+    }
+    let len = reader.length()?;
+    String::from_utf8(reader.take(len)?.to_vec()).map(Some).map_err(|_| corrupt("a test id is not UTF-8"))
+}
+
 fn decode_pack(value: &[u8]) -> Result<Vec<TestResultView>, FormatError> {
     let mut reader = Reader { bytes: &value[1..] };
     let n_names = reader.length()?;
@@ -382,6 +404,11 @@ mod tests {
             chunks.iter().flat_map(|chunk| decode_entry(&chunk_key(7, 0), chunk).unwrap()).collect();
         assert_eq!(read, results);
         assert!(encode_chunks(&[]).is_empty());
+        for chunk in &chunks {
+            let first = decode_entry(&chunk_key(7, 0), chunk).unwrap()[0].test_id.clone();
+            assert_eq!(chunk_first_test_id(chunk).unwrap(), Some(first));
+        }
+        assert_eq!(chunk_first_test_id(&encode_pack(&[])).unwrap(), None);
     }
 
     #[test]
