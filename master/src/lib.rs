@@ -1,7 +1,8 @@
 //! The Greenlight master: an axum server over a [`farm::Farm`] whose state lives in sled.
 //! [`run`] serves on a given listener until `shutdown` resolves; `greenlight master` and
 //! the tests both call it. Background tasks poll the watched branch, start builds when
-//! changes are queued and no build runs, and expire leases whose heartbeats stopped.
+//! changes are queued and no build runs, expire leases whose heartbeats stopped, and keep
+//! the store (ended builds' results packed, old ones removed: `farm/retention.rs`).
 #![warn(missing_docs)]
 
 pub mod api;
@@ -219,7 +220,8 @@ async fn tick_loop(farm: Arc<Farm>, mut stop: watch::Receiver<bool>) {
 }
 
 /// Keeps the store (packs ended builds' results, removes those past retention) until
-/// `stop`: a step at a time on a blocking thread, every few seconds while there is work.
+/// `stop`: one bounded step at a time on a blocking thread, 20 ms apart while there is
+/// work, then a look every 5 s.
 async fn store_loop(farm: Arc<Farm>, mut stop: watch::Receiver<bool>) {
     loop {
         let more = if farm.write_refusal().is_some() {

@@ -108,8 +108,8 @@ pub enum FarmError {
     UnknownBuild(u64),
     /// The build's results and shards were removed by retention (its summary stays).
     #[error(
-        "the results of build {0} were removed: only the newest [storage] keep_results_builds builds keep them \
-         (its summary is kept)"
+        "the results of build {0} were removed by retention ([storage] keep_results_builds, keep_results_days); \
+         its summary is kept"
     )]
     ResultsPruned(u64),
     /// The build already ended.

@@ -1,10 +1,10 @@
-//! The store's housekeeping after builds end, run off the async threads in small steps:
-//! an ended build's results are packed into one value (see
-//! [`crate::store::result_format`]), and the results and shards of builds older than the
-//! newest `[storage] keep_results_builds`, or ended more than `keep_results_days` ago,
-//! are removed. Build summaries, durations, flake
-//! records, the gate and culprits are kept for ever; a read of a pruned build's results is
-//! answered with [`FarmError::ResultsPruned`].
+//! The store's housekeeping after builds end, run off the async threads in small steps
+//! (the master's `store_loop`): an ended build's results are packed into a few small
+//! values (see [`crate::store::result_format`]), and the results and shards of builds
+//! older than the newest `[storage] keep_results_builds`, or ended more than
+//! `keep_results_days` ago, are removed. Build summaries, durations, flake records, the
+//! gate and culprits are kept for ever; a read of a pruned build's results is answered
+//! with [`FarmError::ResultsPruned`].
 
 use super::{Farm, FarmError};
 
