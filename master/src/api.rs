@@ -65,6 +65,7 @@ impl From<FarmError> for ApiError {
             FarmError::WrongWorkerToken(_) => ApiError::new(StatusCode::FORBIDDEN, "wrong_token", message),
             FarmError::UnknownBuild(_) => ApiError::new(StatusCode::NOT_FOUND, "unknown_build", message),
             FarmError::BuildEnded(_) => ApiError::new(StatusCode::CONFLICT, "build_ended", message),
+            FarmError::ResultsPruned(_) => ApiError::new(StatusCode::GONE, "results_pruned", message),
             FarmError::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message),
             FarmError::Scheduler(SchedulerError::UnknownLease(_)) => {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_lease", message)

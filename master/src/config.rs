@@ -22,9 +22,12 @@
 //! [tags.paths]
 //! "src/chat/**" = ["chat"]
 //!
-//! [storage]                        # free space on data_dir's filesystem
+//! [storage]                        # free space on data_dir's filesystem, the store's memory
 //! min_free_bytes = 1073741824      # below this no new build starts (the gate warns)
 //! reserve_bytes = 67108864         # below this every write is refused (503; workers retry)
+//! cache_bytes = 67108864           # the store's page cache in memory (sled's cache_capacity)
+//! keep_results_builds = 500        # full results and shards of the newest 500 builds; 0: all
+//! keep_results_days = 0            # and of builds that ended in the last N days; 0: no limit
 //! ```
 //!
 //! Or a runner adapter instead of the templates (it lists, sets up and runs by itself):
@@ -138,8 +141,9 @@ pub struct Config {
     pub storage: StorageConfig,
 }
 
-/// Free space on the data directory's filesystem: the master stops taking new work before
-/// the disk is full, rather than failing inside a build.
+/// Free space on the data directory's filesystem (the master stops taking new work before
+/// the disk is full, rather than failing inside a build), and what the store may hold in
+/// memory.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
@@ -152,6 +156,28 @@ pub struct StorageConfig {
     /// it. At most `min_free_bytes`. 0: never refused (the store meets the full disk).
     #[serde(default = "default_reserve_bytes")]
     pub reserve_bytes: u64,
+    /// The store's page cache (sled's `cache_capacity`), in bytes: what the master keeps of
+    /// the store in memory, however many results it holds. Reads of older builds beyond it
+    /// go to the disk. sled's own default, 1 GiB, is never what a master wants.
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: u64,
+    /// Full results (output included) and shards are kept for the newest this many builds;
+    /// older builds lose them in the background (their summaries, durations history, flake
+    /// records, the gate and culprits are kept for ever). 0: keep everything.
+    #[serde(default = "default_keep_results_builds")]
+    pub keep_results_builds: u64,
+    /// Full results and shards of a build that ended more than this many days ago are
+    /// removed too (whichever limit comes first). 0: no limit by age.
+    #[serde(default)]
+    pub keep_results_days: f64,
+}
+
+fn default_keep_results_builds() -> u64 {
+    500
+}
+
+fn default_cache_bytes() -> u64 {
+    crate::store::DEFAULT_CACHE_BYTES
 }
 
 fn default_min_free_bytes() -> u64 {
@@ -164,7 +190,13 @@ fn default_reserve_bytes() -> u64 {
 
 impl Default for StorageConfig {
     fn default() -> StorageConfig {
-        StorageConfig { min_free_bytes: default_min_free_bytes(), reserve_bytes: default_reserve_bytes() }
+        StorageConfig {
+            min_free_bytes: default_min_free_bytes(),
+            reserve_bytes: default_reserve_bytes(),
+            cache_bytes: default_cache_bytes(),
+            keep_results_builds: default_keep_results_builds(),
+            keep_results_days: 0.0,
+        }
     }
 }
 
@@ -690,6 +722,9 @@ impl Config {
         if !non_negative(self.full_runs.interval_s) {
             return invalid("[full_runs] interval_s must be >= 0");
         }
+        if !non_negative(self.storage.keep_results_days) {
+            return invalid("[storage] keep_results_days must be >= 0");
+        }
         if self.storage.reserve_bytes > self.storage.min_free_bytes {
             return invalid("[storage] reserve_bytes must not exceed min_free_bytes");
         }
@@ -772,12 +807,25 @@ run_command = ["run", "{ids_file}"]
         std::fs::write(&path, base).unwrap();
         let storage = Config::from_file(&path).unwrap().storage;
         assert_eq!((storage.min_free_bytes, storage.reserve_bytes), (1 << 30, 64 << 20));
-        std::fs::write(&path, format!("{base}[storage]\nmin_free_bytes = 0\nreserve_bytes = 0\n")).unwrap();
-        assert_eq!(Config::from_file(&path).unwrap().storage.min_free_bytes, 0, "no floor at all");
+        assert_eq!(storage.cache_bytes, 64 << 20, "a small cache, not sled's 1 GiB");
+        assert_eq!(storage.keep_results_builds, 500);
+        std::fs::write(
+            &path,
+            format!("{base}[storage]\nmin_free_bytes = 0\nreserve_bytes = 0\ncache_bytes = 8388608\n"),
+        )
+        .unwrap();
+        let storage = Config::from_file(&path).unwrap().storage;
+        assert_eq!(storage.min_free_bytes, 0, "no floor at all");
+        assert_eq!(storage.cache_bytes, 8 << 20);
         std::fs::write(&path, format!("{base}[storage]\nmin_free_bytes = 100\nreserve_bytes = 200\n")).unwrap();
         assert_eq!(
             Config::from_file(&path).unwrap_err().to_string(),
             "invalid configuration: [storage] reserve_bytes must not exceed min_free_bytes"
+        );
+        std::fs::write(&path, format!("{base}[storage]\nkeep_results_days = -1.0\n")).unwrap();
+        assert_eq!(
+            Config::from_file(&path).unwrap_err().to_string(),
+            "invalid configuration: [storage] keep_results_days must be >= 0"
         );
     }
 

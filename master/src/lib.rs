@@ -1,7 +1,8 @@
 //! The Greenlight master: an axum server over a [`farm::Farm`] whose state lives in sled.
 //! [`run`] serves on a given listener until `shutdown` resolves; `greenlight master` and
 //! the tests both call it. Background tasks poll the watched branch, start builds when
-//! changes are queued and no build runs, and expire leases whose heartbeats stopped.
+//! changes are queued and no build runs, expire leases whose heartbeats stopped, and keep
+//! the store (ended builds' results packed, old ones removed: `farm/retention.rs`).
 #![warn(missing_docs)]
 
 pub mod api;
@@ -80,7 +81,8 @@ pub async fn open(config: Config) -> Result<Master, MasterError> {
     let probe = data_dir.join(".greenlight-write-check");
     std::fs::write(&probe, b"").and_then(|()| std::fs::remove_file(&probe)).map_err(unusable)?;
     let db_dir = data_dir.join("db");
-    let store = Store::open_sled(&db_dir).map_err(|source| MasterError::Store { dir: db_dir.clone(), source })?;
+    let store = Store::open_sled(&db_dir, config.storage.cache_bytes)
+        .map_err(|source| MasterError::Store { dir: db_dir.clone(), source })?;
     let farm = Arc::new(Farm::new(config, store)?);
     let recovering = Arc::clone(&farm);
     farm::blocking(move || recovering.recover()).await??;
@@ -110,6 +112,7 @@ async fn serve(
         tokio::spawn(build_loop(Arc::clone(&farm), stop_rx.clone())),
         tokio::spawn(tick_loop(Arc::clone(&farm), stop_rx.clone())),
         tokio::spawn(push_loop(Arc::clone(&farm), stop_rx.clone())),
+        tokio::spawn(store_loop(Arc::clone(&farm), stop_rx.clone())),
     ];
     tracing::info!(address = %listener.local_addr()?, "master listening");
     let app = api::router(api::AppState { farm: Arc::clone(&farm) });
@@ -211,6 +214,31 @@ async fn tick_loop(farm: Arc<Farm>, mut stop: watch::Receiver<bool>) {
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            () = stopped(&mut stop) => return,
+        }
+    }
+}
+
+/// Keeps the store (packs ended builds' results, removes those past retention) until
+/// `stop`: one bounded step at a time on a blocking thread, 20 ms apart while there is
+/// work, then a look every 5 s.
+async fn store_loop(farm: Arc<Farm>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let more = if farm.write_refusal().is_some() {
+            false
+        } else {
+            let keeping = Arc::clone(&farm);
+            match farm::blocking(move || keeping.keep_store()).await {
+                Ok(Ok(more)) => more,
+                Ok(Err(error)) | Err(error) => {
+                    tracing::warn!(%error, "store housekeeping failed");
+                    false
+                }
+            }
+        };
+        let pause = if more { Duration::from_millis(20) } else { Duration::from_secs(5) };
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
             () = stopped(&mut stop) => return,
         }
     }

@@ -1,10 +1,14 @@
 //! The master's storage, behind a narrow interface. [`Store`] offers typed operations
 //! (changes, builds, results, shards, duration history, counters) over a [`Kv`] backend
 //! of a few ordered trees. Only [`SledKv`] knows sled; [`MemoryKv`] serves tests. Values
-//! are JSON; integer keys are big-endian so trees iterate in numeric order.
+//! are JSON, except test results (binary, see [`result_format`]); integer keys are
+//! big-endian so trees iterate in numeric order.
 //!
 //! A test result is written with [`Kv::put_new`], keyed by (build, test, attempt): a
-//! second write of the same key is refused, so a result is stored exactly once.
+//! second write of the same key is refused, so a result is stored exactly once. Once a
+//! build has ended its results are packed into a few values ([`Store::pack_results`]), and
+//! builds past retention lose their results and shards ([`Store::prune_results`]); their
+//! summaries and everything else stay.
 //!
 //! **A failed write fails the store.** sled keeps its first I/O error (a full disk) and
 //! refuses everything after it, and what it held in memory then may never reach the disk.
@@ -27,6 +31,12 @@ use serde::de::DeserializeOwned;
 
 use crate::culprit::Bisection;
 
+pub mod result_format;
+
+use self::result_format::{
+    CHUNK_KEY_LEN, chunk_first_test_id, chunk_key, decode_entry, encode_chunks, encode_result, result_key, test_prefix,
+};
+
 /// How many recent durations of a test the history keeps.
 pub const HISTORY_SAMPLES: usize = 5;
 
@@ -46,12 +56,12 @@ pub enum StoreError {
     #[error("the store failed earlier ({0}); restart the master once the cause is fixed")]
     Failed(String),
     /// A stored value could not be decoded.
-    #[error("stored value in {tree} is corrupt: {source}")]
+    #[error("stored value in {tree} is corrupt: {reason}")]
     Corrupt {
         /// The tree.
         tree: &'static str,
-        /// The decoding error.
-        source: serde_json::Error,
+        /// What is wrong with it.
+        reason: String,
     },
 }
 
@@ -100,6 +110,8 @@ pub trait Kv: Send + Sync {
     fn put_new(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<bool, StoreError>;
     /// Removes `key`.
     fn remove(&self, tree: Tree, key: &[u8]) -> Result<(), StoreError>;
+    /// Sets every `puts` entry and removes every `removes` key, all or none.
+    fn apply_batch(&self, tree: Tree, puts: &[Entry], removes: &[Vec<u8>]) -> Result<(), StoreError>;
     /// Entries whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<Vec<Entry>, StoreError>;
     /// Entries with key `>= start`, in key order, at most `limit`.
@@ -113,6 +125,10 @@ pub trait Kv: Send + Sync {
 /// How long opening a store waits for a lock held by a closing handle.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
 
+/// The cache a sled store keeps in memory when not told otherwise (`[storage]
+/// cache_bytes`): sled's own default (1 GiB) is what a long-running master grew to.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// The sled backend: the only code in Greenlight that knows sled.
 pub struct SledKv {
     db: sled::Db,
@@ -123,21 +139,22 @@ fn backend(error: sled::Error) -> StoreError {
 }
 
 impl SledKv {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the database in `dir`, keeping at most about `cache_bytes` of it
+    /// in memory (sled's page cache; the process holds more: sled's index and buffers).
     ///
     /// sled releases its file lock from a background thread some moments after the last
     /// handle is dropped (spacejam/sled#1234), so a store closed and reopened in one process
     /// can find its own lock still held: the lock is waited for up to [`LOCK_WAIT`] before the
     /// directory is reported in use.
-    pub fn open(dir: &Path) -> Result<SledKv, StoreError> {
-        SledKv::open_waiting(dir, LOCK_WAIT)
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<SledKv, StoreError> {
+        SledKv::open_waiting(dir, cache_bytes, LOCK_WAIT)
     }
 
-    fn open_waiting(dir: &Path, wait: Duration) -> Result<SledKv, StoreError> {
+    fn open_waiting(dir: &Path, cache_bytes: u64, wait: Duration) -> Result<SledKv, StoreError> {
         let deadline = Instant::now() + wait;
         let mut pause = Duration::from_millis(5);
         loop {
-            match sled::Config::new().path(dir).flush_every_ms(Some(200)).open() {
+            match sled::Config::new().path(dir).cache_capacity(cache_bytes).flush_every_ms(Some(200)).open() {
                 Ok(db) => return Ok(SledKv { db }),
                 Err(error) if error.to_string().contains("could not acquire lock") => {
                     if Instant::now() >= deadline {
@@ -175,6 +192,16 @@ impl Kv for SledKv {
     fn put_new(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
         let swapped = self.tree(tree)?.compare_and_swap(key, None as Option<&[u8]>, Some(value)).map_err(backend)?;
         Ok(swapped.is_ok())
+    }
+    fn apply_batch(&self, tree: Tree, puts: &[Entry], removes: &[Vec<u8>]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for key in removes {
+            batch.remove(key.as_slice());
+        }
+        for (key, value) in puts {
+            batch.insert(key.as_slice(), value.as_slice());
+        }
+        self.tree(tree)?.apply_batch(batch).map_err(backend)
     }
     fn scan_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
         collect(self.tree(tree)?.scan_prefix(prefix))
@@ -237,6 +264,17 @@ impl Kv for MemoryKv {
         }
         entries.insert(slot, value.to_vec());
         Ok(true)
+    }
+    fn apply_batch(&self, tree: Tree, puts: &[Entry], removes: &[Vec<u8>]) -> Result<(), StoreError> {
+        self.refuse_if_failing()?;
+        let mut entries = self.entries();
+        for key in removes {
+            entries.remove(&(tree, key.clone()));
+        }
+        for (key, value) in puts {
+            entries.insert((tree, key.clone()), value.clone());
+        }
+        Ok(())
     }
     fn scan_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
         Ok(self
@@ -314,6 +352,9 @@ impl Kv for FailStop {
     fn remove(&self, tree: Tree, key: &[u8]) -> Result<(), StoreError> {
         self.write(|kv| kv.remove(tree, key))
     }
+    fn apply_batch(&self, tree: Tree, puts: &[Entry], removes: &[Vec<u8>]) -> Result<(), StoreError> {
+        self.write(|kv| kv.apply_batch(tree, puts, removes))
+    }
     fn scan_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
         self.inner.scan_prefix(tree, prefix)
     }
@@ -342,7 +383,7 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 fn decode<T: DeserializeOwned>(tree: Tree, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { tree: tree.name(), source })
+    serde_json::from_slice(bytes).map_err(|error| StoreError::Corrupt { tree: tree.name(), reason: error.to_string() })
 }
 
 /// The first byte of a history stored as binary: the samples follow as little-endian
@@ -369,12 +410,10 @@ fn decode_samples(bytes: &[u8]) -> Result<Vec<f64>, StoreError> {
     }
 }
 
-fn result_key(build_id: u64, test_id: &str, attempt: u32) -> Vec<u8> {
-    let mut key = build_id.to_be_bytes().to_vec();
-    key.extend_from_slice(test_id.as_bytes());
-    key.push(0);
-    key.extend_from_slice(&attempt.to_be_bytes());
-    key
+/// The results an entry of the results tree holds (one, or a packed build's).
+fn decode_results(key: &[u8], value: &[u8]) -> Result<Vec<TestResultView>, StoreError> {
+    decode_entry(key, value)
+        .map_err(|error| StoreError::Corrupt { tree: Tree::Results.name(), reason: error.to_string() })
 }
 
 impl Store {
@@ -401,9 +440,9 @@ impl Store {
         }
     }
 
-    /// A store over sled in `dir`.
-    pub fn open_sled(dir: &Path) -> Result<Store, StoreError> {
-        Ok(Store::new(Arc::new(SledKv::open(dir)?)))
+    /// A store over sled in `dir` with sled's cache bounded to `cache_bytes`.
+    pub fn open_sled(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        Ok(Store::new(Arc::new(SledKv::open(dir, cache_bytes)?)))
     }
 
     /// An empty in-memory store.
@@ -482,34 +521,150 @@ impl Store {
     }
 
     /// Stores a result unless one is already stored for (build, test, attempt); returns
-    /// whether it was written.
+    /// whether it was written. A packed build's results count as stored.
     pub fn put_result(&self, build_id: u64, result: &TestResultView) -> Result<bool, StoreError> {
-        self.kv.put_new(Tree::Results, &result_key(build_id, &result.test_id, result.attempt), &encode(result))
+        if self.results_packed(build_id)? {
+            let packed = self.results(build_id)?;
+            if packed.iter().any(|stored| stored.test_id == result.test_id && stored.attempt == result.attempt) {
+                return Ok(false);
+            }
+        }
+        self.kv.put_new(Tree::Results, &result_key(build_id, &result.test_id, result.attempt), &encode_result(result))
     }
 
-    /// Every stored result of a build, by test id then attempt.
+    /// Every stored result of a build, by test id then attempt; none once pruned (see
+    /// [`Store::results_pruned`]).
     pub fn results(&self, build_id: u64) -> Result<Vec<TestResultView>, StoreError> {
-        self.kv
-            .scan_prefix(Tree::Results, &build_id.to_be_bytes())?
-            .iter()
-            .map(|(_, value)| decode(Tree::Results, value))
-            .collect()
+        let entries = self.kv.scan_prefix(Tree::Results, &build_id.to_be_bytes())?;
+        let chunks = entries.iter().filter(|(key, _)| key.len() == CHUNK_KEY_LEN).count();
+        let mut results = Vec::with_capacity(entries.len());
+        for (key, value) in &entries {
+            results.extend(decode_results(key, value)?);
+        }
+        if chunks > 0 && entries.len() > chunks {
+            // Results stored after the pack: in key order among the packed ones.
+            results.sort_by_cached_key(|result| result_key(build_id, &result.test_id, result.attempt));
+        }
+        Ok(results)
     }
 
     /// The stored attempts of one test in one build, by attempt.
     pub fn results_of_test(&self, build_id: u64, test_id: &str) -> Result<Vec<TestResultView>, StoreError> {
-        let mut prefix = build_id.to_be_bytes().to_vec();
-        prefix.extend_from_slice(test_id.as_bytes());
-        prefix.push(0);
+        if self.results_packed(build_id)? {
+            return self.packed_results_of_test(build_id, test_id);
+        }
         let mut attempts = Vec::new();
-        for (_, value) in self.kv.scan_prefix(Tree::Results, &prefix)? {
-            let result: TestResultView = decode(Tree::Results, &value)?;
+        for (key, value) in self.kv.scan_prefix(Tree::Results, &test_prefix(build_id, test_id))? {
             // An id that itself continues with a NUL byte shares the prefix: keep exact matches.
-            if result.test_id == test_id {
-                attempts.push(result);
-            }
+            attempts.extend(decode_results(&key, &value)?.into_iter().filter(|result| result.test_id == test_id));
         }
         Ok(attempts)
+    }
+
+    /// [`Store::results_of_test`] of a packed build: only the chunks whose range of test
+    /// ids holds it are decoded (all of them for an id with a NUL byte, whose key order
+    /// need not be its order as a string).
+    fn packed_results_of_test(&self, build_id: u64, test_id: &str) -> Result<Vec<TestResultView>, StoreError> {
+        let corrupt = |error: result_format::FormatError| StoreError::Corrupt {
+            tree: Tree::Results.name(),
+            reason: error.to_string(),
+        };
+        let entries = self.kv.scan_prefix(Tree::Results, &build_id.to_be_bytes())?;
+        let mut firsts = Vec::with_capacity(entries.len());
+        for (key, value) in &entries {
+            firsts.push(if key.len() == CHUNK_KEY_LEN { chunk_first_test_id(value).map_err(corrupt)? } else { None });
+        }
+        let mut attempts = Vec::new();
+        for (index, (key, value)) in entries.iter().enumerate() {
+            let wanted = if key.len() != CHUNK_KEY_LEN || test_id.contains('\0') {
+                true
+            } else {
+                let starts_at_or_before = firsts[index].as_deref().is_some_and(|first| first <= test_id);
+                let next_first = firsts[index + 1..].iter().flatten().next();
+                starts_at_or_before && next_first.is_none_or(|next| test_id <= next.as_str())
+            };
+            if wanted {
+                attempts.extend(decode_results(key, value)?.into_iter().filter(|result| result.test_id == test_id));
+            }
+        }
+        attempts.sort_by_key(|result| result.attempt);
+        Ok(attempts)
+    }
+
+    /// Whether a build's results are packed (see [`Store::pack_results`]).
+    pub fn results_packed(&self, build_id: u64) -> Result<bool, StoreError> {
+        Ok(self.kv.get(Tree::Results, &chunk_key(build_id, 0))?.is_some())
+    }
+
+    /// Packs an ended build's results into a few chunks (see [`result_format`]), in one
+    /// atomic batch with the removal of their own entries (and of the chunks of an earlier
+    /// pack); returns whether there was anything to pack. Only for a build that takes no
+    /// more results: one stored while it is packed could be stored twice.
+    pub fn pack_results(&self, build_id: u64) -> Result<bool, StoreError> {
+        let entries = self.kv.scan_prefix(Tree::Results, &build_id.to_be_bytes())?;
+        if entries.iter().all(|(key, _)| key.len() == CHUNK_KEY_LEN) {
+            return Ok(false);
+        }
+        let results = self.results(build_id)?;
+        let chunks: Vec<Entry> = encode_chunks(&results)
+            .into_iter()
+            .enumerate()
+            .map(|(index, chunk)| (chunk_key(build_id, index as u32), chunk))
+            .collect();
+        let new_keys: std::collections::BTreeSet<&Vec<u8>> = chunks.iter().map(|(key, _)| key).collect();
+        let replaced: Vec<Vec<u8>> =
+            entries.into_iter().map(|(key, _)| key).filter(|key| !new_keys.contains(key)).collect();
+        self.kv.apply_batch(Tree::Results, &chunks, &replaced)?;
+        Ok(true)
+    }
+
+    /// Removes up to `limit` of a build's stored results (entries: a chunk counts as one)
+    /// and shards, one batch per tree; returns whether none is left. The build's summary
+    /// stays.
+    pub fn prune_results(&self, build_id: u64, limit: usize) -> Result<bool, StoreError> {
+        let mut done = true;
+        for tree in [Tree::Results, Tree::Shards] {
+            // One more than a batch, to know whether it is the last: never the whole build.
+            let prefix = build_id.to_be_bytes();
+            let keys: Vec<Vec<u8>> = self
+                .kv
+                .scan_from(tree, &prefix, limit + 1)?
+                .into_iter()
+                .map(|(key, _)| key)
+                .take_while(|key| key.starts_with(&prefix))
+                .collect();
+            done &= keys.len() <= limit;
+            let batch: Vec<Vec<u8>> = keys.into_iter().take(limit).collect();
+            if !batch.is_empty() {
+                self.kv.apply_batch(tree, &[], &batch)?;
+            }
+        }
+        Ok(done)
+    }
+
+    /// Whether retention removed this build's results and shards (its summary stays).
+    pub fn results_pruned(&self, build_id: u64) -> Result<bool, StoreError> {
+        Ok(build_id < self.results_pruned_below()?)
+    }
+
+    /// Builds below this id have had their results and shards removed by retention.
+    pub fn results_pruned_below(&self) -> Result<u64, StoreError> {
+        Ok(self.meta(keys::RESULTS_PRUNED_BELOW)?.unwrap_or(0))
+    }
+
+    /// Records that every build below `build_id` has had its results removed.
+    pub fn set_results_pruned_below(&self, build_id: u64) -> Result<(), StoreError> {
+        self.set_meta(keys::RESULTS_PRUNED_BELOW, &build_id)
+    }
+
+    /// Builds below this id have had their results packed (or had none, or were pruned).
+    pub fn results_packed_below(&self) -> Result<u64, StoreError> {
+        Ok(self.meta(keys::RESULTS_PACKED_BELOW)?.unwrap_or(0))
+    }
+
+    /// Records that every build below `build_id` has had its results packed.
+    pub fn set_results_packed_below(&self, build_id: u64) -> Result<(), StoreError> {
+        self.set_meta(keys::RESULTS_PACKED_BELOW, &build_id)
     }
 
     /// Writes a shard.
@@ -599,7 +754,8 @@ impl Store {
 
     /// One page of a build's stored results: at most `limit` of those `keep` accepts, in
     /// the order of [`Store::results`], after the result of (test id, attempt) `after`
-    /// (from the first without). Reads in chunks, so a page costs what it scans.
+    /// (from the first without). Decodes the build's results (a packed build is a few
+    /// hundred small chunks).
     pub fn results_after(
         &self,
         build_id: u64,
@@ -607,39 +763,16 @@ impl Store {
         limit: usize,
         mut keep: impl FnMut(&TestResultView) -> bool,
     ) -> Result<Vec<TestResultView>, StoreError> {
-        const CHUNK: usize = 1024;
-        let prefix = build_id.to_be_bytes();
-        // The smallest key after a result's key is that key with a 0 byte appended.
-        let mut start = match after {
-            Some((test_id, attempt)) => result_key(build_id, test_id, attempt),
-            None => prefix.to_vec(),
-        };
-        if after.is_some() {
-            start.push(0);
-        }
-        let mut page = Vec::new();
-        while page.len() < limit {
-            let entries = self.kv.scan_from(Tree::Results, &start, CHUNK)?;
-            let complete = entries.len() < CHUNK;
-            for (key, value) in entries {
-                if !key.starts_with(&prefix) {
-                    return Ok(page);
-                }
-                let result: TestResultView = decode(Tree::Results, &value)?;
-                if keep(&result) {
-                    page.push(result);
-                    if page.len() == limit {
-                        return Ok(page);
-                    }
-                }
-                start = key;
-                start.push(0);
-            }
-            if complete {
-                break;
-            }
-        }
-        Ok(page)
+        let start = after.map(|(test_id, attempt)| result_key(build_id, test_id, attempt));
+        Ok(self
+            .results(build_id)?
+            .into_iter()
+            .filter(|result| {
+                start.as_ref().is_none_or(|start| result_key(build_id, &result.test_id, result.attempt) > *start)
+            })
+            .filter(|result| keep(result))
+            .take(limit)
+            .collect())
     }
 }
 
@@ -695,6 +828,10 @@ mod keys {
     pub const LISTING: &str = "listing/";
     /// `listing_order/<sequence>`: the revision of the n-th listing kept, oldest first.
     pub const LISTING_ORDER: &str = "listing_order/";
+    /// Builds below this id have had their results and shards removed by retention.
+    pub const RESULTS_PRUNED_BELOW: &str = "results_pruned_below";
+    /// Builds below this id have had their results packed into one value each.
+    pub const RESULTS_PACKED_BELOW: &str = "results_packed_below";
 }
 
 /// A test's recent runs in regular builds (`true` for a run that flaked), kept once it
@@ -975,6 +1112,7 @@ mod tests {
         let attempts: Vec<u32> = store.results_of_test(1, "a").unwrap().iter().map(|r| r.attempt).collect();
         assert_eq!(attempts, vec![1, 2], "only the test's own attempts");
         assert!(store.results_of_test(2, "b").unwrap().is_empty());
+        packing_keeps_every_result(&store);
         for duration in 1..=7 {
             store.add_duration("t", duration as f64).unwrap();
         }
@@ -992,6 +1130,59 @@ mod tests {
         assert_eq!(store.culprit_searches_wanted().unwrap(), vec![3, 12], "oldest first, numerically");
         store.culprit_search_started(3).unwrap();
         assert_eq!(store.culprit_searches_wanted().unwrap(), vec![12]);
+    }
+
+    /// Build 1 holds ("a", 1), ("a", 2), ("a\0b", 1); build 2 holds ("a", 1).
+    fn packing_keeps_every_result(store: &Store) {
+        let mut detailed = result("b/long/path.py::test_x", 1, TestStatus::Failed);
+        detailed.output = Some("boom".into());
+        detailed.worker = Some("box-1".into());
+        detailed.lease_id = Some(9);
+        assert!(store.put_result(1, &detailed).unwrap());
+        let before = store.results(1).unwrap();
+        assert!(store.pack_results(1).unwrap());
+        assert!(!store.pack_results(1).unwrap(), "nothing left to pack");
+        assert_eq!(store.results(1).unwrap(), before, "a packed build reads as before");
+        assert_eq!(store.results(2).unwrap().len(), 1, "the next build is untouched");
+        let attempts: Vec<u32> = store.results_of_test(1, "a").unwrap().iter().map(|r| r.attempt).collect();
+        assert_eq!(attempts, vec![1, 2]);
+        assert_eq!(store.results_of_test(1, "b/long/path.py::test_x").unwrap(), vec![detailed]);
+        assert!(!store.put_result(1, &result("a", 2, TestStatus::Failed)).unwrap(), "a packed result is stored once");
+        assert!(store.put_result(1, &result("a", 3, TestStatus::Passed)).unwrap(), "a new attempt is stored");
+        let order: Vec<(String, u32)> = store.results(1).unwrap().into_iter().map(|r| (r.test_id, r.attempt)).collect();
+        let expected = [("a", 1), ("a", 2), ("a", 3), ("a\0b", 1), ("b/long/path.py::test_x", 1)];
+        assert_eq!(order, expected.map(|(id, attempt)| (id.to_owned(), attempt)), "packed and later results in order");
+        assert_eq!(store.results_of_test(1, "a").unwrap().len(), 3);
+        assert!(store.pack_results(1).unwrap(), "the later result joins the pack");
+        assert_eq!(store.results(1).unwrap().len(), 5);
+    }
+
+    fn one_test_of_a_packed_build_reads_from_its_chunks(store: Store) {
+        let mut ids: Vec<String> = (0..1500).map(|index| format!("suite/test_{index:04}")).collect();
+        ids.push("suite/test_0700\0twin".into());
+        for (index, id) in ids.iter().enumerate() {
+            for attempt in 1..=(1 + (index % 3) as u32) {
+                assert!(store.put_result(5, &result(id, attempt, TestStatus::Passed)).unwrap());
+            }
+        }
+        let before: Vec<Vec<TestResultView>> = ids.iter().map(|id| store.results_of_test(5, id).unwrap()).collect();
+        assert!(store.pack_results(5).unwrap());
+        assert!(store.kv.scan_prefix(Tree::Results, &5u64.to_be_bytes()).unwrap().len() > 10, "several chunks");
+        for (id, before) in ids.iter().zip(&before) {
+            assert!(!before.is_empty());
+            assert_eq!(&store.results_of_test(5, id).unwrap(), before, "{id:?}");
+        }
+        assert!(store.results_of_test(5, "suite/test_0700\0").unwrap().is_empty());
+        assert!(
+            store.results_of_test(5, "zzz").unwrap().is_empty() && store.results_of_test(5, "a").unwrap().is_empty()
+        );
+    }
+
+    #[test]
+    fn one_test_of_a_packed_build_reads_the_same_as_before_packing() {
+        one_test_of_a_packed_build_reads_from_its_chunks(Store::in_memory());
+        let dir = tempfile::tempdir().unwrap();
+        one_test_of_a_packed_build_reads_from_its_chunks(Store::open_sled(dir.path(), DEFAULT_CACHE_BYTES).unwrap());
     }
 
     #[test]
@@ -1032,17 +1223,102 @@ mod tests {
     #[test]
     fn sled_store_behaves_the_same_and_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        exercise(Store::open_sled(dir.path()).unwrap());
-        let reopened = Store::open_sled(dir.path()).unwrap();
+        exercise(Store::open_sled(dir.path(), DEFAULT_CACHE_BYTES).unwrap());
+        let reopened = Store::open_sled(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
         assert_eq!(reopened.next_id("build").unwrap(), 3);
-        assert_eq!(reopened.results(1).unwrap().len(), 3);
+        assert_eq!(reopened.results(1).unwrap().len(), 5, "the pack survives reopening");
+        assert_eq!(reopened.results(2).unwrap().len(), 1);
+    }
+
+    /// Results as the store wrote them before the binary format: JSON values.
+    fn write_old_format(kv: &dyn Kv) -> Vec<TestResultView> {
+        let mut old = vec![result("x", 1, TestStatus::Failed), result("x", 2, TestStatus::Passed)];
+        old[0].output = Some("AssertionError".into());
+        old[0].worker = Some("box-2".into());
+        old[0].retried = true;
+        old[1].flaky = true;
+        for stored in &old {
+            let key = result_key(4, &stored.test_id, stored.attempt);
+            kv.put(Tree::Results, &key, &serde_json::to_vec(stored).unwrap()).unwrap();
+        }
+        old
+    }
+
+    fn old_format_reads(store: &Store, old: &[TestResultView]) {
+        assert_eq!(store.results(4).unwrap(), old);
+        assert_eq!(store.results_of_test(4, "x").unwrap(), old);
+        assert!(!store.put_result(4, &old[0]).unwrap(), "an old result is stored once");
+        assert!(store.pack_results(4).unwrap());
+        assert_eq!(store.results(4).unwrap(), old, "old results pack like new ones");
+    }
+
+    #[test]
+    fn results_stored_as_json_by_an_earlier_master_still_read() {
+        let kv = Arc::new(MemoryKv::default());
+        let old = write_old_format(&*kv);
+        old_format_reads(&Store::new(kv), &old);
+
+        let dir = tempfile::tempdir().unwrap();
+        let kv = SledKv::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let old = write_old_format(&kv);
+        kv.flush().unwrap();
+        drop(kv);
+        let upgraded = Store::open_sled(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        assert_eq!(upgraded.results(4).unwrap(), old, "a master upgraded in place reads its history");
+        old_format_reads(&upgraded, &old);
+    }
+
+    fn pruning_removes_results_and_shards_only(store: Store) {
+        let shard = |lease_id| ShardView {
+            lease_id,
+            worker: "w".into(),
+            tests: 1,
+            withdrawn: 0,
+            started_at: 0.0,
+            finished_at: None,
+            state: greenlight_shared::api::ShardState::Running,
+            counts: Default::default(),
+            test_ids: vec!["t0".into()],
+            reproduce: String::new(),
+            runner_wall_s: None,
+        };
+        for build_id in [1, 2] {
+            for index in 0..5 {
+                assert!(store.put_result(build_id, &result(&format!("t{index}"), 1, TestStatus::Passed)).unwrap());
+                store.put_shard(build_id, &shard(index)).unwrap();
+            }
+        }
+        store.pack_results(1).unwrap();
+        store.put_result(1, &result("late", 1, TestStatus::Passed)).unwrap();
+        store.add_duration("t0", 2.0).unwrap();
+        assert!(!store.prune_results(1, 3).unwrap(), "a bounded batch leaves the rest");
+        assert!(store.prune_results(1, 3).unwrap());
+        assert!(store.results(1).unwrap().is_empty() && store.shards(1).unwrap().is_empty());
+        assert_eq!(store.results(2).unwrap().len(), 5, "the next build keeps its results");
+        assert_eq!(store.shards(2).unwrap().len(), 5);
+        assert_eq!(store.durations("t0").unwrap(), vec![2.0], "history stays");
+        assert!(!store.results_pruned(1).unwrap());
+        store.set_results_pruned_below(2).unwrap();
+        assert!(store.results_pruned(1).unwrap() && !store.results_pruned(2).unwrap());
+        store.flush().unwrap();
+    }
+
+    #[test]
+    fn pruning_a_build_removes_its_results_and_shards_in_bounded_batches() {
+        pruning_removes_results_and_shards_only(Store::in_memory());
+        let dir = tempfile::tempdir().unwrap();
+        pruning_removes_results_and_shards_only(Store::open_sled(dir.path(), DEFAULT_CACHE_BYTES).unwrap());
+        let reopened = Store::open_sled(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        assert!(reopened.results(1).unwrap().is_empty() && reopened.results_pruned(1).unwrap(), "pruned for good");
     }
 
     #[test]
     fn a_store_held_open_is_reported_in_use_naming_its_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let _held = SledKv::open(dir.path()).unwrap();
-        let error = SledKv::open_waiting(dir.path(), Duration::from_millis(50)).err().expect("the lock is held");
+        let _held = SledKv::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let error = SledKv::open_waiting(dir.path(), DEFAULT_CACHE_BYTES, Duration::from_millis(50))
+            .err()
+            .expect("the lock is held");
         assert!(matches!(error, StoreError::InUse { .. }), "{error:?}");
         let message = error.to_string();
         assert!(message.contains(&dir.path().display().to_string()) && message.contains("another master"), "{message}");

@@ -12,7 +12,9 @@
 //! - [`flakes`]: flake records and quarantine;
 //! - [`health`]: what keeps the farm from testing (a data directory short of space, a
 //!   failed store, a repository it cannot fetch), shown on the gate, the page and `/metrics`;
-//! - [`queries`]: what the read-only API and the page read.
+//! - [`queries`]: what the read-only API and the page read;
+//! - [`retention`]: the store's housekeeping after builds end (results packed, old
+//!   builds' results and shards removed).
 //!
 //! **One owner per fact.** The scheduler core owns leases, workers' leases and benches, the
 //! tests withdrawn from a lease, and the verdict; the farm asks it and never mirrors it. The
@@ -34,6 +36,7 @@ mod history;
 mod planning;
 mod preparations;
 mod queries;
+mod retention;
 mod workers;
 
 use std::collections::{BTreeMap, HashMap};
@@ -104,6 +107,12 @@ pub enum FarmError {
     /// No build with this id.
     #[error("unknown build {0}")]
     UnknownBuild(u64),
+    /// The build's results and shards were removed by retention (its summary stays).
+    #[error(
+        "the results of build {0} were removed by retention ([storage] keep_results_builds, keep_results_days); \
+         its summary is kept"
+    )]
+    ResultsPruned(u64),
     /// The build already ended.
     #[error("build {0} already ended")]
     BuildEnded(u64),

@@ -105,6 +105,9 @@ impl Farm {
     /// Every stored result of a build.
     pub fn build_tests(&self, build_id: u64) -> Result<BuildTests, FarmError> {
         self.build_summary(build_id)?;
+        if self.store.results_pruned(build_id)? {
+            return Err(FarmError::ResultsPruned(build_id));
+        }
         Ok(BuildTests { version: API_VERSION, build_id, results: self.store.results(build_id)?, next_cursor: None })
     }
 
@@ -113,6 +116,9 @@ impl Farm {
     /// async threads.
     pub fn build_tests_page(&self, build_id: u64, page: &ResultsPage) -> Result<BuildTests, FarmError> {
         self.build_summary(build_id)?;
+        if self.store.results_pruned(build_id)? {
+            return Err(FarmError::ResultsPruned(build_id));
+        }
         let limit = page.limit.unwrap_or(usize::MAX);
         let after = page.after.as_ref().map(|cursor| (cursor.test_id.as_str(), cursor.attempt));
         // One more than the page, to know whether another follows.

@@ -16,7 +16,7 @@ use greenlight_shared::suite::{SuiteFile, SuiteTest};
 use super::{Farm, FarmError, WorkerCredentials, WorkerToken};
 use crate::clock::{Clock, FakeClock};
 use crate::config::{Config, SuiteConfig};
-use crate::store::{MemoryKv, Store, StoreError};
+use crate::store::{Kv, MemoryKv, Store, StoreError};
 
 const START: f64 = 1_000_000.0;
 
@@ -1059,6 +1059,14 @@ impl crate::store::Kv for SlowFlushKv {
     fn scan_last(&self, tree: crate::store::Tree, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         self.inner.scan_last(tree, limit)
     }
+    fn apply_batch(
+        &self,
+        tree: crate::store::Tree,
+        puts: &[(Vec<u8>, Vec<u8>)],
+        removes: &[Vec<u8>],
+    ) -> Result<(), StoreError> {
+        self.inner.apply_batch(tree, puts, removes)
+    }
     fn flush(&self) -> Result<(), StoreError> {
         let covered = self.writes.load(std::sync::atomic::Ordering::SeqCst);
         self.flushes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -1100,4 +1108,103 @@ async fn concurrent_writers_share_flushes_and_none_is_answered_before_its_write_
     let flushes = kv.flushes.load(SeqCst);
     assert!(flushes <= 64, "192 writes waited for {flushes} flushes: concurrent callers share them");
     assert_eq!(kv.durable.load(SeqCst), 192);
+}
+
+#[tokio::test]
+async fn retention_removes_old_builds_results_and_shards_and_keeps_their_summaries_history_and_flakes() {
+    let harness = Harness::new(&suite(&["a", "b"]), |config| config.storage.keep_results_builds = 2);
+    let worker = harness.register("w1");
+    let mut builds = Vec::new();
+    for round in 0..4 {
+        if round > 0 {
+            harness.repo.touch_area("core", &format!("Round {round}")).unwrap();
+        }
+        builds.push(harness.next_build().await);
+        let failed_once = std::sync::Mutex::new(false);
+        harness.run_all(worker, |id| {
+            let mut failed = failed_once.lock().unwrap();
+            if id == "a" && !*failed {
+                *failed = true;
+                TestStatus::Failed
+            } else {
+                TestStatus::Passed
+            }
+        });
+    }
+    let results_before: Vec<_> = builds.iter().map(|&id| harness.store.results(id).unwrap()).collect();
+    assert!(results_before.iter().all(|results| results.len() == 3), "{results_before:?}");
+    let mut steps = 0;
+    while harness.farm.keep_store().unwrap() {
+        steps += 1;
+        assert!(steps < 100, "housekeeping ends");
+    }
+    for (&build_id, before) in builds.iter().zip(&results_before) {
+        let pruned = build_id <= builds[1];
+        assert_eq!(harness.store.results_pruned(build_id).unwrap(), pruned, "build {build_id}");
+        if pruned {
+            assert!(harness.store.results(build_id).unwrap().is_empty(), "build {build_id}");
+            assert!(harness.store.shards(build_id).unwrap().is_empty(), "build {build_id}");
+            let read = harness.farm.build_tests(build_id);
+            assert!(
+                matches!(read, Err(FarmError::ResultsPruned(id)) if id == build_id),
+                "a pruned read says so: {read:?}"
+            );
+        } else {
+            assert_eq!(&harness.store.results(build_id).unwrap(), before, "a kept build reads the same, packed");
+            let entries = harness.kv.scan_prefix(crate::store::Tree::Results, &build_id.to_be_bytes()).unwrap();
+            assert!(harness.store.results_packed(build_id).unwrap(), "an ended build's results are packed");
+            assert!(entries.iter().all(|(key, _)| key.len() == 12), "and nothing else: {entries:?}");
+            assert!(!harness.store.shards(build_id).unwrap().is_empty());
+        }
+        let summary = harness.build(build_id);
+        assert_eq!((summary.state, summary.counts.flaky), (BuildState::Green, 1), "summaries are kept for ever");
+    }
+    assert_eq!(harness.store.durations("a").unwrap().len(), crate::store::HISTORY_SAMPLES, "durations are kept");
+    let flake = harness.store.flake_record("a").unwrap().expect("the flake record is kept");
+    assert_eq!(flake.flaky(), 4);
+}
+
+#[tokio::test]
+async fn retention_by_age_removes_the_results_of_builds_that_ended_too_long_ago() {
+    let harness = Harness::new(&suite(&["a", "b"]), |config| {
+        config.storage.keep_results_builds = 0;
+        config.storage.keep_results_days = 1.0;
+    });
+    let worker = harness.register("w1");
+    let old = harness.next_build().await;
+    harness.run_all(worker, passing);
+    harness.clock.advance(86_400.0 / 2.0);
+    harness.repo.touch_area("core", "Half a day later").unwrap();
+    let recent = harness.next_build().await;
+    harness.run_all(worker, passing);
+    while harness.farm.keep_store().unwrap() {}
+    assert!(!harness.store.results_pruned(old).unwrap(), "a build that ended half a day ago keeps its results");
+    harness.clock.advance(86_400.0 * 0.75);
+    while harness.farm.keep_store().unwrap() {}
+    assert!(harness.store.results_pruned(old).unwrap() && harness.store.results(old).unwrap().is_empty());
+    assert!(matches!(harness.farm.build_tests(old), Err(FarmError::ResultsPruned(_))));
+    assert!(!harness.store.results_pruned(recent).unwrap());
+    assert_eq!(harness.farm.build_tests(recent).unwrap().results.len(), 2);
+}
+
+#[tokio::test]
+async fn a_running_build_is_packed_only_once_it_ends_and_reads_the_same_before_and_after() {
+    let harness = Harness::new(&suite(&["a", "b"]), |_| {});
+    let worker = harness.register("w1");
+    let build_id = harness.next_build().await;
+    let lease = harness.lease(worker);
+    harness.report(&lease, worker, &[(lease.tests[0].as_str(), TestStatus::Failed)]).unwrap();
+    while harness.farm.keep_store().unwrap() {}
+    assert!(!harness.store.results_packed(build_id).unwrap(), "a running build takes results: not packed");
+    for test_id in &lease.tests {
+        harness.report(&lease, worker, &[(test_id.as_str(), TestStatus::Passed)]).unwrap();
+    }
+    harness.farm.finish(lease.lease_id, worker, &ShardOutcome::Completed, Some(1.0)).unwrap();
+    harness.run_all(worker, passing);
+    assert!(harness.build(build_id).state.is_finished());
+    let before = harness.farm.build_tests(build_id).unwrap().results;
+    while harness.farm.keep_store().unwrap() {}
+    assert!(harness.store.results_packed(build_id).unwrap(), "an ended build is packed");
+    assert_eq!(harness.farm.build_tests(build_id).unwrap().results, before);
+    assert!(before.iter().any(|result| result.retried), "{before:?}");
 }

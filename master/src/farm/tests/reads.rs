@@ -162,6 +162,9 @@ impl Kv for HeldReads {
     fn scan_last(&self, tree: Tree, limit: usize) -> Result<Vec<Entry>, StoreError> {
         self.inner.scan_last(tree, limit)
     }
+    fn apply_batch(&self, tree: Tree, puts: &[Entry], removes: &[Vec<u8>]) -> Result<(), StoreError> {
+        self.inner.apply_batch(tree, puts, removes)
+    }
     fn flush(&self) -> Result<(), StoreError> {
         self.inner.flush()
     }
