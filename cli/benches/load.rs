@@ -223,7 +223,9 @@ impl Fleet {
         let accepted = u64::from(answer.accepted);
         self.stored.fetch_add(accepted, Ordering::Relaxed);
         if self.record_ids.load(Ordering::Relaxed) {
-            if answer.stale == 0 && answer.withdrawn.is_empty() {
+            // Accepted or duplicates: stored. A stale result (its test withdrawn from the
+            // lease before it arrived) is not, and the answer does not say which it was.
+            if answer.stale == 0 {
                 self.acknowledged.lock().unwrap().extend(ids.iter().cloned());
             } else {
                 self.unsure.fetch_add(1, Ordering::Relaxed);
