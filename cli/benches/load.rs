@@ -146,6 +146,8 @@ struct Fleet {
     window_open: AtomicBool,
     first_post: Mutex<Option<Mark>>,
     last_ack: Mutex<Option<Mark>>,
+    /// The latest acknowledgement of an accepted result in the current window.
+    latest_ack: Mutex<Option<Instant>>,
     /// Test ids acknowledged in the current build, when `record_ids` (the restart check).
     record_ids: AtomicBool,
     acknowledged: Mutex<Vec<String>>,
@@ -184,6 +186,7 @@ impl Fleet {
             window_open: AtomicBool::new(false),
             first_post: Mutex::new(None),
             last_ack: Mutex::new(None),
+            latest_ack: Mutex::new(None),
             record_ids: AtomicBool::new(false),
             acknowledged: Mutex::new(Vec::new()),
             unsure: AtomicU64::new(0),
@@ -203,6 +206,7 @@ impl Fleet {
         self.expected.store(expected, Ordering::Relaxed);
         *self.first_post.lock().unwrap() = None;
         *self.last_ack.lock().unwrap() = None;
+        *self.latest_ack.lock().unwrap() = None;
         self.acknowledged.lock().unwrap().clear();
         self.unsure.store(0, Ordering::Relaxed);
         self.window_open.store(false, Ordering::Relaxed);
@@ -223,11 +227,16 @@ impl Fleet {
         let accepted = u64::from(answer.accepted);
         self.stored.fetch_add(accepted, Ordering::Relaxed);
         if self.record_ids.load(Ordering::Relaxed) {
-            if answer.stale == 0 && answer.withdrawn.is_empty() {
+            // Accepted or duplicates: stored. A stale result (its test withdrawn from the
+            // lease before it arrived) is not, and the answer does not say which it was.
+            if answer.stale == 0 {
                 self.acknowledged.lock().unwrap().extend(ids.iter().cloned());
             } else {
                 self.unsure.fetch_add(1, Ordering::Relaxed);
             }
+        }
+        if accepted > 0 {
+            *self.latest_ack.lock().unwrap() = Some(Instant::now());
         }
         let acked = self.acked.fetch_add(accepted, Ordering::Relaxed) + accepted;
         if acked >= self.expected.load(Ordering::Relaxed) {
@@ -552,7 +561,11 @@ impl Side {
         let build = self.wait_finished(&revision);
         let end = Mark::now(self.master_pid());
         let first = self.fleet.first_post.lock().unwrap().unwrap_or(end);
-        let last = self.fleet.last_ack.lock().unwrap().unwrap_or(end);
+        // A build whose results were not all accepted here (a test withdrawn from one lease
+        // and reported by two workers) ends at its latest acknowledgement; its CPU is then
+        // counted to the build's end (its shards' finish calls included).
+        let latest = self.fleet.latest_ack.lock().unwrap().map_or(end, |at| Mark { at, ..end });
+        let last = self.fleet.last_ack.lock().unwrap().unwrap_or(latest);
         Ingest {
             build_id: build.build_id,
             results: self.fleet.acked.load(Ordering::Relaxed),
