@@ -82,6 +82,9 @@ pub enum Tree {
     Pushes,
     /// Counters and watermarks by name.
     Meta,
+    /// Large records (a build's selection, a revision's listing) by name, cut into chunks
+    /// of at most [`LARGE_CHUNK`] bytes: see [`Store::put_large`].
+    Large,
 }
 
 impl Tree {
@@ -94,6 +97,7 @@ impl Tree {
             Tree::History => "history",
             Tree::Pushes => "pushes",
             Tree::Meta => "meta",
+            Tree::Large => "large",
         }
     }
 }
@@ -784,6 +788,17 @@ fn shard_cost_key(suite: &str, first_of_worker: bool) -> String {
     format!("{prefix}{suite}")
 }
 
+/// The longest chunk of a large record: small enough that sled keeps every node of the
+/// tree in its log (see [`Store::put_large`]).
+const LARGE_CHUNK: usize = 4096;
+
+fn large_key(name: &str, index: u32) -> Vec<u8> {
+    let mut key = name.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
 /// How many revisions' listings the store keeps.
 pub const KEPT_LISTINGS: usize = 50;
 
@@ -929,9 +944,62 @@ impl Store {
         self.remove_meta(&format!("{}{build_id:020}", keys::CULPRIT_WANTED))
     }
 
+    /// Writes a large record as chunks of at most [`LARGE_CHUNK`] bytes, keyed by its name,
+    /// a 0 byte and the chunk's number, in one batch that also removes its former chunks.
+    ///
+    /// Why: sled 0.34 rewrites a whole tree node now and then when any key in it changes,
+    /// and writes a node over 128 KiB as a file of its own under `db/blobs` that it does
+    /// not delete when the node is replaced. A megabyte-long selection among the meta
+    /// tree's counters made every lease rewrite it (half the cost of a lease under load)
+    /// and left a file behind each time.
+    fn put_large(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let removes: Vec<Vec<u8>> = self.large_chunks(name)?.into_iter().map(|(key, _)| key).collect();
+        let puts: Vec<Entry> = bytes
+            .chunks(LARGE_CHUNK)
+            .enumerate()
+            .map(|(index, chunk)| (large_key(name, index as u32), chunk.to_vec()))
+            .collect();
+        let removes: Vec<Vec<u8>> = removes.into_iter().filter(|key| !puts.iter().any(|(put, _)| put == key)).collect();
+        self.kv.apply_batch(Tree::Large, &puts, &removes)?;
+        // The copy an older master kept in the meta tree is superseded.
+        if self.kv.get(Tree::Meta, name.as_bytes())?.is_some() {
+            self.remove_meta(name)?;
+        }
+        Ok(())
+    }
+
+    fn large_chunks(&self, name: &str) -> Result<Vec<Entry>, StoreError> {
+        let mut prefix = name.as_bytes().to_vec();
+        prefix.push(0);
+        self.kv.scan_prefix(Tree::Large, &prefix)
+    }
+
+    /// A large record, from its chunks; a record an older master kept in the meta tree
+    /// under the same name still reads.
+    fn large<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
+        let chunks = self.large_chunks(name)?;
+        if chunks.is_empty() {
+            return self.meta(name);
+        }
+        let bytes: Vec<u8> = chunks.into_iter().flat_map(|(_, chunk)| chunk).collect();
+        decode(Tree::Large, &bytes).map(Some)
+    }
+
+    /// Removes a large record (and its older copy in the meta tree).
+    fn remove_large(&self, name: &str) -> Result<(), StoreError> {
+        let removes: Vec<Vec<u8>> = self.large_chunks(name)?.into_iter().map(|(key, _)| key).collect();
+        if !removes.is_empty() {
+            self.kv.apply_batch(Tree::Large, &[], &removes)?;
+        }
+        if self.kv.get(Tree::Meta, name.as_bytes())?.is_some() {
+            self.remove_meta(name)?;
+        }
+        Ok(())
+    }
+
     /// The suite a worker listed at `revision`, if one did.
     pub fn listing(&self, revision: &str) -> Result<Option<SuiteFile>, StoreError> {
-        self.meta(&format!("{}{revision}", keys::LISTING))
+        self.large(&format!("{}{revision}", keys::LISTING))
     }
 
     /// Keeps the suite listed at `revision`: later builds of it (a retry, a probe, a build
@@ -940,8 +1008,8 @@ impl Store {
     /// ever needed).
     pub fn put_listing(&self, revision: &str, suite: &SuiteFile) -> Result<(), StoreError> {
         let key = format!("{}{revision}", keys::LISTING);
-        let new = self.kv.get(Tree::Meta, key.as_bytes())?.is_none();
-        self.set_meta(&key, suite)?;
+        let new = self.listing(revision)?.is_none();
+        self.put_large(&key, &encode(suite))?;
         if !new {
             return Ok(());
         }
@@ -950,7 +1018,7 @@ impl Store {
         let order = self.kv.scan_prefix(Tree::Meta, keys::LISTING_ORDER.as_bytes())?;
         for (order_key, value) in order.iter().take(order.len().saturating_sub(KEPT_LISTINGS)) {
             let old: String = decode(Tree::Meta, value)?;
-            self.kv.remove(Tree::Meta, format!("{}{old}", keys::LISTING).as_bytes())?;
+            self.remove_large(&format!("{}{old}", keys::LISTING))?;
             self.kv.remove(Tree::Meta, order_key)?;
         }
         Ok(())
@@ -958,17 +1026,17 @@ impl Store {
 
     /// The tests a running build selected.
     pub fn selection(&self, build_id: u64) -> Result<Option<Vec<String>>, StoreError> {
-        self.meta(&format!("{}{build_id}", keys::SELECTION))
+        self.large(&format!("{}{build_id}", keys::SELECTION))
     }
 
     /// Records the tests a build selected, until it ends.
     pub fn put_selection(&self, build_id: u64, test_ids: &[&str]) -> Result<(), StoreError> {
-        self.set_meta(&format!("{}{build_id}", keys::SELECTION), &test_ids)
+        self.put_large(&format!("{}{build_id}", keys::SELECTION), &encode(&test_ids))
     }
 
     /// Forgets an ended build's selection.
     pub fn remove_selection(&self, build_id: u64) -> Result<(), StoreError> {
-        self.remove_meta(&format!("{}{build_id}", keys::SELECTION))
+        self.remove_large(&format!("{}{build_id}", keys::SELECTION))
     }
 
     /// The next lease id (1 at first).
@@ -1078,6 +1146,41 @@ mod tests {
             quarantined: false,
             lease_id: None,
         }
+    }
+
+    #[test]
+    fn a_builds_selection_is_kept_in_small_chunks_apart_from_the_counters_and_an_older_masters_copy_still_reads() {
+        let kv = Arc::new(MemoryKv::default());
+        let store = Store::new(kv.clone());
+        let ids: Vec<String> =
+            (0..15_000).map(|index| format!("tests/area_{}/test_{index}.py::test_case", index % 40)).collect();
+        let selected: Vec<&str> = ids.iter().map(String::as_str).collect();
+        store.put_selection(7, &selected).unwrap();
+        assert_eq!(store.selection(7).unwrap().as_deref(), Some(&ids[..]));
+        let chunks = kv.scan_prefix(Tree::Large, b"").unwrap();
+        assert!(
+            chunks.len() > 100 && chunks.iter().all(|(_, chunk)| chunk.len() <= LARGE_CHUNK),
+            "{} chunks",
+            chunks.len()
+        );
+        assert!(
+            kv.scan_prefix(Tree::Meta, b"").unwrap().iter().all(|(_, value)| value.len() < 1024),
+            "nothing large among the counters"
+        );
+        // Stored again shorter: no chunk of the longer one is left.
+        store.put_selection(7, &selected[..10]).unwrap();
+        assert_eq!(store.selection(7).unwrap().map(|ids| ids.len()), Some(10));
+        assert_eq!(kv.scan_prefix(Tree::Large, b"").unwrap().len(), 1);
+        store.remove_selection(7).unwrap();
+        assert_eq!(store.selection(7).unwrap(), None);
+        assert!(kv.scan_prefix(Tree::Large, b"").unwrap().is_empty());
+
+        // A data directory from before: the selection in the meta tree.
+        kv.put(Tree::Meta, b"selection/9", br#"["a","b"]"#).unwrap();
+        assert_eq!(store.selection(9).unwrap(), Some(vec!["a".to_owned(), "b".to_owned()]));
+        store.remove_selection(9).unwrap();
+        assert_eq!(store.selection(9).unwrap(), None);
+        assert_eq!(kv.get(Tree::Meta, b"selection/9").unwrap(), None, "the old copy is removed too");
     }
 
     #[test]
