@@ -533,6 +533,12 @@ impl Store {
                 return Ok(false);
             }
         }
+        self.put_running_result(build_id, result)
+    }
+
+    /// [`Store::put_result`] for a build that is running: a running build is never packed
+    /// (the housekeeping packs ended builds only), so no pack is looked up first.
+    pub fn put_running_result(&self, build_id: u64, result: &TestResultView) -> Result<bool, StoreError> {
         self.kv.put_new(Tree::Results, &result_key(build_id, &result.test_id, result.attempt), &encode_result(result))
     }
 

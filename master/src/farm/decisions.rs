@@ -134,10 +134,13 @@ impl Farm {
         fails_build: bool,
         now: f64,
     ) -> Result<(), FarmError> {
-        if !self.store.put_result(build_id, result)? {
+        let Some(live) = core.running.get_mut(&build_id) else {
+            self.store.put_result(build_id, result)?;
+            return Ok(());
+        };
+        if !self.store.put_running_result(build_id, result)? {
             return Ok(());
         }
-        let Some(live) = core.running.get_mut(&build_id) else { return Ok(()) };
         // Listed as the scheduler says it fails the build, the word the gate closes on.
         add_to_summary(&mut live.summary, result, fails_build);
         self.publish(FarmEvent::Build(live.summary.clone()));
