@@ -25,7 +25,7 @@
 //! [storage]                        # free space on data_dir's filesystem, the store's memory
 //! min_free_bytes = 1073741824      # below this no new build starts (the gate warns)
 //! reserve_bytes = 67108864         # below this every write is refused (503; workers retry)
-//! cache_bytes = 67108864           # the store's page cache in memory (sled's cache_capacity)
+//! cache_bytes = 33554432           # the store's page cache in memory (sled's cache_capacity)
 //! keep_results_builds = 500        # full results and shards of the newest 500 builds; 0: all
 //! keep_results_days = 0            # and of builds that ended in the last N days; 0: no limit
 //! ```
@@ -807,7 +807,7 @@ run_command = ["run", "{ids_file}"]
         std::fs::write(&path, base).unwrap();
         let storage = Config::from_file(&path).unwrap().storage;
         assert_eq!((storage.min_free_bytes, storage.reserve_bytes), (1 << 30, 64 << 20));
-        assert_eq!(storage.cache_bytes, 64 << 20, "a small cache, not sled's 1 GiB");
+        assert_eq!(storage.cache_bytes, 32 << 20, "a small cache, not sled's 1 GiB");
         assert_eq!(storage.keep_results_builds, 500);
         std::fs::write(
             &path,

@@ -130,8 +130,10 @@ pub trait Kv: Send + Sync {
 const LOCK_WAIT: Duration = Duration::from_secs(3);
 
 /// The cache a sled store keeps in memory when not told otherwise (`[storage]
-/// cache_bytes`): sled's own default (1 GiB) is what a long-running master grew to.
-pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// cache_bytes`): sled's own default (1 GiB) is what a long-running master grew to. sled
+/// holds about twice its nominal cache: through the load bench, the master's RSS was
+/// 240–280 MB with 64 MiB and 200–235 MB with 32 MiB (BENCHMARKS.md).
+pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
 /// The sled backend: the only code in Greenlight that knows sled.
 pub struct SledKv {
