@@ -766,8 +766,9 @@ impl Store {
 
     /// One page of a build's stored results: at most `limit` of those `keep` accepts, in
     /// the order of [`Store::results`], after the result of (test id, attempt) `after`
-    /// (from the first without). Decodes the build's results (a packed build is a few
-    /// hundred small chunks).
+    /// (from the first without). A page costs what it reads: a running build's entries
+    /// are scanned from the cursor; a packed build's chunks wholly before the cursor are
+    /// skipped undecoded (by their first test ids), and decoding stops once the page is full.
     pub fn results_after(
         &self,
         build_id: u64,
@@ -776,15 +777,82 @@ impl Store {
         mut keep: impl FnMut(&TestResultView) -> bool,
     ) -> Result<Vec<TestResultView>, StoreError> {
         let start = after.map(|(test_id, attempt)| result_key(build_id, test_id, attempt));
-        Ok(self
-            .results(build_id)?
-            .into_iter()
-            .filter(|result| {
-                start.as_ref().is_none_or(|start| result_key(build_id, &result.test_id, result.attempt) > *start)
-            })
-            .filter(|result| keep(result))
-            .take(limit)
-            .collect())
+        let is_after = |result: &TestResultView| {
+            start.as_ref().is_none_or(|start| result_key(build_id, &result.test_id, result.attempt) > *start)
+        };
+        let mut page = Vec::new();
+        if limit == 0 {
+            return Ok(page);
+        }
+        if self.results_packed(build_id)? {
+            let entries = self.kv.scan_prefix(Tree::Results, &build_id.to_be_bytes())?;
+            let cursor_id = after.map(|(test_id, _)| test_id);
+            let loose = entries.iter().any(|(key, _)| key.len() != CHUNK_KEY_LEN);
+            if loose || cursor_id.is_some_and(|id| id.contains('\0')) {
+                // Results stored after the pack, or an id whose key order is not its order
+                // as a string: the whole build, in order.
+                return Ok(self.results(build_id)?.into_iter().filter(is_after).filter(keep).take(limit).collect());
+            }
+            // The first chunk that may hold a result after the cursor: the last one whose
+            // first test id comes before the cursor's (a test's attempts may straddle two
+            // chunks, so a chunk starting with the cursor's test may have some before it).
+            let mut first = 0;
+            if let Some(cursor_id) = cursor_id {
+                for (index, (_, value)) in entries.iter().enumerate() {
+                    let chunk_first = chunk_first_test_id(value).map_err(|error| StoreError::Corrupt {
+                        tree: Tree::Results.name(),
+                        reason: error.to_string(),
+                    })?;
+                    if chunk_first.is_some_and(|id| id.as_str() >= cursor_id) {
+                        break;
+                    }
+                    first = index;
+                }
+            }
+            for (key, value) in &entries[first..] {
+                for result in decode_results(key, value)? {
+                    if is_after(&result) && keep(&result) {
+                        page.push(result);
+                        if page.len() == limit {
+                            return Ok(page);
+                        }
+                    }
+                }
+            }
+            return Ok(page);
+        }
+        // A running build: one entry a result, in key order from the cursor on.
+        const BATCH: usize = 1024;
+        let prefix = build_id.to_be_bytes();
+        let mut from = start.clone().map_or_else(
+            || prefix.to_vec(),
+            |mut key| {
+                key.push(0);
+                key
+            },
+        );
+        loop {
+            let entries = self.kv.scan_from(Tree::Results, &from, BATCH)?;
+            let complete = entries.len() < BATCH;
+            for (key, value) in entries {
+                if !key.starts_with(&prefix) {
+                    return Ok(page);
+                }
+                for result in decode_results(&key, &value)? {
+                    if is_after(&result) && keep(&result) {
+                        page.push(result);
+                        if page.len() == limit {
+                            return Ok(page);
+                        }
+                    }
+                }
+                from = key;
+                from.push(0);
+            }
+            if complete {
+                return Ok(page);
+            }
+        }
     }
 }
 
@@ -1189,6 +1257,46 @@ mod tests {
         store.remove_selection(9).unwrap();
         assert_eq!(store.selection(9).unwrap(), None);
         assert_eq!(kv.get(Tree::Meta, b"selection/9").unwrap(), None, "the old copy is removed too");
+    }
+
+    #[test]
+    fn pages_of_a_packed_build_and_of_a_running_one_read_every_result_once_in_order() {
+        let store = Store::in_memory();
+        let mut expected = Vec::new();
+        for index in 0..3000 {
+            let id = format!("tests/test_{:05}.py::case", index / 3);
+            let stored =
+                result(&id, 1 + index % 3, if index % 7 == 0 { TestStatus::Failed } else { TestStatus::Passed });
+            assert!(store.put_result(1, &stored).unwrap());
+            expected.push(stored);
+        }
+        let read_in_pages = |store: &Store, limit: usize, failed_only: bool| {
+            let mut read: Vec<TestResultView> = Vec::new();
+            loop {
+                let after = read.last().map(|last| (last.test_id.clone(), last.attempt));
+                let page = store
+                    .results_after(1, after.as_ref().map(|(id, attempt)| (id.as_str(), *attempt)), limit, |result| {
+                        !failed_only || result.status == TestStatus::Failed
+                    })
+                    .unwrap();
+                if page.is_empty() {
+                    return read;
+                }
+                read.extend(page);
+            }
+        };
+        let all = store.results(1).unwrap();
+        assert_eq!(all.len(), 3000);
+        let failed: Vec<TestResultView> = all.iter().filter(|r| r.status == TestStatus::Failed).cloned().collect();
+        assert_eq!(read_in_pages(&store, 7, false), all, "running: every result once, in order");
+        assert_eq!(read_in_pages(&store, 5, true), failed);
+        store.pack_results(1).unwrap();
+        assert!(store.results_packed(1).unwrap());
+        assert_eq!(store.results(1).unwrap(), all);
+        for limit in [1, 7, 100, 5000] {
+            assert_eq!(read_in_pages(&store, limit, false), all, "packed, pages of {limit}");
+        }
+        assert_eq!(read_in_pages(&store, 5, true), failed);
     }
 
     #[test]
