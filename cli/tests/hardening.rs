@@ -436,6 +436,14 @@ fn after_a_store_write_fails_the_master_answers_at_once_records_nothing_more_and
     assert!(status.code().is_some(), "it exited by itself: {status:?}");
 }
 
+/// Every test id in `acknowledged` has a stored result in build `build_id`.
+fn assert_all_stored(farm: &Farm, build_id: u64, acknowledged: &std::collections::BTreeSet<String>) {
+    let stored: std::collections::BTreeSet<String> =
+        farm.tests(build_id).results.into_iter().map(|result| result.test_id).collect();
+    let missing: Vec<&String> = acknowledged.difference(&stored).collect();
+    assert!(missing.is_empty(), "acknowledged but not stored: {missing:?} ({} acknowledged)", acknowledged.len());
+}
+
 #[test]
 fn results_acknowledged_around_a_full_disk_are_all_in_the_data_directory_after_a_crash() {
     let disk = Tmpfs::mount("8m");
@@ -468,10 +476,7 @@ fn results_acknowledged_around_a_full_disk_are_all_in_the_data_directory_after_a
     // A crash: the restarted master finds what its disk holds.
     farm.master.kill();
     farm.restart_master();
-    let stored: std::collections::BTreeSet<String> =
-        farm.tests(build_id).results.into_iter().map(|result| result.test_id).collect();
-    let missing: Vec<&String> = acknowledged.difference(&stored).collect();
-    assert!(missing.is_empty(), "acknowledged but not stored: {missing:?} ({} acknowledged)", acknowledged.len());
+    assert_all_stored(&farm, build_id, &acknowledged);
 }
 
 #[test]
@@ -524,10 +529,7 @@ fn results_acknowledged_to_concurrent_reporters_sharing_flushes_are_all_there_af
     );
 
     farm.restart_master();
-    let stored: std::collections::BTreeSet<String> =
-        farm.tests(build_id).results.into_iter().map(|result| result.test_id).collect();
-    let missing: Vec<&String> = acknowledged.difference(&stored).collect();
-    assert!(missing.is_empty(), "acknowledged but not stored: {missing:?} ({} acknowledged)", acknowledged.len());
+    assert_all_stored(&farm, build_id, &acknowledged);
 }
 
 #[test]

@@ -36,6 +36,21 @@ fn suite(ids: &[&str]) -> SuiteFile {
     }
 }
 
+/// Test statuses where `a` fails its first run and everything else passes: a flake of `a`
+/// once a retry passes.
+fn a_fails_once() -> impl Fn(&str) -> TestStatus {
+    let failed_once = std::sync::Mutex::new(false);
+    move |id: &str| {
+        let mut failed = failed_once.lock().unwrap();
+        if id == "a" && !*failed {
+            *failed = true;
+            TestStatus::Failed
+        } else {
+            TestStatus::Passed
+        }
+    }
+}
+
 /// A farm over a fresh repository holding `suite`, on a fake clock.
 struct Harness {
     /// Holds the repository and the data directory until the test ends.
@@ -308,16 +323,7 @@ async fn a_flaky_test_is_green_by_default_and_red_when_flaky_tests_fail_builds()
         let harness = Harness::new(&suite(&["a", "b"]), |config| config.gate.flaky_fails_build = flaky_fails_build);
         let build_id = harness.next_build().await;
         let worker = harness.register("w1");
-        let failed_once = std::sync::Mutex::new(false);
-        harness.run_all(worker, |id| {
-            let mut failed = failed_once.lock().unwrap();
-            if id == "a" && !*failed {
-                *failed = true;
-                TestStatus::Failed
-            } else {
-                TestStatus::Passed
-            }
-        });
+        harness.run_all(worker, a_fails_once());
         let build = harness.build(build_id);
         assert_eq!(build.counts.flaky, 1, "{build:?}");
         if flaky_fails_build {
@@ -339,24 +345,12 @@ async fn a_test_that_flakes_above_the_threshold_is_quarantined_automatically() {
         config.quarantine.min_runs = 2;
     });
     let worker = harness.register("w1");
-    let flake_once = || {
-        let failed_once = std::sync::Mutex::new(false);
-        move |id: &str| {
-            let mut failed = failed_once.lock().unwrap();
-            if id == "a" && !*failed {
-                *failed = true;
-                TestStatus::Failed
-            } else {
-                TestStatus::Passed
-            }
-        }
-    };
     harness.next_build().await;
-    harness.run_all(worker, flake_once());
+    harness.run_all(worker, a_fails_once());
     assert!(harness.farm.quarantine_list().is_empty(), "one run is below `min_runs`");
     harness.repo.touch_area("core", "Again").unwrap();
     harness.next_build().await;
-    harness.run_all(worker, flake_once());
+    harness.run_all(worker, a_fails_once());
     let quarantined = harness.farm.quarantine_list();
     assert_eq!(quarantined.len(), 1, "{quarantined:?}");
     assert_eq!((quarantined[0].test_id.as_str(), quarantined[0].by.as_str()), ("a", "auto"));
@@ -1120,16 +1114,7 @@ async fn retention_removes_old_builds_results_and_shards_and_keeps_their_summari
             harness.repo.touch_area("core", &format!("Round {round}")).unwrap();
         }
         builds.push(harness.next_build().await);
-        let failed_once = std::sync::Mutex::new(false);
-        harness.run_all(worker, |id| {
-            let mut failed = failed_once.lock().unwrap();
-            if id == "a" && !*failed {
-                *failed = true;
-                TestStatus::Failed
-            } else {
-                TestStatus::Passed
-            }
-        });
+        harness.run_all(worker, a_fails_once());
     }
     let results_before: Vec<_> = builds.iter().map(|&id| harness.store.results(id).unwrap()).collect();
     assert!(results_before.iter().all(|results| results.len() == 3), "{results_before:?}");
