@@ -212,6 +212,14 @@ fn a_build_disturbed_by_killed_workers_a_killed_master_and_replayed_reports_ends
     let chaos = farm.wait_for("the chaos build to get going", Duration::from_secs(60), running);
     assert_eq!(chaos.revision, revision);
     assert!(chaos.full_run);
+    // worker-0 may still be running a culprit probe of the undisturbed build: it is killed
+    // holding a shard of the chaos build, or it would lose no lease of it.
+    farm.wait_for("worker-0 to hold a shard of the chaos build", Duration::from_secs(60), |farm| {
+        farm.workers()
+            .into_iter()
+            .any(|worker| worker.name == "worker-0" && worker.build_id == Some(chaos.build_id))
+            .then_some(())
+    });
     farm.workers[0].kill();
     farm.start_worker("replacement-0");
 
