@@ -74,8 +74,12 @@ pub enum Tree {
     Builds,
     /// Test results by (build, test id, attempt).
     Results,
-    /// Shards by (build, lease).
+    /// Shards by (build, lease), without their test ids: what changes while a shard runs.
     Shards,
+    /// The test ids of shards by (build, lease, chunk), in chunks of at
+    /// most [`LARGE_CHUNK`] bytes, written when the shard is leased or its tests change
+    /// (see [`Store::put_shard`]).
+    ShardTests,
     /// Recent durations by test id.
     History,
     /// Push hand-offs by build.
@@ -94,6 +98,7 @@ impl Tree {
             Tree::Builds => "builds",
             Tree::Results => "results",
             Tree::Shards => "shards",
+            Tree::ShardTests => "shard_tests",
             Tree::History => "history",
             Tree::Pushes => "pushes",
             Tree::Meta => "meta",
@@ -635,7 +640,7 @@ impl Store {
     /// stays.
     pub fn prune_results(&self, build_id: u64, limit: usize) -> Result<bool, StoreError> {
         let mut done = true;
-        for tree in [Tree::Results, Tree::Shards] {
+        for tree in [Tree::Results, Tree::Shards, Tree::ShardTests] {
             // One more than a batch, to know whether it is the last: never the whole build.
             let prefix = build_id.to_be_bytes();
             let keys: Vec<Vec<u8>> = self
@@ -679,20 +684,70 @@ impl Store {
         self.set_meta(keys::RESULTS_PACKED_BELOW, &build_id)
     }
 
-    /// Writes a shard.
+    /// Writes a shard whole: its state under (build, lease), its test ids apart, in chunks.
+    /// Its reproduce line is not stored: it is written out from the ids when read.
+    ///
+    /// Why apart: a shard's ids run to kilobytes, and the shard's
+    /// state changes while it runs (it ends, its worker's runner time comes in). Written
+    /// whole with each change, under the farm's lock, a lease's end cost 2–8 ms of sled
+    /// node rewrites (sled rewrites the node holding a key, and the shards of a build share
+    /// nodes) while every other request waited.
     pub fn put_shard(&self, build_id: u64, shard: &ShardView) -> Result<(), StoreError> {
-        let mut key = build_id.to_be_bytes().to_vec();
-        key.extend_from_slice(&shard.lease_id.to_be_bytes());
-        self.kv.put(Tree::Shards, &key, &encode(shard))
+        self.put_shard_state(build_id, &shard.without_test_ids())?;
+        let key = shard_key(build_id, shard.lease_id);
+        let tests = encode(&shard.test_ids);
+        let puts: Vec<Entry> = tests
+            .chunks(LARGE_CHUNK)
+            .enumerate()
+            .map(|(index, chunk)| {
+                let mut chunk_key = key.clone();
+                chunk_key.extend_from_slice(&(index as u32).to_be_bytes());
+                (chunk_key, chunk.to_vec())
+            })
+            .collect();
+        let removes: Vec<Vec<u8>> = self
+            .kv
+            .scan_prefix(Tree::ShardTests, &key)?
+            .into_iter()
+            .map(|(old, _)| old)
+            .filter(|old| !puts.iter().any(|(put, _)| put == old))
+            .collect();
+        self.kv.apply_batch(Tree::ShardTests, &puts, &removes)
     }
 
-    /// The shards of a build, in lease order.
+    /// Writes what changed in a shard whose tests did not (since [`Store::put_shard`] wrote
+    /// it): its state, counts, times. `shard`'s test ids are not written.
+    pub fn put_shard_state(&self, build_id: u64, shard: &ShardView) -> Result<(), StoreError> {
+        let state = if shard.test_ids.is_empty() && shard.reproduce.is_empty() {
+            encode(shard)
+        } else {
+            encode(&shard.without_test_ids())
+        };
+        self.kv.put(Tree::Shards, &shard_key(build_id, shard.lease_id), &state)
+    }
+
+    /// The shards of a build, in lease order, with their test ids.
     pub fn shards(&self, build_id: u64) -> Result<Vec<ShardView>, StoreError> {
+        let prefix = build_id.to_be_bytes();
+        let mut tests: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for (key, chunk) in self.kv.scan_prefix(Tree::ShardTests, &prefix)? {
+            tests.entry(key[..16].to_vec()).or_default().extend_from_slice(&chunk);
+        }
         self.kv
-            .scan_prefix(Tree::Shards, &build_id.to_be_bytes())?
-            .iter()
-            .map(|(_, value)| decode(Tree::Shards, value))
+            .scan_prefix(Tree::Shards, &prefix)?
+            .into_iter()
+            .map(|(key, state)| with_tests(decode(Tree::Shards, &state)?, tests.get(&key)))
             .collect()
+    }
+
+    /// One shard of a build, with its test ids.
+    pub fn shard(&self, build_id: u64, lease_id: u64) -> Result<Option<ShardView>, StoreError> {
+        let key = shard_key(build_id, lease_id);
+        let Some(state) = self.kv.get(Tree::Shards, &key)? else { return Ok(None) };
+        let chunks = self.kv.scan_prefix(Tree::ShardTests, &key)?;
+        let tests: Option<Vec<u8>> =
+            (!chunks.is_empty()).then(|| chunks.into_iter().flat_map(|(_, chunk)| chunk).collect());
+        with_tests(decode(Tree::Shards, &state)?, tests.as_ref()).map(Some)
     }
 
     /// Writes a push hand-off.
@@ -873,6 +928,21 @@ fn large_key(name: &str, index: u32) -> Vec<u8> {
     key.push(0);
     key.extend_from_slice(&index.to_be_bytes());
     key
+}
+
+fn shard_key(build_id: u64, lease_id: u64) -> Vec<u8> {
+    let mut key = build_id.to_be_bytes().to_vec();
+    key.extend_from_slice(&lease_id.to_be_bytes());
+    key
+}
+
+/// A stored shard state with its test ids, if they were stored apart; a shard an older
+/// master wrote whole has them already.
+fn with_tests(mut shard: ShardView, tests: Option<&Vec<u8>>) -> Result<ShardView, StoreError> {
+    if let Some(tests) = tests {
+        shard.test_ids = decode(Tree::ShardTests, tests)?;
+    }
+    Ok(shard)
 }
 
 /// How many revisions' listings the store keeps.
@@ -1257,6 +1327,53 @@ mod tests {
         store.remove_selection(9).unwrap();
         assert_eq!(store.selection(9).unwrap(), None);
         assert_eq!(kv.get(Tree::Meta, b"selection/9").unwrap(), None, "the old copy is removed too");
+    }
+
+    #[test]
+    fn a_shards_ids_are_written_apart_from_its_state_in_small_chunks_and_an_older_masters_whole_shard_still_reads() {
+        let kv = Arc::new(MemoryKv::default());
+        let store = Store::new(kv.clone());
+        let ids: Vec<String> =
+            (0..400).map(|index| format!("tests/area_{}/test_{index}.py::test_case", index % 7)).collect();
+        let mut shard = ShardView {
+            lease_id: 12,
+            worker: "w".into(),
+            tests: ids.len() as u32,
+            withdrawn: 0,
+            started_at: 1.0,
+            finished_at: None,
+            state: greenlight_shared::api::ShardState::Running,
+            counts: Default::default(),
+            test_ids: ids.clone(),
+            reproduce: String::new(),
+            runner_wall_s: None,
+        };
+        store.put_shard(3, &shard).unwrap();
+        let chunks = kv.scan_prefix(Tree::ShardTests, b"").unwrap();
+        assert!(chunks.len() > 1 && chunks.iter().all(|(_, chunk)| chunk.len() <= LARGE_CHUNK), "{}", chunks.len());
+
+        // It ends: only its small state is written again, and its ids stay.
+        shard.state = greenlight_shared::api::ShardState::Finished;
+        shard.finished_at = Some(5.0);
+        shard.runner_wall_s = Some(3.0);
+        store.put_shard_state(3, &shard).unwrap();
+        let state = kv.get(Tree::Shards, &shard_key(3, 12)).unwrap().unwrap();
+        assert!(state.len() < 512, "{} bytes", state.len());
+        assert_eq!(store.shard(3, 12).unwrap().as_ref(), Some(&shard));
+        assert_eq!(store.shards(3).unwrap(), vec![shard.clone()]);
+
+        // Shrunk and written whole again: no chunk of the longer list is left.
+        shard.test_ids.truncate(2);
+        store.put_shard(3, &shard).unwrap();
+        assert_eq!(store.shard(3, 12).unwrap().map(|shard| shard.test_ids), Some(ids[..2].to_vec()));
+        assert_eq!(kv.scan_prefix(Tree::ShardTests, b"").unwrap().len(), 1);
+
+        // A data directory from before: the shard whole, its reproduce line in it.
+        let old = ShardView { lease_id: 13, test_ids: vec!["a".into()], reproduce: "pytest a".into(), ..shard.clone() };
+        kv.put(Tree::Shards, &shard_key(3, 13), &encode(&old)).unwrap();
+        assert_eq!(store.shard(3, 13).unwrap().as_ref(), Some(&old));
+        assert_eq!(store.shards(3).unwrap(), vec![shard, old]);
+        assert_eq!(store.shard(3, 14).unwrap(), None);
     }
 
     #[test]

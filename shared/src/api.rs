@@ -885,6 +885,27 @@ pub struct ShardView {
     pub runner_wall_s: Option<f64>,
 }
 
+impl ShardView {
+    /// The shard without its (possibly long) list of test ids and its reproduce line
+    /// (which names them), neither even cloned: what the event stream sends, and what the
+    /// master rewrites while the shard runs.
+    pub fn without_test_ids(&self) -> ShardView {
+        ShardView {
+            lease_id: self.lease_id,
+            worker: self.worker.clone(),
+            tests: self.tests,
+            withdrawn: self.withdrawn,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            state: self.state,
+            counts: self.counts.clone(),
+            test_ids: Vec::new(),
+            reproduce: String::new(),
+            runner_wall_s: self.runner_wall_s,
+        }
+    }
+}
+
 /// A build with its shards, for `GET /api/v1/builds/{build_id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BuildDetail {

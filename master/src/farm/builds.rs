@@ -239,7 +239,7 @@ impl Farm {
             // Its last result ended the build; the worker's finish may still add its wall time.
             shard.finished_at = Some(now);
             shard.state = ShardState::Finished;
-            self.put_shard(build_id, shard)?;
+            self.put_shard_state(build_id, shard)?;
         }
         self.put_build(summary)?;
         self.store.remove_selection(build_id)?;
@@ -300,7 +300,7 @@ impl Farm {
         for shard in live.shards.values_mut().filter(|shard| shard.finished_at.is_none()) {
             shard.finished_at = Some(now);
             shard.state = ShardState::Cancelled;
-            self.put_shard(build_id, shard)?;
+            self.put_shard_state(build_id, shard)?;
         }
         let summary = &mut live.summary;
         summary.state = BuildState::Error;
@@ -384,7 +384,7 @@ impl Farm {
             if shard.finished_at.is_none() {
                 shard.finished_at = Some(now);
                 shard.state = ShardState::Expired;
-                self.put_shard(build_id, &shard)?;
+                self.put_shard_state(build_id, &shard)?;
             }
             shards.insert(shard.lease_id, shard);
         }

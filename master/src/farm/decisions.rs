@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use greenlight_scheduler::core::{Decision, LeaseId};
 use greenlight_shared::api::{BuildKind, FarmEvent, ShardEvent, ShardState, TestResultView, TestStatus};
 
-use super::{Core, Farm, FarmError, add_to_summary, not_run, without_test_ids};
+use super::{Core, Farm, FarmError, add_to_summary, not_run};
 use crate::gate;
 
 impl Farm {
@@ -75,11 +75,17 @@ impl Farm {
     ) -> Result<(), FarmError> {
         let Some(build) = core.scheduler.lease_build(LeaseId(lease_id)) else { return Ok(()) };
         let build_id = build.0;
+        // A running build's shard changes in place (its test ids are not copied); an ended
+        // one's is read back.
+        let mut stored;
         let shard = match core.running.get_mut(&build_id) {
-            Some(live) => live.shards.get_mut(&lease_id).cloned(),
-            None => self.store.shards(build_id)?.into_iter().find(|shard| shard.lease_id == lease_id),
+            Some(live) => live.shards.get_mut(&lease_id),
+            None => {
+                stored = self.store.shard(build_id, lease_id)?;
+                stored.as_mut()
+            }
         };
-        let Some(mut shard) = shard else { return Ok(()) };
+        let Some(shard) = shard else { return Ok(()) };
         let runner_wall_s = runner_wall_s.filter(|wall_s| wall_s.is_finite() && *wall_s >= 0.0);
         if shard.finished_at.is_some() {
             // The build's last result closed the shard; the worker's finish, arriving just
@@ -87,18 +93,14 @@ impl Farm {
             if shard.state == ShardState::Finished && shard.runner_wall_s.is_none() && runner_wall_s.is_some() {
                 shard.finished_at = Some(now);
                 shard.runner_wall_s = runner_wall_s;
-                self.put_shard(build_id, &shard)?;
+                self.put_shard_state(build_id, shard)?;
             }
             return Ok(());
         }
         shard.finished_at = Some(now);
         shard.state = state;
         shard.runner_wall_s = runner_wall_s;
-        self.put_shard(build_id, &shard)?;
-        if let Some(live) = core.running.get_mut(&build_id) {
-            live.shards.insert(lease_id, shard);
-        }
-        Ok(())
+        self.put_shard_state(build_id, shard)
     }
 
     /// Records that `withdrawn` left a running shard: the shard's view (stored, and sent
@@ -117,11 +119,7 @@ impl Farm {
         shard.tests = shard.test_ids.len() as u32;
         shard.withdrawn += withdrawn.len() as u32;
         shard.counts.total = shard.tests;
-        let suite = &self.config.suite;
-        shard.reproduce =
-            suite.runner().reproduce(&suite.setup_command, &suite.run_command, &shard.test_ids, &live.summary.revision);
-        let shard = shard.clone();
-        self.put_shard(build_id, &shard)
+        self.put_shard(build_id, shard)
     }
 
     /// Stores a result once and updates the live views; `fails_build` (the scheduler's
@@ -153,7 +151,7 @@ impl Farm {
             } else {
                 shard.counts.add_result(result);
             }
-            self.publish(FarmEvent::Shard(ShardEvent { build_id, shard: without_test_ids(shard) }));
+            self.publish(FarmEvent::Shard(ShardEvent { build_id, shard: shard.without_test_ids() }));
         }
         let regular = live.summary.kind == BuildKind::Regular;
         if regular && !result.retried && result.worker.is_some() {

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use greenlight_shared::API_VERSION;
-use greenlight_shared::api::{FarmEvent, FarmHealth, GateView, HealthKind, HealthProblem};
+use greenlight_shared::api::{FarmHealth, GateView, HealthKind, HealthProblem};
 use greenlight_shared::git::GitError;
 
 use super::{Core, Farm, FarmError};
@@ -23,7 +23,6 @@ use crate::store::StoreError;
 #[derive(Debug, Default)]
 pub(super) struct Health {
     problems: BTreeMap<HealthKind, HealthProblem>,
-    free_bytes: Option<u64>,
     last_fetch_at: Option<f64>,
     writes_refused: u64,
 }
@@ -85,8 +84,8 @@ fn human(bytes: u64) -> String {
 }
 
 impl Farm {
-    /// Measures the data directory's free space (outside the lock) and notes it, with the
-    /// store's failure if there is one, in the health. Returns the free bytes.
+    /// Measures the data directory's free space (outside the lock) and sets or clears the
+    /// problems it and the store's failure make in the health. Returns the free bytes.
     pub fn measure_health(&self) -> Option<u64> {
         let free = free_bytes(&self.config.data_dir);
         let storage = &self.config.storage;
@@ -109,13 +108,20 @@ impl Farm {
         let store = self.store.failure().map(|failure| {
             format!("the store failed to write ({failure}): nothing more is recorded; restart the master once the cause is fixed")
         });
+        if disk.is_none()
+            && store.is_none()
+            && !self.published_health_problem(&[HealthKind::DiskLow, HealthKind::StoreFailed])
+        {
+            // Nothing to set and nothing to clear: every write asks, and need not wait
+            // for the farm's lock to hear it.
+            return free;
+        }
         let now = self.now();
         let mut core = self.core();
-        core.health.free_bytes = free;
         let changed =
             core.health.set(HealthKind::DiskLow, disk, now) | core.health.set(HealthKind::StoreFailed, store, now);
         if changed {
-            self.publish(FarmEvent::Gate(Farm::gate_view(&core)));
+            self.gate_changed(&core);
         }
         free
     }
@@ -164,19 +170,26 @@ impl Farm {
             core.health.last_fetch_at = Some(now);
         }
         if core.health.set(HealthKind::RepositoryUnreachable, problem, now) {
-            self.publish(FarmEvent::Gate(Farm::gate_view(&core)));
+            self.gate_changed(&core);
         }
+    }
+
+    /// Whether the gate as last published shows a problem of one of `kinds`. The core's
+    /// health changes it under the farm's lock and publishes it before releasing the lock,
+    /// so a problem set is seen here once it is set.
+    fn published_health_problem(&self, kinds: &[HealthKind]) -> bool {
+        self.gate_view.borrow().health.iter().any(|problem| kinds.contains(&problem.kind))
     }
 
     /// The farm's health now.
     pub fn health(&self) -> FarmHealth {
-        self.measure_health();
+        let free = self.measure_health();
         let core = self.core();
         let health = &core.health;
         FarmHealth {
             version: API_VERSION,
             problems: health.problems(),
-            data_dir_free_bytes: health.free_bytes,
+            data_dir_free_bytes: free,
             min_free_bytes: self.config.storage.min_free_bytes,
             reserve_bytes: self.config.storage.reserve_bytes,
             last_fetch_at: health.last_fetch_at,

@@ -247,6 +247,11 @@ pub struct Farm {
     commits: GroupCommit,
     /// The suites of the last few revisions a test's history read, parsed.
     suites: Mutex<planning::SuiteCache>,
+    /// The gate as last published ([`Farm::gate_changed`]): read by `GET /api/v1/gate`
+    /// and the commit hooks without taking the farm's lock, so a hook's answer never waits
+    /// for a lease or a build's start. The core's gate and health own the facts; this is
+    /// their view, replaced whenever either changes.
+    gate_view: tokio::sync::watch::Sender<GateView>,
 }
 
 /// Group commit: callers that want their writes durable at the same time share one flush
@@ -308,7 +313,9 @@ impl Farm {
             // A probe a previous master left running is resumed with the other builds.
             bisections: store.bisections()?.into_iter().map(|bisection| (bisection.build_id, bisection)).collect(),
         };
+        let gate_view = tokio::sync::watch::channel(Farm::gate_view(&core)).0;
         Ok(Farm {
+            gate_view,
             mirror: Mirror::new(&config),
             tagger,
             core: Mutex::new(core),
@@ -394,8 +401,15 @@ impl Farm {
 
     fn save_gate(&self, core: &Core) -> Result<(), FarmError> {
         self.store.put_gate(&core.gate)?;
-        self.publish(FarmEvent::Gate(Farm::gate_view(core)));
+        self.gate_changed(core);
         Ok(())
+    }
+
+    /// The gate or the farm's health changed: the gate's readers and the page see it.
+    fn gate_changed(&self, core: &Core) {
+        let view = Farm::gate_view(core);
+        self.gate_view.send_replace(view.clone());
+        self.publish(FarmEvent::Gate(view));
     }
 
     fn put_build(&self, build: &BuildSummary) -> Result<(), FarmError> {
@@ -410,9 +424,18 @@ impl Farm {
         Ok(())
     }
 
+    /// Writes a shard whole: when it is leased, or its tests change.
     fn put_shard(&self, build_id: u64, shard: &ShardView) -> Result<(), FarmError> {
         self.store.put_shard(build_id, shard)?;
-        self.publish(FarmEvent::Shard(ShardEvent { build_id, shard: without_test_ids(shard) }));
+        self.publish(FarmEvent::Shard(ShardEvent { build_id, shard: shard.without_test_ids() }));
+        Ok(())
+    }
+
+    /// Writes what changed in a shard while its tests did not (it ended, was cancelled).
+    fn put_shard_state(&self, build_id: u64, shard: &ShardView) -> Result<(), FarmError> {
+        let state = shard.without_test_ids();
+        self.store.put_shard_state(build_id, &state)?;
+        self.publish(FarmEvent::Shard(ShardEvent { build_id, shard: state }));
         Ok(())
     }
 
@@ -462,25 +485,6 @@ fn not_run(test_id: String, status: TestStatus, reason: String) -> TestResultVie
         flaky: false,
         quarantined: false,
         lease_id: None,
-    }
-}
-
-/// A shard as the event stream sends it: without its (possibly long) list of test ids and
-/// its reproduce line (which names them), neither even cloned (this runs for every result,
-/// under the farm's lock). The shard's own endpoint has both.
-fn without_test_ids(shard: &ShardView) -> ShardView {
-    ShardView {
-        lease_id: shard.lease_id,
-        worker: shard.worker.clone(),
-        tests: shard.tests,
-        withdrawn: shard.withdrawn,
-        started_at: shard.started_at,
-        finished_at: shard.finished_at,
-        state: shard.state,
-        counts: shard.counts.clone(),
-        test_ids: Vec::new(),
-        reproduce: String::new(),
-        runner_wall_s: shard.runner_wall_s,
     }
 }
 

@@ -42,16 +42,37 @@ impl Farm {
             Some(shards) => shards,
             None => self.store.shards(build_id)?,
         };
-        if !with_test_ids {
-            shards.iter_mut().for_each(|shard| shard.test_ids = Vec::new());
+        for shard in &mut shards {
+            self.write_reproduce(shard, &build.revision);
+            if !with_test_ids {
+                shard.test_ids = Vec::new();
+            }
         }
         Ok(BuildDetail { build, shards })
     }
 
+    /// Fills in a shard's reproduce line from its test ids (a shard an older master
+    /// stored has its own).
+    fn write_reproduce(&self, shard: &mut ShardView, revision: &str) {
+        if shard.reproduce.is_empty() {
+            let suite = &self.config.suite;
+            shard.reproduce =
+                suite.runner().reproduce(&suite.setup_command, &suite.run_command, &shard.test_ids, revision);
+        }
+    }
+
     /// One shard of a build, with its test ids.
     pub fn shard(&self, build_id: u64, lease_id: u64) -> Result<Option<ShardView>, FarmError> {
-        let shards = self.build_detail(build_id, true)?.shards;
-        Ok(shards.into_iter().find(|shard| shard.lease_id == lease_id))
+        let build = self.build_summary(build_id)?;
+        let live = self.core().running.get(&build_id).map(|live| live.shards.get(&lease_id).cloned());
+        let shard = match live {
+            Some(shard) => shard,
+            None => self.store.shard(build_id, lease_id)?,
+        };
+        Ok(shard.map(|mut shard| {
+            self.write_reproduce(&mut shard, &build.revision);
+            shard
+        }))
     }
 
     /// One test across the newest `n_builds` builds: outcomes, durations, flake rate, and
@@ -162,8 +183,8 @@ impl Farm {
 
     /// The gate of `branch`, if it is the watched branch.
     pub fn gate(&self, branch: &str) -> Option<GateView> {
-        let core = self.core();
-        (core.gate.branch == branch).then(|| Farm::gate_view(&core))
+        let view = self.gate_view.borrow();
+        (view.branch == branch).then(|| view.clone())
     }
 
     /// Every push hand-off, newest first.

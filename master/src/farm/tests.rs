@@ -195,6 +195,74 @@ async fn a_worker_runs_a_build_to_green_and_the_scheduler_says_what_it_holds() {
     assert_eq!(harness.gate(), GateState::Open);
 }
 
+/// Commit hooks ask the gate all day. Its answer must not wait for the farm's lock, which
+/// a lease, a batch of results or a build's start holds for milliseconds under load, and
+/// it must still show every change the moment it is made.
+#[tokio::test]
+async fn the_gate_answers_while_the_farms_lock_is_held_and_shows_each_change_at_once() {
+    let harness = Harness::new(&suite(&["a", "b"]), |_| {});
+    let build_id = harness.next_build().await;
+    let worker = harness.register("w1");
+    let held = harness.farm.core();
+    let (answered, answer) = std::sync::mpsc::channel();
+    let farm = Arc::clone(&harness.farm);
+    std::thread::spawn(move || answered.send(farm.gate("main").map(|gate| gate.state)));
+    let state = answer.recv_timeout(std::time::Duration::from_secs(10));
+    drop(held);
+    assert_eq!(state, Ok(Some(GateState::Open)), "the gate answered while the lock was held");
+    assert_eq!(harness.farm.gate("other"), None, "an unwatched branch has no gate");
+
+    let lease = harness.lease(worker);
+    let failing = lease.tests[0].clone();
+    harness.report(&lease, worker, &[(&failing, TestStatus::Failed)]).unwrap();
+    harness.farm.finish(lease.lease_id, worker, &ShardOutcome::Completed, None).unwrap();
+    let retry = harness.lease(worker);
+    assert_eq!(retry.tests[0], failing);
+    harness.report(&retry, worker, &[(&failing, TestStatus::Failed)]).unwrap();
+    let gate = harness.farm.gate("main").unwrap();
+    assert_eq!((gate.state, gate.failing_tests.len()), (GateState::Closed, 1), "closed at the real failure: {gate:?}");
+    harness.run_all(worker, passing);
+    assert_eq!(harness.build(build_id).state, BuildState::Red);
+    assert_eq!(harness.farm.gate("main").unwrap().state, GateState::Closed);
+}
+
+/// A shard's test ids are stored once, apart from its state, and its reproduce line is
+/// written out from them when it is read: both must still be there once the shard has
+/// ended (its state rewritten without them) and after a restart.
+#[tokio::test]
+async fn a_shard_keeps_its_tests_and_reproduce_line_after_it_ends_and_after_a_restart() {
+    let mut harness = Harness::new(&suite(&["a", "b", "c"]), |config| {
+        config.suite.run_command = vec!["run-tests".to_owned(), "{ids}".to_owned()];
+    });
+    let build_id = harness.next_build().await;
+    let worker = harness.register("w1");
+    let lease = harness.lease(worker);
+    let check = |harness: &Harness, finished: bool| {
+        let shard = harness.farm.shard(build_id, lease.lease_id).unwrap().expect("the shard exists");
+        assert_eq!(shard.test_ids, lease.tests);
+        assert!(
+            shard.reproduce.ends_with(&format!("run-tests {}", lease.tests.join(" "))),
+            "the reproduce line runs the shard's tests: {}",
+            shard.reproduce
+        );
+        assert_eq!(shard.finished_at.is_some(), finished, "{shard:?}");
+        let detail = harness.farm.build_detail(build_id, false).unwrap();
+        let listed = detail.shards.iter().find(|listed| listed.lease_id == lease.lease_id).unwrap();
+        assert!(listed.test_ids.is_empty(), "ids only when asked for");
+        assert_eq!(listed.reproduce, shard.reproduce);
+    };
+    check(&harness, false);
+    for test_id in &lease.tests {
+        harness.report(&lease, worker, &[(test_id, TestStatus::Passed)]).unwrap();
+    }
+    harness.farm.finish(lease.lease_id, worker, &ShardOutcome::Completed, Some(1.0)).unwrap();
+    harness.run_all(worker, passing);
+    assert_eq!(harness.build(build_id).state, BuildState::Green);
+    check(&harness, true);
+    harness.restart();
+    check(&harness, true);
+}
+
 #[tokio::test]
 async fn a_batch_naming_a_test_outside_the_lease_is_refused_whole_and_records_nothing() {
     let harness = Harness::new(&suite(&["a", "b"]), |_| {});

@@ -221,7 +221,8 @@ impl Farm {
             counts: TestCounts { total: tests.len() as u32, ..TestCounts::default() },
             test_ids: tests.clone(),
             runner_wall_s: None,
-            reproduce: runner.reproduce(&suite.setup_command, &suite.run_command, &tests, &live.summary.revision),
+            // Written out when the shard is read (`Farm::build_detail`), not under the lock.
+            reproduce: String::new(),
         };
         self.put_shard(build_id, &shard)?;
         self.put_build(&live.summary)?;
