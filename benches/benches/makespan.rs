@@ -24,7 +24,7 @@ use std::collections::BTreeSet;
 use greenlight_benches::{Summary, parse_seeds};
 use greenlight_fixtures::imvu::{ImvuShape, generate, noisy_history};
 use greenlight_scheduler::baseline::{simulate_static_fleet, split_by_count, split_by_estimate};
-use greenlight_scheduler::core::SchedulerConfig;
+use greenlight_scheduler::core::{SchedulerConfig, ShardSizing};
 use greenlight_scheduler::estimate::{Estimates, estimate};
 use greenlight_scheduler::plan::BuildPlan;
 use greenlight_scheduler::select::select;
@@ -196,17 +196,20 @@ fn main() {
             let (plan, actual) = generated.build(shape.tags, shape.noisy);
             let slowdown = shape.fleet.slowdown(shape.n_workers);
             let greenlight = simulate_fleet(&plan, &actual, &slowdown, SchedulerConfig::default());
+            let finer_config = SchedulerConfig { shard_sizing: ShardSizing::Finer, ..SchedulerConfig::default() };
+            let finer = simulate_fleet(&plan, &actual, &slowdown, finer_config);
             let by_count = simulate_static_fleet(&plan, &actual, &split_by_count(&plan, shape.n_workers), &slowdown);
             let by_estimate =
                 simulate_static_fleet(&plan, &actual, &split_by_estimate(&plan, shape.n_workers), &slowdown);
             if verbose {
                 eprintln!(
-                    "{} on {} workers, {}, seed {seed}: Greenlight {:.4} ({} shards), static by estimate {:.4}",
+                    "{} on {} workers, {}, seed {seed}: Greenlight {:.4} ({} shards), finer {:.4}, static by estimate {:.4}",
                     shape.build_name(),
                     shape.n_workers,
                     if shape.noisy { "noisy" } else { "exact" },
                     greenlight.ratio(),
                     greenlight.shards.len(),
+                    finer.ratio(),
                     by_estimate.ratio(),
                 );
             }
@@ -215,6 +218,7 @@ fn main() {
                 greenlight.shards.len() as f64 / shape.n_workers as f64,
                 by_count.ratio(),
                 by_estimate.ratio(),
+                finer.ratio(),
             );
         }
     }
@@ -224,12 +228,12 @@ fn main() {
             table = shape.table;
             println!();
             println!(
-                "| {table}: build | workers | history | Greenlight mean (worst) | above target | worse than static by estimate by > 0.01 | shards a worker | split by count mean (worst) | static by estimate mean (worst) |"
+                "| {table}: build | workers | history | Greenlight mean (worst) | above target | worse than static by estimate by > 0.01 | shards a worker | finer (before #17) mean (worst) | above target | worse than static | split by count mean (worst) | static by estimate mean (worst) |"
             );
-            println!("|---|---:|---|---:|---:|---:|---:|---:|---:|");
+            println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         }
         println!(
-            "| {} | {} | {} | {:.4} ({:.4}) | {} of {} above {:.2} | {} | {:.2} | {:.3} ({:.3}) | {:.3} ({:.3}) |",
+            "| {} | {} | {} | {:.4} ({:.4}) | {} of {} above {:.2} | {} | {:.2} | {:.4} ({:.4}) | {} | {} | {:.3} ({:.3}) | {:.3} ({:.3}) |",
             shape.build_name(),
             shape.n_workers,
             if shape.noisy { "noisy" } else { "exact" },
@@ -240,6 +244,10 @@ fn main() {
             shape.target,
             summary.worse_than_static(0.01),
             summary.shards_per_worker.mean(),
+            summary.finer.mean(),
+            summary.finer.worst(),
+            summary.finer.above(shape.target),
+            Summary::worse(&summary.finer, &summary.by_estimate, 0.01),
             summary.by_count.mean(),
             summary.by_count.worst(),
             summary.by_estimate.mean(),

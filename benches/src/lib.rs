@@ -62,12 +62,15 @@ pub struct Summary {
     pub by_count: Series,
     /// A static LPT split by estimate.
     pub by_estimate: Series,
+    /// Greenlight with the shard sizing before issue #17 (`ShardSizing::Finer`).
+    pub finer: Series,
 }
 
 impl Summary {
     /// Adds one seed.
-    pub fn add(&mut self, greenlight: f64, shards_per_worker: f64, by_count: f64, by_estimate: f64) {
+    pub fn add(&mut self, greenlight: f64, shards_per_worker: f64, by_count: f64, by_estimate: f64, finer: f64) {
         self.greenlight.push(greenlight);
+        self.finer.push(finer);
         self.shards_per_worker.push(shards_per_worker);
         self.by_count.push(by_count);
         self.by_estimate.push(by_estimate);
@@ -76,7 +79,12 @@ impl Summary {
     /// Seeds on which Greenlight's ratio exceeds the static split by estimate's by more
     /// than `margin`.
     pub fn worse_than_static(&self, margin: f64) -> usize {
-        let pairs = self.greenlight.values().iter().zip(self.by_estimate.values());
+        Summary::worse(&self.greenlight, &self.by_estimate, margin)
+    }
+
+    /// Seeds on which `series` exceeds `baseline` by more than `margin`.
+    pub fn worse(series: &Series, baseline: &Series, margin: f64) -> usize {
+        let pairs = series.values().iter().zip(baseline.values());
         pairs.filter(|&(greenlight, by_estimate)| greenlight - by_estimate > margin).count()
     }
 }
@@ -96,9 +104,9 @@ mod tests {
     #[test]
     fn a_summary_counts_the_seeds_above_a_target_and_worse_than_static() {
         let mut summary = Summary::default();
-        summary.add(1.05, 1.0, 1.3, 1.03);
-        summary.add(1.01, 1.0, 1.3, 1.00);
-        summary.add(1.02, 1.0, 1.3, 1.015);
+        summary.add(1.05, 1.0, 1.3, 1.03, 1.05);
+        summary.add(1.01, 1.0, 1.3, 1.00, 1.05);
+        summary.add(1.02, 1.0, 1.3, 1.015, 1.05);
         assert_eq!(summary.greenlight.above(1.015), 2);
         assert_eq!(summary.worse_than_static(0.01), 2);
         assert_eq!(summary.greenlight.worst(), 1.05);

@@ -3,14 +3,28 @@
 //! whether a running lease gives back the tests it has not started. The sizing maths of
 //! the module documentation of [`super`] lives here.
 
-use super::state::{LeaseState, TestState};
-use super::{BuildId, Decision, LeaseGrant, LeaseId, Scheduler, WorkerId};
+use std::collections::HashSet;
+
+use super::state::{LeaseState, ReadyEntry, TestState};
+use super::{BuildId, Decision, LeaseGrant, LeaseId, Scheduler, ShardSizing, WorkerId};
 use crate::Seconds;
 use crate::plan::PlanIndex;
 
 /// How much longer than estimated a chain of dependants may run: a shard holding a test
 /// others wait on ends early enough for the chain to take this many times its estimate.
 const CHAIN_SAFETY: f64 = 2.0;
+
+/// [`ShardSizing::Fitted`] trusts a build's estimates while at most this part of its tests
+/// are new (their estimates borrowed from their neighbours)...
+const TRUSTED_NEW_FRACTION: f64 = 0.01;
+
+/// ...and, once [`TRUSTED_SPREAD_AFTER`] tests with history of their own have reported,
+/// while their durations are within this spread of their estimates (the root mean square
+/// of `ln(real / estimated)`: 0.2 is about 20% off).
+const TRUSTED_SPREAD: f64 = 0.2;
+
+/// How many reported tests the spread of a build's estimates is judged on.
+const TRUSTED_SPREAD_AFTER: usize = 8;
 
 /// What a shard being cut aims at.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +81,7 @@ impl Scheduler {
             },
         };
         let goal = self.shard_goal(build, worker, now);
+        let fitted = self.fitted_shard(build, worker, now);
         let run = self.builds.get_mut(&build).expect("the build was just found");
         let overhead = run.costs.overhead();
         let first_of_worker = !run.started.contains(&worker);
@@ -89,6 +104,15 @@ impl Scheduler {
             .collect();
         let mut passed_over = Vec::new();
         while let Some(entry) = run.ready.peek().copied() {
+            if let Some(fitted) = &fitted {
+                if tests.len() == fitted.len() {
+                    break;
+                }
+                if !fitted.contains(&entry.index) {
+                    passed_over.push(run.ready.pop().expect("just peeked"));
+                    continue;
+                }
+            }
             if let Some(avoid) = run.avoid.get(&entry.index)
                 && avoid.contains(&worker)
                 && others.iter().any(|other| !avoid.contains(other))
@@ -119,7 +143,9 @@ impl Scheduler {
                 if work >= chain_cap || work + estimate > max_shard {
                     break;
                 }
-                if goal.last {
+                if fitted.is_some() {
+                    // The worker's whole part of the split.
+                } else if goal.last {
                     if work >= goal.share {
                         break;
                     }
@@ -133,7 +159,7 @@ impl Scheduler {
                 }
             }
             run.ready.pop();
-            if !planned.dependents.is_empty() {
+            if !planned.dependents.is_empty() && fitted.is_none() {
                 // The chain waiting on this test must still fit before the finish: end the
                 // shard early enough for a worker to take it up (this one, at the latest).
                 let chain_behind = planned.priority_s - estimate;
@@ -261,22 +287,8 @@ impl Scheduler {
         let drift = run.drift.ratio();
         // In real seconds, as far as the recent drift of estimates tells.
         let unleased = run.unleased_work * drift;
-        // When each live worker could start a test of this build: when it will be free (the
-        // asking one is free now) plus what its next shard costs it.
-        let mut ready_at: Vec<Seconds> = self
-            .workers
-            .iter()
-            .map(|(&id, state)| {
-                let free_at = match state.lease.and_then(|lease| self.leases.get(&lease)) {
-                    Some(lease) if id != worker && lease.active => lease.free_at(now, drift),
-                    _ => now,
-                };
-                free_at + run.shard_cost(id)
-            })
-            .collect();
-        if !self.workers.contains_key(&worker) {
-            ready_at.push(now + run.shard_cost(worker));
-        }
+        let mut ready_at: Vec<Seconds> =
+            self.ready_times(build, worker, now).into_iter().map(|(_, ready_at)| ready_at).collect();
         ready_at.sort_by(f64::total_cmp);
         // Water-fill: the level F at which the free capacity of the workers below it holds
         // the unleased work.
@@ -299,4 +311,135 @@ impl Scheduler {
         let share = if last { share } else { share.max(smallest) };
         ShardGoal { share, finish, smallest, last }
     }
+
+    /// When each live worker could start a test of `build`: when it will be free (the
+    /// asking `worker` is free `now`) plus what its next shard costs it. The asking worker
+    /// is among them even if it has not joined.
+    fn ready_times(&self, build: BuildId, worker: WorkerId, now: Seconds) -> Vec<(WorkerId, Seconds)> {
+        let run = &self.builds[&build];
+        let drift = run.drift.ratio();
+        let mut ready_at: Vec<(WorkerId, Seconds)> = self
+            .workers
+            .iter()
+            .map(|(&id, state)| {
+                let free_at = match state.lease.and_then(|lease| self.leases.get(&lease)) {
+                    Some(lease) if id != worker && lease.active => lease.free_at(now, drift),
+                    _ => now,
+                };
+                (id, free_at + run.shard_cost(id))
+            })
+            .collect();
+        if !self.workers.contains_key(&worker) {
+            ready_at.push((worker, now + run.shard_cost(worker)));
+        }
+        ready_at
+    }
+
+    /// [`ShardSizing::Fitted`]: the shard of the asking worker when the ready work of `build`
+    /// is split among all live workers at once, longest first, each test to the worker
+    /// that would be free first with what it was given so far (LPT on the estimates, the
+    /// busy workers counted from when they will be free). `None` when the build is to be
+    /// cut finer: the sizing says so, a lease could not give back what runs late (the
+    /// runner reports only at exit, or splitting is off), or a new test is ready (its
+    /// estimate is borrowed: it goes first, in a small shard of its own), or nothing would
+    /// be this worker's.
+    fn fitted_shard(&self, build: BuildId, worker: WorkerId, now: Seconds) -> Option<HashSet<PlanIndex>> {
+        let run = &self.builds[&build];
+        if self.config.shard_sizing != ShardSizing::Fitted
+            || !self.config.split_running_leases
+            || !run.plan.leases_splittable
+        {
+            return None;
+        }
+        let new_tests = run.plan.tests.iter().filter(|test| !test.estimate_known).count();
+        if new_tests as f64 > TRUSTED_NEW_FRACTION * run.plan.len() as f64
+            || run.spread.after(TRUSTED_SPREAD_AFTER).is_some_and(|spread| spread > TRUSTED_SPREAD)
+        {
+            return None;
+        }
+        let ready: Vec<ReadyEntry> = run.ready.iter().copied().collect();
+        if ready.iter().any(|entry| !run.plan.tests[entry.index].estimate_known) {
+            return None;
+        }
+        let drift = run.drift.ratio();
+        let overhead = run.costs.overhead();
+        // A test others wait on counts with the tests waiting on it, transitively, and a
+        // shard's overhead for each step of that chain: the worker that runs it ends its
+        // shard early enough to run them after it (the test runs first in its shard).
+        let mut counted = vec![false; run.plan.len()];
+        // (when free, the asking worker first on a tie, the worker), least first.
+        let mut bins: Vec<(Seconds, bool, WorkerId)> = self
+            .ready_times(build, worker, now)
+            .into_iter()
+            .filter(|&(id, _)| id == worker || self.workers[&id].benched_until <= now)
+            .map(|(id, ready_at)| (ready_at, id != worker, id))
+            .collect();
+        // The chains behind the tests of running leases are their workers' (they left room
+        // for them when they were cut).
+        for (&lease, state) in self.leases.iter().filter(|(_, state)| state.active && state.build == build) {
+            let Some(bin) = bins.iter().position(|bin| bin.2 == state.worker) else { continue };
+            for &test in state.tests.iter().filter(|&&test| run.states[test] == TestState::Leased(lease)) {
+                let (estimated, steps) = chain_behind(run, test, &mut counted);
+                bins[bin].0 += estimated * drift + steps as f64 * overhead;
+            }
+        }
+        let mut items: Vec<(Seconds, Option<ReadyEntry>)> = ready
+            .iter()
+            .map(|&entry| {
+                let (estimated, steps) = chain_behind(run, entry.index, &mut counted);
+                let estimated = estimated + run.plan.tests[entry.index].estimate_s;
+                (estimated * drift + steps as f64 * overhead, Some(entry))
+            })
+            .collect();
+        // Tests waiting on others still count, as work other workers will take when they
+        // are ready (`None`): the asking worker's part is its share of everything left.
+        items.extend(
+            (0..run.plan.len())
+                .filter(|&index| matches!(run.states[index], TestState::Waiting { .. }) && !counted[index])
+                .map(|index| (run.plan.tests[index].estimate_s * drift, None)),
+        );
+        // Longest first; on a tie, the dispatch order.
+        items.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+        let least = |bins: &[(Seconds, bool, WorkerId)], skip: Option<WorkerId>| {
+            (0..bins.len())
+                .filter(|&bin| Some(bins[bin].2) != skip)
+                .min_by(|&a, &b| bins[a].0.total_cmp(&bins[b].0).then(bins[a].1.cmp(&bins[b].1)))
+        };
+        let mut shard = HashSet::new();
+        for (seconds, entry) in items {
+            // A test this worker failed on or lost goes to another worker, when there is one.
+            let avoided =
+                entry.is_none_or(|entry| run.avoid.get(&entry.index).is_some_and(|avoid| avoid.contains(&worker)));
+            let Some(bin) = least(&bins, avoided.then_some(worker)).or_else(|| least(&bins, None)) else {
+                break;
+            };
+            bins[bin].0 += seconds;
+            if let Some(entry) = entry
+                && bins[bin].2 == worker
+            {
+                shard.insert(entry.index);
+            }
+        }
+        // Nothing for this worker: the others would take it all, if they all ask (a
+        // worker gone quiet is counted until it is forgotten). It is cut finer instead.
+        (!shard.is_empty()).then_some(shard)
+    }
+}
+
+/// The tests waiting on `test`, transitively, not `counted` yet (they are now): their
+/// estimated seconds and the longest chain of them (in steps, each a shard of its own).
+fn chain_behind(run: &super::state::BuildRun, test: PlanIndex, counted: &mut [bool]) -> (Seconds, usize) {
+    let (mut estimated, mut steps) = (0.0, 0);
+    let mut stack = vec![(test, 0)];
+    while let Some((test, step)) = stack.pop() {
+        for &dependent in &run.plan.tests[test].dependents {
+            if matches!(run.states[dependent], TestState::Waiting { .. }) && !counted[dependent] {
+                counted[dependent] = true;
+                estimated += run.plan.tests[dependent].estimate_s;
+                steps = steps.max(step + 1);
+                stack.push((dependent, step + 1));
+            }
+        }
+    }
+    (estimated, steps)
 }

@@ -20,6 +20,17 @@
 //! smaller shards that absorb the drift of real durations from history. Shards are thus
 //! few (two or three a worker) and large early, small and balanced at the end.
 //!
+//! That is [`ShardSizing::Finer`], and each extra shard pays the overhead again: on a
+//! tag-selected build of 40 s, 4% a shard. Where the estimates can be trusted
+//! ([`ShardSizing::Fitted`], the default: at most 1% of the build's tests new, the tests
+//! reported so far within about 20% of their estimates, leases that can be split) a
+//! worker that asks gets its part of a split of all the ready work among the live workers
+//! at once, longest first (LPT, the busy workers counted from when they will be free),
+//! so each worker has one shard and only what runs late is corrected, by splitting
+//! leases. A test others wait on counts with its chain (and an overhead a step): its
+//! worker ends early enough to run the chain after it. Tests waiting on running ones
+//! count as work for the other workers.
+//!
 //! New tests (whose estimate is borrowed from their neighbours) are dispatched first
 //! ([`BuildPlan::dispatch_priority`](crate::plan::BuildPlan::dispatch_priority)) in
 //! shards of their own, no larger than the part of a share held back for later: how long
@@ -104,6 +115,24 @@ pub struct SchedulerConfig {
     /// Whether a test that passed only on a retry (flaky) counts against the build: the
     /// build is red and the result closes the gate, as a failure would.
     pub flaky_fails_build: bool,
+    /// How many shards a build is cut into: fitted to the build (one a worker where the
+    /// estimates can be trusted), or always finer.
+    pub shard_sizing: ShardSizing,
+}
+
+/// How many shards a build is cut into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardSizing {
+    /// Fitted to the build: while the ready work is tests with history of their own and
+    /// running leases can give back what they have not started, every worker gets one
+    /// shard, the work split among the workers longest first (LPT), and only what runs late
+    /// is corrected, by splitting leases. Otherwise (new tests, runners that report only at
+    /// exit), as [`ShardSizing::Finer`].
+    Fitted,
+    /// Two or three shards a worker: each cut holds back
+    /// [`SchedulerConfig::tail_fraction`] of the worker's share for later, smaller shards
+    /// cut from fresher estimates (the only sizing before issue #17).
+    Finer,
 }
 
 impl Default for SchedulerConfig {
@@ -123,6 +152,7 @@ impl Default for SchedulerConfig {
             max_shard_s: 600.0,
             split_running_leases: true,
             flaky_fails_build: false,
+            shard_sizing: ShardSizing::Fitted,
         }
     }
 }

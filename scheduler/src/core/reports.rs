@@ -154,7 +154,13 @@ impl Scheduler {
         run.reported_by[index].push(lease);
         let attempt = run.attempts[index];
         let estimate = run.plan.tests[index].estimate_s;
-        let duration_s = duration_s.filter(|seconds| seconds.is_finite() && *seconds >= 0.0).unwrap_or(estimate);
+        let reported_s = duration_s.filter(|seconds| seconds.is_finite() && *seconds >= 0.0);
+        if let Some(real) = reported_s
+            && run.plan.tests[index].estimate_known
+        {
+            run.spread.observe(real, estimate);
+        }
+        let duration_s = reported_s.unwrap_or(estimate);
         run.durations[index] = Some(duration_s);
         run.drift.observe((now - lease_state.progress_at).max(0.0), estimate);
         lease_state.progress_at = lease_state.progress_at.max(now);

@@ -73,6 +73,8 @@ pub(super) struct BuildRun {
     pub(super) new_tests: NewTests,
     /// What each test took, by its last accepted report.
     pub(super) durations: Vec<Option<Seconds>>,
+    /// How far the tests with history of their own took from their estimates.
+    pub(super) spread: Spread,
 }
 
 impl BuildRun {
@@ -208,6 +210,29 @@ impl NewTests {
 
     pub(super) fn new() -> NewTests {
         NewTests { real: 0.0, estimated: 0.0, reported: 0, next_calibration: Self::FIRST_CALIBRATION }
+    }
+}
+
+/// How far the reported durations of tests with history of their own are from their
+/// estimates: the root mean square of `ln(real / estimated)` (0 when history is exact; a
+/// lognormal error of shape sigma gives sigma).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Spread {
+    squares: f64,
+    count: usize,
+}
+
+impl Spread {
+    pub(super) fn observe(&mut self, real: Seconds, estimated: Seconds) {
+        if real > 0.0 && estimated > 0.0 && real.is_finite() && estimated.is_finite() {
+            self.squares += (real / estimated).ln().powi(2);
+            self.count += 1;
+        }
+    }
+
+    /// The spread once `least` tests were observed; `None` before.
+    pub(super) fn after(&self, least: usize) -> Option<f64> {
+        (self.count >= least.max(1)).then(|| (self.squares / self.count as f64).sqrt())
     }
 }
 
@@ -433,6 +458,7 @@ impl Scheduler {
             costs: ShardCosts::planned(&plan),
             new_tests: NewTests::new(),
             durations: vec![None; plan.len()],
+            spread: Spread::default(),
             states,
             ready,
             plan,

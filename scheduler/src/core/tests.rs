@@ -223,6 +223,7 @@ fn greedy(max_shard_s: Seconds) -> Scheduler {
         tail_fraction: 0.0,
         reserve_sigmas: 0.0,
         max_shard_s,
+        shard_sizing: ShardSizing::Finer,
         ..SchedulerConfig::default()
     })
 }
@@ -639,7 +640,9 @@ fn estimates_corrected_inside_a_build_carry_to_the_leases_holding_them() {
 fn a_workers_first_shard_pays_the_start_up_and_its_cost_is_measured() {
     let mut plan = tens(4);
     plan.worker_startup_s = 5.0;
-    let mut scheduler = Scheduler::new(SchedulerConfig::default());
+    // Cut finer, the lone first worker leaves work for the second.
+    let mut scheduler =
+        Scheduler::new(SchedulerConfig { shard_sizing: ShardSizing::Finer, ..SchedulerConfig::default() });
     scheduler.worker_joined(WorkerId(1), 0.0);
     scheduler.add_build(BuildId(1), plan, 0.0).unwrap();
     let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
@@ -683,4 +686,98 @@ fn a_workers_first_shard_pays_the_start_up_and_its_cost_is_measured() {
     });
     // max(40 s / 2 workers, 10 s longest) + 1 s overhead + 6 s start-up.
     assert_eq!(bound, Some(27.0));
+}
+
+/// Known tests of these estimates, no dependencies.
+fn known(estimates: &[f64]) -> BuildPlan {
+    BuildPlan::from_tests(
+        estimates.iter().enumerate().map(|(index, &estimate)| planned(&format!("t{index}"), estimate, true)).collect(),
+        1.0,
+    )
+}
+
+/// The estimated seconds of each shard of a simulated build, in leasing order.
+fn shard_work(plan: &BuildPlan, run: &crate::simulate::Simulation) -> Vec<f64> {
+    run.shards.iter().map(|shard| shard.tests.iter().map(|&test| plan.tests[test].estimate_s).sum()).collect()
+}
+
+#[test]
+fn with_trusted_estimates_every_worker_gets_one_shard_split_longest_first() {
+    // 36 s of work for three workers: 6 + 3 + 3 s each.
+    let plan = known(&[3.0, 6.0, 3.0, 3.0, 6.0, 3.0, 3.0, 6.0, 3.0]);
+    let actual: Vec<f64> = plan.tests.iter().map(|test| test.estimate_s).collect();
+    let run = crate::simulate::simulate(&plan, &actual, 3, SchedulerConfig::default());
+    assert_eq!(shard_work(&plan, &run), [12.0, 12.0, 12.0]);
+    assert_eq!(run.makespan_s, run.lower_bound_s);
+    // Cut finer, the same build pays for more shards and ends later.
+    let finer = crate::simulate::simulate(
+        &plan,
+        &actual,
+        3,
+        SchedulerConfig { shard_sizing: ShardSizing::Finer, ..SchedulerConfig::default() },
+    );
+    assert!(finer.shards.len() > 3 && finer.makespan_s > run.makespan_s, "{finer:?}");
+}
+
+#[test]
+fn a_test_others_wait_on_leaves_room_in_its_workers_share_for_their_chain() {
+    // a (4 s) unblocks b (6 s); c, d, e are 5 s each. Two workers, 25 s: the worker taking a
+    // runs b after it, in a second shard, so its first holds a alone (4 + 6 s and another
+    // overhead, 12 s) and c, d, e (15 s) go to the other.
+    let tests = vec![
+        planned("a", 4.0, true),
+        PlannedTest { depends_on: vec![0], ..planned("b", 6.0, true) },
+        planned("c", 5.0, true),
+        planned("d", 5.0, true),
+        planned("e", 5.0, true),
+    ];
+    let plan = BuildPlan::from_tests(tests, 1.0);
+    let actual: Vec<f64> = plan.tests.iter().map(|test| test.estimate_s).collect();
+    let run = crate::simulate::simulate(&plan, &actual, 2, SchedulerConfig::default());
+    let shards: Vec<(usize, Vec<&str>)> = run
+        .shards
+        .iter()
+        .map(|shard| (shard.worker, shard.tests.iter().map(|&test| plan.tests[test].id.as_str()).collect()))
+        .collect();
+    assert_eq!(shards, [(0, vec!["a"]), (1, vec!["c", "d", "e"]), (0, vec!["b"])]);
+    assert_eq!(run.makespan_s, 16.0);
+}
+
+#[test]
+fn a_build_with_new_tests_or_estimates_found_off_is_cut_finer() {
+    let fitted_share = |plan: BuildPlan, first_results_s: Option<f64>| {
+        let mut scheduler = Scheduler::new(SchedulerConfig::default());
+        for worker in 1..=3 {
+            scheduler.worker_joined(WorkerId(worker), 0.0);
+        }
+        scheduler.add_build(BuildId(1), plan, 0.0).unwrap();
+        let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+        let mut now = 1.0;
+        if let Some(seconds) = first_results_s {
+            for test_id in first.tests.iter().take(8) {
+                now += seconds;
+                let reported =
+                    ReportedTest { test_id, status: TestStatus::Passed, quarantined: false, duration_s: Some(seconds) };
+                scheduler.report(first.lease, WorkerId(1), &[reported], now).unwrap();
+            }
+        }
+        let second = scheduler.request_work(WorkerId(2), now).0.unwrap();
+        (first.tests.len(), second.tests.len())
+    };
+    // 90 known tests of 1 s on three workers: a third each, at once.
+    assert_eq!(fitted_share(known(&[1.0; 90]), None), (30, 30));
+    // Eight of them reported as estimated: still trusted. The second worker, asking 8 s
+    // late, gets its part of the rest split three ways (the first is free at 32 s, the
+    // others start at 10 s: (60 + 32 + 10 + 10) / 3 = 37.3 s each).
+    assert_eq!(fitted_share(known(&[1.0; 90]), Some(1.0)), (30, 28));
+    // Twice as long as estimated: the rest is cut finer, part of the share held back.
+    // (Its part of the split would be 24 tests: (120 + 44.6 + 18 + 18) / 3 = 66.9 s.)
+    let (_, second) = fitted_share(known(&[1.0; 90]), Some(2.0));
+    assert!(second < 24, "{second} tests");
+    // Two new tests in 90: not trusted from the start (new tests first, in a shard of
+    // their own; then known tests held back from).
+    let mut tests: Vec<PlannedTest> = (0..88).map(|index| planned(&format!("t{index}"), 1.0, true)).collect();
+    tests.extend((0..2).map(|index| planned(&format!("new{index}"), 1.0, false)));
+    let (first, second) = fitted_share(BuildPlan::from_tests(tests, 1.0), None);
+    assert!(first == 2 && second < 30, "{first} and {second} tests");
 }
