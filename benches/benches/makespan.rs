@@ -198,18 +198,22 @@ fn main() {
             let greenlight = simulate_fleet(&plan, &actual, &slowdown, SchedulerConfig::default());
             let finer_config = SchedulerConfig { shard_sizing: ShardSizing::Finer, ..SchedulerConfig::default() };
             let finer = simulate_fleet(&plan, &actual, &slowdown, finer_config);
+            let copies_config = SchedulerConfig { straggler_copies: true, ..SchedulerConfig::default() };
+            let copies = simulate_fleet(&plan, &actual, &slowdown, copies_config);
+            summary.copies.push(copies.ratio());
             let by_count = simulate_static_fleet(&plan, &actual, &split_by_count(&plan, shape.n_workers), &slowdown);
             let by_estimate =
                 simulate_static_fleet(&plan, &actual, &split_by_estimate(&plan, shape.n_workers), &slowdown);
             if verbose {
                 eprintln!(
-                    "{} on {} workers, {}, seed {seed}: Greenlight {:.4} ({} shards), finer {:.4}, static by estimate {:.4}",
+                    "{} on {} workers, {}, seed {seed}: Greenlight {:.4} ({} shards), finer {:.4}, copies {:.4}, static by estimate {:.4}",
                     shape.build_name(),
                     shape.n_workers,
                     if shape.noisy { "noisy" } else { "exact" },
                     greenlight.ratio(),
                     greenlight.shards.len(),
                     finer.ratio(),
+                    copies.ratio(),
                     by_estimate.ratio(),
                 );
             }
@@ -228,12 +232,12 @@ fn main() {
             table = shape.table;
             println!();
             println!(
-                "| {table}: build | workers | history | Greenlight mean (worst) | above target | worse than static by estimate by > 0.01 | shards a worker | finer (before #17) mean (worst) | above target | worse than static | split by count mean (worst) | static by estimate mean (worst) |"
+                "| {table}: build | workers | history | Greenlight mean (worst) | above target | worse than static by estimate by > 0.01 | shards a worker | finer (before #17) mean (worst) | above target | worse than static | with straggler copies mean (worst) | above target | worse than static | split by count mean (worst) | static by estimate mean (worst) |"
             );
-            println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         }
         println!(
-            "| {} | {} | {} | {:.4} ({:.4}) | {} of {} above {:.2} | {} | {:.2} | {:.4} ({:.4}) | {} | {} | {:.3} ({:.3}) | {:.3} ({:.3}) |",
+            "| {} | {} | {} | {:.4} ({:.4}) | {} of {} above {:.2} | {} | {:.2} | {:.4} ({:.4}) | {} | {} | {:.4} ({:.4}) | {} | {} | {:.3} ({:.3}) | {:.3} ({:.3}) |",
             shape.build_name(),
             shape.n_workers,
             if shape.noisy { "noisy" } else { "exact" },
@@ -248,6 +252,10 @@ fn main() {
             summary.finer.worst(),
             summary.finer.above(shape.target),
             Summary::worse(&summary.finer, &summary.by_estimate, 0.01),
+            summary.copies.mean(),
+            summary.copies.worst(),
+            summary.copies.above(shape.target),
+            Summary::worse(&summary.copies, &summary.by_estimate, 0.01),
             summary.by_count.mean(),
             summary.by_count.worst(),
             summary.by_estimate.mean(),

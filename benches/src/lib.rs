@@ -64,6 +64,8 @@ pub struct Summary {
     pub by_estimate: Series,
     /// Greenlight with the shard sizing before issue #17 (`ShardSizing::Finer`).
     pub finer: Series,
+    /// Greenlight with straggler copies (`SchedulerConfig::straggler_copies`).
+    pub copies: Series,
 }
 
 impl Summary {

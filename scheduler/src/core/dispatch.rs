@@ -23,6 +23,10 @@ const TRUSTED_NEW_FRACTION: f64 = 0.01;
 /// of `ln(real / estimated)`: 0.2 is about 20% off).
 const TRUSTED_SPREAD: f64 = 0.2;
 
+/// A lease whose tests take this many times what the build's others take runs on a slow
+/// machine: what it runs is worth a copy even where estimates are not trusted.
+const SLOW_PACE: f64 = 1.5;
+
 /// How many reported tests the spread of a build's estimates is judged on.
 const TRUSTED_SPREAD_AFTER: usize = 8;
 
@@ -64,6 +68,9 @@ impl Scheduler {
         };
         let build = match with_work(true).or_else(|| with_work(false)) {
             Some(build) => {
+                if let Some(copy) = self.straggler_copy(worker, Some(build), now) {
+                    return (Some(copy), decisions);
+                }
                 if let Some(shrunk) = self.split_laggard(worker, Some(build), now) {
                     // Withdrawn tests are ready: whatever this worker leaves, others may take.
                     decisions.extend([shrunk, Decision::WorkAvailable]);
@@ -77,7 +84,7 @@ impl Scheduler {
                     decisions.extend([shrunk, Decision::WorkAvailable]);
                     build
                 }
-                _ => return (None, decisions),
+                _ => return (self.straggler_copy(worker, None, now), decisions),
             },
         };
         let goal = self.shard_goal(build, worker, now);
@@ -200,12 +207,13 @@ impl Scheduler {
             reported_estimate: 0.0,
             reported: 0,
             withdrawn: Vec::new(),
+            copy_of: None,
         };
         self.leases.insert(lease, state);
         if let Some(state) = self.workers.get_mut(&worker) {
             state.lease = Some(lease);
         }
-        (Some(LeaseGrant { lease, build, worker, tests: test_ids, deadline }), decisions)
+        (Some(LeaseGrant { lease, build, worker, tests: test_ids, deadline, copy_of: None }), decisions)
     }
 
     /// Takes back the tests not yet started of the lease projected, at its own pace, to end
@@ -226,7 +234,11 @@ impl Scheduler {
             .leases
             .iter()
             .filter(|(_, lease)| {
-                lease.active && lease.reported > 0 && lease.worker != worker && build.is_none_or(|b| lease.build == b)
+                lease.active
+                    && lease.reported > 0
+                    && lease.worker != worker
+                    && lease.copy_of.is_none()
+                    && build.is_none_or(|b| lease.build == b)
             })
             .filter_map(|(&id, lease)| {
                 let run = self.builds.get(&lease.build).filter(|run| run.plan.leases_splittable)?;
@@ -287,20 +299,9 @@ impl Scheduler {
         let drift = run.drift.ratio();
         // In real seconds, as far as the recent drift of estimates tells.
         let unleased = run.unleased_work * drift;
-        let mut ready_at: Vec<Seconds> =
+        let ready_at: Vec<Seconds> =
             self.ready_times(build, worker, now).into_iter().map(|(_, ready_at)| ready_at).collect();
-        ready_at.sort_by(f64::total_cmp);
-        // Water-fill: the level F at which the free capacity of the workers below it holds
-        // the unleased work.
-        let mut capacity_base = 0.0;
-        let mut finish = now + unleased;
-        for (count, &available) in ready_at.iter().enumerate() {
-            capacity_base += available;
-            finish = (unleased + capacity_base) / (count + 1) as f64;
-            if ready_at.get(count + 1).is_none_or(|&next| finish <= next) {
-                break;
-            }
-        }
+        let finish = water_fill(unleased, ready_at, now);
         // Back in estimated seconds, the unit shards are cut in.
         let share = (finish - now - run.shard_cost(worker)).max(0.0) / drift;
         let smallest = self.config.min_shard_s.max(self.config.min_shard_overheads * overhead);
@@ -310,6 +311,110 @@ impl Scheduler {
         // others, who are free by then to take the rest.
         let share = if last { share } else { share.max(smallest) };
         ShardGoal { share, finish, smallest, last }
+    }
+
+    /// With [`SchedulerConfig::straggler_copies`](super::SchedulerConfig::straggler_copies),
+    /// a backup copy of the test a lease is running, when that lease is projected to end
+    /// last, after every other lease. For a worker that finds nothing ready (`ready` is
+    /// `None`) and no lease worth splitting: when a copy started now would end sooner by
+    /// more than twice what a shard costs. A running test is projected to end at its
+    /// start plus its estimate at its lease's pace; once past that, it is taken to need as
+    /// long again as it has run (a slow or stalled machine). While the `ready` build has
+    /// work: when the test alone holds the build's end (it is projected to end after the
+    /// common finish of all the rest, with the copy's work added to it) and a copy would
+    /// end no later than it: insurance against a slow machine that costs the build
+    /// nothing, taken where the build's estimates are trusted or the lease's own tests have
+    /// run [`SLOW_PACE`] times slower than the build's. One copy a test; never on a worker
+    /// it failed on.
+    fn straggler_copy(&mut self, worker: WorkerId, ready: Option<BuildId>, now: Seconds) -> Option<LeaseGrant> {
+        if !self.config.straggler_copies {
+            return None;
+        }
+
+        let mut best: Option<(LeaseId, PlanIndex, Seconds)> = None;
+        for (&id, lease) in self.leases.iter().filter(|(_, lease)| lease.active && lease.copy_of.is_none()) {
+            let Some(run) = self.builds.get(&lease.build) else { continue };
+            if lease.worker == worker {
+                continue;
+            }
+            // It runs its first test without a result.
+            let Some(&test) = lease.tests.iter().find(|&&test| run.states[test] == TestState::Leased(id)) else {
+                continue;
+            };
+            if run.copies.contains_key(&test) || run.avoid.get(&test).is_some_and(|avoid| avoid.contains(&worker)) {
+                continue;
+            }
+            let drift = run.drift.ratio();
+            let estimate = run.plan.tests[test].estimate_s;
+            let started = lease.progress_at;
+            let projected = started + estimate * lease.pace(drift);
+            let end = if projected > now { projected } else { now + (now - started) };
+            let cost = run.shard_cost(worker);
+            let copy_end = now + cost + estimate * drift;
+            match ready {
+                None if end - copy_end <= 2.0 * cost => continue,
+                None => {}
+                Some(build) => {
+                    // Insurance where the estimates say which test holds the build's end,
+                    // or where its machine has shown itself slow; if the rest of the build
+                    // still ends before it, with this worker busy with the copy.
+                    if build != lease.build
+                        || copy_end > end + cost
+                        || !(trusts_estimates(run) || lease.pace(drift) >= SLOW_PACE * drift)
+                    {
+                        continue;
+                    }
+                    let ready_at = self
+                        .ready_times(build, worker, now)
+                        .into_iter()
+                        .map(|(id, ready_at)| if id == worker { copy_end + cost } else { ready_at })
+                        .collect();
+                    if water_fill(run.unleased_work * drift, ready_at, now) + 2.0 * cost > end {
+                        continue;
+                    }
+                }
+            }
+            let others_end = self
+                .leases
+                .iter()
+                .filter(|&(&other, state)| other != id && state.active && state.build == lease.build)
+                .map(|(_, state)| state.free_at(now, drift))
+                .fold(now, f64::max);
+            if end > others_end && best.is_none_or(|(_, _, best_end)| end > best_end) {
+                best = Some((id, test, end));
+            }
+        }
+        let (primary, test, _) = best?;
+        let build = self.leases[&primary].build;
+        let run = self.builds.get_mut(&build).expect("a running lease's build");
+        let cost = run.shard_cost(worker);
+        let estimate = run.plan.tests[test].estimate_s;
+        let lease = LeaseId(self.next_lease);
+        self.next_lease += 1;
+        run.copies.insert(test, lease);
+        let first_of_worker = run.started.insert(worker);
+        let deadline = now + self.config.lease_timeout_s;
+        let state = LeaseState {
+            build,
+            worker,
+            tests: vec![test],
+            deadline,
+            active: true,
+            progress_at: now + cost,
+            remaining_estimate: estimate,
+            running_from: now + cost,
+            granted_at: now,
+            first_of_worker,
+            reported_s: 0.0,
+            reported_estimate: 0.0,
+            reported: 0,
+            withdrawn: Vec::new(),
+            copy_of: Some(primary),
+        };
+        let test_id = run.plan.tests[test].id.clone();
+        self.leases.insert(lease, state);
+        self.workers.entry(worker).or_default().lease = Some(lease);
+        Some(LeaseGrant { lease, build, worker, tests: vec![test_id], deadline, copy_of: Some(primary) })
     }
 
     /// When each live worker could start a test of `build`: when it will be free (the
@@ -351,10 +456,7 @@ impl Scheduler {
         {
             return None;
         }
-        let new_tests = run.plan.tests.iter().filter(|test| !test.estimate_known).count();
-        if new_tests as f64 > TRUSTED_NEW_FRACTION * run.plan.len() as f64
-            || run.spread.after(TRUSTED_SPREAD_AFTER).is_some_and(|spread| spread > TRUSTED_SPREAD)
-        {
+        if !trusts_estimates(run) {
             return None;
         }
         let ready: Vec<ReadyEntry> = run.ready.iter().copied().collect();
@@ -442,4 +544,29 @@ fn chain_behind(run: &super::state::BuildRun, test: PlanIndex, counted: &mut [bo
         }
     }
     (estimated, steps)
+}
+
+/// Whether a build's estimates can be trusted ([`ShardSizing::Fitted`]): at most
+/// [`TRUSTED_NEW_FRACTION`] of its tests are new, and the tests reported so far took about
+/// their estimates ([`TRUSTED_SPREAD`]).
+fn trusts_estimates(run: &super::state::BuildRun) -> bool {
+    let new_tests = run.plan.tests.iter().filter(|test| !test.estimate_known).count();
+    new_tests as f64 <= TRUSTED_NEW_FRACTION * run.plan.len() as f64
+        && run.spread.after(TRUSTED_SPREAD_AFTER).is_none_or(|spread| spread <= TRUSTED_SPREAD)
+}
+
+/// The level F at which the free capacity of the workers (each free from its `ready_at`)
+/// below it holds `work` seconds: when they would all end if the work were fluid.
+fn water_fill(work: Seconds, mut ready_at: Vec<Seconds>, now: Seconds) -> Seconds {
+    ready_at.sort_by(f64::total_cmp);
+    let mut capacity_base = 0.0;
+    let mut finish = now + work;
+    for (count, &available) in ready_at.iter().enumerate() {
+        capacity_base += available;
+        finish = (work + capacity_base) / (count + 1) as f64;
+        if ready_at.get(count + 1).is_none_or(|&next| finish <= next) {
+            break;
+        }
+    }
+    finish
 }

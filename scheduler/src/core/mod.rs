@@ -118,6 +118,12 @@ pub struct SchedulerConfig {
     /// How many shards a build is cut into: fitted to the build (one a worker where the
     /// estimates can be trusted), or always finer.
     pub shard_sizing: ShardSizing,
+    /// Whether a worker that finds nothing to do runs a backup copy of the test that holds
+    /// the build's end on a slow or stalled machine ([`LeaseGrant::copy_of`]); the first
+    /// result wins, and the other lease is told to stop: a [`Decision::LeaseShrunk`] that
+    /// withdraws the test it is running. Off by default: the master and the worker do not
+    /// stop a running test yet.
+    pub straggler_copies: bool,
 }
 
 /// How many shards a build is cut into.
@@ -153,6 +159,7 @@ impl Default for SchedulerConfig {
             split_running_leases: true,
             flaky_fails_build: false,
             shard_sizing: ShardSizing::Fitted,
+            straggler_copies: false,
         }
     }
 }
@@ -194,6 +201,9 @@ pub struct LeaseGrant {
     pub tests: Vec<String>,
     /// When it expires without a heartbeat.
     pub deadline: Seconds,
+    /// A backup copy of a straggling test that this other lease is running: its one test.
+    /// The first result of the two counts; the other lease is told to stop.
+    pub copy_of: Option<LeaseId>,
 }
 
 /// What the scheduler decided in answer to an event.
@@ -264,6 +274,9 @@ pub enum Decision {
     /// would be idle): they are ready again, for the asking worker or the next, and the
     /// holder stops after the ones it keeps. Its worker is told (in the answer to its next
     /// report or heartbeat); a result it sends for a withdrawn test anyway is stale.
+    /// With [`SchedulerConfig::straggler_copies`], the first test withdrawn may be the one
+    /// the lease is running: another lease ran it too and its result came first, so the
+    /// holder is to stop it at once.
     LeaseShrunk {
         /// The build.
         build: BuildId,

@@ -73,6 +73,8 @@ pub(super) struct BuildRun {
     pub(super) new_tests: NewTests,
     /// What each test took, by its last accepted report.
     pub(super) durations: Vec<Option<Seconds>>,
+    /// Tests a backup copy runs (besides the lease holding them), and the copy's lease.
+    pub(super) copies: HashMap<PlanIndex, LeaseId>,
     /// How far the tests with history of their own took from their estimates.
     pub(super) spread: Spread,
 }
@@ -284,8 +286,11 @@ pub(super) struct LeaseState {
     pub(super) reported_estimate: Seconds,
     /// How many tests it has reported.
     pub(super) reported: usize,
-    /// The tests taken back from it before they started, in the order they were withdrawn.
+    /// The tests taken back from it before they started, in the order they were withdrawn
+    /// (and a test it was running when a copy's result came first).
     pub(super) withdrawn: Vec<PlanIndex>,
+    /// The lease whose running test this one copies.
+    pub(super) copy_of: Option<LeaseId>,
 }
 
 impl LeaseState {
@@ -459,6 +464,7 @@ impl Scheduler {
             new_tests: NewTests::new(),
             durations: vec![None; plan.len()],
             spread: Spread::default(),
+            copies: HashMap::new(),
             states,
             ready,
             plan,

@@ -781,3 +781,96 @@ fn a_build_with_new_tests_or_estimates_found_off_is_cut_finer() {
     let (first, second) = fitted_share(BuildPlan::from_tests(tests, 1.0), None);
     assert!(first == 2 && second < 30, "{first} and {second} tests");
 }
+
+/// A build of one 20 s test and four of 1 s on two workers with straggler copies: worker 1
+/// runs the long test alone, worker 2 the rest by 5 s; at 30 s the long test has run 29 s
+/// of its 20 and worker 2, idle, gets a copy of it. The two grants.
+fn copied_straggler() -> (Scheduler, LeaseGrant, LeaseGrant) {
+    let mut tests = vec![planned("long", 20.0, true)];
+    tests.extend((0..4).map(|index| planned(&format!("s{index}"), 1.0, true)));
+    let mut scheduler = Scheduler::new(SchedulerConfig { straggler_copies: true, ..SchedulerConfig::default() });
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.worker_joined(WorkerId(2), 0.0);
+    scheduler.add_build(BuildId(1), BuildPlan::from_tests(tests, 1.0), 0.0).unwrap();
+    let slow = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    assert_eq!(slow.tests, ["long"]);
+    let quick = scheduler.request_work(WorkerId(2), 0.0).0.unwrap();
+    assert_eq!(quick.copy_of, None, "a copy now would end no sooner, and hold up the short tests");
+    for (position, id) in quick.tests.iter().enumerate() {
+        accepted(scheduler.test_finished(quick.lease, WorkerId(2), id, TestStatus::Passed, 2.0 + position as f64));
+    }
+    scheduler.lease_finished(quick.lease, WorkerId(2), 5.0).unwrap();
+    // Due at 21 s, a copy now would end at 26 s: no copy yet.
+    assert_eq!(scheduler.request_work(WorkerId(2), 5.0), (None, vec![]));
+    let copy = scheduler.request_work(WorkerId(2), 30.0).0.expect("a copy of the straggler");
+    assert_eq!((copy.tests.as_slice(), copy.copy_of), (&["long".to_owned()][..], Some(slow.lease)));
+    (scheduler, slow, copy)
+}
+
+#[test]
+fn a_straggling_test_gets_a_backup_copy_and_the_first_result_wins() {
+    // The copy ends first: the straggler's lease is told to stop the test it runs.
+    let (mut scheduler, slow, copy) = copied_straggler();
+    let (outcome, decisions) =
+        accepted(scheduler.test_finished(copy.lease, WorkerId(2), "long", TestStatus::Passed, 51.0));
+    assert_eq!(outcome, Outcome::Final { flaky: false });
+    let stop =
+        Decision::LeaseShrunk { build: BuildId(1), lease: slow.lease, worker: WorkerId(1), withdrawn: ids(&["long"]) };
+    assert!(decisions.contains(&stop), "{decisions:?}");
+    assert_eq!(finished(&decisions), [(BuildId(1), Verdict::Green)]);
+    assert_eq!(scheduler.test_finished(slow.lease, WorkerId(1), "long", TestStatus::Failed, 61.0), Ok(Report::Stale));
+
+    // The original ends first: the copy is told to stop, and its result is stale.
+    let (mut scheduler, slow, copy) = copied_straggler();
+    let (_, decisions) = accepted(scheduler.test_finished(slow.lease, WorkerId(1), "long", TestStatus::Passed, 35.0));
+    let stop =
+        Decision::LeaseShrunk { build: BuildId(1), lease: copy.lease, worker: WorkerId(2), withdrawn: ids(&["long"]) };
+    assert!(decisions.contains(&stop), "{decisions:?}");
+    assert_eq!(finished(&decisions), [(BuildId(1), Verdict::Green)]);
+    assert_eq!(scheduler.test_finished(copy.lease, WorkerId(2), "long", TestStatus::Passed, 51.0), Ok(Report::Stale));
+
+    // The straggler's worker is lost: the test is the copy's, not queued a third time.
+    let (mut scheduler, slow, copy) = copied_straggler();
+    let ended = scheduler.lease_finished(slow.lease, WorkerId(1), 32.0).unwrap();
+    assert!(!ended.contains(&Decision::WorkAvailable), "{ended:?}");
+    assert_eq!(scheduler.request_work(WorkerId(1), 33.0), (None, vec![]));
+    let (_, decisions) = accepted(scheduler.test_finished(copy.lease, WorkerId(2), "long", TestStatus::Passed, 51.0));
+    assert_eq!(finished(&decisions), [(BuildId(1), Verdict::Green)]);
+}
+
+#[test]
+fn straggler_copies_are_off_by_default() {
+    let mut tests = vec![planned("long", 20.0, true)];
+    tests.extend((0..4).map(|index| planned(&format!("s{index}"), 1.0, true)));
+    let mut scheduler = Scheduler::new(SchedulerConfig::default());
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.worker_joined(WorkerId(2), 0.0);
+    scheduler.add_build(BuildId(1), BuildPlan::from_tests(tests, 1.0), 0.0).unwrap();
+    scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    let quick = scheduler.request_work(WorkerId(2), 0.0).0.unwrap();
+    for id in &quick.tests {
+        accepted(scheduler.test_finished(quick.lease, WorkerId(2), id, TestStatus::Passed, 2.0));
+    }
+    scheduler.lease_finished(quick.lease, WorkerId(2), 5.0).unwrap();
+    assert_eq!(scheduler.request_work(WorkerId(2), 30.0), (None, vec![]));
+}
+
+#[test]
+fn on_a_slow_machine_a_copy_ends_the_simulated_build_sooner_and_every_test_runs_once() {
+    // The slow machine asks first and draws the long test, which takes it 60 s there.
+    let mut tests = vec![planned("long", 20.0, true)];
+    tests.extend((0..10).map(|index| planned(&format!("s{index}"), 1.0, true)));
+    let plan = BuildPlan::from_tests(tests, 1.0);
+    let actual: Vec<f64> = plan.tests.iter().map(|test| test.estimate_s).collect();
+    let slowdown = [3.0, 1.0, 1.0];
+    let plain = crate::simulate::simulate_fleet(&plan, &actual, &slowdown, SchedulerConfig::default());
+    let config = SchedulerConfig { straggler_copies: true, ..SchedulerConfig::default() };
+    let copied = crate::simulate::simulate_fleet(&plan, &actual, &slowdown, config);
+    assert_eq!(plain.makespan_s, 63.0, "{plain:?}");
+    assert!(copied.makespan_s < 50.0, "{copied:?}");
+    let mut runs = vec![0; plan.len()];
+    for test in copied.shards.iter().flat_map(|shard| &shard.tests) {
+        runs[*test] += 1;
+    }
+    assert_eq!(runs, vec![1; plan.len()], "the losing copy's run is not in its shard");
+}
