@@ -323,9 +323,9 @@ impl Scheduler {
     /// work: when the test alone holds the build's end (it is projected to end after the
     /// common finish of all the rest, with the copy's work added to it) and a copy would
     /// end no later than it: insurance against a slow machine that costs the build
-    /// nothing, taken where the build's estimates are trusted or the lease's own tests have
-    /// run [`SLOW_PACE`] times slower than the build's. One copy a test; never on a worker
-    /// it failed on.
+    /// nothing, taken where the build's estimates are trusted, or the lease's own tests
+    /// have run [`SLOW_PACE`] times slower than the build's, or the test has run that many
+    /// times its estimate. One copy a test; never on a worker it failed on.
     fn straggler_copy(&mut self, worker: WorkerId, ready: Option<BuildId>, now: Seconds) -> Option<LeaseGrant> {
         if !self.config.straggler_copies {
             return None;
@@ -360,7 +360,9 @@ impl Scheduler {
                     // still ends before it, with this worker busy with the copy.
                     if build != lease.build
                         || copy_end > end + cost
-                        || !(trusts_estimates(run) || lease.pace(drift) >= SLOW_PACE * drift)
+                        || !(trusts_estimates(run)
+                            || lease.pace(drift) >= SLOW_PACE * drift
+                            || now - started > SLOW_PACE * estimate * drift + cost)
                     {
                         continue;
                     }
