@@ -320,12 +320,13 @@ impl Scheduler {
     /// more than twice what a shard costs. A running test is projected to end at its
     /// start plus its estimate at its lease's pace; once past that, it is taken to need as
     /// long again as it has run (a slow or stalled machine). While the `ready` build has
-    /// work: when the test alone holds the build's end (it is projected to end after the
-    /// common finish of all the rest, with the copy's work added to it) and a copy would
-    /// end no later than it: insurance against a slow machine that costs the build
-    /// nothing, taken where the build's estimates are trusted, or the lease's own tests
-    /// have run [`SLOW_PACE`] times slower than the build's, or the test has run that many
-    /// times its estimate. One copy a test; never on a worker it failed on.
+    /// work: when the machine has shown itself slow (the lease's tests ran [`SLOW_PACE`]
+    /// times slower than the build's, or this one has run that many times its estimate),
+    /// the copy would end no later than the original, and the rest of the build still
+    /// ends before it with this worker busy with the copy. One copy a test; never on a
+    /// worker it failed on. (A copy at t = 0 of a test that alone holds the build's end,
+    /// as insurance where estimates are trusted, was tried: the other workers' shards,
+    /// already cut counting on this worker, left its part unrun until the copy ended.)
     fn straggler_copy(&mut self, worker: WorkerId, ready: Option<BuildId>, now: Seconds) -> Option<LeaseGrant> {
         if !self.config.straggler_copies {
             return None;
@@ -360,8 +361,7 @@ impl Scheduler {
                     // still ends before it, with this worker busy with the copy.
                     if build != lease.build
                         || copy_end > end + cost
-                        || !(trusts_estimates(run)
-                            || lease.pace(drift) >= SLOW_PACE * drift
+                        || !(lease.pace(drift) >= SLOW_PACE * drift
                             || now - started > SLOW_PACE * estimate * drift + cost)
                     {
                         continue;
