@@ -43,6 +43,12 @@
 //! those it cannot run by the common finish while other work is ready, or, when nothing
 //! else is ready, those the asking worker would end sooner.
 //!
+//! A single test cannot be split. With [`SchedulerConfig::straggler_copies`] (off by
+//! default), a worker with nothing better to do runs a backup copy of the test that holds
+//! the build's end on a slow or stalled machine ([`LeaseGrant::copy_of`]); the first
+//! result counts and the other lease is told to stop, by a [`Decision::LeaseShrunk`]
+//! that withdraws the test it is running.
+//!
 //! The module is split by concern: this file holds the vocabulary (ids, configuration,
 //! decisions, reports, verdicts); `state` the scheduler's state and its read accessors;
 //! `dispatch` the answer to a worker asking for work, with the shard sizing maths;
