@@ -1,113 +1,165 @@
 //! Makespan against the lower bound, side by side in one run: Greenlight's dynamic
 //! scheduler, a split by test count, and a static split by estimated durations (LPT, one
-//! shard per worker), on IMVU-shaped suites (15k tests, 4.4 machine-hours, 1.5 s shard
-//! overhead), a hundred seeds, 36 and 50 workers, with exact history and with noisy history
-//! (each duration off by a lognormal factor, sigma 0.5, and 5% of the tests new). Then
-//! fleets of 50 with slower machines the scheduler is not told about, with and without
-//! splitting running leases.
+//! shard per worker), on the builds users run:
+//!
+//! - `full`: the whole IMVU-shaped suite (15k tests, 4.4 machine-hours, 1.5 s shard
+//!   overhead) on 36 and 50 workers;
+//! - `tags`: tag-selected builds of that suite (a tenth of it or so) on 36 workers;
+//! - `small`: 1k-test suites of the same shape on 8 and 16 workers;
+//! - `slow`: fleets with slower machines the scheduler is not told about.
+//!
+//! Each with exact history and with noisy history (each duration off by a lognormal factor,
+//! sigma 0.5, and 5% of the tests new), a hundred seeds. Every row prints the mean, the
+//! worst seed, the seeds above the row's target, and the seeds on which Greenlight is worse
+//! than the static split by estimate by more than 0.01.
 //!
 //! `cargo bench -p greenlight-benches --bench makespan`
 //!
 //! Seeds 1–100 by default; `GREENLIGHT_BENCH_SEEDS=1-10` (a range or a comma list) sets them,
-//! and `GREENLIGHT_BENCH_VERBOSE=1` prints each seed's ratio to stderr.
+//! `GREENLIGHT_BENCH_SHAPES=tags,small` (any of `full`, `tags`, `small`, `slow`) picks the
+//! tables, and `GREENLIGHT_BENCH_VERBOSE=1` prints each seed's ratios to stderr.
 
 use std::collections::BTreeSet;
 
+use greenlight_benches::{Summary, parse_seeds};
 use greenlight_fixtures::imvu::{ImvuShape, generate, noisy_history};
-use greenlight_scheduler::baseline::{simulate_static, simulate_static_fleet, split_by_count, split_by_estimate};
-use greenlight_scheduler::core::SchedulerConfig;
-use greenlight_scheduler::estimate::estimate;
+use greenlight_scheduler::baseline::{simulate_static_fleet, split_by_count, split_by_estimate};
+use greenlight_scheduler::core::{SchedulerConfig, ShardSizing};
+use greenlight_scheduler::estimate::{Estimates, estimate};
 use greenlight_scheduler::plan::BuildPlan;
 use greenlight_scheduler::select::select;
-use greenlight_scheduler::simulate::{simulate, simulate_fleet};
+use greenlight_scheduler::simulate::simulate_fleet;
 use greenlight_scheduler::suite::Suite;
+use greenlight_shared::suite::SuiteFile;
 
 /// Seeds run by default: a hundred, since a scheduler's worst case hides in the few.
 const SEEDS: std::ops::RangeInclusive<u64> = 1..=100;
 
-struct Row {
-    greenlight: Vec<f64>,
-    by_count: Vec<f64>,
-    by_estimate: Vec<f64>,
-    shards: Vec<usize>,
+/// Tests of a small suite; its machine time is the IMVU suite's scaled to it.
+const SMALL_SUITE_TESTS: usize = 1_000;
+
+/// The tag sets of the tag-selected builds: one area, two areas (one of them a tag no test
+/// has), as a change's tags name them.
+const TAG_SETS: [&str; 4] = ["chat", "rooms,checkout", "search", "avatar,friends"];
+
+/// Which suite a row runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SuiteSize {
+    /// The 15k-test IMVU-shaped suite.
+    Full,
+    /// A 1k-test suite of the same shape.
+    Small,
 }
 
-fn mean(values: &[f64]) -> f64 {
-    values.iter().sum::<f64>() / values.len() as f64
+/// How the fleet's machines compare.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fleet {
+    Equal,
+    /// Worker 0 (the first to ask) takes 3× as long for everything.
+    OneThreeTimesSlower,
+    /// Every tenth worker (3, 13, …) takes 2× as long.
+    EveryTenthTwiceSlower,
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let middle = sorted.len() / 2;
-    if sorted.len() % 2 == 1 { sorted[middle] } else { (sorted[middle - 1] + sorted[middle]) / 2.0 }
-}
-
-fn max(values: &[f64]) -> f64 {
-    values.iter().copied().fold(0.0, f64::max)
-}
-
-/// `1-10` or `1,4,7`.
-fn parse_seeds(text: &str) -> Option<Vec<u64>> {
-    if let Some((first, last)) = text.split_once('-') {
-        let (first, last) = (first.trim().parse::<u64>().ok()?, last.trim().parse::<u64>().ok()?);
-        return (first <= last).then(|| (first..=last).collect());
+impl Fleet {
+    fn slowdown(self, n_workers: usize) -> Vec<f64> {
+        (0..n_workers)
+            .map(|worker| match self {
+                Fleet::Equal => 1.0,
+                Fleet::OneThreeTimesSlower if worker == 0 => 3.0,
+                Fleet::EveryTenthTwiceSlower if worker % 10 == 3 => 2.0,
+                _ => 1.0,
+            })
+            .collect()
     }
-    text.split(',').map(|seed| seed.trim().parse().ok()).collect()
-}
 
-/// The whole generated suite of `seed` as planned (exact or noisy history) and the real
-/// durations of its tests.
-fn build(seed: u64, noisy: bool) -> (BuildPlan, Vec<f64>) {
-    let file = generate(&ImvuShape { seed, ..ImvuShape::default() });
-    let history = noisy.then(|| noisy_history(&file, 0.5, 0.05, seed));
-    let suite = Suite::new(file).expect("a generated suite is valid");
-    let selected = select(&suite, &BTreeSet::new());
-    let estimates = match &history {
-        Some(history) => estimate(&suite, |test| history.durations_s.get(&test.id).copied()),
-        None => estimate(&suite, |test| test.duration_s),
-    };
-    let plan = BuildPlan::new(&suite, &selected, &estimates);
-    let actual =
-        selected.iter().map(|&index| suite.tests[index].duration_s.unwrap_or(estimates.seconds[index])).collect();
-    (plan, actual)
-}
-
-/// Fleets of 50 workers with slower machines the scheduler is not told about, noisy
-/// history: Greenlight, Greenlight without splitting running leases, and the static split
-/// by estimate, against the fleet's own lower bound.
-fn slow_fleets(seeds: &[u64]) {
-    const N_WORKERS: usize = 50;
-    let one_slow: Vec<f64> = (0..N_WORKERS).map(|worker| if worker == 0 { 3.0 } else { 1.0 }).collect();
-    let tenth_slow: Vec<f64> = (0..N_WORKERS).map(|worker| if worker % 10 == 3 { 2.0 } else { 1.0 }).collect();
-    println!();
-    println!(
-        "| 50 workers, noisy | Greenlight mean (max) | seeds above 1.02 | without splitting mean (max) | static by estimate mean (max) |"
-    );
-    println!("|---|---:|---:|---:|---:|");
-    for (name, slowdown) in
-        [("one worker 3× slower (the first to ask)", &one_slow), ("every tenth worker 2× slower", &tenth_slow)]
-    {
-        let (mut greenlight, mut unsplit, mut by_estimate) = (vec![], vec![], vec![]);
-        for &seed in seeds {
-            let (plan, actual) = build(seed, true);
-            greenlight.push(simulate_fleet(&plan, &actual, slowdown, SchedulerConfig::default()).ratio());
-            let config = SchedulerConfig { split_running_leases: false, ..SchedulerConfig::default() };
-            unsplit.push(simulate_fleet(&plan, &actual, slowdown, config).ratio());
-            let assignment = split_by_estimate(&plan, N_WORKERS);
-            by_estimate.push(simulate_static_fleet(&plan, &actual, &assignment, slowdown).ratio());
+    fn name(self) -> &'static str {
+        match self {
+            Fleet::Equal => "",
+            Fleet::OneThreeTimesSlower => ", one worker 3× slower",
+            Fleet::EveryTenthTwiceSlower => ", every tenth worker 2× slower",
         }
-        println!(
-            "| {name} | {:.4} ({:.4}) | {} of {} | {:.3} ({:.3}) | {:.3} ({:.3}) |",
-            mean(&greenlight),
-            max(&greenlight),
-            greenlight.iter().filter(|&&ratio| ratio > 1.02).count(),
-            greenlight.len(),
-            mean(&unsplit),
-            max(&unsplit),
-            mean(&by_estimate),
-            max(&by_estimate),
-        );
+    }
+}
+
+/// One row of a table: a build shape on a fleet, with one kind of history.
+#[derive(Debug, Clone)]
+struct Shape {
+    table: &'static str,
+    suite: SuiteSize,
+    /// Comma-separated tags; empty for the whole suite.
+    tags: &'static str,
+    n_workers: usize,
+    fleet: Fleet,
+    noisy: bool,
+    /// The target for the worst seed.
+    target: f64,
+}
+
+impl Shape {
+    fn build_name(&self) -> String {
+        let suite = match self.suite {
+            SuiteSize::Full => "15k",
+            SuiteSize::Small => "1k",
+        };
+        let tags = if self.tags.is_empty() { "all".to_owned() } else { format!("`{}`", self.tags) };
+        format!("{suite}, {tags}{}", self.fleet.name())
+    }
+}
+
+fn shapes(tables: &BTreeSet<String>) -> Vec<Shape> {
+    let mut shapes = Vec::new();
+    let mut add = |table: &'static str, suite, tags, n_workers, fleet, target_exact, target_noisy| {
+        if tables.contains(table) {
+            for noisy in [false, true] {
+                let target = if noisy { target_noisy } else { target_exact };
+                shapes.push(Shape { table, suite, tags, n_workers, fleet, noisy, target });
+            }
+        }
+    };
+    for n_workers in [36, 50] {
+        add("full", SuiteSize::Full, "", n_workers, Fleet::Equal, 1.02, 1.02);
+    }
+    for tags in TAG_SETS {
+        add("tags", SuiteSize::Full, tags, 36, Fleet::Equal, 1.01, 1.04);
+    }
+    for n_workers in [8, 16] {
+        add("small", SuiteSize::Small, "", n_workers, Fleet::Equal, 1.01, 1.04);
+    }
+    add("slow", SuiteSize::Full, "", 50, Fleet::OneThreeTimesSlower, 1.10, 1.10);
+    add("slow", SuiteSize::Full, "chat", 36, Fleet::OneThreeTimesSlower, 1.10, 1.10);
+    add("slow", SuiteSize::Small, "", 16, Fleet::OneThreeTimesSlower, 1.10, 1.10);
+    add("slow", SuiteSize::Full, "", 50, Fleet::EveryTenthTwiceSlower, 1.10, 1.10);
+    shapes
+}
+
+/// A generated suite with its estimates: exact (the durations themselves) and noisy.
+struct Generated {
+    suite: Suite,
+    exact: Estimates,
+    noisy: Estimates,
+}
+
+impl Generated {
+    fn new(file: SuiteFile, seed: u64) -> Generated {
+        let history = noisy_history(&file, 0.5, 0.05, seed);
+        let suite = Suite::new(file).expect("a generated suite is valid");
+        let exact = estimate(&suite, |test| test.duration_s);
+        let noisy = estimate(&suite, |test| history.durations_s.get(&test.id).copied());
+        Generated { suite, exact, noisy }
+    }
+
+    /// The plan of the tests `tags` select and their real durations.
+    fn build(&self, tags: &str, noisy: bool) -> (BuildPlan, Vec<f64>) {
+        let tags: BTreeSet<String> = tags.split(',').filter(|tag| !tag.is_empty()).map(str::to_owned).collect();
+        let selected = select(&self.suite, &tags);
+        let estimates = if noisy { &self.noisy } else { &self.exact };
+        let plan = BuildPlan::new(&self.suite, &selected, estimates);
+        let actual = selected
+            .iter()
+            .map(|&index| self.suite.tests[index].duration_s.unwrap_or(estimates.seconds[index]))
+            .collect();
+        (plan, actual)
     }
 }
 
@@ -119,40 +171,95 @@ fn main() {
         Err(_) if quick => vec![*SEEDS.start()],
         Err(_) => SEEDS.collect(),
     };
+    let tables: BTreeSet<String> = match std::env::var("GREENLIGHT_BENCH_SHAPES") {
+        Ok(text) => text.split(',').map(|table| table.trim().to_owned()).collect(),
+        Err(_) => ["full", "tags", "small", "slow"].map(str::to_owned).into(),
+    };
     let verbose = std::env::var_os("GREENLIGHT_BENCH_VERBOSE").is_some();
-    println!(
-        "| workers | history | Greenlight mean (max) | median | seeds above 1.02 | split by count mean (max) | static by estimate mean (max) | shards |"
-    );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
-    for n_workers in [36usize, 50] {
-        for noisy in [false, true] {
-            let mut row = Row { greenlight: vec![], by_count: vec![], by_estimate: vec![], shards: vec![] };
-            for &seed in &seeds {
-                let (plan, actual) = build(seed, noisy);
-                let result = simulate(&plan, &actual, n_workers, SchedulerConfig::default());
-                if verbose {
-                    eprintln!("{n_workers} workers, noisy {noisy}, seed {seed}: {:.4}", result.ratio());
-                }
-                row.greenlight.push(result.ratio());
-                row.shards.push(result.shards.len());
-                row.by_count.push(simulate_static(&plan, &actual, &split_by_count(&plan, n_workers)).ratio());
-                row.by_estimate.push(simulate_static(&plan, &actual, &split_by_estimate(&plan, n_workers)).ratio());
+    let shapes = shapes(&tables);
+    let mut summaries: Vec<Summary> = shapes.iter().map(|_| Summary::default()).collect();
+    for &seed in &seeds {
+        let needs = |size: SuiteSize| shapes.iter().any(|shape| shape.suite == size);
+        let full =
+            needs(SuiteSize::Full).then(|| Generated::new(generate(&ImvuShape { seed, ..ImvuShape::default() }), seed));
+        let small = needs(SuiteSize::Small).then(|| {
+            let default = ImvuShape::default();
+            let total_s = default.total_s * SMALL_SUITE_TESTS as f64 / default.n_tests as f64;
+            Generated::new(generate(&ImvuShape { seed, n_tests: SMALL_SUITE_TESTS, total_s, ..default }), seed)
+        });
+        for (shape, summary) in shapes.iter().zip(&mut summaries) {
+            let generated = match shape.suite {
+                SuiteSize::Full => full.as_ref(),
+                SuiteSize::Small => small.as_ref(),
             }
-            println!(
-                "| {n_workers} | {} | {:.4} ({:.4}) | {:.4} | {} of {} | {:.3} ({:.3}) | {:.3} ({:.3}) | {:.0} |",
-                if noisy { "noisy (σ 0.5, 5% new)" } else { "exact" },
-                mean(&row.greenlight),
-                max(&row.greenlight),
-                median(&row.greenlight),
-                row.greenlight.iter().filter(|&&ratio| ratio > 1.02).count(),
-                row.greenlight.len(),
-                mean(&row.by_count),
-                max(&row.by_count),
-                mean(&row.by_estimate),
-                max(&row.by_estimate),
-                row.shards.iter().sum::<usize>() as f64 / row.shards.len() as f64,
+            .expect("generated above");
+            let (plan, actual) = generated.build(shape.tags, shape.noisy);
+            let slowdown = shape.fleet.slowdown(shape.n_workers);
+            let greenlight = simulate_fleet(&plan, &actual, &slowdown, SchedulerConfig::default());
+            let finer_config = SchedulerConfig { shard_sizing: ShardSizing::Finer, ..SchedulerConfig::default() };
+            let finer = simulate_fleet(&plan, &actual, &slowdown, finer_config);
+            let copies_config = SchedulerConfig { straggler_copies: true, ..SchedulerConfig::default() };
+            let copies = simulate_fleet(&plan, &actual, &slowdown, copies_config);
+            summary.copies.push(copies.ratio());
+            let by_count = simulate_static_fleet(&plan, &actual, &split_by_count(&plan, shape.n_workers), &slowdown);
+            let by_estimate =
+                simulate_static_fleet(&plan, &actual, &split_by_estimate(&plan, shape.n_workers), &slowdown);
+            if verbose {
+                eprintln!(
+                    "{} on {} workers, {}, seed {seed}: Greenlight {:.4} ({} shards), finer {:.4}, copies {:.4}, static by estimate {:.4}",
+                    shape.build_name(),
+                    shape.n_workers,
+                    if shape.noisy { "noisy" } else { "exact" },
+                    greenlight.ratio(),
+                    greenlight.shards.len(),
+                    finer.ratio(),
+                    copies.ratio(),
+                    by_estimate.ratio(),
+                );
+            }
+            summary.add(
+                greenlight.ratio(),
+                greenlight.shards.len() as f64 / shape.n_workers as f64,
+                by_count.ratio(),
+                by_estimate.ratio(),
+                finer.ratio(),
             );
         }
     }
-    slow_fleets(&seeds);
+    let mut table = "";
+    for (shape, summary) in shapes.iter().zip(&summaries) {
+        if shape.table != table {
+            table = shape.table;
+            println!();
+            println!(
+                "| {table}: build | workers | history | Greenlight mean (worst) | above target | worse than static by estimate by > 0.01 | shards a worker | finer (before #17) mean (worst) | above target | worse than static | with straggler copies mean (worst) | above target | worse than static | split by count mean (worst) | static by estimate mean (worst) |"
+            );
+            println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        }
+        println!(
+            "| {} | {} | {} | {:.4} ({:.4}) | {} of {} above {:.2} | {} | {:.2} | {:.4} ({:.4}) | {} | {} | {:.4} ({:.4}) | {} | {} | {:.3} ({:.3}) | {:.3} ({:.3}) |",
+            shape.build_name(),
+            shape.n_workers,
+            if shape.noisy { "noisy" } else { "exact" },
+            summary.greenlight.mean(),
+            summary.greenlight.worst(),
+            summary.greenlight.above(shape.target),
+            summary.greenlight.len(),
+            shape.target,
+            summary.worse_than_static(0.01),
+            summary.shards_per_worker.mean(),
+            summary.finer.mean(),
+            summary.finer.worst(),
+            summary.finer.above(shape.target),
+            Summary::worse(&summary.finer, &summary.by_estimate, 0.01),
+            summary.copies.mean(),
+            summary.copies.worst(),
+            summary.copies.above(shape.target),
+            Summary::worse(&summary.copies, &summary.by_estimate, 0.01),
+            summary.by_count.mean(),
+            summary.by_count.worst(),
+            summary.by_estimate.mean(),
+            summary.by_estimate.worst(),
+        );
+    }
 }

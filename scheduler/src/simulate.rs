@@ -78,20 +78,15 @@ pub fn simulate_fleet(plan: &BuildPlan, actual_s: &[f64], slowdown: &[f64], conf
     assert!(!slowdown.is_empty(), "a fleet has a worker");
     let n_workers = slowdown.len();
     let lower_bound_s = plan.lower_bound_on_fleet(actual_s, slowdown);
+    // Idle workers ask again this often while the build runs (a long poll timing out),
+    // so a straggler's copy starts when it pays, not only when some shard ends.
+    let poll_s = config.straggler_copies.then_some(POLL_S);
     let mut scheduler = Scheduler::new(SchedulerConfig { lease_timeout_s: f64::INFINITY, ..config });
     let build = BuildId(1);
     let mut finished =
         scheduler.add_build(build, plan.clone(), 0.0).expect("a fresh scheduler has no build").iter().any(is_finish);
     let mut idle = vec![true; n_workers];
-    let mut events: BinaryHeap<Reverse<Timed>> = BinaryHeap::new();
-    let mut sequence = 0u64;
-    let mut shards: Vec<SimulatedShard> = Vec::new();
-    let mut shard_of_lease: HashMap<u64, usize> = HashMap::new();
-    // When each test of a running lease ends, and which (lease, test) events were withdrawn.
-    let mut test_ends: HashMap<u64, Vec<(PlanIndex, f64)>> = HashMap::new();
-    let mut withdrawn_events: HashSet<(u64, PlanIndex)> = HashSet::new();
-    // The sequence number of each lease's current ShardDone event.
-    let mut shard_done_event: HashMap<u64, u64> = HashMap::new();
+    let mut running = Running::default();
     let mut now = 0.0;
     let mut makespan_s: f64 = 0.0;
     // Workers join in order, so worker 0 gets the first shard.
@@ -104,50 +99,31 @@ pub fn simulate_fleet(plan: &BuildPlan, actual_s: &[f64], slowdown: &[f64], conf
                 continue;
             }
             let (grant, decisions) = scheduler.request_work(WorkerId(worker as u64), now);
-            for decision in decisions {
-                let Decision::LeaseShrunk { lease, worker: holder, withdrawn, .. } = decision else { continue };
-                let withdrawn: Vec<PlanIndex> = withdrawn.iter().map(|id| index_of(plan, id)).collect();
-                // The holder stops after its last kept test.
-                let ends = test_ends.get_mut(&lease.0).expect("a shrunk lease is running");
-                withdrawn_events.extend(withdrawn.iter().map(|&test| (lease.0, test)));
-                ends.retain(|(test, _)| !withdrawn.contains(test));
-                let end = ends.last().map_or(now, |&(_, end)| end).max(now);
-                sequence += 1;
-                shard_done_event.insert(lease.0, sequence);
-                let holder = holder.0 as usize;
-                events.push(Reverse(Timed(end, sequence, Event::ShardDone { lease: lease.0, worker: holder })));
-                let shard = &mut shards[shard_of_lease[&lease.0]];
-                shard.tests.retain(|test| !withdrawn.contains(test));
-                shard.end = end;
+            for decision in &decisions {
+                running.shrink(plan, decision, now);
             }
             let Some(grant) = grant else { break };
             *is_idle = false;
-            let mut time = now + plan.shard_overhead_s * slowdown[worker];
             let tests: Vec<PlanIndex> = grant.tests.iter().map(|id| index_of(plan, id)).collect();
-            let mut ends = Vec::with_capacity(tests.len());
-            for &test in &tests {
-                time += actual_s[test] * slowdown[worker];
-                sequence += 1;
-                ends.push((test, time));
-                events.push(Reverse(Timed(time, sequence, Event::TestDone { lease: grant.lease.0, worker, test })));
-            }
-            test_ends.insert(grant.lease.0, ends);
-            sequence += 1;
-            shard_done_event.insert(grant.lease.0, sequence);
-            events.push(Reverse(Timed(time, sequence, Event::ShardDone { lease: grant.lease.0, worker })));
-            shard_of_lease.insert(grant.lease.0, shards.len());
-            shards.push(SimulatedShard { worker, start: now, end: time, tests });
+            running.start(grant.lease.0, worker, tests, now, plan.shard_overhead_s, actual_s, slowdown[worker]);
         }
-        let Some(Reverse(Timed(time, _, _))) = events.peek().copied() else {
+        let Some(Reverse(Timed(time, _, _))) = running.events.peek().copied() else {
             panic!("the simulated build stalled with tests unfinished and no shard running");
         };
+        if let Some(poll_s) = poll_s
+            && idle.iter().any(|&idle| idle)
+            && time > now + poll_s
+        {
+            now += poll_s;
+            continue;
+        }
         now = time;
-        while let Some(Reverse(Timed(time, event_sequence, event))) = events.peek().copied() {
+        while let Some(Reverse(Timed(time, event_sequence, event))) = running.events.peek().copied() {
             if time != now {
                 break;
             }
-            events.pop();
-            if !happens(event, event_sequence, &withdrawn_events, &shard_done_event) {
+            running.events.pop();
+            if !running.happens(event, event_sequence) {
                 continue;
             }
             match event {
@@ -167,6 +143,9 @@ pub fn simulate_fleet(plan: &BuildPlan, actual_s: &[f64], slowdown: &[f64], conf
                         .expect("one report per result");
                     if let crate::core::Report::Accepted { decisions, .. } = report {
                         finished |= decisions.iter().any(is_finish);
+                        for decision in &decisions {
+                            running.shrink(plan, decision, now);
+                        }
                     }
                 }
                 Event::ShardDone { lease, worker } => {
@@ -175,38 +154,101 @@ pub fn simulate_fleet(plan: &BuildPlan, actual_s: &[f64], slowdown: &[f64], conf
                         .expect("the simulated worker finishes its own lease");
                     finished |= decisions.iter().any(is_finish);
                     idle[worker] = true;
-                    test_ends.remove(&lease);
-                    makespan_s = makespan_s.max(shards[shard_of_lease[&lease]].end);
+                    running.test_ends.remove(&lease);
+                    makespan_s = makespan_s.max(running.shards[running.shard_of_lease[&lease]].end);
                 }
             }
         }
     }
     // Shards still "running" when the last result came in end at their last test.
-    while let Some(Reverse(Timed(time, event_sequence, event))) = events.pop() {
-        if happens(event, event_sequence, &withdrawn_events, &shard_done_event) {
+    while let Some(Reverse(Timed(time, event_sequence, event))) = running.events.pop() {
+        if running.happens(event, event_sequence) {
             makespan_s = makespan_s.max(time);
         }
     }
-    Simulation { makespan_s, lower_bound_s, shards }
+    Simulation { makespan_s, lower_bound_s, shards: running.shards }
+}
+
+/// How often idle simulated workers ask again when straggler copies are on (seconds).
+const POLL_S: f64 = 1.0;
+
+/// The shards of a simulation and the events they will cause.
+#[derive(Default)]
+struct Running {
+    events: BinaryHeap<Reverse<Timed>>,
+    sequence: u64,
+    shards: Vec<SimulatedShard>,
+    shard_of_lease: HashMap<u64, usize>,
+    /// When each test of a running lease ends.
+    test_ends: HashMap<u64, Vec<(PlanIndex, f64)>>,
+    /// The (lease, test) events withdrawn.
+    withdrawn_events: HashSet<(u64, PlanIndex)>,
+    /// The sequence number of each lease's current ShardDone event.
+    shard_done_event: HashMap<u64, u64>,
+}
+
+impl Running {
+    /// A granted shard starts on `worker` at `now`: it pays the overhead, then runs its
+    /// tests back to back, `slowdown` times as long as they take.
+    #[expect(clippy::too_many_arguments, reason = "one shard's whole description")]
+    fn start(
+        &mut self,
+        lease: u64,
+        worker: usize,
+        tests: Vec<PlanIndex>,
+        now: f64,
+        overhead_s: f64,
+        actual_s: &[f64],
+        slowdown: f64,
+    ) {
+        let mut time = now + overhead_s * slowdown;
+        let mut ends = Vec::with_capacity(tests.len());
+        for &test in &tests {
+            time += actual_s[test] * slowdown;
+            self.sequence += 1;
+            ends.push((test, time));
+            self.events.push(Reverse(Timed(time, self.sequence, Event::TestDone { lease, worker, test })));
+        }
+        self.test_ends.insert(lease, ends);
+        self.sequence += 1;
+        self.shard_done_event.insert(lease, self.sequence);
+        self.events.push(Reverse(Timed(time, self.sequence, Event::ShardDone { lease, worker })));
+        self.shard_of_lease.insert(lease, self.shards.len());
+        self.shards.push(SimulatedShard { worker, start: now, end: time, tests });
+    }
+
+    /// A lease was shrunk: its holder hears at once and stops after its last kept test
+    /// (at once, if the test it runs was withdrawn: a copy's result came first).
+    fn shrink(&mut self, plan: &BuildPlan, decision: &Decision, now: f64) {
+        let Decision::LeaseShrunk { lease, worker: holder, withdrawn, .. } = decision else { return };
+        let withdrawn: Vec<PlanIndex> = withdrawn.iter().map(|id| index_of(plan, id)).collect();
+        let ends = self.test_ends.get_mut(&lease.0).expect("a shrunk lease is running");
+        self.withdrawn_events.extend(withdrawn.iter().map(|&test| (lease.0, test)));
+        ends.retain(|(test, _)| !withdrawn.contains(test));
+        let end = ends.last().map_or(now, |&(_, end)| end).max(now);
+        self.sequence += 1;
+        self.shard_done_event.insert(lease.0, self.sequence);
+        let holder = holder.0 as usize;
+        self.events.push(Reverse(Timed(end, self.sequence, Event::ShardDone { lease: lease.0, worker: holder })));
+        let shard = &mut self.shards[self.shard_of_lease[&lease.0]];
+        shard.tests.retain(|test| !withdrawn.contains(test));
+        shard.end = end;
+    }
+
+    /// Whether a scheduled event still happens: not the end of a test withdrawn from its
+    /// lease, nor a shard end that a shrink moved earlier (`sequence` is no longer the
+    /// lease's).
+    fn happens(&self, event: Event, sequence: u64) -> bool {
+        match event {
+            Event::TestDone { lease, test, .. } => !self.withdrawn_events.contains(&(lease, test)),
+            Event::ShardDone { lease, .. } => self.shard_done_event[&lease] == sequence,
+        }
+    }
 }
 
 /// The plan index of a test the scheduler named.
 fn index_of(plan: &BuildPlan, test_id: &str) -> PlanIndex {
     plan.index_of(test_id).expect("the scheduler names only the plan's tests")
-}
-
-/// Whether a scheduled event still happens: not the end of a test withdrawn from its
-/// lease, nor a shard end that a shrink moved earlier (`sequence` is no longer the lease's).
-fn happens(
-    event: Event,
-    sequence: u64,
-    withdrawn: &HashSet<(u64, PlanIndex)>,
-    shard_done_event: &HashMap<u64, u64>,
-) -> bool {
-    match event {
-        Event::TestDone { lease, test, .. } => !withdrawn.contains(&(lease, test)),
-        Event::ShardDone { lease, .. } => shard_done_event[&lease] == sequence,
-    }
 }
 
 fn is_finish(decision: &crate::core::Decision) -> bool {

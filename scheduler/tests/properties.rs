@@ -53,7 +53,7 @@ use std::ops::RangeInclusive;
 
 use greenlight_scheduler::core::{
     BuildId, Decision, LeaseGrant, LeaseId, Outcome, Report, ReportedTest, Scheduler, SchedulerConfig, SchedulerError,
-    Verdict, WorkerId,
+    ShardSizing, Verdict, WorkerId,
 };
 use greenlight_scheduler::plan::{BuildPlan, PlanIndex, PlannedTest};
 use greenlight_scheduler::simulate::{Simulation, simulate_fleet};
@@ -207,14 +207,24 @@ fn suite_strategy_of(sizes: RangeInclusive<usize>) -> impl Strategy<Value = Vec<
 }
 
 /// The default configuration with the lease timeout of every scenario, random shard
-/// sizing knobs and a random choice of whether flaky tests fail the build.
+/// sizing knobs (fitted to the build or cut finer) and a random choice of whether flaky
+/// tests fail the build.
 fn config_strategy(max_attempts: RangeInclusive<u32>) -> impl Strategy<Value = SchedulerConfig> {
     let default = SchedulerConfig::default();
     let min_shard_s = prop_oneof![Just(default.min_shard_s), seconds_in_tenths(1..=80)];
     let min_shard_overheads = prop_oneof![Just(default.min_shard_overheads), Just(0.0), Just(5.0)];
     let tail_fraction = prop_oneof![Just(default.tail_fraction), Just(0.0), Just(0.5)];
-    (min_shard_s, min_shard_overheads, tail_fraction, max_attempts, 0u32..=2, any::<bool>()).prop_map(
-        move |(min_shard_s, min_shard_overheads, tail_fraction, max_attempts, retries, flaky_fails_build)| {
+    let shard_sizing = prop_oneof![Just(ShardSizing::Fitted), Just(ShardSizing::Finer)];
+    (min_shard_s, min_shard_overheads, tail_fraction, max_attempts, 0u32..=2, any::<bool>(), shard_sizing).prop_map(
+        move |(
+            min_shard_s,
+            min_shard_overheads,
+            tail_fraction,
+            max_attempts,
+            retries,
+            flaky_fails_build,
+            shard_sizing,
+        )| {
             SchedulerConfig {
                 lease_timeout_s: LEASE_TIMEOUT_S,
                 min_shard_s,
@@ -223,6 +233,7 @@ fn config_strategy(max_attempts: RangeInclusive<u32>) -> impl Strategy<Value = S
                 max_attempts,
                 retries,
                 flaky_fails_build,
+                shard_sizing,
                 ..default.clone()
             }
         },

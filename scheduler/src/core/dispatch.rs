@@ -3,14 +3,32 @@
 //! whether a running lease gives back the tests it has not started. The sizing maths of
 //! the module documentation of [`super`] lives here.
 
-use super::state::{LeaseState, TestState};
-use super::{BuildId, Decision, LeaseGrant, LeaseId, Scheduler, WorkerId};
+use std::collections::HashSet;
+
+use super::state::{LeaseState, ReadyEntry, TestState};
+use super::{BuildId, Decision, LeaseGrant, LeaseId, Scheduler, ShardSizing, WorkerId};
 use crate::Seconds;
 use crate::plan::PlanIndex;
 
 /// How much longer than estimated a chain of dependants may run: a shard holding a test
 /// others wait on ends early enough for the chain to take this many times its estimate.
 const CHAIN_SAFETY: f64 = 2.0;
+
+/// [`ShardSizing::Fitted`] trusts a build's estimates while at most this part of its tests
+/// are new (their estimates borrowed from their neighbours)...
+const TRUSTED_NEW_FRACTION: f64 = 0.01;
+
+/// ...and, once [`TRUSTED_SPREAD_AFTER`] tests with history of their own have reported,
+/// while their durations are within this spread of their estimates (the root mean square
+/// of `ln(real / estimated)`: 0.2 is about 20% off).
+const TRUSTED_SPREAD: f64 = 0.2;
+
+/// A lease whose tests take this many times what the build's others take runs on a slow
+/// machine: what it runs is worth a copy even where estimates are not trusted.
+const SLOW_PACE: f64 = 1.5;
+
+/// How many reported tests the spread of a build's estimates is judged on.
+const TRUSTED_SPREAD_AFTER: usize = 8;
 
 /// What a shard being cut aims at.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +68,9 @@ impl Scheduler {
         };
         let build = match with_work(true).or_else(|| with_work(false)) {
             Some(build) => {
+                if let Some(copy) = self.straggler_copy(worker, Some(build), now) {
+                    return (Some(copy), decisions);
+                }
                 if let Some(shrunk) = self.split_laggard(worker, Some(build), now) {
                     // Withdrawn tests are ready: whatever this worker leaves, others may take.
                     decisions.extend([shrunk, Decision::WorkAvailable]);
@@ -63,10 +84,11 @@ impl Scheduler {
                     decisions.extend([shrunk, Decision::WorkAvailable]);
                     build
                 }
-                _ => return (None, decisions),
+                _ => return (self.straggler_copy(worker, None, now), decisions),
             },
         };
         let goal = self.shard_goal(build, worker, now);
+        let fitted = self.fitted_shard(build, worker, now);
         let run = self.builds.get_mut(&build).expect("the build was just found");
         let overhead = run.costs.overhead();
         let first_of_worker = !run.started.contains(&worker);
@@ -89,6 +111,15 @@ impl Scheduler {
             .collect();
         let mut passed_over = Vec::new();
         while let Some(entry) = run.ready.peek().copied() {
+            if let Some(fitted) = &fitted {
+                if tests.len() == fitted.len() {
+                    break;
+                }
+                if !fitted.contains(&entry.index) {
+                    passed_over.push(run.ready.pop().expect("just peeked"));
+                    continue;
+                }
+            }
             if let Some(avoid) = run.avoid.get(&entry.index)
                 && avoid.contains(&worker)
                 && others.iter().any(|other| !avoid.contains(other))
@@ -119,7 +150,9 @@ impl Scheduler {
                 if work >= chain_cap || work + estimate > max_shard {
                     break;
                 }
-                if goal.last {
+                if fitted.is_some() {
+                    // The worker's whole part of the split.
+                } else if goal.last {
                     if work >= goal.share {
                         break;
                     }
@@ -133,7 +166,7 @@ impl Scheduler {
                 }
             }
             run.ready.pop();
-            if !planned.dependents.is_empty() {
+            if !planned.dependents.is_empty() && fitted.is_none() {
                 // The chain waiting on this test must still fit before the finish: end the
                 // shard early enough for a worker to take it up (this one, at the latest).
                 let chain_behind = planned.priority_s - estimate;
@@ -174,12 +207,13 @@ impl Scheduler {
             reported_estimate: 0.0,
             reported: 0,
             withdrawn: Vec::new(),
+            copy_of: None,
         };
         self.leases.insert(lease, state);
         if let Some(state) = self.workers.get_mut(&worker) {
             state.lease = Some(lease);
         }
-        (Some(LeaseGrant { lease, build, worker, tests: test_ids, deadline }), decisions)
+        (Some(LeaseGrant { lease, build, worker, tests: test_ids, deadline, copy_of: None }), decisions)
     }
 
     /// Takes back the tests not yet started of the lease projected, at its own pace, to end
@@ -200,7 +234,11 @@ impl Scheduler {
             .leases
             .iter()
             .filter(|(_, lease)| {
-                lease.active && lease.reported > 0 && lease.worker != worker && build.is_none_or(|b| lease.build == b)
+                lease.active
+                    && lease.reported > 0
+                    && lease.worker != worker
+                    && lease.copy_of.is_none()
+                    && build.is_none_or(|b| lease.build == b)
             })
             .filter_map(|(&id, lease)| {
                 let run = self.builds.get(&lease.build).filter(|run| run.plan.leases_splittable)?;
@@ -261,34 +299,9 @@ impl Scheduler {
         let drift = run.drift.ratio();
         // In real seconds, as far as the recent drift of estimates tells.
         let unleased = run.unleased_work * drift;
-        // When each live worker could start a test of this build: when it will be free (the
-        // asking one is free now) plus what its next shard costs it.
-        let mut ready_at: Vec<Seconds> = self
-            .workers
-            .iter()
-            .map(|(&id, state)| {
-                let free_at = match state.lease.and_then(|lease| self.leases.get(&lease)) {
-                    Some(lease) if id != worker && lease.active => lease.free_at(now, drift),
-                    _ => now,
-                };
-                free_at + run.shard_cost(id)
-            })
-            .collect();
-        if !self.workers.contains_key(&worker) {
-            ready_at.push(now + run.shard_cost(worker));
-        }
-        ready_at.sort_by(f64::total_cmp);
-        // Water-fill: the level F at which the free capacity of the workers below it holds
-        // the unleased work.
-        let mut capacity_base = 0.0;
-        let mut finish = now + unleased;
-        for (count, &available) in ready_at.iter().enumerate() {
-            capacity_base += available;
-            finish = (unleased + capacity_base) / (count + 1) as f64;
-            if ready_at.get(count + 1).is_none_or(|&next| finish <= next) {
-                break;
-            }
-        }
+        let ready_at: Vec<Seconds> =
+            self.ready_times(build, worker, now).into_iter().map(|(_, ready_at)| ready_at).collect();
+        let finish = water_fill(unleased, ready_at, now);
         // Back in estimated seconds, the unit shards are cut in.
         let share = (finish - now - run.shard_cost(worker)).max(0.0) / drift;
         let smallest = self.config.min_shard_s.max(self.config.min_shard_overheads * overhead);
@@ -299,4 +312,263 @@ impl Scheduler {
         let share = if last { share } else { share.max(smallest) };
         ShardGoal { share, finish, smallest, last }
     }
+
+    /// With [`SchedulerConfig::straggler_copies`](super::SchedulerConfig::straggler_copies),
+    /// a backup copy of the test a lease is running, when that lease is projected to end
+    /// last, after every other lease. For a worker that finds nothing ready (`ready` is
+    /// `None`) and no lease worth splitting: when a copy started now would end sooner by
+    /// more than twice what a shard costs. A running test is projected to end at its
+    /// start plus its estimate at its lease's pace; once past that, it is taken to need as
+    /// long again as it has run (a slow or stalled machine). While the `ready` build has
+    /// work: when the machine has shown itself slow (the lease's tests ran [`SLOW_PACE`]
+    /// times slower than the build's, or this one has run that many times its estimate),
+    /// the copy would end no later than the original, and the rest of the build still
+    /// ends before it with this worker busy with the copy. One copy a test; never on a
+    /// worker it failed on. (A copy at t = 0 of a test that alone holds the build's end,
+    /// as insurance where estimates are trusted, was tried: the other workers' shards,
+    /// already cut counting on this worker, left its part unrun until the copy ended.)
+    fn straggler_copy(&mut self, worker: WorkerId, ready: Option<BuildId>, now: Seconds) -> Option<LeaseGrant> {
+        if !self.config.straggler_copies {
+            return None;
+        }
+
+        let mut best: Option<(LeaseId, PlanIndex, Seconds)> = None;
+        for (&id, lease) in self.leases.iter().filter(|(_, lease)| lease.active && lease.copy_of.is_none()) {
+            let Some(run) = self.builds.get(&lease.build) else { continue };
+            if lease.worker == worker {
+                continue;
+            }
+            // It runs its first test without a result.
+            let Some(&test) = lease.tests.iter().find(|&&test| run.states[test] == TestState::Leased(id)) else {
+                continue;
+            };
+            if run.copies.contains_key(&test) || run.avoid.get(&test).is_some_and(|avoid| avoid.contains(&worker)) {
+                continue;
+            }
+            let drift = run.drift.ratio();
+            let estimate = run.plan.tests[test].estimate_s;
+            let started = lease.progress_at;
+            let projected = started + estimate * lease.pace(drift);
+            let end = if projected > now { projected } else { now + (now - started) };
+            let cost = run.shard_cost(worker);
+            let copy_end = now + cost + estimate * drift;
+            match ready {
+                None if end - copy_end <= 2.0 * cost => continue,
+                None => {}
+                Some(build) => {
+                    // Insurance where the estimates say which test holds the build's end,
+                    // or where its machine has shown itself slow; if the rest of the build
+                    // still ends before it, with this worker busy with the copy.
+                    if build != lease.build
+                        || copy_end > end + cost
+                        || !(lease.pace(drift) >= SLOW_PACE * drift
+                            || now - started > SLOW_PACE * estimate * drift + cost)
+                    {
+                        continue;
+                    }
+                    let ready_at = self
+                        .ready_times(build, worker, now)
+                        .into_iter()
+                        .map(|(id, ready_at)| if id == worker { copy_end + cost } else { ready_at })
+                        .collect();
+                    if water_fill(run.unleased_work * drift, ready_at, now) + 2.0 * cost > end {
+                        continue;
+                    }
+                }
+            }
+            let others_end = self
+                .leases
+                .iter()
+                .filter(|&(&other, state)| other != id && state.active && state.build == lease.build)
+                .map(|(_, state)| state.free_at(now, drift))
+                .fold(now, f64::max);
+            if end > others_end && best.is_none_or(|(_, _, best_end)| end > best_end) {
+                best = Some((id, test, end));
+            }
+        }
+        let (primary, test, _) = best?;
+        let build = self.leases[&primary].build;
+        let run = self.builds.get_mut(&build).expect("a running lease's build");
+        let cost = run.shard_cost(worker);
+        let estimate = run.plan.tests[test].estimate_s;
+        let lease = LeaseId(self.next_lease);
+        self.next_lease += 1;
+        run.copies.insert(test, lease);
+        let first_of_worker = run.started.insert(worker);
+        let deadline = now + self.config.lease_timeout_s;
+        let state = LeaseState {
+            build,
+            worker,
+            tests: vec![test],
+            deadline,
+            active: true,
+            progress_at: now + cost,
+            remaining_estimate: estimate,
+            running_from: now + cost,
+            granted_at: now,
+            first_of_worker,
+            reported_s: 0.0,
+            reported_estimate: 0.0,
+            reported: 0,
+            withdrawn: Vec::new(),
+            copy_of: Some(primary),
+        };
+        let test_id = run.plan.tests[test].id.clone();
+        self.leases.insert(lease, state);
+        self.workers.entry(worker).or_default().lease = Some(lease);
+        Some(LeaseGrant { lease, build, worker, tests: vec![test_id], deadline, copy_of: Some(primary) })
+    }
+
+    /// When each live worker could start a test of `build`: when it will be free (the
+    /// asking `worker` is free `now`) plus what its next shard costs it. The asking worker
+    /// is among them even if it has not joined.
+    fn ready_times(&self, build: BuildId, worker: WorkerId, now: Seconds) -> Vec<(WorkerId, Seconds)> {
+        let run = &self.builds[&build];
+        let drift = run.drift.ratio();
+        let mut ready_at: Vec<(WorkerId, Seconds)> = self
+            .workers
+            .iter()
+            .map(|(&id, state)| {
+                let free_at = match state.lease.and_then(|lease| self.leases.get(&lease)) {
+                    Some(lease) if id != worker && lease.active => lease.free_at(now, drift),
+                    _ => now,
+                };
+                (id, free_at + run.shard_cost(id))
+            })
+            .collect();
+        if !self.workers.contains_key(&worker) {
+            ready_at.push((worker, now + run.shard_cost(worker)));
+        }
+        ready_at
+    }
+
+    /// [`ShardSizing::Fitted`]: the shard of the asking worker when the ready work of `build`
+    /// is split among all live workers at once, longest first, each test to the worker
+    /// that would be free first with what it was given so far (LPT on the estimates, the
+    /// busy workers counted from when they will be free). `None` when the build is to be
+    /// cut finer: the sizing says so, a lease could not give back what runs late (the
+    /// runner reports only at exit, or splitting is off), or a new test is ready (its
+    /// estimate is borrowed: it goes first, in a small shard of its own), or nothing would
+    /// be this worker's.
+    fn fitted_shard(&self, build: BuildId, worker: WorkerId, now: Seconds) -> Option<HashSet<PlanIndex>> {
+        let run = &self.builds[&build];
+        if self.config.shard_sizing != ShardSizing::Fitted
+            || !self.config.split_running_leases
+            || !run.plan.leases_splittable
+        {
+            return None;
+        }
+        if !trusts_estimates(run) {
+            return None;
+        }
+        let ready: Vec<ReadyEntry> = run.ready.iter().copied().collect();
+        if ready.iter().any(|entry| !run.plan.tests[entry.index].estimate_known) {
+            return None;
+        }
+        let drift = run.drift.ratio();
+        let overhead = run.costs.overhead();
+        // A test others wait on counts with the tests waiting on it, transitively, and a
+        // shard's overhead for each step of that chain: the worker that runs it ends its
+        // shard early enough to run them after it (the test runs first in its shard).
+        let mut counted = vec![false; run.plan.len()];
+        // (when free, the asking worker first on a tie, the worker), least first.
+        let mut bins: Vec<(Seconds, bool, WorkerId)> = self
+            .ready_times(build, worker, now)
+            .into_iter()
+            .filter(|&(id, _)| id == worker || self.workers[&id].benched_until <= now)
+            .map(|(id, ready_at)| (ready_at, id != worker, id))
+            .collect();
+        // The chains behind the tests of running leases are their workers' (they left room
+        // for them when they were cut).
+        for (&lease, state) in self.leases.iter().filter(|(_, state)| state.active && state.build == build) {
+            let Some(bin) = bins.iter().position(|bin| bin.2 == state.worker) else { continue };
+            for &test in state.tests.iter().filter(|&&test| run.states[test] == TestState::Leased(lease)) {
+                let (estimated, steps) = chain_behind(run, test, &mut counted);
+                bins[bin].0 += estimated * drift + steps as f64 * overhead;
+            }
+        }
+        let mut items: Vec<(Seconds, Option<ReadyEntry>)> = ready
+            .iter()
+            .map(|&entry| {
+                let (estimated, steps) = chain_behind(run, entry.index, &mut counted);
+                let estimated = estimated + run.plan.tests[entry.index].estimate_s;
+                (estimated * drift + steps as f64 * overhead, Some(entry))
+            })
+            .collect();
+        // Tests waiting on others still count, as work other workers will take when they
+        // are ready (`None`): the asking worker's part is its share of everything left.
+        items.extend(
+            (0..run.plan.len())
+                .filter(|&index| matches!(run.states[index], TestState::Waiting { .. }) && !counted[index])
+                .map(|index| (run.plan.tests[index].estimate_s * drift, None)),
+        );
+        // Longest first; on a tie, the dispatch order.
+        items.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+        let least = |bins: &[(Seconds, bool, WorkerId)], skip: Option<WorkerId>| {
+            (0..bins.len())
+                .filter(|&bin| Some(bins[bin].2) != skip)
+                .min_by(|&a, &b| bins[a].0.total_cmp(&bins[b].0).then(bins[a].1.cmp(&bins[b].1)))
+        };
+        let mut shard = HashSet::new();
+        for (seconds, entry) in items {
+            // A test this worker failed on or lost goes to another worker, when there is one.
+            let avoided =
+                entry.is_none_or(|entry| run.avoid.get(&entry.index).is_some_and(|avoid| avoid.contains(&worker)));
+            let Some(bin) = least(&bins, avoided.then_some(worker)).or_else(|| least(&bins, None)) else {
+                break;
+            };
+            bins[bin].0 += seconds;
+            if let Some(entry) = entry
+                && bins[bin].2 == worker
+            {
+                shard.insert(entry.index);
+            }
+        }
+        // Nothing for this worker: the others would take it all, if they all ask (a
+        // worker gone quiet is counted until it is forgotten). It is cut finer instead.
+        (!shard.is_empty()).then_some(shard)
+    }
+}
+
+/// The tests waiting on `test`, transitively, not `counted` yet (they are now): their
+/// estimated seconds and the longest chain of them (in steps, each a shard of its own).
+fn chain_behind(run: &super::state::BuildRun, test: PlanIndex, counted: &mut [bool]) -> (Seconds, usize) {
+    let (mut estimated, mut steps) = (0.0, 0);
+    let mut stack = vec![(test, 0)];
+    while let Some((test, step)) = stack.pop() {
+        for &dependent in &run.plan.tests[test].dependents {
+            if matches!(run.states[dependent], TestState::Waiting { .. }) && !counted[dependent] {
+                counted[dependent] = true;
+                estimated += run.plan.tests[dependent].estimate_s;
+                steps = steps.max(step + 1);
+                stack.push((dependent, step + 1));
+            }
+        }
+    }
+    (estimated, steps)
+}
+
+/// Whether a build's estimates can be trusted ([`ShardSizing::Fitted`]): at most
+/// [`TRUSTED_NEW_FRACTION`] of its tests are new, and the tests reported so far took about
+/// their estimates ([`TRUSTED_SPREAD`]).
+fn trusts_estimates(run: &super::state::BuildRun) -> bool {
+    let new_tests = run.plan.tests.iter().filter(|test| !test.estimate_known).count();
+    new_tests as f64 <= TRUSTED_NEW_FRACTION * run.plan.len() as f64
+        && run.spread.after(TRUSTED_SPREAD_AFTER).is_none_or(|spread| spread <= TRUSTED_SPREAD)
+}
+
+/// The level F at which the free capacity of the workers (each free from its `ready_at`)
+/// below it holds `work` seconds: when they would all end if the work were fluid.
+fn water_fill(work: Seconds, mut ready_at: Vec<Seconds>, now: Seconds) -> Seconds {
+    ready_at.sort_by(f64::total_cmp);
+    let mut capacity_base = 0.0;
+    let mut finish = now + work;
+    for (count, &available) in ready_at.iter().enumerate() {
+        capacity_base += available;
+        finish = (work + capacity_base) / (count + 1) as f64;
+        if ready_at.get(count + 1).is_none_or(|&next| finish <= next) {
+            break;
+        }
+    }
+    finish
 }

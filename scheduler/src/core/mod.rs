@@ -20,6 +20,17 @@
 //! smaller shards that absorb the drift of real durations from history. Shards are thus
 //! few (two or three a worker) and large early, small and balanced at the end.
 //!
+//! That is [`ShardSizing::Finer`], and each extra shard pays the overhead again: on a
+//! tag-selected build of 40 s, 4% a shard. Where the estimates can be trusted
+//! ([`ShardSizing::Fitted`], the default: at most 1% of the build's tests new, the tests
+//! reported so far within about 20% of their estimates, leases that can be split) a
+//! worker that asks gets its part of a split of all the ready work among the live workers
+//! at once, longest first (LPT, the busy workers counted from when they will be free),
+//! so each worker has one shard and only what runs late is corrected, by splitting
+//! leases. A test others wait on counts with its chain (and an overhead a step): its
+//! worker ends early enough to run the chain after it. Tests waiting on running ones
+//! count as work for the other workers.
+//!
 //! New tests (whose estimate is borrowed from their neighbours) are dispatched first
 //! ([`BuildPlan::dispatch_priority`](crate::plan::BuildPlan::dispatch_priority)) in
 //! shards of their own, no larger than the part of a share held back for later: how long
@@ -31,6 +42,12 @@
 //! to end last may give back the tests it has not started ([`Decision::LeaseShrunk`]):
 //! those it cannot run by the common finish while other work is ready, or, when nothing
 //! else is ready, those the asking worker would end sooner.
+//!
+//! A single test cannot be split. With [`SchedulerConfig::straggler_copies`] (off by
+//! default), a worker with nothing better to do runs a backup copy of the test that holds
+//! the build's end on a slow or stalled machine ([`LeaseGrant::copy_of`]); the first
+//! result counts and the other lease is told to stop, by a [`Decision::LeaseShrunk`]
+//! that withdraws the test it is running.
 //!
 //! The module is split by concern: this file holds the vocabulary (ids, configuration,
 //! decisions, reports, verdicts); `state` the scheduler's state and its read accessors;
@@ -104,6 +121,30 @@ pub struct SchedulerConfig {
     /// Whether a test that passed only on a retry (flaky) counts against the build: the
     /// build is red and the result closes the gate, as a failure would.
     pub flaky_fails_build: bool,
+    /// How many shards a build is cut into: fitted to the build (one a worker where the
+    /// estimates can be trusted), or always finer.
+    pub shard_sizing: ShardSizing,
+    /// Whether a worker that finds nothing to do runs a backup copy of the test that holds
+    /// the build's end on a slow or stalled machine ([`LeaseGrant::copy_of`]); the first
+    /// result wins, and the other lease is told to stop: a [`Decision::LeaseShrunk`] that
+    /// withdraws the test it is running. Off by default: the master and the worker do not
+    /// stop a running test yet.
+    pub straggler_copies: bool,
+}
+
+/// How many shards a build is cut into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardSizing {
+    /// Fitted to the build: while the ready work is tests with history of their own and
+    /// running leases can give back what they have not started, every worker gets one
+    /// shard, the work split among the workers longest first (LPT), and only what runs late
+    /// is corrected, by splitting leases. Otherwise (new tests, runners that report only at
+    /// exit), as [`ShardSizing::Finer`].
+    Fitted,
+    /// Two or three shards a worker: each cut holds back
+    /// [`SchedulerConfig::tail_fraction`] of the worker's share for later, smaller shards
+    /// cut from fresher estimates (the only sizing before issue #17).
+    Finer,
 }
 
 impl Default for SchedulerConfig {
@@ -123,6 +164,8 @@ impl Default for SchedulerConfig {
             max_shard_s: 600.0,
             split_running_leases: true,
             flaky_fails_build: false,
+            shard_sizing: ShardSizing::Fitted,
+            straggler_copies: false,
         }
     }
 }
@@ -164,6 +207,9 @@ pub struct LeaseGrant {
     pub tests: Vec<String>,
     /// When it expires without a heartbeat.
     pub deadline: Seconds,
+    /// A backup copy of a straggling test that this other lease is running: its one test.
+    /// The first result of the two counts; the other lease is told to stop.
+    pub copy_of: Option<LeaseId>,
 }
 
 /// What the scheduler decided in answer to an event.
@@ -234,6 +280,9 @@ pub enum Decision {
     /// would be idle): they are ready again, for the asking worker or the next, and the
     /// holder stops after the ones it keeps. Its worker is told (in the answer to its next
     /// report or heartbeat); a result it sends for a withdrawn test anyway is stale.
+    /// With [`SchedulerConfig::straggler_copies`], the first test withdrawn may be the one
+    /// the lease is running: another lease ran it too and its result came first, so the
+    /// holder is to stop it at once.
     LeaseShrunk {
         /// The build.
         build: BuildId,

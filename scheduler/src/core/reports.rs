@@ -146,15 +146,27 @@ impl Scheduler {
         };
         let (build, worker) = (lease_state.build, lease_state.worker);
         let Some(run) = self.builds.get_mut(&build) else { return Report::Stale };
-        match run.states[index] {
-            TestState::Leased(holder) if holder == lease => {}
+        // The lease holding the test, or a backup copy of it: the first result counts, the
+        // other lease is stopped.
+        let loser = match run.states[index] {
+            TestState::Leased(holder) if holder == lease => run.copies.remove(&index),
+            TestState::Leased(holder) if run.copies.get(&index) == Some(&lease) => {
+                run.copies.remove(&index);
+                Some(holder)
+            }
             _ if run.reported_by[index].contains(&lease) => return Report::Duplicate,
             _ => return Report::Stale,
-        }
+        };
         run.reported_by[index].push(lease);
         let attempt = run.attempts[index];
         let estimate = run.plan.tests[index].estimate_s;
-        let duration_s = duration_s.filter(|seconds| seconds.is_finite() && *seconds >= 0.0).unwrap_or(estimate);
+        let reported_s = duration_s.filter(|seconds| seconds.is_finite() && *seconds >= 0.0);
+        if let Some(real) = reported_s
+            && run.plan.tests[index].estimate_known
+        {
+            run.spread.observe(real, estimate);
+        }
+        let duration_s = reported_s.unwrap_or(estimate);
         run.durations[index] = Some(duration_s);
         run.drift.observe((now - lease_state.progress_at).max(0.0), estimate);
         lease_state.progress_at = lease_state.progress_at.max(now);
@@ -182,6 +194,10 @@ impl Scheduler {
                     .sum();
             }
         }
+        if let Some(loser) = loser {
+            self.stop_copy(loser, index, &mut decisions);
+        }
+        let Some(run) = self.builds.get_mut(&build) else { return Report::Stale };
         if status.is_failure() && run.failures[index] < self.config.retries {
             // Not final yet: run it again, first in line, to tell a flake from a failure.
             run.failures[index] += 1;
@@ -278,10 +294,21 @@ impl Scheduler {
         let mut gave_up = Vec::new();
         let mut unreported = 0;
         for test in tests {
+            if run.copies.get(&test) == Some(&lease) {
+                // A copy ended without a result: the lease it copies runs on.
+                run.copies.remove(&test);
+            }
             if run.states[test] != TestState::Leased(lease) {
                 continue;
             }
             unreported += 1;
+            if let Some(copy) = run.copies.remove(&test)
+                && self.leases.get(&copy).is_some_and(|copy| copy.active)
+            {
+                // Its copy still runs: the test is the copy's now.
+                run.states[test] = TestState::Leased(copy);
+                continue;
+            }
             if run.attempts[test] - run.failures[test] >= max_attempts {
                 gave_up.push(test);
             } else {
@@ -319,6 +346,34 @@ impl Scheduler {
             decisions.push(Decision::WorkAvailable);
         }
         (requeued, decisions)
+    }
+
+    /// `test` ran on two leases and the other's result came first: `loser` is to stop it.
+    /// It gives back the tests it has not started and withdraws `test` (a
+    /// [`Decision::LeaseShrunk`] naming the test it runs first), so it ends with nothing
+    /// to requeue.
+    fn stop_copy(&mut self, loser: LeaseId, test: PlanIndex, decisions: &mut Vec<Decision>) {
+        let Some(state) = self.leases.get_mut(&loser).filter(|state| state.active) else { return };
+        let Some(run) = self.builds.get_mut(&state.build) else { return };
+        let mut withdrawn = vec![test];
+        for &other in &state.tests {
+            if other != test && run.states[other] == TestState::Leased(loser) {
+                // Not an attempt: it never started.
+                run.attempts[other] -= 1;
+                state.remaining_estimate = (state.remaining_estimate - run.plan.tests[other].estimate_s).max(0.0);
+                let priority = if run.failures[other] > 0 { f64::INFINITY } else { run.plan.dispatch_priority(other) };
+                run.requeue(other, priority);
+                withdrawn.push(other);
+            }
+        }
+        state.remaining_estimate = 0.0;
+        state.withdrawn.extend_from_slice(&withdrawn);
+        let requeued = withdrawn.len() > 1;
+        let withdrawn = withdrawn.iter().map(|&test| run.plan.tests[test].id.clone()).collect();
+        decisions.push(Decision::LeaseShrunk { build: state.build, lease: loser, worker: state.worker, withdrawn });
+        if requeued {
+            decisions.push(Decision::WorkAvailable);
+        }
     }
 
     /// Records a final status and everything that follows from it; `counts` says what it

@@ -73,6 +73,10 @@ pub(super) struct BuildRun {
     pub(super) new_tests: NewTests,
     /// What each test took, by its last accepted report.
     pub(super) durations: Vec<Option<Seconds>>,
+    /// Tests a backup copy runs (besides the lease holding them), and the copy's lease.
+    pub(super) copies: HashMap<PlanIndex, LeaseId>,
+    /// How far the tests with history of their own took from their estimates.
+    pub(super) spread: Spread,
 }
 
 impl BuildRun {
@@ -211,6 +215,29 @@ impl NewTests {
     }
 }
 
+/// How far the reported durations of tests with history of their own are from their
+/// estimates: the root mean square of `ln(real / estimated)` (0 when history is exact; a
+/// lognormal error of shape sigma gives sigma).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Spread {
+    squares: f64,
+    count: usize,
+}
+
+impl Spread {
+    pub(super) fn observe(&mut self, real: Seconds, estimated: Seconds) {
+        if real > 0.0 && estimated > 0.0 && real.is_finite() && estimated.is_finite() {
+            self.squares += (real / estimated).ln().powi(2);
+            self.count += 1;
+        }
+    }
+
+    /// The spread once `least` tests were observed; `None` before.
+    pub(super) fn after(&self, least: usize) -> Option<f64> {
+        (self.count >= least.max(1)).then(|| (self.squares / self.count as f64).sqrt())
+    }
+}
+
 /// The ratio of real to estimated durations over recently finished tests. Tests are
 /// dispatched slowest first, so the recent ones resemble the ones still to cut: their
 /// drift (a noisy history under- or over-states whole bands of tests) corrects the
@@ -259,8 +286,11 @@ pub(super) struct LeaseState {
     pub(super) reported_estimate: Seconds,
     /// How many tests it has reported.
     pub(super) reported: usize,
-    /// The tests taken back from it before they started, in the order they were withdrawn.
+    /// The tests taken back from it before they started, in the order they were withdrawn
+    /// (and a test it was running when a copy's result came first).
     pub(super) withdrawn: Vec<PlanIndex>,
+    /// The lease whose running test this one copies.
+    pub(super) copy_of: Option<LeaseId>,
 }
 
 impl LeaseState {
@@ -433,6 +463,8 @@ impl Scheduler {
             costs: ShardCosts::planned(&plan),
             new_tests: NewTests::new(),
             durations: vec![None; plan.len()],
+            spread: Spread::default(),
+            copies: HashMap::new(),
             states,
             ready,
             plan,

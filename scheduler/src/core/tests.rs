@@ -223,6 +223,7 @@ fn greedy(max_shard_s: Seconds) -> Scheduler {
         tail_fraction: 0.0,
         reserve_sigmas: 0.0,
         max_shard_s,
+        shard_sizing: ShardSizing::Finer,
         ..SchedulerConfig::default()
     })
 }
@@ -639,7 +640,9 @@ fn estimates_corrected_inside_a_build_carry_to_the_leases_holding_them() {
 fn a_workers_first_shard_pays_the_start_up_and_its_cost_is_measured() {
     let mut plan = tens(4);
     plan.worker_startup_s = 5.0;
-    let mut scheduler = Scheduler::new(SchedulerConfig::default());
+    // Cut finer, the lone first worker leaves work for the second.
+    let mut scheduler =
+        Scheduler::new(SchedulerConfig { shard_sizing: ShardSizing::Finer, ..SchedulerConfig::default() });
     scheduler.worker_joined(WorkerId(1), 0.0);
     scheduler.add_build(BuildId(1), plan, 0.0).unwrap();
     let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
@@ -683,4 +686,191 @@ fn a_workers_first_shard_pays_the_start_up_and_its_cost_is_measured() {
     });
     // max(40 s / 2 workers, 10 s longest) + 1 s overhead + 6 s start-up.
     assert_eq!(bound, Some(27.0));
+}
+
+/// Known tests of these estimates, no dependencies.
+fn known(estimates: &[f64]) -> BuildPlan {
+    BuildPlan::from_tests(
+        estimates.iter().enumerate().map(|(index, &estimate)| planned(&format!("t{index}"), estimate, true)).collect(),
+        1.0,
+    )
+}
+
+/// The estimated seconds of each shard of a simulated build, in leasing order.
+fn shard_work(plan: &BuildPlan, run: &crate::simulate::Simulation) -> Vec<f64> {
+    run.shards.iter().map(|shard| shard.tests.iter().map(|&test| plan.tests[test].estimate_s).sum()).collect()
+}
+
+#[test]
+fn with_trusted_estimates_every_worker_gets_one_shard_split_longest_first() {
+    // 36 s of work for three workers: 6 + 3 + 3 s each.
+    let plan = known(&[3.0, 6.0, 3.0, 3.0, 6.0, 3.0, 3.0, 6.0, 3.0]);
+    let actual: Vec<f64> = plan.tests.iter().map(|test| test.estimate_s).collect();
+    let run = crate::simulate::simulate(&plan, &actual, 3, SchedulerConfig::default());
+    assert_eq!(shard_work(&plan, &run), [12.0, 12.0, 12.0]);
+    assert_eq!(run.makespan_s, run.lower_bound_s);
+    // Cut finer, the same build pays for more shards and ends later.
+    let finer = crate::simulate::simulate(
+        &plan,
+        &actual,
+        3,
+        SchedulerConfig { shard_sizing: ShardSizing::Finer, ..SchedulerConfig::default() },
+    );
+    assert!(finer.shards.len() > 3 && finer.makespan_s > run.makespan_s, "{finer:?}");
+}
+
+#[test]
+fn a_test_others_wait_on_leaves_room_in_its_workers_share_for_their_chain() {
+    // a (4 s) unblocks b (6 s); c, d, e are 5 s each. Two workers, 25 s: the worker taking a
+    // runs b after it, in a second shard, so its first holds a alone (4 + 6 s and another
+    // overhead, 12 s) and c, d, e (15 s) go to the other.
+    let tests = vec![
+        planned("a", 4.0, true),
+        PlannedTest { depends_on: vec![0], ..planned("b", 6.0, true) },
+        planned("c", 5.0, true),
+        planned("d", 5.0, true),
+        planned("e", 5.0, true),
+    ];
+    let plan = BuildPlan::from_tests(tests, 1.0);
+    let actual: Vec<f64> = plan.tests.iter().map(|test| test.estimate_s).collect();
+    let run = crate::simulate::simulate(&plan, &actual, 2, SchedulerConfig::default());
+    let shards: Vec<(usize, Vec<&str>)> = run
+        .shards
+        .iter()
+        .map(|shard| (shard.worker, shard.tests.iter().map(|&test| plan.tests[test].id.as_str()).collect()))
+        .collect();
+    assert_eq!(shards, [(0, vec!["a"]), (1, vec!["c", "d", "e"]), (0, vec!["b"])]);
+    assert_eq!(run.makespan_s, 16.0);
+}
+
+#[test]
+fn a_build_with_new_tests_or_estimates_found_off_is_cut_finer() {
+    let fitted_share = |plan: BuildPlan, first_results_s: Option<f64>| {
+        let mut scheduler = Scheduler::new(SchedulerConfig::default());
+        for worker in 1..=3 {
+            scheduler.worker_joined(WorkerId(worker), 0.0);
+        }
+        scheduler.add_build(BuildId(1), plan, 0.0).unwrap();
+        let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+        let mut now = 1.0;
+        if let Some(seconds) = first_results_s {
+            for test_id in first.tests.iter().take(8) {
+                now += seconds;
+                let reported =
+                    ReportedTest { test_id, status: TestStatus::Passed, quarantined: false, duration_s: Some(seconds) };
+                scheduler.report(first.lease, WorkerId(1), &[reported], now).unwrap();
+            }
+        }
+        let second = scheduler.request_work(WorkerId(2), now).0.unwrap();
+        (first.tests.len(), second.tests.len())
+    };
+    // 90 known tests of 1 s on three workers: a third each, at once.
+    assert_eq!(fitted_share(known(&[1.0; 90]), None), (30, 30));
+    // Eight of them reported as estimated: still trusted. The second worker, asking 8 s
+    // late, gets its part of the rest split three ways (the first is free at 32 s, the
+    // others start at 10 s: (60 + 32 + 10 + 10) / 3 = 37.3 s each).
+    assert_eq!(fitted_share(known(&[1.0; 90]), Some(1.0)), (30, 28));
+    // Twice as long as estimated: the rest is cut finer, part of the share held back.
+    // (Its part of the split would be 24 tests: (120 + 44.6 + 18 + 18) / 3 = 66.9 s.)
+    let (_, second) = fitted_share(known(&[1.0; 90]), Some(2.0));
+    assert!(second < 24, "{second} tests");
+    // Two new tests in 90: not trusted from the start (new tests first, in a shard of
+    // their own; then known tests held back from).
+    let mut tests: Vec<PlannedTest> = (0..88).map(|index| planned(&format!("t{index}"), 1.0, true)).collect();
+    tests.extend((0..2).map(|index| planned(&format!("new{index}"), 1.0, false)));
+    let (first, second) = fitted_share(BuildPlan::from_tests(tests, 1.0), None);
+    assert!(first == 2 && second < 30, "{first} and {second} tests");
+}
+
+/// A build of one 20 s test and four of 1 s on two workers with straggler copies: worker 1
+/// runs the long test alone, worker 2 the rest by 5 s; at 30 s the long test has run 29 s
+/// of its 20 and worker 2, idle, gets a copy of it. The two grants.
+fn copied_straggler() -> (Scheduler, LeaseGrant, LeaseGrant) {
+    let mut tests = vec![planned("long", 20.0, true)];
+    tests.extend((0..4).map(|index| planned(&format!("s{index}"), 1.0, true)));
+    let mut scheduler = Scheduler::new(SchedulerConfig { straggler_copies: true, ..SchedulerConfig::default() });
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.worker_joined(WorkerId(2), 0.0);
+    scheduler.add_build(BuildId(1), BuildPlan::from_tests(tests, 1.0), 0.0).unwrap();
+    let slow = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    assert_eq!(slow.tests, ["long"]);
+    let quick = scheduler.request_work(WorkerId(2), 0.0).0.unwrap();
+    assert_eq!(quick.copy_of, None, "a copy now would end no sooner, and hold up the short tests");
+    for (position, id) in quick.tests.iter().enumerate() {
+        accepted(scheduler.test_finished(quick.lease, WorkerId(2), id, TestStatus::Passed, 2.0 + position as f64));
+    }
+    scheduler.lease_finished(quick.lease, WorkerId(2), 5.0).unwrap();
+    // Due at 21 s, a copy now would end at 26 s: no copy yet.
+    assert_eq!(scheduler.request_work(WorkerId(2), 5.0), (None, vec![]));
+    let copy = scheduler.request_work(WorkerId(2), 30.0).0.expect("a copy of the straggler");
+    assert_eq!((copy.tests.as_slice(), copy.copy_of), (&["long".to_owned()][..], Some(slow.lease)));
+    (scheduler, slow, copy)
+}
+
+#[test]
+fn a_straggling_test_gets_a_backup_copy_and_the_first_result_wins() {
+    // The copy ends first: the straggler's lease is told to stop the test it runs.
+    let (mut scheduler, slow, copy) = copied_straggler();
+    let (outcome, decisions) =
+        accepted(scheduler.test_finished(copy.lease, WorkerId(2), "long", TestStatus::Passed, 51.0));
+    assert_eq!(outcome, Outcome::Final { flaky: false });
+    let stop =
+        Decision::LeaseShrunk { build: BuildId(1), lease: slow.lease, worker: WorkerId(1), withdrawn: ids(&["long"]) };
+    assert!(decisions.contains(&stop), "{decisions:?}");
+    assert_eq!(finished(&decisions), [(BuildId(1), Verdict::Green)]);
+    assert_eq!(scheduler.test_finished(slow.lease, WorkerId(1), "long", TestStatus::Failed, 61.0), Ok(Report::Stale));
+
+    // The original ends first: the copy is told to stop, and its result is stale.
+    let (mut scheduler, slow, copy) = copied_straggler();
+    let (_, decisions) = accepted(scheduler.test_finished(slow.lease, WorkerId(1), "long", TestStatus::Passed, 35.0));
+    let stop =
+        Decision::LeaseShrunk { build: BuildId(1), lease: copy.lease, worker: WorkerId(2), withdrawn: ids(&["long"]) };
+    assert!(decisions.contains(&stop), "{decisions:?}");
+    assert_eq!(finished(&decisions), [(BuildId(1), Verdict::Green)]);
+    assert_eq!(scheduler.test_finished(copy.lease, WorkerId(2), "long", TestStatus::Passed, 51.0), Ok(Report::Stale));
+
+    // The straggler's worker is lost: the test is the copy's, not queued a third time.
+    let (mut scheduler, slow, copy) = copied_straggler();
+    let ended = scheduler.lease_finished(slow.lease, WorkerId(1), 32.0).unwrap();
+    assert!(!ended.contains(&Decision::WorkAvailable), "{ended:?}");
+    assert_eq!(scheduler.request_work(WorkerId(1), 33.0), (None, vec![]));
+    let (_, decisions) = accepted(scheduler.test_finished(copy.lease, WorkerId(2), "long", TestStatus::Passed, 51.0));
+    assert_eq!(finished(&decisions), [(BuildId(1), Verdict::Green)]);
+}
+
+#[test]
+fn straggler_copies_are_off_by_default() {
+    let mut tests = vec![planned("long", 20.0, true)];
+    tests.extend((0..4).map(|index| planned(&format!("s{index}"), 1.0, true)));
+    let mut scheduler = Scheduler::new(SchedulerConfig::default());
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.worker_joined(WorkerId(2), 0.0);
+    scheduler.add_build(BuildId(1), BuildPlan::from_tests(tests, 1.0), 0.0).unwrap();
+    scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    let quick = scheduler.request_work(WorkerId(2), 0.0).0.unwrap();
+    for id in &quick.tests {
+        accepted(scheduler.test_finished(quick.lease, WorkerId(2), id, TestStatus::Passed, 2.0));
+    }
+    scheduler.lease_finished(quick.lease, WorkerId(2), 5.0).unwrap();
+    assert_eq!(scheduler.request_work(WorkerId(2), 30.0), (None, vec![]));
+}
+
+#[test]
+fn on_a_slow_machine_a_copy_ends_the_simulated_build_sooner_and_every_test_runs_once() {
+    // The slow machine asks first and draws the long test, which takes it 60 s there.
+    let mut tests = vec![planned("long", 20.0, true)];
+    tests.extend((0..10).map(|index| planned(&format!("s{index}"), 1.0, true)));
+    let plan = BuildPlan::from_tests(tests, 1.0);
+    let actual: Vec<f64> = plan.tests.iter().map(|test| test.estimate_s).collect();
+    let slowdown = [3.0, 1.0, 1.0];
+    let plain = crate::simulate::simulate_fleet(&plan, &actual, &slowdown, SchedulerConfig::default());
+    let config = SchedulerConfig { straggler_copies: true, ..SchedulerConfig::default() };
+    let copied = crate::simulate::simulate_fleet(&plan, &actual, &slowdown, config);
+    assert_eq!(plain.makespan_s, 63.0, "{plain:?}");
+    assert!(copied.makespan_s < 50.0, "{copied:?}");
+    let mut runs = vec![0; plan.len()];
+    for test in copied.shards.iter().flat_map(|shard| &shard.tests) {
+        runs[*test] += 1;
+    }
+    assert_eq!(runs, vec![1; plan.len()], "the losing copy's run is not in its shard");
 }
