@@ -195,10 +195,11 @@ fn main() {
             .expect("generated above");
             let (plan, actual) = generated.build(shape.tags, shape.noisy);
             let slowdown = shape.fleet.slowdown(shape.n_workers);
-            let greenlight = simulate_fleet(&plan, &actual, &slowdown, SchedulerConfig::default());
+            let fitted_config = SchedulerConfig { shard_sizing: ShardSizing::Fitted, ..SchedulerConfig::default() };
+            let greenlight = simulate_fleet(&plan, &actual, &slowdown, fitted_config.clone());
             let finer_config = SchedulerConfig { shard_sizing: ShardSizing::Finer, ..SchedulerConfig::default() };
             let finer = simulate_fleet(&plan, &actual, &slowdown, finer_config);
-            let copies_config = SchedulerConfig { straggler_copies: true, ..SchedulerConfig::default() };
+            let copies_config = SchedulerConfig { straggler_copies: true, ..fitted_config };
             let copies = simulate_fleet(&plan, &actual, &slowdown, copies_config);
             summary.copies.push(copies.ratio());
             let by_count = simulate_static_fleet(&plan, &actual, &split_by_count(&plan, shape.n_workers), &slowdown);

@@ -603,7 +603,8 @@ fn first_build(count: usize) -> (BuildPlan, Vec<f64>) {
 #[test]
 fn a_first_build_learns_what_its_new_tests_take_instead_of_cutting_one_test_shards() {
     let (plan, actual) = first_build(300);
-    let run = crate::simulate::simulate(&plan, &actual, 3, SchedulerConfig::default());
+    let fitted = SchedulerConfig { shard_sizing: ShardSizing::Fitted, ..SchedulerConfig::default() };
+    let run = crate::simulate::simulate(&plan, &actual, 3, fitted);
     // Cut from the guess alone, shards of new tests shrink towards a single test and each
     // pays the overhead: the 3 s of tests would take more than twice their bound.
     assert!(run.shards.len() <= 12, "{} shards: {:?}", run.shards.len(), shard_sizes(&run));
@@ -706,7 +707,8 @@ fn with_trusted_estimates_every_worker_gets_one_shard_split_longest_first() {
     // 36 s of work for three workers: 6 + 3 + 3 s each.
     let plan = known(&[3.0, 6.0, 3.0, 3.0, 6.0, 3.0, 3.0, 6.0, 3.0]);
     let actual: Vec<f64> = plan.tests.iter().map(|test| test.estimate_s).collect();
-    let run = crate::simulate::simulate(&plan, &actual, 3, SchedulerConfig::default());
+    let fitted = SchedulerConfig { shard_sizing: ShardSizing::Fitted, ..SchedulerConfig::default() };
+    let run = crate::simulate::simulate(&plan, &actual, 3, fitted);
     assert_eq!(shard_work(&plan, &run), [12.0, 12.0, 12.0]);
     assert_eq!(run.makespan_s, run.lower_bound_s);
     // Cut finer, the same build pays for more shards and ends later.
@@ -733,7 +735,8 @@ fn a_test_others_wait_on_leaves_room_in_its_workers_share_for_their_chain() {
     ];
     let plan = BuildPlan::from_tests(tests, 1.0);
     let actual: Vec<f64> = plan.tests.iter().map(|test| test.estimate_s).collect();
-    let run = crate::simulate::simulate(&plan, &actual, 2, SchedulerConfig::default());
+    let fitted = SchedulerConfig { shard_sizing: ShardSizing::Fitted, ..SchedulerConfig::default() };
+    let run = crate::simulate::simulate(&plan, &actual, 2, fitted);
     let shards: Vec<(usize, Vec<&str>)> = run
         .shards
         .iter()
@@ -746,7 +749,8 @@ fn a_test_others_wait_on_leaves_room_in_its_workers_share_for_their_chain() {
 #[test]
 fn a_build_with_new_tests_or_estimates_found_off_is_cut_finer() {
     let fitted_share = |plan: BuildPlan, first_results_s: Option<f64>| {
-        let mut scheduler = Scheduler::new(SchedulerConfig::default());
+        let mut scheduler =
+            Scheduler::new(SchedulerConfig { shard_sizing: ShardSizing::Fitted, ..SchedulerConfig::default() });
         for worker in 1..=3 {
             scheduler.worker_joined(WorkerId(worker), 0.0);
         }
