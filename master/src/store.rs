@@ -694,25 +694,7 @@ impl Store {
     /// nodes) while every other request waited.
     pub fn put_shard(&self, build_id: u64, shard: &ShardView) -> Result<(), StoreError> {
         self.put_shard_state(build_id, &shard.without_test_ids())?;
-        let key = shard_key(build_id, shard.lease_id);
-        let tests = encode(&shard.test_ids);
-        let puts: Vec<Entry> = tests
-            .chunks(LARGE_CHUNK)
-            .enumerate()
-            .map(|(index, chunk)| {
-                let mut chunk_key = key.clone();
-                chunk_key.extend_from_slice(&(index as u32).to_be_bytes());
-                (chunk_key, chunk.to_vec())
-            })
-            .collect();
-        let removes: Vec<Vec<u8>> = self
-            .kv
-            .scan_prefix(Tree::ShardTests, &key)?
-            .into_iter()
-            .map(|(old, _)| old)
-            .filter(|old| !puts.iter().any(|(put, _)| put == old))
-            .collect();
-        self.kv.apply_batch(Tree::ShardTests, &puts, &removes)
+        self.put_chunked(Tree::ShardTests, &shard_key(build_id, shard.lease_id), &encode(&shard.test_ids))
     }
 
     /// Writes what changed in a shard whose tests did not (since [`Store::put_shard`] wrote
@@ -744,9 +726,7 @@ impl Store {
     pub fn shard(&self, build_id: u64, lease_id: u64) -> Result<Option<ShardView>, StoreError> {
         let key = shard_key(build_id, lease_id);
         let Some(state) = self.kv.get(Tree::Shards, &key)? else { return Ok(None) };
-        let chunks = self.kv.scan_prefix(Tree::ShardTests, &key)?;
-        let tests: Option<Vec<u8>> =
-            (!chunks.is_empty()).then(|| chunks.into_iter().flat_map(|(_, chunk)| chunk).collect());
+        let tests = self.chunked(Tree::ShardTests, &key)?;
         with_tests(decode(Tree::Shards, &state)?, tests.as_ref()).map(Some)
     }
 
@@ -923,11 +903,11 @@ fn shard_cost_key(suite: &str, first_of_worker: bool) -> String {
 /// tree in its log (see [`Store::put_large`]).
 const LARGE_CHUNK: usize = 4096;
 
-fn large_key(name: &str, index: u32) -> Vec<u8> {
-    let mut key = name.as_bytes().to_vec();
-    key.push(0);
-    key.extend_from_slice(&index.to_be_bytes());
-    key
+/// The key prefix of a large record's chunks: its name and a NUL.
+fn large_prefix(name: &str) -> Vec<u8> {
+    let mut prefix = name.as_bytes().to_vec();
+    prefix.push(0);
+    prefix
 }
 
 fn shard_key(build_id: u64, lease_id: u64) -> Vec<u8> {
@@ -1099,14 +1079,7 @@ impl Store {
     /// tree's counters made every lease rewrite it (half the cost of a lease under load)
     /// and left a file behind each time.
     fn put_large(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        let removes: Vec<Vec<u8>> = self.large_chunks(name)?.into_iter().map(|(key, _)| key).collect();
-        let puts: Vec<Entry> = bytes
-            .chunks(LARGE_CHUNK)
-            .enumerate()
-            .map(|(index, chunk)| (large_key(name, index as u32), chunk.to_vec()))
-            .collect();
-        let removes: Vec<Vec<u8>> = removes.into_iter().filter(|key| !puts.iter().any(|(put, _)| put == key)).collect();
-        self.kv.apply_batch(Tree::Large, &puts, &removes)?;
+        self.put_chunked(Tree::Large, &large_prefix(name), bytes)?;
         // The copy an older master kept in the meta tree is superseded.
         if self.kv.get(Tree::Meta, name.as_bytes())?.is_some() {
             self.remove_meta(name)?;
@@ -1114,26 +1087,49 @@ impl Store {
         Ok(())
     }
 
-    fn large_chunks(&self, name: &str) -> Result<Vec<Entry>, StoreError> {
-        let mut prefix = name.as_bytes().to_vec();
-        prefix.push(0);
-        self.kv.scan_prefix(Tree::Large, &prefix)
+    /// Writes `bytes` in `tree` as chunks of at most [`LARGE_CHUNK`] bytes keyed `prefix`
+    /// and a big-endian chunk number, in one batch with the removal of any chunk a longer
+    /// value left under `prefix`.
+    fn put_chunked(&self, tree: Tree, prefix: &[u8], bytes: &[u8]) -> Result<(), StoreError> {
+        let puts: Vec<Entry> = bytes
+            .chunks(LARGE_CHUNK)
+            .enumerate()
+            .map(|(index, chunk)| {
+                let mut key = prefix.to_vec();
+                key.extend_from_slice(&(index as u32).to_be_bytes());
+                (key, chunk.to_vec())
+            })
+            .collect();
+        let removes: Vec<Vec<u8>> = self
+            .kv
+            .scan_prefix(tree, prefix)?
+            .into_iter()
+            .map(|(key, _)| key)
+            .filter(|key| !puts.iter().any(|(put, _)| put == key))
+            .collect();
+        self.kv.apply_batch(tree, &puts, &removes)
+    }
+
+    /// The value [`Store::put_chunked`] wrote under `prefix`, its chunks joined; `None` when
+    /// there is none.
+    fn chunked(&self, tree: Tree, prefix: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let chunks = self.kv.scan_prefix(tree, prefix)?;
+        Ok((!chunks.is_empty()).then(|| chunks.into_iter().flat_map(|(_, chunk)| chunk).collect()))
     }
 
     /// A large record, from its chunks; a record an older master kept in the meta tree
     /// under the same name still reads.
     fn large<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
-        let chunks = self.large_chunks(name)?;
-        if chunks.is_empty() {
-            return self.meta(name);
+        match self.chunked(Tree::Large, &large_prefix(name))? {
+            Some(bytes) => decode(Tree::Large, &bytes).map(Some),
+            None => self.meta(name),
         }
-        let bytes: Vec<u8> = chunks.into_iter().flat_map(|(_, chunk)| chunk).collect();
-        decode(Tree::Large, &bytes).map(Some)
     }
 
     /// Removes a large record (and its older copy in the meta tree).
     fn remove_large(&self, name: &str) -> Result<(), StoreError> {
-        let removes: Vec<Vec<u8>> = self.large_chunks(name)?.into_iter().map(|(key, _)| key).collect();
+        let removes: Vec<Vec<u8>> =
+            self.kv.scan_prefix(Tree::Large, &large_prefix(name))?.into_iter().map(|(key, _)| key).collect();
         if !removes.is_empty() {
             self.kv.apply_batch(Tree::Large, &[], &removes)?;
         }
