@@ -178,7 +178,7 @@ impl Farm {
     /// health changes it under the farm's lock and publishes it before releasing the lock,
     /// so a problem set is seen here once it is set.
     fn published_health_problem(&self, kinds: &[HealthKind]) -> bool {
-        self.gate_view.borrow().health.iter().any(|problem| kinds.contains(&problem.kind))
+        self.published_gate.borrow().health.iter().any(|problem| kinds.contains(&problem.kind))
     }
 
     /// The farm's health now.

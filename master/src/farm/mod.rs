@@ -251,7 +251,7 @@ pub struct Farm {
     /// and the commit hooks without taking the farm's lock, so a hook's answer never waits
     /// for a lease or a build's start. The core's gate and health own the facts; this is
     /// their view, replaced whenever either changes.
-    gate_view: tokio::sync::watch::Sender<GateView>,
+    published_gate: tokio::sync::watch::Sender<GateView>,
 }
 
 /// Group commit: callers that want their writes durable at the same time share one flush
@@ -313,9 +313,9 @@ impl Farm {
             // A probe a previous master left running is resumed with the other builds.
             bisections: store.bisections()?.into_iter().map(|bisection| (bisection.build_id, bisection)).collect(),
         };
-        let gate_view = tokio::sync::watch::channel(Farm::gate_view(&core)).0;
+        let published_gate = tokio::sync::watch::channel(Farm::gate_view(&core)).0;
         Ok(Farm {
-            gate_view,
+            published_gate,
             mirror: Mirror::new(&config),
             tagger,
             core: Mutex::new(core),
@@ -408,7 +408,7 @@ impl Farm {
     /// The gate or the farm's health changed: the gate's readers and the page see it.
     fn gate_changed(&self, core: &Core) {
         let view = Farm::gate_view(core);
-        self.gate_view.send_replace(view.clone());
+        self.published_gate.send_replace(view.clone());
         self.publish(FarmEvent::Gate(view));
     }
 

@@ -183,7 +183,7 @@ impl Farm {
 
     /// The gate of `branch`, if it is the watched branch.
     pub fn gate(&self, branch: &str) -> Option<GateView> {
-        let view = self.gate_view.borrow();
+        let view = self.published_gate.borrow();
         (view.branch == branch).then(|| view.clone())
     }
 
