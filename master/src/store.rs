@@ -72,8 +72,18 @@ pub enum Tree {
     Changes,
     /// Build summaries by id.
     Builds,
-    /// Test results by (build, test id, attempt).
+    /// Ended builds' test results, packed (see [`Store::pack_results`]), and results
+    /// stored after their build ended, by (build, test id, attempt).
     Results,
+    /// A running build's test results by (build, test id, attempt): a tree of its own,
+    /// dropped whole once the build's results are packed into [`Tree::Results`].
+    ///
+    /// Why a tree a build: sled reclaims the log space of a page only when a segment's
+    /// live bytes fall below half, and a build's results written one by one into a tree
+    /// shared with every other build, then removed one by one when packed, left the log
+    /// 10–17 times the size of the live data (662–721 bytes on disk per stored result
+    /// over the load bench). Dropping a tree frees its pages at once: see BENCHMARKS.md.
+    RunningResults(u64),
     /// Shards by (build, lease), without their test ids: what changes while a shard runs.
     Shards,
     /// The test ids of shards by (build, lease, chunk), in chunks of at
@@ -97,6 +107,7 @@ impl Tree {
             Tree::Changes => "changes",
             Tree::Builds => "builds",
             Tree::Results => "results",
+            Tree::RunningResults(_) => "running_results",
             Tree::Shards => "shards",
             Tree::ShardTests => "shard_tests",
             Tree::History => "history",
@@ -129,6 +140,10 @@ pub trait Kv: Send + Sync {
     fn scan_last(&self, tree: Tree, limit: usize) -> Result<Vec<Entry>, StoreError>;
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Removes a tree and everything in it (nothing if it does not exist).
+    fn drop_tree(&self, tree: Tree) -> Result<(), StoreError>;
+    /// The builds that have a [`Tree::RunningResults`], in id order.
+    fn running_result_trees(&self) -> Result<Vec<u64>, StoreError>;
 }
 
 /// How long opening a store waits for a lock held by a closing handle.
@@ -179,10 +194,33 @@ impl SledKv {
         }
     }
 
+    /// The sled tree of `tree`, created if it does not exist.
     fn tree(&self, tree: Tree) -> Result<sled::Tree, StoreError> {
-        self.db.open_tree(tree.name()).map_err(backend)
+        self.db.open_tree(SledKv::tree_name(tree)).map_err(backend)
+    }
+
+    /// The sled tree of `tree` to read from: `None` for a build's running results that
+    /// were never written (a read must not create a tree).
+    fn tree_to_read(&self, tree: Tree) -> Result<Option<sled::Tree>, StoreError> {
+        if let Tree::RunningResults(_) = tree {
+            let name = SledKv::tree_name(tree);
+            if !self.db.tree_names().iter().any(|existing| existing.as_ref() == name.as_bytes()) {
+                return Ok(None);
+            }
+        }
+        self.tree(tree).map(Some)
+    }
+
+    fn tree_name(tree: Tree) -> String {
+        match tree {
+            Tree::RunningResults(build_id) => format!("{RUNNING_RESULTS_PREFIX}{build_id}"),
+            tree => tree.name().to_owned(),
+        }
     }
 }
+
+/// The names of sled's trees of running results: this and the build id in decimal.
+const RUNNING_RESULTS_PREFIX: &str = "running_results/";
 
 fn collect(iter: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>) -> Result<Vec<Entry>, StoreError> {
     iter.map(|entry| entry.map(|(key, value)| (key.to_vec(), value.to_vec())).map_err(backend)).collect()
@@ -190,7 +228,8 @@ fn collect(iter: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>) -
 
 impl Kv for SledKv {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree(tree)?.get(key).map_err(backend)?.map(|value| value.to_vec()))
+        let Some(tree) = self.tree_to_read(tree)? else { return Ok(None) };
+        Ok(tree.get(key).map_err(backend)?.map(|value| value.to_vec()))
     }
     fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.tree(tree)?.insert(key, value).map_err(backend)?;
@@ -215,17 +254,34 @@ impl Kv for SledKv {
         self.tree(tree)?.apply_batch(batch).map_err(backend)
     }
     fn scan_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
-        collect(self.tree(tree)?.scan_prefix(prefix))
+        let Some(tree) = self.tree_to_read(tree)? else { return Ok(Vec::new()) };
+        collect(tree.scan_prefix(prefix))
     }
     fn scan_from(&self, tree: Tree, start: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
-        collect(self.tree(tree)?.range(start..).take(limit))
+        let Some(tree) = self.tree_to_read(tree)? else { return Ok(Vec::new()) };
+        collect(tree.range(start..).take(limit))
     }
     fn scan_last(&self, tree: Tree, limit: usize) -> Result<Vec<Entry>, StoreError> {
-        collect(self.tree(tree)?.iter().rev().take(limit))
+        let Some(tree) = self.tree_to_read(tree)? else { return Ok(Vec::new()) };
+        collect(tree.iter().rev().take(limit))
     }
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map_err(backend)?;
         Ok(())
+    }
+    fn drop_tree(&self, tree: Tree) -> Result<(), StoreError> {
+        self.db.drop_tree(SledKv::tree_name(tree)).map_err(backend)?;
+        Ok(())
+    }
+    fn running_result_trees(&self) -> Result<Vec<u64>, StoreError> {
+        let mut builds: Vec<u64> = self
+            .db
+            .tree_names()
+            .iter()
+            .filter_map(|name| std::str::from_utf8(name).ok()?.strip_prefix(RUNNING_RESULTS_PREFIX)?.parse().ok())
+            .collect();
+        builds.sort_unstable();
+        Ok(builds)
     }
 }
 
@@ -319,6 +375,23 @@ impl Kv for MemoryKv {
     fn flush(&self) -> Result<(), StoreError> {
         self.refuse_if_failing()
     }
+    fn drop_tree(&self, tree: Tree) -> Result<(), StoreError> {
+        self.refuse_if_failing()?;
+        self.entries().retain(|(entry_tree, _), _| *entry_tree != tree);
+        Ok(())
+    }
+    fn running_result_trees(&self) -> Result<Vec<u64>, StoreError> {
+        let mut builds: Vec<u64> = self
+            .entries()
+            .keys()
+            .filter_map(|(tree, _)| match tree {
+                Tree::RunningResults(build_id) => Some(*build_id),
+                _ => None,
+            })
+            .collect();
+        builds.dedup();
+        Ok(builds)
+    }
 }
 
 /// A backend whose first failed write fails it for good (see the module's introduction).
@@ -378,6 +451,12 @@ impl Kv for FailStop {
     fn flush(&self) -> Result<(), StoreError> {
         self.write(|kv| kv.flush())
     }
+    fn drop_tree(&self, tree: Tree) -> Result<(), StoreError> {
+        self.write(|kv| kv.drop_tree(tree))
+    }
+    fn running_result_trees(&self) -> Result<Vec<u64>, StoreError> {
+        self.inner.running_result_trees()
+    }
 }
 
 /// The typed store the rest of the master uses.
@@ -419,6 +498,12 @@ fn decode_samples(bytes: &[u8]) -> Result<Vec<f64>, StoreError> {
             .collect()),
         _ => decode(Tree::History, bytes),
     }
+}
+
+/// Puts results of one build read from two places in key order, each (test, attempt) once.
+fn sort_and_dedup(build_id: u64, results: &mut Vec<TestResultView>) {
+    results.sort_by_cached_key(|result| result_key(build_id, &result.test_id, result.attempt));
+    results.dedup_by(|later, earlier| later.test_id == earlier.test_id && later.attempt == earlier.attempt);
 }
 
 /// The results an entry of the results tree holds (one, or a packed build's).
@@ -531,36 +616,52 @@ impl Store {
         self.kv.scan_last(Tree::Builds, limit)?.iter().map(|(_, value)| decode(Tree::Builds, value)).collect()
     }
 
-    /// Stores a result unless one is already stored for (build, test, attempt); returns
-    /// whether it was written. A packed build's results count as stored.
+    /// Stores a result of an ended build unless one is already stored for (build, test,
+    /// attempt); returns whether it was written. It joins the build's packed results when
+    /// the build is packed again (see [`Store::pack_results`]).
     pub fn put_result(&self, build_id: u64, result: &TestResultView) -> Result<bool, StoreError> {
+        let key = result_key(build_id, &result.test_id, result.attempt);
         if self.results_packed(build_id)? {
             let packed = self.results(build_id)?;
             if packed.iter().any(|stored| stored.test_id == result.test_id && stored.attempt == result.attempt) {
                 return Ok(false);
             }
+        } else if self.kv.get(Tree::RunningResults(build_id), &key)?.is_some() {
+            return Ok(false);
         }
-        self.put_running_result(build_id, result)
+        self.kv.put_new(Tree::Results, &key, &encode_result(result))
     }
 
-    /// [`Store::put_result`] for a build that is running: a running build is never packed
-    /// (the housekeeping packs ended builds only), so no pack is looked up first.
+    /// Stores a result of a running build (into its [`Tree::RunningResults`]) unless one is
+    /// already stored for (build, test, attempt); returns whether it was written. A running
+    /// build is never packed (the housekeeping packs ended builds only), so no pack is
+    /// looked up first.
     pub fn put_running_result(&self, build_id: u64, result: &TestResultView) -> Result<bool, StoreError> {
-        self.kv.put_new(Tree::Results, &result_key(build_id, &result.test_id, result.attempt), &encode_result(result))
+        self.kv.put_new(
+            Tree::RunningResults(build_id),
+            &result_key(build_id, &result.test_id, result.attempt),
+            &encode_result(result),
+        )
     }
 
     /// Every stored result of a build, by test id then attempt; none once pruned (see
     /// [`Store::results_pruned`]).
     pub fn results(&self, build_id: u64) -> Result<Vec<TestResultView>, StoreError> {
-        let entries = self.kv.scan_prefix(Tree::Results, &build_id.to_be_bytes())?;
+        let prefix = build_id.to_be_bytes();
+        let entries = self.kv.scan_prefix(Tree::Results, &prefix)?;
         let chunks = entries.iter().filter(|(key, _)| key.len() == CHUNK_KEY_LEN).count();
-        let mut results = Vec::with_capacity(entries.len());
-        for (key, value) in &entries {
+        // A packed build's running results, if any are left, were packed with it (their
+        // tree is dropped right after the pack, and by the housekeeping after a crash).
+        let running =
+            if chunks > 0 { Vec::new() } else { self.kv.scan_prefix(Tree::RunningResults(build_id), &prefix)? };
+        let mut results = Vec::with_capacity(entries.len() + running.len());
+        for (key, value) in entries.iter().chain(&running) {
             results.extend(decode_results(key, value)?);
         }
-        if chunks > 0 && entries.len() > chunks {
-            // Results stored after the pack: in key order among the packed ones.
-            results.sort_by_cached_key(|result| result_key(build_id, &result.test_id, result.attempt));
+        if (chunks > 0 && entries.len() > chunks) || (!running.is_empty() && !entries.is_empty()) {
+            // Results stored after the pack, or a running build's results in both trees (an
+            // older master wrote them into the results tree): merged in key order, once each.
+            sort_and_dedup(build_id, &mut results);
         }
         Ok(results)
     }
@@ -570,10 +671,17 @@ impl Store {
         if self.results_packed(build_id)? {
             return self.packed_results_of_test(build_id, test_id);
         }
+        let prefix = test_prefix(build_id, test_id);
         let mut attempts = Vec::new();
-        for (key, value) in self.kv.scan_prefix(Tree::Results, &test_prefix(build_id, test_id))? {
+        let mut entries = self.kv.scan_prefix(Tree::Results, &prefix)?;
+        let in_both = !entries.is_empty();
+        entries.extend(self.kv.scan_prefix(Tree::RunningResults(build_id), &prefix)?);
+        for (key, value) in entries {
             // An id that itself continues with a NUL byte shares the prefix: keep exact matches.
             attempts.extend(decode_results(&key, &value)?.into_iter().filter(|result| result.test_id == test_id));
+        }
+        if in_both {
+            sort_and_dedup(build_id, &mut attempts);
         }
         Ok(attempts)
     }
@@ -614,12 +722,17 @@ impl Store {
     }
 
     /// Packs an ended build's results into a few chunks (see [`result_format`]), in one
-    /// atomic batch with the removal of their own entries (and of the chunks of an earlier
-    /// pack); returns whether there was anything to pack. Only for a build that takes no
-    /// more results: one stored while it is packed could be stored twice.
+    /// atomic batch with the removal of their own entries from the results tree (and of the
+    /// chunks of an earlier pack), then drops the build's [`Tree::RunningResults`]; returns
+    /// whether there was anything to pack. Only for a build that takes no more results:
+    /// one stored while it is packed could be stored twice.
     pub fn pack_results(&self, build_id: u64) -> Result<bool, StoreError> {
-        let entries = self.kv.scan_prefix(Tree::Results, &build_id.to_be_bytes())?;
-        if entries.iter().all(|(key, _)| key.len() == CHUNK_KEY_LEN) {
+        let prefix = build_id.to_be_bytes();
+        let entries = self.kv.scan_prefix(Tree::Results, &prefix)?;
+        let packed = entries.iter().any(|(key, _)| key.len() == CHUNK_KEY_LEN);
+        let running = !packed && !self.kv.scan_from(Tree::RunningResults(build_id), &prefix, 1)?.is_empty();
+        if !running && entries.iter().all(|(key, _)| key.len() == CHUNK_KEY_LEN) {
+            self.kv.drop_tree(Tree::RunningResults(build_id))?;
             return Ok(false);
         }
         let results = self.results(build_id)?;
@@ -632,7 +745,20 @@ impl Store {
         let replaced: Vec<Vec<u8>> =
             entries.into_iter().map(|(key, _)| key).filter(|key| !new_keys.contains(key)).collect();
         self.kv.apply_batch(Tree::Results, &chunks, &replaced)?;
+        // A crash here leaves the tree to the housekeeping: the pack is what is read.
+        self.kv.drop_tree(Tree::RunningResults(build_id))?;
         Ok(true)
+    }
+
+    /// Drops the [`Tree::RunningResults`] of builds below `build_id` (ended and packed, or
+    /// pruned: what a crash between a pack and its drop leaves); returns how many.
+    pub fn drop_running_results_below(&self, build_id: u64) -> Result<usize, StoreError> {
+        let stale: Vec<u64> =
+            self.kv.running_result_trees()?.into_iter().filter(|&running| running < build_id).collect();
+        for &running in &stale {
+            self.kv.drop_tree(Tree::RunningResults(running))?;
+        }
+        Ok(stale.len())
     }
 
     /// Removes up to `limit` of a build's stored results (entries: a chunk counts as one)
@@ -655,6 +781,9 @@ impl Store {
             if !batch.is_empty() {
                 self.kv.apply_batch(tree, &[], &batch)?;
             }
+        }
+        if done {
+            self.kv.drop_tree(Tree::RunningResults(build_id))?;
         }
         Ok(done)
     }
@@ -856,9 +985,14 @@ impl Store {
             }
             return Ok(page);
         }
+        let prefix = build_id.to_be_bytes();
+        if self.kv.scan_from(Tree::Results, &prefix, 1)?.first().is_some_and(|(key, _)| key.starts_with(&prefix)) {
+            // An unpacked build with results in the results tree: stored after it ended, or
+            // by an older master. The whole build, merged, in order.
+            return Ok(self.results(build_id)?.into_iter().filter(is_after).filter(keep).take(limit).collect());
+        }
         // A running build: one entry a result, in key order from the cursor on.
         const BATCH: usize = 1024;
-        let prefix = build_id.to_be_bytes();
         let mut from = start.clone().map_or_else(
             || prefix.to_vec(),
             |mut key| {
@@ -867,7 +1001,7 @@ impl Store {
             },
         );
         loop {
-            let entries = self.kv.scan_from(Tree::Results, &from, BATCH)?;
+            let entries = self.kv.scan_from(Tree::RunningResults(build_id), &from, BATCH)?;
             let complete = entries.len() < BATCH;
             for (key, value) in entries {
                 if !key.starts_with(&prefix) {
@@ -1380,7 +1514,7 @@ mod tests {
             let id = format!("tests/test_{:05}.py::case", index / 3);
             let stored =
                 result(&id, 1 + index % 3, if index % 7 == 0 { TestStatus::Failed } else { TestStatus::Passed });
-            assert!(store.put_result(1, &stored).unwrap());
+            assert!(store.put_running_result(1, &stored).unwrap());
             expected.push(stored);
         }
         let read_in_pages = |store: &Store, limit: usize, failed_only: bool| {
@@ -1410,6 +1544,73 @@ mod tests {
             assert_eq!(read_in_pages(&store, limit, false), all, "packed, pages of {limit}");
         }
         assert_eq!(read_in_pages(&store, 5, true), failed);
+    }
+
+    fn running_results_live_in_a_tree_of_their_own_until_packed(store: &Store) {
+        let ids: Vec<String> = (0..40).map(|index| format!("tests/test_{index:02}.py::case")).collect();
+        for id in ids.iter().rev() {
+            assert!(store.put_running_result(3, &result(id, 1, TestStatus::Passed)).unwrap());
+        }
+        assert!(!store.put_running_result(3, &result(&ids[0], 1, TestStatus::Failed)).unwrap(), "stored once");
+        assert_eq!(store.kv.running_result_trees().unwrap(), vec![3]);
+        assert!(store.kv.scan_prefix(Tree::Results, &3u64.to_be_bytes()).unwrap().is_empty());
+        // An older master wrote a running build's results into the results tree: one of
+        // them again (the same test and attempt), one new.
+        for (id, status) in [(ids[5].as_str(), TestStatus::Passed), ("tests/test_05.py::older", TestStatus::Failed)] {
+            let older = result(id, 1, status);
+            store.kv.put(Tree::Results, &result_key(3, id, 1), &encode_result(&older)).unwrap();
+        }
+        let read = store.results(3).unwrap();
+        let mut expected: Vec<String> = ids.clone();
+        expected.push("tests/test_05.py::older".into());
+        expected.sort();
+        assert_eq!(read.iter().map(|r| r.test_id.clone()).collect::<Vec<_>>(), expected, "merged, in order, once each");
+        let mut paged: Vec<TestResultView> = Vec::new();
+        loop {
+            let after = paged.last().map(|last| (last.test_id.as_str(), last.attempt));
+            let page = store.results_after(3, after, 7, |_| true).unwrap();
+            if page.is_empty() {
+                break;
+            }
+            paged.extend(page);
+        }
+        assert_eq!(paged, read, "pages read the same");
+        assert_eq!(store.results_of_test(3, &ids[5]).unwrap().len(), 1);
+        // The build ended: a late result of a test already stored is refused.
+        assert!(!store.put_result(3, &result(&ids[7], 1, TestStatus::Failed)).unwrap());
+
+        assert!(store.pack_results(3).unwrap());
+        assert!(store.kv.running_result_trees().unwrap().is_empty(), "the pack drops the build's tree");
+        assert_eq!(store.results(3).unwrap(), read);
+        // A crash between a pack and the drop leaves the tree: it is not read, and the
+        // housekeeping drops it.
+        let ghost = result("tests/zz.py::ghost", 1, TestStatus::Failed);
+        store.kv.put(Tree::RunningResults(3), &result_key(3, &ghost.test_id, 1), &encode_result(&ghost)).unwrap();
+        assert_eq!(store.results(3).unwrap(), read, "a packed build reads its pack only");
+        assert_eq!(store.drop_running_results_below(3).unwrap(), 0, "only builds below the watermark");
+        assert_eq!(store.drop_running_results_below(4).unwrap(), 1);
+        assert!(store.kv.running_result_trees().unwrap().is_empty());
+        // A build never written creates no tree when read.
+        assert!(store.results(9).unwrap().is_empty() && store.results_of_test(9, "x").unwrap().is_empty());
+        assert!(store.results_after(9, None, 10, |_| true).unwrap().is_empty());
+        assert!(store.kv.running_result_trees().unwrap().is_empty());
+        store.flush().unwrap();
+    }
+
+    #[test]
+    fn a_running_builds_results_live_in_a_tree_of_their_own_that_the_pack_drops() {
+        running_results_live_in_a_tree_of_their_own_until_packed(&Store::in_memory());
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sled(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        running_results_live_in_a_tree_of_their_own_until_packed(&store);
+        let packed = store.results(3).unwrap();
+        assert!(store.put_running_result(4, &result("t", 1, TestStatus::Passed)).unwrap());
+        store.flush().unwrap();
+        drop(store);
+        let reopened = Store::open_sled(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        assert_eq!(reopened.results(3).unwrap(), packed, "the pack survives a restart");
+        assert_eq!(reopened.results(4).unwrap().len(), 1, "and so do a running build's results");
+        assert_eq!(reopened.kv.running_result_trees().unwrap(), vec![4]);
     }
 
     #[test]

@@ -56,6 +56,10 @@ impl Farm {
         if watermark > self.store.results_packed_below()? {
             self.store.set_results_packed_below(watermark)?;
         }
+        let dropped = self.store.drop_running_results_below(watermark)?;
+        if dropped > 0 {
+            tracing::info!(dropped, "trees of running results left by an interrupted pack dropped");
+        }
         Ok(packed_one)
     }
 

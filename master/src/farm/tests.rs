@@ -1129,6 +1129,12 @@ impl crate::store::Kv for SlowFlushKv {
     ) -> Result<(), StoreError> {
         self.inner.apply_batch(tree, puts, removes)
     }
+    fn drop_tree(&self, tree: crate::store::Tree) -> Result<(), StoreError> {
+        self.inner.drop_tree(tree)
+    }
+    fn running_result_trees(&self) -> Result<Vec<u64>, StoreError> {
+        self.inner.running_result_trees()
+    }
     fn flush(&self) -> Result<(), StoreError> {
         let covered = self.writes.load(std::sync::atomic::Ordering::SeqCst);
         self.flushes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

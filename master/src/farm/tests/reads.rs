@@ -129,7 +129,7 @@ impl HeldReads {
     }
 
     fn wait_if_held(&self, tree: Tree) {
-        if tree != Tree::Results {
+        if !matches!(tree, Tree::Results | Tree::RunningResults(_)) {
             return;
         }
         self.began.store(true, Ordering::SeqCst);
@@ -167,6 +167,12 @@ impl Kv for HeldReads {
     }
     fn flush(&self) -> Result<(), StoreError> {
         self.inner.flush()
+    }
+    fn drop_tree(&self, tree: Tree) -> Result<(), StoreError> {
+        self.inner.drop_tree(tree)
+    }
+    fn running_result_trees(&self) -> Result<Vec<u64>, StoreError> {
+        self.inner.running_result_trees()
     }
 }
 
