@@ -180,7 +180,13 @@ impl SledKv {
         let deadline = Instant::now() + wait;
         let mut pause = Duration::from_millis(5);
         loop {
-            match sled::Config::new().path(dir).cache_capacity(cache_bytes).flush_every_ms(Some(200)).open() {
+            let config = sled::Config::new()
+                .path(dir)
+                .cache_capacity(cache_bytes)
+                .flush_every_ms(Some(200))
+                .use_compression(compresses(dir))
+                .compression_factor(COMPRESSION_LEVEL);
+            match config.open() {
                 Ok(db) => return Ok(SledKv { db }),
                 Err(error) if error.to_string().contains("could not acquire lock") => {
                     if Instant::now() >= deadline {
@@ -216,6 +222,21 @@ impl SledKv {
             Tree::RunningResults(build_id) => format!("{RUNNING_RESULTS_PREFIX}{build_id}"),
             tree => tree.name().to_owned(),
         }
+    }
+}
+
+/// The zstd level sled compresses the log with: the cheapest. Over the load bench it
+/// stored a result in a quarter of the bytes (BENCHMARKS.md, "Storage and API under load").
+const COMPRESSION_LEVEL: i32 = 1;
+
+/// Whether the sled database in `dir` compresses its log: a new one does. One created
+/// without (by a master before compression) keeps that, as sled refuses to open a database
+/// with the other setting.
+fn compresses(dir: &Path) -> bool {
+    // sled's `conf` is a few text lines and a binary checksum.
+    match std::fs::read(dir.join("conf")) {
+        Ok(conf) => String::from_utf8_lossy(&conf).lines().any(|line| line.trim() == "use_compression: true"),
+        Err(_) => true,
     }
 }
 
@@ -1843,6 +1864,29 @@ mod tests {
         pruning_removes_results_and_shards_only(Store::open_sled(dir.path(), DEFAULT_CACHE_BYTES).unwrap());
         let reopened = Store::open_sled(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
         assert!(reopened.results(1).unwrap().is_empty() && reopened.results_pruned(1).unwrap(), "pruned for good");
+    }
+
+    #[test]
+    fn a_new_store_compresses_and_one_an_older_master_wrote_uncompressed_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("fresh");
+        let store = Store::open_sled(&fresh, DEFAULT_CACHE_BYTES).unwrap();
+        assert!(store.put_running_result(1, &result("t", 1, TestStatus::Passed)).unwrap());
+        store.flush().unwrap();
+        drop(store);
+        assert!(compresses(&fresh), "{}", std::fs::read_to_string(fresh.join("conf")).unwrap());
+        assert_eq!(Store::open_sled(&fresh, DEFAULT_CACHE_BYTES).unwrap().results(1).unwrap().len(), 1);
+
+        // sled refuses to open a database with the other compression setting.
+        let older = dir.path().join("older");
+        let db = sled::Config::new().path(&older).use_compression(false).open().unwrap();
+        let stored = result("old", 1, TestStatus::Failed);
+        db.open_tree("results").unwrap().insert(result_key(2, "old", 1), encode_result(&stored)).unwrap();
+        db.flush().unwrap();
+        drop(db);
+        assert!(!compresses(&older));
+        let reopened = SledKv::open(&older, DEFAULT_CACHE_BYTES).unwrap();
+        assert_eq!(Store::new(Arc::new(reopened)).results(2).unwrap(), vec![stored]);
     }
 
     #[test]
