@@ -37,6 +37,13 @@ enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Rewrite a stopped master's store as a fresh, compressed copy of what it holds (sled
+    /// never shrinks its file; a store an older master wrote is not compressed).
+    Compact {
+        /// The master's configuration file (its `data_dir` holds the store).
+        #[arg(long, default_value = "greenlight.toml")]
+        config: PathBuf,
+    },
     /// Run a worker: lease shards from a master and run them.
     Worker {
         /// The master's URL.
@@ -194,6 +201,21 @@ fn main() -> anyhow::Result<()> {
             // the process alive: the master has already flushed what it could.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
             served
+        }
+        Command::Compact { config } => {
+            init_tracing("info");
+            let config = greenlight_master::config::Config::from_file(&config)?;
+            let db = config.data_dir.join("db");
+            let compacted = greenlight_master::store::compact::compact(&db, config.storage.cache_bytes)
+                .with_context(|| format!("cannot compact the store in {}", db.display()))?;
+            println!(
+                "compacted {}: {:.1} MB before{}, {:.1} MB after",
+                db.display(),
+                compacted.before_bytes as f64 / 1e6,
+                if compacted.was_compressed { "" } else { " (uncompressed)" },
+                compacted.after_bytes as f64 / 1e6
+            );
+            Ok(())
         }
         Command::Worker { master, token, name, workdir, wait } => {
             init_tracing("info");

@@ -5,9 +5,10 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::Duration;
 
-use common::{Farm, FarmOptions, expect_error, test};
+use common::{Farm, FarmOptions, expect_error, greenlight, test};
 use greenlight_shared::api::{BuildState, TestStatus};
 use greenlight_shared::suite::SuiteFile;
 
@@ -39,4 +40,37 @@ fn an_old_builds_results_are_removed_and_reading_them_says_so() {
     let results = farm.tests(second.build_id).results;
     assert_eq!(results.len(), 2, "{results:?}");
     assert!(results.iter().all(|result| result.status == TestStatus::Passed && result.worker.is_some()));
+}
+
+/// `greenlight compact` refuses a store its master holds; once the master is stopped it
+/// rewrites the store, and the restarted master serves the same builds and results.
+#[test]
+fn a_stopped_masters_store_is_compacted_and_serves_the_same_builds() {
+    let suite = SuiteFile {
+        name: "tiny".into(),
+        shard_overhead_s: 0.0,
+        tests: vec![test("a::one", &["a"], &[], 1.0), test("a::two", &["a"], &[], 1.0)],
+    };
+    let mut farm = Farm::start(&suite, 1, FarmOptions::default());
+    let build = farm.finished_build_of(&farm.repo.head().unwrap());
+    let results = farm.tests(build.build_id).results;
+    assert_eq!(results.len(), 2);
+    let compact =
+        |farm: &Farm| Command::new(greenlight()).arg("compact").arg("--config").arg(&farm.config).output().unwrap();
+
+    let refused = compact(&farm);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("another master"), "{stderr}");
+
+    farm.master.kill();
+    let done = compact(&farm);
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(stdout.contains("compacted") && stdout.contains("MB after"), "{stdout}");
+
+    farm.restart_master();
+    assert_eq!(farm.build(build.build_id).build.state, build.state);
+    assert_eq!(farm.tests(build.build_id).results, results, "the same results after compaction");
+    let next = farm.finished_build_of(&farm.repo.touch_area("a", "A: after compaction").unwrap());
+    assert_eq!(next.state, BuildState::Green, "the compacted store takes new builds");
 }

@@ -31,6 +31,7 @@ use serde::de::DeserializeOwned;
 
 use crate::culprit::Bisection;
 
+pub mod compact;
 pub mod result_format;
 
 use self::result_format::{
@@ -177,6 +178,7 @@ impl SledKv {
     }
 
     fn open_waiting(dir: &Path, cache_bytes: u64, wait: Duration) -> Result<SledKv, StoreError> {
+        compact::finish_interrupted(dir)?;
         let deadline = Instant::now() + wait;
         let mut pause = Duration::from_millis(5);
         loop {
@@ -231,7 +233,7 @@ const COMPRESSION_LEVEL: i32 = 1;
 
 /// Whether the sled database in `dir` compresses its log: a new one does. One created
 /// without (by a master before compression) keeps that, as sled refuses to open a database
-/// with the other setting.
+/// with the other setting; `greenlight compact` rewrites it compressed (see [`compact`]).
 fn compresses(dir: &Path) -> bool {
     // sled's `conf` is a few text lines and a binary checksum.
     match std::fs::read(dir.join("conf")) {
