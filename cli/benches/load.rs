@@ -49,6 +49,7 @@ use std::time::{Duration, Instant};
 
 use common::{Farm, FarmOptions, TOKEN};
 use greenlight_fixtures::imvu::{ImvuShape, generate};
+use greenlight_master::store::compact::disk_bytes;
 use greenlight_shared::api::{
     BuildKind, BuildSummary, HeartbeatResponse, LeaseResponse, RegisterResponse, ResultsResponse, SESSION_HEADER,
     TestReport, TestStatus,
@@ -95,20 +96,6 @@ fn rss_bytes(pid: u32) -> u64 {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kilobytes| kilobytes * 1024)
-}
-
-/// Bytes a directory tree occupies on disk (allocated blocks, as `du` counts them).
-fn disk_bytes(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt as _;
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .flatten()
-        .map(|entry| match entry.metadata() {
-            Ok(metadata) if metadata.is_dir() => metadata.blocks() * 512 + disk_bytes(&entry.path()),
-            Ok(metadata) => metadata.blocks() * 512,
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 /// A moment of the ingest window: wall clock and the CPU ticks of the master and the bench.

@@ -42,7 +42,7 @@ fn io_error(what: &str, path: &Path, error: &std::io::Error) -> StoreError {
     StoreError::Backend(format!("{what} {}: {error}", path.display()))
 }
 
-/// The bytes the files under `dir` take on disk.
+/// The bytes the files under `dir` take on disk (allocated blocks, as `du` counts them).
 pub fn disk_bytes(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt as _;
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
