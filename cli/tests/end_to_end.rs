@@ -70,6 +70,21 @@ fn green_batch_red_and_fix_through_the_api() {
     let detail = farm.build(first.build_id);
     assert_eq!(detail.shards.iter().map(|shard| shard.tests).sum::<u32>() as usize, suite.tests.len());
     assert!(detail.shards.iter().all(|shard| shard.state == ShardState::Finished));
+    // The same build as a Chrome trace (what Perfetto opens): a track per worker, a slice
+    // per shard on its worker's track, and one per test inside its shard.
+    let trace: serde_json::Value = farm.get(&format!("/api/v1/builds/{}/trace.json", first.build_id));
+    let events = trace["traceEvents"].as_array().expect("traceEvents");
+    let tracks: BTreeSet<&str> = events
+        .iter()
+        .filter(|event| event["name"] == "thread_name")
+        .filter_map(|event| event["args"]["name"].as_str())
+        .collect();
+    let workers: BTreeSet<&str> = detail.shards.iter().map(|shard| shard.worker.as_str()).collect();
+    assert_eq!(tracks, workers.iter().copied().chain(["build"]).collect(), "{trace}");
+    assert_eq!(events.iter().filter(|event| event["cat"] == "shard").count(), detail.shards.len());
+    let traced: BTreeSet<&str> =
+        events.iter().filter(|event| event["cat"] == "test").filter_map(|event| event["name"].as_str()).collect();
+    assert_eq!(traced, results.keys().map(String::as_str).collect(), "every test a slice");
 
     let second = farm.finished_build_of(&batch);
     assert_eq!(second.state, BuildState::Green);

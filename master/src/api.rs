@@ -296,6 +296,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events", get(events))
         .route("/metrics", get(metrics))
         .route("/api/v1/builds/{build_id}/junit.xml", get(build_junit))
+        .route("/api/v1/builds/{build_id}/trace.json", get(build_trace))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_read_token));
     Router::new()
         .merge(read_only)
@@ -806,6 +807,18 @@ async fn build_junit(State(state): State<AppState>, Path(build_id): Path<u64>) -
     })
     .await??;
     Ok(([(header::CONTENT_TYPE, "application/xml; charset=utf-8")], xml))
+}
+
+/// The build's timeline in the Chrome trace event format (see [`crate::trace`]).
+async fn build_trace(State(state): State<AppState>, Path(build_id): Path<u64>) -> Result<impl IntoResponse, ApiError> {
+    let farm = Arc::clone(&state.farm);
+    let trace = crate::farm::blocking(move || {
+        let detail = farm.build_detail(build_id, true)?;
+        let tests = farm.build_tests(build_id)?;
+        Ok::<_, FarmError>(crate::trace::render(&detail, &tests.results, farm.now()))
+    })
+    .await??;
+    Ok(Json(trace))
 }
 
 /// `?branch=B` for the gate.

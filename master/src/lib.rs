@@ -16,6 +16,7 @@ pub mod junit;
 pub mod push;
 pub mod secret;
 pub mod store;
+pub mod trace;
 
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
