@@ -585,6 +585,8 @@ fn a_repository_that_cannot_be_fetched_shows_on_the_gate_the_metrics_and_the_api
     assert!(stderr.contains("warning:") && stderr.contains("cannot be fetched"), "{stderr}");
     let (_, metrics) = farm.get_text("/metrics");
     assert!(metrics.contains("greenlight_health_problem{kind=\"repository_unreachable\"} 1"), "{metrics}");
+    let poll_errors = metrics.lines().find_map(|line| line.strip_prefix("greenlight_poll_errors_total "));
+    assert!(poll_errors.is_some_and(|count| count.parse::<f64>().unwrap() >= 1.0), "{metrics}");
 
     std::fs::rename(&moved, &repository).unwrap();
     farm.wait_for("the fetch working again", Duration::from_secs(30), |farm| {

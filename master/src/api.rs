@@ -14,9 +14,9 @@ use axum::{Json, Router};
 use greenlight_scheduler::core::SchedulerError;
 use greenlight_shared::API_VERSION;
 use greenlight_shared::api::{
-    ChangeNotice, ChangeNoticeResponse, ErrorBody, FarmEvent, FinishRequest, HeartbeatRequest, HeartbeatResponse,
-    HistoryImportRequest, LeaseRequest, LeaseResponse, PrepareReport, QuarantineRequest, RegisterRequest, ResultsQuery,
-    ResultsRequest, SESSION_HEADER, UnquarantineRequest,
+    ChangeNotice, ChangeNoticeResponse, ErrorBody, FarmEvent, FinishRequest, GateState, HeartbeatRequest,
+    HeartbeatResponse, HistoryImportRequest, LeaseRequest, LeaseResponse, PrepareReport, QuarantineRequest,
+    RegisterRequest, ResultsQuery, ResultsRequest, SESSION_HEADER, UnquarantineRequest,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -315,6 +315,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/prepares/{prepare_id}/listing", post(prepare_listing))
         .route("/api/v1/revisions/{revision}/archive", get(revision_archive))
         .route("/api/v1/changes", post(changes_notice))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), time_request))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
@@ -931,20 +932,35 @@ async fn workers(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let builds = state.farm.builds(1)?;
-    let workers = state.farm.workers();
-    let busy = workers.iter().filter(|worker| worker.lease_id.is_some()).count();
-    let mut text = String::new();
-    text.push_str("# HELP greenlight_workers Workers known to the master.\n# TYPE greenlight_workers gauge\n");
-    text.push_str(&format!("greenlight_workers {}\n", workers.len()));
-    text.push_str("# HELP greenlight_workers_busy Workers holding a lease.\n# TYPE greenlight_workers_busy gauge\n");
-    text.push_str(&format!("greenlight_workers_busy {busy}\n"));
+    use crate::metrics::Exposition;
+    let farm = &state.farm;
+    let mut out = Exposition::default();
+    let now = farm.now();
+    let workers = farm.workers();
+    out.family("greenlight_workers", "gauge", "Workers known to the master, by state (idle, busy, benched, lost).");
+    for worker_state in ["idle", "busy", "benched", "lost"] {
+        let count = workers.iter().filter(|worker| worker_state_of(worker, now) == worker_state).count();
+        out.sample("greenlight_workers", &[("state", worker_state)], count as f64);
+    }
+    let (queued, queued_s) = farm.queued();
+    out.family("greenlight_queued_tests", "gauge", "Tests of running builds no lease holds yet.");
+    out.sample("greenlight_queued_tests", &[], queued as f64);
+    out.family(
+        "greenlight_queued_estimated_seconds",
+        "gauge",
+        "What the queued tests are estimated to take, summed (worker-seconds).",
+    );
+    out.sample("greenlight_queued_estimated_seconds", &[], queued_s);
+    let branch = &farm.config().repository.branch;
+    if let Some(gate) = farm.gate(branch) {
+        out.family("greenlight_gate_open", "gauge", "Whether the commit gate of a branch is open (1) or closed (0).");
+        out.sample("greenlight_gate_open", &[("branch", branch)], f64::from(u8::from(gate.state == GateState::Open)));
+    }
+    let builds = farm.builds(1)?;
     if let Some(build) = builds.first() {
-        text.push_str(
-            "# HELP greenlight_latest_build_id Id of the newest build.\n# TYPE greenlight_latest_build_id gauge\n",
-        );
-        text.push_str(&format!("greenlight_latest_build_id {}\n", build.build_id));
-        text.push_str("# HELP greenlight_latest_build_tests Tests of the newest build by outcome.\n# TYPE greenlight_latest_build_tests gauge\n");
+        out.family("greenlight_latest_build_id", "gauge", "Id of the newest build.");
+        out.sample("greenlight_latest_build_id", &[], build.build_id as f64);
+        out.family("greenlight_latest_build_tests", "gauge", "Tests of the newest build by outcome.");
         for (outcome, count) in [
             ("passed", build.counts.passed),
             ("failed", build.counts.failed),
@@ -952,37 +968,93 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
             ("error", build.counts.error),
             ("pending", build.counts.total - build.counts.done()),
         ] {
-            text.push_str(&format!("greenlight_latest_build_tests{{outcome=\"{outcome}\"}} {count}\n"));
+            out.sample("greenlight_latest_build_tests", &[("outcome", outcome)], f64::from(count));
         }
     }
-    let health = state.farm.health();
-    text.push_str("# HELP greenlight_health_problem Whether a problem keeps the farm from testing now (GET /api/v1/health says why).\n# TYPE greenlight_health_problem gauge\n");
+    let health = farm.health();
+    out.family(
+        "greenlight_health_problem",
+        "gauge",
+        "Whether a problem keeps the farm from testing now (GET /api/v1/health says why).",
+    );
     for kind in greenlight_shared::api::HealthKind::ALL {
         let present = health.problems.iter().any(|problem| problem.kind == kind);
-        text.push_str(&format!("greenlight_health_problem{{kind=\"{}\"}} {}\n", kind.as_str(), u8::from(present)));
+        out.sample("greenlight_health_problem", &[("kind", kind.as_str())], f64::from(u8::from(present)));
     }
     if let Some(free) = health.data_dir_free_bytes {
-        text.push_str("# HELP greenlight_data_dir_free_bytes Free bytes on the data directory's filesystem.\n# TYPE greenlight_data_dir_free_bytes gauge\n");
-        text.push_str(&format!("greenlight_data_dir_free_bytes {free}\n"));
+        out.family("greenlight_data_dir_free_bytes", "gauge", "Free bytes on the data directory's filesystem.");
+        out.sample("greenlight_data_dir_free_bytes", &[], free as f64);
     }
-    text.push_str("# HELP greenlight_data_dir_min_free_bytes Below this many free bytes no new build starts ([storage] min_free_bytes).\n# TYPE greenlight_data_dir_min_free_bytes gauge\n");
-    text.push_str(&format!("greenlight_data_dir_min_free_bytes {}\n", health.min_free_bytes));
-    text.push_str("# HELP greenlight_writes_refused_total Writes refused (503) for a data directory short of space or a failed store, nothing recorded.\n# TYPE greenlight_writes_refused_total counter\n");
-    text.push_str(&format!("greenlight_writes_refused_total {}\n", health.writes_refused));
+    out.family(
+        "greenlight_data_dir_min_free_bytes",
+        "gauge",
+        "Below this many free bytes no new build starts ([storage] min_free_bytes).",
+    );
+    out.sample("greenlight_data_dir_min_free_bytes", &[], health.min_free_bytes as f64);
+    out.family(
+        "greenlight_writes_refused_total",
+        "counter",
+        "Writes refused (503) for a data directory short of space or a failed store, nothing recorded.",
+    );
+    out.sample("greenlight_writes_refused_total", &[], health.writes_refused as f64);
     if let Some(fetched) = health.last_fetch_at {
-        text.push_str("# HELP greenlight_repository_last_fetch_seconds When the watched repository was last fetched (Unix seconds).\n# TYPE greenlight_repository_last_fetch_seconds gauge\n");
-        text.push_str(&format!("greenlight_repository_last_fetch_seconds {fetched:.3}\n"));
+        out.family(
+            "greenlight_repository_last_fetch_seconds",
+            "gauge",
+            "When the watched repository was last fetched (Unix seconds).",
+        );
+        out.sample("greenlight_repository_last_fetch_seconds", &[], fetched);
     }
-    let learned = state.farm.learned_shard_costs().map_err(FarmError::from)?;
-    text.push_str("# HELP greenlight_shard_overhead_samples Shards the suite's shard costs were learned from.\n# TYPE greenlight_shard_overhead_samples gauge\n");
-    text.push_str(&format!("greenlight_shard_overhead_samples {}\n", learned.samples));
+    let learned = farm.learned_shard_costs().map_err(FarmError::from)?;
+    out.family("greenlight_shard_overhead_samples", "gauge", "Shards the suite's shard costs were learned from.");
+    out.sample("greenlight_shard_overhead_samples", &[], learned.samples as f64);
     if let Some(overhead) = learned.overhead_s {
-        text.push_str("# HELP greenlight_shard_overhead_seconds What a shard costs besides its tests, from its lease to its last result (median of recent shards), used in planning.\n# TYPE greenlight_shard_overhead_seconds gauge\n");
-        text.push_str(&format!("greenlight_shard_overhead_seconds {overhead:.3}\n"));
+        out.family(
+            "greenlight_shard_overhead_seconds",
+            "gauge",
+            "What a shard costs besides its tests, from its lease to its last result (median of recent shards), used in planning.",
+        );
+        out.sample("greenlight_shard_overhead_seconds", &[], overhead);
     }
     if let Some(startup) = learned.startup_s {
-        text.push_str("# HELP greenlight_worker_startup_seconds What a worker's first shard of a build costs beyond the shard overhead (checkout, setup, a warm runner's collection), used in planning.\n# TYPE greenlight_worker_startup_seconds gauge\n");
-        text.push_str(&format!("greenlight_worker_startup_seconds {startup:.3}\n"));
+        out.family(
+            "greenlight_worker_startup_seconds",
+            "gauge",
+            "What a worker's first shard of a build costs beyond the shard overhead (checkout, setup, a warm runner's collection), used in planning.",
+        );
+        out.sample("greenlight_worker_startup_seconds", &[], startup);
     }
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+    farm.metrics().write(&mut out);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out.into_text()))
+}
+
+/// A worker's state as `greenlight_workers{state}` counts it.
+fn worker_state_of(worker: &greenlight_shared::api::WorkerView, now: f64) -> &'static str {
+    if worker.lost {
+        "lost"
+    } else if worker.benched_until.is_some_and(|until| until > now) {
+        "benched"
+    } else if worker.lease_id.is_some() {
+        "busy"
+    } else {
+        "idle"
+    }
+}
+
+/// Times every request a route matched, for `greenlight_http_request_duration_seconds`
+/// (by the route's pattern, so that ids do not make a series each).
+async fn time_request(
+    State(state): State<AppState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    state.farm.metrics().request(&method, &route, response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
 }

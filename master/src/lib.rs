@@ -13,6 +13,7 @@ pub mod culprit;
 pub mod farm;
 pub mod gate;
 pub mod junit;
+pub mod metrics;
 pub mod push;
 pub mod secret;
 pub mod store;

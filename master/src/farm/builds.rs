@@ -129,6 +129,7 @@ impl Farm {
                 summary.state = BuildState::Error;
                 summary.error = Some(error.to_string());
                 summary.finished_at = Some(now);
+                self.metrics.build_ended("error", None);
                 self.put_build(&summary)?;
                 // No test gave a verdict on the code: the gate keeps its state and warns.
                 if gate::build_error(&mut core.gate, build_id, &error.to_string()) {
@@ -235,6 +236,12 @@ impl Farm {
         }
         summary.finished_at = Some(now);
         summary.makespan_s = summary.started_at.map(|started| now - started);
+        let ended = match summary.state {
+            BuildState::Green => "green",
+            BuildState::Red => "red",
+            _ => "error",
+        };
+        self.metrics.build_ended(ended, summary.makespan_s);
         for shard in live.shards.values_mut().filter(|shard| shard.finished_at.is_none()) {
             // Its last result ended the build; the worker's finish may still add its wall time.
             shard.finished_at = Some(now);
@@ -306,6 +313,7 @@ impl Farm {
         summary.state = BuildState::Error;
         summary.error = Some("cancelled by an admin".to_owned());
         summary.finished_at = Some(now);
+        self.metrics.build_ended("cancelled", summary.started_at.map(|started| now - started));
         self.put_build(summary)?;
         self.store.remove_selection(build_id)?;
         if summary.kind == BuildKind::Regular

@@ -37,10 +37,12 @@ impl Farm {
                         withdrawn = withdrawn.len(),
                         "lease shrunk: an idle worker takes the tests it had not started"
                     );
+                    self.metrics.leases_split.inc();
                     self.shrink_shard(core, build.0, lease.0, &withdrawn)?;
                 }
                 Decision::LeaseExpired { lease, worker, requeued, .. } => {
                     tracing::warn!(lease_id = lease.0, worker_id = worker.0, requeued, "lease expired: worker lost");
+                    self.metrics.leases_expired.inc();
                     self.end_shard(core, lease.0, ShardState::Expired, now, None)?;
                 }
                 Decision::LeaseTakenBack { lease, worker, requeued, .. } => {
@@ -122,6 +124,13 @@ impl Farm {
         self.put_shard(build_id, shard)
     }
 
+    fn count_result(&self, result: &TestResultView) {
+        self.metrics.results.inc();
+        if result.flaky {
+            self.metrics.flaky_results.inc();
+        }
+    }
+
     /// Stores a result once and updates the live views; `fails_build` (the scheduler's
     /// word) closes the gate now, not when the build ends.
     pub(super) fn record_result(
@@ -133,12 +142,15 @@ impl Farm {
         now: f64,
     ) -> Result<(), FarmError> {
         let Some(live) = core.running.get_mut(&build_id) else {
-            self.store.put_result(build_id, result)?;
+            if self.store.put_result(build_id, result)? {
+                self.count_result(result);
+            }
             return Ok(());
         };
         if !self.store.put_running_result(build_id, result)? {
             return Ok(());
         }
+        self.count_result(result);
         // Listed as the scheduler says it fails the build, the word the gate closes on.
         add_to_summary(&mut live.summary, result, fails_build);
         self.publish(FarmEvent::Build(live.summary.clone()));

@@ -165,6 +165,9 @@ impl Farm {
         let problem = outcome
             .err()
             .map(|error| format!("the repository {url} cannot be fetched: no new change is seen or tested ({error})"));
+        if problem.is_some() {
+            self.metrics.poll_errors.inc();
+        }
         let mut core = self.core();
         if problem.is_none() {
             core.health.last_fetch_at = Some(now);

@@ -252,6 +252,8 @@ pub struct Farm {
     /// for a lease or a build's start. The core's gate and health own the facts; this is
     /// their view, replaced whenever either changes.
     published_gate: tokio::sync::watch::Sender<GateView>,
+    /// What the farm counts as it goes, for `GET /metrics`.
+    metrics: crate::metrics::Metrics,
 }
 
 /// Group commit: callers that want their writes durable at the same time share one flush
@@ -294,6 +296,11 @@ impl Farm {
         Farm::with_clock(config, store, Arc::new(SystemClock))
     }
 
+    /// What the farm has counted since it started.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
     /// A farm over `store` reading the time from `clock`.
     pub fn with_clock(config: Config, store: Store, clock: Arc<dyn Clock>) -> Result<Farm, FarmError> {
         let tagger = Tagger::new(&config.tags).map_err(|error| FarmError::Task(error.to_string()))?;
@@ -316,6 +323,7 @@ impl Farm {
         let published_gate = tokio::sync::watch::channel(Farm::gate_view(&core)).0;
         Ok(Farm {
             published_gate,
+            metrics: crate::metrics::Metrics::default(),
             mirror: Mirror::new(&config),
             tagger,
             core: Mutex::new(core),

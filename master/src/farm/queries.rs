@@ -159,6 +159,12 @@ impl Farm {
         Ok(self.store.latest_changes(limit)?)
     }
 
+    /// Tests of running builds no lease holds yet, and their estimated seconds (the
+    /// scheduler's).
+    pub fn queued(&self) -> (usize, f64) {
+        self.core().scheduler.queued()
+    }
+
     /// The workers the master knows: who they are and when they were last heard (the
     /// farm's registry), what they hold and whether they are benched (the scheduler's).
     pub fn workers(&self) -> Vec<WorkerView> {

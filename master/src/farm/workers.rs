@@ -230,6 +230,7 @@ impl Farm {
         live.shards.insert(lease_id, shard);
         self.store.set_next_lease(lease_id + 1)?;
         tracing::info!(worker_id, lease_id, build_id, tests = tests.len(), "lease granted");
+        self.metrics.leases_granted.inc();
         Ok(Some(Lease {
             lease_id,
             build_id,

@@ -410,6 +410,22 @@ impl Scheduler {
         self.workers.get(&worker).map(|state| state.benched_until).filter(|&until| until > now)
     }
 
+    /// Tests of running builds that no lease holds yet (ready, or waiting for their
+    /// dependencies), and the seconds they are estimated to take.
+    pub fn queued(&self) -> (usize, Seconds) {
+        let mut tests = 0;
+        let mut seconds = 0.0;
+        for run in self.builds.values() {
+            for (index, state) in run.states.iter().enumerate() {
+                if matches!(state, TestState::Waiting { .. } | TestState::Ready) {
+                    tests += 1;
+                    seconds += run.plan.tests[index].estimate_s;
+                }
+            }
+        }
+        (tests, seconds)
+    }
+
     /// The tests (ids) withdrawn from a lease ([`Decision::LeaseShrunk`]), in the order they
     /// were withdrawn: its worker is to be told in every answer while the lease is active.
     /// Empty once the lease ended or expired, or its build ended.
