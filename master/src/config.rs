@@ -85,6 +85,14 @@ pub enum ConfigError {
         /// The error (not a `source`: its text is already in this one's).
         error: Box<toml::de::Error>,
     },
+    /// The file has keys or values that do not fit, each told once.
+    #[error("{path}: {}", problems.join("; "))]
+    Problems {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, as `greenlight config check` says it.
+        problems: Vec<String>,
+    },
     /// A value is out of range or inconsistent.
     #[error("invalid configuration: {0}")]
     Invalid(String),
@@ -647,11 +655,14 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let mut config: Config = toml::from_str(&text).map_err(|source| {
+        let mut config: Config = toml::from_str(&text).map_err(|error| {
             if is_repository_file(&text) {
-                ConfigError::RepositoryFile { path: path.to_owned() }
-            } else {
-                ConfigError::Parse { path: path.to_owned(), error: Box::new(source) }
+                return ConfigError::RepositoryFile { path: path.to_owned() };
+            }
+            // Every problem, each with its line and a did-you-mean, as `greenlight config check` says them.
+            match check::check_text(&text) {
+                (_, problems) if !problems.is_empty() => ConfigError::Problems { path: path.to_owned(), problems },
+                _ => ConfigError::Parse { path: path.to_owned(), error: Box::new(error) },
             }
         })?;
         if let Some(problem) = config.take_tokens_from(|name| std::env::var(name).ok()).into_iter().next() {
@@ -758,7 +769,8 @@ impl Config {
         check(positive(self.scheduler.max_shard_s), "[scheduler] max_shard_s must be > 0");
         check(non_negative(self.scheduler.bench_s), "[scheduler] bench_s must be >= 0");
         check(positive(self.repository.poll_interval_s), "[repository] poll_interval_s must be > 0");
-        let timings_positive = positive(self.scheduler.lease_timeout_s) && positive(self.scheduler.heartbeat_interval_s);
+        let timings_positive =
+            positive(self.scheduler.lease_timeout_s) && positive(self.scheduler.heartbeat_interval_s);
         check(timings_positive, "[scheduler] lease_timeout_s and heartbeat_interval_s must be > 0");
         check(
             !timings_positive || self.scheduler.heartbeat_interval_s < self.scheduler.lease_timeout_s,
@@ -876,7 +888,7 @@ run_command = ["run", "{ids_file}"]
         refused("[workers.a]\ntoken = \"\"\n", "[workers.a] token is empty");
         refused("[workers.a]\ntoken = \"shared\"\n", "[workers.a] token is also another token");
         refused("[workers.a]\ntoken = \"t\"\n[workers.b]\ntoken = \"t\"\n", "[workers.b] token is also another token");
-        refused("[workers.a]\npassword = \"t\"\n", "unknown field `password`");
+        refused("[workers.a]\npassword = \"t\"\n", "line 9: [workers.a] unknown key `password`");
     }
 
     #[test]

@@ -61,7 +61,13 @@ fn section_of(path: &[String]) -> String {
 }
 
 /// Walks `table` (at `path`): records every key with a value, and says which are unknown.
-fn walk(table: &DeTable<'_>, path: &[String], text: &str, entries: &mut Vec<Entry>, unknown: &mut Vec<(usize, String)>) {
+fn walk(
+    table: &DeTable<'_>,
+    path: &[String],
+    text: &str,
+    entries: &mut Vec<Entry>,
+    unknown: &mut Vec<(usize, String)>,
+) {
     let section = section_of(path);
     let tables = sections();
     for (key, value) in table {
@@ -212,8 +218,10 @@ pub fn check_text(text: &str) -> (Option<Config>, Vec<String>) {
         }
     }
     problems.sort_by_key(|(line, _)| if *line == 0 { usize::MAX } else { *line });
-    let mut said: Vec<String> =
-        problems.into_iter().map(|(line, message)| if line > 0 { format!("line {line}: {message}") } else { message }).collect();
+    let mut said: Vec<String> = problems
+        .into_iter()
+        .map(|(line, message)| if line > 0 { format!("line {line}: {message}") } else { message })
+        .collect();
     if let Some(config) = &config {
         said.extend(config.problems());
     }
@@ -290,9 +298,14 @@ fn run_with_timeout(command: &mut Command, timeout: Duration) -> Ran {
     }
 }
 
-/// The last non-empty line of a command's error output.
+/// The last non-empty line of a command's error output (a Python traceback's error).
 fn last_line(stderr: &str) -> &str {
     stderr.lines().rev().map(str::trim).find(|line| !line.is_empty()).unwrap_or("no error output")
+}
+
+/// The first non-empty line of a command's error output (git's `fatal: ...`).
+fn first_line(stderr: &str) -> &str {
+    stderr.lines().map(str::trim).find(|line| !line.is_empty()).unwrap_or("no error output")
 }
 
 /// Whether `git ls-remote` reaches `url` and finds `branch` there.
@@ -312,9 +325,11 @@ fn check_repository(url: &str, branch: &str, timeout: Duration) -> Result<(), St
             Err(format!("[repository] {url} has no branch `{branch}`"))
         }
         Ran::Exited { success: false, stderr } => {
-            Err(format!("[repository] cannot fetch {url}: {}", last_line(&stderr)))
+            Err(format!("[repository] cannot fetch {url}: {}", first_line(&stderr)))
         }
-        Ran::TimedOut => Err(format!("[repository] {url} did not answer `git ls-remote` within {} s", timeout.as_secs())),
+        Ran::TimedOut => {
+            Err(format!("[repository] {url} did not answer `git ls-remote` within {} s", timeout.as_secs()))
+        }
         Ran::NotFound => Err("[repository] git is not installed on this machine (the master needs it)".to_owned()),
         Ran::Failed(error) => Err(format!("[repository] cannot run git: {error}")),
     }
@@ -351,10 +366,9 @@ fn check_runner(config: &Config, timeout: Duration) -> Result<Option<String>, St
         Ran::NotFound => {
             Err(format!("[suite] runner {runner}: `{program}` is not found on this machine (set [suite] {key})"))
         }
-        Ran::TimedOut => Err(format!(
-            "[suite] runner {runner}: `{program}` did not {what} within {} s",
-            timeout.as_secs()
-        )),
+        Ran::TimedOut => {
+            Err(format!("[suite] runner {runner}: `{program}` did not {what} within {} s", timeout.as_secs()))
+        }
         Ran::Failed(error) => Err(format!("[suite] runner {runner}: cannot run `{program}`: {error}")),
     }
 }
@@ -381,7 +395,8 @@ pub fn check_file(
 mod tests {
     use super::*;
 
-    const BASE: &str = "data_dir = \"/x\"\n[repository]\nurl = \"u\"\n[suite]\nfile = \"s.json\"\nrun_command = [\"r\"]\n";
+    const BASE: &str =
+        "data_dir = \"/x\"\n[repository]\nurl = \"u\"\n[suite]\nfile = \"s.json\"\nrun_command = [\"r\"]\n";
 
     fn check(text: &str, expected: &[&str]) {
         let (_, problems) = check_text(text);
@@ -404,7 +419,10 @@ mod tests {
             &format!("{BASE}[scheduler]\nfix_marker = \"x\"\n"),
             &["line 8: [scheduler] unknown key `fix_marker`; it belongs in [gate]"],
         );
-        check(&format!("{BASE}[sheduler]\nretries = 2\n"), &["line 7: unknown key `sheduler`; did you mean `scheduler`?"]);
+        check(
+            &format!("{BASE}[sheduler]\nretries = 2\n"),
+            &["line 7: unknown key `sheduler`; did you mean `scheduler`?"],
+        );
         check(
             "[tests]\nshard_overhead_s = 1.0\n",
             &[

@@ -41,22 +41,37 @@ pub const KEYS: &[Key] = &[
     key("", "max_test_duration_s", "longer reported durations are clamped and kept out of estimates", ""),
     key("", "max_output_bytes", "a result's output beyond this is cut (its end kept)", ""),
     key("", "max_archive_bytes", "the largest nextest archive a worker may upload (else 413)", ""),
-    key("workers.*", "token", "only this worker presents it; the shared worker_token is refused for it", "\"only-box-17-knows\""),
+    key(
+        "workers.*",
+        "token",
+        "only this worker presents it; the shared worker_token is refused for it",
+        "\"only-box-17-knows\"",
+    ),
     key("workers.*", "token_env", "or the environment variable holding it", "\"BOX_17_TOKEN\""),
     key("repository", "url", "required: anything `git clone` accepts; workers clone it too", ""),
     key("repository", "branch", "the watched branch", ""),
     key("repository", "poll_interval_s", "seconds between fetches of the branch", ""),
     key("suite", "runner", "`command` (the templates below), `pytest` or `nextest`", ""),
-    key("suite", "file", "command runner: a suite file in the repository (DESIGN.md format)", "\"greenlight-suite.json\""),
+    key(
+        "suite",
+        "file",
+        "command runner, required (or list_command): a suite file in the repository",
+        "\"greenlight-suite.json\"",
+    ),
     key("suite", "list_command", "or a command (argv) printing the suite JSON in a checkout", "[\"./list-tests\"]"),
     key("suite", "setup_command", "once per revision on each worker (argv)", ""),
-    key("suite", "run_command", "command runner: the shard's argv; {ids_file} {ids} {junit} {revision}", ""),
+    key("suite", "run_command", "command runner, required: the shard's argv; {ids_file} {ids} {junit} {revision}", ""),
     key("suite", "env", "environment of the setup and shard commands", "{ LANG = \"C.UTF-8\" }"),
     key("suite", "runner_args", "pytest or nextest: arguments as for a direct run", ""),
     key("suite", "python", "pytest runner: the interpreter that has pytest", ""),
     key("suite", "cargo", "nextest runner: the cargo that has cargo-nextest", ""),
     key("suite", "warm", "pytest runner: one process per worker and revision", ""),
-    key("tags", "paths", "globs over changed paths to tags (besides a `Tags:` trailer)", "{ \"src/chat/**\" = [\"chat\"] }"),
+    key(
+        "tags",
+        "paths",
+        "globs over changed paths to tags (besides a `Tags:` trailer)",
+        "{ \"src/chat/**\" = [\"chat\"] }",
+    ),
     key("scheduler", "lease_timeout_s", "a worker silent this long has lost its shard", ""),
     key("scheduler", "heartbeat_interval_s", "seconds between a worker's heartbeats", ""),
     key("scheduler", "min_shard_s", "the least estimated work of a shard (seconds)", ""),
@@ -73,7 +88,12 @@ pub const KEYS: &[Key] = &[
     key("gate", "revert_culprit", "commit and push the revert of each proven culprit", ""),
     key("gate", "flaky_fails_build", "a test that passed only on a retry makes the build red", ""),
     key("push", "command", "run for every green revision (GREENLIGHT_REVISION, _BUILD_ID, _BRANCH)", ""),
-    key("push", "webhook", "or a URL that gets a JSON POST {revision, build_id, branch}", "\"https://deploy.example/hook\""),
+    key(
+        "push",
+        "webhook",
+        "or a URL that gets a JSON POST {revision, build_id, branch}",
+        "\"https://deploy.example/hook\"",
+    ),
     key("push", "attempts", "attempts before a push is reported failed", ""),
     key("push", "backoff_s", "seconds before the first retry, doubled for each next one", ""),
     key("full_runs", "every_builds", "ignore tags every this many builds (0: never by count)", ""),
@@ -118,7 +138,8 @@ pub fn sample() -> String {
     let defaults = toml::Table::try_from(defaults()).expect("the configuration serialises to TOML");
     let mut text = String::from(
         "# greenlight-master.toml: the master's configuration, every key with its default\n\
-         # (`greenlight config sample`). Keys commented out are unset by default.\n\
+         # (`greenlight config sample`). Keys commented out are unset by default; the values\n\
+         # of required keys are examples.\n\
          # Check a file with `greenlight config check greenlight-master.toml`.\n",
     );
     for section in sections() {
@@ -128,7 +149,9 @@ pub fn sample() -> String {
         };
         match section {
             "" => {}
-            "workers.*" => text.push_str("\n# A worker with a token of its own (revoke it alone):\n# [workers.box-17]\n"),
+            "workers.*" => {
+                text.push_str("\n# A worker with a token of its own (revoke it alone):\n# [workers.box-17]\n")
+            }
             _ => text.push_str(&format!("\n[{section}]\n")),
         }
         for key in KEYS.iter().filter(|key| key.section == section) {
