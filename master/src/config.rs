@@ -839,7 +839,7 @@ mod tests {
     #[test]
     fn reads_a_full_file_and_rejects_nonsense() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("greenlight.toml");
+        let path = dir.path().join("greenlight-master.toml");
         std::fs::write(
             &path,
             r#"
@@ -872,7 +872,7 @@ run_command = ["run", "{ids_file}"]
     #[test]
     fn a_worker_may_have_a_token_of_its_own_that_is_no_other_token() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("greenlight.toml");
+        let path = dir.path().join("greenlight-master.toml");
         let base = "data_dir = \"/x\"\nworker_token = \"shared\"\n[repository]\nurl = \"u\"\n[suite]\nfile = \"s.json\"\nrun_command = [\"r\"]\n";
         let with = |workers: &str| {
             std::fs::write(&path, format!("{base}{workers}")).unwrap();
@@ -894,7 +894,7 @@ run_command = ["run", "{ids_file}"]
     #[test]
     fn storage_floors_default_and_the_reserve_stays_under_the_floor() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("greenlight.toml");
+        let path = dir.path().join("greenlight-master.toml");
         let base = "data_dir = \"/x\"\n[repository]\nurl = \"u\"\n[suite]\nfile = \"s.json\"\nrun_command = [\"r\"]\n";
         std::fs::write(&path, base).unwrap();
         let storage = Config::from_file(&path).unwrap().storage;
@@ -924,7 +924,7 @@ run_command = ["run", "{ids_file}"]
     #[test]
     fn a_runner_adapter_needs_no_templates() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("greenlight.toml");
+        let path = dir.path().join("greenlight-master.toml");
         let base = "data_dir = \"/x\"\n[repository]\nurl = \"u\"\n[suite]\n";
         std::fs::write(
             &path,
