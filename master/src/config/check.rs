@@ -103,6 +103,10 @@ fn unknown_key(section: &str, name: &str, path: &[String]) -> String {
             greenlight_shared::runner::REPOSITORY_FILE
         );
     }
+    if section.is_empty() && (name == "workers" || sections().contains(&name)) {
+        let header = if name == "workers" { "[workers.NAME]".to_owned() } else { format!("[{name}]") };
+        return format!("`{name}` must be a table: {header}");
+    }
     if section == "workers" {
         return format!("[workers] `{name}` must be a table: `[workers.NAME]` with `token` or `token_env`");
     }
@@ -422,6 +426,11 @@ mod tests {
         check(
             &format!("{BASE}[sheduler]\nretries = 2\n"),
             &["line 7: unknown key `sheduler`; did you mean `scheduler`?"],
+        );
+        check(&format!("scheduler = 3\n{BASE}"), &["line 1: `scheduler` must be a table: [scheduler]"]);
+        check(
+            &format!("{BASE}[workers]\nbox = \"t\"\n"),
+            &["line 8: [workers] `box` must be a table: `[workers.NAME]` with `token` or `token_env`"],
         );
         check(
             "[tests]\nshard_overhead_s = 1.0\n",
