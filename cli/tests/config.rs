@@ -346,4 +346,15 @@ fn a_configuration_error_is_printed_once_without_a_backtrace() {
         run(dir.path(), &["master", "--config", "bad.toml"], &[("RUST_BACKTRACE", "1"), ("RUST_LIB_BACKTRACE", "1")]);
     assert_eq!((code, stdout.as_str()), (1, ""));
     assert_eq!(stderr, "error: bad.toml: line 2: unknown key `listen_addr`; did you mean `listen`?\n");
+    let text = master_config(dir.path()).replace("listen =", "listen_addr =") + "[scheduler]\nretries = \"two\"\n";
+    std::fs::write(dir.path().join("bad.toml"), text).unwrap();
+    let (code, _, stderr) = run(dir.path(), &["master", "--config", "bad.toml"], &[("RUST_BACKTRACE", "1")]);
+    assert_eq!(
+        (code, stderr.as_str()),
+        (
+            1,
+            "error: bad.toml: 2 problems\n  line 2: unknown key `listen_addr`; did you mean `listen`?\n  \
+             line 9: [scheduler] retries: invalid type: string \"two\", expected u32\n"
+        )
+    );
 }

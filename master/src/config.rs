@@ -66,6 +66,14 @@ pub fn is_repository_file(text: &str) -> bool {
         .is_ok_and(|table| table.contains_key("tests") && !table.contains_key("data_dir"))
 }
 
+/// One problem on the line it is named on; several, counted, one a line under it.
+fn one_per_line(problems: &[String]) -> String {
+    match problems {
+        [problem] => problem.clone(),
+        _ => format!("{} problems\n  {}", problems.len(), problems.join("\n  ")),
+    }
+}
+
 /// Why the configuration is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -86,7 +94,7 @@ pub enum ConfigError {
         error: Box<toml::de::Error>,
     },
     /// The file has keys or values that do not fit, each told once.
-    #[error("{path}: {}", problems.join("; "))]
+    #[error("{path}: {}", one_per_line(problems))]
     Problems {
         /// The file.
         path: PathBuf,
