@@ -78,7 +78,7 @@ for n in "$@"; do
     mkdir -p "$run"
     rm -rf "$run/repo"
     git clone --quiet "$repo" "$run/repo"
-    cat > "$run/greenlight.toml" << EOF
+    cat > "$run/greenlight-master.toml" << EOF
 data_dir = "$run/master"
 listen = "127.0.0.1:0"
 [repository]
@@ -94,7 +94,7 @@ lease_timeout_s = 120
 find_culprit = false
 EOF
     started=$(now)
-    start_farm "$run" "$run/greenlight.toml" "$n"
+    start_farm "$run" "$run/greenlight-master.toml" "$n"
     label="farm $n workers"
     python3 "$report" build "$url" "$first" "$label, first build" "$started" "$direct_s" "$run/first.xml"
     if [ -f "$direct_xml" ]; then python3 "$report" compare "$direct_xml" "$run/first.xml" "$label, first build"; fi

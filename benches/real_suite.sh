@@ -105,7 +105,7 @@ for mode in ${MODES:-cold warm}; do
     # The farm's repository: a clone, so that each farm starts at the first revision.
     rm -rf "$run/repo"
     git clone --quiet "$repo" "$run/repo"
-    cat > "$run/greenlight.toml" << EOF
+    cat > "$run/greenlight-master.toml" << EOF
 data_dir = "$run/master"
 listen = "127.0.0.1:0"
 [repository]
@@ -124,7 +124,7 @@ lease_timeout_s = 60
 find_culprit = false
 EOF
     started=$(now)
-    start_farm "$run" "$run/greenlight.toml" "$n"
+    start_farm "$run" "$run/greenlight-master.toml" "$n"
     label="farm $n workers $mode"
     "$python" "$report" build "$url" "$first" "$label, first build" "$started" "$serial_s" "$run/first.xml"
     if [ "$serial_s" != 0 ]; then

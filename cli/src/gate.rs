@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use greenlight_shared::api::{GateState, GateView};
+use greenlight_worker::client::{check_master_url, describe_request_error, not_found_hint};
 
 /// Arguments of `greenlight gate`.
 #[derive(Debug, clap::Args)]
@@ -35,14 +36,17 @@ pub struct GateArgs {
     token: Option<String>,
 }
 
-async fn ask(http: &reqwest::Client, url: &str, token: Option<&str>) -> Result<GateView, String> {
+async fn ask(http: &reqwest::Client, master: &str, url: &str, token: Option<&str>) -> Result<GateView, String> {
     let mut request = http.get(url).timeout(Duration::from_secs(10));
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    let response = request.send().await.map_err(|error| error.to_string())?;
+    let response = request.send().await.map_err(|error| describe_request_error(&error))?;
     let status = response.status();
-    let body = response.text().await.map_err(|error| error.to_string())?;
+    let body = response.text().await.map_err(|error| describe_request_error(&error))?;
+    if status == reqwest::StatusCode::NOT_FOUND && crate::is_no_such_endpoint(&body) {
+        return Err(not_found_hint(master, url));
+    }
     if !status.is_success() {
         return Err(format!("{status}: {body}"));
     }
@@ -95,7 +99,7 @@ fn describe(gate: &GateView, master: &str) -> String {
         text.push_str("culprit: not known yet\n");
     }
     if let Some(build_id) = gate.build_id {
-        text.push_str(&format!("see {master}/api/v1/builds/{build_id}\n"));
+        text.push_str(&format!("see {master}/#/build/{build_id} (JSON: {master}/api/v1/builds/{build_id})\n"));
     }
     text.push_str(&format!(
         "only a fix (a message containing {:?}) or a revert (git revert's \"Revert ...\" subject) goes through\n",
@@ -112,6 +116,10 @@ fn warning(gate: &GateView) -> String {
 /// Runs the command; returns the exit code.
 pub async fn run(args: &GateArgs) -> i32 {
     let master = args.master.trim_end_matches('/');
+    if let Err(error) = check_master_url(master) {
+        eprintln!("greenlight gate: cannot ask the master: {error}");
+        return 2;
+    }
     let mut url = format!("{master}/api/v1/gate");
     if let Some(branch) = &args.branch {
         url.push_str(&format!(
@@ -122,10 +130,10 @@ pub async fn run(args: &GateArgs) -> i32 {
     let http = reqwest::Client::new();
     let mut said_waiting = false;
     loop {
-        let gate = match ask(&http, &url, args.token.as_deref()).await {
+        let gate = match ask(&http, master, &url, args.token.as_deref()).await {
             Ok(gate) => gate,
             Err(error) => {
-                eprintln!("greenlight gate: cannot ask the master at {master}: {error}");
+                eprintln!("greenlight gate: cannot ask the master: {error}");
                 return 2;
             }
         };

@@ -97,14 +97,20 @@ async fn run_import(args: &ImportArgs) -> anyhow::Result<()> {
     let reports = args.reports.iter().map(read_report).collect::<anyhow::Result<Vec<_>>>()?;
     let n_cases: usize = reports.iter().map(|report| report.cases.len()).sum();
     let request = HistoryImportRequest { version: API_VERSION, reports };
+    greenlight_worker::client::check_master_url(&args.master).map_err(anyhow::Error::msg)?;
     let url = format!("{}/api/v1/admin/history/import", args.master.trim_end_matches('/'));
     let mut call = reqwest::Client::new().post(&url).json(&request).timeout(Duration::from_secs_f64(args.timeout));
     if let Some(token) = &args.token {
         call = call.bearer_auth(token);
     }
-    let response = call.send().await.with_context(|| format!("cannot reach the master at {url}"))?;
+    let response = call.send().await.map_err(|error| {
+        anyhow::anyhow!("{}; nothing was imported", greenlight_worker::client::describe_request_error(&error))
+    })?;
     let status = response.status();
     let body = response.text().await.with_context(|| format!("no answer from the master at {url}"))?;
+    if status == reqwest::StatusCode::NOT_FOUND && crate::is_no_such_endpoint(&body) {
+        anyhow::bail!("{}; nothing was imported", greenlight_worker::client::not_found_hint(&args.master, &url));
+    }
     if !status.is_success() {
         let message = serde_json::from_str::<ErrorBody>(&body)
             .map(|error| format!("{}: {}", error.error, error.message))

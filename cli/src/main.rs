@@ -1,12 +1,15 @@
 //! The one `greenlight` binary. It parses arguments and calls into the crates; each
 //! subcommand's work lives in a library or in a module of its own here.
 
+mod config;
 mod demo;
 mod gate;
 mod history;
 mod simulate;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -22,17 +25,29 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    /// How logs are written to standard error: `text` (coloured only on a terminal), or
+    /// `json`, one object a line, for log shippers.
+    #[arg(long, global = true, value_enum, env = "GREENLIGHT_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The formats logs can be written in.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the master: HTTP API, git poller, scheduler, state in sled.
     Master {
-        /// The configuration file.
-        #[arg(long, default_value = "greenlight.toml")]
-        config: PathBuf,
+        /// The configuration file [default: greenlight-master.toml; the old name
+        /// greenlight.toml is still read, with a warning].
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Listen here instead of the configuration's `listen`.
         #[arg(long)]
         listen: Option<String>,
@@ -40,10 +55,13 @@ enum Command {
     /// Rewrite a stopped master's store as a fresh, compressed copy of what it holds (sled
     /// never shrinks its file; a store an older master wrote is not compressed).
     Compact {
-        /// The master's configuration file (its `data_dir` holds the store).
-        #[arg(long, default_value = "greenlight.toml")]
-        config: PathBuf,
+        /// The master's configuration file, whose `data_dir` holds the store [default:
+        /// greenlight-master.toml; the old name greenlight.toml is still read, with a warning].
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
+    /// Check the master's configuration, or print a sample of it with every default.
+    Config(config::ConfigArgs),
     /// Run a worker: lease shards from a master and run them.
     Worker {
         /// The master's URL.
@@ -150,9 +168,39 @@ enum ListRunner {
     Nextest,
 }
 
-fn init_tracing(default: &str) {
+/// Logs to standard error at `default` level (or `GREENLIGHT_LOG`), in `format`; colour
+/// codes only when standard error is a terminal (never in a log file).
+fn init_tracing(default: &str, format: LogFormat) {
     let filter = EnvFilter::try_from_env("GREENLIGHT_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
+}
+
+/// An error as one message: each cause whose text the message does not already hold is
+/// added after a colon. Never a backtrace: these are a user's errors, not the program's.
+fn error_message(error: &anyhow::Error) -> String {
+    let mut message = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message.push_str(": ");
+            message.push_str(&cause);
+        }
+    }
+    message
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("error: {}", error_message(&error));
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -174,12 +222,14 @@ pub async fn shutdown_signal() {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Runs the command; the exit code.
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    let log_format = cli.log_format;
     match cli.command {
         Command::Master { config, listen } => {
-            init_tracing("info");
-            let mut config = greenlight_master::config::Config::from_file(&config)?;
+            init_tracing("info", log_format);
+            let path = config::master_config_path(config)?;
+            let mut config = greenlight_master::config::Config::from_file(&path)?;
             if let Some(listen) = listen {
                 config.listen = listen;
             }
@@ -200,11 +250,12 @@ fn main() -> anyhow::Result<()> {
             // A blocking call stuck in the store (a disk that failed under it) does not keep
             // the process alive: the master has already flushed what it could.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-            served
+            served.map(|()| 0)
         }
         Command::Compact { config } => {
-            init_tracing("info");
-            let config = greenlight_master::config::Config::from_file(&config)?;
+            init_tracing("info", log_format);
+            let path = config::master_config_path(config)?;
+            let config = greenlight_master::config::Config::from_file(&path)?;
             let db = config.data_dir.join("db");
             let compacted = greenlight_master::store::compact::compact(&db, config.storage.cache_bytes)
                 .with_context(|| format!("cannot compact the store in {}", db.display()))?;
@@ -215,33 +266,33 @@ fn main() -> anyhow::Result<()> {
                 if compacted.was_compressed { "" } else { " (uncompressed)" },
                 compacted.after_bytes as f64 / 1e6
             );
-            Ok(())
+            Ok(0)
         }
+        Command::Config(args) => Ok(exit_code(config::run(&args))),
         Command::Worker { master, token, name, workdir, wait } => {
-            init_tracing("info");
+            init_tracing("info", log_format);
             let config = greenlight_worker::WorkerConfig { master, token, name, workdir, wait_s: wait };
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(greenlight_worker::run(config, shutdown_signal()))?;
-            Ok(())
+            Ok(0)
         }
         Command::Demo(args) => {
-            init_tracing("warn");
+            init_tracing("warn", log_format);
             let code = tokio::runtime::Runtime::new()?.block_on(demo::run(args))?;
-            std::process::exit(code);
+            Ok(exit_code(code))
         }
-        Command::Simulate(args) => simulate::run(&args),
+        Command::Simulate(args) => simulate::run(&args).map(|()| 0),
         Command::Gate(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let code = runtime.block_on(gate::run(&args));
-            std::process::exit(code);
+            Ok(exit_code(runtime.block_on(gate::run(&args))))
         }
         Command::History(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(history::run(&args))
+            runtime.block_on(history::run(&args)).map(|()| 0)
         }
         Command::Submit { master, branch, revision, token } => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(submit(&master, branch, revision, token.as_deref()))
+            runtime.block_on(submit(&master, branch, revision, token.as_deref())).map(|()| 0)
         }
         Command::List { runner, dir, python, cargo, args } => {
             let runner = match runner {
@@ -250,13 +301,13 @@ fn main() -> anyhow::Result<()> {
             };
             let suite = greenlight_shared::runner::list_suite(&runner, &dir, &[])?;
             println!("{}", suite.to_json());
-            Ok(())
+            Ok(0)
         }
         Command::FixtureRun { suite, failing, ids_file, junit, scale } => {
             let args = greenlight_fixtures::runner::RunnerArgs { suite, failing, ids_file, junit, scale };
             let summary = greenlight_fixtures::runner::run(&args)?;
             // Like a real runner: non-zero when a test failed.
-            std::process::exit(if summary.failed + summary.unknown > 0 { 1 } else { 0 });
+            Ok(if summary.failed + summary.unknown > 0 { 1 } else { 0 })
         }
         Command::FixtureSuite { tests, hours, seed, out } => {
             if !(hours.is_finite() && hours > 0.0) {
@@ -275,9 +326,20 @@ fn main() -> anyhow::Result<()> {
                 }
                 None => println!("{json}"),
             }
-            Ok(())
+            Ok(0)
         }
     }
+}
+
+/// A subcommand's exit code as a process's.
+fn exit_code(code: i32) -> u8 {
+    u8::try_from(code).unwrap_or(1)
+}
+
+/// Whether a 404's body says the path is no endpoint of a master (or is not a master's
+/// error at all): the base URL is wrong, rather than the thing asked for unknown.
+pub fn is_no_such_endpoint(body: &str) -> bool {
+    serde_json::from_str::<greenlight_shared::api::ErrorBody>(body).map_or(true, |error| error.error == "not_found")
 }
 
 async fn submit(
@@ -287,14 +349,21 @@ async fn submit(
     token: Option<&str>,
 ) -> anyhow::Result<()> {
     let notice = greenlight_shared::api::ChangeNotice { version: greenlight_shared::API_VERSION, branch, revision };
+    greenlight_worker::client::check_master_url(master).map_err(anyhow::Error::msg)?;
     let url = format!("{}/api/v1/changes", master.trim_end_matches('/'));
     let mut request = reqwest::Client::new().post(&url).json(&notice);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    let response = request.send().await.with_context(|| format!("cannot reach {url}"))?;
+    let response = request
+        .send()
+        .await
+        .map_err(|error| anyhow::anyhow!(greenlight_worker::client::describe_request_error(&error)))?;
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
+    if status == reqwest::StatusCode::NOT_FOUND && is_no_such_endpoint(&body) {
+        anyhow::bail!(greenlight_worker::client::not_found_hint(master, &url));
+    }
     if !status.is_success() {
         anyhow::bail!("the master refused the change notice ({status}): {body}");
     }

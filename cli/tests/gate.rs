@@ -59,7 +59,9 @@ fn red_closes_the_gate_before_the_build_ends_and_a_green_build_reopens_it() {
     let (code, stdout, _) = farm.gate_command(&["--branch", "main"]);
     assert_eq!(code, 1, "{stdout}");
     assert!(stdout.contains(BROKEN), "names the failing test: {stdout}");
-    assert!(stdout.contains(&format!("/api/v1/builds/{}", build.build_id)), "links the build: {stdout}");
+    let links =
+        format!("see {url}/#/build/{id} (JSON: {url}/api/v1/builds/{id})\n", url = farm.url, id = build.build_id);
+    assert!(stdout.contains(&links), "links the build's page and its JSON: {stdout}");
     let (code, stdout, _) = farm.gate_command(&["--message", "Core: put it back [fix]"]);
     assert_eq!(code, 0, "a fix goes through: {stdout}");
     let (code, _, _) =

@@ -1,5 +1,8 @@
-//! The master's configuration (`greenlight.toml`). Everything has a default except the
-//! repository and the shard command.
+//! The master's configuration (`greenlight-master.toml`; `greenlight.toml`, its old name,
+//! is still read with a warning). Everything has a default except the data directory, the
+//! repository and the shard command: `greenlight config sample` prints every key with its
+//! default ([`sample`]), `greenlight config check` finds what is wrong in a file
+//! ([`check`]).
 //!
 //! ```toml
 //! data_dir = "/var/lib/greenlight"
@@ -40,11 +43,36 @@
 //! warm = true                      # pytest: one process per worker and revision (default)
 //! ```
 
+pub mod check;
+pub mod sample;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use greenlight_shared::runner::Runner;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+/// The master's configuration file, looked for in the working directory.
+pub const CONFIG_FILE: &str = "greenlight-master.toml";
+
+/// Its old name, shared with the tested repository's test metadata
+/// ([`greenlight_shared::runner::REPOSITORY_FILE`]): still read, with a warning.
+pub const OLD_CONFIG_FILE: &str = "greenlight.toml";
+
+/// Whether `text` is a tested repository's test metadata (a `[tests]` table and no
+/// `data_dir`) rather than a master's configuration.
+pub fn is_repository_file(text: &str) -> bool {
+    toml::from_str::<toml::Table>(text)
+        .is_ok_and(|table| table.contains_key("tests") && !table.contains_key("data_dir"))
+}
+
+/// One problem on the line it is named on; several, counted, one a line under it.
+fn one_per_line(problems: &[String]) -> String {
+    match problems {
+        [problem] => problem.clone(),
+        _ => format!("{} problems\n  {}", problems.len(), problems.join("\n  ")),
+    }
+}
 
 /// Why the configuration is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -58,20 +86,37 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML of the expected shape.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Parse {
         /// The file.
         path: PathBuf,
-        /// The error.
-        source: Box<toml::de::Error>,
+        /// The error (not a `source`: its text is already in this one's).
+        error: Box<toml::de::Error>,
+    },
+    /// The file has keys or values that do not fit, each told once.
+    #[error("{path}: {}", one_per_line(problems))]
+    Problems {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, as `greenlight config check` says it.
+        problems: Vec<String>,
     },
     /// A value is out of range or inconsistent.
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// The file is a tested repository's test metadata, not the master's configuration.
+    #[error(
+        "{path} is a tested repository's test metadata (it has [tests]), not the master's configuration: \
+         the master reads {CONFIG_FILE} (`greenlight config sample` prints one)"
+    )]
+    RepositoryFile {
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where sled and the git mirror live.
@@ -82,10 +127,17 @@ pub struct Config {
     /// The bearer token workers must present; `None` lets any worker in.
     #[serde(default)]
     pub worker_token: Option<String>,
+    /// Or the environment variable holding it (read when the configuration is loaded), to
+    /// keep the secret out of the file.
+    #[serde(default)]
+    pub worker_token_env: Option<String>,
     /// The bearer token of admin calls (cancel a build, quarantine, force a full run);
     /// `None` turns admin calls off.
     #[serde(default)]
     pub admin_token: Option<String>,
+    /// Or the environment variable holding it.
+    #[serde(default)]
+    pub admin_token_env: Option<String>,
     /// Workers with a token of their own (`[workers.NAME] token = "..."`), as Buildbot gives
     /// each worker its password: only that token registers (and calls) as NAME, it acts
     /// as no other name, and the shared `worker_token` is not accepted for NAME, so one
@@ -96,9 +148,15 @@ pub struct Config {
     /// (`POST /api/v1/changes`), besides the worker token; with neither set, anyone may.
     #[serde(default)]
     pub hook_token: Option<String>,
+    /// Or the environment variable holding it.
+    #[serde(default)]
+    pub hook_token_env: Option<String>,
     /// A bearer token the read-only API and the page need; `None` leaves them open.
     #[serde(default)]
     pub read_token: Option<String>,
+    /// Or the environment variable holding it.
+    #[serde(default)]
+    pub read_token_env: Option<String>,
     /// The largest request body accepted, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
@@ -144,7 +202,7 @@ pub struct Config {
 /// Free space on the data directory's filesystem (the master stops taking new work before
 /// the disk is full, rather than failing inside a build), and what the store may hold in
 /// memory.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     /// Below this many free bytes no new build starts (running builds go on); the gate, the
@@ -201,12 +259,15 @@ impl Default for StorageConfig {
 }
 
 /// One worker's own settings (`[workers.NAME]`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSection {
     /// The bearer token only this worker presents, instead of the shared `worker_token`.
     #[serde(default)]
     pub token: Option<String>,
+    /// Or the environment variable holding it.
+    #[serde(default)]
+    pub token_env: Option<String>,
 }
 
 impl Config {
@@ -217,7 +278,7 @@ impl Config {
 }
 
 /// Automatic quarantine of flaky tests.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuarantineConfig {
     /// Quarantine a test whose flake rate over its recent runs reaches this (0: never
@@ -251,7 +312,7 @@ impl Default for QuarantineConfig {
 }
 
 /// When a build ignores tags and runs the whole suite.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FullRunsConfig {
     /// Every this many builds (0: never by count).
@@ -264,7 +325,7 @@ pub struct FullRunsConfig {
 }
 
 /// The commit gate and culprit finding.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GateConfig {
     /// A commit message containing this marks a fix, let through a closed gate (git's own
@@ -303,7 +364,7 @@ impl Default for GateConfig {
 }
 
 /// The push stage: a command or a webhook, called once per green revision, newest first.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PushConfig {
     /// A command (argv) run with `GREENLIGHT_REVISION`, `GREENLIGHT_BUILD_ID` and
@@ -362,7 +423,7 @@ fn default_max_archive_bytes() -> u64 {
 }
 
 /// The watched repository and branch.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryConfig {
     /// Anything `git clone` accepts; workers clone from it too.
@@ -384,7 +445,7 @@ fn default_poll_interval_s() -> f64 {
 }
 
 /// How to list the tests of a revision and how to run a shard.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SuiteConfig {
     /// A suite file (DESIGN.md format) at this path in the repository.
@@ -448,7 +509,7 @@ impl SuiteConfig {
 }
 
 /// The runner adapters a configuration can name.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunnerName {
     /// Any command writing JUnit XML, from `run_command`.
@@ -496,7 +557,7 @@ impl SuiteConfig {
 }
 
 /// Tagging of changes beyond the `Tags:` trailer.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TagsConfig {
     /// Glob over changed paths to tags, e.g. `"src/chat/**" = ["chat"]`.
@@ -505,7 +566,7 @@ pub struct TagsConfig {
 }
 
 /// Scheduler knobs.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchedulerSection {
     /// Seconds without a heartbeat before a lease is taken back.
@@ -598,14 +659,51 @@ impl Default for SchedulerSection {
 }
 
 impl Config {
-    /// Reads and checks a TOML file.
+    /// Reads and checks a TOML file, taking the tokens it names from the environment.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let config: Config = toml::from_str(&text)
-            .map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })?;
+        let mut config: Config = toml::from_str(&text).map_err(|error| {
+            if is_repository_file(&text) {
+                return ConfigError::RepositoryFile { path: path.to_owned() };
+            }
+            // Every problem, each with its line and a did-you-mean, as `greenlight config check` says them.
+            match check::check_text(&text) {
+                (_, problems) if !problems.is_empty() => ConfigError::Problems { path: path.to_owned(), problems },
+                _ => ConfigError::Parse { path: path.to_owned(), error: Box::new(error) },
+            }
+        })?;
+        if let Some(problem) = config.take_tokens_from(|name| std::env::var(name).ok()).into_iter().next() {
+            return Err(ConfigError::Invalid(problem));
+        }
         config.validate()?;
         Ok(config)
+    }
+
+    /// Fills each token from the environment variable its `…_env` key names (`env` looks
+    /// one up); the problems: a variable not set or empty, a token given both ways.
+    pub fn take_tokens_from(&mut self, env: impl Fn(&str) -> Option<String>) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut take = |name: &str, token: &mut Option<String>, variable: &Option<String>| {
+            let Some(variable) = variable else { return };
+            if token.is_some() {
+                problems.push(format!("{name} and {name}_env are both set: keep one"));
+                return;
+            }
+            match env(variable) {
+                Some(value) if !value.is_empty() => *token = Some(value),
+                Some(_) => problems.push(format!("{name}_env: the environment variable {variable} is empty")),
+                None => problems.push(format!("{name}_env: the environment variable {variable} is not set")),
+            }
+        };
+        take("worker_token", &mut self.worker_token, &self.worker_token_env);
+        take("admin_token", &mut self.admin_token, &self.admin_token_env);
+        take("read_token", &mut self.read_token, &self.read_token_env);
+        take("hook_token", &mut self.hook_token, &self.hook_token_env);
+        for (name, worker) in &mut self.workers {
+            take(&format!("[workers.{name}] token"), &mut worker.token, &worker.token_env);
+        }
+        problems
     }
 
     /// A configuration with defaults for everything but these.
@@ -614,10 +712,14 @@ impl Config {
             data_dir,
             listen: default_listen(),
             worker_token: None,
+            worker_token_env: None,
             workers: BTreeMap::new(),
             admin_token: None,
+            admin_token_env: None,
             read_token: None,
+            read_token_env: None,
             hook_token: None,
+            hook_token_env: None,
             max_body_bytes: default_max_body_bytes(),
             max_test_duration_s: default_max_test_duration_s(),
             max_output_bytes: default_max_output_bytes(),
@@ -638,38 +740,79 @@ impl Config {
         }
     }
 
-    /// Checks ranges and consistency.
+    /// Checks ranges and consistency: the first problem, if any.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |message: &str| Err(ConfigError::Invalid(message.to_owned()));
-        if !(self.max_test_duration_s.is_finite() && self.max_test_duration_s > 0.0) {
-            return invalid("max_test_duration_s must be a number of seconds > 0");
+        match self.problems().into_iter().next() {
+            Some(problem) => Err(ConfigError::Invalid(problem)),
+            None => Ok(()),
         }
-        if self.suite.file.is_some() && !self.suite.list_command.is_empty() {
-            return invalid("[suite] takes `file` or `list_command`, not both");
-        }
-        if self.suite.runner == RunnerName::Command {
-            if self.suite.file.is_none() && self.suite.list_command.is_empty() {
-                return invalid("[suite] needs exactly one of `file` and `list_command`");
+    }
+
+    /// Every value out of range or inconsistent with another, each said once.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems: Vec<String> = Vec::new();
+        let mut check = |holds: bool, message: &str| {
+            if !holds {
+                problems.push(message.to_owned());
             }
-            if self.suite.run_command.is_empty() {
-                return invalid("[suite] run_command is empty");
-            }
-        }
+        };
         let positive = |value: f64| value.is_finite() && value > 0.0;
-        if !(0.0..=1.0).contains(&self.quarantine.flake_rate) || !positive(self.quarantine.expires_in_s) {
-            return invalid("[quarantine] flake_rate must be within 0..=1 and expires_in_s > 0");
+        let non_negative = |value: f64| value.is_finite() && value >= 0.0;
+        check(positive(self.max_test_duration_s), "max_test_duration_s must be a number of seconds > 0");
+        check(
+            self.suite.file.is_none() || self.suite.list_command.is_empty(),
+            "[suite] takes `file` or `list_command`, not both",
+        );
+        if self.suite.runner == RunnerName::Command {
+            check(
+                self.suite.file.is_some() || !self.suite.list_command.is_empty(),
+                "[suite] needs exactly one of `file` and `list_command`",
+            );
+            check(!self.suite.run_command.is_empty(), "[suite] run_command is empty");
         }
-        if !positive(self.scheduler.max_shard_s) {
-            return invalid("[scheduler] max_shard_s must be > 0");
-        }
-        if !self.scheduler.bench_s.is_finite() || self.scheduler.bench_s < 0.0 {
-            return invalid("[scheduler] bench_s must be >= 0");
-        }
+        check(
+            (0.0..=1.0).contains(&self.quarantine.flake_rate) && positive(self.quarantine.expires_in_s),
+            "[quarantine] flake_rate must be within 0..=1 and expires_in_s > 0",
+        );
+        check(positive(self.scheduler.max_shard_s), "[scheduler] max_shard_s must be > 0");
+        check(non_negative(self.scheduler.bench_s), "[scheduler] bench_s must be >= 0");
+        check(positive(self.repository.poll_interval_s), "[repository] poll_interval_s must be > 0");
+        let timings_positive =
+            positive(self.scheduler.lease_timeout_s) && positive(self.scheduler.heartbeat_interval_s);
+        check(timings_positive, "[scheduler] lease_timeout_s and heartbeat_interval_s must be > 0");
+        check(
+            !timings_positive || self.scheduler.heartbeat_interval_s < self.scheduler.lease_timeout_s,
+            "[scheduler] heartbeat_interval_s must be shorter than lease_timeout_s",
+        );
+        check(
+            non_negative(self.scheduler.min_shard_s) && non_negative(self.scheduler.min_shard_overheads),
+            "[scheduler] min_shard_s and min_shard_overheads must be >= 0",
+        );
+        check(
+            non_negative(self.scheduler.tail_fraction) && self.scheduler.tail_fraction < 1.0,
+            "[scheduler] tail_fraction must be in [0, 1)",
+        );
+        check(self.scheduler.max_attempts > 0, "[scheduler] max_attempts must be at least 1");
+        check(
+            self.push.command.is_empty() || self.push.webhook.is_none(),
+            "[push] takes a command or a webhook, not both",
+        );
+        check(
+            self.push.attempts > 0 && non_negative(self.push.backoff_s),
+            "[push] attempts must be at least 1 and backoff_s >= 0",
+        );
+        check(non_negative(self.full_runs.interval_s), "[full_runs] interval_s must be >= 0");
+        check(non_negative(self.storage.keep_results_days), "[storage] keep_results_days must be >= 0");
+        check(
+            self.storage.reserve_bytes <= self.storage.min_free_bytes,
+            "[storage] reserve_bytes must not exceed min_free_bytes",
+        );
+        check(!self.gate.fix_marker.trim().is_empty(), "[gate] fix_marker must not be empty");
         for (name, token) in
             [("worker_token", &self.worker_token), ("admin_token", &self.admin_token), ("read_token", &self.read_token)]
         {
             if token.as_deref().is_some_and(str::is_empty) {
-                return Err(ConfigError::Invalid(format!("{name} is empty: remove it or set a secret")));
+                problems.push(format!("{name} is empty: remove it or set a secret"));
             }
         }
         let mut tokens: Vec<&str> = [&self.worker_token, &self.admin_token, &self.read_token, &self.hook_token]
@@ -679,64 +822,21 @@ impl Config {
             .collect();
         for (name, worker) in &self.workers {
             match worker.token.as_deref() {
-                Some("") => {
-                    return Err(ConfigError::Invalid(format!(
-                        "[workers.{name}] token is empty: remove it or set a secret"
-                    )));
-                }
+                Some("") => problems.push(format!("[workers.{name}] token is empty: remove it or set a secret")),
                 // A token shared with another worker or role would say nothing of who calls.
-                Some(token) if tokens.contains(&token) => {
-                    return Err(ConfigError::Invalid(format!(
-                        "[workers.{name}] token is also another token of this configuration: give each its own"
-                    )));
-                }
+                Some(token) if tokens.contains(&token) => problems.push(format!(
+                    "[workers.{name}] token is also another token of this configuration: give each its own"
+                )),
                 Some(token) => tokens.push(token),
                 None => {}
             }
         }
-        if !positive(self.repository.poll_interval_s) {
-            return invalid("[repository] poll_interval_s must be > 0");
-        }
-        if !positive(self.scheduler.lease_timeout_s) || !positive(self.scheduler.heartbeat_interval_s) {
-            return invalid("[scheduler] lease_timeout_s and heartbeat_interval_s must be > 0");
-        }
-        if self.scheduler.heartbeat_interval_s >= self.scheduler.lease_timeout_s {
-            return invalid("[scheduler] heartbeat_interval_s must be shorter than lease_timeout_s");
-        }
-        let non_negative = |value: f64| value.is_finite() && value >= 0.0;
-        if !non_negative(self.scheduler.min_shard_s) || !non_negative(self.scheduler.min_shard_overheads) {
-            return invalid("[scheduler] min_shard_s and min_shard_overheads must be >= 0");
-        }
-        if !(non_negative(self.scheduler.tail_fraction) && self.scheduler.tail_fraction < 1.0) {
-            return invalid("[scheduler] tail_fraction must be in [0, 1)");
-        }
-        if self.scheduler.max_attempts == 0 {
-            return invalid("[scheduler] max_attempts must be at least 1");
-        }
-        if !self.push.command.is_empty() && self.push.webhook.is_some() {
-            return invalid("[push] takes a command or a webhook, not both");
-        }
-        if self.push.attempts == 0 || !non_negative(self.push.backoff_s) {
-            return invalid("[push] attempts must be at least 1 and backoff_s >= 0");
-        }
-        if !non_negative(self.full_runs.interval_s) {
-            return invalid("[full_runs] interval_s must be >= 0");
-        }
-        if !non_negative(self.storage.keep_results_days) {
-            return invalid("[storage] keep_results_days must be >= 0");
-        }
-        if self.storage.reserve_bytes > self.storage.min_free_bytes {
-            return invalid("[storage] reserve_bytes must not exceed min_free_bytes");
-        }
-        if self.gate.fix_marker.trim().is_empty() {
-            return invalid("[gate] fix_marker must not be empty");
-        }
         for pattern in self.tags.paths.keys() {
             if let Err(error) = globset::Glob::new(pattern) {
-                return Err(ConfigError::Invalid(format!("[tags.paths] {pattern:?}: {error}")));
+                problems.push(format!("[tags.paths] {pattern:?}: {error}"));
             }
         }
-        Ok(())
+        problems
     }
 }
 
@@ -747,7 +847,7 @@ mod tests {
     #[test]
     fn reads_a_full_file_and_rejects_nonsense() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("greenlight.toml");
+        let path = dir.path().join("greenlight-master.toml");
         std::fs::write(
             &path,
             r#"
@@ -780,7 +880,7 @@ run_command = ["run", "{ids_file}"]
     #[test]
     fn a_worker_may_have_a_token_of_its_own_that_is_no_other_token() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("greenlight.toml");
+        let path = dir.path().join("greenlight-master.toml");
         let base = "data_dir = \"/x\"\nworker_token = \"shared\"\n[repository]\nurl = \"u\"\n[suite]\nfile = \"s.json\"\nrun_command = [\"r\"]\n";
         let with = |workers: &str| {
             std::fs::write(&path, format!("{base}{workers}")).unwrap();
@@ -796,13 +896,13 @@ run_command = ["run", "{ids_file}"]
         refused("[workers.a]\ntoken = \"\"\n", "[workers.a] token is empty");
         refused("[workers.a]\ntoken = \"shared\"\n", "[workers.a] token is also another token");
         refused("[workers.a]\ntoken = \"t\"\n[workers.b]\ntoken = \"t\"\n", "[workers.b] token is also another token");
-        refused("[workers.a]\npassword = \"t\"\n", "unknown field `password`");
+        refused("[workers.a]\npassword = \"t\"\n", "line 9: [workers.a] unknown key `password`");
     }
 
     #[test]
     fn storage_floors_default_and_the_reserve_stays_under_the_floor() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("greenlight.toml");
+        let path = dir.path().join("greenlight-master.toml");
         let base = "data_dir = \"/x\"\n[repository]\nurl = \"u\"\n[suite]\nfile = \"s.json\"\nrun_command = [\"r\"]\n";
         std::fs::write(&path, base).unwrap();
         let storage = Config::from_file(&path).unwrap().storage;
@@ -832,7 +932,7 @@ run_command = ["run", "{ids_file}"]
     #[test]
     fn a_runner_adapter_needs_no_templates() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("greenlight.toml");
+        let path = dir.path().join("greenlight-master.toml");
         let base = "data_dir = \"/x\"\n[repository]\nurl = \"u\"\n[suite]\n";
         std::fs::write(
             &path,

@@ -16,12 +16,85 @@ use greenlight_shared::api::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+/// Checks a master URL a user gave: `http://` or `https://` and a host. The error says
+/// how to write it (reqwest alone says `builder error`).
+pub fn check_master_url(url: &str) -> Result<(), String> {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() => Ok(()),
+        Ok(parsed) if url.contains("://") => {
+            Err(format!("the master URL {url} must start with http:// or https://, not {}://", parsed.scheme()))
+        }
+        _ => Err(format!("the master URL {url} has no scheme: write it http://{url}")),
+    }
+}
+
+/// The innermost cause of `error`: what the operating system or the protocol said.
+fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+/// What went wrong with a request, naming its URL, and what to do about it.
+pub fn describe_request_error(error: &reqwest::Error) -> String {
+    let url = error.url().map(|url| url.as_str().to_owned()).unwrap_or_else(|| "the master".to_owned());
+    let refused = {
+        let mut source = std::error::Error::source(error);
+        let mut refused = false;
+        while let Some(cause) = source {
+            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+                refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+            }
+            source = cause.source();
+        }
+        refused
+    };
+    if refused {
+        format!("cannot connect to {url}: connection refused (is the master running, and listening at that address?)")
+    } else if error.is_timeout() {
+        format!("no answer from {url} in time ({})", innermost(error))
+    } else if error.is_connect() {
+        format!("cannot connect to {url}: {}", innermost(error))
+    } else if error.is_builder() {
+        format!("cannot send a request to {url}: {} (the master's URL looks like http://HOST:PORT)", innermost(error))
+    } else {
+        format!("request to {url} failed: {}", innermost(error))
+    }
+}
+
+/// What to say of a 404 answer to `url` when `base` was given as the master's URL.
+pub fn not_found_hint(base: &str, url: &str) -> String {
+    let root = reqwest::Url::parse(base)
+        .ok()
+        .filter(|parsed| parsed.path() != "/")
+        .map(|parsed| format!("{}://{}", parsed.scheme(), parsed.host_str().unwrap_or("")))
+        .map(|origin| match reqwest::Url::parse(base).ok().and_then(|parsed| parsed.port()) {
+            Some(port) => format!(" (perhaps {origin}:{port})"),
+            None => format!(" (perhaps {origin})"),
+        })
+        .unwrap_or_default();
+    format!(
+        "{url} answered 404 Not Found: is {base} the master's root URL? Give the address `greenlight master` \
+         prints, http://HOST:PORT without a path{root}"
+    )
+}
+
 /// A failed call.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The master could not be reached or did not answer in time.
-    #[error("master unreachable: {0}")]
+    #[error("{}", describe_request_error(.0))]
     Unreachable(#[source] reqwest::Error),
+    /// Nothing at that URL knows the call: the base URL is not a master's root.
+    #[error("{}", not_found_hint(.base, .url))]
+    WrongUrl {
+        /// The base URL the client was given.
+        base: String,
+        /// The URL that answered 404.
+        url: String,
+    },
     /// The master answered with an error.
     #[error("master refused ({status}): {}: {}", .body.error, .body.message)]
     Refused {
@@ -39,6 +112,7 @@ impl ClientError {
         match self {
             ClientError::Unreachable(_) => true,
             ClientError::Refused { status, .. } => (500..600).contains(status),
+            ClientError::WrongUrl { .. } => false,
         }
     }
 
@@ -46,7 +120,7 @@ impl ClientError {
     pub fn code(&self) -> Option<&str> {
         match self {
             ClientError::Refused { body, .. } => Some(&body.error),
-            ClientError::Unreachable(_) => None,
+            ClientError::Unreachable(_) | ClientError::WrongUrl { .. } => None,
         }
     }
 }
@@ -163,7 +237,8 @@ impl Client {
         body: &B,
         timeout: Duration,
     ) -> Result<R, ClientError> {
-        let request = self.identified(self.http.post(format!("{}{path}", self.base)).json(body).timeout(timeout));
+        let url = format!("{}{path}", self.base);
+        let request = self.identified(self.http.post(&url).json(body).timeout(timeout));
         let response = request.send().await.map_err(ClientError::Unreachable)?;
         let status = response.status();
         if status.is_success() {
@@ -180,6 +255,12 @@ impl Client {
             error: "unexpected_answer".into(),
             message: text.chars().take(500).collect(),
         });
+        // A master answers a call it knows with its own error code; "no such endpoint", or
+        // a 404 from something that is no master, means the base URL is wrong.
+        if status == reqwest::StatusCode::NOT_FOUND && matches!(body.error.as_str(), "not_found" | "unexpected_answer")
+        {
+            return Err(ClientError::WrongUrl { base: self.base.clone(), url });
+        }
         Err(ClientError::Refused { status: status.as_u16(), body })
     }
 

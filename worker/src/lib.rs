@@ -52,6 +52,12 @@ pub enum WorkerError {
     /// The master refused to let this worker in.
     #[error("the master refused registration: {0}")]
     Refused(ClientError),
+    /// The master's URL is not one.
+    #[error("{0}")]
+    MasterUrl(String),
+    /// Nothing at the master's URL knows the worker calls.
+    #[error("{0}")]
+    WrongUrl(ClientError),
 }
 
 /// How long a lease's finish is retried while the master is unreachable or answers 5xx.
@@ -76,6 +82,7 @@ impl Backoff {
 
 /// Works until `shutdown` resolves (a shard in progress is stopped).
 pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
+    client::check_master_url(&config.master).map_err(WorkerError::MasterUrl)?;
     std::fs::create_dir_all(&config.workdir)
         .map_err(|source| WorkerError::Workdir { path: config.workdir.clone(), source })?;
     let client = Client::new(&config.master, config.token.clone());
@@ -97,6 +104,7 @@ async fn register(client: &Client, config: &WorkerConfig, backoff: &mut Backoff)
                 return Ok(answer.worker_id);
             }
             Err(error @ ClientError::Refused { status: 401 | 403, .. }) => return Err(WorkerError::Refused(error)),
+            Err(error @ ClientError::WrongUrl { .. }) => return Err(WorkerError::WrongUrl(error)),
             Err(error) if error.code() == Some("name_in_use") => {
                 tracing::warn!(%error, "the name is held by a live worker; asking again until it is free");
                 backoff.wait().await;

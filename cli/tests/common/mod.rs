@@ -137,7 +137,7 @@ impl Farm {
         std::fs::create_dir_all(&repo_dir).unwrap();
         let repo = FixtureRepo::create(&repo_dir, suite).expect("fixture repository");
         prepare(&repo);
-        let config = dir.path().join("greenlight.toml");
+        let config = dir.path().join("greenlight-master.toml");
         let mut areas: Vec<&str> =
             suite.tests.iter().filter_map(|test| test.tags.first().map(String::as_str)).collect();
         areas.sort_unstable();

@@ -957,7 +957,9 @@ async fn a_restarted_worker_gets_its_name_back_once_the_old_registration_is_sile
 #[tokio::test]
 async fn a_worker_with_a_token_of_its_own_is_the_only_one_that_may_act_as_it() {
     let harness = Harness::new(&suite(&["a"]), |config| {
-        config.workers.insert("w1".into(), crate::config::WorkerSection { token: Some("w1-own-token".into()) });
+        config
+            .workers
+            .insert("w1".into(), crate::config::WorkerSection { token: Some("w1-own-token".into()), token_env: None });
     });
     let own = |holder: &str, session: &str| WorkerCredentials {
         token: WorkerToken::Own(holder.to_owned()),
