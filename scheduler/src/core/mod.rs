@@ -43,6 +43,12 @@
 //! those it cannot run by the common finish while other work is ready, or, when nothing
 //! else is ready, those the asking worker would end sooner.
 //!
+//! A failed test runs again on another worker (a retry tells a flake from a failure) and
+//! the gate waits on that result, so a retry never waits for a whole shard to end: it runs
+//! first in the next shard of a worker it did not fail on, and when every such worker
+//! holds a lease, the one whose running test ends first gives back the tests it has not
+//! started ([`Decision::LeaseShrunk`]) and asks for work after that test.
+//!
 //! A single test cannot be split. With [`SchedulerConfig::straggler_copies`] (off by
 //! default), a worker with nothing better to do runs a backup copy of the test that holds
 //! the build's end on a slow or stalled machine ([`LeaseGrant::copy_of`]); the first

@@ -119,7 +119,18 @@ impl Scheduler {
         if let Some(worker_state) = self.workers.get_mut(&worker) {
             worker_state.last_seen = now;
         }
-        Ok(results.iter().zip(indices).map(|(result, index)| self.take_result(lease, index, result, now)).collect())
+        let mut reports: Vec<Report> =
+            results.iter().zip(indices).map(|(result, index)| self.take_result(lease, index, result, now)).collect();
+        // A retry does not wait for a whole shard to end: room is made for it once the
+        // batch is taken (not within it: the lease reporting may be the one shrunk, and
+        // what it kept must not be a test it has just reported).
+        let room = self.make_room_for_retries(now);
+        if let Some(Report::Accepted { decisions, .. }) =
+            reports.iter_mut().rev().find(|report| matches!(report, Report::Accepted { .. }))
+        {
+            decisions.extend(room);
+        }
+        Ok(reports)
     }
 
     /// Event: a worker reports one finished test of its lease, not quarantined, that took
