@@ -22,7 +22,7 @@
 //!
 //! That is [`ShardSizing::Finer`], and each extra shard pays the overhead again: on a
 //! tag-selected build of 40 s, 4% a shard. Where the estimates can be trusted
-//! ([`ShardSizing::Fitted`], not the default yet, see [`SchedulerConfig::default`]: at most 1% of the build's tests new, the tests
+//! ([`ShardSizing::Fitted`], the default: at most 1% of the build's tests new, the tests
 //! reported so far within about 20% of their estimates, leases that can be split) a
 //! worker that asks gets its part of a split of all the ready work among the live workers
 //! at once, longest first (LPT, the busy workers counted from when they will be free),
@@ -170,10 +170,7 @@ impl Default for SchedulerConfig {
             max_shard_s: 600.0,
             split_running_leases: true,
             flaky_fails_build: false,
-            // Not fitted yet: with one shard a worker, a failed test's retry waits until a
-            // worker has finished its whole shard, so the gate closes at the build's end
-            // instead of minutes before it (`cli/tests/gate.rs::red_closes_…`).
-            shard_sizing: ShardSizing::Finer,
+            shard_sizing: ShardSizing::Fitted,
             straggler_copies: false,
         }
     }
