@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use greenlight_fixtures::SUITE_FILE;
 use greenlight_fixtures::repo::FixtureRepo;
-use greenlight_scheduler::core::SchedulerError;
+use greenlight_scheduler::core::{SchedulerError, ShardSizing};
 use greenlight_shared::api::{
     BuildState, BuildSummary, GateState, HealthKind, Lease, PushState, ResultsResponse, ShardOutcome, ShardState,
     TestReport, TestStatus,
@@ -15,7 +15,7 @@ use greenlight_shared::suite::{SuiteFile, SuiteTest};
 
 use super::{Farm, FarmError, WorkerCredentials, WorkerToken};
 use crate::clock::{Clock, FakeClock};
-use crate::config::{Config, SuiteConfig};
+use crate::config::{Config, ShardSizingName, SuiteConfig};
 use crate::store::{Kv, MemoryKv, Store, StoreError};
 
 const START: f64 = 1_000_000.0;
@@ -1260,4 +1260,35 @@ async fn a_running_build_is_packed_only_once_it_ends_and_reads_the_same_before_a
     assert!(harness.store.results_packed(build_id).unwrap(), "an ended build is packed");
     assert_eq!(harness.farm.build_tests(build_id).unwrap().results, before);
     assert!(before.iter().any(|result| result.retried), "{before:?}");
+}
+
+/// `[scheduler] shard_sizing` and `straggler_copies` reach the scheduler the master leases
+/// with: fitted (the default), two workers of a build of twelve 1 s tests each lease half
+/// of it; cut finer, the first worker gets less and leaves the rest for later shards.
+#[tokio::test]
+async fn the_configured_shard_sizing_decides_how_much_a_lease_holds() {
+    let ids: Vec<String> = (0..12).map(|index| format!("t{index:02}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    for (sizing, copies) in [(None, false), (Some(ShardSizingName::Finer), true), (Some(ShardSizingName::Fitted), true)]
+    {
+        let harness = Harness::new(&suite(&ids), |config| {
+            if let Some(sizing) = sizing {
+                config.scheduler.shard_sizing = sizing;
+            }
+            config.scheduler.straggler_copies = copies;
+        });
+        let config = harness.farm.core().scheduler.config().clone();
+        assert_eq!(config.straggler_copies, copies);
+        harness.next_build().await;
+        let first = harness.register("w1");
+        harness.register("w2");
+        let lease = harness.lease(first);
+        if sizing == Some(ShardSizingName::Finer) {
+            assert_eq!(config.shard_sizing, ShardSizing::Finer);
+            assert!(lease.tests.len() < 6, "cut finer: {:?}", lease.tests);
+        } else {
+            assert_eq!(config.shard_sizing, ShardSizing::Fitted);
+            assert_eq!(lease.tests.len(), 6, "fitted: half the build: {:?}", lease.tests);
+        }
+    }
 }
