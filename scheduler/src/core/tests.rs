@@ -361,6 +361,25 @@ fn a_retry_splits_no_lease_when_splitting_is_off_or_only_the_worker_it_failed_on
 }
 
 #[test]
+fn a_worker_joining_after_a_lone_worker_took_the_build_is_woken_by_its_first_result() {
+    let mut scheduler =
+        Scheduler::new(SchedulerConfig { shard_sizing: ShardSizing::Fitted, ..SchedulerConfig::default() });
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.add_build(BuildId(1), tens(4), 0.0).unwrap();
+    let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    assert_eq!(first.tests.len(), 4, "alone, it takes the whole build");
+    scheduler.worker_joined(WorkerId(2), 2.0);
+    assert_eq!(scheduler.request_work(WorkerId(2), 2.0), (None, vec![]), "nothing to split yet");
+    let (_, decisions) = accepted(scheduler.test_finished(first.lease, WorkerId(1), "t0", TestStatus::Passed, 11.0));
+    assert!(decisions.contains(&Decision::WorkAvailable), "the waiting worker asks again: {decisions:?}");
+    let (second, _) = scheduler.request_work(WorkerId(2), 11.0);
+    assert!(second.is_some_and(|second| !second.tests.is_empty()), "it takes over the end of the first lease");
+    // Later results wake nobody: the idle worker has asked since.
+    let (_, decisions) = accepted(scheduler.test_finished(first.lease, WorkerId(1), "t1", TestStatus::Passed, 21.0));
+    assert!(!decisions.contains(&Decision::WorkAvailable), "{decisions:?}");
+}
+
+#[test]
 fn a_lease_that_has_reported_nothing_yet_is_not_split() {
     // Its runner may write its report only at exit: the scheduler knows neither its
     // pace nor which test it runs, and the worker could not stop after the kept ones.
