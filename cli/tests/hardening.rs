@@ -101,11 +101,16 @@ fn lease_again(farm: &Farm, worker_id: u64, lease_id: u64) -> greenlight_shared:
     next_lease(farm, worker_id)
 }
 
-/// Plays a worker by hand: registers and waits for a lease.
-fn lease_by_hand(farm: &Farm, name: &str) -> (u64, greenlight_shared::api::Lease) {
+/// Plays a worker by hand: registers. Its worker id.
+fn register_by_hand(farm: &Farm, name: &str) -> u64 {
     let (status, me) = farm.post("/api/v1/workers/register", &serde_json::json!({"name": name}), Some(common::TOKEN));
     assert_eq!(status, 200, "{me}");
-    let worker_id = me["worker_id"].as_u64().expect("a worker id");
+    me["worker_id"].as_u64().expect("a worker id")
+}
+
+/// Plays a worker by hand: registers and waits for a lease.
+fn lease_by_hand(farm: &Farm, name: &str) -> (u64, greenlight_shared::api::Lease) {
+    let worker_id = register_by_hand(farm, name);
     (worker_id, next_lease(farm, worker_id))
 }
 
@@ -482,8 +487,12 @@ fn results_acknowledged_around_a_full_disk_are_all_in_the_data_directory_after_a
 #[test]
 fn results_acknowledged_to_concurrent_reporters_sharing_flushes_are_all_there_after_a_kill_9() {
     let mut farm = Farm::start(&suite_of(600, 1.0), 0, FarmOptions::default());
+    // All six are live before the first asks, so the build is shared among them (a worker
+    // alone takes all it may, and one that joins later gets a part of it only once it has
+    // reported, which these do only when all six have a lease).
+    let worker_ids: Vec<u64> = (0..6).map(|index| register_by_hand(&farm, &format!("reporter-{index}"))).collect();
     let reporters: Vec<(u64, greenlight_shared::api::Lease)> =
-        (0..6).map(|index| lease_by_hand(&farm, &format!("reporter-{index}"))).collect();
+        worker_ids.into_iter().map(|worker_id| (worker_id, next_lease(&farm, worker_id))).collect();
     let build_id = reporters[0].1.build_id;
     // Each reporter sends its shard's results one or two at a time, as fast as it is
     // answered, all at once: their flushes are shared. The master is killed mid-stream.

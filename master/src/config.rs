@@ -31,6 +31,10 @@
 //! cache_bytes = 33554432           # the store's page cache in memory (sled's cache_capacity)
 //! keep_results_builds = 500        # full results and shards of the newest 500 builds; 0: all
 //! keep_results_days = 0            # and of builds that ended in the last N days; 0: no limit
+//!
+//! [scheduler]                      # every key optional; see `SchedulerSection` for all
+//! shard_sizing = "fitted"          # one shard a worker where estimates hold; or "finer"
+//! straggler_copies = false         # a backup copy of a test holding the build's end
 //! ```
 //!
 //! Or a runner adapter instead of the templates (it lists, sets up and runs by itself):
@@ -604,6 +608,29 @@ pub struct SchedulerSection {
     /// late or other workers would idle (`command` runners that report as they go).
     #[serde(default = "default_split_running_leases")]
     pub split_running_leases: bool,
+    /// How many shards a build is cut into: `"fitted"` (the default: one a worker while the
+    /// build's estimates can be trusted, late leases split to correct what runs long; cut
+    /// finer for builds with new tests, estimates found off, or shards that cannot be split)
+    /// or `"finer"` (two or three shards a worker, each paying the shard overhead, as before
+    /// issue #17).
+    #[serde(default)]
+    pub shard_sizing: ShardSizingName,
+    /// Whether a worker with nothing to do runs a backup copy of a test that holds the
+    /// build's end on a slow or stalled machine; the first result counts, the other lease is
+    /// told to stop. Off by default.
+    #[serde(default)]
+    pub straggler_copies: bool,
+}
+
+/// The shard sizings a configuration can name (`[scheduler] shard_sizing`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardSizingName {
+    /// One shard a worker where the estimates can be trusted, finer otherwise.
+    #[default]
+    Fitted,
+    /// Two or three shards a worker, always.
+    Finer,
 }
 
 fn default_split_running_leases() -> bool {
@@ -654,6 +681,8 @@ impl Default for SchedulerSection {
             bench_s: default_bench_s(),
             max_shard_s: default_max_shard_s(),
             split_running_leases: default_split_running_leases(),
+            shard_sizing: ShardSizingName::default(),
+            straggler_copies: false,
         }
     }
 }
@@ -927,6 +956,27 @@ run_command = ["run", "{ids_file}"]
             Config::from_file(&path).unwrap_err().to_string(),
             "invalid configuration: [storage] keep_results_days must be >= 0"
         );
+    }
+
+    #[test]
+    fn the_scheduler_section_sets_the_shard_sizing_and_straggler_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("greenlight.toml");
+        let base = "data_dir = \"/x\"\n[repository]\nurl = \"u\"\n[suite]\nfile = \"s.json\"\nrun_command = [\"r\"]\n";
+        std::fs::write(&path, base).unwrap();
+        let scheduler = Config::from_file(&path).unwrap().scheduler;
+        assert_eq!((scheduler.shard_sizing, scheduler.straggler_copies), (ShardSizingName::Fitted, false));
+        std::fs::write(&path, format!("{base}[scheduler]\nshard_sizing = \"finer\"\nstraggler_copies = true\n"))
+            .unwrap();
+        let scheduler = Config::from_file(&path).unwrap().scheduler;
+        assert_eq!((scheduler.shard_sizing, scheduler.straggler_copies), (ShardSizingName::Finer, true));
+        std::fs::write(&path, format!("{base}[scheduler]\nshard_sizing = \"fitted\"\n")).unwrap();
+        assert_eq!(Config::from_file(&path).unwrap().scheduler.shard_sizing, ShardSizingName::Fitted);
+        std::fs::write(&path, format!("{base}[scheduler]\nshard_sizing = \"coarse\"\n")).unwrap();
+        let error = Config::from_file(&path).unwrap_err().to_string();
+        assert!(error.contains("unknown variant `coarse`, expected `fitted` or `finer`"), "{error}");
+        std::fs::write(&path, format!("{base}[scheduler]\nstraggler_copies = \"yes\"\n")).unwrap();
+        assert!(Config::from_file(&path).unwrap_err().to_string().contains("invalid type"));
     }
 
     #[test]

@@ -43,7 +43,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use greenlight_scheduler::core::{Scheduler, SchedulerConfig, SchedulerError};
+use greenlight_scheduler::core::{Scheduler, SchedulerConfig, SchedulerError, ShardSizing};
 use greenlight_shared::api::{
     BuildSummary, ChangeView, FarmEvent, GateView, ShardEvent, ShardView, TestResultView, TestStatus,
 };
@@ -59,7 +59,7 @@ pub use self::queries::{ResultsCursor, ResultsPage, ResultsQueryError};
 pub use self::workers::{Work, WorkerCredentials, WorkerToken};
 use crate::changes::{Mirror, Tagger};
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, ShardSizingName};
 use crate::culprit::Bisection;
 use crate::gate;
 use crate::store::{Store, StoreError};
@@ -286,6 +286,11 @@ fn scheduler_config(config: &Config) -> SchedulerConfig {
         max_shard_s: scheduler.max_shard_s,
         split_running_leases: scheduler.split_running_leases,
         flaky_fails_build: config.gate.flaky_fails_build,
+        shard_sizing: match scheduler.shard_sizing {
+            ShardSizingName::Fitted => ShardSizing::Fitted,
+            ShardSizingName::Finer => ShardSizing::Finer,
+        },
+        straggler_copies: scheduler.straggler_copies,
         ..SchedulerConfig::default()
     }
 }

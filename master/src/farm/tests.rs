@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use greenlight_fixtures::SUITE_FILE;
 use greenlight_fixtures::repo::FixtureRepo;
-use greenlight_scheduler::core::SchedulerError;
+use greenlight_scheduler::core::{SchedulerError, ShardSizing};
 use greenlight_shared::api::{
     BuildState, BuildSummary, GateState, HealthKind, Lease, PushState, ResultsResponse, ShardOutcome, ShardState,
     TestReport, TestStatus,
@@ -15,7 +15,7 @@ use greenlight_shared::suite::{SuiteFile, SuiteTest};
 
 use super::{Farm, FarmError, WorkerCredentials, WorkerToken};
 use crate::clock::{Clock, FakeClock};
-use crate::config::{Config, SuiteConfig};
+use crate::config::{Config, ShardSizingName, SuiteConfig};
 use crate::store::{Kv, MemoryKv, Store, StoreError};
 
 const START: f64 = 1_000_000.0;
@@ -335,32 +335,42 @@ async fn a_cancelled_build_shows_its_running_shards_cancelled_and_queues_its_cha
 
 #[tokio::test]
 async fn a_real_failure_closes_the_gate_at_once_and_a_green_build_reopens_it() {
-    let harness = Harness::new(&suite(&["a", "b", "c"]), |_| {});
+    let harness = Harness::new(&suite(&["a", "b", "c", "d", "e", "f"]), |_| {});
     let red = harness.next_build().await;
-    let worker = harness.register("w1");
-    let lease = harness.lease(worker);
+    let (first, second) = (harness.register("w1"), harness.register("w2"));
+    // One shard each (fitted): three tests.
+    let lease = harness.lease(first);
+    let other = harness.lease(second);
+    assert_eq!((lease.tests.len(), other.tests.len()), (3, 3));
     let failing = lease.tests[0].clone();
-    harness.report(&lease, worker, &[(&failing, TestStatus::Failed)]).unwrap();
+    harness.report(&lease, first, &[(&failing, TestStatus::Failed)]).unwrap();
     assert_eq!(harness.gate(), GateState::Open, "one failed attempt is retried before it counts");
-    for test_id in &lease.tests[1..] {
-        harness.report(&lease, worker, &[(test_id, TestStatus::Passed)]).unwrap();
-    }
-    harness.farm.finish(lease.lease_id, worker, &ShardOutcome::Completed, None).unwrap();
-    let retry = harness.lease(worker);
+    // The retry runs on the other worker, which does not finish its whole shard first: it
+    // keeps the test it runs and gives back the rest.
+    let answer = harness.report(&other, second, &[(&other.tests[0], TestStatus::Passed)]).unwrap();
+    assert_eq!(answer.withdrawn, other.tests[2..]);
+    harness.report(&other, second, &[(&other.tests[1], TestStatus::Passed)]).unwrap();
+    harness.farm.finish(other.lease_id, second, &ShardOutcome::Completed, None).unwrap();
+    let retry = harness.lease(second);
     assert_eq!(retry.tests[0], failing, "the retry comes first");
-    harness.report(&retry, worker, &[(&failing, TestStatus::Failed)]).unwrap();
+    harness.report(&retry, second, &[(&failing, TestStatus::Failed)]).unwrap();
     assert_eq!(harness.gate(), GateState::Closed, "closed before the build ends");
     assert_eq!(harness.build(red).state, BuildState::Running);
     for test_id in &retry.tests[1..] {
-        harness.report(&retry, worker, &[(test_id, TestStatus::Passed)]).unwrap();
+        harness.report(&retry, second, &[(test_id, TestStatus::Passed)]).unwrap();
     }
-    harness.farm.finish(retry.lease_id, worker, &ShardOutcome::Completed, None).unwrap();
-    harness.run_all(worker, passing);
+    harness.farm.finish(retry.lease_id, second, &ShardOutcome::Completed, None).unwrap();
+    for test_id in &lease.tests[1..] {
+        harness.report(&lease, first, &[(test_id, TestStatus::Passed)]).unwrap();
+    }
+    harness.farm.finish(lease.lease_id, first, &ShardOutcome::Completed, None).unwrap();
+    harness.run_all(first, passing);
     let build = harness.build(red);
     assert_eq!((build.state, build.failed_tests.clone()), (BuildState::Red, vec![failing]), "{build:?}");
     harness.repo.touch_area("core", "Fix it").unwrap();
     let green = harness.next_build().await;
-    harness.run_all(worker, passing);
+    harness.run_all(first, passing);
+    harness.run_all(second, passing);
     assert_eq!(harness.build(green).state, BuildState::Green);
     assert_eq!(harness.gate(), GateState::Open);
 }
@@ -636,7 +646,10 @@ async fn a_build_whose_only_failure_is_quarantined_and_that_lost_a_test_ends_in_
 #[tokio::test]
 async fn what_shards_cost_is_measured_learned_for_the_next_plan_and_bounds_the_build() {
     let ids: Vec<String> = (0..12).map(|index| format!("t{index}")).collect();
-    let harness = Harness::new(&suite(&ids.iter().map(String::as_str).collect::<Vec<_>>()), |_| {});
+    // Cut finer, so that one worker runs several shards (fitted, it would run one).
+    let harness = Harness::new(&suite(&ids.iter().map(String::as_str).collect::<Vec<_>>()), |config| {
+        config.scheduler.shard_sizing = ShardSizingName::Finer;
+    });
     let build_id = harness.next_build().await;
     let worker = harness.register("w1");
     let mut leases = 0;
@@ -1268,4 +1281,35 @@ async fn a_running_build_is_packed_only_once_it_ends_and_reads_the_same_before_a
     assert!(harness.store.results_packed(build_id).unwrap(), "an ended build is packed");
     assert_eq!(harness.farm.build_tests(build_id).unwrap().results, before);
     assert!(before.iter().any(|result| result.retried), "{before:?}");
+}
+
+/// `[scheduler] shard_sizing` and `straggler_copies` reach the scheduler the master leases
+/// with: fitted (the default), two workers of a build of twelve 1 s tests each lease half
+/// of it; cut finer, the first worker gets less and leaves the rest for later shards.
+#[tokio::test]
+async fn the_configured_shard_sizing_decides_how_much_a_lease_holds() {
+    let ids: Vec<String> = (0..12).map(|index| format!("t{index:02}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    for (sizing, copies) in [(None, false), (Some(ShardSizingName::Finer), true), (Some(ShardSizingName::Fitted), true)]
+    {
+        let harness = Harness::new(&suite(&ids), |config| {
+            if let Some(sizing) = sizing {
+                config.scheduler.shard_sizing = sizing;
+            }
+            config.scheduler.straggler_copies = copies;
+        });
+        let config = harness.farm.core().scheduler.config().clone();
+        assert_eq!(config.straggler_copies, copies);
+        harness.next_build().await;
+        let first = harness.register("w1");
+        harness.register("w2");
+        let lease = harness.lease(first);
+        if sizing == Some(ShardSizingName::Finer) {
+            assert_eq!(config.shard_sizing, ShardSizing::Finer);
+            assert!(lease.tests.len() < 6, "cut finer: {:?}", lease.tests);
+        } else {
+            assert_eq!(config.shard_sizing, ShardSizing::Fitted);
+            assert_eq!(lease.tests.len(), 6, "fitted: half the build: {:?}", lease.tests);
+        }
+    }
 }

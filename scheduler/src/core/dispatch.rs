@@ -186,9 +186,10 @@ impl Scheduler {
             self.next_lease -= 1;
             return (None, decisions);
         }
-        // Inside the shard, tests that others wait on run first, so their dependants become
-        // ready as early as possible; the rest keep their priority order.
-        tests.sort_by_key(|&index| run.plan.tests[index].dependents.is_empty());
+        // Inside the shard, retries run first (the gate waits on them), then tests that
+        // others wait on, so their dependants become ready as early as possible; the rest
+        // keep their priority order.
+        tests.sort_by_key(|&index| (run.failures[index] == 0, run.plan.tests[index].dependents.is_empty()));
         let deadline = now + self.config.lease_timeout_s;
         let test_ids = tests.iter().map(|&index| run.plan.tests[index].id.clone()).collect();
         run.started.insert(worker);
@@ -276,7 +277,11 @@ impl Scheduler {
         if end - split_end <= 2.0 * startup || total <= 0.0 {
             return None;
         }
-        let withdrawn = unreported[kept..].to_vec();
+        Some(self.withdraw(id, unreported[kept..].to_vec()))
+    }
+
+    /// Takes `withdrawn`, tests of lease `id` not started, back into the ready queue.
+    fn withdraw(&mut self, id: LeaseId, withdrawn: Vec<PlanIndex>) -> Decision {
         let lease = self.leases.get_mut(&id).expect("a lease just looked at");
         let run = self.builds.get_mut(&lease.build).expect("its build is running");
         for &test in &withdrawn {
@@ -289,7 +294,81 @@ impl Scheduler {
         }
         lease.withdrawn.extend_from_slice(&withdrawn);
         let withdrawn = withdrawn.iter().map(|&test| run.plan.tests[test].id.clone()).collect();
-        Some(Decision::LeaseShrunk { build: lease.build, lease: id, worker: lease.worker, withdrawn })
+        Decision::LeaseShrunk { build: lease.build, lease: id, worker: lease.worker, withdrawn }
+    }
+
+    /// Makes room for the retries waiting in the ready queues (a retry heads its build's
+    /// queue), after any result: [`Scheduler::make_room_for_retry`] for each build whose
+    /// queue a retry heads, and [`Decision::WorkAvailable`] if a lease was shrunk.
+    pub(super) fn make_room_for_retries(&mut self, now: Seconds) -> Vec<Decision> {
+        let waiting: Vec<(BuildId, PlanIndex)> = self
+            .builds
+            .iter()
+            .filter_map(|(&build, run)| {
+                run.ready.peek().filter(|entry| run.failures[entry.index] > 0).map(|entry| (build, entry.index))
+            })
+            .collect();
+        let mut decisions: Vec<Decision> =
+            waiting.into_iter().filter_map(|(build, test)| self.make_room_for_retry(build, test, now)).collect();
+        if !decisions.is_empty() {
+            // What the shrunk leases gave back is ready.
+            decisions.push(Decision::WorkAvailable);
+        }
+        decisions
+    }
+
+    /// Makes room for the retry of a failed `test` of `build`, ready now, when every
+    /// worker that may run it (not benched, and not one it failed on) holds a lease:
+    /// the lease among theirs whose running test should end first gives back the tests it
+    /// has not started ([`Decision::LeaseShrunk`]), so its worker asks for work after that
+    /// test and takes the retry first. The retry then waits for one test, not for a whole
+    /// shard: with one shard a worker ([`ShardSizing::Fitted`]), that would be the end of
+    /// the build, and the gate would close only then. The tests given back are ready again
+    /// for that worker, or any other. Nothing is withdrawn when such a worker is free (it is
+    /// told that work is available) or will be free about as soon anyway (within what a
+    /// new shard costs), or when only workers the test failed on are left (the first free
+    /// takes it). Only leases [`Scheduler::split_laggard`] could split are shrunk: their
+    /// runner reports as it goes and has reported a result (until then, a later result
+    /// tries again).
+    fn make_room_for_retry(&mut self, build: BuildId, test: PlanIndex, now: Seconds) -> Option<Decision> {
+        if !self.config.split_running_leases {
+            return None;
+        }
+        let run = self.builds.get(&build)?;
+        let avoid = run.avoid.get(&test).map(Vec::as_slice).unwrap_or_default();
+        let mut candidates = Vec::new();
+        for (&worker, state) in
+            self.workers.iter().filter(|(id, state)| state.benched_until <= now && !avoid.contains(id))
+        {
+            let Some((id, lease)) =
+                state.lease.and_then(|id| self.leases.get(&id).filter(|lease| lease.active).map(|lease| (id, lease)))
+            else {
+                // Free: it is told that work is available and asks.
+                return None;
+            };
+            let Some(holder_run) = self.builds.get(&lease.build) else { continue };
+            let drift = holder_run.drift.ratio();
+            let free_at = lease.free_at(now, drift);
+            let unreported: Vec<PlanIndex> =
+                lease.tests.iter().copied().filter(|&test| holder_run.states[test] == TestState::Leased(id)).collect();
+            let splittable = holder_run.plan.leases_splittable && lease.reported > 0 && lease.copy_of.is_none();
+            // When it would be free keeping only the test it runs.
+            let shrunk_at = match unreported.first() {
+                Some(&running) if splittable && unreported.len() > 1 => {
+                    (lease.progress_at + holder_run.plan.tests[running].estimate_s * lease.pace(drift)).max(now)
+                }
+                _ => free_at,
+            };
+            candidates.push((shrunk_at, free_at, id, worker, unreported));
+        }
+        let soonest_free = candidates.iter().map(|candidate| candidate.1).fold(f64::INFINITY, f64::min);
+        let (shrunk_at, free_at, id, worker, unreported) =
+            candidates.into_iter().min_by(|a, b| a.0.total_cmp(&b.0).then(a.2.cmp(&b.2)))?;
+        let startup = self.builds[&build].shard_cost(worker);
+        if shrunk_at >= free_at || soonest_free <= shrunk_at + startup {
+            return None;
+        }
+        Some(self.withdraw(id, unreported[1..].to_vec()))
     }
 
     /// What the next shard of `build` for `worker`, free at `now`, should aim at.
@@ -514,7 +593,12 @@ impl Scheduler {
             // A test this worker failed on or lost goes to another worker, when there is one.
             let avoided =
                 entry.is_none_or(|entry| run.avoid.get(&entry.index).is_some_and(|avoid| avoid.contains(&worker)));
-            let Some(bin) = least(&bins, avoided.then_some(worker)).or_else(|| least(&bins, None)) else {
+            // A retry goes to the worker asking now, unless the test failed there: the gate
+            // waits on its result.
+            let retry = entry.is_some_and(|entry| run.failures[entry.index] > 0);
+            let asking = bins.iter().position(|bin| bin.2 == worker).filter(|_| retry && !avoided);
+            let Some(bin) = asking.or_else(|| least(&bins, avoided.then_some(worker))).or_else(|| least(&bins, None))
+            else {
                 break;
             };
             bins[bin].0 += seconds;

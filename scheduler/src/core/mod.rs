@@ -22,7 +22,7 @@
 //!
 //! That is [`ShardSizing::Finer`], and each extra shard pays the overhead again: on a
 //! tag-selected build of 40 s, 4% a shard. Where the estimates can be trusted
-//! ([`ShardSizing::Fitted`], not the default yet, see [`SchedulerConfig::default`]: at most 1% of the build's tests new, the tests
+//! ([`ShardSizing::Fitted`], the default: at most 1% of the build's tests new, the tests
 //! reported so far within about 20% of their estimates, leases that can be split) a
 //! worker that asks gets its part of a split of all the ready work among the live workers
 //! at once, longest first (LPT, the busy workers counted from when they will be free),
@@ -42,6 +42,12 @@
 //! to end last may give back the tests it has not started ([`Decision::LeaseShrunk`]):
 //! those it cannot run by the common finish while other work is ready, or, when nothing
 //! else is ready, those the asking worker would end sooner.
+//!
+//! A failed test runs again on another worker (a retry tells a flake from a failure) and
+//! the gate waits on that result, so a retry never waits for a whole shard to end: it runs
+//! first in the next shard of a worker it did not fail on, and when every such worker
+//! holds a lease, the one whose running test ends first gives back the tests it has not
+//! started ([`Decision::LeaseShrunk`]) and asks for work after that test.
 //!
 //! A single test cannot be split. With [`SchedulerConfig::straggler_copies`] (off by
 //! default), a worker with nothing better to do runs a backup copy of the test that holds
@@ -164,10 +170,7 @@ impl Default for SchedulerConfig {
             max_shard_s: 600.0,
             split_running_leases: true,
             flaky_fails_build: false,
-            // Not fitted yet: with one shard a worker, a failed test's retry waits until a
-            // worker has finished its whole shard, so the gate closes at the build's end
-            // instead of minutes before it (`cli/tests/gate.rs::red_closes_…`).
-            shard_sizing: ShardSizing::Finer,
+            shard_sizing: ShardSizing::Fitted,
             straggler_copies: false,
         }
     }

@@ -119,7 +119,42 @@ impl Scheduler {
         if let Some(worker_state) = self.workers.get_mut(&worker) {
             worker_state.last_seen = now;
         }
-        Ok(results.iter().zip(indices).map(|(result, index)| self.take_result(lease, index, result, now)).collect())
+        let first_results = lease_state.reported == 0;
+        let mut reports: Vec<Report> =
+            results.iter().zip(indices).map(|(result, index)| self.take_result(lease, index, result, now)).collect();
+        // A retry does not wait for a whole shard to end: room is made for it once the
+        // batch is taken (not within it: the lease reporting may be the one shrunk, and
+        // what it kept must not be a test it has just reported).
+        let mut room = self.make_room_for_retries(now);
+        if first_results && room.is_empty() && self.splittable_with_idle_workers(lease, now) {
+            // Its first results show it can give back what it has not started: a worker
+            // that found nothing to do (it joined after the build was split) may now
+            // take a part of it.
+            room.push(Decision::WorkAvailable);
+        }
+        if let Some(Report::Accepted { decisions, .. }) =
+            reports.iter_mut().rev().find(|report| matches!(report, Report::Accepted { .. }))
+        {
+            decisions.extend(room);
+        }
+        Ok(reports)
+    }
+
+    /// Whether `lease` is active, has reported, could give back what it has not started
+    /// ([`Scheduler::split_laggard`]'s conditions) and some worker is idle: not benched,
+    /// holding no active lease.
+    fn splittable_with_idle_workers(&self, lease: LeaseId, now: Seconds) -> bool {
+        let Some(state) = self.leases.get(&lease).filter(|state| state.active && state.reported > 0) else {
+            return false;
+        };
+        let splittable = self.config.split_running_leases
+            && state.copy_of.is_none()
+            && self.builds.get(&state.build).is_some_and(|run| run.plan.leases_splittable);
+        splittable
+            && self.workers.values().any(|worker| {
+                worker.benched_until <= now
+                    && worker.lease.and_then(|id| self.leases.get(&id)).is_none_or(|lease| !lease.active)
+            })
     }
 
     /// Event: a worker reports one finished test of its lease, not quarantined, that took

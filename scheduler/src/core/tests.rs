@@ -272,6 +272,113 @@ fn an_idle_worker_takes_over_the_unstarted_end_of_a_lease_running_late() {
     assert_eq!(finished(&decisions), [(BuildId(1), Verdict::Green)]);
 }
 
+/// A build of eight 10 s tests (shards cost 1 s) cut fitted for workers 1 and 2: one shard
+/// of four tests each, both granted at 0 s, running from 1 s to 41 s. Worker 3, when
+/// given, joins later.
+fn two_fitted_shards(third_worker: bool) -> (Scheduler, LeaseGrant, LeaseGrant) {
+    let mut scheduler =
+        Scheduler::new(SchedulerConfig { shard_sizing: ShardSizing::Fitted, ..SchedulerConfig::default() });
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.worker_joined(WorkerId(2), 0.0);
+    scheduler.add_build(BuildId(1), tens(8), 0.0).unwrap();
+    let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    let second = scheduler.request_work(WorkerId(2), 0.0).0.unwrap();
+    assert_eq!((first.tests.len(), second.tests.len()), (4, 4));
+    if third_worker {
+        scheduler.worker_joined(WorkerId(3), 5.0);
+    }
+    (scheduler, first, second)
+}
+
+fn shrinks(decisions: &[Decision]) -> Vec<&Decision> {
+    decisions.iter().filter(|decision| matches!(decision, Decision::LeaseShrunk { .. })).collect()
+}
+
+#[test]
+fn a_retry_waits_for_the_test_another_worker_runs_not_for_its_whole_shard() {
+    let (mut scheduler, first, second) = two_fitted_shards(false);
+    let failing = first.tests[0].as_str();
+    // Worker 1's first test fails at 11 s. Worker 2 has reported nothing yet (its runner
+    // may write its report only at exit): its lease cannot be split.
+    let (outcome, decisions) =
+        accepted(scheduler.test_finished(first.lease, WorkerId(1), failing, TestStatus::Failed, 11.0));
+    assert_eq!(outcome, Outcome::Retry);
+    assert!(shrinks(&decisions).is_empty(), "{decisions:?}");
+    // Its first result, at 11 s: it keeps the test it runs now and gives back the rest.
+    let (_, decisions) =
+        accepted(scheduler.test_finished(second.lease, WorkerId(2), &second.tests[0], TestStatus::Passed, 11.0));
+    let shrunk = Decision::LeaseShrunk {
+        build: BuildId(1),
+        lease: second.lease,
+        worker: WorkerId(2),
+        withdrawn: second.tests[2..].to_vec(),
+    };
+    assert_eq!(shrinks(&decisions), [&shrunk]);
+    accepted(scheduler.test_finished(second.lease, WorkerId(2), &second.tests[1], TestStatus::Passed, 21.0));
+    scheduler.lease_finished(second.lease, WorkerId(2), 21.0).unwrap();
+    let next = scheduler.request_work(WorkerId(2), 21.0).0.expect("the retry and the tests given back");
+    assert_eq!(next.tests[0], failing, "the retry runs first: {next:?}");
+    assert!(second.tests[2..].iter().all(|test| next.tests.contains(test)), "{next:?}");
+    // It fails again at 32 s: the build is red then, not when worker 1's shard ends (41 s).
+    let report = scheduler.test_finished(next.lease, WorkerId(2), failing, TestStatus::Failed, 32.0).unwrap();
+    let Report::Accepted { outcome, fails_build, .. } = report else { panic!("{report:?}") };
+    assert_eq!((outcome, fails_build), (Outcome::Final { flaky: false }, true));
+}
+
+#[test]
+fn a_retry_goes_to_a_free_worker_and_no_lease_is_split_for_it() {
+    let (mut scheduler, first, second) = two_fitted_shards(true);
+    let failing = first.tests[0].as_str();
+    accepted(scheduler.test_finished(second.lease, WorkerId(2), &second.tests[0], TestStatus::Passed, 10.0));
+    let (_, decisions) = accepted(scheduler.test_finished(first.lease, WorkerId(1), failing, TestStatus::Failed, 11.0));
+    assert!(shrinks(&decisions).is_empty(), "{decisions:?}");
+    assert!(decisions.contains(&Decision::WorkAvailable));
+    let retry = scheduler.request_work(WorkerId(3), 11.0).0.expect("the free worker takes the retry");
+    assert_eq!(retry.tests[0], failing);
+}
+
+#[test]
+fn a_retry_splits_no_lease_when_splitting_is_off_or_only_the_worker_it_failed_on_is_left() {
+    let config =
+        SchedulerConfig { shard_sizing: ShardSizing::Finer, split_running_leases: false, ..SchedulerConfig::default() };
+    for (config, workers) in [(config, 2), (SchedulerConfig::default(), 1)] {
+        let mut scheduler = Scheduler::new(config);
+        for worker in 1..=workers {
+            scheduler.worker_joined(WorkerId(worker), 0.0);
+        }
+        scheduler.add_build(BuildId(1), tens(6), 0.0).unwrap();
+        let grants: Vec<LeaseGrant> =
+            (1..=workers).map(|worker| scheduler.request_work(WorkerId(worker), 0.0).0.unwrap()).collect();
+        if let Some(other) = grants.get(1) {
+            accepted(scheduler.test_finished(other.lease, WorkerId(2), &other.tests[0], TestStatus::Passed, 10.0));
+        }
+        let failing = grants[0].tests[0].as_str();
+        let (outcome, decisions) =
+            accepted(scheduler.test_finished(grants[0].lease, WorkerId(1), failing, TestStatus::Failed, 11.0));
+        assert_eq!(outcome, Outcome::Retry);
+        assert!(shrinks(&decisions).is_empty(), "{decisions:?}");
+    }
+}
+
+#[test]
+fn a_worker_joining_after_a_lone_worker_took_the_build_is_woken_by_its_first_result() {
+    let mut scheduler =
+        Scheduler::new(SchedulerConfig { shard_sizing: ShardSizing::Fitted, ..SchedulerConfig::default() });
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.add_build(BuildId(1), tens(4), 0.0).unwrap();
+    let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    assert_eq!(first.tests.len(), 4, "alone, it takes the whole build");
+    scheduler.worker_joined(WorkerId(2), 2.0);
+    assert_eq!(scheduler.request_work(WorkerId(2), 2.0), (None, vec![]), "nothing to split yet");
+    let (_, decisions) = accepted(scheduler.test_finished(first.lease, WorkerId(1), "t0", TestStatus::Passed, 11.0));
+    assert!(decisions.contains(&Decision::WorkAvailable), "the waiting worker asks again: {decisions:?}");
+    let (second, _) = scheduler.request_work(WorkerId(2), 11.0);
+    assert!(second.is_some_and(|second| !second.tests.is_empty()), "it takes over the end of the first lease");
+    // Later results wake nobody: the idle worker has asked since.
+    let (_, decisions) = accepted(scheduler.test_finished(first.lease, WorkerId(1), "t1", TestStatus::Passed, 21.0));
+    assert!(!decisions.contains(&Decision::WorkAvailable), "{decisions:?}");
+}
+
 #[test]
 fn a_lease_that_has_reported_nothing_yet_is_not_split() {
     // Its runner may write its report only at exit: the scheduler knows neither its
