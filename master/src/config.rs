@@ -33,7 +33,7 @@
 //! keep_results_days = 0            # and of builds that ended in the last N days; 0: no limit
 //!
 //! [scheduler]                      # every key optional; see `SchedulerSection` for all
-//! shard_sizing = "fitted"          # one shard a worker where estimates hold; or "finer"
+//! shard_sizing = "finer"           # 2-3 shards a worker; or "fitted": one where estimates hold
 //! straggler_copies = false         # a backup copy of a test holding the build's end
 //! ```
 //!
@@ -608,11 +608,13 @@ pub struct SchedulerSection {
     /// late or other workers would idle (`command` runners that report as they go).
     #[serde(default = "default_split_running_leases")]
     pub split_running_leases: bool,
-    /// How many shards a build is cut into: `"fitted"` (the default: one a worker while the
-    /// build's estimates can be trusted, late leases split to correct what runs long; cut
-    /// finer for builds with new tests, estimates found off, or shards that cannot be split)
-    /// or `"finer"` (two or three shards a worker, each paying the shard overhead, as before
-    /// issue #17).
+    /// How many shards a build is cut into: `"fitted"` (one a worker while the build's
+    /// estimates can be trusted, late leases split to correct what runs long; cut finer for
+    /// builds with new tests, estimates found off, or shards that cannot be split) or
+    /// `"finer"` (the default: two or three shards a worker, each paying the shard
+    /// overhead). Fitted is not the default yet: planning a fitted lease of a 15k-test
+    /// build takes milliseconds under the farm's lock (BENCHMARKS.md, "Storage and API
+    /// under load", session 10).
     #[serde(default)]
     pub shard_sizing: ShardSizingName,
     /// Whether a worker with nothing to do runs a backup copy of a test that holds the
@@ -627,9 +629,9 @@ pub struct SchedulerSection {
 #[serde(rename_all = "snake_case")]
 pub enum ShardSizingName {
     /// One shard a worker where the estimates can be trusted, finer otherwise.
-    #[default]
     Fitted,
     /// Two or three shards a worker, always.
+    #[default]
     Finer,
 }
 
@@ -965,7 +967,7 @@ run_command = ["run", "{ids_file}"]
         let base = "data_dir = \"/x\"\n[repository]\nurl = \"u\"\n[suite]\nfile = \"s.json\"\nrun_command = [\"r\"]\n";
         std::fs::write(&path, base).unwrap();
         let scheduler = Config::from_file(&path).unwrap().scheduler;
-        assert_eq!((scheduler.shard_sizing, scheduler.straggler_copies), (ShardSizingName::Fitted, false));
+        assert_eq!((scheduler.shard_sizing, scheduler.straggler_copies), (ShardSizingName::Finer, false));
         std::fs::write(&path, format!("{base}[scheduler]\nshard_sizing = \"finer\"\nstraggler_copies = true\n"))
             .unwrap();
         let scheduler = Config::from_file(&path).unwrap().scheduler;

@@ -83,7 +83,12 @@ pub const KEYS: &[Key] = &[
     key("scheduler", "bench_s", "... for this long, doubled for each further loss", ""),
     key("scheduler", "max_shard_s", "no shard holds more, however few workers are live", ""),
     key("scheduler", "split_running_leases", "a late shard gives its unstarted tests to idle workers", ""),
-    key("scheduler", "shard_sizing", "\"fitted\": one shard a worker while estimates hold; \"finer\": 2-3 a worker", ""),
+    key(
+        "scheduler",
+        "shard_sizing",
+        "\"fitted\": one shard a worker while estimates hold; \"finer\": 2-3 a worker",
+        "",
+    ),
     key("scheduler", "straggler_copies", "run a backup copy of a test holding the build's end on idle workers", ""),
     key("gate", "fix_marker", "a message with it passes a closed gate (so does git's `Revert \"...\"`)", ""),
     key("gate", "find_culprit", "bisect a red build's failures to the change that broke them", ""),

@@ -335,7 +335,9 @@ async fn a_cancelled_build_shows_its_running_shards_cancelled_and_queues_its_cha
 
 #[tokio::test]
 async fn a_real_failure_closes_the_gate_at_once_and_a_green_build_reopens_it() {
-    let harness = Harness::new(&suite(&["a", "b", "c", "d", "e", "f"]), |_| {});
+    let harness = Harness::new(&suite(&["a", "b", "c", "d", "e", "f"]), |config| {
+        config.scheduler.shard_sizing = ShardSizingName::Fitted;
+    });
     let red = harness.next_build().await;
     let (first, second) = (harness.register("w1"), harness.register("w2"));
     // One shard each (fitted): three tests.
@@ -1284,8 +1286,8 @@ async fn a_running_build_is_packed_only_once_it_ends_and_reads_the_same_before_a
 }
 
 /// `[scheduler] shard_sizing` and `straggler_copies` reach the scheduler the master leases
-/// with: fitted (the default), two workers of a build of twelve 1 s tests each lease half
-/// of it; cut finer, the first worker gets less and leaves the rest for later shards.
+/// with: fitted, two workers of a build of twelve 1 s tests each lease half of it; cut
+/// finer (the default), the first worker gets less and leaves the rest for later shards.
 #[tokio::test]
 async fn the_configured_shard_sizing_decides_how_much_a_lease_holds() {
     let ids: Vec<String> = (0..12).map(|index| format!("t{index:02}")).collect();
@@ -1304,7 +1306,7 @@ async fn the_configured_shard_sizing_decides_how_much_a_lease_holds() {
         let first = harness.register("w1");
         harness.register("w2");
         let lease = harness.lease(first);
-        if sizing == Some(ShardSizingName::Finer) {
+        if sizing != Some(ShardSizingName::Fitted) {
             assert_eq!(config.shard_sizing, ShardSizing::Finer);
             assert!(lease.tests.len() < 6, "cut finer: {:?}", lease.tests);
         } else {

@@ -128,7 +128,8 @@ pub struct SchedulerConfig {
     /// build is red and the result closes the gate, as a failure would.
     pub flaky_fails_build: bool,
     /// How many shards a build is cut into: fitted to the build (one a worker where the
-    /// estimates can be trusted), or always finer.
+    /// estimates can be trusted), or always finer (the default: planning a fitted shard
+    /// costs milliseconds a lease on a 15k-test build, see BENCHMARKS.md).
     pub shard_sizing: ShardSizing,
     /// Whether a worker that finds nothing to do runs a backup copy of the test that holds
     /// the build's end on a slow or stalled machine ([`LeaseGrant::copy_of`]); the first
@@ -170,7 +171,7 @@ impl Default for SchedulerConfig {
             max_shard_s: 600.0,
             split_running_leases: true,
             flaky_fails_build: false,
-            shard_sizing: ShardSizing::Fitted,
+            shard_sizing: ShardSizing::Finer,
             straggler_copies: false,
         }
     }
