@@ -440,12 +440,7 @@ async fn lease(
         notified.as_mut().enable();
         // A lease is written down: not while the data directory is full.
         state.farm.check_writable()?;
-        // Planning a lease can take milliseconds (a fitted shard splits the build's ready
-        // work among all workers): on a blocking thread, so that no request waits for it
-        // but those that need the farm's lock.
-        let farm = Arc::clone(&state.farm);
-        let asked = request.clone();
-        let work = crate::farm::blocking(move || farm.try_work(worker_id, &asked)).await??;
+        let work = state.farm.try_work(worker_id, &request)?;
         // Taking back the lease it held may have ended a build.
         state.farm.flush_verdicts().await?;
         let mut response = LeaseResponse { version: API_VERSION, lease: None, prepare: None, warm_up: None };

@@ -1868,6 +1868,22 @@ mod tests {
         assert!(reopened.results(1).unwrap().is_empty() && reopened.results_pruned(1).unwrap(), "pruned for good");
     }
 
+    /// sled compresses each log message with the patched `zstd::block::compress` (a short
+    /// one stored in a raw block, see vendor/zstd/GREENLIGHT.md) and reads it back with
+    /// `zstd::stream::decode_all` (its snapshots with `block::decompress`).
+    #[test]
+    fn every_message_sled_compresses_reads_back_whole() {
+        for length in (0..=300).chain([4096, 70_000]) {
+            let message: Vec<u8> = (0..length).map(|index| (index * 7 % 251) as u8).collect();
+            let frame = zstd::block::compress(&message, COMPRESSION_LEVEL).unwrap();
+            assert_eq!(zstd::stream::decode_all(frame.as_slice()).unwrap(), message, "{length} bytes");
+            assert_eq!(zstd::block::decompress(&frame, length.max(1)).unwrap(), message, "{length} bytes");
+            if length <= 255 {
+                assert_eq!(frame.len(), length + 9, "stored, not compressed");
+            }
+        }
+    }
+
     #[test]
     fn a_new_store_compresses_and_one_an_older_master_wrote_uncompressed_still_opens() {
         let dir = tempfile::tempdir().unwrap();

@@ -30,6 +30,10 @@ pub fn compress_to_buffer(
 ///
 /// A level of `0` uses zstd's default (currently `3`).
 pub fn compress(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    // Greenlight: a message this short is stored, not compressed (see GREENLIGHT.md).
+    if data.len() <= RAW_AT_MOST {
+        return Ok(raw_frame(data));
+    }
     // Greenlight: one context per thread, reused (see GREENLIGHT.md at the crate's root).
     thread_local! {
         static COMPRESSOR: std::cell::RefCell<Compressor> = std::cell::RefCell::new(Compressor::new());
@@ -38,6 +42,26 @@ pub fn compress(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
         Ok(mut compressor) => compressor.compress(data, level),
         Err(_) => Compressor::new().compress(data, level),
     })
+}
+
+/// Greenlight: inputs of at most this many bytes are written as a frame of one raw block.
+const RAW_AT_MOST: usize = 255;
+
+/// Greenlight: a zstd frame holding `data` stored (RFC 8878: a single-segment frame whose
+/// one-byte content size is `data`'s length, then one last block of type Raw), which every
+/// zstd decoder reads. `data` is at most [`RAW_AT_MOST`] bytes.
+fn raw_frame(data: &[u8]) -> Vec<u8> {
+    debug_assert!(data.len() <= RAW_AT_MOST);
+    let mut frame = Vec::with_capacity(data.len() + 9);
+    frame.extend_from_slice(&0xFD2F_B528_u32.to_le_bytes());
+    // Frame header descriptor: Single_Segment_flag set, a 1-byte Frame_Content_Size.
+    frame.push(0b0010_0000);
+    frame.push(data.len() as u8);
+    // Block header: Last_Block, Block_Type Raw (0), Block_Size.
+    let header = ((data.len() as u32) << 3) | 1;
+    frame.extend_from_slice(&header.to_le_bytes()[..3]);
+    frame.extend_from_slice(data);
+    frame
 }
 
 /// Deompress a single block of data to the given destination buffer.
