@@ -64,8 +64,8 @@ enum Command {
     Config(config::ConfigArgs),
     /// Run a worker: lease shards from a master and run them.
     Worker {
-        /// The master's URL.
-        #[arg(long)]
+        /// The master's URL (also read from GREENLIGHT_MASTER).
+        #[arg(long, env = "GREENLIGHT_MASTER")]
         master: String,
         /// The worker token (also read from GREENLIGHT_WORKER_TOKEN): the shared one, or
         /// this worker's own (`[workers.NAME] token` on the master).
