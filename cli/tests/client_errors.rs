@@ -86,17 +86,12 @@ fn refusing_url() -> String {
 
 /// Runs `greenlight ARGS`; (exit code, stdout, stderr).
 fn run(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(common::greenlight())
-        .args(args)
-        .env_remove("GREENLIGHT_MASTER")
-        .env_remove("GREENLIGHT_LOG_FORMAT")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
+    common::outcome(
+        Command::new(common::greenlight())
+            .args(args)
+            .env_remove("GREENLIGHT_MASTER")
+            .env_remove("GREENLIGHT_LOG_FORMAT")
+            .stdin(Stdio::null()),
     )
 }
 

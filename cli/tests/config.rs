@@ -15,19 +15,14 @@ use common::Process;
 
 /// Runs `greenlight ARGS` in `dir`; (exit code, stdout, stderr).
 fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let output = Command::new(common::greenlight())
-        .args(args)
-        .current_dir(dir)
-        .envs(env.iter().copied())
-        .env_remove("GREENLIGHT_CHECK_UNSET_TOKEN")
-        .env_remove("GREENLIGHT_LOG_FORMAT")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
+    common::outcome(
+        Command::new(common::greenlight())
+            .args(args)
+            .current_dir(dir)
+            .envs(env.iter().copied())
+            .env_remove("GREENLIGHT_CHECK_UNSET_TOKEN")
+            .env_remove("GREENLIGHT_LOG_FORMAT")
+            .stdin(Stdio::null()),
     )
 }
 

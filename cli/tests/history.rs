@@ -37,12 +37,7 @@ fn import(args: &[&str], token: Option<&str>) -> (i32, String, String) {
     if let Some(token) = token {
         command.env("GREENLIGHT_ADMIN_TOKEN", token);
     }
-    let output = command.output().unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    common::outcome(&mut command)
 }
 
 fn history_of(farm: &Farm, test_id: &str) -> Vec<f64> {

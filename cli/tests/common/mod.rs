@@ -24,6 +24,16 @@ pub fn greenlight() -> &'static str {
     env!("CARGO_BIN_EXE_greenlight")
 }
 
+/// Runs `command` to its end: (exit code, or -1 for a signal; stdout; stderr).
+pub fn outcome(command: &mut Command) -> (i32, String, String) {
+    let output = command.output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// A child process killed (and reaped) on drop.
 pub struct Process {
     pub child: Child,
@@ -317,12 +327,7 @@ heartbeat_interval_s = {heartbeat}
 
     /// Runs `greenlight gate` against this master with `args`; (exit code, stdout, stderr).
     pub fn gate_command(&self, args: &[&str]) -> (i32, String, String) {
-        let output = Command::new(greenlight()).args(["gate", "--master", &self.url]).args(args).output().unwrap();
-        (
-            output.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+        outcome(Command::new(greenlight()).args(["gate", "--master", &self.url]).args(args))
     }
 
     pub fn workers(&self) -> Vec<WorkerView> {
