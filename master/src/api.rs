@@ -943,14 +943,13 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
         out.sample("greenlight_workers", &[("state", worker_state)], count as f64);
     }
     let (queued, queued_s) = farm.queued();
-    out.family("greenlight_queued_tests", "gauge", "Tests of running builds no lease holds yet.");
-    out.sample("greenlight_queued_tests", &[], queued as f64);
-    out.family(
+    out.single("greenlight_queued_tests", "gauge", "Tests of running builds no lease holds yet.", queued as f64);
+    out.single(
         "greenlight_queued_estimated_seconds",
         "gauge",
         "What the queued tests are estimated to take, summed (worker-seconds).",
+        queued_s,
     );
-    out.sample("greenlight_queued_estimated_seconds", &[], queued_s);
     let branch = &farm.config().repository.branch;
     if let Some(gate) = farm.gate(branch) {
         out.family("greenlight_gate_open", "gauge", "Whether the commit gate of a branch is open (1) or closed (0).");
@@ -958,8 +957,7 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
     }
     let builds = farm.builds(1)?;
     if let Some(build) = builds.first() {
-        out.family("greenlight_latest_build_id", "gauge", "Id of the newest build.");
-        out.sample("greenlight_latest_build_id", &[], build.build_id as f64);
+        out.single("greenlight_latest_build_id", "gauge", "Id of the newest build.", build.build_id as f64);
         out.family("greenlight_latest_build_tests", "gauge", "Tests of the newest build by outcome.");
         for (outcome, count) in [
             ("passed", build.counts.passed),
@@ -982,47 +980,45 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
         out.sample("greenlight_health_problem", &[("kind", kind.as_str())], f64::from(u8::from(present)));
     }
     if let Some(free) = health.data_dir_free_bytes {
-        out.family("greenlight_data_dir_free_bytes", "gauge", "Free bytes on the data directory's filesystem.");
-        out.sample("greenlight_data_dir_free_bytes", &[], free as f64);
+        out.single(
+            "greenlight_data_dir_free_bytes",
+            "gauge",
+            "Free bytes on the data directory's filesystem.",
+            free as f64,
+        );
     }
-    out.family(
+    out.single(
         "greenlight_data_dir_min_free_bytes",
         "gauge",
         "Below this many free bytes no new build starts ([storage] min_free_bytes).",
+        health.min_free_bytes as f64,
     );
-    out.sample("greenlight_data_dir_min_free_bytes", &[], health.min_free_bytes as f64);
-    out.family(
+    out.single(
         "greenlight_writes_refused_total",
         "counter",
         "Writes refused (503) for a data directory short of space or a failed store, nothing recorded.",
+        health.writes_refused as f64,
     );
-    out.sample("greenlight_writes_refused_total", &[], health.writes_refused as f64);
     if let Some(fetched) = health.last_fetch_at {
-        out.family(
+        out.single(
             "greenlight_repository_last_fetch_seconds",
             "gauge",
             "When the watched repository was last fetched (Unix seconds).",
+            fetched,
         );
-        out.sample("greenlight_repository_last_fetch_seconds", &[], fetched);
     }
     let learned = farm.learned_shard_costs().map_err(FarmError::from)?;
-    out.family("greenlight_shard_overhead_samples", "gauge", "Shards the suite's shard costs were learned from.");
-    out.sample("greenlight_shard_overhead_samples", &[], learned.samples as f64);
+    out.single(
+        "greenlight_shard_overhead_samples",
+        "gauge",
+        "Shards the suite's shard costs were learned from.",
+        learned.samples as f64,
+    );
     if let Some(overhead) = learned.overhead_s {
-        out.family(
-            "greenlight_shard_overhead_seconds",
-            "gauge",
-            "What a shard costs besides its tests, from its lease to its last result (median of recent shards), used in planning.",
-        );
-        out.sample("greenlight_shard_overhead_seconds", &[], overhead);
+        out.single("greenlight_shard_overhead_seconds", "gauge", "What a shard costs besides its tests, from its lease to its last result (median of recent shards), used in planning.", overhead);
     }
     if let Some(startup) = learned.startup_s {
-        out.family(
-            "greenlight_worker_startup_seconds",
-            "gauge",
-            "What a worker's first shard of a build costs beyond the shard overhead (checkout, setup, a warm runner's collection), used in planning.",
-        );
-        out.sample("greenlight_worker_startup_seconds", &[], startup);
+        out.single("greenlight_worker_startup_seconds", "gauge", "What a worker's first shard of a build costs beyond the shard overhead (checkout, setup, a warm runner's collection), used in planning.", startup);
     }
     farm.metrics().write(&mut out);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out.into_text()))

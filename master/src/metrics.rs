@@ -174,8 +174,7 @@ impl Metrics {
             ),
             ("greenlight_poll_errors_total", "Fetches of the watched repository that failed.", &self.poll_errors),
         ] {
-            out.family(name, "counter", help);
-            out.sample(name, &[], counter.get() as f64);
+            out.single(name, "counter", help, counter.get() as f64);
         }
         let requests = self.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         out.family(
@@ -199,6 +198,12 @@ impl Exposition {
     pub fn family(&mut self, name: &str, kind: &str, help: &str) {
         let help = help.replace('\\', "\\\\").replace('\n', "\\n");
         let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// A family of one unlabelled sample.
+    pub fn single(&mut self, name: &str, kind: &str, help: &str, value: f64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
     }
 
     /// One sample.
