@@ -523,6 +523,22 @@ fn decode_samples(bytes: &[u8]) -> Result<Vec<f64>, StoreError> {
     }
 }
 
+/// The results of a build's entries in the results tree (`entries`: packed chunks, loose
+/// results) and in its tree of running results, by test id then attempt, each once.
+fn merge_results(build_id: u64, entries: &[Entry], running: &[Entry]) -> Result<Vec<TestResultView>, StoreError> {
+    let chunks = entries.iter().filter(|(key, _)| key.len() == CHUNK_KEY_LEN).count();
+    let mut results = Vec::with_capacity(entries.len() + running.len());
+    for (key, value) in entries.iter().chain(running) {
+        results.extend(decode_results(key, value)?);
+    }
+    if (chunks > 0 && entries.len() > chunks) || (!running.is_empty() && !entries.is_empty()) {
+        // Results stored after the pack, or a running build's results in both trees (an
+        // older master wrote them into the results tree): merged in key order, once each.
+        sort_and_dedup(build_id, &mut results);
+    }
+    Ok(results)
+}
+
 /// Puts results of one build read from two places in key order, each (test, attempt) once.
 fn sort_and_dedup(build_id: u64, results: &mut Vec<TestResultView>) {
     results.sort_by_cached_key(|result| result_key(build_id, &result.test_id, result.attempt));
@@ -670,23 +686,19 @@ impl Store {
     /// Every stored result of a build, by test id then attempt; none once pruned (see
     /// [`Store::results_pruned`]).
     pub fn results(&self, build_id: u64) -> Result<Vec<TestResultView>, StoreError> {
+        let (entries, running) = self.stored_results(build_id)?;
+        merge_results(build_id, &entries, &running)
+    }
+
+    /// A build's entries in the results tree, and in its tree of running results unless it
+    /// is packed: a packed build's running results, if any are left, were packed with it
+    /// (their tree is dropped right after the pack, and by the housekeeping after a crash).
+    fn stored_results(&self, build_id: u64) -> Result<(Vec<Entry>, Vec<Entry>), StoreError> {
         let prefix = build_id.to_be_bytes();
         let entries = self.kv.scan_prefix(Tree::Results, &prefix)?;
-        let chunks = entries.iter().filter(|(key, _)| key.len() == CHUNK_KEY_LEN).count();
-        // A packed build's running results, if any are left, were packed with it (their
-        // tree is dropped right after the pack, and by the housekeeping after a crash).
-        let running =
-            if chunks > 0 { Vec::new() } else { self.kv.scan_prefix(Tree::RunningResults(build_id), &prefix)? };
-        let mut results = Vec::with_capacity(entries.len() + running.len());
-        for (key, value) in entries.iter().chain(&running) {
-            results.extend(decode_results(key, value)?);
-        }
-        if (chunks > 0 && entries.len() > chunks) || (!running.is_empty() && !entries.is_empty()) {
-            // Results stored after the pack, or a running build's results in both trees (an
-            // older master wrote them into the results tree): merged in key order, once each.
-            sort_and_dedup(build_id, &mut results);
-        }
-        Ok(results)
+        let packed = entries.iter().any(|(key, _)| key.len() == CHUNK_KEY_LEN);
+        let running = if packed { Vec::new() } else { self.kv.scan_prefix(Tree::RunningResults(build_id), &prefix)? };
+        Ok((entries, running))
     }
 
     /// The stored attempts of one test in one build, by attempt.
@@ -750,15 +762,12 @@ impl Store {
     /// whether there was anything to pack. Only for a build that takes no more results:
     /// one stored while it is packed could be stored twice.
     pub fn pack_results(&self, build_id: u64) -> Result<bool, StoreError> {
-        let prefix = build_id.to_be_bytes();
-        let entries = self.kv.scan_prefix(Tree::Results, &prefix)?;
-        let packed = entries.iter().any(|(key, _)| key.len() == CHUNK_KEY_LEN);
-        let running = !packed && !self.kv.scan_from(Tree::RunningResults(build_id), &prefix, 1)?.is_empty();
-        if !running && entries.iter().all(|(key, _)| key.len() == CHUNK_KEY_LEN) {
+        let (entries, running) = self.stored_results(build_id)?;
+        if running.is_empty() && entries.iter().all(|(key, _)| key.len() == CHUNK_KEY_LEN) {
             self.kv.drop_tree(Tree::RunningResults(build_id))?;
             return Ok(false);
         }
-        let results = self.results(build_id)?;
+        let results = merge_results(build_id, &entries, &running)?;
         let chunks: Vec<Entry> = encode_chunks(&results)
             .into_iter()
             .enumerate()
