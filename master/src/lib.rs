@@ -115,6 +115,7 @@ async fn serve(
         tokio::spawn(tick_loop(Arc::clone(&farm), stop_rx.clone())),
         tokio::spawn(push_loop(Arc::clone(&farm), stop_rx.clone())),
         tokio::spawn(store_loop(Arc::clone(&farm), stop_rx.clone())),
+        tokio::spawn(history_loop(Arc::clone(&farm), stop_rx.clone())),
     ];
     tracing::info!(address = %listener.local_addr()?, "master listening");
     let app = api::router(api::AppState { farm: Arc::clone(&farm) });
@@ -143,6 +144,10 @@ async fn serve(
         if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
             tracing::warn!("a background task did not stop in time; stopping without it");
         }
+    }
+    // The tasks have stopped and no request runs: what the last results taught is written.
+    if let Err(error) = farm.store().write_history() {
+        tracing::warn!(%error, "writing the last observed durations failed");
     }
     if let Err(error) = farm.flush().await {
         tracing::error!(%error, "the last flush failed; a restart resumes from what the store holds");
@@ -224,6 +229,30 @@ async fn tick_loop(farm: Arc<Farm>, mut stop: watch::Receiver<bool>) {
 /// Keeps the store (packs ended builds' results, removes those past retention) until
 /// `stop`: one bounded step at a time on a blocking thread, 20 ms apart while there is
 /// work, then a look every 5 s.
+/// Writes the durations observed since the last pass into the tests' histories, every
+/// [`HISTORY_INTERVAL`] until `stop` (see the store's `Histories`).
+async fn history_loop(farm: Arc<Farm>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(HISTORY_INTERVAL) => {}
+            () = stopped(&mut stop) => return,
+        }
+        if farm.write_refusal().is_some() {
+            continue;
+        }
+        let writing = Arc::clone(&farm);
+        match farm::blocking(move || writing.store().write_history()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "writing observed durations failed"),
+            Err(error) => tracing::warn!(%error, "writing observed durations failed"),
+        }
+    }
+}
+
+/// How often observed durations are written into the tests' histories: at most this much
+/// of what results taught is lost if the master is killed.
+const HISTORY_INTERVAL: Duration = Duration::from_secs(1);
+
 async fn store_loop(farm: Arc<Farm>, mut stop: watch::Receiver<bool>) {
     loop {
         let more = if farm.write_refusal().is_some() {

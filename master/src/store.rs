@@ -487,8 +487,24 @@ impl Kv for FailStop {
 pub struct Store {
     kv: Arc<FailStop>,
     counters: Arc<Mutex<()>>,
-    /// Held while histories are read and written back.
-    histories: Arc<Mutex<()>>,
+    histories: Arc<Histories>,
+}
+
+/// Durations observed and not yet written to [`Tree::History`].
+///
+/// A results report only adds its tests' durations here: reading, growing and writing
+/// back one history per result cost the ingest path a read and a write per result, each
+/// in a different leaf of the tree. [`Store::write_history`] writes what gathered in one
+/// pass in key order, each test once (the master does so every second and at shutdown);
+/// [`Store::durations`] reads the stored samples and these together, so nothing reads
+/// stale. A crash loses at most the observations not yet written: history is an
+/// estimate, unlike the results it came from, which are durable when acknowledged.
+#[derive(Default)]
+struct Histories {
+    pending: Mutex<std::collections::HashMap<String, Vec<f64>>>,
+    /// Held for reading while a history is read, for writing while the pending
+    /// observations move into the tree: no reader sees them twice or not at all.
+    moving: std::sync::RwLock<()>,
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -521,6 +537,17 @@ fn decode_samples(bytes: &[u8]) -> Result<Vec<f64>, StoreError> {
             .collect()),
         _ => decode(Tree::History, bytes),
     }
+}
+
+/// Appends `newer` samples to a history, keeping the last [`HISTORY_SAMPLES`].
+fn grow_history(samples: &mut Vec<f64>, newer: &[f64]) {
+    samples.extend_from_slice(newer);
+    let excess = samples.len().saturating_sub(HISTORY_SAMPLES);
+    samples.drain(..excess);
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The results of a build's entries in the results tree (`entries`: packed chunks, loose
@@ -557,7 +584,7 @@ impl Store {
         Store {
             kv: Arc::new(FailStop { inner: kv, failure: Mutex::new(None) }),
             counters: Arc::new(Mutex::new(())),
-            histories: Arc::new(Mutex::new(())),
+            histories: Arc::new(Histories::default()),
         }
     }
 
@@ -906,27 +933,69 @@ impl Store {
         self.add_durations(&[(test_id, duration_s)])
     }
 
-    /// Adds a batch of observed durations (a results report's) to their tests' histories.
-    /// A negative or non-finite duration is no observation.
+    /// Adds a batch of observed durations (a results report's) to their tests' histories;
+    /// [`Store::write_history`] stores them. A negative or non-finite duration is no
+    /// observation.
     pub fn add_durations(&self, observed: &[(&str, f64)]) -> Result<(), StoreError> {
-        // Read, add, write: one batch at a time, so two reports of one test keep both.
-        let _guard = self.histories.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pending = lock(&self.histories.pending);
         for &(test_id, duration_s) in observed {
             if !duration_s.is_finite() || duration_s < 0.0 {
                 continue;
             }
-            let mut samples = self.durations(test_id)?;
+            let samples = match pending.get_mut(test_id) {
+                Some(samples) => samples,
+                None => pending.entry(test_id.to_owned()).or_default(),
+            };
             samples.push(duration_s);
             if samples.len() > HISTORY_SAMPLES {
                 samples.remove(0);
             }
-            self.kv.put(Tree::History, test_id.as_bytes(), &encode_samples(&samples))?;
         }
         Ok(())
     }
 
+    /// Writes the observed durations not yet stored into their tests' histories, in one
+    /// batch; returns how many tests it wrote. Not yet durable: the caller flushes.
+    pub fn write_history(&self) -> Result<usize, StoreError> {
+        let _moving = self.histories.moving.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut observed: Vec<(String, Vec<f64>)> =
+            std::mem::take(&mut *lock(&self.histories.pending)).into_iter().collect();
+        if observed.is_empty() {
+            return Ok(0);
+        }
+        observed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut puts = Vec::with_capacity(observed.len());
+        for (test_id, new) in &observed {
+            let mut samples = self.stored_durations(test_id)?;
+            grow_history(&mut samples, new);
+            puts.push((test_id.as_bytes().to_vec(), encode_samples(&samples)));
+        }
+        if let Err(error) = self.kv.apply_batch(Tree::History, &puts, &[]) {
+            // Not written: kept for the next pass (the store refuses writes from now on
+            // anyway, but the readers keep seeing them).
+            let mut pending = lock(&self.histories.pending);
+            for (test_id, mut samples) in observed {
+                if let Some(newer) = pending.remove(&test_id) {
+                    grow_history(&mut samples, &newer);
+                }
+                pending.insert(test_id, samples);
+            }
+            return Err(error);
+        }
+        Ok(puts.len())
+    }
+
     /// A test's recent durations, oldest first.
     pub fn durations(&self, test_id: &str) -> Result<Vec<f64>, StoreError> {
+        let _moving = self.histories.moving.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut samples = self.stored_durations(test_id)?;
+        if let Some(pending) = lock(&self.histories.pending).get(test_id) {
+            grow_history(&mut samples, pending);
+        }
+        Ok(samples)
+    }
+
+    fn stored_durations(&self, test_id: &str) -> Result<Vec<f64>, StoreError> {
         Ok(self
             .kv
             .get(Tree::History, test_id.as_bytes())?
@@ -1776,8 +1845,38 @@ mod tests {
         store.add_durations(&[("old::test", 2.0), ("new::test", 0.1), ("old::test", f64::NAN)]).unwrap();
         assert_eq!(store.durations("old::test").unwrap(), vec![0.5, 1.25, 2.0]);
         assert_eq!(store.durations("new::test").unwrap(), vec![0.1]);
+        assert_eq!(store.write_history().unwrap(), 2, "two tests observed");
         let stored = kv.get(Tree::History, b"old::test").unwrap().unwrap();
         assert_eq!(stored.len(), 1 + 3 * 8, "a tag byte and 8 bytes a sample: {stored:?}");
+    }
+
+    #[test]
+    fn observed_durations_read_at_once_and_are_written_in_one_pass_each_once() {
+        let kv = Arc::new(MemoryKv::default());
+        let store = Store::new(kv.clone());
+        store.add_durations(&[("a", 1.0), ("b", 7.0), ("a", 2.0)]).unwrap();
+        assert_eq!(store.durations("a").unwrap(), vec![1.0, 2.0], "read before they are written");
+        assert!(kv.get(Tree::History, b"a").unwrap().is_none(), "a results report writes no history");
+        assert_eq!(store.write_history().unwrap(), 2);
+        assert_eq!(store.write_history().unwrap(), 0, "nothing twice");
+        assert_eq!(store.durations("a").unwrap(), vec![1.0, 2.0], "written, not counted again");
+        store.add_durations(&[("a", 3.0), ("a", 4.0), ("a", 5.0), ("a", 6.0)]).unwrap();
+        assert_eq!(store.durations("a").unwrap(), vec![2.0, 3.0, 4.0, 5.0, 6.0], "the newest {HISTORY_SAMPLES}");
+        store.write_history().unwrap();
+        let reopened = Store::new(kv.clone());
+        assert_eq!(reopened.durations("a").unwrap(), vec![2.0, 3.0, 4.0, 5.0, 6.0], "what was written stays");
+        assert_eq!(reopened.durations("b").unwrap(), vec![7.0]);
+    }
+
+    #[test]
+    fn a_failed_history_write_keeps_the_observations_for_the_readers() {
+        let kv = Arc::new(MemoryKv::default());
+        let store = Store::new(kv.clone());
+        store.add_durations(&[("a", 1.0)]).unwrap();
+        kv.fail_writes.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(store.write_history().is_err());
+        store.add_durations(&[("a", 2.0)]).unwrap();
+        assert_eq!(store.durations("a").unwrap(), vec![1.0, 2.0], "kept, in order");
     }
 
     #[test]

@@ -122,6 +122,8 @@ impl Farm {
         for (test_id, duration_s) in &samples {
             self.store.add_duration(test_id, *duration_s)?;
         }
+        // Imported is stored: the caller flushes before it answers.
+        self.store.write_history()?;
         tracing::info!(
             %revision,
             imported = answer.imported,

@@ -264,8 +264,8 @@ impl Farm {
     pub fn report(&self, lease_id: u64, worker_id: u64, results: &[TestReport]) -> Result<ResultsResponse, FarmError> {
         let mut observed = Vec::new();
         let response = self.report_locked(lease_id, worker_id, results, &mut observed)?;
-        // The durations learned go to the history in one batch, after the farm's lock is
-        // released (and before the caller's flush, so they are as durable as the results).
+        // The durations learned join the histories after the farm's lock is released; the
+        // master writes them into the store every second (`Store::write_history`).
         self.store.add_durations(&observed)?;
         Ok(response)
     }
