@@ -55,7 +55,8 @@ pub const KEYS: &[Key] = &[
     key(
         "suite",
         "file",
-        "command runner, required (or list_command): a suite file in the repository",
+        "command runner, required (or list_command): a suite file in the repository; \
+         with pytest or nextest remove it, and they list the tests",
         "\"greenlight-suite.json\"",
     ),
     key("suite", "list_command", "or a command (argv) printing the suite JSON in a checkout", "[\"./list-tests\"]"),

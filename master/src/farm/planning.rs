@@ -18,6 +18,7 @@ use greenlight_shared::runner::Runner;
 use greenlight_shared::suite::{SuiteFile, SuiteFileError};
 
 use super::Farm;
+use crate::config::RunnerName;
 use crate::store::StoreError;
 
 /// Why a revision could not be planned.
@@ -26,6 +27,16 @@ pub enum PlanError {
     /// The suite could not be read at the revision.
     #[error("cannot read the suite: {0}")]
     Git(#[from] GitError),
+    /// The configured suite file is not in the repository at the revision.
+    #[error("the suite file {path:?} ([suite] file) is not in the repository at {revision}: {fix}")]
+    SuiteFileMissing {
+        /// `[suite] file`.
+        path: String,
+        /// The revision read.
+        revision: String,
+        /// What to do about it, for the configured runner.
+        fix: &'static str,
+    },
     /// The list command failed.
     #[error("suite list command failed: {0}")]
     ListCommand(String),
@@ -79,7 +90,18 @@ impl Farm {
     /// The suite file at `revision`, as read or listed (not validated).
     pub(super) fn suite_file_at(&self, revision: &str) -> Result<SuiteFile, PlanError> {
         Ok(match &self.config.suite.file {
-            Some(path) => SuiteFile::from_json(&self.mirror.read_file(revision, path)?)?,
+            Some(path) => SuiteFile::from_json(&self.mirror.read_file(revision, path).map_err(|error| {
+                if !error.to_string().contains("does not exist in") {
+                    return PlanError::Git(error);
+                }
+                let fix = match self.config.suite.runner {
+                    RunnerName::Command => "commit it, or set [suite] list_command instead of `file`",
+                    RunnerName::Pytest | RunnerName::Nextest => {
+                        "commit it, or remove `file` from [suite] to have the runner list the tests itself"
+                    }
+                };
+                PlanError::SuiteFileMissing { path: path.clone(), revision: revision.to_owned(), fix }
+            })?)?,
             None if self.config.suite.list_command.is_empty() => self.listed_on_a_worker(revision)?,
             None => SuiteFile::from_json(&self.list_suite(revision)?)?,
         })

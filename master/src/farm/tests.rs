@@ -1315,3 +1315,24 @@ async fn the_configured_shard_sizing_decides_how_much_a_lease_holds() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_suite_file_missing_from_the_repository_ends_the_build_saying_what_to_do() {
+    // A new user's first mistake: the sample's `file` kept while the runner is pytest.
+    for (runner, fix) in [
+        (crate::config::RunnerName::Command, "set [suite] list_command"),
+        (crate::config::RunnerName::Pytest, "remove `file` from [suite]"),
+    ] {
+        let harness = Harness::new(&suite(&["a"]), |config| {
+            config.suite.file = Some("not-committed.json".to_owned());
+            config.suite.runner = runner;
+        });
+        harness.farm.poll().await.unwrap();
+        let build_id = harness.farm.start_next_build().await.unwrap().expect("the build ends at once");
+        let build = harness.build(build_id);
+        assert_eq!(build.state, BuildState::Error);
+        let error = build.error.unwrap_or_default();
+        assert!(error.contains("\"not-committed.json\" ([suite] file) is not in the repository at"), "{error}");
+        assert!(error.contains(fix), "{runner:?}: {error}");
+    }
+}
