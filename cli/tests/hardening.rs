@@ -604,3 +604,19 @@ fn a_repository_that_cannot_be_fetched_shows_on_the_gate_the_metrics_and_the_api
     let (_, metrics) = farm.get_text("/metrics");
     assert!(metrics.contains("greenlight_health_problem{kind=\"repository_unreachable\"} 0"), "{metrics}");
 }
+
+#[test]
+fn a_master_told_to_stop_answers_its_waiting_workers_and_stops_without_cutting_requests_off() {
+    let mut farm = Farm::start(&suite_of(2, 0.1), 2, FarmOptions::default());
+    farm.finished_build_of(&farm.repo.head().unwrap());
+    // Both workers without a lease now: each asks for one in a long poll (`wait_s` 20 s).
+    farm.wait_for("both workers idle", Duration::from_secs(30), |farm| {
+        let workers = farm.workers();
+        (workers.len() == 2 && workers.iter().all(|worker| worker.lease_id.is_none())).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let status = terminate(&mut farm.master);
+    assert!(status.success(), "{status:?}");
+    let log = std::fs::read_to_string(farm.dir.path().join("master.log")).unwrap();
+    assert!(!log.contains("requests still running at shutdown"), "the long polls were answered, not cut off:\n{log}");
+}

@@ -434,6 +434,7 @@ async fn lease(
     let wait_s = request.wait_s.min(MAX_WAIT_S);
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait_s);
     let mut waiting = false;
+    let mut closing = state.farm.closing();
     loop {
         let notified = state.farm.work_available.notified();
         tokio::pin!(notified);
@@ -463,8 +464,15 @@ async fn lease(
             state.farm.waiting(worker_id, wait_s)?;
             waiting = true;
         }
-        if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            return Ok(Json(response));
+        tokio::select! {
+            woken = tokio::time::timeout_at(deadline, notified) => {
+                if woken.is_err() {
+                    return Ok(Json(response));
+                }
+            }
+            // A master shutting down answers its waiting workers at once (nothing for now),
+            // rather than holding its shutdown for their long polls.
+            _ = closing.wait_for(|closing| *closing) => return Ok(Json(response)),
         }
     }
 }
