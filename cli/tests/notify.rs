@@ -329,3 +329,56 @@ backoff_s = 0.1
     });
     assert_eq!(fake.states(&next), ["pending", "success"], "build {}", next_build.build_id);
 }
+
+#[test]
+fn a_cancelled_build_is_an_error_on_its_revision_and_in_the_chat_and_its_rebuild_posts_again() {
+    const ADMIN: &str = "notify-admin";
+    let fake = FakeServer::start();
+    let extra = format!(
+        r#"[forge]
+kind = "github"
+api_url = "{fake}/forge/api/v3"
+repository = "acme/product"
+token_env = "GREENLIGHT_TEST_FORGE_TOKEN"
+
+[notify]
+json_webhook = "{fake}/json"
+"#,
+        fake = fake.url
+    );
+    let tests: Vec<SuiteTest> =
+        (0..6).map(|index| test(&format!("core/test_long.py::test_{index}"), &["core"], &[], 20.0)).collect();
+    let suite = SuiteFile { name: "cancel".into(), shard_overhead_s: 0.0, tests };
+    let options = FarmOptions { scale: 0.15, top_toml: format!("admin_token = \"{ADMIN}\""), ..options(extra) };
+    let farm = Farm::start(&suite, 2, options);
+    let first = farm.repo.head().unwrap();
+    farm.wait_for("the first build's pending status", Duration::from_secs(120), |_| {
+        (fake.states(&first) == ["pending"]).then_some(())
+    });
+    let cancelled = farm.builds().into_iter().find(|build| build.revision == first).unwrap();
+    let (status, body) =
+        farm.post(&format!("/api/v1/admin/builds/{}/cancel", cancelled.build_id), &serde_json::json!({}), Some(ADMIN));
+    assert_eq!(status, 200, "{body}");
+    // Its change is tested again by the next build, whose statuses replace the error.
+    farm.wait_for("the rebuild's success", Duration::from_secs(180), |_| {
+        (fake.states(&first).len() == 4).then_some(())
+    });
+    assert_eq!(fake.states(&first), ["pending", "error", "pending", "success"]);
+    let statuses = fake.statuses(&first);
+    assert_eq!(statuses[1].body["description"], format!("build {} error: cancelled by an admin", cancelled.build_id));
+    let rebuild = farm.finished_build_of(&first);
+    assert_eq!(
+        (rebuild.state, statuses[3].body["target_url"].as_str()),
+        (BuildState::Green, Some(format!("{}/#/build/{}", farm.url, rebuild.build_id).as_str()))
+    );
+    farm.wait_for("the build error notification", Duration::from_secs(60), |_| {
+        (!fake.notifications().is_empty()).then_some(())
+    });
+    let notifications = fake.notifications();
+    assert_eq!(notifications.len(), 1, "{notifications:?}");
+    let error = &notifications[0];
+    assert_eq!(
+        (error.event, error.build_id, error.revision.as_str(), error.error.as_deref()),
+        (NotificationKind::BuildError, cancelled.build_id, first.as_str(), Some("cancelled by an admin"))
+    );
+}
