@@ -457,3 +457,170 @@ impl Lane {
         self.shared.save().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use axum::http::StatusCode;
+
+    use super::*;
+    use crate::config::SuiteConfig;
+    use crate::store::Store;
+
+    type Answers = Arc<Mutex<VecDeque<(u16, &'static str)>>>;
+    type Received = Arc<Mutex<Vec<serde_json::Value>>>;
+
+    /// A local server answering each request with the next of `answers` (then 200), and
+    /// counting them.
+    struct Server {
+        url: String,
+        answers: Answers,
+        received: Received,
+    }
+
+    impl Server {
+        async fn start(answers: &[(u16, &'static str)]) -> Server {
+            let answers = Arc::new(Mutex::new(answers.iter().copied().collect::<VecDeque<_>>()));
+            let received = Arc::new(Mutex::new(Vec::new()));
+            let state = (Arc::clone(&answers), Arc::clone(&received));
+            let app = axum::Router::new().fallback(
+                |axum::extract::State((answers, received)): axum::extract::State<(Answers, Received)>,
+                 axum::Json(body): axum::Json<serde_json::Value>| async move {
+                    lock(&received).push(body);
+                    let (status, text) = lock(&answers).pop_front().unwrap_or((200, "ok"));
+                    (StatusCode::from_u16(status).unwrap(), text)
+                },
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}/hook", listener.local_addr().unwrap());
+            tokio::spawn(async move { axum::serve(listener, app.with_state(state)).await });
+            Server { url, answers, received }
+        }
+
+        fn requests(&self) -> usize {
+            lock(&self.received).len()
+        }
+    }
+
+    fn lane(target: Target, forge_kind: Option<ForgeKind>, attempts: u32) -> Lane {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            Config::new(dir.path().to_owned(), "/nowhere".into(), SuiteConfig::command("s.json", vec!["r".into()]));
+        let farm = Arc::new(Farm::new(config, Store::in_memory()).unwrap());
+        Lane {
+            shared: Arc::new(Shared {
+                farm,
+                ledger: Mutex::default(),
+                queued: Mutex::default(),
+                revisions: Mutex::default(),
+            }),
+            client: reqwest::Client::new(),
+            target,
+            forge_kind,
+            attempts,
+            backoff: Duration::from_millis(5),
+        }
+    }
+
+    fn delivery(url: &str, fingerprint: &str) -> Delivery {
+        Delivery {
+            key: "status/1/r1".into(),
+            told: Told { build_id: 1, fingerprint: fingerprint.into() },
+            target: Target::Forge,
+            kind: "status",
+            past_at_first_look: false,
+            request: Outgoing { url: url.into(), headers: vec![], body: serde_json::json!({"state": fingerprint}) },
+        }
+    }
+
+    /// Delivers one request through a lane whose target answers `answers`; (outcome,
+    /// requests the target received, what the ledger says was told).
+    async fn check(
+        answers: &[(u16, &'static str)],
+        forge_kind: Option<ForgeKind>,
+        attempts: u32,
+        expected: (Outcome, usize, Option<&str>),
+    ) {
+        let server = Server::start(answers).await;
+        let lane = lane(Target::Forge, forge_kind, attempts);
+        let delivery = delivery(&server.url, "success");
+        lock(&lane.shared.queued).insert(delivery.key.clone(), delivery.told.clone());
+        let (_stop_tx, mut stop) = watch::channel(false);
+        let outcome = lane.deliver(&delivery, &mut stop).await.unwrap();
+        lane.done(delivery, outcome).await;
+        let told = lock(&lane.shared.ledger).told.get("status/1/r1").map(|told| told.fingerprint.clone());
+        assert_eq!((outcome, server.requests(), told.as_deref()), expected, "{answers:?}");
+        assert!(lock(&lane.shared.queued).is_empty(), "no longer queued");
+        let mut metrics = crate::metrics::Exposition::default();
+        lane.shared.farm.metrics().write(&mut metrics);
+        let line = format!("greenlight_notifications_total{{kind=\"status\",outcome=\"{}\"}} 1", outcome.as_str());
+        assert!(metrics.into_text().contains(&line), "{line}");
+        assert!(lock(&server.answers).is_empty(), "every scripted answer was used");
+    }
+
+    #[tokio::test]
+    async fn a_failing_target_is_retried_with_back_off_and_given_up_after_its_attempts() {
+        check(&[(503, "down"), (502, "down")], None, 5, (Outcome::Delivered, 3, Some("success"))).await;
+        check(&[(429, "slow down"), (408, "timeout")], None, 3, (Outcome::Delivered, 3, Some("success"))).await;
+        check(&[(503, ""), (503, ""), (503, "")], None, 3, (Outcome::GaveUp, 3, Some("success"))).await;
+        // A refusal is not retried: the configuration is wrong.
+        check(&[(401, "bad credentials")], None, 5, (Outcome::GaveUp, 1, Some("success"))).await;
+        // GitLab refusing a state the status already has: it is there.
+        let transition = "{\"message\":\"Cannot transition status via :run from :running\"}";
+        check(&[(400, transition)], Some(ForgeKind::Gitlab), 5, (Outcome::Delivered, 1, Some("success"))).await;
+        check(&[(400, transition)], Some(ForgeKind::Github), 5, (Outcome::GaveUp, 1, Some("success"))).await;
+    }
+
+    #[tokio::test]
+    async fn a_status_superseded_while_it_waits_is_dropped() {
+        let server = Server::start(&[(503, "down")]).await;
+        let lane = lane(Target::Forge, Some(ForgeKind::Github), 5);
+        let pending = delivery(&server.url, "pending");
+        lock(&lane.shared.queued).insert(pending.key.clone(), pending.told.clone());
+        let (_stop_tx, mut stop) = watch::channel(false);
+        // The success is queued behind it: the pending is not sent (again).
+        lock(&lane.shared.queued).insert(pending.key.clone(), Told { build_id: 1, fingerprint: "success".into() });
+        assert_eq!(lane.deliver(&pending, &mut stop).await, Some(Outcome::Superseded));
+        lane.done(pending, Outcome::Superseded).await;
+        assert_eq!(server.requests(), 0);
+        assert_eq!(lock(&lane.shared.ledger).told.get("status/1/r1"), None, "a superseded status is not told");
+        assert_eq!(lock(&lane.shared.queued)["status/1/r1"].fingerprint, "success", "the newer one stays queued");
+    }
+
+    #[test]
+    fn only_events_that_change_a_verdict_wake_the_notifier() {
+        let mut seen = Seen::default();
+        let build = |state, culprits: usize| {
+            let mut summary: greenlight_shared::api::BuildSummary = serde_json::from_value(serde_json::json!({
+                "build_id": 1, "branch": "main", "revision": "r", "state": "running", "changes": [1], "tags": [],
+                "full_run": true, "counts": {"total": 1, "passed": 0, "failed": 0, "skipped": 0, "error": 0},
+                "failed_tests": [], "created_at": 0.0, "started_at": null, "finished_at": null,
+                "lower_bound_s": null, "makespan_s": null, "shards": 0
+            }))
+            .unwrap();
+            summary.state = state;
+            summary.culprits = (0..culprits)
+                .map(|change| greenlight_shared::api::CulpritView {
+                    change: change as u64,
+                    revision: "r".into(),
+                    author: "a".into(),
+                    subject: "s".into(),
+                    tests: vec![],
+                })
+                .collect();
+            FarmEvent::Build(summary)
+        };
+        let wakes: Vec<bool> = [
+            build(BuildState::Running, 0),
+            build(BuildState::Running, 0),
+            build(BuildState::Red, 0),
+            build(BuildState::Red, 0),
+            build(BuildState::Red, 1),
+        ]
+        .iter()
+        .map(|event| seen.changes(event))
+        .collect();
+        assert_eq!(wakes, [true, false, true, false, true]);
+    }
+}
