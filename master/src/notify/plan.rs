@@ -13,9 +13,11 @@
 //! Probe builds (culprit finding) post nothing.
 //!
 //! **Notifications.** `gate_closed` when the gate closes on a build (its failing tests so
-//! far, its culprits if already known), `culprit_found` once culprit finding names the
-//! closing build's culprits, `gate_reopened` when it opens after having been told closed,
-//! `build_error` for a regular build in error. Each is told once per webhook.
+//! far, its culprits if already known), and again when a later build fails while it is
+//! closed (the gate's evidence moves to it); `culprit_found` for each change culprit
+//! finding names (with the tests it broke); `gate_reopened` when the gate opens after
+//! having been told closed; `build_error` for a regular build in error. Each is told once
+//! per webhook.
 
 use std::collections::BTreeMap;
 
@@ -162,7 +164,7 @@ pub fn reconcile(farm: &FarmState<'_>, targets: &Targets, told: impl Fn(&str) ->
     }
     for notice in notices {
         for &(target, url) in &webhooks {
-            let key = format!("{}/{}/{}/{}", target.as_str(), notice.event.as_str(), notice.branch, notice.build_id);
+            let key = format!("{}/{}", target.as_str(), notice_key(&notice));
             if told(&key).is_some() {
                 continue;
             }
@@ -256,6 +258,18 @@ fn notification(farm: &FarmState<'_>, event: NotificationKind, build_id: u64, re
     }
 }
 
+/// What a notification is told under, after its target: `EVENT/BRANCH/BUILD`; a culprit
+/// by its change (`culprit_found/BRANCH/change-N`), so that a gate that moves on to a
+/// later red build, keeping its culprits, does not tell them again.
+fn notice_key(notice: &Notification) -> String {
+    match (notice.event, notice.culprits.as_slice()) {
+        (NotificationKind::CulpritFound, [culprit]) => {
+            format!("{}/{}/change-{}", notice.event.as_str(), notice.branch, culprit.change)
+        }
+        _ => format!("{}/{}/{}", notice.event.as_str(), notice.branch, notice.build_id),
+    }
+}
+
 /// The gate's notifications owed, and its state as told (`gate/BRANCH`: `open` or
 /// `closed`, and the build).
 fn gate_notices(
@@ -283,10 +297,11 @@ fn gate_notices(
                     ..notification(farm, NotificationKind::GateClosed, build_id, &revision)
                 });
             }
-            if !gate.culprits.is_empty() {
+            // One notification a culprit, with the tests it broke.
+            for culprit in &gate.culprits {
                 notices.push(Notification {
-                    failing_tests: gate.failing_tests.clone(),
-                    culprits: gate.culprits.clone(),
+                    failing_tests: culprit.tests.clone(),
+                    culprits: vec![culprit.clone()],
                     ..notification(farm, NotificationKind::CulpritFound, build_id, &revision)
                 });
             }
@@ -448,17 +463,34 @@ mod tests {
             &mut ledger,
             &[red.clone()],
             &named,
-            &["status/3/r4 failure", "status/3/r5 failure", "slack/culprit_found/main/3", "json/culprit_found/main/3"],
+            &[
+                "status/3/r4 failure",
+                "status/3/r5 failure",
+                "slack/culprit_found/main/change-5",
+                "json/culprit_found/main/change-5",
+            ],
         );
         check(&mut ledger, &[red.clone()], &named, &[]);
-        let fixed = build(4, BuildState::Green, &[6]);
+        // A later build fails while the gate is closed: the gate is told closed on it, its
+        // culprit (kept by the gate) is not told again.
+        let mut later = build(5, BuildState::Red, &[8]);
+        later.failed_tests = vec!["t1".into()];
+        let mut moved = named.clone();
+        moved.build_id = Some(5);
         check(
             &mut ledger,
-            &[red.clone(), fixed.clone()],
-            &gate(GateState::Open, Some(4)),
-            &["status/4/r6 success", "slack/gate_reopened/main/4", "json/gate_reopened/main/4"],
+            &[red.clone(), later.clone()],
+            &moved,
+            &["status/5/r8 failure", "slack/gate_closed/main/5", "json/gate_closed/main/5"],
         );
-        check(&mut ledger, &[red, fixed], &gate(GateState::Open, Some(4)), &[]);
+        let fixed = build(6, BuildState::Green, &[9]);
+        check(
+            &mut ledger,
+            &[red.clone(), later.clone(), fixed.clone()],
+            &gate(GateState::Open, Some(6)),
+            &["status/6/r9 success", "slack/gate_reopened/main/6", "json/gate_reopened/main/6"],
+        );
+        check(&mut ledger, &[red, later, fixed], &gate(GateState::Open, Some(6)), &[]);
     }
 
     #[test]
