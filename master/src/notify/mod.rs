@@ -289,10 +289,11 @@ async fn look(
             ledger.started = true;
             changed = true;
         }
+        // Keys of builds no look sees any more go; the gate's build is always looked at.
         if let Some(oldest) = builds.iter().map(|build| build.build_id).min()
             && builds.len() >= WINDOW
         {
-            ledger.prune_below(oldest);
+            ledger.prune_below(gate.build_id.map_or(oldest, |gate_build| gate_build.min(oldest)));
         }
     }
     if changed {

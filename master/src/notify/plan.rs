@@ -270,8 +270,12 @@ fn notice_key(notice: &Notification) -> String {
     }
 }
 
-/// The gate's notifications owed, and its state as told (`gate/BRANCH`: `open` or
-/// `closed`, and the build).
+/// The gate's notifications owed, and its state as last seen (`gate/BRANCH`: `closed`,
+/// `reopened` or `open`, and the build). Every notification is owed by its key (told once
+/// per target, queued again while its target's queue is full); the state only says
+/// whether an open gate was reopened: `reopened` on the build that opened a gate seen
+/// closed, `open` on a gate never seen closed (a new farm) or opened again by a later
+/// green build.
 fn gate_notices(
     farm: &FarmState<'_>,
     told: &impl Fn(&str) -> Option<Told>,
@@ -281,22 +285,16 @@ fn gate_notices(
     let gate = farm.gate;
     let gate_key = format!("gate/{}", farm.branch);
     let last = told(&gate_key);
-    let build_id = gate.build_id.unwrap_or(0);
+    let Some(build_id) = gate.build_id else { return };
     let revision = gate.revision.clone().unwrap_or_default();
-    let now = match gate.state {
-        GateState::Closed => "closed",
-        GateState::Open => "open",
-    };
-    let current = Told { build_id, fingerprint: now.to_owned() };
-    match gate.state {
-        GateState::Closed if gate.build_id.is_some() => {
-            if last.as_ref() != Some(&current) {
-                notices.push(Notification {
-                    failing_tests: gate.failing_tests.clone(),
-                    culprits: gate.culprits.clone(),
-                    ..notification(farm, NotificationKind::GateClosed, build_id, &revision)
-                });
-            }
+    let seen = |fingerprint: &str| Told { build_id, fingerprint: fingerprint.to_owned() };
+    let current = match gate.state {
+        GateState::Closed => {
+            notices.push(Notification {
+                failing_tests: gate.failing_tests.clone(),
+                culprits: gate.culprits.clone(),
+                ..notification(farm, NotificationKind::GateClosed, build_id, &revision)
+            });
             // One notification a culprit, with the tests it broke.
             for culprit in &gate.culprits {
                 notices.push(Notification {
@@ -305,14 +303,22 @@ fn gate_notices(
                     ..notification(farm, NotificationKind::CulpritFound, build_id, &revision)
                 });
             }
+            seen("closed")
         }
-        GateState::Open
-            if last.as_ref().is_some_and(|last| last.fingerprint == "closed") && gate.build_id.is_some() =>
-        {
-            notices.push(notification(farm, NotificationKind::GateReopened, build_id, &revision));
+        GateState::Open => {
+            let reopened = match &last {
+                Some(last) if last.fingerprint == "closed" => true,
+                Some(last) => last.fingerprint == "reopened" && last.build_id == build_id,
+                None => false,
+            };
+            if reopened {
+                notices.push(notification(farm, NotificationKind::GateReopened, build_id, &revision));
+                seen("reopened")
+            } else {
+                seen("open")
+            }
         }
-        _ => {}
-    }
+    };
     if last.as_ref() != Some(&current) {
         plan.marks.push((gate_key, current));
     }
@@ -506,6 +512,32 @@ mod tests {
         );
         check(&mut ledger, &[error], &gate(GateState::Open, Some(2)), &[]);
         assert_eq!(ledger.told["gate/main"], Told { build_id: 2, fingerprint: "open".into() });
+    }
+
+    #[test]
+    fn a_notification_left_unqueued_is_owed_again_by_the_next_look() {
+        let revisions = BTreeMap::new();
+        let mut ledger = Ledger::default();
+        let mut owed = |gate: &GateView, queue_room: bool| -> Vec<String> {
+            let farm = FarmState { branch: "main", builds: &[], revisions: &revisions, gate, page_base: "http://m" };
+            let targets = Targets { forge: None, slack: None, json: Some("http://ops/hook".into()) };
+            let plan = reconcile(&farm, &targets, |key| ledger.told.get(key).cloned());
+            ledger.told.extend(plan.marks);
+            let keys: Vec<String> = plan.deliveries.iter().map(|delivery| delivery.key.clone()).collect();
+            if queue_room {
+                ledger.told.extend(plan.deliveries.into_iter().map(|delivery| (delivery.key, delivery.told)));
+            }
+            keys
+        };
+        let closed = gate(GateState::Closed, Some(3));
+        assert_eq!(owed(&closed, false), ["json/gate_closed/main/3"], "the queue is full");
+        assert_eq!(owed(&closed, true), ["json/gate_closed/main/3"], "owed again");
+        assert_eq!(owed(&closed, true), Vec::<String>::new());
+        let open = gate(GateState::Open, Some(4));
+        assert_eq!(owed(&open, false), ["json/gate_reopened/main/4"], "the queue is full");
+        assert_eq!(owed(&open, true), ["json/gate_reopened/main/4"], "owed again");
+        assert_eq!(owed(&open, true), Vec::<String>::new());
+        assert_eq!(owed(&gate(GateState::Open, Some(5)), true), Vec::<String>::new(), "open, not reopened");
     }
 
     #[test]
