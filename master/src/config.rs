@@ -1043,6 +1043,24 @@ impl Config {
                 problems.push(format!("{name} must be a URL starting with http:// or https://"));
             }
         }
+        let notifies = self.forge.kind.is_some()
+            || [
+                &self.notify.slack_webhook,
+                &self.notify.slack_webhook_env,
+                &self.notify.json_webhook,
+                &self.notify.json_webhook_env,
+            ]
+            .iter()
+            .any(|value| value.is_some());
+        let listens_everywhere =
+            self.listen.parse::<std::net::SocketAddr>().is_ok_and(|address| address.ip().is_unspecified());
+        if notifies && self.public_url.is_none() && listens_everywhere {
+            problems.push(format!(
+                "public_url is unset and listen is {}: statuses and notifications would link there; \
+                 set public_url to the address people open the page at",
+                self.listen
+            ));
+        }
         let forge = &self.forge;
         let positive_backoff = |backoff_s: f64| backoff_s.is_finite() && backoff_s >= 0.0;
         if forge.attempts == 0 || !positive_backoff(forge.backoff_s) {
@@ -1243,6 +1261,18 @@ run_command = ["run", "{ids_file}"]
         let problems = load("[notify]\nslack_webhook = \"hooks.slack.com/services/SECRET\"\n").unwrap_err();
         assert_eq!(problems, ["[notify] slack_webhook must be a URL starting with http:// or https://"]);
         refused("[notify]\nattempts = 0\n", "[notify] attempts must be at least 1");
+        let (_, problems) = check::check_text(&format!(
+            "listen = \"0.0.0.0:8080\"\n{base}[notify]\njson_webhook = \"https://ops.example/hook\"\n"
+        ));
+        assert_eq!(
+            problems,
+            ["public_url is unset and listen is 0.0.0.0:8080: statuses and notifications would link there; \
+              set public_url to the address people open the page at"]
+        );
+        let (_, problems) = check::check_text(&format!(
+            "listen = \"0.0.0.0:8080\"\npublic_url = \"http://ci.example:8080\"\n{base}[notify]\njson_webhook = \"https://ops.example/hook\"\n"
+        ));
+        assert_eq!(problems, Vec::<String>::new());
     }
 
     #[test]
