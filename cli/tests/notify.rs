@@ -3,8 +3,10 @@
 //! receiver that records every request. It checks exactly what arrives: for each
 //! revision its statuses (pending, then the verdict, with a link to the build's page), the
 //! gate closed (failing tests), its culprit, the gate reopened, in Slack's JSON and in
-//! plain JSON; and a forge that fails for a while: the builds go on meanwhile, and the
-//! statuses arrive once it is back, a master restarted in between included.
+//! plain JSON (GitHub); a forge that fails for a while: the builds go on meanwhile, and
+//! the statuses arrive once it is back, a master restarted in between included (Gitea);
+//! a cancelled build: an error on its revision, a build_error notification, and its
+//! rebuild's statuses after it (GitLab).
 
 mod common;
 
@@ -331,14 +333,14 @@ backoff_s = 0.1
 }
 
 #[test]
-fn a_cancelled_build_is_an_error_on_its_revision_and_in_the_chat_and_its_rebuild_posts_again() {
+fn a_cancelled_build_is_an_error_on_its_revision_on_gitlab_and_in_the_chat_and_its_rebuild_posts_again() {
     const ADMIN: &str = "notify-admin";
     let fake = FakeServer::start();
     let extra = format!(
         r#"[forge]
-kind = "github"
-api_url = "{fake}/forge/api/v3"
-repository = "acme/product"
+kind = "gitlab"
+api_url = "{fake}/forge/api/v4"
+repository = "acme/sub/product"
 token_env = "GREENLIGHT_TEST_FORGE_TOKEN"
 
 [notify]
@@ -363,8 +365,17 @@ json_webhook = "{fake}/json"
     farm.wait_for("the rebuild's success", Duration::from_secs(180), |_| {
         (fake.states(&first).len() == 4).then_some(())
     });
-    assert_eq!(fake.states(&first), ["pending", "error", "pending", "success"]);
+    // GitLab's words: a build in error is `failed` there, its description says why.
+    assert_eq!(fake.states(&first), ["pending", "failed", "pending", "success"]);
     let statuses = fake.statuses(&first);
+    for status in &statuses {
+        assert_eq!(status.path, format!("/forge/api/v4/projects/acme%2Fsub%2Fproduct/statuses/{first}"));
+        assert_eq!(status.headers["private-token"], FORGE_TOKEN);
+        assert!(!status.headers.contains_key("authorization"), "{status:?}");
+        let body = status.body.as_object().unwrap();
+        assert_eq!(body.keys().map(String::as_str).collect::<Vec<_>>(), ["description", "name", "state", "target_url"]);
+        assert_eq!(body["name"], "greenlight");
+    }
     assert_eq!(statuses[1].body["description"], format!("build {} error: cancelled by an admin", cancelled.build_id));
     let rebuild = farm.finished_build_of(&first);
     assert_eq!(
