@@ -35,6 +35,14 @@
 //! [scheduler]                      # every key optional; see `SchedulerSection` for all
 //! shard_sizing = "finer"           # 2-3 shards a worker; or "fitted": one where estimates hold
 //! straggler_copies = false         # a backup copy of a test holding the build's end
+//!
+//! [forge]                          # commit statuses (`notify`); off without `kind`
+//! kind = "github"                  # or "gitlab", "gitea" (Forgejo too)
+//! repository = "acme/product"
+//! token_env = "GREENLIGHT_FORGE_TOKEN"
+//!
+//! [notify]                         # gate closed, culprit found, gate reopened, build error
+//! slack_webhook_env = "GREENLIGHT_SLACK_WEBHOOK"
 //! ```
 //!
 //! Or a runner adapter instead of the templates (it lists, sets up and runs by itself):
