@@ -267,6 +267,7 @@ async fn look(
     let Some(gate) = shared.farm.gate(&branch) else { return };
     let farm = FarmState { branch: &branch, builds: &builds, revisions: &revisions, gate: &gate, page_base };
     let mut changed = false;
+    let first_look;
     let mut to_send = Vec::new();
     {
         let mut ledger = lock(&shared.ledger);
@@ -277,7 +278,7 @@ async fn look(
             ledger.told.insert(key, told);
             changed = true;
         }
-        let first_look = !ledger.started;
+        first_look = !ledger.started;
         for delivery in plan.deliveries {
             if first_look && delivery.past_at_first_look {
                 ledger.told.insert(delivery.key, delivery.told);
@@ -298,6 +299,13 @@ async fn look(
     }
     if changed {
         shared.save().await;
+    }
+    if first_look {
+        // Made durable at once: a master that crashes before its next flush must not take
+        // what happens meanwhile for the past at its next first look.
+        if let Err(error) = shared.farm.flush().await {
+            tracing::debug!(%error, "flushing the record of notifications failed");
+        }
     }
     for delivery in to_send {
         let Some(queue) = queues.get(&delivery.target) else { continue };
