@@ -99,7 +99,8 @@ fn describe(gate: &GateView, master: &str) -> String {
         text.push_str("culprit: not known yet\n");
     }
     if let Some(build_id) = gate.build_id {
-        text.push_str(&format!("see {master}/#/build/{build_id} (JSON: {master}/api/v1/builds/{build_id})\n"));
+        let page = greenlight_shared::api::build_page_url(master, build_id);
+        text.push_str(&format!("see {page} (JSON: {master}/api/v1/builds/{build_id})\n"));
     }
     text.push_str(&format!(
         "only a fix (a message containing {:?}) or a revert (git revert's \"Revert ...\" subject) goes through\n",

@@ -35,6 +35,14 @@
 //! [scheduler]                      # every key optional; see `SchedulerSection` for all
 //! shard_sizing = "finer"           # 2-3 shards a worker; or "fitted": one where estimates hold
 //! straggler_copies = false         # a backup copy of a test holding the build's end
+//!
+//! [forge]                          # commit statuses (`notify`); off without `kind`
+//! kind = "github"                  # or "gitlab", "gitea" (Forgejo too)
+//! repository = "acme/product"
+//! token_env = "GREENLIGHT_FORGE_TOKEN"
+//!
+//! [notify]                         # gate closed, culprit found, gate reopened, build error
+//! slack_webhook_env = "GREENLIGHT_SLACK_WEBHOOK"
 //! ```
 //!
 //! Or a runner adapter instead of the templates (it lists, sets up and runs by itself):
@@ -201,6 +209,151 @@ pub struct Config {
     /// Free space the data directory needs.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// The address people reach the master's page at (`https://greenlight.example`), for
+    /// the links in forge statuses and notifications; unset: `http://` and the address the
+    /// master listens on.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Commit statuses on the watched repository's forge (GitHub, GitLab, Gitea/Forgejo).
+    #[serde(default)]
+    pub forge: ForgeConfig,
+    /// Chat and webhook notifications of the gate and of builds in error.
+    #[serde(default)]
+    pub notify: NotifyConfig,
+}
+
+/// The forges whose commit status API the master speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForgeKind {
+    /// GitHub and GitHub Enterprise: `POST /repos/{owner}/{repo}/statuses/{sha}`.
+    Github,
+    /// GitLab: `POST /projects/{id}/statuses/{sha}`.
+    Gitlab,
+    /// Gitea and Forgejo: `POST /repos/{owner}/{repo}/statuses/{sha}`.
+    Gitea,
+}
+
+impl ForgeKind {
+    /// The public API root of the forge, when there is one (Gitea has none).
+    pub fn default_api_url(self) -> Option<&'static str> {
+        match self {
+            ForgeKind::Github => Some("https://api.github.com"),
+            ForgeKind::Gitlab => Some("https://gitlab.com/api/v4"),
+            ForgeKind::Gitea => None,
+        }
+    }
+}
+
+/// Commit statuses on the watched repository's forge (`[forge]`): pending when a build
+/// covering a revision starts, then success, failure or error with a link to the build.
+/// Off while `kind` is unset.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForgeConfig {
+    /// `github`, `gitlab` or `gitea` (Forgejo too); unset: no statuses.
+    #[serde(default)]
+    pub kind: Option<ForgeKind>,
+    /// The forge's API root, version included (`https://github.example/api/v3`,
+    /// `https://gitlab.example/api/v4`, `https://gitea.example/api/v1`); unset: GitHub's
+    /// and gitlab.com's public API (a Gitea forge must say where it is).
+    #[serde(default)]
+    pub api_url: Option<String>,
+    /// The repository on the forge: `owner/name` (GitLab: the project's path or id).
+    #[serde(default)]
+    pub repository: Option<String>,
+    /// The token statuses are posted with (GitHub: `statuses: write`; GitLab: `api`).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Or the environment variable holding it.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// The name the statuses carry on the forge (GitHub's and Gitea's `context`, GitLab's
+    /// `name`).
+    #[serde(default = "default_forge_context")]
+    pub context: String,
+    /// Attempts before a status is given up (logged and counted).
+    #[serde(default = "default_delivery_attempts")]
+    pub attempts: u32,
+    /// Seconds before the first retry; doubled for each next one, at most a minute.
+    #[serde(default = "default_delivery_backoff_s")]
+    pub backoff_s: f64,
+}
+
+impl Default for ForgeConfig {
+    fn default() -> ForgeConfig {
+        ForgeConfig {
+            kind: None,
+            api_url: None,
+            repository: None,
+            token: None,
+            token_env: None,
+            context: default_forge_context(),
+            attempts: default_delivery_attempts(),
+            backoff_s: default_delivery_backoff_s(),
+        }
+    }
+}
+
+fn default_forge_context() -> String {
+    "greenlight".to_owned()
+}
+
+fn default_delivery_attempts() -> u32 {
+    8
+}
+
+fn default_delivery_backoff_s() -> f64 {
+    1.0
+}
+
+impl ForgeConfig {
+    /// The API root statuses are posted to, when a forge is configured.
+    pub fn api_root(&self) -> Option<String> {
+        let kind = self.kind?;
+        let url = self.api_url.as_deref().or(kind.default_api_url())?;
+        Some(url.trim_end_matches('/').to_owned())
+    }
+}
+
+/// Notifications (`[notify]`): the gate closed (its failing tests, then its culprit once
+/// found), the gate reopened, a build in error; to a Slack-compatible webhook, a plain
+/// JSON webhook, or both.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// A Slack incoming webhook (or anything taking Slack's `{"text", "blocks"}`: Mattermost,
+    /// Rocket.Chat, Discord's `/slack` endpoint).
+    #[serde(default)]
+    pub slack_webhook: Option<String>,
+    /// Or the environment variable holding it (a Slack webhook URL is a secret).
+    #[serde(default)]
+    pub slack_webhook_env: Option<String>,
+    /// A URL that gets each notification as plain JSON (README: the schema).
+    #[serde(default)]
+    pub json_webhook: Option<String>,
+    /// Or the environment variable holding it.
+    #[serde(default)]
+    pub json_webhook_env: Option<String>,
+    /// Attempts before a notification is given up (logged and counted).
+    #[serde(default = "default_delivery_attempts")]
+    pub attempts: u32,
+    /// Seconds before the first retry; doubled for each next one, at most a minute.
+    #[serde(default = "default_delivery_backoff_s")]
+    pub backoff_s: f64,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> NotifyConfig {
+        NotifyConfig {
+            slack_webhook: None,
+            slack_webhook_env: None,
+            json_webhook: None,
+            json_webhook_env: None,
+            attempts: default_delivery_attempts(),
+            backoff_s: default_delivery_backoff_s(),
+        }
+    }
 }
 
 /// Free space on the data directory's filesystem (the master stops taking new work before
@@ -734,6 +887,9 @@ impl Config {
         for (name, worker) in &mut self.workers {
             take(&format!("[workers.{name}] token"), &mut worker.token, &worker.token_env);
         }
+        take("[forge] token", &mut self.forge.token, &self.forge.token_env);
+        take("[notify] slack_webhook", &mut self.notify.slack_webhook, &self.notify.slack_webhook_env);
+        take("[notify] json_webhook", &mut self.notify.json_webhook, &self.notify.json_webhook_env);
         problems
     }
 
@@ -768,6 +924,9 @@ impl Config {
             full_runs: FullRunsConfig::default(),
             quarantine: QuarantineConfig::default(),
             storage: StorageConfig::default(),
+            public_url: None,
+            forge: ForgeConfig::default(),
+            notify: NotifyConfig::default(),
         }
     }
 
@@ -866,6 +1025,83 @@ impl Config {
             if let Err(error) = globset::Glob::new(pattern) {
                 problems.push(format!("[tags.paths] {pattern:?}: {error}"));
             }
+        }
+        problems.extend(self.delivery_problems());
+        problems
+    }
+
+    /// What is wrong with the public URL, `[forge]` and `[notify]`.
+    fn delivery_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut url = |name: &str, value: Option<&str>| {
+            if let Some(value) = value
+                && !(value.starts_with("http://") || value.starts_with("https://"))
+            {
+                problems.push(format!("{name} {value:?} must start with http:// or https://"));
+            }
+        };
+        url("public_url", self.public_url.as_deref());
+        url("[forge] api_url", self.forge.api_url.as_deref());
+        // Webhook URLs may be secrets: named, never printed.
+        for (name, value) in [
+            ("[notify] slack_webhook", &self.notify.slack_webhook),
+            ("[notify] json_webhook", &self.notify.json_webhook),
+        ] {
+            if value.as_deref().is_some_and(|value| !(value.starts_with("http://") || value.starts_with("https://"))) {
+                problems.push(format!("{name} must be a URL starting with http:// or https://"));
+            }
+        }
+        let notifies = self.forge.kind.is_some()
+            || [
+                &self.notify.slack_webhook,
+                &self.notify.slack_webhook_env,
+                &self.notify.json_webhook,
+                &self.notify.json_webhook_env,
+            ]
+            .iter()
+            .any(|value| value.is_some());
+        let listens_everywhere =
+            self.listen.parse::<std::net::SocketAddr>().is_ok_and(|address| address.ip().is_unspecified());
+        if notifies && self.public_url.is_none() && listens_everywhere {
+            problems.push(format!(
+                "public_url is unset and listen is {}: statuses and notifications would link there; \
+                 set public_url to the address people open the page at",
+                self.listen
+            ));
+        }
+        let forge = &self.forge;
+        let positive_backoff = |backoff_s: f64| backoff_s.is_finite() && backoff_s >= 0.0;
+        if forge.attempts == 0 || !positive_backoff(forge.backoff_s) {
+            problems.push("[forge] attempts must be at least 1 and backoff_s >= 0".to_owned());
+        }
+        if self.notify.attempts == 0 || !positive_backoff(self.notify.backoff_s) {
+            problems.push("[notify] attempts must be at least 1 and backoff_s >= 0".to_owned());
+        }
+        let Some(kind) = forge.kind else {
+            if forge.api_url.is_some() || forge.repository.is_some() {
+                problems.push("[forge] needs `kind` (github, gitlab or gitea) to post statuses".to_owned());
+            }
+            return problems;
+        };
+        if forge.api_url.is_none() && kind.default_api_url().is_none() {
+            problems.push("[forge] kind = \"gitea\" needs api_url (e.g. \"https://gitea.example/api/v1\")".to_owned());
+        }
+        match forge.repository.as_deref() {
+            None | Some("") => {
+                problems.push("[forge] needs `repository` (owner/name; GitLab: the project's path or id)".to_owned())
+            }
+            Some(repository)
+                if kind != ForgeKind::Gitlab && repository.split('/').filter(|part| !part.is_empty()).count() != 2 =>
+            {
+                problems.push(format!("[forge] repository {repository:?} must be owner/name"))
+            }
+            Some(_) => {}
+        }
+        if forge.token.as_deref().is_none_or(str::is_empty) && forge.token_env.is_none() {
+            problems.push("[forge] needs a token: token_env = \"VARIABLE\" (or token)".to_owned());
+        }
+        if forge.context.trim().is_empty() {
+            problems.push("[forge] context must not be empty".to_owned());
         }
         problems
     }
@@ -979,6 +1215,72 @@ run_command = ["run", "{ids_file}"]
         assert!(error.contains("unknown variant `coarse`, expected `fitted` or `finer`"), "{error}");
         std::fs::write(&path, format!("{base}[scheduler]\nstraggler_copies = \"yes\"\n")).unwrap();
         assert!(Config::from_file(&path).unwrap_err().to_string().contains("invalid type"));
+    }
+
+    #[test]
+    fn forge_and_notify_keys_are_checked_and_their_secrets_come_from_the_environment() {
+        let base = "data_dir = \"/x\"\n[repository]\nurl = \"u\"\n[suite]\nfile = \"s.json\"\nrun_command = [\"r\"]\n";
+        let env = |name: &str| (name == "FORGE_TOKEN" || name == "SLACK_URL").then(|| format!("value of {name}"));
+        let load = |extra: &str| -> Result<Config, Vec<String>> {
+            let (config, mut problems) = check::check_text(&format!("{base}{extra}"));
+            let Some(mut config) = config else { return Err(problems) };
+            problems.extend(config.take_tokens_from(env));
+            if problems.is_empty() { Ok(config) } else { Err(problems) }
+        };
+        let config = load(
+            "[forge]\nkind = \"github\"\nrepository = \"acme/product\"\ntoken_env = \"FORGE_TOKEN\"\n\
+             [notify]\nslack_webhook_env = \"SLACK_URL\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.forge.api_root().as_deref(), Some("https://api.github.com"));
+        assert_eq!(config.forge.token.as_deref(), Some("value of FORGE_TOKEN"));
+        assert_eq!(config.notify.slack_webhook.as_deref(), Some("value of SLACK_URL"));
+        assert_eq!(config.forge.context, "greenlight");
+        let gitlab = load(
+            "[forge]\nkind = \"gitlab\"\napi_url = \"https://gitlab.example/api/v4/\"\nrepository = \"group/sub/p\"\ntoken = \"t\"\n",
+        )
+        .unwrap();
+        assert_eq!(gitlab.forge.api_root().as_deref(), Some("https://gitlab.example/api/v4"));
+        let refused = |extra: &str, expected: &str| {
+            let problems = load(extra).unwrap_err();
+            assert!(problems.iter().any(|problem| problem.contains(expected)), "{extra}: {problems:?}");
+        };
+        refused(
+            "[forge]\nkind = \"bitbucket\"\n",
+            "unknown variant `bitbucket`, expected one of `github`, `gitlab`, `gitea`",
+        );
+        refused(
+            "[forge]\nkind = \"gitea\"\nrepository = \"a/b\"\ntoken = \"t\"\n",
+            "[forge] kind = \"gitea\" needs api_url",
+        );
+        refused(
+            "[forge]\nkind = \"gitea\"\napi_url = \"gitea.example/api/v1\"\nrepository = \"a/b\"\ntoken = \"t\"\n",
+            "[forge] api_url \"gitea.example/api/v1\" must start with http:// or https://",
+        );
+        refused("[forge]\nkind = \"github\"\nrepository = \"product\"\ntoken = \"t\"\n", "must be owner/name");
+        refused("[forge]\nkind = \"github\"\nrepository = \"a/b\"\n", "[forge] needs a token");
+        refused(
+            "[forge]\nkind = \"github\"\nrepository = \"a/b\"\ntoken_env = \"UNSET_FORGE_TOKEN\"\n",
+            "[forge] token_env: the environment variable UNSET_FORGE_TOKEN is not set",
+        );
+        refused("[forge]\nrepository = \"a/b\"\n", "[forge] needs `kind`");
+        let (_, problems) = check::check_text(&format!("public_url = \"greenlight.example\"\n{base}"));
+        assert_eq!(problems, ["public_url \"greenlight.example\" must start with http:// or https://"]);
+        let problems = load("[notify]\nslack_webhook = \"hooks.slack.com/services/SECRET\"\n").unwrap_err();
+        assert_eq!(problems, ["[notify] slack_webhook must be a URL starting with http:// or https://"]);
+        refused("[notify]\nattempts = 0\n", "[notify] attempts must be at least 1");
+        let (_, problems) = check::check_text(&format!(
+            "listen = \"0.0.0.0:8080\"\n{base}[notify]\njson_webhook = \"https://ops.example/hook\"\n"
+        ));
+        assert_eq!(
+            problems,
+            ["public_url is unset and listen is 0.0.0.0:8080: statuses and notifications would link there; \
+              set public_url to the address people open the page at"]
+        );
+        let (_, problems) = check::check_text(&format!(
+            "listen = \"0.0.0.0:8080\"\npublic_url = \"http://ci.example:8080\"\n{base}[notify]\njson_webhook = \"https://ops.example/hook\"\n"
+        ));
+        assert_eq!(problems, Vec::<String>::new());
     }
 
     #[test]

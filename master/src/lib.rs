@@ -14,6 +14,7 @@ pub mod farm;
 pub mod gate;
 pub mod junit;
 pub mod metrics;
+pub mod notify;
 pub mod push;
 pub mod secret;
 pub mod store;
@@ -116,6 +117,7 @@ async fn serve(
         tokio::spawn(push_loop(Arc::clone(&farm), stop_rx.clone())),
         tokio::spawn(store_loop(Arc::clone(&farm), stop_rx.clone())),
         tokio::spawn(history_loop(Arc::clone(&farm), stop_rx.clone())),
+        tokio::spawn(notify::run(Arc::clone(&farm), page_base(farm.config(), &listener)?, stop_rx.clone())),
     ];
     tracing::info!(address = %listener.local_addr()?, "master listening");
     let app = api::router(api::AppState { farm: Arc::clone(&farm) });
@@ -153,6 +155,14 @@ async fn serve(
         tracing::error!(%error, "the last flush failed; a restart resumes from what the store holds");
     }
     served.map_err(MasterError::Serve)
+}
+
+/// The page's address in links: `public_url`, else `http://` and the address listened on.
+fn page_base(config: &Config, listener: &TcpListener) -> Result<String, std::io::Error> {
+    match &config.public_url {
+        Some(url) => Ok(url.trim_end_matches('/').to_owned()),
+        None => Ok(format!("http://{}", listener.local_addr()?)),
+    }
 }
 
 /// How long requests and background tasks may take to end once shutdown begins.

@@ -100,6 +100,8 @@ pub struct Metrics {
     pub poll_errors: Counter,
     /// HTTP requests by (method, route, status class), with their durations.
     requests: Mutex<BTreeMap<(String, String, &'static str), Histogram>>,
+    /// Forge statuses and notifications by (kind, outcome): `notify`'s deliveries.
+    notifications: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 impl Default for Metrics {
@@ -114,6 +116,7 @@ impl Default for Metrics {
             flaky_results: Counter::default(),
             poll_errors: Counter::default(),
             requests: Mutex::default(),
+            notifications: Mutex::default(),
         }
     }
 }
@@ -146,6 +149,13 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Counts a forge status or a notification (`kind`: `status`, `gate_closed`, ...) that
+    /// ended in `outcome` (`delivered`, `gave_up`, `superseded`).
+    pub fn notification(&self, kind: &'static str, outcome: &'static str) {
+        let mut notifications = self.notifications.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *notifications.entry((kind, outcome)).or_insert(0) += 1;
+    }
+
     /// Writes the counters and histograms.
     pub fn write(&self, out: &mut Exposition) {
         out.family("greenlight_builds_total", "counter", "Builds that ended, by state.");
@@ -176,6 +186,16 @@ impl Metrics {
         ] {
             out.single(name, "counter", help, counter.get() as f64);
         }
+        out.family(
+            "greenlight_notifications_total",
+            "counter",
+            "Forge statuses and notifications by kind and outcome (delivered, gave_up, superseded).",
+        );
+        let notifications = self.notifications.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for ((kind, outcome), count) in notifications.iter() {
+            out.sample("greenlight_notifications_total", &[("kind", kind), ("outcome", outcome)], *count as f64);
+        }
+        drop(notifications);
         let requests = self.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         out.family(
             "greenlight_http_request_duration_seconds",

@@ -1503,6 +1503,20 @@ impl Store {
     pub fn put_gate(&self, gate: &GateView) -> Result<(), StoreError> {
         self.set_meta(&format!("{}{}", keys::GATE, gate.branch), gate)
     }
+
+    /// The meta key of the notifier's record of what it delivered (a few KiB: the
+    /// newest builds' keys).
+    const NOTIFY_LEDGER: &'static str = "notify_ledger";
+
+    /// What the notifier (`notify`) delivered, once it recorded anything.
+    pub fn notify_ledger<T: DeserializeOwned>(&self) -> Result<Option<T>, StoreError> {
+        self.meta(Store::NOTIFY_LEDGER)
+    }
+
+    /// Records what the notifier delivered.
+    pub fn put_notify_ledger<T: Serialize>(&self, ledger: &T) -> Result<(), StoreError> {
+        self.set_meta(Store::NOTIFY_LEDGER, ledger)
+    }
 }
 
 #[cfg(test)]

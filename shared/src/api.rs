@@ -1268,3 +1268,66 @@ pub struct HistoryImportResponse {
     /// A few of them, each with the reason.
     pub rejected_examples: Vec<String>,
 }
+
+/// The address of build `build_id`'s page on the master whose page is at `base` (the
+/// master's URL, or its configured `public_url`): `greenlight gate`, forge statuses and
+/// notifications all link with it.
+pub fn build_page_url(base: &str, build_id: u64) -> String {
+    format!("{}/#/build/{build_id}", base.trim_end_matches('/'))
+}
+
+/// What a notification is about (`[notify]` webhooks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationKind {
+    /// A real failure closed the gate: its build, revision and failing tests (and its
+    /// culprits, in the rare case they are already known).
+    GateClosed,
+    /// Culprit finding named the change(s) that broke the build that closed the gate.
+    CulpritFound,
+    /// A green build of a later revision reopened the gate.
+    GateReopened,
+    /// A build ended in error (no verdict: tests no worker could run, a suite that could
+    /// not be listed or planned, a cancelled build).
+    BuildError,
+}
+
+impl NotificationKind {
+    /// Its name on the wire and in `/metrics`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationKind::GateClosed => "gate_closed",
+            NotificationKind::CulpritFound => "culprit_found",
+            NotificationKind::GateReopened => "gate_reopened",
+            NotificationKind::BuildError => "build_error",
+        }
+    }
+}
+
+/// The body a `[notify] json_webhook` receives: one event, with what is needed to act on
+/// it and a link to the build's page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    /// Wire version.
+    #[serde(default = "api_version")]
+    pub version: u32,
+    /// What happened.
+    pub event: NotificationKind,
+    /// The watched branch.
+    pub branch: String,
+    /// The build it is about: the one that closed the gate, reopened it, or ended in error.
+    pub build_id: u64,
+    /// The revision that build tested.
+    pub revision: String,
+    /// The failing tests (gate closed, culprit found); empty otherwise.
+    #[serde(default)]
+    pub failing_tests: Vec<String>,
+    /// The changes culprit finding named, each with the tests it broke; empty otherwise.
+    #[serde(default)]
+    pub culprits: Vec<CulpritView>,
+    /// Why the build is in error (build error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The build's page.
+    pub url: String,
+}

@@ -97,6 +97,8 @@ pub struct FarmOptions {
     /// The master's binary (the load bench runs an older build side by side); this build's
     /// `greenlight` when `None`.
     pub master_binary: Option<PathBuf>,
+    /// Environment variables of the master (tokens its configuration takes from there).
+    pub master_env: Vec<(String, String)>,
 }
 
 impl Default for FarmOptions {
@@ -112,6 +114,7 @@ impl Default for FarmOptions {
             top_toml: String::new(),
             data_dir: None,
             master_binary: None,
+            master_env: Vec::new(),
         }
     }
 }
@@ -125,6 +128,8 @@ pub struct Farm {
     pub workers: Vec<Process>,
     /// The binary the master runs (restarts included).
     pub master_binary: PathBuf,
+    /// The master's environment besides the test's (restarts included).
+    pub master_env: Vec<(String, String)>,
     http: reqwest::blocking::Client,
 }
 
@@ -193,7 +198,7 @@ heartbeat_interval_s = {heartbeat}
         )
         .unwrap();
         let master_binary = options.master_binary.unwrap_or_else(|| PathBuf::from(greenlight()));
-        let (master, url) = start_master_of(&master_binary, &config, dir.path(), &[]);
+        let (master, url) = start_master_with_env(&master_binary, &config, dir.path(), &[], &options.master_env);
         let mut farm = Farm {
             config,
             dir,
@@ -202,6 +207,7 @@ heartbeat_interval_s = {heartbeat}
             master,
             workers: Vec::new(),
             master_binary,
+            master_env: options.master_env,
             http: reqwest::blocking::Client::new(),
         };
         for index in 0..n_workers {
@@ -214,8 +220,13 @@ heartbeat_interval_s = {heartbeat}
     pub fn restart_master(&mut self) {
         self.master.kill();
         let address = self.url.trim_start_matches("http://").to_owned();
-        let (master, url) =
-            start_master_of(&self.master_binary, &self.config, self.dir.path(), &["--listen", &address]);
+        let (master, url) = start_master_with_env(
+            &self.master_binary,
+            &self.config,
+            self.dir.path(),
+            &["--listen", &address],
+            &self.master_env,
+        );
         assert_eq!(url, self.url);
         self.master = master;
     }
@@ -380,12 +391,24 @@ pub fn start_master(config: &Path, dir: &Path, extra: &[&str]) -> (Process, Stri
 
 /// As [`start_master`], running the master of `binary`.
 pub fn start_master_of(binary: &Path, config: &Path, dir: &Path, extra: &[&str]) -> (Process, String) {
+    start_master_with_env(binary, config, dir, extra, &[])
+}
+
+/// As [`start_master_of`], with `env` added to the master's environment.
+pub fn start_master_with_env(
+    binary: &Path,
+    config: &Path,
+    dir: &Path,
+    extra: &[&str],
+    env: &[(String, String)],
+) -> (Process, String) {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("master.log")).unwrap();
     let mut child = Command::new(binary)
         .args(["master", "--config"])
         .arg(config)
         .args(extra)
         .env("GREENLIGHT_LOG", "info")
+        .envs(env.iter().map(|(name, value)| (name, value)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)

@@ -42,6 +42,12 @@ pub const KEYS: &[Key] = &[
     key("", "max_output_bytes", "a result's output beyond this is cut (its end kept)", ""),
     key("", "max_archive_bytes", "the largest nextest archive a worker may upload (else 413)", ""),
     key(
+        "",
+        "public_url",
+        "the page's address in links (forge statuses, notifications); unset: http://LISTEN",
+        "\"https://greenlight.example\"",
+    ),
+    key(
         "workers.*",
         "token",
         "only this worker presents it; the shared worker_token is refused for it",
@@ -114,6 +120,35 @@ pub const KEYS: &[Key] = &[
     key("storage", "cache_bytes", "the store's page cache in memory", ""),
     key("storage", "keep_results_builds", "full results and shards of the newest N builds (0: all)", ""),
     key("storage", "keep_results_days", "and only of builds ended in the last N days (0: no limit)", ""),
+    key(
+        "forge",
+        "kind",
+        "commit statuses on the forge: github, gitlab or gitea (Forgejo too); unset: none",
+        "\"github\"",
+    ),
+    key(
+        "forge",
+        "api_url",
+        "the API root, version included; unset: api.github.com, gitlab.com/api/v4 (gitea: required)",
+        "\"https://gitea.example/api/v1\"",
+    ),
+    key("forge", "repository", "owner/name on the forge (GitLab: the project's path or id)", "\"acme/product\""),
+    key("forge", "token", "the token statuses are posted with", "\"ghp_...\""),
+    key("forge", "token_env", "or the environment variable holding it", "\"GREENLIGHT_FORGE_TOKEN\""),
+    key("forge", "context", "the statuses' name on the forge", ""),
+    key("forge", "attempts", "attempts before a status is given up (logged, counted in /metrics)", ""),
+    key("forge", "backoff_s", "seconds before the first retry, doubled for each next one (at most 60)", ""),
+    key(
+        "notify",
+        "slack_webhook",
+        "gate closed / culprit found / gate reopened / build error, as Slack JSON {text, blocks}",
+        "\"https://hooks.slack.com/services/...\"",
+    ),
+    key("notify", "slack_webhook_env", "or the environment variable holding it", "\"GREENLIGHT_SLACK_WEBHOOK\""),
+    key("notify", "json_webhook", "the same as plain JSON (README: the schema)", "\"https://ops.example/greenlight\""),
+    key("notify", "json_webhook_env", "or the environment variable holding it", "\"GREENLIGHT_JSON_WEBHOOK\""),
+    key("notify", "attempts", "attempts before a notification is given up (logged, counted in /metrics)", ""),
+    key("notify", "backoff_s", "seconds before the first retry, doubled for each next one (at most 60)", ""),
 ];
 
 /// The tables of the configuration, in the sample's order (`""` is the top level).
@@ -220,6 +255,15 @@ mod tests {
             &mut full.read_token,
             &mut full.read_token_env,
             &mut full.push.webhook,
+            &mut full.public_url,
+            &mut full.forge.api_url,
+            &mut full.forge.repository,
+            &mut full.forge.token,
+            &mut full.forge.token_env,
+            &mut full.notify.slack_webhook,
+            &mut full.notify.slack_webhook_env,
+            &mut full.notify.json_webhook,
+            &mut full.notify.json_webhook_env,
         ] {
             *token = Some("x".into());
         }
@@ -227,6 +271,7 @@ mod tests {
             "box".into(),
             crate::config::WorkerSection { token: Some("t".into()), token_env: Some("T".into()) },
         );
+        full.forge.kind = Some(crate::config::ForgeKind::Github);
         let mut fields = BTreeSet::new();
         paths(&toml::Table::try_from(full).unwrap(), "", &mut fields);
         let listed: BTreeSet<String> = KEYS.iter().map(|key| format!("{}.{}", key.section, key.key)).collect();
