@@ -95,7 +95,9 @@ fn main() {
     let selected = select(&suite, &BTreeSet::new());
     let estimates = estimate(&suite, |test| test.duration_s);
     let plan = BuildPlan::new(&suite, &selected, &estimates);
-    println!("| 15k tests, 50 workers, {rounds} rounds | sizing | median | p99 | largest | mean | tests a lease (start) |");
+    println!(
+        "| 15k tests, 50 workers, {rounds} rounds | sizing | median | p99 | largest | mean | tests a lease (start) |"
+    );
     println!("|---|---|---:|---:|---:|---:|---:|");
     let sizings = [("fitted", ShardSizing::Fitted), ("finer", ShardSizing::Finer)];
     // (every lease of the start, the first lease, again after its shard, tests a lease)
