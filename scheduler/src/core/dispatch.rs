@@ -617,19 +617,21 @@ impl Scheduler {
         // The chains behind the tests of running leases are their workers' (they left room
         // for them when they were cut). In lease order, so that a test waiting on two of
         // them always counts with the same one.
-        let mut running: Vec<(LeaseId, &LeaseState)> = self
-            .leases
+        let mut running: Vec<(LeaseId, PlanIndex, usize)> = run
+            .heads
             .iter()
-            .filter(|(_, state)| state.active && state.build == build)
-            .map(|(&id, state)| (id, state))
+            .filter_map(|&test| match run.states[test] {
+                TestState::Leased(lease) => {
+                    let state = self.leases.get(&lease).filter(|state| state.active && state.build == build)?;
+                    Some((lease, test, *position.get(&state.worker)?))
+                }
+                _ => None,
+            })
             .collect();
-        running.sort_by_key(|&(id, _)| id);
-        for (lease, state) in running {
-            let Some(&bin) = position.get(&state.worker) else { continue };
-            for &test in state.tests.iter().filter(|&&test| run.states[test] == TestState::Leased(lease)) {
-                let (estimated, steps) = chains.behind(test);
-                levels[bin] += estimated * drift + steps as f64 * overhead;
-            }
+        running.sort_unstable();
+        for (_, test, bin) in running {
+            let (estimated, steps) = chains.behind(test);
+            levels[bin] += estimated * drift + steps as f64 * overhead;
         }
         // Highest priority first, so that a test waiting on two ready ones counts with the
         // one dispatched first.
@@ -805,6 +807,9 @@ impl<'a> Chains<'a> {
     fn behind(&mut self, test: PlanIndex) -> (Seconds, usize) {
         let run = self.run;
         let (mut estimated, mut steps) = (0.0, 0);
+        if run.plan.tests[test].dependents.is_empty() {
+            return (estimated, steps);
+        }
         self.stack.push((test, 0));
         while let Some((test, step)) = self.stack.pop() {
             for &dependent in &run.plan.tests[test].dependents {

@@ -88,6 +88,8 @@ pub(super) struct BuildRun {
     pub(super) fitted_split: Option<FittedSplit>,
     /// How many of the plan's tests are new (their estimates borrowed).
     pub(super) new_in_plan: usize,
+    /// The plan's tests that others depend on, in plan order.
+    pub(super) heads: Vec<PlanIndex>,
     pub(super) unleased_work: f64,
     pub(super) unfinished: usize,
     /// Tests whose final result counts against the build (the verdict's red list).
@@ -533,6 +535,7 @@ impl Scheduler {
             ready,
             fitted_split: None,
             new_in_plan: plan.tests.iter().filter(|test| !test.estimate_known).count(),
+            heads: (0..plan.len()).filter(|&index| !plan.tests[index].dependents.is_empty()).collect(),
             plan,
         };
         let empty = run.unfinished == 0;
