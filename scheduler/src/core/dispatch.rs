@@ -543,10 +543,12 @@ impl Scheduler {
     /// [`ShardSizing::Fitted`]: the part of the asking worker in a split of the ready work
     /// of `build` among all live workers at once (see [`Scheduler::split_ready_work`]),
     /// highest priority first. The split is planned once and each worker's part handed out
-    /// as it asks; it is planned again when the ready work changed otherwise since
-    /// ([`BuildRun::ready_changed`]), when the workers it was split among are not the live
-    /// ones any more, when the asking worker's part was handed out already, or when it asks
-    /// more than a shard's overhead earlier or later than the split had it start. `None` when
+    /// as it asks (the parts of the workers that were free when it was planned: a busy
+    /// worker's start was a projection). It is planned again when the ready work changed
+    /// otherwise since ([`BuildRun::ready_changed`]), when the workers it was split among
+    /// are not the live ones any more, when the asking worker has no part in it (it was
+    /// busy, or had its part already), or when it asks more than a shard's overhead earlier
+    /// or later than the split had it start. `None` when
     /// the build is to be cut finer: the sizing says so, a lease could not give back what
     /// runs late (the runner reports only at exit, or splitting is off), the estimates are
     /// not trusted, a new test is ready (its estimate is borrowed: it goes first, in a
@@ -681,8 +683,19 @@ impl Scheduler {
         for part in &mut parts {
             part.sort_unstable_by(|a, b| b.cmp(a));
         }
-        let parts =
-            workers.iter().zip(parts).map(|(&id, tests)| (id, FittedPart { ready_at: ready_at[&id], tests })).collect();
+        // The parts of the workers free now are kept for when they ask. A busy worker's
+        // start is a projection from its lease's pace, which the results still to come
+        // revise: it plans again when it asks.
+        let free = |id: &WorkerId| {
+            *id == worker
+                || self.workers[id].lease.and_then(|lease| self.leases.get(&lease)).is_none_or(|lease| !lease.active)
+        };
+        let parts = workers
+            .iter()
+            .zip(parts)
+            .filter(|(id, _)| free(id))
+            .map(|(&id, tests)| (id, FittedPart { ready_at: ready_at[&id], tests }))
+            .collect();
         Some(FittedSplit { workers, parts })
     }
 }

@@ -53,8 +53,8 @@ pub(super) struct FittedSplit {
     /// The workers the work was split among, in the order of [`Scheduler::workers`] (the
     /// worker that asked last when it had not joined).
     pub(super) workers: Vec<WorkerId>,
-    /// The parts not handed out yet. A worker's part may be empty: it is then cut a shard
-    /// the finer way.
+    /// The parts not handed out yet, of the workers that were free when it was planned. A
+    /// worker's part may be empty: it is then cut a shard the finer way.
     pub(super) parts: HashMap<WorkerId, FittedPart>,
 }
 

@@ -1047,8 +1047,8 @@ fn a_fitted_split_is_planned_again_when_the_work_or_the_workers_change() {
     scheduler.worker_joined(WorkerId(4), 0.0);
     let joined = scheduler.request_work(WorkerId(4), 0.0).0.unwrap();
     // Split among the four: 60 s left for the three free workers, 20 each (worker 1 is
-    // busy until 31 s, its part empty); the parts of workers 1, 2 and 3 are left.
-    assert_eq!((joined.tests.len(), planned_for(&scheduler)), (20, Some(3)));
+    // busy until 31 s); the parts of workers 2 and 3 are kept (a busy worker plans again).
+    assert_eq!((joined.tests.len(), planned_for(&scheduler)), (20, Some(2)));
     // A failed test to retry: planned again, the retry to the worker asking.
     let failed = ReportedTest {
         test_id: &first.tests[0],
