@@ -614,7 +614,10 @@ impl Scheduler {
         let mut levels: Vec<Seconds> = workers.iter().map(|id| ready_at[id]).collect();
         // A test others wait on counts with the tests waiting on it, transitively, and a
         // shard's overhead for each step of that chain: the worker that runs it ends its
-        // shard early enough to run them after it (the test runs first in its shard).
+        // shard early enough to run them after it (the test runs first in its shard). The
+        // chains of one worker share their steps' shards (their first tests run first in its
+        // shard, so their next steps are ready together): a worker pays the overhead of its
+        // longest chain's steps, not one a chain.
         let mut chains = Chains::new(run);
         // The chains behind the tests of running leases are their workers' (they left room
         // for them when they were cut). In lease order, so that a test waiting on two of
@@ -631,20 +634,27 @@ impl Scheduler {
             })
             .collect();
         running.sort_unstable();
+        let mut chain_steps = vec![0; workers.len()];
         for (_, test, bin) in running {
             let (estimated, steps) = chains.behind(test);
-            levels[bin] += estimated * drift + steps as f64 * overhead;
+            levels[bin] += estimated * drift;
+            chain_steps[bin] = chain_steps[bin].max(steps);
+        }
+        for (level, &steps) in levels.iter_mut().zip(&chain_steps) {
+            *level += steps as f64 * overhead;
         }
         // Highest priority first, so that a test waiting on two ready ones counts with the
         // one dispatched first.
-        let mut items: Vec<(Seconds, Option<ReadyEntry>)> = run
+        // (its seconds with its chain's overheads, which orders them; its seconds; the steps
+        // of its chain; the test)
+        let mut items: Vec<(Seconds, Seconds, usize, Option<ReadyEntry>)> = run
             .ready
             .iter()
             .rev()
             .map(|&entry| {
                 let (estimated, steps) = chains.behind(entry.index);
-                let estimated = estimated + run.plan.tests[entry.index].estimate_s;
-                (estimated * drift + steps as f64 * overhead, Some(entry))
+                let seconds = (estimated + run.plan.tests[entry.index].estimate_s) * drift;
+                (seconds + steps as f64 * overhead, seconds, steps, Some(entry))
             })
             .collect();
         // Tests waiting on others still count, as work other workers will take when they
@@ -652,16 +662,18 @@ impl Scheduler {
         items.extend(
             (0..run.plan.len())
                 .filter(|&index| matches!(run.states[index], TestState::Waiting { .. }) && !chains.counted[index])
-                .map(|index| (run.plan.tests[index].estimate_s * drift, None)),
+                .map(|index| {
+                    (run.plan.tests[index].estimate_s * drift, run.plan.tests[index].estimate_s * drift, 0, None)
+                }),
         );
         // Longest first; on a tie, the dispatch order (no two tests tie on both). The
         // seconds are not negative, so their bits order them as the numbers do.
-        items.sort_unstable_by(|a, b| b.0.to_bits().cmp(&a.0.to_bits()).then_with(|| b.1.cmp(&a.1)));
-        let mut bins = Bins::new(&levels, asking);
+        items.sort_unstable_by(|a, b| b.0.to_bits().cmp(&a.0.to_bits()).then_with(|| b.3.cmp(&a.3)));
+        let mut bins = Bins::new(&levels, chain_steps, overhead, asking);
         let mut parts: Vec<Vec<ReadyEntry>> =
             vec![Vec::with_capacity(2 * run.ready.len() / workers.len() + 1); workers.len()];
         let asking_only = [worker];
-        for (seconds, entry) in items {
+        for (_, seconds, steps, entry) in items {
             // Work others will take when it is ready goes to another worker than the one
             // asking; a test that failed on, or was lost by, some workers to another one.
             let avoid = match entry {
@@ -671,10 +683,10 @@ impl Scheduler {
             };
             let retry = entry.is_some_and(|entry| run.failures[entry.index] > 0);
             let bin = if retry && !avoid.contains(&worker) {
-                bins.add(asking, seconds);
+                bins.add(asking, seconds, steps);
                 asking
             } else {
-                bins.add_to_least(|bin| !avoid.contains(&workers[bin]), seconds)
+                bins.add_to_least(|bin| !avoid.contains(&workers[bin]), seconds, steps)
             };
             if let Some(entry) = entry {
                 parts[bin].push(entry);
@@ -705,6 +717,9 @@ impl Scheduler {
 /// of its worker's load is skipped when it surfaces.
 struct Bins {
     levels: Vec<Seconds>,
+    /// The most steps of the chains each worker runs: it pays an overhead for each.
+    steps: Vec<usize>,
+    overhead: Seconds,
     versions: Vec<u32>,
     asking: usize,
     heap: BinaryHeap<Reverse<Bin>>,
@@ -743,18 +758,26 @@ impl Ord for Bin {
 }
 
 impl Bins {
-    fn new(levels: &[Seconds], asking: usize) -> Bins {
+    fn new(levels: &[Seconds], steps: Vec<usize>, overhead: Seconds, asking: usize) -> Bins {
         let heap = levels
             .iter()
             .enumerate()
             .map(|(position, &level)| Reverse(Bin { level, not_asking: position != asking, position, version: 0 }))
             .collect();
-        Bins { levels: levels.to_vec(), versions: vec![0; levels.len()], asking, heap, passed: Vec::new() }
+        Bins {
+            levels: levels.to_vec(),
+            steps,
+            overhead,
+            versions: vec![0; levels.len()],
+            asking,
+            heap,
+            passed: Vec::new(),
+        }
     }
 
-    /// Adds `seconds` to the least loaded worker that `allowed` allows, or to the least
-    /// loaded of all when it allows none; returns which.
-    fn add_to_least(&mut self, allowed: impl Fn(usize) -> bool, seconds: Seconds) -> usize {
+    /// Adds `seconds` of tests whose chain has `steps` steps to the least loaded worker that
+    /// `allowed` allows, or to the least loaded of all when it allows none; returns which.
+    fn add_to_least(&mut self, allowed: impl Fn(usize) -> bool, seconds: Seconds, steps: usize) -> usize {
         while let Some(Reverse(bin)) = self.heap.peek().copied() {
             if bin.version != self.versions[bin.position] {
                 self.heap.pop();
@@ -764,6 +787,7 @@ impl Bins {
                 break;
             }
             // The usual case: the least loaded takes it, and sinks in place.
+            let seconds = self.cost(bin.position, seconds, steps);
             let mut least = self.heap.peek_mut().expect("just looked at");
             least.0.level += seconds;
             self.levels[bin.position] = least.0.level;
@@ -783,14 +807,24 @@ impl Bins {
         // Every worker is to be avoided: the least loaded of all, the first passed over.
         let chosen = chosen.unwrap_or_else(|| self.passed.remove(0));
         self.heap.extend(self.passed.drain(..).map(Reverse));
-        self.add(chosen.position, seconds);
+        self.add(chosen.position, seconds, steps);
         chosen.position
     }
 
-    /// Adds `seconds` to the load of worker `position`: its entry in the heap, if any, goes
+    /// What `seconds` of tests whose chain has `steps` steps add to worker `position`'s load:
+    /// the overheads of the steps beyond those of its longest chain so far, which it now
+    /// has.
+    fn cost(&mut self, position: usize, seconds: Seconds, steps: usize) -> Seconds {
+        let beyond = steps.saturating_sub(self.steps[position]);
+        self.steps[position] = self.steps[position].max(steps);
+        seconds + beyond as f64 * self.overhead
+    }
+
+    /// Adds `seconds` of tests whose chain has `steps` steps to the load of worker
+    /// `position` ([`Bins::cost`]): its entry in the heap, if any, goes
     /// stale and a new one is pushed.
-    fn add(&mut self, position: usize, seconds: Seconds) {
-        self.levels[position] += seconds;
+    fn add(&mut self, position: usize, seconds: Seconds, steps: usize) {
+        self.levels[position] += self.cost(position, seconds, steps);
         self.versions[position] += 1;
         let bin = Bin {
             level: self.levels[position],
