@@ -667,12 +667,15 @@ impl Scheduler {
                 }),
         );
         // Longest first; on a tie, the dispatch order (no two tests tie on both). The
-        // seconds are not negative, so their bits order them as the numbers do.
-        items.sort_unstable_by(|a, b| b.0.to_bits().cmp(&a.0.to_bits()).then_with(|| b.3.cmp(&a.3)));
+        // seconds are not negative, so their bits order them as the numbers do. In dispatch
+        // order already but for the tests others wait on (a test's priority is its estimate
+        // and the longest chain behind it): a sort that finds the runs is all but linear.
+        items.sort_by(|a, b| b.0.to_bits().cmp(&a.0.to_bits()).then_with(|| b.3.cmp(&a.3)));
         let mut bins = Bins::new(&levels, chain_steps, overhead, asking);
         let mut parts: Vec<Vec<ReadyEntry>> =
             vec![Vec::with_capacity(2 * run.ready.len() / workers.len() + 1); workers.len()];
         let asking_only = [worker];
+        let any_retry = run.failures.iter().any(|&failures| failures > 0);
         for (_, seconds, steps, entry) in items {
             // Work others will take when it is ready goes to another worker than the one
             // asking; a test that failed on, or was lost by, some workers to another one.
@@ -681,7 +684,7 @@ impl Scheduler {
                 Some(entry) => run.avoid.get(&entry.index).map(Vec::as_slice).unwrap_or_default(),
                 None => &asking_only,
             };
-            let retry = entry.is_some_and(|entry| run.failures[entry.index] > 0);
+            let retry = any_retry && entry.is_some_and(|entry| run.failures[entry.index] > 0);
             let bin = if retry && !avoid.contains(&worker) {
                 bins.add(asking, seconds, steps);
                 asking
@@ -693,7 +696,8 @@ impl Scheduler {
             }
         }
         for part in &mut parts {
-            part.sort_unstable_by(|a, b| b.cmp(a));
+            // Nearly in order already (see above).
+            part.sort_by(|a, b| b.cmp(a));
         }
         // The parts of the workers free now are kept for when they ask. A busy worker's
         // start is a projection from its lease's pace, which the results still to come
