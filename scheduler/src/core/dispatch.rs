@@ -899,3 +899,29 @@ fn water_fill(work: Seconds, mut ready_at: Vec<Seconds>, now: Seconds) -> Second
     }
     finish
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Adds `(seconds, steps)` in turn to the least loaded of two workers (worker 0 asking,
+    /// shard overhead 1 s): which worker took each, and their loads after.
+    fn check(items: &[(Seconds, usize)], expected: (&[usize], [Seconds; 2])) {
+        let mut bins = Bins::new(&[0.0, 0.0], vec![0, 0], 1.0, 0);
+        let taken: Vec<usize> =
+            items.iter().map(|&(seconds, steps)| bins.add_to_least(|_| true, seconds, steps)).collect();
+        assert_eq!((taken.as_slice(), [bins.levels[0], bins.levels[1]]), expected);
+    }
+
+    #[test]
+    fn a_worker_pays_the_overheads_of_its_longest_chains_steps_once() {
+        // Plain tests: least loaded first, the asking worker on a tie.
+        check(&[(3.0, 0), (2.0, 0), (2.0, 0)], (&[0, 1, 1], [3.0, 4.0]));
+        // Three chains of one step: the second worker's second chain costs no overhead more.
+        check(&[(2.0, 1), (2.0, 1), (2.0, 1)], (&[0, 1, 0], [5.0, 3.0]));
+        // A chain of two steps where one of one runs: one overhead more; where none runs,
+        // two.
+        check(&[(2.0, 1), (3.0, 0), (2.0, 2)], (&[0, 1, 0], [6.0, 3.0]));
+        check(&[(2.0, 1), (1.0, 0), (2.0, 2)], (&[0, 1, 1], [3.0, 5.0]));
+    }
+}
