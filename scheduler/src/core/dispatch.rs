@@ -480,7 +480,11 @@ impl Scheduler {
                 .filter(|&(&other, state)| other != id && state.active && state.build == lease.build)
                 .map(|(_, state)| state.free_at(now, drift))
                 .fold(now, f64::max);
-            if end > others_end && best.is_none_or(|(_, _, best_end)| end > best_end) {
+            // The lease ending last; on a tie the first granted (the leases are a hash map:
+            // its order is no order).
+            if end > others_end
+                && best.is_none_or(|(best_id, _, best_end)| end > best_end || (end == best_end && id < best_id))
+            {
                 best = Some((id, test, end));
             }
         }
