@@ -73,6 +73,19 @@ fn again_after_its_shard(plan: &BuildPlan, sizing: ShardSizing) -> Duration {
     clock.elapsed()
 }
 
+/// What one sizing's rounds measured.
+#[derive(Default)]
+struct Samples {
+    /// Every lease of the build's start.
+    every: Vec<Duration>,
+    /// The first lease of the build's start.
+    first: Vec<Duration>,
+    /// Worker 0 asking again after its shard.
+    again: Vec<Duration>,
+    /// Tests each lease of the last start got.
+    sizes: Vec<usize>,
+}
+
 /// Median, 99th percentile and largest of `samples`, and their mean.
 fn summary(samples: &mut [Duration]) -> String {
     samples.sort();
@@ -100,21 +113,19 @@ fn main() {
     );
     println!("|---|---|---:|---:|---:|---:|---:|");
     let sizings = [("fitted", ShardSizing::Fitted), ("finer", ShardSizing::Finer)];
-    // (every lease of the start, the first lease, again after its shard, tests a lease)
-    let mut samples: Vec<(Vec<Duration>, Vec<Duration>, Vec<Duration>, Vec<usize>)> =
-        sizings.iter().map(|_| Default::default()).collect();
+    let mut samples: Vec<Samples> = sizings.iter().map(|_| Samples::default()).collect();
     // Round by round, the sizings in turn: a noisy machine's slow spells hit both.
     for _ in 0..rounds {
-        for ((_, sizing), (every, first, again, sizes)) in sizings.iter().zip(&mut samples) {
+        for ((_, sizing), samples) in sizings.iter().zip(&mut samples) {
             let (times, tests) = start_wave(&plan, *sizing);
-            first.push(times[0]);
-            every.extend(times);
-            *sizes = tests;
-            again.push(again_after_its_shard(&plan, *sizing));
+            samples.first.push(times[0]);
+            samples.every.extend(times);
+            samples.sizes = tests;
+            samples.again.push(again_after_its_shard(&plan, *sizing));
         }
     }
     let mut rows: Vec<(&str, &str, String)> = Vec::new();
-    for ((name, _), (every, first, again, sizes)) in sizings.iter().zip(&mut samples) {
+    for ((name, _), Samples { every, first, again, sizes }) in sizings.iter().zip(&mut samples) {
         let leased = sizes.iter().filter(|&&size| size > 0).count();
         let mean_tests = sizes.iter().sum::<usize>() as f64 / leased.max(1) as f64;
         rows.push(("start, each of the 50 leases", name, format!("{} | {mean_tests:.0}", summary(every))));
