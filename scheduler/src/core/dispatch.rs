@@ -3,9 +3,10 @@
 //! whether a running lease gives back the tests it has not started. The sizing maths of
 //! the module documentation of [`super`] lives here.
 
-use std::collections::HashSet;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 
-use super::state::{LeaseState, ReadyEntry, TestState};
+use super::state::{BuildRun, FittedPart, FittedSplit, LeaseState, ReadyEntry, TestState};
 use super::{BuildId, Decision, LeaseGrant, LeaseId, Scheduler, ShardSizing, WorkerId};
 use crate::Seconds;
 use crate::plan::PlanIndex;
@@ -88,7 +89,7 @@ impl Scheduler {
             },
         };
         let goal = self.shard_goal(build, worker, now);
-        let fitted = self.fitted_shard(build, worker, now);
+        let fitted = self.fitted_part(build, worker, now);
         let run = self.builds.get_mut(&build).expect("the build was just found");
         let overhead = run.costs.overhead();
         let first_of_worker = !run.started.contains(&worker);
@@ -97,8 +98,6 @@ impl Scheduler {
         self.next_lease += 1;
         let mut tests: Vec<PlanIndex> = Vec::new();
         let mut work = 0.0;
-        let mut variance = 0.0;
-        let mut chain_cap = f64::INFINITY;
         // However few workers are live now, no shard locks up more than this: more may join.
         let max_shard = self.config.max_shard_s / run.drift.ratio();
         // A test that failed on, or was lost by, this worker runs elsewhere, unless no other
@@ -109,78 +108,98 @@ impl Scheduler {
             .filter(|&(&id, state)| id != worker && state.benched_until <= now)
             .map(|(&id, _)| id)
             .collect();
-        let mut passed_over = Vec::new();
-        while let Some(entry) = run.ready.peek().copied() {
-            if let Some(fitted) = &fitted {
-                if tests.len() == fitted.len() {
+        let avoided = |run: &BuildRun, index: PlanIndex| {
+            run.avoid
+                .get(&index)
+                .is_some_and(|avoid| avoid.contains(&worker) && others.iter().any(|other| !avoid.contains(other)))
+        };
+        if let Some(part) = fitted {
+            // The worker's whole part of the split, in priority order; whatever it does not
+            // take stays ready, and the split is planned again.
+            let whole = part.len();
+            for entry in part {
+                let estimate = run.plan.tests[entry.index].estimate_s;
+                if !tests.is_empty() && work + estimate > max_shard {
                     break;
                 }
-                if !fitted.contains(&entry.index) {
-                    passed_over.push(run.ready.pop().expect("just peeked"));
+                if avoided(run, entry.index) || !run.ready.remove(&entry) {
                     continue;
                 }
+                run.lease_test(entry.index, lease);
+                work += estimate;
+                tests.push(entry.index);
             }
-            if let Some(avoid) = run.avoid.get(&entry.index)
-                && avoid.contains(&worker)
-                && others.iter().any(|other| !avoid.contains(other))
-            {
-                passed_over.push(run.ready.pop().expect("just peeked"));
-                continue;
+            if tests.len() != whole {
+                run.ready_changed();
             }
-            let planned = &run.plan.tests[entry.index];
-            let estimate = planned.estimate_s;
-            if let Some(&first) = tests.first() {
-                // New tests and known ones are never in one shard. A shard of new tests is
-                // no larger than the reserve (their estimates are one figure for many
-                // tests, however well scaled), but worth its overhead.
-                let new_shard = !run.plan.tests[first].estimate_known;
-                let beyond_reserve = work + estimate > goal.share * self.config.tail_fraction && work >= goal.smallest;
-                if new_shard && (planned.estimate_known || beyond_reserve) {
-                    break;
-                }
-                if !new_shard && !planned.estimate_known {
-                    passed_over.push(run.ready.pop().expect("just peeked"));
+        } else {
+            let mut variance = 0.0;
+            let mut chain_cap = f64::INFINITY;
+            let mut passed_over = Vec::new();
+            while let Some(entry) = run.ready.last().copied() {
+                if avoided(run, entry.index) {
+                    passed_over.push(run.ready.pop_last().expect("just looked at"));
                     continue;
                 }
-            }
-            let relative_error =
-                if planned.estimate_known { self.config.estimate_error } else { self.config.borrowed_estimate_error };
-            let test_variance = (relative_error * estimate).powi(2);
-            if !tests.is_empty() {
-                if work >= chain_cap || work + estimate > max_shard {
-                    break;
-                }
-                if fitted.is_some() {
-                    // The worker's whole part of the split.
-                } else if goal.last {
-                    if work >= goal.share {
+                let planned = &run.plan.tests[entry.index];
+                let estimate = planned.estimate_s;
+                if let Some(&first) = tests.first() {
+                    // New tests and known ones are never in one shard. A shard of new tests is
+                    // no larger than the reserve (their estimates are one figure for many
+                    // tests, however well scaled), but worth its overhead.
+                    let new_shard = !run.plan.tests[first].estimate_known;
+                    let beyond_reserve =
+                        work + estimate > goal.share * self.config.tail_fraction && work >= goal.smallest;
+                    if new_shard && (planned.estimate_known || beyond_reserve) {
                         break;
                     }
+                    if !new_shard && !planned.estimate_known {
+                        passed_over.push(run.ready.pop_last().expect("just looked at"));
+                        continue;
+                    }
+                }
+                let relative_error = if planned.estimate_known {
+                    self.config.estimate_error
                 } else {
-                    // Hold back room for the drift of what is in the shard.
-                    let reserve = (goal.share * self.config.tail_fraction)
-                        .max(self.config.reserve_sigmas * (variance + test_variance).sqrt());
-                    if work + estimate + reserve > goal.share && work >= goal.smallest {
+                    self.config.borrowed_estimate_error
+                };
+                let test_variance = (relative_error * estimate).powi(2);
+                if !tests.is_empty() {
+                    if work >= chain_cap || work + estimate > max_shard {
                         break;
                     }
+                    if goal.last {
+                        if work >= goal.share {
+                            break;
+                        }
+                    } else {
+                        // Hold back room for the drift of what is in the shard.
+                        let reserve = (goal.share * self.config.tail_fraction)
+                            .max(self.config.reserve_sigmas * (variance + test_variance).sqrt());
+                        if work + estimate + reserve > goal.share && work >= goal.smallest {
+                            break;
+                        }
+                    }
                 }
+                if !planned.dependents.is_empty() {
+                    // The chain waiting on this test must still fit before the finish: end the
+                    // shard early enough for a worker to take it up (this one, at the latest).
+                    let chain_behind = planned.priority_s - estimate;
+                    let latest_end = goal.finish - now - 2.0 * overhead - CHAIN_SAFETY * chain_behind;
+                    chain_cap = chain_cap.min(latest_end.max(work + estimate));
+                }
+                run.ready.pop_last();
+                run.lease_test(entry.index, lease);
+                work += estimate;
+                variance += test_variance;
+                tests.push(entry.index);
             }
-            run.ready.pop();
-            if !planned.dependents.is_empty() && fitted.is_none() {
-                // The chain waiting on this test must still fit before the finish: end the
-                // shard early enough for a worker to take it up (this one, at the latest).
-                let chain_behind = planned.priority_s - estimate;
-                let latest_end = goal.finish - now - 2.0 * overhead - CHAIN_SAFETY * chain_behind;
-                chain_cap = chain_cap.min(latest_end.max(work + estimate));
+            run.ready.extend(passed_over);
+            if !tests.is_empty() {
+                // Cut another way than a fitted split planned.
+                run.ready_changed();
             }
-            work += estimate;
-            variance += test_variance;
-            run.unleased_work -= estimate;
-            run.states[entry.index] = TestState::Leased(lease);
-            run.attempts[entry.index] += 1;
-            tests.push(entry.index);
         }
-        run.ready.extend(passed_over);
         if tests.is_empty() {
             // Only retries of tests this worker failed were ready: another worker takes them.
             self.next_lease -= 1;
@@ -305,7 +324,7 @@ impl Scheduler {
             .builds
             .iter()
             .filter_map(|(&build, run)| {
-                run.ready.peek().filter(|entry| run.failures[entry.index] > 0).map(|entry| (build, entry.index))
+                run.ready.last().filter(|entry| run.failures[entry.index] > 0).map(|entry| (build, entry.index))
             })
             .collect();
         let mut decisions: Vec<Decision> =
@@ -461,7 +480,11 @@ impl Scheduler {
                 .filter(|&(&other, state)| other != id && state.active && state.build == lease.build)
                 .map(|(_, state)| state.free_at(now, drift))
                 .fold(now, f64::max);
-            if end > others_end && best.is_none_or(|(_, _, best_end)| end > best_end) {
+            // The lease ending last; on a tie the first granted (the leases are a hash map:
+            // its order is no order).
+            if end > others_end
+                && best.is_none_or(|(best_id, _, best_end)| end > best_end || (end == best_end && id < best_id))
+            {
                 best = Some((id, test, end));
             }
         }
@@ -521,123 +544,347 @@ impl Scheduler {
         ready_at
     }
 
-    /// [`ShardSizing::Fitted`]: the shard of the asking worker when the ready work of `build`
-    /// is split among all live workers at once, longest first, each test to the worker
-    /// that would be free first with what it was given so far (LPT on the estimates, the
-    /// busy workers counted from when they will be free). `None` when the build is to be
-    /// cut finer: the sizing says so, a lease could not give back what runs late (the
-    /// runner reports only at exit, or splitting is off), or a new test is ready (its
-    /// estimate is borrowed: it goes first, in a small shard of its own), or nothing would
-    /// be this worker's.
-    fn fitted_shard(&self, build: BuildId, worker: WorkerId, now: Seconds) -> Option<HashSet<PlanIndex>> {
+    /// [`ShardSizing::Fitted`]: the part of the asking worker in a split of the ready work
+    /// of `build` among all live workers at once (see [`Scheduler::split_ready_work`]),
+    /// highest priority first. The split is planned once and each worker's part handed out
+    /// as it asks (the parts of the workers that were free when it was planned: a busy
+    /// worker's start was a projection). It is planned again when the ready work changed
+    /// otherwise since ([`BuildRun::ready_changed`]), when the workers it was split among
+    /// are not the live ones any more, when the asking worker has no part in it (it was
+    /// busy, or had its part already), or when it asks more than a shard's overhead earlier
+    /// or later than the split had it start. `None` when
+    /// the build is to be cut finer: the sizing says so, a lease could not give back what
+    /// runs late (the runner reports only at exit, or splitting is off), the estimates are
+    /// not trusted, a new test is ready (its estimate is borrowed: it goes first, in a
+    /// small shard of its own), or nothing would be this worker's.
+    fn fitted_part(&mut self, build: BuildId, worker: WorkerId, now: Seconds) -> Option<Vec<ReadyEntry>> {
         let run = &self.builds[&build];
         if self.config.shard_sizing != ShardSizing::Fitted
             || !self.config.split_running_leases
             || !run.plan.leases_splittable
+            || !trusts_estimates(run)
         {
             return None;
         }
-        if !trusts_estimates(run) {
-            return None;
+        // The workers the work is split among: the live ones not benched (the asking one is
+        // not, or it would not be here).
+        let workers: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|&(&id, state)| id == worker || state.benched_until <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        // The split holds for this worker while it starts about when the split said it
+        // would: within a shard's overhead, what a split of a running lease would cost.
+        let ready_at = now + run.shard_cost(worker);
+        let planned = run.fitted_split.as_ref().is_some_and(|split| {
+            split.workers == workers
+                && split.parts.get(&worker).is_some_and(|part| (part.ready_at - ready_at).abs() <= run.costs.overhead())
+        });
+        if !planned {
+            let split = self.split_ready_work(build, worker, workers, now);
+            self.builds.get_mut(&build).expect("a running build").fitted_split = split;
         }
-        let ready: Vec<ReadyEntry> = run.ready.iter().copied().collect();
-        if ready.iter().any(|entry| !run.plan.tests[entry.index].estimate_known) {
+        let run = self.builds.get_mut(&build).expect("a running build");
+        let part = run.fitted_split.as_mut()?.parts.remove(&worker)?.tests;
+        // Nothing for this worker: the others would take it all, if they all ask (a worker
+        // gone quiet is counted until it is forgotten). It is cut finer instead.
+        (!part.is_empty()).then_some(part)
+    }
+
+    /// Splits the ready work of `build` among `workers` at once, longest first, each test to
+    /// the worker that would be free first with what it was given so far (LPT on the
+    /// estimates, the busy workers counted from when they will be free; the workers in a
+    /// binary heap, so O(tests × log workers) once the tests are sorted). `worker` is the
+    /// one asking: a retry goes to it (the gate waits on the result) unless the test failed
+    /// there; a test goes to a worker it failed on or was lost by only when every worker
+    /// did. `None` when a new test is ready.
+    pub(super) fn split_ready_work(
+        &self,
+        build: BuildId,
+        worker: WorkerId,
+        workers: Vec<WorkerId>,
+        now: Seconds,
+    ) -> Option<FittedSplit> {
+        let run = &self.builds[&build];
+        if run.new_in_plan > 0 && run.ready.iter().any(|entry| !run.plan.tests[entry.index].estimate_known) {
             return None;
         }
         let drift = run.drift.ratio();
         let overhead = run.costs.overhead();
+        let ready_at: HashMap<WorkerId, Seconds> = self.ready_times(build, worker, now).into_iter().collect();
+        let position: HashMap<WorkerId, usize> = workers.iter().enumerate().map(|(bin, &id)| (id, bin)).collect();
+        let asking = position[&worker];
+        let mut levels: Vec<Seconds> = workers.iter().map(|id| ready_at[id]).collect();
         // A test others wait on counts with the tests waiting on it, transitively, and a
         // shard's overhead for each step of that chain: the worker that runs it ends its
-        // shard early enough to run them after it (the test runs first in its shard).
-        let mut counted = vec![false; run.plan.len()];
-        // (when free, the asking worker first on a tie, the worker), least first.
-        let mut bins: Vec<(Seconds, bool, WorkerId)> = self
-            .ready_times(build, worker, now)
-            .into_iter()
-            .filter(|&(id, _)| id == worker || self.workers[&id].benched_until <= now)
-            .map(|(id, ready_at)| (ready_at, id != worker, id))
-            .collect();
+        // shard early enough to run them after it (the test runs first in its shard). The
+        // chains of one worker share their steps' shards (their first tests run first in its
+        // shard, so their next steps are ready together): a worker pays the overhead of its
+        // longest chain's steps, not one a chain.
+        let mut chains = Chains::new(run);
         // The chains behind the tests of running leases are their workers' (they left room
-        // for them when they were cut).
-        for (&lease, state) in self.leases.iter().filter(|(_, state)| state.active && state.build == build) {
-            let Some(bin) = bins.iter().position(|bin| bin.2 == state.worker) else { continue };
-            for &test in state.tests.iter().filter(|&&test| run.states[test] == TestState::Leased(lease)) {
-                let (estimated, steps) = chain_behind(run, test, &mut counted);
-                bins[bin].0 += estimated * drift + steps as f64 * overhead;
-            }
-        }
-        let mut items: Vec<(Seconds, Option<ReadyEntry>)> = ready
+        // for them when they were cut). In lease order, so that a test waiting on two of
+        // them always counts with the same one.
+        let mut running: Vec<(LeaseId, PlanIndex, usize)> = run
+            .heads
             .iter()
+            .filter_map(|&test| match run.states[test] {
+                TestState::Leased(lease) => {
+                    let state = self.leases.get(&lease).filter(|state| state.active && state.build == build)?;
+                    Some((lease, test, *position.get(&state.worker)?))
+                }
+                _ => None,
+            })
+            .collect();
+        running.sort_unstable();
+        let mut chain_steps = vec![0; workers.len()];
+        for (_, test, bin) in running {
+            let (estimated, steps) = chains.behind(test);
+            levels[bin] += estimated * drift;
+            chain_steps[bin] = chain_steps[bin].max(steps);
+        }
+        for (level, &steps) in levels.iter_mut().zip(&chain_steps) {
+            *level += steps as f64 * overhead;
+        }
+        // Highest priority first, so that a test waiting on two ready ones counts with the
+        // one dispatched first.
+        // (its seconds with its chain's overheads, which orders them; its seconds; the steps
+        // of its chain; the test)
+        let mut items: Vec<(Seconds, Seconds, usize, Option<ReadyEntry>)> = run
+            .ready
+            .iter()
+            .rev()
             .map(|&entry| {
-                let (estimated, steps) = chain_behind(run, entry.index, &mut counted);
-                let estimated = estimated + run.plan.tests[entry.index].estimate_s;
-                (estimated * drift + steps as f64 * overhead, Some(entry))
+                let (estimated, steps) = chains.behind(entry.index);
+                let seconds = (estimated + run.plan.tests[entry.index].estimate_s) * drift;
+                (seconds + steps as f64 * overhead, seconds, steps, Some(entry))
             })
             .collect();
         // Tests waiting on others still count, as work other workers will take when they
         // are ready (`None`): the asking worker's part is its share of everything left.
         items.extend(
             (0..run.plan.len())
-                .filter(|&index| matches!(run.states[index], TestState::Waiting { .. }) && !counted[index])
-                .map(|index| (run.plan.tests[index].estimate_s * drift, None)),
+                .filter(|&index| matches!(run.states[index], TestState::Waiting { .. }) && !chains.counted[index])
+                .map(|index| {
+                    (run.plan.tests[index].estimate_s * drift, run.plan.tests[index].estimate_s * drift, 0, None)
+                }),
         );
-        // Longest first; on a tie, the dispatch order.
-        items.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
-        let least = |bins: &[(Seconds, bool, WorkerId)], skip: Option<WorkerId>| {
-            (0..bins.len())
-                .filter(|&bin| Some(bins[bin].2) != skip)
-                .min_by(|&a, &b| bins[a].0.total_cmp(&bins[b].0).then(bins[a].1.cmp(&bins[b].1)))
-        };
-        let mut shard = HashSet::new();
-        for (seconds, entry) in items {
-            // A test this worker failed on or lost goes to another worker, when there is one.
-            let avoided =
-                entry.is_none_or(|entry| run.avoid.get(&entry.index).is_some_and(|avoid| avoid.contains(&worker)));
-            // A retry goes to the worker asking now, unless the test failed there: the gate
-            // waits on its result.
-            let retry = entry.is_some_and(|entry| run.failures[entry.index] > 0);
-            let asking = bins.iter().position(|bin| bin.2 == worker).filter(|_| retry && !avoided);
-            let Some(bin) = asking.or_else(|| least(&bins, avoided.then_some(worker))).or_else(|| least(&bins, None))
-            else {
-                break;
+        // Longest first; on a tie, the dispatch order (no two tests tie on both). The
+        // seconds are not negative, so their bits order them as the numbers do. In dispatch
+        // order already but for the tests others wait on (a test's priority is its estimate
+        // and the longest chain behind it): a sort that finds the runs is all but linear.
+        items.sort_by(|a, b| b.0.to_bits().cmp(&a.0.to_bits()).then_with(|| b.3.cmp(&a.3)));
+        let mut bins = Bins::new(&levels, chain_steps, overhead, asking);
+        let mut parts: Vec<Vec<ReadyEntry>> =
+            vec![Vec::with_capacity(2 * run.ready.len() / workers.len() + 1); workers.len()];
+        let asking_only = [worker];
+        let any_retry = run.failures.iter().any(|&failures| failures > 0);
+        for (_, seconds, steps, entry) in items {
+            // Work others will take when it is ready goes to another worker than the one
+            // asking; a test that failed on, or was lost by, some workers to another one.
+            let avoid = match entry {
+                Some(_) if run.avoid.is_empty() => &[],
+                Some(entry) => run.avoid.get(&entry.index).map(Vec::as_slice).unwrap_or_default(),
+                None => &asking_only,
             };
-            bins[bin].0 += seconds;
-            if let Some(entry) = entry
-                && bins[bin].2 == worker
-            {
-                shard.insert(entry.index);
+            let retry = any_retry && entry.is_some_and(|entry| run.failures[entry.index] > 0);
+            let bin = if retry && !avoid.contains(&worker) {
+                bins.add(asking, seconds, steps);
+                asking
+            } else {
+                bins.add_to_least(|bin| !avoid.contains(&workers[bin]), seconds, steps)
+            };
+            if let Some(entry) = entry {
+                parts[bin].push(entry);
             }
         }
-        // Nothing for this worker: the others would take it all, if they all ask (a
-        // worker gone quiet is counted until it is forgotten). It is cut finer instead.
-        (!shard.is_empty()).then_some(shard)
+        for part in &mut parts {
+            // Nearly in order already (see above).
+            part.sort_by(|a, b| b.cmp(a));
+        }
+        // The parts of the workers free now are kept for when they ask. A busy worker's
+        // start is a projection from its lease's pace, which the results still to come
+        // revise: it plans again when it asks.
+        let free = |id: &WorkerId| {
+            *id == worker
+                || self.workers[id].lease.and_then(|lease| self.leases.get(&lease)).is_none_or(|lease| !lease.active)
+        };
+        let parts = workers
+            .iter()
+            .zip(parts)
+            .filter(|(id, _)| free(id))
+            .map(|(&id, tests)| (id, FittedPart { ready_at: ready_at[&id], tests }))
+            .collect();
+        Some(FittedSplit { workers, parts })
     }
 }
 
-/// The tests waiting on `test`, transitively, not `counted` yet (they are now): their
-/// estimated seconds and the longest chain of them (in steps, each a shard of its own).
-fn chain_behind(run: &super::state::BuildRun, test: PlanIndex, counted: &mut [bool]) -> (Seconds, usize) {
-    let (mut estimated, mut steps) = (0.0, 0);
-    let mut stack = vec![(test, 0)];
-    while let Some((test, step)) = stack.pop() {
-        for &dependent in &run.plan.tests[test].dependents {
-            if matches!(run.states[dependent], TestState::Waiting { .. }) && !counted[dependent] {
-                counted[dependent] = true;
-                estimated += run.plan.tests[dependent].estimate_s;
-                steps = steps.max(step + 1);
-                stack.push((dependent, step + 1));
-            }
+/// The workers' loads in a split ([`Scheduler::split_ready_work`]), least first: a binary
+/// heap of (load, not the asking worker, position); an entry made stale by a later change
+/// of its worker's load is skipped when it surfaces.
+struct Bins {
+    levels: Vec<Seconds>,
+    /// The most steps of the chains each worker runs: it pays an overhead for each.
+    steps: Vec<usize>,
+    overhead: Seconds,
+    versions: Vec<u32>,
+    asking: usize,
+    heap: BinaryHeap<Reverse<Bin>>,
+    /// Workers [`Bins::add_to_least`] passed over, to go back in the heap.
+    passed: Vec<Bin>,
+}
+
+/// One worker's load in [`Bins`], as it was when pushed.
+#[derive(Debug, Clone, Copy)]
+struct Bin {
+    level: Seconds,
+    not_asking: bool,
+    position: usize,
+    version: u32,
+}
+
+impl PartialEq for Bin {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for Bin {}
+impl PartialOrd for Bin {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Bin {
+    /// Least load first; on a tie the asking worker, then the first in order.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.level
+            .total_cmp(&other.level)
+            .then(self.not_asking.cmp(&other.not_asking))
+            .then(self.position.cmp(&other.position))
+    }
+}
+
+impl Bins {
+    fn new(levels: &[Seconds], steps: Vec<usize>, overhead: Seconds, asking: usize) -> Bins {
+        let heap = levels
+            .iter()
+            .enumerate()
+            .map(|(position, &level)| Reverse(Bin { level, not_asking: position != asking, position, version: 0 }))
+            .collect();
+        Bins {
+            levels: levels.to_vec(),
+            steps,
+            overhead,
+            versions: vec![0; levels.len()],
+            asking,
+            heap,
+            passed: Vec::new(),
         }
     }
-    (estimated, steps)
+
+    /// Adds `seconds` of tests whose chain has `steps` steps to the least loaded worker that
+    /// `allowed` allows, or to the least loaded of all when it allows none; returns which.
+    fn add_to_least(&mut self, allowed: impl Fn(usize) -> bool, seconds: Seconds, steps: usize) -> usize {
+        while let Some(Reverse(bin)) = self.heap.peek().copied() {
+            if bin.version != self.versions[bin.position] {
+                self.heap.pop();
+                continue;
+            }
+            if !allowed(bin.position) {
+                break;
+            }
+            // The usual case: the least loaded takes it, and sinks in place.
+            let seconds = self.cost(bin.position, seconds, steps);
+            let mut least = self.heap.peek_mut().expect("just looked at");
+            least.0.level += seconds;
+            self.levels[bin.position] = least.0.level;
+            return bin.position;
+        }
+        let mut chosen = None;
+        while let Some(Reverse(bin)) = self.heap.pop() {
+            if bin.version != self.versions[bin.position] {
+                continue;
+            }
+            if allowed(bin.position) {
+                chosen = Some(bin);
+                break;
+            }
+            self.passed.push(bin);
+        }
+        // Every worker is to be avoided: the least loaded of all, the first passed over.
+        let chosen = chosen.unwrap_or_else(|| self.passed.remove(0));
+        self.heap.extend(self.passed.drain(..).map(Reverse));
+        self.add(chosen.position, seconds, steps);
+        chosen.position
+    }
+
+    /// What `seconds` of tests whose chain has `steps` steps add to worker `position`'s load:
+    /// the overheads of the steps beyond those of its longest chain so far, which it now
+    /// has.
+    fn cost(&mut self, position: usize, seconds: Seconds, steps: usize) -> Seconds {
+        let beyond = steps.saturating_sub(self.steps[position]);
+        self.steps[position] = self.steps[position].max(steps);
+        seconds + beyond as f64 * self.overhead
+    }
+
+    /// Adds `seconds` of tests whose chain has `steps` steps to the load of worker
+    /// `position` ([`Bins::cost`]): its entry in the heap, if any, goes
+    /// stale and a new one is pushed.
+    fn add(&mut self, position: usize, seconds: Seconds, steps: usize) {
+        self.levels[position] += self.cost(position, seconds, steps);
+        self.versions[position] += 1;
+        let bin = Bin {
+            level: self.levels[position],
+            not_asking: position != self.asking,
+            position,
+            version: self.versions[position],
+        };
+        self.heap.push(Reverse(bin));
+    }
+}
+
+/// The chains behind tests ([`Scheduler::split_ready_work`]): a test waiting on others
+/// counts in one chain only, the first asked for that reaches it.
+struct Chains<'a> {
+    run: &'a BuildRun,
+    counted: Vec<bool>,
+    stack: Vec<(PlanIndex, usize)>,
+}
+
+impl<'a> Chains<'a> {
+    fn new(run: &'a BuildRun) -> Chains<'a> {
+        Chains { run, counted: vec![false; run.plan.len()], stack: Vec::new() }
+    }
+
+    /// The tests waiting on `test`, transitively, not counted yet (they are now): their
+    /// estimated seconds and the longest chain of them (in steps, each a shard of its own).
+    fn behind(&mut self, test: PlanIndex) -> (Seconds, usize) {
+        let run = self.run;
+        let (mut estimated, mut steps) = (0.0, 0);
+        if run.plan.tests[test].dependents.is_empty() {
+            return (estimated, steps);
+        }
+        self.stack.push((test, 0));
+        while let Some((test, step)) = self.stack.pop() {
+            for &dependent in &run.plan.tests[test].dependents {
+                if matches!(run.states[dependent], TestState::Waiting { .. }) && !self.counted[dependent] {
+                    self.counted[dependent] = true;
+                    estimated += run.plan.tests[dependent].estimate_s;
+                    steps = steps.max(step + 1);
+                    self.stack.push((dependent, step + 1));
+                }
+            }
+        }
+        (estimated, steps)
+    }
 }
 
 /// Whether a build's estimates can be trusted ([`ShardSizing::Fitted`]): at most
 /// [`TRUSTED_NEW_FRACTION`] of its tests are new, and the tests reported so far took about
 /// their estimates ([`TRUSTED_SPREAD`]).
-fn trusts_estimates(run: &super::state::BuildRun) -> bool {
-    let new_tests = run.plan.tests.iter().filter(|test| !test.estimate_known).count();
-    new_tests as f64 <= TRUSTED_NEW_FRACTION * run.plan.len() as f64
+fn trusts_estimates(run: &BuildRun) -> bool {
+    run.new_in_plan as f64 <= TRUSTED_NEW_FRACTION * run.plan.len() as f64
         && run.spread.after(TRUSTED_SPREAD_AFTER).is_none_or(|spread| spread <= TRUSTED_SPREAD)
 }
 
@@ -655,4 +902,30 @@ fn water_fill(work: Seconds, mut ready_at: Vec<Seconds>, now: Seconds) -> Second
         }
     }
     finish
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Adds `(seconds, steps)` in turn to the least loaded of two workers (worker 0 asking,
+    /// shard overhead 1 s): which worker took each, and their loads after.
+    fn check(items: &[(Seconds, usize)], expected: (&[usize], [Seconds; 2])) {
+        let mut bins = Bins::new(&[0.0, 0.0], vec![0, 0], 1.0, 0);
+        let taken: Vec<usize> =
+            items.iter().map(|&(seconds, steps)| bins.add_to_least(|_| true, seconds, steps)).collect();
+        assert_eq!((taken.as_slice(), [bins.levels[0], bins.levels[1]]), expected);
+    }
+
+    #[test]
+    fn a_worker_pays_the_overheads_of_its_longest_chains_steps_once() {
+        // Plain tests: least loaded first, the asking worker on a tie.
+        check(&[(3.0, 0), (2.0, 0), (2.0, 0)], (&[0, 1, 1], [3.0, 4.0]));
+        // Three chains of one step: the second worker's second chain costs no overhead more.
+        check(&[(2.0, 1), (2.0, 1), (2.0, 1)], (&[0, 1, 0], [5.0, 3.0]));
+        // A chain of two steps where one of one runs: one overhead more; where none runs,
+        // two.
+        check(&[(2.0, 1), (3.0, 0), (2.0, 2)], (&[0, 1, 0], [6.0, 3.0]));
+        check(&[(2.0, 1), (1.0, 0), (2.0, 2)], (&[0, 1, 1], [3.0, 5.0]));
+    }
 }

@@ -22,14 +22,17 @@
 //!
 //! That is [`ShardSizing::Finer`], and each extra shard pays the overhead again: on a
 //! tag-selected build of 40 s, 4% a shard. Where the estimates can be trusted
-//! ([`ShardSizing::Fitted`], the default: at most 1% of the build's tests new, the tests
-//! reported so far within about 20% of their estimates, leases that can be split) a
-//! worker that asks gets its part of a split of all the ready work among the live workers
-//! at once, longest first (LPT, the busy workers counted from when they will be free),
-//! so each worker has one shard and only what runs late is corrected, by splitting
-//! leases. A test others wait on counts with its chain (and an overhead a step): its
-//! worker ends early enough to run the chain after it. Tests waiting on running ones
-//! count as work for the other workers.
+//! ([`ShardSizing::Fitted`]: at most 1% of the build's tests new, the tests reported so
+//! far within about 20% of their estimates, leases that can be split) a worker that asks
+//! gets its part of a split of all the ready work among the live workers at once, longest
+//! first (LPT, the busy workers counted from when they will be free), so each worker has
+//! one shard and only what runs late is corrected, by splitting leases. A test others
+//! wait on counts with its chain: its worker ends early enough to run the chain after it,
+//! paying an overhead for each step of its longest chain (its chains share those shards).
+//! Tests waiting on running ones count as work for the other workers. The split is planned
+//! once and kept: the workers that were free then get their parts as they ask, until the
+//! ready work or the workers change (`BuildRun::fitted_split`), so a build's start costs
+//! one split, not one a worker.
 //!
 //! New tests (whose estimate is borrowed from their neighbours) are dispatched first
 //! ([`BuildPlan::dispatch_priority`](crate::plan::BuildPlan::dispatch_priority)) in
@@ -128,8 +131,9 @@ pub struct SchedulerConfig {
     /// build is red and the result closes the gate, as a failure would.
     pub flaky_fails_build: bool,
     /// How many shards a build is cut into: fitted to the build (one a worker where the
-    /// estimates can be trusted), or always finer (the default: planning a fitted shard
-    /// costs milliseconds a lease on a 15k-test build, see BENCHMARKS.md).
+    /// estimates can be trusted), or always finer (the default here; the master has its
+    /// own, `[scheduler] shard_sizing`). A fitted build's split is planned once, not at
+    /// every lease (BENCHMARKS.md, "What a lease costs").
     pub shard_sizing: ShardSizing,
     /// Whether a worker that finds nothing to do runs a backup copy of the test that holds
     /// the build's end on a slow or stalled machine ([`LeaseGrant::copy_of`]); the first

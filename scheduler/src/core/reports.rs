@@ -51,6 +51,7 @@ impl Scheduler {
                 .map(|(index, _)| ReadyEntry { priority: run.plan.dispatch_priority(index), index })
                 .collect();
             run.ready = ready;
+            run.ready_changed();
         }
         decisions
     }
@@ -438,12 +439,13 @@ impl Scheduler {
                     if *unfinished_dependencies == 0 {
                         run.states[dependent] = TestState::Ready;
                         run.ready
-                            .push(ReadyEntry { priority: run.plan.dispatch_priority(dependent), index: dependent });
+                            .insert(ReadyEntry { priority: run.plan.dispatch_priority(dependent), index: dependent });
                         unblocked = true;
                     }
                 }
             }
             if unblocked {
+                run.ready_changed();
                 decisions.push(Decision::WorkAvailable);
             }
         } else {

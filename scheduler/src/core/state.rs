@@ -4,7 +4,7 @@
 //! [`super::dispatch`] and [`super::reports`].
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use greenlight_shared::api::TestStatus;
 
@@ -44,6 +44,30 @@ impl Ord for ReadyEntry {
     }
 }
 
+/// A split of a build's ready work among the workers ([`ShardSizing::Fitted`](super::ShardSizing::Fitted)), planned
+/// when one of them asked and kept for the others: each worker's part is its shard when
+/// it asks, as long as nothing else changed the ready work or the workers it was split
+/// among.
+#[derive(Debug, Clone)]
+pub(super) struct FittedSplit {
+    /// The workers the work was split among, in the order of [`Scheduler::workers`] (the
+    /// worker that asked last when it had not joined).
+    pub(super) workers: Vec<WorkerId>,
+    /// The parts not handed out yet, of the workers that were free when it was planned. A
+    /// worker's part may be empty: it is then cut a shard the finer way.
+    pub(super) parts: HashMap<WorkerId, FittedPart>,
+}
+
+/// One worker's part of a [`FittedSplit`].
+#[derive(Debug, Clone)]
+pub(super) struct FittedPart {
+    /// When the split had the worker start its tests: if it asks much earlier or later,
+    /// its part no longer fits and the split is planned again.
+    pub(super) ready_at: Seconds,
+    /// Its tests, highest priority first.
+    pub(super) tests: Vec<ReadyEntry>,
+}
+
 #[derive(Debug)]
 pub(super) struct BuildRun {
     pub(super) plan: BuildPlan,
@@ -55,7 +79,17 @@ pub(super) struct BuildRun {
     pub(super) avoid: HashMap<PlanIndex, Vec<WorkerId>>,
     /// The leases whose report of each test was accepted (more than one after a retry).
     pub(super) reported_by: Vec<Vec<LeaseId>>,
-    pub(super) ready: BinaryHeap<ReadyEntry>,
+    /// The tests ready to lease, highest priority last (`last`, `pop_last`): ordered, so
+    /// that a fitted grant takes its tests out wherever they stand.
+    pub(super) ready: BTreeSet<ReadyEntry>,
+    /// The split of the ready work among the workers that [`ShardSizing::Fitted`](super::ShardSizing::Fitted) planned
+    /// last, whose parts are handed out as their workers ask; dropped whenever the ready
+    /// work changes otherwise (see [`BuildRun::ready_changed`]).
+    pub(super) fitted_split: Option<FittedSplit>,
+    /// How many of the plan's tests are new (their estimates borrowed).
+    pub(super) new_in_plan: usize,
+    /// The plan's tests that others depend on, in plan order.
+    pub(super) heads: Vec<PlanIndex>,
     pub(super) unleased_work: f64,
     pub(super) unfinished: usize,
     /// Tests whose final result counts against the build (the verdict's red list).
@@ -85,7 +119,22 @@ impl BuildRun {
     pub(super) fn requeue(&mut self, test: PlanIndex, priority: f64) {
         self.states[test] = TestState::Ready;
         self.unleased_work += self.plan.tests[test].estimate_s;
-        self.ready.push(ReadyEntry { priority, index: test });
+        self.ready.insert(ReadyEntry { priority, index: test });
+        self.ready_changed();
+    }
+
+    /// Leases a ready test (already out of the ready queue) to `lease`: one more attempt.
+    pub(super) fn lease_test(&mut self, test: PlanIndex, lease: LeaseId) {
+        self.unleased_work -= self.plan.tests[test].estimate_s;
+        self.states[test] = TestState::Leased(lease);
+        self.attempts[test] += 1;
+    }
+
+    /// The ready work changed other than by a fitted split's own grants (a test requeued,
+    /// dependants unblocked, estimates corrected, a shard cut another way): the split no
+    /// longer holds and is planned again when a worker next asks.
+    pub(super) fn ready_changed(&mut self) {
+        self.fitted_split = None;
     }
 
     /// What a shard of this build costs `worker` besides its tests: the shard overhead,
@@ -132,6 +181,7 @@ impl BuildRun {
             .sum();
         // What drifted was the guess, now corrected: the drift starts again from it.
         self.drift = Drift { real: 0.0, estimated: 0.0 };
+        self.ready_changed();
         true
     }
 }
@@ -450,14 +500,14 @@ impl Scheduler {
         if self.builds.contains_key(&build) {
             return Err(SchedulerError::DuplicateBuild(build.0));
         }
-        let mut ready = BinaryHeap::new();
+        let mut ready = BTreeSet::new();
         let states = plan
             .tests
             .iter()
             .enumerate()
             .map(|(index, test)| {
                 if test.depends_on.is_empty() {
-                    ready.push(ReadyEntry { priority: plan.dispatch_priority(index), index });
+                    ready.insert(ReadyEntry { priority: plan.dispatch_priority(index), index });
                     TestState::Ready
                 } else {
                     TestState::Waiting { unfinished_dependencies: test.depends_on.len() }
@@ -483,6 +533,9 @@ impl Scheduler {
             copies: HashMap::new(),
             states,
             ready,
+            fitted_split: None,
+            new_in_plan: plan.tests.iter().filter(|test| !test.estimate_known).count(),
+            heads: (0..plan.len()).filter(|&index| !plan.tests[index].dependents.is_empty()).collect(),
             plan,
         };
         let empty = run.unfinished == 0;
@@ -498,6 +551,7 @@ impl Scheduler {
     pub fn prefer_other_workers(&mut self, build: BuildId, test_id: &str, workers: &[WorkerId]) {
         let Some(run) = self.builds.get_mut(&build) else { return };
         let Some(index) = run.plan.index_of(test_id) else { return };
+        run.ready_changed();
         let avoid = run.avoid.entry(index).or_default();
         for worker in workers {
             if !avoid.contains(worker) {

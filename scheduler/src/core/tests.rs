@@ -2,7 +2,7 @@
 //! sizing, splitting running leases, restored results.
 
 use super::*;
-use crate::plan::{BuildPlan, PlannedTest, planned};
+use crate::plan::{BuildPlan, PlanIndex, PlannedTest, planned};
 
 fn plan() -> BuildPlan {
     let test = |id: &str, depends_on: &[usize]| PlannedTest {
@@ -984,4 +984,89 @@ fn on_a_slow_machine_a_copy_ends_the_simulated_build_sooner_and_every_test_runs_
         runs[*test] += 1;
     }
     assert_eq!(runs, vec![1; plan.len()], "the losing copy's run is not in its shard");
+}
+
+/// A fitted scheduler with workers 1..=`n_workers` joined and `plan` added at t = 0.
+fn fitted_start(plan: BuildPlan, n_workers: u64) -> Scheduler {
+    let mut scheduler =
+        Scheduler::new(SchedulerConfig { shard_sizing: ShardSizing::Fitted, ..SchedulerConfig::default() });
+    for worker in 1..=n_workers {
+        scheduler.worker_joined(WorkerId(worker), 0.0);
+    }
+    scheduler.add_build(BuildId(1), plan, 0.0).unwrap();
+    scheduler
+}
+
+/// The tests (plan indices) of the fitted part `worker` would get if the split were planned
+/// afresh as it asks at `now`.
+fn fresh_part(scheduler: &Scheduler, worker: WorkerId, now: Seconds) -> Vec<PlanIndex> {
+    let workers: Vec<WorkerId> = scheduler.workers.keys().copied().collect();
+    let split = scheduler.split_ready_work(BuildId(1), worker, workers, now).unwrap();
+    split.parts[&worker].tests.iter().map(|entry| entry.index).collect()
+}
+
+fn indices(scheduler: &Scheduler, grant: &LeaseGrant) -> Vec<PlanIndex> {
+    let plan = scheduler.plan(grant.build).unwrap();
+    grant.tests.iter().map(|id| plan.index_of(id).unwrap()).collect()
+}
+
+#[test]
+fn a_fitted_split_is_planned_once_and_each_worker_gets_the_part_a_fresh_split_would_give_it() {
+    // Tests of 1 to 9 s, some of them others wait on, on four workers asking in turn at
+    // the build's start: each gets what splitting the work left among all four again
+    // would give it, though the split was planned once, when the first asked.
+    let mut tests: Vec<PlannedTest> =
+        (0..60).map(|index| planned(&format!("t{index}"), 1.0 + (index * 7 % 9) as f64, true)).collect();
+    for (dependent, dependency) in [(10, 3), (11, 10), (20, 5), (33, 5)] {
+        tests[dependent].depends_on = vec![dependency];
+    }
+    let mut scheduler = fitted_start(BuildPlan::from_tests(tests, 1.0), 4);
+    for worker in (1..=4).map(WorkerId) {
+        let mut expected = fresh_part(&scheduler, worker, 0.0);
+        let grant = scheduler.request_work(worker, 0.0).0.unwrap();
+        let mut granted = indices(&scheduler, &grant);
+        expected.sort();
+        granted.sort();
+        assert_eq!(granted, expected, "{worker:?}");
+        // The split lives on for the workers still to ask.
+        let split = scheduler.builds[&BuildId(1)].fitted_split.as_ref().unwrap();
+        assert_eq!(split.parts.len(), 4 - worker.0 as usize);
+    }
+    assert!(scheduler.builds[&BuildId(1)].ready.is_empty());
+}
+
+#[test]
+fn a_fitted_split_is_planned_again_when_the_work_or_the_workers_change() {
+    let planned_for = |scheduler: &Scheduler| {
+        scheduler.builds[&BuildId(1)].fitted_split.as_ref().map(|split| split.parts.keys().count())
+    };
+    // A worker that joins after the split was planned: planned again when it asks.
+    let mut scheduler = fitted_start(known(&[1.0; 90]), 3);
+    let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    assert_eq!((first.tests.len(), planned_for(&scheduler)), (30, Some(2)));
+    scheduler.worker_joined(WorkerId(4), 0.0);
+    let joined = scheduler.request_work(WorkerId(4), 0.0).0.unwrap();
+    // Split among the four: 60 s left for the three free workers, 20 each (worker 1 is
+    // busy until 31 s); the parts of workers 2 and 3 are kept (a busy worker plans again).
+    assert_eq!((joined.tests.len(), planned_for(&scheduler)), (20, Some(2)));
+    // A failed test to retry: planned again, the retry to the worker asking.
+    let failed = ReportedTest {
+        test_id: &first.tests[0],
+        status: TestStatus::Failed,
+        quarantined: false,
+        duration_s: Some(1.0),
+    };
+    scheduler.report(first.lease, WorkerId(1), &[failed], 2.0).unwrap();
+    assert_eq!(planned_for(&scheduler), None);
+    let retry = scheduler.request_work(WorkerId(2), 2.0).0.unwrap();
+    assert_eq!(retry.tests[0], first.tests[0]);
+    // A worker asking much later than the split had it start: planned again (the test
+    // above, `a_build_with_new_tests_or_estimates_found_off_is_cut_finer`, checks the
+    // part), and within a shard's overhead of it: its part as planned.
+    let mut scheduler = fitted_start(known(&[1.0; 90]), 3);
+    scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    let part = scheduler.builds[&BuildId(1)].fitted_split.as_ref().unwrap().parts[&WorkerId(2)].tests.len();
+    let second = scheduler.request_work(WorkerId(2), 0.5).0.unwrap();
+    assert_eq!(second.tests.len(), part);
+    assert_eq!(planned_for(&scheduler), Some(1));
 }
