@@ -985,3 +985,27 @@ fn on_a_slow_machine_a_copy_ends_the_simulated_build_sooner_and_every_test_runs_
     }
     assert_eq!(runs, vec![1; plan.len()], "the losing copy's run is not in its shard");
 }
+
+#[test]
+fn a_running_build_is_projected_to_end_when_its_leases_and_the_water_filled_rest_end() {
+    let mut scheduler = greedy(1000.0);
+    assert_eq!(scheduler.projected_end(BuildId(1), 0.0), None, "no such build");
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.worker_joined(WorkerId(2), 0.0);
+    scheduler.add_build(BuildId(1), tens(4), 0.0).unwrap();
+    // 40 s of tests over two idle workers, each paying the 1 s shard overhead.
+    assert_eq!(scheduler.projected_end(BuildId(1), 0.0), Some(21.0));
+    let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    assert_eq!(first.tests, ["t0", "t1"]);
+    assert_eq!(scheduler.projected_end(BuildId(1), 0.0), Some(21.0), "the plan holds");
+    // Its first test took twice its estimate: the lease is projected to run late.
+    accepted(scheduler.test_finished(first.lease, WorkerId(1), "t0", TestStatus::Passed, 21.0));
+    let end = scheduler.projected_end(BuildId(1), 21.0).unwrap();
+    assert!(end > 31.0, "{end}");
+    let second = scheduler.request_work(WorkerId(2), 21.0).0.unwrap();
+    for test in &second.tests {
+        accepted(scheduler.test_finished(second.lease, WorkerId(2), test, TestStatus::Passed, 30.0));
+    }
+    accepted(scheduler.test_finished(first.lease, WorkerId(1), "t1", TestStatus::Passed, 31.0));
+    assert_eq!(scheduler.projected_end(BuildId(1), 31.0), None, "the build ended");
+}
