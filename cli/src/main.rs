@@ -1,6 +1,7 @@
 //! The one `greenlight` binary. It parses arguments and calls into the crates; each
 //! subcommand's work lives in a library or in a module of its own here.
 
+mod client;
 mod config;
 mod demo;
 mod gate;
