@@ -447,6 +447,17 @@ pub enum BuildState {
 }
 
 impl BuildState {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildState::Queued => "queued",
+            BuildState::Running => "running",
+            BuildState::Green => "green",
+            BuildState::Red => "red",
+            BuildState::Error => "error",
+        }
+    }
+
     /// Whether the build has ended.
     pub fn is_finished(self) -> bool {
         matches!(self, BuildState::Green | BuildState::Red | BuildState::Error)
