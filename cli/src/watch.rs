@@ -14,7 +14,9 @@
 //! Without BUILD it watches the newest regular build still running or queued, else the
 //! newest regular build; when the master has no build yet it waits for the first one (a
 //! CI step started with a fresh farm would otherwise fail before the master's first poll
-//! of the branch).
+//! of the branch). With `--revision REV` it watches the build covering that commit,
+//! waiting for the master to see it and start the build (a CI step of a pushed commit:
+//! the newest build may still be the one before it).
 //!
 //! It polls the read API (`GET /api/v1/builds/{id}` each `--poll-interval`; the failed
 //! results when the counts say there are new ones) rather than following the event
@@ -27,7 +29,7 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use greenlight_shared::api::{
-    BuildDetail, BuildKind, BuildState, BuildSummary, BuildTests, GateState, GateView, TestCounts,
+    BuildDetail, BuildKind, BuildState, BuildSummary, BuildTests, ChangeView, GateState, GateView, TestCounts,
 };
 use greenlight_worker::client::{ClientError, Retry, check_master_url};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -41,6 +43,11 @@ pub struct WatchArgs {
     /// The build's id [default: the newest regular build running or queued, else the newest
     /// regular build; with none yet, the first one to start].
     build: Option<u64>,
+    /// Watch the build that tests this commit (a full id, or a prefix of at least 7
+    /// hexadecimal digits) once the master has seen it on the branch and started it;
+    /// waits until then. For a CI step of a pushed commit.
+    #[arg(long, conflicts_with = "build")]
+    revision: Option<String>,
     /// The master's URL.
     #[arg(long, env = "GREENLIGHT_MASTER", default_value = "http://127.0.0.1:8080")]
     master: String,
@@ -79,6 +86,12 @@ pub async fn run(args: &WatchArgs) -> i32 {
         eprintln!("greenlight watch: cannot ask the master: {error}");
         return EXIT_ERROR;
     }
+    if let Some(revision) = &args.revision
+        && !is_commit_id(revision)
+    {
+        eprintln!("greenlight watch: --revision takes a commit id (7 to 64 hexadecimal digits), not {revision:?}");
+        return EXIT_ERROR;
+    }
     let terminal = !args.plain && std::io::stdout().is_terminal();
     let mut view = View::new(terminal, Duration::from_secs_f64(args.progress_every.clamp(0.0, 86_400.0)));
     let reader = Reader {
@@ -89,9 +102,10 @@ pub async fn run(args: &WatchArgs) -> i32 {
     };
     let poll = Duration::from_secs_f64(args.poll_interval.clamp(0.05, 600.0));
     let watched = async {
-        let build_id = match args.build {
-            Some(build_id) => build_id,
-            None => newest_build(&reader, &view, poll).await?,
+        let build_id = match (args.build, &args.revision) {
+            (Some(build_id), _) => build_id,
+            (None, Some(revision)) => build_of(&reader, &view, revision, poll).await?,
+            (None, None) => newest_build(&reader, &view, poll).await?,
         };
         watch(&reader, &mut view, build_id, poll).await
     };
@@ -169,6 +183,31 @@ async fn newest_build(reader: &Reader<'_>, view: &View, poll: Duration) -> Resul
         }
         if !said_waiting {
             view.line("no build yet: waiting for the master to start one");
+            said_waiting = true;
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+/// Whether `text` can be (a prefix of) a commit id: 7 to 64 hexadecimal digits.
+fn is_commit_id(text: &str) -> bool {
+    (7..=64).contains(&text.len()) && text.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// The build that tests `revision` (a prefix of a change's commit id): the build that
+/// covers the change, once the master has seen it and started one; waits until then.
+async fn build_of(reader: &Reader<'_>, view: &View, revision: &str, poll: Duration) -> Result<u64, ClientError> {
+    let wanted = revision.to_ascii_lowercase();
+    let mut said_waiting = false;
+    loop {
+        let changes: Vec<ChangeView> = reader.read(view, "/api/v1/changes", &[("limit", "1000")]).await?;
+        if let Some(build_id) =
+            changes.iter().find(|change| change.revision.starts_with(&wanted)).and_then(|change| change.build_id)
+        {
+            return Ok(build_id);
+        }
+        if !said_waiting {
+            view.line(&format!("waiting for a build of {revision}"));
             said_waiting = true;
         }
         tokio::time::sleep(poll).await;
@@ -481,6 +520,22 @@ mod tests {
         check(59.6, "1m00s");
         check(185.0, "3m05s");
         check(7260.0, "2h01m");
+    }
+
+    #[test]
+    fn a_revision_is_7_to_64_hexadecimal_digits() {
+        for (text, expected) in [
+            ("3f2a9c0", true),
+            ("3F2A9C01D4E7", true),
+            (&"a".repeat(40), true),
+            (&"a".repeat(64), true),
+            ("3f2a9c", false),
+            (&"a".repeat(65), false),
+            ("main", false),
+            ("HEAD~1x", false),
+        ] {
+            assert_eq!(is_commit_id(text), expected, "{text}");
+        }
     }
 
     #[test]

@@ -190,14 +190,11 @@ fn a_red_build_prints_its_failure_once_with_its_worker_and_exits_1() {
     let green = farm.finished_build_of(&farm.repo.head().unwrap());
     assert_eq!(green.state, BuildState::Green);
     let broken = farm.repo.set_failing("a", &[BROKEN], "A: break test 0").unwrap();
-    let red = farm.wait_for("the red build to be queued", Duration::from_secs(60), |farm| {
-        farm.builds().into_iter().find(|build| build.revision == broken)
-    });
-    let id = red.build_id;
-
+    // A CI step of the pushed commit: the build that tests it, once there is one.
     let (code, stdout, stderr) = outcome(Command::new(greenlight()).args([
         "watch",
-        &id.to_string(),
+        "--revision",
+        &broken[..10],
         "--master",
         &farm.url,
         "--poll-interval",
@@ -207,6 +204,7 @@ fn a_red_build_prints_its_failure_once_with_its_worker_and_exits_1() {
     assert_eq!(stderr, "");
     let red = farm.finished_build_of(&broken);
     assert_eq!(red.state, BuildState::Red);
+    let id = red.build_id;
     // The failure that counts is the retry's, on the other worker.
     let results = farm.tests(id).results;
     let failure = results.iter().find(|result| result.test_id == BROKEN && !result.retried).unwrap();
@@ -214,19 +212,30 @@ fn a_red_build_prints_its_failure_once_with_its_worker_and_exits_1() {
     assert_eq!(failure.attempt, 2, "{results:?}");
     let output = failure.output.as_deref().unwrap().lines().find(|line| !line.trim().is_empty()).unwrap().trim();
     let printed: Vec<String> = stdout.lines().map(str::to_owned).collect();
-    let (lines, _) = split(&printed, id);
-    assert_eq!(
-        lines,
-        [
-            heading(&farm, &red),
-            format!("FAILED {BROKEN} on {worker} (attempt 2)"),
-            format!("    {output}"),
-            format!("build {id} red: 5 passed, 1 failed of 6 tests"),
-            format!("gate closed on main by build {id}"),
-            format!("see {}/#/build/{id}", farm.url),
-        ]
-    );
+    let (mut lines, _) = split(&printed, id);
+    if lines.first().is_some_and(|line| line.starts_with("waiting for")) {
+        // The watch asked before the master's poll saw the commit.
+        assert_eq!(lines.remove(0), format!("waiting for a build of {}", &broken[..10]));
+    }
+    let expected = [
+        heading(&farm, &red),
+        format!("FAILED {BROKEN} on {worker} (attempt 2)"),
+        format!("    {output}"),
+        format!("build {id} red: 5 passed, 1 failed of 6 tests"),
+        format!("gate closed on main by build {id}"),
+        format!("see {}/#/build/{id}", farm.url),
+    ];
+    assert_eq!(lines, expected);
     assert_eq!(stdout.matches(BROKEN).count(), 1, "printed once: {stdout}");
+
+    // The same build by its id, once it ended: the same lines, no progress.
+    let (code, stdout, stderr) =
+        outcome(Command::new(greenlight()).args(["watch", &id.to_string(), "--master", &farm.url]));
+    assert_eq!((code, stderr.as_str()), (1, ""), "{stdout}");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>().iter().map(|line| without_duration(line)).collect::<Vec<_>>(),
+        expected
+    );
 
     // A build the master does not have.
     let (code, stdout, stderr) = outcome(Command::new(greenlight()).args(["watch", "999", "--master", &farm.url]));
