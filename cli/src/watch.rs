@@ -93,14 +93,14 @@ pub async fn run(args: &WatchArgs) -> i32 {
         return EXIT_ERROR;
     }
     let terminal = !args.plain && std::io::stdout().is_terminal();
-    let mut view = View::new(terminal, Duration::from_secs_f64(args.progress_every.clamp(0.0, 86_400.0)));
+    let mut view = View::new(terminal, seconds(args.progress_every, 0.0, 86_400.0));
     let reader = Reader {
         http: reqwest::Client::new(),
         master,
         token: args.token.as_deref(),
-        patience: Duration::from_secs_f64(args.patience.clamp(0.0, 86_400.0)),
+        patience: seconds(args.patience, 0.0, 86_400.0),
     };
-    let poll = Duration::from_secs_f64(args.poll_interval.clamp(0.05, 600.0));
+    let poll = seconds(args.poll_interval, 0.05, 600.0);
     let watched = async {
         let build_id = match (args.build, &args.revision) {
             (Some(build_id), _) => build_id,
@@ -117,6 +117,11 @@ pub async fn run(args: &WatchArgs) -> i32 {
             EXIT_ERROR
         }
     }
+}
+
+/// A number of seconds a user gave, within `least..=most` (`least` for NaN).
+fn seconds(value: f64, least: f64, most: f64) -> Duration {
+    Duration::from_secs_f64(if value.is_nan() { least } else { value.clamp(least, most) })
 }
 
 /// Reads of one master, each retried while the master cannot answer, for up to the
