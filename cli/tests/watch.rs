@@ -179,7 +179,7 @@ fn a_green_build_is_watched_through_a_master_restart_to_exit_0_in_plain_lines() 
     assert!(progress[0].starts_with(&format!("build {id} queued: 0/6 tests done, ETA ")), "{progress:?}");
     assert!(printed.iter().all(|line| !line.contains('\x1b')), "no escape codes: {printed:#?}");
     // Refused, or cut off if the kill came mid-request.
-    assert!(noted[0].starts_with(&format!("greenlight watch: ")) && noted[0].contains(&farm.url), "{noted:#?}");
+    assert!(noted[0].starts_with("greenlight watch: ") && noted[0].contains(&farm.url), "{noted:#?}");
     assert_eq!(noted.len(), 2, "one note when it went away, one when it came back: {noted:#?}");
     assert_eq!(noted[1], "greenlight watch: the master answers again");
 }
