@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
-use common::{Farm, FarmOptions, greenlight, outcome, test};
+use common::{Farm, FarmOptions, Process, greenlight, outcome, test};
 use greenlight_shared::api::{BuildState, BuildSummary};
 use greenlight_shared::suite::SuiteFile;
 
@@ -118,7 +118,7 @@ fn heading(farm: &Farm, build: &BuildSummary) -> String {
 #[test]
 fn a_green_build_is_watched_through_a_master_restart_to_exit_0_in_plain_lines() {
     let mut farm = Farm::start(&suite(), 0, options());
-    let mut watch = Command::new(greenlight())
+    let child = Command::new(greenlight())
         .args([
             "watch",
             "--master",
@@ -135,8 +135,10 @@ fn a_green_build_is_watched_through_a_master_restart_to_exit_0_in_plain_lines() 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = lines_of(watch.stdout.take().unwrap());
-    let stderr = lines_of(watch.stderr.take().unwrap());
+    // Killed on drop, should the test fail before it ends.
+    let mut watch = Process { child, name: "watch".into() };
+    let stdout = lines_of(watch.child.stdout.take().unwrap());
+    let stderr = lines_of(watch.child.stderr.take().unwrap());
     let (mut printed, mut noted) = (Vec::new(), Vec::new());
     // No worker yet: the build waits, and the first progress line says so with an ETA.
     wait_for_line(&stdout, &mut printed, "the first progress line", |line| line.contains(" queued: 0/6 tests done"));
@@ -151,7 +153,7 @@ fn a_green_build_is_watched_through_a_master_restart_to_exit_0_in_plain_lines() 
 
     farm.start_worker("worker-0");
     farm.start_worker("worker-1");
-    assert_eq!(exit_code(&mut watch), 0, "green: {printed:#?}");
+    assert_eq!(exit_code(&mut watch.child), 0, "green: {printed:#?}");
     rest(&stdout, &mut printed);
     rest(&stderr, &mut noted);
 
