@@ -18,9 +18,9 @@ use greenlight_shared::suite::SuiteFile;
 
 const BROKEN: &str = "a/test_0.py::test";
 
-/// Six tests of half a second each (10 s at the harness's scale).
-fn suite() -> SuiteFile {
-    let tests = (0..6).map(|index| test(&format!("a/test_{index}.py::test"), &["a"], &[], 10.0)).collect();
+/// Six tests of `duration_s` each (half a second for 10 s, at the harness's scale).
+fn suite(duration_s: f64) -> SuiteFile {
+    let tests = (0..6).map(|index| test(&format!("a/test_{index}.py::test"), &["a"], &[], duration_s)).collect();
     SuiteFile { name: "watch".into(), shard_overhead_s: 0.0, tests }
 }
 
@@ -117,7 +117,8 @@ fn heading(farm: &Farm, build: &BuildSummary) -> String {
 
 #[test]
 fn a_green_build_is_watched_through_a_master_restart_to_exit_0_in_plain_lines() {
-    let mut farm = Farm::start(&suite(), 0, options());
+    // Two seconds a test: one worker runs the build for twelve.
+    let mut farm = Farm::start(&suite(40.0), 0, options());
     let child = Command::new(greenlight())
         .args([
             "watch",
@@ -143,6 +144,14 @@ fn a_green_build_is_watched_through_a_master_restart_to_exit_0_in_plain_lines() 
     // No worker yet: the build waits, and the first progress line says so with an ETA.
     wait_for_line(&stdout, &mut printed, "the first progress line", |line| line.contains(" queued: 0/6 tests done"));
 
+    // A worker starts the build; its first result acknowledged, the build's start is on
+    // disk too (a master killed before that flush forgets the build's selection and ends
+    // the build in error, and the watch rightly exits 2).
+    farm.start_worker("worker-0");
+    farm.wait_for("a first result", Duration::from_secs(120), |farm| {
+        let build = farm.builds().into_iter().next()?;
+        (build.counts.done() > 0).then_some(())
+    });
     // The master goes away while it is watched, and comes back on the same address.
     farm.master.kill();
     wait_for_line(&stderr, &mut noted, "the watch to notice", |line| line.contains("trying again for up to 1m00s"));
@@ -151,11 +160,11 @@ fn a_green_build_is_watched_through_a_master_restart_to_exit_0_in_plain_lines() 
     farm.master = master;
     wait_for_line(&stderr, &mut noted, "the watch to reach it again", |line| line.contains("answers again"));
 
-    farm.start_worker("worker-0");
     farm.start_worker("worker-1");
-    assert_eq!(exit_code(&mut watch.child), 0, "green: {printed:#?}");
+    let code = exit_code(&mut watch.child);
     rest(&stdout, &mut printed);
     rest(&stderr, &mut noted);
+    assert_eq!(code, 0, "green: {printed:#?} {noted:#?}; logs in {}", farm.dir().display());
 
     let builds = farm.builds();
     assert_eq!(builds.len(), 1, "{builds:?}");
@@ -188,7 +197,7 @@ fn a_green_build_is_watched_through_a_master_restart_to_exit_0_in_plain_lines() 
 
 #[test]
 fn a_red_build_prints_its_failure_once_with_its_worker_and_exits_1() {
-    let farm = Farm::start(&suite(), 2, options());
+    let farm = Farm::start(&suite(10.0), 2, options());
     let green = farm.finished_build_of(&farm.repo.head().unwrap());
     assert_eq!(green.state, BuildState::Green);
     let broken = farm.repo.set_failing("a", &[BROKEN], "A: break test 0").unwrap();
@@ -309,7 +318,7 @@ fn bar_inside(line: &str) -> &str {
 
 #[test]
 fn on_a_terminal_a_progress_bar_ends_full_above_the_verdict() {
-    let mut farm = Farm::start(&suite(), 0, options());
+    let mut farm = Farm::start(&suite(10.0), 0, options());
     let tmux = Tmux::start(&format!(
         "{} watch --master {} --poll-interval 0.2; echo \"watch exited $?\"; exec cat",
         greenlight(),
