@@ -239,7 +239,7 @@ async fn watch(reader: &Reader<'_>, view: &mut View, build_id: u64, poll: Durati
             view.finish(build);
             return Ok(verdict(reader, view, build).await);
         }
-        view.progress(build, detail.remaining_s);
+        view.progress(build, detail.remaining_s, Instant::now());
         tokio::time::sleep(poll).await;
     }
 }
@@ -414,6 +414,15 @@ fn progress_text(build: &BuildSummary, remaining_s: Option<f64>) -> String {
     text
 }
 
+/// Whether a plain progress line saying `text` is printed at `now`: the first at once,
+/// then one at least `every` after the last, and only if it says something new.
+fn progress_due(last: Option<&(Instant, String)>, every: Duration, now: Instant, text: &str) -> bool {
+    match last {
+        None => true,
+        Some((at, said)) => now.saturating_duration_since(*at) >= every && said != text,
+    }
+}
+
 /// Where the watch is shown: a progress bar on a terminal, plain lines otherwise.
 enum View {
     /// A terminal: lines are printed above the bar.
@@ -457,7 +466,7 @@ impl View {
     }
 
     /// Where the running build stands.
-    fn progress(&mut self, build: &BuildSummary, remaining_s: Option<f64>) {
+    fn progress(&mut self, build: &BuildSummary, remaining_s: Option<f64>, now: Instant) {
         let done = u64::from(build.counts.done());
         let total = u64::from(build.counts.total);
         match self {
@@ -474,13 +483,9 @@ impl View {
                     build.state.as_str(),
                     progress_text(build, remaining_s)
                 );
-                let due = match last {
-                    None => true,
-                    Some((at, said)) => at.elapsed() >= *every && *said != text,
-                };
-                if due {
+                if progress_due(last.as_ref(), *every, now, &text) {
                     println!("{text}");
-                    *last = Some((Instant::now(), text));
+                    *last = Some((now, text));
                 }
             }
         }
@@ -541,6 +546,52 @@ mod tests {
         ] {
             assert_eq!(is_commit_id(text), expected, "{text}");
         }
+    }
+
+    #[test]
+    fn a_plain_progress_line_comes_at_once_then_at_most_every_period_and_only_when_new() {
+        let start = Instant::now();
+        let every = Duration::from_secs(30);
+        let last = (start, "build 1 running: 2/6 tests done".to_owned());
+        for (last, after_s, text, expected) in [
+            (None, 0, "build 1 queued: 0/6 tests done", true),
+            (Some(&last), 10, "build 1 running: 3/6 tests done", false),
+            (Some(&last), 30, "build 1 running: 3/6 tests done", true),
+            (Some(&last), 90, "build 1 running: 2/6 tests done", false),
+        ] {
+            let now = start + Duration::from_secs(after_s);
+            assert_eq!(progress_due(last, every, now, text), expected, "{after_s} s: {text}");
+        }
+    }
+
+    #[test]
+    fn progress_says_the_failures_and_the_eta_and_a_closed_gate_names_its_build() {
+        let mut build: BuildSummary = serde_json::from_value(serde_json::json!({
+            "build_id": 3, "branch": "main", "revision": "0123456789abcdef", "state": "running",
+            "changes": [], "tags": ["chat"], "full_run": false,
+            "counts": {"total": 9, "passed": 2, "failed": 1, "skipped": 0, "error": 1, "quarantined": 1},
+            "failed_tests": [], "created_at": 1.0, "started_at": 2.0, "finished_at": null,
+            "lower_bound_s": 30.0, "makespan_s": null, "shards": 2
+        }))
+        .unwrap();
+        assert_eq!(progress_text(&build, Some(125.0)), ", 2 failed, ETA 2m05s");
+        assert_eq!(
+            heading(&build, "http://m/#/build/3"),
+            "watching build 3 of main at 0123456789ab (9 tests, tags chat): http://m/#/build/3"
+        );
+        build.counts = TestCounts { total: 9, passed: 9, ..TestCounts::default() };
+        build.full_run = true;
+        assert_eq!(progress_text(&build, None), "");
+        assert_eq!(heading(&build, "U"), "watching build 3 of main at 0123456789ab (9 tests): U");
+        let mut gate: GateView = serde_json::from_value(serde_json::json!({
+            "branch": "main", "state": "closed", "since": 5.0, "build_id": 3, "revision": "0123",
+            "failing_tests": ["t"], "culprit": null, "fix_marker": "[fix]"
+        }))
+        .unwrap();
+        assert_eq!(gate_text(&gate), "gate closed on main by build 3");
+        gate.state = GateState::Open;
+        gate.warning = Some("build 4 ended in error".into());
+        assert_eq!(gate_text(&gate), "gate open on main\ngate warning: build 4 ended in error");
     }
 
     #[test]

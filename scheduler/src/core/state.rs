@@ -430,7 +430,8 @@ impl Scheduler {
     /// leases end at their own pace ([`LeaseState::free_at`]), and the work no lease holds
     /// yet (at the build's drift) is water-filled over the live workers from when each is
     /// free, each paying its next shard's cost, as shard sizing aims it. `None` when the
-    /// build is not running. Tests waiting on others count as work like the ready ones
+    /// build is not running. With no live worker the rest is projected as if one joined
+    /// now. Tests waiting on others count as work like the ready ones
     /// (the critical path is not followed), so a build held by a chain ends later than
     /// this; the projection is corrected with every result.
     pub fn projected_end(&self, build: BuildId, now: Seconds) -> Option<Seconds> {
