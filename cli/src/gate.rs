@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use greenlight_shared::api::{GateState, GateView};
-use greenlight_worker::client::{check_master_url, describe_request_error, not_found_hint};
+use greenlight_worker::client::check_master_url;
 
 /// Arguments of `greenlight gate`.
 #[derive(Debug, clap::Args)]
@@ -37,20 +37,7 @@ pub struct GateArgs {
 }
 
 async fn ask(http: &reqwest::Client, master: &str, url: &str, token: Option<&str>) -> Result<GateView, String> {
-    let mut request = http.get(url).timeout(Duration::from_secs(10));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.map_err(|error| describe_request_error(&error))?;
-    let status = response.status();
-    let body = response.text().await.map_err(|error| describe_request_error(&error))?;
-    if status == reqwest::StatusCode::NOT_FOUND && crate::is_no_such_endpoint(&body) {
-        return Err(not_found_hint(master, url));
-    }
-    if !status.is_success() {
-        return Err(format!("{status}: {body}"));
-    }
-    serde_json::from_str(&body).map_err(|error| format!("unexpected answer ({error}): {body}"))
+    crate::client::get_json(http, master, url, token).await.map_err(|error| error.to_string())
 }
 
 fn describe(gate: &GateView, master: &str) -> String {
@@ -121,13 +108,8 @@ pub async fn run(args: &GateArgs) -> i32 {
         eprintln!("greenlight gate: cannot ask the master: {error}");
         return 2;
     }
-    let mut url = format!("{master}/api/v1/gate");
-    if let Some(branch) = &args.branch {
-        url.push_str(&format!(
-            "?branch={}",
-            branch.replace('%', "%25").replace('&', "%26").replace('#', "%23").replace(' ', "%20")
-        ));
-    }
+    let branch: Vec<(&str, &str)> = args.branch.iter().map(|branch| ("branch", branch.as_str())).collect();
+    let url = crate::client::url(master, "/api/v1/gate", &branch);
     let http = reqwest::Client::new();
     let mut said_waiting = false;
     loop {

@@ -1,11 +1,13 @@
 //! The one `greenlight` binary. It parses arguments and calls into the crates; each
 //! subcommand's work lives in a library or in a module of its own here.
 
+mod client;
 mod config;
 mod demo;
 mod gate;
 mod history;
 mod simulate;
+mod watch;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -89,6 +91,10 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// Ask the commit gate (exit 0 open, 1 closed, 2 master unreachable); for git hooks.
     Gate(gate::GateArgs),
+    /// Watch a build live: progress, ETA, failures as they arrive (with their worker), the
+    /// verdict and the gate; exit 0 green, 1 red, 2 error. Plain lines without a terminal,
+    /// for a CI step.
+    Watch(watch::WatchArgs),
     /// Seed or inspect the master's duration history (`history import REPORT.xml…`).
     History(history::HistoryArgs),
     /// Tell the master the branch moved (for a post-receive hook).
@@ -285,6 +291,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Gate(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             Ok(exit_code(runtime.block_on(gate::run(&args))))
+        }
+        Command::Watch(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            Ok(exit_code(runtime.block_on(watch::run(&args))))
         }
         Command::History(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

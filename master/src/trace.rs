@@ -171,6 +171,7 @@ mod tests {
                 shard(2, "worker-a", 1002.0, Some(1020.0), &["t::other"]),
                 shard(3, "worker-b", 1012.0, None, &["t::late"]),
             ],
+            remaining_s: None,
         };
         let results = vec![
             result("t::quick", 1, 1.0, TestStatus::Passed),
@@ -220,7 +221,7 @@ mod tests {
             "started_at": 0.0, "finished_at": null, "lower_bound_s": null, "makespan_s": null, "shards": 1
         }))
         .unwrap();
-        let detail = BuildDetail { build, shards: vec![shard(1, "w", 0.0, Some(2.0), &["a", "b"])] };
+        let detail = BuildDetail { build, shards: vec![shard(1, "w", 0.0, Some(2.0), &["a", "b"])], remaining_s: None };
         let results = vec![result("a", 1, 5.0, TestStatus::Passed), result("b", 1, 5.0, TestStatus::Passed)];
         let trace = render(&detail, &results, 10.0);
         for test in slices(&trace, "test") {

@@ -447,6 +447,17 @@ pub enum BuildState {
 }
 
 impl BuildState {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildState::Queued => "queued",
+            BuildState::Running => "running",
+            BuildState::Green => "green",
+            BuildState::Red => "red",
+            BuildState::Error => "error",
+        }
+    }
+
     /// Whether the build has ended.
     pub fn is_finished(self) -> bool {
         matches!(self, BuildState::Green | BuildState::Red | BuildState::Error)
@@ -913,6 +924,12 @@ pub struct BuildDetail {
     pub build: BuildSummary,
     /// Its shards, in leasing order.
     pub shards: Vec<ShardView>,
+    /// While it runs: the scheduler's estimate of the seconds left until it ends (its
+    /// running shards at their own pace, the tests not leased yet spread over the live
+    /// workers), relative so that a client's clock need not agree with the master's.
+    /// Absent once it ended, and from a master older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining_s: Option<f64>,
 }
 
 /// One stored test result.

@@ -2,7 +2,7 @@
 //! results, a test's history, changes, workers, the gate and the push queue. Reads of many
 //! builds or of git happen outside the lock; the lock is taken only to look at live state.
 
-use greenlight_scheduler::core::WorkerId;
+use greenlight_scheduler::core::{BuildId, WorkerId};
 use greenlight_shared::API_VERSION;
 use greenlight_shared::api::{
     BuildDetail, BuildState, BuildSummary, BuildTests, ChangeView, GateView, MAX_RESULTS_PAGE, PushView, ResultsQuery,
@@ -36,8 +36,14 @@ impl Farm {
     /// A build with its shards; their test ids only if `with_test_ids`.
     pub fn build_detail(&self, build_id: u64, with_test_ids: bool) -> Result<BuildDetail, FarmError> {
         let build = self.build_summary(build_id)?;
-        let live: Option<Vec<ShardView>> =
-            self.core().running.get(&build_id).map(|live| live.shards.values().cloned().collect());
+        let now = self.now();
+        let (live, remaining_s) = {
+            let core = self.core();
+            let shards: Option<Vec<ShardView>> =
+                core.running.get(&build_id).map(|live| live.shards.values().cloned().collect());
+            let end = core.scheduler.projected_end(BuildId(build_id), now);
+            (shards, end.map(|end| (end - now).max(0.0)))
+        };
         let mut shards = match live {
             Some(shards) => shards,
             None => self.store.shards(build_id)?,
@@ -48,7 +54,7 @@ impl Farm {
                 shard.test_ids = Vec::new();
             }
         }
-        Ok(BuildDetail { build, shards })
+        Ok(BuildDetail { build, shards, remaining_s })
     }
 
     /// Fills in a shard's reproduce line from its test ids (a shard an older master

@@ -250,6 +250,8 @@ async fn a_shard_keeps_its_tests_and_reproduce_line_after_it_ends_and_after_a_re
         let listed = detail.shards.iter().find(|listed| listed.lease_id == lease.lease_id).unwrap();
         assert!(listed.test_ids.is_empty(), "ids only when asked for");
         assert_eq!(listed.reproduce, shard.reproduce);
+        // The scheduler's estimate of the time left, while the build runs.
+        assert_eq!(detail.remaining_s.is_some(), !finished, "{:?}", detail.remaining_s);
     };
     check(&harness, false);
     for test_id in &lease.tests {

@@ -890,7 +890,7 @@ fn trusts_estimates(run: &BuildRun) -> bool {
 
 /// The level F at which the free capacity of the workers (each free from its `ready_at`)
 /// below it holds `work` seconds: when they would all end if the work were fluid.
-fn water_fill(work: Seconds, mut ready_at: Vec<Seconds>, now: Seconds) -> Seconds {
+pub(super) fn water_fill(work: Seconds, mut ready_at: Vec<Seconds>, now: Seconds) -> Seconds {
     ready_at.sort_by(f64::total_cmp);
     let mut capacity_base = 0.0;
     let mut finish = now + work;

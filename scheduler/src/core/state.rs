@@ -476,6 +476,44 @@ impl Scheduler {
         (tests, seconds)
     }
 
+    /// When `build` is projected to end, by the estimates the shards are cut with: its
+    /// leases end at their own pace ([`LeaseState::free_at`]), and the work no lease holds
+    /// yet (at the build's drift) is water-filled over the live workers from when each is
+    /// free, each paying its next shard's cost, as shard sizing aims it. `None` when the
+    /// build is not running. With no live worker the rest is projected as if one joined
+    /// now. Tests waiting on others count as work like the ready ones
+    /// (the critical path is not followed), so a build held by a chain ends later than
+    /// this; the projection is corrected with every result.
+    pub fn projected_end(&self, build: BuildId, now: Seconds) -> Option<Seconds> {
+        let run = self.builds.get(&build)?;
+        let drift = run.drift.ratio();
+        let leases_end = self
+            .leases
+            .values()
+            .filter(|lease| lease.active && lease.build == build)
+            .map(|lease| lease.free_at(now, drift))
+            .fold(now, f64::max);
+        if run.unleased_work <= 0.0 {
+            return Some(leases_end);
+        }
+        let ready_at: Vec<Seconds> = self
+            .workers
+            .iter()
+            .map(|(&worker, state)| {
+                let free_at = match state.lease.and_then(|lease| self.leases.get(&lease)) {
+                    Some(lease) if lease.active => {
+                        let holder_drift = self.builds.get(&lease.build).map_or(drift, |run| run.drift.ratio());
+                        lease.free_at(now, holder_drift)
+                    }
+                    _ => now,
+                };
+                free_at + run.shard_cost(worker)
+            })
+            .collect();
+        let unleased_end = super::dispatch::water_fill(run.unleased_work * drift, ready_at, now);
+        Some(leases_end.max(unleased_end))
+    }
+
     /// The tests (ids) withdrawn from a lease ([`Decision::LeaseShrunk`]), in the order they
     /// were withdrawn: its worker is to be told in every answer while the lease is active.
     /// Empty once the lease ended or expired, or its build ended.

@@ -1070,3 +1070,27 @@ fn a_fitted_split_is_planned_again_when_the_work_or_the_workers_change() {
     assert_eq!(second.tests.len(), part);
     assert_eq!(planned_for(&scheduler), Some(1));
 }
+
+#[test]
+fn a_running_build_is_projected_to_end_when_its_leases_and_the_water_filled_rest_end() {
+    let mut scheduler = greedy(1000.0);
+    assert_eq!(scheduler.projected_end(BuildId(1), 0.0), None, "no such build");
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.worker_joined(WorkerId(2), 0.0);
+    scheduler.add_build(BuildId(1), tens(4), 0.0).unwrap();
+    // 40 s of tests over two idle workers, each paying the 1 s shard overhead.
+    assert_eq!(scheduler.projected_end(BuildId(1), 0.0), Some(21.0));
+    let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    assert_eq!(first.tests, ["t0", "t1"]);
+    assert_eq!(scheduler.projected_end(BuildId(1), 0.0), Some(21.0), "the plan holds");
+    // Its first test took twice its estimate: the lease is projected to run late.
+    accepted(scheduler.test_finished(first.lease, WorkerId(1), "t0", TestStatus::Passed, 21.0));
+    let end = scheduler.projected_end(BuildId(1), 21.0).unwrap();
+    assert!(end > 31.0, "{end}");
+    let second = scheduler.request_work(WorkerId(2), 21.0).0.unwrap();
+    for test in &second.tests {
+        accepted(scheduler.test_finished(second.lease, WorkerId(2), test, TestStatus::Passed, 30.0));
+    }
+    accepted(scheduler.test_finished(first.lease, WorkerId(1), "t1", TestStatus::Passed, 31.0));
+    assert_eq!(scheduler.projected_end(BuildId(1), 31.0), None, "the build ended");
+}
