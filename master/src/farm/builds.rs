@@ -152,9 +152,13 @@ impl Farm {
         let build_id = summary.build_id;
         summary.counts.total = plan.len() as u32;
         summary.lower_bound_s = Some(plan.lower_bound(core.scheduler.live_workers().max(1)));
-        self.put_build(&summary)?;
+        // The selection first: sled recovers a prefix of its log, so a build a restarted
+        // master finds stored always has the selection it is resumed from.
         let selection: Vec<&str> = plan.tests.iter().map(|test| test.id.as_str()).collect();
         self.store.put_selection(build_id, &selection)?;
+        self.put_build(&summary)?;
+        // Made durable by the caller's next `flush_verdicts` (the build loop's, at once).
+        self.unflushed_verdict();
         let urgent = summary.kind == BuildKind::Probe;
         core.running.insert(build_id, LiveBuild { summary, shards: BTreeMap::new() });
         let decisions = core.scheduler.add_build(BuildId(build_id), plan, now)?;
