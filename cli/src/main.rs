@@ -100,7 +100,7 @@ enum Command {
     /// Tell the master the branch moved (for a post-receive hook).
     Submit {
         /// The master's URL.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        #[arg(long, env = "GREENLIGHT_MASTER", default_value = "http://127.0.0.1:8080")]
         master: String,
         /// The branch that moved (the watched branch when absent).
         #[arg(long)]
