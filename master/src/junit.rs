@@ -139,7 +139,7 @@ pub fn render(build: &BuildSummary, runner: &Runner, results: &[TestResultView])
 #[cfg(test)]
 mod tests {
     use super::*;
-    use greenlight_shared::api::{BuildKind, BuildState, TestCounts};
+    use greenlight_shared::api::BuildState;
     use quick_xml::Reader;
     use quick_xml::events::Event;
 
@@ -160,32 +160,9 @@ mod tests {
 
     fn build() -> BuildSummary {
         BuildSummary {
-            version: 1,
-            build_id: 7,
-            branch: "main".into(),
-            revision: "abc".into(),
             state: BuildState::Red,
-            changes: vec![],
-            tags: vec![],
             full_run: true,
-            counts: TestCounts::default(),
-            failed_tests: vec![],
-            flaky_tests: vec![],
-            error: None,
-            created_at: 0.0,
-            started_at: None,
-            finished_at: None,
-            lower_bound_s: None,
-            measured_bound_s: None,
-            makespan_s: None,
-            shards: 0,
-            kind: BuildKind::Regular,
-            probe_of: None,
-            culprit: None,
-            culprits: vec![],
-            not_reproduced: vec![],
-            probes: vec![],
-            missed_by_tags: None,
+            ..BuildSummary::queued(7, "main".into(), "abc".into(), vec![], 0.0)
         }
     }
 

@@ -591,6 +591,41 @@ pub struct BuildSummary {
     pub missed_by_tags: Option<MissedByTags>,
 }
 
+impl BuildSummary {
+    /// A build just queued: `build_id` testing `revision` of `branch` for `changes`,
+    /// created at `now`; nothing run, no verdict.
+    pub fn queued(build_id: u64, branch: String, revision: String, changes: Vec<u64>, now: f64) -> BuildSummary {
+        BuildSummary {
+            version: crate::API_VERSION,
+            build_id,
+            branch,
+            revision,
+            state: BuildState::Queued,
+            changes,
+            tags: Vec::new(),
+            full_run: false,
+            counts: TestCounts::default(),
+            failed_tests: Vec::new(),
+            flaky_tests: Vec::new(),
+            error: None,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            lower_bound_s: None,
+            measured_bound_s: None,
+            makespan_s: None,
+            shards: 0,
+            kind: BuildKind::Regular,
+            probe_of: None,
+            culprit: None,
+            culprits: Vec::new(),
+            not_reproduced: Vec::new(),
+            probes: Vec::new(),
+            missed_by_tags: None,
+        }
+    }
+}
+
 /// A change culprit finding named: a probe saw the tests fail at its revision and pass at
 /// the revision before it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use greenlight_scheduler::core::{BuildId, RestoredResult, Verdict};
 use greenlight_scheduler::plan::BuildPlan;
-use greenlight_shared::API_VERSION;
 use greenlight_shared::api::{BuildKind, BuildState, BuildSummary, ChangeView, ShardState, TestCounts};
 
 use super::preparations::Readiness;
@@ -178,32 +177,9 @@ impl Farm {
         now: f64,
     ) -> BuildSummary {
         BuildSummary {
-            version: API_VERSION,
-            build_id,
-            branch: self.config.repository.branch.clone(),
-            revision,
-            state: BuildState::Queued,
-            changes,
             tags,
             full_run,
-            counts: TestCounts::default(),
-            failed_tests: Vec::new(),
-            flaky_tests: Vec::new(),
-            error: None,
-            created_at: now,
-            started_at: None,
-            finished_at: None,
-            lower_bound_s: None,
-            measured_bound_s: None,
-            makespan_s: None,
-            shards: 0,
-            kind: BuildKind::Regular,
-            probe_of: None,
-            culprit: None,
-            culprits: Vec::new(),
-            not_reproduced: Vec::new(),
-            probes: Vec::new(),
-            missed_by_tags: None,
+            ..BuildSummary::queued(build_id, self.config.repository.branch.clone(), revision, changes, now)
         }
     }
 

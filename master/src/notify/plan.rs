@@ -333,32 +333,16 @@ mod tests {
 
     fn build(build_id: u64, state: BuildState, changes: &[u64]) -> BuildSummary {
         BuildSummary {
-            version: 1,
-            build_id,
-            branch: "main".into(),
-            revision: format!("r{}", changes.last().unwrap()),
             state,
-            changes: changes.to_vec(),
-            tags: vec![],
             full_run: true,
             counts: TestCounts { total: 3, passed: 3, ..TestCounts::default() },
-            failed_tests: vec![],
-            flaky_tests: vec![],
-            error: None,
-            created_at: 0.0,
-            started_at: None,
-            finished_at: None,
-            lower_bound_s: None,
-            measured_bound_s: None,
-            makespan_s: None,
-            shards: 0,
-            kind: BuildKind::Regular,
-            probe_of: None,
-            culprit: None,
-            culprits: vec![],
-            not_reproduced: vec![],
-            probes: vec![],
-            missed_by_tags: None,
+            ..BuildSummary::queued(
+                build_id,
+                "main".into(),
+                format!("r{}", changes.last().unwrap()),
+                changes.to_vec(),
+                0.0,
+            )
         }
     }
 
