@@ -133,6 +133,14 @@ impl Mirror {
         self.git.run_bytes(&["show", &format!("{revision}:{path}")])
     }
 
+    /// Whether the commit `revision` is here but has no `path` (what a failed
+    /// [`Mirror::read_file`] meant, asked of git itself rather than read from its
+    /// message, which depends on the locale).
+    pub fn lacks_file(&self, revision: &str, path: &str) -> bool {
+        self.git.run(&["cat-file", "-e", &format!("{revision}^{{commit}}")]).is_ok()
+            && self.git.run(&["cat-file", "-e", &format!("{revision}:{path}")]).is_err()
+    }
+
     /// Commits the revert of `culprit` on top of `branch` of the repository at `url` (in a
     /// work tree under `dir`) and pushes it. Returns the revert's revision.
     pub fn revert(&self, url: &str, branch: &str, culprit: &str, dir: &PathBuf) -> Result<String, GitError> {

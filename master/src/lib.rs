@@ -251,10 +251,9 @@ async fn history_loop(farm: Arc<Farm>, mut stop: watch::Receiver<bool>) {
             continue;
         }
         let writing = Arc::clone(&farm);
-        match farm::blocking(move || writing.store().write_history()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "writing observed durations failed"),
-            Err(error) => tracing::warn!(%error, "writing observed durations failed"),
+        let written = farm::blocking(move || writing.store().write_history().map_err(FarmError::from)).await;
+        if let Err(error) = written.and_then(|written| written) {
+            tracing::warn!(%error, "writing observed durations failed");
         }
     }
 }

@@ -929,29 +929,26 @@ impl Store {
     }
 
     /// Adds an observed duration to a test's history.
-    pub fn add_duration(&self, test_id: &str, duration_s: f64) -> Result<(), StoreError> {
-        self.add_durations(&[(test_id, duration_s)])
+    pub fn add_duration(&self, test_id: &str, duration_s: f64) {
+        self.add_durations(&[(test_id, duration_s)]);
     }
 
     /// Adds a batch of observed durations (a results report's) to their tests' histories;
     /// [`Store::write_history`] stores them. A negative or non-finite duration is no
     /// observation.
-    pub fn add_durations(&self, observed: &[(&str, f64)]) -> Result<(), StoreError> {
+    pub fn add_durations(&self, observed: &[(&str, f64)]) {
         let mut pending = lock(&self.histories.pending);
         for &(test_id, duration_s) in observed {
             if !duration_s.is_finite() || duration_s < 0.0 {
                 continue;
             }
-            let samples = match pending.get_mut(test_id) {
-                Some(samples) => samples,
-                None => pending.entry(test_id.to_owned()).or_default(),
-            };
-            samples.push(duration_s);
-            if samples.len() > HISTORY_SAMPLES {
-                samples.remove(0);
+            match pending.get_mut(test_id) {
+                Some(samples) => grow_history(samples, &[duration_s]),
+                None => {
+                    pending.insert(test_id.to_owned(), vec![duration_s]);
+                }
             }
         }
-        Ok(())
     }
 
     /// Writes the observed durations not yet stored into their tests' histories, in one
@@ -1762,7 +1759,7 @@ mod tests {
         assert!(store.results_of_test(2, "b").unwrap().is_empty());
         packing_keeps_every_result(&store);
         for duration in 1..=7 {
-            store.add_duration("t", duration as f64).unwrap();
+            store.add_duration("t", duration as f64);
         }
         assert_eq!(store.durations("t").unwrap(), vec![3.0, 4.0, 5.0, 6.0, 7.0]);
         store.set_last_seen("main", "abc").unwrap();
@@ -1856,7 +1853,7 @@ mod tests {
         kv.put(Tree::History, b"old::test", b"[0.5,1.25]").unwrap();
         let store = Store::new(kv.clone());
         assert_eq!(store.durations("old::test").unwrap(), vec![0.5, 1.25]);
-        store.add_durations(&[("old::test", 2.0), ("new::test", 0.1), ("old::test", f64::NAN)]).unwrap();
+        store.add_durations(&[("old::test", 2.0), ("new::test", 0.1), ("old::test", f64::NAN)]);
         assert_eq!(store.durations("old::test").unwrap(), vec![0.5, 1.25, 2.0]);
         assert_eq!(store.durations("new::test").unwrap(), vec![0.1]);
         assert_eq!(store.write_history().unwrap(), 2, "two tests observed");
@@ -1868,13 +1865,13 @@ mod tests {
     fn observed_durations_read_at_once_and_are_written_in_one_pass_each_once() {
         let kv = Arc::new(MemoryKv::default());
         let store = Store::new(kv.clone());
-        store.add_durations(&[("a", 1.0), ("b", 7.0), ("a", 2.0)]).unwrap();
+        store.add_durations(&[("a", 1.0), ("b", 7.0), ("a", 2.0)]);
         assert_eq!(store.durations("a").unwrap(), vec![1.0, 2.0], "read before they are written");
         assert!(kv.get(Tree::History, b"a").unwrap().is_none(), "a results report writes no history");
         assert_eq!(store.write_history().unwrap(), 2);
         assert_eq!(store.write_history().unwrap(), 0, "nothing twice");
         assert_eq!(store.durations("a").unwrap(), vec![1.0, 2.0], "written, not counted again");
-        store.add_durations(&[("a", 3.0), ("a", 4.0), ("a", 5.0), ("a", 6.0)]).unwrap();
+        store.add_durations(&[("a", 3.0), ("a", 4.0), ("a", 5.0), ("a", 6.0)]);
         assert_eq!(store.durations("a").unwrap(), vec![2.0, 3.0, 4.0, 5.0, 6.0], "the newest {HISTORY_SAMPLES}");
         store.write_history().unwrap();
         let reopened = Store::new(kv.clone());
@@ -1886,10 +1883,10 @@ mod tests {
     fn a_failed_history_write_keeps_the_observations_for_the_readers() {
         let kv = Arc::new(MemoryKv::default());
         let store = Store::new(kv.clone());
-        store.add_durations(&[("a", 1.0)]).unwrap();
+        store.add_durations(&[("a", 1.0)]);
         kv.fail_writes.store(true, std::sync::atomic::Ordering::SeqCst);
         assert!(store.write_history().is_err());
-        store.add_durations(&[("a", 2.0)]).unwrap();
+        store.add_durations(&[("a", 2.0)]);
         assert_eq!(store.durations("a").unwrap(), vec![1.0, 2.0], "kept, in order");
     }
 
@@ -1968,7 +1965,7 @@ mod tests {
         }
         store.pack_results(1).unwrap();
         store.put_result(1, &result("late", 1, TestStatus::Passed)).unwrap();
-        store.add_duration("t0", 2.0).unwrap();
+        store.add_duration("t0", 2.0);
         assert!(!store.prune_results(1, 3).unwrap(), "a bounded batch leaves the rest");
         assert!(store.prune_results(1, 3).unwrap());
         assert!(store.results(1).unwrap().is_empty() && store.shards(1).unwrap().is_empty());

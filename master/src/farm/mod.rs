@@ -400,8 +400,8 @@ impl Farm {
         }
     }
 
-    /// Makes durable, if there are any, the ended builds and named culprits not yet
-    /// flushed. Every path that may end a build calls it after releasing the lock (the
+    /// Makes durable, if there are any, the started and ended builds and named culprits
+    /// not yet flushed. Every path that may end a build calls it after releasing the lock (the
     /// results, finish and cancel handlers flush anyway).
     pub async fn flush_verdicts(self: &Arc<Self>) -> Result<(), FarmError> {
         if self.verdicts_unflushed.swap(false, Ordering::SeqCst) {
@@ -410,7 +410,7 @@ impl Farm {
         Ok(())
     }
 
-    /// Notes that a verdict (a build's end, a culprit) waits for a flush.
+    /// Notes that a verdict (a build's end, a culprit) or a build's start waits for a flush.
     fn unflushed_verdict(&self) {
         self.verdicts_unflushed.store(true, Ordering::SeqCst);
     }

@@ -91,7 +91,7 @@ impl Farm {
     pub(super) fn suite_file_at(&self, revision: &str) -> Result<SuiteFile, PlanError> {
         Ok(match &self.config.suite.file {
             Some(path) => SuiteFile::from_json(&self.mirror.read_file(revision, path).map_err(|error| {
-                if !error.to_string().contains("does not exist in") {
+                if !self.mirror.lacks_file(revision, path) {
                     return PlanError::Git(error);
                 }
                 let fix = match self.config.suite.runner {

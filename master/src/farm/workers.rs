@@ -266,7 +266,7 @@ impl Farm {
         let response = self.report_locked(lease_id, worker_id, results, &mut observed)?;
         // The durations learned join the histories after the farm's lock is released; the
         // master writes them into the store every second (`Store::write_history`).
-        self.store.add_durations(&observed)?;
+        self.store.add_durations(&observed);
         Ok(response)
     }
 
