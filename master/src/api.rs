@@ -1015,6 +1015,12 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
             fetched,
         );
     }
+    out.single(
+        "greenlight_store_flushes_total",
+        "counter",
+        "Flushes of the store to disk; requests that wait at the same time share one.",
+        farm.store_flushes() as f64,
+    );
     let learned = farm.learned_shard_costs().map_err(FarmError::from)?;
     out.single(
         "greenlight_shard_overhead_samples",

@@ -269,6 +269,8 @@ struct GroupCommit {
     durable: AtomicU64,
     /// Held by the flush under way; waited for in turn (tokio's mutex is fair).
     turn: tokio::sync::Mutex<()>,
+    /// Flushes made so far.
+    flushes: AtomicU64,
 }
 
 /// The scheduler's knobs from the master's configuration.
@@ -383,6 +385,7 @@ impl Farm {
         tokio::task::yield_now().await;
         // Every ticket taken so far was taken after its writes: this flush covers them.
         let covered = self.commits.taken.load(Ordering::SeqCst);
+        self.commits.flushes.fetch_add(1, Ordering::Relaxed);
         self.flush_store().await?;
         self.commits.durable.fetch_max(covered, Ordering::SeqCst);
         Ok(())
@@ -398,6 +401,11 @@ impl Farm {
                 Err(FarmError::Store(StoreError::Failed(reason)))
             }
         }
+    }
+
+    /// Flushes of the store so far (each covers every request that waited for it).
+    pub fn store_flushes(&self) -> u64 {
+        self.commits.flushes.load(Ordering::Relaxed)
     }
 
     /// Makes durable, if there are any, the started and ended builds and named culprits

@@ -1195,6 +1195,7 @@ async fn concurrent_writers_share_flushes_and_none_is_answered_before_its_write_
     let flushes = kv.flushes.load(SeqCst);
     assert!(flushes <= 64, "192 writes waited for {flushes} flushes: concurrent callers share them");
     assert_eq!(kv.durable.load(SeqCst), 192);
+    assert_eq!(farm.store_flushes(), flushes, "greenlight_store_flushes_total counts the flushes made");
 }
 
 #[tokio::test]
