@@ -6,8 +6,12 @@
 //! BENCHMARKS.md):
 //!
 //! 1. ingest: results/s and the master's CPU per 1,000 results, with the batch sizes real
-//!    workers send (1 to 3, 1.7 per POST on average) and with batches of up to 100;
-//! 2. gate latency (`GET /api/v1/gate` from 64 connections) idle, while ingesting, and
+//!    workers send when their tests take about a second (1 to 3, 1.7 per POST on average),
+//!    sent as fast as the master answers; with batches of up to 100; and paced as the real
+//!    worker reports: its tests end one after another (all at `PACED_RATE` results/s over
+//!    the fleet) and it sends what ended every 250 ms and at the shard's end;
+//! 2. gate latency (`GET /api/v1/gate` from 64 connections) idle, while ingesting (as fast
+//!    as the master answers, and paced), and
 //!    while 4 clients read a finished build's whole results (following a cursor when the
 //!    answer has one), and the time of one whole-build read;
 //! 3. growth over `BUILDS` full builds back to back: the master's RSS, its data directory
@@ -31,6 +35,7 @@
 //! requests, 100), `READERS` (4), `READ_PAGE_LIMIT` (`?limit=` of a results read, none),
 //! `RESTART_AFTER` (results of the build acknowledged before the kill, 5000),
 //! `GROWTH_BATCH` (results per POST in the growth phase, 0 = real workers' sizes),
+//! `PACED_RATE` (results/s the paced fleet's tests end at, 25000),
 //! `BENCH_THREADS` (threads of the workers' runtime, 2), `PHASES`
 //! (`ingest,gate,growth,restart`), `GREENLIGHT_LOAD_CONFIG` / `GREENLIGHT_BASELINE_CONFIG`
 //! (TOML appended to the configuration of this build's master / the baseline's; `\n`
@@ -63,6 +68,10 @@ const LEASE_WAIT_S: f64 = 5.0;
 const HEARTBEAT_INTERVAL_S: f64 = 5.0;
 /// Results per POST of real workers, in turn: 1.7 on average, the mean issue #16 reports.
 const REAL_BATCHES: [usize; 10] = [1, 2, 1, 2, 3, 1, 2, 1, 2, 2];
+/// How often the real worker sends what finished (worker/src/shard.rs `REPORT_POLL`): a
+/// runner's report is read every 250 ms, and everything new in it goes in one POST, as
+/// does the rest when the runner exits.
+const REPORT_POLL: Duration = Duration::from_millis(250);
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|value| value.trim().parse().ok()).unwrap_or(default)
@@ -120,6 +129,11 @@ struct Fleet {
     fragments: HashMap<String, String>,
     /// Results per POST: 0 for real workers' sizes ([`REAL_BATCHES`]).
     batch: AtomicUsize,
+    /// Paced: each test takes this many nanoseconds, and a worker reports what finished
+    /// as the real worker does ([`REPORT_POLL`]); 0: as fast as the master takes them.
+    pace_ns: AtomicU64,
+    /// Paced: seconds from the end of the oldest test of each POST to its acknowledgement.
+    lags: Mutex<Vec<f64>>,
     master_pid: AtomicU64,
     /// Stop: the master is about to be killed.
     halt: AtomicBool,
@@ -164,6 +178,8 @@ impl Fleet {
             http: reqwest::Client::builder().timeout(Duration::from_secs(120)).tcp_nodelay(true).build().unwrap(),
             fragments,
             batch: AtomicUsize::new(0),
+            pace_ns: AtomicU64::new(0),
+            lags: Mutex::new(Vec::new()),
             master_pid: AtomicU64::new(0),
             halt: AtomicBool::new(false),
             acked: AtomicU64::new(0),
@@ -291,20 +307,42 @@ async fn worker(fleet: Arc<Fleet>, index: usize) {
         // Tests the master withdrew from the lease (another worker runs them): not reported.
         let mut withdrawn: HashSet<String> = HashSet::new();
         let mut next = 0;
+        let pace = Duration::from_nanos(fleet.pace_ns.load(Ordering::Relaxed));
+        let started = Instant::now();
+        let mut last_report = started;
         loop {
-            let size = match fleet.batch.load(Ordering::Relaxed) {
-                0 => {
-                    cycle += 1;
-                    REAL_BATCHES[cycle % REAL_BATCHES.len()]
+            let mut ids: Vec<String> = Vec::new();
+            let oldest_end = started + pace * (next as u32 + 1);
+            if pace.is_zero() {
+                let size = match fleet.batch.load(Ordering::Relaxed) {
+                    0 => {
+                        cycle += 1;
+                        REAL_BATCHES[cycle % REAL_BATCHES.len()]
+                    }
+                    size => size,
+                };
+                while ids.len() < size && next < lease.tests.len() {
+                    if !withdrawn.contains(&lease.tests[next]) {
+                        ids.push(lease.tests[next].clone());
+                    }
+                    next += 1;
                 }
-                size => size,
-            };
-            let mut ids: Vec<String> = Vec::with_capacity(size);
-            while ids.len() < size && next < lease.tests.len() {
-                if !withdrawn.contains(&lease.tests[next]) {
-                    ids.push(lease.tests[next].clone());
+            } else {
+                // The runner runs the tests back to back; the worker reads its report every
+                // REPORT_POLL, and at its exit, and sends whatever finished since.
+                let end = started + pace * lease.tests.len() as u32;
+                tokio::time::sleep_until((last_report + REPORT_POLL).min(end).into()).await;
+                last_report = Instant::now();
+                let finished = (last_report.duration_since(started).as_nanos() / pace.as_nanos()) as usize;
+                while next < finished.min(lease.tests.len()) {
+                    if !withdrawn.contains(&lease.tests[next]) {
+                        ids.push(lease.tests[next].clone());
+                    }
+                    next += 1;
                 }
-                next += 1;
+                if ids.is_empty() && next < lease.tests.len() {
+                    continue;
+                }
             }
             if ids.is_empty() {
                 break;
@@ -327,6 +365,9 @@ async fn worker(fleet: Arc<Fleet>, index: usize) {
                     Ok((200, answer)) => {
                         let answer: ResultsResponse = serde_json::from_slice(&answer).unwrap();
                         fleet.acknowledge(&ids, &answer);
+                        if !pace.is_zero() {
+                            fleet.lags.lock().unwrap().push(oldest_end.elapsed().as_secs_f64());
+                        }
                         withdrawn.extend(answer.withdrawn);
                         break;
                     }
@@ -648,6 +689,8 @@ struct GatePhase {
     idle: Latencies,
     ingesting: Latencies,
     ingest: Ingest,
+    /// While the paced fleet ingests.
+    paced: Latencies,
     reading: Latencies,
     reads: Latencies,
     pages: usize,
@@ -664,6 +707,11 @@ fn gate_phase(
     let url = side.farm.url.clone();
     let (idle, ()) = probe_gate(probe_runtime, &url, || std::thread::sleep(seconds));
     let (ingesting, ingest) = probe_gate(probe_runtime, &url, || side.run_build(0, &[]));
+    let pace = WORKERS as u64 * 1_000_000_000 / env_or::<u64>("PACED_RATE", 25_000).max(1);
+    side.fleet.pace_ns.store(pace, Ordering::Relaxed);
+    let (paced, _) = probe_gate(probe_runtime, &url, || side.run_build(0, &[]));
+    side.fleet.pace_ns.store(0, Ordering::Relaxed);
+    side.fleet.lags.lock().unwrap().clear();
     let build_id = ingest.build_id;
     let readers: usize = env_or("READERS", 4);
     let stop = Arc::new(AtomicBool::new(false));
@@ -690,7 +738,7 @@ fn gate_phase(
         stop.store(true, Ordering::Relaxed);
         tasks.into_iter().flat_map(|task| runtime.block_on(task).unwrap()).collect::<Vec<f64>>()
     });
-    GatePhase { idle, ingesting, ingest, reading, reads: Latencies::new(reads), pages, read_results, read_bytes }
+    GatePhase { idle, ingesting, ingest, paced, reading, reads: Latencies::new(reads), pages, read_results, read_bytes }
 }
 
 /// One growth sample.
@@ -827,16 +875,35 @@ fn main() {
 
     if phase("ingest") {
         let builds: usize = env_or("INGEST_BUILDS", 2);
-        for (batch, name) in [(0, "real batches (1.7/POST)"), (100, "batches of 100")] {
+        let paced_rate: u64 = env_or("PACED_RATE", 25_000);
+        let paced = format!("tests ending at {}k/s, reported every 250 ms", paced_rate / 1000);
+        for (batch, pace, name) in [
+            (0, 0, "real batches (1.7/POST)".to_owned()),
+            (100, 0, "batches of 100".to_owned()),
+            (0, WORKERS as u64 * 1_000_000_000 / paced_rate.max(1), paced),
+        ] {
             let mut totals = vec![Ingest::default(); sides.len()];
             for _ in 0..builds {
                 for (side, total) in sides.iter_mut().zip(&mut totals) {
+                    side.fleet.pace_ns.store(pace, Ordering::Relaxed);
                     let ingest = side.run_build(batch, &[]);
+                    side.fleet.pace_ns.store(0, Ordering::Relaxed);
                     eprintln!("{}: ingest, {name}: {} results in {:.2} s", side.label, ingest.results, ingest.seconds);
                     *total += ingest;
                 }
             }
             let map = |f: &dyn Fn(&Ingest) -> f64| totals.iter().map(f).collect::<Vec<f64>>();
+            if pace > 0 {
+                let lags: Vec<Latencies> =
+                    sides.iter().map(|side| Latencies::new(std::mem::take(&mut *side.fleet.lags.lock().unwrap()))).collect();
+                for (quantile, label) in [(0.5, "p50"), (0.99, "p99"), (1.0, "max")] {
+                    rows.push(Row {
+                        measure: format!("ingest, {name}: {label} from a test's end to its acknowledgement"),
+                        values: lags.iter().map(|lags| lags.quantile(quantile) * 1e3).collect(),
+                        unit: "ms",
+                    });
+                }
+            }
             rows.push(Row {
                 measure: format!("ingest, {name}: results/s"),
                 values: map(&|t| t.results as f64 / t.seconds),
@@ -876,6 +943,11 @@ fn main() {
             Row {
                 measure: "gate p99, while ingesting".into(),
                 values: map(&|g| g.ingesting.quantile(0.99) * 1e3),
+                unit: "ms",
+            },
+            Row {
+                measure: "gate p99, while the paced fleet ingests".into(),
+                values: map(&|g| g.paced.quantile(0.99) * 1e3),
                 unit: "ms",
             },
             Row {

@@ -427,7 +427,7 @@ async fn lease(
     headers: HeaderMap,
     ApiJson(request): ApiJson<LeaseRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    check_worker(&state, &headers, worker_id)?;
+    state.farm.in_turn(|| check_worker(&state, &headers, worker_id)).await?;
     if !request.wait_s.is_finite() || request.wait_s < 0.0 {
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_wait", "wait_s must be a number >= 0"));
     }
@@ -441,7 +441,7 @@ async fn lease(
         notified.as_mut().enable();
         // A lease is written down: not while the data directory is full.
         state.farm.check_writable()?;
-        let work = state.farm.try_work(worker_id, &request)?;
+        let work = state.farm.in_turn(|| state.farm.try_work(worker_id, &request)).await?;
         // Taking back the lease it held may have ended a build.
         state.farm.flush_verdicts().await?;
         let mut response = LeaseResponse { version: API_VERSION, lease: None, prepare: None, warm_up: None };
@@ -461,7 +461,7 @@ async fn lease(
             return Ok(Json(response));
         }
         if !waiting {
-            state.farm.waiting(worker_id, wait_s)?;
+            state.farm.in_turn(|| state.farm.waiting(worker_id, wait_s)).await?;
             waiting = true;
         }
         tokio::select! {
@@ -484,8 +484,13 @@ async fn heartbeat(
     headers: HeaderMap,
     ApiJson(request): ApiJson<HeartbeatRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    check_worker(&state, &headers, request.worker_id)?;
-    let (active, withdrawn) = state.farm.heartbeat(lease_id, request.worker_id)?;
+    let (active, withdrawn) = state
+        .farm
+        .in_turn(|| {
+            check_worker(&state, &headers, request.worker_id)?;
+            Ok::<_, ApiError>(state.farm.heartbeat(lease_id, request.worker_id)?)
+        })
+        .await?;
     Ok(Json(HeartbeatResponse { version: API_VERSION, active, withdrawn }))
 }
 
@@ -496,10 +501,15 @@ async fn results(
     headers: HeaderMap,
     ApiJson(request): ApiJson<ResultsRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    check_worker(&state, &headers, request.worker_id)?;
     // Refused before anything is recorded: a refused write leaves the farm as it was.
     state.farm.check_writable()?;
-    let answer = state.farm.report(lease_id, request.worker_id, &request.results)?;
+    let answer = state
+        .farm
+        .in_turn(|| {
+            check_worker(&state, &headers, request.worker_id)?;
+            Ok::<_, ApiError>(state.farm.report(lease_id, request.worker_id, &request.results)?)
+        })
+        .await?;
     // What the worker is told was accepted must survive a crash of the master.
     if answer.accepted > 0 {
         state.farm.flush().await?;
@@ -514,9 +524,14 @@ async fn finish(
     headers: HeaderMap,
     ApiJson(request): ApiJson<FinishRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    check_worker(&state, &headers, request.worker_id)?;
     state.farm.check_writable()?;
-    state.farm.finish(lease_id, request.worker_id, &request.outcome, request.runner_wall_s)?;
+    state
+        .farm
+        .in_turn(|| {
+            check_worker(&state, &headers, request.worker_id)?;
+            Ok::<_, ApiError>(state.farm.finish(lease_id, request.worker_id, &request.outcome, request.runner_wall_s)?)
+        })
+        .await?;
     // The shard's end (and perhaps the build's) must survive a crash of the master.
     state.farm.flush().await?;
     Ok(StatusCode::NO_CONTENT)

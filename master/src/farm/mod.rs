@@ -245,6 +245,8 @@ pub struct Farm {
     verdicts_unflushed: AtomicBool,
     /// Concurrent flushes share one ([`Farm::flush`]).
     commits: GroupCommit,
+    /// The workers' requests' turns at the farm's lock ([`Farm::in_turn`]).
+    turn: tokio::sync::Mutex<()>,
     /// The suites of the last few revisions a test's history read, parsed.
     suites: Mutex<planning::SuiteCache>,
     /// The gate as last published ([`Farm::gate_changed`]): read by `GET /api/v1/gate`
@@ -343,6 +345,7 @@ impl Farm {
             checkout_lock: Mutex::new(()),
             verdicts_unflushed: AtomicBool::new(false),
             commits: GroupCommit::default(),
+            turn: tokio::sync::Mutex::new(()),
             suites: Mutex::default(),
             clock,
             config,
@@ -401,6 +404,17 @@ impl Farm {
                 Err(FarmError::Store(StoreError::Failed(reason)))
             }
         }
+    }
+
+    /// Runs `change`, a request's change to the farm, in its turn. The requests of workers
+    /// (leases, results, heartbeats, finishes) take their turns here before the farm's lock:
+    /// one waiting for another's turn yields its thread to other requests instead of
+    /// parking it on the lock. Without turns, a lease planning a fitted split (milliseconds
+    /// under the lock) and the requests queued behind it could hold every runtime thread,
+    /// and the gate, which needs no lock, waited for them (issue #16).
+    pub async fn in_turn<T>(&self, change: impl FnOnce() -> T) -> T {
+        let _turn = self.turn.lock().await;
+        change()
     }
 
     /// Flushes of the store so far (each covers every request that waited for it).

@@ -1339,3 +1339,33 @@ async fn a_suite_file_missing_from_the_repository_ends_the_build_saying_what_to_
         assert!(error.contains(fix), "{runner:?}: {error}");
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_workers_request_waiting_for_its_turn_leaves_the_thread_to_other_requests() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let harness = Harness::new(&suite(&["a", "b"]), |_| {});
+    let worker = harness.register("w1");
+    let changed = Arc::new(AtomicBool::new(false));
+    // Another worker's request is changing the farm: its turn is taken.
+    let turn = harness.farm.turn.lock().await;
+    let waiting = tokio::spawn({
+        let (farm, changed) = (Arc::clone(&harness.farm), Arc::clone(&changed));
+        async move {
+            farm.in_turn(|| {
+                changed.store(true, SeqCst);
+                farm.waiting(worker, 1.0)
+            })
+            .await
+        }
+    });
+    // On this runtime's only thread: had the waiting request parked the thread on the
+    // farm's lock, nothing below would run.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!waiting.is_finished() && !changed.load(SeqCst), "the request waits for its turn");
+    assert_eq!(harness.gate(), GateState::Open, "the gate is answered meanwhile");
+    drop(turn);
+    waiting.await.unwrap().unwrap();
+    assert!(changed.load(SeqCst), "its change ran in its turn");
+}
