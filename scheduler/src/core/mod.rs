@@ -70,7 +70,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-use greenlight_shared::api::TestStatus;
+use greenlight_shared::api::{LeaseDependency, TestStatus};
 
 use crate::Seconds;
 
@@ -216,6 +216,15 @@ pub struct LeaseGrant {
     pub worker: WorkerId,
     /// The tests to run, by id, in running order.
     pub tests: Vec<String>,
+    /// The tests that wait on tests before them in this lease (a dependency chain leased
+    /// whole, so it pays one shard's overhead), each with those prerequisites: it runs only
+    /// once they passed. Its other dependencies have passed. If one of its prerequisites
+    /// fails or is skipped, the scheduler records it skipped naming that prerequisite,
+    /// whatever the worker reports for it; if one is to be retried, it is withdrawn
+    /// ([`Decision::LeaseShrunk`]) and waits again. Empty unless the plan allows it
+    /// ([`crate::plan::BuildPlan::chains_in_lease`]) and the worker holds such tests back
+    /// ([`Scheduler::worker_holds_dependents`]).
+    pub waits_on: Vec<LeaseDependency>,
     /// When it expires without a heartbeat.
     pub deadline: Seconds,
     /// A backup copy of a straggling test that this other lease is running: its one test.
