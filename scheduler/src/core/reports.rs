@@ -371,6 +371,18 @@ impl Scheduler {
                 run.states[test] = TestState::Leased(copy);
                 continue;
             }
+            if run.plan.tests[test]
+                .depends_on
+                .iter()
+                .any(|&dependency| run.states[dependency] != TestState::Done(TestStatus::Passed))
+            {
+                // It waited on a test of this lease that has no result: it never started, and
+                // waits for that test again (or is skipped with it).
+                run.attempts[test] -= 1;
+                run.requeue(test, run.plan.dispatch_priority(test));
+                requeued += 1;
+                continue;
+            }
             if run.attempts[test] - run.failures[test] >= max_attempts {
                 gave_up.push(test);
             } else {

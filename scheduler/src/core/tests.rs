@@ -1004,6 +1004,40 @@ fn a_prerequisite_to_be_retried_takes_the_tests_waiting_on_it_out_of_its_lease_u
 }
 
 #[test]
+fn a_lost_lease_gives_its_chain_back_to_wait_for_its_prerequisite_not_as_lost_attempts() {
+    // Lost once: a is ready again, b and c wait for it, and all three are leased again.
+    let mut scheduler = chain_build(0, true);
+    let lost = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    let decisions = scheduler.lease_finished(lost.lease, WorkerId(1), 1.0).unwrap();
+    assert!(decisions.contains(&Decision::WorkAvailable), "{decisions:?}");
+    let again = scheduler.request_work(WorkerId(2), 1.0).0.unwrap();
+    assert_eq!((again.tests, again.waits_on), (ids(&["a", "b", "c"]), waits(&[("b", &["a"]), ("c", &["b"])])));
+
+    // With one attempt a test: a is given up, b and c, which never started, are skipped with
+    // it (each has one final result) and the build ends in error, not red.
+    let mut scheduler = chain_build(0, true);
+    scheduler.config.max_attempts = 1;
+    let lost = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    let other = scheduler.request_work(WorkerId(2), 0.0).0.unwrap();
+    let decisions = scheduler.lease_finished(lost.lease, WorkerId(1), 1.0).unwrap();
+    let gave_up: Vec<&Decision> =
+        decisions.iter().filter(|decision| matches!(decision, Decision::GaveUp { .. })).collect();
+    assert_eq!(gave_up.len(), 1, "{decisions:?}");
+    assert_eq!(
+        skipped(&decisions),
+        [
+            ("b".to_owned(), "dependency \"a\" error".to_owned()),
+            ("c".to_owned(), "dependency \"b\" skipped".to_owned())
+        ]
+    );
+    let mut decisions = Vec::new();
+    for (test_id, now) in other.tests.iter().zip([3.0, 5.0]) {
+        decisions = accepted(scheduler.test_finished(other.lease, WorkerId(2), test_id, TestStatus::Passed, now)).1;
+    }
+    assert_eq!(finished(&decisions), [(BuildId(1), Verdict::Error { gave_up: ids(&["a"]) })]);
+}
+
+#[test]
 fn a_build_with_new_tests_or_estimates_found_off_is_cut_finer() {
     let fitted_share = |plan: BuildPlan, first_results_s: Option<f64>| {
         let mut scheduler =
