@@ -250,13 +250,16 @@ impl Scheduler {
                 decisions.push(self.withdraw(lease, waiting));
             }
             decisions.push(Decision::WorkAvailable);
-            self.measure_if_settled(lease, now, &mut decisions);
+            self.measure_if_settled(lease, now, 0, &mut decisions);
             return Report::Accepted { attempt, outcome: Outcome::Retry, fails_build: false, decisions };
         }
         let flaky = status == TestStatus::Passed && run.failures[index] > 0;
         let counts = counts_against(&self.config, status, flaky, quarantined);
+        // Measured before the result is recorded (it may end the build), counting the tests
+        // of the lease it will skip.
+        let skips = if status == TestStatus::Passed { 0 } else { run.waiting_in_lease(index, lease).len() };
+        self.measure_if_settled(lease, now, skips, &mut decisions);
         self.record(build, index, status, counts, &mut decisions);
-        self.measure_if_settled(lease, now, &mut decisions);
         Report::Accepted {
             attempt,
             outcome: Outcome::Final { flaky },
@@ -265,11 +268,12 @@ impl Scheduler {
         }
     }
 
-    /// Once every test of `lease` has its result (or was withdrawn): what the shard cost
-    /// besides its tests, from the grant to now ([`Decision::ShardCostMeasured`]), once.
-    fn measure_if_settled(&mut self, lease: LeaseId, now: Seconds, decisions: &mut Vec<Decision>) {
+    /// Once every test of `lease` has its result (or was withdrawn), `skips` more of them
+    /// about to be skipped: what the shard cost besides its tests, from the grant to now
+    /// ([`Decision::ShardCostMeasured`]), once.
+    fn measure_if_settled(&mut self, lease: LeaseId, now: Seconds, skips: usize, decisions: &mut Vec<Decision>) {
         let Some(lease_state) = self.leases.get_mut(&lease) else { return };
-        if lease_state.measured || !lease_state.settled() {
+        if lease_state.measured || !lease_state.settled(skips) {
             return;
         }
         lease_state.measured = true;

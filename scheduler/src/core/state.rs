@@ -375,9 +375,9 @@ pub(super) struct LeaseState {
 
 impl LeaseState {
     /// Whether every test of the lease has its result (reported, or skipped) or was
-    /// withdrawn: the shard's last test was reported.
-    pub(super) fn settled(&self) -> bool {
-        self.reported + self.withdrawn.len() + self.skipped == self.tests.len()
+    /// withdrawn, with `skips` more about to be skipped: the shard's last test was reported.
+    pub(super) fn settled(&self, skips: usize) -> bool {
+        self.reported + self.withdrawn.len() + self.skipped + skips == self.tests.len()
     }
 }
 
