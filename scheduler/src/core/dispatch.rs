@@ -218,6 +218,9 @@ impl Scheduler {
         let waits_on = if fitted_grant && run.plan.chains_in_lease && holds_dependents {
             let (chain_work, waits_on) = lease_chains(run, lease, &mut tests, |run, index| avoided(run, index));
             work += chain_work;
+            if !waits_on.is_empty() {
+                order_with_chains(run, lease, &mut tests);
+            }
             waits_on
         } else {
             Vec::new()
@@ -961,6 +964,46 @@ fn lease_chains(
         }
     }
     (work, waits_on)
+}
+
+/// Orders a lease holding chains ([`lease_chains`]) as a shard without them is ordered
+/// (retries first, then tests others wait on, then the rest, each by dispatch priority:
+/// the longest chain first), but never a test before its prerequisites in the lease: a
+/// chain runs as early as its steps allow, so its end, which may be the build's, is not
+/// left to the end of the shard.
+fn order_with_chains(run: &BuildRun, lease: LeaseId, tests: &mut Vec<PlanIndex>) {
+    let key = |index: PlanIndex| {
+        (
+            run.failures[index] == 0,
+            run.plan.tests[index].dependents.is_empty(),
+            Reverse(run.plan.dispatch_priority(index).to_bits()),
+            index,
+        )
+    };
+    tests.sort_by_key(|&index| key(index));
+    let rank: HashMap<PlanIndex, usize> = tests.iter().enumerate().map(|(rank, &index)| (index, rank)).collect();
+    let in_lease = |index: PlanIndex| run.states[index] == TestState::Leased(lease) && rank.contains_key(&index);
+    let mut waiting_on: Vec<usize> = tests
+        .iter()
+        .map(|&index| run.plan.tests[index].depends_on.iter().filter(|&&dependency| in_lease(dependency)).count())
+        .collect();
+    let mut free: BinaryHeap<Reverse<usize>> =
+        (0..tests.len()).filter(|&rank| waiting_on[rank] == 0).map(Reverse).collect();
+    let mut ordered = Vec::with_capacity(tests.len());
+    while let Some(Reverse(next)) = free.pop() {
+        let index = tests[next];
+        ordered.push(index);
+        for dependent in &run.plan.tests[index].dependents {
+            if let Some(&dependent_rank) = rank.get(dependent) {
+                waiting_on[dependent_rank] -= 1;
+                if waiting_on[dependent_rank] == 0 {
+                    free.push(Reverse(dependent_rank));
+                }
+            }
+        }
+    }
+    debug_assert_eq!(ordered.len(), tests.len(), "a lease's chains are acyclic");
+    *tests = ordered;
 }
 
 /// Whether a build's estimates can be trusted ([`ShardSizing::Fitted`]): at most

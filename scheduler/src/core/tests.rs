@@ -863,10 +863,11 @@ fn a_test_others_wait_on_leaves_room_in_its_workers_share_for_their_chain() {
 
 #[test]
 fn a_fitted_part_takes_the_chain_behind_its_tests_in_the_same_lease() {
-    // A runner fed one test at a time: a and b go in one lease, b after a, one overhead
-    // (1 + 10 s); with e, the asking worker's on a tie, 16 s, as c and d take the other 11 s.
+    // A runner fed one test at a time: a and b go in one lease, b right after a (the chain
+    // first), one overhead (1 + 10 s); with e, the asking worker's on a tie, 16 s, as c and d
+    // take the other 11 s.
     let (shards, makespan) = chain_and_three(true);
-    assert_eq!(shards, [(0, ids(&["a", "e", "b"])), (1, ids(&["c", "d"]))]);
+    assert_eq!(shards, [(0, ids(&["a", "b", "e"])), (1, ids(&["c", "d"]))]);
     assert_eq!(makespan, 16.0);
 }
 
