@@ -34,6 +34,15 @@
 //! ready work or the workers change (`BuildRun::fitted_split`), so a build's start costs
 //! one split, not one a worker.
 //!
+//! A fitted part takes the chains behind its tests along ([`LeaseGrant::waits_on`]): a
+//! test waiting on tests of the lease (its other dependencies passed) rides in it after
+//! them, so a chain pays one shard's overhead, as in a static split, not one a step. Only
+//! where the worker can hold such a test back when its prerequisite fails (the plan says
+//! the runner is fed one test at a time, [`crate::plan::BuildPlan::chains_in_lease`], and
+//! the worker says it does, [`Scheduler::worker_holds_dependents`]). The scheduler does
+//! not rely on the worker for the result: a prerequisite's failure skips them, a retry
+//! takes them out of the lease to wait for it ([`Decision::LeaseShrunk`]).
+//!
 //! New tests (whose estimate is borrowed from their neighbours) are dispatched first
 //! ([`BuildPlan::dispatch_priority`](crate::plan::BuildPlan::dispatch_priority)) in
 //! shards of their own, no larger than the part of a share held back for later: how long
