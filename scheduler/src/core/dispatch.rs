@@ -298,18 +298,49 @@ impl Scheduler {
         let holder_end = |kept: usize| (lease.progress_at + seconds[..kept].iter().sum::<Seconds>()).max(now);
         // What a new shard costs the worker taking the withdrawn tests.
         let startup = run.shard_cost(worker);
-        let (kept, split_end) = match finish {
-            Some(finish) => {
-                let kept = (1..seconds.len()).take_while(|&kept| holder_end(kept) <= finish).last().unwrap_or(1);
-                (kept, holder_end(kept).max(finish))
+        // Where the lease may be cut: best where no test given back waits on a test it keeps
+        // (a chain leased whole): given back, such a test could not run before the holder
+        // passed that test, and would cost a shard of its own after it. Else where some test
+        // given back can run at once; never where none can.
+        let position: HashMap<PlanIndex, usize> =
+            unreported.iter().enumerate().map(|(position, &test)| (test, position)).collect();
+        // The earliest test of the lease each waits on, transitively (`usize::MAX`: none).
+        let mut earliest = vec![usize::MAX; unreported.len()];
+        for at in 0..unreported.len() {
+            for dependency in &run.plan.tests[unreported[at]].depends_on {
+                if let Some(&before) = position.get(dependency) {
+                    earliest[at] = earliest[at].min(before).min(earliest[before]);
+                }
             }
-            None => (1..seconds.len())
+        }
+        // Whether a cut before `at` gives back only tests that can run at once (`clean`),
+        // or at least one (`useful`).
+        let (mut clean, mut useful) = (vec![false; unreported.len()], vec![false; unreported.len()]);
+        let (mut least, mut most) = (usize::MAX, 0);
+        for at in (1..unreported.len()).rev() {
+            (least, most) = (least.min(earliest[at]), most.max(earliest[at]));
+            (clean[at], useful[at]) = (least >= at, most >= at);
+        }
+        let cut = |from: usize| {
+            let cuts = from..seconds.len();
+            cuts.clone().find(|&kept| clean[kept]).or_else(|| cuts.clone().find(|&kept| useful[kept]))
+        };
+        let best_cut = |allowed: &[bool]| {
+            (1..seconds.len())
+                .filter(|&kept| allowed[kept])
                 .map(|kept| {
                     let rest: Seconds = seconds[kept..].iter().sum();
                     (kept, holder_end(kept).max(now + startup + rest))
                 })
                 .min_by(|a, b| a.1.total_cmp(&b.1))
-                .expect("at least two tests"),
+        };
+        let (kept, split_end) = match finish {
+            Some(finish) => {
+                let fits = (1..seconds.len()).take_while(|&kept| holder_end(kept) <= finish).last().unwrap_or(1);
+                let kept = cut(fits)?;
+                (kept, holder_end(kept).max(finish))
+            }
+            None => best_cut(&clean).or_else(|| best_cut(&useful))?,
         };
         if end - split_end <= 2.0 * startup || total <= 0.0 {
             return None;

@@ -1039,6 +1039,36 @@ fn a_lost_lease_gives_its_chain_back_to_wait_for_its_prerequisite_not_as_lost_at
 }
 
 #[test]
+fn a_lease_running_a_chain_does_not_give_back_a_test_waiting_on_one_it_keeps() {
+    // a (5 s) unblocks b (20 s), which unblocks c (20 s); z takes 5 s. The chain is one
+    // worker's lease, z the other's. When z's worker is free, a has passed and b runs: c
+    // waits on b, so given back it could not run before b ends, and would cost a shard of
+    // its own: nothing is withdrawn.
+    let config = SchedulerConfig { shard_sizing: ShardSizing::Fitted, ..SchedulerConfig::default() };
+    let mut scheduler = Scheduler::new(config);
+    for worker in [1, 2] {
+        scheduler.worker_joined(WorkerId(worker), 0.0);
+        scheduler.worker_holds_dependents(WorkerId(worker), true);
+    }
+    let tests = vec![
+        planned("a", 5.0, true),
+        PlannedTest { depends_on: vec![0], ..planned("b", 20.0, true) },
+        PlannedTest { depends_on: vec![1], ..planned("c", 20.0, true) },
+        planned("z", 5.0, true),
+    ];
+    scheduler.add_build(BuildId(1), BuildPlan::from_tests(tests, 1.0), 0.0).unwrap();
+    let chain = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    let other = scheduler.request_work(WorkerId(2), 0.0).0.unwrap();
+    assert_eq!((chain.tests.clone(), other.tests.clone()), (ids(&["a", "b", "c"]), ids(&["z"])));
+    accepted(scheduler.test_finished(chain.lease, WorkerId(1), "a", TestStatus::Passed, 6.0));
+    accepted(scheduler.test_finished(other.lease, WorkerId(2), "z", TestStatus::Passed, 6.0));
+    scheduler.lease_finished(other.lease, WorkerId(2), 6.0).unwrap();
+    let (grant, decisions) = scheduler.request_work(WorkerId(2), 6.5);
+    assert_eq!((grant, shrinks(&decisions)), (None, vec![]));
+    assert!(scheduler.withdrawn(chain.lease).is_empty());
+}
+
+#[test]
 fn a_build_with_new_tests_or_estimates_found_off_is_cut_finer() {
     let fitted_share = |plan: BuildPlan, first_results_s: Option<f64>| {
         let mut scheduler =
