@@ -213,8 +213,8 @@ impl Scheduler {
         // others wait on, so their dependants become ready as early as possible; the rest
         // keep their priority order.
         tests.sort_by_key(|&index| (run.failures[index] == 0, run.plan.tests[index].dependents.is_empty()));
-        // A fitted part's chains ride along after it, so that each pays no shard of its own
-        // (the split counted them in this worker's part).
+        // A fitted part's chains ride along, each test after its prerequisites, so that a
+        // chain pays no shard of its own (the split counted it in this worker's part).
         let waits_on = if fitted_grant && run.plan.chains_in_lease && holds_dependents {
             let (chain_work, waits_on) = lease_chains(run, lease, &mut tests, |run, index| avoided(run, index));
             work += chain_work;

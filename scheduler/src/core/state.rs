@@ -115,8 +115,7 @@ pub(super) struct BuildRun {
 
 impl BuildRun {
     /// Puts a test that was leased (or reported failed) back in the ready queue, its
-    /// estimate back in the work not yet leased.
-    /// A test leased with a prerequisite of the same lease ([`super::LeaseGrant::waits_on`])
+    /// estimate back in the work not yet leased. A test leased with a prerequisite of the same lease ([`super::LeaseGrant::waits_on`])
     /// goes back to waiting for the prerequisites that have not passed yet.
     pub(super) fn requeue(&mut self, test: PlanIndex, priority: f64) {
         self.unleased_work += self.plan.tests[test].estimate_s;
