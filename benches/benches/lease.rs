@@ -31,6 +31,8 @@ fn started(plan: &BuildPlan, sizing: ShardSizing) -> Scheduler {
     let mut scheduler = Scheduler::new(SchedulerConfig { shard_sizing: sizing, ..SchedulerConfig::default() });
     for worker in 0..N_WORKERS {
         scheduler.worker_joined(WorkerId(worker), 0.0);
+        // As the master's workers say they do: a fitted lease takes its chains whole.
+        scheduler.worker_holds_dependents(WorkerId(worker), true);
     }
     scheduler.add_build(BuildId(1), plan.clone(), 0.0).expect("a fresh scheduler");
     scheduler

@@ -47,15 +47,24 @@ fn simulates_a_suite_and_writes_the_schedule() {
         .collect();
     ids.sort_unstable();
     assert_eq!(ids, vec!["a", "b", "c", "d"], "every test scheduled exactly once");
-    let end_of = |id: &str| {
-        shards.iter().find(|shard| shard["tests"].as_array().unwrap().iter().any(|t| t == id)).unwrap()["end"]
-            .as_f64()
-            .unwrap()
+    // Each test's start and end as DESIGN.md defines a shard: its start, the overhead, then
+    // its tests back to back in the order listed; b starts after a ended, in another shard
+    // or the same one.
+    let duration = |id: &str| match id {
+        "a" => 4.0,
+        "b" => 3.0,
+        _ => 2.0,
     };
-    let start_of_b = shards.iter().find(|shard| shard["tests"][0] == "b").map(|shard| shard["start"].as_f64().unwrap());
-    if let Some(start) = start_of_b {
-        assert!(start >= end_of("a"), "b starts after a ends");
+    let mut times = std::collections::HashMap::new();
+    for shard in shards {
+        let mut time = shard["start"].as_f64().unwrap() + 1.0;
+        for id in shard["tests"].as_array().unwrap().iter().map(|id| id.as_str().unwrap()) {
+            times.insert(id, (time, time + duration(id)));
+            time += duration(id);
+        }
+        assert_eq!(shard["end"].as_f64().unwrap(), time, "a shard ends after its last test: {shard}");
     }
+    assert!(times["b"].0 >= times["a"].1, "b starts after a ends: {times:?}");
 
     // Tags select `x` only (and `always`, none here).
     let (ok, stdout, _) = simulate(&["--suite", suite.to_str().unwrap(), "--workers", "2", "--tags", "x"]);

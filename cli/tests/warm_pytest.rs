@@ -255,3 +255,80 @@ def note_the_process(request):
     let runners: BTreeSet<String> = started.into_iter().map(|(pid, _)| pid).collect();
     assert!(ran.is_subset(&runners), "the tests ran in those runners: {ran:?} in {runners:?}");
 }
+
+#[test]
+fn a_chain_leased_whole_does_not_run_the_tests_after_a_prerequisite_that_failed() {
+    // Fitted sizing leases the lone worker a with the chain behind it (b waits on a, c on b)
+    // in one shard. a fails on its run and on its retry: b and c never run (each would note
+    // it) and are skipped naming the prerequisite that did not pass; x runs.
+    let python = python();
+    let scratch = tempfile::tempdir().unwrap();
+    let pids = scratch.path().join("pids");
+    let id = |name: &str| format!("tests/test_chain.py::test_{name}");
+    let suite = SuiteFile {
+        name: "chain".into(),
+        shard_overhead_s: 0.0,
+        tests: vec![
+            test(&id("a"), &["chain"], &[], 0.2),
+            test(&id("b"), &["chain"], &[&id("a")], 0.2),
+            test(&id("c"), &["chain"], &[&id("b")], 0.2),
+            test(&id("x"), &["chain"], &[], 0.2),
+        ],
+    };
+    let options = FarmOptions {
+        suite_toml: suite_toml(&python, &pids, "file = \"greenlight-suite.json\"\nrunner_args = [\"tests\"]"),
+        extra_toml: "shard_sizing = \"fitted\"".to_owned(),
+        ..FarmOptions::default()
+    };
+    const CHAIN_TESTS: &str = r#"import os
+
+
+def note(name):
+    with open(os.environ["GREENLIGHT_PIDS"] + ".ran", "a", encoding="utf-8") as ran:
+        ran.write(name + "\n")
+
+
+def test_a():
+    note("a")
+    assert False, "a breaks"
+
+
+def test_b():
+    note("b")
+
+
+def test_c():
+    note("c")
+
+
+def test_x():
+    note("x")
+"#;
+    let farm = Farm::start_with_repo(&suite, 1, options, |repo| {
+        commit_project(repo.dir(), &[("tests/conftest.py", CONFTEST), ("tests/test_chain.py", CHAIN_TESTS)]);
+    });
+    let build = farm.finished_build_of(&farm.repo.head().unwrap());
+    assert_eq!(build.state, BuildState::Red, "{build:?}");
+
+    let detail: BuildDetail = farm.get(&format!("/api/v1/builds/{}?test_ids=true", build.build_id));
+    assert!(
+        detail.shards.iter().any(|shard| [id("a"), id("b"), id("c")].iter().all(|test| shard.test_ids.contains(test))),
+        "the chain was leased whole: {:?}",
+        detail.shards
+    );
+    let ran = std::fs::read_to_string(scratch.path().join("pids.ran")).unwrap();
+    // (Culprit finding's probes run a again, on their own.)
+    assert!(ran.lines().filter(|name| *name == "a").count() >= 2, "a ran and was retried: {ran:?}");
+    assert!(!ran.lines().any(|name| name == "b" || name == "c"), "b and c never ran: {ran:?}");
+    assert!(ran.lines().any(|name| name == "x"), "{ran:?}");
+
+    let results = by_id(farm.tests(build.build_id).results);
+    for (test, blocker) in [("b", "a"), ("c", "b")] {
+        let attempts = &results[&id(test)];
+        assert_eq!(attempts.len(), 1, "{test}: one result: {attempts:?}");
+        assert_eq!(attempts[0].status, TestStatus::Skipped, "{test}: {attempts:?}");
+        let reason = attempts[0].output.as_deref().unwrap_or_default();
+        assert!(reason.contains(&format!("dependency {:?}", id(blocker))), "{test}: {reason:?}");
+    }
+    assert_eq!(results[&id("x")].last().unwrap().status, TestStatus::Passed);
+}

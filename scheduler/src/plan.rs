@@ -44,6 +44,14 @@ pub struct BuildPlan {
     /// reports each test as it ends, so the worker can stop after the ones it keeps).
     /// True unless the master's runner reports only at exit (pytest, nextest).
     pub leases_splittable: bool,
+    /// Whether a lease may hold a test together with tests that wait on it, after it in
+    /// dependency order ([`crate::core::LeaseGrant::waits_on`]): the worker feeds its runner
+    /// one test at a time and does not feed a test whose prerequisite in the lease did not
+    /// pass (the warm pytest runner; the simulator). False where a runner runs a whole shard
+    /// in one process (cold pytest, nextest, `command`): the worker could not hold a test
+    /// back, so a test is leased only once its dependencies passed. True unless the master
+    /// says otherwise.
+    pub chains_in_lease: bool,
     by_id: HashMap<String, PlanIndex>,
     /// The highest `priority_s` of the plan.
     highest_priority_s: f64,
@@ -97,7 +105,15 @@ impl BuildPlan {
         }
         let by_id = tests.iter().enumerate().map(|(index, test)| (test.id.clone(), index)).collect();
         let highest_priority_s = tests.iter().map(|test| test.priority_s).fold(0.0, f64::max);
-        BuildPlan { tests, shard_overhead_s, worker_startup_s: 0.0, leases_splittable: true, by_id, highest_priority_s }
+        BuildPlan {
+            tests,
+            shard_overhead_s,
+            worker_startup_s: 0.0,
+            leases_splittable: true,
+            chains_in_lease: true,
+            by_id,
+            highest_priority_s,
+        }
     }
 
     /// The order tests leave the ready queue, highest first: `priority_s`, except that the

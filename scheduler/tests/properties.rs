@@ -39,7 +39,15 @@
 //!    `Stale`, repeated ones `Duplicate`, never accepted twice; only a silent worker's lease
 //!    expires and only an abandoned one is taken back, each counting what it requeues;
 //! 5. `simulate` keeps the makespan above the lower bound, runs every test in exactly one
-//!    shard, one shard at a time per worker, and every test after its dependencies ended.
+//!    shard, one shard at a time per worker, and every test after its dependencies ended
+//!    (within a shard too: its simulated workers are leased chains whole).
+//!
+//! The farm's workers above do not hold dependants back, so they are leased only ready
+//! tests. A second, smaller farm ([`run_chain_farm`]) has workers that do, with fitted
+//! sizing, so that dependency chains are leased whole ([`LeaseGrant::waits_on`]); it checks
+//! DESIGN.md's contract directly: a test is fed only after every dependency passed, a test
+//! held back is never accepted, each test ends with one final result (skipped naming a
+//! dependency that did not pass, where one did not) and the verdict is right.
 //!
 //! Determinism: nothing reads a clock, proptest's generator runs from a fixed seed (set
 //! `PROPTEST_RNG_SEED` to explore others) and the farm takes every choice from the
@@ -1596,4 +1604,249 @@ fn a_lease_expiring_with_its_tests_given_up_requeues_none() {
         decisions.contains(&Decision::LeaseExpired { build: BUILD, lease: grant.lease, worker, requeued: 0 }),
         "{decisions:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Chains leased whole: workers that hold dependants back
+// ---------------------------------------------------------------------------------------
+
+/// A farm whose workers hold back a test whose prerequisite in their lease did not pass
+/// ([`LeaseGrant::waits_on`]), with fitted sizing and trusted estimates, so that chains are
+/// leased whole. The choice bytes pick which worker acts, and whether a shard crashes part
+/// way (its worker finishes the lease with tests unreported).
+#[derive(Debug, Clone)]
+struct ChainCase {
+    tests: Vec<TestCase>,
+    n_workers: usize,
+    retries: u32,
+    choice_bytes: Vec<u8>,
+}
+
+fn chain_case_strategy() -> impl Strategy<Value = ChainCase> {
+    (suite_strategy(), 1usize..=4, 0u32..=2, prop::collection::vec(any::<u8>(), 0..=MAX_CHOICE_BYTES)).prop_map(
+        |(mut tests, n_workers, retries, choice_bytes)| {
+            for test in &mut tests {
+                // Known estimates, so the split is fitted; quarantine plays no part here.
+                test.estimate_known = true;
+                test.quarantined = false;
+            }
+            ChainCase { tests, n_workers, retries, choice_bytes }
+        },
+    )
+}
+
+/// A worker of [`run_chain_farm`] running a lease: where it is, and how its tests ended.
+struct ChainShard {
+    grant: LeaseGrant,
+    next: usize,
+    outcomes: HashMap<String, TestStatus>,
+    /// The position after which it crashes, if it does.
+    crashes_after: Option<usize>,
+}
+
+/// Runs `case` and checks DESIGN.md's contract: a test runs (a worker feeds it) only after
+/// every dependency finished and passed, on any worker; a test whose dependency did not
+/// pass is not run and is skipped naming it; every test has exactly one final result and
+/// the build one verdict, red with exactly the final failures. Returns how many leases
+/// held a chain.
+fn run_chain_farm(case: &ChainCase) -> Result<usize, TestCaseError> {
+    let plan = plan_of(&case.tests, 1.0);
+    let config = SchedulerConfig {
+        lease_timeout_s: LEASE_TIMEOUT_S,
+        retries: case.retries,
+        shard_sizing: ShardSizing::Fitted,
+        ..SchedulerConfig::default()
+    };
+    let mut scheduler = Scheduler::new(config);
+    let mut choices = Choices { bytes: &case.choice_bytes, used: 0 };
+    for index in 0..case.n_workers {
+        scheduler.worker_joined(worker_id(index), 0.0);
+        scheduler.worker_holds_dependents(worker_id(index), true);
+    }
+    // Each test's final results: its status, and the skip's reason.
+    let mut finals: Vec<Vec<(TestStatus, Option<String>)>> = vec![Vec::new(); plan.len()];
+    let mut verdicts = Vec::new();
+    let mut runs = vec![0u32; plan.len()];
+    let mut chains_leased = 0;
+    let apply =
+        |decisions: Vec<Decision>, finals: &mut Vec<Vec<(TestStatus, Option<String>)>>, verdicts: &mut Vec<Verdict>| {
+            for decision in decisions {
+                match decision {
+                    Decision::Skipped { test_id, reason, .. } => {
+                        finals[index_of(&plan, &test_id)].push((TestStatus::Skipped, Some(reason)))
+                    }
+                    Decision::GaveUp { test_id, .. } => {
+                        finals[index_of(&plan, &test_id)].push((TestStatus::Error, Some("gave up".to_owned())))
+                    }
+                    Decision::BuildFinished { verdict, .. } => verdicts.push(verdict),
+                    _ => {}
+                }
+            }
+        };
+    apply(scheduler.add_build(BUILD, plan.clone(), 0.0).expect("a fresh scheduler"), &mut finals, &mut verdicts);
+    let mut shards: Vec<Option<ChainShard>> = (0..case.n_workers).map(|_| None).collect();
+    let mut now = 0.0;
+    let mut idle_rounds = 0;
+    let mut last_idle = None;
+    while verdicts.is_empty() {
+        prop_assert!(idle_rounds < 100, "the build stalled: {:?}", finals);
+        now += 1.0;
+        // After a worker found nothing to do, the next one acts (as each would ask in turn).
+        let index = match last_idle {
+            Some(last) => (last + 1) % case.n_workers,
+            None => choices.pick(case.n_workers),
+        };
+        last_idle = None;
+        let worker = worker_id(index);
+        let Some(shard) = &mut shards[index] else {
+            let (grant, decisions) = scheduler.request_work(worker, now);
+            apply(decisions, &mut finals, &mut verdicts);
+            match grant {
+                Some(grant) => {
+                    idle_rounds = 0;
+                    chains_leased += usize::from(!grant.waits_on.is_empty());
+                    for waits in &grant.waits_on {
+                        let position = |id: &str| grant.tests.iter().position(|test| test == id);
+                        for prerequisite in &waits.depends_on {
+                            prop_assert!(
+                                position(prerequisite) < position(&waits.test_id) && position(prerequisite).is_some(),
+                                "{:?}: {} waits on {}, not before it in the lease",
+                                grant.lease,
+                                waits.test_id,
+                                prerequisite
+                            );
+                        }
+                    }
+                    let crashes_after = choices.one_in(6).then(|| choices.pick(grant.tests.len()));
+                    shards[index] = Some(ChainShard { grant, next: 0, outcomes: HashMap::new(), crashes_after });
+                }
+                None => {
+                    idle_rounds += 1;
+                    last_idle = Some(index);
+                    // Benched workers get work again once their time is up.
+                    now += 10.0;
+                }
+            }
+            continue;
+        };
+        idle_rounds = 0;
+        let (lease, tests) = (shard.grant.lease, shard.grant.tests.clone());
+        if shard.next == tests.len() || shard.crashes_after == Some(shard.next) {
+            let decisions = scheduler.lease_finished(lease, worker, now).expect("its own lease");
+            apply(decisions, &mut finals, &mut verdicts);
+            shards[index] = None;
+            continue;
+        }
+        let test_id = tests[shard.next].clone();
+        shard.next += 1;
+        if scheduler.withdrawn(lease).contains(&test_id) {
+            continue;
+        }
+        let test = index_of(&plan, &test_id);
+        let blocker = shard.grant.waits_on.iter().find(|waits| waits.test_id == test_id).and_then(|waits| {
+            waits.depends_on.iter().find(|prerequisite| shard.outcomes.get(*prerequisite) != Some(&TestStatus::Passed))
+        });
+        let held = blocker.is_some();
+        let status = if held {
+            // Held back: the worker reports it skipped; the scheduler has its own result.
+            TestStatus::Skipped
+        } else {
+            for &dependency in &plan.tests[test].depends_on {
+                prop_assert!(
+                    matches!(finals[dependency].as_slice(), [(TestStatus::Passed, _)]),
+                    "test {} ran in {:?} before its dependency {} passed ({:?})",
+                    test,
+                    lease,
+                    dependency,
+                    finals[dependency]
+                );
+            }
+            let case_test = &case.tests[test];
+            let status =
+                if runs[test] > 0 && case_test.passes_when_run_again { TestStatus::Passed } else { case_test.outcome };
+            runs[test] += 1;
+            status
+        };
+        shard.outcomes.insert(test_id.clone(), status);
+        let reported = ReportedTest { test_id: &test_id, status, quarantined: false, duration_s: None };
+        let report = scheduler.report(lease, worker, &[reported], now).expect("a test of its lease").pop();
+        match report {
+            Some(Report::Accepted { outcome, decisions, .. }) => {
+                prop_assert!(!held, "test {} held back in {:?} was accepted", test, lease);
+                if let Outcome::Final { .. } = outcome {
+                    finals[test].push((status, None));
+                }
+                apply(decisions, &mut finals, &mut verdicts);
+            }
+            Some(Report::Stale) => {}
+            other => prop_assert!(false, "test {} of {:?} answered {:?}", test, lease, other),
+        }
+    }
+    prop_assert_eq!(verdicts.len(), 1);
+    let mut failed = Vec::new();
+    let mut gave_up = Vec::new();
+    for (test, results) in finals.iter().enumerate() {
+        prop_assert_eq!(results.len(), 1, "test {} final results {:?}", test, results);
+        let (status, reason) = &results[0];
+        let blocking: Vec<PlanIndex> = plan.tests[test]
+            .depends_on
+            .iter()
+            .copied()
+            .filter(|&dependency| finals[dependency].first().is_some_and(|(status, _)| *status != TestStatus::Passed))
+            .collect();
+        match reason {
+            Some(reason) if reason == "gave up" => gave_up.push(test_id(test)),
+            Some(reason) => prop_assert!(
+                blocking.iter().any(|&dependency| reason.contains(&format!("{:?}", test_id(dependency)))),
+                "test {} skipped with {:?}, naming none of {:?}",
+                test,
+                reason,
+                blocking
+            ),
+            None => prop_assert!(blocking.is_empty(), "test {} ran though {:?} did not pass", test, blocking),
+        }
+        if status.is_failure() && reason.is_none() {
+            failed.push(test_id(test));
+        }
+    }
+    let expected = if !failed.is_empty() {
+        Verdict::Red { failed }
+    } else if !gave_up.is_empty() {
+        Verdict::Error { gave_up }
+    } else {
+        Verdict::Green
+    };
+    prop_assert_eq!(&verdicts[0], &expected);
+    Ok(chains_leased)
+}
+
+proptest! {
+    #![proptest_config(proptest_config_with_cases(512))]
+
+    #[test]
+    fn a_chain_leased_whole_runs_each_test_only_after_its_dependencies_passed(case in chain_case_strategy()) {
+        run_chain_farm(&case)?;
+    }
+}
+
+#[test]
+fn the_chain_farm_leases_chains_whole() {
+    // A chain of three behind a failing test that passes on its retry, on two workers.
+    let test = |depends_on: Vec<PlanIndex>, outcome| TestCase {
+        estimate_s: 1.0,
+        estimate_known: true,
+        depends_on,
+        outcome,
+        passes_when_run_again: true,
+        quarantined: false,
+        actual_s: 1.0,
+    };
+    let tests = vec![
+        test(vec![], TestStatus::Failed),
+        test(vec![0], TestStatus::Passed),
+        test(vec![1], TestStatus::Passed),
+        test(vec![], TestStatus::Passed),
+    ];
+    let case = ChainCase { tests, n_workers: 2, retries: 1, choice_bytes: Vec::new() };
+    assert!(run_chain_farm(&case).unwrap() >= 1, "a lease held the chain");
 }

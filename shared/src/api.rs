@@ -70,13 +70,26 @@ pub struct LeaseRequest {
     /// start for: the master does not ask it to warm that revision up again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm_revision: Option<String>,
+    /// The worker holds back a test of a warm lease whose prerequisite in the lease did not
+    /// pass ([`Lease::waits_on`]): it may be leased a dependency chain whole. An older
+    /// worker never says so and is leased only tests whose dependencies passed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub can_hold_dependents: bool,
 }
 
 impl LeaseRequest {
     /// A request from a worker that can do everything this version knows (prepare a
-    /// revision, warm a runner up), holding a warm runner for `warm_revision`.
+    /// revision, warm a runner up, hold back dependents), holding a warm runner for
+    /// `warm_revision`.
     pub fn current(wait_s: f64, warm_revision: Option<String>) -> LeaseRequest {
-        LeaseRequest { version: api_version(), wait_s, can_prepare: true, can_warm_up: true, warm_revision }
+        LeaseRequest {
+            version: api_version(),
+            wait_s,
+            can_prepare: true,
+            can_warm_up: true,
+            warm_revision,
+            can_hold_dependents: true,
+        }
     }
 }
 
@@ -230,6 +243,26 @@ pub struct Lease {
     /// never sets it: one process per shard.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub warm: bool,
+    /// The tests of this lease that wait on tests before them in it (a dependency chain
+    /// leased whole, in dependency order, so it pays one shard's overhead): each is run only
+    /// once every test it names here has passed in this shard; otherwise the worker does
+    /// not run it and reports it `skipped`, naming the prerequisite. Only warm leases carry
+    /// it (a runner fed one test at a time can hold a test back), and only to a worker
+    /// that said it can ([`LeaseRequest::can_hold_dependents`]). The master records such a
+    /// test skipped whatever the worker reports for it. Empty from an older master: every
+    /// test of the lease is ready.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waits_on: Vec<LeaseDependency>,
+}
+
+/// A test of a lease and the tests before it in the same lease it waits on ([`Lease::waits_on`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseDependency {
+    /// The test.
+    pub test_id: String,
+    /// Its prerequisites in the lease (ids, each earlier in [`Lease::tests`]); its other
+    /// dependencies have passed already.
+    pub depends_on: Vec<String>,
 }
 
 /// The outcome of one test, as the runner reported it.

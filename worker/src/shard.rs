@@ -12,7 +12,9 @@
 //!
 //! A warm lease (the pytest runner with `[suite] warm`) runs in the worker's [`WarmRunners`]:
 //! one pytest process per revision, kept between shards, fed the shard one test at a time
-//! (so a withdrawn test is simply never fed) and reporting each test as it ends.
+//! (so a withdrawn test is simply never fed) and reporting each test as it ends. Such a
+//! lease may hold a dependency chain whole ([`Lease::waits_on`]): a test whose prerequisite
+//! in the shard did not pass is never fed, and is reported `skipped` naming it.
 //!
 //! A runner killed by a signal (a segfault, an abort, the OOM killer) is the
 //! infrastructure failing, not its tests: the unmentioned tests are not reported and the
@@ -319,6 +321,8 @@ impl WarmShard<'_> {
         let mut since = started;
         let mut pending: Vec<TestReport> = Vec::new();
         let mut last_sent = Instant::now();
+        // How each test of the shard ended so far, for the tests waiting on them.
+        let mut outcomes: HashMap<&str, TestStatus> = HashMap::new();
         for (position, test) in lease.tests.iter().enumerate() {
             if !self.active.load(Ordering::SeqCst) {
                 // The master took the lease back: what is reported stands, the rest is its.
@@ -326,6 +330,12 @@ impl WarmShard<'_> {
                 return ShardRun { outcome: ShardOutcome::Completed, runner_wall_s: None };
             }
             if self.withdrawn.contains(test) {
+                continue;
+            }
+            if let Some(held_back) = held_back(lease, test, &outcomes) {
+                // A prerequisite in this shard did not pass: the test is not run.
+                outcomes.insert(test, TestStatus::Skipped);
+                pending.push(held_back);
                 continue;
             }
             let runner = match warm.runner(&lease.revision, python, args, dir, &lease.env).await {
@@ -364,6 +374,7 @@ impl WarmShard<'_> {
             since = ended_at;
             let reported = record.is_some();
             if let Some(ended) = record {
+                outcomes.insert(test, ended.status);
                 pending.push(TestReport {
                     test_id: test.clone(),
                     status: ended.status,
@@ -384,6 +395,7 @@ impl WarmShard<'_> {
                     warm.forget();
                     tracing::warn!(test_id = %dying, code, "a test ended the warm runner; starting another");
                     if !reported {
+                        outcomes.insert(test, TestStatus::Error);
                         pending.push(TestReport {
                             test_id: test.clone(),
                             status: TestStatus::Error,
@@ -413,6 +425,25 @@ impl WarmShard<'_> {
         let runner_wall_s = self.withdrawn.is_empty().then(|| started.elapsed().as_secs_f64());
         ShardRun { outcome: ShardOutcome::Completed, runner_wall_s }
     }
+}
+
+/// The report of `test` held back, `skipped` naming its first prerequisite in `lease`
+/// ([`Lease::waits_on`]) that did not pass (its status in `outcomes`, the tests of the
+/// shard that ended); `None` when it may run: each of them passed.
+fn held_back(lease: &Lease, test: &str, outcomes: &HashMap<&str, TestStatus>) -> Option<TestReport> {
+    let waits = lease.waits_on.iter().find(|waits| waits.test_id == test)?;
+    let blocker = waits
+        .depends_on
+        .iter()
+        .find(|prerequisite| outcomes.get(prerequisite.as_str()) != Some(&TestStatus::Passed))?;
+    let how = outcomes.get(blocker.as_str()).map_or("did not run", |status| status.as_str());
+    Some(TestReport {
+        test_id: test.to_owned(),
+        status: TestStatus::Skipped,
+        duration_s: 0.0,
+        wall_s: None,
+        output: Some(format!("dependency {blocker:?} {how}")),
+    })
 }
 
 /// How a shard went: its outcome, and how long its runner ran (when it ran).
@@ -828,6 +859,35 @@ async fn run_shard_inner(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_test_whose_prerequisite_in_its_shard_did_not_pass_is_held_back_and_reported_skipped() {
+        let lease: Lease = serde_json::from_value(serde_json::json!({
+            "lease_id": 1, "build_id": 1, "repository": "r", "revision": "v",
+            "tests": ["a", "b", "c", "x"], "run_command": [], "heartbeat_interval_s": 5.0, "lease_timeout_s": 30.0,
+            "warm": true,
+            "waits_on": [{"test_id": "b", "depends_on": ["a"]}, {"test_id": "c", "depends_on": ["b"]}],
+        }))
+        .unwrap();
+        let held = |outcomes: &[(&'static str, TestStatus)], test: &str| {
+            let outcomes: HashMap<&str, TestStatus> = outcomes.iter().copied().collect();
+            held_back(&lease, test, &outcomes).map(|report| (report.status, report.output.unwrap()))
+        };
+        let skipped = |reason: &str| Some((TestStatus::Skipped, reason.to_owned()));
+        // a and x wait on nothing; b runs once a passed.
+        assert_eq!(held(&[], "a"), None);
+        assert_eq!(held(&[("a", TestStatus::Failed)], "x"), None);
+        assert_eq!(held(&[("a", TestStatus::Passed)], "b"), None);
+        // a failed: b is not run, nor c after it (b skipped).
+        assert_eq!(held(&[("a", TestStatus::Failed)], "b"), skipped("dependency \"a\" failed"));
+        assert_eq!(
+            held(&[("a", TestStatus::Failed), ("b", TestStatus::Skipped)], "c"),
+            skipped("dependency \"b\" skipped")
+        );
+        assert_eq!(held(&[("a", TestStatus::Error)], "b"), skipped("dependency \"a\" error"));
+        // a never ran in this shard (its runner died before it): b is not run either.
+        assert_eq!(held(&[], "b"), skipped("dependency \"a\" did not run"));
+    }
 
     fn case(classname: Option<&str>, name: &str) -> JunitCase {
         JunitCase {

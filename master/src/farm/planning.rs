@@ -190,6 +190,10 @@ impl Farm {
         let runner = self.config.suite.runner();
         plan.leases_splittable =
             runner == Runner::Command || runner.streams_events() || self.config.suite.warm_runner();
+        // A lease may hold a dependency chain whole only where the worker feeds its runner one
+        // test at a time and can hold a test back when its prerequisite fails: the warm
+        // pytest runner. Elsewhere the shard is one process that would run it anyway.
+        plan.chains_in_lease = self.config.suite.warm_runner();
         // What real shards of this suite cost beats what its file declares.
         let learned = self.learned_shard_costs()?;
         if let Some(overhead_s) = learned.overhead_s {

@@ -182,6 +182,9 @@ impl Farm {
                 return Ok(Some(Work::Prepare(prepare)));
             }
         }
+        // Whether it may be leased a dependency chain whole: it holds back a test whose
+        // prerequisite in its lease did not pass (an older worker does not say so).
+        self.core().scheduler.worker_holds_dependents(WorkerId(worker_id), request.can_hold_dependents);
         if let Some(lease) = self.try_lease(worker_id)? {
             return Ok(Some(Work::Lease(lease)));
         }
@@ -244,6 +247,7 @@ impl Farm {
             lease_timeout_s: self.config.scheduler.lease_timeout_s,
             runner,
             warm: suite.warm_runner(),
+            waits_on: grant.waits_on,
         }))
     }
 

@@ -6,6 +6,8 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
+use greenlight_shared::api::{LeaseDependency, TestStatus};
+
 use super::state::{BuildRun, FittedPart, FittedSplit, LeaseState, ReadyEntry, TestState};
 use super::{BuildId, Decision, LeaseGrant, LeaseId, Scheduler, ShardSizing, WorkerId};
 use crate::Seconds;
@@ -90,6 +92,7 @@ impl Scheduler {
         };
         let goal = self.shard_goal(build, worker, now);
         let fitted = self.fitted_part(build, worker, now);
+        let holds_dependents = self.workers.get(&worker).is_some_and(|state| state.holds_dependents);
         let run = self.builds.get_mut(&build).expect("the build was just found");
         let overhead = run.costs.overhead();
         let first_of_worker = !run.started.contains(&worker);
@@ -113,6 +116,7 @@ impl Scheduler {
                 .get(&index)
                 .is_some_and(|avoid| avoid.contains(&worker) && others.iter().any(|other| !avoid.contains(other)))
         };
+        let fitted_grant = fitted.is_some();
         if let Some(part) = fitted {
             // The worker's whole part of the split, in priority order; whatever it does not
             // take stays ready, and the split is planned again.
@@ -209,6 +213,18 @@ impl Scheduler {
         // others wait on, so their dependants become ready as early as possible; the rest
         // keep their priority order.
         tests.sort_by_key(|&index| (run.failures[index] == 0, run.plan.tests[index].dependents.is_empty()));
+        // A fitted part's chains ride along, each test after its prerequisites, so that a
+        // chain pays no shard of its own (the split counted it in this worker's part).
+        let waits_on = if fitted_grant && run.plan.chains_in_lease && holds_dependents {
+            let (chain_work, waits_on) = lease_chains(run, lease, &mut tests, |run, index| avoided(run, index));
+            work += chain_work;
+            if !waits_on.is_empty() {
+                order_with_chains(run, lease, &mut tests);
+            }
+            waits_on
+        } else {
+            Vec::new()
+        };
         let deadline = now + self.config.lease_timeout_s;
         let test_ids = tests.iter().map(|&index| run.plan.tests[index].id.clone()).collect();
         run.started.insert(worker);
@@ -228,12 +244,14 @@ impl Scheduler {
             reported: 0,
             withdrawn: Vec::new(),
             copy_of: None,
+            skipped: 0,
+            measured: false,
         };
         self.leases.insert(lease, state);
         if let Some(state) = self.workers.get_mut(&worker) {
             state.lease = Some(lease);
         }
-        (Some(LeaseGrant { lease, build, worker, tests: test_ids, deadline, copy_of: None }), decisions)
+        (Some(LeaseGrant { lease, build, worker, tests: test_ids, waits_on, deadline, copy_of: None }), decisions)
     }
 
     /// Takes back the tests not yet started of the lease projected, at its own pace, to end
@@ -280,18 +298,49 @@ impl Scheduler {
         let holder_end = |kept: usize| (lease.progress_at + seconds[..kept].iter().sum::<Seconds>()).max(now);
         // What a new shard costs the worker taking the withdrawn tests.
         let startup = run.shard_cost(worker);
-        let (kept, split_end) = match finish {
-            Some(finish) => {
-                let kept = (1..seconds.len()).take_while(|&kept| holder_end(kept) <= finish).last().unwrap_or(1);
-                (kept, holder_end(kept).max(finish))
+        // Where the lease may be cut: best where no test given back waits on a test it keeps
+        // (a chain leased whole): given back, such a test could not run before the holder
+        // passed that test, and would cost a shard of its own after it. Else where some test
+        // given back can run at once; never where none can.
+        let position: HashMap<PlanIndex, usize> =
+            unreported.iter().enumerate().map(|(position, &test)| (test, position)).collect();
+        // The earliest test of the lease each waits on, transitively (`usize::MAX`: none).
+        let mut earliest = vec![usize::MAX; unreported.len()];
+        for at in 0..unreported.len() {
+            for dependency in &run.plan.tests[unreported[at]].depends_on {
+                if let Some(&before) = position.get(dependency) {
+                    earliest[at] = earliest[at].min(before).min(earliest[before]);
+                }
             }
-            None => (1..seconds.len())
+        }
+        // Whether a cut before `at` gives back only tests that can run at once (`clean`),
+        // or at least one (`useful`).
+        let (mut clean, mut useful) = (vec![false; unreported.len()], vec![false; unreported.len()]);
+        let (mut least, mut most) = (usize::MAX, 0);
+        for at in (1..unreported.len()).rev() {
+            (least, most) = (least.min(earliest[at]), most.max(earliest[at]));
+            (clean[at], useful[at]) = (least >= at, most >= at);
+        }
+        let cut = |from: usize| {
+            let cuts = from..seconds.len();
+            cuts.clone().find(|&kept| clean[kept]).or_else(|| cuts.clone().find(|&kept| useful[kept]))
+        };
+        let best_cut = |allowed: &[bool]| {
+            (1..seconds.len())
+                .filter(|&kept| allowed[kept])
                 .map(|kept| {
                     let rest: Seconds = seconds[kept..].iter().sum();
                     (kept, holder_end(kept).max(now + startup + rest))
                 })
                 .min_by(|a, b| a.1.total_cmp(&b.1))
-                .expect("at least two tests"),
+        };
+        let (kept, split_end) = match finish {
+            Some(finish) => {
+                let fits = (1..seconds.len()).take_while(|&kept| holder_end(kept) <= finish).last().unwrap_or(1);
+                let kept = cut(fits)?;
+                (kept, holder_end(kept).max(finish))
+            }
+            None => best_cut(&clean).or_else(|| best_cut(&useful))?,
         };
         if end - split_end <= 2.0 * startup || total <= 0.0 {
             return None;
@@ -299,8 +348,9 @@ impl Scheduler {
         Some(self.withdraw(id, unreported[kept..].to_vec()))
     }
 
-    /// Takes `withdrawn`, tests of lease `id` not started, back into the ready queue.
-    fn withdraw(&mut self, id: LeaseId, withdrawn: Vec<PlanIndex>) -> Decision {
+    /// Takes `withdrawn`, tests of lease `id` not started, back into the ready queue (or to
+    /// waiting, for a test whose prerequisite in the lease has not passed).
+    pub(super) fn withdraw(&mut self, id: LeaseId, withdrawn: Vec<PlanIndex>) -> Decision {
         let lease = self.leases.get_mut(&id).expect("a lease just looked at");
         let run = self.builds.get_mut(&lease.build).expect("its build is running");
         for &test in &withdrawn {
@@ -514,11 +564,21 @@ impl Scheduler {
             reported: 0,
             withdrawn: Vec::new(),
             copy_of: Some(primary),
+            skipped: 0,
+            measured: false,
         };
         let test_id = run.plan.tests[test].id.clone();
         self.leases.insert(lease, state);
         self.workers.entry(worker).or_default().lease = Some(lease);
-        Some(LeaseGrant { lease, build, worker, tests: vec![test_id], deadline, copy_of: Some(primary) })
+        Some(LeaseGrant {
+            lease,
+            build,
+            worker,
+            tests: vec![test_id],
+            waits_on: Vec::new(),
+            deadline,
+            copy_of: Some(primary),
+        })
     }
 
     /// When each live worker could start a test of `build`: when it will be free (the
@@ -675,7 +735,12 @@ impl Scheduler {
         // order already but for the tests others wait on (a test's priority is its estimate
         // and the longest chain behind it): a sort that finds the runs is all but linear.
         items.sort_by(|a, b| b.0.to_bits().cmp(&a.0.to_bits()).then_with(|| b.3.cmp(&a.3)));
-        let mut bins = Bins::new(&levels, chain_steps, overhead, asking);
+        // A worker leased a chain whole pays no shard for its steps.
+        let holds: Vec<bool> = workers
+            .iter()
+            .map(|id| run.plan.chains_in_lease && self.workers.get(id).is_some_and(|state| state.holds_dependents))
+            .collect();
+        let mut bins = Bins::new(&levels, chain_steps, holds, overhead, asking);
         let mut parts: Vec<Vec<ReadyEntry>> =
             vec![Vec::with_capacity(2 * run.ready.len() / workers.len() + 1); workers.len()];
         let asking_only = [worker];
@@ -727,6 +792,10 @@ struct Bins {
     levels: Vec<Seconds>,
     /// The most steps of the chains each worker runs: it pays an overhead for each.
     steps: Vec<usize>,
+    /// Whether each worker is leased the chains of its tests with them
+    /// ([`BuildPlan::chains_in_lease`](crate::plan::BuildPlan::chains_in_lease)): their steps
+    /// cost it no shard.
+    holds: Vec<bool>,
     overhead: Seconds,
     versions: Vec<u32>,
     asking: usize,
@@ -766,7 +835,7 @@ impl Ord for Bin {
 }
 
 impl Bins {
-    fn new(levels: &[Seconds], steps: Vec<usize>, overhead: Seconds, asking: usize) -> Bins {
+    fn new(levels: &[Seconds], steps: Vec<usize>, holds: Vec<bool>, overhead: Seconds, asking: usize) -> Bins {
         let heap = levels
             .iter()
             .enumerate()
@@ -775,6 +844,7 @@ impl Bins {
         Bins {
             levels: levels.to_vec(),
             steps,
+            holds,
             overhead,
             versions: vec![0; levels.len()],
             asking,
@@ -823,6 +893,9 @@ impl Bins {
     /// the overheads of the steps beyond those of its longest chain so far, which it now
     /// has.
     fn cost(&mut self, position: usize, seconds: Seconds, steps: usize) -> Seconds {
+        if self.holds[position] {
+            return seconds;
+        }
         let beyond = steps.saturating_sub(self.steps[position]);
         self.steps[position] = self.steps[position].max(steps);
         seconds + beyond as f64 * self.overhead
@@ -880,6 +953,90 @@ impl<'a> Chains<'a> {
     }
 }
 
+/// Leases to `lease` the tests waiting on its `tests` whose dependencies all passed or are
+/// in the lease, transitively (a dependency chain whole, each after its prerequisites),
+/// appending them to `tests`; not those `avoided` (this worker failed or lost them).
+/// Returns their estimated seconds, and each with its prerequisites in the lease.
+fn lease_chains(
+    run: &mut BuildRun,
+    lease: LeaseId,
+    tests: &mut Vec<PlanIndex>,
+    avoided: impl Fn(&BuildRun, PlanIndex) -> bool,
+) -> (Seconds, Vec<LeaseDependency>) {
+    let mut work = 0.0;
+    let mut waits_on = Vec::new();
+    let mut position = 0;
+    while position < tests.len() {
+        let test = tests[position];
+        position += 1;
+        for at in 0..run.plan.tests[test].dependents.len() {
+            let dependent = run.plan.tests[test].dependents[at];
+            if !matches!(run.states[dependent], TestState::Waiting { .. }) || avoided(run, dependent) {
+                continue;
+            }
+            let depends_on = &run.plan.tests[dependent].depends_on;
+            let ready_here = depends_on.iter().all(|&dependency| match run.states[dependency] {
+                TestState::Done(TestStatus::Passed) => true,
+                TestState::Leased(holder) => holder == lease,
+                _ => false,
+            });
+            if !ready_here {
+                continue;
+            }
+            let prerequisites = depends_on
+                .iter()
+                .filter(|&&dependency| run.states[dependency] == TestState::Leased(lease))
+                .map(|&dependency| run.plan.tests[dependency].id.clone())
+                .collect();
+            run.lease_test(dependent, lease);
+            work += run.plan.tests[dependent].estimate_s;
+            tests.push(dependent);
+            waits_on.push(LeaseDependency { test_id: run.plan.tests[dependent].id.clone(), depends_on: prerequisites });
+        }
+    }
+    (work, waits_on)
+}
+
+/// Orders a lease holding chains ([`lease_chains`]) as a shard without them is ordered
+/// (retries first, then tests others wait on, then the rest, each by dispatch priority:
+/// the longest chain first), but never a test before its prerequisites in the lease: a
+/// chain runs as early as its steps allow, so its end, which may be the build's, is not
+/// left to the end of the shard.
+fn order_with_chains(run: &BuildRun, lease: LeaseId, tests: &mut Vec<PlanIndex>) {
+    let key = |index: PlanIndex| {
+        (
+            run.failures[index] == 0,
+            run.plan.tests[index].dependents.is_empty(),
+            Reverse(run.plan.dispatch_priority(index).to_bits()),
+            index,
+        )
+    };
+    tests.sort_by_key(|&index| key(index));
+    let rank: HashMap<PlanIndex, usize> = tests.iter().enumerate().map(|(rank, &index)| (index, rank)).collect();
+    let in_lease = |index: PlanIndex| run.states[index] == TestState::Leased(lease) && rank.contains_key(&index);
+    let mut waiting_on: Vec<usize> = tests
+        .iter()
+        .map(|&index| run.plan.tests[index].depends_on.iter().filter(|&&dependency| in_lease(dependency)).count())
+        .collect();
+    let mut free: BinaryHeap<Reverse<usize>> =
+        (0..tests.len()).filter(|&rank| waiting_on[rank] == 0).map(Reverse).collect();
+    let mut ordered = Vec::with_capacity(tests.len());
+    while let Some(Reverse(next)) = free.pop() {
+        let index = tests[next];
+        ordered.push(index);
+        for dependent in &run.plan.tests[index].dependents {
+            if let Some(&dependent_rank) = rank.get(dependent) {
+                waiting_on[dependent_rank] -= 1;
+                if waiting_on[dependent_rank] == 0 {
+                    free.push(Reverse(dependent_rank));
+                }
+            }
+        }
+    }
+    debug_assert_eq!(ordered.len(), tests.len(), "a lease's chains are acyclic");
+    *tests = ordered;
+}
+
 /// Whether a build's estimates can be trusted ([`ShardSizing::Fitted`]): at most
 /// [`TRUSTED_NEW_FRACTION`] of its tests are new, and the tests reported so far took about
 /// their estimates ([`TRUSTED_SPREAD`]).
@@ -911,7 +1068,7 @@ mod tests {
     /// Adds `(seconds, steps)` in turn to the least loaded of two workers (worker 0 asking,
     /// shard overhead 1 s): which worker took each, and their loads after.
     fn check(items: &[(Seconds, usize)], expected: (&[usize], [Seconds; 2])) {
-        let mut bins = Bins::new(&[0.0, 0.0], vec![0, 0], 1.0, 0);
+        let mut bins = Bins::new(&[0.0, 0.0], vec![0, 0], vec![false, false], 1.0, 0);
         let taken: Vec<usize> =
             items.iter().map(|&(seconds, steps)| bins.add_to_least(|_| true, seconds, steps)).collect();
         assert_eq!((taken.as_slice(), [bins.levels[0], bins.levels[1]]), expected);

@@ -34,6 +34,15 @@
 //! ready work or the workers change (`BuildRun::fitted_split`), so a build's start costs
 //! one split, not one a worker.
 //!
+//! A fitted part takes the chains behind its tests along ([`LeaseGrant::waits_on`]): a
+//! test waiting on tests of the lease (its other dependencies passed) rides in it after
+//! them, so a chain pays one shard's overhead, as in a static split, not one a step. Only
+//! where the worker can hold such a test back when its prerequisite fails (the plan says
+//! the runner is fed one test at a time, [`crate::plan::BuildPlan::chains_in_lease`], and
+//! the worker says it does, [`Scheduler::worker_holds_dependents`]). The scheduler does
+//! not rely on the worker for the result: a prerequisite's failure skips them, a retry
+//! takes them out of the lease to wait for it ([`Decision::LeaseShrunk`]).
+//!
 //! New tests (whose estimate is borrowed from their neighbours) are dispatched first
 //! ([`BuildPlan::dispatch_priority`](crate::plan::BuildPlan::dispatch_priority)) in
 //! shards of their own, no larger than the part of a share held back for later: how long
@@ -70,7 +79,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-use greenlight_shared::api::TestStatus;
+use greenlight_shared::api::{LeaseDependency, TestStatus};
 
 use crate::Seconds;
 
@@ -216,6 +225,15 @@ pub struct LeaseGrant {
     pub worker: WorkerId,
     /// The tests to run, by id, in running order.
     pub tests: Vec<String>,
+    /// The tests that wait on tests before them in this lease (a dependency chain leased
+    /// whole, so it pays one shard's overhead), each with those prerequisites: it runs only
+    /// once they passed. Its other dependencies have passed. If one of its prerequisites
+    /// fails or is skipped, the scheduler records it skipped naming that prerequisite,
+    /// whatever the worker reports for it; if one is to be retried, it is withdrawn
+    /// ([`Decision::LeaseShrunk`]) and waits again. Empty unless the plan allows it
+    /// ([`crate::plan::BuildPlan::chains_in_lease`]) and the worker holds such tests back
+    /// ([`Scheduler::worker_holds_dependents`]).
+    pub waits_on: Vec<LeaseDependency>,
     /// When it expires without a heartbeat.
     pub deadline: Seconds,
     /// A backup copy of a straggling test that this other lease is running: its one test.

@@ -193,6 +193,15 @@ impl Scheduler {
             _ if run.reported_by[index].contains(&lease) => return Report::Duplicate,
             _ => return Report::Stale,
         };
+        if run.plan.tests[index]
+            .depends_on
+            .iter()
+            .any(|&dependency| run.states[dependency] != TestState::Done(TestStatus::Passed))
+        {
+            // Leased with a prerequisite of the same lease that has not passed yet: it may
+            // not have run before it, whatever the worker says.
+            return Report::Stale;
+        }
         run.reported_by[index].push(lease);
         let attempt = run.attempts[index];
         let estimate = run.plan.tests[index].estimate_s;
@@ -211,13 +220,6 @@ impl Scheduler {
         lease_state.reported += 1;
         lease_state.reported_s += duration_s;
         let mut decisions = Vec::new();
-        if lease_state.reported + lease_state.withdrawn.len() == lease_state.tests.len() {
-            // Its last test: what the shard cost besides its tests, from the grant to now.
-            let cost_s = (now - lease_state.granted_at - lease_state.reported_s).max(0.0);
-            let first_of_worker = lease_state.first_of_worker;
-            run.costs.observe(first_of_worker, cost_s);
-            decisions.push(Decision::ShardCostMeasured { build, lease, first_of_worker, cost_s });
-        }
         if !run.plan.tests[index].estimate_known && run.observe_new_test(duration_s, estimate) {
             // The new tests' estimates were corrected: so is what the leases holding them
             // have left.
@@ -239,12 +241,24 @@ impl Scheduler {
             run.failures[index] += 1;
             run.avoid.entry(index).or_default().push(worker);
             run.requeue(index, f64::INFINITY);
+            // The tests of this lease waiting on it wait for its retry instead.
+            let waiting = run.waiting_in_lease(index, lease);
             decisions.push(Decision::Retrying { build, test_id: test_id.to_owned(), attempt });
+            if !waiting.is_empty() {
+                // In the lease's order.
+                let waiting = self.leases[&lease].tests.iter().copied().filter(|test| waiting.contains(test)).collect();
+                decisions.push(self.withdraw(lease, waiting));
+            }
             decisions.push(Decision::WorkAvailable);
+            self.measure_if_settled(lease, now, 0, &mut decisions);
             return Report::Accepted { attempt, outcome: Outcome::Retry, fails_build: false, decisions };
         }
         let flaky = status == TestStatus::Passed && run.failures[index] > 0;
         let counts = counts_against(&self.config, status, flaky, quarantined);
+        // Measured before the result is recorded (it may end the build), counting the tests
+        // of the lease it will skip.
+        let skips = if status == TestStatus::Passed { 0 } else { run.waiting_in_lease(index, lease).len() };
+        self.measure_if_settled(lease, now, skips, &mut decisions);
         self.record(build, index, status, counts, &mut decisions);
         Report::Accepted {
             attempt,
@@ -252,6 +266,22 @@ impl Scheduler {
             fails_build: counts == CountsAgainst::Build,
             decisions,
         }
+    }
+
+    /// Once every test of `lease` has its result (or was withdrawn), `skips` more of them
+    /// about to be skipped: what the shard cost besides its tests, from the grant to now
+    /// ([`Decision::ShardCostMeasured`]), once.
+    fn measure_if_settled(&mut self, lease: LeaseId, now: Seconds, skips: usize, decisions: &mut Vec<Decision>) {
+        let Some(lease_state) = self.leases.get_mut(&lease) else { return };
+        if lease_state.measured || !lease_state.settled(skips) {
+            return;
+        }
+        lease_state.measured = true;
+        let Some(run) = self.builds.get_mut(&lease_state.build) else { return };
+        let cost_s = (now - lease_state.granted_at - lease_state.reported_s).max(0.0);
+        let first_of_worker = lease_state.first_of_worker;
+        run.costs.observe(first_of_worker, cost_s);
+        decisions.push(Decision::ShardCostMeasured { build: lease_state.build, lease, first_of_worker, cost_s });
     }
 
     /// Event: the worker's shard process ended. Tests it did not report go back to the
@@ -343,6 +373,18 @@ impl Scheduler {
             {
                 // Its copy still runs: the test is the copy's now.
                 run.states[test] = TestState::Leased(copy);
+                continue;
+            }
+            if run.plan.tests[test]
+                .depends_on
+                .iter()
+                .any(|&dependency| run.states[dependency] != TestState::Done(TestStatus::Passed))
+            {
+                // It waited on a test of this lease that has no result: it never started, and
+                // waits for that test again (or is skipped with it).
+                run.attempts[test] -= 1;
+                run.requeue(test, run.plan.dispatch_priority(test));
+                requeued += 1;
                 continue;
             }
             if run.attempts[test] - run.failures[test] >= max_attempts {
@@ -449,17 +491,25 @@ impl Scheduler {
                 decisions.push(Decision::WorkAvailable);
             }
         } else {
-            // Everything waiting on this test, transitively, will not run.
+            // Everything waiting on this test, transitively, will not run: waiting, or leased
+            // after it in its lease (the worker holds it back).
             let mut stack = vec![(index, run.plan.tests[index].id.clone(), status)];
             while let Some((blocker, blocker_id, blocker_status)) = stack.pop() {
                 for position in 0..run.plan.tests[blocker].dependents.len() {
                     let dependent = run.plan.tests[blocker].dependents[position];
-                    if !matches!(run.states[dependent], TestState::Waiting { .. }) {
-                        continue;
+                    match run.states[dependent] {
+                        TestState::Waiting { .. } => run.unleased_work -= run.plan.tests[dependent].estimate_s,
+                        TestState::Leased(holder) => {
+                            if let Some(lease) = self.leases.get_mut(&holder) {
+                                lease.skipped += 1;
+                                lease.remaining_estimate =
+                                    (lease.remaining_estimate - run.plan.tests[dependent].estimate_s).max(0.0);
+                            }
+                        }
+                        _ => continue,
                     }
                     run.states[dependent] = TestState::Done(TestStatus::Skipped);
                     run.unfinished -= 1;
-                    run.unleased_work -= run.plan.tests[dependent].estimate_s;
                     let reason = format!("dependency {blocker_id:?} {}", blocker_status.as_str());
                     let test_id = run.plan.tests[dependent].id.clone();
                     decisions.push(Decision::Skipped { build, test_id, reason });

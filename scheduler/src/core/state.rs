@@ -115,11 +115,21 @@ pub(super) struct BuildRun {
 
 impl BuildRun {
     /// Puts a test that was leased (or reported failed) back in the ready queue, its
-    /// estimate back in the work not yet leased.
+    /// estimate back in the work not yet leased. A test leased with a prerequisite of the same lease ([`super::LeaseGrant::waits_on`])
+    /// goes back to waiting for the prerequisites that have not passed yet.
     pub(super) fn requeue(&mut self, test: PlanIndex, priority: f64) {
-        self.states[test] = TestState::Ready;
         self.unleased_work += self.plan.tests[test].estimate_s;
-        self.ready.insert(ReadyEntry { priority, index: test });
+        let unfinished_dependencies = self.plan.tests[test]
+            .depends_on
+            .iter()
+            .filter(|&&dependency| self.states[dependency] != TestState::Done(TestStatus::Passed))
+            .count();
+        if unfinished_dependencies > 0 {
+            self.states[test] = TestState::Waiting { unfinished_dependencies };
+        } else {
+            self.states[test] = TestState::Ready;
+            self.ready.insert(ReadyEntry { priority, index: test });
+        }
         self.ready_changed();
     }
 
@@ -128,6 +138,20 @@ impl BuildRun {
         self.unleased_work -= self.plan.tests[test].estimate_s;
         self.states[test] = TestState::Leased(lease);
         self.attempts[test] += 1;
+    }
+
+    /// The tests of `lease` waiting on `test` (held back after it), transitively.
+    pub(super) fn waiting_in_lease(&self, test: PlanIndex, lease: LeaseId) -> BTreeSet<PlanIndex> {
+        let mut found = BTreeSet::new();
+        let mut stack = vec![test];
+        while let Some(blocker) = stack.pop() {
+            for &dependent in &self.plan.tests[blocker].dependents {
+                if self.states[dependent] == TestState::Leased(lease) && found.insert(dependent) {
+                    stack.push(dependent);
+                }
+            }
+        }
+        found
     }
 
     /// The ready work changed other than by a fitted split's own grants (a test requeued,
@@ -341,6 +365,19 @@ pub(super) struct LeaseState {
     pub(super) withdrawn: Vec<PlanIndex>,
     /// The lease whose running test this one copies.
     pub(super) copy_of: Option<LeaseId>,
+    /// How many of its tests were skipped because a prerequisite in the lease did not
+    /// pass ([`super::LeaseGrant::waits_on`]): they have their result without a report.
+    pub(super) skipped: usize,
+    /// Whether its cost was measured ([`super::Decision::ShardCostMeasured`]).
+    pub(super) measured: bool,
+}
+
+impl LeaseState {
+    /// Whether every test of the lease has its result (reported, or skipped) or was
+    /// withdrawn, with `skips` more about to be skipped: the shard's last test was reported.
+    pub(super) fn settled(&self, skips: usize) -> bool {
+        self.reported + self.withdrawn.len() + self.skipped + skips == self.tests.len()
+    }
 }
 
 impl LeaseState {
@@ -371,6 +408,9 @@ pub(super) struct WorkerState {
     pub(super) infra_failures: u32,
     /// No work until then.
     pub(super) benched_until: Seconds,
+    /// It holds back a test whose prerequisite in its lease did not pass: it may be leased
+    /// a dependency chain whole ([`Scheduler::worker_holds_dependents`]).
+    pub(super) holds_dependents: bool,
 }
 
 /// How many ended builds' leases the scheduler remembers.
@@ -526,6 +566,17 @@ impl Scheduler {
     /// Event: a worker joined the fleet (registered). It counts for shard sizing from now.
     pub fn worker_joined(&mut self, worker: WorkerId, now: Seconds) {
         self.workers.entry(worker).or_default().last_seen = now;
+    }
+
+    /// Event: a worker said whether it holds back a test of its lease whose prerequisite in
+    /// the lease did not pass (the master hears it with each request for work). Only such
+    /// a worker is leased a dependency chain whole ([`super::LeaseGrant::waits_on`]), and
+    /// only for a build whose runner feeds tests one at a time
+    /// ([`BuildPlan::chains_in_lease`]). Off until said; a worker not live is not made so.
+    pub fn worker_holds_dependents(&mut self, worker: WorkerId, holds: bool) {
+        if let Some(state) = self.workers.get_mut(&worker) {
+            state.holds_dependents = holds;
+        }
     }
 
     /// Event: a build was planned. Tests without dependencies become ready.

@@ -828,11 +828,9 @@ fn with_trusted_estimates_every_worker_gets_one_shard_split_longest_first() {
     assert!(finer.shards.len() > 3 && finer.makespan_s > run.makespan_s, "{finer:?}");
 }
 
-#[test]
-fn a_test_others_wait_on_leaves_room_in_its_workers_share_for_their_chain() {
-    // a (4 s) unblocks b (6 s); c, d, e are 5 s each. Two workers, 25 s: the worker taking a
-    // runs b after it, in a second shard, so its first holds a alone (4 + 6 s and another
-    // overhead, 12 s) and c, d, e (15 s) go to the other.
+/// a (4 s) unblocks b (6 s); c, d, e are 5 s each; a shard costs 1 s. Which worker ran which
+/// shards, on two workers with fitted sizing, and the makespan.
+fn chain_and_three(chains_in_lease: bool) -> (Vec<(usize, Vec<String>)>, Seconds) {
     let tests = vec![
         planned("a", 4.0, true),
         PlannedTest { depends_on: vec![0], ..planned("b", 6.0, true) },
@@ -840,17 +838,234 @@ fn a_test_others_wait_on_leaves_room_in_its_workers_share_for_their_chain() {
         planned("d", 5.0, true),
         planned("e", 5.0, true),
     ];
-    let plan = BuildPlan::from_tests(tests, 1.0);
+    let mut plan = BuildPlan::from_tests(tests, 1.0);
+    plan.chains_in_lease = chains_in_lease;
     let actual: Vec<f64> = plan.tests.iter().map(|test| test.estimate_s).collect();
     let fitted = SchedulerConfig { shard_sizing: ShardSizing::Fitted, ..SchedulerConfig::default() };
     let run = crate::simulate::simulate(&plan, &actual, 2, fitted);
-    let shards: Vec<(usize, Vec<&str>)> = run
+    let shards = run
         .shards
         .iter()
-        .map(|shard| (shard.worker, shard.tests.iter().map(|&test| plan.tests[test].id.as_str()).collect()))
+        .map(|shard| (shard.worker, shard.tests.iter().map(|&test| plan.tests[test].id.clone()).collect()))
         .collect();
-    assert_eq!(shards, [(0, vec!["a"]), (1, vec!["c", "d", "e"]), (0, vec!["b"])]);
-    assert_eq!(run.makespan_s, 16.0);
+    (shards, run.makespan_s)
+}
+
+#[test]
+fn a_test_others_wait_on_leaves_room_in_its_workers_share_for_their_chain() {
+    // A runner that runs a shard in one process: the worker taking a runs b after it, in a
+    // second shard, so its first holds a alone (4 + 6 s and another overhead, 12 s) and c,
+    // d, e (15 s) go to the other.
+    let (shards, makespan) = chain_and_three(false);
+    assert_eq!(shards, [(0, ids(&["a"])), (1, ids(&["c", "d", "e"])), (0, ids(&["b"]))]);
+    assert_eq!(makespan, 16.0);
+}
+
+#[test]
+fn a_fitted_part_takes_the_chain_behind_its_tests_in_the_same_lease() {
+    // A runner fed one test at a time: a and b go in one lease, b right after a (the chain
+    // first), one overhead (1 + 10 s); with e, the asking worker's on a tie, 16 s, as c and d
+    // take the other 11 s.
+    let (shards, makespan) = chain_and_three(true);
+    assert_eq!(shards, [(0, ids(&["a", "b", "e"])), (1, ids(&["c", "d"]))]);
+    assert_eq!(makespan, 16.0);
+}
+
+/// A scheduler with fitted sizing and `retries`, two workers that hold dependents back (or
+/// not), and a build of a chain a → b → c (b and c 1 s, a 3 s) beside x and y (2 s each).
+fn chain_build(retries: u32, holds_dependents: bool) -> Scheduler {
+    let config = SchedulerConfig { shard_sizing: ShardSizing::Fitted, retries, ..SchedulerConfig::default() };
+    let mut scheduler = Scheduler::new(config);
+    for worker in [1, 2] {
+        scheduler.worker_joined(WorkerId(worker), 0.0);
+        scheduler.worker_holds_dependents(WorkerId(worker), holds_dependents);
+    }
+    let tests = vec![
+        planned("a", 3.0, true),
+        PlannedTest { depends_on: vec![0], ..planned("b", 1.0, true) },
+        PlannedTest { depends_on: vec![1], ..planned("c", 1.0, true) },
+        planned("x", 2.0, true),
+        planned("y", 2.0, true),
+    ];
+    scheduler.add_build(BuildId(1), BuildPlan::from_tests(tests, 1.0), 0.0).unwrap();
+    scheduler
+}
+
+fn waits(pairs: &[(&str, &[&str])]) -> Vec<LeaseDependency> {
+    pairs
+        .iter()
+        .map(|(test_id, depends_on)| LeaseDependency { test_id: (*test_id).into(), depends_on: ids(depends_on) })
+        .collect()
+}
+
+fn skipped(decisions: &[Decision]) -> Vec<(String, String)> {
+    decisions
+        .iter()
+        .filter_map(|decision| match decision {
+            Decision::Skipped { test_id, reason, .. } => Some((test_id.clone(), reason.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_chain_is_leased_whole_only_to_a_worker_that_holds_dependents_back_and_only_when_fitted() {
+    let mut scheduler = chain_build(1, true);
+    let grant = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    assert_eq!(grant.tests, ids(&["a", "b", "c"]));
+    assert_eq!(grant.waits_on, waits(&[("b", &["a"]), ("c", &["b"])]));
+    // Reported in order, each is taken.
+    for (test_id, now) in [("a", 4.0), ("b", 5.0), ("c", 6.0)] {
+        let (outcome, _) =
+            accepted(scheduler.test_finished(grant.lease, WorkerId(1), test_id, TestStatus::Passed, now));
+        assert_eq!(outcome, Outcome::Final { flaky: false });
+    }
+
+    // A worker that does not say it holds them back gets a alone; b waits for a's result.
+    let mut scheduler = chain_build(1, false);
+    let grant = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    assert_eq!((grant.tests, grant.waits_on), (ids(&["a"]), vec![]));
+
+    // Nor with finer sizing, nor for a runner that runs a shard in one process.
+    let mut finer = chain_build(1, true);
+    finer.config.shard_sizing = ShardSizing::Finer;
+    let grant = finer.request_work(WorkerId(1), 0.0).0.unwrap();
+    assert!(grant.waits_on.is_empty() && !grant.tests.contains(&"b".to_owned()), "{grant:?}");
+    let mut cold = chain_build(1, true);
+    cold.builds.get_mut(&BuildId(1)).unwrap().plan.chains_in_lease = false;
+    let grant = cold.request_work(WorkerId(1), 0.0).0.unwrap();
+    assert_eq!((grant.tests, grant.waits_on), (ids(&["a"]), vec![]));
+}
+
+#[test]
+fn a_failed_prerequisite_skips_the_tests_waiting_on_it_in_its_lease_whatever_the_worker_reports() {
+    let mut scheduler = chain_build(0, true);
+    let grant = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    let other = scheduler.request_work(WorkerId(2), 0.0).0.unwrap();
+    assert_eq!(grant.tests, ids(&["a", "b", "c"]));
+    // A result for b before a's is not b's: b may not run before a passed.
+    assert_eq!(scheduler.test_finished(grant.lease, WorkerId(1), "b", TestStatus::Passed, 2.0), Ok(Report::Stale));
+    let (outcome, decisions) =
+        accepted(scheduler.test_finished(grant.lease, WorkerId(1), "a", TestStatus::Failed, 4.0));
+    assert_eq!(outcome, Outcome::Final { flaky: false });
+    assert_eq!(
+        skipped(&decisions),
+        [
+            ("b".to_owned(), "dependency \"a\" failed".to_owned()),
+            ("c".to_owned(), "dependency \"b\" skipped".to_owned())
+        ]
+    );
+    // The shard is over: its cost is measured with a's result.
+    assert!(decisions.iter().any(|decision| matches!(decision, Decision::ShardCostMeasured { .. })), "{decisions:?}");
+    // Whatever the worker sends for them is stale: they have their result.
+    assert_eq!(scheduler.test_finished(grant.lease, WorkerId(1), "b", TestStatus::Skipped, 4.5), Ok(Report::Stale));
+    assert_eq!(scheduler.test_finished(grant.lease, WorkerId(1), "c", TestStatus::Passed, 5.0), Ok(Report::Stale));
+    assert_eq!(scheduler.lease_finished(grant.lease, WorkerId(1), 5.0), Ok(vec![]));
+    let mut decisions = Vec::new();
+    for (test_id, now) in other.tests.iter().zip([3.0, 5.0]) {
+        decisions = accepted(scheduler.test_finished(other.lease, WorkerId(2), test_id, TestStatus::Passed, now)).1;
+    }
+    assert_eq!(finished(&decisions), [(BuildId(1), Verdict::Red { failed: ids(&["a"]) })]);
+}
+
+#[test]
+fn a_prerequisite_to_be_retried_takes_the_tests_waiting_on_it_out_of_its_lease_until_it_passes() {
+    let mut scheduler = chain_build(1, true);
+    let grant = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    let other = scheduler.request_work(WorkerId(2), 0.0).0.unwrap();
+    let (outcome, decisions) =
+        accepted(scheduler.test_finished(grant.lease, WorkerId(1), "a", TestStatus::Failed, 4.0));
+    assert_eq!(outcome, Outcome::Retry);
+    assert!(
+        decisions.contains(&Decision::LeaseShrunk {
+            build: BuildId(1),
+            lease: grant.lease,
+            worker: WorkerId(1),
+            withdrawn: ids(&["b", "c"]),
+        }),
+        "{decisions:?}"
+    );
+    assert_eq!(scheduler.withdrawn(grant.lease), ids(&["b", "c"]));
+    assert_eq!(scheduler.test_finished(grant.lease, WorkerId(1), "b", TestStatus::Skipped, 4.5), Ok(Report::Stale));
+    scheduler.lease_finished(grant.lease, WorkerId(1), 4.5).unwrap();
+    // The retry runs on the other worker, its chain with it once it is free; worker 1, which
+    // a failed on, finds nothing it may run.
+    for (test_id, now) in other.tests.iter().zip([3.0, 5.0]) {
+        accepted(scheduler.test_finished(other.lease, WorkerId(2), test_id, TestStatus::Passed, now));
+    }
+    scheduler.lease_finished(other.lease, WorkerId(2), 5.0).unwrap();
+    assert_eq!(scheduler.request_work(WorkerId(1), 5.0).0, None);
+    let retry = scheduler.request_work(WorkerId(2), 5.0).0.unwrap();
+    assert_eq!((retry.tests.clone(), retry.waits_on), (ids(&["a", "b", "c"]), waits(&[("b", &["a"]), ("c", &["b"])])));
+    let (outcome, _) = accepted(scheduler.test_finished(retry.lease, WorkerId(2), "a", TestStatus::Passed, 9.0));
+    assert_eq!(outcome, Outcome::Final { flaky: true });
+    accepted(scheduler.test_finished(retry.lease, WorkerId(2), "b", TestStatus::Passed, 10.0));
+    let (_, decisions) = accepted(scheduler.test_finished(retry.lease, WorkerId(2), "c", TestStatus::Passed, 11.0));
+    assert_eq!(finished(&decisions), [(BuildId(1), Verdict::Green)]);
+}
+
+#[test]
+fn a_lost_lease_gives_its_chain_back_to_wait_for_its_prerequisite_not_as_lost_attempts() {
+    // Lost once: a is ready again, b and c wait for it, and all three are leased again.
+    let mut scheduler = chain_build(0, true);
+    let lost = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    let decisions = scheduler.lease_finished(lost.lease, WorkerId(1), 1.0).unwrap();
+    assert!(decisions.contains(&Decision::WorkAvailable), "{decisions:?}");
+    let again = scheduler.request_work(WorkerId(2), 1.0).0.unwrap();
+    assert_eq!((again.tests, again.waits_on), (ids(&["a", "b", "c"]), waits(&[("b", &["a"]), ("c", &["b"])])));
+
+    // With one attempt a test: a is given up, b and c, which never started, are skipped with
+    // it (each has one final result) and the build ends in error, not red.
+    let mut scheduler = chain_build(0, true);
+    scheduler.config.max_attempts = 1;
+    let lost = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    let other = scheduler.request_work(WorkerId(2), 0.0).0.unwrap();
+    let decisions = scheduler.lease_finished(lost.lease, WorkerId(1), 1.0).unwrap();
+    let gave_up: Vec<&Decision> =
+        decisions.iter().filter(|decision| matches!(decision, Decision::GaveUp { .. })).collect();
+    assert_eq!(gave_up.len(), 1, "{decisions:?}");
+    assert_eq!(
+        skipped(&decisions),
+        [
+            ("b".to_owned(), "dependency \"a\" error".to_owned()),
+            ("c".to_owned(), "dependency \"b\" skipped".to_owned())
+        ]
+    );
+    let mut decisions = Vec::new();
+    for (test_id, now) in other.tests.iter().zip([3.0, 5.0]) {
+        decisions = accepted(scheduler.test_finished(other.lease, WorkerId(2), test_id, TestStatus::Passed, now)).1;
+    }
+    assert_eq!(finished(&decisions), [(BuildId(1), Verdict::Error { gave_up: ids(&["a"]) })]);
+}
+
+#[test]
+fn a_lease_running_a_chain_does_not_give_back_a_test_waiting_on_one_it_keeps() {
+    // a (5 s) unblocks b (20 s), which unblocks c (20 s); z takes 5 s. The chain is one
+    // worker's lease, z the other's. When z's worker is free, a has passed and b runs: c
+    // waits on b, so given back it could not run before b ends, and would cost a shard of
+    // its own: nothing is withdrawn.
+    let config = SchedulerConfig { shard_sizing: ShardSizing::Fitted, ..SchedulerConfig::default() };
+    let mut scheduler = Scheduler::new(config);
+    for worker in [1, 2] {
+        scheduler.worker_joined(WorkerId(worker), 0.0);
+        scheduler.worker_holds_dependents(WorkerId(worker), true);
+    }
+    let tests = vec![
+        planned("a", 5.0, true),
+        PlannedTest { depends_on: vec![0], ..planned("b", 20.0, true) },
+        PlannedTest { depends_on: vec![1], ..planned("c", 20.0, true) },
+        planned("z", 5.0, true),
+    ];
+    scheduler.add_build(BuildId(1), BuildPlan::from_tests(tests, 1.0), 0.0).unwrap();
+    let chain = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    let other = scheduler.request_work(WorkerId(2), 0.0).0.unwrap();
+    assert_eq!((chain.tests.clone(), other.tests.clone()), (ids(&["a", "b", "c"]), ids(&["z"])));
+    accepted(scheduler.test_finished(chain.lease, WorkerId(1), "a", TestStatus::Passed, 6.0));
+    accepted(scheduler.test_finished(other.lease, WorkerId(2), "z", TestStatus::Passed, 6.0));
+    scheduler.lease_finished(other.lease, WorkerId(2), 6.0).unwrap();
+    let (grant, decisions) = scheduler.request_work(WorkerId(2), 6.5);
+    assert_eq!((grant, shrinks(&decisions)), (None, vec![]));
+    assert!(scheduler.withdrawn(chain.lease).is_empty());
 }
 
 #[test]
