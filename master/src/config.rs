@@ -782,9 +782,9 @@ pub struct SchedulerSection {
 #[serde(rename_all = "snake_case")]
 pub enum ShardSizingName {
     /// One shard a worker where the estimates can be trusted, finer otherwise.
+    #[default]
     Fitted,
     /// Two or three shards a worker, always.
-    #[default]
     Finer,
 }
 
@@ -1203,7 +1203,7 @@ run_command = ["run", "{ids_file}"]
         let base = "data_dir = \"/x\"\n[repository]\nurl = \"u\"\n[suite]\nfile = \"s.json\"\nrun_command = [\"r\"]\n";
         std::fs::write(&path, base).unwrap();
         let scheduler = Config::from_file(&path).unwrap().scheduler;
-        assert_eq!((scheduler.shard_sizing, scheduler.straggler_copies), (ShardSizingName::Finer, false));
+        assert_eq!((scheduler.shard_sizing, scheduler.straggler_copies), (ShardSizingName::Fitted, false));
         std::fs::write(&path, format!("{base}[scheduler]\nshard_sizing = \"finer\"\nstraggler_copies = true\n"))
             .unwrap();
         let scheduler = Config::from_file(&path).unwrap().scheduler;

@@ -93,7 +93,7 @@ pub const KEYS: &[Key] = &[
     key(
         "scheduler",
         "shard_sizing",
-        "\"fitted\": one shard a worker while estimates hold; \"finer\": 2-3 a worker",
+        "\"fitted\" (default): one shard a worker while estimates hold, finer otherwise; \"finer\": 2-3 a worker",
         "",
     ),
     key("scheduler", "straggler_copies", "run a backup copy of a test holding the build's end on idle workers", ""),

@@ -1309,7 +1309,7 @@ async fn the_configured_shard_sizing_decides_how_much_a_lease_holds() {
         let first = harness.register("w1");
         harness.register("w2");
         let lease = harness.lease(first);
-        if sizing != Some(ShardSizingName::Fitted) {
+        if sizing == Some(ShardSizingName::Finer) {
             assert_eq!(config.shard_sizing, ShardSizing::Finer);
             assert!(lease.tests.len() < 6, "cut finer: {:?}", lease.tests);
         } else {

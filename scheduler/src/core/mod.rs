@@ -140,8 +140,8 @@ pub struct SchedulerConfig {
     /// build is red and the result closes the gate, as a failure would.
     pub flaky_fails_build: bool,
     /// How many shards a build is cut into: fitted to the build (one a worker where the
-    /// estimates can be trusted), or always finer (the default here; the master has its
-    /// own, `[scheduler] shard_sizing`). A fitted build's split is planned once, not at
+    /// estimates can be trusted; the default, here and in the master's `[scheduler]
+    /// shard_sizing`), or always finer. A fitted build's split is planned once, not at
     /// every lease (BENCHMARKS.md, "What a lease costs").
     pub shard_sizing: ShardSizing,
     /// Whether a worker that finds nothing to do runs a backup copy of the test that holds
@@ -184,7 +184,7 @@ impl Default for SchedulerConfig {
             max_shard_s: 600.0,
             split_running_leases: true,
             flaky_fails_build: false,
-            shard_sizing: ShardSizing::Finer,
+            shard_sizing: ShardSizing::Fitted,
             straggler_copies: false,
         }
     }
