@@ -894,8 +894,10 @@ fn main() {
             }
             let map = |f: &dyn Fn(&Ingest) -> f64| totals.iter().map(f).collect::<Vec<f64>>();
             if pace > 0 {
-                let lags: Vec<Latencies> =
-                    sides.iter().map(|side| Latencies::new(std::mem::take(&mut *side.fleet.lags.lock().unwrap()))).collect();
+                let lags: Vec<Latencies> = sides
+                    .iter()
+                    .map(|side| Latencies::new(std::mem::take(&mut *side.fleet.lags.lock().unwrap())))
+                    .collect();
                 for (quantile, label) in [(0.5, "p50"), (0.99, "p99"), (1.0, "max")] {
                     rows.push(Row {
                         measure: format!("ingest, {name}: {label} from a test's end to its acknowledgement"),

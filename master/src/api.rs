@@ -529,7 +529,12 @@ async fn finish(
         .farm
         .in_turn(|| {
             check_worker(&state, &headers, request.worker_id)?;
-            Ok::<_, ApiError>(state.farm.finish(lease_id, request.worker_id, &request.outcome, request.runner_wall_s)?)
+            Ok::<_, ApiError>(state.farm.finish(
+                lease_id,
+                request.worker_id,
+                &request.outcome,
+                request.runner_wall_s,
+            )?)
         })
         .await?;
     // The shard's end (and perhaps the build's) must survive a crash of the master.
