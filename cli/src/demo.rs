@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use greenlight_fixtures::imvu::{AREAS, ImvuShape, generate};
 use greenlight_fixtures::repo::FixtureRepo;
 use greenlight_master::config::{Config, SuiteConfig};
-use greenlight_shared::api::{BuildState, BuildSummary, GateState, GateView, PushState, PushView};
+use greenlight_shared::api::{BuildKind, BuildState, BuildSummary, GateState, GateView, PushState, PushView};
 use tokio::process::{Child, Command};
 
 /// Arguments of `greenlight demo`.
@@ -102,7 +102,7 @@ async fn wait_for_build(
             if build.state.is_finished() && printed.insert(build.build_id, ()).is_none() {
                 print_build(&build, start);
             }
-            if build.revision == revision && build.state.is_finished() {
+            if is_step_build(&build, revision) && build.state.is_finished() {
                 return Ok(build);
             }
         }
@@ -355,7 +355,7 @@ fn report(steps: &[Step], builds: &[BuildSummary], pushes: &[PushView], table: b
     }
     let mut ok = true;
     for step in steps {
-        let Some(build) = builds.iter().find(|build| build.revision == step.revision) else {
+        let Some(build) = builds.iter().find(|build| is_step_build(build, &step.revision)) else {
             println!("no build for step {:?}", step.title);
             ok = false;
             continue;
@@ -396,7 +396,7 @@ fn report(steps: &[Step], builds: &[BuildSummary], pushes: &[PushView], table: b
     }
     // The last revision handed to the push stage is the fix.
     let last_pushed = pushes.iter().filter(|push| push.state == PushState::Pushed).map(|push| push.build_id).max();
-    let fix_build = steps.last().and_then(|step| builds.iter().find(|build| build.revision == step.revision));
+    let fix_build = steps.last().and_then(|step| builds.iter().find(|build| is_step_build(build, &step.revision)));
     if last_pushed.is_none() || last_pushed != fix_build.map(|build| build.build_id) {
         println!("the fix's revision was not the last one pushed");
         ok = false;
@@ -406,4 +406,11 @@ fn report(steps: &[Step], builds: &[BuildSummary], pushes: &[PushView], table: b
         if ok { "every build got the expected verdict" } else { "some build did not get the expected verdict" }
     );
     ok
+}
+
+/// Whether `build` is the build of a step that pushed `revision`: the regular build, not a
+/// probe the culprit search ran at the same revision (a red build of one change is probed
+/// at its own revision).
+fn is_step_build(build: &BuildSummary, revision: &str) -> bool {
+    build.revision == revision && build.kind == BuildKind::Regular
 }
