@@ -227,6 +227,23 @@ fn check_worker(state: &AppState, headers: &HeaderMap, worker_id: u64) -> Result
     Ok(state.farm.authenticate(worker_id, &credentials)?)
 }
 
+/// Checks that the request comes from worker `worker_id` and makes its `change` to the farm,
+/// both in the request's turn ([`Farm::in_turn`]): the check reads the farm's lock too.
+async fn in_worker_turn<T>(
+    state: &AppState,
+    headers: &HeaderMap,
+    worker_id: u64,
+    change: impl FnOnce() -> Result<T, FarmError>,
+) -> Result<T, ApiError> {
+    state
+        .farm
+        .in_turn(|| {
+            check_worker(state, headers, worker_id)?;
+            Ok(change()?)
+        })
+        .await
+}
+
 /// A change announcement (a post-receive hook) presents the `hook_token` or the worker
 /// token; with neither configured, anyone may announce (the master only polls sooner).
 fn check_hook_token(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -427,7 +444,7 @@ async fn lease(
     headers: HeaderMap,
     ApiJson(request): ApiJson<LeaseRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    state.farm.in_turn(|| check_worker(&state, &headers, worker_id)).await?;
+    in_worker_turn(&state, &headers, worker_id, || Ok(())).await?;
     if !request.wait_s.is_finite() || request.wait_s < 0.0 {
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_wait", "wait_s must be a number >= 0"));
     }
@@ -484,13 +501,9 @@ async fn heartbeat(
     headers: HeaderMap,
     ApiJson(request): ApiJson<HeartbeatRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (active, withdrawn) = state
-        .farm
-        .in_turn(|| {
-            check_worker(&state, &headers, request.worker_id)?;
-            Ok::<_, ApiError>(state.farm.heartbeat(lease_id, request.worker_id)?)
-        })
-        .await?;
+    let (active, withdrawn) =
+        in_worker_turn(&state, &headers, request.worker_id, || state.farm.heartbeat(lease_id, request.worker_id))
+            .await?;
     Ok(Json(HeartbeatResponse { version: API_VERSION, active, withdrawn }))
 }
 
@@ -503,13 +516,10 @@ async fn results(
 ) -> Result<impl IntoResponse, ApiError> {
     // Refused before anything is recorded: a refused write leaves the farm as it was.
     state.farm.check_writable()?;
-    let answer = state
-        .farm
-        .in_turn(|| {
-            check_worker(&state, &headers, request.worker_id)?;
-            Ok::<_, ApiError>(state.farm.report(lease_id, request.worker_id, &request.results)?)
-        })
-        .await?;
+    let answer = in_worker_turn(&state, &headers, request.worker_id, || {
+        state.farm.report(lease_id, request.worker_id, &request.results)
+    })
+    .await?;
     // What the worker is told was accepted must survive a crash of the master.
     if answer.accepted > 0 {
         state.farm.flush().await?;
@@ -525,18 +535,10 @@ async fn finish(
     ApiJson(request): ApiJson<FinishRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     state.farm.check_writable()?;
-    state
-        .farm
-        .in_turn(|| {
-            check_worker(&state, &headers, request.worker_id)?;
-            Ok::<_, ApiError>(state.farm.finish(
-                lease_id,
-                request.worker_id,
-                &request.outcome,
-                request.runner_wall_s,
-            )?)
-        })
-        .await?;
+    in_worker_turn(&state, &headers, request.worker_id, || {
+        state.farm.finish(lease_id, request.worker_id, &request.outcome, request.runner_wall_s)
+    })
+    .await?;
     // The shard's end (and perhaps the build's) must survive a crash of the master.
     state.farm.flush().await?;
     Ok(StatusCode::NO_CONTENT)

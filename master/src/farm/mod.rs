@@ -246,7 +246,7 @@ pub struct Farm {
     /// Concurrent flushes share one ([`Farm::flush`]).
     commits: GroupCommit,
     /// The workers' requests' turns at the farm's lock ([`Farm::in_turn`]).
-    turn: tokio::sync::Mutex<()>,
+    workers_turn: tokio::sync::Mutex<()>,
     /// The suites of the last few revisions a test's history read, parsed.
     suites: Mutex<planning::SuiteCache>,
     /// The gate as last published ([`Farm::gate_changed`]): read by `GET /api/v1/gate`
@@ -345,7 +345,7 @@ impl Farm {
             checkout_lock: Mutex::new(()),
             verdicts_unflushed: AtomicBool::new(false),
             commits: GroupCommit::default(),
-            turn: tokio::sync::Mutex::new(()),
+            workers_turn: tokio::sync::Mutex::new(()),
             suites: Mutex::default(),
             clock,
             config,
@@ -413,7 +413,7 @@ impl Farm {
     /// under the lock) and the requests queued behind it could hold every runtime thread,
     /// and the gate, which needs no lock, waited for them (issue #16).
     pub async fn in_turn<T>(&self, change: impl FnOnce() -> T) -> T {
-        let _turn = self.turn.lock().await;
+        let _turn = self.workers_turn.lock().await;
         change()
     }
 

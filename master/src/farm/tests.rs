@@ -1347,7 +1347,7 @@ async fn a_workers_request_waiting_for_its_turn_leaves_the_thread_to_other_reque
     let worker = harness.register("w1");
     let changed = Arc::new(AtomicBool::new(false));
     // Another worker's request is changing the farm: its turn is taken.
-    let turn = harness.farm.turn.lock().await;
+    let turn = harness.farm.workers_turn.lock().await;
     let waiting = tokio::spawn({
         let (farm, changed) = (Arc::clone(&harness.farm), Arc::clone(&changed));
         async move {
