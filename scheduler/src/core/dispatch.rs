@@ -90,7 +90,7 @@ impl Scheduler {
                 _ => return (self.straggler_copy(worker, None, now), decisions),
             },
         };
-        let goal = self.shard_goal(build, worker, now);
+        let mut goal = self.shard_goal(build, worker, now);
         let fitted = self.fitted_part(build, worker, now);
         let holds_dependents = self.workers.get(&worker).is_some_and(|state| state.holds_dependents);
         let run = self.builds.get_mut(&build).expect("the build was just found");
@@ -137,6 +137,14 @@ impl Scheduler {
                 run.ready_changed();
             }
         } else {
+            if goal.last
+                && let Some(head) = run.ready.last()
+            {
+                // A last shard holds no reserve: it is cut for the tests at the head of the
+                // queue at the pace of the tests estimated alike, where those ran slower than
+                // the build's drift says.
+                goal.share /= alike_slowdown(run, run.plan.tests[head.index].estimate_s);
+            }
             let mut variance = 0.0;
             let mut chain_cap = f64::INFINITY;
             let mut passed_over = Vec::new();
@@ -1036,6 +1044,44 @@ fn order_with_chains(run: &BuildRun, lease: LeaseId, tests: &mut Vec<PlanIndex>)
     debug_assert_eq!(ordered.len(), tests.len(), "a lease's chains are acyclic");
     *tests = ordered;
 }
+
+/// How many times slower than the build's drift the reported tests estimated alike to
+/// `estimate` ran (with history of their own, estimated within a factor of [`ALIKE`] of it):
+/// at least 1, and 1 until they add up to [`ALIKE_EVIDENCE`] estimates of `estimate` (and
+/// [`ALIKE_EVIDENCE_S`]).
+///
+/// The drift is what recent tests took, and tests run longest first: by the build's end it
+/// was learnt on tests estimated longer than those left. With a noisy history those are not
+/// alike: sorted by estimate, the longest look longer than they are (their history erred
+/// high) and the short ones shorter, so the end of a build, cut at the drift of its longest
+/// tests, runs late.
+fn alike_slowdown(run: &BuildRun, estimate: Seconds) -> f64 {
+    let (low, high) = (estimate / ALIKE, estimate * ALIKE);
+    let (mut real, mut estimated) = (0.0, 0.0);
+    for (test, duration) in run.plan.tests.iter().zip(&run.durations) {
+        if let Some(duration) = duration
+            && test.estimate_known
+            && (low..=high).contains(&test.estimate_s)
+        {
+            real += duration;
+            estimated += test.estimate_s;
+        }
+    }
+    if estimated < ALIKE_EVIDENCE_S.max(ALIKE_EVIDENCE * estimate) {
+        return 1.0;
+    }
+    ((real / estimated).clamp(0.5, 2.0) / run.drift.ratio()).max(1.0)
+}
+
+/// Tests are estimated alike ([`alike_slowdown`]) within this factor of each other.
+const ALIKE: f64 = 2.0;
+
+/// [`alike_slowdown`] needs reported tests alike adding up to this many estimates of the
+/// tests it is asked about...
+const ALIKE_EVIDENCE: f64 = 4.0;
+
+/// ...and to this many estimated seconds.
+const ALIKE_EVIDENCE_S: Seconds = 5.0;
 
 /// Whether a build's estimates can be trusted ([`ShardSizing::Fitted`]): at most
 /// [`TRUSTED_NEW_FRACTION`] of its tests are new, and the tests reported so far took about

@@ -216,6 +216,42 @@ fn a_test_can_be_sent_to_other_workers_than_those_it_failed_on_before() {
     assert!(alone.request_work(WorkerId(1), 0.1).0.is_some());
 }
 
+#[test]
+fn a_last_shard_is_cut_at_the_pace_of_the_tests_estimated_alike_not_the_builds_drift() {
+    // One test of 20 s and sixteen of 1 s; a shard costs 1 s, so a shard under 10 s of
+    // work holds nothing back (it is its worker's last).
+    let mut tests = vec![planned("long", 20.0, true)];
+    tests.extend((0..16).map(|index| planned(&format!("short{index}"), 1.0, true)));
+    // Cut finer (as where estimates are not trusted), and no lease gives back its end.
+    let config =
+        SchedulerConfig { shard_sizing: ShardSizing::Finer, split_running_leases: false, ..SchedulerConfig::default() };
+    let mut scheduler = Scheduler::new(config);
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.worker_joined(WorkerId(2), 0.0);
+    scheduler.add_build(BuildId(1), BuildPlan::from_tests(tests, 1.0), 0.0).unwrap();
+    let long = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    assert_eq!(long.tests, ["long"]);
+    let shorts = scheduler.request_work(WorkerId(2), 0.0).0.unwrap();
+    assert_eq!(shorts.tests.len(), 12);
+    // The first five short tests take 2 s each, the long one 10 s: the build's drift is 20 s
+    // for 25 estimated (0.8), but the tests estimated like those left took twice theirs.
+    for (at, id) in shorts.tests.iter().take(5).enumerate() {
+        let report =
+            ReportedTest { test_id: id, status: TestStatus::Passed, quarantined: false, duration_s: Some(2.0) };
+        scheduler.report(shorts.lease, WorkerId(2), &[report], 3.0 + 2.0 * at as f64).unwrap();
+    }
+    let report =
+        ReportedTest { test_id: "long", status: TestStatus::Passed, quarantined: false, duration_s: Some(10.0) };
+    scheduler.report(long.lease, WorkerId(1), &[report], 11.0).unwrap();
+    scheduler.lease_finished(long.lease, WorkerId(1), 11.0).unwrap();
+    // Four short tests are left, a last shard's worth: at the drift, worker 1 would take them
+    // all; at the pace of the tests estimated like them (2.5 times the drift) it takes two,
+    // and the other two wait for whichever worker is free first.
+    let last = scheduler.request_work(WorkerId(1), 11.0).0.unwrap();
+    assert_eq!(last.tests.len(), 2, "{:?}", last.tests);
+    assert_eq!(scheduler.queued(), (2, 2.0));
+}
+
 /// A scheduler that cuts a lone worker's shard from everything ready (up to
 /// `max_shard_s`), holding nothing back: the shapes of the split tests below are exact.
 fn greedy(max_shard_s: Seconds) -> Scheduler {
