@@ -6,7 +6,9 @@
 //!   overhead) on 36 and 50 workers;
 //! - `tags`: tag-selected builds of that suite (a tenth of it or so) on 36 workers;
 //! - `small`: 1k-test suites of the same shape on 8 and 16 workers;
-//! - `slow`: fleets with slower machines the scheduler is not told about.
+//! - `slow`: fleets with slower machines the scheduler is not told about, in a farm's first
+//!   build (no machine known) and after a build of the same plan on the same scheduler
+//!   (", after a build": the slower machines have shown themselves).
 //!
 //! Each with exact history and with noisy history (each duration off by a lognormal factor,
 //! sigma 0.5, and 5% of the tests new), a hundred seeds. Every row prints the mean, the
@@ -17,7 +19,8 @@
 //!
 //! Seeds 1–100 by default; `GREENLIGHT_BENCH_SEEDS=1-10` (a range or a comma list) sets them,
 //! `GREENLIGHT_BENCH_SHAPES=tags,small` (any of `full`, `tags`, `small`, `slow`) picks the
-//! tables, and `GREENLIGHT_BENCH_VERBOSE=1` prints each seed's ratios to stderr.
+//! tables, `GREENLIGHT_BENCH_VERBOSE=1` prints each seed's ratios to stderr, and
+//! `GREENLIGHT_BENCH_EARLIER_BUILDS=3` runs every row after that many builds of its plan.
 
 use std::collections::BTreeSet;
 
@@ -28,7 +31,7 @@ use greenlight_scheduler::core::{SchedulerConfig, ShardSizing};
 use greenlight_scheduler::estimate::{Estimates, estimate};
 use greenlight_scheduler::plan::BuildPlan;
 use greenlight_scheduler::select::select;
-use greenlight_scheduler::simulate::simulate_fleet;
+use greenlight_scheduler::simulate::simulate_fleet_after;
 use greenlight_scheduler::suite::Suite;
 use greenlight_shared::suite::SuiteFile;
 
@@ -94,6 +97,10 @@ struct Shape {
     noisy: bool,
     /// The target for the worst seed.
     target: f64,
+    /// How many builds of the same plan the fleet ran before, on the same scheduler: 0 for
+    /// a farm's first build (no worker's speed known), 1 for one whose slower machines
+    /// the scheduler has seen.
+    earlier_builds: u64,
 }
 
 impl Shape {
@@ -103,17 +110,31 @@ impl Shape {
             SuiteSize::Small => "1k",
         };
         let tags = if self.tags.is_empty() { "all".to_owned() } else { format!("`{}`", self.tags) };
-        format!("{suite}, {tags}{}", self.fleet.name())
+        let after = match self.earlier_builds {
+            0 => String::new(),
+            1 => ", after a build".to_owned(),
+            builds => format!(", after {builds} builds"),
+        };
+        format!("{suite}, {tags}{}{after}", self.fleet.name())
     }
 }
 
-fn shapes(tables: &BTreeSet<String>) -> Vec<Shape> {
+/// The rows of `tables`, each run after `earlier_builds` builds; the slow fleets' also
+/// after one build, where the scheduler has seen the slower machines.
+fn shapes(tables: &BTreeSet<String>, earlier_builds: u64) -> Vec<Shape> {
     let mut shapes = Vec::new();
     let mut add = |table: &'static str, suite, tags, n_workers, fleet, target_exact, target_noisy| {
-        if tables.contains(table) {
+        if !tables.contains(table) {
+            return;
+        }
+        let mut runs = vec![earlier_builds];
+        if fleet != Fleet::Equal && earlier_builds == 0 {
+            runs.push(1);
+        }
+        for earlier_builds in runs {
             for noisy in [false, true] {
                 let target = if noisy { target_noisy } else { target_exact };
-                shapes.push(Shape { table, suite, tags, n_workers, fleet, noisy, target });
+                shapes.push(Shape { table, suite, tags, n_workers, fleet, noisy, target, earlier_builds });
             }
         }
     };
@@ -176,7 +197,11 @@ fn main() {
         Err(_) => ["full", "tags", "small", "slow"].map(str::to_owned).into(),
     };
     let verbose = std::env::var_os("GREENLIGHT_BENCH_VERBOSE").is_some();
-    let shapes = shapes(&tables);
+    let earlier_builds = match std::env::var("GREENLIGHT_BENCH_EARLIER_BUILDS") {
+        Ok(text) => text.parse().unwrap_or_else(|_| panic!("GREENLIGHT_BENCH_EARLIER_BUILDS: not a count: {text}")),
+        Err(_) => 0,
+    };
+    let shapes = shapes(&tables, earlier_builds);
     let mut summaries: Vec<Summary> = shapes.iter().map(|_| Summary::default()).collect();
     for &seed in &seeds {
         let needs = |size: SuiteSize| shapes.iter().any(|shape| shape.suite == size);
@@ -196,11 +221,10 @@ fn main() {
             let (plan, actual) = generated.build(shape.tags, shape.noisy);
             let slowdown = shape.fleet.slowdown(shape.n_workers);
             let fitted_config = SchedulerConfig { shard_sizing: ShardSizing::Fitted, ..SchedulerConfig::default() };
-            let greenlight = simulate_fleet(&plan, &actual, &slowdown, fitted_config.clone());
-            let finer_config = SchedulerConfig { shard_sizing: ShardSizing::Finer, ..SchedulerConfig::default() };
-            let finer = simulate_fleet(&plan, &actual, &slowdown, finer_config);
-            let copies_config = SchedulerConfig { straggler_copies: true, ..fitted_config };
-            let copies = simulate_fleet(&plan, &actual, &slowdown, copies_config);
+            let simulate = |config| simulate_fleet_after(&plan, &actual, &slowdown, config, shape.earlier_builds);
+            let greenlight = simulate(fitted_config.clone());
+            let finer = simulate(SchedulerConfig { shard_sizing: ShardSizing::Finer, ..SchedulerConfig::default() });
+            let copies = simulate(SchedulerConfig { straggler_copies: true, ..fitted_config });
             summary.copies.push(copies.ratio());
             let by_count = simulate_static_fleet(&plan, &actual, &split_by_count(&plan, shape.n_workers), &slowdown);
             let by_estimate =

@@ -74,101 +74,161 @@ pub fn simulate(plan: &BuildPlan, actual_s: &[f64], n_workers: usize, config: Sc
 /// neighbour. The scheduler is not told; the lower bound is the fleet's
 /// ([`BuildPlan::lower_bound_on_fleet`]).
 pub fn simulate_fleet(plan: &BuildPlan, actual_s: &[f64], slowdown: &[f64], config: SchedulerConfig) -> Simulation {
+    simulate_fleet_after(plan, actual_s, slowdown, config, 0)
+}
+
+/// As [`simulate_fleet`], the build run after `earlier_builds` builds of the same plan on
+/// the same fleet and scheduler, back to back, as in a farm that has run builds before:
+/// the scheduler has seen how fast each worker is. The simulation is the last build's,
+/// its times counted from its start.
+pub fn simulate_fleet_after(
+    plan: &BuildPlan,
+    actual_s: &[f64],
+    slowdown: &[f64],
+    config: SchedulerConfig,
+    earlier_builds: u64,
+) -> Simulation {
     assert_eq!(plan.len(), actual_s.len(), "one actual duration per planned test");
     assert!(!slowdown.is_empty(), "a fleet has a worker");
-    let n_workers = slowdown.len();
     let lower_bound_s = plan.lower_bound_on_fleet(actual_s, slowdown);
     // Idle workers ask again this often while the build runs (a long poll timing out),
     // so a straggler's copy starts when it pays, not only when some shard ends.
     let poll_s = config.straggler_copies.then_some(POLL_S);
     let mut scheduler = Scheduler::new(SchedulerConfig { lease_timeout_s: f64::INFINITY, ..config });
-    let build = BuildId(1);
-    let mut finished =
-        scheduler.add_build(build, plan.clone(), 0.0).expect("a fresh scheduler has no build").iter().any(is_finish);
-    let mut idle = vec![true; n_workers];
-    let mut running = Running::default();
-    let mut now = 0.0;
-    let mut makespan_s: f64 = 0.0;
     // Workers join in order, so worker 0 gets the first shard.
-    for worker in 0..n_workers {
+    for worker in 0..slowdown.len() {
         scheduler.worker_joined(WorkerId(worker as u64), 0.0);
         // Its tests all pass: a test after its prerequisite in a shard always runs.
         scheduler.worker_holds_dependents(WorkerId(worker as u64), true);
     }
-    while !finished {
-        for (worker, is_idle) in idle.iter_mut().enumerate() {
-            if !*is_idle {
+    let fleet = Fleet { plan, actual_s, slowdown, poll_s };
+    let mut start = 0.0;
+    for build in 1..=earlier_builds {
+        start = fleet.run(&mut scheduler, BuildId(build), start).0;
+    }
+    let (end, mut shards) = fleet.run(&mut scheduler, BuildId(earlier_builds + 1), start);
+    if start > 0.0 {
+        for shard in &mut shards {
+            shard.start -= start;
+            shard.end -= start;
+        }
+    }
+    Simulation { makespan_s: end - start, lower_bound_s, shards }
+}
+
+/// A simulated fleet running a plan's builds.
+struct Fleet<'a> {
+    plan: &'a BuildPlan,
+    actual_s: &'a [f64],
+    slowdown: &'a [f64],
+    poll_s: Option<f64>,
+}
+
+impl Fleet<'_> {
+    /// Runs `build` of the plan from `start`, every worker idle: when its last test ended,
+    /// and its shards.
+    fn run(&self, scheduler: &mut Scheduler, build: BuildId, start: f64) -> (f64, Vec<SimulatedShard>) {
+        let Fleet { plan, actual_s, slowdown, poll_s } = *self;
+        let n_workers = slowdown.len();
+        let mut finished = scheduler
+            .add_build(build, plan.clone(), start)
+            .expect("the fleet's builds run one at a time")
+            .iter()
+            .any(is_finish);
+        let mut idle = vec![true; n_workers];
+        // Idle workers that got nothing while tests were ready (left to others): they ask
+        // again when a shard ends or work is said to be available, as a real worker's long
+        // poll is woken.
+        let mut declined = vec![false; n_workers];
+        let mut running = Running::default();
+        let mut now = start;
+        let mut makespan_s: f64 = start;
+        while !finished {
+            for (worker, is_idle) in idle.iter_mut().enumerate() {
+                if !*is_idle || declined[worker] {
+                    continue;
+                }
+                let (grant, decisions) = scheduler.request_work(WorkerId(worker as u64), now);
+                for decision in &decisions {
+                    running.shrink(plan, decision, now);
+                }
+                let Some(grant) = grant else {
+                    if scheduler.has_ready_work() {
+                        // Left to another worker (a faster one, or one a retry did not fail on).
+                        declined[worker] = true;
+                        continue;
+                    }
+                    break;
+                };
+                *is_idle = false;
+                let tests: Vec<PlanIndex> = grant.tests.iter().map(|id| index_of(plan, id)).collect();
+                running.start(grant.lease.0, worker, tests, now, plan.shard_overhead_s, actual_s, slowdown[worker]);
+            }
+            let Some(Reverse(Timed(time, _, _))) = running.events.peek().copied() else {
+                panic!("the simulated build stalled with tests unfinished and no shard running");
+            };
+            if let Some(poll_s) = poll_s
+                && idle.iter().any(|&idle| idle)
+                && time > now + poll_s
+            {
+                now += poll_s;
                 continue;
             }
-            let (grant, decisions) = scheduler.request_work(WorkerId(worker as u64), now);
-            for decision in &decisions {
-                running.shrink(plan, decision, now);
-            }
-            let Some(grant) = grant else { break };
-            *is_idle = false;
-            let tests: Vec<PlanIndex> = grant.tests.iter().map(|id| index_of(plan, id)).collect();
-            running.start(grant.lease.0, worker, tests, now, plan.shard_overhead_s, actual_s, slowdown[worker]);
-        }
-        let Some(Reverse(Timed(time, _, _))) = running.events.peek().copied() else {
-            panic!("the simulated build stalled with tests unfinished and no shard running");
-        };
-        if let Some(poll_s) = poll_s
-            && idle.iter().any(|&idle| idle)
-            && time > now + poll_s
-        {
-            now += poll_s;
-            continue;
-        }
-        now = time;
-        while let Some(Reverse(Timed(time, event_sequence, event))) = running.events.peek().copied() {
-            if time != now {
-                break;
-            }
-            running.events.pop();
-            if !running.happens(event, event_sequence) {
-                continue;
-            }
-            match event {
-                Event::TestDone { lease, worker, test } => {
-                    makespan_s = makespan_s.max(time);
-                    let id = &plan.tests[test].id;
-                    let reported = ReportedTest {
-                        test_id: id,
-                        status: TestStatus::Passed,
-                        quarantined: false,
-                        duration_s: Some(actual_s[test] * slowdown[worker]),
-                    };
-                    let report = scheduler
-                        .report(LeaseId(lease), WorkerId(worker as u64), &[reported], now)
-                        .expect("the simulated worker reports its own leased test")
-                        .pop()
-                        .expect("one report per result");
-                    if let crate::core::Report::Accepted { decisions, .. } = report {
-                        finished |= decisions.iter().any(is_finish);
-                        for decision in &decisions {
-                            running.shrink(plan, decision, now);
+            now = time;
+            while let Some(Reverse(Timed(time, event_sequence, event))) = running.events.peek().copied() {
+                if time != now {
+                    break;
+                }
+                running.events.pop();
+                if !running.happens(event, event_sequence) {
+                    continue;
+                }
+                match event {
+                    Event::TestDone { lease, worker, test } => {
+                        makespan_s = makespan_s.max(time);
+                        let id = &plan.tests[test].id;
+                        let reported = ReportedTest {
+                            test_id: id,
+                            status: TestStatus::Passed,
+                            quarantined: false,
+                            duration_s: Some(actual_s[test] * slowdown[worker]),
+                        };
+                        let report = scheduler
+                            .report(LeaseId(lease), WorkerId(worker as u64), &[reported], now)
+                            .expect("the simulated worker reports its own leased test")
+                            .pop()
+                            .expect("one report per result");
+                        if let crate::core::Report::Accepted { decisions, .. } = report {
+                            finished |= decisions.iter().any(is_finish);
+                            for decision in &decisions {
+                                running.shrink(plan, decision, now);
+                            }
+                            if decisions.contains(&Decision::WorkAvailable) {
+                                declined.fill(false);
+                            }
                         }
                     }
-                }
-                Event::ShardDone { lease, worker } => {
-                    let decisions = scheduler
-                        .lease_finished(LeaseId(lease), WorkerId(worker as u64), now)
-                        .expect("the simulated worker finishes its own lease");
-                    finished |= decisions.iter().any(is_finish);
-                    idle[worker] = true;
-                    running.test_ends.remove(&lease);
-                    makespan_s = makespan_s.max(running.shards[running.shard_of_lease[&lease]].end);
+                    Event::ShardDone { lease, worker } => {
+                        let decisions = scheduler
+                            .lease_finished(LeaseId(lease), WorkerId(worker as u64), now)
+                            .expect("the simulated worker finishes its own lease");
+                        finished |= decisions.iter().any(is_finish);
+                        idle[worker] = true;
+                        declined.fill(false);
+                        running.test_ends.remove(&lease);
+                        makespan_s = makespan_s.max(running.shards[running.shard_of_lease[&lease]].end);
+                    }
                 }
             }
         }
-    }
-    // Shards still "running" when the last result came in end at their last test.
-    while let Some(Reverse(Timed(time, event_sequence, event))) = running.events.pop() {
-        if running.happens(event, event_sequence) {
-            makespan_s = makespan_s.max(time);
+        // Shards still "running" when the last result came in end at their last test.
+        while let Some(Reverse(Timed(time, event_sequence, event))) = running.events.pop() {
+            if running.happens(event, event_sequence) {
+                makespan_s = makespan_s.max(time);
+            }
         }
+        (makespan_s, running.shards)
     }
-    Simulation { makespan_s, lower_bound_s, shards: running.shards }
 }
 
 /// How often idle simulated workers ask again when straggler copies are on (seconds).
@@ -281,5 +341,30 @@ mod tests {
         assert_eq!(result.lower_bound_s, plan.lower_bound_on_fleet(&actual, &slowdown));
         assert!(result.makespan_s >= result.lower_bound_s, "{result:?}");
         assert!(result.shards.iter().any(|shard| shard.worker == 1), "the slow worker did some of it");
+    }
+
+    #[test]
+    fn a_fleet_that_ran_a_build_before_keeps_the_long_test_off_its_slower_machine() {
+        // A 30 s test and thirty of 3 s on four workers, the first (the first to ask) three
+        // times slower: 120 s over 3⅓ workers, 36 s, plus a shard's 1 s.
+        let mut tests = vec![planned("long", 30.0, true)];
+        tests.extend((0..30).map(|index| planned(&format!("t{index}"), 3.0, true)));
+        let plan = BuildPlan::from_tests(tests, 1.0);
+        let actual: Vec<f64> = plan.tests.iter().map(|test| test.estimate_s).collect();
+        let slowdown = [3.0, 1.0, 1.0, 1.0];
+        let first = simulate_fleet_after(&plan, &actual, &slowdown, SchedulerConfig::default(), 0);
+        let after = simulate_fleet_after(&plan, &actual, &slowdown, SchedulerConfig::default(), 1);
+        assert_eq!(after.lower_bound_s, first.lower_bound_s);
+        assert!(after.ratio() <= 1.10, "{after:?}");
+        assert!(after.makespan_s < first.makespan_s, "{first:?} {after:?}");
+        let long_on = after.shards.iter().find(|shard| shard.tests.contains(&0)).expect("the long test ran").worker;
+        assert_ne!(long_on, 0, "{after:?}");
+        // The measured build's times count from its start; every test ran once.
+        assert!(after.shards.iter().all(|shard| shard.start >= 0.0 && shard.end <= after.makespan_s + 1e-9));
+        let mut runs = vec![0; plan.len()];
+        for &test in after.shards.iter().flat_map(|shard| &shard.tests) {
+            runs[test] += 1;
+        }
+        assert_eq!(runs, vec![1; plan.len()]);
     }
 }

@@ -4,14 +4,14 @@
 //! the module documentation of [`super`] lives here.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 
 use greenlight_shared::api::{LeaseDependency, TestStatus};
 
 use super::state::{BuildRun, FittedPart, FittedSplit, LeaseState, ReadyEntry, TestState};
 use super::{BuildId, Decision, LeaseGrant, LeaseId, Scheduler, ShardSizing, WorkerId};
 use crate::Seconds;
-use crate::plan::PlanIndex;
+use crate::plan::{PlanIndex, PlannedTest};
 
 /// How much longer than estimated a chain of dependants may run: a shard holding a test
 /// others wait on ends early enough for the chain to take this many times its estimate.
@@ -52,6 +52,7 @@ impl Scheduler {
     /// A worker that asks while holding a lease has abandoned it: it is taken back first
     /// ([`Decision::LeaseTakenBack`]).
     pub fn request_work(&mut self, worker: WorkerId, now: Seconds) -> (Option<LeaseGrant>, Vec<Decision>) {
+        self.refresh_slowness();
         let mut decisions = Vec::new();
         let held = self.workers.get(&worker).and_then(|state| state.lease);
         if let Some(lease) = held
@@ -93,10 +94,26 @@ impl Scheduler {
         let mut goal = self.shard_goal(build, worker, now);
         let fitted = self.fitted_part(build, worker, now);
         let holds_dependents = self.workers.get(&worker).is_some_and(|state| state.holds_dependents);
+        let slowness = self.slowness(worker);
+        // When the first faster worker could start a test of the build, if this one is
+        // slower than another.
+        let faster_ready = (slowness > 1.0)
+            .then(|| {
+                self.ready_times(build, worker, now)
+                    .into_iter()
+                    .filter(|&(id, _)| {
+                        id != worker
+                            && self.workers.get(&id).is_some_and(|state| state.benched_until <= now)
+                            && self.slowness(id) < slowness
+                    })
+                    .map(|(_, ready_at)| ready_at)
+                    .min_by(f64::total_cmp)
+            })
+            .flatten();
         let run = self.builds.get_mut(&build).expect("the build was just found");
         let overhead = run.costs.overhead();
         let first_of_worker = !run.started.contains(&worker);
-        let cost = run.shard_cost(worker);
+        let cost = run.shard_cost(worker) * slowness;
         let lease = LeaseId(self.next_lease);
         self.next_lease += 1;
         let mut tests: Vec<PlanIndex> = Vec::new();
@@ -148,13 +165,37 @@ impl Scheduler {
             let mut variance = 0.0;
             let mut chain_cap = f64::INFINITY;
             let mut passed_over = Vec::new();
-            while let Some(entry) = run.ready.last().copied() {
+            // A slower worker leaves to a faster one a test the faster one would end sooner,
+            // and a new test, whose estimate is a guess (it may take ten times as long). When
+            // it would leave the first in line, its shard is cut from the other end of the
+            // queue, the quickest tests, for as long as it ends them no later than a faster
+            // worker would.
+            let drift = run.drift.ratio();
+            let leaves = |planned: &PlannedTest, work: Seconds| {
+                faster_ready.is_some_and(|faster_ready| {
+                    !planned.estimate_known
+                        || now + cost + (work + planned.estimate_s) * drift * slowness
+                            > faster_ready + planned.estimate_s * drift
+                })
+            };
+            let from_quickest = run.ready.last().is_some_and(|entry| leaves(&run.plan.tests[entry.index], 0.0));
+            let next = |ready: &BTreeSet<ReadyEntry>| if from_quickest { ready.first() } else { ready.last() }.copied();
+            while let Some(entry) = next(&run.ready) {
                 if avoided(run, entry.index) {
-                    passed_over.push(run.ready.pop_last().expect("just looked at"));
+                    run.ready.remove(&entry);
+                    passed_over.push(entry);
                     continue;
                 }
                 let planned = &run.plan.tests[entry.index];
                 let estimate = planned.estimate_s;
+                if leaves(planned, work) {
+                    if from_quickest {
+                        break;
+                    }
+                    run.ready.remove(&entry);
+                    passed_over.push(entry);
+                    continue;
+                }
                 if let Some(&first) = tests.first() {
                     // New tests and known ones are never in one shard. A shard of new tests is
                     // no larger than the reserve (their estimates are one figure for many
@@ -166,7 +207,8 @@ impl Scheduler {
                         break;
                     }
                     if !new_shard && !planned.estimate_known {
-                        passed_over.push(run.ready.pop_last().expect("just looked at"));
+                        run.ready.remove(&entry);
+                        passed_over.push(entry);
                         continue;
                     }
                 }
@@ -200,7 +242,7 @@ impl Scheduler {
                     let latest_end = goal.finish - now - 2.0 * overhead - CHAIN_SAFETY * chain_behind;
                     chain_cap = chain_cap.min(latest_end.max(work + estimate));
                 }
-                run.ready.pop_last();
+                run.ready.remove(&entry);
                 run.lease_test(entry.index, lease);
                 work += estimate;
                 variance += test_variance;
@@ -254,6 +296,7 @@ impl Scheduler {
             copy_of: None,
             skipped: 0,
             measured: false,
+            slowness,
         };
         self.leases.insert(lease, state);
         if let Some(state) = self.workers.get_mut(&worker) {
@@ -304,8 +347,10 @@ impl Scheduler {
         let total: Seconds = seconds.iter().sum();
         // Keep the first `kept` tests: the holder ends at `progress_at` plus them.
         let holder_end = |kept: usize| (lease.progress_at + seconds[..kept].iter().sum::<Seconds>()).max(now);
-        // What a new shard costs the worker taking the withdrawn tests.
-        let startup = run.shard_cost(worker);
+        // What a new shard costs the worker taking the withdrawn tests, and how much longer
+        // than the holder it takes for them (the tests are alike: only the machines differ).
+        let startup = run.shard_cost(worker) * self.slowness(worker);
+        let relative_pace = self.slowness(worker) / self.slowness(lease.worker);
         // Where the lease may be cut: best where no test given back waits on a test it keeps
         // (a chain leased whole): given back, such a test could not run before the holder
         // passed that test, and would cost a shard of its own after it. Else where some test
@@ -337,7 +382,7 @@ impl Scheduler {
             (1..seconds.len())
                 .filter(|&kept| allowed[kept])
                 .map(|kept| {
-                    let rest: Seconds = seconds[kept..].iter().sum();
+                    let rest: Seconds = seconds[kept..].iter().sum::<Seconds>() * relative_pace;
                     (kept, holder_end(kept).max(now + startup + rest))
                 })
                 .min_by(|a, b| a.1.total_cmp(&b.1))
@@ -441,7 +486,7 @@ impl Scheduler {
         let soonest_free = candidates.iter().map(|candidate| candidate.1).fold(f64::INFINITY, f64::min);
         let (shrunk_at, free_at, id, worker, unreported) =
             candidates.into_iter().min_by(|a, b| a.0.total_cmp(&b.0).then(a.2.cmp(&b.2)))?;
-        let startup = self.builds[&build].shard_cost(worker);
+        let startup = self.builds[&build].shard_cost(worker) * self.slowness(worker);
         if shrunk_at >= free_at || soonest_free <= shrunk_at + startup {
             return None;
         }
@@ -455,11 +500,10 @@ impl Scheduler {
         let drift = run.drift.ratio();
         // In real seconds, as far as the recent drift of estimates tells.
         let unleased = run.unleased_work * drift;
-        let ready_at: Vec<Seconds> =
-            self.ready_times(build, worker, now).into_iter().map(|(_, ready_at)| ready_at).collect();
-        let finish = water_fill(unleased, ready_at, now);
-        // Back in estimated seconds, the unit shards are cut in.
-        let share = (finish - now - run.shard_cost(worker)).max(0.0) / drift;
+        let finish = water_fill(unleased, self.capacities(self.ready_times(build, worker, now)), now);
+        // Back in estimated seconds on this worker, the unit shards are cut in.
+        let slowness = self.slowness(worker);
+        let share = (finish - now - run.shard_cost(worker) * slowness).max(0.0) / (drift * slowness);
         let smallest = self.config.min_shard_s.max(self.config.min_shard_overheads * overhead);
         let last = share * self.config.tail_fraction < smallest;
         // A last shard holds just what brings this worker to the common finish, even less
@@ -506,8 +550,8 @@ impl Scheduler {
             let started = lease.progress_at;
             let projected = started + estimate * lease.pace(drift);
             let end = if projected > now { projected } else { now + (now - started) };
-            let cost = run.shard_cost(worker);
-            let copy_end = now + cost + estimate * drift;
+            let cost = run.shard_cost(worker) * self.slowness(worker);
+            let copy_end = now + cost + estimate * drift * self.slowness(worker);
             match ready {
                 None if end - copy_end <= 2.0 * cost => continue,
                 None => {}
@@ -525,9 +569,9 @@ impl Scheduler {
                     let ready_at = self
                         .ready_times(build, worker, now)
                         .into_iter()
-                        .map(|(id, ready_at)| if id == worker { copy_end + cost } else { ready_at })
+                        .map(|(id, ready_at)| (id, if id == worker { copy_end + cost } else { ready_at }))
                         .collect();
-                    if water_fill(run.unleased_work * drift, ready_at, now) + 2.0 * cost > end {
+                    if water_fill(run.unleased_work * drift, self.capacities(ready_at), now) + 2.0 * cost > end {
                         continue;
                     }
                 }
@@ -548,8 +592,9 @@ impl Scheduler {
         }
         let (primary, test, _) = best?;
         let build = self.leases[&primary].build;
+        let slowness = self.slowness(worker);
         let run = self.builds.get_mut(&build).expect("a running lease's build");
-        let cost = run.shard_cost(worker);
+        let cost = run.shard_cost(worker) * slowness;
         let estimate = run.plan.tests[test].estimate_s;
         let lease = LeaseId(self.next_lease);
         self.next_lease += 1;
@@ -574,6 +619,7 @@ impl Scheduler {
             copy_of: Some(primary),
             skipped: 0,
             measured: false,
+            slowness,
         };
         let test_id = run.plan.tests[test].id.clone();
         self.leases.insert(lease, state);
@@ -603,13 +649,19 @@ impl Scheduler {
                     Some(lease) if id != worker && lease.active => lease.free_at(now, drift),
                     _ => now,
                 };
-                (id, free_at + run.shard_cost(id))
+                (id, free_at + run.shard_cost(id) * self.slowness(id))
             })
             .collect();
         if !self.workers.contains_key(&worker) {
             ready_at.push((worker, now + run.shard_cost(worker)));
         }
         ready_at
+    }
+
+    /// [`Scheduler::ready_times`] as [`water_fill`] takes them: each worker's ready time
+    /// and rate.
+    fn capacities(&self, ready_at: Vec<(WorkerId, Seconds)>) -> Vec<(Seconds, f64)> {
+        ready_at.into_iter().map(|(id, ready_at)| (ready_at, 1.0 / self.slowness(id))).collect()
     }
 
     /// [`ShardSizing::Fitted`]: the part of the asking worker in a split of the ready work
@@ -644,7 +696,7 @@ impl Scheduler {
             .collect();
         // The split holds for this worker while it starts about when the split said it
         // would: within a shard's overhead, what a split of a running lease would cost.
-        let ready_at = now + run.shard_cost(worker);
+        let ready_at = now + run.shard_cost(worker) * self.slowness(worker);
         let planned = run.fitted_split.as_ref().is_some_and(|split| {
             split.workers == workers
                 && split.parts.get(&worker).is_some_and(|part| (part.ready_at - ready_at).abs() <= run.costs.overhead())
@@ -706,14 +758,16 @@ impl Scheduler {
             })
             .collect();
         running.sort_unstable();
+        // A slower worker takes longer for its tests and its shards alike.
+        let slowness: Vec<f64> = workers.iter().map(|&id| self.slowness(id)).collect();
         let mut chain_steps = vec![0; workers.len()];
         for (_, test, bin) in running {
             let (estimated, steps) = chains.behind(test);
-            levels[bin] += estimated * drift;
+            levels[bin] += estimated * drift * slowness[bin];
             chain_steps[bin] = chain_steps[bin].max(steps);
         }
-        for (level, &steps) in levels.iter_mut().zip(&chain_steps) {
-            *level += steps as f64 * overhead;
+        for ((level, &steps), &slowness) in levels.iter_mut().zip(&chain_steps).zip(&slowness) {
+            *level += steps as f64 * overhead * slowness;
         }
         // Highest priority first, so that a test waiting on two ready ones counts with the
         // one dispatched first.
@@ -748,7 +802,7 @@ impl Scheduler {
             .iter()
             .map(|id| run.plan.chains_in_lease && self.workers.get(id).is_some_and(|state| state.holds_dependents))
             .collect();
-        let mut bins = Bins::new(&levels, chain_steps, holds, overhead, asking);
+        let mut bins = Bins::new(&levels, chain_steps, holds, slowness, overhead, asking);
         let mut parts: Vec<Vec<ReadyEntry>> =
             vec![Vec::with_capacity(2 * run.ready.len() / workers.len() + 1); workers.len()];
         let asking_only = [worker];
@@ -793,9 +847,11 @@ impl Scheduler {
     }
 }
 
-/// The workers' loads in a split ([`Scheduler::split_ready_work`]), least first: a binary
-/// heap of (load, not the asking worker, position); an entry made stale by a later change
-/// of its worker's load is skipped when it surfaces.
+/// The workers' loads in a split ([`Scheduler::split_ready_work`]): each test goes to the
+/// worker that would end it first. The workers as fast as the others are in a binary heap
+/// of (load, not the asking worker, position), least first; an entry made stale by a later
+/// change of its worker's load is skipped when it surfaces. The few slower or faster ones
+/// ([`Scheduler::slowness`]) are looked at one by one.
 struct Bins {
     levels: Vec<Seconds>,
     /// The most steps of the chains each worker runs: it pays an overhead for each.
@@ -804,6 +860,10 @@ struct Bins {
     /// ([`BuildPlan::chains_in_lease`](crate::plan::BuildPlan::chains_in_lease)): their steps
     /// cost it no shard.
     holds: Vec<bool>,
+    /// How many times as long as the others each worker takes.
+    slowness: Vec<f64>,
+    /// The workers whose slowness is not 1, outside the heap.
+    odd: Vec<usize>,
     overhead: Seconds,
     versions: Vec<u32>,
     asking: usize,
@@ -843,16 +903,27 @@ impl Ord for Bin {
 }
 
 impl Bins {
-    fn new(levels: &[Seconds], steps: Vec<usize>, holds: Vec<bool>, overhead: Seconds, asking: usize) -> Bins {
+    fn new(
+        levels: &[Seconds],
+        steps: Vec<usize>,
+        holds: Vec<bool>,
+        slowness: Vec<f64>,
+        overhead: Seconds,
+        asking: usize,
+    ) -> Bins {
+        let odd: Vec<usize> = (0..levels.len()).filter(|&position| slowness[position] != 1.0).collect();
         let heap = levels
             .iter()
             .enumerate()
+            .filter(|&(position, _)| slowness[position] == 1.0)
             .map(|(position, &level)| Reverse(Bin { level, not_asking: position != asking, position, version: 0 }))
             .collect();
         Bins {
             levels: levels.to_vec(),
             steps,
             holds,
+            slowness,
+            odd,
             overhead,
             versions: vec![0; levels.len()],
             asking,
@@ -861,23 +932,27 @@ impl Bins {
         }
     }
 
-    /// Adds `seconds` of tests whose chain has `steps` steps to the least loaded worker that
-    /// `allowed` allows, or to the least loaded of all when it allows none; returns which.
+    /// Adds `seconds` of tests whose chain has `steps` steps to the worker that `allowed`
+    /// allows and would end them first, or to the least loaded of all when it allows none;
+    /// returns which.
     fn add_to_least(&mut self, allowed: impl Fn(usize) -> bool, seconds: Seconds, steps: usize) -> usize {
-        while let Some(Reverse(bin)) = self.heap.peek().copied() {
-            if bin.version != self.versions[bin.position] {
-                self.heap.pop();
-                continue;
+        if self.odd.is_empty() {
+            while let Some(Reverse(bin)) = self.heap.peek().copied() {
+                if bin.version != self.versions[bin.position] {
+                    self.heap.pop();
+                    continue;
+                }
+                if !allowed(bin.position) {
+                    break;
+                }
+                // The usual case: the least loaded takes it, and sinks in place.
+                let seconds = self.cost(bin.position, seconds, steps);
+                self.steps[bin.position] = self.steps[bin.position].max(steps);
+                let mut least = self.heap.peek_mut().expect("just looked at");
+                least.0.level += seconds;
+                self.levels[bin.position] = least.0.level;
+                return bin.position;
             }
-            if !allowed(bin.position) {
-                break;
-            }
-            // The usual case: the least loaded takes it, and sinks in place.
-            let seconds = self.cost(bin.position, seconds, steps);
-            let mut least = self.heap.peek_mut().expect("just looked at");
-            least.0.level += seconds;
-            self.levels[bin.position] = least.0.level;
-            return bin.position;
         }
         let mut chosen = None;
         while let Some(Reverse(bin)) = self.heap.pop() {
@@ -885,36 +960,51 @@ impl Bins {
                 continue;
             }
             if allowed(bin.position) {
-                chosen = Some(bin);
+                chosen = Some(bin.position);
+                self.passed.push(bin);
                 break;
             }
             self.passed.push(bin);
         }
-        // Every worker is to be avoided: the least loaded of all, the first passed over.
-        let chosen = chosen.unwrap_or_else(|| self.passed.remove(0));
+        // The slower or faster workers, where one would end it sooner.
+        let end = |bins: &Bins, position: usize| bins.levels[position] + bins.cost(position, seconds, steps);
+        for &position in &self.odd {
+            if allowed(position) && chosen.is_none_or(|chosen| end(self, position) < end(self, chosen)) {
+                chosen = Some(position);
+            }
+        }
+        // Every worker is to be avoided: the least loaded of all.
+        let chosen = chosen.unwrap_or_else(|| {
+            let least_odd = self.odd.iter().copied().min_by(|&a, &b| self.levels[a].total_cmp(&self.levels[b]));
+            match (self.passed.first(), least_odd) {
+                (Some(bin), Some(odd)) if self.levels[odd] < bin.level => odd,
+                (Some(bin), _) => bin.position,
+                (None, odd) => odd.expect("a split has a worker"),
+            }
+        });
         self.heap.extend(self.passed.drain(..).map(Reverse));
-        self.add(chosen.position, seconds, steps);
-        chosen.position
+        self.add(chosen, seconds, steps);
+        chosen
     }
 
     /// What `seconds` of tests whose chain has `steps` steps add to worker `position`'s load:
-    /// the overheads of the steps beyond those of its longest chain so far, which it now
-    /// has.
-    fn cost(&mut self, position: usize, seconds: Seconds, steps: usize) -> Seconds {
-        if self.holds[position] {
-            return seconds;
-        }
-        let beyond = steps.saturating_sub(self.steps[position]);
-        self.steps[position] = self.steps[position].max(steps);
-        seconds + beyond as f64 * self.overhead
+    /// the overheads of the steps beyond those of its longest chain so far, all at its
+    /// slowness.
+    fn cost(&self, position: usize, seconds: Seconds, steps: usize) -> Seconds {
+        let beyond = if self.holds[position] { 0 } else { steps.saturating_sub(self.steps[position]) };
+        (seconds + beyond as f64 * self.overhead) * self.slowness[position]
     }
 
     /// Adds `seconds` of tests whose chain has `steps` steps to the load of worker
-    /// `position` ([`Bins::cost`]): its entry in the heap, if any, goes
-    /// stale and a new one is pushed.
+    /// `position` ([`Bins::cost`]), which now has that chain: its entry in the heap, if
+    /// any, goes stale and a new one is pushed.
     fn add(&mut self, position: usize, seconds: Seconds, steps: usize) {
         self.levels[position] += self.cost(position, seconds, steps);
+        self.steps[position] = self.steps[position].max(steps);
         self.versions[position] += 1;
+        if self.slowness[position] != 1.0 {
+            return;
+        }
         let bin = Bin {
             level: self.levels[position],
             not_asking: position != self.asking,
@@ -1091,16 +1181,19 @@ fn trusts_estimates(run: &BuildRun) -> bool {
         && run.spread.after(TRUSTED_SPREAD_AFTER).is_none_or(|spread| spread <= TRUSTED_SPREAD)
 }
 
-/// The level F at which the free capacity of the workers (each free from its `ready_at`)
-/// below it holds `work` seconds: when they would all end if the work were fluid.
-pub(super) fn water_fill(work: Seconds, mut ready_at: Vec<Seconds>, now: Seconds) -> Seconds {
-    ready_at.sort_by(f64::total_cmp);
-    let mut capacity_base = 0.0;
+/// The level F at which the free capacity of the workers below it holds `work` seconds:
+/// when they would all end if the work were fluid. Each worker is free from its ready time
+/// and runs at its rate (1 for a worker as fast as the others, 1/3 for one three times
+/// slower: [`Scheduler::slowness`]).
+pub(super) fn water_fill(work: Seconds, mut workers: Vec<(Seconds, f64)>, now: Seconds) -> Seconds {
+    workers.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut rate, mut weighted) = (0.0, 0.0);
     let mut finish = now + work;
-    for (count, &available) in ready_at.iter().enumerate() {
-        capacity_base += available;
-        finish = (work + capacity_base) / (count + 1) as f64;
-        if ready_at.get(count + 1).is_none_or(|&next| finish <= next) {
+    for (count, &(available, speed)) in workers.iter().enumerate() {
+        rate += speed;
+        weighted += speed * available;
+        finish = (work + weighted) / rate;
+        if workers.get(count + 1).is_none_or(|next| finish <= next.0) {
             break;
         }
     }
@@ -1114,7 +1207,7 @@ mod tests {
     /// Adds `(seconds, steps)` in turn to the least loaded of two workers (worker 0 asking,
     /// shard overhead 1 s): which worker took each, and their loads after.
     fn check(items: &[(Seconds, usize)], expected: (&[usize], [Seconds; 2])) {
-        let mut bins = Bins::new(&[0.0, 0.0], vec![0, 0], vec![false, false], 1.0, 0);
+        let mut bins = Bins::new(&[0.0, 0.0], vec![0, 0], vec![false, false], vec![1.0, 1.0], 1.0, 0);
         let taken: Vec<usize> =
             items.iter().map(|&(seconds, steps)| bins.add_to_least(|_| true, seconds, steps)).collect();
         assert_eq!((taken.as_slice(), [bins.levels[0], bins.levels[1]]), expected);

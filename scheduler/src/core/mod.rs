@@ -61,6 +61,13 @@
 //! holds a lease, the one whose running test ends first gives back the tests it has not
 //! started ([`Decision::LeaseShrunk`]) and asks for work after that test.
 //!
+//! Workers are not all alike: a machine that runs its tests slower than the others (older
+//! hardware, a noisy neighbour) shows it in its results, across builds
+//! (`Scheduler::slowness`, shrunk towards the others as far as the history's noise says
+//! it could be chance). Every projection of a worker's time takes it at its pace: the
+//! fitted split gives each test to the worker that would end it first, and a slower worker
+//! cutting finer leaves to a faster one the tests it would end later, and the new ones.
+//!
 //! A single test cannot be split. With [`SchedulerConfig::straggler_copies`] (off by
 //! default), a worker with nothing better to do runs a backup copy of the test that holds
 //! the build's end on a slow or stalled machine ([`LeaseGrant::copy_of`]); the first

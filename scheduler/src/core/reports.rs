@@ -176,6 +176,7 @@ impl Scheduler {
     /// Takes one result of a checked batch: `index` is one of `lease`'s tests.
     fn take_result(&mut self, lease: LeaseId, index: PlanIndex, result: &ReportedTest<'_>, now: Seconds) -> Report {
         let ReportedTest { test_id, status, quarantined, duration_s } = *result;
+        let slowness = self.leases.get(&lease).map_or(1.0, |state| self.slowness(state.worker));
         let Some(lease_state) = self.leases.get_mut(&lease) else {
             // An earlier result of the batch ended the build, retiring the lease.
             return Report::Stale;
@@ -209,7 +210,12 @@ impl Scheduler {
         if let Some(real) = reported_s
             && run.plan.tests[index].estimate_known
         {
-            run.spread.observe(real, estimate);
+            // How far off the estimates are, on a machine as fast as the others.
+            run.spread.observe(real / slowness, estimate);
+            if let Some(worker_state) = self.workers.get_mut(&worker) {
+                worker_state.ratios.observe(real, estimate);
+                self.slowness_stale = true;
+            }
         }
         let duration_s = reported_s.unwrap_or(estimate);
         run.durations[index] = Some(duration_s);

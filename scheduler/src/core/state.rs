@@ -370,6 +370,9 @@ pub(super) struct LeaseState {
     pub(super) skipped: usize,
     /// Whether its cost was measured ([`super::Decision::ShardCostMeasured`]).
     pub(super) measured: bool,
+    /// Its worker's [`Scheduler::slowness`] when it was granted: the pace its tests start
+    /// from.
+    pub(super) slowness: f64,
 }
 
 impl LeaseState {
@@ -389,10 +392,11 @@ impl LeaseState {
 
     /// Real seconds per estimated second of this lease's tests so far (a shard holds tests
     /// alike, so its own pace says most about the rest of it), starting from the build's
-    /// `drift`.
+    /// `drift` on its worker ([`LeaseState::slowness`]).
     pub(super) fn pace(&self, drift: f64) -> f64 {
         let elapsed = (self.progress_at - self.running_from).max(0.0);
-        ((elapsed + Self::PACE_PRIOR_S * drift) / (self.reported_estimate + Self::PACE_PRIOR_S)).clamp(0.5, 4.0)
+        let prior = Self::PACE_PRIOR_S * drift * self.slowness;
+        ((elapsed + prior) / (self.reported_estimate + Self::PACE_PRIOR_S)).clamp(0.5, 4.0)
     }
 
     /// How many estimated seconds of the build's drift a lease's pace starts from, before
@@ -403,6 +407,8 @@ impl LeaseState {
 #[derive(Debug, Default)]
 pub(super) struct WorkerState {
     pub(super) lease: Option<LeaseId>,
+    /// How far off their estimates its tests ran ([`Scheduler::slowness`]).
+    pub(super) ratios: LogRatios,
     pub(super) last_seen: Seconds,
     /// Shards in a row lost to infrastructure.
     pub(super) infra_failures: u32,
@@ -412,6 +418,63 @@ pub(super) struct WorkerState {
     /// a dependency chain whole ([`Scheduler::worker_holds_dependents`]).
     pub(super) holds_dependents: bool,
 }
+
+/// Running sums of `ln(real / estimated)` over reported tests with history of their own,
+/// each test keeping [`LogRatios::MEMORY`] of the weight of those before it: a worker's
+/// ([`WorkerState::ratios`]; [`Scheduler::slowness`] compares them).
+/// In logarithms, a test off by its history's noise weighs as much as any other, however
+/// long it is: a worker's pace is read from all its tests, not from its longest few.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct LogRatios {
+    pub(super) count: f64,
+    pub(super) sum: f64,
+    squares: f64,
+}
+
+impl LogRatios {
+    /// Each reported test keeps this much of the weight of those before it.
+    const MEMORY: f64 = 0.998;
+
+    pub(super) fn observe(&mut self, real: Seconds, estimated: Seconds) {
+        if real > 0.0 && estimated > 0.0 && real.is_finite() && estimated.is_finite() {
+            let log_ratio = (real / estimated).ln();
+            self.count = self.count * Self::MEMORY + 1.0;
+            self.sum = self.sum * Self::MEMORY + log_ratio;
+            self.squares = self.squares * Self::MEMORY + log_ratio * log_ratio;
+        }
+    }
+
+    fn mean(&self) -> f64 {
+        if self.count > 0.0 { self.sum / self.count } else { 0.0 }
+    }
+
+    /// The squares of the ratios' distances from their mean, summed.
+    fn squared_deviations(&self) -> f64 {
+        if self.count > 0.0 { (self.squares - self.sum * self.sum / self.count).max(0.0) } else { 0.0 }
+    }
+}
+
+/// The standard deviation of the logarithm of a worker's slowness before its results
+/// ([`Scheduler::slowness`]): most machines of a farm are within a factor of 1.6 of each
+/// other.
+const SLOWNESS_PRIOR_SIGMA: f64 = 0.5;
+
+/// The noise of a history (the variance of `ln(real / estimated)` on one worker) taken
+/// before tests tell it ([`Scheduler::refresh_slowness`]): a poor history's, each test off
+/// by a factor of 1.6 ...
+const NOISE_PRIOR: f64 = 0.25;
+
+/// ... with the weight of this many tests' deviations.
+const NOISE_PRIOR_TESTS: f64 = 4.0;
+
+/// How many standard errors of its mean a worker's ratios must be off the farm's for it
+/// to be taken as slower or faster ([`Scheduler::refresh_slowness`]): among fifty workers
+/// of one speed, one in seven builds would show one at two.
+const SLOWNESS_STANDARD_ERRORS: f64 = 3.0;
+
+/// Within this factor of the others' pace, a worker is taken to be as fast as they are:
+/// what is left is the noise of the estimates, not the machine.
+const ALIKE_WORKERS: f64 = 1.25;
 
 /// How many ended builds' leases the scheduler remembers.
 pub const RETIRED_BUILDS: usize = 64;
@@ -431,6 +494,11 @@ pub struct Scheduler {
     pub(super) builds: BTreeMap<BuildId, BuildRun>,
     pub(super) leases: HashMap<LeaseId, LeaseState>,
     pub(super) workers: BTreeMap<WorkerId, WorkerState>,
+    /// The workers slower or faster than the others, and how many times as long as they
+    /// take ([`Scheduler::refresh_slowness`]).
+    pub(super) slowness: HashMap<WorkerId, f64>,
+    /// Whether results came in since `slowness` was worked out.
+    pub(super) slowness_stale: bool,
     /// Leases of builds that ended: late reports about them are answered, not refused.
     /// Kept for the last [`RETIRED_BUILDS`] builds that ended (a late report comes within
     /// a lease timeout), so a master that runs for months does not grow with its builds.
@@ -448,6 +516,8 @@ impl Scheduler {
             builds: BTreeMap::new(),
             leases: HashMap::new(),
             workers: BTreeMap::new(),
+            slowness: HashMap::new(),
+            slowness_stale: false,
             retired: HashMap::new(),
             retired_builds: std::collections::VecDeque::new(),
             next_lease: 1,
@@ -500,6 +570,13 @@ impl Scheduler {
         self.workers.get(&worker).map(|state| state.benched_until).filter(|&until| until > now)
     }
 
+    /// Whether a running build has a test ready: a worker that got none may have left it to
+    /// another ([`Scheduler::request_work`]: a slower machine leaves a long test to a
+    /// faster one; a retry runs on another worker than the one it failed on).
+    pub fn has_ready_work(&self) -> bool {
+        self.builds.values().any(|run| !run.ready.is_empty())
+    }
+
     /// Tests of running builds that no lease holds yet (ready, or waiting for their
     /// dependencies), and the seconds they are estimated to take.
     pub fn queued(&self) -> (usize, Seconds) {
@@ -536,7 +613,7 @@ impl Scheduler {
         if run.unleased_work <= 0.0 {
             return Some(leases_end);
         }
-        let ready_at: Vec<Seconds> = self
+        let ready_at: Vec<(Seconds, f64)> = self
             .workers
             .iter()
             .map(|(&worker, state)| {
@@ -547,7 +624,8 @@ impl Scheduler {
                     }
                     _ => now,
                 };
-                free_at + run.shard_cost(worker)
+                let slowness = self.slowness(worker);
+                (free_at + run.shard_cost(worker) * slowness, 1.0 / slowness)
             })
             .collect();
         let unleased_end = super::dispatch::water_fill(run.unleased_work * drift, ready_at, now);
@@ -576,6 +654,59 @@ impl Scheduler {
     pub fn worker_holds_dependents(&mut self, worker: WorkerId, holds: bool) {
         if let Some(state) = self.workers.get_mut(&worker) {
             state.holds_dependents = holds;
+        }
+    }
+
+    /// How many times as long as the farm's other workers `worker` takes for a test
+    /// ([`Scheduler::refresh_slowness`]); 1 for a worker not known or as fast as the others.
+    pub(super) fn slowness(&self, worker: WorkerId) -> f64 {
+        self.slowness.get(&worker).copied().unwrap_or(1.0)
+    }
+
+    /// Works out again, after results came in, how many times as long as the farm's other
+    /// workers each worker takes for a test, within [1/4, 4]: how much further off their
+    /// estimates its tests ran than the median worker's ([`LogRatios`], across builds: a
+    /// slower machine, older or with a noisy neighbour, is slower in every build). Shrunk
+    /// towards 1 as far as the history's noise says it could be chance (a normal prior on
+    /// the logarithm, of standard deviation [`SLOWNESS_PRIOR_SIGMA`], against the spread of
+    /// each worker's ratios about their mean): with exact history one test tells, with a
+    /// noisy one it takes tens. 1 within [`ALIKE_WORKERS`] of the others, or within
+    /// [`SLOWNESS_STANDARD_ERRORS`] of them by its tests' noise. Done when a worker
+    /// asks for work, not at every result: O(workers × log workers).
+    pub(super) fn refresh_slowness(&mut self) {
+        if !self.slowness_stale {
+            return;
+        }
+        self.slowness_stale = false;
+        self.slowness.clear();
+        let (mut means, mut deviations, mut degrees) = (Vec::with_capacity(self.workers.len()), 0.0, 0.0);
+        for state in self.workers.values().filter(|state| state.ratios.count > 0.0) {
+            means.push(state.ratios.mean());
+            // The noise: how far tests are off their estimates on one worker (a slower
+            // one's are all off alike), pooled over the workers.
+            deviations += state.ratios.squared_deviations();
+            degrees += (state.ratios.count - 1.0).max(0.0);
+        }
+        if means.is_empty() {
+            return;
+        }
+        // The farm's pace: its median worker's (the lower of two), which a few slower or
+        // faster machines do not move.
+        means.sort_by(f64::total_cmp);
+        let farm = means[(means.len() - 1) / 2];
+        // Until a few tests tell, a history is taken to be as noisy as a poor one.
+        let noise = (deviations + NOISE_PRIOR_TESTS * NOISE_PRIOR) / (degrees + NOISE_PRIOR_TESTS);
+        let shrink = noise / SLOWNESS_PRIOR_SIGMA.powi(2);
+        for (&worker, state) in self.workers.iter().filter(|(_, state)| state.ratios.count > 0.0) {
+            let own = state.ratios;
+            let off = own.sum - own.count * farm;
+            // Its distance from the farm in standard errors: a few tests off by the noise
+            // are no sign of the machine.
+            let significant = off.abs() >= SLOWNESS_STANDARD_ERRORS * (noise * own.count).sqrt();
+            let log = off / (own.count + shrink);
+            if significant && log.abs() >= ALIKE_WORKERS.ln() {
+                self.slowness.insert(worker, log.exp().clamp(0.25, 4.0));
+            }
         }
     }
 

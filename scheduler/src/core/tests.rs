@@ -1345,3 +1345,82 @@ fn a_running_build_is_projected_to_end_when_its_leases_and_the_water_filled_rest
     accepted(scheduler.test_finished(first.lease, WorkerId(1), "t1", TestStatus::Passed, 31.0));
     assert_eq!(scheduler.projected_end(BuildId(1), 31.0), None, "the build ended");
 }
+
+/// Runs `grant` on `worker` from `start`: each test takes its 10 s estimate times `factor`,
+/// by the runner's report; the lease ends after the last. When it ended.
+fn run_tens(scheduler: &mut Scheduler, grant: &LeaseGrant, worker: WorkerId, factor: f64, start: Seconds) -> Seconds {
+    let mut now = start;
+    for test_id in &grant.tests {
+        now += 10.0 * factor;
+        let result =
+            ReportedTest { test_id, status: TestStatus::Passed, quarantined: false, duration_s: Some(10.0 * factor) };
+        let reports = scheduler.report(grant.lease, worker, &[result], now).unwrap();
+        assert!(matches!(reports[..], [Report::Accepted { .. }]), "{reports:?}");
+    }
+    scheduler.lease_finished(grant.lease, worker, now).unwrap();
+    now
+}
+
+#[test]
+fn a_worker_seen_slower_in_an_earlier_build_gets_less_of_the_next_and_not_its_longest_test() {
+    let mut scheduler =
+        Scheduler::new(SchedulerConfig { shard_sizing: ShardSizing::Fitted, ..SchedulerConfig::default() });
+    let (slow, others) = (WorkerId(1), [WorkerId(2), WorkerId(3)]);
+    for worker in [slow, others[0], others[1]] {
+        scheduler.worker_joined(worker, 0.0);
+    }
+    // The first build: worker 1 takes three times as long as its tests' history says.
+    scheduler.add_build(BuildId(1), tens(6), 0.0).unwrap();
+    let grants: Vec<(WorkerId, LeaseGrant)> =
+        [slow, others[0], others[1]].map(|worker| (worker, scheduler.request_work(worker, 0.0).0.unwrap())).into();
+    let mut end: Seconds = 0.0;
+    for (worker, grant) in &grants {
+        end = end.max(run_tens(&mut scheduler, grant, *worker, if *worker == slow { 3.0 } else { 1.0 }, 1.0));
+    }
+    scheduler.refresh_slowness();
+    assert!(scheduler.slowness(slow) > 2.0, "{}", scheduler.slowness(slow));
+    assert_eq!(others.map(|worker| scheduler.slowness(worker)), [1.0, 1.0]);
+    // The next build: a 40 s test and eight of 10 s. Worker 1 asks first: split as if it
+    // were as fast, it would take the 40 s test (120 s there) while the others end by 41 s.
+    let mut tests = vec![planned("long", 40.0, true)];
+    tests.extend((0..8).map(|index| planned(&format!("t{index}"), 10.0, true)));
+    scheduler.add_build(BuildId(2), BuildPlan::from_tests(tests, 1.0), end).unwrap();
+    let first = scheduler.request_work(slow, end).0.expect("the slow worker gets a part");
+    assert!(!first.tests.contains(&"long".to_owned()), "{first:?}");
+    // About its part at its pace (it is taken to be over twice as slow): 120 s over the
+    // others' two workers and its half or third of one, about 50 s.
+    assert!(first.tests.len() <= 2, "{first:?}");
+    let rest: Vec<LeaseGrant> = others.map(|worker| scheduler.request_work(worker, end).0.unwrap()).into();
+    assert_eq!(rest.iter().map(|grant| grant.tests.len()).sum::<usize>(), 9 - first.tests.len(), "{rest:?}");
+}
+
+#[test]
+fn a_worker_is_taken_to_be_slower_in_a_few_tests_with_exact_history_and_in_tens_with_noise() {
+    // Each worker's tests (of 10 s): the ratio each ran at, as the results record them.
+    fn slowness_after(ratios: &[(WorkerId, Vec<f64>)]) -> f64 {
+        let mut scheduler = Scheduler::new(SchedulerConfig::default());
+        for (worker, ratios) in ratios {
+            scheduler.worker_joined(*worker, 0.0);
+            for ratio in ratios {
+                scheduler.workers.get_mut(worker).unwrap().ratios.observe(10.0 * ratio, 10.0);
+            }
+        }
+        scheduler.slowness_stale = true;
+        scheduler.refresh_slowness();
+        scheduler.slowness(WorkerId(1))
+    }
+    let exact = vec![(WorkerId(2), vec![1.0; 10]), (WorkerId(3), vec![1.0; 10])];
+    let noisy = vec![(WorkerId(2), [0.6, 1.66].repeat(5)), (WorkerId(3), [1.66, 0.6].repeat(5))];
+    let with = |others: &Vec<(WorkerId, Vec<f64>)>, own: Vec<f64>| [others.clone(), vec![(WorkerId(1), own)]].concat();
+    // Three tests at 1.5 times their estimates: where every other test took its estimate, a
+    // slower machine; where tests are off by a factor of 1.66 either way, chance.
+    assert!(slowness_after(&with(&exact, vec![1.5; 3])) > 1.4, "{}", slowness_after(&with(&exact, vec![1.5; 3])));
+    assert_eq!(slowness_after(&with(&noisy, vec![1.5; 3])), 1.0);
+    // Thirty tests at 1.35 are no chance, even then; two are, even with exact history.
+    assert!(slowness_after(&with(&noisy, vec![1.35; 30])) > 1.3);
+    assert_eq!(slowness_after(&with(&exact, vec![1.35; 2])), 1.0);
+    // A machine three times slower shows it in three tests of a noisy history.
+    assert!(slowness_after(&with(&noisy, vec![3.0; 3])) > 2.0);
+    // Faster machines too.
+    assert!(slowness_after(&with(&exact, vec![0.5; 3])) < 0.7);
+}
