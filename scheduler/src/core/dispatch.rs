@@ -165,17 +165,17 @@ impl Scheduler {
             let mut variance = 0.0;
             let mut chain_cap = f64::INFINITY;
             let mut passed_over = Vec::new();
-            // A slower worker leaves to a faster one a test the faster one would end sooner,
-            // and a new test, whose estimate is a guess (it may take ten times as long). When
-            // it would leave the first in line, its shard is cut from the other end of the
-            // queue, the quickest tests, for as long as it ends them no later than a faster
-            // worker would.
+            // A slower worker leaves to a faster one a test it would end after the common
+            // finish and after a faster one would, and a new test, whose estimate is a guess
+            // (it may take ten times as long). When it would leave the first in line, its
+            // shard is cut from the other end of the queue, the quickest tests, for as long
+            // as it ends them by then.
             let drift = run.drift.ratio();
             let leaves = |planned: &PlannedTest, work: Seconds| {
                 faster_ready.is_some_and(|faster_ready| {
                     !planned.estimate_known
                         || now + cost + (work + planned.estimate_s) * drift * slowness
-                            > faster_ready + planned.estimate_s * drift
+                            > (faster_ready + planned.estimate_s * drift).max(goal.finish)
                 })
             };
             let from_quickest = run.ready.last().is_some_and(|entry| leaves(&run.plan.tests[entry.index], 0.0));
