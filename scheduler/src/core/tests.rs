@@ -1412,15 +1412,15 @@ fn a_worker_is_taken_to_be_slower_in_a_few_tests_with_exact_history_and_in_tens_
     let exact = vec![(WorkerId(2), vec![1.0; 10]), (WorkerId(3), vec![1.0; 10])];
     let noisy = vec![(WorkerId(2), [0.6, 1.66].repeat(5)), (WorkerId(3), [1.66, 0.6].repeat(5))];
     let with = |others: &Vec<(WorkerId, Vec<f64>)>, own: Vec<f64>| [others.clone(), vec![(WorkerId(1), own)]].concat();
-    // Three tests at 1.5 times their estimates: where every other test took its estimate, a
+    // Four tests at 1.5 times their estimates: where every other test took its estimate, a
     // slower machine; where tests are off by a factor of 1.66 either way, chance.
-    assert!(slowness_after(&with(&exact, vec![1.5; 3])) > 1.4, "{}", slowness_after(&with(&exact, vec![1.5; 3])));
-    assert_eq!(slowness_after(&with(&noisy, vec![1.5; 3])), 1.0);
+    assert!(slowness_after(&with(&exact, vec![1.5; 4])) > 1.4, "{}", slowness_after(&with(&exact, vec![1.5; 4])));
+    assert_eq!(slowness_after(&with(&noisy, vec![1.5; 4])), 1.0);
     // Thirty tests at 1.35 are no chance, even then; two are, even with exact history.
     assert!(slowness_after(&with(&noisy, vec![1.35; 30])) > 1.3);
     assert_eq!(slowness_after(&with(&exact, vec![1.35; 2])), 1.0);
-    // A machine three times slower shows it in three tests of a noisy history.
-    assert!(slowness_after(&with(&noisy, vec![3.0; 3])) > 2.0);
+    // A machine three times slower shows it in four tests of a noisy history.
+    assert!(slowness_after(&with(&noisy, vec![3.0; 4])) > 2.0);
     // Faster machines too.
     assert!(slowness_after(&with(&exact, vec![0.5; 3])) < 0.7);
 }
