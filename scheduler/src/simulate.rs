@@ -322,22 +322,27 @@ mod tests {
     use super::*;
     use crate::plan::planned;
 
+    /// How many times each of a plan's `tests` ran in a simulation's shards.
+    fn runs(result: &Simulation, tests: usize) -> Vec<usize> {
+        let mut runs = vec![0; tests];
+        for &test in result.shards.iter().flat_map(|shard| &shard.tests) {
+            runs[test] += 1;
+        }
+        runs
+    }
+
     #[test]
     fn a_slower_worker_takes_longer_for_everything_and_every_test_runs_once() {
         let plan = BuildPlan::from_tests((0..20).map(|index| planned(&format!("t{index}"), 5.0, true)).collect(), 1.0);
         let actual = vec![5.0; 20];
         let slowdown = [1.0, 3.0];
         let result = simulate_fleet(&plan, &actual, &slowdown, SchedulerConfig::default());
-        let mut runs = vec![0; 20];
         for shard in &result.shards {
             let work: f64 = shard.tests.iter().map(|&test| actual[test]).sum();
             let took = shard.end - shard.start;
             assert!((took - slowdown[shard.worker] * (1.0 + work)).abs() < 1e-9, "{shard:?} took {took}");
-            for &test in &shard.tests {
-                runs[test] += 1;
-            }
         }
-        assert_eq!(runs, vec![1; 20]);
+        assert_eq!(runs(&result, 20), vec![1; 20]);
         assert_eq!(result.lower_bound_s, plan.lower_bound_on_fleet(&actual, &slowdown));
         assert!(result.makespan_s >= result.lower_bound_s, "{result:?}");
         assert!(result.shards.iter().any(|shard| shard.worker == 1), "the slow worker did some of it");
@@ -361,10 +366,6 @@ mod tests {
         assert_ne!(long_on, 0, "{after:?}");
         // The measured build's times count from its start; every test ran once.
         assert!(after.shards.iter().all(|shard| shard.start >= 0.0 && shard.end <= after.makespan_s + 1e-9));
-        let mut runs = vec![0; plan.len()];
-        for &test in after.shards.iter().flat_map(|shard| &shard.tests) {
-            runs[test] += 1;
-        }
-        assert_eq!(runs, vec![1; plan.len()]);
+        assert_eq!(runs(&after, plan.len()), vec![1; plan.len()]);
     }
 }

@@ -110,10 +110,10 @@ impl Scheduler {
                     .min_by(f64::total_cmp)
             })
             .flatten();
+        let cost = self.shard_cost(&self.builds[&build], worker);
         let run = self.builds.get_mut(&build).expect("the build was just found");
         let overhead = run.costs.overhead();
         let first_of_worker = !run.started.contains(&worker);
-        let cost = run.shard_cost(worker) * slowness;
         let lease = LeaseId(self.next_lease);
         self.next_lease += 1;
         let mut tests: Vec<PlanIndex> = Vec::new();
@@ -349,7 +349,7 @@ impl Scheduler {
         let holder_end = |kept: usize| (lease.progress_at + seconds[..kept].iter().sum::<Seconds>()).max(now);
         // What a new shard costs the worker taking the withdrawn tests, and how much longer
         // than the holder it takes for them (the tests are alike: only the machines differ).
-        let startup = run.shard_cost(worker) * self.slowness(worker);
+        let startup = self.shard_cost(run, worker);
         let relative_pace = self.slowness(worker) / self.slowness(lease.worker);
         // Where the lease may be cut: best where no test given back waits on a test it keeps
         // (a chain leased whole): given back, such a test could not run before the holder
@@ -486,7 +486,7 @@ impl Scheduler {
         let soonest_free = candidates.iter().map(|candidate| candidate.1).fold(f64::INFINITY, f64::min);
         let (shrunk_at, free_at, id, worker, unreported) =
             candidates.into_iter().min_by(|a, b| a.0.total_cmp(&b.0).then(a.2.cmp(&b.2)))?;
-        let startup = self.builds[&build].shard_cost(worker) * self.slowness(worker);
+        let startup = self.shard_cost(&self.builds[&build], worker);
         if shrunk_at >= free_at || soonest_free <= shrunk_at + startup {
             return None;
         }
@@ -503,7 +503,7 @@ impl Scheduler {
         let finish = water_fill(unleased, self.capacities(self.ready_times(build, worker, now)), now);
         // Back in estimated seconds on this worker, the unit shards are cut in.
         let slowness = self.slowness(worker);
-        let share = (finish - now - run.shard_cost(worker) * slowness).max(0.0) / (drift * slowness);
+        let share = (finish - now - self.shard_cost(run, worker)).max(0.0) / (drift * slowness);
         let smallest = self.config.min_shard_s.max(self.config.min_shard_overheads * overhead);
         let last = share * self.config.tail_fraction < smallest;
         // A last shard holds just what brings this worker to the common finish, even less
@@ -550,7 +550,7 @@ impl Scheduler {
             let started = lease.progress_at;
             let projected = started + estimate * lease.pace(drift);
             let end = if projected > now { projected } else { now + (now - started) };
-            let cost = run.shard_cost(worker) * self.slowness(worker);
+            let cost = self.shard_cost(run, worker);
             let copy_end = now + cost + estimate * drift * self.slowness(worker);
             match ready {
                 None if end - copy_end <= 2.0 * cost => continue,
@@ -593,8 +593,8 @@ impl Scheduler {
         let (primary, test, _) = best?;
         let build = self.leases[&primary].build;
         let slowness = self.slowness(worker);
+        let cost = self.shard_cost(&self.builds[&build], worker);
         let run = self.builds.get_mut(&build).expect("a running lease's build");
-        let cost = run.shard_cost(worker) * slowness;
         let estimate = run.plan.tests[test].estimate_s;
         let lease = LeaseId(self.next_lease);
         self.next_lease += 1;
@@ -649,11 +649,11 @@ impl Scheduler {
                     Some(lease) if id != worker && lease.active => lease.free_at(now, drift),
                     _ => now,
                 };
-                (id, free_at + run.shard_cost(id) * self.slowness(id))
+                (id, free_at + self.shard_cost(run, id))
             })
             .collect();
         if !self.workers.contains_key(&worker) {
-            ready_at.push((worker, now + run.shard_cost(worker)));
+            ready_at.push((worker, now + self.shard_cost(run, worker)));
         }
         ready_at
     }
@@ -696,7 +696,7 @@ impl Scheduler {
             .collect();
         // The split holds for this worker while it starts about when the split said it
         // would: within a shard's overhead, what a split of a running lease would cost.
-        let ready_at = now + run.shard_cost(worker) * self.slowness(worker);
+        let ready_at = now + self.shard_cost(run, worker);
         let planned = run.fitted_split.as_ref().is_some_and(|split| {
             split.workers == workers
                 && split.parts.get(&worker).is_some_and(|part| (part.ready_at - ready_at).abs() <= run.costs.overhead())

@@ -161,8 +161,9 @@ impl BuildRun {
         self.fitted_split = None;
     }
 
-    /// What a shard of this build costs `worker` besides its tests: the shard overhead,
-    /// and the start-up when it is the worker's first shard of the build.
+    /// What a shard of this build costs `worker` besides its tests, on a machine as fast as
+    /// the farm's: the shard overhead, and the start-up when it is the worker's first shard
+    /// of the build. [`Scheduler::shard_cost`] takes it at the worker's pace.
     pub(super) fn shard_cost(&self, worker: WorkerId) -> Seconds {
         let startup = if self.started.contains(&worker) { 0.0 } else { self.costs.startup() };
         self.costs.overhead() + startup
@@ -626,8 +627,7 @@ impl Scheduler {
                     }
                     _ => now,
                 };
-                let slowness = self.slowness(worker);
-                (free_at + run.shard_cost(worker) * slowness, 1.0 / slowness)
+                (free_at + self.shard_cost(run, worker), 1.0 / self.slowness(worker))
             })
             .collect();
         let unleased_end = super::dispatch::water_fill(run.unleased_work * drift, ready_at, now);
@@ -665,14 +665,21 @@ impl Scheduler {
         self.slowness.get(&worker).copied().unwrap_or(1.0)
     }
 
+    /// What a shard of `run` costs `worker` besides its tests, at its pace: a slower
+    /// machine takes longer for the overhead and start-up too.
+    pub(super) fn shard_cost(&self, run: &BuildRun, worker: WorkerId) -> Seconds {
+        run.shard_cost(worker) * self.slowness(worker)
+    }
+
     /// Works out again, after results came in, how many times as long as the farm's other
     /// workers each worker takes for a test, within [1/4, 4]: how much further off their
     /// estimates its tests ran than the median worker's ([`LogRatios`], across builds: a
     /// slower machine, older or with a noisy neighbour, is slower in every build). Shrunk
     /// towards 1 as far as the history's noise says it could be chance (a normal prior on
     /// the logarithm, of standard deviation [`SLOWNESS_PRIOR_SIGMA`], against the spread of
-    /// each worker's ratios about their mean): with exact history one test tells, with a
-    /// noisy one it takes tens. 1 within [`ALIKE_WORKERS`] of the others, or within
+    /// each worker's ratios about their mean, taken to be a poor history's until tests
+    /// tell): with exact history a few tests tell, with a noisy one a 3× machine shows in
+    /// four and a 1.35× one in tens. 1 within [`ALIKE_WORKERS`] of the others, or within
     /// [`SLOWNESS_STANDARD_ERRORS`] of them by its tests' noise. Done when a worker
     /// asks for work, not at every result: O(workers × log workers).
     pub(super) fn refresh_slowness(&mut self) {
