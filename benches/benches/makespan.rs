@@ -1,6 +1,8 @@
 //! Makespan against the lower bound, side by side in one run: Greenlight's dynamic
-//! scheduler, a split by test count, and a static split by estimated durations (LPT, one
-//! shard per worker), on the builds users run:
+//! scheduler, a split by test count, a static split by estimated durations (LPT, one
+//! shard per worker), and an idealised online scheduler that hands out one test at a time
+//! at no cost (free dispatch: what knowing only the estimates allows at best with
+//! slowest-first order), on the builds users run:
 //!
 //! - `full`: the whole IMVU-shaped suite (15k tests, 4.4 machine-hours, 1.5 s shard
 //!   overhead) on 36 and 50 workers;
@@ -26,7 +28,9 @@ use std::collections::BTreeSet;
 
 use greenlight_benches::{Summary, parse_seeds};
 use greenlight_fixtures::imvu::{ImvuShape, generate, noisy_history};
-use greenlight_scheduler::baseline::{simulate_static_fleet, split_by_count, split_by_estimate};
+use greenlight_scheduler::baseline::{
+    simulate_free_dispatch, simulate_static_fleet, split_by_count, split_by_estimate,
+};
 use greenlight_scheduler::core::{SchedulerConfig, ShardSizing};
 use greenlight_scheduler::estimate::{Estimates, estimate};
 use greenlight_scheduler::plan::BuildPlan;
@@ -226,12 +230,14 @@ fn main() {
             let finer = simulate(SchedulerConfig { shard_sizing: ShardSizing::Finer, ..SchedulerConfig::default() });
             let copies = simulate(SchedulerConfig { straggler_copies: true, ..fitted_config });
             summary.copies.push(copies.ratio());
+            let free = simulate_free_dispatch(&plan, &actual, &slowdown);
+            summary.free_dispatch.push(free.ratio());
             let by_count = simulate_static_fleet(&plan, &actual, &split_by_count(&plan, shape.n_workers), &slowdown);
             let by_estimate =
                 simulate_static_fleet(&plan, &actual, &split_by_estimate(&plan, shape.n_workers), &slowdown);
             if verbose {
                 eprintln!(
-                    "{} on {} workers, {}, seed {seed}: Greenlight {:.4} ({} shards), finer {:.4}, copies {:.4}, static by estimate {:.4}",
+                    "{} on {} workers, {}, seed {seed}: Greenlight {:.4} ({} shards), finer {:.4}, copies {:.4}, static by estimate {:.4}, free dispatch {:.4}",
                     shape.build_name(),
                     shape.n_workers,
                     if shape.noisy { "noisy" } else { "exact" },
@@ -240,6 +246,7 @@ fn main() {
                     finer.ratio(),
                     copies.ratio(),
                     by_estimate.ratio(),
+                    free.ratio(),
                 );
             }
             summary.add(
@@ -257,12 +264,12 @@ fn main() {
             table = shape.table;
             println!();
             println!(
-                "| {table}: build | workers | history | Greenlight mean (worst) | above target | worse than static by estimate by > 0.01 | shards a worker | finer (before #17) mean (worst) | above target | worse than static | with straggler copies mean (worst) | above target | worse than static | split by count mean (worst) | static by estimate mean (worst) |"
+                "| {table}: build | workers | history | Greenlight mean (worst) | above target | worse than static by estimate by > 0.01 | shards a worker | finer (before #17) mean (worst) | above target | worse than static | with straggler copies mean (worst) | above target | worse than static | split by count mean (worst) | static by estimate mean (worst) | free dispatch (ideal) mean (worst) | above target |"
             );
-            println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         }
         println!(
-            "| {} | {} | {} | {:.4} ({:.4}) | {} of {} above {:.2} | {} | {:.2} | {:.4} ({:.4}) | {} | {} | {:.4} ({:.4}) | {} | {} | {:.3} ({:.3}) | {:.3} ({:.3}) |",
+            "| {} | {} | {} | {:.4} ({:.4}) | {} of {} above {:.2} | {} | {:.2} | {:.4} ({:.4}) | {} | {} | {:.4} ({:.4}) | {} | {} | {:.3} ({:.3}) | {:.3} ({:.3}) | {:.4} ({:.4}) | {} |",
             shape.build_name(),
             shape.n_workers,
             if shape.noisy { "noisy" } else { "exact" },
@@ -285,6 +292,9 @@ fn main() {
             summary.by_count.worst(),
             summary.by_estimate.mean(),
             summary.by_estimate.worst(),
+            summary.free_dispatch.mean(),
+            summary.free_dispatch.worst(),
+            summary.free_dispatch.above(shape.target),
         );
     }
 }

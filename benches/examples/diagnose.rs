@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 
 use greenlight_fixtures::imvu::{ImvuShape, generate, noisy_history};
-use greenlight_scheduler::baseline::{simulate_static, split_by_estimate};
+use greenlight_scheduler::baseline::{simulate_free_dispatch, simulate_static, split_by_estimate};
 use greenlight_scheduler::core::{SchedulerConfig, ShardSizing};
 use greenlight_scheduler::estimate::estimate;
 use greenlight_scheduler::plan::BuildPlan;
@@ -61,6 +61,8 @@ fn main() {
     let config = SchedulerConfig { shard_sizing: sizing, ..SchedulerConfig::default() };
     let run = simulate(&plan, &actual, n_workers, config);
     let by_estimate = simulate_static(&plan, &actual, &split_by_estimate(&plan, n_workers));
+    let free = simulate_free_dispatch(&plan, &actual, &vec![1.0; n_workers]);
+    println!("free dispatch (one test a lease at no cost): {:.4}", free.ratio());
     let build = Build { plan: &plan, actual: &actual, run: &run, n_workers };
     build.summary(&shape, seed, by_estimate.ratio());
     if flag("quiet") {
@@ -175,7 +177,17 @@ impl Build<'_> {
                     path.push("(its prerequisite)".to_owned());
                     test = dependency;
                 }
-                None => break,
+                None => {
+                    let prerequisites: Vec<String> = plan.tests[test]
+                        .depends_on
+                        .iter()
+                        .map(|&dependency| format!("{} ended at {:.1}", self.label(dependency), ran[dependency].end))
+                        .collect();
+                    if !prerequisites.is_empty() {
+                        path.push(format!("(leased after its prerequisites: {})", prerequisites.join(", ")));
+                    }
+                    break;
+                }
             }
         }
         if earlier > 0 {

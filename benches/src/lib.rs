@@ -66,6 +66,9 @@ pub struct Summary {
     pub finer: Series,
     /// Greenlight with straggler copies (`SchedulerConfig::straggler_copies`).
     pub copies: Series,
+    /// The idealised online scheduler: one test a lease at no cost
+    /// (`greenlight_scheduler::baseline::simulate_free_dispatch`).
+    pub free_dispatch: Series,
 }
 
 impl Summary {

@@ -140,6 +140,76 @@ pub fn simulate_static_fleet(
     Simulation { makespan_s, lower_bound_s: plan.lower_bound_on_fleet(actual_s, slowdown), shards }
 }
 
+/// An idealised online scheduler, for reference only: every test is its own lease and
+/// costs nothing to hand out (a worker pays the shard overhead once, at the start), and
+/// whenever a worker is free it takes the ready test first in dispatch order
+/// ([`BuildPlan::dispatch_priority`]), a dependency's dependents on any worker. It knows
+/// the estimates and nothing else, as Greenlight does; no farm can run it (a shard pays its
+/// runner's start-up), but on noisy history it shows what a scheduler that does not know
+/// the real durations reaches at best with this order: how much of a build's end above
+/// its bound is the noise's and how much the shards'. Free workers take tests in worker
+/// order, `slowdown` as in [`simulate_static_fleet`]; each test is reported as a shard.
+pub fn simulate_free_dispatch(plan: &BuildPlan, actual_s: &[f64], slowdown: &[f64]) -> Simulation {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    struct At(f64, usize, Option<PlanIndex>);
+    impl Eq for At {}
+    impl PartialOrd for At {
+        fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+    impl Ord for At {
+        fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+            self.0.total_cmp(&other.0).then(self.1.cmp(&other.1))
+        }
+    }
+    // Ready tests, first in dispatch order; ties in plan order.
+    let mut ready: BinaryHeap<(u64, Reverse<PlanIndex>)> = BinaryHeap::new();
+    let push_ready = |ready: &mut BinaryHeap<(u64, Reverse<PlanIndex>)>, index: PlanIndex| {
+        // Microseconds keep the heap's order exact and total.
+        ready.push(((plan.dispatch_priority(index) * 1e6).round() as u64, Reverse(index)));
+    };
+    let mut waiting: Vec<usize> = plan.tests.iter().map(|test| test.depends_on.len()).collect();
+    for index in 0..plan.len() {
+        if waiting[index] == 0 {
+            push_ready(&mut ready, index);
+        }
+    }
+    // Events: a worker free at a time (with the test it just ended, if any).
+    let mut events: BinaryHeap<Reverse<At>> =
+        (0..slowdown.len()).map(|worker| Reverse(At(plan.shard_overhead_s * slowdown[worker], worker, None))).collect();
+    let mut idle: std::collections::BTreeSet<usize> = std::collections::BTreeSet::new();
+    let mut shards = Vec::with_capacity(plan.len());
+    let mut makespan_s: f64 = 0.0;
+    while let Some(Reverse(At(now, worker, ended))) = events.pop() {
+        if let Some(test) = ended {
+            makespan_s = makespan_s.max(now);
+            for &dependent in &plan.tests[test].dependents {
+                waiting[dependent] -= 1;
+                if waiting[dependent] == 0 {
+                    push_ready(&mut ready, dependent);
+                }
+            }
+        }
+        idle.insert(worker);
+        // Everything free at this instant is free before anyone takes a test.
+        if events.peek().is_some_and(|Reverse(next)| next.0 <= now) {
+            continue;
+        }
+        while let Some(&worker) = idle.first() {
+            let Some((_, Reverse(test))) = ready.pop() else { break };
+            idle.remove(&worker);
+            let end = now + actual_s[test] * slowdown[worker];
+            shards.push(SimulatedShard { worker, start: now, end, tests: vec![test] });
+            events.push(Reverse(At(end, worker, Some(test))));
+        }
+    }
+    Simulation { makespan_s, lower_bound_s: plan.lower_bound_on_fleet(actual_s, slowdown), shards }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +246,34 @@ mod tests {
         assert_eq!(dependency_groups(&plan), vec![vec![0, 2, 3], vec![1]]);
         assert_eq!(split_by_count(&plan, 2), vec![vec![0, 2, 3], vec![1]]);
         assert_eq!(split_by_estimate(&plan, 2), vec![vec![0, 2, 3], vec![1]]);
+    }
+
+    #[test]
+    fn free_dispatch_spreads_a_fan_out_and_hands_out_the_longest_first() {
+        // t0 (2 s) fans out to t1, t2, t3 (3 s each); t4 (4 s) stands alone. Two workers
+        // with 1 s of overhead: t4 and t0 start at 1; at 3, t1 follows t0 on worker 0; at
+        // 5, t2 on worker 1; at 6, t3 on worker 0; it ends at 9. The static split keeps
+        // the fan-out on one worker: 1 + 2 + 9 = 12.
+        let plan = plan(&[2.0, 3.0, 3.0, 3.0, 4.0], &[(1, 0), (2, 0), (3, 0)]);
+        let actual = [2.0, 3.0, 3.0, 3.0, 4.0];
+        let free = simulate_free_dispatch(&plan, &actual, &[1.0, 1.0]);
+        assert_eq!(free.makespan_s, 9.0);
+        let start = |test: PlanIndex| free.shards.iter().find(|shard| shard.tests == vec![test]).unwrap().start;
+        assert_eq!((start(0), start(4), start(1), start(2), start(3)), (1.0, 1.0, 3.0, 5.0, 6.0));
+        assert_eq!(free.shards.len(), 5, "every test runs once");
+        let fixed = simulate_static(&plan, &actual, &split_by_estimate(&plan, 2));
+        assert_eq!(fixed.makespan_s, 12.0);
+    }
+
+    #[test]
+    fn free_dispatch_does_not_know_a_slower_worker() {
+        // Worker 0 is 3x slower, its overhead too (free at 3): worker 1 takes the 6 s test
+        // at 1; worker 0 takes a 1 s test at 3 (to 6) and the other at 6, ending at 9.
+        let plan = plan(&[6.0, 1.0, 1.0], &[]);
+        let free = simulate_free_dispatch(&plan, &[6.0, 1.0, 1.0], &[3.0, 1.0]);
+        assert_eq!(free.makespan_s, 9.0);
+        assert_eq!(free.shards.iter().map(|shard| shard.worker).collect::<Vec<_>>(), vec![1, 0, 0]);
+        assert_eq!(free.lower_bound_s, plan.lower_bound_on_fleet(&[6.0, 1.0, 1.0], &[3.0, 1.0]));
     }
 
     #[test]
