@@ -173,10 +173,8 @@ pub fn simulate_free_dispatch(plan: &BuildPlan, actual_s: &[f64], slowdown: &[f6
         ready.push(((plan.dispatch_priority(index) * 1e6).round() as u64, Reverse(index)));
     };
     let mut waiting: Vec<usize> = plan.tests.iter().map(|test| test.depends_on.len()).collect();
-    for index in 0..plan.len() {
-        if waiting[index] == 0 {
-            push_ready(&mut ready, index);
-        }
+    for (index, _) in waiting.iter().enumerate().filter(|(_, waits)| **waits == 0) {
+        push_ready(&mut ready, index);
     }
     // Events: a worker free at a time (with the test it just ended, if any).
     let mut events: BinaryHeap<Reverse<At>> =
