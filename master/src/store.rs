@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use greenlight_scheduler::core::LogRatios;
 use greenlight_shared::api::{
     BuildSummary, ChangeView, GateView, PushView, QuarantineEntry, ShardView, TestResultView,
 };
@@ -1021,6 +1022,19 @@ impl Store {
         Ok(self.meta(&shard_cost_key(suite, first_of_worker))?.unwrap_or_default())
     }
 
+    /// Records what a worker's tests showed of its speed, under its name (`[count, sum,
+    /// squares]` of [`LogRatios`]).
+    pub fn put_worker_ratios(&self, name: &str, ratios: &LogRatios) -> Result<(), StoreError> {
+        self.set_meta(&format!("{}{name}", keys::WORKER_RATIOS), &[ratios.count, ratios.sum, ratios.squares])
+    }
+
+    /// What the worker named `name` showed of its speed, if it ever reported a test with
+    /// history.
+    pub fn worker_ratios(&self, name: &str) -> Result<Option<LogRatios>, StoreError> {
+        let sums: Option<[f64; 3]> = self.meta(&format!("{}{name}", keys::WORKER_RATIOS))?;
+        Ok(sums.map(|[count, sum, squares]| LogRatios { count, sum, squares }))
+    }
+
     /// Makes every write so far durable.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.kv.flush()
@@ -1197,6 +1211,10 @@ mod keys {
     pub const SHARD_OVERHEAD: &str = "shard_overhead/";
     /// Prefix: the same for workers' first shards of a build (start-up included).
     pub const FIRST_SHARD_COST: &str = "first_shard_cost/";
+    /// `worker_ratios/<name>`: what a worker's tests showed of its speed
+    /// ([`greenlight_scheduler::core::LogRatios`]), kept across its registrations and the
+    /// master's restarts.
+    pub const WORKER_RATIOS: &str = "worker_ratios/";
     /// `listing/<revision>`: the suite a worker listed at the revision (runner adapters).
     pub const LISTING: &str = "listing/";
     /// `listing_order/<sequence>`: the revision of the n-th listing kept, oldest first.

@@ -1113,6 +1113,16 @@ pub struct WorkerView {
     /// Whether it has been silent longer than the lease timeout (its shard is taken back).
     #[serde(default)]
     pub lost: bool,
+    /// How many times as long as the farm's other workers it takes for a test, as their
+    /// results show (kept under its name across its registrations and the master's
+    /// restarts): 1 when as fast as the others or not known yet. The scheduler gives a
+    /// slower machine less work and not the longest tests.
+    #[serde(default = "one")]
+    pub slowness: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// A test kept out of the gate: it runs and is reported, its failures do not count.

@@ -175,11 +175,13 @@ impl Farm {
     /// farm's registry), what they hold and whether they are benched (the scheduler's).
     pub fn workers(&self) -> Vec<WorkerView> {
         let now = self.now();
-        let core = self.core();
+        let mut core = self.core();
+        let core = &mut *core;
         core.workers
             .iter()
             .map(|(&worker_id, registration)| {
                 let lease = core.scheduler.worker_lease(WorkerId(worker_id));
+                let slowness = core.scheduler.worker_slowness(WorkerId(worker_id));
                 WorkerView {
                     worker_id,
                     name: registration.name.clone(),
@@ -188,6 +190,7 @@ impl Farm {
                     last_seen: registration.last_seen,
                     benched_until: core.scheduler.benched_until(WorkerId(worker_id), now),
                     lost: registration.lost(now, self.config.scheduler.lease_timeout_s),
+                    slowness,
                 }
             })
             .collect()

@@ -1369,3 +1369,51 @@ async fn a_workers_request_waiting_for_its_turn_leaves_the_thread_to_other_reque
     waiting.await.unwrap().unwrap();
     assert!(changed.load(SeqCst), "its change ran in its turn");
 }
+
+#[tokio::test]
+async fn a_slower_machine_is_known_by_its_name_after_the_master_restarts() {
+    let ids: Vec<String> = (0..30).map(|index| format!("t{index}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut harness = Harness::new(&suite(&ids), |config| {
+        config.scheduler.shard_sizing = ShardSizingName::Fitted;
+    });
+    let build_id = harness.next_build().await;
+    let names = ["slow", "fast1", "fast2"];
+    let workers: Vec<u64> = names.iter().map(|name| harness.register(name)).collect();
+    let leases: Vec<Lease> = workers.iter().map(|&worker| harness.lease(worker)).collect();
+    assert!(leases.iter().all(|lease| lease.tests.len() == 10), "one fitted shard each");
+    // Every test has history of 1 s; "slow" takes 3 s for each of its own.
+    for ((lease, &worker), name) in leases.iter().zip(&workers).zip(names) {
+        let duration_s = if name == "slow" { 3.0 } else { 1.0 };
+        for test_id in &lease.tests {
+            harness.clock.advance(duration_s);
+            let report = TestReport {
+                test_id: test_id.clone(),
+                status: TestStatus::Passed,
+                duration_s,
+                wall_s: None,
+                output: None,
+            };
+            harness.farm.report(lease.lease_id, worker, &[report]).unwrap();
+        }
+        harness.farm.finish(lease.lease_id, worker, &ShardOutcome::Completed, None).unwrap();
+    }
+    assert_eq!(harness.build(build_id).state, BuildState::Green);
+    let slowness = |harness: &Harness| -> Vec<(String, f64)> {
+        let mut view: Vec<(String, f64)> =
+            harness.farm.workers().into_iter().map(|worker| (worker.name, worker.slowness)).collect();
+        view.sort_by(|a, b| a.0.cmp(&b.0));
+        view
+    };
+    let known = slowness(&harness);
+    assert_eq!(known.iter().map(|(_, slowness)| (slowness * 10.0).round() / 10.0).collect::<Vec<_>>(), [1.0, 1.0, 3.0]);
+    // A new master over the same store: the workers register again, under new ids, and
+    // the slower machine is known before it runs anything.
+    harness.restart();
+    let again: Vec<u64> = names.iter().map(|name| harness.register(name)).collect();
+    assert!(again.iter().all(|id| !workers.contains(id)), "new registrations");
+    assert_eq!(slowness(&harness), known);
+    // A machine never seen is taken to be as fast as the others.
+    harness.register("new");
+    assert_eq!(slowness(&harness).iter().find(|(name, _)| name == "new").map(|(_, slowness)| *slowness), Some(1.0));
+}

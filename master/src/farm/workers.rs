@@ -102,6 +102,15 @@ impl Farm {
             registration.last_seen = now;
         }
         core.scheduler.worker_joined(WorkerId(worker_id), now);
+        if core.scheduler.worker_ratios(WorkerId(worker_id)).is_none() {
+            // A machine seen before, under an earlier registration or by a master before
+            // this one: its speed is known from its first shard.
+            match self.store.worker_ratios(name) {
+                Ok(Some(ratios)) => core.scheduler.restore_worker_ratios(WorkerId(worker_id), ratios),
+                Ok(None) => {}
+                Err(error) => tracing::warn!(name, %error, "what the worker showed of its speed is unreadable"),
+            }
+        }
         tracing::info!(worker_id, name, "worker registered");
         Ok(RegisterResponse {
             version: API_VERSION,
@@ -368,6 +377,11 @@ impl Farm {
         let core = &mut *core;
         Farm::heard_from(core, worker_id, now)?;
         let decisions = core.scheduler.lease_finished(LeaseId(lease_id), WorkerId(worker_id), now)?;
+        if let (Some(ratios), Some(registration)) =
+            (core.scheduler.worker_ratios(WorkerId(worker_id)), core.workers.get(&worker_id))
+        {
+            self.store.put_worker_ratios(&registration.name, &ratios)?;
+        }
         let state = match outcome {
             ShardOutcome::Completed => ShardState::Finished,
             ShardOutcome::InfraError { message } => {

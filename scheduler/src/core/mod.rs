@@ -90,7 +90,7 @@ use greenlight_shared::api::{LeaseDependency, TestStatus};
 
 use crate::Seconds;
 
-pub use state::{RETIRED_BUILDS, Scheduler};
+pub use state::{LogRatios, RETIRED_BUILDS, Scheduler};
 
 /// A build's id, as the master numbers them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -425,16 +425,32 @@ pub(super) struct WorkerState {
 /// ([`WorkerState::ratios`]; [`Scheduler::slowness`] compares them).
 /// In logarithms, a test off by its history's noise weighs as much as any other, however
 /// long it is: a worker's pace is read from all its tests, not from its longest few.
-#[derive(Debug, Clone, Copy, Default)]
-pub(super) struct LogRatios {
-    pub(super) count: f64,
-    pub(super) sum: f64,
-    squares: f64,
+/// A master keeps them under the worker's name ([`Scheduler::worker_ratios`],
+/// [`Scheduler::restore_worker_ratios`]), so that a worker registering again, or a
+/// restarted master, does not learn its speed anew.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LogRatios {
+    /// How many tests, each weighing [`LogRatios::MEMORY`] of the one after it.
+    pub count: f64,
+    /// The sum of their `ln(real / estimated)`, weighed alike.
+    pub sum: f64,
+    /// The sum of their squares, weighed alike.
+    pub squares: f64,
 }
 
 impl LogRatios {
     /// Each reported test keeps this much of the weight of those before it.
-    const MEMORY: f64 = 0.998;
+    pub const MEMORY: f64 = 0.998;
+
+    /// Whether the sums could have come from [`LogRatios::observe`]: finite, a count not
+    /// negative, squares at least the square of the sum over the count. A stored record
+    /// that is not is ignored, not restored.
+    pub fn is_valid(&self) -> bool {
+        [self.count, self.sum, self.squares].iter().all(|value| value.is_finite())
+            && self.count >= 0.0
+            && self.squares >= 0.0
+            && (self.count == 0.0 || self.squares * self.count >= self.sum * self.sum * (1.0 - 1e-9))
+    }
 
     pub(super) fn observe(&mut self, real: Seconds, estimated: Seconds) {
         if real > 0.0 && estimated > 0.0 && real.is_finite() && estimated.is_finite() {
@@ -657,6 +673,35 @@ impl Scheduler {
         if let Some(state) = self.workers.get_mut(&worker) {
             state.holds_dependents = holds;
         }
+    }
+
+    /// What `worker`'s tests showed of its speed so far, if it reported any with history
+    /// of their own: for the master to keep under the worker's name.
+    pub fn worker_ratios(&self, worker: WorkerId) -> Option<LogRatios> {
+        self.workers.get(&worker).map(|state| state.ratios).filter(|ratios| ratios.count > 0.0)
+    }
+
+    /// Event: `worker` is a machine whose tests showed `ratios` before (under an earlier
+    /// registration, or before the master restarted): its speed is known from its first
+    /// shard. Added to what it has shown since, if anything; ignored if not
+    /// [`LogRatios::is_valid`].
+    pub fn restore_worker_ratios(&mut self, worker: WorkerId, ratios: LogRatios) {
+        if !ratios.is_valid() {
+            return;
+        }
+        let state = self.workers.entry(worker).or_default();
+        state.ratios.count += ratios.count;
+        state.ratios.sum += ratios.sum;
+        state.ratios.squares += ratios.squares;
+        self.slowness_stale = true;
+    }
+
+    /// How many times as long as the farm's other live workers `worker` takes for a test,
+    /// as its results and theirs show now ([`Scheduler::refresh_slowness`]): 1 when not
+    /// known or as fast as the others.
+    pub fn worker_slowness(&mut self, worker: WorkerId) -> f64 {
+        self.refresh_slowness();
+        self.slowness(worker)
     }
 
     /// How many times as long as the farm's other workers `worker` takes for a test

@@ -1424,3 +1424,35 @@ fn a_worker_is_taken_to_be_slower_in_a_few_tests_with_exact_history_and_in_tens_
     // Faster machines too.
     assert!(slowness_after(&with(&exact, vec![0.5; 3])) < 0.7);
 }
+
+#[test]
+fn a_workers_speed_shown_before_is_restored_and_a_record_that_could_not_be_is_ignored() {
+    let mut first = Scheduler::new(SchedulerConfig::default());
+    let mut ratios = state::LogRatios::default();
+    for _ in 0..10 {
+        ratios.observe(3.0, 1.0);
+    }
+    let mut fast = state::LogRatios::default();
+    for _ in 0..10 {
+        fast.observe(1.0, 1.0);
+    }
+    for (worker, shown) in [(1, ratios), (2, fast), (3, fast)] {
+        first.worker_joined(WorkerId(worker), 0.0);
+        first.restore_worker_ratios(WorkerId(worker), shown);
+    }
+    assert_eq!(first.worker_ratios(WorkerId(1)), Some(ratios));
+    assert!((first.worker_slowness(WorkerId(1)) - 3.0).abs() < 0.1, "{}", first.worker_slowness(WorkerId(1)));
+    assert_eq!(first.worker_slowness(WorkerId(2)), 1.0);
+    // Sums no run of tests gives (squares below the square of the sum over the count, not
+    // finite) are not taken: the worker stays unknown.
+    for broken in [
+        state::LogRatios { count: 10.0, sum: 10.0, squares: 1.0 },
+        state::LogRatios { count: f64::NAN, sum: 0.0, squares: 0.0 },
+        state::LogRatios { count: -1.0, sum: 0.0, squares: 0.0 },
+    ] {
+        first.worker_joined(WorkerId(4), 0.0);
+        first.restore_worker_ratios(WorkerId(4), broken);
+        assert_eq!(first.worker_ratios(WorkerId(4)), None, "{broken:?}");
+    }
+    assert_eq!(first.worker_ratios(WorkerId(5)), None, "a worker never seen");
+}
