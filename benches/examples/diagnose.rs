@@ -62,7 +62,18 @@ fn main() {
     let run = simulate(&plan, &actual, n_workers, config);
     let by_estimate = simulate_static(&plan, &actual, &split_by_estimate(&plan, n_workers));
     let free = simulate_free_dispatch(&plan, &actual, &vec![1.0; n_workers]);
-    println!("free dispatch (one test a lease at no cost): {:.4}", free.ratio());
+    let last = free.shards.iter().max_by(|a, b| a.end.total_cmp(&b.end)).expect("a test ran");
+    let test = last.tests[0];
+    println!(
+        "free dispatch (one test a lease at no cost): {:.4}; ended last: estimated/real {:.1}/{:.1}{} from {:.1}, \
+         after {} prerequisite(s)",
+        free.ratio(),
+        plan.tests[test].estimate_s,
+        actual[test],
+        if plan.tests[test].estimate_known { "" } else { " new" },
+        last.start,
+        plan.tests[test].depends_on.len(),
+    );
     let build = Build { plan: &plan, actual: &actual, run: &run, n_workers };
     build.summary(&shape, seed, by_estimate.ratio());
     if flag("quiet") {
