@@ -222,6 +222,10 @@ pub(super) struct ShardCosts {
     first: Vec<Seconds>,
     /// Later shards: the overhead alone.
     later: Vec<Seconds>,
+    /// [`ShardCosts::overhead`] and [`ShardCosts::startup`] as the samples stand: worked
+    /// out when one is added, read for every worker at every projection.
+    overhead: Seconds,
+    startup: Seconds,
 }
 
 impl ShardCosts {
@@ -234,6 +238,8 @@ impl ShardCosts {
             planned_startup: plan.worker_startup_s,
             first: Vec::new(),
             later: Vec::new(),
+            overhead: plan.shard_overhead_s,
+            startup: plan.worker_startup_s,
         }
     }
 
@@ -243,24 +249,25 @@ impl ShardCosts {
             samples.remove(0);
         }
         samples.push(cost);
+        let first = (!self.first.is_empty()).then(|| median_of(&self.first));
+        self.overhead = if self.later.len() >= 2 {
+            median_of(&self.later)
+        } else {
+            first.map_or(self.planned_overhead, |first| self.planned_overhead.min(first))
+        };
+        self.startup = first.map_or(self.planned_startup, |first| (first - self.overhead).max(0.0));
     }
 
     /// A shard's overhead: the median of this build's later shards once two have ended;
     /// until then the planned one, but no more than its first shards cost (they pay the
     /// overhead too).
     pub(super) fn overhead(&self) -> Seconds {
-        if self.later.len() >= 2 {
-            median_of(&self.later)
-        } else if self.first.is_empty() {
-            self.planned_overhead
-        } else {
-            self.planned_overhead.min(median_of(&self.first))
-        }
+        self.overhead
     }
 
     /// A worker's start-up: what its first shards cost beyond the overhead.
     pub(super) fn startup(&self) -> Seconds {
-        if self.first.is_empty() { self.planned_startup } else { (median_of(&self.first) - self.overhead()).max(0.0) }
+        self.startup
     }
 }
 
