@@ -249,6 +249,18 @@ fn the_page_follows_a_red_build_and_its_fix_live_without_reloading() {
         "return document.querySelectorAll('tr[data-worker]').length === 3 && document.getElementById('view').textContent;",
     );
     assert_eq!(workers.as_str().unwrap().matches("online").count(), 3, "{workers}");
+    // Each says how fast it is against the others (on one machine under a test's load,
+    // which is not pinned here).
+    let speeds = browser.eval(
+        "return [...document.querySelectorAll('tr[data-worker]')].map(r => r.children[2].textContent).join('|');",
+    );
+    let speeds = speeds.as_str().unwrap();
+    assert!(
+        speeds.split('|').all(|speed| speed == "as fast as the others"
+            || speed.ends_with("× slower")
+            || speed.ends_with("× faster")),
+        "{speeds}"
+    );
     browser.screenshot("8-workers");
 
     assert_eq!(browser.eval("return window.greenlightPageId;"), marker, "the page was never reloaded");

@@ -302,9 +302,16 @@ function renderWorkers() {
   const rows = S.workers.slice().sort((a, b) => a.name.localeCompare(b.name, undefined, {numeric: true})).map(w => {
     const s = running.get(w.name);
     const current = s ? "shard " + s.shard.lease_id + " of " + buildLink(s.build_id) + " · " + done(s.shard.counts) + "/" + s.shard.tests + " tests" : '<span class="muted">idle</span>';
-    return '<tr data-worker="' + esc(w.name) + '"><td>' + esc(w.name) + "</td><td>" + stateTag(w.lost ? "lost" : w.benched_until ? "benched" : "online") + (w.benched_until ? ' <span class="muted">until ' + when(w.benched_until) + "</span>" : "") + "</td><td>" + current + "</td><td>" + ago(w.last_seen) + "</td></tr>";
+    return '<tr data-worker="' + esc(w.name) + '"><td>' + esc(w.name) + "</td><td>" + stateTag(w.lost ? "lost" : w.benched_until ? "benched" : "online") + (w.benched_until ? ' <span class="muted">until ' + when(w.benched_until) + "</span>" : "") + "</td><td>" + speed(w.slowness) + "</td><td>" + current + "</td><td>" + ago(w.last_seen) + "</td></tr>";
   });
-  document.getElementById("view").innerHTML = "<h2>Workers (" + S.workers.length + ", " + S.workers.filter(w => w.lost).length + " lost)</h2><table><thead><tr><th>worker</th><th>state</th><th>current shard</th><th>last heartbeat</th></tr></thead><tbody>" + rows.join("") + "</tbody></table>";
+  document.getElementById("view").innerHTML = "<h2>Workers (" + S.workers.length + ", " + S.workers.filter(w => w.lost).length + " lost)</h2><table><thead><tr><th>worker</th><th>state</th><th>speed</th><th>current shard</th><th>last heartbeat</th></tr></thead><tbody>" + rows.join("") + "</tbody></table>";
+}
+
+// How long a worker takes for a test against the others, as its results show (the
+// scheduler gives a slower one less work): 1 (or missing, from an older master) is alike.
+function speed(slowness) {
+  if (slowness == null || Math.abs(slowness - 1) < 0.005) return '<span class="muted">as fast as the others</span>';
+  return slowness > 1 ? "<b>" + slowness.toFixed(1) + "× slower</b>" : (1 / slowness).toFixed(1) + "× faster";
 }
 
 // ---- flaky tests and quarantine ----
