@@ -308,6 +308,10 @@ impl Farm {
             .collect();
         let reports = core.scheduler.report(LeaseId(lease_id), WorkerId(worker_id), &batch, now)?;
         let build_id = core.scheduler.lease_build(LeaseId(lease_id));
+        // The history is what a test takes on a machine of the farm's speed: a slower
+        // one's durations are taken at its pace, or its tests' next estimates would be
+        // its slowness too high (and a faster one's too low).
+        let slowness = core.scheduler.worker_slowness(WorkerId(worker_id));
         let mut response =
             ResultsResponse { version: API_VERSION, accepted: 0, duplicates: 0, stale: 0, withdrawn: Vec::new() };
         for ((result, quarantined), report) in results.iter().zip(quarantined).zip(reports) {
@@ -337,7 +341,7 @@ impl Farm {
                     let cost_s = self.bounded_duration(result.cost_s());
                     let believable = result.cost_s() <= self.config.max_test_duration_s;
                     if result.status != TestStatus::Error && cost_s > 0.0 && believable {
-                        observed.push((&result.test_id, cost_s));
+                        observed.push((&result.test_id, cost_s / slowness));
                     }
                     response.accepted += 1;
                     self.apply(core, decisions, now)?;
