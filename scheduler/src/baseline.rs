@@ -153,36 +153,26 @@ pub fn simulate_free_dispatch(plan: &BuildPlan, actual_s: &[f64], slowdown: &[f6
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
 
-    #[derive(Debug, Clone, Copy, PartialEq)]
-    struct At(f64, usize, Option<PlanIndex>);
-    impl Eq for At {}
-    impl PartialOrd for At {
-        fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-            Some(self.cmp(other))
-        }
-    }
-    impl Ord for At {
-        fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-            self.0.total_cmp(&other.0).then(self.1.cmp(&other.1))
-        }
-    }
     // Ready tests, first in dispatch order; ties in plan order.
     let mut ready: BinaryHeap<(u64, Reverse<PlanIndex>)> = BinaryHeap::new();
     let push_ready = |ready: &mut BinaryHeap<(u64, Reverse<PlanIndex>)>, index: PlanIndex| {
-        // Microseconds keep the heap's order exact and total.
+        // Microseconds keep the heap's order exact and total, as in `split_by_estimate`.
         ready.push(((plan.dispatch_priority(index) * 1e6).round() as u64, Reverse(index)));
     };
     let mut waiting: Vec<usize> = plan.tests.iter().map(|test| test.depends_on.len()).collect();
     for (index, _) in waiting.iter().enumerate().filter(|(_, waits)| **waits == 0) {
         push_ready(&mut ready, index);
     }
-    // Events: a worker free at a time (with the test it just ended, if any).
-    let mut events: BinaryHeap<Reverse<At>> =
-        (0..slowdown.len()).map(|worker| Reverse(At(plan.shard_overhead_s * slowdown[worker], worker, None))).collect();
+    // Events, earliest first: a worker free at a time, with the test it just ended, if
+    // any. Times are not negative, so their bits order them as the numbers do.
+    let mut events: BinaryHeap<Reverse<(u64, usize, Option<PlanIndex>)>> = (0..slowdown.len())
+        .map(|worker| Reverse(((plan.shard_overhead_s * slowdown[worker]).to_bits(), worker, None)))
+        .collect();
     let mut idle: std::collections::BTreeSet<usize> = std::collections::BTreeSet::new();
     let mut shards = Vec::with_capacity(plan.len());
     let mut makespan_s: f64 = 0.0;
-    while let Some(Reverse(At(now, worker, ended))) = events.pop() {
+    while let Some(Reverse((now, worker, ended))) = events.pop() {
+        let now = f64::from_bits(now);
         if let Some(test) = ended {
             makespan_s = makespan_s.max(now);
             for &dependent in &plan.tests[test].dependents {
@@ -194,7 +184,7 @@ pub fn simulate_free_dispatch(plan: &BuildPlan, actual_s: &[f64], slowdown: &[f6
         }
         idle.insert(worker);
         // Everything free at this instant is free before anyone takes a test.
-        if events.peek().is_some_and(|Reverse(next)| next.0 <= now) {
+        if events.peek().is_some_and(|Reverse(next)| f64::from_bits(next.0) <= now) {
             continue;
         }
         while let Some(&worker) = idle.first() {
@@ -202,7 +192,7 @@ pub fn simulate_free_dispatch(plan: &BuildPlan, actual_s: &[f64], slowdown: &[f6
             idle.remove(&worker);
             let end = now + actual_s[test] * slowdown[worker];
             shards.push(SimulatedShard { worker, start: now, end, tests: vec![test] });
-            events.push(Reverse(At(end, worker, Some(test))));
+            events.push(Reverse((end.to_bits(), worker, Some(test))));
         }
     }
     Simulation { makespan_s, lower_bound_s: plan.lower_bound_on_fleet(actual_s, slowdown), shards }
