@@ -1117,11 +1117,11 @@ pub struct WorkerView {
     /// results show (kept under its name across its registrations and the master's
     /// restarts): 1 when as fast as the others or not known yet. The scheduler gives a
     /// slower machine less work and not the longest tests.
-    #[serde(default = "one")]
+    #[serde(default = "default_slowness")]
     pub slowness: f64,
 }
 
-fn one() -> f64 {
+fn default_slowness() -> f64 {
     1.0
 }
 

@@ -310,8 +310,10 @@ impl Farm {
         let build_id = core.scheduler.lease_build(LeaseId(lease_id));
         // The history is what a test takes on a machine of the farm's speed: a slower
         // one's durations are taken at its pace, or its tests' next estimates would be
-        // its slowness too high (and a faster one's too low).
-        let slowness = core.scheduler.worker_slowness(WorkerId(worker_id));
+        // its slowness too high (and a faster one's too low). As of its last request for
+        // work: worked out anew at every batch, it would cost the farm's lock a pass over
+        // the workers for a figure that moves slowly.
+        let slowness = core.scheduler.slowness(WorkerId(worker_id));
         let mut response =
             ResultsResponse { version: API_VERSION, accepted: 0, duplicates: 0, stale: 0, withdrawn: Vec::new() };
         for ((result, quarantined), report) in results.iter().zip(quarantined).zip(reports) {

@@ -713,7 +713,9 @@ impl Scheduler {
 
     /// How many times as long as the farm's other workers `worker` takes for a test
     /// ([`Scheduler::refresh_slowness`]); 1 for a worker not known or as fast as the others.
-    pub(super) fn slowness(&self, worker: WorkerId) -> f64 {
+    /// As of the last request for work (or [`Scheduler::worker_slowness`]): what a worker's
+    /// reports since have shown is not in it yet.
+    pub fn slowness(&self, worker: WorkerId) -> f64 {
         self.slowness.get(&worker).copied().unwrap_or(1.0)
     }
 
