@@ -401,6 +401,13 @@ fn a_cancelled_build_shows_its_running_shards_cancelled_and_no_lost_shard_is_dra
         (finished(errored, 2), "failed", "gave back 2"),
         (finished(flaky, 0), "flaky", "flaky"),
         (finished(passed.clone(), 3), "gave-back", "gave back 3"),
+        // Straggler copies: the run stopped because the other copy reported first, and the copy.
+        (
+            json!({"state": "finished", "counts": passed, "withdrawn": 1, "stopped": "t::slow"}),
+            "gave-back",
+            "stopped t::slow",
+        ),
+        (json!({"state": "finished", "counts": passed, "copy_of": 7}), "passed", "backup copy of the test shard 7"),
         (json!({"state": "expired", "counts": passed}), "lost", "expired"),
         (json!({"state": "infra_error", "counts": passed}), "lost", "infrastructure error"),
         (json!({"state": "taken_back", "counts": passed}), "lost", "taken back"),

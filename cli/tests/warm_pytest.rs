@@ -332,3 +332,107 @@ def test_x():
     }
     assert_eq!(results[&id("x")].last().unwrap().status, TestStatus::Passed);
 }
+
+/// A test that stalls the first time it runs (its machine hangs, say) and passes at once
+/// when run again; it notes the process it stalled in.
+const STALL_TESTS: &str = r#"import os
+import time
+
+
+def test_stalls_the_first_time():
+    marker = os.environ["GREENLIGHT_PIDS"] + ".stalled"
+    if not os.path.exists(marker):
+        with open(marker, "w", encoding="utf-8") as noted:
+            noted.write(f"{os.getpid()}\n")
+        time.sleep(300)
+
+
+def test_quick_one():
+    time.sleep(0.2)
+
+
+def test_quick_two():
+    time.sleep(0.2)
+
+
+def test_quick_three():
+    time.sleep(0.2)
+"#;
+
+/// With `[scheduler] straggler_copies`, a worker with nothing left to do runs a backup copy
+/// of a test that stalls on another worker; the copy's result counts, the stalled run is
+/// stopped (its process killed, well before it would have ended) and the shards record
+/// which was the copy and which run was stopped. `warm`: the pytest runner kept between
+/// shards (the stalled test's whole process goes), or started for each shard.
+fn a_stalled_test_is_copied_and_the_stalled_run_stopped(warm: bool) {
+    let python = python();
+    let scratch = tempfile::tempdir().unwrap();
+    let pids = scratch.path().join("pids");
+    let id = |name: &str| format!("tests/test_stall.py::test_{name}");
+    let mut tests = vec![test(&id("stalls_the_first_time"), &["stall"], &[], 1.0)];
+    tests.extend(["quick_one", "quick_two", "quick_three"].map(|name| test(&id(name), &["stall"], &[], 0.2)));
+    let suite = SuiteFile { name: "stall".into(), shard_overhead_s: 0.0, tests };
+    let suite_lines = format!("file = \"greenlight-suite.json\"\nrunner_args = [\"tests\"]\nwarm = {warm}");
+    let options = FarmOptions {
+        heartbeat_interval_s: 0.5,
+        suite_toml: suite_toml(&python, &pids, &suite_lines),
+        extra_toml: "straggler_copies = true".to_owned(),
+        ..FarmOptions::default()
+    };
+    let started = std::time::Instant::now();
+    let farm = Farm::start_with_repo(&suite, 2, options, |repo| {
+        commit_project(repo.dir(), &[("tests/conftest.py", CONFTEST), ("tests/test_stall.py", STALL_TESTS)]);
+    });
+    let build = farm.finished_build_of(&farm.repo.head().unwrap());
+    assert_eq!(build.state, BuildState::Green, "{build:?}");
+    assert!(started.elapsed().as_secs() < 120, "the build did not wait for the stalled run: {:?}", started.elapsed());
+
+    let results = by_id(farm.tests(build.build_id).results);
+    assert_eq!(results.len(), 4, "every test has a result: {results:?}");
+    for (test, attempts) in &results {
+        assert_eq!(attempts.len(), 1, "{test}: one result, the stopped run is none: {attempts:?}");
+        assert_eq!((attempts[0].status, attempts[0].attempt), (TestStatus::Passed, 1), "{test}: {attempts:?}");
+    }
+    let detail: BuildDetail = farm.get(&format!("/api/v1/builds/{}?test_ids=true", build.build_id));
+    let stalled = id("stalls_the_first_time");
+    let copy = detail
+        .shards
+        .iter()
+        .find(|shard| shard.copy_of.is_some())
+        .unwrap_or_else(|| panic!("a backup copy ran: {:?}", detail.shards));
+    assert_eq!(copy.test_ids, std::slice::from_ref(&stalled), "{copy:?}");
+    assert_eq!(results[&stalled][0].lease_id, Some(copy.lease_id), "the copy's result counts");
+    let original = detail
+        .shards
+        .iter()
+        .find(|shard| Some(shard.lease_id) == copy.copy_of)
+        .unwrap_or_else(|| panic!("the copied shard is listed: {:?}", detail.shards));
+    assert_ne!(original.worker, copy.worker, "the copy ran on the other worker");
+    assert_eq!(
+        original.stopped.as_deref(),
+        Some(stalled.as_str()),
+        "the stalled run is recorded as stopped: {original:?}"
+    );
+    assert_eq!(original.state, ShardState::Finished, "a stopped run is no infrastructure error: {original:?}");
+    assert!(!original.test_ids.contains(&stalled), "{original:?}");
+
+    // The stalled run's process is gone, long before its 300 s sleep would end.
+    let noted = std::fs::read_to_string(scratch.path().join("pids.stalled")).unwrap();
+    let pid: i32 = noted.trim().parse().unwrap();
+    farm.wait_for("the stalled process to be gone", std::time::Duration::from_secs(20), |_| {
+        // Gone, or dead and not yet reaped (a zombie: state `Z`).
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z'));
+        (state.is_none() || state == Some(true)).then_some(())
+    });
+}
+
+#[test]
+fn a_stalled_test_in_a_warm_runner_is_copied_and_its_runner_stopped() {
+    a_stalled_test_is_copied_and_the_stalled_run_stopped(true);
+}
+
+#[test]
+fn a_stalled_test_in_a_cold_runner_is_copied_and_its_runner_stopped() {
+    a_stalled_test_is_copied_and_the_stalled_run_stopped(false);
+}

@@ -771,8 +771,9 @@ pub struct SchedulerSection {
     #[serde(default)]
     pub shard_sizing: ShardSizingName,
     /// Whether a worker with nothing to do runs a backup copy of a test that holds the
-    /// build's end on a slow or stalled machine; the first result counts, the other lease is
-    /// told to stop. Off by default.
+    /// build's end on a slow or stalled machine; the first result counts, the other run is
+    /// stopped (its worker kills the runner; a warm one is started again) and recorded on
+    /// its shard (`stopped`; the copy's shard has `copy_of`). Off by default.
     #[serde(default)]
     pub straggler_copies: bool,
 }

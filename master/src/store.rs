@@ -1607,6 +1607,8 @@ mod tests {
             test_ids: ids.clone(),
             reproduce: String::new(),
             runner_wall_s: None,
+            copy_of: None,
+            stopped: None,
         };
         store.put_shard(3, &shard).unwrap();
         let chunks = kv.scan_prefix(Tree::ShardTests, b"").unwrap();
@@ -1974,6 +1976,8 @@ mod tests {
             test_ids: vec!["t0".into()],
             reproduce: String::new(),
             runner_wall_s: None,
+            copy_of: None,
+            stopped: None,
         };
         for build_id in [1, 2] {
             for index in 0..5 {

@@ -132,6 +132,8 @@ mod tests {
             test_ids: test_ids.iter().map(|id| (*id).to_owned()).collect(),
             reproduce: String::new(),
             runner_wall_s: None,
+            copy_of: None,
+            stopped: None,
         }
     }
 

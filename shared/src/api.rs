@@ -962,6 +962,17 @@ pub struct ShardView {
     /// to finish, is the farm's: checkout, setup, reporting).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runner_wall_s: Option<f64>,
+    /// A backup copy (`[scheduler] straggler_copies`) of the test the shard of this lease
+    /// was running on a slow or stalled machine: the shard holds that one test, and the
+    /// first of the two results counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_of: Option<u64>,
+    /// The test this shard was running when the master told it to stop: the other copy of
+    /// it (a straggler copy, or the straggler it copied) reported first, and that result
+    /// counts. The run stopped here is no attempt and has no result; the test is among
+    /// those `withdrawn`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
 }
 
 impl ShardView {
@@ -981,6 +992,8 @@ impl ShardView {
             test_ids: Vec::new(),
             reproduce: String::new(),
             runner_wall_s: self.runner_wall_s,
+            copy_of: self.copy_of,
+            stopped: self.stopped.clone(),
         }
     }
 }

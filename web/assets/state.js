@@ -28,9 +28,16 @@ const LOST_BECAUSE = new Map([
 
 // How a shard is drawn, from its wire `state` (`running`, `finished`, `expired`,
 // `infra_error`, `taken_back`, `cancelled`; anything else is `unknown`, never passed),
-// its counts and its `withdrawn` tests: `{state, label, why}`. `state` is one of DRAWN's
-// keys (the boxes' `data-state`), `label` is written on the box, `why` goes in its title.
+// its counts, its `withdrawn` tests, the test it was `stopped` running (its other copy
+// reported first) and whether it is a backup copy (`copy_of`): `{state, label, why}`.
+// `state` is one of DRAWN's keys (the boxes' `data-state`), `label` is written on the
+// box, `why` goes in its title.
 function shardLook(shard) {
+  const look = stateLook(shard);
+  if (shard.copy_of == null) return look;
+  return {...look, why: look.why + "; a backup copy of the test shard " + shard.copy_of + " ran late"};
+}
+function stateLook(shard) {
   const wire = shard.state;
   if (wire === "running") return {state: "running", label: "running", why: "running"};
   if (wire === "cancelled") return {state: "cancelled", label: "cancelled", why: "cancelled with its build"};
@@ -41,6 +48,10 @@ function shardLook(shard) {
   const gaveBack = withdrawn > 0 ? ", gave back " + withdrawn + " tests" : "";
   if ((c.failed || 0) + (c.error || 0) > 0) return {state: "failed", label: "failed", why: "failed" + gaveBack};
   if ((c.flaky || 0) > 0) return {state: "flaky", label: "flaky", why: "flaky" + gaveBack};
+  if (shard.stopped) {
+    const stopped = "stopped " + shard.stopped + ": its other copy reported first";
+    return {state: "gave-back", label: "stopped", why: stopped + (withdrawn > 1 ? ", gave back " + (withdrawn - 1) + " more tests" : "")};
+  }
   if (withdrawn > 0) return {state: "gave-back", label: "gave back " + withdrawn, why: "passed" + gaveBack};
   return {state: "passed", label: "passed", why: "passed"};
 }

@@ -8,7 +8,11 @@
 //! The master may withdraw the tests a running shard has not started (an idle worker runs
 //! them; this one is running late). Its answers to results and heartbeats say which: the
 //! worker stops the runner once every test it keeps is reported, and reports nothing for
-//! the withdrawn ones.
+//! the withdrawn ones. With straggler copies the master may withdraw the test the shard is
+//! running, too (a backup copy of it on another worker reported first, or this shard is
+//! that copy and the original did): a cold runner is stopped at once, as it is then
+//! running nothing the shard keeps; a warm one is killed and replaced, since a test cannot
+//! be stopped inside its pytest process.
 //!
 //! A warm lease (the pytest runner with `[suite] warm`) runs in the worker's [`WarmRunners`]:
 //! one pytest process per revision, kept between shards, fed the shard one test at a time
@@ -39,6 +43,9 @@ use tokio::task::JoinHandle;
 
 /// How often the growing JUnit report is read.
 const REPORT_POLL: Duration = Duration::from_millis(250);
+/// How often a warm runner's running test is checked for being withdrawn (its other copy
+/// reported first).
+const STOP_POLL: Duration = Duration::from_millis(100);
 /// How much of the runner's output is attached to tests it never reported.
 const OUTPUT_TAIL_BYTES: usize = 4096;
 
@@ -315,6 +322,15 @@ impl WarmShard<'_> {
         }
     }
 
+    /// Returns once the master no longer wants `test`'s result: it was withdrawn (the
+    /// answers to heartbeats and results are read as they come; this looks every
+    /// [`STOP_POLL`]), or the lease was taken back.
+    async fn stop_asked(&self, test: &str) {
+        while !self.withdrawn.contains(test) && self.active.load(Ordering::SeqCst) {
+            tokio::time::sleep(STOP_POLL).await;
+        }
+    }
+
     async fn run(&self, warm: &mut WarmRunners, python: &str, args: &[String], dir: &Path) -> ShardRun {
         let lease = self.lease;
         let started = Instant::now();
@@ -368,8 +384,25 @@ impl WarmShard<'_> {
             // The test fed after this one, so that its module stays up if they share it;
             // after the shard's last test everything but the session is torn down.
             let next = lease.tests[position + 1..].iter().find(|later| !self.withdrawn.contains(later));
-            let ran =
-                runner.run(std::slice::from_ref(test), next.map(String::as_str), |ended| record = Some(ended)).await;
+            let ran = {
+                let run =
+                    runner.run(std::slice::from_ref(test), next.map(String::as_str), |ended| record = Some(ended));
+                tokio::pin!(run);
+                tokio::select! {
+                    ran = &mut run => Some(ran),
+                    () = self.stop_asked(test) => None,
+                }
+            };
+            let Some(ran) = ran else {
+                // Withdrawn while it ran: a copy of it on another worker reported first
+                // (straggler copies); or the lease is no longer this worker's (that result
+                // ended the build). A test cannot be stopped inside its pytest process, so
+                // the runner goes with it (killed as a group) and a new one runs the rest.
+                warm.forget();
+                tracing::info!(test_id = %test, "stopped the running test: the master no longer wants its result");
+                since = Instant::now();
+                continue;
+            };
             let ended_at = Instant::now();
             since = ended_at;
             let reported = record.is_some();

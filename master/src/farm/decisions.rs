@@ -29,7 +29,7 @@ impl Farm {
                 Decision::WorkerBenched { worker, until } => {
                     tracing::warn!(worker_id = worker.0, for_s = until - now, "worker benched: it keeps losing shards");
                 }
-                Decision::LeaseShrunk { build, lease, worker, withdrawn } => {
+                Decision::LeaseShrunk { build, lease, worker, withdrawn, stopped: None } => {
                     tracing::info!(
                         build_id = build.0,
                         lease_id = lease.0,
@@ -38,7 +38,17 @@ impl Farm {
                         "lease shrunk: an idle worker takes the tests it had not started"
                     );
                     self.metrics.leases_split.inc();
-                    self.shrink_shard(core, build.0, lease.0, &withdrawn)?;
+                    self.shrink_shard(core, build.0, lease.0, &withdrawn, None)?;
+                }
+                Decision::LeaseShrunk { build, lease, worker, withdrawn, stopped: Some(stopped) } => {
+                    tracing::info!(
+                        build_id = build.0,
+                        lease_id = lease.0,
+                        worker_id = worker.0,
+                        test_id = stopped,
+                        "test stopped: its other copy reported first"
+                    );
+                    self.shrink_shard(core, build.0, lease.0, &withdrawn, Some(stopped))?;
                 }
                 Decision::LeaseExpired { lease, worker, requeued, .. } => {
                     tracing::warn!(lease_id = lease.0, worker_id = worker.0, requeued, "lease expired: worker lost");
@@ -106,13 +116,15 @@ impl Farm {
     }
 
     /// Records that `withdrawn` left a running shard: the shard's view (stored, and sent
-    /// to the page) no longer holds them. Its worker hears of them from the scheduler.
+    /// to the page) no longer holds them, and names the one it was `stopped` running (its
+    /// other copy reported first). Its worker hears of them from the scheduler.
     fn shrink_shard(
         &self,
         core: &mut Core,
         build_id: u64,
         lease_id: u64,
         withdrawn: &[String],
+        stopped: Option<String>,
     ) -> Result<(), FarmError> {
         let Some(live) = core.running.get_mut(&build_id) else { return Ok(()) };
         let Some(shard) = live.shards.get_mut(&lease_id) else { return Ok(()) };
@@ -121,6 +133,9 @@ impl Farm {
         shard.tests = shard.test_ids.len() as u32;
         shard.withdrawn += withdrawn.len() as u32;
         shard.counts.total = shard.tests;
+        if stopped.is_some() {
+            shard.stopped = stopped;
+        }
         self.put_shard(build_id, shard)
     }
 

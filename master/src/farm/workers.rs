@@ -233,6 +233,8 @@ impl Farm {
             counts: TestCounts { total: tests.len() as u32, ..TestCounts::default() },
             test_ids: tests.clone(),
             runner_wall_s: None,
+            copy_of: grant.copy_of.map(|primary| primary.0),
+            stopped: None,
             // Written out when the shard is read (`Farm::build_detail`), not under the lock.
             reproduce: String::new(),
         };

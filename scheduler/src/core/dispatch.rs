@@ -416,7 +416,7 @@ impl Scheduler {
         }
         lease.withdrawn.extend_from_slice(&withdrawn);
         let withdrawn = withdrawn.iter().map(|&test| run.plan.tests[test].id.clone()).collect();
-        Decision::LeaseShrunk { build: lease.build, lease: id, worker: lease.worker, withdrawn }
+        Decision::LeaseShrunk { build: lease.build, lease: id, worker: lease.worker, withdrawn, stopped: None }
     }
 
     /// Makes room for the retries waiting in the ready queues (a retry heads its build's

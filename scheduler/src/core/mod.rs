@@ -154,8 +154,8 @@ pub struct SchedulerConfig {
     /// Whether a worker that finds nothing to do runs a backup copy of the test that holds
     /// the build's end on a slow or stalled machine ([`LeaseGrant::copy_of`]); the first
     /// result wins, and the other lease is told to stop: a [`Decision::LeaseShrunk`] that
-    /// withdraws the test it is running. Off by default: the master and the worker do not
-    /// stop a running test yet.
+    /// withdraws the test it is running and names it stopped; the worker stops it (a cold
+    /// runner at once, a warm one killed and started again). Off by default.
     pub straggler_copies: bool,
 }
 
@@ -328,6 +328,11 @@ pub enum Decision {
         worker: WorkerId,
         /// The tests taken back (ids), in the lease's order.
         withdrawn: Vec<String>,
+        /// The test the lease is running, stopped (it is also the first of `withdrawn`): a
+        /// backup copy of it on another lease reported first ([`LeaseGrant::copy_of`]). Its
+        /// run there is no attempt and has no result. `None` when only tests not started
+        /// are taken back.
+        stopped: Option<String>,
     },
     /// A shard's last test was reported: what the shard cost besides its tests (from its
     /// grant to that result, less the tests' own durations), for the plans of later builds.

@@ -453,8 +453,15 @@ impl Scheduler {
         state.remaining_estimate = 0.0;
         state.withdrawn.extend_from_slice(&withdrawn);
         let requeued = withdrawn.len() > 1;
-        let withdrawn = withdrawn.iter().map(|&test| run.plan.tests[test].id.clone()).collect();
-        decisions.push(Decision::LeaseShrunk { build: state.build, lease: loser, worker: state.worker, withdrawn });
+        let withdrawn: Vec<String> = withdrawn.iter().map(|&test| run.plan.tests[test].id.clone()).collect();
+        let stopped = Some(withdrawn[0].clone());
+        decisions.push(Decision::LeaseShrunk {
+            build: state.build,
+            lease: loser,
+            worker: state.worker,
+            withdrawn,
+            stopped,
+        });
         if requeued {
             decisions.push(Decision::WorkAvailable);
         }

@@ -287,8 +287,13 @@ fn an_idle_worker_takes_over_the_unstarted_end_of_a_lease_running_late() {
     let first = first_test_took_twice_its_estimate(&mut scheduler, tens(4));
     let (second, decisions) = scheduler.request_work(WorkerId(2), 21.0);
     // Kept t1 and t2, it ends at 61 s; the newcomer runs t3 by 62 s.
-    let shrunk =
-        Decision::LeaseShrunk { build: BuildId(1), lease: first.lease, worker: WorkerId(1), withdrawn: ids(&["t3"]) };
+    let shrunk = Decision::LeaseShrunk {
+        build: BuildId(1),
+        lease: first.lease,
+        worker: WorkerId(1),
+        withdrawn: ids(&["t3"]),
+        stopped: None,
+    };
     assert_eq!(decisions, [shrunk, Decision::WorkAvailable]);
     let second = second.expect("the withdrawn test goes to the idle worker");
     assert_eq!(second.tests, ["t3"]);
@@ -348,6 +353,7 @@ fn a_retry_waits_for_the_test_another_worker_runs_not_for_its_whole_shard() {
         lease: second.lease,
         worker: WorkerId(2),
         withdrawn: second.tests[2..].to_vec(),
+        stopped: None,
     };
     assert_eq!(shrinks(&decisions), [&shrunk]);
     accepted(scheduler.test_finished(second.lease, WorkerId(2), &second.tests[1], TestStatus::Passed, 21.0));
@@ -463,6 +469,7 @@ fn a_lease_running_late_gives_back_what_it_cannot_run_by_the_common_finish() {
         lease: first.lease,
         worker: WorkerId(1),
         withdrawn: ids(&["t2", "t3"]),
+        stopped: None,
     };
     assert_eq!(decisions, [shrunk, Decision::WorkAvailable]);
     let second = second.unwrap();
@@ -1018,6 +1025,7 @@ fn a_prerequisite_to_be_retried_takes_the_tests_waiting_on_it_out_of_its_lease_u
             lease: grant.lease,
             worker: WorkerId(1),
             withdrawn: ids(&["b", "c"]),
+            stopped: None,
         }),
         "{decisions:?}"
     );
@@ -1176,8 +1184,13 @@ fn a_straggling_test_gets_a_backup_copy_and_the_first_result_wins() {
     let (outcome, decisions) =
         accepted(scheduler.test_finished(copy.lease, WorkerId(2), "long", TestStatus::Passed, 51.0));
     assert_eq!(outcome, Outcome::Final { flaky: false });
-    let stop =
-        Decision::LeaseShrunk { build: BuildId(1), lease: slow.lease, worker: WorkerId(1), withdrawn: ids(&["long"]) };
+    let stop = Decision::LeaseShrunk {
+        build: BuildId(1),
+        lease: slow.lease,
+        worker: WorkerId(1),
+        withdrawn: ids(&["long"]),
+        stopped: Some("long".to_owned()),
+    };
     assert!(decisions.contains(&stop), "{decisions:?}");
     assert_eq!(finished(&decisions), [(BuildId(1), Verdict::Green)]);
     assert_eq!(scheduler.test_finished(slow.lease, WorkerId(1), "long", TestStatus::Failed, 61.0), Ok(Report::Stale));
@@ -1185,8 +1198,13 @@ fn a_straggling_test_gets_a_backup_copy_and_the_first_result_wins() {
     // The original ends first: the copy is told to stop, and its result is stale.
     let (mut scheduler, slow, copy) = copied_straggler();
     let (_, decisions) = accepted(scheduler.test_finished(slow.lease, WorkerId(1), "long", TestStatus::Passed, 35.0));
-    let stop =
-        Decision::LeaseShrunk { build: BuildId(1), lease: copy.lease, worker: WorkerId(2), withdrawn: ids(&["long"]) };
+    let stop = Decision::LeaseShrunk {
+        build: BuildId(1),
+        lease: copy.lease,
+        worker: WorkerId(2),
+        withdrawn: ids(&["long"]),
+        stopped: Some("long".to_owned()),
+    };
     assert!(decisions.contains(&stop), "{decisions:?}");
     assert_eq!(finished(&decisions), [(BuildId(1), Verdict::Green)]);
     assert_eq!(scheduler.test_finished(copy.lease, WorkerId(2), "long", TestStatus::Passed, 51.0), Ok(Report::Stale));
