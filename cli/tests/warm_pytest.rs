@@ -360,7 +360,8 @@ def test_quick_three():
 "#;
 
 /// With `[scheduler] straggler_copies`, a worker with nothing left to do runs a backup copy
-/// of a test that stalls on another worker; the copy's result counts, the stalled run is
+/// of a test that stalls on another worker, woken for it at the stalled lease's heartbeat
+/// (not when its long poll ends); the copy's result counts, the stalled run is
 /// stopped (its process killed, well before it would have ended) and the shards record
 /// which was the copy and which run was stopped. `warm`: the pytest runner kept between
 /// shards (the stalled test's whole process goes), or started for each shard.
@@ -377,6 +378,8 @@ fn a_stalled_test_is_copied_and_the_stalled_run_stopped(warm: bool) {
         heartbeat_interval_s: 0.5,
         suite_toml: suite_toml(&python, &pids, &suite_lines),
         extra_toml: "straggler_copies = true".to_owned(),
+        // Idle workers wait a minute for work: the master wakes them when a copy pays.
+        worker_wait_s: 60,
         ..FarmOptions::default()
     };
     let started = std::time::Instant::now();
@@ -385,7 +388,11 @@ fn a_stalled_test_is_copied_and_the_stalled_run_stopped(warm: bool) {
     });
     let build = farm.finished_build_of(&farm.repo.head().unwrap());
     assert_eq!(build.state, BuildState::Green, "{build:?}");
-    assert!(started.elapsed().as_secs() < 120, "the build did not wait for the stalled run: {:?}", started.elapsed());
+    assert!(
+        started.elapsed().as_secs() < 45,
+        "the build waited neither for the stalled run (300 s) nor for an idle worker's long poll (60 s): {:?}",
+        started.elapsed()
+    );
 
     let results = by_id(farm.tests(build.build_id).results);
     assert_eq!(results.len(), 4, "every test has a result: {results:?}");

@@ -91,8 +91,8 @@ pub fn simulate_fleet_after(
     assert_eq!(plan.len(), actual_s.len(), "one actual duration per planned test");
     assert!(!slowdown.is_empty(), "a fleet has a worker");
     let lower_bound_s = plan.lower_bound_on_fleet(actual_s, slowdown);
-    // Idle workers ask again this often while the build runs (a long poll timing out),
-    // so a straggler's copy starts when it pays, not only when some shard ends.
+    // Idle workers are woken at a straggling lease's heartbeats, so a straggler's copy
+    // starts when it pays, not only when some shard ends.
     let poll_s = config.straggler_copies.then_some(POLL_S);
     let mut scheduler = Scheduler::new(SchedulerConfig { lease_timeout_s: f64::INFINITY, ..config });
     // Workers join in order, so worker 0 gets the first shard.
@@ -169,10 +169,18 @@ impl Fleet<'_> {
             };
             if let Some(poll_s) = poll_s
                 && idle.iter().any(|&idle| idle)
-                && time > now + poll_s
             {
-                now += poll_s;
-                continue;
+                // The master wakes its idle workers at the heartbeats of a lease one of them
+                // could copy ([`Scheduler::straggling`]).
+                let mut tick = now + poll_s;
+                while tick < time && !running.test_ends.keys().any(|&lease| scheduler.straggling(LeaseId(lease), tick))
+                {
+                    tick += poll_s;
+                }
+                if tick < time {
+                    now = tick;
+                    continue;
+                }
             }
             now = time;
             while let Some(Reverse(Timed(time, event_sequence, event))) = running.events.peek().copied() {
@@ -231,8 +239,9 @@ impl Fleet<'_> {
     }
 }
 
-/// How often idle simulated workers ask again when straggler copies are on (seconds).
-const POLL_S: f64 = 1.0;
+/// How often a simulated lease heartbeats, waking the idle workers when one of them could
+/// copy its running test (the master's default `[scheduler] heartbeat_interval_s`).
+const POLL_S: f64 = 5.0;
 
 /// The shards of a simulation and the events they will cause.
 #[derive(Default)]

@@ -99,6 +99,8 @@ pub struct FarmOptions {
     pub master_binary: Option<PathBuf>,
     /// Environment variables of the master (tokens its configuration takes from there).
     pub master_env: Vec<(String, String)>,
+    /// How long an idle worker's long poll for work lasts (`greenlight worker --wait`).
+    pub worker_wait_s: u32,
 }
 
 impl Default for FarmOptions {
@@ -115,6 +117,7 @@ impl Default for FarmOptions {
             data_dir: None,
             master_binary: None,
             master_env: Vec::new(),
+            worker_wait_s: 5,
         }
     }
 }
@@ -130,6 +133,8 @@ pub struct Farm {
     pub master_binary: PathBuf,
     /// The master's environment besides the test's (restarts included).
     pub master_env: Vec<(String, String)>,
+    /// The workers' `--wait` (seconds).
+    pub worker_wait_s: u32,
     http: reqwest::blocking::Client,
 }
 
@@ -208,6 +213,7 @@ heartbeat_interval_s = {heartbeat}
             workers: Vec::new(),
             master_binary,
             master_env: options.master_env,
+            worker_wait_s: options.worker_wait_s,
             http: reqwest::blocking::Client::new(),
         };
         for index in 0..n_workers {
@@ -244,7 +250,9 @@ heartbeat_interval_s = {heartbeat}
             .open(self.dir.path().join(format!("{name}.log")))
             .unwrap();
         let child = Command::new(greenlight())
-            .args(["worker", "--master", &self.url, "--token", token, "--name", name, "--wait", "5", "--workdir"])
+            .args(["worker", "--master", &self.url, "--token", token, "--name", name, "--wait"])
+            .arg(self.worker_wait_s.to_string())
+            .arg("--workdir")
             .arg(self.dir.path().join("workers").join(name))
             .env("GREENLIGHT_LOG", "info")
             .stdin(Stdio::null())

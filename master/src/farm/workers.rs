@@ -263,12 +263,17 @@ impl Farm {
     }
 
     /// A heartbeat; returns whether the worker still holds the lease, and the tests
-    /// withdrawn from it.
+    /// withdrawn from it. Wakes the idle workers when one may run a backup copy of the
+    /// test the lease is late with (`[scheduler] straggler_copies`).
     pub fn heartbeat(&self, lease_id: u64, worker_id: u64) -> Result<(bool, Vec<String>), FarmError> {
         let now = self.now();
         let mut core = self.core();
         Farm::heard_from(&mut core, worker_id, now)?;
         let active = core.scheduler.heartbeat(LeaseId(lease_id), WorkerId(worker_id), now)?;
+        if core.scheduler.straggling(LeaseId(lease_id), now) {
+            // An idle worker may run a backup copy of the test this lease is late with.
+            self.work_available.notify_waiters();
+        }
         Ok((active, core.scheduler.withdrawn(LeaseId(lease_id))))
     }
 

@@ -513,6 +513,20 @@ impl Scheduler {
         ShardGoal { share, finish, smallest, last }
     }
 
+    /// Whether an idle worker asking now would be given a backup copy of the test `lease`
+    /// runs ([`Scheduler::straggler_copy`], for a worker that finds nothing ready). The
+    /// master then wakes its idle workers, whose long polls would otherwise end only every
+    /// `wait_s` (20 s), so the copy starts at the straggler's next heartbeat.
+    pub fn straggling(&self, lease: LeaseId, now: Seconds) -> bool {
+        let Some(state) = self.leases.get(&lease) else { return false };
+        self.config.straggler_copies
+            && self.workers.iter().any(|(&worker, worker_state)| {
+                worker_state.benched_until <= now
+                    && worker_state.lease.and_then(|id| self.leases.get(&id)).is_none_or(|lease| !lease.active)
+                    && self.copy_candidate(lease, state, worker, None, now).is_some()
+            })
+    }
+
     /// With [`SchedulerConfig::straggler_copies`](super::SchedulerConfig::straggler_copies),
     /// a backup copy of the test a lease is running, when that lease is projected to end
     /// last, after every other lease. For a worker that finds nothing ready (`ready` is
@@ -531,62 +545,12 @@ impl Scheduler {
         if !self.config.straggler_copies {
             return None;
         }
-
         let mut best: Option<(LeaseId, PlanIndex, Seconds)> = None;
-        for (&id, lease) in self.leases.iter().filter(|(_, lease)| lease.active && lease.copy_of.is_none()) {
-            let Some(run) = self.builds.get(&lease.build) else { continue };
-            if lease.worker == worker {
-                continue;
-            }
-            // It runs its first test without a result.
-            let Some(&test) = lease.tests.iter().find(|&&test| run.states[test] == TestState::Leased(id)) else {
-                continue;
-            };
-            if run.copies.contains_key(&test) || run.avoid.get(&test).is_some_and(|avoid| avoid.contains(&worker)) {
-                continue;
-            }
-            let drift = run.drift.ratio();
-            let estimate = run.plan.tests[test].estimate_s;
-            let started = lease.progress_at;
-            let projected = started + estimate * lease.pace(drift);
-            let end = if projected > now { projected } else { now + (now - started) };
-            let cost = self.shard_cost(run, worker);
-            let copy_end = now + cost + estimate * drift * self.slowness(worker);
-            match ready {
-                None if end - copy_end <= 2.0 * cost => continue,
-                None => {}
-                Some(build) => {
-                    // Insurance where the estimates say which test holds the build's end,
-                    // or where its machine has shown itself slow; if the rest of the build
-                    // still ends before it, with this worker busy with the copy.
-                    if build != lease.build
-                        || copy_end > end + cost
-                        || !(lease.pace(drift) >= SLOW_PACE * drift
-                            || now - started > SLOW_PACE * estimate * drift + cost)
-                    {
-                        continue;
-                    }
-                    let ready_at = self
-                        .ready_times(build, worker, now)
-                        .into_iter()
-                        .map(|(id, ready_at)| (id, if id == worker { copy_end + cost } else { ready_at }))
-                        .collect();
-                    if water_fill(run.unleased_work * drift, self.capacities(ready_at), now) + 2.0 * cost > end {
-                        continue;
-                    }
-                }
-            }
-            let others_end = self
-                .leases
-                .iter()
-                .filter(|&(&other, state)| other != id && state.active && state.build == lease.build)
-                .map(|(_, state)| state.free_at(now, drift))
-                .fold(now, f64::max);
+        for (&id, lease) in &self.leases {
+            let Some((test, end)) = self.copy_candidate(id, lease, worker, ready, now) else { continue };
             // The lease ending last; on a tie the first granted (the leases are a hash map:
             // its order is no order).
-            if end > others_end
-                && best.is_none_or(|(best_id, _, best_end)| end > best_end || (end == best_end && id < best_id))
-            {
+            if best.is_none_or(|(best_id, _, best_end)| end > best_end || (end == best_end && id < best_id)) {
                 best = Some((id, test, end));
             }
         }
@@ -633,6 +597,65 @@ impl Scheduler {
             deadline,
             copy_of: Some(primary),
         })
+    }
+
+    /// The test lease `id` runs and when the lease is projected to end, if `worker` may run
+    /// a backup copy of it now ([`Scheduler::straggler_copy`]'s rules, `ready` the build
+    /// with work ready for it, if any): the lease is active, no copy, ends after every
+    /// other lease of its build, and the copy pays.
+    fn copy_candidate(
+        &self,
+        id: LeaseId,
+        lease: &LeaseState,
+        worker: WorkerId,
+        ready: Option<BuildId>,
+        now: Seconds,
+    ) -> Option<(PlanIndex, Seconds)> {
+        if !lease.active || lease.copy_of.is_some() || lease.worker == worker {
+            return None;
+        }
+        let run = self.builds.get(&lease.build)?;
+        let test = running_test(run, id, lease)?;
+        if run.copies.contains_key(&test) || run.avoid.get(&test).is_some_and(|avoid| avoid.contains(&worker)) {
+            return None;
+        }
+        let drift = run.drift.ratio();
+        let estimate = run.plan.tests[test].estimate_s;
+        let started = lease.progress_at;
+        let projected = started + estimate * lease.pace(drift);
+        let end = if projected > now { projected } else { now + (now - started) };
+        let cost = self.shard_cost(run, worker);
+        let copy_end = now + cost + estimate * drift * self.slowness(worker);
+        match ready {
+            None if end - copy_end <= 2.0 * cost => return None,
+            None => {}
+            Some(build) => {
+                // Insurance where the estimates say which test holds the build's end,
+                // or where its machine has shown itself slow; if the rest of the build
+                // still ends before it, with this worker busy with the copy.
+                if build != lease.build
+                    || copy_end > end + cost
+                    || !(lease.pace(drift) >= SLOW_PACE * drift || now - started > SLOW_PACE * estimate * drift + cost)
+                {
+                    return None;
+                }
+                let ready_at = self
+                    .ready_times(build, worker, now)
+                    .into_iter()
+                    .map(|(id, ready_at)| (id, if id == worker { copy_end + cost } else { ready_at }))
+                    .collect();
+                if water_fill(run.unleased_work * drift, self.capacities(ready_at), now) + 2.0 * cost > end {
+                    return None;
+                }
+            }
+        }
+        let others_end = self
+            .leases
+            .iter()
+            .filter(|&(&other, state)| other != id && state.active && state.build == lease.build)
+            .map(|(_, state)| state.free_at(now, drift))
+            .fold(now, f64::max);
+        (end > others_end).then_some((test, end))
     }
 
     /// When each live worker could start a test of `build`: when it will be free (the
@@ -1198,6 +1221,11 @@ pub(super) fn water_fill(work: Seconds, mut workers: Vec<(Seconds, f64)>, now: S
         }
     }
     finish
+}
+
+/// The test `lease` runs: its first without a result.
+fn running_test(run: &BuildRun, id: LeaseId, lease: &LeaseState) -> Option<PlanIndex> {
+    lease.tests.iter().copied().find(|&test| run.states[test] == TestState::Leased(id))
 }
 
 #[cfg(test)]

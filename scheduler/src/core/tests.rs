@@ -1172,8 +1172,16 @@ fn copied_straggler() -> (Scheduler, LeaseGrant, LeaseGrant) {
     scheduler.lease_finished(quick.lease, WorkerId(2), 5.0).unwrap();
     // Due at 21 s, a copy now would end at 26 s: no copy yet.
     assert_eq!(scheduler.request_work(WorkerId(2), 5.0), (None, vec![]));
+    // The master wakes its idle workers at the straggler's heartbeats once a copy pays:
+    // from 24 s it has run 23 s of its 20, taken to need as long again, and a copy would
+    // end by more than two shard costs sooner.
+    assert!(!scheduler.straggling(slow.lease, 20.0), "not late yet");
+    assert!(!scheduler.straggling(slow.lease, 23.0), "late, but a copy would not end sooner yet");
+    assert!(scheduler.straggling(slow.lease, 25.0), "a copy pays, and worker 2 is idle");
     let copy = scheduler.request_work(WorkerId(2), 30.0).0.expect("a copy of the straggler");
     assert_eq!((copy.tests.as_slice(), copy.copy_of), (&["long".to_owned()][..], Some(slow.lease)));
+    assert!(!scheduler.straggling(slow.lease, 31.0), "copied already");
+    assert!(!scheduler.straggling(copy.lease, 60.0), "a copy is not copied");
     (scheduler, slow, copy)
 }
 
@@ -1226,12 +1234,13 @@ fn straggler_copies_are_off_by_default() {
     scheduler.worker_joined(WorkerId(1), 0.0);
     scheduler.worker_joined(WorkerId(2), 0.0);
     scheduler.add_build(BuildId(1), BuildPlan::from_tests(tests, 1.0), 0.0).unwrap();
-    scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    let long = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
     let quick = scheduler.request_work(WorkerId(2), 0.0).0.unwrap();
     for id in &quick.tests {
         accepted(scheduler.test_finished(quick.lease, WorkerId(2), id, TestStatus::Passed, 2.0));
     }
     scheduler.lease_finished(quick.lease, WorkerId(2), 5.0).unwrap();
+    assert!(!scheduler.straggling(long.lease, 30.0), "no idle worker is woken for a copy");
     assert_eq!(scheduler.request_work(WorkerId(2), 30.0), (None, vec![]));
 }
 
