@@ -239,7 +239,7 @@ impl Scheduler {
             }
         }
         if let Some(loser) = loser {
-            self.stop_copy(loser, index, &mut decisions);
+            self.stop_copy(loser, index, now, &mut decisions);
         }
         let Some(run) = self.builds.get_mut(&build) else { return Report::Stale };
         if status.is_failure() && run.failures[index] < self.config.retries {
@@ -435,10 +435,20 @@ impl Scheduler {
     /// `test` ran on two leases and the other's result came first: `loser` is to stop it.
     /// It gives back the tests it has not started and withdraws `test` (a
     /// [`Decision::LeaseShrunk`] naming the test it runs first), so it ends with nothing
-    /// to requeue.
-    fn stop_copy(&mut self, loser: LeaseId, test: PlanIndex, decisions: &mut Vec<Decision>) {
+    /// to requeue. A run stopped after more than the test's estimate tells its worker's
+    /// speed as a test reported after that long would (a lower bound): a slow machine whose
+    /// long test was copied reports nothing else, and would be unknown to the next build.
+    fn stop_copy(&mut self, loser: LeaseId, test: PlanIndex, now: Seconds, decisions: &mut Vec<Decision>) {
         let Some(state) = self.leases.get_mut(&loser).filter(|state| state.active) else { return };
         let Some(run) = self.builds.get_mut(&state.build) else { return };
+        let (ran_s, estimate) = (now - state.progress_at, run.plan.tests[test].estimate_s);
+        if run.plan.tests[test].estimate_known
+            && ran_s > estimate
+            && let Some(worker_state) = self.workers.get_mut(&state.worker)
+        {
+            worker_state.ratios.observe(ran_s, estimate);
+            self.slowness_stale = true;
+        }
         let mut withdrawn = vec![test];
         for &other in &state.tests {
             if other != test && run.states[other] == TestState::Leased(loser) {

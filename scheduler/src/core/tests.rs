@@ -1203,6 +1203,11 @@ fn a_straggling_test_gets_a_backup_copy_and_the_first_result_wins() {
     assert_eq!(finished(&decisions), [(BuildId(1), Verdict::Green)]);
     assert_eq!(scheduler.test_finished(slow.lease, WorkerId(1), "long", TestStatus::Failed, 61.0), Ok(Report::Stale));
 
+    // The stopped run had run the test 50 s of its 20: its machine is at least that slow.
+    let ratios = scheduler.worker_ratios(WorkerId(1)).expect("the stopped run tells its worker's speed");
+    assert_eq!(ratios.count, 1.0);
+    assert!((ratios.sum - (50.0f64 / 20.0).ln()).abs() < 1e-9, "{ratios:?}");
+
     // The original ends first: the copy is told to stop, and its result is stale.
     let (mut scheduler, slow, copy) = copied_straggler();
     let (_, decisions) = accepted(scheduler.test_finished(slow.lease, WorkerId(1), "long", TestStatus::Passed, 35.0));
@@ -1215,6 +1220,7 @@ fn a_straggling_test_gets_a_backup_copy_and_the_first_result_wins() {
     };
     assert!(decisions.contains(&stop), "{decisions:?}");
     assert_eq!(finished(&decisions), [(BuildId(1), Verdict::Green)]);
+    assert_eq!(scheduler.worker_ratios(WorkerId(2)), None, "a copy stopped within the estimate tells nothing");
     assert_eq!(scheduler.test_finished(copy.lease, WorkerId(2), "long", TestStatus::Passed, 51.0), Ok(Report::Stale));
 
     // The straggler's worker is lost: the test is the copy's, not queued a third time.
