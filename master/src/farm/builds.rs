@@ -34,9 +34,12 @@ impl Farm {
         let tip = fetched?;
         let last_seen = self.store.last_seen(branch)?;
         let revisions = self.mirror.new_revisions(last_seen.as_deref(), &tip)?;
-        let mut queued = Vec::with_capacity(revisions.len());
-        for revision in revisions {
-            let commit = self.mirror.commit(&revision)?;
+        let commits = revisions.iter().map(|revision| self.mirror.commit(revision)).collect::<Result<Vec<_>, _>>()?;
+        // A build starting meanwhile takes the whole batch or none of it: the build loop's
+        // tick once started a build of the first few commits while git read the rest.
+        let _batch = self.queueing.lock().expect("the queueing lock is never poisoned");
+        let mut queued = Vec::with_capacity(commits.len());
+        for commit in commits {
             let change = ChangeView {
                 sequence: self.store.next_id("change")?,
                 branch: branch.clone(),
@@ -70,9 +73,11 @@ impl Farm {
         if self.core().running.values().any(|live| live.summary.kind == BuildKind::Regular) {
             return Ok(None);
         }
-        let first = self.store.next_unbuilt_change()?;
-        let forced = self.store.full_run_forced()?;
-        let pending = self.store.changes_from(first, 100_000)?;
+        let (forced, pending) = {
+            let _batch = self.queueing.lock().expect("the queueing lock is never poisoned");
+            let first = self.store.next_unbuilt_change()?;
+            (self.store.full_run_forced()?, self.store.changes_from(first, 100_000)?)
+        };
         let (revision, newest_sequence) = match pending.last() {
             Some(newest) => (newest.revision.clone(), Some(newest.sequence)),
             None if forced => match self.store.latest_changes(1)?.into_iter().next() {

@@ -237,6 +237,9 @@ pub struct Farm {
     /// Says `true` when the master shuts down: long-lived streams end.
     closing: tokio::sync::watch::Sender<bool>,
     poll_lock: tokio::sync::Mutex<()>,
+    /// Held while a poll writes the changes it found, and while a build reads the changes
+    /// it covers: a batch is built whole.
+    queueing: std::sync::Mutex<()>,
     /// Held while the master's checkout (`data_dir/checkout`) is used to list a suite:
     /// the build loop and a history import may both need it.
     checkout_lock: Mutex<()>,
@@ -342,6 +345,7 @@ impl Farm {
             events: tokio::sync::broadcast::channel(EVENT_BACKLOG).0,
             closing: tokio::sync::watch::channel(false).0,
             poll_lock: tokio::sync::Mutex::new(()),
+            queueing: std::sync::Mutex::new(()),
             checkout_lock: Mutex::new(()),
             verdicts_unflushed: AtomicBool::new(false),
             commits: GroupCommit::default(),
