@@ -29,26 +29,28 @@ impl Farm {
                 Decision::WorkerBenched { worker, until } => {
                     tracing::warn!(worker_id = worker.0, for_s = until - now, "worker benched: it keeps losing shards");
                 }
-                Decision::LeaseShrunk { build, lease, worker, withdrawn, stopped: None } => {
-                    tracing::info!(
-                        build_id = build.0,
-                        lease_id = lease.0,
-                        worker_id = worker.0,
-                        withdrawn = withdrawn.len(),
-                        "lease shrunk: an idle worker takes the tests it had not started"
-                    );
-                    self.metrics.leases_split.inc();
-                    self.shrink_shard(core, build.0, lease.0, &withdrawn, None)?;
-                }
-                Decision::LeaseShrunk { build, lease, worker, withdrawn, stopped: Some(stopped) } => {
-                    tracing::info!(
-                        build_id = build.0,
-                        lease_id = lease.0,
-                        worker_id = worker.0,
-                        test_id = stopped,
-                        "test stopped: its other copy reported first"
-                    );
-                    self.shrink_shard(core, build.0, lease.0, &withdrawn, Some(stopped))?;
+                Decision::LeaseShrunk { build, lease, worker, withdrawn, stopped } => {
+                    let (build_id, lease_id, worker_id) = (build.0, lease.0, worker.0);
+                    match &stopped {
+                        None => {
+                            tracing::info!(
+                                build_id,
+                                lease_id,
+                                worker_id,
+                                withdrawn = withdrawn.len(),
+                                "lease shrunk: an idle worker takes the tests it had not started"
+                            );
+                            self.metrics.leases_split.inc();
+                        }
+                        Some(test_id) => tracing::info!(
+                            build_id,
+                            lease_id,
+                            worker_id,
+                            test_id,
+                            "test stopped: its other copy reported first"
+                        ),
+                    }
+                    self.shrink_shard(core, build_id, lease_id, &withdrawn, stopped)?;
                 }
                 Decision::LeaseExpired { lease, worker, requeued, .. } => {
                     tracing::warn!(lease_id = lease.0, worker_id = worker.0, requeued, "lease expired: worker lost");

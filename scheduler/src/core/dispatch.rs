@@ -521,9 +521,7 @@ impl Scheduler {
         let Some(state) = self.leases.get(&lease) else { return false };
         self.config.straggler_copies
             && self.workers.iter().any(|(&worker, worker_state)| {
-                worker_state.benched_until <= now
-                    && worker_state.lease.and_then(|id| self.leases.get(&id)).is_none_or(|lease| !lease.active)
-                    && self.copy_candidate(lease, state, worker, None, now).is_some()
+                self.is_idle(worker_state, now) && self.copy_candidate(lease, state, worker, None, now).is_some()
             })
     }
 

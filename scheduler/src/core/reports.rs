@@ -151,11 +151,7 @@ impl Scheduler {
         let splittable = self.config.split_running_leases
             && state.copy_of.is_none()
             && self.builds.get(&state.build).is_some_and(|run| run.plan.leases_splittable);
-        splittable
-            && self.workers.values().any(|worker| {
-                worker.benched_until <= now
-                    && worker.lease.and_then(|id| self.leases.get(&id)).is_none_or(|lease| !lease.active)
-            })
+        splittable && self.workers.values().any(|worker| self.is_idle(worker, now))
     }
 
     /// Event: a worker reports one finished test of its lease, not quarantined, that took

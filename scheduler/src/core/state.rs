@@ -711,6 +711,12 @@ impl Scheduler {
         self.slowness(worker)
     }
 
+    /// Whether `worker` is idle: not benched, and holding no active lease.
+    pub(super) fn is_idle(&self, worker: &WorkerState, now: Seconds) -> bool {
+        worker.benched_until <= now
+            && worker.lease.and_then(|id| self.leases.get(&id)).is_none_or(|lease| !lease.active)
+    }
+
     /// How many times as long as the farm's other workers `worker` takes for a test
     /// ([`Scheduler::refresh_slowness`]); 1 for a worker not known or as fast as the others.
     /// As of the last request for work (or [`Scheduler::worker_slowness`]): what a worker's
