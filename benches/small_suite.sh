@@ -2,11 +2,12 @@
 # A 30-test pytest project (27 fast, 3 sleeping 1-3 s): one direct pytest run, then the farm
 # (release binary, 3 workers) cold and warm, first build with no history, side by side.
 #   cargo build --release -p greenlight && benches/small_suite.sh
+# GREENLIGHT_BIN=path runs another build of the binary (an older one, side by side).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 python=$root/target/pyenv/bin/python
-gl=$root/target/release/greenlight
+gl=${GREENLIGHT_BIN:-$root/target/release/greenlight}
 work=$(mktemp -d); pids=()
 trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null || true; done; rm -rf $work' EXIT
 repo=$work/repo; mkdir -p $repo/tests

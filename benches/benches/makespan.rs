@@ -10,7 +10,11 @@
 //! - `small`: 1k-test suites of the same shape on 8 and 16 workers;
 //! - `slow`: fleets with slower machines the scheduler is not told about, in a farm's first
 //!   build (no machine known) and after a build of the same plan on the same scheduler
-//!   (", after a build": the slower machines have shown themselves).
+//!   (", after a build": the slower machines have shown themselves);
+//! - `warm`: the tag-selected, 1k, full and slow-fleet builds on warm runners (pytest's
+//!   `[suite] warm`): a worker's first shard of a build pays 1.47 s of start-up (the
+//!   collection of its runner) and every shard 0.03 s (the most the master learned from
+//!   real warm builds), the same 1.5 s a worker as the cold rows' first shard.
 //!
 //! Each with exact history and with noisy history (each duration off by a lognormal factor,
 //! sigma 0.5, and 5% of the tests new), a hundred seeds. Every row prints the mean, the
@@ -20,7 +24,7 @@
 //! `cargo bench -p greenlight-benches --bench makespan`
 //!
 //! Seeds 1–100 by default; `GREENLIGHT_BENCH_SEEDS=1-10` (a range or a comma list) sets them,
-//! `GREENLIGHT_BENCH_SHAPES=tags,small` (any of `full`, `tags`, `small`, `slow`) picks the
+//! `GREENLIGHT_BENCH_SHAPES=tags,small` (any of `full`, `tags`, `small`, `slow`, `warm`) picks the
 //! tables, `GREENLIGHT_BENCH_VERBOSE=1` prints each seed's ratios to stderr, and
 //! `GREENLIGHT_BENCH_EARLIER_BUILDS=3` runs every row after that many builds of its plan.
 
@@ -48,6 +52,10 @@ const SMALL_SUITE_TESTS: usize = 1_000;
 /// The tag sets of the tag-selected builds: one area, two areas (one of them a tag no test
 /// has), as a change's tags name them.
 const TAG_SETS: [&str; 4] = ["chat", "rooms,checkout", "search", "avatar,friends"];
+
+/// A shard's overhead on warm runners: the most the master learned in real warm builds
+/// (`greenlight_shard_overhead_seconds`, 0.002–0.03 s; BENCHMARKS.md).
+const WARM_SHARD_S: f64 = 0.03;
 
 /// Which suite a row runs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -105,6 +113,9 @@ struct Shape {
     /// a farm's first build (no worker's speed known), 1 for one whose slower machines
     /// the scheduler has seen.
     earlier_builds: u64,
+    /// Warm runners: the suite's shard overhead is paid once a worker (its start-up), and
+    /// each shard costs [`WARM_SHARD_S`].
+    warm: bool,
 }
 
 impl Shape {
@@ -119,7 +130,8 @@ impl Shape {
             1 => ", after a build".to_owned(),
             builds => format!(", after {builds} builds"),
         };
-        format!("{suite}, {tags}{}{after}", self.fleet.name())
+        let warm = if self.warm { ", warm" } else { "" };
+        format!("{suite}, {tags}{}{after}{warm}", self.fleet.name())
     }
 }
 
@@ -128,6 +140,7 @@ impl Shape {
 fn shapes(tables: &BTreeSet<String>, earlier_builds: u64) -> Vec<Shape> {
     let mut shapes = Vec::new();
     let mut add = |table: &'static str, suite, tags, n_workers, fleet, target_exact, target_noisy| {
+        let warm = table == "warm";
         if !tables.contains(table) {
             return;
         }
@@ -138,7 +151,7 @@ fn shapes(tables: &BTreeSet<String>, earlier_builds: u64) -> Vec<Shape> {
         for earlier_builds in runs {
             for noisy in [false, true] {
                 let target = if noisy { target_noisy } else { target_exact };
-                shapes.push(Shape { table, suite, tags, n_workers, fleet, noisy, target, earlier_builds });
+                shapes.push(Shape { table, suite, tags, n_workers, fleet, noisy, target, earlier_builds, warm });
             }
         }
     };
@@ -155,6 +168,17 @@ fn shapes(tables: &BTreeSet<String>, earlier_builds: u64) -> Vec<Shape> {
     add("slow", SuiteSize::Full, "chat", 36, Fleet::OneThreeTimesSlower, 1.10, 1.10);
     add("slow", SuiteSize::Small, "", 16, Fleet::OneThreeTimesSlower, 1.10, 1.10);
     add("slow", SuiteSize::Full, "", 50, Fleet::EveryTenthTwiceSlower, 1.10, 1.10);
+    for tags in TAG_SETS {
+        add("warm", SuiteSize::Full, tags, 36, Fleet::Equal, 1.01, 1.04);
+    }
+    for n_workers in [8, 16] {
+        add("warm", SuiteSize::Small, "", n_workers, Fleet::Equal, 1.01, 1.04);
+    }
+    for n_workers in [36, 50] {
+        add("warm", SuiteSize::Full, "", n_workers, Fleet::Equal, 1.02, 1.02);
+    }
+    add("warm", SuiteSize::Full, "chat", 36, Fleet::OneThreeTimesSlower, 1.10, 1.10);
+    add("warm", SuiteSize::Small, "", 16, Fleet::OneThreeTimesSlower, 1.10, 1.10);
     shapes
 }
 
@@ -175,11 +199,17 @@ impl Generated {
     }
 
     /// The plan of the tests `tags` select and their real durations.
-    fn build(&self, tags: &str, noisy: bool) -> (BuildPlan, Vec<f64>) {
+    /// On warm runners ([`Shape::warm`]) the suite's shard overhead is a worker's start-up,
+    /// and a shard costs [`WARM_SHARD_S`].
+    fn build(&self, tags: &str, noisy: bool, warm: bool) -> (BuildPlan, Vec<f64>) {
         let tags: BTreeSet<String> = tags.split(',').filter(|tag| !tag.is_empty()).map(str::to_owned).collect();
         let selected = select(&self.suite, &tags);
         let estimates = if noisy { &self.noisy } else { &self.exact };
-        let plan = BuildPlan::new(&self.suite, &selected, estimates);
+        let mut plan = BuildPlan::new(&self.suite, &selected, estimates);
+        if warm {
+            plan.worker_startup_s = plan.shard_overhead_s - WARM_SHARD_S;
+            plan.shard_overhead_s = WARM_SHARD_S;
+        }
         let actual = selected
             .iter()
             .map(|&index| self.suite.tests[index].duration_s.unwrap_or(estimates.seconds[index]))
@@ -198,7 +228,7 @@ fn main() {
     };
     let tables: BTreeSet<String> = match std::env::var("GREENLIGHT_BENCH_SHAPES") {
         Ok(text) => text.split(',').map(|table| table.trim().to_owned()).collect(),
-        Err(_) => ["full", "tags", "small", "slow"].map(str::to_owned).into(),
+        Err(_) => ["full", "tags", "small", "slow", "warm"].map(str::to_owned).into(),
     };
     let verbose = std::env::var_os("GREENLIGHT_BENCH_VERBOSE").is_some();
     let earlier_builds = match std::env::var("GREENLIGHT_BENCH_EARLIER_BUILDS") {
@@ -222,7 +252,7 @@ fn main() {
                 SuiteSize::Small => small.as_ref(),
             }
             .expect("generated above");
-            let (plan, actual) = generated.build(shape.tags, shape.noisy);
+            let (plan, actual) = generated.build(shape.tags, shape.noisy, shape.warm);
             let slowdown = shape.fleet.slowdown(shape.n_workers);
             let fitted_config = SchedulerConfig { shard_sizing: ShardSizing::Fitted, ..SchedulerConfig::default() };
             let simulate = |config| simulate_fleet_after(&plan, &actual, &slowdown, config, shape.earlier_builds);

@@ -1,7 +1,7 @@
 //! What ends one makespan-bench build late: the build of a seed, simulated as the makespan
 //! bench does with noisy history, and taken apart.
 //!
-//! `cargo run --release -p greenlight-benches --example diagnose -- SHAPE SEED [exact] [finer] [quiet] [shards]`
+//! `cargo run --release -p greenlight-benches --example diagnose -- SHAPE SEED [exact] [finer] [warm] [quiet] [shards]`
 //!
 //! SHAPE is a tag set of the 15k suite on 36 workers (`chat`, `rooms,checkout`, …), `full36`
 //! or `full50` (the whole 15k suite), or `small8` / `small16` (a 1k suite). It prints the
@@ -11,7 +11,9 @@
 //! tests before it in its shard, or a prerequisite), the longest and the most
 //! underestimated tests with their start, and how real durations compare with estimates by
 //! tenths of the tests sorted by estimate. `quiet` stops after the first lines; `shards`
-//! lists every worker's shards; `exact` uses exact history; `finer` the finer sizing.
+//! lists every worker's shards; `exact` uses exact history; `finer` the finer sizing;
+//! `warm` warm runners (the makespan bench's `warm` table: the 1.5 s is a worker's
+//! start-up, and a shard costs 0.03 s).
 
 use std::collections::BTreeSet;
 
@@ -26,6 +28,9 @@ use greenlight_scheduler::suite::Suite;
 
 /// How many tests back from the one that ends last are shown one by one.
 const PATH_SHOWN: usize = 8;
+
+/// A shard's overhead on warm runners, as in the makespan bench.
+const WARM_SHARD_S: f64 = 0.03;
 
 /// Tests of the small suites, as in the makespan bench.
 const SMALL_SUITE_TESTS: usize = 1_000;
@@ -54,7 +59,11 @@ fn main() {
     };
     let tags: BTreeSet<String> = tags.split(',').filter(|tag| !tag.is_empty()).map(str::to_owned).collect();
     let selected = select(&suite, &tags);
-    let plan = BuildPlan::new(&suite, &selected, &estimates);
+    let mut plan = BuildPlan::new(&suite, &selected, &estimates);
+    if flag("warm") {
+        plan.worker_startup_s = plan.shard_overhead_s - WARM_SHARD_S;
+        plan.shard_overhead_s = WARM_SHARD_S;
+    }
     let actual: Vec<f64> =
         selected.iter().map(|&index| suite.tests[index].duration_s.expect("generated with durations")).collect();
     let sizing = if flag("finer") { ShardSizing::Finer } else { ShardSizing::Fitted };
@@ -106,8 +115,15 @@ struct Ran {
 impl Build<'_> {
     fn ran(&self) -> Vec<Ran> {
         let mut ran = vec![Ran::default(); self.plan.len()];
+        // A worker's first shard pays its start-up too.
+        let mut first_start = vec![f64::INFINITY; self.n_workers];
+        for simulated in &self.run.shards {
+            first_start[simulated.worker] = first_start[simulated.worker].min(simulated.start);
+        }
         for (shard, simulated) in self.run.shards.iter().enumerate() {
-            let mut time = simulated.start + self.plan.shard_overhead_s;
+            let startup =
+                if simulated.start == first_start[simulated.worker] { self.plan.worker_startup_s } else { 0.0 };
+            let mut time = simulated.start + self.plan.shard_overhead_s + startup;
             for (position, &test) in simulated.tests.iter().enumerate() {
                 ran[test] = Ran { start: time, end: time + self.actual[test], shard, position };
                 time += self.actual[test];
@@ -136,7 +152,7 @@ impl Build<'_> {
         let estimated: f64 = plan.tests.iter().map(|test| test.estimate_s).sum();
         let new = plan.tests.iter().filter(|test| !test.estimate_known).count();
         let busy: f64 = run.shards.iter().map(|shard| shard.end - shard.start).sum();
-        let overheads = run.shards.len() as f64 * plan.shard_overhead_s;
+        let overheads = run.shards.len() as f64 * plan.shard_overhead_s + workers * plan.worker_startup_s;
         println!(
             "{shape} seed {seed}: ratio {:.4} (static by estimate {static_ratio:.4}), makespan {:.1} s, bound {:.1} s; \
              {} tests ({new} new), {total:.0} s ({estimated:.0} s estimated), {:.1} s a worker; \

@@ -85,7 +85,8 @@ pub fn split_by_estimate(plan: &BuildPlan, n_workers: usize) -> Vec<Vec<PlanInde
     shards
 }
 
-/// Runs a static assignment with real durations `actual_s` (plan order).
+/// Runs a static assignment with real durations `actual_s` (plan order): each worker's
+/// one shard pays the shard overhead and the worker's start-up.
 pub fn simulate_static(plan: &BuildPlan, actual_s: &[f64], assignment: &[Vec<PlanIndex>]) -> Simulation {
     simulate_static_fleet(plan, actual_s, assignment, &vec![1.0; assignment.len().max(1)])
 }
@@ -113,7 +114,8 @@ pub fn simulate_static_fleet(
         })
         .collect();
     let mut next = vec![0usize; queues.len()];
-    let mut clock: Vec<f64> = (0..queues.len()).map(|worker| plan.shard_overhead_s * slowdown[worker]).collect();
+    let cost_s = plan.shard_overhead_s + plan.worker_startup_s;
+    let mut clock: Vec<f64> = (0..queues.len()).map(|worker| cost_s * slowdown[worker]).collect();
     let mut end = vec![f64::NAN; plan.len()];
     let mut remaining: usize = queues.iter().map(Vec::len).sum();
     while remaining > 0 {
@@ -141,7 +143,7 @@ pub fn simulate_static_fleet(
 }
 
 /// An idealised online scheduler, for reference only: every test is its own lease and
-/// costs nothing to hand out (a worker pays the shard overhead once, at the start), and
+/// costs nothing to hand out (a worker pays the shard overhead and its start-up once, at the start), and
 /// whenever a worker is free it takes the ready test first in dispatch order
 /// ([`BuildPlan::dispatch_priority`]), a dependency's dependents on any worker. It knows
 /// the estimates and nothing else, as Greenlight does; no farm can run it (a shard pays its
@@ -166,7 +168,9 @@ pub fn simulate_free_dispatch(plan: &BuildPlan, actual_s: &[f64], slowdown: &[f6
     // Events, earliest first: a worker free at a time, with the test it just ended, if
     // any. Times are not negative, so their bits order them as the numbers do.
     let mut events: BinaryHeap<Reverse<(u64, usize, Option<PlanIndex>)>> = (0..slowdown.len())
-        .map(|worker| Reverse(((plan.shard_overhead_s * slowdown[worker]).to_bits(), worker, None)))
+        .map(|worker| {
+            Reverse((((plan.shard_overhead_s + plan.worker_startup_s) * slowdown[worker]).to_bits(), worker, None))
+        })
         .collect();
     let mut idle: std::collections::BTreeSet<usize> = std::collections::BTreeSet::new();
     let mut shards = Vec::with_capacity(plan.len());

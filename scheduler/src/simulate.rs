@@ -1,5 +1,7 @@
 //! The scheduler against a virtual clock: N workers, every test taking exactly its real
-//! duration, every shard paying the overhead once. This is the very same [`Scheduler`]
+//! duration, every shard paying the overhead once and a worker's first shard of a build
+//! its start-up too ([`BuildPlan::worker_startup_s`]: a warm runner's collection, which its
+//! later shards of the revision do not pay again). This is the very same [`Scheduler`]
 //! the master drives; only the clock and the "workers" are simulated. A worker whose lease
 //! is shrunk learns it at once and stops after the tests it keeps.
 
@@ -140,6 +142,10 @@ impl Fleet<'_> {
         // again when a shard ends or work is said to be available, as a real worker's long
         // poll is woken.
         let mut declined = vec![false; n_workers];
+        // A worker's first shard of the build pays its start-up too (checkout, a warm
+        // runner's collection: [`BuildPlan::worker_startup_s`]); its later ones only the
+        // shard overhead.
+        let mut started = vec![false; n_workers];
         let mut running = Running::default();
         let mut now = start;
         let mut makespan_s: f64 = start;
@@ -162,7 +168,9 @@ impl Fleet<'_> {
                 };
                 *is_idle = false;
                 let tests: Vec<PlanIndex> = grant.tests.iter().map(|id| index_of(plan, id)).collect();
-                running.start(grant.lease.0, worker, tests, now, plan.shard_overhead_s, actual_s, slowdown[worker]);
+                let startup_s = if std::mem::replace(&mut started[worker], true) { 0.0 } else { plan.worker_startup_s };
+                let cost_s = plan.shard_overhead_s + startup_s;
+                running.start(grant.lease.0, worker, tests, now, cost_s, actual_s, slowdown[worker]);
             }
             let Some(Reverse(Timed(time, _, _))) = running.events.peek().copied() else {
                 panic!("the simulated build stalled with tests unfinished and no shard running");
@@ -259,8 +267,9 @@ struct Running {
 }
 
 impl Running {
-    /// A granted shard starts on `worker` at `now`: it pays the overhead, then runs its
-    /// tests back to back, `slowdown` times as long as they take.
+    /// A granted shard starts on `worker` at `now`: it pays `overhead_s` (the shard's, and
+    /// the worker's start-up on its first), then runs its tests back to back, `slowdown`
+    /// times as long as they take.
     #[expect(clippy::too_many_arguments, reason = "one shard's whole description")]
     fn start(
         &mut self,
