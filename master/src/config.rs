@@ -738,6 +738,11 @@ pub struct SchedulerSection {
     /// The least work of a shard as a multiple of the suite's shard overhead.
     #[serde(default = "default_min_shard_overheads")]
     pub min_shard_overheads: f64,
+    /// How uncertain a shard's end may grow, in shard overheads, before it is cut there:
+    /// where shards cost next to nothing (a warm runner), workers come back for more
+    /// rather than commit to tests behind a long one.
+    #[serde(default = "default_uncertain_shard_overheads")]
+    pub uncertain_shard_overheads: f64,
     /// The part of a worker's share held back for later, smaller shards.
     #[serde(default = "default_tail_fraction")]
     pub tail_fraction: f64,
@@ -816,6 +821,9 @@ fn default_heartbeat_interval_s() -> f64 {
 fn default_min_shard_overheads() -> f64 {
     2.0
 }
+fn default_uncertain_shard_overheads() -> f64 {
+    greenlight_scheduler::core::SchedulerConfig::default().uncertain_shard_overheads
+}
 fn default_tail_fraction() -> f64 {
     0.2
 }
@@ -830,6 +838,7 @@ impl Default for SchedulerSection {
             heartbeat_interval_s: default_heartbeat_interval_s(),
             min_shard_s: 0.0,
             min_shard_overheads: default_min_shard_overheads(),
+            uncertain_shard_overheads: default_uncertain_shard_overheads(),
             tail_fraction: default_tail_fraction(),
             max_attempts: default_max_attempts(),
             retries: default_retries(),
@@ -979,6 +988,7 @@ impl Config {
             non_negative(self.scheduler.min_shard_s) && non_negative(self.scheduler.min_shard_overheads),
             "[scheduler] min_shard_s and min_shard_overheads must be >= 0",
         );
+        check(positive(self.scheduler.uncertain_shard_overheads), "[scheduler] uncertain_shard_overheads must be > 0");
         check(
             non_negative(self.scheduler.tail_fraction) && self.scheduler.tail_fraction < 1.0,
             "[scheduler] tail_fraction must be in [0, 1)",

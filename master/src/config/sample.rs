@@ -83,6 +83,7 @@ pub const KEYS: &[Key] = &[
     key("scheduler", "heartbeat_interval_s", "seconds between a worker's heartbeats", ""),
     key("scheduler", "min_shard_s", "the least estimated work of a shard (seconds)", ""),
     key("scheduler", "min_shard_overheads", "the least work of a shard, in shard overheads", ""),
+    key("scheduler", "uncertain_shard_overheads", "how uncertain a shard's end may grow, in shard overheads", ""),
     key("scheduler", "tail_fraction", "the part of a worker's share held back for smaller shards", ""),
     key("scheduler", "max_attempts", "leases without a result before a test is given up (build: error)", ""),
     key("scheduler", "retries", "a failed test runs again on another worker before it counts", ""),

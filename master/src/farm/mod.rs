@@ -285,6 +285,7 @@ fn scheduler_config(config: &Config) -> SchedulerConfig {
         lease_timeout_s: scheduler.lease_timeout_s,
         min_shard_s: scheduler.min_shard_s,
         min_shard_overheads: scheduler.min_shard_overheads,
+        uncertain_shard_overheads: scheduler.uncertain_shard_overheads,
         tail_fraction: scheduler.tail_fraction,
         max_attempts: scheduler.max_attempts,
         retries: scheduler.retries,

@@ -33,6 +33,11 @@ const SLOW_PACE: f64 = 1.5;
 /// How many reported tests the spread of a build's estimates is judged on.
 const TRUSTED_SPREAD_AFTER: usize = 8;
 
+/// The least uncertainty of a shard's end (seconds) that stops it
+/// ([`SchedulerConfig::uncertain_shard_overheads`](super::SchedulerConfig::uncertain_shard_overheads)),
+/// however cheap a shard: a worker comes back for more at most about once a second.
+const UNCERTAIN_SHARD_FLOOR_S: Seconds = 1.0;
+
 /// What a shard being cut aims at.
 #[derive(Debug, Clone, Copy)]
 struct ShardGoal {
@@ -164,6 +169,9 @@ impl Scheduler {
             }
             let mut variance = 0.0;
             let mut chain_cap = f64::INFINITY;
+            // Past this much doubt about when the shard ends, asking again costs less than
+            // committing the next test to a start nobody can tell.
+            let most_doubt = (self.config.uncertain_shard_overheads * overhead).max(UNCERTAIN_SHARD_FLOOR_S);
             let mut passed_over = Vec::new();
             // A slower worker leaves to a faster one a test it would end after the common
             // finish and after a faster one would, and a new test, whose estimate is a guess
@@ -219,7 +227,8 @@ impl Scheduler {
                 };
                 let test_variance = (relative_error * estimate).powi(2);
                 if !tests.is_empty() {
-                    if work >= chain_cap || work + estimate > max_shard {
+                    let doubt = self.config.reserve_sigmas * (variance + test_variance).sqrt();
+                    if work >= chain_cap || work + estimate > max_shard || doubt > most_doubt {
                         break;
                     }
                     if goal.last {

@@ -115,6 +115,13 @@ pub struct SchedulerConfig {
     /// The least work of a shard as a multiple of the shard overhead (2: the overhead is
     /// at most a third of a shard).
     pub min_shard_overheads: f64,
+    /// How uncertain a shard's end may grow, in shard overheads, before the shard is cut
+    /// there ([`ShardSizing::Finer`]): the uncertainty is
+    /// [`SchedulerConfig::reserve_sigmas`] standard deviations of its estimated work. Where a
+    /// shard costs next to nothing (a warm runner: 0.002–0.03 s learned), a worker had better
+    /// come back for more than commit to tests behind one whose length nobody can tell;
+    /// with a cold runner's 1.5 s it allows 150 s and seldom binds.
+    pub uncertain_shard_overheads: f64,
     /// The least part of a worker's share of the remaining work held back for later,
     /// smaller shards cut from fresher estimates.
     pub tail_fraction: f64,
@@ -180,6 +187,7 @@ impl Default for SchedulerConfig {
             lease_timeout_s: 30.0,
             min_shard_s: 0.0,
             min_shard_overheads: 2.0,
+            uncertain_shard_overheads: 100.0,
             tail_fraction: 0.2,
             estimate_error: 0.5,
             borrowed_estimate_error: 1.0,

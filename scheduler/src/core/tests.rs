@@ -158,6 +158,35 @@ fn the_last_tests_are_split_evenly_among_the_free_workers_not_in_minimum_size_sh
     assert_eq!((second.tests.len(), third.tests.len()), (20, 20));
 }
 
+/// The first two shards cut from a 10 s test and forty of 1 s on two workers, with noisy
+/// history (Finer sizing), when a shard costs `overhead_s`.
+fn first_two_shards(overhead_s: Seconds) -> (Vec<String>, Vec<String>) {
+    let mut tests = vec![planned("long", 10.0, true)];
+    tests.extend((0..40).map(|index| planned(&format!("quick{index}"), 1.0, true)));
+    let mut scheduler =
+        Scheduler::new(SchedulerConfig { shard_sizing: ShardSizing::Finer, ..SchedulerConfig::default() });
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.worker_joined(WorkerId(2), 0.0);
+    scheduler.add_build(BuildId(1), BuildPlan::from_tests(tests, overhead_s), 0.0).unwrap();
+    let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    let second = scheduler.request_work(WorkerId(2), 0.0).0.unwrap();
+    (first.tests, second.tests)
+}
+
+#[test]
+fn where_shards_are_cheap_no_test_waits_behind_one_whose_length_is_in_doubt() {
+    // A warm runner's shard costs 0.03 s: the long test (10 s, give or take 5) goes alone,
+    // and the quick ones behind it start at once on the other worker, still several a
+    // shard (their doubt adds up slowly).
+    let (first, second) = first_two_shards(0.03);
+    assert_eq!(first, ["long"]);
+    assert!(second.len() > 1 && second.iter().all(|id| id.starts_with("quick")), "{second:?}");
+    // A cold runner's 1.5 s shard is worth more than that doubt: the long test's shard
+    // takes quick tests after it, as before.
+    let (first, _) = first_two_shards(1.5);
+    assert!(first.len() > 1 && first[0] == "long", "{first:?}");
+}
+
 #[test]
 fn new_tests_run_first_in_shards_of_their_own_no_larger_than_the_reserve() {
     // Ten known tests of 30 s, ten new ones borrowing an estimate of 4 s.
