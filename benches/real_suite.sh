@@ -20,6 +20,7 @@
 #   (or SETUP=1 benches/real_suite.sh, which makes the suite's venv if it is missing)
 #
 # SERIAL=0 leaves the direct run out; MODES="warm" (or "cold") runs one mode only;
+# GREENLIGHT_BIN=path runs another build of the binary (an older one, side by side);
 # SECOND=0 stops after the first build; KEEP=1 keeps the temporary directory (logs, reports);
 # REPORT_JSONL=FILE also writes every figure as JSON lines (`farm_report.py table` prints
 # them as BENCHMARKS.md rows).
@@ -60,7 +61,7 @@ if [ ! -x "$python" ]; then
     echo "no $python: make the venv (see the top of $0, or SETUP=1)" >&2
     exit 2
 fi
-greenlight=$root/target/release/greenlight
+greenlight=${GREENLIGHT_BIN:-$root/target/release/greenlight}
 report=$root/benches/farm_report.py
 site=$("$python" -c "import $package, os; print(os.path.dirname(os.path.dirname($package.__file__)))")
 versions=$("$python" -m pip list --format=freeze 2> /dev/null | grep -iE "^($package|pytest|numpy)==" | tr "\n" " " || true)
