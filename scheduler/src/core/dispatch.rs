@@ -38,6 +38,10 @@ const TRUSTED_SPREAD_AFTER: usize = 8;
 /// however cheap a shard: a worker comes back for more at most about once a second.
 const UNCERTAIN_SHARD_FLOOR_S: Seconds = 1.0;
 
+/// A shard overhead this small is a runner kept between shards (the warm pytest runner:
+/// 0.0006–0.03 s learned); a runner started for each shard costs 0.5 s and more.
+const CHEAP_SHARD_S: Seconds = 0.1;
+
 /// What a shard being cut aims at.
 #[derive(Debug, Clone, Copy)]
 struct ShardGoal {
@@ -172,6 +176,17 @@ impl Scheduler {
             // Past this much doubt about when the shard ends, asking again costs less than
             // committing the next test to a start nobody can tell.
             let most_doubt = (self.config.uncertain_shard_overheads * overhead).max(UNCERTAIN_SHARD_FLOOR_S);
+            // The last shards of new tests, where shards are cheap, hold at most the ready new
+            // tests over twice the live workers (guided self-scheduling): their estimates
+            // were scaled from the first new tests to end, the quick ones, and tests alike
+            // sit side by side, so one shard of neighbours could hold every slow one.
+            let most_new = if goal.last && overhead <= CHEAP_SHARD_S {
+                let ready_new = run.ready.iter().filter(|entry| !run.plan.tests[entry.index].estimate_known).count();
+                let live = self.workers.values().filter(|state| state.benched_until <= now).count().max(1);
+                ready_new.div_ceil(2 * live).max(1)
+            } else {
+                usize::MAX
+            };
             let mut passed_over = Vec::new();
             // A slower worker leaves to a faster one a test it would end after the common
             // finish and after a faster one would, and a new test, whose estimate is a guess
@@ -211,7 +226,7 @@ impl Scheduler {
                     let new_shard = !run.plan.tests[first].estimate_known;
                     let beyond_reserve =
                         work + estimate > goal.share * self.config.tail_fraction && work >= goal.smallest;
-                    if new_shard && (planned.estimate_known || beyond_reserve) {
+                    if new_shard && (planned.estimate_known || beyond_reserve || tests.len() >= most_new) {
                         break;
                     }
                     if !new_shard && !planned.estimate_known {

@@ -1518,3 +1518,28 @@ fn a_workers_speed_shown_before_is_restored_and_a_record_that_could_not_be_is_ig
     }
     assert_eq!(first.worker_ratios(WorkerId(5)), None, "a worker never seen");
 }
+
+/// A first build of 27 quick tests and three sleeping 1, 2 and 3 s, last in the file, none
+/// with history, on three workers whose shards cost `overhead_s`: the shards.
+fn small_first_build(overhead_s: Seconds) -> crate::simulate::Simulation {
+    let plan =
+        BuildPlan::from_tests((0..30).map(|index| planned(&format!("t{index}"), 1.0, false)).collect(), overhead_s);
+    let mut actual = vec![0.002; 30];
+    actual[27..].copy_from_slice(&[1.0, 2.0, 3.0]);
+    crate::simulate::simulate(&plan, &actual, 3, SchedulerConfig::default())
+}
+
+#[test]
+fn where_shards_are_cheap_the_last_new_tests_are_not_cut_into_one_shard_of_neighbours() {
+    // Warm: once the first quick tests have scaled the guesses down to milliseconds, the
+    // 21 tests left were cut at once into three shards of 8, 7 and 6, the last holding all
+    // three sleeping tests: 6.1 s against a bound of 3.03 s (benches/small_suite.sh's
+    // project, whose warm first build took 6 s one run in eight).
+    let run = small_first_build(0.03);
+    let holding = |test: usize| run.shards.iter().position(|shard| shard.tests.contains(&test)).unwrap();
+    assert!(holding(27) != holding(28) && holding(28) != holding(29) && holding(27) != holding(29), "{run:?}");
+    assert!(run.ratio() < 1.1, "makespan {} against a bound of {}", run.makespan_s, run.lower_bound_s);
+    // Cold (a shard costs 1 s), each extra shard would pay a runner's start: cut as before.
+    let cold = small_first_build(1.0);
+    assert_eq!(shard_sizes(&cold), [2, 2, 2, 2, 2, 2, 6, 6, 6], "{cold:?}");
+}
