@@ -21,6 +21,8 @@
 #
 # SERIAL=0 leaves the direct run out; MODES="warm" (or "cold") runs one mode only;
 # GREENLIGHT_BIN=path runs another build of the binary (an older one, side by side);
+# TAGS=generators tags each subpackage's tests with its name and makes the second build
+# tag-selected (its commit says `Tags: generators`);
 # SECOND=0 stops after the first build; KEEP=1 keeps the temporary directory (logs, reports);
 # REPORT_JSONL=FILE also writes every figure as JSON lines (`farm_report.py table` prints
 # them as BENCHMARKS.md rows).
@@ -75,6 +77,15 @@ mkdir -p "$repo"
 cp -r "$site/$package" "$repo/"
 find "$repo" -name __pycache__ -prune -exec rm -rf {} +
 printf '[tests]\nshard_overhead_s = 5.0\n' > "$repo/greenlight.toml"
+if [ -n "${TAGS:-}" ]; then
+    # Each subpackage's tests carry its name as a tag; the second revision's commit names
+    # TAGS in a `Tags:` trailer, so its build selects those tests only.
+    printf '[tests.tags]\n' >> "$repo/greenlight.toml"
+    for dir in "$repo/$package"/*/; do
+        name=$(basename "$dir")
+        [ "$name" = __pycache__ ] || printf '"%s/%s/" = ["%s"]\n' "$package" "$name" "$name" >> "$repo/greenlight.toml"
+    done
+fi
 git -C "$repo" init --quiet --initial-branch=main
 commit "$repo" "$suite"
 first=$(git -C "$repo" rev-parse HEAD)
@@ -135,7 +146,9 @@ EOF
         # A second revision: one non-test file of the package changes (a comment).
         echo "# greenlight bench: second revision" >> "$run/repo/$package/__init__.py"
         committed=$(now)
-        commit "$run/repo" "Second revision: a comment in $package/__init__.py"
+        commit "$run/repo" "Second revision: a comment in $package/__init__.py${TAGS:+
+
+Tags: $TAGS}"
         second=$(git -C "$run/repo" rev-parse HEAD)
         "$python" "$report" build "$url" "$second" "$label, second build" "$committed" "$serial_s" "$run/second.xml"
         if [ "$serial_s" != 0 ]; then
