@@ -291,6 +291,19 @@ fn a_master_killed_mid_build_resumes_it_after_a_restart() {
         (build.counts.done() >= 3).then_some(build)
     });
     let before = by_id(farm.tests(build.build_id).results);
+    // A result is shown once written and acknowledged once flushed: only after a flush
+    // that began after this read has ended is every result in it stored. Flushes run one
+    // at a time, so the second to begin after it is such a flush's end.
+    let flushes = |farm: &Farm| -> u64 {
+        let metrics = farm.get_text("/metrics").1;
+        let line =
+            metrics.lines().find(|line| line.starts_with("greenlight_store_flushes_total ")).expect("the flush count");
+        line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
+    };
+    let read_at = flushes(&farm);
+    farm.wait_for("a flush begun after the read to end", Duration::from_secs(60), |farm| {
+        (flushes(farm) >= read_at + 2).then_some(())
+    });
     farm.restart_master();
 
     let after = farm.finished_build_of(&farm.repo.head().unwrap());
