@@ -30,7 +30,7 @@
 
 use std::collections::BTreeSet;
 
-use greenlight_benches::{Summary, parse_seeds};
+use greenlight_benches::{Summary, on_warm_runners, parse_seeds};
 use greenlight_fixtures::imvu::{ImvuShape, generate, noisy_history};
 use greenlight_scheduler::baseline::{
     simulate_free_dispatch, simulate_static_fleet, split_by_count, split_by_estimate,
@@ -52,10 +52,6 @@ const SMALL_SUITE_TESTS: usize = 1_000;
 /// The tag sets of the tag-selected builds: one area, two areas (one of them a tag no test
 /// has), as a change's tags name them.
 const TAG_SETS: [&str; 4] = ["chat", "rooms,checkout", "search", "avatar,friends"];
-
-/// A shard's overhead on warm runners: the most the master learned in real warm builds
-/// (`greenlight_shard_overhead_seconds`, 0.002–0.03 s; BENCHMARKS.md).
-const WARM_SHARD_S: f64 = 0.03;
 
 /// Which suite a row runs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -114,7 +110,7 @@ struct Shape {
     /// the scheduler has seen.
     earlier_builds: u64,
     /// Warm runners: the suite's shard overhead is paid once a worker (its start-up), and
-    /// each shard costs [`WARM_SHARD_S`].
+    /// each shard costs [`greenlight_benches::WARM_SHARD_S`].
     warm: bool,
 }
 
@@ -200,15 +196,14 @@ impl Generated {
 
     /// The plan of the tests `tags` select and their real durations.
     /// On warm runners ([`Shape::warm`]) the suite's shard overhead is a worker's start-up,
-    /// and a shard costs [`WARM_SHARD_S`].
+    /// and a shard costs [`greenlight_benches::WARM_SHARD_S`].
     fn build(&self, tags: &str, noisy: bool, warm: bool) -> (BuildPlan, Vec<f64>) {
         let tags: BTreeSet<String> = tags.split(',').filter(|tag| !tag.is_empty()).map(str::to_owned).collect();
         let selected = select(&self.suite, &tags);
         let estimates = if noisy { &self.noisy } else { &self.exact };
         let mut plan = BuildPlan::new(&self.suite, &selected, estimates);
         if warm {
-            plan.worker_startup_s = plan.shard_overhead_s - WARM_SHARD_S;
-            plan.shard_overhead_s = WARM_SHARD_S;
+            on_warm_runners(&mut plan);
         }
         let actual = selected
             .iter()

@@ -17,6 +17,7 @@
 
 use std::collections::BTreeSet;
 
+use greenlight_benches::on_warm_runners;
 use greenlight_fixtures::imvu::{ImvuShape, generate, noisy_history};
 use greenlight_scheduler::baseline::{simulate_free_dispatch, simulate_static, split_by_estimate};
 use greenlight_scheduler::core::{SchedulerConfig, ShardSizing};
@@ -28,9 +29,6 @@ use greenlight_scheduler::suite::Suite;
 
 /// How many tests back from the one that ends last are shown one by one.
 const PATH_SHOWN: usize = 8;
-
-/// A shard's overhead on warm runners, as in the makespan bench.
-const WARM_SHARD_S: f64 = 0.03;
 
 /// Tests of the small suites, as in the makespan bench.
 const SMALL_SUITE_TESTS: usize = 1_000;
@@ -61,8 +59,7 @@ fn main() {
     let selected = select(&suite, &tags);
     let mut plan = BuildPlan::new(&suite, &selected, &estimates);
     if flag("warm") {
-        plan.worker_startup_s = plan.shard_overhead_s - WARM_SHARD_S;
-        plan.shard_overhead_s = WARM_SHARD_S;
+        on_warm_runners(&mut plan);
     }
     let actual: Vec<f64> =
         selected.iter().map(|&index| suite.tests[index].duration_s.expect("generated with durations")).collect();

@@ -1,4 +1,19 @@
-//! Benchmark helpers: the seed list a bench runs and the summaries of its ratios.
+//! Benchmark helpers: the seed list a bench runs, the summaries of its ratios, and the
+//! shard costs of warm runners.
+
+use greenlight_scheduler::plan::BuildPlan;
+
+/// A shard's overhead on warm runners: the most the master learned in real warm builds
+/// (`greenlight_shard_overhead_seconds`, 0.0006–0.03 s; BENCHMARKS.md).
+pub const WARM_SHARD_S: f64 = 0.03;
+
+/// `plan` on warm runners (pytest's `[suite] warm`): the suite's shard overhead becomes a
+/// worker's start-up (the collection of its runner, once a build), and every shard costs
+/// [`WARM_SHARD_S`]; a worker's first shard costs what it did.
+pub fn on_warm_runners(plan: &mut BuildPlan) {
+    plan.worker_startup_s = plan.shard_overhead_s - WARM_SHARD_S;
+    plan.shard_overhead_s = WARM_SHARD_S;
+}
 
 /// `1-10` or `1,4,7`: the seeds a bench runs.
 pub fn parse_seeds(text: &str) -> Option<Vec<u64>> {

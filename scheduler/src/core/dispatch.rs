@@ -180,7 +180,7 @@ impl Scheduler {
             // tests over twice the live workers (guided self-scheduling): their estimates
             // were scaled from the first new tests to end, the quick ones, and tests alike
             // sit side by side, so one shard of neighbours could hold every slow one.
-            let most_new = if goal.last && overhead <= CHEAP_SHARD_S {
+            let most_new = if goal.last && overhead <= CHEAP_SHARD_S && run.new_in_plan > 0 {
                 let ready_new = run.ready.iter().filter(|entry| !run.plan.tests[entry.index].estimate_known).count();
                 let live = self.workers.values().filter(|state| state.benched_until <= now).count().max(1);
                 ready_new.div_ceil(2 * live).max(1)
