@@ -143,8 +143,8 @@ pub fn simulate_static_fleet(
 }
 
 /// An idealised online scheduler, for reference only: every test is its own lease and
-/// costs nothing to hand out (a worker pays the shard overhead and its start-up once, at the start), and
-/// whenever a worker is free it takes the ready test first in dispatch order
+/// costs nothing to hand out (a worker pays the shard overhead and its start-up once, at
+/// the start), and whenever a worker is free it takes the ready test first in dispatch order
 /// ([`BuildPlan::dispatch_priority`]), a dependency's dependents on any worker. It knows
 /// the estimates and nothing else, as Greenlight does; no farm can run it (a shard pays its
 /// runner's start-up), but on noisy history it shows what a scheduler that does not know
