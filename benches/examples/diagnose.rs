@@ -1,7 +1,7 @@
 //! What ends one makespan-bench build late: the build of a seed, simulated as the makespan
 //! bench does with noisy history, and taken apart.
 //!
-//! `cargo run --release -p greenlight-benches --example diagnose -- SHAPE SEED [exact] [finer] [warm] [quiet] [shards]`
+//! `cargo run --release -p greenlight-benches --example diagnose -- SHAPE SEED [exact] [finer] [warm] [slow] [after] [copies] [quiet] [shards]`
 //!
 //! SHAPE is a tag set of the 15k suite on 36 workers (`chat`, `rooms,checkout`, …), `full36`
 //! or `full50` (the whole 15k suite), or `small8` / `small16` (a 1k suite). It prints the
@@ -13,18 +13,20 @@
 //! tenths of the tests sorted by estimate. `quiet` stops after the first lines; `shards`
 //! lists every worker's shards; `exact` uses exact history; `finer` the finer sizing;
 //! `warm` warm runners (the makespan bench's `warm` table: the 1.5 s is a worker's
-//! start-up, and a shard costs 0.03 s).
+//! start-up, and a shard costs 0.03 s); `slow` makes worker 0, the first to ask, 3× slower
+//! (the `slow` table); `after` simulates the build after one earlier build of it, where the
+//! scheduler has seen each worker's speed; `copies` turns straggler copies on.
 
 use std::collections::BTreeSet;
 
 use greenlight_benches::on_warm_runners;
 use greenlight_fixtures::imvu::{ImvuShape, generate, noisy_history};
-use greenlight_scheduler::baseline::{simulate_free_dispatch, simulate_static, split_by_estimate};
+use greenlight_scheduler::baseline::{simulate_free_dispatch, simulate_static_fleet, split_by_estimate};
 use greenlight_scheduler::core::{SchedulerConfig, ShardSizing};
 use greenlight_scheduler::estimate::estimate;
 use greenlight_scheduler::plan::BuildPlan;
 use greenlight_scheduler::select::select;
-use greenlight_scheduler::simulate::{Simulation, simulate};
+use greenlight_scheduler::simulate::{Simulation, simulate_fleet_after};
 use greenlight_scheduler::suite::Suite;
 
 /// How many tests back from the one that ends last are shown one by one.
@@ -64,10 +66,12 @@ fn main() {
     let actual: Vec<f64> =
         selected.iter().map(|&index| suite.tests[index].duration_s.expect("generated with durations")).collect();
     let sizing = if flag("finer") { ShardSizing::Finer } else { ShardSizing::Fitted };
-    let config = SchedulerConfig { shard_sizing: sizing, ..SchedulerConfig::default() };
-    let run = simulate(&plan, &actual, n_workers, config);
-    let by_estimate = simulate_static(&plan, &actual, &split_by_estimate(&plan, n_workers));
-    let free = simulate_free_dispatch(&plan, &actual, &vec![1.0; n_workers]);
+    let config =
+        SchedulerConfig { shard_sizing: sizing, straggler_copies: flag("copies"), ..SchedulerConfig::default() };
+    let slowdown: Vec<f64> = (0..n_workers).map(|worker| if flag("slow") && worker == 0 { 3.0 } else { 1.0 }).collect();
+    let run = simulate_fleet_after(&plan, &actual, &slowdown, config, u64::from(flag("after")));
+    let by_estimate = simulate_static_fleet(&plan, &actual, &split_by_estimate(&plan, n_workers), &slowdown);
+    let free = simulate_free_dispatch(&plan, &actual, &slowdown);
     let last = free.shards.iter().max_by(|a, b| a.end.total_cmp(&b.end)).expect("a test ran");
     let test = last.tests[0];
     println!(
@@ -80,7 +84,7 @@ fn main() {
         last.start,
         plan.tests[test].depends_on.len(),
     );
-    let build = Build { plan: &plan, actual: &actual, run: &run, n_workers };
+    let build = Build { plan: &plan, actual: &actual, run: &run, n_workers, slowdown: &slowdown };
     build.summary(&shape, seed, by_estimate.ratio());
     if flag("quiet") {
         return;
@@ -98,6 +102,8 @@ struct Build<'a> {
     actual: &'a [f64],
     run: &'a Simulation,
     n_workers: usize,
+    /// How many times as long each worker takes for everything.
+    slowdown: &'a [f64],
 }
 
 /// When a test ran: its start, its end, its shard and its place in it.
@@ -120,10 +126,12 @@ impl Build<'_> {
         for (shard, simulated) in self.run.shards.iter().enumerate() {
             let startup =
                 if simulated.start == first_start[simulated.worker] { self.plan.worker_startup_s } else { 0.0 };
-            let mut time = simulated.start + self.plan.shard_overhead_s + startup;
+            let slowdown = self.slowdown[simulated.worker];
+            let mut time = simulated.start + (self.plan.shard_overhead_s + startup) * slowdown;
             for (position, &test) in simulated.tests.iter().enumerate() {
-                ran[test] = Ran { start: time, end: time + self.actual[test], shard, position };
-                time += self.actual[test];
+                let took = self.actual[test] * slowdown;
+                ran[test] = Ran { start: time, end: time + took, shard, position };
+                time += took;
             }
         }
         ran
