@@ -386,4 +386,35 @@ mod tests {
         assert!(after.shards.iter().all(|shard| shard.start >= 0.0 && shard.end <= after.makespan_s + 1e-9));
         assert_eq!(runs(&after, plan.len()), vec![1; plan.len()]);
     }
+
+    /// A 20 s test, eight 1 s tests each with a 1 s dependant, and fourteen of 6 s: 120 s
+    /// (shards cost 1 s). Split fitted among three workers, the first takes the long test
+    /// after four of the short ones (those with dependants run first).
+    fn a_long_test_behind_short_chains() -> BuildPlan {
+        let mut tests = vec![planned("long", 20.0, true)];
+        for chain in 0..8 {
+            tests.push(planned(&format!("s{chain}"), 1.0, true));
+            let mut dependant = planned(&format!("d{chain}"), 1.0, true);
+            dependant.depends_on = vec![tests.len() - 1];
+            tests.push(dependant);
+        }
+        tests.extend((0..14).map(|index| planned(&format!("f{index}"), 6.0, true)));
+        BuildPlan::from_tests(tests, 1.0)
+    }
+
+    #[test]
+    fn a_machine_that_shows_itself_slow_in_a_first_build_gives_its_long_test_to_a_faster_one() {
+        let plan = a_long_test_behind_short_chains();
+        let actual: Vec<f64> = plan.tests.iter().map(|test| test.estimate_s).collect();
+        let slowdown = [3.0, 1.0, 1.0];
+        let result = simulate_fleet(&plan, &actual, &slowdown, SchedulerConfig::default());
+        // The slow machine's first results (three times their estimates) show it before
+        // it starts the long test: it gives that back with what it could not run by the
+        // others' end, and a fast worker stops after its running test to take it. Left
+        // there, the long test would take 60 s and end the build at 75 s (1.43).
+        let long_on = result.shards.iter().find(|shard| shard.tests.contains(&0)).expect("the long test ran").worker;
+        assert_ne!(long_on, 0, "{result:?}");
+        assert!(result.ratio() <= 1.10, "{result:?}");
+        assert_eq!(runs(&result, plan.len()), vec![1; plan.len()]);
+    }
 }

@@ -358,8 +358,84 @@ impl Scheduler {
                 Some((id, lease.free_at(now, run.drift.ratio())))
             })
             .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))?;
-        let lease = &self.leases[&id];
         let finish = build.map(|build| self.shard_goal(build, worker, now).finish);
+        let withdrawn = self.laggard_cut(id, end, worker, finish, now)?;
+        Some(self.withdraw(id, withdrawn))
+    }
+
+    /// Event: `lease` reported results. When its tests took [`SLOW_PACE`] times their
+    /// estimates at the build's drift, its worker may have shown itself slower than the
+    /// others since the lease was cut ([`Scheduler::slowness`], worked out again then, not
+    /// at every batch): the lease is projected at that pace from now on. When it runs
+    /// [`SLOW_PACE`] times the build's pace and ends
+    /// after the rest of its build (the other workers' leases and the work not leased, as
+    /// [`water_fill`] spreads it) by more than twice what a shard costs, it gives back what
+    /// it cannot run by then, cut as [`Scheduler::split_laggard`] cuts. The tests given
+    /// back would wait for the first worker free: for each, longest first, that would then
+    /// end after the build's end, the lease of another worker whose running test ends
+    /// first gives back what it has not started ([`Scheduler::room_for`]); its worker asks
+    /// after that test, and the ready work is split again with it. So a farm's first
+    /// build meets a slow machine: the part it was given had been cut for one as fast as
+    /// the others, and its long tests would otherwise start there.
+    pub(super) fn move_work_off_slow_machine(&mut self, lease: LeaseId, now: Seconds) -> Vec<Decision> {
+        let Some(state) = self.leases.get(&lease) else { return Vec::new() };
+        let (build, worker) = (state.build, state.worker);
+        let Some(run) = self.builds.get(&build) else { return Vec::new() };
+        let drift = run.drift.ratio();
+        if !self.config.split_running_leases
+            || !run.plan.leases_splittable
+            || !state.active
+            || state.reported == 0
+            || state.copy_of.is_some()
+            || state.reported_s < SLOW_PACE * drift * state.reported_estimate
+        {
+            return Vec::new();
+        }
+        self.refresh_slowness();
+        let slowness = self.slowness(worker);
+        let state = self.leases.get_mut(&lease).expect("just looked at");
+        state.slowness = slowness;
+        if state.pace(drift) < SLOW_PACE * drift {
+            return Vec::new();
+        }
+        let end = state.free_at(now, drift);
+        let others = self.ready_times(build, worker, now).into_iter().filter(|&(id, _)| id != worker).collect();
+        let run = &self.builds[&build];
+        let finish = water_fill(run.unleased_work * drift, self.capacities(others), now);
+        let Some(mut withdrawn) = self.laggard_cut(lease, end, worker, Some(finish), now) else { return Vec::new() };
+        withdrawn.sort_by(|&a, &b| run.plan.tests[b].estimate_s.total_cmp(&run.plan.tests[a].estimate_s));
+        let mut rooms = Vec::new();
+        let mut excluded = vec![worker];
+        for &test in &withdrawn {
+            let Some(room) = self.room_for(build, test, &excluded, now) else { break };
+            let seconds = self.builds[&build].plan.tests[test].estimate_s * drift * self.slowness(room.worker);
+            let startup = self.shard_cost(&self.builds[&build], room.worker);
+            if room.soonest_free + seconds <= finish + 2.0 * startup {
+                break;
+            }
+            excluded.push(room.worker);
+            rooms.push(room);
+        }
+        let mut decisions = vec![self.withdraw(lease, withdrawn)];
+        decisions.extend(rooms.into_iter().map(|room| self.withdraw(room.lease, room.withdrawn)));
+        decisions.push(Decision::WorkAvailable);
+        decisions
+    }
+
+    /// Where [`Scheduler::split_laggard`] cuts lease `id`, projected to end at `end`, for
+    /// `worker` to take over the tests given back: keeping what its holder runs by `finish`
+    /// (at least one test), or with no finish what brings it level with `worker`. The
+    /// tests given back; `None` when the lease has fewer than two tests not started, or
+    /// the cut would not end the work sooner by more than twice what a new shard costs.
+    fn laggard_cut(
+        &self,
+        id: LeaseId,
+        end: Seconds,
+        worker: WorkerId,
+        finish: Option<Seconds>,
+        now: Seconds,
+    ) -> Option<Vec<PlanIndex>> {
+        let lease = &self.leases[&id];
         let run = &self.builds[&lease.build];
         let pace = lease.pace(run.drift.ratio());
         let unreported: Vec<PlanIndex> =
@@ -422,7 +498,7 @@ impl Scheduler {
         if end - split_end <= 2.0 * startup || total <= 0.0 {
             return None;
         }
-        Some(self.withdraw(id, unreported[kept..].to_vec()))
+        Some(unreported[kept..].to_vec())
     }
 
     /// Takes `withdrawn`, tests of lease `id` not started, back into the ready queue (or to
@@ -477,14 +553,24 @@ impl Scheduler {
     /// runner reports as it goes and has reported a result (until then, a later result
     /// tries again).
     fn make_room_for_retry(&mut self, build: BuildId, test: PlanIndex, now: Seconds) -> Option<Decision> {
+        let room = self.room_for(build, test, &[], now)?;
+        Some(self.withdraw(room.lease, room.withdrawn))
+    }
+
+    /// Which lease [`Scheduler::make_room_for_retry`] would shrink for `test` of `build`
+    /// (not one of a worker in `excluded`), and what it would give back; `None` when
+    /// nothing should be withdrawn.
+    fn room_for(&self, build: BuildId, test: PlanIndex, excluded: &[WorkerId], now: Seconds) -> Option<Room> {
         if !self.config.split_running_leases {
             return None;
         }
         let run = self.builds.get(&build)?;
         let avoid = run.avoid.get(&test).map(Vec::as_slice).unwrap_or_default();
         let mut candidates = Vec::new();
-        for (&worker, state) in
-            self.workers.iter().filter(|(id, state)| state.benched_until <= now && !avoid.contains(id))
+        for (&worker, state) in self
+            .workers
+            .iter()
+            .filter(|(id, state)| state.benched_until <= now && !avoid.contains(id) && !excluded.contains(id))
         {
             let Some((id, lease)) =
                 state.lease.and_then(|id| self.leases.get(&id).filter(|lease| lease.active).map(|lease| (id, lease)))
@@ -514,7 +600,7 @@ impl Scheduler {
         if shrunk_at >= free_at || soonest_free <= shrunk_at + startup {
             return None;
         }
-        Some(self.withdraw(id, unreported[1..].to_vec()))
+        Some(Room { lease: id, worker, soonest_free, withdrawn: unreported[1..].to_vec() })
     }
 
     /// What the next shard of `build` for `worker`, free at `now`, should aim at.
@@ -559,10 +645,11 @@ impl Scheduler {
     /// work: when the machine has shown itself slow (the lease's tests ran [`SLOW_PACE`]
     /// times slower than the build's, or this one has run that many times its estimate),
     /// the copy would end no later than the original, and the rest of the build still
-    /// ends before it with this worker busy with the copy. One copy a test; never on a
-    /// worker it failed on. (A copy at t = 0 of a test that alone holds the build's end,
-    /// as insurance where estimates are trusted, was tried: the other workers' shards,
-    /// already cut counting on this worker, left its part unrun until the copy ended.)
+    /// ends before it with this worker busy with the copy: as insurance, also when the
+    /// machine has not shown its speed yet (it has run no test with history: a farm's
+    /// first build), so that the test alone holding the build's end does not hang on one
+    /// machine nobody knows. A fitted split counted this worker free: it is planned again.
+    /// One copy a test; never on a worker it failed on.
     fn straggler_copy(&mut self, worker: WorkerId, ready: Option<BuildId>, now: Seconds) -> Option<LeaseGrant> {
         if !self.config.straggler_copies {
             return None;
@@ -581,6 +668,8 @@ impl Scheduler {
         let slowness = self.slowness(worker);
         let cost = self.shard_cost(&self.builds[&build], worker);
         let run = self.builds.get_mut(&build).expect("a running lease's build");
+        // A fitted split counted this worker free: the others' parts are cut again.
+        run.ready_changed();
         let estimate = run.plan.tests[test].estimate_s;
         let lease = LeaseId(self.next_lease);
         self.next_lease += 1;
@@ -652,12 +741,16 @@ impl Scheduler {
             None if end - copy_end <= 2.0 * cost => return None,
             None => {}
             Some(build) => {
-                // Insurance where the estimates say which test holds the build's end,
-                // or where its machine has shown itself slow; if the rest of the build
-                // still ends before it, with this worker busy with the copy.
+                // Insurance where the test alone holds the build's end (the rest of the
+                // build still ends before it, with this worker busy with the copy) and
+                // its machine has shown itself slow, or has not shown its speed at all:
+                // a farm's first build cannot tell a slow machine before it has run a test.
+                let unproven = self.workers.get(&lease.worker).is_none_or(|state| state.ratios.count == 0.0);
                 if build != lease.build
                     || copy_end > end + cost
-                    || !(lease.pace(drift) >= SLOW_PACE * drift || now - started > SLOW_PACE * estimate * drift + cost)
+                    || !(unproven
+                        || lease.pace(drift) >= SLOW_PACE * drift
+                        || now - started > SLOW_PACE * estimate * drift + cost)
                 {
                     return None;
                 }
@@ -890,6 +983,17 @@ impl Scheduler {
             .collect();
         Some(FittedSplit { workers, parts })
     }
+}
+
+/// A lease to shrink so that its worker asks for work after the test it runs
+/// ([`Scheduler::room_for`]).
+struct Room {
+    lease: LeaseId,
+    worker: WorkerId,
+    /// When the first worker that may take the test is free, nothing withdrawn.
+    soonest_free: Seconds,
+    /// The tests it gives back.
+    withdrawn: Vec<PlanIndex>,
 }
 
 /// The workers' loads in a split ([`Scheduler::split_ready_work`]): each test goes to the

@@ -67,12 +67,21 @@
 //! it could be chance). Every projection of a worker's time takes it at its pace: the
 //! fitted split gives each test to the worker that would end it first, and a slower worker
 //! cutting finer leaves to a faster one the tests it would end later, and the new ones.
+//! A machine that shows itself slow during a build (a farm's first, or a neighbour that
+//! got noisy) does not keep the part it was given as a fast one: at its results, its
+//! lease gives back what it cannot run by the others' end, and for each test given back
+//! that would end late waiting for a free worker, the lease of a faster one whose running
+//! test ends first gives back what it has not started, so that worker asks after that
+//! test and the work is split again (`Scheduler::move_work_off_slow_machine`).
 //!
 //! A single test cannot be split. With [`SchedulerConfig::straggler_copies`] (off by
 //! default), a worker with nothing better to do runs a backup copy of the test that holds
 //! the build's end on a slow or stalled machine ([`LeaseGrant::copy_of`]); the first
 //! result counts and the other lease is told to stop, by a [`Decision::LeaseShrunk`]
-//! that withdraws the test it is running.
+//! that withdraws the test it is running. A copy is also insurance, while the build still
+//! has work ready, where the test alone holds the build's end (the rest ends before it
+//! even with the copier busy) and its machine has shown itself slow or has not run a test
+//! with history yet: a farm's first build cannot tell a slow machine otherwise.
 //!
 //! The module is split by concern: this file holds the vocabulary (ids, configuration,
 //! decisions, reports, verdicts); `state` the scheduler's state and its read accessors;

@@ -127,6 +127,9 @@ impl Scheduler {
         // batch is taken (not within it: the lease reporting may be the one shrunk, and
         // what it kept must not be a test it has just reported).
         let mut room = self.make_room_for_retries(now);
+        if room.is_empty() {
+            room = self.move_work_off_slow_machine(lease, now);
+        }
         if first_results && room.is_empty() && self.splittable_with_idle_workers(lease, now) {
             // Its first results show it can give back what it has not started: a worker
             // that found nothing to do (it joined after the build was split) may now

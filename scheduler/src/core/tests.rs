@@ -1299,6 +1299,43 @@ fn on_a_slow_machine_a_copy_ends_the_simulated_build_sooner_and_every_test_runs_
     assert_eq!(runs, vec![1; plan.len()], "the losing copy's run is not in its shard");
 }
 
+/// A build of one 20 s test and ten of 1 s on three workers with straggler copies (1 s a
+/// shard), worker 1 known to run its tests at their estimates when `known`: the grants of
+/// workers 1, 2 and 3, asking in turn at t = 0.
+fn first_build_with_copies(known: bool) -> [LeaseGrant; 3] {
+    let mut tests = vec![planned("long", 20.0, true)];
+    tests.extend((0..10).map(|index| planned(&format!("s{index}"), 1.0, true)));
+    let mut scheduler = Scheduler::new(SchedulerConfig { straggler_copies: true, ..SchedulerConfig::default() });
+    for worker in 1..=3 {
+        scheduler.worker_joined(WorkerId(worker), 0.0);
+    }
+    if known {
+        let mut ratios = state::LogRatios::default();
+        for _ in 0..10 {
+            ratios.observe(1.0, 1.0);
+        }
+        scheduler.restore_worker_ratios(WorkerId(1), ratios);
+    }
+    scheduler.add_build(BuildId(1), BuildPlan::from_tests(tests, 1.0), 0.0).unwrap();
+    [1, 2, 3].map(|worker| scheduler.request_work(WorkerId(worker), 0.0).0.expect("work for each"))
+}
+
+#[test]
+fn with_copies_the_test_alone_holding_a_first_build_is_insured_on_a_machine_not_yet_known() {
+    // Worker 1 takes the long test, which alone holds the build's end (21 s). Its machine
+    // has run no test here: it may be three times slower. Worker 2 runs a copy from the
+    // start, and worker 3 all the short tests (by 11 s): the split is planned again without
+    // worker 2, which it had counted free.
+    let [long, copy, rest] = first_build_with_copies(false);
+    assert_eq!(long.tests, ["long"]);
+    assert_eq!((copy.tests.as_slice(), copy.copy_of), (&["long".to_owned()][..], Some(long.lease)));
+    assert_eq!(rest.tests.len(), 10, "{rest:?}");
+    // A machine that has shown its speed is not insured: the short tests are shared.
+    let [long, second, third] = first_build_with_copies(true);
+    assert_eq!(long.tests, ["long"]);
+    assert_eq!((second.copy_of, second.tests.len(), third.tests.len()), (None, 5, 5));
+}
+
 /// A fitted scheduler with workers 1..=`n_workers` joined and `plan` added at t = 0.
 fn fitted_start(plan: BuildPlan, n_workers: u64) -> Scheduler {
     let mut scheduler =
