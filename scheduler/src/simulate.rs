@@ -417,4 +417,29 @@ mod tests {
         assert!(result.ratio() <= 1.10, "{result:?}");
         assert_eq!(runs(&result, plan.len()), vec![1; plan.len()]);
     }
+
+    #[test]
+    fn where_shards_are_cheap_a_worker_is_free_for_the_second_test_waiting_on_a_long_one() {
+        // A 30 s test with two waiting on it (3 s and 2 s) and sixty-three of 1.5 s, on four
+        // warm workers (1.47 s of start-up, 0.03 s a shard): the bound is the chain,
+        // 1.5 + 30 + 3 = 34.5 s; the other three workers share 96.5 s.
+        let mut tests = vec![planned("long", 30.0, true)];
+        for (id, estimate) in [("after", 3.0), ("also_after", 2.0)] {
+            let mut dependant = planned(id, estimate, true);
+            dependant.depends_on = vec![0];
+            tests.push(dependant);
+        }
+        tests.extend((0..63).map(|index| planned(&format!("t{index}"), 1.5, true)));
+        let mut plan = BuildPlan::from_tests(tests, 0.03);
+        plan.worker_startup_s = 1.47;
+        let actual: Vec<f64> = plan.tests.iter().map(|test| test.estimate_s).collect();
+        let result = simulate(&plan, &actual, 4, SchedulerConfig::default());
+        // One worker's part ends as the long test does, and it takes the second test
+        // waiting on it. Counted whole with the long test, the chain left every other
+        // worker busy to 33 s, and the second waited for one of them: 35.03 s (1.015).
+        assert!(result.makespan_s <= result.lower_bound_s + 1e-9, "{result:?}");
+        let ran_on = |test: usize| result.shards.iter().find(|shard| shard.tests.contains(&test)).unwrap().worker;
+        assert_ne!(ran_on(2), ran_on(0), "{result:?}");
+        assert_eq!(runs(&result, plan.len()), vec![1; plan.len()]);
+    }
 }

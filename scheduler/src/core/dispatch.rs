@@ -911,16 +911,30 @@ impl Scheduler {
         // one dispatched first.
         // (its seconds with its chain's overheads, which orders them; its seconds; the steps
         // of its chain; the test)
+        // Where shards are cheap, a ready test counts with the longest path of its chain
+        // only: the other branches are work others take when it has passed, each in a
+        // shard of its own (a worker whose part ends as the test does is free for one).
+        let branches_apart = overhead <= CHEAP_SHARD_S;
+        let mut branches = Vec::new();
         let mut items: Vec<(Seconds, Seconds, usize, Option<ReadyEntry>)> = run
             .ready
             .iter()
             .rev()
             .map(|&entry| {
-                let (estimated, steps) = chains.behind(entry.index);
-                let seconds = (estimated + run.plan.tests[entry.index].estimate_s) * drift;
+                let (mut estimated, steps) = chains.behind(entry.index);
+                let planned = &run.plan.tests[entry.index];
+                if branches_apart {
+                    let longest = (planned.priority_s - planned.estimate_s).clamp(0.0, estimated);
+                    if estimated > longest {
+                        branches.push((estimated - longest) * drift);
+                    }
+                    estimated = longest;
+                }
+                let seconds = (estimated + planned.estimate_s) * drift;
                 (seconds + steps as f64 * overhead, seconds, steps, Some(entry))
             })
             .collect();
+        items.extend(branches.into_iter().map(|seconds| (seconds, seconds, 0, None)));
         // Tests waiting on others still count, as work other workers will take when they
         // are ready (`None`): the asking worker's part is its share of everything left.
         items.extend(

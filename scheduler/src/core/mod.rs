@@ -29,7 +29,10 @@
 //! one shard and only what runs late is corrected, by splitting leases. A test others
 //! wait on counts with its chain: its worker ends early enough to run the chain after it,
 //! paying an overhead for each step of its longest chain (its chains share those shards).
-//! Tests waiting on running ones count as work for the other workers. The split is planned
+//! Where shards are cheap (a warm runner), only the longest path of the chain counts with
+//! it: its other branches count as work for another worker, whose part then ends about
+//! when the test does, free to take one. Tests waiting on running ones count as work for
+//! the other workers. The split is planned
 //! once and kept: the workers that were free then get their parts as they ask, until the
 //! ready work or the workers change (`BuildRun::fitted_split`), so a build's start costs
 //! one split, not one a worker.
