@@ -647,8 +647,8 @@ impl Scheduler {
     /// the copy would end no later than the original, and the rest of the build still
     /// ends before it with this worker busy with the copy: as insurance, also when the
     /// machine has not shown its speed yet (it has run no test with history: a farm's
-    /// first build), so that the test alone holding the build's end does not hang on one
-    /// machine nobody knows. A fitted split counted this worker free: it is planned again.
+    /// first build) and the build's estimates are trusted, so that the test alone holding
+    /// the build's end does not hang on one machine nobody knows. A fitted split counted this worker free: it is planned again.
     /// One copy a test; never on a worker it failed on.
     fn straggler_copy(&mut self, worker: WorkerId, ready: Option<BuildId>, now: Seconds) -> Option<LeaseGrant> {
         if !self.config.straggler_copies {
@@ -743,9 +743,11 @@ impl Scheduler {
             Some(build) => {
                 // Insurance where the test alone holds the build's end (the rest of the
                 // build still ends before it, with this worker busy with the copy) and
-                // its machine has shown itself slow, or has not shown its speed at all:
-                // a farm's first build cannot tell a slow machine before it has run a test.
-                let unproven = self.workers.get(&lease.worker).is_none_or(|state| state.ratios.count == 0.0);
+                // its machine has shown itself slow, or, where the estimates can be
+                // trusted to say which test that is, has not shown its speed at all: a
+                // farm's first build cannot tell a slow machine before it has run a test.
+                let unproven = trusts_estimates(run)
+                    && self.workers.get(&lease.worker).is_none_or(|state| state.ratios.count == 0.0);
                 if build != lease.build
                     || copy_end > end + cost
                     || !(unproven

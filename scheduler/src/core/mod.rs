@@ -83,8 +83,9 @@
 //! result counts and the other lease is told to stop, by a [`Decision::LeaseShrunk`]
 //! that withdraws the test it is running. A copy is also insurance, while the build still
 //! has work ready, where the test alone holds the build's end (the rest ends before it
-//! even with the copier busy) and its machine has shown itself slow or has not run a test
-//! with history yet: a farm's first build cannot tell a slow machine otherwise.
+//! even with the copier busy) and its machine has shown itself slow, or, where the
+//! estimates are trusted to say which test that is, has not run a test with history yet:
+//! a farm's first build cannot tell a slow machine otherwise.
 //!
 //! The module is split by concern: this file holds the vocabulary (ids, configuration,
 //! decisions, reports, verdicts); `state` the scheduler's state and its read accessors;
