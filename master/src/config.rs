@@ -33,7 +33,7 @@
 //! keep_results_days = 0            # and of builds that ended in the last N days; 0: no limit
 //!
 //! [scheduler]                      # every key optional; see `SchedulerSection` for all
-//! shard_sizing = "finer"           # 2-3 shards a worker; or "fitted": one where estimates hold
+//! shard_sizing = "fitted"          # one shard a worker where estimates hold; or "finer": 2-3
 //! straggler_copies = false         # a backup copy of a test holding the build's end
 //!
 //! [forge]                          # commit statuses (`notify`); off without `kind`
@@ -763,22 +763,21 @@ pub struct SchedulerSection {
     #[serde(default = "default_max_shard_s")]
     pub max_shard_s: f64,
     /// Whether a running shard may give back the tests it has not started, when it runs
-    /// late or other workers would idle (`command` runners that report as they go).
+    /// late, other workers would idle, a retry needs a place, or its machine shows itself
+    /// slow (runners that report as they go: `command`, warm pytest, nextest).
     #[serde(default = "default_split_running_leases")]
     pub split_running_leases: bool,
-    /// How many shards a build is cut into: `"fitted"` (one a worker while the build's
-    /// estimates can be trusted, late leases split to correct what runs long; cut finer for
-    /// builds with new tests, estimates found off, or shards that cannot be split) or
-    /// `"finer"` (the default: two or three shards a worker, each paying the shard
-    /// overhead). Fitted is not the default yet: planning a fitted lease of a 15k-test
-    /// build takes milliseconds under the farm's lock (BENCHMARKS.md, "Storage and API
-    /// under load", session 10).
+    /// How many shards a build is cut into: `"fitted"` (the default: one a worker while the
+    /// build's estimates can be trusted, late leases split to correct what runs long; cut
+    /// finer for builds with new tests, estimates found off, or shards that cannot be
+    /// split) or `"finer"` (two or three shards a worker, each paying the shard overhead).
     #[serde(default)]
     pub shard_sizing: ShardSizingName,
-    /// Whether a worker with nothing to do runs a backup copy of a test that holds the
-    /// build's end on a slow or stalled machine; the first result counts, the other run is
-    /// stopped (its worker kills the runner; a warm one is started again) and recorded on
-    /// its shard (`stopped`; the copy's shard has `copy_of`). Off by default.
+    /// Whether a worker runs a backup copy of a test that holds the build's end on a slow or
+    /// stalled machine, or on one that has not run a test here yet (a farm's first build);
+    /// the first result counts, the other run is stopped (its worker kills the runner; a
+    /// warm one is started again) and recorded on its shard (`stopped`; the copy's shard
+    /// has `copy_of`). Off by default.
     #[serde(default)]
     pub straggler_copies: bool,
 }
