@@ -1,7 +1,7 @@
 //! What ends one makespan-bench build late: the build of a seed, simulated as the makespan
 //! bench does with noisy history, and taken apart.
 //!
-//! `cargo run --release -p greenlight-benches --example diagnose -- SHAPE SEED [exact] [finer] [warm] [slow] [after] [copies] [quiet] [shards]`
+//! `cargo run --release -p greenlight-benches --example diagnose -- SHAPE SEED [exact] [finer] [warm] [slow] [tenth] [after] [copies] [quiet] [shards]`
 //!
 //! SHAPE is a tag set of the 15k suite on 36 workers (`chat`, `rooms,checkout`, …), `full36`
 //! or `full50` (the whole 15k suite), or `small8` / `small16` (a 1k suite). It prints the
@@ -14,7 +14,7 @@
 //! lists every worker's shards; `exact` uses exact history; `finer` the finer sizing;
 //! `warm` warm runners (the makespan bench's `warm` table: the 1.5 s is a worker's
 //! start-up, and a shard costs 0.03 s); `slow` makes worker 0, the first to ask, 3× slower
-//! (the `slow` table); `after` simulates the build after one earlier build of it, where the
+//! (the `slow` table), `tenth` every tenth worker (3, 13, …) 2× slower; `after` simulates the build after one earlier build of it, where the
 //! scheduler has seen each worker's speed; `copies` turns straggler copies on.
 
 use std::collections::BTreeSet;
@@ -68,7 +68,13 @@ fn main() {
     let sizing = if flag("finer") { ShardSizing::Finer } else { ShardSizing::Fitted };
     let config =
         SchedulerConfig { shard_sizing: sizing, straggler_copies: flag("copies"), ..SchedulerConfig::default() };
-    let slowdown: Vec<f64> = (0..n_workers).map(|worker| if flag("slow") && worker == 0 { 3.0 } else { 1.0 }).collect();
+    let slowdown: Vec<f64> = (0..n_workers)
+        .map(|worker| match worker {
+            0 if flag("slow") => 3.0,
+            _ if flag("tenth") && worker % 10 == 3 => 2.0,
+            _ => 1.0,
+        })
+        .collect();
     let run = simulate_fleet_after(&plan, &actual, &slowdown, config, u64::from(flag("after")));
     let by_estimate = simulate_static_fleet(&plan, &actual, &split_by_estimate(&plan, n_workers), &slowdown);
     let free = simulate_free_dispatch(&plan, &actual, &slowdown);
