@@ -355,11 +355,18 @@ impl Scheduler {
             })
             .filter_map(|(&id, lease)| {
                 let run = self.builds.get(&lease.build).filter(|run| run.plan.leases_splittable)?;
-                Some((id, lease.free_at(now, run.drift.ratio())))
+                // With nothing ready, a worker idles: a test far past its estimate makes
+                // its lease the one to take over.
+                let end = if build.is_none() {
+                    projected_end(run, id, lease, now)
+                } else {
+                    lease.free_at(now, run.drift.ratio())
+                };
+                Some((id, end))
             })
             .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))?;
         let finish = build.map(|build| self.shard_goal(build, worker, now).finish);
-        let withdrawn = self.laggard_cut(id, end, worker, finish, now)?;
+        let withdrawn = self.laggard_cut(id, end, worker, finish, false, now)?;
         Some(self.withdraw(id, withdrawn))
     }
 
@@ -400,11 +407,13 @@ impl Scheduler {
         if slowness < SLOW_PACE || state.pace(drift) < SLOW_PACE * drift {
             return Vec::new();
         }
-        let end = state.free_at(now, drift);
-        let others = self.ready_times(build, worker, now).into_iter().filter(|&(id, _)| id != worker).collect();
         let run = &self.builds[&build];
+        let end = projected_end(run, lease, &self.leases[&lease], now);
+        let others = self.ready_times(build, worker, now).into_iter().filter(|&(id, _)| id != worker).collect();
         let finish = water_fill(run.unleased_work * drift, self.capacities(others), now);
-        let Some(mut withdrawn) = self.laggard_cut(lease, end, worker, Some(finish), now) else { return Vec::new() };
+        let Some(mut withdrawn) = self.laggard_cut(lease, end, worker, Some(finish), true, now) else {
+            return Vec::new();
+        };
         withdrawn.sort_by(|&a, &b| run.plan.tests[b].estimate_s.total_cmp(&run.plan.tests[a].estimate_s));
         let mut rooms = Vec::new();
         let mut excluded = vec![worker];
@@ -429,22 +438,32 @@ impl Scheduler {
     /// (at least one test), or with no finish what brings it level with `worker`. The
     /// tests given back; `None` when the lease has fewer than two tests not started, or
     /// the cut would not end the work sooner by more than twice what a new shard costs.
+    /// With `after_kept` (a machine found slow), it keeps just what it runs by `finish`,
+    /// even where tests given back wait on one it keeps: they wait for that test, where
+    /// the first cut that gives back none could keep a long test on that machine.
     fn laggard_cut(
         &self,
         id: LeaseId,
         end: Seconds,
         worker: WorkerId,
         finish: Option<Seconds>,
+        after_kept: bool,
         now: Seconds,
     ) -> Option<Vec<PlanIndex>> {
         let lease = &self.leases[&id];
         let run = &self.builds[&lease.build];
-        let pace = lease.pace(run.drift.ratio());
+        let drift = run.drift.ratio();
+        let pace = lease.pace(drift);
         let unreported: Vec<PlanIndex> =
             lease.tests.iter().copied().filter(|&test| run.states[test] == TestState::Leased(id)).collect();
-        let seconds: Vec<Seconds> = unreported.iter().map(|&test| run.plan.tests[test].estimate_s * pace).collect();
+        let mut seconds: Vec<Seconds> = unreported.iter().map(|&test| run.plan.tests[test].estimate_s * pace).collect();
         if seconds.len() < 2 {
             return None;
+        }
+        if finish.is_none() {
+            // The test it runs, past its estimate, needs as long again as it has run.
+            seconds[0] =
+                lease.running_test_end(run.plan.tests[unreported[0]].estimate_s, now, drift) - lease.progress_at;
         }
         let total: Seconds = seconds.iter().sum();
         // Keep the first `kept` tests: the holder ends at `progress_at` plus them.
@@ -477,6 +496,9 @@ impl Scheduler {
             (clean[at], useful[at]) = (least >= at, most >= at);
         }
         let cut = |from: usize| {
+            if after_kept {
+                return Some(from);
+            }
             let cuts = from..seconds.len();
             cuts.clone().find(|&kept| clean[kept]).or_else(|| cuts.clone().find(|&kept| useful[kept]))
         };
@@ -735,8 +757,7 @@ impl Scheduler {
         let drift = run.drift.ratio();
         let estimate = run.plan.tests[test].estimate_s;
         let started = lease.progress_at;
-        let projected = started + estimate * lease.pace(drift);
-        let end = if projected > now { projected } else { now + (now - started) };
+        let end = lease.running_test_end(estimate, now, drift);
         let cost = self.shard_cost(run, worker);
         let copy_end = now + cost + estimate * drift * self.slowness(worker);
         match ready {
@@ -1365,6 +1386,18 @@ pub(super) fn water_fill(work: Seconds, mut workers: Vec<(Seconds, f64)>, now: S
         }
     }
     finish
+}
+
+/// When `lease` (`id`) should end: [`LeaseState::free_at`], but with the test it runs
+/// taken to need as long again as it has run once past its estimate
+/// ([`LeaseState::running_test_end`]).
+fn projected_end(run: &BuildRun, id: LeaseId, lease: &LeaseState, now: Seconds) -> Seconds {
+    let drift = run.drift.ratio();
+    let free = lease.free_at(now, drift);
+    let Some(test) = running_test(run, id, lease) else { return free };
+    let estimate = run.plan.tests[test].estimate_s;
+    let rest = (lease.remaining_estimate - estimate).max(0.0) * lease.pace(drift);
+    free.max(lease.running_test_end(estimate, now, drift) + rest)
 }
 
 /// The test `lease` runs: its first without a result.

@@ -398,6 +398,14 @@ impl LeaseState {
         (self.progress_at + self.remaining_estimate * self.pace(drift)).max(now)
     }
 
+    /// When the test it runs, estimated `estimate` seconds and started at its last
+    /// progress, should end at the lease's pace; once past that, it is taken to need as
+    /// long again as it has run (a slow or stalled machine, or a test far off its estimate).
+    pub(super) fn running_test_end(&self, estimate: Seconds, now: Seconds, drift: f64) -> Seconds {
+        let projected = self.progress_at + estimate * self.pace(drift);
+        if projected > now { projected } else { now + (now - self.progress_at) }
+    }
+
     /// Real seconds per estimated second of this lease's tests so far (a shard holds tests
     /// alike, so its own pace says most about the rest of it), starting from the build's
     /// `drift` on its worker ([`LeaseState::slowness`]).
