@@ -342,6 +342,30 @@ fn an_idle_worker_takes_over_the_unstarted_end_of_a_lease_running_late() {
     assert_eq!(finished(&decisions), [(BuildId(1), Verdict::Green)]);
 }
 
+#[test]
+fn an_idle_worker_takes_over_the_end_of_a_lease_whose_running_test_is_far_past_its_estimate() {
+    let mut scheduler = greedy(600.0);
+    scheduler.worker_joined(WorkerId(1), 0.0);
+    scheduler.add_build(BuildId(1), tens(3), 0.0).unwrap();
+    let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
+    assert_eq!(first.tests, ["t0", "t1", "t2"]);
+    // t0 took its 10 s; t1 has run 49 s of its 10 when a second worker joins and asks. At
+    // the lease's pace it would end now; taken to need as long again, t1 ends at 109 s, and
+    // t2 is better run at once elsewhere.
+    accepted(scheduler.test_finished(first.lease, WorkerId(1), "t0", TestStatus::Passed, 11.0));
+    scheduler.worker_joined(WorkerId(2), 60.0);
+    let (second, decisions) = scheduler.request_work(WorkerId(2), 60.0);
+    let shrunk = Decision::LeaseShrunk {
+        build: BuildId(1),
+        lease: first.lease,
+        worker: WorkerId(1),
+        withdrawn: ids(&["t2"]),
+        stopped: None,
+    };
+    assert_eq!(decisions, [shrunk, Decision::WorkAvailable]);
+    assert_eq!(second.expect("the test given back").tests, ["t2"]);
+}
+
 /// A build of eight 10 s tests (shards cost 1 s) cut fitted for workers 1 and 2: one shard
 /// of four tests each, both granted at 0 s, running from 1 s to 41 s. Worker 3, when
 /// given, joins later.
