@@ -465,9 +465,17 @@ impl Scheduler {
             seconds[0] =
                 lease.running_test_end(run.plan.tests[unreported[0]].estimate_s, now, drift) - lease.progress_at;
         }
-        let total: Seconds = seconds.iter().sum();
+        // The seconds of the first `kept` tests, for every `kept`: a lease may hold thousands
+        // of tests, and a slow machine's is cut at each of its results.
+        let before: Vec<Seconds> = std::iter::once(0.0)
+            .chain(seconds.iter().scan(0.0, |sum, &test| {
+                *sum += test;
+                Some(*sum)
+            }))
+            .collect();
+        let total = before[seconds.len()];
         // Keep the first `kept` tests: the holder ends at `progress_at` plus them.
-        let holder_end = |kept: usize| (lease.progress_at + seconds[..kept].iter().sum::<Seconds>()).max(now);
+        let holder_end = |kept: usize| (lease.progress_at + before[kept]).max(now);
         // What a new shard costs the worker taking the withdrawn tests, and how much longer
         // than the holder it takes for them (the tests are alike: only the machines differ).
         let startup = self.shard_cost(run, worker);
@@ -506,7 +514,7 @@ impl Scheduler {
             (1..seconds.len())
                 .filter(|&kept| allowed[kept])
                 .map(|kept| {
-                    let rest: Seconds = seconds[kept..].iter().sum::<Seconds>() * relative_pace;
+                    let rest: Seconds = (total - before[kept]) * relative_pace;
                     (kept, holder_end(kept).max(now + startup + rest))
                 })
                 .min_by(|a, b| a.1.total_cmp(&b.1))
