@@ -342,17 +342,24 @@ fn an_idle_worker_takes_over_the_unstarted_end_of_a_lease_running_late() {
     assert_eq!(finished(&decisions), [(BuildId(1), Verdict::Green)]);
 }
 
-#[test]
-fn an_idle_worker_takes_over_the_end_of_a_lease_whose_running_test_is_far_past_its_estimate() {
+/// A lone worker leases a build of three 10 s tests whole, and reports the first at 11 s
+/// (on time). The scheduler and that lease.
+fn three_tens_leased_and_one_reported() -> (Scheduler, LeaseGrant) {
     let mut scheduler = greedy(600.0);
     scheduler.worker_joined(WorkerId(1), 0.0);
     scheduler.add_build(BuildId(1), tens(3), 0.0).unwrap();
     let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
     assert_eq!(first.tests, ["t0", "t1", "t2"]);
+    accepted(scheduler.test_finished(first.lease, WorkerId(1), "t0", TestStatus::Passed, 11.0));
+    (scheduler, first)
+}
+
+#[test]
+fn an_idle_worker_takes_over_the_end_of_a_lease_whose_running_test_is_far_past_its_estimate() {
     // t0 took its 10 s; t1 has run 49 s of its 10 when a second worker joins and asks. At
     // the lease's pace it would end now; taken to need as long again, t1 ends at 109 s, and
     // t2 is better run at once elsewhere.
-    accepted(scheduler.test_finished(first.lease, WorkerId(1), "t0", TestStatus::Passed, 11.0));
+    let (mut scheduler, first) = three_tens_leased_and_one_reported();
     scheduler.worker_joined(WorkerId(2), 60.0);
     let (second, decisions) = scheduler.request_work(WorkerId(2), 60.0);
     let shrunk = Decision::LeaseShrunk {
@@ -560,12 +567,7 @@ fn restored_results_count_as_done_and_unblock_or_skip_their_dependants() {
 
 #[test]
 fn a_worker_that_asks_for_work_while_holding_a_lease_has_that_lease_taken_back_by_name() {
-    let mut scheduler = greedy(600.0);
-    scheduler.worker_joined(WorkerId(1), 0.0);
-    scheduler.add_build(BuildId(1), tens(3), 0.0).unwrap();
-    let first = scheduler.request_work(WorkerId(1), 0.0).0.unwrap();
-    assert_eq!(first.tests, ["t0", "t1", "t2"]);
-    accepted(scheduler.test_finished(first.lease, WorkerId(1), "t0", TestStatus::Passed, 11.0));
+    let (mut scheduler, first) = three_tens_leased_and_one_reported();
     // Its shard process died and the worker came back: it asks again, still holding the lease.
     let (second, decisions) = scheduler.request_work(WorkerId(1), 12.0);
     let taken_back =
