@@ -374,9 +374,9 @@ impl Scheduler {
     /// estimates at the build's drift, its worker may have shown itself slower than the
     /// others since the lease was cut ([`Scheduler::slowness`], worked out again then, not
     /// at every batch): the lease is projected at that pace from now on. When it runs
-    /// [`SLOW_PACE`] times the build's pace and ends
-    /// after the rest of its build (the other workers' leases and the work not leased, as
-    /// [`water_fill`] spreads it) by more than twice what a shard costs, it gives back what
+    /// [`SLOW_PACE`] times the build's pace and ends after the rest of its build (the other
+    /// workers' leases and the work not leased, as [`water_fill`] spreads it) by more than
+    /// twice what a shard costs, it gives back what
     /// it cannot run by then, cut as [`Scheduler::split_laggard`] cuts. The tests given
     /// back would wait for the first worker free: for each, longest first, that would then
     /// end after the build's end, the lease of another worker whose running test ends
@@ -404,7 +404,7 @@ impl Scheduler {
         state.slowness = slowness;
         // A shard of unlucky tests on a machine as fast as the others is split_laggard's,
         // when a worker asks: here only a machine found slow.
-        if slowness < SLOW_PACE || state.pace(drift) < SLOW_PACE * drift {
+        if slowness < SLOW_PACE || !runs_slow(state, drift) {
             return Vec::new();
         }
         let run = &self.builds[&build];
@@ -680,8 +680,9 @@ impl Scheduler {
     /// ends before it with this worker busy with the copy: as insurance, also when the
     /// machine has not shown its speed yet (it has run no test with history: a farm's
     /// first build) and the build's estimates are trusted, so that the test alone holding
-    /// the build's end does not hang on one machine nobody knows. A fitted split counted this worker free: it is planned again.
-    /// One copy a test; never on a worker it failed on.
+    /// the build's end does not hang on one machine nobody knows. A fitted split counted
+    /// this worker free: it is planned again. One copy a test; never on a worker it failed
+    /// on.
     fn straggler_copy(&mut self, worker: WorkerId, ready: Option<BuildId>, now: Seconds) -> Option<LeaseGrant> {
         if !self.config.straggler_copies {
             return None;
@@ -781,9 +782,7 @@ impl Scheduler {
                     && self.workers.get(&lease.worker).is_none_or(|state| state.ratios.count == 0.0);
                 if build != lease.build
                     || copy_end > end + cost
-                    || !(unproven
-                        || lease.pace(drift) >= SLOW_PACE * drift
-                        || now - started > SLOW_PACE * estimate * drift + cost)
+                    || !(unproven || runs_slow(lease, drift) || now - started > SLOW_PACE * estimate * drift + cost)
                 {
                     return None;
                 }
@@ -1394,6 +1393,12 @@ pub(super) fn water_fill(work: Seconds, mut workers: Vec<(Seconds, f64)>, now: S
         }
     }
     finish
+}
+
+/// Whether `lease`'s tests have run [`SLOW_PACE`] times the build's pace (`drift`): a
+/// slow machine, for a backup copy and for moving its work away.
+fn runs_slow(lease: &LeaseState, drift: f64) -> bool {
+    lease.pace(drift) >= SLOW_PACE * drift
 }
 
 /// When `lease` (`id`) should end: [`LeaseState::free_at`], but with the test it runs
