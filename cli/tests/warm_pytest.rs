@@ -443,3 +443,69 @@ fn a_stalled_test_in_a_warm_runner_is_copied_and_its_runner_stopped() {
 fn a_stalled_test_in_a_cold_runner_is_copied_and_its_runner_stopped() {
     a_stalled_test_is_copied_and_the_stalled_run_stopped(false);
 }
+
+#[test]
+fn a_tag_selected_build_collects_only_the_paths_its_tags_name_and_what_their_tests_depend_on() {
+    // Each test directory's conftest notes every pytest process that collects it. The
+    // first build (no tags) collects everything; the second commit says `Tags: chat`, so
+    // its build collects the chat tests, the file of the test they depend on and what
+    // always runs, and never imports the shop directory, on the lister or on any runner.
+    let note = |name: &str| {
+        format!(
+            "import os\n\nwith open(os.environ[\"GREENLIGHT_PIDS\"] + \".collected\", \"a\") as out:\n    out.write(\"{name} \" + str(os.getpid()) + \"\\n\")\n"
+        )
+    };
+    const TEST_PAIR: &str = "def test_one():\n    pass\n\n\ndef test_two():\n    pass\n";
+    const REPOSITORY_FILE: &str = r#"[tests.tags]
+"tests/chat/" = ["chat"]
+"tests/shop/" = ["shop"]
+"tests/users/" = ["users"]
+"tests/test_smoke.py" = ["always"]
+[tests.depends_on]
+"tests/chat/test_send.py::test_one" = ["tests/users/test_login.py::test_one"]
+"#;
+    let (chat, shop, users) = (note("chat"), note("shop"), note("users"));
+    let (farm, scratch) = two_workers_listing(&[
+        ("greenlight.toml", REPOSITORY_FILE),
+        ("tests/chat/conftest.py", &chat),
+        ("tests/chat/test_send.py", TEST_PAIR),
+        ("tests/shop/conftest.py", &shop),
+        ("tests/shop/test_cart.py", TEST_PAIR),
+        ("tests/users/conftest.py", &users),
+        ("tests/users/test_login.py", TEST_PAIR),
+        ("tests/users/test_logout.py", TEST_PAIR),
+        ("tests/test_smoke.py", "def test_smoke():\n    pass\n"),
+    ]);
+    let collected = scratch.path().join("pids.collected");
+    let first = farm.finished_build_of(&farm.repo.head().unwrap());
+    assert_eq!((first.state, first.counts.total), (BuildState::Green, 9), "{first:?}");
+    assert!(first.collected.is_empty(), "a build of every test collects everything: {first:?}");
+    let before = std::fs::read_to_string(&collected).unwrap();
+    assert!(before.contains("shop "), "the first build collected the shop tests: {before}");
+    std::fs::remove_file(&collected).unwrap();
+
+    std::fs::write(farm.repo.dir().join("tests/chat/test_send.py"), format!("{TEST_PAIR}\n# changed\n")).unwrap();
+    let git = Git::new(farm.repo.dir());
+    git.run(&["commit", "--quiet", "-am", "Change the chat tests\n\nTags: chat"]).unwrap();
+    let second = farm.finished_build_of(&farm.repo.head().unwrap());
+    assert_eq!(second.state, BuildState::Green, "{second:?}");
+    assert_eq!(second.tags, vec!["chat".to_owned()]);
+    assert_eq!(
+        second.collected,
+        ["tests/chat", "tests/test_smoke.py", "tests/users/test_login.py"].map(str::to_owned),
+        "the chat tests, what always runs and the file of the test they depend on"
+    );
+    let ran: BTreeSet<String> = by_id(farm.tests(second.build_id).results).into_keys().collect();
+    let expected: BTreeSet<String> = [
+        "tests/chat/test_send.py::test_one",
+        "tests/chat/test_send.py::test_two",
+        "tests/test_smoke.py::test_smoke",
+        "tests/users/test_login.py::test_one",
+    ]
+    .map(str::to_owned)
+    .into();
+    assert_eq!(ran, expected, "the chat tests, the one they depend on, and what always runs");
+    let after = std::fs::read_to_string(&collected).unwrap();
+    assert!(!after.contains("shop "), "nothing collected the shop tests: {after}");
+    assert!(after.contains("chat ") && after.contains("users "), "{after}");
+}

@@ -647,6 +647,16 @@ pub struct SuiteConfig {
     /// per shard, for suites whose tests must not share a process across shards.
     #[serde(default = "default_warm")]
     pub warm: bool,
+    /// `pytest` runner listed on workers: a tag-selected build (or a probe) collects only
+    /// the paths its tags name in the repository's `greenlight.toml` (and the files of
+    /// what their tests depend on), in place of the paths `runner_args` names. `false`:
+    /// every build collects everything `runner_args` names.
+    #[serde(default = "default_narrow_listing")]
+    pub narrow_listing: bool,
+}
+
+fn default_narrow_listing() -> bool {
+    true
 }
 
 fn default_warm() -> bool {
@@ -709,6 +719,7 @@ impl SuiteConfig {
             python: default_python(),
             cargo: default_cargo(),
             warm: default_warm(),
+            narrow_listing: default_narrow_listing(),
         }
     }
 }

@@ -1174,6 +1174,11 @@ fn with_tests(mut shard: ShardView, tests: Option<&Vec<u8>>) -> Result<ShardView
 /// How many revisions' listings the store keeps.
 pub const KEPT_LISTINGS: usize = 50;
 
+/// The store's name of a listing: the revision, then each path it was collected from.
+fn listing_key(revision: &str, paths: &[String]) -> String {
+    std::iter::once(revision).chain(paths.iter().map(String::as_str)).collect::<Vec<_>>().join("\n")
+}
+
 /// Recent runs a flake rate is computed over.
 pub const FLAKE_WINDOW: usize = 50;
 
@@ -1215,7 +1220,8 @@ mod keys {
     /// ([`greenlight_scheduler::core::LogRatios`]), kept across its registrations and the
     /// master's restarts.
     pub const WORKER_RATIOS: &str = "worker_ratios/";
-    /// `listing/<revision>`: the suite a worker listed at the revision (runner adapters).
+    /// `listing/<revision>`: the suite a worker listed at the revision (runner adapters);
+    /// `listing/<revision>\n<path>\n<path>…` what it listed under those paths only.
     pub const LISTING: &str = "listing/";
     /// `listing_order/<sequence>`: the revision of the n-th listing kept, oldest first.
     pub const LISTING_ORDER: &str = "listing_order/";
@@ -1389,24 +1395,41 @@ impl Store {
         Ok(())
     }
 
-    /// The suite a worker listed at `revision`, if one did.
-    pub fn listing(&self, revision: &str) -> Result<Option<SuiteFile>, StoreError> {
-        self.large(&format!("{}{revision}", keys::LISTING))
+    /// The suite listed at `revision` under `paths` (empty: the whole suite): a listing of
+    /// exactly those paths, else one of the revision that covers them (the whole one, or
+    /// one of wider paths).
+    pub fn listing(&self, revision: &str, paths: &[String]) -> Result<Option<SuiteFile>, StoreError> {
+        if let Some(suite) = self.large(&format!("{}{}", keys::LISTING, listing_key(revision, paths)))? {
+            return Ok(Some(suite));
+        }
+        for (_, value) in self.kv.scan_prefix(Tree::Meta, keys::LISTING_ORDER.as_bytes())? {
+            let key: String = decode(Tree::Meta, &value)?;
+            let mut parts = key.split('\n');
+            if parts.next() != Some(revision) {
+                continue;
+            }
+            let listed: Vec<String> = parts.map(str::to_owned).collect();
+            if listed.as_slice() != paths && greenlight_shared::runner::covers(&listed, paths) {
+                return self.large(&format!("{}{key}", keys::LISTING));
+            }
+        }
+        Ok(None)
     }
 
-    /// Keeps the suite listed at `revision`: later builds of it (a retry, a probe, a build
-    /// resumed after a restart) plan from it without listing again. Only the newest
-    /// [`KEPT_LISTINGS`] revisions' listings are kept (an older one is listed again if
-    /// ever needed).
-    pub fn put_listing(&self, revision: &str, suite: &SuiteFile) -> Result<(), StoreError> {
-        let key = format!("{}{revision}", keys::LISTING);
-        let new = self.listing(revision)?.is_none();
+    /// Keeps the suite listed at `revision` under `paths` (empty: the whole suite): later
+    /// builds of it (a retry, a probe, a build resumed after a restart) plan from it
+    /// without listing again. Only the newest [`KEPT_LISTINGS`] listings are kept (an
+    /// older one is listed again if ever needed).
+    pub fn put_listing(&self, revision: &str, paths: &[String], suite: &SuiteFile) -> Result<(), StoreError> {
+        let listed = listing_key(revision, paths);
+        let key = format!("{}{listed}", keys::LISTING);
+        let new = self.large::<SuiteFile>(&key)?.is_none();
         self.put_large(&key, &encode(suite))?;
         if !new {
             return Ok(());
         }
         let sequence = self.next_id("listing")?;
-        self.set_meta(&format!("{}{sequence:020}", keys::LISTING_ORDER), &revision)?;
+        self.set_meta(&format!("{}{sequence:020}", keys::LISTING_ORDER), &listed)?;
         let order = self.kv.scan_prefix(Tree::Meta, keys::LISTING_ORDER.as_bytes())?;
         for (order_key, value) in order.iter().take(order.len().saturating_sub(KEPT_LISTINGS)) {
             let old: String = decode(Tree::Meta, value)?;
@@ -1750,17 +1773,34 @@ mod tests {
         let store = Store::in_memory();
         let suite = |name: &str| SuiteFile { name: name.into(), shard_overhead_s: 0.0, tests: Vec::new() };
         for index in 0..KEPT_LISTINGS + 2 {
-            store.put_listing(&format!("rev{index}"), &suite("first")).unwrap();
+            store.put_listing(&format!("rev{index}"), &[], &suite("first")).unwrap();
         }
-        store.put_listing("rev2", &suite("again")).unwrap();
-        assert_eq!(store.listing("rev0").unwrap(), None, "the oldest are dropped");
-        assert_eq!(store.listing("rev1").unwrap(), None);
-        assert_eq!(store.listing("rev2").unwrap().map(|suite| suite.name), Some("again".to_owned()));
+        store.put_listing("rev2", &[], &suite("again")).unwrap();
+        assert_eq!(store.listing("rev0", &[]).unwrap(), None, "the oldest are dropped");
+        assert_eq!(store.listing("rev1", &[]).unwrap(), None);
+        assert_eq!(store.listing("rev2", &[]).unwrap().map(|suite| suite.name), Some("again".to_owned()));
         let newest = format!("rev{}", KEPT_LISTINGS + 1);
-        assert_eq!(store.listing(&newest).unwrap().map(|suite| suite.name), Some("first".to_owned()));
-        store.put_listing("rev99", &suite("newer")).unwrap();
-        assert_eq!(store.listing("rev2").unwrap(), None, "stored again is not newer");
-        assert!(store.listing("rev3").unwrap().is_some());
+        assert_eq!(store.listing(&newest, &[]).unwrap().map(|suite| suite.name), Some("first".to_owned()));
+        store.put_listing("rev99", &[], &suite("newer")).unwrap();
+        assert_eq!(store.listing("rev2", &[]).unwrap(), None, "stored again is not newer");
+        assert!(store.listing("rev3", &[]).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_listing_of_some_paths_serves_paths_inside_them_and_the_whole_listing_serves_every_one() {
+        let store = Store::in_memory();
+        let suite = |name: &str| SuiteFile { name: name.into(), shard_overhead_s: 0.0, tests: Vec::new() };
+        let paths = |words: &[&str]| words.iter().map(|word| (*word).to_owned()).collect::<Vec<_>>();
+        store.put_listing("a", &paths(&["pkg/chat", "pkg/db.py"]), &suite("a chat")).unwrap();
+        let name =
+            |revision: &str, wanted: &[&str]| store.listing(revision, &paths(wanted)).unwrap().map(|suite| suite.name);
+        assert_eq!(name("a", &["pkg/chat", "pkg/db.py"]), Some("a chat".to_owned()));
+        assert_eq!(name("a", &["pkg/chat/test_send.py"]), Some("a chat".to_owned()), "a probe of one file");
+        assert_eq!(name("a", &["pkg/shop"]), None, "other paths are listed on their own");
+        assert_eq!(name("a", &[]), None, "a part is not the whole");
+        assert_eq!(name("b", &["pkg/chat"]), None, "another revision");
+        store.put_listing("b", &[], &suite("b whole")).unwrap();
+        assert_eq!(name("b", &["pkg/shop"]), Some("b whole".to_owned()));
     }
 
     fn exercise(store: Store) {

@@ -569,6 +569,12 @@ pub struct BuildSummary {
     pub tags: Vec<String>,
     /// Whether every test of the suite was selected.
     pub full_run: bool,
+    /// The paths a pytest suite was collected from for this build, where its tags (or a
+    /// probe's tests) let the listing collect less than the runner's arguments name:
+    /// the prefixes of the tags in the repository's `greenlight.toml` and the files of
+    /// what their tests depend on. Empty: everything the arguments name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub collected: Vec<String>,
     /// Outcome counts so far.
     pub counts: TestCounts,
     /// Ids of failed or errored tests (first 100).
@@ -637,6 +643,7 @@ impl BuildSummary {
             changes,
             tags: Vec::new(),
             full_run: false,
+            collected: Vec::new(),
             counts: TestCounts::default(),
             failed_tests: Vec::new(),
             flaky_tests: Vec::new(),

@@ -73,6 +73,7 @@ pub const KEYS: &[Key] = &[
     key("suite", "python", "pytest runner: the interpreter that has pytest", ""),
     key("suite", "cargo", "nextest runner: the cargo that has cargo-nextest", ""),
     key("suite", "warm", "pytest runner: one process per worker and revision", ""),
+    key("suite", "narrow_listing", "pytest runner: a tag-selected build collects only its tags' paths", ""),
     key(
         "tags",
         "paths",

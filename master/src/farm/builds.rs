@@ -86,29 +86,34 @@ impl Farm {
             },
             None => return Ok(None),
         };
-        // A suite listed on workers: the first worker to ask prepares the revision; the
-        // build starts when its listing (or its failure) arrives.
-        if self.readiness(&revision)? == Readiness::Preparing {
-            return Ok(None);
-        }
-        if forced {
-            self.store.set_full_run_forced(false)?;
-        }
         let (since_full, last_full_at) = self.store.full_runs()?;
         let periodic = &self.config.full_runs;
         let full_run_due = (periodic.every_builds > 0 && since_full + 1 >= u64::from(periodic.every_builds))
             || (periodic.interval_s > 0.0 && self.now() - last_full_at >= periodic.interval_s);
         let full_run = forced || full_run_due || pending.iter().any(|change| change.tags.is_empty());
-        self.store.count_build(full_run, self.now())?;
         let tags: BTreeSet<String> = if full_run {
             BTreeSet::new()
         } else {
             pending.iter().flat_map(|change| change.tags.iter().cloned()).collect()
         };
+        let listing = {
+            let farm = Arc::clone(self);
+            let (revision, tags) = (revision.clone(), tags.clone());
+            blocking(move || farm.listing_for_tags(&revision, &tags)).await?
+        };
+        // A suite listed on workers: the first worker to ask prepares the revision; the
+        // build starts when its listing (or its failure) arrives.
+        if self.readiness(&listing)? == Readiness::Preparing {
+            return Ok(None);
+        }
+        if forced {
+            self.store.set_full_run_forced(false)?;
+        }
+        self.store.count_build(full_run, self.now())?;
         let farm = Arc::clone(self);
-        let (plan_revision, plan_tags) = (revision.clone(), tags.clone());
-        let planned = blocking(move || farm.plan(&plan_revision, &plan_tags)).await?;
-        self.forget_listing_failure(&revision);
+        let (plan_listing, plan_tags) = (listing.clone(), tags.clone());
+        let planned = blocking(move || farm.plan(&plan_listing, &plan_tags)).await?;
+        self.forget_listing_failure(&listing);
 
         let now = self.now();
         let mut core = self.core();
@@ -116,6 +121,7 @@ impl Farm {
         let build_id = self.store.next_id("build")?;
         let changes = pending.iter().map(|change| change.sequence).collect();
         let mut summary = self.new_summary(build_id, revision, changes, tags.into_iter().collect(), full_run, now);
+        summary.collected = listing.paths;
         for mut change in pending.iter().cloned() {
             change.build_id = Some(build_id);
             self.put_change(&change)?;

@@ -281,21 +281,26 @@ impl Farm {
                 .collect()
         };
         for (red_build, next, revision) in due {
-            if self.readiness(&revision)? == Readiness::Preparing {
+            let listing = {
+                let farm = Arc::clone(self);
+                let (revision, tests) = (revision.clone(), next.tests.clone());
+                blocking(move || farm.listing_for_tests(&revision, &tests)).await?
+            };
+            if self.readiness(&listing)? == Readiness::Preparing {
                 // A worker lists the candidate first; the probe starts when it has.
                 continue;
             }
             let farm = Arc::clone(self);
-            let (plan_revision, plan_tests) = (revision.clone(), next.tests.clone());
+            let (plan_listing, plan_tests) = (listing.clone(), next.tests.clone());
             let confirmation = next.confirmation;
             let (planned, failed_on) = blocking(move || {
                 // The confirmation re-runs each test away from the workers it failed on.
                 let failed_on = if confirmation { farm.failed_on(red_build, &plan_tests) } else { Ok(Vec::new()) };
-                (farm.plan_probe(&plan_revision, &plan_tests), failed_on)
+                (farm.plan_probe(&plan_listing, &plan_tests), failed_on)
             })
             .await?;
             let failed_on = failed_on?;
-            self.forget_listing_failure(&revision);
+            self.forget_listing_failure(&listing);
             let now = self.now();
             let mut core = self.core();
             let core = &mut *core;
@@ -316,6 +321,7 @@ impl Farm {
                     let build_id = self.store.next_id("build")?;
                     let mut summary = self.new_summary(build_id, revision, Vec::new(), Vec::new(), false, now);
                     summary.kind = BuildKind::Probe;
+                    summary.collected = listing.paths.clone();
                     summary.probe_of = Some(red_build);
                     bisection.start_probe(&next, Some(build_id));
                     tracing::info!(

@@ -114,7 +114,7 @@ impl Farm {
             ))
         })?;
         let suite = self
-            .suite_file_at(&revision)
+            .suite_file_at(&super::preparations::Listing::whole(&revision))
             .map_err(|error| FarmError::Unavailable(format!("cannot read the suite at {revision}: {error}")))?;
         let ids: Vec<String> = suite.tests.into_iter().map(|test| test.id).collect();
         let Import { samples, answer } =

@@ -10,14 +10,15 @@ use std::sync::{Arc, MutexGuard, PoisonError};
 
 use greenlight_scheduler::estimate::{estimate, median};
 use greenlight_scheduler::plan::BuildPlan;
-use greenlight_scheduler::select::{select, select_ids};
+use greenlight_scheduler::select::{ALWAYS, select, select_ids};
 use greenlight_scheduler::suite::{Suite, SuiteError};
 use greenlight_shared::api::BuildSummary;
 use greenlight_shared::git::GitError;
-use greenlight_shared::runner::Runner;
+use greenlight_shared::runner::{ListError, REPOSITORY_FILE, Runner, collection_paths, test_paths};
 use greenlight_shared::suite::{SuiteFile, SuiteFileError};
 
 use super::Farm;
+use super::preparations::Listing;
 use crate::config::RunnerName;
 use crate::store::StoreError;
 
@@ -77,18 +78,20 @@ impl Farm {
             .store
             .selection(build.build_id)?
             .ok_or_else(|| PlanError::ListCommand("its selection was not stored".to_owned()))?;
-        let suite = self.suite_at(&build.revision)?;
+        let suite = self.suite_at(&Listing { revision: build.revision.clone(), paths: build.collected.clone() })?;
         let indices = select_ids(&suite, selected.iter().map(String::as_str));
         self.plan_selected(&suite, &indices)
     }
 
-    /// The suite at `revision`, validated.
-    fn suite_at(&self, revision: &str) -> Result<Suite, PlanError> {
-        Ok(Suite::new(self.suite_file_at(revision)?)?)
+    /// The suite of a listing, validated.
+    fn suite_at(&self, listing: &Listing) -> Result<Suite, PlanError> {
+        Ok(Suite::new(self.suite_file_at(listing)?)?)
     }
 
-    /// The suite file at `revision`, as read or listed (not validated).
-    pub(super) fn suite_file_at(&self, revision: &str) -> Result<SuiteFile, PlanError> {
+    /// The suite file of a listing (its paths matter only to a suite listed on workers), as
+    /// read or listed (not validated).
+    pub(super) fn suite_file_at(&self, listing: &Listing) -> Result<SuiteFile, PlanError> {
+        let revision = listing.revision.as_str();
         Ok(match &self.config.suite.file {
             Some(path) => SuiteFile::from_json(&self.mirror.read_file(revision, path).map_err(|error| {
                 if !self.mirror.lacks_file(revision, path) {
@@ -102,19 +105,80 @@ impl Farm {
                 };
                 PlanError::SuiteFileMissing { path: path.clone(), revision: revision.to_owned(), fix }
             })?)?,
-            None if self.config.suite.list_command.is_empty() => self.listed_on_a_worker(revision)?,
+            None if self.config.suite.list_command.is_empty() => self.listed_on_a_worker(listing)?,
             None => SuiteFile::from_json(&self.list_suite(revision)?)?,
         })
     }
 
-    /// The suite as the runner adapter listed it on the worker that prepared `revision`.
-    fn listed_on_a_worker(&self, revision: &str) -> Result<SuiteFile, PlanError> {
-        if let Some(suite) = self.store.listing(revision)? {
+    /// The suite as the runner adapter listed it on the worker that prepared it.
+    fn listed_on_a_worker(&self, listing: &Listing) -> Result<SuiteFile, PlanError> {
+        if let Some(suite) = self.store.listing(&listing.revision, &listing.paths)? {
             return Ok(suite);
         }
-        match self.listing_failure(revision) {
+        match self.listing_failure(listing) {
             Some(message) => Err(PlanError::Listing(message)),
-            None => Err(PlanError::NotPrepared(revision.to_owned())),
+            None => Err(PlanError::NotPrepared(listing.revision.clone())),
+        }
+    }
+
+    /// What a build of `revision` selecting `tags` lists: where the suite is listed on
+    /// workers by pytest (`[suite] narrow_listing`), only the paths the tags (and `always`)
+    /// name in the repository's `greenlight.toml` and the files of what their tests depend
+    /// on, if the runner's arguments can be narrowed to them and each is a path at the
+    /// revision; else the whole suite. A whole listing already stored serves it.
+    /// Blocking (git).
+    pub(super) fn listing_for_tags(&self, revision: &str, tags: &BTreeSet<String>) -> Listing {
+        if tags.is_empty() {
+            return Listing::whole(revision);
+        }
+        let mut tags = tags.clone();
+        tags.insert(ALWAYS.to_owned());
+        self.narrowed_listing(revision, false, |file| collection_paths(file, &tags))
+    }
+
+    /// What a probe re-running `tests` at `revision` lists: the files of the tests and of
+    /// what they depend on that are there (a test of a file the revision lacks is not
+    /// there either), as [`Farm::listing_for_tags`] does. Blocking (git).
+    pub(super) fn listing_for_tests(&self, revision: &str, tests: &[String]) -> Listing {
+        self.narrowed_listing(revision, true, |file| test_paths(file, tests))
+    }
+
+    /// `paths` of the revision's `greenlight.toml`, narrowing the runner; a path the
+    /// revision lacks is left out if `skip_missing` (else the whole suite is listed: it was a
+    /// prefix of test ids, not a path).
+    fn narrowed_listing(
+        &self,
+        revision: &str,
+        skip_missing: bool,
+        paths: impl FnOnce(Option<&str>) -> Result<Option<Vec<String>>, ListError>,
+    ) -> Listing {
+        let whole = Listing::whole(revision);
+        let suite = &self.config.suite;
+        if !suite.narrow_listing
+            || !self.lists_on_workers()
+            || self.store.listing(revision, &[]).ok().flatten().is_some()
+        {
+            return whole;
+        }
+        let file = match self.mirror.read_file(revision, REPOSITORY_FILE) {
+            Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+            Err(_) if self.mirror.lacks_file(revision, REPOSITORY_FILE) => None,
+            Err(error) => {
+                tracing::warn!(revision, %error, "cannot read {REPOSITORY_FILE}: the whole suite is listed");
+                return whole;
+            }
+        };
+        // A file that does not parse fails the listing itself, with the reason.
+        let Ok(Some(mut paths)) = paths(file.as_deref()) else { return whole };
+        if skip_missing {
+            paths.retain(|path| !self.mirror.lacks_file(revision, path));
+        } else if let Some(missing) = paths.iter().find(|path| self.mirror.lacks_file(revision, path)) {
+            tracing::info!(revision, missing, "a test id prefix is not a path: the whole suite is listed");
+            return whole;
+        }
+        match suite.runner().narrowed_paths(&paths) {
+            Some(paths) => Listing { revision: revision.to_owned(), paths },
+            None => whole,
         }
     }
 
@@ -161,15 +225,15 @@ impl Farm {
     }
 
     /// A plan re-running `tests` (those the suite has at `revision`) with their dependencies.
-    pub(super) fn plan_probe(&self, revision: &str, tests: &[String]) -> Result<BuildPlan, PlanError> {
-        let suite = self.suite_at(revision)?;
+    pub(super) fn plan_probe(&self, listing: &Listing, tests: &[String]) -> Result<BuildPlan, PlanError> {
+        let suite = self.suite_at(listing)?;
         let selected = select_ids(&suite, tests.iter().map(String::as_str));
         self.plan_selected(&suite, &selected)
     }
 
-    /// Reads, validates and plans the suite at `revision` for `tags` (empty: everything).
-    pub(super) fn plan(&self, revision: &str, tags: &BTreeSet<String>) -> Result<BuildPlan, PlanError> {
-        let suite = self.suite_at(revision)?;
+    /// Reads, validates and plans a listing's suite for `tags` (empty: everything).
+    pub(super) fn plan(&self, listing: &Listing, tags: &BTreeSet<String>) -> Result<BuildPlan, PlanError> {
+        let suite = self.suite_at(listing)?;
         let selected = select(&suite, tags);
         self.plan_selected(&suite, &selected)
     }
@@ -207,42 +271,42 @@ impl Farm {
 /// How many revisions' suites [`SuiteCache`] keeps.
 const CACHED_SUITES: usize = 4;
 
-/// The suite files of the last few revisions read for a test's history, parsed once: a
+/// The suite files of the last few listings read for a test's history, parsed once: a
 /// suite is megabytes of JSON read from git (or listed), and a revision's never changes.
 #[derive(Default)]
 pub(super) struct SuiteCache {
     /// The most recently used last.
-    suites: VecDeque<(String, Arc<SuiteFile>)>,
+    suites: VecDeque<(Listing, Arc<SuiteFile>)>,
 }
 
 impl SuiteCache {
-    fn get(&mut self, revision: &str) -> Option<Arc<SuiteFile>> {
-        let at = self.suites.iter().position(|(cached, _)| cached == revision)?;
+    fn get(&mut self, listing: &Listing) -> Option<Arc<SuiteFile>> {
+        let at = self.suites.iter().position(|(cached, _)| cached == listing)?;
         let entry = self.suites.remove(at)?;
         let suite = Arc::clone(&entry.1);
         self.suites.push_back(entry);
         Some(suite)
     }
 
-    fn insert(&mut self, revision: &str, suite: Arc<SuiteFile>) {
-        self.suites.retain(|(cached, _)| cached != revision);
+    fn insert(&mut self, listing: &Listing, suite: Arc<SuiteFile>) {
+        self.suites.retain(|(cached, _)| cached != listing);
         if self.suites.len() == CACHED_SUITES {
             self.suites.pop_front();
         }
-        self.suites.push_back((revision.to_owned(), suite));
+        self.suites.push_back((listing.clone(), suite));
     }
 }
 
 impl Farm {
-    /// The suite file at `revision`, as [`Farm::suite_file_at`] reads it, from the cache
+    /// The suite file of a listing, as [`Farm::suite_file_at`] reads it, from the cache
     /// when it was read lately. Blocking (git): call it off the async threads.
-    pub(super) fn cached_suite_file_at(&self, revision: &str) -> Result<Arc<SuiteFile>, PlanError> {
-        if let Some(suite) = self.suite_cache().get(revision) {
+    pub(super) fn cached_suite_file_at(&self, listing: &Listing) -> Result<Arc<SuiteFile>, PlanError> {
+        if let Some(suite) = self.suite_cache().get(listing) {
             return Ok(suite);
         }
         // Read with the cache unlocked: no reader waits on another's git.
-        let suite = Arc::new(self.suite_file_at(revision)?);
-        self.suite_cache().insert(revision, Arc::clone(&suite));
+        let suite = Arc::new(self.suite_file_at(listing)?);
+        self.suite_cache().insert(listing, Arc::clone(&suite));
         Ok(suite)
     }
 

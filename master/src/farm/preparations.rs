@@ -27,12 +27,37 @@ use super::{Core, Farm, FarmError};
 /// How many revisions' archives the master keeps.
 pub const KEPT_ARCHIVES: usize = 3;
 
-/// The preparations the farm waits on, by revision, and the listings that failed (until
+/// What a worker lists: a revision's suite, whole (no paths) or, for a tag-selected pytest
+/// build or a probe, only the tests under `paths`
+/// ([`greenlight_shared::runner::collection_paths`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) struct Listing {
+    pub(super) revision: String,
+    pub(super) paths: Vec<String>,
+}
+
+impl Listing {
+    /// The whole suite at `revision`.
+    pub(super) fn whole(revision: &str) -> Listing {
+        Listing { revision: revision.to_owned(), paths: Vec::new() }
+    }
+
+    /// The runner that collects it, and runs the shards of the build planned from it: the
+    /// configured one, narrowed to its paths.
+    pub(super) fn runner(&self, configured: Runner) -> Runner {
+        if self.paths.is_empty() {
+            return configured;
+        }
+        configured.narrowed(&self.paths).unwrap_or(configured)
+    }
+}
+
+/// The preparations the farm waits on, by what they list, and the listings that failed (until
 /// the build that wanted them takes the failure as its error).
 #[derive(Debug, Default)]
 pub(super) struct Preparations {
-    by_revision: BTreeMap<String, Preparation>,
-    failed: HashMap<String, String>,
+    by_listing: BTreeMap<Listing, Preparation>,
+    failed: HashMap<Listing, String>,
     /// The worker that prepared the last revision: its target directory is warm, so the
     /// next revision builds there incrementally. It gets the next preparation while it is
     /// heard from; another worker gets it once it has been silent for `lease_timeout_s`.
@@ -74,19 +99,19 @@ impl Farm {
 
     /// Whether `revision` can be planned now; if a worker must list it first, asks for
     /// that (once) and says so.
-    pub(super) fn readiness(&self, revision: &str) -> Result<Readiness, FarmError> {
-        if !self.lists_on_workers() || self.store.listing(revision)?.is_some() {
+    pub(super) fn readiness(&self, listing: &Listing) -> Result<Readiness, FarmError> {
+        if !self.lists_on_workers() || self.store.listing(&listing.revision, &listing.paths)?.is_some() {
             return Ok(Readiness::Ready);
         }
         let mut core = self.core();
-        if core.preparations.failed.contains_key(revision) {
+        if core.preparations.failed.contains_key(listing) {
             return Ok(Readiness::Ready);
         }
-        if !core.preparations.by_revision.contains_key(revision) {
+        if !core.preparations.by_listing.contains_key(listing) {
             let prepare_id = self.store.next_id("prepare")?;
-            tracing::info!(prepare_id, revision, "a worker is to prepare the revision");
-            core.preparations.by_revision.insert(
-                revision.to_owned(),
+            tracing::info!(prepare_id, revision = listing.revision, paths = ?listing.paths, "a worker is to prepare the revision");
+            core.preparations.by_listing.insert(
+                listing.clone(),
                 Preparation { prepare_id, holder: None, lost: 0, last_loss: None, archive_uploaded: false },
             );
             drop(core);
@@ -95,20 +120,20 @@ impl Farm {
         Ok(Readiness::Preparing)
     }
 
-    /// The failure of `revision`'s listing, if it failed (planning reads it).
-    pub(super) fn listing_failure(&self, revision: &str) -> Option<String> {
-        self.core().preparations.failed.get(revision).cloned()
+    /// The failure of a listing, if it failed (planning reads it).
+    pub(super) fn listing_failure(&self, listing: &Listing) -> Option<String> {
+        self.core().preparations.failed.get(listing).cloned()
     }
 
-    /// A build took `revision`'s listing failure as its error: a later build lists again.
-    pub(super) fn forget_listing_failure(&self, revision: &str) {
-        self.core().preparations.failed.remove(revision);
+    /// A build took a listing's failure as its error: a later build lists again.
+    pub(super) fn forget_listing_failure(&self, listing: &Listing) {
+        self.core().preparations.failed.remove(listing);
     }
 
     /// A preparation for `worker_id` if one waits for a worker. A preparation it already
     /// holds is given up first (it asks for work: it restarted).
     pub(super) fn take_preparation(&self, core: &mut Core, worker_id: u64, now: f64) -> Option<Prepare> {
-        for preparation in core.preparations.by_revision.values_mut() {
+        for preparation in core.preparations.by_listing.values_mut() {
             if preparation.holder.is_some_and(|holder| holder.worker_id == worker_id) {
                 preparation.holder = None;
                 preparation.lost += 1;
@@ -122,16 +147,22 @@ impl Farm {
         {
             return None;
         }
-        let (revision, preparation) =
-            core.preparations.by_revision.iter_mut().find(|(_, preparation)| preparation.holder.is_none())?;
+        let (listing, preparation) =
+            core.preparations.by_listing.iter_mut().find(|(_, preparation)| preparation.holder.is_none())?;
         preparation.holder = Some(Holder { worker_id, deadline: now + scheduler.lease_timeout_s });
-        tracing::info!(worker_id, prepare_id = preparation.prepare_id, revision, "preparation handed out");
+        tracing::info!(
+            worker_id,
+            prepare_id = preparation.prepare_id,
+            revision = listing.revision,
+            paths = ?listing.paths,
+            "preparation handed out"
+        );
         let suite = &self.config.suite;
-        let runner = suite.runner();
+        let runner = listing.runner(suite.runner());
         Some(Prepare {
             prepare_id: preparation.prepare_id,
             repository: self.config.repository.url.clone(),
-            revision: revision.clone(),
+            revision: listing.revision.clone(),
             setup_command: suite.setup_command.clone(),
             env: suite.env_pairs(),
             upload_archive: runner.archive_argv().is_some(),
@@ -152,29 +183,29 @@ impl Farm {
             return None;
         }
         // Held, or waiting for the worker that prepared the last one.
-        let revision = core.preparations.by_revision.keys().next()?;
-        if warm_revision == Some(revision.as_str()) {
+        let listing = core.preparations.by_listing.keys().next()?;
+        if warm_revision == Some(listing.revision.as_str()) {
             return None;
         }
         Some(WarmUp {
             repository: self.config.repository.url.clone(),
-            revision: revision.clone(),
+            revision: listing.revision.clone(),
             setup_command: suite.setup_command.clone(),
             env: suite.env_pairs(),
-            runner: suite.runner(),
+            runner: listing.runner(suite.runner()),
         })
     }
 
-    /// The revision of preparation `prepare_id` if `worker_id` holds it.
-    fn held(core: &Core, prepare_id: u64, worker_id: u64) -> Result<String, FarmError> {
-        let (revision, preparation) = core
+    /// What preparation `prepare_id` lists, if `worker_id` holds it.
+    fn held(core: &Core, prepare_id: u64, worker_id: u64) -> Result<Listing, FarmError> {
+        let (listing, preparation) = core
             .preparations
-            .by_revision
+            .by_listing
             .iter()
             .find(|(_, preparation)| preparation.prepare_id == prepare_id)
             .ok_or(FarmError::UnknownPreparation(prepare_id))?;
         match preparation.holder {
-            Some(holder) if holder.worker_id == worker_id => Ok(revision.clone()),
+            Some(holder) if holder.worker_id == worker_id => Ok(listing.clone()),
             _ => Err(FarmError::NotYourPreparation { prepare_id, worker_id }),
         }
     }
@@ -186,7 +217,7 @@ impl Farm {
         let core = &mut *core;
         Farm::heard_from(core, worker_id, now)?;
         let Some(preparation) =
-            core.preparations.by_revision.values_mut().find(|preparation| preparation.prepare_id == prepare_id)
+            core.preparations.by_listing.values_mut().find(|preparation| preparation.prepare_id == prepare_id)
         else {
             return Err(FarmError::UnknownPreparation(prepare_id));
         };
@@ -210,7 +241,7 @@ impl Farm {
         let now = self.now();
         let mut core = self.core();
         Farm::heard_from(&mut core, worker_id, now)?;
-        let revision = Farm::held(&core, prepare_id, worker_id)?;
+        let revision = Farm::held(&core, prepare_id, worker_id)?.revision;
         if self.config.suite.runner().archive_argv().is_none() {
             return Err(FarmError::Invalid(format!("the {} runner has no archive", self.config.suite.runner().name())));
         }
@@ -223,22 +254,22 @@ impl Farm {
     /// [`KEPT_ARCHIVES`] are deleted. Blocking (file system).
     pub fn archive_upload_done(&self, prepare_id: u64, worker_id: u64, part: &Path) -> Result<(), FarmError> {
         let io = |error: std::io::Error| FarmError::Task(format!("{}: {error}", part.display()));
-        let revision = {
+        let listing = {
             let core = self.core();
             Farm::held(&core, prepare_id, worker_id)
         };
-        let revision = match revision {
-            Ok(revision) => revision,
+        let listing = match listing {
+            Ok(listing) => listing,
             Err(error) => {
                 let _ = std::fs::remove_file(part);
                 return Err(error);
             }
         };
-        std::fs::rename(part, self.archive_path(&revision)).map_err(io)?;
-        if let Some(preparation) = self.core().preparations.by_revision.get_mut(&revision) {
+        std::fs::rename(part, self.archive_path(&listing.revision)).map_err(io)?;
+        if let Some(preparation) = self.core().preparations.by_listing.get_mut(&listing) {
             preparation.archive_uploaded = true;
         }
-        tracing::info!(prepare_id, worker_id, revision, "archive uploaded");
+        tracing::info!(prepare_id, worker_id, revision = listing.revision, "archive uploaded");
         self.prune_archives();
         Ok(())
     }
@@ -270,29 +301,30 @@ impl Farm {
         let mut core = self.core();
         let core = &mut *core;
         Farm::heard_from(core, worker_id, now)?;
-        let revision = Farm::held(core, prepare_id, worker_id)?;
+        let listing = Farm::held(core, prepare_id, worker_id)?;
+        let revision = listing.revision.as_str();
         match outcome {
             PrepareOutcome::Listed { suite } => {
                 if let Some(test) = suite.tests.iter().find(|test| test.id.is_empty() || test.id.contains(['\n', '\r']))
                 {
                     return Err(FarmError::InvalidListing(format!("test id {:?} is empty or spans lines", test.id)));
                 }
-                let preparation = &core.preparations.by_revision[&revision];
+                let preparation = &core.preparations.by_listing[&listing];
                 if self.config.suite.runner().archive_argv().is_some() && !preparation.archive_uploaded {
                     return Err(FarmError::PreparationIncomplete(format!(
                         "upload the archive of preparation {prepare_id} before its listing"
                     )));
                 }
-                self.store.put_listing(&revision, suite)?;
+                self.store.put_listing(revision, &listing.paths, suite)?;
                 tracing::info!(prepare_id, worker_id, revision, tests = suite.tests.len(), "revision prepared");
             }
             PrepareOutcome::Failed { message } => {
                 tracing::warn!(prepare_id, worker_id, revision, message, "the revision cannot be listed");
-                core.preparations.failed.insert(revision.clone(), message.clone());
+                core.preparations.failed.insert(listing.clone(), message.clone());
             }
             PrepareOutcome::InfraError { message } => {
                 tracing::warn!(prepare_id, worker_id, revision, message, "a worker could not prepare the revision");
-                let preparation = core.preparations.by_revision.get_mut(&revision).expect("held above");
+                let preparation = core.preparations.by_listing.get_mut(&listing).expect("held above");
                 preparation.holder = None;
                 preparation.lost += 1;
                 preparation.last_loss = Some(message.clone());
@@ -302,7 +334,7 @@ impl Farm {
                 return Ok(());
             }
         }
-        core.preparations.by_revision.remove(&revision);
+        core.preparations.by_listing.remove(&listing);
         core.preparations.last_preparer = Some(worker_id);
         self.build_wanted.notify_one();
         Ok(())
@@ -312,12 +344,12 @@ impl Farm {
     /// Returns whether anything changed.
     pub(super) fn expire_preparations(&self, core: &mut Core, now: f64) -> bool {
         let mut changed = false;
-        for (revision, preparation) in &mut core.preparations.by_revision {
+        for (listing, preparation) in &mut core.preparations.by_listing {
             if let Some(holder) = preparation.holder.filter(|holder| holder.deadline <= now) {
                 tracing::warn!(
                     prepare_id = preparation.prepare_id,
                     worker_id = holder.worker_id,
-                    revision,
+                    revision = listing.revision,
                     "a preparation's worker went silent; another worker gets it"
                 );
                 preparation.holder = None;
@@ -337,22 +369,22 @@ impl Farm {
     /// Preparations lost by `max_attempts` workers become their build's error.
     fn give_up_lost_preparations(&self, core: &mut Core) {
         let max_attempts = self.config.scheduler.max_attempts.max(1);
-        let lost: Vec<String> = core
+        let lost: Vec<Listing> = core
             .preparations
-            .by_revision
+            .by_listing
             .iter()
             .filter(|(_, preparation)| preparation.lost >= max_attempts)
-            .map(|(revision, _)| revision.clone())
+            .map(|(listing, _)| listing.clone())
             .collect();
-        for revision in lost {
-            let preparation = core.preparations.by_revision.remove(&revision).expect("listed above");
+        for listing in lost {
+            let preparation = core.preparations.by_listing.remove(&listing).expect("listed above");
             let message = format!(
                 "no worker could prepare the revision ({} tried; last: {})",
                 preparation.lost,
                 preparation.last_loss.unwrap_or_default()
             );
-            tracing::error!(revision, message, "preparation given up");
-            core.preparations.failed.insert(revision, message);
+            tracing::error!(revision = listing.revision, message, "preparation given up");
+            core.preparations.failed.insert(listing, message);
         }
     }
 }

@@ -9,6 +9,7 @@ use greenlight_shared::api::{
     ShardView, TestHistory, TestResultView, TestRun, TestStatus, WorkerView,
 };
 
+use super::preparations::Listing;
 use super::{Farm, FarmError};
 use crate::push;
 
@@ -115,8 +116,11 @@ impl Farm {
             runs,
             flake_rate,
         };
-        let revision = builds.iter().find(|build| build.state != BuildState::Error).map(|build| build.revision.clone());
-        if let Some(suite) = revision.and_then(|revision| self.cached_suite_file_at(&revision).ok()) {
+        let listing = builds
+            .iter()
+            .find(|build| build.state != BuildState::Error)
+            .map(|build| Listing { revision: build.revision.clone(), paths: build.collected.clone() });
+        if let Some(suite) = listing.and_then(|listing| self.cached_suite_file_at(&listing).ok()) {
             for test in &suite.tests {
                 if test.id == test_id {
                     history.tags = test.tags.clone();

@@ -28,6 +28,7 @@ use greenlight_shared::api::{
     TestReport, TestResultView, TestStatus, WarmUp,
 };
 
+use super::preparations::Listing;
 use super::{Core, Farm, FarmError, Registration};
 use crate::secret::constant_time_eq;
 
@@ -221,7 +222,9 @@ impl Farm {
         }
         live.summary.shards += 1;
         let suite = &self.config.suite;
-        let runner = suite.runner();
+        // The runner its build was listed with: a warm runner collects what the listing did.
+        let listing = Listing { revision: live.summary.revision.clone(), paths: live.summary.collected.clone() };
+        let runner = listing.runner(suite.runner());
         let shard = ShardView {
             lease_id,
             worker: worker_name,

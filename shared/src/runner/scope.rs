@@ -1,0 +1,284 @@
+//! What a tag-selected pytest build collects: only the paths its tags can select.
+//!
+//! A tag-selected build runs a tenth of the suite or less, but listing it meant
+//! collecting all of it (networkx: 6,209 tests, most of a 4 s build's wall), on the
+//! worker that lists and on every worker's warm runner. Tags come from the repository's
+//! `greenlight.toml` by test id prefix, and a pytest id begins with its file's path, so
+//! the paths a selection can reach are known before anything is collected: the prefixes
+//! of the build's tags (and `always`), and the files of the tests those depend on,
+//! transitively. [`collection_paths`] finds them; [`Runner::narrowed`] puts them in
+//! place of the paths the runner's arguments name. Where that cannot be done safely (an
+//! `@FILE`, `--pyargs`, no path in the arguments, a prefix matching every id) the
+//! whole suite is listed, as before.
+
+use std::collections::BTreeSet;
+
+use super::{Argument, ListError, PYTEST_SYNTAX, RepositoryFile, Runner};
+
+/// The paths (files or directories, relative to the checkout) that hold every test a
+/// build selecting `tags` can run, by the repository's `greenlight.toml`
+/// (`repository_file`; `tags` should hold `always`): each prefix mapped to one of the
+/// tags, cut at its `::`, and the file of every test one of those paths holds depends on,
+/// transitively. `None` where a prefix matches every id (the whole suite must be
+/// collected); an empty list where no prefix has the tags.
+pub fn collection_paths(
+    repository_file: Option<&str>,
+    tags: &BTreeSet<String>,
+) -> Result<Option<Vec<String>>, ListError> {
+    let file = read(repository_file)?;
+    let prefixes = file
+        .tests
+        .tags
+        .iter()
+        .filter(|(_, prefix_tags)| prefix_tags.iter().any(|tag| tags.contains(tag)))
+        .map(|(prefix, _)| prefix.as_str());
+    Ok(reach(&file, prefixes))
+}
+
+/// The paths that hold the tests `ids` and what they depend on, transitively (a probe
+/// re-running them), as [`collection_paths`] finds them.
+pub fn test_paths(repository_file: Option<&str>, ids: &[String]) -> Result<Option<Vec<String>>, ListError> {
+    let file = read(repository_file)?;
+    Ok(reach(&file, ids.iter().map(String::as_str)))
+}
+
+fn read(repository_file: Option<&str>) -> Result<RepositoryFile, ListError> {
+    match repository_file {
+        Some(text) => toml::from_str(text).map_err(|error| ListError::RepositoryFile(error.to_string())),
+        None => Ok(RepositoryFile::default()),
+    }
+}
+
+/// The paths of `prefixes` (each cut at its `::`: pytest collects whole files) and of
+/// what the tests under them depend on, transitively; `None` where one is every path.
+fn reach<'a>(file: &RepositoryFile, prefixes: impl Iterator<Item = &'a str>) -> Option<Vec<String>> {
+    let mut paths: Vec<String> = Vec::new();
+    let add = |paths: &mut Vec<String>, prefix: &str| {
+        let path = normal(prefix.split_once("::").map_or(prefix, |(file, _)| file));
+        if !paths.iter().any(|known| within(path, known)) {
+            paths.push(path.to_owned());
+        }
+        !path.is_empty()
+    };
+    for prefix in prefixes {
+        if !add(&mut paths, prefix) {
+            return None;
+        }
+    }
+    let mut at = 0;
+    while at < paths.len() {
+        let path = paths[at].clone();
+        for (test, dependencies) in &file.tests.depends_on {
+            if within(test, &path) {
+                for dependency in dependencies {
+                    if !add(&mut paths, dependency) {
+                        return None;
+                    }
+                }
+            }
+        }
+        at += 1;
+    }
+    Some(outermost(paths))
+}
+
+impl Runner {
+    /// The runner collecting `paths` (from [`collection_paths`]) rather than what its
+    /// arguments name: pytest, with each path it names replaced by those of `paths` inside
+    /// it (or kept where it lies inside one of them), other arguments as they were. `None`
+    /// where the arguments cannot be narrowed safely: another runner, an `@FILE`,
+    /// `--pyargs` (module names, not paths), no path named (pytest's `testpaths` would
+    /// apply), an absolute or `..` path, or nothing left to collect.
+    pub fn narrowed(&self, paths: &[String]) -> Option<Runner> {
+        let Runner::Pytest { python, .. } = self else { return None };
+        let (mut collected, options) = self.narrowing(paths)?;
+        // The paths first: no option before them can take one as its value.
+        collected.extend(options);
+        Some(Runner::Pytest { python: python.clone(), args: collected })
+    }
+
+    /// The paths [`Runner::narrowed`] collects.
+    pub fn narrowed_paths(&self, paths: &[String]) -> Option<Vec<String>> {
+        Some(self.narrowing(paths)?.0)
+    }
+
+    /// The paths collected and the other arguments.
+    fn narrowing(&self, paths: &[String]) -> Option<(Vec<String>, Vec<String>)> {
+        let Runner::Pytest { args, .. } = self else { return None };
+        let mut named = Vec::new();
+        let mut options = Vec::new();
+        for argument in PYTEST_SYNTAX.read(args) {
+            match argument {
+                Argument::Positional(word) => named.push(word),
+                Argument::ArgumentsFile(_) => return None,
+                Argument::Option { name, .. } if name == "--pyargs" => return None,
+                Argument::Option { words, .. } => options.extend(words),
+                Argument::Unknown(option) => options.push(option),
+            }
+        }
+        if named.is_empty() || paths.is_empty() {
+            return None;
+        }
+        let mut collected = Vec::new();
+        for word in &named {
+            let named = normal(word);
+            if word.starts_with('/') || word.starts_with('-') || named.split('/').any(|part| part == "..") {
+                return None;
+            }
+            for path in paths {
+                if within(path, named) {
+                    collected.push(path.clone());
+                } else if within(named, path) {
+                    collected.push(named.to_owned());
+                }
+            }
+        }
+        let collected = outermost(collected);
+        (!collected.is_empty()).then_some((collected, options))
+    }
+}
+
+/// Whether what was collected from `collected` holds every test under `wanted` (an empty
+/// list is everything the runner's arguments name).
+pub fn covers(collected: &[String], wanted: &[String]) -> bool {
+    collected.is_empty()
+        || (!wanted.is_empty() && wanted.iter().all(|path| collected.iter().any(|outer| within(path, outer))))
+}
+
+/// `path` without a leading `./` or a trailing `/`.
+fn normal(path: &str) -> &str {
+    let mut path = path;
+    while let Some(rest) = path.strip_prefix("./") {
+        path = rest;
+    }
+    let path = path.trim_end_matches('/');
+    if path == "." { "" } else { path }
+}
+
+/// Whether `inner` (a path or node id) is `outer` or lies inside it.
+fn within(inner: &str, outer: &str) -> bool {
+    outer.is_empty()
+        || inner == outer
+        || inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('/') || rest.starts_with("::"))
+}
+
+/// The paths none of the others holds, sorted.
+fn outermost(paths: Vec<String>) -> Vec<String> {
+    let paths: BTreeSet<String> = paths.into_iter().collect();
+    paths.iter().filter(|path| !paths.iter().any(|other| other != *path && within(path, other))).cloned().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|name| (*name).to_owned()).collect()
+    }
+
+    fn pytest(args: &[&str]) -> Runner {
+        Runner::Pytest { python: "python3".into(), args: args.iter().map(|arg| (*arg).to_owned()).collect() }
+    }
+
+    fn strings(words: &[&str]) -> Vec<String> {
+        words.iter().map(|word| (*word).to_owned()).collect()
+    }
+
+    const FILE: &str = r#"
+[tests.tags]
+"pkg/chat/" = ["chat"]
+"pkg/shop/tests/test_cart.py::TestCart" = ["shop"]
+"pkg/smoke.py" = ["always"]
+"pkg/search/" = ["search"]
+[tests.depends_on]
+"pkg/chat/test_send.py::test_send" = ["pkg/users/test_login.py::test_login"]
+"pkg/users/test_login.py::test_login" = ["pkg/db/test_schema.py::test_schema"]
+"pkg/search/test_find.py::test_find" = ["pkg/other/test_x.py::test_x"]
+"pkg/shop/tests/test_cart.py::TestPay::test_pay" = ["pkg/bank/test_card.py::test_card"]
+"#;
+
+    #[test]
+    fn the_paths_are_the_tags_prefixes_and_the_files_of_what_they_depend_on_transitively() {
+        let paths = collection_paths(Some(FILE), &tags(&["chat", "always"])).unwrap().unwrap();
+        assert_eq!(
+            paths,
+            strings(&["pkg/chat", "pkg/db/test_schema.py", "pkg/smoke.py", "pkg/users/test_login.py"]),
+            "the chat tests, their dependency and its own, and what always runs"
+        );
+        let paths = collection_paths(Some(FILE), &tags(&["shop", "always"])).unwrap().unwrap();
+        assert_eq!(
+            paths,
+            strings(&["pkg/bank/test_card.py", "pkg/shop/tests/test_cart.py", "pkg/smoke.py"]),
+            "a node id prefix collects its file, and so what the file's other tests depend on"
+        );
+        let probe = test_paths(Some(FILE), &strings(&["pkg/users/test_login.py::test_login", "pkg/x.py::t"])).unwrap();
+        assert_eq!(probe, Some(strings(&["pkg/db/test_schema.py", "pkg/users/test_login.py", "pkg/x.py"])));
+    }
+
+    #[test]
+    fn a_prefix_every_id_has_lists_the_whole_suite_and_tags_no_prefix_has_collect_nothing() {
+        let file = "[tests.tags]\n\"\" = [\"everything\"]\n\"./\" = [\"root\"]\n";
+        assert_eq!(collection_paths(Some(file), &tags(&["everything"])).unwrap(), None);
+        assert_eq!(collection_paths(Some(file), &tags(&["root"])).unwrap(), None);
+        assert_eq!(collection_paths(Some(file), &tags(&["other"])).unwrap(), Some(Vec::new()));
+        assert_eq!(collection_paths(None, &tags(&["chat"])).unwrap(), Some(Vec::new()));
+        assert!(matches!(
+            collection_paths(Some("[tests]\ntagz = 1\n"), &tags(&["chat"])),
+            Err(ListError::RepositoryFile(_))
+        ));
+    }
+
+    #[test]
+    fn narrowing_replaces_the_named_paths_by_those_inside_them_and_keeps_every_option() {
+        let runner = pytest(&["-x", "networkx", "-k", "not slow", "--ignore", "networkx/drawing"]);
+        assert_eq!(
+            runner.narrowed(&strings(&["networkx/generators"])),
+            Some(pytest(&["networkx/generators", "-x", "-k", "not slow", "--ignore", "networkx/drawing"]))
+        );
+        // A named path inside a wider one is kept as named; one outside every path goes.
+        let runner = pytest(&["pkg/tests/reshape", "./pkg/tests/tools/", "pkg/tests/io", "--no-strict-data-files"]);
+        assert_eq!(
+            runner.narrowed(&strings(&["pkg/tests", "pkg/tests/tools/test_a.py"])),
+            Some(pytest(&["pkg/tests/io", "pkg/tests/reshape", "pkg/tests/tools", "--no-strict-data-files"]))
+        );
+        assert_eq!(
+            pytest(&["."]).narrowed(&strings(&["a/test_x.py", "b"])),
+            Some(pytest(&["a/test_x.py", "b"])),
+            "the checkout's root holds every path"
+        );
+        assert_eq!(
+            pytest(&["tests/test_a.py::test_one"]).narrowed(&strings(&["tests"])),
+            Some(pytest(&["tests/test_a.py::test_one"])),
+            "a node id inside a path stays"
+        );
+    }
+
+    #[test]
+    fn a_listing_covers_the_paths_inside_its_own_and_the_whole_one_covers_all() {
+        let generators = strings(&["networkx/generators"]);
+        assert!(covers(&[], &generators), "the whole listing");
+        assert!(covers(&generators, &strings(&["networkx/generators/tests/test_a.py", "networkx/generators"])));
+        assert!(!covers(&generators, &strings(&["networkx/generators_x"])));
+        assert!(!covers(&generators, &strings(&["networkx/generators/a.py", "networkx/drawing"])));
+        assert!(!covers(&generators, &[]), "a part is not the whole");
+    }
+
+    #[test]
+    fn what_cannot_be_narrowed_safely_is_listed_whole() {
+        let paths = strings(&["tests/chat"]);
+        assert_eq!(pytest(&[]).narrowed(&paths), None, "no path named: pytest's testpaths apply");
+        assert_eq!(pytest(&["-q"]).narrowed(&paths), None);
+        assert_eq!(pytest(&["@args.txt"]).narrowed(&paths), None);
+        assert_eq!(pytest(&["--pyargs", "pkg"]).narrowed(&paths), None);
+        assert_eq!(pytest(&["/abs/tests"]).narrowed(&paths), None);
+        assert_eq!(pytest(&["../tests"]).narrowed(&paths), None);
+        assert_eq!(pytest(&["other"]).narrowed(&paths), None, "nothing of the tags under the named paths");
+        assert_eq!(pytest(&["tests"]).narrowed(&[]), None);
+        assert_eq!(Runner::Command.narrowed(&paths), None);
+        assert_eq!(
+            Runner::Nextest { cargo: "cargo".into(), args: Vec::new() }.narrowed(&paths),
+            None,
+            "nextest lists from its archive"
+        );
+    }
+}
