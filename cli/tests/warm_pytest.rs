@@ -444,18 +444,17 @@ fn a_stalled_test_in_a_cold_runner_is_copied_and_its_runner_stopped() {
     a_stalled_test_is_copied_and_the_stalled_run_stopped(false);
 }
 
-#[test]
-fn a_tag_selected_build_collects_only_the_paths_its_tags_name_and_what_their_tests_depend_on() {
-    // Each test directory's conftest notes every pytest process that collects it. The
-    // first build (no tags) collects everything; the second commit says `Tags: chat`, so
-    // its build collects the chat tests, the file of the test they depend on and what
-    // always runs, and never imports the shop directory, on the lister or on any runner.
+/// Two tests in a file.
+const TEST_PAIR: &str = "def test_one():\n    pass\n\n\ndef test_two():\n    pass\n";
+
+/// A project whose test directories are tagged by `greenlight.toml`; each directory's
+/// conftest notes every pytest process that collects it in `GREENLIGHT_PIDS.collected`.
+fn tagged_project() -> Vec<(&'static str, String)> {
     let note = |name: &str| {
         format!(
             "import os\n\nwith open(os.environ[\"GREENLIGHT_PIDS\"] + \".collected\", \"a\") as out:\n    out.write(\"{name} \" + str(os.getpid()) + \"\\n\")\n"
         )
     };
-    const TEST_PAIR: &str = "def test_one():\n    pass\n\n\ndef test_two():\n    pass\n";
     const REPOSITORY_FILE: &str = r#"[tests.tags]
 "tests/chat/" = ["chat"]
 "tests/shop/" = ["shop"]
@@ -464,18 +463,27 @@ fn a_tag_selected_build_collects_only_the_paths_its_tags_name_and_what_their_tes
 [tests.depends_on]
 "tests/chat/test_send.py::test_one" = ["tests/users/test_login.py::test_one"]
 "#;
-    let (chat, shop, users) = (note("chat"), note("shop"), note("users"));
-    let (farm, scratch) = two_workers_listing(&[
-        ("greenlight.toml", REPOSITORY_FILE),
-        ("tests/chat/conftest.py", &chat),
-        ("tests/chat/test_send.py", TEST_PAIR),
-        ("tests/shop/conftest.py", &shop),
-        ("tests/shop/test_cart.py", TEST_PAIR),
-        ("tests/users/conftest.py", &users),
-        ("tests/users/test_login.py", TEST_PAIR),
-        ("tests/users/test_logout.py", TEST_PAIR),
-        ("tests/test_smoke.py", "def test_smoke():\n    pass\n"),
-    ]);
+    vec![
+        ("greenlight.toml", REPOSITORY_FILE.to_owned()),
+        ("tests/chat/conftest.py", note("chat")),
+        ("tests/chat/test_send.py", TEST_PAIR.to_owned()),
+        ("tests/shop/conftest.py", note("shop")),
+        ("tests/shop/test_cart.py", TEST_PAIR.to_owned()),
+        ("tests/users/conftest.py", note("users")),
+        ("tests/users/test_login.py", TEST_PAIR.to_owned()),
+        ("tests/users/test_logout.py", TEST_PAIR.to_owned()),
+        ("tests/test_smoke.py", "def test_smoke():\n    pass\n".to_owned()),
+    ]
+}
+
+#[test]
+fn a_tag_selected_build_collects_only_the_paths_its_tags_name_and_what_their_tests_depend_on() {
+    // The first build (no tags) collects everything; the second commit says `Tags: chat`,
+    // so its build collects the chat tests, the file of the test they depend on and what
+    // always runs, and never imports the shop directory, on the lister or on any runner.
+    let files = tagged_project();
+    let files: Vec<(&str, &str)> = files.iter().map(|(path, text)| (*path, text.as_str())).collect();
+    let (farm, scratch) = two_workers_listing(&files);
     let collected = scratch.path().join("pids.collected");
     let first = farm.finished_build_of(&farm.repo.head().unwrap());
     assert_eq!((first.state, first.counts.total), (BuildState::Green, 9), "{first:?}");
@@ -508,4 +516,55 @@ fn a_tag_selected_build_collects_only_the_paths_its_tags_name_and_what_their_tes
     let after = std::fs::read_to_string(&collected).unwrap();
     assert!(!after.contains("shop "), "nothing collected the shop tests: {after}");
     assert!(after.contains("chat ") && after.contains("users "), "{after}");
+}
+
+#[test]
+fn culprit_probes_of_a_tag_selected_build_collect_only_the_files_of_the_tests_they_rerun() {
+    // Two `Tags: chat` changes land in one batch; the second breaks a chat test. The red
+    // build collected the chat paths; its probes (the confirmation at the red revision,
+    // then the first change) collect only the failing test's file and its dependency's,
+    // never the shop tests, and name the second change.
+    let files = tagged_project();
+    let files: Vec<(&str, &str)> = files.iter().map(|(path, text)| (*path, text.as_str())).collect();
+    let (farm, scratch) = two_workers_listing(&files);
+    let collected = scratch.path().join("pids.collected");
+    assert_eq!(farm.finished_build_of(&farm.repo.head().unwrap()).state, BuildState::Green);
+    std::fs::remove_file(&collected).unwrap();
+
+    let git = Git::new(farm.repo.dir());
+    git.run(&["checkout", "--quiet", "-b", "batch"]).unwrap();
+    let send = farm.repo.dir().join("tests/chat/test_send.py");
+    std::fs::write(&send, format!("{TEST_PAIR}\n# harmless\n")).unwrap();
+    git.run(&["commit", "--quiet", "-am", "Chat: a harmless change\n\nTags: chat"]).unwrap();
+    let harmless = farm.repo.head().unwrap();
+    std::fs::write(
+        &send,
+        TEST_PAIR.replace("def test_two():\n    pass", "def test_two():\n    assert False, \"broken\""),
+    )
+    .unwrap();
+    git.run(&["commit", "--quiet", "-am", "Chat: the bad change\n\nTags: chat"]).unwrap();
+    let bad = farm.repo.head().unwrap();
+    git.run(&["checkout", "--quiet", "main"]).unwrap();
+    git.run(&["merge", "--quiet", "--ff-only", "batch"]).unwrap();
+
+    let red = farm.finished_build_of(&bad);
+    assert_eq!((red.state, red.changes.len()), (BuildState::Red, 2), "{red:?}");
+    assert_eq!(red.collected, ["tests/chat", "tests/test_smoke.py", "tests/users/test_login.py"].map(str::to_owned));
+    let red = farm.wait_for("the culprit", std::time::Duration::from_secs(120), |farm| {
+        farm.builds().into_iter().find(|build| build.build_id == red.build_id && build.culprit.is_some())
+    });
+    let culprit = farm.changes().into_iter().find(|change| Some(change.sequence) == red.culprit).unwrap();
+    assert_eq!(culprit.revision, bad, "the bad change is named");
+    let probes: Vec<_> = farm.builds().into_iter().filter(|build| build.probe_of == Some(red.build_id)).collect();
+    let revisions: BTreeSet<&str> = probes.iter().map(|probe| probe.revision.as_str()).collect();
+    assert_eq!(revisions, [bad.as_str(), harmless.as_str()].into(), "confirmed, then the change before: {probes:?}");
+    for probe in &probes {
+        assert_eq!(
+            probe.collected,
+            ["tests/chat/test_send.py", "tests/users/test_login.py"].map(str::to_owned),
+            "the failing test's file and its dependency's: {probe:?}"
+        );
+    }
+    let notes = std::fs::read_to_string(&collected).unwrap();
+    assert!(!notes.contains("shop "), "nothing collected the shop tests: {notes}");
 }
