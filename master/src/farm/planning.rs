@@ -124,9 +124,9 @@ impl Farm {
     /// What a build of `revision` selecting `tags` lists: where the suite is listed on
     /// workers by pytest (`[suite] narrow_listing`), only the paths the tags (and `always`)
     /// name in the repository's `greenlight.toml` and the files of what their tests depend
-    /// on, if the runner's arguments can be narrowed to them and each is a path at the
-    /// revision; else the whole suite. A whole listing already stored serves it.
-    /// Blocking (git).
+    /// on, if each is a path at the revision and the runner's arguments can be narrowed to
+    /// them (they name paths, or pytest collects the checkout: no `testpaths`); else the
+    /// whole suite. A whole listing already stored serves it. Blocking (git).
     pub(super) fn listing_for_tags(&self, revision: &str, tags: &BTreeSet<String>) -> Listing {
         if tags.is_empty() {
             return Listing::whole(revision);
@@ -154,8 +154,10 @@ impl Farm {
     ) -> Listing {
         let whole = Listing::whole(revision);
         let suite = &self.config.suite;
+        // PYTEST_ADDOPTS may name paths of its own.
         if !suite.narrow_listing
             || !self.lists_on_workers()
+            || suite.env.contains_key("PYTEST_ADDOPTS")
             || self.store.listing(revision, &[]).ok().flatten().is_some()
         {
             return whole;
@@ -176,10 +178,27 @@ impl Farm {
             tracing::info!(revision, missing, "a test id prefix is not a path: the whole suite is listed");
             return whole;
         }
-        match suite.runner().narrowed_paths(&paths) {
+        match suite.runner().narrowed_paths(&paths, !self.may_configure_testpaths(revision)) {
             Some(paths) => Listing { revision: revision.to_owned(), paths },
             None => whole,
         }
+    }
+
+    /// Whether pytest, given no path, might collect `testpaths` rather than the checkout:
+    /// a configuration file at `revision` that pytest reads, or the runner's arguments,
+    /// mention them (or name another configuration file). Blocking (git).
+    fn may_configure_testpaths(&self, revision: &str) -> bool {
+        let args = &self.config.suite.runner_args;
+        if args.iter().any(|arg| arg.contains("testpaths") || arg.starts_with("-c") || arg.starts_with("--config-file"))
+        {
+            return true;
+        }
+        ["pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg"].iter().any(|file| {
+            match self.mirror.read_file(revision, file) {
+                Ok(text) => String::from_utf8_lossy(&text).contains("testpaths"),
+                Err(_) => !self.mirror.lacks_file(revision, file),
+            }
+        })
     }
 
     /// The suite as the configured list command prints it in a checkout of `revision`.

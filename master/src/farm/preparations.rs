@@ -48,7 +48,7 @@ impl Listing {
         if self.paths.is_empty() {
             return configured;
         }
-        configured.narrowed(&self.paths).unwrap_or(configured)
+        configured.collecting(&self.paths)
     }
 }
 

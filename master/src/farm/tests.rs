@@ -1457,3 +1457,64 @@ async fn a_slower_machine_is_known_by_its_name_after_the_master_restarts() {
     harness.register("new");
     assert_eq!(slowness(&harness).iter().find(|(name, _)| name == "new").map(|(_, slowness)| *slowness), Some(1.0));
 }
+
+#[tokio::test]
+async fn a_tag_selected_build_lists_only_its_tags_paths_where_pytest_would_collect_them_so() {
+    // Each commit says `Tags: chat`; what the preparation's runner collects depends on
+    // what pytest would collect given no path, and on whether the prefixes are paths.
+    let repository_file = "[tests.tags]\n\"tests/chat/\" = [\"chat\"]\n\"tests/test_smoke.py\" = [\"always\"]\n";
+    let collecting = |args: &[&str], files: &[(&str, &str)]| {
+        let harness = Harness::new(&suite(&["unused"]), |config| {
+            listed_on_workers(config);
+            config.suite.runner_args = args.iter().map(|arg| (*arg).to_owned()).collect();
+        });
+        let worker = harness.register("w1");
+        let mut files = files.to_vec();
+        files.extend([
+            ("greenlight.toml", repository_file),
+            ("tests/chat/test_a.py", "def test_a():\n    pass\n"),
+            ("tests/test_smoke.py", "def test_smoke():\n    pass\n"),
+        ]);
+        harness.repo.commit("Chat\n\nTags: chat", &files).unwrap();
+        (harness, worker)
+    };
+    let args_of = |job: &greenlight_shared::api::Prepare| match &job.runner {
+        greenlight_shared::runner::Runner::Pytest { args, .. } => args.clone(),
+        other => panic!("{other:?}"),
+    };
+    // The runner's arguments, files of the project, the arguments the listing runs with.
+    type Case = (&'static [&'static str], &'static [(&'static str, &'static str)], &'static [&'static str]);
+    let cases: [Case; 5] = [
+        (&["tests", "-q"], &[], &["tests/chat", "tests/test_smoke.py", "-q"]),
+        (&["-q"], &[], &["tests/chat", "tests/test_smoke.py", "-q"]),
+        (&["-q"], &[("pyproject.toml", "[tool.pytest.ini_options]\ntestpaths = [\"tests\"]\n")], &["-q"]),
+        (&["--pyargs", "tests"], &[], &["--pyargs", "tests"]),
+        (&["other"], &[], &["other"]),
+    ];
+    for (args, files, expected) in cases {
+        let (harness, worker) = collecting(args, files);
+        harness.farm.poll().await.unwrap();
+        assert_eq!(harness.farm.start_next_build().await.unwrap(), None, "the build waits for its listing");
+        let job = take_preparation(&harness, worker).unwrap();
+        assert_eq!(
+            args_of(&job),
+            expected.iter().map(|arg| (*arg).to_owned()).collect::<Vec<_>>(),
+            "{args:?} {files:?}"
+        );
+        // What the worker lists: tags by greenlight.toml.
+        let mut chat = suite(&["tests/chat/test_a.py::test_a"]);
+        chat.tests[0].tags = vec!["chat".to_owned()];
+        let outcome = greenlight_shared::api::PrepareOutcome::Listed { suite: chat };
+        harness.farm.prepare_report(job.prepare_id, worker, &outcome).unwrap();
+        let build_id = harness.farm.start_next_build().await.unwrap().expect("listed");
+        let build = harness.build(build_id);
+        let narrowed = expected.len() > args.len();
+        assert_eq!(build.collected.is_empty(), !narrowed, "{build:?}");
+        if narrowed {
+            let Some(super::Work::Lease(lease)) = harness.farm.try_work(worker, &asks(true)).unwrap() else {
+                panic!("a shard")
+            };
+            assert_eq!(lease.runner, job.runner, "the shards run in a runner collecting what the listing did");
+        }
+    }
+}

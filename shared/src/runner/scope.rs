@@ -6,8 +6,8 @@
 //! `greenlight.toml` by test id prefix, and a pytest id begins with its file's path, so
 //! the paths a selection can reach are known before anything is collected: the prefixes
 //! of the build's tags (and `always`), and the files of the tests those depend on,
-//! transitively. [`collection_paths`] finds them; [`Runner::narrowed`] puts them in
-//! place of the paths the runner's arguments name. Where that cannot be done safely (an
+//! transitively. [`collection_paths`] finds them; [`Runner::narrowed_paths`] fits them
+//! to the paths the runner's arguments name and [`Runner::collecting`] puts them there. Where that cannot be done safely (an
 //! `@FILE`, `--pyargs`, no path in the arguments, a prefix matching every id) the
 //! whole suite is listed, as before.
 
@@ -83,41 +83,26 @@ fn reach<'a>(file: &RepositoryFile, prefixes: impl Iterator<Item = &'a str>) -> 
 }
 
 impl Runner {
-    /// The runner collecting `paths` (from [`collection_paths`]) rather than what its
-    /// arguments name: pytest, with each path it names replaced by those of `paths` inside
-    /// it (or kept where it lies inside one of them), other arguments as they were. `None`
-    /// where the arguments cannot be narrowed safely: another runner, an `@FILE`,
-    /// `--pyargs` (module names, not paths), no path named (pytest's `testpaths` would
-    /// apply), an absolute or `..` path, or nothing left to collect.
-    pub fn narrowed(&self, paths: &[String]) -> Option<Runner> {
-        let Runner::Pytest { python, .. } = self else { return None };
-        let (mut collected, options) = self.narrowing(paths)?;
-        // The paths first: no option before them can take one as its value.
-        collected.extend(options);
-        Some(Runner::Pytest { python: python.clone(), args: collected })
-    }
-
-    /// The paths [`Runner::narrowed`] collects.
-    pub fn narrowed_paths(&self, paths: &[String]) -> Option<Vec<String>> {
-        Some(self.narrowing(paths)?.0)
-    }
-
-    /// The paths collected and the other arguments.
-    fn narrowing(&self, paths: &[String]) -> Option<(Vec<String>, Vec<String>)> {
+    /// The paths a listing of `paths` (from [`collection_paths`]) collects in place of
+    /// what the runner's arguments name: each path the arguments name replaced by those of
+    /// `paths` inside it (or kept where it lies inside one of them). With no path named,
+    /// pytest collects its `testpaths` or else the checkout: the caller says which
+    /// (`collects_checkout`: no `testpaths` is configured). `None` where the arguments
+    /// cannot be narrowed safely: another runner, an `@FILE`, `--pyargs` (module names,
+    /// not paths), an absolute or `..` path, or nothing left to collect.
+    pub fn narrowed_paths(&self, paths: &[String], collects_checkout: bool) -> Option<Vec<String>> {
         let Runner::Pytest { args, .. } = self else { return None };
         let mut named = Vec::new();
-        let mut options = Vec::new();
         for argument in PYTEST_SYNTAX.read(args) {
             match argument {
                 Argument::Positional(word) => named.push(word),
                 Argument::ArgumentsFile(_) => return None,
                 Argument::Option { name, .. } if name == "--pyargs" => return None,
-                Argument::Option { words, .. } => options.extend(words),
-                Argument::Unknown(option) => options.push(option),
+                Argument::Option { .. } | Argument::Unknown(_) => {}
             }
         }
-        if named.is_empty() || paths.is_empty() {
-            return None;
+        if named.is_empty() && collects_checkout {
+            named.push(".".to_owned());
         }
         let mut collected = Vec::new();
         for word in &named {
@@ -134,7 +119,23 @@ impl Runner {
             }
         }
         let collected = outermost(collected);
-        (!collected.is_empty()).then_some((collected, options))
+        (!collected.is_empty()).then_some(collected)
+    }
+
+    /// The runner collecting `paths` (from [`Runner::narrowed_paths`]) in place of the
+    /// paths its arguments name, every option kept; another runner as it is.
+    pub fn collecting(&self, paths: &[String]) -> Runner {
+        let Runner::Pytest { python, args } = self else { return self.clone() };
+        // The paths first: no option before them can take one as its value.
+        let mut collecting = paths.to_vec();
+        for argument in PYTEST_SYNTAX.read(args) {
+            match argument {
+                Argument::Positional(_) => {}
+                Argument::Option { words, .. } => collecting.extend(words),
+                Argument::Unknown(word) | Argument::ArgumentsFile(word) => collecting.push(word),
+            }
+        }
+        Runner::Pytest { python: python.clone(), args: collecting }
     }
 }
 
@@ -228,29 +229,41 @@ mod tests {
         ));
     }
 
+    /// The runner narrowed to `paths`, as the master does it.
+    fn narrowed(runner: &Runner, paths: &[&str], collects_checkout: bool) -> Option<Runner> {
+        runner.narrowed_paths(&strings(paths), collects_checkout).map(|paths| runner.collecting(&paths))
+    }
+
     #[test]
     fn narrowing_replaces_the_named_paths_by_those_inside_them_and_keeps_every_option() {
         let runner = pytest(&["-x", "networkx", "-k", "not slow", "--ignore", "networkx/drawing"]);
         assert_eq!(
-            runner.narrowed(&strings(&["networkx/generators"])),
+            narrowed(&runner, &["networkx/generators"], false),
             Some(pytest(&["networkx/generators", "-x", "-k", "not slow", "--ignore", "networkx/drawing"]))
         );
         // A named path inside a wider one is kept as named; one outside every path goes.
         let runner = pytest(&["pkg/tests/reshape", "./pkg/tests/tools/", "pkg/tests/io", "--no-strict-data-files"]);
         assert_eq!(
-            runner.narrowed(&strings(&["pkg/tests", "pkg/tests/tools/test_a.py"])),
+            narrowed(&runner, &["pkg/tests", "pkg/tests/tools/test_a.py"], false),
             Some(pytest(&["pkg/tests/io", "pkg/tests/reshape", "pkg/tests/tools", "--no-strict-data-files"]))
         );
         assert_eq!(
-            pytest(&["."]).narrowed(&strings(&["a/test_x.py", "b"])),
+            narrowed(&pytest(&["."]), &["a/test_x.py", "b"], false),
             Some(pytest(&["a/test_x.py", "b"])),
             "the checkout's root holds every path"
         );
         assert_eq!(
-            pytest(&["tests/test_a.py::test_one"]).narrowed(&strings(&["tests"])),
+            narrowed(&pytest(&["tests/test_a.py::test_one"]), &["tests"], false),
             Some(pytest(&["tests/test_a.py::test_one"])),
             "a node id inside a path stays"
         );
+        assert_eq!(
+            narrowed(&pytest(&["-q"]), &["tests/chat"], true),
+            Some(pytest(&["tests/chat", "-q"])),
+            "no path named and no testpaths: pytest collects the checkout"
+        );
+        let collecting = pytest(&["tests/chat", "-q"]);
+        assert_eq!(collecting.collecting(&strings(&["tests/chat"])), collecting, "narrowing twice changes nothing");
     }
 
     #[test]
@@ -266,17 +279,17 @@ mod tests {
     #[test]
     fn what_cannot_be_narrowed_safely_is_listed_whole() {
         let paths = strings(&["tests/chat"]);
-        assert_eq!(pytest(&[]).narrowed(&paths), None, "no path named: pytest's testpaths apply");
-        assert_eq!(pytest(&["-q"]).narrowed(&paths), None);
-        assert_eq!(pytest(&["@args.txt"]).narrowed(&paths), None);
-        assert_eq!(pytest(&["--pyargs", "pkg"]).narrowed(&paths), None);
-        assert_eq!(pytest(&["/abs/tests"]).narrowed(&paths), None);
-        assert_eq!(pytest(&["../tests"]).narrowed(&paths), None);
-        assert_eq!(pytest(&["other"]).narrowed(&paths), None, "nothing of the tags under the named paths");
-        assert_eq!(pytest(&["tests"]).narrowed(&[]), None);
-        assert_eq!(Runner::Command.narrowed(&paths), None);
+        assert_eq!(pytest(&[]).narrowed_paths(&paths, false), None, "no path named: pytest's testpaths apply");
+        assert_eq!(pytest(&["-q"]).narrowed_paths(&paths, false), None);
+        assert_eq!(pytest(&["@args.txt"]).narrowed_paths(&paths, true), None);
+        assert_eq!(pytest(&["--pyargs", "pkg"]).narrowed_paths(&paths, true), None);
+        assert_eq!(pytest(&["/abs/tests"]).narrowed_paths(&paths, true), None);
+        assert_eq!(pytest(&["../tests"]).narrowed_paths(&paths, true), None);
+        assert_eq!(pytest(&["other"]).narrowed_paths(&paths, true), None, "nothing of the tags under the named paths");
+        assert_eq!(pytest(&["tests"]).narrowed_paths(&[], true), None);
+        assert_eq!(Runner::Command.narrowed_paths(&paths, true), None);
         assert_eq!(
-            Runner::Nextest { cargo: "cargo".into(), args: Vec::new() }.narrowed(&paths),
+            Runner::Nextest { cargo: "cargo".into(), args: Vec::new() }.narrowed_paths(&paths, true),
             None,
             "nextest lists from its archive"
         );
