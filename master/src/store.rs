@@ -1395,13 +1395,19 @@ impl Store {
         Ok(())
     }
 
-    /// The suite listed at `revision` under `paths` (empty: the whole suite): a listing of
-    /// exactly those paths, else one of the revision that covers them (the whole one, or
-    /// one of wider paths).
+    /// The suite listed at `revision` under `paths` (empty: the whole suite), or by a
+    /// listing of the revision that covers them ([`Store::covering_listing`]).
     pub fn listing(&self, revision: &str, paths: &[String]) -> Result<Option<SuiteFile>, StoreError> {
-        if let Some(suite) = self.large(&format!("{}{}", keys::LISTING, listing_key(revision, paths)))? {
-            return Ok(Some(suite));
+        match self.covering_listing(revision, paths)? {
+            Some(listed) => self.large(&format!("{}{}", keys::LISTING, listing_key(revision, &listed))),
+            None => Ok(None),
         }
+    }
+
+    /// The paths of a stored listing of `revision` that holds every test under `paths`:
+    /// exactly those, else the whole suite (no paths), else wider ones.
+    pub fn covering_listing(&self, revision: &str, paths: &[String]) -> Result<Option<Vec<String>>, StoreError> {
+        let mut covering = None;
         for (_, value) in self.kv.scan_prefix(Tree::Meta, keys::LISTING_ORDER.as_bytes())? {
             let key: String = decode(Tree::Meta, &value)?;
             let mut parts = key.split('\n');
@@ -1409,8 +1415,24 @@ impl Store {
                 continue;
             }
             let listed: Vec<String> = parts.map(str::to_owned).collect();
-            if listed.as_slice() != paths && greenlight_shared::runner::covers(&listed, paths) {
-                return self.large(&format!("{}{key}", keys::LISTING));
+            if listed.as_slice() == paths || listed.is_empty() {
+                return Ok(Some(listed));
+            }
+            if covering.is_none() && greenlight_shared::runner::covers(&listed, paths) {
+                covering = Some(listed);
+            }
+        }
+        Ok(covering)
+    }
+
+    /// The newest whole listing kept (of any revision), with its revision.
+    pub fn newest_whole_listing(&self) -> Result<Option<(String, SuiteFile)>, StoreError> {
+        for (_, value) in self.kv.scan_prefix(Tree::Meta, keys::LISTING_ORDER.as_bytes())?.into_iter().rev() {
+            let key: String = decode(Tree::Meta, &value)?;
+            if !key.contains('\n')
+                && let Some(suite) = self.large(&format!("{}{key}", keys::LISTING))?
+            {
+                return Ok(Some((key, suite)));
             }
         }
         Ok(None)
@@ -1801,6 +1823,14 @@ mod tests {
         assert_eq!(name("b", &["pkg/chat"]), None, "another revision");
         store.put_listing("b", &[], &suite("b whole")).unwrap();
         assert_eq!(name("b", &["pkg/shop"]), Some("b whole".to_owned()));
+        assert_eq!(
+            store.covering_listing("a", &paths(&["pkg/chat/x.py"])).unwrap(),
+            Some(paths(&["pkg/chat", "pkg/db.py"]))
+        );
+        assert_eq!(store.covering_listing("b", &paths(&["pkg/chat"])).unwrap(), Some(Vec::new()));
+        store.put_listing("c", &paths(&["pkg/chat"]), &suite("c chat")).unwrap();
+        let newest = store.newest_whole_listing().unwrap().map(|(revision, suite)| (revision, suite.name));
+        assert_eq!(newest, Some(("b".to_owned(), "b whole".to_owned())), "a listing of some paths is not the suite");
     }
 
     fn exercise(store: Store) {

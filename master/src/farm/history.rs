@@ -15,6 +15,7 @@ use greenlight_shared::API_VERSION;
 use greenlight_shared::api::{HistoryImportRequest, HistoryImportResponse, ImportedCase, TestStatus};
 use greenlight_shared::runner::{JunitMatcher, Runner};
 
+use super::planning::PlanError;
 use super::{Farm, FarmError};
 
 /// How many unmatched or rejected cases an answer names.
@@ -113,9 +114,21 @@ impl Farm {
                  import once the master has polled the repository"
             ))
         })?;
-        let suite = self
-            .suite_file_at(&super::preparations::Listing::whole(&revision))
-            .map_err(|error| FarmError::Unavailable(format!("cannot read the suite at {revision}: {error}")))?;
+        let (revision, suite) = match self.suite_file_at(&super::preparations::Listing::whole(&revision)) {
+            Ok(suite) => (revision, suite),
+            // Tag-selected builds list some paths only: the newest whole listing names the
+            // suite's tests as well (a test's id rarely changes); the answer names its revision.
+            Err(PlanError::NotPrepared(_)) => match self.store.newest_whole_listing()? {
+                Some(newest) => newest,
+                None => {
+                    return Err(FarmError::Unavailable(format!(
+                        "the suite at {revision} is not listed whole yet (a build of every test lists it: a \
+                         commit without tags, or POST /api/v1/admin/full-run); import after that build"
+                    )));
+                }
+            },
+            Err(error) => return Err(FarmError::Unavailable(format!("cannot read the suite at {revision}: {error}"))),
+        };
         let ids: Vec<String> = suite.tests.into_iter().map(|test| test.id).collect();
         let Import { samples, answer } =
             import(&self.config.suite.runner(), &ids, request, &revision, self.config.max_test_duration_s);

@@ -126,7 +126,8 @@ impl Farm {
     /// name in the repository's `greenlight.toml` and the files of what their tests depend
     /// on, if each is a path at the revision and the runner's arguments can be narrowed to
     /// them (they name paths, or pytest collects the checkout: no `testpaths`); else the
-    /// whole suite. A whole listing already stored serves it. Blocking (git).
+    /// whole suite. A listing kept that holds those paths (the whole one) serves it.
+    /// Blocking (git).
     pub(super) fn listing_for_tags(&self, revision: &str, tags: &BTreeSet<String>) -> Listing {
         if tags.is_empty() {
             return Listing::whole(revision);
@@ -155,11 +156,7 @@ impl Farm {
         let whole = Listing::whole(revision);
         let suite = &self.config.suite;
         // PYTEST_ADDOPTS may name paths of its own.
-        if !suite.narrow_listing
-            || !self.lists_on_workers()
-            || suite.env.contains_key("PYTEST_ADDOPTS")
-            || self.store.listing(revision, &[]).ok().flatten().is_some()
-        {
+        if !suite.narrow_listing || !self.lists_on_workers() || suite.env.contains_key("PYTEST_ADDOPTS") {
             return whole;
         }
         let file = match self.mirror.read_file(revision, REPOSITORY_FILE) {
@@ -178,10 +175,13 @@ impl Farm {
             tracing::info!(revision, missing, "a test id prefix is not a path: the whole suite is listed");
             return whole;
         }
-        match suite.runner().narrowed_paths(&paths, !self.may_configure_testpaths(revision)) {
-            Some(paths) => Listing { revision: revision.to_owned(), paths },
-            None => whole,
-        }
+        let Some(paths) = suite.runner().narrowed_paths(&paths, !self.may_configure_testpaths(revision)) else {
+            return whole;
+        };
+        // A listing kept that holds them serves them, and the workers' runners that
+        // collected it (a probe at a red tag-selected build's revision).
+        let paths = self.store.covering_listing(revision, &paths).ok().flatten().unwrap_or(paths);
+        Listing { revision: revision.to_owned(), paths }
     }
 
     /// Whether pytest, given no path, might collect `testpaths` rather than the checkout:

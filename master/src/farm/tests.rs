@@ -1518,3 +1518,62 @@ async fn a_tag_selected_build_lists_only_its_tags_paths_where_pytest_would_colle
         }
     }
 }
+
+#[tokio::test]
+async fn a_history_import_after_tag_selected_builds_matches_against_the_newest_whole_listing() {
+    let harness = Harness::new(&suite(&["unused"]), |config| {
+        listed_on_workers(config);
+        config.suite.runner_args = vec!["tests".to_owned()];
+    });
+    let worker = harness.register("w1");
+    let files = [
+        ("greenlight.toml", "[tests.tags]\n\"tests/chat/\" = [\"chat\"]\n"),
+        ("tests/chat/test_a.py", "def test_a():\n    pass\n"),
+        ("tests/shop/test_b.py", "def test_b():\n    pass\n"),
+    ];
+    let ids = ["tests/chat/test_a.py::test_a", "tests/shop/test_b.py::test_b"];
+    let mut listed_suite = suite(&ids);
+    listed_suite.tests[0].tags = vec!["chat".to_owned()];
+    let request = greenlight_shared::api::HistoryImportRequest {
+        version: 1,
+        reports: vec![greenlight_shared::api::ImportedReport {
+            file: "old-ci.xml".to_owned(),
+            cases: vec![greenlight_shared::api::ImportedCase {
+                name: "test_b".to_owned(),
+                classname: Some("tests.shop.test_b".to_owned()),
+                file: None,
+                status: TestStatus::Passed,
+                time: Some("2.5".to_owned()),
+            }],
+        }],
+    };
+    // Build the tagged revision; each build's listing is reported as the worker would.
+    let build = |message: &'static str| {
+        let harness = &harness;
+        let listed_suite = listed_suite.clone();
+        async move {
+            harness.repo.commit(message, &files).unwrap();
+            harness.farm.poll().await.unwrap();
+            assert_eq!(harness.farm.start_next_build().await.unwrap(), None);
+            let job = take_preparation(harness, worker).unwrap();
+            let outcome = greenlight_shared::api::PrepareOutcome::Listed { suite: listed_suite };
+            harness.farm.prepare_report(job.prepare_id, worker, &outcome).unwrap();
+            let build_id = harness.farm.start_next_build().await.unwrap().unwrap();
+            harness.run_all(worker, |_| TestStatus::Passed);
+            harness.build(build_id)
+        }
+    };
+    let tagged = build("Chat\n\nTags: chat").await;
+    assert!(!tagged.collected.is_empty(), "{tagged:?}");
+    let error = harness.farm.import_history(&request).unwrap_err().to_string();
+    assert!(error.contains("not listed whole yet") && error.contains("full-run"), "{error}");
+
+    harness.farm.force_full_run().unwrap();
+    let full = build("Every test").await;
+    assert!(full.collected.is_empty() && full.full_run, "{full:?}");
+    let tagged = build("Chat again\n\nTags: chat").await;
+    assert!(!tagged.collected.is_empty());
+    let answer = harness.farm.import_history(&request).unwrap();
+    assert_eq!((answer.imported, answer.unmatched), (1, 0), "{answer:?}");
+    assert_eq!(answer.revision, full.revision, "matched against the whole listing, and says which");
+}
