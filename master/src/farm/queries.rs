@@ -83,7 +83,8 @@ impl Farm {
     }
 
     /// One test across the newest `n_builds` builds: outcomes, durations, flake rate, and
-    /// its tags and dependencies from the suite at the newest of those builds' revisions.
+    /// its tags and dependencies from the suite at the newest of those builds' revisions
+    /// that listed it whole (else the newest).
     /// Blocking (git, many builds): call it off the async threads.
     pub fn test_history(&self, test_id: &str, n_builds: usize) -> Result<TestHistory, FarmError> {
         let builds = self.builds(n_builds)?;
@@ -116,9 +117,13 @@ impl Farm {
             runs,
             flake_rate,
         };
-        let listing = builds
-            .iter()
-            .find(|build| build.state != BuildState::Error)
+        // The newest whole suite names every test and whatever depends on it; a
+        // tag-selected build's listing may hold neither.
+        let listed = builds.iter().filter(|build| build.state != BuildState::Error);
+        let listing = listed
+            .clone()
+            .find(|build| build.collected.is_empty())
+            .or_else(|| listed.clone().next())
             .map(|build| Listing { revision: build.revision.clone(), paths: build.collected.clone() });
         if let Some(suite) = listing.and_then(|listing| self.cached_suite_file_at(&listing).ok()) {
             for test in &suite.tests {

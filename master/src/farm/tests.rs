@@ -1520,7 +1520,7 @@ async fn a_tag_selected_build_lists_only_its_tags_paths_where_pytest_would_colle
 }
 
 #[tokio::test]
-async fn a_history_import_after_tag_selected_builds_matches_against_the_newest_whole_listing() {
+async fn after_tag_selected_builds_an_import_and_the_test_page_read_the_newest_whole_listing() {
     let harness = Harness::new(&suite(&["unused"]), |config| {
         listed_on_workers(config);
         config.suite.runner_args = vec!["tests".to_owned()];
@@ -1532,8 +1532,10 @@ async fn a_history_import_after_tag_selected_builds_matches_against_the_newest_w
         ("tests/shop/test_b.py", "def test_b():\n    pass\n"),
     ];
     let ids = ["tests/chat/test_a.py::test_a", "tests/shop/test_b.py::test_b"];
-    let mut listed_suite = suite(&ids);
-    listed_suite.tests[0].tags = vec!["chat".to_owned()];
+    let mut whole = suite(&ids);
+    whole.tests[0].tags = vec!["chat".to_owned()];
+    whole.tests[1].tags = vec!["shop".to_owned()];
+    let chat = SuiteFile { tests: whole.tests[..1].to_vec(), ..whole.clone() };
     let request = greenlight_shared::api::HistoryImportRequest {
         version: 1,
         reports: vec![greenlight_shared::api::ImportedReport {
@@ -1548,7 +1550,7 @@ async fn a_history_import_after_tag_selected_builds_matches_against_the_newest_w
         }],
     };
     // Build the tagged revision; each build's listing is reported as the worker would.
-    let build = |message: &'static str| {
+    let build = |message: &'static str, listed_suite: &SuiteFile| {
         let harness = &harness;
         let listed_suite = listed_suite.clone();
         async move {
@@ -1563,16 +1565,20 @@ async fn a_history_import_after_tag_selected_builds_matches_against_the_newest_w
             harness.build(build_id)
         }
     };
-    let tagged = build("Chat\n\nTags: chat").await;
+    let tagged = build("Chat\n\nTags: chat", &chat).await;
     assert!(!tagged.collected.is_empty(), "{tagged:?}");
     let error = harness.farm.import_history(&request).unwrap_err().to_string();
     assert!(error.contains("not listed whole yet") && error.contains("full-run"), "{error}");
 
     harness.farm.force_full_run().unwrap();
-    let full = build("Every test").await;
+    let full = build("Every test", &whole).await;
     assert!(full.collected.is_empty() && full.full_run, "{full:?}");
-    let tagged = build("Chat again\n\nTags: chat").await;
+    let tagged = build("Chat again\n\nTags: chat", &chat).await;
     assert!(!tagged.collected.is_empty());
+    // The test page reads a test's tags from the newest whole listing, not the newer
+    // tag-selected one that lacks the test.
+    let shop = harness.farm.test_history("tests/shop/test_b.py::test_b", 50).unwrap();
+    assert_eq!(shop.tags, vec!["shop".to_owned()], "{shop:?}");
     let answer = harness.farm.import_history(&request).unwrap();
     assert_eq!((answer.imported, answer.unmatched), (1, 0), "{answer:?}");
     assert_eq!(answer.revision, full.revision, "matched against the whole listing, and says which");
