@@ -204,8 +204,26 @@ fn a_worker_that_joins_late_takes_over_the_unstarted_end_of_a_running_shard() {
     }
     assert_eq!(seen.len(), 40);
     assert!(results.values().any(|attempts| attempts[0].worker.as_deref() == Some("worker-late")));
+    // Its runner did not go on into the given-back tests: it was stopped once the kept
+    // ones had reported. (On a machine loaded enough that the late worker asked only in
+    // the last seconds of the shard's 20, the runner may end by itself before a heartbeat
+    // brings the withdrawal: there is nothing to stop then.)
+    let natural_end = shrunk.started_at + 40.0 * 0.5;
+    let late_start = detail
+        .shards
+        .iter()
+        .filter(|shard| shard.worker == "worker-late")
+        .map(|shard| shard.started_at)
+        .fold(f64::INFINITY, f64::min);
     let log = std::fs::read_to_string(farm.dir().join("worker-0.log")).unwrap();
-    assert!(log.contains("runner stopped after the tests the shard keeps"), "worker-0 log:\n{log}");
+    if late_start < natural_end - 5.0 {
+        assert!(log.contains("runner stopped after the tests the shard keeps"), "worker-0 log:\n{log}");
+    } else {
+        eprintln!(
+            "the late worker asked {:.1} s before the shard's end: not enough to stop its runner",
+            natural_end - late_start
+        );
+    }
 }
 
 #[test]

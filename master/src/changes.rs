@@ -133,6 +133,21 @@ impl Mirror {
         self.git.run_bytes(&["show", &format!("{revision}:{path}")])
     }
 
+    /// The entries of `directory` (`""`: the root) at `revision`, as paths from the root.
+    pub fn entries(&self, revision: &str, directory: &str) -> Result<Vec<String>, GitError> {
+        let mut args = vec!["ls-tree", "--name-only", "-z", revision];
+        let inside = format!("{directory}/");
+        if !directory.is_empty() {
+            args.extend(["--", inside.as_str()]);
+        }
+        let listed = self.git.run_bytes(&args)?;
+        Ok(listed
+            .split(|byte| *byte == 0)
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| String::from_utf8_lossy(entry).into_owned())
+            .collect())
+    }
+
     /// Whether the commit `revision` is here but has no `path` (what a failed
     /// [`Mirror::read_file`] meant, asked of git itself rather than read from its
     /// message, which depends on the locale).

@@ -134,24 +134,21 @@ impl Farm {
         }
         let mut tags = tags.clone();
         tags.insert(ALWAYS.to_owned());
-        self.narrowed_listing(revision, false, |file| collection_paths(file, &tags))
+        self.narrowed_listing(revision, |file, entries| collection_paths(file, &tags, entries))
     }
 
     /// What a probe re-running `tests` at `revision` lists: the files of the tests and of
-    /// what they depend on that are there (a test of a file the revision lacks is not
-    /// there either), as [`Farm::listing_for_tags`] does. Blocking (git).
+    /// what they depend on, as [`Farm::listing_for_tags`] does. Blocking (git).
     pub(super) fn listing_for_tests(&self, revision: &str, tests: &[String]) -> Listing {
-        self.narrowed_listing(revision, true, |file| test_paths(file, tests))
+        self.narrowed_listing(revision, |file, entries| test_paths(file, tests, entries))
     }
 
-    /// `paths` of the revision's `greenlight.toml`, narrowing the runner; a path the
-    /// revision lacks is left out if `skip_missing` (else the whole suite is listed: it was a
-    /// prefix of test ids, not a path).
+    /// `paths` of the revision's `greenlight.toml` (and its tree), narrowing the runner.
+    /// A path the revision lacks holds no test: it is left out.
     fn narrowed_listing(
         &self,
         revision: &str,
-        skip_missing: bool,
-        paths: impl FnOnce(Option<&str>) -> Result<Option<Vec<String>>, ListError>,
+        paths: impl FnOnce(Option<&str>, &dyn Fn(&str) -> Vec<String>) -> Result<Option<Vec<String>>, ListError>,
     ) -> Listing {
         let whole = Listing::whole(revision);
         let suite = &self.config.suite;
@@ -168,13 +165,20 @@ impl Farm {
             }
         };
         // A file that does not parse fails the listing itself, with the reason.
-        let Ok(Some(mut paths)) = paths(file.as_deref()) else { return whole };
-        if skip_missing {
-            paths.retain(|path| !self.mirror.lacks_file(revision, path));
-        } else if let Some(missing) = paths.iter().find(|path| self.mirror.lacks_file(revision, path)) {
-            tracing::info!(revision, missing, "a test id prefix is not a path: the whole suite is listed");
+        // A directory git cannot list must not look empty: its tests would go missing.
+        let unlisted = std::cell::Cell::new(false);
+        let entries = |directory: &str| {
+            self.mirror.entries(revision, directory).unwrap_or_else(|error| {
+                tracing::warn!(revision, directory, %error, "cannot list a directory: the whole suite is listed");
+                unlisted.set(true);
+                Vec::new()
+            })
+        };
+        let Ok(Some(mut paths)) = paths(file.as_deref(), &entries) else { return whole };
+        if unlisted.get() {
             return whole;
         }
+        paths.retain(|path| !self.mirror.lacks_file(revision, path));
         let Some(paths) = suite.runner().narrowed_paths(&paths, !self.may_configure_testpaths(revision)) else {
             return whole;
         };

@@ -4,12 +4,12 @@
 //! collecting all of it (networkx: 6,209 tests, most of a 4 s build's wall), on the
 //! worker that lists and on every worker's warm runner. Tags come from the repository's
 //! `greenlight.toml` by test id prefix, and a pytest id begins with its file's path, so
-//! the paths a selection can reach are known before anything is collected: the prefixes
-//! of the build's tags (and `always`), and the files of the tests those depend on,
-//! transitively. [`collection_paths`] finds them; [`Runner::narrowed_paths`] fits them
-//! to the paths the runner's arguments name and [`Runner::collecting`] puts them there. Where that cannot be done safely (an
-//! `@FILE`, `--pyargs`, no path in the arguments, a prefix matching every id) the
-//! whole suite is listed, as before.
+//! the paths a selection can reach are known before anything is collected: the paths a
+//! prefix of the build's tags (or `always`) begins, and the files of the tests those
+//! depend on, transitively. [`collection_paths`] finds them; [`Runner::narrowed_paths`]
+//! fits them to the paths the runner's arguments name and [`Runner::collecting`] puts
+//! them there. Where that cannot be done safely (an `@FILE`, `--pyargs`, a prefix
+//! matching every id) the whole suite is listed, as before.
 
 use std::collections::BTreeSet;
 
@@ -17,13 +17,15 @@ use super::{Argument, ListError, PYTEST_SYNTAX, RepositoryFile, Runner};
 
 /// The paths (files or directories, relative to the checkout) that hold every test a
 /// build selecting `tags` can run, by the repository's `greenlight.toml`
-/// (`repository_file`; `tags` should hold `always`): each prefix mapped to one of the
-/// tags, cut at its `::`, and the file of every test one of those paths holds depends on,
-/// transitively. `None` where a prefix matches every id (the whole suite must be
-/// collected); an empty list where no prefix has the tags.
+/// (`repository_file`; `tags` should hold `always`): for each prefix mapped to one of the
+/// tags, the paths whose ids it begins ([`prefix_paths`]), and the file of every test
+/// one of those paths holds depends on, transitively. `entries` lists a directory of the
+/// revision (`""`: its root) as paths from the root. `None` where a prefix matches every
+/// id (the whole suite must be collected); an empty list where no prefix has the tags.
 pub fn collection_paths(
     repository_file: Option<&str>,
     tags: &BTreeSet<String>,
+    entries: &dyn Fn(&str) -> Vec<String>,
 ) -> Result<Option<Vec<String>>, ListError> {
     let file = read(repository_file)?;
     let prefixes = file
@@ -32,14 +34,18 @@ pub fn collection_paths(
         .iter()
         .filter(|(_, prefix_tags)| prefix_tags.iter().any(|tag| tags.contains(tag)))
         .map(|(prefix, _)| prefix.as_str());
-    Ok(reach(&file, prefixes))
+    Ok(reach(&file, prefixes, entries))
 }
 
 /// The paths that hold the tests `ids` and what they depend on, transitively (a probe
 /// re-running them), as [`collection_paths`] finds them.
-pub fn test_paths(repository_file: Option<&str>, ids: &[String]) -> Result<Option<Vec<String>>, ListError> {
+pub fn test_paths(
+    repository_file: Option<&str>,
+    ids: &[String],
+    entries: &dyn Fn(&str) -> Vec<String>,
+) -> Result<Option<Vec<String>>, ListError> {
     let file = read(repository_file)?;
-    Ok(reach(&file, ids.iter().map(String::as_str)))
+    Ok(reach(&file, ids.iter().map(String::as_str), entries))
 }
 
 fn read(repository_file: Option<&str>) -> Result<RepositoryFile, ListError> {
@@ -49,21 +55,46 @@ fn read(repository_file: Option<&str>) -> Result<RepositoryFile, ListError> {
     }
 }
 
-/// The paths of `prefixes` (each cut at its `::`: pytest collects whole files) and of
-/// what the tests under them depend on, transitively; `None` where one is every path.
-fn reach<'a>(file: &RepositoryFile, prefixes: impl Iterator<Item = &'a str>) -> Option<Vec<String>> {
+/// The paths holding every id `prefix` begins, as a string: up to its `::`, one file;
+/// ending with `/`, that directory; else each entry of its directory whose path it
+/// begins (`tests/chat` is `tests/chat/` and `tests/chatbot.py`; `tests/test_ch` is
+/// `tests/test_chat.py`). `None` for a prefix every id has.
+pub fn prefix_paths(prefix: &str, entries: &dyn Fn(&str) -> Vec<String>) -> Option<Vec<String>> {
+    let mut prefix = prefix;
+    while let Some(rest) = prefix.strip_prefix("./") {
+        prefix = rest;
+    }
+    if let Some((file, _)) = prefix.split_once("::") {
+        return (!file.is_empty()).then(|| vec![file.to_owned()]);
+    }
+    if let Some(directory) = prefix.strip_suffix('/') {
+        return (!directory.is_empty()).then(|| vec![directory.to_owned()]);
+    }
+    if prefix.is_empty() {
+        return None;
+    }
+    let parent = prefix.rsplit_once('/').map_or("", |(parent, _)| parent);
+    Some(entries(parent).into_iter().filter(|entry| entry.starts_with(prefix)).collect())
+}
+
+/// The paths of `prefixes` and of what the tests under them depend on, transitively;
+/// `None` where one is every path.
+fn reach<'a>(
+    file: &RepositoryFile,
+    prefixes: impl Iterator<Item = &'a str>,
+    entries: &dyn Fn(&str) -> Vec<String>,
+) -> Option<Vec<String>> {
     let mut paths: Vec<String> = Vec::new();
     let add = |paths: &mut Vec<String>, prefix: &str| {
-        let path = normal(prefix.split_once("::").map_or(prefix, |(file, _)| file));
-        if !paths.iter().any(|known| within(path, known)) {
-            paths.push(path.to_owned());
+        for path in prefix_paths(prefix, entries)? {
+            if !paths.iter().any(|known| within(&path, known)) {
+                paths.push(path);
+            }
         }
-        !path.is_empty()
+        Some(())
     };
     for prefix in prefixes {
-        if !add(&mut paths, prefix) {
-            return None;
-        }
+        add(&mut paths, prefix)?;
     }
     let mut at = 0;
     while at < paths.len() {
@@ -71,9 +102,7 @@ fn reach<'a>(file: &RepositoryFile, prefixes: impl Iterator<Item = &'a str>) -> 
         for (test, dependencies) in &file.tests.depends_on {
             if within(test, &path) {
                 for dependency in dependencies {
-                    if !add(&mut paths, dependency) {
-                        return None;
-                    }
+                    add(&mut paths, dependency)?;
                 }
             }
         }
@@ -185,6 +214,34 @@ mod tests {
         words.iter().map(|word| (*word).to_owned()).collect()
     }
 
+    /// The files of a revision; `entries` lists a directory of them.
+    const TREE: &[&str] = &[
+        "pkg/chat/test_send.py",
+        "pkg/chatbot.py",
+        "pkg/chatter/test_talk.py",
+        "pkg/smoke.py",
+        "pkg/db/test_schema.py",
+        "pkg/users/test_login.py",
+        "pkg/shop/tests/test_cart.py",
+        "pkg/bank/test_card.py",
+        "setup.py",
+    ];
+
+    fn entries(directory: &str) -> Vec<String> {
+        let inside = if directory.is_empty() { String::new() } else { format!("{directory}/") };
+        let mut entries: Vec<String> = TREE
+            .iter()
+            .filter_map(|path| path.strip_prefix(inside.as_str()))
+            .map(|rest| format!("{inside}{}", rest.split('/').next().unwrap()))
+            .collect();
+        entries.dedup();
+        entries
+    }
+
+    fn collection(file: Option<&str>, names: &[&str]) -> Option<Vec<String>> {
+        collection_paths(file, &tags(names), &entries).unwrap()
+    }
+
     const FILE: &str = r#"
 [tests.tags]
 "pkg/chat/" = ["chat"]
@@ -200,31 +257,44 @@ mod tests {
 
     #[test]
     fn the_paths_are_the_tags_prefixes_and_the_files_of_what_they_depend_on_transitively() {
-        let paths = collection_paths(Some(FILE), &tags(&["chat", "always"])).unwrap().unwrap();
+        let paths = collection(Some(FILE), &["chat", "always"]).unwrap();
         assert_eq!(
             paths,
             strings(&["pkg/chat", "pkg/db/test_schema.py", "pkg/smoke.py", "pkg/users/test_login.py"]),
             "the chat tests, their dependency and its own, and what always runs"
         );
-        let paths = collection_paths(Some(FILE), &tags(&["shop", "always"])).unwrap().unwrap();
+        let paths = collection(Some(FILE), &["shop", "always"]).unwrap();
         assert_eq!(
             paths,
             strings(&["pkg/bank/test_card.py", "pkg/shop/tests/test_cart.py", "pkg/smoke.py"]),
             "a node id prefix collects its file, and so what the file's other tests depend on"
         );
-        let probe = test_paths(Some(FILE), &strings(&["pkg/users/test_login.py::test_login", "pkg/x.py::t"])).unwrap();
-        assert_eq!(probe, Some(strings(&["pkg/db/test_schema.py", "pkg/users/test_login.py", "pkg/x.py"])));
+        let probe = test_paths(Some(FILE), &strings(&["pkg/users/test_login.py::test_login", "pkg/x.py::t"]), &entries);
+        assert_eq!(probe.unwrap(), Some(strings(&["pkg/db/test_schema.py", "pkg/users/test_login.py", "pkg/x.py"])));
+    }
+
+    #[test]
+    fn a_prefix_that_is_not_a_whole_name_collects_every_entry_it_begins() {
+        let file = "[tests.tags]\n\"pkg/chat\" = [\"chat\"]\n\"pkg/sm\" = [\"smoke\"]\n\"pkg/none\" = [\"none\"]\n";
+        assert_eq!(
+            collection(Some(file), &["chat"]),
+            Some(strings(&["pkg/chat", "pkg/chatbot.py", "pkg/chatter"])),
+            "the ids `pkg/chat` begins are in each of them"
+        );
+        assert_eq!(collection(Some(file), &["smoke"]), Some(strings(&["pkg/smoke.py"])));
+        assert_eq!(collection(Some(file), &["none"]), Some(Vec::new()), "no id begins with it");
+        assert_eq!(prefix_paths("setup", &entries), Some(strings(&["setup.py"])), "at the root");
     }
 
     #[test]
     fn a_prefix_every_id_has_lists_the_whole_suite_and_tags_no_prefix_has_collect_nothing() {
         let file = "[tests.tags]\n\"\" = [\"everything\"]\n\"./\" = [\"root\"]\n";
-        assert_eq!(collection_paths(Some(file), &tags(&["everything"])).unwrap(), None);
-        assert_eq!(collection_paths(Some(file), &tags(&["root"])).unwrap(), None);
-        assert_eq!(collection_paths(Some(file), &tags(&["other"])).unwrap(), Some(Vec::new()));
-        assert_eq!(collection_paths(None, &tags(&["chat"])).unwrap(), Some(Vec::new()));
+        assert_eq!(collection(Some(file), &["everything"]), None);
+        assert_eq!(collection(Some(file), &["root"]), None);
+        assert_eq!(collection(Some(file), &["other"]), Some(Vec::new()));
+        assert_eq!(collection(None, &["chat"]), Some(Vec::new()));
         assert!(matches!(
-            collection_paths(Some("[tests]\ntagz = 1\n"), &tags(&["chat"])),
+            collection_paths(Some("[tests]\ntagz = 1\n"), &tags(&["chat"]), &entries),
             Err(ListError::RepositoryFile(_))
         ));
     }
