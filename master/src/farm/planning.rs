@@ -122,12 +122,12 @@ impl Farm {
     }
 
     /// What a build of `revision` selecting `tags` lists: where the suite is listed on
-    /// workers by pytest (`[suite] narrow_listing`), only the paths the tags (and `always`)
-    /// name in the repository's `greenlight.toml` and the files of what their tests depend
-    /// on, if each is a path at the revision and the runner's arguments can be narrowed to
-    /// them (they name paths, or pytest collects the checkout: no `testpaths`); else the
-    /// whole suite. A listing kept that holds those paths (the whole one) serves it.
-    /// Blocking (git).
+    /// workers by pytest (`[suite] narrow_listing`), only the paths at the revision that
+    /// the prefixes of the tags (and `always`) in the repository's `greenlight.toml` begin,
+    /// and the files of what their tests depend on, if the runner's arguments can be
+    /// narrowed to them (they name paths, or pytest collects the checkout: no
+    /// `testpaths`); else the whole suite. A listing kept that holds those paths (the whole
+    /// one) serves it. Blocking (git).
     pub(super) fn listing_for_tags(&self, revision: &str, tags: &BTreeSet<String>) -> Listing {
         if tags.is_empty() {
             return Listing::whole(revision);
@@ -164,7 +164,6 @@ impl Farm {
                 return whole;
             }
         };
-        // A file that does not parse fails the listing itself, with the reason.
         // A directory git cannot list must not look empty: its tests would go missing.
         let unlisted = std::cell::Cell::new(false);
         let entries = |directory: &str| {
@@ -174,6 +173,7 @@ impl Farm {
                 Vec::new()
             })
         };
+        // A file that does not parse fails the listing itself, with the reason.
         let Ok(Some(mut paths)) = paths(file.as_deref(), &entries) else { return whole };
         if unlisted.get() {
             return whole;
