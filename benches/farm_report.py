@@ -8,9 +8,11 @@ Standard library only; used by benches/real_suite.sh and benches/nextest_suite.s
       JUNIT_OUT and appends a JSON line to $REPORT_JSONL (if set). T0 is the Unix time the
       wall is counted from (the master's start, or the commit); SERIAL_S the direct run's
       seconds (0: none).
-  farm_report.py compare DIRECT.xml FARM.xml LABEL
+  farm_report.py compare DIRECT.xml FARM.xml LABEL [WITHIN]
       Compares the outcome of every (classname, name) in both reports; prints the counts
-      and a few examples of each kind of difference.
+      and a few examples of each kind of difference. WITHIN (dotted classname prefixes,
+      comma-separated) keeps the direct run's tests of those packages only: what a
+      tag-selected build should have run.
   farm_report.py table
       Reads $REPORT_JSONL and prints the Markdown rows of BENCHMARKS.md's tables.
 """
@@ -150,8 +152,14 @@ def outcomes(path):
     return result
 
 
-def compare(direct_path, farm_path, label):
+def compare(direct_path, farm_path, label, within=""):
     direct, farm = outcomes(direct_path), outcomes(farm_path)
+    if within:
+        # A tag-selected build: the direct run's tests under those packages (dotted
+        # classname prefixes, comma-separated) are what it should have run.
+        prefixes = tuple(within.split(","))
+        direct = {key: outcome for key, outcome in direct.items()
+                  if (key[0] or key[1]).startswith(prefixes)}
     only_direct = sorted(set(direct) - set(farm))
     only_farm = sorted(set(farm) - set(direct))
     differ = sorted(key for key in set(direct) & set(farm) if direct[key] != farm[key])

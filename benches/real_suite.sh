@@ -152,7 +152,10 @@ Tags: $TAGS}"
         second=$(git -C "$run/repo" rev-parse HEAD)
         "$python" "$report" build "$url" "$second" "$label, second build" "$committed" "$serial_s" "$run/second.xml"
         if [ "$serial_s" != 0 ]; then
-            "$python" "$report" compare "$work/serial.xml" "$run/second.xml" "$label, second build"
+            # A tag-selected build is compared with the direct run's tests of its packages.
+            within=""
+            for tag in ${TAGS//,/ }; do within+="${within:+,}$package.$tag."; done
+            "$python" "$report" compare "$work/serial.xml" "$run/second.xml" "$label, second build" "$within"
         fi
     fi
     stop_farm
