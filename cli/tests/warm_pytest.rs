@@ -89,12 +89,16 @@ fn commit_project(repo_dir: &Path, files: &[(&str, &str)]) {
 /// A farm of 2 workers over a pytest project of `files` that the workers list (no suite
 /// file); the scratch directory holds `pids`, where the tests note their processes.
 fn two_workers_listing(files: &[(&str, &str)]) -> (Farm, tempfile::TempDir) {
+    two_workers_listing_with("runner_args = [\"tests\"]", files)
+}
+
+/// [`two_workers_listing`] with `args` (a line of `[suite]`) for the runner's arguments.
+fn two_workers_listing_with(args: &str, files: &[(&str, &str)]) -> (Farm, tempfile::TempDir) {
     let python = python();
     let scratch = tempfile::tempdir().unwrap();
     let pids = scratch.path().join("pids");
     let empty = SuiteFile { name: "unused".into(), shard_overhead_s: 0.0, tests: Vec::new() };
-    let options =
-        FarmOptions { suite_toml: suite_toml(&python, &pids, "runner_args = [\"tests\"]"), ..FarmOptions::default() };
+    let options = FarmOptions { suite_toml: suite_toml(&python, &pids, args), ..FarmOptions::default() };
     let farm = Farm::start_with_repo(&empty, 2, options, |repo| commit_project(repo.dir(), files));
     (farm, scratch)
 }
@@ -481,12 +485,20 @@ fn a_tag_selected_build_collects_only_the_paths_its_tags_name_and_what_their_tes
     // The first build (no tags) collects everything; the second commit says `Tags: chat`,
     // so its build collects the chat tests, the file of the test they depend on and what
     // always runs, and never imports the shop directory, on the lister or on any runner.
+    // The runner's arguments name the tests' directory, or no path at all (bare pytest,
+    // no `testpaths`: it collects the checkout).
+    for args in ["runner_args = [\"tests\"]", "runner_args = [\"-q\"]"] {
+        tag_selected_build_collects_its_paths(args);
+    }
+}
+
+fn tag_selected_build_collects_its_paths(args: &str) {
     let files = tagged_project();
     let files: Vec<(&str, &str)> = files.iter().map(|(path, text)| (*path, text.as_str())).collect();
-    let (farm, scratch) = two_workers_listing(&files);
+    let (farm, scratch) = two_workers_listing_with(args, &files);
     let collected = scratch.path().join("pids.collected");
     let first = farm.finished_build_of(&farm.repo.head().unwrap());
-    assert_eq!((first.state, first.counts.total), (BuildState::Green, 9), "{first:?}");
+    assert_eq!((first.state, first.counts.total), (BuildState::Green, 9), "{args}: {first:?}");
     assert!(first.collected.is_empty(), "a build of every test collects everything: {first:?}");
     let before = std::fs::read_to_string(&collected).unwrap();
     assert!(before.contains("shop "), "the first build collected the shop tests: {before}");
@@ -512,7 +524,7 @@ fn a_tag_selected_build_collects_only_the_paths_its_tags_name_and_what_their_tes
     ]
     .map(str::to_owned)
     .into();
-    assert_eq!(ran, expected, "the chat tests, the one they depend on, and what always runs");
+    assert_eq!(ran, expected, "{args}: the chat tests, the one they depend on, and what always runs");
     let after = std::fs::read_to_string(&collected).unwrap();
     assert!(!after.contains("shop "), "nothing collected the shop tests: {after}");
     assert!(after.contains("chat ") && after.contains("users "), "{after}");
