@@ -148,6 +148,11 @@ impl Mirror {
             .collect())
     }
 
+    /// Whether `path` at `revision` is a directory (a tree; a file is a blob).
+    pub fn is_directory(&self, revision: &str, path: &str) -> bool {
+        self.git.run(&["cat-file", "-t", &format!("{revision}:{path}")]).is_ok_and(|kind| kind.trim() == "tree")
+    }
+
     /// Whether the commit `revision` is here but has no `path` (what a failed
     /// [`Mirror::read_file`] meant, asked of git itself rather than read from its
     /// message, which depends on the locale).

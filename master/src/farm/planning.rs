@@ -179,7 +179,18 @@ impl Farm {
             return whole;
         }
         paths.retain(|path| !self.mirror.lacks_file(revision, path));
-        let Some(paths) = suite.runner().narrowed_paths(&paths, !self.may_configure_testpaths(revision)) else {
+        // pytest collects a file named on its command line whatever `python_files` says
+        // (`tests/chat` begins `tests/chat_helpers.py` too): only a file it would collect
+        // by itself may be named.
+        let python_files = self.pytest_configures(revision, "python_files");
+        if let Some(file) = paths
+            .iter()
+            .find(|path| !self.mirror.is_directory(revision, path) && (python_files || !is_default_test_file(path)))
+        {
+            tracing::info!(revision, file, "pytest would not collect the file by itself: the whole suite is listed");
+            return whole;
+        }
+        let Some(paths) = suite.runner().narrowed_paths(&paths, !self.pytest_configures(revision, "testpaths")) else {
             return whole;
         };
         // A listing kept that holds them serves them, and the workers' runners that
@@ -188,18 +199,17 @@ impl Farm {
         Listing { revision: revision.to_owned(), paths }
     }
 
-    /// Whether pytest, given no path, might collect `testpaths` rather than the checkout:
-    /// a configuration file at `revision` that pytest reads, or the runner's arguments,
-    /// mention them (or name another configuration file). Blocking (git).
-    fn may_configure_testpaths(&self, revision: &str) -> bool {
+    /// Whether pytest may be configured with `option` (`testpaths`, `python_files`): a
+    /// configuration file at `revision` that pytest reads, or the runner's arguments,
+    /// mention it (or name another configuration file). Blocking (git).
+    fn pytest_configures(&self, revision: &str, option: &str) -> bool {
         let args = &self.config.suite.runner_args;
-        if args.iter().any(|arg| arg.contains("testpaths") || arg.starts_with("-c") || arg.starts_with("--config-file"))
-        {
+        if args.iter().any(|arg| arg.contains(option) || arg.starts_with("-c") || arg.starts_with("--config-file")) {
             return true;
         }
         ["pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg"].iter().any(|file| {
             match self.mirror.read_file(revision, file) {
-                Ok(text) => String::from_utf8_lossy(&text).contains("testpaths"),
+                Ok(text) => String::from_utf8_lossy(&text).contains(option),
                 Err(_) => !self.mirror.lacks_file(revision, file),
             }
         })
@@ -289,6 +299,12 @@ impl Farm {
         plan.worker_startup_s = learned.startup_s.unwrap_or(0.0);
         Ok(plan)
     }
+}
+
+/// Whether pytest's default `python_files` (`test_*.py`, `*_test.py`) take the file.
+fn is_default_test_file(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.ends_with(".py") && (name.starts_with("test_") || name.ends_with("_test.py"))
 }
 
 /// How many revisions' suites [`SuiteCache`] keeps.

@@ -1463,18 +1463,20 @@ async fn a_tag_selected_build_lists_only_its_tags_paths_where_pytest_would_colle
     // Each commit says `Tags: chat`; what the preparation's runner collects depends on
     // what pytest would collect given no path, and on whether the prefixes are paths.
     let repository_file = "[tests.tags]\n\"tests/chat/\" = [\"chat\"]\n\"tests/test_smoke.py\" = [\"always\"]\n";
-    let collecting = |args: &[&str], files: &[(&str, &str)]| {
+    let collecting = |args: &[&str], files_of_the_case: &[(&'static str, &'static str)]| {
         let harness = Harness::new(&suite(&["unused"]), |config| {
             listed_on_workers(config);
             config.suite.runner_args = args.iter().map(|arg| (*arg).to_owned()).collect();
         });
         let worker = harness.register("w1");
-        let mut files = files.to_vec();
-        files.extend([
+        // The case's files last: they may replace these.
+        let mut files = [
             ("greenlight.toml", repository_file),
             ("tests/chat/test_a.py", "def test_a():\n    pass\n"),
             ("tests/test_smoke.py", "def test_smoke():\n    pass\n"),
-        ]);
+        ]
+        .to_vec();
+        files.extend(files_of_the_case);
         harness.repo.commit("Chat\n\nTags: chat", &files).unwrap();
         (harness, worker)
     };
@@ -1484,8 +1486,16 @@ async fn a_tag_selected_build_lists_only_its_tags_paths_where_pytest_would_colle
     };
     // The runner's arguments, files of the project, the arguments the listing runs with.
     type Case = (&'static [&'static str], &'static [(&'static str, &'static str)], &'static [&'static str]);
-    let cases: [Case; 5] = [
+    const NO_SLASH: &str = "[tests.tags]\n\"tests/chat\" = [\"chat\"]\n";
+    let cases: [Case; 8] = [
         (&["tests", "-q"], &[], &["tests/chat", "tests/test_smoke.py", "-q"]),
+        // `tests/chat` begins the ids of tests/chat/ and of nothing else here ...
+        (&["tests"], &[("greenlight.toml", NO_SLASH)], &["tests/chat"]),
+        // ... but here it begins tests/chat_helpers.py, which pytest would not collect by
+        // itself and would if named: the whole suite is listed.
+        (&["tests"], &[("greenlight.toml", NO_SLASH), ("tests/chat_helpers.py", "X = 1\n")], &["tests"]),
+        // With `python_files` configured, no file is named.
+        (&["tests"], &[("pytest.ini", "[pytest]\npython_files = check_*.py test_*.py\n")], &["tests"]),
         (&["-q"], &[], &["tests/chat", "tests/test_smoke.py", "-q"]),
         (&["-q"], &[("pyproject.toml", "[tool.pytest.ini_options]\ntestpaths = [\"tests\"]\n")], &["-q"]),
         (&["--pyargs", "tests"], &[], &["--pyargs", "tests"]),
@@ -1508,7 +1518,7 @@ async fn a_tag_selected_build_lists_only_its_tags_paths_where_pytest_would_colle
         harness.farm.prepare_report(job.prepare_id, worker, &outcome).unwrap();
         let build_id = harness.farm.start_next_build().await.unwrap().expect("listed");
         let build = harness.build(build_id);
-        let narrowed = expected.len() > args.len();
+        let narrowed = expected != args;
         assert_eq!(build.collected.is_empty(), !narrowed, "{build:?}");
         if narrowed {
             let Some(super::Work::Lease(lease)) = harness.farm.try_work(worker, &asks(true)).unwrap() else {
