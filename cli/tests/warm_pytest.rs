@@ -485,16 +485,22 @@ fn a_tag_selected_build_collects_only_the_paths_its_tags_name_and_what_their_tes
     // The first build (no tags) collects everything; the second commit says `Tags: chat`,
     // so its build collects the chat tests, the file of the test they depend on and what
     // always runs, and never imports the shop directory, on the lister or on any runner.
-    // The runner's arguments name the tests' directory, or no path at all (bare pytest,
-    // no `testpaths`: it collects the checkout).
-    for args in ["runner_args = [\"tests\"]", "runner_args = [\"-q\"]"] {
-        tag_selected_build_collects_its_paths(args);
+    // The runner's arguments name the tests' directory, or no path at all: bare pytest
+    // collects the checkout, or its `testpaths`.
+    let testpaths = ("pyproject.toml", "[tool.pytest.ini_options]\ntestpaths = [\"tests\"]\n");
+    for (args, extra) in [
+        ("runner_args = [\"tests\"]", None),
+        ("runner_args = [\"-q\"]", None),
+        ("runner_args = [\"-q\"]", Some(testpaths)),
+    ] {
+        tag_selected_build_collects_its_paths(args, extra);
     }
 }
 
-fn tag_selected_build_collects_its_paths(args: &str) {
+fn tag_selected_build_collects_its_paths(args: &str, extra: Option<(&str, &str)>) {
     let files = tagged_project();
-    let files: Vec<(&str, &str)> = files.iter().map(|(path, text)| (*path, text.as_str())).collect();
+    let mut files: Vec<(&str, &str)> = files.iter().map(|(path, text)| (*path, text.as_str())).collect();
+    files.extend(extra);
     let (farm, scratch) = two_workers_listing_with(args, &files);
     let collected = scratch.path().join("pids.collected");
     let first = farm.finished_build_of(&farm.repo.head().unwrap());

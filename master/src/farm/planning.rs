@@ -14,7 +14,9 @@ use greenlight_scheduler::select::{ALWAYS, select, select_ids};
 use greenlight_scheduler::suite::{Suite, SuiteError};
 use greenlight_shared::api::BuildSummary;
 use greenlight_shared::git::GitError;
-use greenlight_shared::runner::{ListError, REPOSITORY_FILE, Runner, collection_paths, test_paths};
+use greenlight_shared::runner::{
+    ListError, REPOSITORY_FILE, Runner, collection_paths, pytest_default_paths, test_paths,
+};
 use greenlight_shared::suite::{SuiteFile, SuiteFileError};
 
 use super::Farm;
@@ -125,8 +127,8 @@ impl Farm {
     /// workers by pytest (`[suite] narrow_listing`), only the paths at the revision that
     /// the prefixes of the tags (and `always`) in the repository's `greenlight.toml` begin,
     /// and the files of what their tests depend on, if the runner's arguments can be
-    /// narrowed to them (they name paths, or pytest collects the checkout: no
-    /// `testpaths`); else the whole suite. A listing kept that holds those paths (the whole
+    /// narrowed to them (the paths they name, or else pytest's `testpaths` or the
+    /// checkout); else the whole suite. A listing kept that holds those paths (the whole
     /// one) serves it. Blocking (git).
     pub(super) fn listing_for_tags(&self, revision: &str, tags: &BTreeSet<String>) -> Listing {
         if tags.is_empty() {
@@ -190,13 +192,31 @@ impl Farm {
             tracing::info!(revision, file, "pytest would not collect the file by itself: the whole suite is listed");
             return whole;
         }
-        let Some(paths) = suite.runner().narrowed_paths(&paths, !self.pytest_configures(revision, "testpaths")) else {
+        let unnamed = self.pytest_unnamed_paths(revision);
+        let Some(paths) = suite.runner().narrowed_paths(&paths, unnamed.as_deref()) else {
             return whole;
         };
         // A listing kept that holds them serves them, and the workers' runners that
         // collected it (a probe at a red tag-selected build's revision).
         let paths = self.store.covering_listing(revision, &paths).ok().flatten().unwrap_or(paths);
         Listing { revision: revision.to_owned(), paths }
+    }
+
+    /// What pytest collects at `revision` when no path is named: its `testpaths`, else the
+    /// checkout ([`pytest_default_paths`]). `None` where that is not known: the arguments
+    /// name another configuration file or set `testpaths`, or a file cannot be read.
+    /// Blocking (git).
+    fn pytest_unnamed_paths(&self, revision: &str) -> Option<Vec<String>> {
+        let args = &self.config.suite.runner_args;
+        if args.iter().any(|arg| arg.contains("testpaths") || arg.starts_with("-c") || arg.starts_with("--config-file"))
+        {
+            return None;
+        }
+        pytest_default_paths(&|name: &str| match self.mirror.read_file(revision, name) {
+            Ok(text) => Some(Some(String::from_utf8_lossy(&text).into_owned())),
+            Err(_) if self.mirror.lacks_file(revision, name) => Some(None),
+            Err(_) => None,
+        })
     }
 
     /// Whether pytest may be configured with `option` (`testpaths`, `python_files`): a

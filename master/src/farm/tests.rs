@@ -1487,7 +1487,7 @@ async fn a_tag_selected_build_lists_only_its_tags_paths_where_pytest_would_colle
     // The runner's arguments, files of the project, the arguments the listing runs with.
     type Case = (&'static [&'static str], &'static [(&'static str, &'static str)], &'static [&'static str]);
     const NO_SLASH: &str = "[tests.tags]\n\"tests/chat\" = [\"chat\"]\n";
-    let cases: [Case; 8] = [
+    let cases: [Case; 10] = [
         (&["tests", "-q"], &[], &["tests/chat", "tests/test_smoke.py", "-q"]),
         // `tests/chat` begins the ids of tests/chat/ and of nothing else here ...
         (&["tests"], &[("greenlight.toml", NO_SLASH)], &["tests/chat"]),
@@ -1497,7 +1497,15 @@ async fn a_tag_selected_build_lists_only_its_tags_paths_where_pytest_would_colle
         // With `python_files` configured, no file is named.
         (&["tests"], &[("pytest.ini", "[pytest]\npython_files = check_*.py test_*.py\n")], &["tests"]),
         (&["-q"], &[], &["tests/chat", "tests/test_smoke.py", "-q"]),
-        (&["-q"], &[("pyproject.toml", "[tool.pytest.ini_options]\ntestpaths = [\"tests\"]\n")], &["-q"]),
+        // No path named: pytest collects its testpaths; those the tags reach are named.
+        (
+            &["-q"],
+            &[("pyproject.toml", "[tool.pytest.ini_options]\ntestpaths = [\"tests\"]\n")],
+            &["tests/chat", "tests/test_smoke.py", "-q"],
+        ),
+        // testpaths that hold none of them, or a glob: the whole suite.
+        (&["-q"], &[("pytest.ini", "[pytest]\ntestpaths = integration\n")], &["-q"]),
+        (&["-q"], &[("pytest.ini", "[pytest]\ntestpaths = test*\n")], &["-q"]),
         (&["--pyargs", "tests"], &[], &["--pyargs", "tests"]),
         (&["other"], &[], &["other"]),
     ];

@@ -115,11 +115,12 @@ impl Runner {
     /// The paths a listing of `paths` (from [`collection_paths`]) collects in place of
     /// what the runner's arguments name: each path the arguments name replaced by those of
     /// `paths` inside it (or kept where it lies inside one of them). With no path named,
-    /// pytest collects its `testpaths` or else the checkout: the caller says which
-    /// (`collects_checkout`: no `testpaths` is configured). `None` where the arguments
-    /// cannot be narrowed safely: another runner, an `@FILE`, `--pyargs` (module names,
-    /// not paths), an absolute or `..` path, or nothing left to collect.
-    pub fn narrowed_paths(&self, paths: &[String], collects_checkout: bool) -> Option<Vec<String>> {
+    /// pytest collects `unnamed`, its `testpaths` or else the checkout
+    /// ([`pytest_default_paths`]; `None`: not known). `None` where the arguments cannot be
+    /// narrowed safely: another runner, an `@FILE`, `--pyargs` (module names, not paths),
+    /// an absolute or `..` path, no path named and `unnamed` not known, or nothing left to
+    /// collect.
+    pub fn narrowed_paths(&self, paths: &[String], unnamed: Option<&[String]>) -> Option<Vec<String>> {
         let Runner::Pytest { args, .. } = self else { return None };
         let mut named = Vec::new();
         for argument in PYTEST_SYNTAX.read(args) {
@@ -130,8 +131,8 @@ impl Runner {
                 Argument::Option { .. } | Argument::Unknown(_) => {}
             }
         }
-        if named.is_empty() && collects_checkout {
-            named.push(".".to_owned());
+        if named.is_empty() {
+            named = unnamed?.to_vec();
         }
         let mut collected = Vec::new();
         for word in &named {
@@ -166,6 +167,94 @@ impl Runner {
         }
         Runner::Pytest { python: python.clone(), args: collecting }
     }
+}
+
+/// What pytest collects when no path is named, by the configuration file it reads at the
+/// checkout's root (the first of `pytest.ini`, `.pytest.ini`, `pyproject.toml` with a
+/// `[tool.pytest…]` table, `tox.ini` with `[pytest]`, `setup.cfg` with `[tool:pytest]`):
+/// its `testpaths`, else the checkout (`.`). `read` gives a file's text (`Some(None)`:
+/// there is none; `None`: it cannot be read). `None` where it is not known: a file that
+/// cannot be read or parsed, or `testpaths` with a glob.
+pub fn pytest_default_paths(read: &dyn Fn(&str) -> Option<Option<String>>) -> Option<Vec<String>> {
+    for name in ["pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg"] {
+        let Some(text) = read(name)? else { continue };
+        let testpaths = match name {
+            "pyproject.toml" => {
+                let document: toml::Table = toml::from_str(&text).ok()?;
+                let Some(pytest) = document.get("tool").and_then(|tool| tool.get("pytest")) else { continue };
+                let value = pytest.get("ini_options").and_then(|options| options.get("testpaths"));
+                match value.or_else(|| pytest.get("testpaths")) {
+                    None => None,
+                    Some(toml::Value::String(words)) => Some(words.split_whitespace().map(str::to_owned).collect()),
+                    Some(toml::Value::Array(items)) => {
+                        Some(items.iter().map(|item| item.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>()?)
+                    }
+                    Some(_) => return None,
+                }
+            }
+            _ => {
+                let section = match name {
+                    "tox.ini" => "pytest",
+                    "setup.cfg" => "tool:pytest",
+                    _ => "pytest",
+                };
+                match ini_value(&text, section, "testpaths") {
+                    Some(value) => value.map(|words| words.split_whitespace().map(str::to_owned).collect()),
+                    // pytest.ini is pytest's whatever it holds; the others only with the section.
+                    None if name.contains("pytest.ini") => None,
+                    None => continue,
+                }
+            }
+        };
+        return match testpaths {
+            Some(paths) if paths.iter().any(|path: &String| path.contains(['*', '?', '['])) => None,
+            Some(paths) if !paths.is_empty() => Some(paths),
+            _ => Some(vec![".".to_owned()]),
+        };
+    }
+    Some(vec![".".to_owned()])
+}
+
+/// In an INI text, `key`'s value in `[section]` (continuation lines joined): `None` when
+/// the section is absent, `Some(None)` when it has no such key.
+fn ini_value(text: &str, section: &str, key: &str) -> Option<Option<String>> {
+    let mut in_section = false;
+    let mut found = false;
+    let mut value: Option<String> = None;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || trimmed.starts_with(';') {
+            continue;
+        }
+        if trimmed.starts_with('[') && trimmed.ends_with(']') {
+            if value.is_some() {
+                break;
+            }
+            in_section = trimmed[1..trimmed.len() - 1].trim() == section;
+            found |= in_section;
+            continue;
+        }
+        if !in_section {
+            continue;
+        }
+        if let Some(current) = value.as_mut()
+            && line.starts_with([' ', '\t'])
+            && !trimmed.is_empty()
+        {
+            current.push(' ');
+            current.push_str(trimmed);
+            continue;
+        }
+        if value.is_some() {
+            break;
+        }
+        if let Some((name, rest)) = trimmed.split_once(['=', ':'])
+            && name.trim() == key
+        {
+            value = Some(rest.trim().to_owned());
+        }
+    }
+    found.then_some(value)
 }
 
 /// Whether what was collected from `collected` holds every test under `wanted` (an empty
@@ -299,9 +388,12 @@ mod tests {
         ));
     }
 
-    /// The runner narrowed to `paths`, as the master does it.
+    /// The runner narrowed to `paths`, as the master does it; with no path named, pytest
+    /// collects the checkout if `collects_checkout`, else it is not known what.
     fn narrowed(runner: &Runner, paths: &[&str], collects_checkout: bool) -> Option<Runner> {
-        runner.narrowed_paths(&strings(paths), collects_checkout).map(|paths| runner.collecting(&paths))
+        let checkout = strings(&["."]);
+        let unnamed = collects_checkout.then_some(checkout.as_slice());
+        runner.narrowed_paths(&strings(paths), unnamed).map(|paths| runner.collecting(&paths))
     }
 
     #[test]
@@ -337,6 +429,52 @@ mod tests {
     }
 
     #[test]
+    fn with_no_path_named_pytest_collects_the_testpaths_of_the_file_it_reads_or_the_checkout() {
+        let unnamed = |files: &[(&str, &str)]| {
+            let files: Vec<(String, String)> =
+                files.iter().map(|(name, text)| ((*name).to_owned(), (*text).to_owned())).collect();
+            pytest_default_paths(&move |name: &str| {
+                Some(files.iter().find(|(file, _)| file == name).map(|(_, text)| text.clone()))
+            })
+        };
+        let root = Some(strings(&["."]));
+        assert_eq!(unnamed(&[]), root, "no configuration: the checkout");
+        assert_eq!(unnamed(&[("pytest.ini", "[pytest]\naddopts = -q\n")]), root);
+        assert_eq!(
+            unnamed(&[("pytest.ini", "[pytest]\ntestpaths =\n    tests\n    integration\nxfail_strict = true\n")]),
+            Some(strings(&["tests", "integration"]))
+        );
+        assert_eq!(
+            unnamed(&[("pyproject.toml", "[tool.pytest.ini_options]\ntestpaths = [\"tests\"]\n")]),
+            Some(strings(&["tests"]))
+        );
+        assert_eq!(
+            unnamed(&[("pyproject.toml", "[tool.pytest]\ntestpaths = [\"src/tests\"]\n")]),
+            Some(strings(&["src/tests"]))
+        );
+        // A file without pytest's table is not pytest's: the next one is read.
+        assert_eq!(
+            unnamed(&[
+                ("pyproject.toml", "[tool.black]\nline-length = 99\n"),
+                ("setup.cfg", "[tool:pytest]\ntestpaths = t\n")
+            ]),
+            Some(strings(&["t"]))
+        );
+        assert_eq!(unnamed(&[("tox.ini", "[tox]\nenvlist = py3\n")]), root);
+        // pytest.ini comes first, whatever the others say.
+        assert_eq!(
+            unnamed(&[
+                ("pytest.ini", "[pytest]\n"),
+                ("pyproject.toml", "[tool.pytest.ini_options]\ntestpaths = [\"x\"]\n")
+            ]),
+            root
+        );
+        assert_eq!(unnamed(&[("pytest.ini", "[pytest]\ntestpaths = tests/*\n")]), None, "a glob");
+        assert_eq!(unnamed(&[("pyproject.toml", "not toml [")]), None);
+        assert_eq!(pytest_default_paths(&|_: &str| None), None, "a file that cannot be read");
+    }
+
+    #[test]
     fn a_listing_covers_the_paths_inside_its_own_and_the_whole_one_covers_all() {
         let generators = strings(&["networkx/generators"]);
         assert!(covers(&[], &generators), "the whole listing");
@@ -349,17 +487,19 @@ mod tests {
     #[test]
     fn what_cannot_be_narrowed_safely_is_listed_whole() {
         let paths = strings(&["tests/chat"]);
-        assert_eq!(pytest(&[]).narrowed_paths(&paths, false), None, "no path named: pytest's testpaths apply");
-        assert_eq!(pytest(&["-q"]).narrowed_paths(&paths, false), None);
-        assert_eq!(pytest(&["@args.txt"]).narrowed_paths(&paths, true), None);
-        assert_eq!(pytest(&["--pyargs", "pkg"]).narrowed_paths(&paths, true), None);
-        assert_eq!(pytest(&["/abs/tests"]).narrowed_paths(&paths, true), None);
-        assert_eq!(pytest(&["../tests"]).narrowed_paths(&paths, true), None);
-        assert_eq!(pytest(&["other"]).narrowed_paths(&paths, true), None, "nothing of the tags under the named paths");
-        assert_eq!(pytest(&["tests"]).narrowed_paths(&[], true), None);
-        assert_eq!(Runner::Command.narrowed_paths(&paths, true), None);
+        let root = strings(&["."]);
+        let root = Some(root.as_slice());
+        assert_eq!(pytest(&[]).narrowed_paths(&paths, None), None, "no path named, and what pytest collects unknown");
+        assert_eq!(pytest(&["-q"]).narrowed_paths(&paths, None), None);
+        assert_eq!(pytest(&["@args.txt"]).narrowed_paths(&paths, root), None);
+        assert_eq!(pytest(&["--pyargs", "pkg"]).narrowed_paths(&paths, root), None);
+        assert_eq!(pytest(&["/abs/tests"]).narrowed_paths(&paths, root), None);
+        assert_eq!(pytest(&["../tests"]).narrowed_paths(&paths, root), None);
+        assert_eq!(pytest(&["other"]).narrowed_paths(&paths, root), None, "nothing of the tags under the named paths");
+        assert_eq!(pytest(&["tests"]).narrowed_paths(&[], root), None);
+        assert_eq!(Runner::Command.narrowed_paths(&paths, root), None);
         assert_eq!(
-            Runner::Nextest { cargo: "cargo".into(), args: Vec::new() }.narrowed_paths(&paths, true),
+            Runner::Nextest { cargo: "cargo".into(), args: Vec::new() }.narrowed_paths(&paths, root),
             None,
             "nextest lists from its archive"
         );
