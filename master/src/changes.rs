@@ -153,6 +153,15 @@ impl Mirror {
         self.git.run(&["cat-file", "-t", &format!("{revision}:{path}")]).is_ok_and(|kind| kind.trim() == "tree")
     }
 
+    /// The bytes of `path` at `revision`, `None` where the commit has no such path.
+    pub fn read_file_if_any(&self, revision: &str, path: &str) -> Result<Option<Vec<u8>>, GitError> {
+        match self.read_file(revision, path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(_) if self.lacks_file(revision, path) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Whether the commit `revision` is here but has no `path` (what a failed
     /// [`Mirror::read_file`] meant, asked of git itself rather than read from its
     /// message, which depends on the locale).

@@ -1171,7 +1171,7 @@ fn with_tests(mut shard: ShardView, tests: Option<&Vec<u8>>) -> Result<ShardView
     Ok(shard)
 }
 
-/// How many revisions' listings the store keeps.
+/// How many listings the store keeps (a revision's whole one and those of some paths).
 pub const KEPT_LISTINGS: usize = 50;
 
 /// The store's name of a listing: the revision, then each path it was collected from.
@@ -1405,7 +1405,8 @@ impl Store {
     }
 
     /// The paths of a stored listing of `revision` that holds every test under `paths`:
-    /// exactly those, else the whole suite (no paths), else wider ones.
+    /// the first kept of exactly those and the whole suite (no paths), else the first of
+    /// wider ones.
     pub fn covering_listing(&self, revision: &str, paths: &[String]) -> Result<Option<Vec<String>>, StoreError> {
         let mut covering = None;
         for (_, value) in self.kv.scan_prefix(Tree::Meta, keys::LISTING_ORDER.as_bytes())? {

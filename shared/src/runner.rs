@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::suite::{SuiteFile, SuiteTest};
 
 mod scope;
-pub use scope::{collection_paths, covers, pytest_default_paths, test_paths};
+pub use scope::{PYTEST_CONFIG_FILES, collection_paths, covers, pytest_default_paths, test_paths};
 
 /// The file in a repository that gives listed tests their tags and dependencies.
 pub const REPOSITORY_FILE: &str = "greenlight.toml";

@@ -15,7 +15,7 @@ use greenlight_scheduler::suite::{Suite, SuiteError};
 use greenlight_shared::api::BuildSummary;
 use greenlight_shared::git::GitError;
 use greenlight_shared::runner::{
-    ListError, REPOSITORY_FILE, Runner, collection_paths, pytest_default_paths, test_paths,
+    ListError, PYTEST_CONFIG_FILES, REPOSITORY_FILE, Runner, collection_paths, pytest_default_paths, test_paths,
 };
 use greenlight_shared::suite::{SuiteFile, SuiteFileError};
 
@@ -158,9 +158,8 @@ impl Farm {
         if !suite.narrow_listing || !self.lists_on_workers() || suite.env.contains_key("PYTEST_ADDOPTS") {
             return whole;
         }
-        let file = match self.mirror.read_file(revision, REPOSITORY_FILE) {
-            Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
-            Err(_) if self.mirror.lacks_file(revision, REPOSITORY_FILE) => None,
+        let file = match self.mirror.read_file_if_any(revision, REPOSITORY_FILE) {
+            Ok(bytes) => bytes.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
             Err(error) => {
                 tracing::warn!(revision, %error, "cannot read {REPOSITORY_FILE}: the whole suite is listed");
                 return whole;
@@ -184,7 +183,8 @@ impl Farm {
         // pytest collects a file named on its command line whatever `python_files` says
         // (`tests/chat` begins `tests/chat_helpers.py` too): only a file it would collect
         // by itself may be named.
-        let python_files = self.pytest_configures(revision, "python_files");
+        let pytest = PytestConfiguration::read(self, revision);
+        let python_files = pytest.may_set("python_files");
         if let Some(file) = paths
             .iter()
             .find(|path| !self.mirror.is_directory(revision, path) && (python_files || !is_default_test_file(path)))
@@ -192,7 +192,7 @@ impl Farm {
             tracing::info!(revision, file, "pytest would not collect the file by itself: the whole suite is listed");
             return whole;
         }
-        let unnamed = self.pytest_unnamed_paths(revision);
+        let unnamed = pytest.unnamed_paths();
         let Some(paths) = suite.runner().narrowed_paths(&paths, unnamed.as_deref()) else {
             return whole;
         };
@@ -200,39 +200,6 @@ impl Farm {
         // collected it (a probe at a red tag-selected build's revision).
         let paths = self.store.covering_listing(revision, &paths).ok().flatten().unwrap_or(paths);
         Listing { revision: revision.to_owned(), paths }
-    }
-
-    /// What pytest collects at `revision` when no path is named: its `testpaths`, else the
-    /// checkout ([`pytest_default_paths`]). `None` where that is not known: the arguments
-    /// name another configuration file or set `testpaths`, or a file cannot be read.
-    /// Blocking (git).
-    fn pytest_unnamed_paths(&self, revision: &str) -> Option<Vec<String>> {
-        let args = &self.config.suite.runner_args;
-        if args.iter().any(|arg| arg.contains("testpaths") || arg.starts_with("-c") || arg.starts_with("--config-file"))
-        {
-            return None;
-        }
-        pytest_default_paths(&|name: &str| match self.mirror.read_file(revision, name) {
-            Ok(text) => Some(Some(String::from_utf8_lossy(&text).into_owned())),
-            Err(_) if self.mirror.lacks_file(revision, name) => Some(None),
-            Err(_) => None,
-        })
-    }
-
-    /// Whether pytest may be configured with `option` (`testpaths`, `python_files`): a
-    /// configuration file at `revision` that pytest reads, or the runner's arguments,
-    /// mention it (or name another configuration file). Blocking (git).
-    fn pytest_configures(&self, revision: &str, option: &str) -> bool {
-        let args = &self.config.suite.runner_args;
-        if args.iter().any(|arg| arg.contains(option) || arg.starts_with("-c") || arg.starts_with("--config-file")) {
-            return true;
-        }
-        ["pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg"].iter().any(|file| {
-            match self.mirror.read_file(revision, file) {
-                Ok(text) => String::from_utf8_lossy(&text).contains(option),
-                Err(_) => !self.mirror.lacks_file(revision, file),
-            }
-        })
     }
 
     /// The suite as the configured list command prints it in a checkout of `revision`.
@@ -318,6 +285,58 @@ impl Farm {
         }
         plan.worker_startup_s = learned.startup_s.unwrap_or(0.0);
         Ok(plan)
+    }
+}
+
+/// What pytest may read for its configuration at a revision: the runner's arguments and
+/// the configuration files at the checkout's root, each read once.
+struct PytestConfiguration<'a> {
+    args: &'a [String],
+    /// Each of [`PYTEST_CONFIG_FILES`]: its text, `Some(None)` where there is none, `None`
+    /// where git could not read it.
+    files: Vec<(&'static str, Option<Option<String>>)>,
+}
+
+impl<'a> PytestConfiguration<'a> {
+    /// Blocking (git).
+    fn read(farm: &'a Farm, revision: &str) -> PytestConfiguration<'a> {
+        let files = PYTEST_CONFIG_FILES
+            .into_iter()
+            .map(|name| {
+                let text = farm.mirror.read_file_if_any(revision, name).ok();
+                (name, text.map(|bytes| bytes.map(|bytes| String::from_utf8_lossy(&bytes).into_owned())))
+            })
+            .collect();
+        PytestConfiguration { args: &farm.config.suite.runner_args, files }
+    }
+
+    /// Whether the arguments name a configuration file of their own (`-c`, `--config-file`).
+    fn names_another_file(&self) -> bool {
+        self.args.iter().any(|arg| arg.starts_with("-c") || arg.starts_with("--config-file"))
+    }
+
+    /// Whether pytest may be configured with `option` (`python_files`): the arguments or a
+    /// configuration file mention it, one cannot be read, or the arguments name another.
+    fn may_set(&self, option: &str) -> bool {
+        self.names_another_file()
+            || self.args.iter().any(|arg| arg.contains(option))
+            || self.files.iter().any(|(_, text)| match text {
+                Some(Some(text)) => text.contains(option),
+                Some(None) => false,
+                None => true,
+            })
+    }
+
+    /// What pytest collects when no path is named: its `testpaths`, else the checkout
+    /// ([`pytest_default_paths`]). `None` where that is not known: the arguments set
+    /// `testpaths` or name another configuration file, or a file cannot be read.
+    fn unnamed_paths(&self) -> Option<Vec<String>> {
+        if self.names_another_file() || self.args.iter().any(|arg| arg.contains("testpaths")) {
+            return None;
+        }
+        pytest_default_paths(&|name: &str| {
+            self.files.iter().find(|(file, _)| *file == name).map_or(Some(None), |(_, text)| text.clone())
+        })
     }
 }
 

@@ -169,6 +169,10 @@ impl Runner {
     }
 }
 
+/// The configuration files pytest reads at the checkout's root, in the order it looks
+/// for them.
+pub const PYTEST_CONFIG_FILES: [&str; 5] = ["pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg"];
+
 /// What pytest collects when no path is named, by the configuration file it reads at the
 /// checkout's root (the first of `pytest.ini`, `.pytest.ini`, `pyproject.toml` with a
 /// `[tool.pytest…]` table, `tox.ini` with `[pytest]`, `setup.cfg` with `[tool:pytest]`):
@@ -176,7 +180,7 @@ impl Runner {
 /// there is none; `None`: it cannot be read). `None` where it is not known: a file that
 /// cannot be read or parsed, or `testpaths` with a glob.
 pub fn pytest_default_paths(read: &dyn Fn(&str) -> Option<Option<String>>) -> Option<Vec<String>> {
-    for name in ["pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg"] {
+    for name in PYTEST_CONFIG_FILES {
         let Some(text) = read(name)? else { continue };
         let testpaths = match name {
             "pyproject.toml" => {
@@ -193,11 +197,7 @@ pub fn pytest_default_paths(read: &dyn Fn(&str) -> Option<Option<String>>) -> Op
                 }
             }
             _ => {
-                let section = match name {
-                    "tox.ini" => "pytest",
-                    "setup.cfg" => "tool:pytest",
-                    _ => "pytest",
-                };
+                let section = if name == "setup.cfg" { "tool:pytest" } else { "pytest" };
                 match ini_value(&text, section, "testpaths") {
                     Some(value) => value.map(|words| words.split_whitespace().map(str::to_owned).collect()),
                     // pytest.ini is pytest's whatever it holds; the others only with the section.
