@@ -80,7 +80,7 @@ impl Farm {
             .store
             .selection(build.build_id)?
             .ok_or_else(|| PlanError::ListCommand("its selection was not stored".to_owned()))?;
-        let suite = self.suite_at(&Listing { revision: build.revision.clone(), paths: build.collected.clone() })?;
+        let suite = self.suite_at(&Listing::of(build))?;
         let indices = select_ids(&suite, selected.iter().map(String::as_str));
         self.plan_selected(&suite, &indices)
     }

@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use greenlight_shared::api::{Prepare, PrepareOutcome, WarmUp};
+use greenlight_shared::api::{BuildSummary, Prepare, PrepareOutcome, WarmUp};
 use greenlight_shared::runner::Runner;
 
 use super::{Core, Farm, FarmError};
@@ -40,6 +40,11 @@ impl Listing {
     /// The whole suite at `revision`.
     pub(super) fn whole(revision: &str) -> Listing {
         Listing { revision: revision.to_owned(), paths: Vec::new() }
+    }
+
+    /// What `build` was planned from.
+    pub(super) fn of(build: &BuildSummary) -> Listing {
+        Listing { revision: build.revision.clone(), paths: build.collected.clone() }
     }
 
     /// The runner that collects it, and runs the shards of the build planned from it: the

@@ -120,11 +120,8 @@ impl Farm {
         // The newest whole suite names every test and whatever depends on it; a
         // tag-selected build's listing may hold neither.
         let listed = builds.iter().filter(|build| build.state != BuildState::Error);
-        let listing = listed
-            .clone()
-            .find(|build| build.collected.is_empty())
-            .or_else(|| listed.clone().next())
-            .map(|build| Listing { revision: build.revision.clone(), paths: build.collected.clone() });
+        let listing =
+            listed.clone().find(|build| build.collected.is_empty()).or_else(|| listed.clone().next()).map(Listing::of);
         if let Some(suite) = listing.and_then(|listing| self.cached_suite_file_at(&listing).ok()) {
             for test in &suite.tests {
                 if test.id == test_id {

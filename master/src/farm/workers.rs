@@ -223,8 +223,7 @@ impl Farm {
         live.summary.shards += 1;
         let suite = &self.config.suite;
         // The runner its build was listed with: a warm runner collects what the listing did.
-        let listing = Listing { revision: live.summary.revision.clone(), paths: live.summary.collected.clone() };
-        let runner = listing.runner(suite.runner());
+        let runner = Listing::of(&live.summary).runner(suite.runner());
         let shard = ShardView {
             lease_id,
             worker: worker_name,
